@@ -1,0 +1,111 @@
+/**
+ * The shared control block between a VM (main thread) and its vCPU worker threads: a small
+ * SharedArrayBuffer of Int32 words plus Float64 statistics and a per-vCPU globals area. All
+ * cross-thread transitions go through seq-cst Atomics on these words (never through messages),
+ * so pausing and trace epochs do not depend on either event loop.
+ */
+export const MAX_VCPUS = 64;
+/** Largest number of mutable globals per vCPU whose values the worker publishes at each park. */
+export const MAX_GLOBALS_PER_VCPU = 4096;
+
+/** Requested run state, written by the VM, read by every vCPU between steps. */
+export const enum RunRequest { Run = 0, Pause = 1, Stop = 2 }
+
+/**
+ * vCPU state machine (written only by the vCPU's own worker, except Starting):
+ *   Starting --booted--> Running --pause--> Parked --resume--> Running
+ *   Running --IDLE--> Idle --tick/resume--> Running
+ *   Running --HALT--> Halted (counts as parked; leaves only on stop)
+ *   any --trap/panic--> Crashed;  any --stop--> Exited
+ */
+export const enum VcpuState { Starting = 0, Running = 1, Parked = 2, Idle = 3, Halted = 4, Crashed = 5, Exited = 6 }
+
+// Global words.
+export const W_REQUEST = 0;
+/** Incremented (and notified) by a vCPU each time it parks, halts, crashes or exits. */
+export const W_PARK_SEQ = 1;
+/** Collector fence: an Atomics.add here is the full barrier after re-arming traces. */
+export const W_FENCE = 2;
+/** Set to 1 by vCPU 0 after the first boot (data segments + ferry_boot); others wait for it. */
+export const W_BOOTED = 3;
+const GLOBAL_WORDS = 16;
+
+// Per-vCPU words.
+export const V_STATE = 0;
+/** 1 while the vCPU is inside ferry_vcpu_step. */
+export const V_IN_STEP = 1;
+/** Steps completed (seq-cst increment after each step: the vCPU's trace-epoch acknowledgement). */
+export const V_ACK = 2;
+export const V_BUDGET = 3;
+/** Throttle: share of time the vCPU spends parked, in permille (0 = none, 990 = max). */
+export const V_THROTTLE_PERMILLE = 4;
+export const V_GLOBAL_COUNT = 5;
+const VCPU_WORDS = 16;
+
+// Per-vCPU Float64 statistics.
+export const S_STEP_START_MS = 0; // epoch ms (performance.timeOrigin + now) of the current step
+export const S_UNITS = 1;         // guest work units completed
+export const S_STEPS = 2;         // steps completed
+export const S_STEP_MS = 3;       // total time inside steps
+export const S_THROTTLED_MS = 4;  // total time parked by the throttle
+export const S_MAX_STEP_MS = 5;   // longest step seen
+const VCPU_STATS = 8;
+
+export const MAX_THROTTLE_PERMILLE = 990;
+
+export interface ControlBuffers {
+  readonly words: SharedArrayBuffer;
+  readonly stats: SharedArrayBuffer;
+  readonly globals: SharedArrayBuffer;
+  readonly clock: SharedArrayBuffer;
+}
+
+export class Control {
+  readonly i32: Int32Array;
+  readonly f64: Float64Array;
+  /** Per-vCPU globals area, MAX... slots of 8 bytes, viewed both as f64 (i32/f32/f64) and i64. */
+  readonly globalsF64: Float64Array;
+  readonly globalsI64: BigInt64Array;
+  /** [0] = hrtime (ns) at which the guest clock reads 0. */
+  readonly clockBase: BigInt64Array;
+
+  constructor(readonly buffers: ControlBuffers, readonly vcpus: number, readonly maxGlobals: number) {
+    this.i32 = new Int32Array(buffers.words);
+    this.f64 = new Float64Array(buffers.stats);
+    this.globalsF64 = new Float64Array(buffers.globals);
+    this.globalsI64 = new BigInt64Array(buffers.globals);
+    this.clockBase = new BigInt64Array(buffers.clock);
+  }
+
+  static create(vcpus: number, maxGlobals: number): Control {
+    const buffers: ControlBuffers = {
+      words: new SharedArrayBuffer((GLOBAL_WORDS + vcpus * VCPU_WORDS) * 4),
+      stats: new SharedArrayBuffer(vcpus * VCPU_STATS * 8),
+      globals: new SharedArrayBuffer(Math.max(1, vcpus * maxGlobals) * 8),
+      clock: new SharedArrayBuffer(8),
+    };
+    return new Control(buffers, vcpus, maxGlobals);
+  }
+
+  word(vcpu: number, field: number): number { return GLOBAL_WORDS + vcpu * VCPU_WORDS + field; }
+  stat(vcpu: number, field: number): number { return vcpu * VCPU_STATS + field; }
+  globalSlot(vcpu: number, index: number): number { return vcpu * this.maxGlobals + index; }
+
+  load(vcpu: number, field: number): number { return Atomics.load(this.i32, this.word(vcpu, field)); }
+  store(vcpu: number, field: number, value: number): void { Atomics.store(this.i32, this.word(vcpu, field), value); }
+
+  request(): RunRequest { return Atomics.load(this.i32, W_REQUEST); }
+  setRequest(req: RunRequest): void {
+    Atomics.store(this.i32, W_REQUEST, req);
+    Atomics.notify(this.i32, W_REQUEST);
+  }
+
+  /** Guest monotonic clock, ns. */
+  guestClockNs(): bigint { return process.hrtime.bigint() - Atomics.load(this.clockBase, 0); }
+  setGuestClockNs(ns: bigint): void { Atomics.store(this.clockBase, 0, process.hrtime.bigint() - ns); }
+}
+
+/** True for the states in which a vCPU runs no guest code (and has acknowledged every epoch). */
+export function isQuiescent(state: number): boolean {
+  return state === VcpuState.Parked || state === VcpuState.Halted || state === VcpuState.Crashed || state === VcpuState.Exited;
+}

@@ -1,0 +1,575 @@
+/**
+ * Load-time instrumentation of a guest image (binaryen).
+ *
+ * What it does to the module, in order:
+ *  1. validates the image against the guest ABI (docs/guest-abi.md) — clear FerryError codes;
+ *  2. replaces the guest's memory by an imported shared memory `ferry_rt.memory` sized for the VM's
+ *     RAM plus the host-reserved regions (src/vmm/layout.ts); active data segments become passive
+ *     and are applied once by a generated `__ferry_init` (never per vCPU instance);
+ *  3. rewrites every expression that can write guest memory — plain stores of every width, SIMD
+ *     stores and lane stores, atomic stores, atomic RMW and cmpxchg, memory.fill, memory.copy,
+ *     memory.init, memory.grow — so that it (a) traps if any written byte lies at or beyond RAM,
+ *     (b) performs the write, (c) *then* fires the write trace of every region the write touched;
+ *  4. virtualises memory.size/memory.grow over a claimed-pages control word;
+ *  5. exports every internal mutable global as `__ferry_g<N>` so vCPU state can be captured.
+ *
+ * The trace mark is inline wasm: per written region, `if (bitmap[r]) bitmap[r] = 0`. A byte of 1
+ * means "armed"; the first write clears it (fires). Checking before clearing keeps un-armed memory
+ * free of bitmap writes (no cache-line bouncing between vCPUs when traces are off). Both the first
+ * and the last byte of a store are checked, so a store straddling two regions fires both.
+ *
+ * Each write site is moved into a tiny helper function that is then inlined by binaryen's
+ * `inlining-optimizing` pass (one caller each), so the result is straight-line code at the site.
+ */
+import binaryen from 'binaryen';
+import { createHash } from 'node:crypto';
+import { FerryError } from '../lib/errors.js';
+import { formatBytes } from '../lib/units.js';
+import { assert } from '../lib/assert.js';
+import {
+  CONTROL_CLAIMED_PAGES_OFFSET, WASM_PAGE_BYTES, computeLayout, granularityShift, validateGranularity,
+  type MemoryLayout,
+} from './layout.js';
+
+/** Largest guest image accepted (the biggest real guests are a few MiB). */
+export const MAX_IMAGE_BYTES = 64 * 1024 * 1024;
+export const GUEST_ABI_VERSION = 1;
+/** Import module of runtime-internal imports added by the instrumentation. */
+export const RUNTIME_IMPORT_MODULE = 'ferry_rt';
+/** Import module of the guest-visible devices. */
+export const DEVICE_IMPORT_MODULE = 'ferry';
+export const EXPORTED_GLOBAL_PREFIX = '__ferry_g';
+export const INIT_EXPORT = '__ferry_init';
+
+type ValueTypeName = 'i32' | 'i64' | 'f32' | 'f64';
+
+/** Signatures of the device imports a guest may use (docs/guest-abi.md). */
+export const DEVICE_IMPORTS: Readonly<Record<string, { params: readonly ValueTypeName[]; results: readonly ValueTypeName[] }>> = {
+  console_write: { params: ['i32', 'i32'], results: [] },
+  clock_ns: { params: [], results: ['i64'] },
+  cmdline: { params: ['i32', 'i32'], results: ['i32'] },
+  panic: { params: ['i32', 'i32'], results: [] },
+};
+
+const REQUIRED_FUNCTION_EXPORTS: Readonly<Record<string, { params: readonly ValueTypeName[]; results: readonly ValueTypeName[] }>> = {
+  ferry_boot: { params: ['i32'], results: [] },
+  ferry_vcpu_step: { params: ['i32', 'i32'], results: ['i32'] },
+};
+const OPTIONAL_FUNCTION_EXPORTS: Readonly<Record<string, { params: readonly ValueTypeName[]; results: readonly ValueTypeName[] }>> = {
+  ferry_selfcheck: { params: [], results: ['i32'] },
+};
+
+export interface ExportedGlobal {
+  readonly exportName: string;
+  readonly type: ValueTypeName;
+}
+
+export interface InstrumentOptions {
+  readonly ramBytes: number;
+  readonly granularityBytes: number;
+}
+
+export interface InstrumentStats {
+  stores: number;
+  atomicRmw: number;
+  simdLaneStores: number;
+  bulk: number;
+  grows: number;
+  sizes: number;
+}
+
+export interface InstrumentedImage {
+  /** The instrumented module, compiled once and shared with every vCPU worker. */
+  readonly module: WebAssembly.Module;
+  readonly binary: Uint8Array;
+  /** sha256 of the original (uninstrumented) image: its identity for snapshots and migration. */
+  readonly imageSha256: string;
+  readonly layout: MemoryLayout;
+  readonly granularityBytes: number;
+  /** The guest's declared initial memory, in wasm pages: the claimed size at boot. */
+  readonly initialPages: number;
+  /** How far memory.grow may claim: min(declared maximum, RAM). */
+  readonly maxClaimPages: number;
+  readonly globals: readonly ExportedGlobal[];
+  readonly hasSelfcheck: boolean;
+  readonly deviceImports: readonly string[];
+  readonly stats: Readonly<InstrumentStats>;
+}
+
+// binaryen.js exposes per-expression accessor classes (binaryen.Store.getPtr ...) that its typings
+// do not declare; this is the one place they are reached, through a narrow typed facade.
+type Accessor = Record<string, ((...args: number[]) => number) | undefined>;
+const accessors = binaryen as unknown as Record<string, Accessor | undefined>;
+function accessor(cls: string, method: string): (...args: number[]) => number {
+  const fn = accessors[cls]?.[method];
+  assert(typeof fn === 'function', `binaryen.${cls}.${method} exists`);
+  return fn;
+}
+
+/** Children of each expression kind: scalar child names and array child names (binaryen accessor names). */
+interface ChildSpec { readonly cls: string; readonly single: readonly string[]; readonly list?: string }
+const CHILDREN = new Map<number, ChildSpec>([
+  [binaryen.BlockId, { cls: 'Block', single: [], list: 'Child' }],
+  [binaryen.IfId, { cls: 'If', single: ['Condition', 'IfTrue', 'IfFalse'] }],
+  [binaryen.LoopId, { cls: 'Loop', single: ['Body'] }],
+  [binaryen.BreakId, { cls: 'Break', single: ['Condition', 'Value'] }],
+  [binaryen.SwitchId, { cls: 'Switch', single: ['Condition', 'Value'] }],
+  [binaryen.CallId, { cls: 'Call', single: [], list: 'Operand' }],
+  [binaryen.CallIndirectId, { cls: 'CallIndirect', single: ['Target'], list: 'Operand' }],
+  [binaryen.LocalSetId, { cls: 'LocalSet', single: ['Value'] }],
+  [binaryen.GlobalSetId, { cls: 'GlobalSet', single: ['Value'] }],
+  [binaryen.LoadId, { cls: 'Load', single: ['Ptr'] }],
+  [binaryen.StoreId, { cls: 'Store', single: ['Ptr', 'Value'] }],
+  [binaryen.UnaryId, { cls: 'Unary', single: ['Value'] }],
+  [binaryen.BinaryId, { cls: 'Binary', single: ['Left', 'Right'] }],
+  [binaryen.SelectId, { cls: 'Select', single: ['IfTrue', 'IfFalse', 'Condition'] }],
+  [binaryen.DropId, { cls: 'Drop', single: ['Value'] }],
+  [binaryen.ReturnId, { cls: 'Return', single: ['Value'] }],
+  [binaryen.MemoryGrowId, { cls: 'MemoryGrow', single: ['Delta'] }],
+  [binaryen.AtomicRMWId, { cls: 'AtomicRMW', single: ['Ptr', 'Value'] }],
+  [binaryen.AtomicCmpxchgId, { cls: 'AtomicCmpxchg', single: ['Ptr', 'Expected', 'Replacement'] }],
+  [binaryen.AtomicWaitId, { cls: 'AtomicWait', single: ['Ptr', 'Expected', 'Timeout'] }],
+  [binaryen.AtomicNotifyId, { cls: 'AtomicNotify', single: ['Ptr', 'NotifyCount'] }],
+  [binaryen.SIMDExtractId, { cls: 'SIMDExtract', single: ['Vec'] }],
+  [binaryen.SIMDReplaceId, { cls: 'SIMDReplace', single: ['Vec', 'Value'] }],
+  [binaryen.SIMDShuffleId, { cls: 'SIMDShuffle', single: ['Left', 'Right'] }],
+  [binaryen.SIMDTernaryId, { cls: 'SIMDTernary', single: ['A', 'B', 'C'] }],
+  [binaryen.SIMDShiftId, { cls: 'SIMDShift', single: ['Vec', 'Shift'] }],
+  [binaryen.SIMDLoadId, { cls: 'SIMDLoad', single: ['Ptr'] }],
+  [binaryen.SIMDLoadStoreLaneId, { cls: 'SIMDLoadStoreLane', single: ['Ptr', 'Vec'] }],
+  [binaryen.MemoryInitId, { cls: 'MemoryInit', single: ['Dest', 'Offset', 'Size'] }],
+  [binaryen.MemoryCopyId, { cls: 'MemoryCopy', single: ['Dest', 'Source', 'Size'] }],
+  [binaryen.MemoryFillId, { cls: 'MemoryFill', single: ['Dest', 'Value', 'Size'] }],
+  [binaryen.RefIsNullId, { cls: 'RefIsNull', single: ['Value'] }],
+  [binaryen.RefEqId, { cls: 'RefEq', single: ['Left', 'Right'] }],
+  [binaryen.RefAsId, { cls: 'RefAs', single: ['Value'] }],
+  [binaryen.TableGetId, { cls: 'TableGet', single: ['Index'] }],
+  [binaryen.TableSetId, { cls: 'TableSet', single: ['Index', 'Value'] }],
+  [binaryen.TableGrowId, { cls: 'TableGrow', single: ['Value', 'Delta'] }],
+  [binaryen.TupleMakeId, { cls: 'TupleMake', single: [], list: 'Operand' }],
+  [binaryen.TupleExtractId, { cls: 'TupleExtract', single: ['Tuple'] }],
+]);
+const LEAVES = new Set<number>([
+  binaryen.NopId, binaryen.UnreachableId, binaryen.ConstId, binaryen.LocalGetId, binaryen.GlobalGetId,
+  binaryen.MemorySizeId, binaryen.AtomicFenceId, binaryen.DataDropId, binaryen.RefNullId, binaryen.RefFuncId,
+  binaryen.TableSizeId,
+]);
+
+/** The wasm features a guest may use: what Node 20 runs, minus exceptions and GC. */
+const FEATURES = binaryen.Features.MVP | binaryen.Features.Atomics | binaryen.Features.MutableGlobals
+  | binaryen.Features.NontrappingFPToInt | binaryen.Features.SIMD128 | binaryen.Features.BulkMemory
+  | binaryen.Features.BulkMemoryOpt | binaryen.Features.SignExt | binaryen.Features.ReferenceTypes
+  | binaryen.Features.Multivalue;
+
+const LANE_STORE_BYTES = new Map<number, number>([
+  [binaryen.Store8LaneVec128, 1], [binaryen.Store16LaneVec128, 2],
+  [binaryen.Store32LaneVec128, 4], [binaryen.Store64LaneVec128, 8],
+]);
+
+function typeName(t: number): ValueTypeName | null {
+  if (t === binaryen.i32) return 'i32';
+  if (t === binaryen.i64) return 'i64';
+  if (t === binaryen.f32) return 'f32';
+  if (t === binaryen.f64) return 'f64';
+  return null;
+}
+
+function sigOf(params: number, results: number): { params: string[]; results: string[] } {
+  const names = (t: number): string[] => binaryen.expandType(t).map((x) => typeName(x) ?? `type#${x}`);
+  return { params: names(params), results: names(results) };
+}
+
+function sameSig(actual: { params: string[]; results: string[] }, want: { params: readonly string[]; results: readonly string[] }): boolean {
+  return actual.params.join(',') === want.params.join(',') && actual.results.join(',') === want.results.join(',');
+}
+
+function sigText(s: { params: readonly string[]; results: readonly string[] }): string {
+  return `(${s.params.join(', ')}) -> (${s.results.join(', ')})`;
+}
+
+/** Checks done before binaryen sees the bytes: binaryen aborts on malformed input. */
+function precheck(bytes: Uint8Array): WebAssembly.Module {
+  if (bytes.byteLength > MAX_IMAGE_BYTES) {
+    throw new FerryError('IMAGE_TOO_LARGE', `guest image is ${formatBytes(bytes.byteLength)}; the limit is ${formatBytes(MAX_IMAGE_BYTES)}`, { sizeBytes: bytes.byteLength });
+  }
+  if (bytes.byteLength < 8 || bytes[0] !== 0 || bytes[1] !== 0x61 || bytes[2] !== 0x73 || bytes[3] !== 0x6d) {
+    throw new FerryError('IMAGE_NOT_WASM', 'guest image is not a WebAssembly module (it does not start with \\0asm)');
+  }
+  if (bytes[4] !== 1 || bytes[5] !== 0 || bytes[6] !== 0 || bytes[7] !== 0) {
+    throw new FerryError('IMAGE_NOT_WASM', 'guest image is a WebAssembly component or an unknown binary version; Ferry runs core modules (version 1)');
+  }
+  try {
+    return new WebAssembly.Module(bytes);
+  } catch (err) {
+    throw new FerryError('IMAGE_INVALID', `guest image is not a valid WebAssembly module: ${(err as Error).message}`, {}, { cause: err });
+  }
+}
+
+function checkImportsAndExports(compiled: WebAssembly.Module): void {
+  let memories = 0;
+  for (const imp of WebAssembly.Module.imports(compiled)) {
+    if (imp.kind === 'memory') { memories++; continue; }
+    if (imp.kind === 'function' && imp.module === DEVICE_IMPORT_MODULE && imp.name in DEVICE_IMPORTS) continue;
+    throw new FerryError('IMAGE_UNSUPPORTED_IMPORT',
+      `guest imports ${imp.kind} "${imp.module}"."${imp.name}", which Ferry does not provide; a guest may import only ${Object.keys(DEVICE_IMPORTS).map((n) => `ferry.${n}`).join(', ')} and one memory`,
+      { module: imp.module, name: imp.name, kind: imp.kind });
+  }
+  const exports = new Map(WebAssembly.Module.exports(compiled).map((e) => [e.name, e.kind]));
+  for (const e of exports.keys()) {
+    if (e.startsWith('__ferry')) throw new FerryError('IMAGE_BAD_EXPORT', `guest export "${e}" uses the reserved prefix __ferry`, { name: e });
+  }
+  for (const name of [...Object.keys(REQUIRED_FUNCTION_EXPORTS), 'ferry_abi_version']) {
+    if (!exports.has(name)) {
+      throw new FerryError('IMAGE_MISSING_EXPORT', `guest does not export "${name}" (see docs/guest-abi.md: a guest exports ferry_abi_version, ferry_boot and ferry_vcpu_step)`, { name });
+    }
+  }
+  if (exports.get('ferry_abi_version') !== 'global') {
+    throw new FerryError('IMAGE_BAD_EXPORT', 'guest export "ferry_abi_version" must be an immutable i32 global', { name: 'ferry_abi_version' });
+  }
+  for (const name of [...Object.keys(REQUIRED_FUNCTION_EXPORTS), ...Object.keys(OPTIONAL_FUNCTION_EXPORTS)]) {
+    const kind = exports.get(name);
+    if (kind !== undefined && kind !== 'function') {
+      throw new FerryError('IMAGE_BAD_EXPORT', `guest export "${name}" must be a function, not a ${kind}`, { name });
+    }
+  }
+  if (memories > 1) throw new FerryError('IMAGE_UNSUPPORTED_FEATURE', 'guest declares more than one memory; a VM has one RAM');
+}
+
+interface Walker {
+  readonly mod: binaryen.Module;
+  readonly memName: string;
+  readonly layout: MemoryLayout;
+  readonly shift: number;
+  readonly stats: InstrumentStats;
+  siteCount: number;
+}
+
+const i32 = binaryen.i32;
+const none = binaryen.none;
+
+/** `if (bitmap[r]) bitmap[r] = 0` for the region holding the byte at address `addrExpr`. */
+function markOne(w: Walker, regionLocal: number, addrExpr: number): number[] {
+  const m = w.mod;
+  const bitmap = w.layout.bitmapOffset;
+  return [
+    m.local.set(regionLocal, m.i32.shr_u(addrExpr, m.i32.const(w.shift))),
+    m.if(m.i32.load8_u(bitmap, 1, m.local.get(regionLocal, i32), w.memName),
+      m.i32.store8(bitmap, 1, m.local.get(regionLocal, i32), m.i32.const(0), w.memName)),
+  ];
+}
+
+/** Trap through ferry_rt.oob (for a message naming the address) unless [p+off, p+off+size) is inside RAM. */
+function boundsCheck(w: Walker, ptrLocal: number, offset: number, size: number): number {
+  const m = w.mod;
+  const trap = m.block(null, [
+    m.call('__ferry_oob', [m.local.get(ptrLocal, i32), m.i32.const(offset | 0), m.i32.const(size)], none),
+    m.unreachable(),
+  ]);
+  const maxPtr = w.layout.ramBytes - offset - size;
+  if (maxPtr < 0) return trap;
+  return m.if(m.i32.gt_u(m.local.get(ptrLocal, i32), m.i32.const(maxPtr | 0)), trap);
+}
+
+/**
+ * Moves a fixed-size write (store, atomic, lane store) into a helper `(ptr, operands...) -> result`
+ * that checks bounds, performs it, then marks the first and last written regions; returns the call.
+ */
+function wrapFixedWrite(w: Walker, expr: number, cls: 'Store' | 'AtomicRMW' | 'AtomicCmpxchg' | 'SIMDLoadStoreLane',
+  operandNames: readonly string[], offset: number, size: number): number {
+  const m = w.mod;
+  const operands = operandNames.map((n) => accessor(cls, `get${n}`)(expr));
+  const operandTypes = operands.map((o) => binaryen.getExpressionType(o));
+  if (operandTypes.includes(binaryen.unreachable)) return expr; // never executes
+  const resultType = binaryen.getExpressionType(expr);
+  operandNames.forEach((n, i) => { accessor(cls, `set${n}`)(expr, m.local.get(i, operandTypes[i] ?? none)); });
+  const nParams = operands.length;
+  const r0 = nParams, r1 = nParams + 1, result = nParams + 2;
+  const body: number[] = [boundsCheck(w, 0, offset, size)];
+  body.push(resultType === none ? expr : m.local.set(result, expr));
+  const addr = (extra: number): number => m.i32.add(m.local.get(0, i32), m.i32.const((offset + extra) | 0));
+  body.push(...markOne(w, r0, addr(0)));
+  if (size > 1) {
+    // A store can straddle two regions: fire the region of its last byte too (FINDINGS: checking only
+    // the first region loses writes).
+    body.push(m.local.set(r1, m.i32.shr_u(addr(size - 1), m.i32.const(w.shift))));
+    body.push(m.if(m.i32.ne(m.local.get(r1, i32), m.local.get(r0, i32)),
+      m.if(m.i32.load8_u(w.layout.bitmapOffset, 1, m.local.get(r1, i32), w.memName),
+        m.i32.store8(w.layout.bitmapOffset, 1, m.local.get(r1, i32), m.i32.const(0), w.memName))));
+  }
+  if (resultType !== none) body.push(m.local.get(result, resultType));
+  const name = `__ferry_site${w.siteCount++}`;
+  const vars = resultType === none ? [i32, i32] : [i32, i32, resultType];
+  m.addFunction(name, binaryen.createType(operandTypes), resultType, vars, m.block(null, body, resultType));
+  return m.call(name, operands, resultType);
+}
+
+/** memory.fill / memory.copy / memory.init: check [dest, dest+size) inside RAM, run, mark the range. */
+function wrapBulkWrite(w: Walker, expr: number, cls: 'MemoryFill' | 'MemoryCopy' | 'MemoryInit', operandNames: readonly [string, string, string]): number {
+  const m = w.mod;
+  const operands = operandNames.map((n) => accessor(cls, `get${n}`)(expr));
+  if (operands.some((o) => binaryen.getExpressionType(o) === binaryen.unreachable)) return expr;
+  operandNames.forEach((n, i) => { accessor(cls, `set${n}`)(expr, m.local.get(i, i32)); });
+  const dest = (): number => m.local.get(0, i32);
+  const size = (): number => m.local.get(2, i32);
+  const end = m.i64.add(m.i64.extend_u(dest()), m.i64.extend_u(size()));
+  const body = [
+    m.if(m.i64.gt_u(end, (m.i64.const)(BigInt(w.layout.ramBytes))), m.block(null, [
+      m.call('__ferry_oob', [dest(), m.i32.const(0), size()], none), m.unreachable(),
+    ])),
+    expr,
+    m.call('__ferry_mark_range', [dest(), size()], none),
+  ];
+  const name = `__ferry_site${w.siteCount++}`;
+  m.addFunction(name, binaryen.createType([i32, i32, i32]), none, [], m.block(null, body, none));
+  return m.call(name, operands, none);
+}
+
+/** Rewrites `expr`'s subtree; returns the expression to put in its place. */
+function visit(w: Walker, expr: number): number {
+  if (expr === 0) return 0;
+  const id = binaryen.getExpressionId(expr);
+  if (LEAVES.has(id)) {
+    if (id === binaryen.MemorySizeId) { w.stats.sizes++; return w.mod.call('__ferry_memory_size', [], i32); }
+    return expr;
+  }
+  const spec = CHILDREN.get(id);
+  if (spec === undefined) {
+    throw new FerryError('IMAGE_UNSUPPORTED_FEATURE', `guest uses a WebAssembly feature Ferry does not run (expression kind ${id}: exceptions, GC and strings are not supported)`, { expressionId: id });
+  }
+  for (const name of spec.single) {
+    const child = accessor(spec.cls, `get${name}`)(expr);
+    if (child === 0) continue;
+    const next = visit(w, child);
+    if (next !== child) accessor(spec.cls, `set${name}`)(expr, next);
+  }
+  if (spec.list !== undefined) {
+    const n = accessor(spec.cls, spec.list === 'Child' ? 'getNumChildren' : `getNum${spec.list}s`)(expr);
+    for (let i = 0; i < n; i++) {
+      const child = accessor(spec.cls, `get${spec.list}At`)(expr, i);
+      const next = visit(w, child);
+      if (next !== child) accessor(spec.cls, `set${spec.list}At`)(expr, i, next);
+    }
+  }
+  switch (id) {
+    case binaryen.StoreId: {
+      w.stats.stores++;
+      return wrapFixedWrite(w, expr, 'Store', ['Ptr', 'Value'], accessor('Store', 'getOffset')(expr), accessor('Store', 'getBytes')(expr));
+    }
+    case binaryen.AtomicRMWId:
+      w.stats.atomicRmw++;
+      return wrapFixedWrite(w, expr, 'AtomicRMW', ['Ptr', 'Value'], accessor('AtomicRMW', 'getOffset')(expr), accessor('AtomicRMW', 'getBytes')(expr));
+    case binaryen.AtomicCmpxchgId:
+      w.stats.atomicRmw++;
+      return wrapFixedWrite(w, expr, 'AtomicCmpxchg', ['Ptr', 'Expected', 'Replacement'], accessor('AtomicCmpxchg', 'getOffset')(expr), accessor('AtomicCmpxchg', 'getBytes')(expr));
+    case binaryen.SIMDLoadStoreLaneId: {
+      const bytes = LANE_STORE_BYTES.get(accessor('SIMDLoadStoreLane', 'getOp')(expr));
+      if (bytes === undefined) return expr; // a lane load
+      w.stats.simdLaneStores++;
+      return wrapFixedWrite(w, expr, 'SIMDLoadStoreLane', ['Ptr', 'Vec'], accessor('SIMDLoadStoreLane', 'getOffset')(expr), bytes);
+    }
+    case binaryen.MemoryFillId:
+      w.stats.bulk++;
+      return wrapBulkWrite(w, expr, 'MemoryFill', ['Dest', 'Value', 'Size']);
+    case binaryen.MemoryCopyId:
+      w.stats.bulk++;
+      return wrapBulkWrite(w, expr, 'MemoryCopy', ['Dest', 'Source', 'Size']);
+    case binaryen.MemoryInitId:
+      w.stats.bulk++;
+      return wrapBulkWrite(w, expr, 'MemoryInit', ['Dest', 'Offset', 'Size']);
+    case binaryen.MemoryGrowId: {
+      w.stats.grows++;
+      return w.mod.call('__ferry_memory_grow', [accessor('MemoryGrow', 'getDelta')(expr)], i32);
+    }
+    default:
+      return expr;
+  }
+}
+
+/** Runtime helpers shared by all sites: range marking, memory.size/grow over the claimed-pages word. */
+function addRuntimeHelpers(w: Walker, maxClaimPages: number): void {
+  const m = w.mod;
+  const bitmap = w.layout.bitmapOffset;
+  const ctrl = w.layout.controlOffset + CONTROL_CLAIMED_PAGES_OFFSET;
+  m.addFunctionImport('__ferry_oob', RUNTIME_IMPORT_MODULE, 'oob', binaryen.createType([i32, i32, i32]), none);
+  // (dest, size): fire every region in [dest, dest+size); callers guarantee dest+size <= RAM.
+  const d = 0, n = 1, r = 2, last = 3;
+  m.addFunction('__ferry_mark_range', binaryen.createType([i32, i32]), none, [i32, i32], m.block(null, [
+    m.if(m.i32.eqz(m.local.get(n, i32)), m.return()),
+    m.local.set(r, m.i32.shr_u(m.local.get(d, i32), m.i32.const(w.shift))),
+    m.local.set(last, m.i32.shr_u(m.i32.sub(m.i32.add(m.local.get(d, i32), m.local.get(n, i32)), m.i32.const(1)), m.i32.const(w.shift))),
+    m.loop('__ferry_mark_loop', m.block(null, [
+      m.if(m.i32.load8_u(bitmap, 1, m.local.get(r, i32), w.memName),
+        m.i32.store8(bitmap, 1, m.local.get(r, i32), m.i32.const(0), w.memName)),
+      m.local.set(r, m.i32.add(m.local.get(r, i32), m.i32.const(1))),
+      m.br('__ferry_mark_loop', m.i32.le_u(m.local.get(r, i32), m.local.get(last, i32))),
+    ])),
+  ]));
+  m.addFunction('__ferry_memory_size', none, i32, [], m.i32.atomic.load(ctrl, m.i32.const(0), w.memName));
+  // (delta) -> old claimed pages, or -1 beyond min(declared max, RAM): a CAS loop, since any vCPU may grow.
+  const delta = 0, old = 1;
+  m.addFunction('__ferry_memory_grow', binaryen.createType([i32]), i32, [i32], m.block(null, [
+    m.loop('__ferry_grow_retry', m.block(null, [
+      m.local.set(old, m.i32.atomic.load(ctrl, m.i32.const(0), w.memName)),
+      m.if(m.i32.gt_u(m.local.get(delta, i32), m.i32.sub(m.i32.const(maxClaimPages), m.local.get(old, i32))),
+        m.return(m.i32.const(-1))),
+      m.br('__ferry_grow_retry', m.i32.ne(
+        m.i32.atomic.rmw.cmpxchg(ctrl, m.i32.const(0), m.local.get(old, i32), m.i32.add(m.local.get(old, i32), m.local.get(delta, i32)), w.memName),
+        m.local.get(old, i32))),
+    ])),
+    // Newly claimed pages are zero already; marking them tells a migration they now belong to the guest.
+    m.call('__ferry_mark_range', [m.i32.shl(m.local.get(old, i32), m.i32.const(16)), m.i32.shl(m.local.get(delta, i32), m.i32.const(16))], none),
+    m.local.get(old, i32),
+  ], i32));
+}
+
+function findMemoryName(mod: binaryen.Module): string {
+  for (let i = 0; i < mod.getNumExports(); i++) {
+    const info = binaryen.getExportInfo(mod.getExportByIndex(i));
+    if (info.kind === binaryen.ExternalMemory) return info.value;
+  }
+  // Not exported: binaryen's text form names it.
+  const match = /\(memory \$(\S+)/.exec(mod.emitText());
+  if (match?.[1] === undefined) throw new FerryError('IMAGE_NO_MEMORY', 'guest declares no memory; a guest needs one memory (its RAM)');
+  return match[1];
+}
+
+export function instrumentImage(bytes: Uint8Array, options: InstrumentOptions): InstrumentedImage {
+  validateGranularity(options.granularityBytes);
+  const layout = computeLayout(options.ramBytes);
+  const compiled = precheck(bytes);
+  checkImportsAndExports(compiled);
+  const imageSha256 = createHash('sha256').update(bytes).digest('hex');
+
+  const mod = binaryen.readBinary(bytes);
+  try {
+    mod.setFeatures(FEATURES);
+    if (!mod.hasMemory()) throw new FerryError('IMAGE_NO_MEMORY', 'guest declares no memory; a guest needs one memory (its RAM)');
+    const memInfo = mod.getMemoryInfo();
+    if (memInfo.is64) throw new FerryError('IMAGE_UNSUPPORTED_FEATURE', 'guest uses a 64-bit memory (memory64); Ferry guests use 32-bit memory');
+    const initialPages = memInfo.initial;
+    if (initialPages > layout.ramPages) {
+      throw new FerryError('GUEST_MEMORY_TOO_LARGE',
+        `guest needs ${formatBytes(initialPages * WASM_PAGE_BYTES)} of memory at start but the VM has ${formatBytes(layout.ramBytes)}; give the VM more memory (--memory)`,
+        { guestInitialBytes: initialPages * WASM_PAGE_BYTES, ramBytes: layout.ramBytes });
+    }
+    const declaredMax = (memInfo as { max?: number }).max;
+    const maxClaimPages = Math.min(declaredMax ?? layout.ramPages, layout.ramPages);
+
+    // ABI version: an immutable i32 global with value 1.
+    const abiExport = binaryen.getExportInfo(mod.getExport('ferry_abi_version'));
+    const abiGlobal = binaryen.getGlobalInfo(mod.getGlobal(abiExport.value));
+    const abiInit = binaryen.getExpressionInfo(abiGlobal.init) as { id: number; value?: unknown };
+    if (abiGlobal.mutable || abiGlobal.type !== i32 || abiInit.id !== binaryen.ConstId) {
+      throw new FerryError('IMAGE_BAD_EXPORT', 'guest export "ferry_abi_version" must be an immutable i32 global initialised to a constant');
+    }
+    if (abiInit.value !== GUEST_ABI_VERSION) {
+      throw new FerryError('IMAGE_ABI_VERSION', `guest was built for Ferry guest ABI version ${String(abiInit.value)}; this runtime implements version ${GUEST_ABI_VERSION}`, { version: abiInit.value });
+    }
+
+    // Function signatures of exports and device imports.
+    const exportedFunctions = [
+      ...Object.entries(REQUIRED_FUNCTION_EXPORTS),
+      ...Object.entries(OPTIONAL_FUNCTION_EXPORTS).filter(([name]) => WebAssembly.Module.exports(compiled).some((e) => e.name === name)),
+    ];
+    for (const [name, want] of exportedFunctions) {
+      const fn = binaryen.getFunctionInfo(mod.getFunction(binaryen.getExportInfo(mod.getExport(name)).value));
+      const got = sigOf(fn.params, fn.results);
+      if (!sameSig(got, want)) {
+        throw new FerryError('IMAGE_BAD_EXPORT', `guest export "${name}" has signature ${sigText(got)}; the ABI requires ${sigText(want)}`, { name });
+      }
+    }
+    const deviceImports: string[] = [];
+    for (let i = 0; i < mod.getNumFunctions(); i++) {
+      const fn = binaryen.getFunctionInfo(mod.getFunctionByIndex(i));
+      if (!fn.module) continue;
+      const base = fn.base ?? '';
+      const want = DEVICE_IMPORTS[base];
+      assert(want !== undefined && fn.module === DEVICE_IMPORT_MODULE, 'imports were checked');
+      const got = sigOf(fn.params, fn.results);
+      if (!sameSig(got, want)) {
+        throw new FerryError('IMAGE_UNSUPPORTED_IMPORT', `guest imports ferry.${base} with signature ${sigText(got)}; the device has ${sigText(want)}`, { name: base });
+      }
+      deviceImports.push(base);
+    }
+
+    // Globals: export every internal mutable global so per-vCPU state can be captured.
+    const globals: ExportedGlobal[] = [];
+    for (let i = 0; i < mod.getNumGlobals(); i++) {
+      const g = binaryen.getGlobalInfo(mod.getGlobalByIndex(i));
+      if (!g.mutable) continue;
+      const type = typeName(g.type);
+      if (type === null) {
+        throw new FerryError('IMAGE_UNSUPPORTED_FEATURE', `guest has a mutable global "${g.name}" of a type that cannot be saved (only i32, i64, f32, f64)`, { global: g.name });
+      }
+      const exportName = `${EXPORTED_GLOBAL_PREFIX}${globals.length}`;
+      mod.addGlobalExport(g.name, exportName);
+      globals.push({ exportName, type });
+    }
+
+    const shift = granularityShift(options.granularityBytes);
+    const memName = findMemoryName(mod);
+    const stats: InstrumentStats = { stores: 0, atomicRmw: 0, simdLaneStores: 0, bulk: 0, grows: 0, sizes: 0 };
+    const walker: Walker = { mod, memName, layout, shift, stats, siteCount: 0 };
+
+    // Walk the guest's own functions (before adding ours).
+    const guestFunctions: number[] = [];
+    for (let i = 0; i < mod.getNumFunctions(); i++) {
+      const ref = mod.getFunctionByIndex(i);
+      if (!binaryen.getFunctionInfo(ref).module) guestFunctions.push(ref);
+    }
+    addRuntimeHelpers(walker, maxClaimPages);
+    for (const ref of guestFunctions) {
+      const body = binaryen.getFunctionInfo(ref).body;
+      const next = visit(walker, body);
+      if (next !== body) (binaryen as unknown as { Function: { setBody(f: number, b: number): void } }).Function.setBody(ref, next);
+    }
+
+    // Memory: an imported shared memory of the VM's physical size; data segments applied once by __ferry_init.
+    const segments: { name: string; data: Uint8Array; passive: boolean; offset: number }[] = [];
+    const initBody: number[] = [];
+    const segModule = mod as unknown as { getNumDataSegments(): number; getDataSegmentByIndex(i: number): number; getDataSegmentInfo(ref: number): unknown };
+    for (let i = 0; i < segModule.getNumDataSegments(); i++) {
+      const info = segModule.getDataSegmentInfo(segModule.getDataSegmentByIndex(i)) as { name: string; offset: number | null; data: ArrayBuffer; passive: boolean };
+      const data = new Uint8Array(info.data);
+      segments.push({ name: info.name, data, passive: true, offset: 0 });
+      if (info.passive) continue;
+      if (typeof info.offset !== 'number') {
+        throw new FerryError('IMAGE_UNSUPPORTED_FEATURE', `data segment ${info.name} has a non-constant offset; Ferry guests place data at constant addresses`);
+      }
+      const dest = info.offset >>> 0;
+      if (dest + data.byteLength > initialPages * WASM_PAGE_BYTES) {
+        throw new FerryError('IMAGE_INVALID', `data segment ${info.name} (${data.byteLength} B at ${dest}) lies outside the guest's initial memory`);
+      }
+      initBody.push(mod.memory.init(info.name, mod.i32.const(dest), mod.i32.const(0), mod.i32.const(data.byteLength), memName));
+      initBody.push(mod.call('__ferry_mark_range', [mod.i32.const(dest), mod.i32.const(data.byteLength)], none));
+    }
+    const start = mod.getStart();
+    if (start !== 0) {
+      initBody.push(mod.call(binaryen.getFunctionInfo(start).name, [], none));
+      mod.setStart(0);
+    }
+    mod.addFunction(INIT_EXPORT, none, none, [], mod.block(null, initBody, none));
+    mod.addFunctionExport(INIT_EXPORT, INIT_EXPORT);
+    mod.setMemory(layout.totalPages, layout.totalPages, null, segments, true, false, memName);
+    mod.addMemoryImport(memName, RUNTIME_IMPORT_MODULE, 'memory', true);
+
+    // Inline every site helper into its one caller, and clean up.
+    mod.runPasses(['inlining-optimizing']);
+    if (!mod.validate()) {
+      throw new FerryError('IMAGE_INVALID', 'guest image failed validation after instrumentation (an unsupported construct?)');
+    }
+    const binary = mod.emitBinary();
+    let module: WebAssembly.Module;
+    try {
+      module = new WebAssembly.Module(binary);
+    } catch (err) {
+      throw new FerryError('IMAGE_INVALID', `instrumented guest image does not compile: ${(err as Error).message}`, {}, { cause: err });
+    }
+    return {
+      module, binary, imageSha256, layout, granularityBytes: options.granularityBytes, initialPages, maxClaimPages,
+      globals, hasSelfcheck: exportedFunctions.some(([n]) => n === 'ferry_selfcheck'), deviceImports, stats,
+    };
+  } finally {
+    mod.dispose();
+  }
+}

@@ -1,0 +1,85 @@
+/**
+ * Physical layout of a VM's one shared WebAssembly memory. Node 20 has no multi-memory, so the
+ * host-reserved regions live in the same memory as the guest's RAM, *beyond* it:
+ *
+ *   0 ............ ramBytes            guest RAM (every guest store is bounds-checked against ramBytes)
+ *   ramBytes ..... +CONTROL_BYTES      control words (claimed page count for memory.size/grow)
+ *   bitmapOffset . +bitmapBytes         write-trace bitmap: one byte per region of the finest granularity
+ *
+ * The reserved part is sized for the finest granularity so a VM's layout does not depend on the
+ * granularity it is instrumented with.
+ */
+import { FerryError } from '../lib/errors.js';
+import { GiB, KiB, MiB, formatBytes } from '../lib/units.js';
+
+export const WASM_PAGE_BYTES = 64 * KiB;
+/** Control words page placed right after RAM. */
+export const CONTROL_BYTES = WASM_PAGE_BYTES;
+/** Byte offset (from ramBytes) of the i32 claimed-pages word that virtualises memory.size/grow. */
+export const CONTROL_CLAIMED_PAGES_OFFSET = 0;
+/** Smallest trace granularity: one x86 page. */
+export const MIN_GRANULARITY_BYTES = 4 * KiB;
+/** Largest trace granularity: one x86 huge page. */
+export const MAX_GRANULARITY_BYTES = 2 * MiB;
+export const DEFAULT_GRANULARITY_BYTES = 4 * KiB;
+/** Smallest VM: one wasm page. */
+export const MIN_RAM_BYTES = WASM_PAGE_BYTES;
+/**
+ * Largest VM RAM. wasm32 addresses 4 GiB in all; RAM plus the reserved regions must fit, and V8
+ * refuses a shared memory of exactly 65536 pages on some builds, so stay a whole GiB below.
+ */
+export const MAX_RAM_BYTES = 3 * GiB;
+
+export interface MemoryLayout {
+  readonly ramBytes: number;
+  readonly ramPages: number;
+  readonly controlOffset: number;
+  readonly bitmapOffset: number;
+  /** One byte per MIN_GRANULARITY_BYTES region of RAM (regions of coarser granularities use a prefix). */
+  readonly bitmapBytes: number;
+  readonly totalPages: number;
+  readonly totalBytes: number;
+}
+
+export function isValidGranularity(bytes: number): boolean {
+  return Number.isInteger(bytes) && bytes >= MIN_GRANULARITY_BYTES && bytes <= MAX_GRANULARITY_BYTES && (bytes & (bytes - 1)) === 0;
+}
+
+export function granularityShift(bytes: number): number {
+  return Math.log2(bytes);
+}
+
+export function validateGranularity(bytes: number): void {
+  if (!isValidGranularity(bytes)) {
+    throw new FerryError('VM_CONFIG_INVALID',
+      `trace granularity ${bytes} B is not supported: use a power of two from 4 KiB to 2 MiB (e.g. 4KiB, 64KiB, 2MiB)`,
+      { granularityBytes: bytes });
+  }
+}
+
+export function computeLayout(ramBytes: number): MemoryLayout {
+  if (!Number.isSafeInteger(ramBytes) || ramBytes < MIN_RAM_BYTES || ramBytes > MAX_RAM_BYTES || ramBytes % WASM_PAGE_BYTES !== 0) {
+    throw new FerryError('VM_CONFIG_INVALID',
+      `VM memory ${formatBytes(ramBytes)} is not valid: it must be a multiple of 64 KiB between ${formatBytes(MIN_RAM_BYTES)} and ${formatBytes(MAX_RAM_BYTES)}`,
+      { ramBytes });
+  }
+  const bitmapEntries = Math.ceil(ramBytes / MIN_GRANULARITY_BYTES);
+  const bitmapBytes = Math.ceil(bitmapEntries / WASM_PAGE_BYTES) * WASM_PAGE_BYTES;
+  const controlOffset = ramBytes;
+  const bitmapOffset = controlOffset + CONTROL_BYTES;
+  const totalBytes = bitmapOffset + bitmapBytes;
+  return {
+    ramBytes,
+    ramPages: ramBytes / WASM_PAGE_BYTES,
+    controlOffset,
+    bitmapOffset,
+    bitmapBytes,
+    totalPages: totalBytes / WASM_PAGE_BYTES,
+    totalBytes,
+  };
+}
+
+/** Number of trace regions covering RAM at a granularity. */
+export function regionCount(ramBytes: number, granularityBytes: number): number {
+  return Math.ceil(ramBytes / granularityBytes);
+}

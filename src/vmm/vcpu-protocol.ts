@@ -1,0 +1,49 @@
+/** What the VM hands a vCPU worker, what the worker reports back, and the step-loop limits. */
+import type { ControlBuffers } from './control.js';
+import type { ExportedGlobal } from './instrument.js';
+import type { GlobalValue } from './vcpu-state.js';
+
+/** Per-call cap on console output: a guest cannot make the host buffer unbounded text at once. */
+export const CONSOLE_WRITE_MAX_BYTES = 64 * 1024;
+export const PANIC_MESSAGE_MAX_BYTES = 4096;
+/** How long an IDLE vCPU sleeps before its next step (it wakes at once on pause/stop). */
+export const IDLE_TICK_MS = 1;
+/** Step budget bounds (guest work units). */
+export const MIN_BUDGET = 1;
+export const MAX_BUDGET = 1 << 30;
+export const INITIAL_BUDGET = 64;
+/** Target duration of one step: bounds pause latency (a vCPU parks at the end of its current step). */
+export const DEFAULT_STEP_TARGET_US = 250;
+
+export const STEP_STATUS_RUN = 0;
+export const STEP_STATUS_IDLE = 1;
+export const STEP_STATUS_HALT = 2;
+
+export interface VcpuRestore {
+  readonly globals: readonly GlobalValue[];
+  readonly halted: boolean;
+}
+
+export interface VcpuWorkerData {
+  readonly module: WebAssembly.Module;
+  readonly memory: WebAssembly.Memory;
+  readonly control: ControlBuffers;
+  readonly vcpus: number;
+  readonly vcpu: number;
+  readonly maxGlobals: number;
+  readonly ramBytes: number;
+  readonly bitmapOffset: number;
+  readonly regionCount: number;
+  readonly shift: number;
+  readonly cmdline: string;
+  readonly globals: readonly ExportedGlobal[];
+  readonly restore: VcpuRestore | null;
+  readonly stepTargetUs: number;
+}
+
+export type CrashReason = 'trap' | 'panic' | 'fault' | 'abi' | 'internal' | 'hung';
+
+export type VcpuWorkerMessage =
+  | { readonly kind: 'console'; readonly vcpu: number; readonly text: string }
+  | { readonly kind: 'crash'; readonly vcpu: number; readonly reason: CrashReason; readonly message: string }
+  | { readonly kind: 'exit'; readonly vcpu: number };

@@ -1,0 +1,245 @@
+/**
+ * One vCPU: a worker thread running its own instance of the instrumented guest over the VM's
+ * shared memory. The loop is a small state machine driven by the control block (src/vmm/control.ts):
+ *
+ *   Running: step -> ack -> (throttle sleep) -> Running
+ *   Running --request=Pause--> Parked (globals published) --request=Run--> Running
+ *   Running --step returns IDLE--> Idle (sleep one tick or until woken) --> Running
+ *   Running --step returns HALT--> Halted (until Stop)
+ *   any --trap/panic/bad status--> Crashed (message posted)    any --request=Stop--> Exited
+ *
+ * Between two steps the vCPU is at a safepoint: that is the only place it parks, publishes its
+ * state, or sleeps. The ack after each step is a seq-cst increment: the trace-epoch acknowledgement
+ * that the collector waits for (docs/dirty-tracking.md).
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { performance } from 'node:perf_hooks';
+import {
+  Control, RunRequest, VcpuState, V_ACK, V_BUDGET, V_GLOBAL_COUNT, V_IN_STEP, V_STATE, V_THROTTLE_PERMILLE,
+  S_MAX_STEP_MS, S_STEPS, S_STEP_MS, S_STEP_START_MS, S_THROTTLED_MS, S_UNITS, W_BOOTED, W_PARK_SEQ,
+} from './control.js';
+import { TraceBitmap } from './trace-bitmap.js';
+import type { VcpuWorkerData, VcpuWorkerMessage } from './vcpu-protocol.js';
+import {
+  CONSOLE_WRITE_MAX_BYTES, IDLE_TICK_MS, MAX_BUDGET, MIN_BUDGET, PANIC_MESSAGE_MAX_BYTES, STEP_STATUS_HALT,
+  STEP_STATUS_IDLE, STEP_STATUS_RUN,
+} from './vcpu-protocol.js';
+
+const data = workerData as VcpuWorkerData;
+const port = parentPort;
+if (port === null) throw new Error('vcpu-worker must run as a worker thread');
+
+const control = new Control(data.control, data.vcpus, data.maxGlobals);
+const memory = data.memory;
+const bitmap = new TraceBitmap(memory.buffer, data.bitmapOffset, data.regionCount, data.shift);
+const vcpu = data.vcpu;
+const i32 = control.i32;
+const idx = (field: number): number => control.word(vcpu, field);
+const st = (field: number): number => control.stat(vcpu, field);
+const post = (msg: VcpuWorkerMessage): void => { port.postMessage(msg); };
+
+/** Thrown by device imports to unwind the guest with a crash reason. */
+class GuestFault extends Error {
+  constructor(readonly reason: 'panic' | 'fault', message: string) { super(message); }
+}
+
+function guestBytes(ptr: number, len: number, what: string): Uint8Array {
+  const p = ptr >>> 0, n = len >>> 0;
+  if (p + n > data.ramBytes) {
+    throw new GuestFault('fault', `${what}: span ${p}+${n} lies outside guest RAM (${data.ramBytes} bytes)`);
+  }
+  return new Uint8Array(memory.buffer, p, n);
+}
+
+let consoleBuffer = '';
+const decoder = new TextDecoder('utf-8', { fatal: false });
+function flushConsole(): void {
+  if (consoleBuffer.length > 0) {
+    post({ kind: 'console', vcpu, text: consoleBuffer });
+    consoleBuffer = '';
+  }
+}
+
+const cmdlineBytes = new TextEncoder().encode(data.cmdline);
+const imports: WebAssembly.Imports = {
+  ferry_rt: {
+    memory,
+    oob: (ptr: number, offset: number, size: number): void => {
+      const addr = (ptr >>> 0) + (offset >>> 0);
+      throw new WebAssembly.RuntimeError(
+        `out of bounds memory access: a ${size >>> 0}-byte write at 0x${addr.toString(16)} is outside guest RAM (0x0..0x${data.ramBytes.toString(16)}); host-reserved memory is not writable by the guest`);
+    },
+  },
+  ferry: {
+    console_write: (ptr: number, len: number): void => {
+      if (len >>> 0 > CONSOLE_WRITE_MAX_BYTES) throw new GuestFault('fault', `console_write of ${len >>> 0} bytes exceeds the ${CONSOLE_WRITE_MAX_BYTES}-byte limit per call`);
+      consoleBuffer += decoder.decode(guestBytes(ptr, len, 'console_write').slice());
+      const nl = consoleBuffer.lastIndexOf('\n');
+      if (nl >= 0) {
+        post({ kind: 'console', vcpu, text: consoleBuffer.slice(0, nl + 1) });
+        consoleBuffer = consoleBuffer.slice(nl + 1);
+      }
+    },
+    clock_ns: (): bigint => control.guestClockNs(),
+    cmdline: (ptr: number, cap: number): number => {
+      const n = Math.min(cap >>> 0, cmdlineBytes.byteLength);
+      guestBytes(ptr, n, 'cmdline').set(cmdlineBytes.subarray(0, n));
+      bitmap.markRange(ptr >>> 0, n); // a device write fires traces like a guest store
+      return cmdlineBytes.byteLength;
+    },
+    panic: (ptr: number, len: number): void => {
+      const n = Math.min(len >>> 0, PANIC_MESSAGE_MAX_BYTES);
+      let message = '(unreadable panic message)';
+      try { message = decoder.decode(guestBytes(ptr, n, 'panic').slice()); } catch { /* keep the placeholder */ }
+      throw new GuestFault('panic', message);
+    },
+  },
+};
+
+function publishGlobals(exports: WebAssembly.Exports): void {
+  data.globals.forEach((g, i) => {
+    const value = (exports[g.exportName] as WebAssembly.Global).value;
+    const slot = control.globalSlot(vcpu, i);
+    if (g.type === 'i64') control.globalsI64[slot] = value as bigint;
+    else control.globalsF64[slot] = value as number;
+  });
+  Atomics.store(i32, idx(V_GLOBAL_COUNT), data.globals.length);
+}
+
+function setState(state: VcpuState): void {
+  Atomics.store(i32, idx(V_STATE), state);
+  if (state !== VcpuState.Running && state !== VcpuState.Idle) {
+    Atomics.add(i32, 0 + W_PARK_SEQ, 1);
+    Atomics.notify(i32, W_PARK_SEQ);
+  }
+}
+
+function crash(reason: 'trap' | 'panic' | 'fault' | 'abi' | 'internal', message: string): void {
+  flushConsole();
+  Atomics.store(i32, idx(V_IN_STEP), 0);
+  post({ kind: 'crash', vcpu, reason, message });
+  setState(VcpuState.Crashed);
+}
+
+function classify(err: unknown): { reason: 'trap' | 'panic' | 'fault' | 'internal'; message: string } {
+  if (err instanceof GuestFault) return { reason: err.reason, message: err.message };
+  if (err instanceof WebAssembly.RuntimeError) return { reason: 'trap', message: err.message };
+  if (err instanceof RangeError && /call stack/i.test(err.message)) return { reason: 'trap', message: `stack overflow: ${err.message}` };
+  return { reason: 'internal', message: err instanceof Error ? `${err.name}: ${err.message}` : String(err) };
+}
+
+function sleep(ms: number): void {
+  // Wakes early when the VM changes the request (pause/stop), so sleeping never delays a pause.
+  Atomics.wait(i32, 0, RunRequest.Run, ms);
+}
+
+function run(): void {
+  let instance: WebAssembly.Instance;
+  try {
+    instance = new WebAssembly.Instance(data.module, imports);
+  } catch (err) {
+    crash('internal', `cannot instantiate the guest: ${classify(err).message}`);
+    return;
+  }
+  const exports = instance.exports;
+  const step = exports['ferry_vcpu_step'] as (vcpu: number, budget: number) => number;
+
+  // Boot or restore.
+  try {
+    if (data.restore !== null) {
+      data.globals.forEach((g, i) => {
+        const v = data.restore?.globals[i];
+        if (v !== undefined) (exports[g.exportName] as WebAssembly.Global).value = v.value;
+      });
+    } else if (vcpu === 0) {
+      (exports['__ferry_init'] as () => void)();
+      (exports['ferry_boot'] as (vcpus: number) => void)(data.vcpus);
+      Atomics.store(i32, W_BOOTED, 1);
+      Atomics.notify(i32, W_BOOTED);
+    } else {
+      while (Atomics.load(i32, W_BOOTED) === 0 && control.request() !== RunRequest.Stop) Atomics.wait(i32, W_BOOTED, 0, 50);
+    }
+  } catch (err) {
+    const c = classify(err);
+    crash(c.reason, `during boot: ${c.message}`);
+    return;
+  }
+  flushConsole();
+
+  let budget = Math.max(MIN_BUDGET, Atomics.load(i32, idx(V_BUDGET)));
+  const targetMs = data.stepTargetUs / 1000;
+  let halted = data.restore?.halted ?? false;
+  setState(halted ? VcpuState.Halted : VcpuState.Running);
+
+  for (;;) {
+    const req = control.request();
+    if (req === RunRequest.Stop) break;
+    if (req === RunRequest.Pause || halted) {
+      // Safepoint: publish state, then park until the request changes.
+      flushConsole();
+      publishGlobals(exports);
+      setState(halted ? VcpuState.Halted : VcpuState.Parked);
+      for (;;) {
+        const r = control.request();
+        if (r === RunRequest.Stop || (r === RunRequest.Run && !halted)) break;
+        Atomics.wait(i32, 0, r);
+      }
+      if (control.request() === RunRequest.Stop) break;
+      setState(VcpuState.Running);
+      continue;
+    }
+
+    Atomics.store(i32, idx(V_IN_STEP), 1);
+    const t0 = performance.now();
+    control.f64[st(S_STEP_START_MS)] = performance.timeOrigin + t0;
+    let status: number;
+    try {
+      status = step(vcpu, budget);
+    } catch (err) {
+      const c = classify(err);
+      crash(c.reason, c.message);
+      return;
+    }
+    const stepMs = performance.now() - t0;
+    Atomics.add(i32, idx(V_ACK), 1);
+    Atomics.store(i32, idx(V_IN_STEP), 0);
+
+    const f = control.f64;
+    f[st(S_STEPS)] = (f[st(S_STEPS)] ?? 0) + 1;
+    f[st(S_STEP_MS)] = (f[st(S_STEP_MS)] ?? 0) + stepMs;
+    if (stepMs > (f[st(S_MAX_STEP_MS)] ?? 0)) f[st(S_MAX_STEP_MS)] = stepMs;
+
+    if (status === STEP_STATUS_RUN) {
+      f[st(S_UNITS)] = (f[st(S_UNITS)] ?? 0) + budget;
+      // Adapt the budget so a step lasts about the target: that is what bounds pause latency.
+      if (stepMs < targetMs / 2) budget = Math.min(MAX_BUDGET, budget * 2);
+      else if (stepMs > targetMs * 1.5) budget = Math.max(MIN_BUDGET, Math.floor(budget * targetMs / stepMs));
+      Atomics.store(i32, idx(V_BUDGET), budget);
+    } else if (status === STEP_STATUS_IDLE) {
+      setState(VcpuState.Idle);
+      sleep(IDLE_TICK_MS);
+      setState(VcpuState.Running);
+    } else if (status === STEP_STATUS_HALT) {
+      halted = true;
+      continue;
+    } else {
+      crash('abi', `ferry_vcpu_step returned ${status}; the ABI allows 0 (run), 1 (idle) or 2 (halt)`);
+      return;
+    }
+
+    const throttle = Atomics.load(i32, idx(V_THROTTLE_PERMILLE));
+    if (throttle > 0) {
+      // Park for a share of wall time: throttle/1000 of (step + sleep).
+      const sleepMs = stepMs * throttle / (1000 - throttle);
+      const s0 = performance.now();
+      sleep(sleepMs);
+      f[st(S_THROTTLED_MS)] = (f[st(S_THROTTLED_MS)] ?? 0) + (performance.now() - s0);
+    }
+  }
+  flushConsole();
+  publishGlobals(exports);
+  setState(VcpuState.Exited);
+}
+
+run();
+post({ kind: 'exit', vcpu });

@@ -1,0 +1,447 @@
+/**
+ * A VM on one host: an instrumented guest image, one shared memory (RAM + reserved regions) and N
+ * vCPU worker threads. The VM object owns the lifecycle:
+ *
+ *   created --start--> running --pause--> paused --resume--> running
+ *   running --all vCPUs halt--> halted
+ *   running/paused --trap, panic, hang--> crashed        any --stop--> stopped
+ *
+ * It exposes what the migration engine needs: pause with a bounded, measured latency; per-vCPU
+ * state capture; a throttle; the dirty tracker; direct RAM access for copying; save/restore.
+ */
+import { EventEmitter } from 'node:events';
+import { Worker } from 'node:worker_threads';
+import { performance } from 'node:perf_hooks';
+import { FerryError, errorMessage } from '../lib/errors.js';
+
+import { formatBytes } from '../lib/units.js';
+import {
+  Control, MAX_GLOBALS_PER_VCPU, MAX_THROTTLE_PERMILLE, MAX_VCPUS, RunRequest, VcpuState, isQuiescent,
+  S_MAX_STEP_MS, S_STEPS, S_STEP_MS, S_STEP_START_MS, S_THROTTLED_MS, S_UNITS, V_ACK, V_BUDGET, V_IN_STEP, V_STATE,
+  V_THROTTLE_PERMILLE, W_FENCE, W_PARK_SEQ,
+} from './control.js';
+import { instrumentImage, type InstrumentedImage } from './instrument.js';
+import { CONTROL_CLAIMED_PAGES_OFFSET, DEFAULT_GRANULARITY_BYTES, granularityShift, regionCount } from './layout.js';
+import { TraceBitmap } from './trace-bitmap.js';
+import { DirtyTracker } from './traces.js';
+import {
+  DEFAULT_STEP_TARGET_US, INITIAL_BUDGET, type CrashReason, type VcpuRestore, type VcpuWorkerData, type VcpuWorkerMessage,
+} from './vcpu-protocol.js';
+import type { GlobalValue, VcpuSnapshotState } from './vcpu-state.js';
+
+export const DEFAULT_HANG_TIMEOUT_MS = 2000;
+export const MIN_HANG_TIMEOUT_MS = 10;
+export const MAX_CMDLINE_BYTES = 4096;
+/** How often the watchdog looks for a step that overran the hang timeout. */
+export const WATCHDOG_INTERVAL_MS = 50;
+/** The first part of a pause/barrier wait spins on Atomics.wait (accurate, sub-ms); then it yields. */
+const SYNC_WAIT_WINDOW_MS = 5;
+/** Time given to workers to leave their loop on stop before they are terminated. */
+const STOP_GRACE_MS = 1000;
+export const MIN_STEP_TARGET_US = 20;
+export const MAX_STEP_TARGET_US = 100_000;
+
+export interface VmConfig {
+  readonly name: string;
+  readonly memoryBytes: number;
+  readonly vcpus: number;
+  readonly granularityBytes: number;
+  readonly cmdline: string;
+  /** A step still running after this long marks the VM crashed (reason "hung"). */
+  readonly hangTimeoutMs: number;
+  /** Target duration of one vCPU step (bounds pause latency). */
+  readonly stepTargetUs: number;
+}
+
+export type VmConfigInput = Partial<VmConfig> & Pick<VmConfig, 'memoryBytes'>;
+
+export type VmState = 'created' | 'running' | 'paused' | 'halted' | 'crashed' | 'stopped';
+
+export interface CrashInfo {
+  readonly reason: CrashReason;
+  readonly vcpu: number;
+  readonly message: string;
+}
+
+export interface PauseResult {
+  /** From the pause request until every vCPU was parked. */
+  readonly latencyMs: number;
+}
+
+export interface VcpuStats {
+  readonly vcpu: number;
+  readonly state: VcpuState;
+  readonly steps: number;
+  readonly units: number;
+  readonly stepMs: number;
+  readonly maxStepMs: number;
+  readonly throttledMs: number;
+  readonly budget: number;
+}
+
+/** What a restore brings: memory is written by the caller (restoreMemory) before start. */
+export interface RestoreState {
+  readonly claimedPages: number;
+  readonly clockNs: bigint;
+  readonly vcpus: readonly VcpuSnapshotState[];
+}
+
+export interface VmEvents {
+  console: [text: string, vcpu: number];
+  state: [state: VmState];
+  crash: [info: CrashInfo];
+}
+
+export function normalizeConfig(input: VmConfigInput): VmConfig {
+  const config: VmConfig = {
+    name: input.name ?? 'vm',
+    memoryBytes: input.memoryBytes,
+    vcpus: input.vcpus ?? 1,
+    granularityBytes: input.granularityBytes ?? DEFAULT_GRANULARITY_BYTES,
+    cmdline: input.cmdline ?? '',
+    hangTimeoutMs: input.hangTimeoutMs ?? DEFAULT_HANG_TIMEOUT_MS,
+    stepTargetUs: input.stepTargetUs ?? DEFAULT_STEP_TARGET_US,
+  };
+  const bad = (message: string): never => { throw new FerryError('VM_CONFIG_INVALID', message, { config }); };
+  if (!Number.isInteger(config.vcpus) || config.vcpus < 1 || config.vcpus > MAX_VCPUS) bad(`vcpus must be an integer from 1 to ${MAX_VCPUS}, got ${config.vcpus}`);
+  if (Buffer.byteLength(config.cmdline) > MAX_CMDLINE_BYTES) bad(`command line is ${Buffer.byteLength(config.cmdline)} bytes; the limit is ${MAX_CMDLINE_BYTES}`);
+  if (config.cmdline.includes('\0')) bad('command line must not contain NUL characters');
+  if (!/^[A-Za-z0-9._-]{1,64}$/.test(config.name)) bad(`VM name "${config.name}" must be 1-64 characters of letters, digits, '.', '_' or '-'`);
+  if (!Number.isFinite(config.hangTimeoutMs) || config.hangTimeoutMs < MIN_HANG_TIMEOUT_MS) bad(`hang timeout must be at least ${MIN_HANG_TIMEOUT_MS} ms`);
+  if (!Number.isFinite(config.stepTargetUs) || config.stepTargetUs < MIN_STEP_TARGET_US || config.stepTargetUs > MAX_STEP_TARGET_US) {
+    bad(`step target must be between ${MIN_STEP_TARGET_US} and ${MAX_STEP_TARGET_US} µs`);
+  }
+  return config;
+}
+
+export class Vm extends EventEmitter<VmEvents> {
+  readonly config: VmConfig;
+  readonly image: InstrumentedImage;
+  /** The original, uninstrumented image bytes (saved in snapshots, sent on migration). */
+  readonly imageBytes: Uint8Array;
+  readonly memory: WebAssembly.Memory;
+  /** Guest RAM, [0, ramBytes). */
+  readonly ram: Uint8Array;
+  readonly tracker: DirtyTracker;
+  private readonly control: Control;
+  private readonly bitmap: TraceBitmap;
+  private readonly claimedPagesWord: Int32Array;
+  private readonly workers: Worker[] = [];
+  private readonly exited = new Set<number>();
+  private readonly restore: RestoreState | null;
+  private vmState: VmState = 'created';
+  private crashInfo: CrashInfo | null = null;
+  private watchdog: NodeJS.Timeout | null = null;
+  private exitWaiters: (() => void)[] = [];
+
+  private constructor(imageBytes: Uint8Array, config: VmConfig, image: InstrumentedImage, restore: RestoreState | null) {
+    super();
+    this.config = config;
+    this.imageBytes = imageBytes;
+    this.image = image;
+    this.restore = restore;
+    const layout = image.layout;
+    this.memory = new WebAssembly.Memory({ initial: layout.totalPages, maximum: layout.totalPages, shared: true });
+    this.ram = new Uint8Array(this.memory.buffer, 0, layout.ramBytes);
+    this.bitmap = new TraceBitmap(this.memory.buffer, layout.bitmapOffset, regionCount(layout.ramBytes, config.granularityBytes), granularityShift(config.granularityBytes));
+    this.claimedPagesWord = new Int32Array(this.memory.buffer, layout.controlOffset + CONTROL_CLAIMED_PAGES_OFFSET, 1);
+    this.control = Control.create(config.vcpus, Math.max(1, image.globals.length));
+    this.tracker = new DirtyTracker(this.bitmap, config.granularityBytes, () => this.traceBarrier());
+    if (restore === null) {
+      Atomics.store(this.claimedPagesWord, 0, image.initialPages);
+      this.control.setGuestClockNs(0n);
+    } else {
+      if (restore.vcpus.length !== config.vcpus) throw new FerryError('VM_CONFIG_INVALID', `restore state has ${restore.vcpus.length} vCPUs, the VM ${config.vcpus}`);
+      if (restore.claimedPages > layout.ramPages || restore.claimedPages < image.initialPages) {
+        throw new FerryError('VM_CONFIG_INVALID', `restored claimed memory (${restore.claimedPages} pages) does not fit the guest's range ${image.initialPages}..${layout.ramPages}`);
+      }
+      Atomics.store(this.claimedPagesWord, 0, restore.claimedPages);
+      this.control.setGuestClockNs(restore.clockNs);
+    }
+  }
+
+  /** Validates and instruments the image and allocates the VM's memory. Does not start vCPUs. */
+  static create(imageBytes: Uint8Array, input: VmConfigInput, restore: RestoreState | null = null): Vm {
+    const config = normalizeConfig(input);
+    const image = instrumentImage(imageBytes, { ramBytes: config.memoryBytes, granularityBytes: config.granularityBytes });
+    if (image.globals.length > MAX_GLOBALS_PER_VCPU) {
+      throw new FerryError('IMAGE_UNSUPPORTED_FEATURE', `guest has ${image.globals.length} mutable globals; at most ${MAX_GLOBALS_PER_VCPU} can be saved per vCPU`);
+    }
+    return new Vm(imageBytes, config, image, restore);
+  }
+
+  get state(): VmState { return this.vmState; }
+  get crash(): CrashInfo | null { return this.crashInfo; }
+  get claimedPages(): number { return Atomics.load(this.claimedPagesWord, 0); }
+  get guestClockNs(): bigint { return this.control.guestClockNs(); }
+
+  /** Starts every vCPU; resolves once all have booted (or restored) and run, or rejects on a boot crash. */
+  async start(): Promise<void> {
+    this.requireState('start', ['created']);
+    const c = this.control;
+    c.setRequest(RunRequest.Run);
+    for (let v = 0; v < this.config.vcpus; v++) {
+      c.store(v, V_BUDGET, INITIAL_BUDGET);
+      c.store(v, V_STATE, VcpuState.Starting);
+      const restore: VcpuRestore | null = this.restore === null ? null : (this.restore.vcpus[v] ?? null);
+      const data: VcpuWorkerData = {
+        module: this.image.module, memory: this.memory, control: c.buffers, vcpus: this.config.vcpus, vcpu: v,
+        maxGlobals: c.maxGlobals, ramBytes: this.image.layout.ramBytes, bitmapOffset: this.image.layout.bitmapOffset,
+        regionCount: this.bitmap.regionCount, shift: this.bitmap.shift, cmdline: this.config.cmdline,
+        globals: this.image.globals, restore, stepTargetUs: this.config.stepTargetUs,
+      };
+      const worker = new Worker(new URL('./vcpu-worker.js', import.meta.url), { workerData: data });
+      worker.on('message', (msg: VcpuWorkerMessage) => { this.onWorkerMessage(msg); });
+      worker.on('error', (err) => { this.onCrash({ reason: 'internal', vcpu: v, message: `vCPU thread failed: ${errorMessage(err)}` }); });
+      worker.on('exit', () => { this.onWorkerExit(v); });
+      this.workers.push(worker);
+    }
+    this.setState('running');
+    this.watchdog = setInterval(() => { this.checkHung(); }, WATCHDOG_INTERVAL_MS);
+    this.watchdog.unref();
+    // Booted when no vCPU is still Starting.
+    const deadline = performance.now() + Math.max(this.config.hangTimeoutMs, 10_000);
+    while (this.vcpuStates().some((s) => s === VcpuState.Starting)) {
+      if (this.vmState === 'crashed') break;
+      if (performance.now() > deadline) {
+        this.onCrash({ reason: 'hung', vcpu: this.vcpuStates().indexOf(VcpuState.Starting), message: 'vCPU did not finish booting in time' });
+        break;
+      }
+      await delay(1);
+    }
+    if (this.crashInfo !== null) {
+      throw new FerryError('VM_CRASHED', `VM ${this.config.name} crashed while starting: ${this.crashInfo.message}`, { crash: this.crashInfo });
+    }
+  }
+
+  /**
+   * Parks every vCPU at its next safepoint. Bounded by the step target in the normal case and by
+   * the hang timeout in the worst: a vCPU that does not park in time crashes the VM (reason hung).
+   */
+  async pause(timeoutMs: number = this.config.hangTimeoutMs): Promise<PauseResult> {
+    if (this.vmState === 'halted' || this.vmState === 'paused') return { latencyMs: 0 };
+    this.requireState('pause', ['running']);
+    const t0 = performance.now();
+    this.control.setRequest(RunRequest.Pause);
+    const ok = await this.waitUntil(() => this.allQuiescent(), W_PARK_SEQ, t0 + timeoutMs);
+    const latencyMs = performance.now() - t0;
+    if (this.crashInfo !== null) throw new FerryError('VM_CRASHED', `VM crashed while pausing: ${this.crashInfo.message}`, { crash: this.crashInfo });
+    if (!ok) {
+      const stuck = this.vcpuStates().map((s, i) => (isQuiescent(s) ? -1 : i)).filter((i) => i >= 0);
+      this.onCrash({ reason: 'hung', vcpu: stuck[0] ?? 0, message: `vCPU(s) ${stuck.join(', ')} did not reach a safepoint within ${timeoutMs} ms` });
+      throw new FerryError('VCPU_HUNG', `VM ${this.config.name}: vCPU(s) ${stuck.join(', ')} did not pause within ${timeoutMs} ms; the VM is marked crashed (hung)`, { vcpus: stuck });
+    }
+    this.setState('paused');
+    return { latencyMs };
+  }
+
+  resume(): void {
+    this.requireState('resume', ['paused']);
+    this.control.setRequest(RunRequest.Run);
+    this.setState('running');
+  }
+
+  /** Stops every vCPU and releases the threads. Safe to call in any state, more than once. */
+  async stop(): Promise<void> {
+    if (this.watchdog !== null) { clearInterval(this.watchdog); this.watchdog = null; }
+    if (this.workers.length === 0 || this.exited.size === this.workers.length) {
+      if (this.vmState !== 'crashed') this.setState('stopped');
+      return;
+    }
+    this.control.setRequest(RunRequest.Stop);
+    const allExited = new Promise<void>((resolve) => { this.exitWaiters.push(resolve); });
+    const timer = setTimeout(() => { for (const w of this.workers) void w.terminate(); }, STOP_GRACE_MS);
+    await allExited;
+    clearTimeout(timer);
+    if (this.vmState !== 'crashed') this.setState('stopped');
+  }
+
+  /** Throttle: every vCPU spends `permille`/1000 of its time parked (0 = off). */
+  setThrottle(permille: number): void {
+    if (!Number.isInteger(permille) || permille < 0 || permille > MAX_THROTTLE_PERMILLE) {
+      throw new FerryError('INVALID_ARGUMENT', `throttle must be an integer from 0 to ${MAX_THROTTLE_PERMILLE} permille, got ${permille}`);
+    }
+    for (let v = 0; v < this.config.vcpus; v++) this.control.store(v, V_THROTTLE_PERMILLE, permille);
+  }
+
+  /** Per-vCPU state as published at the last safepoint; the VM must be paused, halted or stopped. */
+  captureVcpuStates(): VcpuSnapshotState[] {
+    this.requireState('capture vCPU state', ['paused', 'halted', 'stopped']);
+    const c = this.control;
+    const states: VcpuSnapshotState[] = [];
+    for (let v = 0; v < this.config.vcpus; v++) {
+      const globals: GlobalValue[] = this.image.globals.map((g, i) => {
+        const slot = c.globalSlot(v, i);
+        if (g.type === 'i64') return { type: 'i64', value: c.globalsI64[slot] ?? 0n };
+        return { type: g.type, value: c.globalsF64[slot] ?? 0 };
+      });
+      states.push({ halted: c.load(v, V_STATE) === VcpuState.Halted, globals });
+    }
+    return states;
+  }
+
+  /** Writes into guest RAM from the host (a device or a restore) and fires the traces it covers. */
+  hostWrite(offset: number, bytes: Uint8Array): void {
+    if (!Number.isInteger(offset) || offset < 0 || offset + bytes.byteLength > this.ram.byteLength) {
+      throw new FerryError('INVALID_ARGUMENT', `host write of ${bytes.byteLength} bytes at ${offset} is outside guest RAM (${formatBytes(this.ram.byteLength)})`);
+    }
+    this.ram.set(bytes, offset);
+    this.bitmap.markRange(offset, bytes.byteLength);
+  }
+
+  /** Fires traces for a host write already done directly into `ram` (bulk restore). */
+  markWritten(offset: number, length: number): void {
+    this.bitmap.markRange(offset, length);
+  }
+
+  /** Runs the guest's own invariant check (ferry_selfcheck) on a quiescent VM; returns violations. */
+  selfcheck(): number {
+    this.requireState('run the guest self-check', ['created', 'paused', 'halted', 'stopped', 'crashed']);
+    if (!this.image.hasSelfcheck) throw new FerryError('IMAGE_MISSING_EXPORT', 'this guest does not export ferry_selfcheck');
+    const fail = (): never => { throw new WebAssembly.RuntimeError('ferry_selfcheck must only read memory'); };
+    const instance = new WebAssembly.Instance(this.image.module, {
+      ferry_rt: { memory: this.memory, oob: fail },
+      ferry: { console_write: () => undefined, clock_ns: () => this.control.guestClockNs(), cmdline: fail, panic: fail },
+    });
+    return (instance.exports['ferry_selfcheck'] as () => number)();
+  }
+
+  vcpuStats(): VcpuStats[] {
+    const c = this.control;
+    const out: VcpuStats[] = [];
+    for (let v = 0; v < this.config.vcpus; v++) {
+      out.push({
+        vcpu: v, state: c.load(v, V_STATE), steps: c.f64[c.stat(v, S_STEPS)] ?? 0,
+        units: c.f64[c.stat(v, S_UNITS)] ?? 0, stepMs: c.f64[c.stat(v, S_STEP_MS)] ?? 0,
+        maxStepMs: c.f64[c.stat(v, S_MAX_STEP_MS)] ?? 0, throttledMs: c.f64[c.stat(v, S_THROTTLED_MS)] ?? 0,
+        budget: c.load(v, V_BUDGET),
+      });
+    }
+    return out;
+  }
+
+  /**
+   * Trace epoch barrier (docs/dirty-tracking.md). Called after re-arming traces: a seq-cst RMW on the
+   * fence word orders the re-arm before everything below; then every vCPU that is inside a step
+   * must finish that step (its ack is a seq-cst increment after the step's stores). A vCPU not in a
+   * step starts its next step after this point and so sees the re-armed traces.
+   */
+  async traceBarrier(): Promise<void> {
+    const c = this.control;
+    Atomics.add(c.i32, W_FENCE, 1);
+    const pending: { vcpu: number; ack: number }[] = [];
+    for (let v = 0; v < this.config.vcpus; v++) {
+      const ack = c.load(v, V_ACK);
+      if (c.load(v, V_IN_STEP) === 1) pending.push({ vcpu: v, ack });
+    }
+    if (pending.length === 0) return;
+    const done = (): boolean => pending.every(({ vcpu, ack }) => {
+      const s = c.load(vcpu, V_STATE);
+      return c.load(vcpu, V_ACK) !== ack || s === VcpuState.Crashed || s === VcpuState.Exited;
+    });
+    const ok = await this.waitUntil(done, null, performance.now() + this.config.hangTimeoutMs);
+    if (this.crashInfo !== null) throw new FerryError('VM_CRASHED', `VM crashed during a trace epoch: ${this.crashInfo.message}`, { crash: this.crashInfo });
+    if (!ok) throw new FerryError('VCPU_HUNG', `a vCPU did not finish its step within ${this.config.hangTimeoutMs} ms during a trace epoch`);
+  }
+
+  private vcpuStates(): VcpuState[] {
+    const out: VcpuState[] = [];
+    for (let v = 0; v < this.config.vcpus; v++) out.push(this.control.load(v, V_STATE));
+    return out;
+  }
+
+  private allQuiescent(): boolean {
+    return this.vcpuStates().every(isQuiescent);
+  }
+
+  /**
+   * Waits for `cond`: first spinning on Atomics.wait for up to SYNC_WAIT_WINDOW_MS (sub-ms accuracy),
+   * then yielding to the event loop between checks so a slow vCPU never blocks the host's loop.
+   */
+  private async waitUntil(cond: () => boolean, seqWord: number | null, deadline: number): Promise<boolean> {
+    const i32 = this.control.i32;
+    const syncEnd = Math.min(deadline, performance.now() + SYNC_WAIT_WINDOW_MS);
+    const scratch = new Int32Array(new SharedArrayBuffer(4));
+    while (performance.now() < syncEnd) {
+      if (cond() || this.crashInfo !== null) return cond();
+      if (seqWord !== null) {
+        const seq = Atomics.load(i32, seqWord);
+        if (cond()) return true;
+        Atomics.wait(i32, seqWord, seq, 0.5);
+      } else {
+        Atomics.wait(scratch, 0, 0, 0.02);
+      }
+    }
+    while (performance.now() < deadline) {
+      if (cond() || this.crashInfo !== null) return cond();
+      await delay(1);
+    }
+    return cond();
+  }
+
+  private checkHung(): void {
+    if (this.vmState !== 'running' && this.vmState !== 'paused') return;
+    const c = this.control;
+    const now = performance.timeOrigin + performance.now();
+    for (let v = 0; v < this.config.vcpus; v++) {
+      if (c.load(v, V_IN_STEP) !== 1) continue;
+      const ageMs = now - (c.f64[c.stat(v, S_STEP_START_MS)] ?? now);
+      if (ageMs > this.config.hangTimeoutMs) {
+        this.onCrash({ reason: 'hung', vcpu: v, message: `vCPU ${v} has been inside one step for ${Math.round(ageMs)} ms (limit ${this.config.hangTimeoutMs} ms); the guest ignores its step budget` });
+        return;
+      }
+    }
+    if (this.vmState === 'running' && this.vcpuStates().every((s) => s === VcpuState.Halted)) this.setState('halted');
+  }
+
+  private onWorkerMessage(msg: VcpuWorkerMessage): void {
+    switch (msg.kind) {
+      case 'console': this.emit('console', msg.text, msg.vcpu); break;
+      case 'crash': this.onCrash({ reason: msg.reason, vcpu: msg.vcpu, message: msg.message }); break;
+      case 'exit': break;
+    }
+  }
+
+  private onWorkerExit(vcpu: number): void {
+    this.exited.add(vcpu);
+    if (this.exited.size === this.workers.length) {
+      if (this.watchdog !== null) { clearInterval(this.watchdog); this.watchdog = null; }
+      const waiters = this.exitWaiters;
+      this.exitWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+
+  /** First crash wins: the VM goes to crashed, every other vCPU is stopped, threads are released. */
+  private onCrash(info: CrashInfo): void {
+    if (this.crashInfo !== null || this.vmState === 'stopped') return;
+    this.crashInfo = info;
+    this.setState('crashed');
+    this.emit('crash', info);
+    this.control.setRequest(RunRequest.Stop);
+    // A hung vCPU never reaches a safepoint: terminate its thread (V8 interrupts running wasm).
+    if (info.reason === 'hung') for (const w of this.workers) void w.terminate();
+    else {
+      const timer = setTimeout(() => { for (const w of this.workers) void w.terminate(); }, STOP_GRACE_MS);
+      timer.unref();
+    }
+  }
+
+  private setState(state: VmState): void {
+    if (this.vmState === state) return;
+    this.vmState = state;
+    this.emit('state', state);
+  }
+
+  private requireState(action: string, allowed: readonly VmState[]): void {
+    if (!allowed.includes(this.vmState)) {
+      const extra = this.crashInfo !== null ? ` (${this.crashInfo.reason}: ${this.crashInfo.message})` : '';
+      throw new FerryError('VM_STATE', `cannot ${action}: VM ${this.config.name} is ${this.vmState}${extra}; allowed when ${allowed.join(' or ')}`, { state: this.vmState });
+    }
+  }
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
