@@ -67,6 +67,18 @@ export interface ExportedGlobal {
 export interface InstrumentOptions {
   readonly ramBytes: number;
   readonly granularityBytes: number;
+  /**
+   * Deliberately broken tracking, for tests that must prove the trace oracle can fail. Never set in
+   * production paths (the CLI and host agent have no way to set it).
+   */
+  readonly faultInjection?: FaultInjection;
+}
+
+export interface FaultInjection {
+  /** Do not mark traces for plain (non-atomic) stores. */
+  readonly skipPlainStoreMarks?: boolean;
+  /** Mark only the region of a store's first byte (the "trust alignment" bug FINDINGS warns of). */
+  readonly markFirstRegionOnly?: boolean;
 }
 
 export interface InstrumentStats {
@@ -241,6 +253,7 @@ interface Walker {
   readonly layout: MemoryLayout;
   readonly shift: number;
   readonly stats: InstrumentStats;
+  readonly faults: FaultInjection;
   siteCount: number;
 }
 
@@ -287,8 +300,9 @@ function wrapFixedWrite(w: Walker, expr: number, cls: 'Store' | 'AtomicRMW' | 'A
   const body: number[] = [boundsCheck(w, 0, offset, size)];
   body.push(resultType === none ? expr : m.local.set(result, expr));
   const addr = (extra: number): number => m.i32.add(m.local.get(0, i32), m.i32.const((offset + extra) | 0));
-  body.push(...markOne(w, r0, addr(0)));
-  if (size > 1) {
+  const skipMarks = w.faults.skipPlainStoreMarks === true && cls === 'Store' && !accessor('Store', 'isAtomic')(expr);
+  if (!skipMarks) body.push(...markOne(w, r0, addr(0)));
+  if (size > 1 && !skipMarks && w.faults.markFirstRegionOnly !== true) {
     // A store can straddle two regions: fire the region of its last byte too (FINDINGS: checking only
     // the first region loses writes).
     body.push(m.local.set(r1, m.i32.shr_u(addr(size - 1), m.i32.const(w.shift))));
@@ -509,7 +523,7 @@ export function instrumentImage(bytes: Uint8Array, options: InstrumentOptions): 
     const shift = granularityShift(options.granularityBytes);
     const memName = findMemoryName(mod);
     const stats: InstrumentStats = { stores: 0, atomicRmw: 0, simdLaneStores: 0, bulk: 0, grows: 0, sizes: 0 };
-    const walker: Walker = { mod, memName, layout, shift, stats, siteCount: 0 };
+    const walker: Walker = { mod, memName, layout, shift, stats, faults: options.faultInjection ?? {}, siteCount: 0 };
 
     // Walk the guest's own functions (before adding ours).
     const guestFunctions: number[] = [];

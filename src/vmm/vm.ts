@@ -20,7 +20,7 @@ import {
   S_MAX_STEP_MS, S_STEPS, S_STEP_MS, S_STEP_START_MS, S_THROTTLED_MS, S_UNITS, V_ACK, V_BUDGET, V_IN_STEP, V_STATE,
   V_THROTTLE_PERMILLE, W_FENCE, W_PARK_SEQ,
 } from './control.js';
-import { instrumentImage, type InstrumentedImage } from './instrument.js';
+import { instrumentImage, type FaultInjection, type InstrumentedImage } from './instrument.js';
 import { CONTROL_CLAIMED_PAGES_OFFSET, DEFAULT_GRANULARITY_BYTES, granularityShift, regionCount } from './layout.js';
 import { TraceBitmap } from './trace-bitmap.js';
 import { DirtyTracker } from './traces.js';
@@ -161,9 +161,11 @@ export class Vm extends EventEmitter<VmEvents> {
   }
 
   /** Validates and instruments the image and allocates the VM's memory. Does not start vCPUs. */
-  static create(imageBytes: Uint8Array, input: VmConfigInput, restore: RestoreState | null = null): Vm {
+  static create(imageBytes: Uint8Array, input: VmConfigInput, restore: RestoreState | null = null, faultInjection?: FaultInjection): Vm {
     const config = normalizeConfig(input);
-    const image = instrumentImage(imageBytes, { ramBytes: config.memoryBytes, granularityBytes: config.granularityBytes });
+    const image = instrumentImage(imageBytes, {
+      ramBytes: config.memoryBytes, granularityBytes: config.granularityBytes, ...(faultInjection ? { faultInjection } : {}),
+    });
     if (image.globals.length > MAX_GLOBALS_PER_VCPU) {
       throw new FerryError('IMAGE_UNSUPPORTED_FEATURE', `guest has ${image.globals.length} mutable globals; at most ${MAX_GLOBALS_PER_VCPU} can be saved per vCPU`);
     }
