@@ -75,6 +75,12 @@ export interface InstrumentOptions {
 }
 
 export interface FaultInjection {
+  /**
+   * Benchmark baseline: leave guest writes uninstrumented (no bounds checks, no trace marks) while
+   * keeping everything else (shared memory, size/grow, globals). UNSAFE: the guest can then write
+   * the reserved region. Only `npm run bench:runtime` uses it, to measure what instrumentation costs.
+   */
+  readonly uninstrumentedWrites?: boolean;
   /** Do not mark traces for plain (non-atomic) stores. */
   readonly skipPlainStoreMarks?: boolean;
   /** Mark only the region of a store's first byte (the "trust alignment" bug FINDINGS warns of). */
@@ -364,6 +370,7 @@ function visit(w: Walker, expr: number): number {
       if (next !== child) accessor(spec.cls, `set${spec.list}At`)(expr, i, next);
     }
   }
+  if (w.faults.uninstrumentedWrites === true && id !== binaryen.MemoryGrowId) return expr;
   switch (id) {
     case binaryen.StoreId: {
       w.stats.stores++;

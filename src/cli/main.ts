@@ -1,0 +1,170 @@
+#!/usr/bin/env node
+/**
+ * The `ferry` command. Exit codes: 0 ok, 1 operating error (printed with its stable code),
+ * 2 usage error, 3 the guest crashed.
+ */
+import { Command, CommanderError, Option } from 'commander';
+import { readFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import { basename } from 'node:path';
+import { FerryError, errorMessage } from '../lib/errors.js';
+import { MiB, formatBytes, parseSizeBytes } from '../lib/units.js';
+import { DEFAULT_GRANULARITY_BYTES } from '../vmm/layout.js';
+import { openSnapshot } from '../vmm/snapshot.js';
+import { restoreVm } from '../vmm/persist.js';
+import { DEFAULT_HANG_TIMEOUT_MS, Vm } from '../vmm/vm.js';
+import { MAX_VCPUS } from '../vmm/control.js';
+import { durationOption, parseIntegerOption, sizeOption } from './args.js';
+import { runSession } from './run-vm.js';
+
+const DEFAULT_MEMORY = '256MiB';
+/** The demo: the multi-vCPU dirtier on a random 64 MiB working set. */
+const DEMO_CMDLINE = 'hot=64MiB pattern=random';
+
+interface RunOptions {
+  vcpus: number;
+  memory: number;
+  traceGranularity: number;
+  cmdline: string;
+  name?: string;
+  for?: number;
+  save?: string;
+  hangTimeout: number;
+  status: boolean;
+  quiet: boolean;
+}
+
+async function readImage(path: string): Promise<Uint8Array> {
+  try {
+    return new Uint8Array(await readFile(path));
+  } catch (err) {
+    throw new FerryError('INVALID_ARGUMENT', `cannot read guest image ${path}: ${errorMessage(err)}`);
+  }
+}
+
+/** A VM name from an image file name: "guests/dirtier.wasm" -> "dirtier". */
+function nameFromPath(path: string): string {
+  const base = basename(path).replace(/\.wasm$/i, '').replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 64);
+  return base === '' ? 'vm' : base;
+}
+
+function sessionOptions(o: { for?: number; save?: string; status: boolean; quiet: boolean }, trackDirty: boolean): Parameters<typeof runSession>[1] {
+  return {
+    status: o.status, quiet: o.quiet, trackDirty,
+    ...(o.for !== undefined ? { forMs: o.for } : {}),
+    ...(o.save !== undefined ? { savePath: o.save } : {}),
+  };
+}
+
+function finish(result: { exitCode: number; summary: string }): void {
+  process.stderr.write(`ferry: ${result.summary}\n`);
+  process.exitCode = result.exitCode;
+}
+
+function addRunOptions(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('--for <duration>', 'run for this long, then pause, summarise and exit (e.g. 5s, 500ms)').argParser(durationOption('--for')))
+    .option('--save <snapshot>', 'on exit, save the paused VM to this snapshot file (continue it with `ferry vm restore`)')
+    .addOption(new Option('--hang-timeout <duration>', 'a vCPU step running longer than this marks the VM crashed (hung)').argParser(durationOption('--hang-timeout')).default(DEFAULT_HANG_TIMEOUT_MS, '2s'))
+    .option('--status', 'show a live status line on stderr (steps/s, units/s, dirty regions/s)', false)
+    .option('--quiet', 'do not print the guest console', false);
+}
+
+export function buildProgram(): Command {
+  const program = new Command('ferry')
+    .description('Ferry: a VM host and VM mobility platform (WebAssembly guests, multi-vCPU, write traces)')
+    .showHelpAfterError()
+    .exitOverride();
+
+  const vm = program.command('vm').description('run, save and restore VMs on this machine');
+
+  addRunOptions(vm.command('run')
+    .description('run a guest image as a VM, streaming its console; Ctrl-C pauses, summarises and exits')
+    .argument('<image>', 'guest image (.wasm) built against the Ferry guest ABI (docs/guest-abi.md)')
+    .addOption(new Option('--vcpus <n>', `number of vCPUs (1-${MAX_VCPUS})`).argParser((v) => parseIntegerOption(v, '--vcpus', 1, MAX_VCPUS)).default(1))
+    .addOption(new Option('--memory <size>', 'guest RAM, fixed for the VM\'s life (e.g. 256MiB, 1GiB)').argParser(sizeOption('--memory')).default(parseSizeBytes(DEFAULT_MEMORY), DEFAULT_MEMORY))
+    .addOption(new Option('--trace-granularity <size>', 'write-trace region size: 4KiB .. 2MiB, a power of two').argParser(sizeOption('--trace-granularity')).default(DEFAULT_GRANULARITY_BYTES, '4KiB'))
+    .option('--cmdline <text>', 'the guest\'s command line (e.g. "hot=64MiB pattern=random")', '')
+    .option('--name <name>', 'VM name'))
+    .action(async (imagePath: string, o: RunOptions) => {
+      const vmInstance = Vm.create(await readImage(imagePath), {
+        memoryBytes: o.memory, vcpus: o.vcpus, granularityBytes: o.traceGranularity, cmdline: o.cmdline,
+        hangTimeoutMs: o.hangTimeout, name: o.name ?? nameFromPath(imagePath),
+      });
+      finish(await runSession(vmInstance, sessionOptions(o, o.status)));
+    });
+
+  addRunOptions(vm.command('restore')
+    .description('continue a VM saved with --save, exactly where it paused')
+    .argument('<snapshot>', 'snapshot file')
+    .addOption(new Option('--trace-granularity <size>', 'instrument with another write-trace granularity').argParser(sizeOption('--trace-granularity'))))
+    .action(async (path: string, o: RunOptions & { traceGranularity?: number }) => {
+      const vmInstance = await restoreVm(path, {
+        hangTimeoutMs: o.hangTimeout, ...(o.traceGranularity !== undefined ? { granularityBytes: o.traceGranularity } : {}),
+      });
+      finish(await runSession(vmInstance, sessionOptions(o, o.status)));
+    });
+
+  vm.command('inspect')
+    .description('print what a snapshot holds (validates every checksum of its header, metadata and image)')
+    .argument('<snapshot>', 'snapshot file')
+    .option('--json', 'print the metadata as JSON', false)
+    .action(async (path: string, o: { json: boolean }) => {
+      const snap = await openSnapshot(path);
+      try {
+        const m = snap.meta;
+        if (o.json) {
+          process.stdout.write(`${JSON.stringify(m, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2)}\n`);
+          return;
+        }
+        process.stdout.write([
+          `snapshot ${path}`,
+          `  vm        ${m.vm.name}: ${m.vm.vcpus} vCPU(s), ${formatBytes(m.vm.ramBytes)} RAM (${formatBytes(m.claimedPages * 65536)} claimed), traces ${formatBytes(m.vm.granularityBytes)}`,
+          `  image     sha256 ${m.imageSha256} (${formatBytes(snap.image.byteLength)})`,
+          `  cmdline   ${m.vm.cmdline === '' ? '(empty)' : m.vm.cmdline}`,
+          `  clock     ${(Number(m.clockNs) / 1e9).toFixed(3)} s of guest time`,
+          `  vCPUs     ${m.vcpuStates.map((s, i) => `${i}:${s.halted ? 'halted' : 'runnable'}`).join(' ')} (${m.vcpuStates[0]?.globals.length ?? 0} globals each)`,
+          `  created   ${m.createdAt}`,
+        ].join('\n') + '\n');
+      } finally {
+        await snap.close();
+      }
+    });
+
+  program.command('demo')
+    .description('run the demo VM (the multi-vCPU dirtier) with a live status line until Ctrl-C')
+    .addOption(new Option('--vcpus <n>', 'number of vCPUs').argParser((v) => parseIntegerOption(v, '--vcpus', 1, MAX_VCPUS)).default(2))
+    .addOption(new Option('--for <duration>', 'stop after this long').argParser(durationOption('--for')))
+    .action(async (o: { vcpus: number; for?: number }) => {
+      const image = fileURLToPath(new URL('../../guests/dirtier.wasm', import.meta.url));
+      const vmInstance = Vm.create(await readImage(image), { name: 'demo', memoryBytes: 256 * MiB, vcpus: o.vcpus, cmdline: DEMO_CMDLINE });
+      process.stderr.write(`ferry: demo VM: dirtier on ${o.vcpus} vCPUs, 256 MiB RAM, "${DEMO_CMDLINE}" - Ctrl-C to stop\n`);
+      finish(await runSession(vmInstance, sessionOptions({ status: true, quiet: false, ...(o.for !== undefined ? { for: o.for } : {}) }, true)));
+    });
+
+  return program;
+}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync([...argv], { from: 'user' });
+    return typeof process.exitCode === 'number' ? process.exitCode : 0;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // Help and version are "errors" to commander; usage mistakes exit 2.
+      return err.exitCode === 0 ? 0 : 2;
+    }
+    if (err instanceof FerryError) {
+      process.stderr.write(`ferry: error [${err.code}]: ${err.message}\n`);
+      return 1;
+    }
+    process.stderr.write(`ferry: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    return 1;
+  }
+}
+
+// Run when executed (not when imported by tests).
+if (process.argv[1] !== undefined && fileURLToPath(import.meta.url) === (await import('node:fs')).realpathSync(process.argv[1])) {
+  process.exitCode = await main(process.argv.slice(2));
+}

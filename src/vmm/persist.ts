@@ -1,0 +1,63 @@
+/**
+ * Save a paused VM to a snapshot file and restore it, possibly in another process or on another
+ * host. The file format is src/vmm/snapshot.ts (docs/snapshot-format.md); this module maps a VM's
+ * state onto it: RAM, claimed size, guest clock, per-vCPU globals and halted flags, command line.
+ */
+import { FerryError } from '../lib/errors.js';
+import { openSnapshot, writeSnapshot, type SnapshotMetadata, type SnapshotProgress, type WriteResult } from './snapshot.js';
+import { Vm, type VmConfigInput } from './vm.js';
+
+export interface RestoreOverrides {
+  readonly name?: string;
+  readonly hangTimeoutMs?: number;
+  readonly stepTargetUs?: number;
+  /** Re-instrument with another trace granularity (the snapshot does not depend on it). */
+  readonly granularityBytes?: number;
+}
+
+/** Writes the VM (paused, halted or stopped) to `path`. The VM is not changed. */
+export async function saveVm(vm: Vm, path: string, onProgress?: (p: SnapshotProgress) => void): Promise<WriteResult> {
+  const vcpuStates = vm.captureVcpuStates(); // checks the state
+  const meta: SnapshotMetadata = {
+    vm: {
+      name: vm.config.name, ramBytes: vm.config.memoryBytes, vcpus: vm.config.vcpus,
+      granularityBytes: vm.config.granularityBytes, cmdline: vm.config.cmdline,
+    },
+    imageSha256: vm.image.imageSha256,
+    claimedPages: vm.claimedPages,
+    clockNs: vm.guestClockNs,
+    vcpuStates: vcpuStates.map((s) => ({ halted: s.halted, globals: s.globals.map((g) => ({ ...g })) })),
+    createdAt: new Date().toISOString(),
+  };
+  return writeSnapshot(path, meta, vm.imageBytes, vm.ram, onProgress);
+}
+
+/** Creates a VM from a snapshot (not started: call start() to continue the guest exactly). */
+export async function restoreVm(path: string, overrides: RestoreOverrides = {}, onProgress?: (p: SnapshotProgress) => void): Promise<Vm> {
+  const snap = await openSnapshot(path);
+  try {
+    const { meta } = snap;
+    const config: VmConfigInput = {
+      name: overrides.name ?? meta.vm.name,
+      memoryBytes: meta.vm.ramBytes,
+      vcpus: meta.vm.vcpus,
+      granularityBytes: overrides.granularityBytes ?? meta.vm.granularityBytes,
+      cmdline: meta.vm.cmdline,
+      ...(overrides.hangTimeoutMs !== undefined ? { hangTimeoutMs: overrides.hangTimeoutMs } : {}),
+      ...(overrides.stepTargetUs !== undefined ? { stepTargetUs: overrides.stepTargetUs } : {}),
+    };
+    const vm = Vm.create(snap.image, config, { claimedPages: meta.claimedPages, clockNs: meta.clockNs, vcpus: meta.vcpuStates });
+    if (vm.image.globals.length !== (meta.vcpuStates[0]?.globals.length ?? 0)) {
+      throw new FerryError('SNAPSHOT_CORRUPT', `snapshot holds ${meta.vcpuStates[0]?.globals.length ?? 0} globals per vCPU but its image has ${vm.image.globals.length}`);
+    }
+    meta.vcpuStates.forEach((s, v) => s.globals.forEach((g, i) => {
+      if (g.type !== vm.image.globals[i]?.type) {
+        throw new FerryError('SNAPSHOT_CORRUPT', `vCPU ${v} global ${i} is ${g.type} in the snapshot but ${vm.image.globals[i]?.type ?? 'absent'} in the image`);
+      }
+    }));
+    await snap.restoreMemory(vm.ram, (offset, length) => { vm.markWritten(offset, length); }, onProgress);
+    return vm;
+  } finally {
+    await snap.close();
+  }
+}
