@@ -1,0 +1,32 @@
+/** Runs the real `ferry` CLI as a child process (dist/src/cli/main.js) and captures its output. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+export const FERRY_BIN = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+
+export interface CliResult {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/** Upper bound for any one CLI run in tests: a hung child is killed and the test fails. */
+const CLI_TIMEOUT_MS = 60_000;
+
+export function startFerry(args: readonly string[]): { child: ChildProcess; done: Promise<CliResult>; stdout: () => string } {
+  const child = spawn(process.execPath, [FERRY_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout?.on('data', (d: Buffer) => { stdout += d.toString(); });
+  child.stderr?.on('data', (d: Buffer) => { stderr += d.toString(); });
+  const timer = setTimeout(() => { child.kill('SIGKILL'); }, CLI_TIMEOUT_MS);
+  const done = new Promise<CliResult>((resolve) => {
+    child.on('close', (code, signal) => { clearTimeout(timer); resolve({ code, signal, stdout, stderr }); });
+  });
+  return { child, done, stdout: () => stdout };
+}
+
+export function runFerry(args: readonly string[]): Promise<CliResult> {
+  return startFerry(args).done;
+}
