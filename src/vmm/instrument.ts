@@ -27,7 +27,7 @@ import { FerryError } from '../lib/errors.js';
 import { formatBytes } from '../lib/units.js';
 import { assert } from '../lib/assert.js';
 import {
-  CONTROL_CLAIMED_PAGES_OFFSET, WASM_PAGE_BYTES, computeLayout, granularityShift, validateGranularity,
+  CONTROL_CLAIMED_PAGES_OFFSET, CONTROL_POLL_FLAG_OFFSET, WASM_PAGE_BYTES, computeLayout, granularityShift, validateGranularity,
   type MemoryLayout,
 } from './layout.js';
 
@@ -81,6 +81,12 @@ export interface FaultInjection {
    * the reserved region. Only `npm run bench:runtime` uses it, to measure what instrumentation costs.
    */
   readonly uninstrumentedWrites?: boolean;
+  /**
+   * Measurement only: insert a safepoint poll (a load of a control word that is never set, and a
+   * branch) at every loop back-edge, to measure what the rejected alternative to bounded steps
+   * would cost (docs/design/runtime.md). 'atomic' uses i32.atomic.load, 'plain' an ordinary load.
+   */
+  readonly backEdgePoll?: 'atomic' | 'plain';
   /** Do not mark traces for plain (non-atomic) stores. */
   readonly skipPlainStoreMarks?: boolean;
   /** Mark only the region of a store's first byte (the "trust alignment" bug FINDINGS warns of). */
@@ -369,6 +375,14 @@ function visit(w: Walker, expr: number): number {
       const next = visit(w, child);
       if (next !== child) accessor(spec.cls, `set${spec.list}At`)(expr, i, next);
     }
+  }
+  if (id === binaryen.LoopId && w.faults.backEdgePoll !== undefined) {
+    const m = w.mod;
+    const body = accessor('Loop', 'getBody')(expr);
+    const flagAddr = w.layout.controlOffset + CONTROL_POLL_FLAG_OFFSET;
+    const flag = w.faults.backEdgePoll === 'atomic' ? m.i32.atomic.load(flagAddr, m.i32.const(0), w.memName) : m.i32.load(flagAddr, 4, m.i32.const(0), w.memName);
+    accessor('Loop', 'setBody')(expr, m.block(null, [m.if(flag, m.unreachable()), body], binaryen.getExpressionType(body)));
+    return expr;
   }
   if (w.faults.uninstrumentedWrites === true && id !== binaryen.MemoryGrowId) return expr;
   switch (id) {

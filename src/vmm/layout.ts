@@ -17,6 +17,8 @@ export const WASM_PAGE_BYTES = 64 * KiB;
 export const CONTROL_BYTES = WASM_PAGE_BYTES;
 /** Byte offset (from ramBytes) of the i32 claimed-pages word that virtualises memory.size/grow. */
 export const CONTROL_CLAIMED_PAGES_OFFSET = 0;
+/** Byte offset (from ramBytes) of a word only the back-edge-poll measurement reads (never set). */
+export const CONTROL_POLL_FLAG_OFFSET = 64;
 /** Smallest trace granularity: one x86 page. */
 export const MIN_GRANULARITY_BYTES = 4 * KiB;
 /** Largest trace granularity: one x86 huge page. */
