@@ -17,7 +17,7 @@
  * numbers (storeHeavySlowdown, computeSlowdown, pauseAllP99Ms), targets, met flags, machine info
  * and a breakdown of every measured number.
  *
- * Options: --rounds=<n> (default 4)  --windows-per-vm=<n> (1)  --window-ms=<n> (1000)
+ * Options: --rounds=<n> (default 5)  --windows-per-vm=<n> (1)  --window-ms=<n> (1000)
  *          --warmup-ms=<n> (1000)  --pause-cycles=<n> (300)  --skip-1gib
  * The default warm-up is 1 s, not less: a fresh VM's first pass over a 64 MiB hot set takes page
  * faults and its step function is still being tiered up (Liftoff -> TurboFan) for several hundred
@@ -51,7 +51,7 @@ interface Options {
 }
 
 function parseOptions(argv: readonly string[]): Options {
-  const opts = { rounds: 4, windowsPerVm: 1, windowMs: 1000, warmupMs: 1000, pauseCycles: 300, skip1GiB: false };
+  const opts = { rounds: 5, windowsPerVm: 1, windowMs: 1000, warmupMs: 1000, pauseCycles: 300, skip1GiB: false };
   const ints: Record<string, 'rounds' | 'windowsPerVm' | 'windowMs' | 'warmupMs' | 'pauseCycles'> = {
     '--rounds': 'rounds', '--windows-per-vm': 'windowsPerVm', '--window-ms': 'windowMs', '--warmup-ms': 'warmupMs',
     '--pause-cycles': 'pauseCycles',
@@ -338,6 +338,8 @@ interface ScanStats {
   readonly regionCount: number;
   readonly collects: number;
   readonly firedMean: number;
+  /** Regions found fired per collect. */
+  readonly fired: Summary;
   readonly scanMs: Summary;
   readonly barrierMs: Summary;
 }
@@ -346,7 +348,7 @@ function scanStats(granularityBytes: number, acc: CollectAccumulator): ScanStats
   const firedMean = acc.fired.length === 0 ? 0 : acc.fired.reduce((a, b) => a + b, 0) / acc.fired.length;
   return {
     granularity: granName(granularityBytes), regionCount: acc.regionCount, collects: acc.count,
-    firedMean: Math.round(firedMean), scanMs: summarize(acc.scanMs), barrierMs: summarize(acc.barrierMs),
+    firedMean: Math.round(firedMean), fired: summarize(acc.fired), scanMs: summarize(acc.scanMs), barrierMs: summarize(acc.barrierMs),
   };
 }
 
@@ -388,6 +390,8 @@ async function main(): Promise<number> {
   // Part 1 -------------------------------------------------------------------------------------
   const configs = throughputConfigs();
   const rates = new Map<ThroughputConfig, number[]>(configs.map((c) => [c, []]));
+  /** Per round: the round's median window of each configuration (for drift-free paired ratios). */
+  const roundRates = new Map<ThroughputConfig, number[]>(configs.map((c) => [c, []]));
   const collectAcc = new Map<ThroughputConfig, CollectAccumulator>();
   for (const c of configs) if (c.kind === 'armed') collectAcc.set(c, { count: 0, fired: [], scanMs: [], barrierMs: [], regionCount: 0 });
   log(`\n[1/3] throughput: ${configs.length} configurations x ${opts.rounds} rounds x ${opts.windowsPerVm} window(s) of ${opts.windowMs} ms after ${opts.warmupMs} ms warm-up`);
@@ -400,6 +404,7 @@ async function main(): Promise<number> {
     for (const cfg of order) {
       const r = await measureThroughputRound(cfg, images, opts, collectAcc.get(cfg) ?? null);
       rates.get(cfg)?.push(...r);
+      roundRates.get(cfg)?.push(median(r));
       parts.push(`${cfg.workload}/${cfg.label} ${fmtRate(median(r))}`);
     }
     log(`  round ${round + 1}/${opts.rounds} (${((performance.now() - t0) / 1000).toFixed(1)} s): ${parts.join(', ')}`);
@@ -420,23 +425,31 @@ async function main(): Promise<number> {
     const base = rate(w, 'baseline');
     slowdowns[w]['traces-off'] = round(base / rate(w, 'traces-off'), 4);
     for (const g of GRANULARITIES) slowdowns[w][`armed-${granName(g)}`] = round(base / rate(w, `armed-${granName(g)}`), 4);
+    // Paired: baseline and configuration from the same round, median over rounds (cancels slow drift of the machine).
+    const baseRounds = roundRates.get(configs.find((c) => c.workload === w && c.kind === 'baseline') as ThroughputConfig) ?? [];
+    for (const cfg of configs) {
+      if (cfg.workload !== w || cfg.kind === 'baseline') continue;
+      const own = roundRates.get(cfg) ?? [];
+      slowdowns[w][`${cfg.label}-paired`] = round(median(own.map((x, i) => (baseRounds[i] ?? NaN) / x)), 4);
+    }
     // Cost of arming alone, relative to instrumented-but-off.
     for (const g of GRANULARITIES) slowdowns[w][`armed-${granName(g)}-vs-off`] = round(rate(w, 'traces-off') / rate(w, `armed-${granName(g)}`), 4);
   }
-  log('\n  workload     config        median units/s   windows spread   slowdown vs baseline');
+  log('\n  workload     config        median units/s   windows spread   slowdown vs baseline (ratio of medians)');
   for (const cfg of configs) {
     const t = tp[cfg.workload][cfg.label];
     if (t === undefined) continue;
     const sd = cfg.kind === 'baseline' ? 1 : slowdowns[cfg.workload][cfg.label] ?? NaN;
-    log(`  ${cfg.workload.padEnd(12)} ${cfg.label.padEnd(13)} ${fmtRate(t.medianUnitsPerSec).padStart(14)}   ${`${t.spreadPct}%`.padStart(14)}   ${sd.toFixed(3)}x`);
+    const paired = cfg.kind === 'baseline' ? 1 : slowdowns[cfg.workload][`${cfg.label}-paired`] ?? NaN;
+    log(`  ${cfg.workload.padEnd(12)} ${cfg.label.padEnd(13)} ${fmtRate(t.medianUnitsPerSec).padStart(14)}   ${`${t.spreadPct}%`.padStart(14)}   ${sd.toFixed(3)}x   (paired per round: ${paired.toFixed(3)}x)`);
   }
   const collectDuringThroughput: Record<Workload, Record<string, ScanStats>> = { 'store-heavy': {}, compute: {} };
   for (const [cfg, acc] of collectAcc) collectDuringThroughput[cfg.workload][granName(cfg.granularityBytes)] = scanStats(cfg.granularityBytes, acc);
   log('\n  collect every ~20 ms during the armed windows (128 MiB VM):');
-  log('  workload     gran     regions  collects  fired/collect  scan p50/p99 ms      barrier p50/p99 ms');
+  log('  workload     gran     regions  collects  fired/collect (mean)  scan p50/p99 ms      barrier p50/p99 ms');
   for (const w of ['store-heavy', 'compute'] as const) {
     for (const [g, s] of Object.entries(collectDuringThroughput[w])) {
-      log(`  ${w.padEnd(12)} ${g.padEnd(8)} ${String(s.regionCount).padStart(7)}  ${String(s.collects).padStart(8)}  ${String(s.firedMean).padStart(13)}  ${`${s.scanMs.p50.toFixed(3)} / ${s.scanMs.p99.toFixed(3)}`.padStart(16)}  ${`${s.barrierMs.p50.toFixed(3)} / ${s.barrierMs.p99.toFixed(3)}`.padStart(22)}`);
+      log(`  ${w.padEnd(12)} ${g.padEnd(8)} ${String(s.regionCount).padStart(7)}  ${String(s.collects).padStart(8)}  ${String(s.firedMean).padStart(20)}  ${`${s.scanMs.p50.toFixed(3)} / ${s.scanMs.p99.toFixed(3)}`.padStart(16)}  ${`${s.barrierMs.p50.toFixed(3)} / ${s.barrierMs.p99.toFixed(3)}`.padStart(22)}`);
     }
   }
 
@@ -466,7 +479,7 @@ async function main(): Promise<number> {
     for (const g of GRANULARITIES) {
       const s = await measureBigScan(g, images.dirtier, opts);
       bigScan[granName(g)] = s;
-      log(`  ${s.granularity.padEnd(7)} regions ${String(s.regionCount).padStart(6)}, ${s.collects} collects, ${s.firedMean} fired/collect: `
+      log(`  ${s.granularity.padEnd(7)} regions ${String(s.regionCount).padStart(6)}, ${s.collects} collects, fired/collect mean ${s.firedMean} p50 ${s.fired.p50} max ${s.fired.max}: `
         + `scan p50 ${fmtMs(s.scanMs.p50)} p99 ${fmtMs(s.scanMs.p99)} max ${fmtMs(s.scanMs.max)}; barrier p50 ${fmtMs(s.barrierMs.p50)} p99 ${fmtMs(s.barrierMs.p99)}`);
     }
   }
@@ -496,7 +509,9 @@ async function main(): Promise<number> {
         cmdline: WORKLOAD_CMDLINE,
         perConfig: tp,
         slowdown: slowdowns,
-        note: 'traces-off is measured at 4 KiB (the off path does not depend on granularity); armed = armAll, then collect every ~20 ms',
+        note: 'slowdown <label> = median baseline units/s / median <label> units/s; <label>-paired = median over rounds of the same round\'s '
+          + 'baseline/<label> ratio; armed-<g>-vs-off = traces-off / armed-<g>. traces-off is measured at 4 KiB (the off path does not '
+          + 'depend on granularity); armed = armAll, then collect every ~20 ms through warm-up and window',
       },
       collectDuringThroughput,
       pause: Object.fromEntries(Object.entries(pause).map(([k, r]) => [k, { ...r.pauseMs, unitsPerSec: r.unitsPerSec }])),

@@ -33,7 +33,15 @@ export type FerryErrorCode =
   | 'SNAPSHOT_TRUNCATED'
   | 'SNAPSHOT_CORRUPT'
   | 'SNAPSHOT_TOO_LARGE'
-  | 'SNAPSHOT_IO';
+  | 'SNAPSHOT_IO'
+  // live-migration wire protocol (src/migration/protocol, docs/migration-protocol.md)
+  | 'PROTOCOL_BAD_MAGIC'
+  | 'PROTOCOL_VERSION'
+  | 'PROTOCOL_BAD_COMMAND'
+  | 'PROTOCOL_TOO_LARGE'
+  | 'PROTOCOL_TRUNCATED'
+  | 'PROTOCOL_BAD_PAYLOAD'
+  | 'PROTOCOL_OUT_OF_ORDER';
 
 export class FerryError extends Error {
   readonly code: FerryErrorCode;

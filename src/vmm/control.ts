@@ -13,12 +13,12 @@ export const enum RunRequest { Run = 0, Pause = 1, Stop = 2 }
 
 /**
  * vCPU state machine (written only by the vCPU's own worker, except Starting):
- *   Starting --booted--> Running --pause--> Parked --resume--> Running
+ *   Starting --instantiated--> Ready --go--> Running --pause--> Parked --resume--> Running
  *   Running --IDLE--> Idle --tick/resume--> Running
  *   Running --HALT--> Halted (counts as parked; leaves only on stop)
  *   any --trap/panic--> Crashed;  any --stop--> Exited
  */
-export const enum VcpuState { Starting = 0, Running = 1, Parked = 2, Idle = 3, Halted = 4, Crashed = 5, Exited = 6 }
+export const enum VcpuState { Starting = 0, Running = 1, Parked = 2, Idle = 3, Halted = 4, Crashed = 5, Exited = 6, Ready = 7 }
 
 // Global words.
 export const W_REQUEST = 0;
@@ -28,6 +28,10 @@ export const W_PARK_SEQ = 1;
 export const W_FENCE = 2;
 /** Set to 1 by vCPU 0 after the first boot (data segments + ferry_boot); others wait for it. */
 export const W_BOOTED = 3;
+/** 0 until the VM says go: spawned vCPUs instantiate the guest, report Ready, then wait here. */
+export const W_GO = 4;
+/** 1 when the vCPUs start from a restore (globals and halted flags in the control block). */
+export const W_RESTORE = 5;
 const GLOBAL_WORDS = 16;
 
 // Per-vCPU words.
@@ -40,6 +44,8 @@ export const V_BUDGET = 3;
 /** Throttle: share of time the vCPU spends parked, in permille (0 = none, 990 = max). */
 export const V_THROTTLE_PERMILLE = 4;
 export const V_GLOBAL_COUNT = 5;
+/** Restore only: 1 if this vCPU had halted when its state was captured. */
+export const V_RESTORE_HALTED = 6;
 const VCPU_WORDS = 16;
 
 // Per-vCPU Float64 statistics.
@@ -51,10 +57,15 @@ export const S_THROTTLED_MS = 4;  // total time parked by the throttle
 export const S_MAX_STEP_MS = 5;   // longest step seen
 const VCPU_STATS = 8;
 
-export const MAX_THROTTLE_PERMILLE = 990;
+/** 99.9 %: a guest that dirties memory far faster than the link must be slowed that much to converge. */
+export const MAX_THROTTLE_PERMILLE = 999;
+/** Longest single throttle sleep: under heavy throttle steps get shorter instead of sleeps longer. */
+export const MAX_THROTTLE_SLEEP_MS = 5;
 
 export interface ControlBuffers {
   readonly words: SharedArrayBuffer;
+  /** Per vCPU: [last clock_ns value read, first clock_ns value read in this VM instance]. */
+  readonly clockReads: SharedArrayBuffer;
   readonly stats: SharedArrayBuffer;
   readonly globals: SharedArrayBuffer;
   readonly clock: SharedArrayBuffer;
@@ -68,6 +79,7 @@ export class Control {
   readonly globalsI64: BigInt64Array;
   /** [0] = hrtime (ns) at which the guest clock reads 0. */
   readonly clockBase: BigInt64Array;
+  readonly clockReads: BigInt64Array;
 
   constructor(readonly buffers: ControlBuffers, readonly vcpus: number, readonly maxGlobals: number) {
     this.i32 = new Int32Array(buffers.words);
@@ -75,11 +87,13 @@ export class Control {
     this.globalsF64 = new Float64Array(buffers.globals);
     this.globalsI64 = new BigInt64Array(buffers.globals);
     this.clockBase = new BigInt64Array(buffers.clock);
+    this.clockReads = new BigInt64Array(buffers.clockReads);
   }
 
   static create(vcpus: number, maxGlobals: number): Control {
     const buffers: ControlBuffers = {
       words: new SharedArrayBuffer((GLOBAL_WORDS + vcpus * VCPU_WORDS) * 4),
+      clockReads: new SharedArrayBuffer(vcpus * 2 * 8),
       stats: new SharedArrayBuffer(vcpus * VCPU_STATS * 8),
       globals: new SharedArrayBuffer(Math.max(1, vcpus * maxGlobals) * 8),
       clock: new SharedArrayBuffer(8),
@@ -99,6 +113,10 @@ export class Control {
     Atomics.store(this.i32, W_REQUEST, req);
     Atomics.notify(this.i32, W_REQUEST);
   }
+
+  /** The clock_ns value vCPU `vcpu` read last / first (0n: never). */
+  lastClockRead(vcpu: number): bigint { return Atomics.load(this.clockReads, vcpu * 2); }
+  firstClockRead(vcpu: number): bigint { return Atomics.load(this.clockReads, vcpu * 2 + 1); }
 
   /** Guest monotonic clock, ns. */
   guestClockNs(): bigint { return process.hrtime.bigint() - Atomics.load(this.clockBase, 0); }

@@ -46,15 +46,16 @@ export async function restoreVm(path: string, overrides: RestoreOverrides = {}, 
       ...(overrides.hangTimeoutMs !== undefined ? { hangTimeoutMs: overrides.hangTimeoutMs } : {}),
       ...(overrides.stepTargetUs !== undefined ? { stepTargetUs: overrides.stepTargetUs } : {}),
     };
-    const vm = Vm.create(snap.image, config, { claimedPages: meta.claimedPages, clockNs: meta.clockNs, vcpus: meta.vcpuStates });
-    if (vm.image.globals.length !== (meta.vcpuStates[0]?.globals.length ?? 0)) {
-      throw new FerryError('SNAPSHOT_CORRUPT', `snapshot holds ${meta.vcpuStates[0]?.globals.length ?? 0} globals per vCPU but its image has ${vm.image.globals.length}`);
-    }
-    meta.vcpuStates.forEach((s, v) => s.globals.forEach((g, i) => {
-      if (g.type !== vm.image.globals[i]?.type) {
-        throw new FerryError('SNAPSHOT_CORRUPT', `vCPU ${v} global ${i} is ${g.type} in the snapshot but ${vm.image.globals[i]?.type ?? 'absent'} in the image`);
+    let vm: Vm;
+    try {
+      vm = Vm.create(snap.image, config, { claimedPages: meta.claimedPages, clockNs: meta.clockNs, vcpus: meta.vcpuStates });
+    } catch (err) {
+      // The snapshot's state does not fit its own image: the file is inconsistent.
+      if (err instanceof FerryError && err.code === 'VM_CONFIG_INVALID' && overrides.name === undefined) {
+        throw new FerryError('SNAPSHOT_CORRUPT', `snapshot ${path} does not match its embedded image: ${err.message}`, {}, { cause: err });
       }
-    }));
+      throw err;
+    }
     await snap.restoreMemory(vm.ram, (offset, length) => { vm.markWritten(offset, length); }, onProgress);
     return vm;
   } finally {

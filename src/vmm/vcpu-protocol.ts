@@ -1,7 +1,6 @@
 /** What the VM hands a vCPU worker, what the worker reports back, and the step-loop limits. */
 import type { ControlBuffers } from './control.js';
 import type { ExportedGlobal } from './instrument.js';
-import type { GlobalValue } from './vcpu-state.js';
 
 /** Per-call cap on console output: a guest cannot make the host buffer unbounded text at once. */
 export const CONSOLE_WRITE_MAX_BYTES = 64 * 1024;
@@ -19,11 +18,6 @@ export const STEP_STATUS_RUN = 0;
 export const STEP_STATUS_IDLE = 1;
 export const STEP_STATUS_HALT = 2;
 
-export interface VcpuRestore {
-  readonly globals: readonly GlobalValue[];
-  readonly halted: boolean;
-}
-
 export interface VcpuWorkerData {
   readonly module: WebAssembly.Module;
   readonly memory: WebAssembly.Memory;
@@ -37,7 +31,7 @@ export interface VcpuWorkerData {
   readonly shift: number;
   readonly cmdline: string;
   readonly globals: readonly ExportedGlobal[];
-  readonly restore: VcpuRestore | null;
+
   readonly stepTargetUs: number;
 }
 

@@ -15,8 +15,9 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import {
-  Control, RunRequest, VcpuState, V_ACK, V_BUDGET, V_GLOBAL_COUNT, V_IN_STEP, V_STATE, V_THROTTLE_PERMILLE,
-  S_MAX_STEP_MS, S_STEPS, S_STEP_MS, S_STEP_START_MS, S_THROTTLED_MS, S_UNITS, W_BOOTED, W_PARK_SEQ,
+  Control, MAX_THROTTLE_SLEEP_MS, RunRequest, VcpuState, V_ACK, V_BUDGET, V_GLOBAL_COUNT, V_IN_STEP, V_RESTORE_HALTED,
+  V_STATE, V_THROTTLE_PERMILLE, S_MAX_STEP_MS, S_STEPS, S_STEP_MS, S_STEP_START_MS, S_THROTTLED_MS, S_UNITS, W_BOOTED,
+  W_GO, W_PARK_SEQ, W_RESTORE,
 } from './control.js';
 import { TraceBitmap } from './trace-bitmap.js';
 import type { VcpuWorkerData, VcpuWorkerMessage } from './vcpu-protocol.js';
@@ -37,6 +38,8 @@ const i32 = control.i32;
 const idx = (field: number): number => control.word(vcpu, field);
 const st = (field: number): number => control.stat(vcpu, field);
 const post = (msg: VcpuWorkerMessage): void => { port.postMessage(msg); };
+/** Shortest step target under throttle (the per-step overhead is ~1 µs). */
+const MIN_THROTTLED_STEP_MS = 0.01;
 
 /** Thrown by device imports to unwind the guest with a crash reason. */
 class GuestFault extends Error {
@@ -80,7 +83,14 @@ const imports: WebAssembly.Imports = {
         consoleBuffer = consoleBuffer.slice(nl + 1);
       }
     },
-    clock_ns: (): bigint => control.guestClockNs(),
+    clock_ns: (): bigint => {
+      const now = control.guestClockNs();
+      // Remember what the guest saw: the guest-observed downtime of a migration is the gap between
+      // its last read on the source and its first read on the target.
+      Atomics.store(control.clockReads, vcpu * 2, now);
+      if (control.clockReads[vcpu * 2 + 1] === 0n) Atomics.store(control.clockReads, vcpu * 2 + 1, now);
+      return now;
+    },
     cmdline: (ptr: number, cap: number): number => {
       const n = Math.min(cap >>> 0, cmdlineBytes.byteLength);
       guestBytes(ptr, n, 'cmdline').set(cmdlineBytes.subarray(0, n));
@@ -144,12 +154,23 @@ function run(): void {
   const exports = instance.exports;
   const step = exports['ferry_vcpu_step'] as (vcpu: number, budget: number) => number;
 
+  // Instantiated: report Ready, then wait for the VM to say go (a migration target spawns its vCPUs
+  // early so that resuming is only this wake-up).
+  Atomics.store(i32, idx(V_STATE), VcpuState.Ready);
+  Atomics.notify(i32, idx(V_STATE));
+  while (Atomics.load(i32, W_GO) === 0) {
+    if (control.request() === RunRequest.Stop) return;
+    Atomics.wait(i32, W_GO, 0, 50);
+  }
+  if (control.request() === RunRequest.Stop) return;
+
   // Boot or restore.
+  const restoring = Atomics.load(i32, W_RESTORE) === 1;
   try {
-    if (data.restore !== null) {
+    if (restoring) {
       data.globals.forEach((g, i) => {
-        const v = data.restore?.globals[i];
-        if (v !== undefined) (exports[g.exportName] as WebAssembly.Global).value = v.value;
+        const slot = control.globalSlot(vcpu, i);
+        (exports[g.exportName] as WebAssembly.Global).value = g.type === 'i64' ? control.globalsI64[slot] : control.globalsF64[slot];
       });
     } else if (vcpu === 0) {
       (exports['__ferry_init'] as () => void)();
@@ -167,8 +188,9 @@ function run(): void {
   flushConsole();
 
   let budget = Math.max(MIN_BUDGET, Atomics.load(i32, idx(V_BUDGET)));
-  const targetMs = data.stepTargetUs / 1000;
-  let halted = data.restore?.halted ?? false;
+  const baseTargetMs = data.stepTargetUs / 1000;
+  let targetMs = baseTargetMs;
+  let halted = restoring && Atomics.load(i32, idx(V_RESTORE_HALTED)) === 1;
   setState(halted ? VcpuState.Halted : VcpuState.Running);
 
   for (;;) {
@@ -228,6 +250,8 @@ function run(): void {
     }
 
     const throttle = Atomics.load(i32, idx(V_THROTTLE_PERMILLE));
+    // Under throttle, shorten steps so that no single sleep exceeds MAX_THROTTLE_SLEEP_MS.
+    targetMs = throttle > 0 ? Math.max(MIN_THROTTLED_STEP_MS, Math.min(baseTargetMs, MAX_THROTTLE_SLEEP_MS * (1000 - throttle) / throttle)) : baseTargetMs;
     if (throttle > 0) {
       // Park for a share of wall time: throttle/1000 of (step + sleep).
       const sleepMs = stepMs * throttle / (1000 - throttle);

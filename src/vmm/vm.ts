@@ -17,15 +17,15 @@ import { FerryError, errorMessage } from '../lib/errors.js';
 import { formatBytes } from '../lib/units.js';
 import {
   Control, MAX_GLOBALS_PER_VCPU, MAX_THROTTLE_PERMILLE, MAX_VCPUS, RunRequest, VcpuState, isQuiescent,
-  S_MAX_STEP_MS, S_STEPS, S_STEP_MS, S_STEP_START_MS, S_THROTTLED_MS, S_UNITS, V_ACK, V_BUDGET, V_IN_STEP, V_STATE,
-  V_THROTTLE_PERMILLE, W_FENCE, W_PARK_SEQ,
+  S_MAX_STEP_MS, S_STEPS, S_STEP_MS, S_STEP_START_MS, S_THROTTLED_MS, S_UNITS, V_ACK, V_BUDGET, V_IN_STEP, V_RESTORE_HALTED,
+  V_STATE, V_THROTTLE_PERMILLE, W_FENCE, W_GO, W_PARK_SEQ, W_RESTORE,
 } from './control.js';
 import { instrumentImage, type FaultInjection, type InstrumentedImage } from './instrument.js';
 import { CONTROL_CLAIMED_PAGES_OFFSET, DEFAULT_GRANULARITY_BYTES, granularityShift, regionCount } from './layout.js';
 import { TraceBitmap } from './trace-bitmap.js';
 import { DirtyTracker } from './traces.js';
 import {
-  DEFAULT_STEP_TARGET_US, INITIAL_BUDGET, type CrashReason, type VcpuRestore, type VcpuWorkerData, type VcpuWorkerMessage,
+  DEFAULT_STEP_TARGET_US, INITIAL_BUDGET, type CrashReason, type VcpuWorkerData, type VcpuWorkerMessage,
 } from './vcpu-protocol.js';
 import type { GlobalValue, VcpuSnapshotState } from './vcpu-state.js';
 
@@ -38,6 +38,10 @@ export const WATCHDOG_INTERVAL_MS = 50;
 const SYNC_WAIT_WINDOW_MS = 5;
 /** Time given to workers to leave their loop on stop before they are terminated. */
 const STOP_GRACE_MS = 1000;
+/** Spawning a thread and instantiating the guest takes milliseconds; allow for a loaded machine. */
+const VCPU_START_TIMEOUT_MS = 10_000;
+/** How long to wait for a crashed vCPU's report message after seeing its Crashed state. */
+const CRASH_REPORT_WAIT_MS = 1000;
 export const MIN_STEP_TARGET_US = 20;
 export const MAX_STEP_TARGET_US = 100_000;
 
@@ -83,6 +87,12 @@ export interface VcpuStats {
 export interface RestoreState {
   readonly claimedPages: number;
   readonly clockNs: bigint;
+  /**
+   * Wall-clock time (ms since the epoch) at which `clockNs` was read. When set, the time since then
+   * is added at start (a live migration: the guest observes its downtime); when absent the clock
+   * continues from `clockNs` (a snapshot: the time spent saved is not counted).
+   */
+  readonly clockWallMs?: number;
   readonly vcpus: readonly VcpuSnapshotState[];
 }
 
@@ -128,7 +138,7 @@ export class Vm extends EventEmitter<VmEvents> {
   private readonly claimedPagesWord: Int32Array;
   private readonly workers: Worker[] = [];
   private readonly exited = new Set<number>();
-  private readonly restore: RestoreState | null;
+  private restore: RestoreState | null = null;
   private vmState: VmState = 'created';
   private crashInfo: CrashInfo | null = null;
   private watchdog: NodeJS.Timeout | null = null;
@@ -139,7 +149,6 @@ export class Vm extends EventEmitter<VmEvents> {
     this.config = config;
     this.imageBytes = imageBytes;
     this.image = image;
-    this.restore = restore;
     const layout = image.layout;
     this.memory = new WebAssembly.Memory({ initial: layout.totalPages, maximum: layout.totalPages, shared: true });
     this.ram = new Uint8Array(this.memory.buffer, 0, layout.ramBytes);
@@ -147,17 +156,50 @@ export class Vm extends EventEmitter<VmEvents> {
     this.claimedPagesWord = new Int32Array(this.memory.buffer, layout.controlOffset + CONTROL_CLAIMED_PAGES_OFFSET, 1);
     this.control = Control.create(config.vcpus, Math.max(1, image.globals.length));
     this.tracker = new DirtyTracker(this.bitmap, config.granularityBytes, () => this.traceBarrier());
-    if (restore === null) {
-      Atomics.store(this.claimedPagesWord, 0, image.initialPages);
-      this.control.setGuestClockNs(0n);
-    } else {
-      if (restore.vcpus.length !== config.vcpus) throw new FerryError('VM_CONFIG_INVALID', `restore state has ${restore.vcpus.length} vCPUs, the VM ${config.vcpus}`);
-      if (restore.claimedPages > layout.ramPages || restore.claimedPages < image.initialPages) {
-        throw new FerryError('VM_CONFIG_INVALID', `restored claimed memory (${restore.claimedPages} pages) does not fit the guest's range ${image.initialPages}..${layout.ramPages}`);
-      }
-      Atomics.store(this.claimedPagesWord, 0, restore.claimedPages);
-      this.control.setGuestClockNs(restore.clockNs);
+    Atomics.store(this.claimedPagesWord, 0, image.initialPages);
+    this.control.setGuestClockNs(0n);
+    if (restore !== null) this.setRestoreState(restore);
+  }
+
+  /**
+   * Makes the VM continue from captured state instead of booting: claimed size, clock, and each
+   * vCPU's globals and halted flag (RAM is written separately). Only before start.
+   */
+  setRestoreState(restore: RestoreState): void {
+    this.requireState('set restore state', ['created']);
+    const layout = this.image.layout;
+    if (restore.vcpus.length !== this.config.vcpus) throw new FerryError('VM_CONFIG_INVALID', `restore state has ${restore.vcpus.length} vCPUs, the VM ${this.config.vcpus}`);
+    if (restore.claimedPages > layout.ramPages || restore.claimedPages < this.image.initialPages) {
+      throw new FerryError('VM_CONFIG_INVALID', `restored claimed memory (${restore.claimedPages} pages) does not fit the guest's range ${this.image.initialPages}..${layout.ramPages}`);
     }
+    const c = this.control;
+    restore.vcpus.forEach((state, v) => {
+      if (state.globals.length !== this.image.globals.length) {
+        throw new FerryError('VM_CONFIG_INVALID', `vCPU ${v} state has ${state.globals.length} globals; the guest has ${this.image.globals.length}`);
+      }
+      state.globals.forEach((g, i) => {
+        const want = this.image.globals[i]?.type;
+        if (g.type !== want) throw new FerryError('VM_CONFIG_INVALID', `vCPU ${v} global ${i} is ${g.type} in the restore state but ${want ?? 'absent'} in the guest`);
+        const slot = c.globalSlot(v, i);
+        if (g.type === 'i64') c.globalsI64[slot] = g.value;
+        else c.globalsF64[slot] = g.value;
+      });
+      c.store(v, V_RESTORE_HALTED, state.halted ? 1 : 0);
+    });
+    Atomics.store(this.claimedPagesWord, 0, restore.claimedPages);
+    this.control.setGuestClockNs(restore.clockNs);
+    Atomics.store(c.i32, W_RESTORE, 1);
+    this.restore = restore;
+  }
+
+  /** The clock value each vCPU read last (0n: never): a migration source sends them at stun. */
+  lastClockReads(): bigint[] {
+    return Array.from({ length: this.config.vcpus }, (_, v) => this.control.lastClockRead(v));
+  }
+
+  /** The first clock value each vCPU read in this VM instance (0n: not yet). */
+  firstClockReads(): bigint[] {
+    return Array.from({ length: this.config.vcpus }, (_, v) => this.control.firstClockRead(v));
   }
 
   /** Validates and instruments the image and allocates the VM's memory. Does not start vCPUs. */
@@ -177,20 +219,23 @@ export class Vm extends EventEmitter<VmEvents> {
   get claimedPages(): number { return Atomics.load(this.claimedPagesWord, 0); }
   get guestClockNs(): bigint { return this.control.guestClockNs(); }
 
-  /** Starts every vCPU; resolves once all have booted (or restored) and run, or rejects on a boot crash. */
-  async start(): Promise<void> {
-    this.requireState('start', ['created']);
+  /**
+   * Creates the vCPU threads and instantiates the guest in each, without running it. A migration
+   * target does this at prepare time so that resuming the VM later is only a wake-up.
+   */
+  async spawn(): Promise<void> {
+    this.requireState('spawn vCPUs', ['created']);
+    if (this.workers.length > 0) return;
     const c = this.control;
     c.setRequest(RunRequest.Run);
     for (let v = 0; v < this.config.vcpus; v++) {
       c.store(v, V_BUDGET, INITIAL_BUDGET);
       c.store(v, V_STATE, VcpuState.Starting);
-      const restore: VcpuRestore | null = this.restore === null ? null : (this.restore.vcpus[v] ?? null);
       const data: VcpuWorkerData = {
         module: this.image.module, memory: this.memory, control: c.buffers, vcpus: this.config.vcpus, vcpu: v,
         maxGlobals: c.maxGlobals, ramBytes: this.image.layout.ramBytes, bitmapOffset: this.image.layout.bitmapOffset,
         regionCount: this.bitmap.regionCount, shift: this.bitmap.shift, cmdline: this.config.cmdline,
-        globals: this.image.globals, restore, stepTargetUs: this.config.stepTargetUs,
+        globals: this.image.globals, stepTargetUs: this.config.stepTargetUs,
       };
       const worker = new Worker(new URL('./vcpu-worker.js', import.meta.url), { workerData: data });
       worker.on('message', (msg: VcpuWorkerMessage) => { this.onWorkerMessage(msg); });
@@ -198,19 +243,32 @@ export class Vm extends EventEmitter<VmEvents> {
       worker.on('exit', () => { this.onWorkerExit(v); });
       this.workers.push(worker);
     }
+    await this.waitForVcpus((s) => s !== VcpuState.Starting, 'instantiate the guest');
+  }
+
+  /** Starts every vCPU; resolves once all have booted (or restored) and run, or rejects on a boot crash. */
+  async start(): Promise<void> {
+    this.requireState('start', ['created']);
+    await this.spawn();
+    if (this.restore?.clockWallMs !== undefined) {
+      const elapsedNs = BigInt(Math.max(0, Math.round((Date.now() - this.restore.clockWallMs) * 1e6)));
+      this.control.setGuestClockNs(this.restore.clockNs + elapsedNs);
+    }
+    Atomics.store(this.control.i32, W_GO, 1);
+    Atomics.notify(this.control.i32, W_GO);
     this.setState('running');
     this.watchdog = setInterval(() => { this.checkHung(); }, WATCHDOG_INTERVAL_MS);
     this.watchdog.unref();
-    // Booted when no vCPU is still Starting.
-    const deadline = performance.now() + Math.max(this.config.hangTimeoutMs, 10_000);
-    while (this.vcpuStates().some((s) => s === VcpuState.Starting)) {
-      if (this.vmState === 'crashed') break;
-      if (performance.now() > deadline) {
-        this.onCrash({ reason: 'hung', vcpu: this.vcpuStates().indexOf(VcpuState.Starting), message: 'vCPU did not finish booting in time' });
-        break;
-      }
-      await delay(1);
+    await this.waitForVcpus((s) => s !== VcpuState.Starting && s !== VcpuState.Ready, 'boot');
+  }
+
+  private async waitForVcpus(done: (s: VcpuState) => boolean, what: string): Promise<void> {
+    const deadline = performance.now() + Math.max(this.config.hangTimeoutMs, VCPU_START_TIMEOUT_MS);
+    const ok = await this.waitUntil(() => this.vcpuStates().every(done) || this.crashInfo !== null, W_PARK_SEQ, deadline);
+    if (!ok && this.crashInfo === null) {
+      this.onCrash({ reason: 'hung', vcpu: this.vcpuStates().findIndex((s) => !done(s)), message: `vCPU did not ${what} in time` });
     }
+    await this.awaitCrashReport();
     if (this.crashInfo !== null) {
       throw new FerryError('VM_CRASHED', `VM ${this.config.name} crashed while starting: ${this.crashInfo.message}`, { crash: this.crashInfo });
     }
@@ -227,6 +285,7 @@ export class Vm extends EventEmitter<VmEvents> {
     this.control.setRequest(RunRequest.Pause);
     const ok = await this.waitUntil(() => this.allQuiescent(), W_PARK_SEQ, t0 + timeoutMs);
     const latencyMs = performance.now() - t0;
+    await this.awaitCrashReport();
     if (this.crashInfo !== null) throw new FerryError('VM_CRASHED', `VM crashed while pausing: ${this.crashInfo.message}`, { crash: this.crashInfo });
     if (!ok) {
       const stuck = this.vcpuStates().map((s, i) => (isQuiescent(s) ? -1 : i)).filter((i) => i >= 0);
@@ -344,6 +403,18 @@ export class Vm extends EventEmitter<VmEvents> {
     const ok = await this.waitUntil(done, null, performance.now() + this.config.hangTimeoutMs);
     if (this.crashInfo !== null) throw new FerryError('VM_CRASHED', `VM crashed during a trace epoch: ${this.crashInfo.message}`, { crash: this.crashInfo });
     if (!ok) throw new FerryError('VCPU_HUNG', `a vCPU did not finish its step within ${this.config.hangTimeoutMs} ms during a trace epoch`);
+  }
+
+  /**
+   * A vCPU marks itself Crashed in the control block right after posting its crash report; the
+   * report arrives through the event loop. Wait for it so callers see the reason, not just the state.
+   */
+  private async awaitCrashReport(): Promise<void> {
+    const crashed = this.vcpuStates().indexOf(VcpuState.Crashed);
+    if (crashed < 0 || this.crashInfo !== null) return;
+    const deadline = performance.now() + CRASH_REPORT_WAIT_MS;
+    while (this.crashInfo === null && performance.now() < deadline) await delay(1);
+    if (this.crashInfo === null) this.onCrash({ reason: 'internal', vcpu: crashed, message: `vCPU ${crashed} crashed without a report` });
   }
 
   private vcpuStates(): VcpuState[] {
