@@ -27,6 +27,26 @@ export type FerryErrorCode =
   | 'VCPU_START_FAILED'
   // traces
   | 'TRACE_INVALID_REGION'
+  // host agent and its API
+  | 'AUTH_TOKEN_INVALID'
+  | 'UNAUTHORIZED'
+  | 'NOT_FOUND'
+  | 'ALREADY_EXISTS'
+  | 'BUSY'
+  | 'REQUEST_TOO_LARGE'
+  | 'BAD_REQUEST'
+  | 'CAPACITY'
+  | 'HOST_UNREACHABLE'
+  | 'HOST_ERROR'
+  | 'STORE_IO'
+  // migration
+  | 'MIGRATION_REFUSED'
+  | 'MIGRATION_FAILED'
+  | 'MIGRATION_CANCELLED'
+  | 'MIGRATION_TIMEOUT'
+  | 'MIGRATION_IN_DOUBT'
+  | 'DIGEST_MISMATCH'
+  | 'TICKET_INVALID'
   // snapshots
   | 'SNAPSHOT_NOT_FERRY'
   | 'SNAPSHOT_VERSION'

@@ -1,0 +1,111 @@
+/**
+ * The host's data directory: VM definitions (config + image), snapshots written at shutdown, and
+ * the outcome of incoming migrations (so a restarted target can still answer "did it commit?").
+ *
+ *   <data>/vms/<name>/config.json   the VM's configuration (and whether it was running at shutdown)
+ *   <data>/vms/<name>/image.wasm    the original guest image
+ *   <data>/vms/<name>/shutdown.snap snapshot saved on SIGTERM; consumed (deleted) by the next start
+ *   <data>/migrations/<id>.json     incoming migration outcome: committed | aborted
+ */
+import { mkdir, readFile, readdir, rename, rm, writeFile, open } from 'node:fs/promises';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { FerryError, errorMessage } from '../lib/errors.js';
+import type { VmConfig } from '../vmm/vm.js';
+
+const configSchema = z.object({
+  name: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/),
+  memoryBytes: z.number().int().positive(),
+  vcpus: z.number().int().min(1).max(64),
+  granularityBytes: z.number().int().positive(),
+  cmdline: z.string().max(4096),
+  hangTimeoutMs: z.number().positive(),
+  stepTargetUs: z.number().positive(),
+  runningAtShutdown: z.boolean(),
+}).strict();
+
+export interface StoredVm {
+  readonly config: VmConfig;
+  readonly image: Uint8Array;
+  readonly snapshotPath: string | null;
+  readonly runningAtShutdown: boolean;
+}
+
+export type MigrationOutcome = 'committed' | 'aborted';
+
+async function writeAtomic(path: string, data: string | Uint8Array): Promise<void> {
+  const tmp = `${path}.tmp`;
+  await writeFile(tmp, data);
+  const fh = await open(tmp, 'r');
+  try { await fh.sync(); } finally { await fh.close(); }
+  await rename(tmp, path);
+}
+
+export class HostStore {
+  constructor(readonly dataDir: string) {}
+
+  private vmDir(name: string): string { return join(this.dataDir, 'vms', name); }
+  snapshotPath(name: string): string { return join(this.vmDir(name), 'shutdown.snap'); }
+
+  async init(): Promise<void> {
+    try {
+      await mkdir(join(this.dataDir, 'vms'), { recursive: true });
+      await mkdir(join(this.dataDir, 'migrations'), { recursive: true });
+    } catch (err) {
+      throw new FerryError('STORE_IO', `cannot use data directory ${this.dataDir}: ${errorMessage(err)}`);
+    }
+  }
+
+  async saveVm(config: VmConfig, image: Uint8Array | null, runningAtShutdown = false): Promise<void> {
+    const dir = this.vmDir(config.name);
+    try {
+      await mkdir(dir, { recursive: true });
+      if (image !== null) await writeAtomic(join(dir, 'image.wasm'), image);
+      await writeAtomic(join(dir, 'config.json'), JSON.stringify({ ...config, runningAtShutdown }, null, 2));
+    } catch (err) {
+      throw new FerryError('STORE_IO', `cannot save VM ${config.name} in ${dir}: ${errorMessage(err)}`);
+    }
+  }
+
+  async removeVm(name: string): Promise<void> {
+    await rm(this.vmDir(name), { recursive: true, force: true });
+  }
+
+  async removeSnapshot(name: string): Promise<void> {
+    await rm(this.snapshotPath(name), { force: true });
+  }
+
+  async loadAll(): Promise<{ vms: StoredVm[]; problems: string[] }> {
+    const vms: StoredVm[] = [];
+    const problems: string[] = [];
+    const names = await readdir(join(this.dataDir, 'vms')).catch(() => [] as string[]);
+    for (const name of names.sort()) {
+      const dir = this.vmDir(name);
+      try {
+        const parsed = configSchema.parse(JSON.parse(await readFile(join(dir, 'config.json'), 'utf8')));
+        const image = new Uint8Array(await readFile(join(dir, 'image.wasm')));
+        const snap = this.snapshotPath(name);
+        const hasSnap = await readFile(snap).then(() => true, () => false);
+        const { runningAtShutdown, ...config } = parsed;
+        vms.push({ config, image, snapshotPath: hasSnap ? snap : null, runningAtShutdown });
+      } catch (err) {
+        problems.push(`VM ${name} in ${dir} cannot be loaded: ${errorMessage(err)}`);
+      }
+    }
+    return { vms, problems };
+  }
+
+  async writeMigrationOutcome(id: string, outcome: MigrationOutcome, vmName: string): Promise<void> {
+    await writeAtomic(join(this.dataDir, 'migrations', `${id}.json`), JSON.stringify({ id, outcome, vmName, at: new Date().toISOString() }));
+  }
+
+  async readMigrationOutcome(id: string): Promise<MigrationOutcome | null> {
+    if (!/^[0-9a-f]{32}$/.test(id)) return null;
+    try {
+      const parsed = z.object({ outcome: z.enum(['committed', 'aborted']) }).passthrough().parse(JSON.parse(await readFile(join(this.dataDir, 'migrations', `${id}.json`), 'utf8')));
+      return parsed.outcome;
+    } catch {
+      return null;
+    }
+  }
+}

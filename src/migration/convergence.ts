@@ -1,0 +1,85 @@
+/**
+ * The convergence policy of pre-copy, as one pure function: after each round, given what is still
+ * dirty and how fast the link moved data, decide to switch over, to keep copying (possibly with a
+ * stronger vCPU throttle: auto-converge), or to give up as the operator configured.
+ *
+ *   expectedDowntimeMs = dirtyBytes / throughput + SWITCHOVER_OVERHEAD_MS
+ *   expectedDowntimeMs <= downtimeTargetMs           -> switch over
+ *   a limit reached (rounds, total time)             -> onLimit: 'force' switch over | 'abort'
+ *   the dirty set does not shrink by PROGRESS_RATIO  -> raise the throttle (if auto-converge is on):
+ *       first to initialPermille, then by stepPermille per round, up to maxPermille
+ *   otherwise                                        -> another round, same throttle
+ */
+
+/** Fixed cost of a switch-over beyond moving the last dirty bytes: stun, state, commit round trip, resume. */
+export const SWITCHOVER_OVERHEAD_MS = 2;
+/** A round "made progress" if the dirty set shrank below this fraction of the previous one. */
+export const PROGRESS_RATIO = 0.8;
+
+export interface ConvergencePolicy {
+  readonly downtimeTargetMs: number;
+  readonly maxRounds: number;
+  readonly maxTotalMs: number;
+  readonly autoConverge: boolean;
+  readonly initialThrottlePermille: number;
+  readonly throttleStepPermille: number;
+  readonly maxThrottlePermille: number;
+  /** What to do when a limit is reached without converging. */
+  readonly onLimit: 'force' | 'abort';
+}
+
+export const DEFAULT_POLICY: ConvergencePolicy = {
+  downtimeTargetMs: 20,
+  maxRounds: 60,
+  maxTotalMs: 120_000,
+  autoConverge: true,
+  initialThrottlePermille: 200,
+  throttleStepPermille: 200,
+  maxThrottlePermille: 999,
+  onLimit: 'force',
+};
+
+export interface RoundObservation {
+  /** Rounds completed so far (1 after the first full pass). */
+  readonly round: number;
+  /** Bytes dirtied since the last round began: what the next round (or the switch-over) must send. */
+  readonly dirtyBytes: number;
+  /** Dirty bytes observed after the previous round (null after the first round). */
+  readonly previousDirtyBytes: number | null;
+  /** Measured transfer rate of the link, bytes per second. */
+  readonly throughputBytesPerSec: number;
+  readonly elapsedMs: number;
+  readonly throttlePermille: number;
+}
+
+export type ConvergenceDecision =
+  | { readonly action: 'switchover'; readonly expectedDowntimeMs: number; readonly forced: boolean }
+  | { readonly action: 'continue'; readonly throttlePermille: number; readonly expectedDowntimeMs: number }
+  | { readonly action: 'abort'; readonly reason: string; readonly expectedDowntimeMs: number };
+
+export function expectedDowntimeMs(dirtyBytes: number, throughputBytesPerSec: number): number {
+  if (dirtyBytes === 0) return SWITCHOVER_OVERHEAD_MS;
+  if (!(throughputBytesPerSec > 0)) return Number.POSITIVE_INFINITY;
+  return (dirtyBytes / throughputBytesPerSec) * 1000 + SWITCHOVER_OVERHEAD_MS;
+}
+
+export function decideConvergence(obs: RoundObservation, policy: ConvergencePolicy): ConvergenceDecision {
+  const expected = expectedDowntimeMs(obs.dirtyBytes, obs.throughputBytesPerSec);
+  if (expected <= policy.downtimeTargetMs) return { action: 'switchover', expectedDowntimeMs: expected, forced: false };
+  const limit = obs.round >= policy.maxRounds ? `${policy.maxRounds} rounds` : obs.elapsedMs >= policy.maxTotalMs ? `${policy.maxTotalMs} ms` : null;
+  if (limit !== null) {
+    if (policy.onLimit === 'force') return { action: 'switchover', expectedDowntimeMs: expected, forced: true };
+    return {
+      action: 'abort', expectedDowntimeMs: expected,
+      reason: `did not converge within ${limit}: ${obs.dirtyBytes} bytes still dirty would take ~${expected.toFixed(1)} ms at the measured rate (target ${policy.downtimeTargetMs} ms)`,
+    };
+  }
+  let throttle = obs.throttlePermille;
+  const progressing = obs.previousDirtyBytes !== null && obs.dirtyBytes < obs.previousDirtyBytes * PROGRESS_RATIO;
+  if (policy.autoConverge && obs.round >= 2 && !progressing) {
+    throttle = throttle === 0 ? policy.initialThrottlePermille : Math.min(policy.maxThrottlePermille, throttle + policy.throttleStepPermille);
+    // Close to the top the remaining headroom matters more than the step: halve the distance to max.
+    if (throttle > 900 && obs.throttlePermille >= 900) throttle = Math.min(policy.maxThrottlePermille, Math.ceil((obs.throttlePermille + policy.maxThrottlePermille) / 2));
+  }
+  return { action: 'continue', throttlePermille: throttle, expectedDowntimeMs: expected };
+}

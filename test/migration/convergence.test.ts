@@ -1,0 +1,57 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { DEFAULT_POLICY, SWITCHOVER_OVERHEAD_MS, decideConvergence, type RoundObservation } from '../../src/migration/convergence.js';
+
+const GBps = 1e9;
+const obs = (o: Partial<RoundObservation>): RoundObservation => ({
+  round: 3, dirtyBytes: 0, previousDirtyBytes: null, throughputBytesPerSec: GBps, elapsedMs: 100, throttlePermille: 0, ...o,
+});
+
+describe('convergence policy', () => {
+  it('switches over when the remaining dirty set fits the downtime target at the measured rate', () => {
+    const d = decideConvergence(obs({ dirtyBytes: 10e6 }), DEFAULT_POLICY); // 10 ms + overhead
+    assert.equal(d.action, 'switchover');
+    assert.ok(Math.abs(d.expectedDowntimeMs - (10 + SWITCHOVER_OVERHEAD_MS)) < 1e-9);
+    assert.equal(decideConvergence(obs({ dirtyBytes: 0 }), DEFAULT_POLICY).action, 'switchover');
+  });
+
+  it('keeps copying without throttle while the dirty set shrinks', () => {
+    const d = decideConvergence(obs({ dirtyBytes: 100e6, previousDirtyBytes: 300e6 }), DEFAULT_POLICY);
+    assert.deepEqual(d.action === 'continue' ? d.throttlePermille : null, 0);
+  });
+
+  it('escalates the throttle progressively when the guest outruns the link, up to the maximum', () => {
+    let throttle = 0;
+    const seen: number[] = [];
+    for (let round = 2; round < 30; round++) {
+      const d = decideConvergence(obs({ round, dirtyBytes: 64e6, previousDirtyBytes: 64e6, throttlePermille: throttle }), DEFAULT_POLICY);
+      assert.equal(d.action, 'continue');
+      if (d.action === 'continue') throttle = d.throttlePermille;
+      seen.push(throttle);
+    }
+    assert.equal(seen[0], DEFAULT_POLICY.initialThrottlePermille);
+    assert.ok(seen.every((t, i) => i === 0 || t >= (seen[i - 1] ?? 0)), 'monotonic');
+    assert.equal(seen.at(-1), DEFAULT_POLICY.maxThrottlePermille);
+  });
+
+  it('does not throttle after the first round, nor when auto-converge is off', () => {
+    assert.equal((decideConvergence(obs({ round: 1, dirtyBytes: 64e6 }), DEFAULT_POLICY) as { throttlePermille: number }).throttlePermille, 0);
+    const off = { ...DEFAULT_POLICY, autoConverge: false };
+    assert.equal((decideConvergence(obs({ round: 5, dirtyBytes: 64e6, previousDirtyBytes: 64e6 }), off) as { throttlePermille: number }).throttlePermille, 0);
+  });
+
+  it('at a limit, forces the switch-over or aborts as the operator chose', () => {
+    const atLimit = obs({ round: DEFAULT_POLICY.maxRounds, dirtyBytes: 500e6 });
+    const forced = decideConvergence(atLimit, DEFAULT_POLICY);
+    assert.equal(forced.action, 'switchover');
+    assert.equal(forced.action === 'switchover' && forced.forced, true);
+    const aborted = decideConvergence(atLimit, { ...DEFAULT_POLICY, onLimit: 'abort' });
+    assert.equal(aborted.action, 'abort');
+    assert.match(aborted.action === 'abort' ? aborted.reason : '', /did not converge within 60 rounds/);
+    assert.equal(decideConvergence(obs({ elapsedMs: 1e9, dirtyBytes: 500e6 }), { ...DEFAULT_POLICY, onLimit: 'abort' }).action, 'abort');
+  });
+
+  it('a zero or unknown throughput never switches over on a non-empty dirty set', () => {
+    assert.equal(decideConvergence(obs({ dirtyBytes: 4096, throughputBytesPerSec: 0 }), DEFAULT_POLICY).action, 'continue');
+  });
+});
