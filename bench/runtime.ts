@@ -10,15 +10,18 @@
  *     on a fresh VM: warm-up, then one or more measurement windows; the median window is reported.
  *  2. Pause-all latency (pause() until every vCPU is parked) on the random-pattern dirtier with 1,
  *     2 and 4 vCPUs, and the trace-epoch barrier time of tracker.collect() on the same VMs.
- *  3. Bitmap scan cost (collect's scanMs) on the 128 MiB VMs of part 1 and on a 1 GiB VM whose
- *     guest dirties nearly all of its RAM (worst case: most regions fire between collects).
+ *  3. Bitmap scan cost (collect's scanMs): live, on the 128 MiB VMs of part 1 while the guest runs;
+ *     and synthetic, on 128 MiB / 1 GiB / 3 GiB VMs at each granularity with nothing fired and with
+ *     every region fired (the host marks all of RAM written before each collect: the worst case,
+ *     independent of how fast a guest could dirty that much memory).
  *
  * Progress and tables go to stderr; stdout gets exactly one line: a JSON object with the headline
  * numbers (storeHeavySlowdown, computeSlowdown, pauseAllP99Ms), targets, met flags, machine info
  * and a breakdown of every measured number.
  *
  * Options: --rounds=<n> (default 5)  --windows-per-vm=<n> (1)  --window-ms=<n> (1000)
- *          --warmup-ms=<n> (1000)  --pause-cycles=<n> (300)  --skip-1gib
+ *          --warmup-ms=<n> (1000)  --pause-cycles=<n> (300)  --skip-big-scan (part 3: 128 MiB only)
+ *          --only=throughput|pause|scan (one part; the other headline numbers are then null)
  * The default warm-up is 1 s, not less: a fresh VM's first pass over a 64 MiB hot set takes page
  * faults and its step function is still being tiered up (Liftoff -> TurboFan) for several hundred
  * ms on this class of machine, and windows taken earlier measure that instead of steady state.
@@ -47,22 +50,35 @@ interface Options {
   readonly windowMs: number;
   readonly warmupMs: number;
   readonly pauseCycles: number;
-  readonly skip1GiB: boolean;
+  readonly skipBigScan: boolean;
+  /** Run one part only (the headline numbers of the others are then null). */
+  readonly only: PartName | null;
 }
 
+type PartName = 'throughput' | 'pause' | 'scan';
+const PART_NAMES: readonly PartName[] = ['throughput', 'pause', 'scan'];
+
 function parseOptions(argv: readonly string[]): Options {
-  const opts = { rounds: 5, windowsPerVm: 1, windowMs: 1000, warmupMs: 1000, pauseCycles: 300, skip1GiB: false };
+  const opts: { -readonly [K in keyof Options]: Options[K] } = {
+    rounds: 5, windowsPerVm: 1, windowMs: 1000, warmupMs: 1000, pauseCycles: 300, skipBigScan: false, only: null,
+  };
   const ints: Record<string, 'rounds' | 'windowsPerVm' | 'windowMs' | 'warmupMs' | 'pauseCycles'> = {
     '--rounds': 'rounds', '--windows-per-vm': 'windowsPerVm', '--window-ms': 'windowMs', '--warmup-ms': 'warmupMs',
     '--pause-cycles': 'pauseCycles',
   };
   for (const arg of argv) {
-    if (arg === '--skip-1gib') { opts.skip1GiB = true; continue; }
+    if (arg === '--skip-big-scan') { opts.skipBigScan = true; continue; }
+    if (arg.startsWith('--only=')) {
+      const part = PART_NAMES.find((p) => `--only=${p}` === arg);
+      if (part === undefined) throw new Error(`bad option "${arg}"; --only takes ${PART_NAMES.join(', ')}`);
+      opts.only = part;
+      continue;
+    }
     const [key, value] = arg.split('=', 2);
     const field = key === undefined ? undefined : ints[key];
     const n = Number(value);
     if (field === undefined || value === undefined || !Number.isInteger(n) || n < 1) {
-      throw new Error(`bad option "${arg}"; options: --rounds=N --windows-per-vm=N --window-ms=N --warmup-ms=N --pause-cycles=N --skip-1gib`);
+      throw new Error(`bad option "${arg}"; options: --rounds=N --windows-per-vm=N --window-ms=N --warmup-ms=N --pause-cycles=N --skip-big-scan --only=throughput|pause|scan`);
     }
     opts[field] = n;
   }
@@ -289,6 +305,10 @@ interface PauseResultStats {
   readonly scanMs: Summary;
   readonly selfcheckViolations: number;
   readonly unitsPerSec: number;
+  /** Mean wall time of one guest step over the VM's life, µs (the step target is 250 µs). */
+  readonly meanStepUs: number;
+  /** Longest wall time of one step seen by any vCPU, ms (includes time the thread was preempted). */
+  readonly maxStepMs: number;
 }
 
 const randomGapMs = (): number => 1 + Math.random() * 4;
@@ -319,19 +339,24 @@ async function measurePause(vcpus: number, image: Uint8Array, cycles: number): P
     assertHealthy(vm, `trace barrier ${vcpus} vCPU`);
     await vm.pause();
     const violations = vm.selfcheck();
+    const stats = vm.vcpuStats();
+    const steps = stats.reduce((a, st) => a + st.steps, 0);
+    const stepMs = stats.reduce((a, st) => a + st.stepMs, 0);
     return {
       vcpus, pauseMs: summarize(pauses), barrierMs: summarize(barrier), scanMs: summarize(scan),
       selfcheckViolations: violations, unitsPerSec: Math.round(unitsPerSec),
+      meanStepUs: round(steps === 0 ? NaN : (stepMs / steps) * 1000, 1), maxStepMs: round(Math.max(...stats.map((st) => st.maxStepMs)), 3),
     };
   });
 }
 
 // ---------------------------------------------------------------------------------------------
-// Part 3: scan cost on a 1 GiB VM
+// Part 3: bitmap scan cost
 
-const BIG_VM_BYTES = 1 * GiB;
-/** Nearly all of RAM hot, walked in order: most regions fire between two collects (worst case). */
-const BIG_CMDLINE = 'hot=1000MiB pattern=seq check=0';
+/** VM sizes for the synthetic scan measurement (3 GiB is the largest VM Ferry allows). */
+const SCAN_VM_SIZES = [128 * MiB, 1 * GiB, 3 * GiB] as const;
+const SCAN_IDLE_COLLECTS = 40;
+const SCAN_FULL_COLLECTS = 15;
 
 interface ScanStats {
   readonly granularity: string;
@@ -352,21 +377,51 @@ function scanStats(granularityBytes: number, acc: CollectAccumulator): ScanStats
   };
 }
 
-async function measureBigScan(granularityBytes: number, image: Uint8Array, opts: Options): Promise<ScanStats> {
-  const config: VmConfigInput = {
-    name: `bench-scan-1g-${granName(granularityBytes)}`, memoryBytes: BIG_VM_BYTES, vcpus: 1, granularityBytes, cmdline: BIG_CMDLINE,
-  };
-  return withVm(image, config, undefined, async (vm) => {
-    const collects: CollectResult[] = [];
-    await vm.tracker.armAll();
-    await runFor(vm, opts.warmupMs, collects);
-    collects.length = 0;
-    await runFor(vm, opts.windowMs, collects);
-    assertHealthy(vm, `1 GiB scan ${granName(granularityBytes)}`);
-    const acc: CollectAccumulator = { count: collects.length, fired: [], scanMs: [], barrierMs: [], regionCount: vm.tracker.regionCount };
-    for (const c of collects) { acc.fired.push(c.regions.length); acc.scanMs.push(c.scanMs); acc.barrierMs.push(c.barrierMs); }
-    return scanStats(granularityBytes, acc);
-  });
+interface SyntheticScan {
+  readonly vmBytes: number;
+  readonly granularity: string;
+  readonly regionCount: number;
+  /** Nothing fired since the last collect: the word-at-a-time compare only. */
+  readonly noneFiredScanMs: Summary;
+  /** Every region fired (markWritten over all of RAM before each collect): scan, list and re-arm all. */
+  readonly allFiredScanMs: Summary;
+  /** allFired p50 per fired region, ns. */
+  readonly allFiredNsPerRegion: number;
+}
+
+const sizeName = (bytes: number): string => (bytes >= GiB ? `${bytes / GiB}GiB` : `${bytes / MiB}MiB`);
+
+/**
+ * Scan cost as a function of bitmap size and fired count, independent of how fast a guest can
+ * dirty memory: the VM is created but never started (no vCPU, so the epoch barrier is free), and
+ * the host fires traces itself with Vm.markWritten over all of RAM for the worst case.
+ */
+async function measureSyntheticScan(vmBytes: number, granularityBytes: number, image: Uint8Array): Promise<SyntheticScan> {
+  const vm = Vm.create(image, { name: `bench-scan-${sizeName(vmBytes)}-${granName(granularityBytes)}`, memoryBytes: vmBytes, granularityBytes });
+  liveVms.add(vm);
+  try {
+    const tracker = vm.tracker;
+    await tracker.armAll();
+    const idle: number[] = [], full: number[] = [];
+    const fullCollect = async (): Promise<number> => {
+      vm.markWritten(0, vm.ram.byteLength);
+      const c = await tracker.collect();
+      if (c.regions.length !== tracker.regionCount) throw new Error(`scan of ${sizeName(vmBytes)}/${granName(granularityBytes)}: ${c.regions.length} of ${tracker.regionCount} regions reported fired after marking all of RAM`);
+      return c.scanMs;
+    };
+    // Warm-up (the scan loop is JIT-compiled on first use), then measure.
+    for (let i = 0; i < 5; i++) { await tracker.collect(); await fullCollect(); }
+    for (let i = 0; i < SCAN_IDLE_COLLECTS; i++) idle.push((await tracker.collect()).scanMs);
+    for (let i = 0; i < SCAN_FULL_COLLECTS; i++) full.push(await fullCollect());
+    const allFired = summarize(full);
+    return {
+      vmBytes, granularity: granName(granularityBytes), regionCount: tracker.regionCount, noneFiredScanMs: summarize(idle),
+      allFiredScanMs: allFired, allFiredNsPerRegion: round(allFired.p50 * 1e6 / tracker.regionCount, 2),
+    };
+  } finally {
+    await vm.stop();
+    liveVms.delete(vm);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -374,20 +429,17 @@ async function measureBigScan(granularityBytes: number, image: Uint8Array, opts:
 
 const TARGETS = { storeHeavySlowdown: 1.3, computeSlowdown: 1.05, pauseAllP99Ms: 1 } as const;
 
-async function main(): Promise<number> {
-  const started = performance.now();
-  const opts = parseOptions(process.argv.slice(2));
-  const machine = {
-    cpuModel: os.cpus()[0]?.model ?? 'unknown', cpus: os.cpus().length, node: process.version,
-    platform: `${os.platform()} ${os.release()} ${os.arch()}`, totalMemGiB: round(os.totalmem() / GiB, 1),
-    loadAvgAtStart: os.loadavg().map((x) => round(x, 2)),
-    loadAvgAtEnd: [] as number[],
-  };
-  log(`bench:runtime on ${machine.cpuModel} x${machine.cpus}, node ${machine.node}, ${machine.platform}`);
-  log(`options: ${JSON.stringify(opts)}`);
-  const images = { dirtier: guestImage('dirtier'), compute: guestImage('compute') };
+type Images = Record<'dirtier' | 'compute', Uint8Array>;
+type ThroughputTable = Record<Workload, Record<string, { medianUnitsPerSec: number; windows: number[]; spreadPct: number }>>;
 
-  // Part 1 -------------------------------------------------------------------------------------
+interface ThroughputPart {
+  readonly perConfig: ThroughputTable;
+  readonly slowdowns: Record<Workload, Record<string, number>>;
+  readonly collectDuringThroughput: Record<Workload, Record<string, ScanStats>>;
+  readonly interference: Interference;
+}
+
+async function partThroughput(opts: Options, images: Images): Promise<ThroughputPart> {
   const configs = throughputConfigs();
   const rates = new Map<ThroughputConfig, number[]>(configs.map((c) => [c, []]));
   /** Per round: the round's median window of each configuration (for drift-free paired ratios). */
@@ -395,7 +447,7 @@ async function main(): Promise<number> {
   const collectAcc = new Map<ThroughputConfig, CollectAccumulator>();
   for (const c of configs) if (c.kind === 'armed') collectAcc.set(c, { count: 0, fired: [], scanMs: [], barrierMs: [], regionCount: 0 });
   log(`\n[1/3] throughput: ${configs.length} configurations x ${opts.rounds} rounds x ${opts.windowsPerVm} window(s) of ${opts.windowMs} ms after ${opts.warmupMs} ms warm-up`);
-  const cpu1 = cpuSnapshot();
+  const cpu = cpuSnapshot();
   for (let round = 0; round < opts.rounds; round++) {
     const t0 = performance.now();
     // Rotate the order each round so no configuration always runs first or right after another.
@@ -409,10 +461,10 @@ async function main(): Promise<number> {
     }
     log(`  round ${round + 1}/${opts.rounds} (${((performance.now() - t0) / 1000).toFixed(1)} s): ${parts.join(', ')}`);
   }
+  const cpuUse = interference(cpu, cpuSnapshot());
+  log(`  ${fmtInterference(cpuUse)}`);
 
-  const interference1 = interference(cpu1, cpuSnapshot());
-  log(`  ${fmtInterference(interference1)}`);
-  const tp: Record<Workload, Record<string, { medianUnitsPerSec: number; windows: number[]; spreadPct: number }>> = { 'store-heavy': {}, compute: {} };
+  const tp: ThroughputTable = { 'store-heavy': {}, compute: {} };
   for (const cfg of configs) {
     const w = rates.get(cfg) ?? [];
     const m = median(w);
@@ -448,89 +500,127 @@ async function main(): Promise<number> {
   log('\n  collect every ~20 ms during the armed windows (128 MiB VM):');
   log('  workload     gran     regions  collects  fired/collect (mean)  scan p50/p99 ms      barrier p50/p99 ms');
   for (const w of ['store-heavy', 'compute'] as const) {
-    for (const [g, s] of Object.entries(collectDuringThroughput[w])) {
-      log(`  ${w.padEnd(12)} ${g.padEnd(8)} ${String(s.regionCount).padStart(7)}  ${String(s.collects).padStart(8)}  ${String(s.firedMean).padStart(20)}  ${`${s.scanMs.p50.toFixed(3)} / ${s.scanMs.p99.toFixed(3)}`.padStart(16)}  ${`${s.barrierMs.p50.toFixed(3)} / ${s.barrierMs.p99.toFixed(3)}`.padStart(22)}`);
+    for (const [g, st] of Object.entries(collectDuringThroughput[w])) {
+      log(`  ${w.padEnd(12)} ${g.padEnd(8)} ${String(st.regionCount).padStart(7)}  ${String(st.collects).padStart(8)}  ${String(st.firedMean).padStart(20)}  ${`${st.scanMs.p50.toFixed(3)} / ${st.scanMs.p99.toFixed(3)}`.padStart(16)}  ${`${st.barrierMs.p50.toFixed(3)} / ${st.barrierMs.p99.toFixed(3)}`.padStart(22)}`);
     }
   }
+  return { perConfig: tp, slowdowns, collectDuringThroughput, interference: cpuUse };
+}
 
-  // Part 2 -------------------------------------------------------------------------------------
+interface PausePart {
+  readonly perVcpus: Record<string, PauseResultStats>;
+  readonly interference: Interference;
+}
+
+async function partPause(opts: Options, images: Images): Promise<PausePart> {
   log(`\n[2/3] pause-all latency and trace-epoch barrier: dirtier "${PAUSE_CMDLINE}", 64 MiB VM, ${opts.pauseCycles} cycles each, gaps 1-5 ms`);
-  const pause: Record<string, PauseResultStats> = {};
-  const cpu2 = cpuSnapshot();
+  const perVcpus: Record<string, PauseResultStats> = {};
+  const cpu = cpuSnapshot();
   for (const v of PAUSE_VCPUS) {
     const r = await measurePause(v, images.dirtier, opts.pauseCycles);
-    pause[String(v)] = r;
+    perVcpus[String(v)] = r;
     log(`  ${v} vCPU: pause p50 ${fmtMs(r.pauseMs.p50)} p90 ${fmtMs(r.pauseMs.p90)} p99 ${fmtMs(r.pauseMs.p99)} max ${fmtMs(r.pauseMs.max)} | `
       + `collect barrier p50 ${fmtMs(r.barrierMs.p50)} p99 ${fmtMs(r.barrierMs.p99)}, scan p50 ${fmtMs(r.scanMs.p50)} p99 ${fmtMs(r.scanMs.p99)} | `
-      + `selfcheck violations ${r.selfcheckViolations}`);
+      + `step mean ${r.meanStepUs} µs max ${fmtMs(r.maxStepMs)} | selfcheck violations ${r.selfcheckViolations}`);
     if (r.selfcheckViolations !== 0) throw new Error(`dirtier self-check found ${r.selfcheckViolations} violations after the ${v}-vCPU pause test`);
   }
+  const cpuUse = interference(cpu, cpuSnapshot());
+  log(`  ${fmtInterference(cpuUse)}`);
+  return { perVcpus, interference: cpuUse };
+}
 
-  const interference2 = interference(cpu2, cpuSnapshot());
-  log(`  ${fmtInterference(interference2)}`);
+interface ScanPart {
+  readonly perSize: Record<string, Record<string, SyntheticScan>>;
+  readonly interference: Interference;
+}
 
-  // Part 3 -------------------------------------------------------------------------------------
-  const cpu3 = cpuSnapshot();
-  const bigScan: Record<string, ScanStats> = {};
-  if (opts.skip1GiB) {
-    log('\n[3/3] 1 GiB scan: skipped (--skip-1gib)');
-  } else {
-    log(`\n[3/3] bitmap scan on a 1 GiB VM, dirtier "${BIG_CMDLINE}", collect every ~20 ms`);
+async function partScan(opts: Options, images: Images): Promise<ScanPart> {
+  const sizes = opts.skipBigScan ? SCAN_VM_SIZES.filter((b) => b <= THROUGHPUT_VM_BYTES) : SCAN_VM_SIZES;
+  log('\n[3/3] bitmap scan cost (collect().scanMs), synthetic: VM created but not started; "all fired" = Vm.markWritten over all of RAM before each collect');
+  log('  VM      gran     regions   none fired p50/p99 ms   all fired p50/p99/max ms      ns/region');
+  const perSize: Record<string, Record<string, SyntheticScan>> = {};
+  const cpu = cpuSnapshot();
+  for (const bytes of sizes) {
+    const perGran: Record<string, SyntheticScan> = {};
     for (const g of GRANULARITIES) {
-      const s = await measureBigScan(g, images.dirtier, opts);
-      bigScan[granName(g)] = s;
-      log(`  ${s.granularity.padEnd(7)} regions ${String(s.regionCount).padStart(6)}, ${s.collects} collects, fired/collect mean ${s.firedMean} p50 ${s.fired.p50} max ${s.fired.max}: `
-        + `scan p50 ${fmtMs(s.scanMs.p50)} p99 ${fmtMs(s.scanMs.p99)} max ${fmtMs(s.scanMs.max)}; barrier p50 ${fmtMs(s.barrierMs.p50)} p99 ${fmtMs(s.barrierMs.p99)}`);
+      const st = await measureSyntheticScan(bytes, g, images.compute);
+      perGran[granName(g)] = st;
+      log(`  ${sizeName(bytes).padEnd(7)} ${st.granularity.padEnd(7)} ${String(st.regionCount).padStart(8)}   ${`${st.noneFiredScanMs.p50.toFixed(3)} / ${st.noneFiredScanMs.p99.toFixed(3)}`.padStart(20)}   `
+        + `${`${st.allFiredScanMs.p50.toFixed(3)} / ${st.allFiredScanMs.p99.toFixed(3)} / ${st.allFiredScanMs.max.toFixed(3)}`.padStart(26)}   ${st.allFiredNsPerRegion.toFixed(1).padStart(10)}`);
     }
+    perSize[sizeName(bytes)] = perGran;
   }
+  if (opts.skipBigScan) log('  (VMs above 128 MiB skipped: --skip-big-scan)');
+  const cpuUse = interference(cpu, cpuSnapshot());
+  log(`  ${fmtInterference(cpuUse)}`);
+  return { perSize, interference: cpuUse };
+}
 
-  const interference3 = interference(cpu3, cpuSnapshot());
-  if (!opts.skip1GiB) log(`  ${fmtInterference(interference3)}`);
+const metFlag = (value: number, target: number): boolean | null => (Number.isFinite(value) ? value <= target : null);
+const fmtHeadline = (value: number, digits: number, unit: string, target: number): string =>
+  (Number.isFinite(value) ? `${value.toFixed(digits)}${unit} (target <= ${target}${unit}, ${value <= target ? 'met' : 'MISSED'})` : 'not measured');
 
-  // Result -------------------------------------------------------------------------------------
-  const storeHeavySlowdown = slowdowns['store-heavy']['armed-4KiB'] ?? NaN;
-  const computeSlowdown = slowdowns.compute['armed-4KiB'] ?? NaN;
-  const pauseAllP99Ms = pause['2']?.pauseMs.p99 ?? NaN;
+async function main(): Promise<number> {
+  const started = performance.now();
+  const opts = parseOptions(process.argv.slice(2));
+  const machine = {
+    cpuModel: os.cpus()[0]?.model ?? 'unknown', cpus: os.cpus().length, node: process.version,
+    platform: `${os.platform()} ${os.release()} ${os.arch()}`, totalMemGiB: round(os.totalmem() / GiB, 1),
+    loadAvgAtStart: os.loadavg().map((x) => round(x, 2)),
+    loadAvgAtEnd: [] as number[],
+  };
+  log(`bench:runtime on ${machine.cpuModel} x${machine.cpus}, node ${machine.node}, ${machine.platform}`);
+  log(`options: ${JSON.stringify(opts)}`);
+  const images: Images = { dirtier: guestImage('dirtier'), compute: guestImage('compute') };
+
+  const want = (part: PartName): boolean => opts.only === null || opts.only === part;
+  const tput = want('throughput') ? await partThroughput(opts, images) : null;
+  const pause = want('pause') ? await partPause(opts, images) : null;
+  const scan = want('scan') ? await partScan(opts, images) : null;
+
+  const storeHeavySlowdown = tput?.slowdowns['store-heavy']['armed-4KiB'] ?? NaN;
+  const computeSlowdown = tput?.slowdowns.compute['armed-4KiB'] ?? NaN;
+  const pauseAllP99Ms = pause?.perVcpus['2']?.pauseMs.p99 ?? NaN;
   const durationMs = Math.round(performance.now() - started);
   machine.loadAvgAtEnd = os.loadavg().map((x) => round(x, 2));
+  const perVcpus = Object.entries(pause?.perVcpus ?? {});
   const result = {
     bench: 'runtime',
     date: new Date().toISOString(),
+    // NaN (not measured with --only) serialises as null.
     storeHeavySlowdown, computeSlowdown, pauseAllP99Ms,
     targets: TARGETS,
     met: {
-      storeHeavySlowdown: storeHeavySlowdown <= TARGETS.storeHeavySlowdown,
-      computeSlowdown: computeSlowdown <= TARGETS.computeSlowdown,
-      pauseAllP99Ms: pauseAllP99Ms <= TARGETS.pauseAllP99Ms,
+      storeHeavySlowdown: metFlag(storeHeavySlowdown, TARGETS.storeHeavySlowdown),
+      computeSlowdown: metFlag(computeSlowdown, TARGETS.computeSlowdown),
+      pauseAllP99Ms: metFlag(pauseAllP99Ms, TARGETS.pauseAllP99Ms),
     },
     breakdown: {
-      throughput: {
+      throughput: tput === null ? null : {
         unit: 'guest work units per second (store-heavy: 4 KiB page updates; compute: hash iterations), 1 vCPU, 128 MiB VM',
         cmdline: WORKLOAD_CMDLINE,
-        perConfig: tp,
-        slowdown: slowdowns,
+        perConfig: tput.perConfig,
+        slowdown: tput.slowdowns,
         note: 'slowdown <label> = median baseline units/s / median <label> units/s; <label>-paired = median over rounds of the same round\'s '
           + 'baseline/<label> ratio; armed-<g>-vs-off = traces-off / armed-<g>. traces-off is measured at 4 KiB (the off path does not '
           + 'depend on granularity); armed = armAll, then collect every ~20 ms through warm-up and window',
       },
-      collectDuringThroughput,
-      pause: Object.fromEntries(Object.entries(pause).map(([k, r]) => [k, { ...r.pauseMs, unitsPerSec: r.unitsPerSec }])),
-      traceBarrier: Object.fromEntries(Object.entries(pause).map(([k, r]) => [k, { barrierMs: r.barrierMs, scanMs: r.scanMs }])),
-      scan: {
-        '128MiB': { store: collectDuringThroughput['store-heavy'], compute: collectDuringThroughput.compute },
-        '1GiB': opts.skip1GiB ? 'skipped' : bigScan,
-      },
-      interference: { throughput: interference1, pause: interference2, scan1GiB: interference3 },
-      selfcheckViolations: Object.fromEntries(Object.entries(pause).map(([k, r]) => [k, r.selfcheckViolations])),
+      collectDuringThroughput: tput?.collectDuringThroughput ?? null,
+      pause: pause === null ? null : Object.fromEntries(perVcpus.map(([k, r]) => [k, {
+        ...r.pauseMs, unitsPerSec: r.unitsPerSec, meanStepUs: r.meanStepUs, maxStepMs: r.maxStepMs,
+      }])),
+      traceBarrier: pause === null ? null : Object.fromEntries(perVcpus.map(([k, r]) => [k, { barrierMs: r.barrierMs, scanMs: r.scanMs }])),
+      scanSynthetic: scan?.perSize ?? null,
+      interference: { throughput: tput?.interference ?? null, pause: pause?.interference ?? null, scan: scan?.interference ?? null },
+      selfcheckViolations: pause === null ? null : Object.fromEntries(perVcpus.map(([k, r]) => [k, r.selfcheckViolations])),
       options: opts,
     },
     machine,
     durationMs,
   };
-  log(`\nheadline: storeHeavySlowdown ${storeHeavySlowdown.toFixed(3)}x (target <= ${TARGETS.storeHeavySlowdown}, ${result.met.storeHeavySlowdown ? 'met' : 'MISSED'}), `
-    + `computeSlowdown ${computeSlowdown.toFixed(3)}x (target <= ${TARGETS.computeSlowdown}, ${result.met.computeSlowdown ? 'met' : 'MISSED'}), `
-    + `pauseAllP99Ms ${pauseAllP99Ms.toFixed(3)} ms @2 vCPU (target <= ${TARGETS.pauseAllP99Ms}, ${result.met.pauseAllP99Ms ? 'met' : 'MISSED'}); `
-    + `took ${(durationMs / 1000).toFixed(1)} s`);
+  log(`\nheadline: storeHeavySlowdown ${fmtHeadline(storeHeavySlowdown, 3, 'x', TARGETS.storeHeavySlowdown)}, `
+    + `computeSlowdown ${fmtHeadline(computeSlowdown, 3, 'x', TARGETS.computeSlowdown)}, `
+    + `pauseAllP99Ms @2 vCPU ${fmtHeadline(pauseAllP99Ms, 3, ' ms', TARGETS.pauseAllP99Ms)}; took ${(durationMs / 1000).toFixed(1)} s`);
   await writeStdout(`${JSON.stringify(result)}\n`);
   return 0;
 }

@@ -16,6 +16,7 @@ import { DEFAULT_HANG_TIMEOUT_MS, Vm } from '../vmm/vm.js';
 import { MAX_VCPUS } from '../vmm/control.js';
 import { durationOption, parseIntegerOption, sizeOption } from './args.js';
 import { runSession } from './run-vm.js';
+import { addHostCommands } from './host-commands.js';
 
 const DEFAULT_MEMORY = '256MiB';
 /** The demo: the multi-vCPU dirtier on a random 64 MiB working set. */
@@ -130,6 +131,8 @@ export function buildProgram(): Command {
         await snap.close();
       }
     });
+
+  addHostCommands(program, vm);
 
   program.command('demo')
     .description('run the demo VM (the multi-vCPU dirtier) with a live status line until Ctrl-C')

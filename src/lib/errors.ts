@@ -38,6 +38,7 @@ export type FerryErrorCode =
   | 'CAPACITY'
   | 'HOST_UNREACHABLE'
   | 'HOST_ERROR'
+  | 'INTERNAL'
   | 'STORE_IO'
   // migration
   | 'MIGRATION_REFUSED'

@@ -231,6 +231,9 @@ function run(): void {
     f[st(S_STEP_MS)] = (f[st(S_STEP_MS)] ?? 0) + stepMs;
     if (stepMs > (f[st(S_MAX_STEP_MS)] ?? 0)) f[st(S_MAX_STEP_MS)] = stepMs;
 
+    const throttle = Atomics.load(i32, idx(V_THROTTLE_PERMILLE));
+    // Under throttle, shorten steps so that no single sleep exceeds MAX_THROTTLE_SLEEP_MS.
+    targetMs = throttle > 0 ? Math.max(MIN_THROTTLED_STEP_MS, Math.min(baseTargetMs, MAX_THROTTLE_SLEEP_MS * (1000 - throttle) / throttle)) : baseTargetMs;
     if (status === STEP_STATUS_RUN) {
       f[st(S_UNITS)] = (f[st(S_UNITS)] ?? 0) + budget;
       // Adapt the budget so a step lasts about the target: that is what bounds pause latency.
@@ -249,12 +252,11 @@ function run(): void {
       return;
     }
 
-    const throttle = Atomics.load(i32, idx(V_THROTTLE_PERMILLE));
-    // Under throttle, shorten steps so that no single sleep exceeds MAX_THROTTLE_SLEEP_MS.
-    targetMs = throttle > 0 ? Math.max(MIN_THROTTLED_STEP_MS, Math.min(baseTargetMs, MAX_THROTTLE_SLEEP_MS * (1000 - throttle) / throttle)) : baseTargetMs;
     if (throttle > 0) {
-      // Park for a share of wall time: throttle/1000 of (step + sleep).
-      const sleepMs = stepMs * throttle / (1000 - throttle);
+      // Park for a share of wall time: throttle/1000 of (step + sleep). A step longer than the
+      // throttled target (the budget is still adapting) does not earn a longer sleep: the guest
+      // must never stall for long at once.
+      const sleepMs = Math.min(MAX_THROTTLE_SLEEP_MS, stepMs * throttle / (1000 - throttle));
       const s0 = performance.now();
       sleep(sleepMs);
       f[st(S_THROTTLED_MS)] = (f[st(S_THROTTLED_MS)] ?? 0) + (performance.now() - s0);

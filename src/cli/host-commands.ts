@@ -1,0 +1,212 @@
+/**
+ * CLI commands that talk to host agents: `ferry host` (run an agent) and the `ferry vm` verbs
+ * that take `--host URL` (create, start, stop, pause, resume, delete, list, status, console,
+ * verify, migrate).
+ */
+import { Option, type Command } from 'commander';
+import { readFile } from 'node:fs/promises';
+import cliProgress from 'cli-progress';
+import { FerryError, errorMessage } from '../lib/errors.js';
+import { formatBytes, parseSizeBytes } from '../lib/units.js';
+import { HostAgent } from '../host/agent.js';
+import { loadToken } from '../host/auth.js';
+import { DEFAULT_GRANULARITY_BYTES } from '../vmm/layout.js';
+import { MAX_VCPUS } from '../vmm/control.js';
+import type { MigrationProgress, MigrationRecord } from '../migration/source.js';
+import { HostClient, readEvents } from './host-client.js';
+import { durationOption, parseIntegerOption, sizeOption } from './args.js';
+import { compact } from './status.js';
+
+interface ClientOpts { host: string; tokenFile?: string }
+
+async function client(o: ClientOpts): Promise<HostClient> {
+  return new HostClient(o.host, await loadToken(o.tokenFile));
+}
+
+function withClientOptions(cmd: Command): Command {
+  return cmd
+    .requiredOption('--host <url>', 'host agent URL, e.g. http://127.0.0.1:7000')
+    .option('--token-file <file>', 'file holding the API token (default: $FERRY_TOKEN)');
+}
+
+function print(obj: unknown): void {
+  process.stdout.write(`${JSON.stringify(obj, null, 2)}\n`);
+}
+
+export function parseListen(text: string): { host: string; port: number } {
+  const m = /^(\d{1,3}(?:\.\d{1,3}){3}|localhost|\[[0-9a-fA-F:]+\]):(\d{1,5})$/.exec(text.trim());
+  const port = Number(m?.[2]);
+  if (!m || port > 65535) throw new FerryError('INVALID_ARGUMENT', `--listen: "${text}" is not host:port (e.g. 127.0.0.1:7000, port 0 = any free port)`);
+  return { host: (m[1] ?? '').replace(/^\[|\]$/g, ''), port };
+}
+
+export function addHostCommands(program: Command, vm: Command): void {
+  program.command('host')
+    .description('run a host agent: VMs, an authenticated control API and a migration endpoint; SIGTERM saves running VMs')
+    .requiredOption('--name <name>', 'host name')
+    .requiredOption('--data-dir <dir>', 'where VM definitions and shutdown snapshots are kept')
+    .option('--listen <host:port>', 'control API address (port 0: any free port)', '127.0.0.1:7000')
+    .option('--migration-port <port>', 'migration endpoint port (default: any free port)')
+    .option('--token-file <file>', 'file holding the API token (default: $FERRY_TOKEN)')
+    .addOption(new Option('--memory-limit <size>', 'memory the host may commit to VMs').argParser(sizeOption('--memory-limit')))
+    .action(async (o: { name: string; dataDir: string; listen: string; migrationPort?: string; tokenFile?: string; memoryLimit?: number }) => {
+      const listen = parseListen(o.listen);
+      const agent = await HostAgent.start({
+        name: o.name, dataDir: o.dataDir, listenHost: listen.host, listenPort: listen.port, token: await loadToken(o.tokenFile),
+        ...(o.memoryLimit !== undefined ? { memoryLimitBytes: o.memoryLimit } : {}),
+        ...(o.migrationPort !== undefined ? { migrationPort: parseIntegerOption(o.migrationPort, '--migration-port', 0, 65535) } : {}),
+      });
+      // One machine-readable line for scripts and tests.
+      process.stdout.write(`ferry host ${agent.name} ready url=${agent.url} migration-port=${agent.migrationPort}\n`);
+      await new Promise<void>((resolve) => {
+        const stop = (signal: string): void => {
+          process.stderr.write(`host ${agent.name}: ${signal}: shutting down\n`);
+          void agent.close().then((report) => {
+            for (const line of report) process.stderr.write(`host ${agent.name}: ${line}\n`);
+            resolve();
+          });
+        };
+        process.once('SIGTERM', () => { stop('SIGTERM'); });
+        process.once('SIGINT', () => { stop('SIGINT'); });
+      });
+    });
+
+  withClientOptions(vm.command('create')
+    .description('define a VM on a host (and start it with --start)')
+    .argument('<name>', 'VM name')
+    .requiredOption('--image <file>', 'guest image (.wasm)')
+    .addOption(new Option('--memory <size>', 'guest RAM').argParser(sizeOption('--memory')).default(parseSizeBytes('256MiB'), '256MiB'))
+    .addOption(new Option('--vcpus <n>', 'vCPUs').argParser((v) => parseIntegerOption(v, '--vcpus', 1, MAX_VCPUS)).default(1))
+    .addOption(new Option('--trace-granularity <size>', 'write-trace region size').argParser(sizeOption('--trace-granularity')).default(DEFAULT_GRANULARITY_BYTES, '4KiB'))
+    .option('--cmdline <text>', 'guest command line', '')
+    .option('--start', 'start it right away', false))
+    .action(async (name: string, o: ClientOpts & { image: string; memory: number; vcpus: number; traceGranularity: number; cmdline: string; start: boolean }) => {
+      let image: Buffer;
+      try { image = await readFile(o.image); } catch (err) { throw new FerryError('INVALID_ARGUMENT', `cannot read guest image ${o.image}: ${errorMessage(err)}`); }
+      print(await (await client(o)).call('POST', '/v1/vms', {
+        name, imageBase64: image.toString('base64'), memoryBytes: o.memory, vcpus: o.vcpus,
+        granularityBytes: o.traceGranularity, cmdline: o.cmdline, start: o.start,
+      }));
+    });
+
+  for (const [verb, method, description] of [
+    ['start', 'POST', 'start (boot) a defined VM'],
+    ['stop', 'POST', 'power a VM off'],
+    ['pause', 'POST', 'pause every vCPU'],
+    ['resume', 'POST', 'resume a paused VM'],
+    ['verify', 'POST', 'pause briefly, run the guest self-check and digest its memory, resume'],
+    ['delete', 'DELETE', 'remove a stopped VM and its definition'],
+    ['status', 'GET', 'show a VM\'s state, vCPU statistics and last migration'],
+  ] as const) {
+    withClientOptions(vm.command(verb).description(description).argument('<name>', 'VM name'))
+      .action(async (name: string, o: ClientOpts) => {
+        const path = verb === 'status' || verb === 'delete' ? `/v1/vms/${encodeURIComponent(name)}` : `/v1/vms/${encodeURIComponent(name)}/${verb}`;
+        print(await (await client(o)).call(method, path));
+      });
+  }
+
+  withClientOptions(vm.command('list').description('list the VMs of a host'))
+    .action(async (o: ClientOpts) => {
+      const r = await (await client(o)).call<{ vms: { name: string; state: string; owner: string | null; config: { vcpus: number; memoryBytes: number } }[] }>('GET', '/v1/vms');
+      for (const v of r.vms) process.stdout.write(`${v.name}\t${v.state}\t${v.config.vcpus} vCPU\t${formatBytes(v.config.memoryBytes)}${v.owner !== null ? `\t(${v.owner})` : ''}\n`);
+    });
+
+  withClientOptions(vm.command('console').description('print a VM\'s console (the last 64 KiB); --follow streams it')
+    .argument('<name>', 'VM name').option('--follow', 'keep streaming until Ctrl-C', false))
+    .action(async (name: string, o: ClientOpts & { follow: boolean }) => {
+      const ac = new AbortController();
+      process.once('SIGINT', () => { ac.abort(); });
+      const res = await (await client(o)).stream(`/v1/vms/${encodeURIComponent(name)}/console${o.follow ? '?follow=1' : ''}`, ac.signal);
+      try {
+        for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) process.stdout.write(chunk);
+      } catch (err) {
+        if (!ac.signal.aborted) throw err;
+      }
+    });
+
+  withClientOptions(vm.command('migrate')
+    .description('live-migrate a VM to another host, with a progress bar; Ctrl-C cancels (the VM keeps running here)')
+    .argument('<name>', 'VM name')
+    .option('--to <url>', 'target host URL')
+    .option('--cancel <migrationId>', 'cancel a running migration instead')
+    .option('--target-token-file <file>', 'token of the target host, if it differs')
+    .addOption(new Option('--downtime <duration>', 'downtime target for the switch-over').argParser(durationOption('--downtime')))
+    .addOption(new Option('--channels <n>', 'parallel data connections').argParser((v) => parseIntegerOption(v, '--channels', 1, 16)))
+    .addOption(new Option('--bandwidth <size>', 'bandwidth cap per second (e.g. 500MiB)').argParser(sizeOption('--bandwidth')))
+    .option('--compress', 'deflate page data (helps on slow links, costs CPU)', false)
+    .addOption(new Option('--max-rounds <n>', 'give up converging after this many rounds').argParser((v) => parseIntegerOption(v, '--max-rounds', 1, 10_000)))
+    .addOption(new Option('--on-limit <what>', 'at the limit: force the switch-over or abort').choices(['force', 'abort']))
+    .option('--no-auto-converge', 'never throttle the guest to converge')
+    .option('--json', 'print the final record as JSON', false))
+    .action(async (name: string, o: ClientOpts & {
+      to?: string; cancel?: string; targetTokenFile?: string; downtime?: number; channels?: number; bandwidth?: number;
+      compress: boolean; maxRounds?: number; onLimit?: 'force' | 'abort'; autoConverge: boolean; json: boolean;
+    }) => {
+      const c = await client(o);
+      if (o.cancel !== undefined) { print(await c.call('DELETE', `/v1/migrations/${encodeURIComponent(o.cancel)}`)); return; }
+      if (o.to === undefined) throw new FerryError('INVALID_ARGUMENT', 'ferry vm migrate needs --to <target host URL> (or --cancel <id>)');
+      const options = {
+        ...(o.downtime !== undefined ? { downtimeTargetMs: o.downtime } : {}),
+        ...(o.channels !== undefined ? { dataChannels: o.channels } : {}),
+        ...(o.bandwidth !== undefined ? { bandwidthBytesPerSec: o.bandwidth } : {}),
+        ...(o.compress ? { compression: 'deflate' } : {}),
+        ...(o.maxRounds !== undefined ? { maxRounds: o.maxRounds } : {}),
+        ...(o.onLimit !== undefined ? { onLimit: o.onLimit } : {}),
+        ...(o.autoConverge ? {} : { autoConverge: false }),
+      };
+      const token = o.targetTokenFile !== undefined ? await loadToken(o.targetTokenFile) : undefined;
+      const started = await c.call<{ migrationId: string }>('POST', `/v1/vms/${encodeURIComponent(name)}/migrate`, { to: o.to, options, ...(token !== undefined ? { token } : {}) });
+      const record = await followMigration(c, started.migrationId, o.json);
+      if (o.json) print(record);
+      else process.stderr.write(`${summarize(record)}\n`);
+      if (record.outcome !== 'succeeded') process.exitCode = record.outcome === 'in-doubt' ? 4 : 1;
+    });
+}
+
+/** Streams a migration's events with a progress bar; Ctrl-C cancels it. Returns the final record. */
+async function followMigration(c: HostClient, id: string, quiet: boolean): Promise<MigrationRecord> {
+  const tty = process.stderr.isTTY && !quiet;
+  const bar = tty ? new cliProgress.SingleBar({
+    format: 'migrate [{bar}] {percentage}% round {round} | {sent} sent | {rate}/s | dirty {dirty} | throttle {throttle}% | eta {eta_s}s',
+    stream: process.stderr, hideCursor: true,
+  }, cliProgress.Presets.shades_classic) : null;
+  bar?.start(1, 0, { round: 0, sent: '0 B', rate: '0', dirty: '0 B', throttle: 0, eta_s: '?' });
+  const onSigint = (): void => {
+    process.stderr.write('\ncancelling the migration (the VM keeps running on its host)...\n');
+    void c.call('DELETE', `/v1/migrations/${id}`).catch(() => undefined);
+  };
+  process.on('SIGINT', onSigint);
+  try {
+    for await (const { event, data } of readEvents(await c.stream(`/v1/migrations/${id}/events`))) {
+      if (event === 'progress') {
+        const p = data as MigrationProgress;
+        bar?.setTotal(Math.max(1, p.roundTotalBytes));
+        bar?.update(p.roundSentBytes, {
+          round: p.round, sent: formatBytes(p.sentBytes), rate: formatBytes(p.throughputBytesPerSec), dirty: formatBytes(p.dirtyBytes),
+          throttle: (p.throttlePermille / 10).toFixed(1), eta_s: p.etaMs === null ? '?' : (p.etaMs / 1000).toFixed(1),
+        });
+      } else if (event === 'done') {
+        return data as MigrationRecord;
+      } else if (event === 'status') {
+        const s = data as { record: MigrationRecord | null };
+        if (s.record !== null) return s.record;
+      }
+    }
+    const final = await c.call<{ record: MigrationRecord | null }>('GET', `/v1/migrations/${id}`);
+    if (final.record === null) throw new FerryError('HOST_ERROR', `lost the event stream of migration ${id}; ask with ferry vm status`);
+    return final.record;
+  } finally {
+    bar?.stop();
+    process.off('SIGINT', onSigint);
+  }
+}
+
+export function summarize(r: MigrationRecord): string {
+  const ms = (v: number | null): string => (v === null ? 'n/a' : `${v.toFixed(1)} ms`);
+  const head = `migration ${r.migrationId.slice(0, 8)} of ${r.vm} to ${r.to}: ${r.outcome.toUpperCase()}`;
+  const body = `${(r.totalMs / 1000).toFixed(2)} s, ${r.rounds.length} rounds, ${formatBytes(r.transferredBytes)} sent, `
+    + `downtime engine ${ms(r.engineDowntimeMs)} / guest ${ms(r.guestDowntimeMs)}, pause ${ms(r.pauseLatencyMs)}, `
+    + `max throttle ${(r.maxThrottlePermille / 10).toFixed(1)}%${r.forcedSwitchover ? ' (forced switch-over)' : ''}`;
+  const rounds = r.rounds.map((x) => `  round ${x.round}: ${formatBytes(x.bytes)} in ${x.durationMs.toFixed(1)} ms (${compact(x.throughputBytesPerSec)}B/s), dirty after ${formatBytes(x.dirtyBytesAfter)}, throttle ${(x.throttlePermille / 10).toFixed(1)}%`);
+  return [head, `  ${body}`, ...rounds, ...(r.error !== null ? [`  error [${r.error.code}]: ${r.error.message}`] : [])].join('\n');
+}

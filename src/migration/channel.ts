@@ -1,0 +1,187 @@
+/**
+ * A migration connection as a request/reply channel over TCP: frames in, frames out, exactly one
+ * reply per request, replies in request order, at most MAX_IN_FLIGHT requests outstanding, every
+ * request bounded by a timeout. The client side is used by the source, the serving side by the
+ * target. Closing (or any socket error) fails every outstanding request.
+ */
+import { connect, type Socket } from 'node:net';
+import { FerryError, errorMessage, isFerryError } from '../lib/errors.js';
+import { Command, MAX_IN_FLIGHT, type Frame } from './protocol/frame.js';
+import { FrameReader } from './protocol/reader.js';
+import { decodeError, decodeOk, encodeErrorFor, encodeOk, type OkBody } from './protocol/messages.js';
+import type { RateLimiter } from '../dataplane/rate-limiter.js';
+
+
+interface Pending {
+  readonly requestId: number;
+  readonly resolve: (body: OkBody) => void;
+  readonly reject: (err: FerryError) => void;
+  readonly timer: NodeJS.Timeout;
+  readonly what: string;
+}
+
+export async function connectTcp(host: string, port: number, timeoutMs: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host, port, noDelay: true });
+    const timer = setTimeout(() => { socket.destroy(); reject(new FerryError('MIGRATION_TIMEOUT', `connecting to ${host}:${port} timed out after ${timeoutMs} ms`)); }, timeoutMs);
+    socket.once('connect', () => { clearTimeout(timer); tune(socket); resolve(socket); });
+    socket.once('error', (err) => { clearTimeout(timer); reject(new FerryError('HOST_UNREACHABLE', `cannot connect to migration endpoint ${host}:${port}: ${err.message}`)); });
+  });
+}
+
+function tune(socket: Socket): void {
+  socket.setNoDelay(true);
+  // Node exposes no SO_SNDBUF/SO_RCVBUF setter; the high-water mark bounds what is queued in user space.
+  socket.setKeepAlive(true, 10_000);
+}
+
+/** Client side: send requests, await their replies. */
+export class ClientChannel {
+  private readonly reader = new FrameReader();
+  private readonly pending: Pending[] = [];
+  private nextId = 1;
+  private failure: FerryError | null = null;
+  private readonly slotWaiters: (() => void)[] = [];
+
+  constructor(private readonly socket: Socket, readonly label: string, private readonly limiter: RateLimiter | null = null) {
+    socket.on('data', (chunk: Buffer) => { this.onData(chunk); });
+    socket.on('error', (err) => { this.fail(new FerryError('MIGRATION_FAILED', `${label}: connection error: ${err.message}`)); });
+    socket.on('close', () => { this.fail(new FerryError('MIGRATION_FAILED', `${label}: connection closed by the peer`)); });
+  }
+
+  get inFlight(): number { return this.pending.length; }
+
+  /** Sends one request frame built by `encode(requestId)`; resolves with the OK body. */
+  async request(what: string, encode: (requestId: number) => Buffer, timeoutMs: number): Promise<OkBody> {
+    while (this.pending.length >= MAX_IN_FLIGHT && this.failure === null) {
+      await new Promise<void>((resolve) => { this.slotWaiters.push(resolve); });
+    }
+    this.throwIfFailed();
+    const requestId = this.nextId++;
+    const frame = encode(requestId);
+    if (this.limiter !== null) await this.limiter.take(frame.length);
+    this.throwIfFailed();
+    const reply = new Promise<OkBody>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.fail(new FerryError('MIGRATION_TIMEOUT', `${this.label}: no reply to ${what} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.pending.push({ requestId, resolve, reject, timer, what });
+    });
+    if (!this.socket.write(frame)) await this.drained();
+    return reply;
+  }
+
+  private throwIfFailed(): void {
+    const failure: FerryError | null = this.failure;
+    if (failure !== null) throw failure;
+  }
+
+  private async drained(): Promise<void> {
+    if (this.failure !== null) return;
+    await new Promise<void>((resolve) => {
+      const done = (): void => { this.socket.off('drain', done); this.socket.off('close', done); resolve(); };
+      this.socket.once('drain', done);
+      this.socket.once('close', done);
+    });
+  }
+
+  private onData(chunk: Buffer): void {
+    let frames: Frame[];
+    try {
+      frames = this.reader.push(chunk);
+    } catch (err) {
+      this.fail(isFerryError(err) ? err : new FerryError('MIGRATION_FAILED', `${this.label}: ${errorMessage(err)}`));
+      return;
+    }
+    for (const frame of frames) {
+      const head = this.pending[0];
+      if (head === undefined || frame.requestId !== head.requestId) {
+        this.fail(new FerryError('PROTOCOL_OUT_OF_ORDER', `${this.label}: reply ${frame.requestId} does not answer the oldest request ${head?.requestId ?? '(none)'}`));
+        return;
+      }
+      this.pending.shift();
+      clearTimeout(head.timer);
+      this.slotWaiters.shift()?.();
+      try {
+        if (frame.command === Command.OK) head.resolve(decodeOk(frame.payload));
+        else if (frame.command === Command.ERROR) {
+          const body = decodeError(frame.payload);
+          head.reject(new FerryError('MIGRATION_FAILED', `${this.label}: target refused ${head.what}: [${body.code}] ${body.message}`, { remoteCode: body.code }));
+        } else {
+          this.fail(new FerryError('PROTOCOL_OUT_OF_ORDER', `${this.label}: expected OK or ERROR, got command ${frame.command}`));
+          return;
+        }
+      } catch (err) {
+        this.fail(isFerryError(err) ? err : new FerryError('MIGRATION_FAILED', errorMessage(err)));
+        return;
+      }
+    }
+  }
+
+  /** Fails every outstanding request and closes the socket. Idempotent. */
+  fail(err: FerryError): void {
+    if (this.failure !== null) return;
+    this.failure = err;
+    for (const p of this.pending.splice(0)) { clearTimeout(p.timer); p.reject(err); }
+    for (const w of this.slotWaiters.splice(0)) w();
+    this.socket.destroy();
+  }
+
+  close(): void {
+    this.fail(new FerryError('MIGRATION_CANCELLED', `${this.label}: closed`));
+  }
+}
+
+/**
+ * Serving side: frames are handled one at a time in arrival order; the handler's result becomes the
+ * OK reply, a thrown error the ERROR reply — after which the connection is closed.
+ */
+export class ServerChannel {
+  private readonly reader = new FrameReader();
+  private queue: Promise<void> = Promise.resolve();
+  private closed = false;
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly handler: (frame: Frame) => Promise<OkBody> | OkBody,
+    private readonly onClose: (reason: string) => void,
+  ) {
+    tune(socket);
+    socket.on('data', (chunk: Buffer) => { this.onData(chunk); });
+    socket.on('error', (err) => { this.close(`connection error: ${err.message}`); });
+    socket.on('close', () => { this.close('connection closed by the peer'); });
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.closed) return;
+    let frames: Frame[];
+    try {
+      frames = this.reader.push(chunk);
+    } catch (err) {
+      const requestId = this.reader.pendingHeader?.requestId ?? 0;
+      this.socket.end(encodeErrorFor(requestId, err));
+      this.close(`bad input: ${errorMessage(err)}`);
+      return;
+    }
+    for (const frame of frames) {
+      this.queue = this.queue.then(async () => {
+        if (this.closed) return;
+        try {
+          const body = await this.handler(frame);
+          if (!this.closed) this.socket.write(encodeOk(frame.requestId, body));
+        } catch (err) {
+          if (!this.closed) this.socket.end(encodeErrorFor(frame.requestId, err));
+          this.close(`request failed: ${errorMessage(err)}`);
+        }
+      });
+    }
+  }
+
+  close(reason: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.onClose(reason);
+    // Let a final ERROR reply flush, then drop the connection.
+    setTimeout(() => { this.socket.destroy(); }, 100).unref();
+  }
+}

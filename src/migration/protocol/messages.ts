@@ -1,0 +1,564 @@
+/**
+ * Typed messages of the migration protocol: strict zod schemas for every JSON payload, encoders
+ * that produce complete frames, and `decodeMessage`, which turns a frame into a `Message`
+ * discriminated by `command`.
+ *
+ * JSON payloads must be UTF-8 (no BOM), a JSON object, and match their schema exactly (unknown
+ * keys are rejected). Anything else is PROTOCOL_BAD_PAYLOAD. Encoders run the same schemas on
+ * what they are about to send, so a peer running this code never receives a payload it rejects;
+ * an invalid value to encode is PROTOCOL_BAD_PAYLOAD too (and an oversize one PROTOCOL_TOO_LARGE).
+ *
+ * Numbers JSON cannot carry exactly travel as strings: i64 globals, clockNs and lastClockReadNs
+ * as decimal strings; f32/f64 NaN, ±Infinity and -0 as "NaN", "Infinity", "-Infinity", "-0" (NaN payload
+ * bits are not preserved).
+ */
+import { z } from 'zod';
+import { FerryError, errorMessage } from '../../lib/errors.js';
+import { GiB, KiB, MiB } from '../../lib/units.js';
+import { Command, commandName, encodeFrame, type Frame, type FrameCommand } from './frame.js';
+import { decodeMemoryBatch, encodeMemoryBatch, type MemoryBatch, type MemoryEntryInput } from './memory-batch.js';
+
+// ---------------------------------------------------------------------------------------------
+// Bounds
+
+export const MIN_VCPUS = 1;
+export const MAX_VCPUS = 64;
+export const MIN_MEMORY_BYTES = 64 * KiB;
+export const MAX_MEMORY_BYTES = 3 * GiB;
+export const MEMORY_BYTES_MULTIPLE = 64 * KiB;
+export const MIN_GRANULARITY_BYTES = 4 * KiB;
+export const MAX_GRANULARITY_BYTES = 2 * MiB;
+export const MAX_CMDLINE_BYTES = 4096;
+export const MAX_NAME_CHARS = 64;
+export const MAX_MIGRATION_ID_CHARS = 64;
+export const MIN_DATA_CHANNELS = 1;
+export const MAX_DATA_CHANNELS = 16;
+export const MAX_GLOBALS_PER_VCPU = 4096;
+/** Largest guest image a PREPARE may carry. */
+export const MAX_IMAGE_BYTES = 64 * MiB;
+/** Largest JSON part of a PREPARE (with its u32 length prefix it takes at most 64 KiB). */
+export const MAX_PREPARE_JSON_BYTES = 64 * KiB - 4;
+/** Bytes of the u32 JSON length that starts a PREPARE payload. */
+export const PREPARE_JSON_LENGTH_BYTES = 4;
+/** claimedPages is in 64 KiB pages and cannot exceed the largest RAM. */
+export const MAX_CLAIMED_PAGES = MAX_MEMORY_BYTES / (64 * KiB);
+/** ABORT reason length in characters (worst-case JSON escaping still fits the 4 KiB ABORT bound). */
+export const MAX_ABORT_REASON_CHARS = 512;
+export const MAX_ERROR_CODE_CHARS = 64;
+export const MAX_ERROR_MESSAGE_CHARS = 4096;
+
+const U32_MAX = 2 ** 32 - 1;
+const I64_MIN = -(2n ** 63n);
+const I64_MAX = 2n ** 63n - 1n;
+const U64_MAX = 2n ** 64n - 1n;
+
+// ---------------------------------------------------------------------------------------------
+// Typed bodies
+
+export type ConnectionRole = 'control' | 'data';
+
+export interface HelloBody {
+  readonly protocol: 1;
+  /** 64 lowercase hex characters (32 random bytes). */
+  readonly ticket: string;
+  readonly role: ConnectionRole;
+  /** Data channel index 0..15 (control connections use 0 by convention). */
+  readonly channel: number;
+}
+
+export interface PrepareVm {
+  readonly name: string;
+  readonly memoryBytes: number;
+  readonly vcpus: number;
+  readonly granularityBytes: number;
+  readonly cmdline: string;
+  /** sha256 of the image, 64 lowercase hex characters (not verified by the decoder: the target checks it). */
+  readonly imageSha256: string;
+}
+
+export interface PrepareBody {
+  readonly migrationId: string;
+  readonly vm: PrepareVm;
+  readonly dataChannels: number;
+  /** The guest image; when decoded, a view into the frame payload. */
+  readonly image: Uint8Array;
+}
+
+export interface RoundBody {
+  readonly round: number;
+  readonly regions: number;
+  readonly bytes: number;
+}
+
+export type GlobalValue =
+  | { readonly type: 'i32' | 'f32' | 'f64'; readonly value: number }
+  | { readonly type: 'i64'; readonly value: bigint };
+
+export interface VcpuState {
+  readonly halted: boolean;
+  readonly globals: readonly GlobalValue[];
+  /**
+   * The vCPU's last guest-clock read on the source (u64 ns of the guest clock, 0 = never read);
+   * lets the target measure the gap the guest observed. Not in the document's STATE row yet.
+   */
+  readonly lastClockReadNs: bigint;
+}
+
+export interface StateBody {
+  /** Guest's claimed memory in 64 KiB pages. */
+  readonly claimedPages: number;
+  /** Guest monotonic clock (u64 ns). */
+  readonly clockNs: bigint;
+  /**
+   * Source wall-clock time (ms since the epoch, integer) at which clockNs was read, so the target
+   * can advance the guest clock by the downtime. Not in the document's STATE row yet.
+   */
+  readonly clockWallMs: number;
+  readonly vcpus: readonly VcpuState[];
+}
+
+export interface CommitBody {
+  /** 16 lowercase hex characters. */
+  readonly digest: string;
+}
+
+export interface AbortBody {
+  readonly reason: string;
+}
+
+/** Reply to a request: any JSON object (may be empty). */
+export type OkBody = Readonly<Record<string, unknown>>;
+
+export interface ErrorBody {
+  readonly code: string;
+  readonly message: string;
+}
+
+interface Envelope<C extends FrameCommand, B> {
+  readonly command: C;
+  readonly requestId: number;
+  readonly body: B;
+}
+
+export type HelloMessage = Envelope<typeof Command.HELLO, HelloBody>;
+export type PrepareMessage = Envelope<typeof Command.PREPARE, PrepareBody>;
+export type MemoryMessage = Envelope<typeof Command.MEMORY, MemoryBatch>;
+export type RoundMessage = Envelope<typeof Command.ROUND, RoundBody>;
+export type StateMessage = Envelope<typeof Command.STATE, StateBody>;
+export type CommitMessage = Envelope<typeof Command.COMMIT, CommitBody>;
+export type AbortMessage = Envelope<typeof Command.ABORT, AbortBody>;
+export type OkMessage = Envelope<typeof Command.OK, OkBody>;
+export type ErrorMessage = Envelope<typeof Command.ERROR, ErrorBody>;
+
+export type Message =
+  | HelloMessage | PrepareMessage | MemoryMessage | RoundMessage | StateMessage | CommitMessage | AbortMessage
+  | OkMessage | ErrorMessage;
+
+/** What decodeMessage needs to know beyond the frame: the VM's RAM size once PREPARE was accepted. */
+export interface DecodeContext {
+  readonly ramBytes?: number;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wire schemas (JSON form)
+
+const lowerHex = (chars: number): z.ZodString =>
+  z.string().regex(new RegExp(`^[0-9a-f]{${chars}}$`), `must be ${chars} lowercase hex digits`);
+
+const nameString = (maxChars: number): z.ZodString =>
+  z.string().regex(new RegExp(`^[A-Za-z0-9._-]{1,${maxChars}}$`), `must be 1..${maxChars} characters of A-Z a-z 0-9 . _ -`);
+
+const intIn = (min: number, max: number): z.ZodNumber => z.number().int().min(min).max(max);
+
+const isPowerOfTwo = (v: number): boolean => Number.isSafeInteger(v) && v > 0 && (v & (v - 1)) === 0;
+
+export const helloSchema = z.object({
+  protocol: z.literal(1),
+  ticket: lowerHex(64),
+  role: z.enum(['control', 'data']),
+  channel: intIn(0, MAX_DATA_CHANNELS - 1),
+}).strict();
+
+export const prepareVmSchema = z.object({
+  name: nameString(MAX_NAME_CHARS),
+  memoryBytes: intIn(MIN_MEMORY_BYTES, MAX_MEMORY_BYTES)
+    .refine((v) => v % MEMORY_BYTES_MULTIPLE === 0, 'must be a multiple of 64 KiB'),
+  vcpus: intIn(MIN_VCPUS, MAX_VCPUS),
+  granularityBytes: intIn(MIN_GRANULARITY_BYTES, MAX_GRANULARITY_BYTES)
+    .refine(isPowerOfTwo, 'must be a power of two'),
+  cmdline: z.string().refine((s) => Buffer.byteLength(s, 'utf8') <= MAX_CMDLINE_BYTES,
+    `must be at most ${MAX_CMDLINE_BYTES} bytes (UTF-8)`),
+  imageSha256: lowerHex(64),
+}).strict();
+
+/** The JSON part of PREPARE (the image follows it in the payload). */
+export const prepareSchema = z.object({
+  migrationId: nameString(MAX_MIGRATION_ID_CHARS),
+  vm: prepareVmSchema,
+  dataChannels: intIn(MIN_DATA_CHANNELS, MAX_DATA_CHANNELS),
+}).strict();
+
+export const roundSchema = z.object({
+  round: intIn(0, U32_MAX),
+  regions: intIn(0, U32_MAX),
+  bytes: intIn(0, Number.MAX_SAFE_INTEGER),
+}).strict();
+
+type FloatWire = number | 'NaN' | 'Infinity' | '-Infinity' | '-0';
+
+function floatToWire(v: number): FloatWire {
+  if (Number.isNaN(v)) return 'NaN';
+  if (v === Number.POSITIVE_INFINITY) return 'Infinity';
+  if (v === Number.NEGATIVE_INFINITY) return '-Infinity';
+  if (Object.is(v, -0)) return '-0';
+  return v;
+}
+
+function floatFromWire(v: FloatWire): number {
+  switch (v) {
+    case 'NaN': return Number.NaN;
+    case 'Infinity': return Number.POSITIVE_INFINITY;
+    case '-Infinity': return Number.NEGATIVE_INFINITY;
+    case '-0': return -0;
+    default: return v;
+  }
+}
+
+const floatWire = z.union([z.number().finite(), z.enum(['NaN', 'Infinity', '-Infinity', '-0'])]).transform(floatFromWire);
+
+function bigintString(pattern: RegExp, min: bigint, max: bigint, what: string) {
+  return z.string().regex(pattern, `must be a canonical decimal ${what} string`).transform((s, ctx) => {
+    const v = BigInt(s);
+    if (v < min || v > max) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, message: `is outside the ${what} range` });
+      return z.NEVER;
+    }
+    return v;
+  });
+}
+
+const i64Wire = bigintString(/^(?:0|-?[1-9][0-9]{0,18})$/, I64_MIN, I64_MAX, 'i64');
+const u64Wire = bigintString(/^(?:0|[1-9][0-9]{0,19})$/, 0n, U64_MAX, 'u64');
+
+const globalSchema = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('i32'), value: intIn(-(2 ** 31), 2 ** 31 - 1) }).strict(),
+  z.object({ type: z.literal('i64'), value: i64Wire }).strict(),
+  z.object({
+    type: z.literal('f32'),
+    value: floatWire.refine((v) => Number.isNaN(v) || Math.fround(v) === v, 'is not representable as an f32'),
+  }).strict(),
+  z.object({ type: z.literal('f64'), value: floatWire }).strict(),
+]);
+
+const vcpuSchema = z.object({
+  halted: z.boolean(),
+  globals: z.array(globalSchema).max(MAX_GLOBALS_PER_VCPU),
+  lastClockReadNs: u64Wire,
+}).strict();
+
+export const stateSchema = z.object({
+  claimedPages: intIn(0, MAX_CLAIMED_PAGES),
+  clockNs: u64Wire,
+  clockWallMs: intIn(0, Number.MAX_SAFE_INTEGER),
+  vcpus: z.array(vcpuSchema).min(MIN_VCPUS).max(MAX_VCPUS),
+}).strict();
+
+export const commitSchema = z.object({ digest: lowerHex(16) }).strict();
+
+export const abortSchema = z.object({ reason: z.string().max(MAX_ABORT_REASON_CHARS) }).strict();
+
+export const okSchema = z.record(z.string(), z.unknown());
+
+export const errorSchema = z.object({
+  code: z.string().min(1).max(MAX_ERROR_CODE_CHARS),
+  message: z.string().max(MAX_ERROR_MESSAGE_CHARS),
+}).strict();
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+function describeIssues(error: z.ZodError): string {
+  const shown = error.issues.slice(0, 5).map((i) => `${i.path.length > 0 ? i.path.join('.') : '(root)'} ${i.message}`);
+  const more = error.issues.length > shown.length ? ` (and ${error.issues.length - shown.length} more)` : '';
+  return shown.join('; ') + more;
+}
+
+function badPayload(command: FrameCommand, message: string, details: Record<string, unknown> = {}): FerryError {
+  return new FerryError('PROTOCOL_BAD_PAYLOAD', `${commandName(command)} payload: ${message}`, { command, ...details });
+}
+
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/** UTF-8 bytes -> a parsed JSON object (not an array, not null); PROTOCOL_BAD_PAYLOAD otherwise. */
+function parseJsonObject(command: FrameCommand, bytes: Uint8Array): object {
+  let text: string;
+  try {
+    text = utf8.decode(bytes);
+  } catch {
+    throw badPayload(command, 'is not valid UTF-8');
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw badPayload(command, `is not JSON (${errorMessage(err)})`);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw badPayload(command, `must be a JSON object, got ${value === null ? 'null' : Array.isArray(value) ? 'an array' : typeof value}`);
+  }
+  return value;
+}
+
+function validate<S extends z.ZodTypeAny>(command: FrameCommand, schema: S, value: unknown): z.output<S> {
+  const result = schema.safeParse(value);
+  if (!result.success) throw badPayload(command, describeIssues(result.error));
+  return result.data as z.output<S>;
+}
+
+function decodeJson<S extends z.ZodTypeAny>(command: FrameCommand, schema: S, bytes: Uint8Array): z.output<S> {
+  return validate(command, schema, parseJsonObject(command, bytes));
+}
+
+/** Validates a wire object before sending it; returns its UTF-8 JSON. */
+function encodeJson(command: FrameCommand, schema: z.ZodTypeAny, wire: unknown): Buffer {
+  const result = schema.safeParse(wire);
+  if (!result.success) {
+    throw new FerryError('PROTOCOL_BAD_PAYLOAD',
+      `cannot encode ${commandName(command)}: ${describeIssues(result.error)}`, { command, direction: 'encode' });
+  }
+  return Buffer.from(JSON.stringify(wire), 'utf8');
+}
+
+function cannotEncode(command: FrameCommand, message: string): FerryError {
+  return new FerryError('PROTOCOL_BAD_PAYLOAD', `cannot encode ${commandName(command)}: ${message}`,
+    { command, direction: 'encode' });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoders (payload -> body)
+
+export function decodeHello(payload: Uint8Array): HelloBody {
+  return decodeJson(Command.HELLO, helloSchema, payload);
+}
+
+/** PREPARE: u32 JSON length, the JSON, then the image (returned as a view into `payload`). */
+export function decodePrepare(payload: Uint8Array): PrepareBody {
+  const C = Command.PREPARE;
+  if (payload.byteLength < PREPARE_JSON_LENGTH_BYTES) {
+    throw badPayload(C, `is ${payload.byteLength} bytes, shorter than its ${PREPARE_JSON_LENGTH_BYTES}-byte JSON length`);
+  }
+  const buf = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
+  const jsonLength = buf.readUInt32LE(0);
+  if (jsonLength > MAX_PREPARE_JSON_BYTES) {
+    throw new FerryError('PROTOCOL_TOO_LARGE',
+      `PREPARE payload: the JSON part is ${jsonLength} bytes; the limit is ${MAX_PREPARE_JSON_BYTES}`,
+      { command: C, jsonLength, maxJsonBytes: MAX_PREPARE_JSON_BYTES });
+  }
+  if (jsonLength > buf.length - PREPARE_JSON_LENGTH_BYTES) {
+    throw badPayload(C, `the JSON part claims ${jsonLength} bytes but only ${buf.length - PREPARE_JSON_LENGTH_BYTES} follow`,
+      { jsonLength });
+  }
+  const jsonEnd = PREPARE_JSON_LENGTH_BYTES + jsonLength;
+  const header = decodeJson(C, prepareSchema, buf.subarray(PREPARE_JSON_LENGTH_BYTES, jsonEnd));
+  const image = buf.subarray(jsonEnd);
+  if (image.length === 0) throw badPayload(C, 'carries no guest image');
+  if (image.length > MAX_IMAGE_BYTES) {
+    throw new FerryError('PROTOCOL_TOO_LARGE',
+      `PREPARE payload: the guest image is ${image.length} bytes; the limit is ${MAX_IMAGE_BYTES}`,
+      { command: C, imageBytes: image.length, maxImageBytes: MAX_IMAGE_BYTES });
+  }
+  return { ...header, image };
+}
+
+export function decodeRound(payload: Uint8Array): RoundBody {
+  return decodeJson(Command.ROUND, roundSchema, payload);
+}
+
+export function decodeState(payload: Uint8Array): StateBody {
+  return decodeJson(Command.STATE, stateSchema, payload);
+}
+
+export function decodeCommit(payload: Uint8Array): CommitBody {
+  return decodeJson(Command.COMMIT, commitSchema, payload);
+}
+
+export function decodeAbort(payload: Uint8Array): AbortBody {
+  return decodeJson(Command.ABORT, abortSchema, payload);
+}
+
+export function decodeOk(payload: Uint8Array): OkBody {
+  return decodeJson(Command.OK, okSchema, payload);
+}
+
+export function decodeError(payload: Uint8Array): ErrorBody {
+  return decodeJson(Command.ERROR, errorSchema, payload);
+}
+
+/**
+ * Decodes a complete frame into a typed message. MEMORY needs `context.ramBytes` (known once the
+ * migration was prepared); without it a MEMORY frame is PROTOCOL_OUT_OF_ORDER.
+ */
+export function decodeMessage(frame: Frame, context: DecodeContext = {}): Message {
+  const { requestId, payload } = frame;
+  switch (frame.command) {
+    case Command.HELLO: return { command: Command.HELLO, requestId, body: decodeHello(payload) };
+    case Command.PREPARE: return { command: Command.PREPARE, requestId, body: decodePrepare(payload) };
+    case Command.MEMORY: {
+      if (context.ramBytes === undefined) {
+        throw new FerryError('PROTOCOL_OUT_OF_ORDER',
+          `MEMORY (request ${requestId}) arrived before the migration was prepared`, { command: Command.MEMORY, requestId });
+      }
+      return { command: Command.MEMORY, requestId, body: decodeMemoryBatch(payload, context.ramBytes) };
+    }
+    case Command.ROUND: return { command: Command.ROUND, requestId, body: decodeRound(payload) };
+    case Command.STATE: return { command: Command.STATE, requestId, body: decodeState(payload) };
+    case Command.COMMIT: return { command: Command.COMMIT, requestId, body: decodeCommit(payload) };
+    case Command.ABORT: return { command: Command.ABORT, requestId, body: decodeAbort(payload) };
+    case Command.OK: return { command: Command.OK, requestId, body: decodeOk(payload) };
+    case Command.ERROR: return { command: Command.ERROR, requestId, body: decodeError(payload) };
+    default: {
+      const command: number = frame.command;
+      throw new FerryError('PROTOCOL_BAD_COMMAND', `frame (request ${requestId}) has command code ${command}`,
+        { command, requestId });
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoders (body -> complete frame)
+
+export function encodeHello(requestId: number, body: HelloBody): Buffer {
+  const wire = { protocol: body.protocol, ticket: body.ticket, role: body.role, channel: body.channel };
+  return encodeFrame(Command.HELLO, requestId, encodeJson(Command.HELLO, helloSchema, wire));
+}
+
+export function encodePrepare(requestId: number, body: PrepareBody): Buffer {
+  const C = Command.PREPARE;
+  const vm = body.vm;
+  const wire = {
+    migrationId: body.migrationId,
+    vm: {
+      name: vm.name, memoryBytes: vm.memoryBytes, vcpus: vm.vcpus, granularityBytes: vm.granularityBytes,
+      cmdline: vm.cmdline, imageSha256: vm.imageSha256,
+    },
+    dataChannels: body.dataChannels,
+  };
+  const json = encodeJson(C, prepareSchema, wire);
+  if (json.length > MAX_PREPARE_JSON_BYTES) throw cannotEncode(C, `the JSON part is ${json.length} bytes; the limit is ${MAX_PREPARE_JSON_BYTES}`);
+  if (body.image.byteLength === 0) throw cannotEncode(C, 'the guest image is empty');
+  if (body.image.byteLength > MAX_IMAGE_BYTES) {
+    throw new FerryError('PROTOCOL_TOO_LARGE', `cannot encode PREPARE: the guest image is ${body.image.byteLength} bytes; ` +
+      `the limit is ${MAX_IMAGE_BYTES}`, { command: C, imageBytes: body.image.byteLength });
+  }
+  const payload = Buffer.allocUnsafe(PREPARE_JSON_LENGTH_BYTES + json.length + body.image.byteLength);
+  payload.writeUInt32LE(json.length, 0);
+  json.copy(payload, PREPARE_JSON_LENGTH_BYTES);
+  payload.set(body.image, PREPARE_JSON_LENGTH_BYTES + json.length);
+  return encodeFrame(C, requestId, payload);
+}
+
+/** MEMORY frame from entries (see encodeMemoryBatch). */
+export function encodeMemory(requestId: number, round: number, entries: readonly MemoryEntryInput[]): Buffer {
+  return encodeFrame(Command.MEMORY, requestId, encodeMemoryBatch(round, entries));
+}
+
+export function encodeRound(requestId: number, body: RoundBody): Buffer {
+  const wire = { round: body.round, regions: body.regions, bytes: body.bytes };
+  return encodeFrame(Command.ROUND, requestId, encodeJson(Command.ROUND, roundSchema, wire));
+}
+
+function globalToWire(g: GlobalValue, where: string): unknown {
+  switch (g.type) {
+    case 'i64':
+      if (typeof g.value !== 'bigint') throw cannotEncode(Command.STATE, `${where}: an i64 value must be a bigint`);
+      return { type: 'i64', value: g.value.toString() };
+    case 'i32':
+      return { type: 'i32', value: g.value };
+    case 'f32':
+    case 'f64':
+      if (typeof g.value !== 'number') throw cannotEncode(Command.STATE, `${where}: an ${g.type} value must be a number`);
+      return { type: g.type, value: floatToWire(g.value) };
+    default:
+      throw cannotEncode(Command.STATE, `${where}: unknown global type ${String((g as { type: unknown }).type)}`);
+  }
+}
+
+export function encodeState(requestId: number, body: StateBody): Buffer {
+  const C = Command.STATE;
+  if (typeof body.clockNs !== 'bigint') throw cannotEncode(C, 'clockNs must be a bigint');
+  body.vcpus.forEach((v, i) => {
+    if (typeof v.lastClockReadNs !== 'bigint') throw cannotEncode(C, `vcpus.${i}.lastClockReadNs must be a bigint`);
+  });
+  if (body.vcpus.length > MAX_VCPUS) throw cannotEncode(C, `${body.vcpus.length} vCPUs; the limit is ${MAX_VCPUS}`);
+  const wire = {
+    claimedPages: body.claimedPages,
+    clockNs: body.clockNs.toString(),
+    clockWallMs: body.clockWallMs,
+    vcpus: body.vcpus.map((v, i) => {
+      if (v.globals.length > MAX_GLOBALS_PER_VCPU) {
+        throw cannotEncode(C, `vcpus.${i} has ${v.globals.length} globals; the limit is ${MAX_GLOBALS_PER_VCPU}`);
+      }
+      return {
+        halted: v.halted,
+        globals: v.globals.map((g, j) => globalToWire(g, `vcpus.${i}.globals.${j}`)),
+        lastClockReadNs: v.lastClockReadNs.toString(),
+      };
+    }),
+  };
+  return encodeFrame(C, requestId, encodeJson(C, stateSchema, wire));
+}
+
+export function encodeCommit(requestId: number, body: CommitBody): Buffer {
+  return encodeFrame(Command.COMMIT, requestId, encodeJson(Command.COMMIT, commitSchema, { digest: body.digest }));
+}
+
+export function encodeAbort(requestId: number, body: AbortBody): Buffer {
+  return encodeFrame(Command.ABORT, requestId, encodeJson(Command.ABORT, abortSchema, { reason: body.reason }));
+}
+
+/**
+ * OK reply. `body` must be a plain JSON-serialisable object; it is sent as JSON.stringify renders
+ * it (undefined members are dropped).
+ */
+export function encodeOk(requestId: number, body: OkBody = {}): Buffer {
+  const C = Command.OK;
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw cannotEncode(C, 'the body must be an object');
+  let json: string | undefined;
+  try {
+    json = JSON.stringify(body);
+  } catch (err) {
+    throw cannotEncode(C, `the body is not JSON-serialisable (${errorMessage(err)})`);
+  }
+  if (json?.startsWith('{') !== true) throw cannotEncode(C, 'the body does not serialise to a JSON object');
+  return encodeFrame(C, requestId, Buffer.from(json, 'utf8'));
+}
+
+/** ERROR reply; a message longer than the bound is shortened (with an ellipsis) rather than refused. */
+export function encodeError(requestId: number, body: ErrorBody): Buffer {
+  const message = body.message.length > MAX_ERROR_MESSAGE_CHARS
+    ? `${body.message.slice(0, MAX_ERROR_MESSAGE_CHARS - 1)}…`
+    : body.message;
+  const wire = { code: body.code, message };
+  return encodeFrame(Command.ERROR, requestId, encodeJson(Command.ERROR, errorSchema, wire));
+}
+
+/** ERROR reply for a thrown value: a FerryError keeps its code, anything else becomes INTERNAL. */
+export function encodeErrorFor(requestId: number, err: unknown): Buffer {
+  const code = err instanceof FerryError ? err.code : 'INTERNAL';
+  return encodeError(requestId, { code, message: errorMessage(err) });
+}
+
+/** Encodes any message (MEMORY from its decoded form, so decode → encode round-trips). */
+export function encodeMessage(message: Message): Buffer {
+  switch (message.command) {
+    case Command.HELLO: return encodeHello(message.requestId, message.body);
+    case Command.PREPARE: return encodePrepare(message.requestId, message.body);
+    case Command.MEMORY: return encodeMemory(message.requestId, message.body.round, message.body.entries);
+    case Command.ROUND: return encodeRound(message.requestId, message.body);
+    case Command.STATE: return encodeState(message.requestId, message.body);
+    case Command.COMMIT: return encodeCommit(message.requestId, message.body);
+    case Command.ABORT: return encodeAbort(message.requestId, message.body);
+    case Command.OK: return encodeOk(message.requestId, message.body);
+    case Command.ERROR: return encodeError(message.requestId, message.body);
+  }
+}

@@ -1,0 +1,515 @@
+/**
+ * The source side of a live migration (docs/migration-protocol.md): prepare the target, pre-copy
+ * memory in rounds while the guest runs (write traces say what to re-send), converge (auto-converge
+ * throttling if the guest outruns the link), switch over (stun, last dirty pages, vCPU state,
+ * digest, commit), and release — or roll back so the VM keeps running here.
+ *
+ * A MigrationJob *owns* its VM while it runs. `run()` never throws: the outcome is in the record.
+ */
+import { EventEmitter } from 'node:events';
+import { randomBytes } from 'node:crypto';
+import { deflateRawSync } from 'node:zlib';
+import { z } from 'zod';
+import { FerryError, errorMessage, isFerryError } from '../lib/errors.js';
+import type { Vm } from '../vmm/vm.js';
+import { RateLimiter } from '../dataplane/rate-limiter.js';
+import { ClientChannel, connectTcp } from './channel.js';
+import { DEFAULT_POLICY, decideConvergence, type ConvergencePolicy } from './convergence.js';
+import { DIGEST_PAGE_BYTES, MemoryDigest } from './digest.js';
+import { BatchBuilder, type MemoryEntryInput } from './protocol/memory-batch.js';
+import { Command, MAX_ENTRY_BYTES, PAGE_ALIGN_BYTES, encodeFrame } from './protocol/frame.js';
+import {
+  encodeAbort, encodeCommit, encodeHello, encodePrepare, encodeRound, encodeState,
+} from './protocol/messages.js';
+
+export const DEFAULT_DATA_CHANNELS = 2;
+/** Payload of one MEMORY frame: large writes are what loopback and LANs move fastest. */
+export const BATCH_PAYLOAD_BYTES = 4 * 1024 * 1024;
+/** Timeouts: a target that never answers is given up on, and the VM keeps running here. */
+export const CONNECT_TIMEOUT_MS = 5_000;
+export const PREPARE_TIMEOUT_MS = 30_000;
+export const REQUEST_TIMEOUT_MS = 30_000;
+export const COMMIT_TIMEOUT_MS = 10_000;
+/** How long an in-doubt source keeps asking the target whether it committed. */
+export const IN_DOUBT_RESOLVE_MS = 30_000;
+const IN_DOUBT_POLL_MS = 250;
+/** Progress events are rate-limited to this period (plus one per round). */
+const PROGRESS_INTERVAL_MS = 100;
+/** How long the source waits for the target to report the guest-observed downtime. */
+const GUEST_DOWNTIME_WAIT_MS = 3_000;
+
+export const migrationOptionsSchema = z.object({
+  dataChannels: z.number().int().min(1).max(16).optional(),
+  bandwidthBytesPerSec: z.number().positive().optional(),
+  compression: z.enum(['none', 'deflate']).optional(),
+  downtimeTargetMs: z.number().positive().max(60_000).optional(),
+  maxRounds: z.number().int().min(1).max(10_000).optional(),
+  maxTotalMs: z.number().positive().optional(),
+  autoConverge: z.boolean().optional(),
+  onLimit: z.enum(['force', 'abort']).optional(),
+  /** Tests only: damage the data of one page sent in this round (the digest must catch it). */
+  corruptPageInRound: z.number().int().min(1).optional(),
+}).strict();
+export type MigrationOptions = z.infer<typeof migrationOptionsSchema>;
+
+export interface TargetEndpoint {
+  readonly url: string;
+  readonly token: string;
+}
+
+export type MigrationPhase = 'prepare' | 'precopy' | 'switchover' | 'release' | 'rollback' | 'resolve';
+export type MigrationOutcome = 'succeeded' | 'failed' | 'cancelled' | 'in-doubt';
+
+export interface RoundRecord {
+  readonly round: number;
+  readonly regions: number;
+  readonly bytes: number;
+  readonly durationMs: number;
+  readonly throughputBytesPerSec: number;
+  /** Bytes found dirty when the round ended (what the next round or the switch-over must send). */
+  readonly dirtyBytesAfter: number;
+  readonly throttlePermille: number;
+  readonly expectedDowntimeMs: number;
+}
+
+export interface MigrationProgress {
+  readonly migrationId: string;
+  readonly phase: MigrationPhase;
+  readonly round: number;
+  readonly sentBytes: number;
+  readonly roundSentBytes: number;
+  readonly roundTotalBytes: number;
+  readonly dirtyBytes: number;
+  readonly dirtyRateBytesPerSec: number;
+  readonly throughputBytesPerSec: number;
+  readonly etaMs: number | null;
+  readonly throttlePermille: number;
+  readonly elapsedMs: number;
+}
+
+export interface MigrationRecord {
+  readonly migrationId: string;
+  readonly vm: string;
+  readonly to: string;
+  readonly outcome: MigrationOutcome;
+  readonly error: { readonly code: string; readonly message: string } | null;
+  readonly startedAt: string;
+  readonly totalMs: number;
+  readonly phases: readonly { readonly phase: MigrationPhase; readonly atMs: number }[];
+  readonly rounds: readonly RoundRecord[];
+  readonly transferredBytes: number;
+  readonly zeroPagesSkipped: number;
+  readonly pauseLatencyMs: number | null;
+  /** Source stun until the target acknowledged it resumed the VM. */
+  readonly engineDowntimeMs: number | null;
+  /** Largest gap between the guest's last clock read on the source and its first on the target. */
+  readonly guestDowntimeMs: number | null;
+  readonly maxThrottlePermille: number;
+  readonly forcedSwitchover: boolean;
+  readonly verified: boolean;
+  readonly digest: string | null;
+  readonly options: MigrationOptions;
+}
+
+interface JobEvents {
+  progress: [MigrationProgress];
+  done: [MigrationRecord];
+}
+
+const ZERO_PAGE = Buffer.alloc(PAGE_ALIGN_BYTES);
+
+/** Calls the target's control API with the bearer token. */
+async function targetApi(target: TargetEndpoint, method: string, path: string, timeoutMs: number): Promise<Record<string, unknown>> {
+  let res: Response;
+  try {
+    res = await fetch(new URL(path, target.url), {
+      method, headers: { authorization: `Bearer ${target.token}`, 'content-type': 'application/json' },
+      ...(method === 'POST' ? { body: '{}' } : {}), signal: AbortSignal.timeout(timeoutMs),
+    });
+  } catch (err) {
+    throw new FerryError('HOST_UNREACHABLE', `target host ${target.url} is unreachable: ${errorMessage(err)}`);
+  }
+  const body = (await res.json().catch(() => ({}))) as Record<string, unknown>;
+  if (!res.ok) {
+    const e = (body.error ?? {}) as { code?: string; message?: string };
+    throw new FerryError(res.status === 401 ? 'UNAUTHORIZED' : 'MIGRATION_REFUSED', `target host ${target.url} refused: ${e.message ?? res.statusText} (${e.code ?? res.status})`);
+  }
+  return body;
+}
+
+export class MigrationJob extends EventEmitter<JobEvents> {
+  readonly id: string;
+  readonly done: Promise<MigrationRecord>;
+  private resolveDone: (r: MigrationRecord) => void = () => undefined;
+  private readonly abort = new AbortController();
+  private readonly policy: ConvergencePolicy;
+  private readonly startedAt = new Date();
+  private readonly t0 = performance.now();
+  private phase: MigrationPhase = 'prepare';
+  private readonly phases: { phase: MigrationPhase; atMs: number }[] = [];
+  private readonly rounds: RoundRecord[] = [];
+  private control: ClientChannel | null = null;
+  private data: ClientChannel[] = [];
+  private readonly digest: MemoryDigest;
+  private sentBytes = 0;
+  private zeroPagesSkipped = 0;
+  private throttle = 0;
+  private maxThrottle = 0;
+  private lastProgress: MigrationProgress | null = null;
+  private lastProgressAt = 0;
+  private record: MigrationRecord | null = null;
+  private corruptedOnce = false;
+
+  constructor(
+    private readonly vm: Vm,
+    private readonly imageBytes: Uint8Array,
+    private readonly target: TargetEndpoint,
+    private readonly options: MigrationOptions,
+    private readonly log: (line: string) => void = () => undefined,
+  ) {
+    super();
+    this.id = randomBytes(16).toString('hex');
+    this.digest = new MemoryDigest(vm.config.memoryBytes);
+    this.policy = {
+      ...DEFAULT_POLICY,
+      ...(options.downtimeTargetMs !== undefined ? { downtimeTargetMs: options.downtimeTargetMs } : {}),
+      ...(options.maxRounds !== undefined ? { maxRounds: options.maxRounds } : {}),
+      ...(options.maxTotalMs !== undefined ? { maxTotalMs: options.maxTotalMs } : {}),
+      ...(options.autoConverge !== undefined ? { autoConverge: options.autoConverge } : {}),
+      ...(options.onLimit !== undefined ? { onLimit: options.onLimit } : {}),
+    };
+    this.done = new Promise((resolve) => { this.resolveDone = resolve; });
+  }
+
+  get finished(): boolean { return this.record !== null; }
+
+  status(): Record<string, unknown> {
+    return {
+      migrationId: this.id, vm: this.vm.config.name, to: this.target.url,
+      state: this.record === null ? 'running' : this.record.outcome, phase: this.phase,
+      progress: this.lastProgress, record: this.record,
+    };
+  }
+
+  /** Cancels the migration: before the commit it rolls back (the VM keeps running here). */
+  cancel(reason: string): void {
+    if (this.record !== null) return;
+    this.abort.abort(new FerryError('MIGRATION_CANCELLED', reason));
+    const err = new FerryError('MIGRATION_CANCELLED', reason);
+    // Fail in-flight requests now so the job unwinds promptly.
+    if (this.phase !== 'switchover' || !this.commitSent) {
+      this.control?.fail(err);
+      for (const d of this.data) d.fail(err);
+    }
+  }
+
+  private commitSent = false;
+  private wasRunning = false;
+  private pauseLatencyMs: number | null = null;
+  private engineDowntimeMs: number | null = null;
+  private guestDowntimeMs: number | null = null;
+  private forced = false;
+  private finalDigest: string | null = null;
+
+  private enter(phase: MigrationPhase): void {
+    this.phase = phase;
+    this.phases.push({ phase, atMs: performance.now() - this.t0 });
+    this.log(`migration ${this.id.slice(0, 8)} (${this.vm.config.name} -> ${this.target.url}): ${phase}`);
+  }
+
+  private checkCancelled(): void {
+    if (this.abort.signal.aborted) {
+      const reason: unknown = this.abort.signal.reason;
+      throw isFerryError(reason) ? reason : new FerryError('MIGRATION_CANCELLED', 'migration cancelled');
+    }
+  }
+
+  async run(): Promise<MigrationRecord> {
+    let error: FerryError | null = null;
+    let outcome: MigrationOutcome = 'succeeded';
+    this.wasRunning = this.vm.state === 'running';
+    try {
+      await this.prepare();
+      const finalDirty = await this.precopy();
+      await this.switchover(finalDirty);
+    } catch (err) {
+      error = isFerryError(err) ? err : new FerryError('MIGRATION_FAILED', errorMessage(err));
+      outcome = error.code === 'MIGRATION_CANCELLED' ? 'cancelled' : 'failed';
+      if (this.commitSent) outcome = await this.resolveInDoubt(error);
+      else await this.rollback(error);
+    } finally {
+      this.closeChannels();
+    }
+    if (outcome === 'succeeded' && error === null) {
+      this.enter('release');
+      await this.vm.stop();
+    }
+    const record: MigrationRecord = {
+      migrationId: this.id, vm: this.vm.config.name, to: this.target.url, outcome,
+      error: error === null || outcome === 'succeeded' ? null : { code: error.code, message: error.message },
+      startedAt: this.startedAt.toISOString(), totalMs: performance.now() - this.t0, phases: this.phases, rounds: this.rounds,
+      transferredBytes: this.sentBytes, zeroPagesSkipped: this.zeroPagesSkipped, pauseLatencyMs: this.pauseLatencyMs,
+      engineDowntimeMs: this.engineDowntimeMs, guestDowntimeMs: this.guestDowntimeMs, maxThrottlePermille: this.maxThrottle,
+      forcedSwitchover: this.forced, verified: outcome === 'succeeded', digest: this.finalDigest, options: this.options,
+    };
+    this.record = record;
+    this.log(`migration ${this.id.slice(0, 8)}: ${outcome}${record.error ? ` (${record.error.code}: ${record.error.message})` : ''}`);
+    this.emit('done', record);
+    this.resolveDone(record);
+    return record;
+  }
+
+  private async prepare(): Promise<void> {
+    this.enter('prepare');
+    const ticket = await targetApi(this.target, 'POST', '/v1/migrations/incoming', CONNECT_TIMEOUT_MS);
+    const port = Number(ticket.port);
+    const ticketHex = String(ticket.ticket);
+    const remoteId = String(ticket.migrationId);
+    this.remoteId = remoteId;
+    const host = new URL(this.target.url).hostname;
+    this.checkCancelled();
+    const limiter = this.options.bandwidthBytesPerSec !== undefined ? new RateLimiter(this.options.bandwidthBytesPerSec) : null;
+    this.control = new ClientChannel(await connectTcp(host, port, CONNECT_TIMEOUT_MS), 'control');
+    await this.control.request('HELLO', (id) => encodeHello(id, { protocol: 1, ticket: ticketHex, role: 'control', channel: 0 }), REQUEST_TIMEOUT_MS);
+    const channels = this.options.dataChannels ?? DEFAULT_DATA_CHANNELS;
+    for (let i = 0; i < channels; i++) {
+      const ch = new ClientChannel(await connectTcp(host, port, CONNECT_TIMEOUT_MS), `data ${i}`, limiter);
+      this.data.push(ch);
+      await ch.request('HELLO', (id) => encodeHello(id, { protocol: 1, ticket: ticketHex, role: 'data', channel: i }), REQUEST_TIMEOUT_MS);
+    }
+    const c = this.vm.config;
+    try {
+      await this.control.request('PREPARE', (id) => encodePrepare(id, {
+        migrationId: remoteId, dataChannels: channels, image: this.imageBytes,
+        vm: { name: c.name, memoryBytes: c.memoryBytes, vcpus: c.vcpus, granularityBytes: c.granularityBytes, cmdline: c.cmdline, imageSha256: this.vm.image.imageSha256 },
+      }), PREPARE_TIMEOUT_MS);
+    } catch (err) {
+      if (isFerryError(err) && err.code === 'MIGRATION_FAILED') throw new FerryError('MIGRATION_REFUSED', err.message, err.details);
+      throw err;
+    }
+  }
+
+  private remoteId = '';
+
+  /** Pre-copy rounds; returns the regions still dirty when the policy decided to switch over. */
+  private async precopy(): Promise<Uint32Array> {
+    this.enter('precopy');
+    const tracker = this.vm.tracker;
+    await tracker.armAll();
+    // Round 1: everything. The target's memory is fresh (all zero): zero pages are not sent at all.
+    let regions: Uint32Array = Uint32Array.from({ length: tracker.regionCount }, (_, i) => i);
+    let previousDirty: number | null = null;
+    for (let round = 1; ; round++) {
+      this.checkCancelled();
+      const startedMs = performance.now();
+      const bytes = await this.sendRegions(regions, round, round === 1);
+      await this.control?.request('ROUND', (id) => encodeRound(id, { round, regions: regions.length, bytes }), REQUEST_TIMEOUT_MS);
+      const durationMs = performance.now() - startedMs;
+      const throughput = bytes > 0 && durationMs > 0 ? (bytes * 1000) / durationMs : (this.rounds.at(-1)?.throughputBytesPerSec ?? 0);
+      // What the guest dirtied while this round was sent.
+      const collected = this.vm.state === 'running' ? (await tracker.collect()).regions : tracker.collectPaused().regions;
+      const dirtyBytes = collected.length * this.vm.config.granularityBytes;
+      const decision = decideConvergence({
+        round, dirtyBytes, previousDirtyBytes: previousDirty, throughputBytesPerSec: throughput,
+        elapsedMs: performance.now() - this.t0, throttlePermille: this.throttle,
+      }, this.policy);
+      this.rounds.push({
+        round, regions: regions.length, bytes, durationMs, throughputBytesPerSec: throughput, dirtyBytesAfter: dirtyBytes,
+        throttlePermille: this.throttle, expectedDowntimeMs: decision.expectedDowntimeMs,
+      });
+      this.progress(true, { round, dirtyBytes, throughput, durationMs, roundBytes: bytes });
+      if (decision.action === 'switchover') { this.forced = decision.forced; return collected; }
+      if (decision.action === 'abort') throw new FerryError('MIGRATION_FAILED', `migration aborted: ${decision.reason}`);
+      if (decision.throttlePermille !== this.throttle) {
+        this.throttle = decision.throttlePermille;
+        this.maxThrottle = Math.max(this.maxThrottle, this.throttle);
+        this.vm.setThrottle(this.throttle);
+      }
+      previousDirty = dirtyBytes;
+      regions = collected;
+    }
+  }
+
+  /**
+   * Sends the given regions as MEMORY batches spread over the data channels, pipelined. Pages are
+   * copied out of guest RAM into the batch, and the digest is computed over exactly what is sent.
+   * Returns the bytes of page data sent.
+   */
+  private async sendRegions(regions: Uint32Array, round: number, skipZero: boolean): Promise<number> {
+    const gran = this.vm.config.granularityBytes;
+    const ramBytes = this.vm.config.memoryBytes;
+    const ram = Buffer.from(this.vm.ram.buffer, 0, ramBytes);
+    const compress = this.options.compression === 'deflate';
+    const builder = new BatchBuilder(round, BATCH_PAYLOAD_BYTES);
+    const inFlight: Promise<unknown>[] = [];
+    let channel = 0;
+    let roundBytes = 0;
+    const totalBytes = regions.length * gran;
+    const flush = async (): Promise<void> => {
+      if (builder.isEmpty) return;
+      const payload = builder.build();
+      const ch = this.data[channel++ % this.data.length];
+      if (ch === undefined) throw new FerryError('MIGRATION_FAILED', 'no data channel');
+      const p = ch.request(`MEMORY round ${round}`, (id) => encodeFrame(Command.MEMORY, id, payload), REQUEST_TIMEOUT_MS);
+      inFlight.push(p);
+      // Keep the total queued bounded: wait for the oldest when every channel is busy.
+      if (inFlight.length >= this.data.length * 4) await inFlight.shift();
+      this.progress(false, { round, roundBytes, totalBytes });
+      this.checkCancelled();
+    };
+    const addEntry = async (entry: MemoryEntryInput): Promise<void> => {
+      if (!builder.add(entry)) { await flush(); builder.add(entry); }
+    };
+    // Walk pages of the selected regions, coalescing runs of non-zero pages into raw entries and
+    // (after round 1) runs of zero pages into zero entries.
+    let runStart = -1;
+    let runZero = false;
+    let runEnd = -1;
+    const endRun = async (): Promise<void> => {
+      if (runStart < 0) return;
+      const length = runEnd - runStart;
+      if (runZero) {
+        this.digest.updateZero(runStart, length);
+        await addEntry({ offset: runStart, length, encoding: 'zero' });
+      } else {
+        const data = Buffer.from(ram.subarray(runStart, runEnd)); // a copy: what is sent is what is hashed
+        this.digest.update(runStart, data);
+        if (this.options.corruptPageInRound === round && !this.corruptedOnce) { data[0] = (data[0] ?? 0) ^ 0xff; this.corruptedOnce = true; }
+        roundBytes += length;
+        this.sentBytes += length;
+        const deflated = compress ? deflateRawSync(data, { level: 1 }) : null;
+        if (deflated !== null && deflated.length < length) await addEntry({ offset: runStart, length, encoding: 'deflate', data: deflated });
+        else await addEntry({ offset: runStart, length, encoding: 'raw', data });
+      }
+      runStart = -1;
+    };
+    for (const r of regions) {
+      const start = r * gran;
+      const end = Math.min(start + gran, ramBytes);
+      for (let page = start; page < end; page += DIGEST_PAGE_BYTES) {
+        const zero = ram.subarray(page, page + DIGEST_PAGE_BYTES).equals(ZERO_PAGE);
+        if (zero && skipZero) { await endRun(); this.zeroPagesSkipped++; continue; }
+        if (runStart >= 0 && (zero !== runZero || page !== runEnd || runEnd - runStart >= MAX_ENTRY_BYTES)) await endRun();
+        if (runStart < 0) { runStart = page; runZero = zero; }
+        runEnd = page + DIGEST_PAGE_BYTES;
+      }
+    }
+    await endRun();
+    await flush();
+    await Promise.all(inFlight);
+    return roundBytes;
+  }
+
+  private async switchover(dirty: Uint32Array): Promise<void> {
+    this.enter('switchover');
+    this.checkCancelled();
+    const stunAt = performance.now();
+    if (this.vm.state === 'running') this.pauseLatencyMs = (await this.vm.pause()).latencyMs;
+    const final = new Set<number>(dirty);
+    for (const r of this.vm.tracker.collectPaused().regions) final.add(r);
+    const finalRegions = Uint32Array.from([...final].sort((a, b) => a - b));
+    const round = this.rounds.length + 1;
+    const startedMs = performance.now();
+    const bytes = await this.sendRegions(finalRegions, round, false);
+    this.rounds.push({
+      round, regions: finalRegions.length, bytes, durationMs: performance.now() - startedMs,
+      throughputBytesPerSec: bytes > 0 ? (bytes * 1000) / Math.max(1e-3, performance.now() - startedMs) : 0,
+      dirtyBytesAfter: 0, throttlePermille: this.throttle, expectedDowntimeMs: 0,
+    });
+    const states = this.vm.captureVcpuStates();
+    const lastReads = this.vm.lastClockReads();
+    const clockNs = this.vm.guestClockNs;
+    await this.control?.request('STATE', (id) => encodeState(id, {
+      claimedPages: this.vm.claimedPages, clockNs, clockWallMs: Date.now(),
+      vcpus: states.map((s, v) => ({ halted: s.halted, globals: s.globals, lastClockReadNs: lastReads[v] ?? 0n })),
+    }), REQUEST_TIMEOUT_MS);
+    this.finalDigest = this.digest.hex();
+    this.checkCancelled();
+    this.commitSent = true;
+    await this.control?.request('COMMIT', (id) => encodeCommit(id, { digest: this.finalDigest ?? '' }), COMMIT_TIMEOUT_MS);
+    this.engineDowntimeMs = performance.now() - stunAt;
+    this.progress(true, { round, dirtyBytes: 0, throughput: 0, durationMs: 0, roundBytes: bytes });
+    this.guestDowntimeMs = await this.fetchGuestDowntime();
+  }
+
+  /** Asks the target for the gap the guest saw (known once every vCPU read its clock there). */
+  private async fetchGuestDowntime(): Promise<number | null> {
+    const deadline = performance.now() + GUEST_DOWNTIME_WAIT_MS;
+    while (performance.now() < deadline) {
+      try {
+        const r = await targetApi(this.target, 'GET', `/v1/migrations/incoming/${this.remoteId}`, 2_000);
+        const gap = (r.outcome as { guestDowntimeMs?: unknown } | undefined)?.guestDowntimeMs;
+        if (typeof gap === 'number') return gap;
+      } catch { /* the target is busy resuming; try again */ }
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    return null;
+  }
+
+  /** Before COMMIT was sent: the target discards its copy; the VM continues here. */
+  private async rollback(error: FerryError): Promise<void> {
+    this.enter('rollback');
+    try {
+      if (this.control !== null && !this.abortSent) {
+        this.abortSent = true;
+        await this.control.request('ABORT', (id) => encodeAbort(id, { reason: error.message.slice(0, 500) }), 2_000).catch(() => undefined);
+      }
+    } finally {
+      this.vm.setThrottle(0);
+      this.vm.tracker.disarmAll();
+      if (this.vm.state === 'paused' && this.wasRunning) this.vm.resume();
+    }
+  }
+
+  private abortSent = false;
+
+  /**
+   * COMMIT was sent but its reply never came: the target may or may not run the VM. Ask it until
+   * it answers; never resume here unless the target says it did not commit.
+   */
+  private async resolveInDoubt(error: FerryError): Promise<MigrationOutcome> {
+    this.enter('resolve');
+    const deadline = performance.now() + IN_DOUBT_RESOLVE_MS;
+    while (performance.now() < deadline) {
+      try {
+        const r = await targetApi(this.target, 'GET', `/v1/migrations/incoming/${this.remoteId}`, 2_000);
+        const state = (r.outcome as { state?: unknown } | undefined)?.state;
+        if (state === 'committed') {
+          this.log(`migration ${this.id.slice(0, 8)}: commit reply lost, but the target reports committed: releasing here`);
+          this.vm.setThrottle(0);
+          return 'succeeded';
+        }
+        if (state === 'aborted' || state === 'unknown') {
+          await this.rollback(error);
+          return 'failed';
+        }
+      } catch { /* unreachable: keep asking */ }
+      await new Promise((resolve) => setTimeout(resolve, IN_DOUBT_POLL_MS));
+    }
+    this.log(`migration ${this.id.slice(0, 8)}: IN DOUBT — the target did not say whether it committed; VM ${this.vm.config.name} stays paused here. Resume it only if the target does not run it.`);
+    return 'in-doubt';
+  }
+
+  private closeChannels(): void {
+    this.control?.close();
+    for (const d of this.data) d.close();
+  }
+
+  private progress(force: boolean, p: { round: number; dirtyBytes?: number; throughput?: number; durationMs?: number; roundBytes: number; totalBytes?: number }): void {
+    const now = performance.now();
+    if (!force && now - this.lastProgressAt < PROGRESS_INTERVAL_MS) return;
+    this.lastProgressAt = now;
+    const last = this.rounds.at(-1);
+    const throughput = p.throughput ?? last?.throughputBytesPerSec ?? 0;
+    const dirtyBytes = p.dirtyBytes ?? last?.dirtyBytesAfter ?? 0;
+    const dirtyRate = last !== undefined && last.durationMs > 0 ? (last.dirtyBytesAfter * 1000) / last.durationMs : 0;
+    const remaining = p.totalBytes !== undefined ? p.totalBytes - p.roundBytes : dirtyBytes;
+    const progress: MigrationProgress = {
+      migrationId: this.id, phase: this.phase, round: p.round, sentBytes: this.sentBytes, roundSentBytes: p.roundBytes,
+      roundTotalBytes: p.totalBytes ?? p.roundBytes, dirtyBytes, dirtyRateBytesPerSec: dirtyRate, throughputBytesPerSec: throughput,
+      etaMs: throughput > 0 ? (remaining * 1000) / throughput : null, throttlePermille: this.throttle, elapsedMs: now - this.t0,
+    };
+    this.lastProgress = progress;
+    this.emit('progress', progress);
+  }
+}

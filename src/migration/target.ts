@@ -1,0 +1,317 @@
+/**
+ * The target side of a live migration: the host's migration endpoint. It issues one-time tickets
+ * (through the authenticated control API), accepts the source's control and data connections,
+ * builds the incoming VM (vCPUs spawned early, not running), applies memory batches, and on COMMIT
+ * verifies the digest, records the commit, resumes the VM and hands it to the host.
+ *
+ * Before COMMIT, any failure — a bad or out-of-order message, a dropped connection, a digest
+ * mismatch, an ABORT, an idle timeout — discards the partial VM; it is never resumed.
+ */
+import { createServer, type Server, type Socket } from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { createHash, randomBytes } from 'node:crypto';
+import { inflateRawSync } from 'node:zlib';
+import { FerryError, errorMessage } from '../lib/errors.js';
+import { Vm } from '../vmm/vm.js';
+import { ServerChannel } from './channel.js';
+import { MemoryDigest } from './digest.js';
+import { Command, TICKET_TTL_MS, type Frame } from './protocol/frame.js';
+import { decodeMessage, type OkBody, type PrepareBody, type StateBody } from './protocol/messages.js';
+import { ConnectionState } from './protocol/session-state.js';
+import type { MigrationOutcome as StoredOutcome } from '../host/store.js';
+
+/** An incoming migration with no request for this long is aborted (a source that died). */
+export const INCOMING_IDLE_TIMEOUT_MS = 60_000;
+/** Tickets issued but not yet used, at most (a flood of ticket requests cannot exhaust memory). */
+export const MAX_OPEN_TICKETS = 64;
+/** Connections per migration: one control plus up to 16 data channels. */
+const MAX_CONNECTIONS_PER_MIGRATION = 17;
+/** How long after resume the target waits for every vCPU's first clock read. */
+const GUEST_CLOCK_WAIT_MS = 2_000;
+
+export interface ReceiverHooks {
+  /** Throws (ALREADY_EXISTS, CAPACITY, …) to refuse a VM. */
+  admit(vm: { name: string; memoryBytes: number }): void;
+  /** The VM committed and runs here now. */
+  adopt(vm: Vm, imageBytes: Uint8Array): Promise<void>;
+  recordOutcome(id: string, outcome: StoredOutcome, vmName: string): Promise<void>;
+  storedOutcome(id: string): Promise<StoredOutcome | null>;
+  log(line: string): void;
+}
+
+export type IncomingState = 'pending' | 'committed' | 'aborted' | 'unknown';
+
+export interface IncomingOutcome {
+  readonly state: IncomingState;
+  readonly vm?: string;
+  readonly reason?: string;
+  readonly guestDowntimeMs?: number | null;
+}
+
+interface Ticket {
+  readonly migrationId: string;
+  readonly expiresAt: number;
+  incoming: IncomingMigration | null;
+}
+
+export class MigrationReceiver {
+  private readonly server: Server;
+  private readonly tickets = new Map<string, Ticket>();
+  private readonly outcomes = new Map<string, IncomingOutcome>();
+  private readonly live = new Set<IncomingMigration>();
+  private listenPort = 0;
+
+  constructor(private readonly hooks: ReceiverHooks, private readonly host: string) {
+    this.server = createServer((socket) => { this.onConnection(socket); });
+  }
+
+  get port(): number { return this.listenPort; }
+
+  async listen(port: number): Promise<number> {
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(port, this.host, () => { this.server.off('error', reject); resolve(); });
+    });
+    this.listenPort = (this.server.address() as AddressInfo).port;
+    return this.listenPort;
+  }
+
+  issueTicket(): { migrationId: string; ticket: string; port: number; expiresInMs: number } {
+    this.expireTickets();
+    if (this.tickets.size >= MAX_OPEN_TICKETS) throw new FerryError('BUSY', `too many migrations being set up (${MAX_OPEN_TICKETS}); try again shortly`);
+    const ticket = randomBytes(32).toString('hex');
+    const migrationId = randomBytes(16).toString('hex');
+    this.tickets.set(ticket, { migrationId, expiresAt: Date.now() + TICKET_TTL_MS, incoming: null });
+    this.outcomes.set(migrationId, { state: 'pending' });
+    return { migrationId, ticket, port: this.listenPort, expiresInMs: TICKET_TTL_MS };
+  }
+
+  async outcome(id: string): Promise<IncomingOutcome> {
+    const known = this.outcomes.get(id);
+    if (known !== undefined) return known;
+    const stored = await this.hooks.storedOutcome(id);
+    return stored === null ? { state: 'unknown' } : { state: stored };
+  }
+
+  private expireTickets(): void {
+    const now = Date.now();
+    for (const [k, t] of this.tickets) {
+      if (t.incoming === null && t.expiresAt < now) {
+        this.tickets.delete(k);
+        this.outcomes.set(t.migrationId, { state: 'aborted', reason: 'ticket expired unused' });
+      }
+    }
+  }
+
+  private onConnection(socket: Socket): void {
+    const state = new ConnectionState();
+    let incoming: IncomingMigration | null = null;
+    const channel = new ServerChannel(socket, async (frame: Frame): Promise<OkBody> => {
+      // A data connection may carry MEMORY once the migration's PREPARE was accepted.
+      if (frame.command === Command.MEMORY && incoming?.isPrepared === true && !state.prepared) state.markPrepared();
+      state.accept(frame.command);
+      if (frame.command === Command.HELLO) {
+        const msg = decodeMessage(frame);
+        if (msg.command !== Command.HELLO) throw new FerryError('PROTOCOL_BAD_PAYLOAD', 'expected HELLO');
+        this.expireTickets();
+        const ticket = this.tickets.get(msg.body.ticket);
+        if (ticket === undefined) throw new FerryError('TICKET_INVALID', 'unknown, used or expired migration ticket; ask the target for a new one');
+        if (msg.body.role === 'control') {
+          if (ticket.incoming !== null) throw new FerryError('TICKET_INVALID', 'this migration ticket is already in use');
+          ticket.incoming = new IncomingMigration(ticket.migrationId, this.hooks, (outcome) => { this.finish(ticket, outcome); });
+          this.live.add(ticket.incoming);
+        } else if (ticket.incoming === null) {
+          throw new FerryError('PROTOCOL_OUT_OF_ORDER', 'a data connection arrived before the control connection');
+        }
+        incoming = ticket.incoming;
+        incoming.attach(channel, msg.body.role);
+        return { host: 'ferry', protocol: 1 };
+      }
+      if (incoming === null) throw new FerryError('PROTOCOL_OUT_OF_ORDER', 'HELLO first');
+      const result = await incoming.handle(frame);
+      if (frame.command === Command.PREPARE) incoming.markPrepared();
+      return result;
+    }, (reason) => { incoming?.connectionClosed(channel, reason); });
+
+  }
+
+  private finish(ticket: Ticket, outcome: IncomingOutcome): void {
+    this.outcomes.set(ticket.migrationId, outcome);
+    for (const [k, t] of this.tickets) if (t === ticket) this.tickets.delete(k);
+    if (ticket.incoming !== null) this.live.delete(ticket.incoming);
+  }
+
+  /** Stops accepting; aborts every migration that has not committed. */
+  async close(): Promise<void> {
+    for (const m of this.live) await m.abort('target host shutting down');
+    await new Promise<void>((resolve) => { this.server.close(() => { resolve(); }); });
+  }
+}
+
+class IncomingMigration {
+  private vm: Vm | null = null;
+  private image: Uint8Array | null = null;
+  private digest: MemoryDigest | null = null;
+  private prepared = false;
+  private ended = false;
+  private state: StateBody | null = null;
+  private readonly channels = new Set<ServerChannel>();
+  private idleTimer: NodeJS.Timeout;
+  private outcome: IncomingOutcome = { state: 'pending' };
+
+  constructor(readonly id: string, private readonly hooks: ReceiverHooks, private readonly onEnd: (o: IncomingOutcome) => void) {
+    this.idleTimer = this.armIdle();
+  }
+
+  private armIdle(): NodeJS.Timeout {
+    const t = setTimeout(() => { void this.abort(`no request from the source for ${INCOMING_IDLE_TIMEOUT_MS} ms`); }, INCOMING_IDLE_TIMEOUT_MS);
+    t.unref();
+    return t;
+  }
+
+  attach(channel: ServerChannel, _role: 'control' | 'data'): void {
+    if (this.ended) throw new FerryError('MIGRATION_FAILED', 'this migration has already ended');
+    if (this.channels.size >= MAX_CONNECTIONS_PER_MIGRATION) throw new FerryError('PROTOCOL_OUT_OF_ORDER', 'too many connections for one migration');
+    this.channels.add(channel);
+  }
+
+  markPrepared(): void { this.prepared = true; }
+  get isPrepared(): boolean { return this.prepared; }
+
+  async handle(frame: Frame): Promise<OkBody> {
+    if (this.ended) throw new FerryError('MIGRATION_FAILED', `migration ${this.id} has ended (${this.outcome.state})`);
+    clearTimeout(this.idleTimer);
+    this.idleTimer = this.armIdle();
+    if (frame.command === Command.MEMORY && !this.prepared) throw new FerryError('PROTOCOL_OUT_OF_ORDER', 'MEMORY before the migration was prepared');
+    const msg = decodeMessage(frame, this.vm !== null ? { ramBytes: this.vm.config.memoryBytes } : {});
+    switch (msg.command) {
+      case Command.PREPARE: return this.prepare(msg.body);
+      case Command.MEMORY: {
+        const vm = this.requireVm();
+        const digest = this.digest;
+        if (digest === null) throw new FerryError('MIGRATION_FAILED', 'no digest');
+        for (const e of msg.body.entries) {
+          const dest = vm.ram.subarray(e.offset, e.offset + e.length);
+          if (e.encoding === 'zero') { dest.fill(0); digest.updateZero(e.offset, e.length); continue; }
+          let data = e.data ?? Buffer.alloc(0);
+          if (e.encoding === 'deflate') {
+            try { data = inflateRawSync(data, { maxOutputLength: e.length }); } catch (err) { throw new FerryError('PROTOCOL_BAD_PAYLOAD', `MEMORY entry at ${e.offset}: cannot inflate: ${errorMessage(err)}`); }
+          }
+          if (data.length !== e.length) throw new FerryError('PROTOCOL_BAD_PAYLOAD', `MEMORY entry at ${e.offset}: ${data.length} bytes of data for a ${e.length}-byte range`);
+          dest.set(data);
+          digest.update(e.offset, data);
+        }
+        return {};
+      }
+      case Command.ROUND: return {};
+      case Command.STATE: {
+        const vm = this.requireVm();
+        this.state = msg.body;
+        vm.setRestoreState({
+          claimedPages: msg.body.claimedPages, clockNs: msg.body.clockNs, clockWallMs: msg.body.clockWallMs,
+          vcpus: msg.body.vcpus.map((v) => ({ halted: v.halted, globals: v.globals })),
+        });
+        return {};
+      }
+      case Command.COMMIT: return this.commit(msg.body.digest);
+      case Command.ABORT:
+        await this.abort(`source aborted: ${msg.body.reason}`);
+        return {};
+      default:
+        throw new FerryError('PROTOCOL_OUT_OF_ORDER', `unexpected ${msg.command} request`);
+    }
+  }
+
+  private requireVm(): Vm {
+    if (this.vm === null) throw new FerryError('PROTOCOL_OUT_OF_ORDER', 'the migration was not prepared');
+    return this.vm;
+  }
+
+  private async prepare(body: PrepareBody): Promise<OkBody> {
+    const sha = createHash('sha256').update(body.image).digest('hex');
+    if (sha !== body.vm.imageSha256) {
+      throw new FerryError('MIGRATION_REFUSED', `guest image hash mismatch: announced ${body.vm.imageSha256.slice(0, 12)}…, received ${sha.slice(0, 12)}…`);
+    }
+    try {
+      this.hooks.admit({ name: body.vm.name, memoryBytes: body.vm.memoryBytes });
+    } catch (err) {
+      throw new FerryError('MIGRATION_REFUSED', `target refuses VM ${body.vm.name}: ${errorMessage(err)}`);
+    }
+    const image = new Uint8Array(body.image); // the frame payload is transient
+    const vm = Vm.create(image, {
+      name: body.vm.name, memoryBytes: body.vm.memoryBytes, vcpus: body.vm.vcpus,
+      granularityBytes: body.vm.granularityBytes, cmdline: body.vm.cmdline,
+    });
+    this.vm = vm;
+    this.image = image;
+    this.digest = new MemoryDigest(body.vm.memoryBytes);
+    // Threads and instances now, so that the resume at switch-over is only a wake-up.
+    await vm.spawn();
+    this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: prepared VM ${body.vm.name} (${body.vm.vcpus} vCPUs, ${body.vm.memoryBytes} bytes)`);
+    return { accepted: true };
+  }
+
+  private async commit(sourceDigest: string): Promise<OkBody> {
+    const vm = this.requireVm();
+    if (this.state === null) throw new FerryError('PROTOCOL_OUT_OF_ORDER', 'COMMIT before STATE');
+    const ours = this.digest?.hex() ?? '';
+    if (ours !== sourceDigest) {
+      await this.abort(`memory digest mismatch (source ${sourceDigest}, target ${ours})`);
+      throw new FerryError('DIGEST_MISMATCH', `memory digest mismatch: source ${sourceDigest}, target ${ours}; the VM was not resumed here`);
+    }
+    // Durable before the VM runs: a restarted target must still answer "committed".
+    await this.hooks.recordOutcome(this.id, 'committed', vm.config.name);
+    this.ended = true;
+    clearTimeout(this.idleTimer);
+    this.outcome = { state: 'committed', vm: vm.config.name, guestDowntimeMs: null };
+    this.onEnd(this.outcome);
+    await vm.start();
+    // Registering and persisting the VM's definition happens after the reply: it is not on the
+    // downtime path (the commit record above is what a restarted host needs).
+    setImmediate(() => {
+      void this.hooks.adopt(vm, this.image ?? new Uint8Array()).catch((err: unknown) => { this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: cannot record VM ${vm.config.name}: ${errorMessage(err)}`); });
+      this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: committed; VM ${vm.config.name} runs here`);
+    });
+    void this.measureGuestDowntime(vm);
+    return { resumed: true };
+  }
+
+  /** The largest gap any vCPU saw between its last clock read on the source and its first here. */
+  private async measureGuestDowntime(vm: Vm): Promise<void> {
+    const lastOnSource = this.state?.vcpus.map((v) => v.lastClockReadNs) ?? [];
+    const deadline = performance.now() + GUEST_CLOCK_WAIT_MS;
+    let first = vm.firstClockReads();
+    while (first.some((t, v) => t === 0n && (lastOnSource[v] ?? 0n) !== 0n) && performance.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 2));
+      first = vm.firstClockReads();
+    }
+    let gapNs = -1n;
+    first.forEach((t, v) => {
+      const last = lastOnSource[v] ?? 0n;
+      if (t !== 0n && last !== 0n && t - last > gapNs) gapNs = t - last;
+    });
+    this.outcome = { ...this.outcome, guestDowntimeMs: gapNs < 0n ? null : Number(gapNs) / 1e6 };
+    this.onEnd(this.outcome);
+  }
+
+  connectionClosed(channel: ServerChannel, reason: string): void {
+    this.channels.delete(channel);
+    if (!this.ended) void this.abort(`a connection failed before the commit: ${reason}`);
+  }
+
+  /** Discards the partial VM (never resumed) and records the migration as aborted. */
+  async abort(reason: string): Promise<void> {
+    if (this.ended) return;
+    this.ended = true;
+    clearTimeout(this.idleTimer);
+    this.outcome = { state: 'aborted', reason };
+    this.onEnd(this.outcome);
+    for (const c of this.channels) c.close(reason);
+    const vm = this.vm;
+    this.vm = null;
+    await vm?.stop();
+    await this.hooks.recordOutcome(this.id, 'aborted', vm?.config.name ?? '').catch(() => undefined);
+    this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: aborted (${reason}); partial VM discarded`);
+  }
+}
+
