@@ -47,6 +47,10 @@ export const migrationOptionsSchema = z.object({
   maxTotalMs: z.number().positive().optional(),
   autoConverge: z.boolean().optional(),
   onLimit: z.enum(['force', 'abort']).optional(),
+  /** Per-request timeout (a target that never answers is given up on). */
+  requestTimeoutMs: z.number().int().min(100).max(600_000).optional(),
+  /** How long to keep asking an unreachable target whether it committed before reporting in-doubt. */
+  inDoubtTimeoutMs: z.number().int().min(0).max(3_600_000).optional(),
   /** Tests only: damage the data of one page sent in this round (the digest must catch it). */
   corruptPageInRound: z.number().int().min(1).optional(),
 }).strict();
@@ -179,7 +183,10 @@ export class MigrationJob extends EventEmitter<JobEvents> {
       ...(options.onLimit !== undefined ? { onLimit: options.onLimit } : {}),
     };
     this.done = new Promise((resolve) => { this.resolveDone = resolve; });
+    this.requestTimeoutMs = options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
   }
+
+  private readonly requestTimeoutMs: number;
 
   get finished(): boolean { return this.record !== null; }
 
@@ -270,19 +277,19 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     this.checkCancelled();
     const limiter = this.options.bandwidthBytesPerSec !== undefined ? new RateLimiter(this.options.bandwidthBytesPerSec) : null;
     this.control = new ClientChannel(await connectTcp(host, port, CONNECT_TIMEOUT_MS), 'control');
-    await this.control.request('HELLO', (id) => encodeHello(id, { protocol: 1, ticket: ticketHex, role: 'control', channel: 0 }), REQUEST_TIMEOUT_MS);
+    await this.control.request('HELLO', (id) => encodeHello(id, { protocol: 1, ticket: ticketHex, role: 'control', channel: 0 }), this.requestTimeoutMs);
     const channels = this.options.dataChannels ?? DEFAULT_DATA_CHANNELS;
     for (let i = 0; i < channels; i++) {
       const ch = new ClientChannel(await connectTcp(host, port, CONNECT_TIMEOUT_MS), `data ${i}`, limiter);
       this.data.push(ch);
-      await ch.request('HELLO', (id) => encodeHello(id, { protocol: 1, ticket: ticketHex, role: 'data', channel: i }), REQUEST_TIMEOUT_MS);
+      await ch.request('HELLO', (id) => encodeHello(id, { protocol: 1, ticket: ticketHex, role: 'data', channel: i }), this.requestTimeoutMs);
     }
     const c = this.vm.config;
     try {
       await this.control.request('PREPARE', (id) => encodePrepare(id, {
         migrationId: remoteId, dataChannels: channels, image: this.imageBytes,
         vm: { name: c.name, memoryBytes: c.memoryBytes, vcpus: c.vcpus, granularityBytes: c.granularityBytes, cmdline: c.cmdline, imageSha256: this.vm.image.imageSha256 },
-      }), PREPARE_TIMEOUT_MS);
+      }), this.options.requestTimeoutMs ?? PREPARE_TIMEOUT_MS);
     } catch (err) {
       if (isFerryError(err) && err.code === 'MIGRATION_FAILED') throw new FerryError('MIGRATION_REFUSED', err.message, err.details);
       throw err;
@@ -303,7 +310,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
       this.checkCancelled();
       const startedMs = performance.now();
       const bytes = await this.sendRegions(regions, round, round === 1);
-      await this.control?.request('ROUND', (id) => encodeRound(id, { round, regions: regions.length, bytes }), REQUEST_TIMEOUT_MS);
+      await this.control?.request('ROUND', (id) => encodeRound(id, { round, regions: regions.length, bytes }), this.requestTimeoutMs);
       const durationMs = performance.now() - startedMs;
       const throughput = bytes > 0 && durationMs > 0 ? (bytes * 1000) / durationMs : (this.rounds.at(-1)?.throughputBytesPerSec ?? 0);
       // What the guest dirtied while this round was sent.
@@ -350,7 +357,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
       const payload = builder.build();
       const ch = this.data[channel++ % this.data.length];
       if (ch === undefined) throw new FerryError('MIGRATION_FAILED', 'no data channel');
-      const p = ch.request(`MEMORY round ${round}`, (id) => encodeFrame(Command.MEMORY, id, payload), REQUEST_TIMEOUT_MS);
+      const p = ch.request(`MEMORY round ${round}`, (id) => encodeFrame(Command.MEMORY, id, payload), this.requestTimeoutMs);
       inFlight.push(p);
       // Keep the total queued bounded: wait for the oldest when every channel is busy.
       if (inFlight.length >= this.data.length * 4) await inFlight.shift();
@@ -422,11 +429,11 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     await this.control?.request('STATE', (id) => encodeState(id, {
       claimedPages: this.vm.claimedPages, clockNs, clockWallMs: Date.now(),
       vcpus: states.map((s, v) => ({ halted: s.halted, globals: s.globals, lastClockReadNs: lastReads[v] ?? 0n })),
-    }), REQUEST_TIMEOUT_MS);
+    }), this.requestTimeoutMs);
     this.finalDigest = this.digest.hex();
     this.checkCancelled();
     this.commitSent = true;
-    await this.control?.request('COMMIT', (id) => encodeCommit(id, { digest: this.finalDigest ?? '' }), COMMIT_TIMEOUT_MS);
+    await this.control?.request('COMMIT', (id) => encodeCommit(id, { digest: this.finalDigest ?? '' }), this.options.requestTimeoutMs ?? COMMIT_TIMEOUT_MS);
     this.engineDowntimeMs = performance.now() - stunAt;
     this.progress(true, { round, dirtyBytes: 0, throughput: 0, durationMs: 0, roundBytes: bytes });
     this.guestDowntimeMs = await this.fetchGuestDowntime();
@@ -469,7 +476,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
    */
   private async resolveInDoubt(error: FerryError): Promise<MigrationOutcome> {
     this.enter('resolve');
-    const deadline = performance.now() + IN_DOUBT_RESOLVE_MS;
+    const deadline = performance.now() + (this.options.inDoubtTimeoutMs ?? IN_DOUBT_RESOLVE_MS);
     while (performance.now() < deadline) {
       try {
         const r = await targetApi(this.target, 'GET', `/v1/migrations/incoming/${this.remoteId}`, 2_000);

@@ -12,6 +12,7 @@ import type { AddressInfo } from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
 import { inflateRawSync } from 'node:zlib';
 import { FerryError, errorMessage } from '../lib/errors.js';
+import { failpoint, failpointDrop } from '../lib/failpoints.js';
 import { Vm } from '../vmm/vm.js';
 import { ServerChannel } from './channel.js';
 import { MemoryDigest } from './digest.js';
@@ -148,6 +149,18 @@ export class MigrationReceiver {
   }
 }
 
+function commandLabel(command: number): string {
+  switch (command) {
+    case Command.PREPARE: return 'prepare';
+    case Command.MEMORY: return 'memory';
+    case Command.ROUND: return 'round';
+    case Command.STATE: return 'state';
+    case Command.COMMIT: return 'commit';
+    case Command.ABORT: return 'abort';
+    default: return 'other';
+  }
+}
+
 class IncomingMigration {
   private vm: Vm | null = null;
   private image: Uint8Array | null = null;
@@ -184,6 +197,12 @@ class IncomingMigration {
     this.idleTimer = this.armIdle();
     if (frame.command === Command.MEMORY && !this.prepared) throw new FerryError('PROTOCOL_OUT_OF_ORDER', 'MEMORY before the migration was prepared');
     const msg = decodeMessage(frame, this.vm !== null ? { ramBytes: this.vm.config.memoryBytes } : {});
+    // Failpoints for fault tests: target.prepare, target.memory, target.round, target.state, target.commit.
+    await failpoint(`target.${commandLabel(msg.command)}`);
+    if (msg.command === Command.MEMORY && failpointDrop('target.memory.drop')) {
+      for (const c of this.channels) c.close('failpoint target.memory.drop');
+      throw new FerryError('MIGRATION_FAILED', 'failpoint: connection dropped');
+    }
     switch (msg.command) {
       case Command.PREPARE: return this.prepare(msg.body);
       case Command.MEMORY: {
@@ -261,6 +280,7 @@ class IncomingMigration {
     }
     // Durable before the VM runs: a restarted target must still answer "committed".
     await this.hooks.recordOutcome(this.id, 'committed', vm.config.name);
+    await failpoint('target.after-commit-record');
     this.ended = true;
     clearTimeout(this.idleTimer);
     this.outcome = { state: 'committed', vm: vm.config.name, guestDowntimeMs: null };
