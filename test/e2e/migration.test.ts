@@ -1,0 +1,113 @@
+/**
+ * Live migration between real `ferry host` processes on 127.0.0.1: the guest keeps its own
+ * invariants across migrations back and forth; the API refuses requests without the token.
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
+import {
+  createVm, listVms, removeHostData, startHost, startMigration, stopHost, verifyVm, waitMigration, type TestHost,
+} from '../helpers/hosts.js';
+import { MiB } from '../../src/lib/units.js';
+
+let a: TestHost;
+let b: TestHost;
+before(async () => { [a, b] = await Promise.all([startHost('a'), startHost('b')]); });
+after(async () => {
+  await Promise.all([stopHost(a), stopHost(b)]);
+  await Promise.all([removeHostData(a), removeHostData(b)]);
+});
+
+async function migrateAndCheck(from: TestHost, to: TestHost, vm: string): Promise<void> {
+  const id = await startMigration(from, vm, to);
+  const record = await waitMigration(from, id);
+  assert.equal(record.outcome, 'succeeded', JSON.stringify(record.error));
+  assert.equal(record.verified, true, 'the target verified the memory digest');
+  assert.ok(record.engineDowntimeMs !== null && record.engineDowntimeMs > 0);
+  assert.ok(!(await listVms(from)).some((v) => v.name === vm), 'the source released the VM');
+  const view = (await listVms(to)).find((v) => v.name === vm);
+  assert.equal(view?.state, 'running', 'the VM runs on the target');
+  await sleep(150); // let it run on the target: check=1 makes it verify every page it touches
+  const check = await verifyVm(to, vm);
+  assert.equal(check.selfcheck, 0, 'the guest\'s own invariants hold after the migration');
+  assert.equal(check.state, 'running');
+}
+
+describe('live migration between host processes', () => {
+  it('migrates the dirtier under load back and forth; its invariants hold every time', async () => {
+    await createVm(a, 'd1', 'dirtier', { memoryBytes: 64 * MiB, cmdline: 'hot=16MiB pattern=random check=1 fill=1 claim=all' });
+    await sleep(200);
+    await migrateAndCheck(a, b, 'd1');
+    await migrateAndCheck(b, a, 'd1');
+    await migrateAndCheck(a, b, 'd1');
+    await b.client.call('POST', '/v1/vms/d1/stop');
+    await b.client.call('DELETE', '/v1/vms/d1');
+  });
+
+  it('migrates the multi-vCPU dirtier (3 vCPUs writing concurrently)', async () => {
+    await createVm(a, 'mv', 'dirtier', { memoryBytes: 64 * MiB, vcpus: 3, cmdline: 'hot=24MiB pattern=seq check=1' });
+    await sleep(200);
+    await migrateAndCheck(a, b, 'mv');
+    await migrateAndCheck(b, a, 'mv');
+    await a.client.call('POST', '/v1/vms/mv/stop');
+    await a.client.call('DELETE', '/v1/vms/mv');
+  });
+
+  it('a VM that dirties faster than a capped link converges by throttling', async () => {
+    await createVm(a, 'fast', 'dirtier', { memoryBytes: 32 * MiB, cmdline: 'hot=16MiB pattern=seq check=1' });
+    const id = await startMigration(a, 'fast', b, { bandwidthBytesPerSec: 64 * MiB, downtimeTargetMs: 20 });
+    const record = await waitMigration(a, id);
+    assert.equal(record.outcome, 'succeeded', JSON.stringify(record.error));
+    assert.ok(record.maxThrottlePermille > 0, 'auto-converge throttled the guest');
+    assert.equal((await verifyVm(b, 'fast')).selfcheck, 0);
+    await b.client.call('POST', '/v1/vms/fast/stop');
+    await b.client.call('DELETE', '/v1/vms/fast');
+  });
+
+  it('...or aborts cleanly when configured to, and the VM keeps running on the source', async () => {
+    await createVm(a, 'noconv', 'dirtier', { memoryBytes: 32 * MiB, cmdline: 'hot=16MiB pattern=seq check=1' });
+    const id = await startMigration(a, 'noconv', b, { bandwidthBytesPerSec: 64 * MiB, autoConverge: false, maxRounds: 3, onLimit: 'abort' });
+    const record = await waitMigration(a, id);
+    assert.equal(record.outcome, 'failed');
+    assert.match(record.error?.message ?? '', /did not converge within 3 rounds/);
+    const check = await verifyVm(a, 'noconv');
+    assert.equal(check.state, 'running');
+    assert.equal(check.selfcheck, 0);
+    assert.ok(!(await listVms(b)).some((v) => v.name === 'noconv'), 'the target discarded its partial copy');
+    await a.client.call('POST', '/v1/vms/noconv/stop');
+    await a.client.call('DELETE', '/v1/vms/noconv');
+  });
+});
+
+describe('host API authentication', () => {
+  it('refuses requests without the right token with 401, and nothing happens', async () => {
+    for (const auth of [undefined, 'Bearer wrong-token-wrong-token', 'Basic abc']) {
+      const res = await fetch(new URL('/v1/vms', a.url), {
+        method: 'POST', headers: { 'content-type': 'application/json', ...(auth !== undefined ? { authorization: auth } : {}) },
+        body: JSON.stringify({ name: 'intruder', imageBase64: 'AGFzbQEAAAA=', memoryBytes: 65536 }),
+      });
+      assert.equal(res.status, 401);
+      const body = (await res.json()) as { error: { code: string } };
+      assert.equal(body.error.code, 'UNAUTHORIZED');
+    }
+    assert.ok(!(await listVms(a)).some((v) => v.name === 'intruder'));
+  });
+
+  it('answers bad requests with a code and survives them', async () => {
+    const post = (body: string): Promise<Response> => fetch(new URL('/v1/vms', a.url), { method: 'POST', headers: { authorization: `Bearer ${'test-token-0123456789abcdef'}` }, body });
+    const cases: [string, number, string][] = [
+      ['{not json', 400, 'BAD_REQUEST'],
+      [JSON.stringify({ name: 'x' }), 400, 'BAD_REQUEST'],
+      [JSON.stringify({ name: 'bad name', imageBase64: 'AGFzbQEAAAA=', memoryBytes: 65536 }), 400, 'VM_CONFIG_INVALID'],
+      [JSON.stringify({ name: 'notwasm', imageBase64: Buffer.from('hello world').toString('base64'), memoryBytes: 65536 }), 400, 'IMAGE_NOT_WASM'],
+    ];
+    for (const [body, status, code] of cases) {
+      const res = await post(body);
+      assert.equal(res.status, status, body);
+      assert.equal(((await res.json()) as { error: { code: string } }).error.code, code);
+    }
+    const missing = await a.client.call('GET', '/v1/vms/nope').catch((e: unknown) => e);
+    assert.match(String(missing), /no VM named nope/);
+    assert.equal((await a.client.call<{ name: string }>('GET', '/v1/host')).name, 'a', 'still serving');
+  });
+});
