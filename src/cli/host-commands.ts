@@ -56,6 +56,10 @@ export function addHostCommands(program: Command, vm: Command): void {
         ...(o.memoryLimit !== undefined ? { memoryLimitBytes: o.memoryLimit } : {}),
         ...(o.migrationPort !== undefined ? { migrationPort: parseIntegerOption(o.migrationPort, '--migration-port', 0, 65535) } : {}),
       });
+      // A host must outlive a bug in one request or one migration: report it loudly, keep serving.
+      process.on('unhandledRejection', (reason) => {
+        process.stderr.write(`host ${agent.name}: INTERNAL ERROR (unhandled rejection, please report): ${reason instanceof Error ? (reason.stack ?? reason.message) : String(reason)}\n`);
+      });
       // One machine-readable line for scripts and tests.
       process.stdout.write(`ferry host ${agent.name} ready url=${agent.url} migration-port=${agent.migrationPort}\n`);
       await new Promise<void>((resolve) => {

@@ -67,6 +67,8 @@ export class ClientChannel {
       }, timeoutMs);
       this.pending.push({ requestId, resolve, reject, timer, what });
     });
+    // The reply may fail while we wait for the socket to drain: mark it handled until returned.
+    reply.catch(() => undefined);
     if (!this.socket.write(frame)) await this.drained();
     return reply;
   }

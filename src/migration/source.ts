@@ -242,7 +242,9 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     } catch (err) {
       error = isFerryError(err) ? err : new FerryError('MIGRATION_FAILED', errorMessage(err));
       outcome = error.code === 'MIGRATION_CANCELLED' ? 'cancelled' : 'failed';
-      if (this.commitSent) outcome = await this.resolveInDoubt(error);
+      // An ERROR *reply* to COMMIT is a definite "not committed"; only a lost reply is in doubt.
+      const refusedByTarget = typeof error.details.remoteCode === 'string';
+      if (this.commitSent && !refusedByTarget) outcome = await this.resolveInDoubt(error);
       else await this.rollback(error);
     } finally {
       this.closeChannels();
@@ -358,6 +360,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
       const ch = this.data[channel++ % this.data.length];
       if (ch === undefined) throw new FerryError('MIGRATION_FAILED', 'no data channel');
       const p = ch.request(`MEMORY round ${round}`, (id) => encodeFrame(Command.MEMORY, id, payload), this.requestTimeoutMs);
+      p.catch(() => undefined); // awaited below (Promise.all / shift); never an unhandled rejection
       inFlight.push(p);
       // Keep the total queued bounded: wait for the oldest when every channel is busy.
       if (inFlight.length >= this.data.length * 4) await inFlight.shift();

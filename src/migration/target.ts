@@ -275,7 +275,7 @@ class IncomingMigration {
     if (this.state === null) throw new FerryError('PROTOCOL_OUT_OF_ORDER', 'COMMIT before STATE');
     const ours = this.digest?.hex() ?? '';
     if (ours !== sourceDigest) {
-      await this.abort(`memory digest mismatch (source ${sourceDigest}, target ${ours})`);
+      // The ERROR reply goes out first; closing the connection then aborts (discards) the VM.
       throw new FerryError('DIGEST_MISMATCH', `memory digest mismatch: source ${sourceDigest}, target ${ours}; the VM was not resumed here`);
     }
     // Durable before the VM runs: a restarted target must still answer "committed".
