@@ -17,6 +17,7 @@ import { MAX_VCPUS } from '../vmm/control.js';
 import { durationOption, parseIntegerOption, sizeOption } from './args.js';
 import { runSession } from './run-vm.js';
 import { addHostCommands } from './host-commands.js';
+import { runDemo } from './demo.js';
 
 const DEFAULT_MEMORY = '256MiB';
 /** The demo: the multi-vCPU dirtier on a random 64 MiB working set. */
@@ -135,14 +136,13 @@ export function buildProgram(): Command {
   addHostCommands(program, vm);
 
   program.command('demo')
-    .description('run the demo VM (the multi-vCPU dirtier) with a live status line until Ctrl-C')
-    .addOption(new Option('--vcpus <n>', 'number of vCPUs').argParser((v) => parseIntegerOption(v, '--vcpus', 1, MAX_VCPUS)).default(2))
-    .addOption(new Option('--for <duration>', 'stop after this long').argParser(durationOption('--for')))
-    .action(async (o: { vcpus: number; for?: number }) => {
-      const image = fileURLToPath(new URL('../../guests/dirtier.wasm', import.meta.url));
-      const vmInstance = Vm.create(await readImage(image), { name: 'demo', memoryBytes: 256 * MiB, vcpus: o.vcpus, cmdline: DEMO_CMDLINE });
-      process.stderr.write(`ferry: demo VM: dirtier on ${o.vcpus} vCPUs, 256 MiB RAM, "${DEMO_CMDLINE}" - Ctrl-C to stop\n`);
-      finish(await runSession(vmInstance, sessionOptions({ status: true, quiet: false, ...(o.for !== undefined ? { for: o.for } : {}) }, true)));
+    .description('two local host agents and a demo VM (the multi-vCPU dirtier) live-migrated back and forth until Ctrl-C')
+    .addOption(new Option('--vcpus <n>', 'vCPUs of the demo VM').argParser((v) => parseIntegerOption(v, '--vcpus', 1, MAX_VCPUS)).default(2))
+    .addOption(new Option('--memory <size>', 'RAM of the demo VM').argParser(sizeOption('--memory')).default(256 * MiB, '256MiB'))
+    .option('--cmdline <text>', 'the dirtier\'s command line', DEMO_CMDLINE)
+    .addOption(new Option('--migrations <n>', 'stop after this many migrations').argParser((v) => parseIntegerOption(v, '--migrations', 1, 1_000_000)))
+    .action(async (o: { vcpus: number; memory: number; cmdline: string; migrations?: number }) => {
+      process.exitCode = await runDemo({ vcpus: o.vcpus, memoryBytes: o.memory, cmdline: o.cmdline, ...(o.migrations !== undefined ? { migrations: o.migrations } : {}) });
     });
 
   return program;

@@ -66,6 +66,17 @@ describe('ferry vm run / save / restore', () => {
   });
 });
 
+describe('ferry demo (npm start)', () => {
+  it('starts two hosts, migrates the demo VM back and forth, then shuts everything down', async () => {
+    const r = await runFerry(['demo', '--migrations', '2', '--memory', '32MiB', '--cmdline', 'hot=8MiB pattern=random']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /#1 alpha -> beta: .*SUCCEEDED/);
+    assert.match(r.stdout, /#2 beta -> alpha: .*SUCCEEDED/);
+    assert.equal((r.stdout.match(/guest self-check on \w+: intact/g) ?? []).length, 2);
+    assert.match(r.stderr, /hosts stopped, temporary data removed/);
+  });
+});
+
 describe('ferry: bad input gets a clear error and a stable code', () => {
   const cases: readonly { args: readonly string[]; code: number; match: RegExp }[] = [
     { args: ['vm', 'run', '/nonexistent.wasm'], code: 1, match: /\[INVALID_ARGUMENT\].*cannot read guest image/ },

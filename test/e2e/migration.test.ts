@@ -111,3 +111,34 @@ describe('host API authentication', () => {
     assert.equal((await a.client.call<{ name: string }>('GET', '/v1/host')).name, 'a', 'still serving');
   });
 });
+
+describe('host lifecycle', () => {
+  it('SIGTERM pauses and saves running VMs; the next start restores and resumes them intact', async () => {
+    const h = await startHost('c');
+    try {
+      await createVm(h, 'keep', 'dirtier', { memoryBytes: 32 * MiB, vcpus: 2, cmdline: 'hot=8MiB pattern=random check=1' });
+      await createVm(h, 'idle', 'compute', { memoryBytes: 1 * MiB, cmdline: 'iters=1', start: false });
+      await sleep(200);
+      await stopHost(h, 'SIGTERM');
+      assert.match(h.log(), /VM keep: paused and saved \(will resume at the next start\)/);
+      const h2 = await startHost('c', { dataDir: h.dataDir });
+      try {
+        const vms = await listVms(h2);
+        assert.equal(vms.find((v) => v.name === 'keep')?.state, 'running');
+        assert.equal(vms.find((v) => v.name === 'idle')?.state, 'defined');
+        assert.equal((await verifyVm(h2, 'keep')).selfcheck, 0);
+      } finally {
+        await stopHost(h2, 'SIGKILL');
+      }
+      // After a crash (SIGKILL) nothing is resurrected from the consumed snapshot: the VM is defined, not running.
+      const h3 = await startHost('c', { dataDir: h.dataDir });
+      try {
+        assert.equal((await listVms(h3)).find((v) => v.name === 'keep')?.state, 'defined');
+      } finally {
+        await stopHost(h3, 'SIGKILL');
+      }
+    } finally {
+      await removeHostData(h);
+    }
+  });
+});

@@ -1,0 +1,96 @@
+/**
+ * `ferry demo` (what `npm start` runs): two host agents as separate processes on loopback, a demo
+ * VM (the multi-vCPU dirtier) on the first, live-migrated back and forth with each migration's
+ * summary printed, until Ctrl-C — then everything shuts down cleanly and the temp data is removed.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { FerryError } from '../lib/errors.js';
+import { MiB } from '../lib/units.js';
+import { randomToken } from '../host/agent.js';
+import type { MigrationRecord } from '../migration/source.js';
+import { HostClient } from './host-client.js';
+import { summarize } from './host-commands.js';
+
+const HOST_READY_TIMEOUT_MS = 20_000;
+/** Pause between two migrations of the demo VM. */
+const DEMO_DWELL_MS = 2000;
+
+export interface DemoOptions {
+  readonly vcpus: number;
+  readonly memoryBytes: number;
+  readonly cmdline: string;
+  /** Stop after this many migrations (default: until Ctrl-C). */
+  readonly migrations?: number;
+}
+
+interface DemoHost { readonly name: string; readonly child: ChildProcess; readonly client: HostClient; readonly url: string }
+
+async function spawnHost(name: string, dataDir: string, token: string): Promise<DemoHost> {
+  const cli = fileURLToPath(new URL('./main.js', import.meta.url));
+  const child = spawn(process.execPath, [cli, 'host', '--name', name, '--data-dir', dataDir, '--listen', '127.0.0.1:0'], {
+    stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FERRY_TOKEN: token },
+  });
+  let out = '';
+  child.stdout?.on('data', (d: Buffer) => { out += d.toString(); });
+  child.stderr?.on('data', (d: Buffer) => { process.stderr.write(`  [${name}] ${d.toString().trimEnd().replace(/\n/g, `\n  [${name}] `)}\n`); });
+  const deadline = Date.now() + HOST_READY_TIMEOUT_MS;
+  let m: RegExpExecArray | null;
+  while ((m = /ready url=(\S+)/.exec(out)) === null) {
+    if (child.exitCode !== null || Date.now() > deadline) throw new FerryError('HOST_ERROR', `demo host ${name} did not start`);
+    await sleep(20);
+  }
+  const url = m[1] ?? '';
+  return { name, child, url, client: new HostClient(url, token) };
+}
+
+export async function runDemo(opts: DemoOptions): Promise<number> {
+  const token = randomToken();
+  const dirs = [await mkdtemp(join(tmpdir(), 'ferry-demo-a-')), await mkdtemp(join(tmpdir(), 'ferry-demo-b-'))];
+  const hosts: DemoHost[] = [];
+  let stopping = false;
+  const onSigint = (): void => { stopping = true; process.stderr.write('\nferry demo: stopping (the current migration finishes or rolls back first)...\n'); };
+  process.on('SIGINT', onSigint);
+  process.on('SIGTERM', onSigint);
+  try {
+    hosts.push(await spawnHost('alpha', dirs[0] ?? '', token), await spawnHost('beta', dirs[1] ?? '', token));
+    const [a, b] = hosts as [DemoHost, DemoHost];
+    const image = await readFile(fileURLToPath(new URL('../../guests/dirtier.wasm', import.meta.url)));
+    await a.client.call('POST', '/v1/vms', {
+      name: 'demo', imageBase64: image.toString('base64'), memoryBytes: opts.memoryBytes, vcpus: opts.vcpus, cmdline: opts.cmdline, start: true,
+    });
+    process.stderr.write(`ferry demo: hosts alpha (${a.url}) and beta (${b.url}); VM "demo" = dirtier, ${opts.vcpus} vCPUs, ${opts.memoryBytes / MiB} MiB, "${opts.cmdline}". Ctrl-C to stop.\n`);
+    let from = a;
+    let to = b;
+    for (let n = 1; !stopping && (opts.migrations === undefined || n <= opts.migrations); n++) {
+      await sleep(DEMO_DWELL_MS);
+      if (stopping) break;
+      const { migrationId } = await from.client.call<{ migrationId: string }>('POST', '/v1/vms/demo/migrate', { to: to.url });
+      let record: MigrationRecord | null = null;
+      while (record === null) {
+        await sleep(50);
+        record = (await from.client.call<{ record: MigrationRecord | null }>('GET', `/v1/migrations/${migrationId}`)).record;
+      }
+      process.stdout.write(`#${n} ${from.name} -> ${to.name}: ${summarize(record).split('\n').slice(0, 2).join('\n')}\n`);
+      if (record.outcome !== 'succeeded') {
+        process.stderr.write(`ferry demo: migration failed; the VM stays on ${from.name}\n`);
+        continue;
+      }
+      const check = await to.client.call<{ selfcheck: number | null }>('POST', '/v1/vms/demo/verify');
+      process.stdout.write(`   guest self-check on ${to.name}: ${check.selfcheck === 0 ? 'intact' : `${check.selfcheck} violations`}\n`);
+      [from, to] = [to, from];
+    }
+    return 0;
+  } finally {
+    process.off('SIGINT', onSigint);
+    process.off('SIGTERM', onSigint);
+    for (const h of hosts) h.child.kill('SIGTERM');
+    await Promise.all(hosts.map((h) => new Promise<void>((resolve) => { if (h.child.exitCode !== null) resolve(); else h.child.once('exit', () => { resolve(); }); })));
+    await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
+    process.stderr.write('ferry demo: hosts stopped, temporary data removed\n');
+  }
+}
