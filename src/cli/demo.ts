@@ -28,16 +28,17 @@ export interface DemoOptions {
   readonly migrations?: number;
 }
 
-interface DemoHost { readonly name: string; readonly child: ChildProcess; readonly client: HostClient; readonly url: string }
+export interface DemoHost { readonly name: string; readonly child: ChildProcess; readonly client: HostClient; readonly url: string }
 
-async function spawnHost(name: string, dataDir: string, token: string): Promise<DemoHost> {
+/** Spawns `ferry host` on 127.0.0.1 (any free port) and waits for its ready line. */
+export async function spawnHost(name: string, dataDir: string, token: string, echo = true): Promise<DemoHost> {
   const cli = fileURLToPath(new URL('./main.js', import.meta.url));
   const child = spawn(process.execPath, [cli, 'host', '--name', name, '--data-dir', dataDir, '--listen', '127.0.0.1:0'], {
     stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FERRY_TOKEN: token },
   });
   let out = '';
   child.stdout?.on('data', (d: Buffer) => { out += d.toString(); });
-  child.stderr?.on('data', (d: Buffer) => { process.stderr.write(`  [${name}] ${d.toString().trimEnd().replace(/\n/g, `\n  [${name}] `)}\n`); });
+  child.stderr?.on('data', (d: Buffer) => { if (echo) process.stderr.write(`  [${name}] ${d.toString().trimEnd().replace(/\n/g, `\n  [${name}] `)}\n`); });
   const deadline = Date.now() + HOST_READY_TIMEOUT_MS;
   let m: RegExpExecArray | null;
   while ((m = /ready url=(\S+)/.exec(out)) === null) {
