@@ -88,10 +88,10 @@ async function main(): Promise<void> {
   const dirs = [await mkdtemp(join(tmpdir(), 'ferry-bench-a-')), await mkdtemp(join(tmpdir(), 'ferry-bench-b-'))];
   const hosts: DemoHost[] = [];
   try {
-    hosts.push(await spawnHost('a', dirs[0] ?? '', token, false), await spawnHost('b', dirs[1] ?? '', token, false));
+    hosts.push(await spawnHost('a', dirs[0] ?? '', token, process.argv.includes('--verbose')), await spawnHost('b', dirs[1] ?? '', token, process.argv.includes('--verbose')));
     const [a, b] = hosts as [DemoHost, DemoHost];
     const image = await readFile(fileURLToPath(new URL('../guests/dirtier.wasm', import.meta.url)));
-    const cmdline = `hot=${hot} pattern=${pattern} fill=1 claim=all check=0`;
+    const cmdline = `hot=${hot} pattern=${pattern} fill=1 claim=all check=0 rate=${arg("rate", "0")}`;
     log(`VM: dirtier, ${vcpus} vCPU(s), ${memoryBytes / MiB} MiB, "${cmdline}"; filling memory...`);
     await a.client.call('POST', '/v1/vms', { name: 'bench', imageBase64: image.toString('base64'), memoryBytes, vcpus, cmdline, start: true });
     // Boot (the fill) is done when the guest's boot line is on its console.
@@ -109,6 +109,7 @@ async function main(): Promise<void> {
       record = (await a.client.call<{ record: MigrationRecord | null }>('GET', `/v1/migrations/${migrationId}`)).record;
     }
     const check = record.outcome === 'succeeded' ? await b.client.call<{ selfcheck: number | null }>('POST', '/v1/vms/bench/verify') : { selfcheck: null };
+    log(`  phases: ${record.phases.map((p) => `${p.phase}@${p.atMs.toFixed(0)}ms`).join(' ')}`);
     for (const r of record.rounds) log(`  round ${r.round}: ${(r.bytes / MiB).toFixed(1)} MiB in ${r.durationMs.toFixed(0)} ms (${(r.throughputBytesPerSec / 1e6).toFixed(0)} MB/s), dirty after ${(r.dirtyBytesAfter / MiB).toFixed(1)} MiB, throttle ${r.throttlePermille / 10}%`);
     const result = {
       totalMs: Math.round(record.totalMs),

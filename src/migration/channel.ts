@@ -6,7 +6,8 @@
  */
 import { connect, type Socket } from 'node:net';
 import { FerryError, errorMessage, isFerryError } from '../lib/errors.js';
-import { Command, MAX_IN_FLIGHT, type Frame } from './protocol/frame.js';
+import { Command, MAX_IN_FLIGHT, MAX_MEMORY_PAYLOAD_BYTES, type Frame } from './protocol/frame.js';
+import { FramePool, POOLED_MIN_BYTES } from '../dataplane/frame-pool.js';
 import { FrameReader } from './protocol/reader.js';
 import { decodeError, decodeOk, encodeErrorFor, encodeOk, type OkBody } from './protocol/messages.js';
 import type { RateLimiter } from '../dataplane/rate-limiter.js';
@@ -139,7 +140,9 @@ export class ClientChannel {
  * OK reply, a thrown error the ERROR reply — after which the connection is closed.
  */
 export class ServerChannel {
-  private readonly reader = new FrameReader();
+  /** Warm payload buffers for MEMORY frames (fresh ones would page-fault on every frame). */
+  private readonly pool = new FramePool(MAX_MEMORY_PAYLOAD_BYTES);
+  private readonly reader = new FrameReader({ minBytes: POOLED_MIN_BYTES, acquire: (n) => this.pool.acquire(n), release: (b) => { this.pool.release(b); } });
   private queue: Promise<void> = Promise.resolve();
   private closed = false;
 
@@ -174,6 +177,8 @@ export class ServerChannel {
         } catch (err) {
           if (!this.closed) this.socket.end(encodeErrorFor(frame.requestId, err));
           this.close(`request failed: ${errorMessage(err)}`);
+        } finally {
+          frame.release?.();
         }
       });
     }

@@ -8,7 +8,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
-import { deflateRawSync } from 'node:zlib';
+import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { z } from 'zod';
 import { FerryError, errorMessage, isFerryError } from '../lib/errors.js';
 import type { Vm } from '../vmm/vm.js';
@@ -16,8 +16,9 @@ import { RateLimiter } from '../dataplane/rate-limiter.js';
 import { ClientChannel, connectTcp } from './channel.js';
 import { DEFAULT_POLICY, decideConvergence, type ConvergencePolicy } from './convergence.js';
 import { DIGEST_PAGE_BYTES, MemoryDigest } from './digest.js';
-import { BatchBuilder, type MemoryEntryInput } from './protocol/memory-batch.js';
-import { Command, MAX_ENTRY_BYTES, PAGE_ALIGN_BYTES, encodeFrame } from './protocol/frame.js';
+import { memoryBatchBytes, writeMemoryBatch, type MemoryEntryInput } from './protocol/memory-batch.js';
+import { Command, HEADER_BYTES, MAX_ENTRIES_PER_BATCH, MAX_MEMORY_PAYLOAD_BYTES, MAX_ENTRY_BYTES, PAGE_ALIGN_BYTES, encodeHeader } from './protocol/frame.js';
+import { FramePool } from '../dataplane/frame-pool.js';
 import {
   encodeAbort, encodeCommit, encodeHello, encodePrepare, encodeRound, encodeState,
 } from './protocol/messages.js';
@@ -25,6 +26,8 @@ import {
 export const DEFAULT_DATA_CHANNELS = 2;
 /** Payload of one MEMORY frame: large writes are what loopback and LANs move fastest. */
 export const BATCH_PAYLOAD_BYTES = 4 * 1024 * 1024;
+/** MEMORY frames outstanding per data channel (bounded by the protocol's MAX_IN_FLIGHT). */
+const FRAMES_IN_FLIGHT_PER_CHANNEL = 4;
 /** Timeouts: a target that never answers is given up on, and the VM keeps running here. */
 export const CONNECT_TIMEOUT_MS = 5_000;
 export const PREPARE_TIMEOUT_MS = 30_000;
@@ -155,6 +158,8 @@ export class MigrationJob extends EventEmitter<JobEvents> {
   private control: ClientChannel | null = null;
   private data: ClientChannel[] = [];
   private readonly digest: MemoryDigest;
+  /** Frame buffers reused across batches: fresh allocations would page-fault on every frame. */
+  private readonly framePool = new FramePool(HEADER_BYTES + MAX_MEMORY_PAYLOAD_BYTES);
   private sentBytes = 0;
   private zeroPagesSkipped = 0;
   private throttle = 0;
@@ -286,6 +291,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
       this.data.push(ch);
       await ch.request('HELLO', (id) => encodeHello(id, { protocol: 1, ticket: ticketHex, role: 'data', channel: i }), this.requestTimeoutMs);
     }
+    this.log(`migration ${this.id.slice(0, 8)}: connected in ${(performance.now() - this.t0).toFixed(0)} ms`);
     const c = this.vm.config;
     try {
       await this.control.request('PREPARE', (id) => encodePrepare(id, {
@@ -340,36 +346,66 @@ export class MigrationJob extends EventEmitter<JobEvents> {
   }
 
   /**
-   * Sends the given regions as MEMORY batches spread over the data channels, pipelined. Pages are
-   * copied out of guest RAM into the batch, and the digest is computed over exactly what is sent.
-   * Returns the bytes of page data sent.
+   * Sends the given regions as MEMORY batches spread over the data channels, pipelined. Page data
+   * is copied once, from guest RAM straight into a reused frame buffer, and the digest is computed
+   * over exactly those bytes (what the target will receive). Returns the bytes of page data sent.
    */
   private async sendRegions(regions: Uint32Array, round: number, skipZero: boolean): Promise<number> {
     const gran = this.vm.config.granularityBytes;
     const ramBytes = this.vm.config.memoryBytes;
     const ram = Buffer.from(this.vm.ram.buffer, 0, ramBytes);
     const compress = this.options.compression === 'deflate';
-    const builder = new BatchBuilder(round, BATCH_PAYLOAD_BYTES);
     const inFlight: Promise<unknown>[] = [];
+    let runs: { offset: number; length: number; zero: boolean }[] = [];
+    let runsBytes = 0;
     let channel = 0;
     let roundBytes = 0;
     const totalBytes = regions.length * gran;
+
     const flush = async (): Promise<void> => {
-      if (builder.isEmpty) return;
-      const payload = builder.build();
+      if (runs.length === 0) return;
+      const batch = runs;
+      runs = [];
+      runsBytes = 0;
+      const entries: MemoryEntryInput[] = batch.map((r) => {
+        if (r.zero) return { offset: r.offset, length: r.length, encoding: 'zero' };
+        const view = ram.subarray(r.offset, r.offset + r.length);
+        if (compress) {
+          const deflated = deflateRawSync(view, { level: 1 });
+          if (deflated.length < r.length) return { offset: r.offset, length: r.length, encoding: 'deflate', data: deflated };
+        }
+        return { offset: r.offset, length: r.length, encoding: 'raw', data: view };
+      });
+      const payloadBytes = memoryBatchBytes(round, entries);
       const ch = this.data[channel++ % this.data.length];
       if (ch === undefined) throw new FerryError('MIGRATION_FAILED', 'no data channel');
-      const p = ch.request(`MEMORY round ${round}`, (id) => encodeFrame(Command.MEMORY, id, payload), this.requestTimeoutMs);
-      p.catch(() => undefined); // awaited below (Promise.all / shift); never an unhandled rejection
+      const buf = this.framePool.acquire(HEADER_BYTES + payloadBytes);
+      const p = ch.request(`MEMORY round ${round}`, (id) => {
+        encodeHeader(Command.MEMORY, id, payloadBytes).copy(buf, 0);
+        const dataAt = writeMemoryBatch(buf, HEADER_BYTES, round, entries);
+        entries.forEach((e, i) => {
+          if (e.encoding === 'zero') { this.digest.updateZero(e.offset, e.length); return; }
+          const at = dataAt[i] ?? -1;
+          // Hash what is sent: for deflate, the source bytes as they were compressed.
+          this.digest.update(e.offset, e.encoding === 'raw' ? buf.subarray(at, at + e.length) : inflateRawSync(e.data ?? Buffer.alloc(0)));
+          roundBytes += e.length;
+          this.sentBytes += e.length;
+        });
+        if (this.options.corruptPageInRound === round && !this.corruptedOnce) {
+          const at = dataAt.find((x) => x >= 0) ?? -1;
+          if (at >= 0) { buf[at] = (buf[at] ?? 0) ^ 0xff; this.corruptedOnce = true; }
+        }
+        return buf.subarray(0, HEADER_BYTES + payloadBytes);
+      }, this.requestTimeoutMs);
+      // The buffer is reused once the target answered (it was written by then), or the request failed.
+      void p.then(() => { this.framePool.release(buf); }, () => { this.framePool.release(buf); });
       inFlight.push(p);
       // Keep the total queued bounded: wait for the oldest when every channel is busy.
-      if (inFlight.length >= this.data.length * 4) await inFlight.shift();
+      if (inFlight.length >= this.data.length * FRAMES_IN_FLIGHT_PER_CHANNEL) await inFlight.shift();
       this.progress(false, { round, roundBytes, totalBytes });
       this.checkCancelled();
     };
-    const addEntry = async (entry: MemoryEntryInput): Promise<void> => {
-      if (!builder.add(entry)) { await flush(); builder.add(entry); }
-    };
+
     // Walk pages of the selected regions, coalescing runs of non-zero pages into raw entries and
     // (after round 1) runs of zero pages into zero entries.
     let runStart = -1;
@@ -377,21 +413,10 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     let runEnd = -1;
     const endRun = async (): Promise<void> => {
       if (runStart < 0) return;
-      const length = runEnd - runStart;
-      if (runZero) {
-        this.digest.updateZero(runStart, length);
-        await addEntry({ offset: runStart, length, encoding: 'zero' });
-      } else {
-        const data = Buffer.from(ram.subarray(runStart, runEnd)); // a copy: what is sent is what is hashed
-        this.digest.update(runStart, data);
-        if (this.options.corruptPageInRound === round && !this.corruptedOnce) { data[0] = (data[0] ?? 0) ^ 0xff; this.corruptedOnce = true; }
-        roundBytes += length;
-        this.sentBytes += length;
-        const deflated = compress ? deflateRawSync(data, { level: 1 }) : null;
-        if (deflated !== null && deflated.length < length) await addEntry({ offset: runStart, length, encoding: 'deflate', data: deflated });
-        else await addEntry({ offset: runStart, length, encoding: 'raw', data });
-      }
+      runs.push({ offset: runStart, length: runEnd - runStart, zero: runZero });
+      runsBytes += runZero ? 0 : runEnd - runStart;
       runStart = -1;
+      if (runsBytes >= BATCH_PAYLOAD_BYTES - MAX_ENTRY_BYTES || runs.length >= MAX_ENTRIES_PER_BATCH) await flush();
     };
     for (const r of regions) {
       const start = r * gran;
@@ -406,7 +431,8 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     }
     await endRun();
     await flush();
-    await Promise.all(inFlight);
+    // Every frame must be acknowledged; a failure of any is the round's failure.
+    for (const p of inFlight) await p;
     return roundBytes;
   }
 

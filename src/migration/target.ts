@@ -247,6 +247,7 @@ class IncomingMigration {
   }
 
   private async prepare(body: PrepareBody): Promise<OkBody> {
+    const t0 = performance.now();
     const sha = createHash('sha256').update(body.image).digest('hex');
     if (sha !== body.vm.imageSha256) {
       throw new FerryError('MIGRATION_REFUSED', `guest image hash mismatch: announced ${body.vm.imageSha256.slice(0, 12)}…, received ${sha.slice(0, 12)}…`);
@@ -264,9 +265,10 @@ class IncomingMigration {
     this.vm = vm;
     this.image = image;
     this.digest = new MemoryDigest(body.vm.memoryBytes);
+    const t1 = performance.now();
     // Threads and instances now, so that the resume at switch-over is only a wake-up.
     await vm.spawn();
-    this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: prepared VM ${body.vm.name} (${body.vm.vcpus} vCPUs, ${body.vm.memoryBytes} bytes)`);
+    this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: prepared VM ${body.vm.name} (${body.vm.vcpus} vCPUs, ${body.vm.memoryBytes} bytes) in ${(performance.now() - t0).toFixed(0)} ms (instrument ${(t1 - t0).toFixed(0)} ms)`);
     return { accepted: true };
   }
 

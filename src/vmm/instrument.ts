@@ -468,7 +468,53 @@ function findMemoryName(mod: binaryen.Module): string {
   return match[1];
 }
 
+/** Instrumented images kept for reuse (a host runs and receives the same images again and again). */
+export const INSTRUMENT_CACHE_ENTRIES = 16;
+const cache = new Map<string, InstrumentedImage>();
+
+/**
+ * Instruments an image, reusing an earlier result for the same image, RAM size and granularity
+ * (the result depends on nothing else). Fault-injected builds are never cached.
+ */
 export function instrumentImage(bytes: Uint8Array, options: InstrumentOptions): InstrumentedImage {
+  if (options.faultInjection !== undefined) return instrumentUncached(bytes, options);
+  const key = `${createHash('sha256').update(bytes).digest('hex')}:${options.ramBytes}:${options.granularityBytes}`;
+  const hit = cache.get(key);
+  if (hit !== undefined) {
+    cache.delete(key);
+    cache.set(key, hit); // most recently used last
+    return hit;
+  }
+  const image = instrumentUncached(bytes, options);
+  cache.set(key, image);
+  if (cache.size > INSTRUMENT_CACHE_ENTRIES) cache.delete(cache.keys().next().value ?? '');
+  return image;
+}
+
+/**
+ * binaryen's own code is cold after load: the first instrumentation takes several times longer
+ * than later ones. A host calls this once at start-up so the first VM it creates or receives by
+ * migration does not pay for it (it would add to migration time).
+ */
+export function warmUpInstrumenter(): void {
+  const m = new binaryen.Module();
+  try {
+    m.setMemory(1, 1, 'memory');
+    m.addGlobal('abi', i32, false, m.i32.const(GUEST_ABI_VERSION));
+    m.addGlobalExport('abi', 'ferry_abi_version');
+    m.addFunction('boot', binaryen.createType([i32]), none, [], m.i32.store(0, 4, m.local.get(0, i32), m.i32.const(1)));
+    m.addFunction('step', binaryen.createType([i32, i32]), i32, [], m.block(null, [
+      m.memory.fill(m.i32.const(0), m.i32.const(0), m.i32.const(16)), m.i32.const(2)], i32));
+    m.addFunctionExport('boot', 'ferry_boot');
+    m.addFunctionExport('step', 'ferry_vcpu_step');
+    const bytes = m.emitBinary();
+    for (let i = 0; i < 3; i++) instrumentUncached(bytes, { ramBytes: WASM_PAGE_BYTES * (i + 1), granularityBytes: 4096 });
+  } finally {
+    m.dispose();
+  }
+}
+
+function instrumentUncached(bytes: Uint8Array, options: InstrumentOptions): InstrumentedImage {
   validateGranularity(options.granularityBytes);
   const layout = computeLayout(options.ramBytes);
   const compiled = precheck(bytes);

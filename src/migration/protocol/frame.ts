@@ -103,6 +103,8 @@ export interface Frame {
   readonly command: FrameCommand;
   readonly requestId: number;
   readonly payload: Buffer;
+  /** Set when the payload lives in a pooled buffer: call once the payload is no longer used. */
+  readonly release?: () => void;
 }
 
 function isU32(value: number): boolean {

@@ -104,6 +104,14 @@ export function memoryEntryWireBytes(entry: MemoryEntryInput): number {
  * MAX_MEMORY_PAYLOAD_BYTES. (Offsets are checked against RAM by the decoder, which knows its size.)
  */
 export function encodeMemoryBatch(round: number, entries: readonly MemoryEntryInput[]): Buffer {
+  const size = memoryBatchBytes(round, entries);
+  const out = Buffer.allocUnsafe(size);
+  writeMemoryBatch(out, 0, round, entries);
+  return out;
+}
+
+/** Validates a batch and returns its payload size in bytes (PROTOCOL_TOO_LARGE / PROTOCOL_BAD_PAYLOAD). */
+export function memoryBatchBytes(round: number, entries: readonly MemoryEntryInput[]): number {
   if (!isU32(round)) throw badBatch(`round ${round} is not a u32`, { round });
   if (entries.length > MAX_ENTRIES_PER_BATCH) {
     throw new FerryError('PROTOCOL_TOO_LARGE',
@@ -116,10 +124,19 @@ export function encodeMemoryBatch(round: number, entries: readonly MemoryEntryIn
       `MEMORY batch: ${formatBytes(total)} payload; the limit is ${formatBytes(MAX_MEMORY_PAYLOAD_BYTES)}`,
       { payloadBytes: total, maxPayloadBytes: MAX_MEMORY_PAYLOAD_BYTES });
   }
-  const out = Buffer.allocUnsafe(total);
-  out.writeUInt32LE(round, 0);
-  out.writeUInt32LE(entries.length, 4);
-  let pos = MEMORY_BATCH_HEADER_BYTES;
+  return total;
+}
+
+/**
+ * Writes a validated batch (see memoryBatchBytes) into `out` at `at`: the sender's zero-extra-copy
+ * path, where entry data are views of guest RAM copied once, straight into a reused frame buffer.
+ * Returns, per entry, the position of its data in `out` (-1 for zero entries).
+ */
+export function writeMemoryBatch(out: Buffer, at: number, round: number, entries: readonly MemoryEntryInput[]): number[] {
+  const dataAt: number[] = [];
+  out.writeUInt32LE(round, at);
+  out.writeUInt32LE(entries.length, at + 4);
+  let pos = at + MEMORY_BATCH_HEADER_BYTES;
   for (const e of entries) {
     out.writeUInt32LE(e.offset % U32_LIMIT, pos);
     out.writeUInt32LE(Math.floor(e.offset / U32_LIMIT), pos + 4);
@@ -133,13 +150,13 @@ export function encodeMemoryBatch(round: number, entries: readonly MemoryEntryIn
       out.writeUInt32LE(data.byteLength, pos);
       pos += DEFLATE_LENGTH_BYTES;
     }
+    dataAt.push(data === null ? -1 : pos);
     if (data !== null) {
       out.set(data, pos);
       pos += data.byteLength;
     }
   }
-  assert(pos === total, 'encodeMemoryBatch wrote exactly the computed size');
-  return out;
+  return dataAt;
 }
 
 /**

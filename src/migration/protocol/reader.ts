@@ -19,6 +19,17 @@ import { HEADER_BYTES, commandName, decodeHeader, type Frame, type FrameHeader }
 
 const EMPTY = Buffer.alloc(0);
 
+/**
+ * Supplies payload buffers for large frames (e.g. from a pool of warm buffers), so that receiving
+ * does not page-fault on fresh memory for every frame; `release` is called by the frame's consumer.
+ */
+export interface PayloadAllocator {
+  /** Payloads at least this large are taken from the allocator. */
+  readonly minBytes: number;
+  acquire(bytes: number): Buffer;
+  release(buf: Buffer): void;
+}
+
 export class FrameReader {
   /** Header bytes of the frame being received. */
   private readonly headerBytes = Buffer.alloc(HEADER_BYTES);
@@ -30,6 +41,8 @@ export class FrameReader {
   private payloadFilled = 0;
   private failure: FerryError | undefined;
   private framesDecoded = 0;
+
+  constructor(private readonly allocator: PayloadAllocator | null = null) {}
 
   /** Bytes held for the frame in progress (header and payload); 0 between frames. */
   get bufferedBytes(): number {
@@ -74,7 +87,15 @@ export class FrameReader {
         this.payloadFilled += take;
         pos += take;
         if (this.payloadFilled === this.header.payloadLength) {
-          frames.push(this.complete(Buffer.concat(this.pieces, this.payloadFilled)));
+          const alloc = this.allocator;
+          if (alloc !== null && this.payloadFilled >= alloc.minBytes) {
+            const whole = alloc.acquire(this.payloadFilled);
+            let at = 0;
+            for (const piece of this.pieces) { piece.copy(whole, at); at += piece.length; }
+            frames.push(this.complete(whole.subarray(0, this.payloadFilled), () => { alloc.release(whole); }));
+          } else {
+            frames.push(this.complete(Buffer.concat(this.pieces, this.payloadFilled)));
+          }
         }
       }
     } catch (err) {
@@ -103,10 +124,10 @@ export class FrameReader {
     }
   }
 
-  private complete(payload: Buffer): Frame {
+  private complete(payload: Buffer, release?: () => void): Frame {
     const h = this.header;
     assert(h !== undefined, 'FrameReader.complete() needs a decoded header');
-    const frame: Frame = { command: h.command, requestId: h.requestId, payload };
+    const frame: Frame = { command: h.command, requestId: h.requestId, payload, ...(release !== undefined ? { release } : {}) };
     this.header = undefined;
     this.headerFilled = 0;
     this.pieces = [];
