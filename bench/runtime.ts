@@ -75,7 +75,7 @@ function parseOptions(argv: readonly string[]): Options {
       continue;
     }
     const [key, value] = arg.split('=', 2);
-    const field = key === undefined ? undefined : ints[key];
+    const field = key !== undefined && Object.hasOwn(ints, key) ? ints[key] : undefined;
     const n = Number(value);
     if (field === undefined || value === undefined || !Number.isInteger(n) || n < 1) {
       throw new Error(`bad option "${arg}"; options: --rounds=N --windows-per-vm=N --window-ms=N --warmup-ms=N --pause-cycles=N --skip-big-scan --only=throughput|pause|scan`);
@@ -266,7 +266,10 @@ async function measureThroughputRound(cfg: ThroughputConfig, images: Record<'dir
     name: `bench-${cfg.workload}-${cfg.label}`, memoryBytes: THROUGHPUT_VM_BYTES, vcpus: 1,
     granularityBytes: cfg.granularityBytes, cmdline: WORKLOAD_CMDLINE[cfg.workload],
   };
-  const faults: FaultInjection | undefined = cfg.kind === 'baseline' ? { uninstrumentedWrites: true } : undefined;
+  // Instrumented configurations pass an empty FaultInjection (no fault) rather than none: instrumentImage
+  // caches and reuses compiled images, but never fault-injected ones, and the baseline is one. This way
+  // every VM of every configuration gets a freshly compiled module and starts from the same cold JIT.
+  const faults: FaultInjection = cfg.kind === 'baseline' ? { uninstrumentedWrites: true } : {};
   return withVm(images[WORKLOAD_GUEST[cfg.workload]], config, faults, async (vm) => {
     const collects: CollectResult[] | null = cfg.kind === 'armed' ? [] : null;
     if (collects !== null) await vm.tracker.armAll();

@@ -32,6 +32,10 @@ export const W_BOOTED = 3;
 export const W_GO = 4;
 /** 1 when the vCPUs start from a restore (globals and halted flags in the control block). */
 export const W_RESTORE = 5;
+/** Number of trace-epoch barriers waiting: while > 0, vCPUs bump W_STEP_SEQ and notify after each step. */
+export const W_BARRIER_WAITERS = 6;
+/** Incremented (and notified) after a step while a barrier waits, so it sleeps instead of polling. */
+export const W_STEP_SEQ = 7;
 const GLOBAL_WORDS = 16;
 
 // Per-vCPU words.

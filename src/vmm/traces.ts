@@ -41,7 +41,10 @@ export class DirtyTracker {
   ) {
     this.regionCount = bitmap.regionCount;
     this.armed = new Uint8Array(this.regionCount);
+    this.scratch = new Uint32Array(this.regionCount);
   }
+
+  private readonly scratch: Uint32Array;
 
   /** Arms every region; resolves when every vCPU is guaranteed to observe the traces. */
   async armAll(): Promise<void> {
@@ -109,19 +112,21 @@ export class DirtyTracker {
     const words = n >>> 2;
     const bmWords = new Uint32Array(bm.buffer, bm.byteOffset, words);
     const armedWords = new Uint32Array(armed.buffer, armed.byteOffset, words);
-    const out: number[] = [];
+    // Fired indices go straight into a typed array sized for the worst case (no JS array growth).
+    const out = this.scratch;
+    let count = 0;
     for (let w = 0; w < words; w++) {
       if (bmWords[w] === armedWords[w]) continue;
       const base = w << 2;
       for (let r = base; r < base + 4; r++) {
-        if (armed[r] === 1 && bm[r] === 0) { out.push(r); bm[r] = 1; }
+        if (armed[r] === 1 && bm[r] === 0) { out[count++] = r; bm[r] = 1; }
       }
     }
     for (let r = words << 2; r < n; r++) {
-      if (armed[r] === 1 && bm[r] === 0) { out.push(r); bm[r] = 1; }
+      if (armed[r] === 1 && bm[r] === 0) { out[count++] = r; bm[r] = 1; }
     }
     this.collections++;
-    this.firedTotal += out.length;
-    return Uint32Array.from(out);
+    this.firedTotal += count;
+    return out.slice(0, count);
   }
 }

@@ -17,7 +17,7 @@ import { performance } from 'node:perf_hooks';
 import {
   Control, MAX_THROTTLE_SLEEP_MS, RunRequest, VcpuState, V_ACK, V_BUDGET, V_GLOBAL_COUNT, V_IN_STEP, V_RESTORE_HALTED,
   V_STATE, V_THROTTLE_PERMILLE, S_MAX_STEP_MS, S_STEPS, S_STEP_MS, S_STEP_START_MS, S_THROTTLED_MS, S_UNITS, W_BOOTED,
-  W_GO, W_PARK_SEQ, W_RESTORE,
+  W_BARRIER_WAITERS, W_GO, W_PARK_SEQ, W_RESTORE, W_STEP_SEQ,
 } from './control.js';
 import { TraceBitmap } from './trace-bitmap.js';
 import type { VcpuWorkerData, VcpuWorkerMessage } from './vcpu-protocol.js';
@@ -225,6 +225,10 @@ function run(): void {
     const stepMs = performance.now() - t0;
     Atomics.add(i32, idx(V_ACK), 1);
     Atomics.store(i32, idx(V_IN_STEP), 0);
+    if (Atomics.load(i32, W_BARRIER_WAITERS) > 0) {
+      Atomics.add(i32, W_STEP_SEQ, 1);
+      Atomics.notify(i32, W_STEP_SEQ);
+    }
 
     const f = control.f64;
     f[st(S_STEPS)] = (f[st(S_STEPS)] ?? 0) + 1;

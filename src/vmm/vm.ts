@@ -18,7 +18,7 @@ import { formatBytes } from '../lib/units.js';
 import {
   Control, MAX_GLOBALS_PER_VCPU, MAX_THROTTLE_PERMILLE, MAX_VCPUS, RunRequest, VcpuState, isQuiescent,
   S_MAX_STEP_MS, S_STEPS, S_STEP_MS, S_STEP_START_MS, S_THROTTLED_MS, S_UNITS, V_ACK, V_BUDGET, V_IN_STEP, V_RESTORE_HALTED,
-  V_STATE, V_THROTTLE_PERMILLE, W_FENCE, W_GO, W_PARK_SEQ, W_RESTORE,
+  V_STATE, V_THROTTLE_PERMILLE, W_BARRIER_WAITERS, W_FENCE, W_GO, W_PARK_SEQ, W_RESTORE, W_STEP_SEQ,
 } from './control.js';
 import { instrumentImage, type FaultInjection, type InstrumentedImage } from './instrument.js';
 import { CONTROL_CLAIMED_PAGES_OFFSET, DEFAULT_GRANULARITY_BYTES, granularityShift, regionCount } from './layout.js';
@@ -400,7 +400,15 @@ export class Vm extends EventEmitter<VmEvents> {
       const s = c.load(vcpu, V_STATE);
       return c.load(vcpu, V_ACK) !== ack || s === VcpuState.Crashed || s === VcpuState.Exited;
     });
-    const ok = await this.waitUntil(done, null, performance.now() + this.config.hangTimeoutMs);
+    // vCPUs signal step ends while a barrier waits, so the wait sleeps on a word instead of polling
+    // (polling would take CPU from the very vCPU it waits for).
+    Atomics.add(c.i32, W_BARRIER_WAITERS, 1);
+    let ok: boolean;
+    try {
+      ok = await this.waitUntil(done, W_STEP_SEQ, performance.now() + this.config.hangTimeoutMs);
+    } finally {
+      Atomics.sub(c.i32, W_BARRIER_WAITERS, 1);
+    }
     if (this.crashInfo !== null) throw new FerryError('VM_CRASHED', `VM crashed during a trace epoch: ${this.crashInfo.message}`, { crash: this.crashInfo });
     if (!ok) throw new FerryError('VCPU_HUNG', `a vCPU did not finish its step within ${this.config.hangTimeoutMs} ms during a trace epoch`);
   }
