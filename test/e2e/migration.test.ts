@@ -53,6 +53,17 @@ describe('live migration between host processes', () => {
     await a.client.call('DELETE', '/v1/vms/mv');
   });
 
+  it('migrates with compressed page data over one and over four data connections', async () => {
+    await createVm(a, 'cz', 'dirtier', { memoryBytes: 32 * MiB, cmdline: 'hot=8MiB pattern=random check=1 fill=1 claim=all' });
+    for (const [from, to, options] of [[a, b, { compression: 'deflate', dataChannels: 1 }], [b, a, { compression: 'deflate', dataChannels: 4 }]] as const) {
+      const record = await waitMigration(from, await startMigration(from, 'cz', to, options));
+      assert.equal(record.outcome, 'succeeded', JSON.stringify(record.error));
+      assert.equal((await verifyVm(to, 'cz')).selfcheck, 0);
+    }
+    await a.client.call('POST', '/v1/vms/cz/stop');
+    await a.client.call('DELETE', '/v1/vms/cz');
+  });
+
   it('a VM that dirties faster than a capped link converges by throttling', async () => {
     await createVm(a, 'fast', 'dirtier', { memoryBytes: 32 * MiB, cmdline: 'hot=16MiB pattern=seq check=1' });
     const id = await startMigration(a, 'fast', b, { bandwidthBytesPerSec: 64 * MiB, downtimeTargetMs: 20 });
