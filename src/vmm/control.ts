@@ -9,7 +9,7 @@ export const MAX_VCPUS = 64;
 export const MAX_GLOBALS_PER_VCPU = 4096;
 
 /** Requested run state, written by the VM, read by every vCPU between steps. */
-export const enum RunRequest { Run = 0, Pause = 1, Stop = 2 }
+export const enum RunRequest { Run = 0, Pause = 1, Stop = 2, Install = 3 }
 
 /**
  * vCPU state machine (written only by the vCPU's own worker, except Starting):
@@ -36,6 +36,14 @@ export const W_RESTORE = 5;
 export const W_BARRIER_WAITERS = 6;
 /** Incremented (and notified) after a step while a barrier waits, so it sleeps instead of polling. */
 export const W_STEP_SEQ = 7;
+/**
+ * "stop-all" trace installation (docs/dirty-tracking.md): with every vCPU parked, the VM bumps
+ * W_INSTALL_EPOCH and requests Install; each vCPU re-arms its share of the install list
+ * (W_INSTALL_COUNT entries, or every region when it is -1), then increments W_INSTALL_DONE.
+ */
+export const W_INSTALL_EPOCH = 8;
+export const W_INSTALL_COUNT = 9;
+export const W_INSTALL_DONE = 10;
 const GLOBAL_WORDS = 16;
 
 // Per-vCPU words.
@@ -50,6 +58,8 @@ export const V_THROTTLE_PERMILLE = 4;
 export const V_GLOBAL_COUNT = 5;
 /** Restore only: 1 if this vCPU had halted when its state was captured. */
 export const V_RESTORE_HALTED = 6;
+/** The last stop-all install epoch this vCPU completed its share of. */
+export const V_INSTALL_EPOCH_DONE = 7;
 const VCPU_WORDS = 16;
 
 // Per-vCPU Float64 statistics.
@@ -68,6 +78,8 @@ export const MAX_THROTTLE_SLEEP_MS = 5;
 
 export interface ControlBuffers {
   readonly words: SharedArrayBuffer;
+  /** Regions to re-arm in a stop-all installation (Uint32, one per region at most). */
+  readonly installList: SharedArrayBuffer;
   /** Per vCPU: [last clock_ns value read, first clock_ns value read in this VM instance]. */
   readonly clockReads: SharedArrayBuffer;
   readonly stats: SharedArrayBuffer;
@@ -84,6 +96,7 @@ export class Control {
   /** [0] = hrtime (ns) at which the guest clock reads 0. */
   readonly clockBase: BigInt64Array;
   readonly clockReads: BigInt64Array;
+  readonly installList: Uint32Array;
 
   constructor(readonly buffers: ControlBuffers, readonly vcpus: number, readonly maxGlobals: number) {
     this.i32 = new Int32Array(buffers.words);
@@ -92,10 +105,12 @@ export class Control {
     this.globalsI64 = new BigInt64Array(buffers.globals);
     this.clockBase = new BigInt64Array(buffers.clock);
     this.clockReads = new BigInt64Array(buffers.clockReads);
+    this.installList = new Uint32Array(buffers.installList);
   }
 
-  static create(vcpus: number, maxGlobals: number): Control {
+  static create(vcpus: number, maxGlobals: number, regionCount: number): Control {
     const buffers: ControlBuffers = {
+      installList: new SharedArrayBuffer(Math.max(1, regionCount) * 4),
       words: new SharedArrayBuffer((GLOBAL_WORDS + vcpus * VCPU_WORDS) * 4),
       clockReads: new SharedArrayBuffer(vcpus * 2 * 8),
       stats: new SharedArrayBuffer(vcpus * VCPU_STATS * 8),

@@ -27,6 +27,7 @@ import { crc32 } from 'node:zlib';
 import { z } from 'zod';
 import { FerryError, errorMessage } from '../lib/errors.js';
 import { KiB, MiB, formatBytes } from '../lib/units.js';
+import { globalValueSchema, globalValueToWire, u64StringSchema, type GlobalValue } from '../lib/wire-values.js';
 import { MAX_RAM_BYTES, MIN_RAM_BYTES, WASM_PAGE_BYTES, isValidGranularity } from './layout.js';
 import { MAX_IMAGE_BYTES } from './instrument.js';
 
@@ -46,7 +47,6 @@ export const SNAPSHOT_MAX_GLOBALS_PER_VCPU = 4096;
 export const SNAPSHOT_MAX_CMDLINE_BYTES = 4096;
 export const SNAPSHOT_MAX_NAME_CHARS = 256;
 
-export type GlobalValue = { type: 'i32' | 'f32' | 'f64'; value: number } | { type: 'i64'; value: bigint };
 export interface VcpuSnapshot { halted: boolean; globals: GlobalValue[] }
 export interface SnapshotMetadata {
   vm: { name: string; ramBytes: number; vcpus: number; granularityBytes: number; cmdline: string };
@@ -147,64 +147,9 @@ function encodeHeader(h: Header): Buffer {
 // ---------------------------------------------------------------------------------------------
 // Metadata: in-memory form <-> JSON wire form (bigints as decimal strings, special floats as strings)
 
-const I64_MIN = -(2n ** 63n);
-const I64_MAX = 2n ** 63n - 1n;
-const U64_MAX = 2n ** 64n - 1n;
+const u64Wire = u64StringSchema({ formatMessage: 'must be a non-negative decimal integer string' });
 
-type FloatWire = number | 'NaN' | 'Infinity' | '-Infinity' | '-0';
-
-/** JSON has no NaN, infinities or negative zero: those travel as strings. */
-function encodeFloat(v: number): FloatWire {
-  if (Number.isNaN(v)) return 'NaN';
-  if (v === Infinity) return 'Infinity';
-  if (v === -Infinity) return '-Infinity';
-  if (Object.is(v, -0)) return '-0';
-  return v;
-}
-
-function decodeFloat(v: FloatWire): number {
-  switch (v) {
-    case 'NaN': return NaN;
-    case 'Infinity': return Infinity;
-    case '-Infinity': return -Infinity;
-    case '-0': return -0;
-    default: return v;
-  }
-}
-
-const floatWire = z.union([z.number().finite(), z.enum(['NaN', 'Infinity', '-Infinity', '-0'])]).transform(decodeFloat);
-
-const i64Wire = z.string()
-  .regex(/^-?(?:0|[1-9][0-9]{0,18})$/, 'must be a decimal integer string')
-  .transform((s, ctx) => {
-    const v = BigInt(s);
-    if (v < I64_MIN || v > I64_MAX) {
-      ctx.addIssue({ code: z.ZodIssueCode.custom, message: 'is outside the i64 range' });
-      return z.NEVER;
-    }
-    return v;
-  });
-
-const u64Wire = z.string()
-  .regex(/^(?:0|[1-9][0-9]{0,19})$/, 'must be a non-negative decimal integer string')
-  .transform((s, ctx) => {
-    const v = BigInt(s);
-    if (v > U64_MAX) {
-      ctx.addIssue({ code: z.ZodIssueCode.custom, message: 'is outside the u64 range' });
-      return z.NEVER;
-    }
-    return v;
-  });
-
-const globalWire = z.discriminatedUnion('type', [
-  z.object({ type: z.literal('i32'), value: z.number().int().min(-(2 ** 31)).max(2 ** 31 - 1) }).strict(),
-  z.object({ type: z.literal('i64'), value: i64Wire }).strict(),
-  z.object({
-    type: z.literal('f32'),
-    value: floatWire.refine((v) => Number.isNaN(v) || Math.fround(v) === v, 'is not representable as an f32'),
-  }).strict(),
-  z.object({ type: z.literal('f64'), value: floatWire }).strict(),
-]);
+const globalWire = globalValueSchema({ formatMessage: 'must be a decimal integer string', allowNegativeZero: true });
 
 const vcpuWire = z.object({
   halted: z.boolean(),
@@ -258,18 +203,10 @@ function invalidMeta(message: string): FerryError {
 }
 
 function encodeGlobal(g: GlobalValue, where: string): unknown {
-  switch (g.type) {
-    case 'i64':
-      if (typeof g.value !== 'bigint') throw invalidMeta(`${where}: an i64 value must be a bigint`);
-      return { type: 'i64', value: g.value.toString() };
-    case 'i32':
-    case 'f32':
-    case 'f64':
-      if (typeof g.value !== 'number') throw invalidMeta(`${where}: an ${g.type} value must be a number`);
-      return { type: g.type, value: g.type === 'i32' ? g.value : encodeFloat(g.value) };
-    default:
-      throw invalidMeta(`${where}: unknown global type ${String((g as { type: unknown }).type)}`);
-  }
+  const fail = (problem: string): FerryError => invalidMeta(`${where}: ${problem}`);
+  // The shared encoder leaves i32 values to the schema; snapshots refuse a non-number here, with this message.
+  if (g.type === 'i32' && typeof g.value !== 'number') throw fail('an i32 value must be a number');
+  return globalValueToWire(g, fail);
 }
 
 /** In-memory metadata -> JSON-able wire object; throws INVALID_ARGUMENT for values that cannot be encoded. */

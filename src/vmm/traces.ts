@@ -8,13 +8,33 @@ import { performance } from 'node:perf_hooks';
 import { FerryError } from '../lib/errors.js';
 import type { TraceBitmap } from './trace-bitmap.js';
 
+/**
+ * How traces are (re-)installed (docs/dirty-tracking.md):
+ *  - 'single': the collector thread (a helper acting for one vCPU) re-arms while every vCPU keeps
+ *    running; copying waits for an epoch every vCPU acknowledges at its next step boundary.
+ *  - 'stop-all': every vCPU is parked, each re-arms its share of the regions, all resume when the
+ *    last is done (the naive way, the analogue of a TLB shootdown with all CPUs stopped).
+ */
+export type InstallStrategy = 'single' | 'stop-all';
+export const INSTALL_STRATEGIES: readonly InstallStrategy[] = ['single', 'stop-all'];
+
+/** What the tracker needs from its VM. */
+export interface TrackerHooks {
+  /** Resolves once every vCPU has acknowledged an epoch begun after this call. */
+  barrier(): Promise<void>;
+  /** Parks all vCPUs, has them re-arm `regions` (null: all), resumes; returns the stall. */
+  installStopped(regions: Uint32Array | null): Promise<{ stallMs: number }>;
+}
+
 export interface CollectResult {
   /** Indices of regions whose trace fired since they were last armed, ascending. */
   readonly regions: Uint32Array;
   /** Time to scan the bitmap and re-arm fired regions. */
   readonly scanMs: number;
-  /** Time waiting for every vCPU to acknowledge the new epoch. */
+  /** Time waiting for every vCPU to acknowledge the new epoch ('single'). */
   readonly barrierMs: number;
+  /** Time the guest was stopped for the installation ('stop-all'; 0 for 'single'). */
+  readonly stallMs: number;
 }
 
 export interface TraceStats {
@@ -33,11 +53,13 @@ export class DirtyTracker {
   private collections = 0;
   private firedTotal = 0;
 
+  /** How later installations are done; settable per migration. */
+  strategy: InstallStrategy = 'single';
+
   constructor(
     private readonly bitmap: TraceBitmap,
     readonly granularityBytes: number,
-    /** Resolves once every vCPU has acknowledged an epoch begun after this call (see Vm.traceBarrier). */
-    private readonly barrier: () => Promise<void>,
+    private readonly hooks: TrackerHooks,
   ) {
     this.regionCount = bitmap.regionCount;
     this.armed = new Uint8Array(this.regionCount);
@@ -47,11 +69,13 @@ export class DirtyTracker {
   private readonly scratch: Uint32Array;
 
   /** Arms every region; resolves when every vCPU is guaranteed to observe the traces. */
-  async armAll(): Promise<void> {
-    this.bitmap.bytes.fill(1);
+  async armAll(): Promise<{ stallMs: number }> {
     this.armed.fill(1);
     this.armedCount = this.regionCount;
-    await this.barrier();
+    if (this.strategy === 'stop-all') return this.hooks.installStopped(null);
+    this.bitmap.bytes.fill(1);
+    await this.hooks.barrier();
+    return { stallMs: 0 };
   }
 
   /** Arms a set of regions (indices); resolves when every vCPU is guaranteed to observe them. */
@@ -68,7 +92,7 @@ export class DirtyTracker {
       this.armed[r] = 1;
       this.bitmap.bytes[r] = 1;
     }
-    await this.barrier();
+    await this.hooks.barrier();
   }
 
   /** Disarms everything (stray clears by in-flight stores are harmless: the bytes are 0 anyway). */
@@ -84,17 +108,25 @@ export class DirtyTracker {
    */
   async collect(): Promise<CollectResult> {
     const t0 = performance.now();
-    const regions = this.scanAndRearm();
+    if (this.strategy === 'stop-all') {
+      // Scan without re-arming; the parked vCPUs re-arm. No epoch is needed: parking and resuming
+      // are seq-cst transitions, so every vCPU resumes seeing the new traces.
+      const regions = this.scan(false);
+      const t1 = performance.now();
+      const { stallMs } = await this.hooks.installStopped(regions);
+      return { regions, scanMs: t1 - t0, barrierMs: 0, stallMs };
+    }
+    const regions = this.scan(true);
     const t1 = performance.now();
-    await this.barrier();
-    return { regions, scanMs: t1 - t0, barrierMs: performance.now() - t1 };
+    await this.hooks.barrier();
+    return { regions, scanMs: t1 - t0, barrierMs: performance.now() - t1, stallMs: 0 };
   }
 
   /** Collect while every vCPU is parked (the final round): no barrier is needed. */
   collectPaused(): CollectResult {
     const t0 = performance.now();
-    const regions = this.scanAndRearm();
-    return { regions, scanMs: performance.now() - t0, barrierMs: 0 };
+    const regions = this.scan(true);
+    return { regions, scanMs: performance.now() - t0, barrierMs: 0, stallMs: 0 };
   }
 
   stats(): TraceStats {
@@ -104,8 +136,11 @@ export class DirtyTracker {
     };
   }
 
-  /** Word-at-a-time scan: a 4-region word whose armed and bitmap bytes agree has nothing fired. */
-  private scanAndRearm(): Uint32Array {
+  /**
+   * Word-at-a-time scan: a 4-region word whose armed and bitmap bytes agree has nothing fired.
+   * `rearm`: set fired bytes back to 1 here (else the caller has them re-armed).
+   */
+  private scan(rearm: boolean): Uint32Array {
     const bm = this.bitmap.bytes;
     const armed = this.armed;
     const n = this.regionCount;
@@ -119,11 +154,11 @@ export class DirtyTracker {
       if (bmWords[w] === armedWords[w]) continue;
       const base = w << 2;
       for (let r = base; r < base + 4; r++) {
-        if (armed[r] === 1 && bm[r] === 0) { out[count++] = r; bm[r] = 1; }
+        if (armed[r] === 1 && bm[r] === 0) { out[count++] = r; if (rearm) bm[r] = 1; }
       }
     }
     for (let r = words << 2; r < n; r++) {
-      if (armed[r] === 1 && bm[r] === 0) { out[count++] = r; bm[r] = 1; }
+      if (armed[r] === 1 && bm[r] === 0) { out[count++] = r; if (rearm) bm[r] = 1; }
     }
     this.collections++;
     this.firedTotal += count;

@@ -1,8 +1,8 @@
-/** A vCPU's architectural state as Ferry captures it at a safepoint: its instance's mutable globals. */
-export type GlobalValue =
-  | { readonly type: 'i32' | 'f32' | 'f64'; readonly value: number }
-  | { readonly type: 'i64'; readonly value: bigint };
+import type { GlobalValue } from '../lib/wire-values.js';
 
+export type { GlobalValue };
+
+/** A vCPU's architectural state as Ferry captures it at a safepoint: its instance's mutable globals. */
 export interface VcpuSnapshotState {
   readonly halted: boolean;
   readonly globals: readonly GlobalValue[];

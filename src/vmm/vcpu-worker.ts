@@ -15,9 +15,9 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import {
-  Control, MAX_THROTTLE_SLEEP_MS, RunRequest, VcpuState, V_ACK, V_BUDGET, V_GLOBAL_COUNT, V_IN_STEP, V_RESTORE_HALTED,
+  Control, MAX_THROTTLE_SLEEP_MS, RunRequest, VcpuState, V_ACK, V_BUDGET, V_GLOBAL_COUNT, V_INSTALL_EPOCH_DONE, V_IN_STEP, V_RESTORE_HALTED,
   V_STATE, V_THROTTLE_PERMILLE, S_MAX_STEP_MS, S_STEPS, S_STEP_MS, S_STEP_START_MS, S_THROTTLED_MS, S_UNITS, W_BOOTED,
-  W_BARRIER_WAITERS, W_GO, W_PARK_SEQ, W_RESTORE, W_STEP_SEQ,
+  W_BARRIER_WAITERS, W_GO, W_INSTALL_COUNT, W_INSTALL_DONE, W_INSTALL_EPOCH, W_PARK_SEQ, W_RESTORE, W_STEP_SEQ,
 } from './control.js';
 import { TraceBitmap } from './trace-bitmap.js';
 import type { VcpuWorkerData, VcpuWorkerMessage } from './vcpu-protocol.js';
@@ -38,6 +38,8 @@ const i32 = control.i32;
 const idx = (field: number): number => control.word(vcpu, field);
 const st = (field: number): number => control.stat(vcpu, field);
 const post = (msg: VcpuWorkerMessage): void => { port.postMessage(msg); };
+/** A parked vCPU re-reads the run request at least this often. */
+const PARK_RECHECK_MS = 20;
 /** Shortest step target under throttle (the per-step overhead is ~1 µs). */
 const MIN_THROTTLED_STEP_MS = 0.01;
 
@@ -138,6 +140,27 @@ function classify(err: unknown): { reason: 'trap' | 'panic' | 'fault' | 'interna
   return { reason: 'internal', message: err instanceof Error ? `${err.name}: ${err.message}` : String(err) };
 }
 
+let installEpochDone = 0;
+/**
+ * stop-all trace installation: this vCPU re-arms its contiguous share of the install list while
+ * every vCPU is parked, once per install epoch, then reports done.
+ */
+function installShare(): void {
+  const epoch = Atomics.load(i32, W_INSTALL_EPOCH);
+  if (epoch === installEpochDone) return;
+  installEpochDone = epoch;
+  const count = Atomics.load(i32, W_INSTALL_COUNT);
+  const total = count < 0 ? data.regionCount : count;
+  const from = Math.floor((vcpu * total) / data.vcpus);
+  const to = Math.floor(((vcpu + 1) * total) / data.vcpus);
+  const bytes = bitmap.bytes;
+  if (count < 0) bytes.fill(1, from, to);
+  else for (let i = from; i < to; i++) bytes[control.installList[i] ?? 0] = 1;
+  Atomics.store(i32, idx(V_INSTALL_EPOCH_DONE), epoch);
+  Atomics.add(i32, W_INSTALL_DONE, 1);
+  Atomics.notify(i32, W_INSTALL_DONE);
+}
+
 function sleep(ms: number): void {
   // Wakes early when the VM changes the request (pause/stop), so sleeping never delays a pause.
   Atomics.wait(i32, 0, RunRequest.Run, ms);
@@ -196,7 +219,9 @@ function run(): void {
   for (;;) {
     const req = control.request();
     if (req === RunRequest.Stop) break;
-    if (req === RunRequest.Pause || halted) {
+    // Install is a kind of pause: a vCPU that saw Run a moment ago may meet Install here (the VM
+    // counted it as parked before it left the park loop) and must park and do its share.
+    if (req === RunRequest.Pause || req === RunRequest.Install || halted) {
       // Safepoint: publish state, then park until the request changes.
       flushConsole();
       publishGlobals(exports);
@@ -204,7 +229,10 @@ function run(): void {
       for (;;) {
         const r = control.request();
         if (r === RunRequest.Stop || (r === RunRequest.Run && !halted)) break;
-        Atomics.wait(i32, 0, r);
+        if (r === RunRequest.Install) installShare();
+        // Bounded: with more vCPU threads than cores a wake-up was seen to go missing; a lost one
+        // must cost at most PARK_RECHECK_MS, never a vCPU parked forever.
+        Atomics.wait(i32, 0, r, PARK_RECHECK_MS);
       }
       if (control.request() === RunRequest.Stop) break;
       setState(VcpuState.Running);

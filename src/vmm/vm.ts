@@ -17,8 +17,9 @@ import { FerryError, errorMessage } from '../lib/errors.js';
 import { formatBytes } from '../lib/units.js';
 import {
   Control, MAX_GLOBALS_PER_VCPU, MAX_THROTTLE_PERMILLE, MAX_VCPUS, RunRequest, VcpuState, isQuiescent,
-  S_MAX_STEP_MS, S_STEPS, S_STEP_MS, S_STEP_START_MS, S_THROTTLED_MS, S_UNITS, V_ACK, V_BUDGET, V_IN_STEP, V_RESTORE_HALTED,
-  V_STATE, V_THROTTLE_PERMILLE, W_BARRIER_WAITERS, W_FENCE, W_GO, W_PARK_SEQ, W_RESTORE, W_STEP_SEQ,
+  V_INSTALL_EPOCH_DONE, S_MAX_STEP_MS, S_STEPS, S_STEP_MS, S_STEP_START_MS, S_THROTTLED_MS, S_UNITS, V_ACK, V_BUDGET, V_IN_STEP, V_RESTORE_HALTED,
+  V_STATE, V_THROTTLE_PERMILLE, W_BARRIER_WAITERS, W_FENCE, W_GO, W_INSTALL_COUNT, W_INSTALL_DONE, W_INSTALL_EPOCH, W_PARK_SEQ,
+  W_RESTORE, W_STEP_SEQ,
 } from './control.js';
 import { instrumentImage, type FaultInjection, type InstrumentedImage } from './instrument.js';
 import { CONTROL_CLAIMED_PAGES_OFFSET, DEFAULT_GRANULARITY_BYTES, granularityShift, regionCount } from './layout.js';
@@ -154,8 +155,11 @@ export class Vm extends EventEmitter<VmEvents> {
     this.ram = new Uint8Array(this.memory.buffer, 0, layout.ramBytes);
     this.bitmap = new TraceBitmap(this.memory.buffer, layout.bitmapOffset, regionCount(layout.ramBytes, config.granularityBytes), granularityShift(config.granularityBytes));
     this.claimedPagesWord = new Int32Array(this.memory.buffer, layout.controlOffset + CONTROL_CLAIMED_PAGES_OFFSET, 1);
-    this.control = Control.create(config.vcpus, Math.max(1, image.globals.length));
-    this.tracker = new DirtyTracker(this.bitmap, config.granularityBytes, () => this.traceBarrier());
+    this.control = Control.create(config.vcpus, Math.max(1, image.globals.length), regionCount(layout.ramBytes, config.granularityBytes));
+    this.tracker = new DirtyTracker(this.bitmap, config.granularityBytes, {
+      barrier: () => this.traceBarrier(),
+      installStopped: (regions) => this.installWithAllStopped(regions),
+    });
     Atomics.store(this.claimedPagesWord, 0, image.initialPages);
     this.control.setGuestClockNs(0n);
     if (restore !== null) this.setRestoreState(restore);
@@ -423,6 +427,33 @@ export class Vm extends EventEmitter<VmEvents> {
     const deadline = performance.now() + CRASH_REPORT_WAIT_MS;
     while (this.crashInfo === null && performance.now() < deadline) await delay(1);
     if (this.crashInfo === null) this.onCrash({ reason: 'internal', vcpu: crashed, message: `vCPU ${crashed} crashed without a report` });
+  }
+
+  /**
+   * "stop-all" installation: parks every vCPU, has each one re-arm its share of `regions` (null:
+   * all regions), and resumes when the last finished. Returns the guest-visible stall. A VM that is
+   * not running (paused, halted, created) is installed by the caller's thread directly.
+   */
+  async installWithAllStopped(regions: Uint32Array | null): Promise<{ stallMs: number }> {
+    const c = this.control;
+    if (this.vmState !== 'running') {
+      if (regions === null) this.bitmap.bytes.fill(1);
+      else for (const r of regions) this.bitmap.bytes[r] = 1;
+      return { stallMs: 0 };
+    }
+    const t0 = performance.now();
+    await this.pause();
+    const count = regions === null ? -1 : regions.length;
+    if (regions !== null) c.installList.set(regions);
+    Atomics.store(c.i32, W_INSTALL_COUNT, count);
+    Atomics.store(c.i32, W_INSTALL_DONE, 0);
+    Atomics.add(c.i32, W_INSTALL_EPOCH, 1);
+    c.setRequest(RunRequest.Install);
+    const ok = await this.waitUntil(() => Atomics.load(c.i32, W_INSTALL_DONE) >= this.config.vcpus || this.crashInfo !== null, W_INSTALL_DONE, performance.now() + this.config.hangTimeoutMs);
+    c.setRequest(RunRequest.Pause);
+    if (!ok || this.crashInfo !== null) throw new FerryError('VCPU_HUNG', `vCPUs did not finish installing traces in time (${Atomics.load(c.i32, W_INSTALL_DONE)} of ${this.config.vcpus} done; states ${this.vcpuStates().join(',')}; epoch ${Atomics.load(c.i32, W_INSTALL_EPOCH)}, per vCPU ${Array.from({ length: this.config.vcpus }, (_, v) => c.load(v, V_INSTALL_EPOCH_DONE)).join(',')}; request ${c.request()})`);
+    this.resume();
+    return { stallMs: performance.now() - t0 };
   }
 
   private vcpuStates(): VcpuState[] {

@@ -12,6 +12,7 @@ import { guestWat, wat2wasm } from '../helpers/wat.js';
 import { guestImagePath } from '../helpers/guests.js';
 import { Vm } from '../../src/vmm/vm.js';
 import type { FaultInjection } from '../../src/vmm/instrument.js';
+import type { InstallStrategy } from '../../src/vmm/traces.js';
 import { KiB, MiB } from '../../src/lib/units.js';
 
 const RAM_BYTES = 16 * MiB;
@@ -52,11 +53,12 @@ interface OracleResult {
   readonly selfcheck: number | null;
 }
 
-async function runOracle(image: Uint8Array, vcpus: number, granularityBytes: number, cmdline: string, faults?: FaultInjection): Promise<OracleResult> {
+async function runOracle(image: Uint8Array, vcpus: number, granularityBytes: number, cmdline: string, faults?: FaultInjection, strategy: InstallStrategy = 'single'): Promise<OracleResult> {
   const vm = Vm.create(image, { memoryBytes: RAM_BYTES, vcpus, granularityBytes, cmdline, hangTimeoutMs: 5000 }, null, faults);
   try {
     await vm.start();
     await sleep(10);
+    vm.tracker.strategy = strategy;
     await vm.tracker.armAll();
     // Round 1: everything (safe after the arm barrier: earlier writes are visible, later ones fire).
     const shadow = Buffer.from(vm.ram);
@@ -102,6 +104,27 @@ describe('trace oracle: shadow copy of collected regions equals RAM', () => {
       });
     }
   }
+});
+
+describe('trace oracle: both installation strategies, up to 8 vCPUs (oversubscribed on 2 cores)', () => {
+  for (const strategy of ['single', 'stop-all'] as const) {
+    for (const vcpus of strategy === 'single' ? [8] : [1, 2, 4, 8]) {
+      for (const granularityBytes of [4 * KiB, 2 * MiB]) {
+        it(`${strategy}: multi-vCPU dirtier, ${vcpus} vCPU(s), ${granularityBytes / KiB} KiB regions`, async () => {
+          const dirtier = await readFile(guestImagePath('dirtier'));
+          const r = await runOracle(dirtier, vcpus, granularityBytes, 'hot=8MiB pattern=random', undefined, strategy);
+          assert.ok(r.fired > 0);
+          assert.ok(r.equal, `shadow differs from RAM at byte ${r.firstDiff}`);
+          assert.equal(r.selfcheck, 0);
+        });
+      }
+    }
+  }
+  it('stop-all: the unaligned straddling writer on 4 vCPUs', async () => {
+    const r = await runOracle(await wat2wasm(UNALIGNED_WRITER), 4, 4 * KiB, '', undefined, 'stop-all');
+    assert.ok(r.fired > 0);
+    assert.ok(r.equal, `shadow differs from RAM at byte ${r.firstDiff}`);
+  });
 });
 
 describe('trace oracle: a broken tracker is caught', () => {

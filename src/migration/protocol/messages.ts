@@ -15,6 +15,7 @@
 import { z } from 'zod';
 import { FerryError, errorMessage } from '../../lib/errors.js';
 import { GiB, KiB, MiB } from '../../lib/units.js';
+import { globalValueSchema, globalValueToWire, u64StringSchema, type GlobalValue } from '../../lib/wire-values.js';
 import { Command, commandName, encodeFrame, type Frame, type FrameCommand } from './frame.js';
 import { decodeMemoryBatch, encodeMemoryBatch, type MemoryBatch, type MemoryEntryInput } from './memory-batch.js';
 
@@ -48,9 +49,6 @@ export const MAX_ERROR_CODE_CHARS = 64;
 export const MAX_ERROR_MESSAGE_CHARS = 4096;
 
 const U32_MAX = 2 ** 32 - 1;
-const I64_MIN = -(2n ** 63n);
-const I64_MAX = 2n ** 63n - 1n;
-const U64_MAX = 2n ** 64n - 1n;
 
 // ---------------------------------------------------------------------------------------------
 // Typed bodies
@@ -89,10 +87,6 @@ export interface RoundBody {
   readonly regions: number;
   readonly bytes: number;
 }
-
-export type GlobalValue =
-  | { readonly type: 'i32' | 'f32' | 'f64'; readonly value: number }
-  | { readonly type: 'i64'; readonly value: bigint };
 
 export interface VcpuState {
   readonly halted: boolean;
@@ -204,51 +198,9 @@ export const roundSchema = z.object({
   bytes: intIn(0, Number.MAX_SAFE_INTEGER),
 }).strict();
 
-type FloatWire = number | 'NaN' | 'Infinity' | '-Infinity' | '-0';
+const u64Wire = u64StringSchema({ formatMessage: 'must be a canonical decimal u64 string' });
 
-function floatToWire(v: number): FloatWire {
-  if (Number.isNaN(v)) return 'NaN';
-  if (v === Number.POSITIVE_INFINITY) return 'Infinity';
-  if (v === Number.NEGATIVE_INFINITY) return '-Infinity';
-  if (Object.is(v, -0)) return '-0';
-  return v;
-}
-
-function floatFromWire(v: FloatWire): number {
-  switch (v) {
-    case 'NaN': return Number.NaN;
-    case 'Infinity': return Number.POSITIVE_INFINITY;
-    case '-Infinity': return Number.NEGATIVE_INFINITY;
-    case '-0': return -0;
-    default: return v;
-  }
-}
-
-const floatWire = z.union([z.number().finite(), z.enum(['NaN', 'Infinity', '-Infinity', '-0'])]).transform(floatFromWire);
-
-function bigintString(pattern: RegExp, min: bigint, max: bigint, what: string) {
-  return z.string().regex(pattern, `must be a canonical decimal ${what} string`).transform((s, ctx) => {
-    const v = BigInt(s);
-    if (v < min || v > max) {
-      ctx.addIssue({ code: z.ZodIssueCode.custom, message: `is outside the ${what} range` });
-      return z.NEVER;
-    }
-    return v;
-  });
-}
-
-const i64Wire = bigintString(/^(?:0|-?[1-9][0-9]{0,18})$/, I64_MIN, I64_MAX, 'i64');
-const u64Wire = bigintString(/^(?:0|[1-9][0-9]{0,19})$/, 0n, U64_MAX, 'u64');
-
-const globalSchema = z.discriminatedUnion('type', [
-  z.object({ type: z.literal('i32'), value: intIn(-(2 ** 31), 2 ** 31 - 1) }).strict(),
-  z.object({ type: z.literal('i64'), value: i64Wire }).strict(),
-  z.object({
-    type: z.literal('f32'),
-    value: floatWire.refine((v) => Number.isNaN(v) || Math.fround(v) === v, 'is not representable as an f32'),
-  }).strict(),
-  z.object({ type: z.literal('f64'), value: floatWire }).strict(),
-]);
+const globalSchema = globalValueSchema({ formatMessage: 'must be a canonical decimal i64 string' });
 
 const vcpuSchema = z.object({
   halted: z.boolean(),
@@ -468,19 +420,7 @@ export function encodeRound(requestId: number, body: RoundBody): Buffer {
 }
 
 function globalToWire(g: GlobalValue, where: string): unknown {
-  switch (g.type) {
-    case 'i64':
-      if (typeof g.value !== 'bigint') throw cannotEncode(Command.STATE, `${where}: an i64 value must be a bigint`);
-      return { type: 'i64', value: g.value.toString() };
-    case 'i32':
-      return { type: 'i32', value: g.value };
-    case 'f32':
-    case 'f64':
-      if (typeof g.value !== 'number') throw cannotEncode(Command.STATE, `${where}: an ${g.type} value must be a number`);
-      return { type: g.type, value: floatToWire(g.value) };
-    default:
-      throw cannotEncode(Command.STATE, `${where}: unknown global type ${String((g as { type: unknown }).type)}`);
-  }
+  return globalValueToWire(g, (problem) => cannotEncode(Command.STATE, `${where}: ${problem}`));
 }
 
 export function encodeState(requestId: number, body: StateBody): Buffer {
