@@ -30,6 +30,14 @@ export class MemoryDigest {
     }
   }
 
+  /** True when the 4 KiB page at `offset` holds exactly what was last recorded for it. */
+  unchanged(offset: number, page: Uint8Array): boolean {
+    const index = offset / DIGEST_PAGE_BYTES;
+    const buf = Buffer.from(page.buffer, page.byteOffset, page.byteLength);
+    const now = buf.equals(ZERO_PAGE) ? 0n : BigInt.asUintN(64, xxh64(buf) ^ (BigInt(index) * GOLDEN)) || 1n;
+    return (this.contributions[index] ?? 0n) === now;
+  }
+
   /** Records that pages [offset, offset + length) are all zero. */
   updateZero(offset: number, length: number): void {
     for (let at = 0; at < length; at += DIGEST_PAGE_BYTES) this.set((offset + at) / DIGEST_PAGE_BYTES, 0n);

@@ -12,6 +12,7 @@ import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { z } from 'zod';
 import { FerryError, errorMessage, isFerryError } from '../lib/errors.js';
 import type { Vm } from '../vmm/vm.js';
+import type { InstallStrategy } from '../vmm/traces.js';
 import { RateLimiter } from '../dataplane/rate-limiter.js';
 import { ClientChannel, connectTcp } from './channel.js';
 import { DEFAULT_POLICY, decideConvergence, type ConvergencePolicy } from './convergence.js';
@@ -54,6 +55,10 @@ export const migrationOptionsSchema = z.object({
   requestTimeoutMs: z.number().int().min(100).max(600_000).optional(),
   /** How long to keep asking an unreachable target whether it committed before reporting in-doubt. */
   inDoubtTimeoutMs: z.number().int().min(0).max(3_600_000).optional(),
+  /** How write traces are (re-)installed: 'single' (default) or 'stop-all' (docs/dirty-tracking.md). */
+  traceInstall: z.enum(['single', 'stop-all']).optional(),
+  /** Trace granularity for this migration (power of two, 4 KiB .. 2 MiB); default: the VM's. */
+  traceGranularityBytes: z.number().int().min(4096).max(2 * 1024 * 1024).refine((n) => (n & (n - 1)) === 0, 'must be a power of two').optional(),
   /** Tests only: damage the data of one page sent in this round (the digest must catch it). */
   corruptPageInRound: z.number().int().min(1).optional(),
 }).strict();
@@ -116,6 +121,23 @@ export interface MigrationRecord {
   readonly verified: boolean;
   readonly digest: string | null;
   readonly options: MigrationOptions;
+  readonly traces: TraceRecord;
+}
+
+/** What write tracing cost this migration (issue: cheap write traces, measured). */
+export interface TraceRecord {
+  readonly install: InstallStrategy;
+  readonly granularityBytes: number;
+  readonly installations: number;
+  /** Guest-visible stall of one installation (stop-all), max and total. */
+  readonly stallMaxMs: number;
+  readonly stallTotalMs: number;
+  /** Bitmap scan (+ re-arm for 'single') time, total. */
+  readonly scanMsTotal: number;
+  /** Epoch barrier waits ('single'), total. */
+  readonly barrierMsTotal: number;
+  /** Pages of fired regions that had not changed since last sent, skipped (coarse granularity). */
+  readonly unchangedPagesSkipped: number;
 }
 
 interface JobEvents {
@@ -158,6 +180,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
   private control: ClientChannel | null = null;
   private data: ClientChannel[] = [];
   private readonly digest: MemoryDigest;
+  private traceStats: TraceRecord;
   /** Frame buffers reused across batches: fresh allocations would page-fault on every frame. */
   private readonly framePool = new FramePool(HEADER_BYTES + MAX_MEMORY_PAYLOAD_BYTES);
   private sentBytes = 0;
@@ -189,6 +212,23 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     };
     this.done = new Promise((resolve) => { this.resolveDone = resolve; });
     this.requestTimeoutMs = options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
+    this.originalGranularity = vm.granularityBytes;
+    this.originalStrategy = vm.tracker.strategy;
+    this.traceStats = {
+      install: options.traceInstall ?? 'single', granularityBytes: options.traceGranularityBytes ?? vm.granularityBytes,
+      installations: 0, stallMaxMs: 0, stallTotalMs: 0, scanMsTotal: 0, barrierMsTotal: 0, unchangedPagesSkipped: 0,
+    };
+  }
+
+  private readonly originalGranularity: number;
+  private readonly originalStrategy: InstallStrategy;
+
+  private noteInstall(r: { stallMs: number; scanMs?: number; barrierMs?: number }): void {
+    const t = this.traceStats;
+    this.traceStats = {
+      ...t, installations: t.installations + 1, stallMaxMs: Math.max(t.stallMaxMs, r.stallMs), stallTotalMs: t.stallTotalMs + r.stallMs,
+      scanMsTotal: t.scanMsTotal + (r.scanMs ?? 0), barrierMsTotal: t.barrierMsTotal + (r.barrierMs ?? 0),
+    };
   }
 
   private readonly requestTimeoutMs: number;
@@ -265,6 +305,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
       transferredBytes: this.sentBytes, zeroPagesSkipped: this.zeroPagesSkipped, pauseLatencyMs: this.pauseLatencyMs,
       engineDowntimeMs: this.engineDowntimeMs, guestDowntimeMs: this.guestDowntimeMs, maxThrottlePermille: this.maxThrottle,
       forcedSwitchover: this.forced, verified: outcome === 'succeeded', digest: this.finalDigest, options: this.options,
+      traces: { ...this.traceStats },
     };
     this.record = record;
     this.log(`migration ${this.id.slice(0, 8)}: ${outcome}${record.error ? ` (${record.error.code}: ${record.error.message})` : ''}`);
@@ -309,8 +350,9 @@ export class MigrationJob extends EventEmitter<JobEvents> {
   /** Pre-copy rounds; returns the regions still dirty when the policy decided to switch over. */
   private async precopy(): Promise<Uint32Array> {
     this.enter('precopy');
-    const tracker = this.vm.tracker;
-    await tracker.armAll();
+    const tracker = await this.vm.setTraceGranularity(this.traceStats.granularityBytes);
+    tracker.strategy = this.traceStats.install;
+    this.noteInstall(await tracker.armAll());
     // Round 1: everything. The target's memory is fresh (all zero): zero pages are not sent at all.
     let regions: Uint32Array = Uint32Array.from({ length: tracker.regionCount }, (_, i) => i);
     let previousDirty: number | null = null;
@@ -322,8 +364,10 @@ export class MigrationJob extends EventEmitter<JobEvents> {
       const durationMs = performance.now() - startedMs;
       const throughput = bytes > 0 && durationMs > 0 ? (bytes * 1000) / durationMs : (this.rounds.at(-1)?.throughputBytesPerSec ?? 0);
       // What the guest dirtied while this round was sent.
-      const collected = this.vm.state === 'running' ? (await tracker.collect()).regions : tracker.collectPaused().regions;
-      const dirtyBytes = collected.length * this.vm.config.granularityBytes;
+      const collectResult = this.vm.state === 'running' ? await tracker.collect() : tracker.collectPaused();
+      this.noteInstall(collectResult);
+      const collected = collectResult.regions;
+      const dirtyBytes = collected.length * this.vm.granularityBytes;
       const decision = decideConvergence({
         round, dirtyBytes, previousDirtyBytes: previousDirty, throughputBytesPerSec: throughput,
         elapsedMs: performance.now() - this.t0, throttlePermille: this.throttle,
@@ -351,9 +395,10 @@ export class MigrationJob extends EventEmitter<JobEvents> {
    * over exactly those bytes (what the target will receive). Returns the bytes of page data sent.
    */
   private async sendRegions(regions: Uint32Array, round: number, skipZero: boolean): Promise<number> {
-    const gran = this.vm.config.granularityBytes;
+    const gran = this.vm.granularityBytes;
     const ramBytes = this.vm.config.memoryBytes;
     const ram = Buffer.from(this.vm.ram.buffer, 0, ramBytes);
+    const skipUnchanged = round > 1 && gran > DIGEST_PAGE_BYTES;
     const compress = this.options.compression === 'deflate';
     const inFlight: Promise<unknown>[] = [];
     let runs: { offset: number; length: number; zero: boolean }[] = [];
@@ -422,8 +467,15 @@ export class MigrationJob extends EventEmitter<JobEvents> {
       const start = r * gran;
       const end = Math.min(start + gran, ramBytes);
       for (let page = start; page < end; page += DIGEST_PAGE_BYTES) {
-        const zero = ram.subarray(page, page + DIGEST_PAGE_BYTES).equals(ZERO_PAGE);
+        const data = ram.subarray(page, page + DIGEST_PAGE_BYTES);
+        const zero = data.equals(ZERO_PAGE);
         if (zero && skipZero) { await endRun(); this.zeroPagesSkipped++; continue; }
+        // A fired region coarser than a page: send only the pages that changed since last sent.
+        if (skipUnchanged && this.digest.unchanged(page, data)) {
+          await endRun();
+          this.traceStats = { ...this.traceStats, unchangedPagesSkipped: this.traceStats.unchangedPagesSkipped + 1 };
+          continue;
+        }
         if (runStart >= 0 && (zero !== runZero || page !== runEnd || runEnd - runStart >= MAX_ENTRY_BYTES)) await endRun();
         if (runStart < 0) { runStart = page; runZero = zero; }
         runEnd = page + DIGEST_PAGE_BYTES;
@@ -493,6 +545,9 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     } finally {
       this.vm.setThrottle(0);
       this.vm.tracker.disarmAll();
+      // Back to the VM's own tracing configuration.
+      await this.vm.setTraceGranularity(this.originalGranularity).catch(() => undefined);
+      this.vm.tracker.strategy = this.originalStrategy;
       if (this.vm.state === 'paused' && this.wasRunning) this.vm.resume();
     }
   }

@@ -27,7 +27,7 @@ import { FerryError } from '../lib/errors.js';
 import { formatBytes } from '../lib/units.js';
 import { assert } from '../lib/assert.js';
 import {
-  CONTROL_CLAIMED_PAGES_OFFSET, CONTROL_POLL_FLAG_OFFSET, WASM_PAGE_BYTES, computeLayout, granularityShift, validateGranularity,
+  CONTROL_CLAIMED_PAGES_OFFSET, CONTROL_POLL_FLAG_OFFSET, CONTROL_TRACE_SHIFT_OFFSET, WASM_PAGE_BYTES, computeLayout, granularityShift, validateGranularity,
   type MemoryLayout,
 } from './layout.js';
 
@@ -87,6 +87,8 @@ export interface FaultInjection {
    * would cost (docs/design/runtime.md). 'atomic' uses i32.atomic.load, 'plain' an ordinary load.
    */
   readonly backEdgePoll?: 'atomic' | 'plain';
+  /** Measurement only: a constant trace shift instead of the run-time control word. */
+  readonly constantShift?: boolean;
   /** Do not mark traces for plain (non-atomic) stores. */
   readonly skipPlainStoreMarks?: boolean;
   /** Mark only the region of a store's first byte (the "trust alignment" bug FINDINGS warns of). */
@@ -264,6 +266,8 @@ interface Walker {
   readonly memName: string;
   readonly layout: MemoryLayout;
   readonly shift: number;
+  /** Read the shift from the control page at every write (granularity changeable at run time). */
+  readonly dynamicShift: boolean;
   readonly stats: InstrumentStats;
   readonly faults: FaultInjection;
   siteCount: number;
@@ -273,11 +277,17 @@ const i32 = binaryen.i32;
 const none = binaryen.none;
 
 /** `if (bitmap[r]) bitmap[r] = 0` for the region holding the byte at address `addrExpr`. */
+/** The trace shift: the VM's control word (dynamic) or a constant. */
+function shiftExpr(w: Walker): number {
+  const m = w.mod;
+  return w.dynamicShift ? m.i32.load(w.layout.controlOffset + CONTROL_TRACE_SHIFT_OFFSET, 4, m.i32.const(0), w.memName) : m.i32.const(w.shift);
+}
+
 function markOne(w: Walker, regionLocal: number, addrExpr: number): number[] {
   const m = w.mod;
   const bitmap = w.layout.bitmapOffset;
   return [
-    m.local.set(regionLocal, m.i32.shr_u(addrExpr, m.i32.const(w.shift))),
+    m.local.set(regionLocal, m.i32.shr_u(addrExpr, shiftExpr(w))),
     m.if(m.i32.load8_u(bitmap, 1, m.local.get(regionLocal, i32), w.memName),
       m.i32.store8(bitmap, 1, m.local.get(regionLocal, i32), m.i32.const(0), w.memName)),
   ];
@@ -317,7 +327,7 @@ function wrapFixedWrite(w: Walker, expr: number, cls: 'Store' | 'AtomicRMW' | 'A
   if (size > 1 && !skipMarks && w.faults.markFirstRegionOnly !== true) {
     // A store can straddle two regions: fire the region of its last byte too (FINDINGS: checking only
     // the first region loses writes).
-    body.push(m.local.set(r1, m.i32.shr_u(addr(size - 1), m.i32.const(w.shift))));
+    body.push(m.local.set(r1, m.i32.shr_u(addr(size - 1), shiftExpr(w))));
     body.push(m.if(m.i32.ne(m.local.get(r1, i32), m.local.get(r0, i32)),
       m.if(m.i32.load8_u(w.layout.bitmapOffset, 1, m.local.get(r1, i32), w.memName),
         m.i32.store8(w.layout.bitmapOffset, 1, m.local.get(r1, i32), m.i32.const(0), w.memName))));
@@ -430,8 +440,8 @@ function addRuntimeHelpers(w: Walker, maxClaimPages: number): void {
   const d = 0, n = 1, r = 2, last = 3;
   m.addFunction('__ferry_mark_range', binaryen.createType([i32, i32]), none, [i32, i32], m.block(null, [
     m.if(m.i32.eqz(m.local.get(n, i32)), m.return()),
-    m.local.set(r, m.i32.shr_u(m.local.get(d, i32), m.i32.const(w.shift))),
-    m.local.set(last, m.i32.shr_u(m.i32.sub(m.i32.add(m.local.get(d, i32), m.local.get(n, i32)), m.i32.const(1)), m.i32.const(w.shift))),
+    m.local.set(r, m.i32.shr_u(m.local.get(d, i32), shiftExpr(w))),
+    m.local.set(last, m.i32.shr_u(m.i32.sub(m.i32.add(m.local.get(d, i32), m.local.get(n, i32)), m.i32.const(1)), shiftExpr(w))),
     m.loop('__ferry_mark_loop', m.block(null, [
       m.if(m.i32.load8_u(bitmap, 1, m.local.get(r, i32), w.memName),
         m.i32.store8(bitmap, 1, m.local.get(r, i32), m.i32.const(0), w.memName)),
@@ -590,7 +600,7 @@ function instrumentUncached(bytes: Uint8Array, options: InstrumentOptions): Inst
     const shift = granularityShift(options.granularityBytes);
     const memName = findMemoryName(mod);
     const stats: InstrumentStats = { stores: 0, atomicRmw: 0, simdLaneStores: 0, bulk: 0, grows: 0, sizes: 0 };
-    const walker: Walker = { mod, memName, layout, shift, stats, faults: options.faultInjection ?? {}, siteCount: 0 };
+    const walker: Walker = { mod, memName, layout, shift, dynamicShift: options.faultInjection?.constantShift !== true, stats, faults: options.faultInjection ?? {}, siteCount: 0 };
 
     // Walk the guest's own functions (before adding ours).
     const guestFunctions: number[] = [];

@@ -17,6 +17,11 @@ export const WASM_PAGE_BYTES = 64 * KiB;
 export const CONTROL_BYTES = WASM_PAGE_BYTES;
 /** Byte offset (from ramBytes) of the i32 claimed-pages word that virtualises memory.size/grow. */
 export const CONTROL_CLAIMED_PAGES_OFFSET = 0;
+/**
+ * Byte offset (from ramBytes) of the i32 trace shift (log2 of the granularity). Every instrumented
+ * write reads it, so the granularity can change at run time (per migration) behind an epoch barrier.
+ */
+export const CONTROL_TRACE_SHIFT_OFFSET = 4;
 /** Byte offset (from ramBytes) of a word only the back-edge-poll measurement reads (never set). */
 export const CONTROL_POLL_FLAG_OFFSET = 64;
 /** Smallest trace granularity: one x86 page. */

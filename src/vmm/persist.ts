@@ -21,7 +21,7 @@ export async function saveVm(vm: Vm, path: string, onProgress?: (p: SnapshotProg
   const meta: SnapshotMetadata = {
     vm: {
       name: vm.config.name, ramBytes: vm.config.memoryBytes, vcpus: vm.config.vcpus,
-      granularityBytes: vm.config.granularityBytes, cmdline: vm.config.cmdline,
+      granularityBytes: vm.granularityBytes, cmdline: vm.config.cmdline,
     },
     imageSha256: vm.image.imageSha256,
     claimedPages: vm.claimedPages,

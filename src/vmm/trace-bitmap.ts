@@ -2,19 +2,34 @@
  * The trace bitmap as the host sees it: one byte per region, 1 = armed (tracing), 0 = not armed or
  * fired. Guest stores clear armed bytes inline (src/vmm/instrument.ts); the host uses `markRange`
  * for its own writes into guest memory (devices, restore), with the same check-then-clear rule.
+ *
+ * The granularity is a shift in the VM's control page, read by every instrumented write, so it can
+ * change at run time (a migration picks its own); the bitmap is sized for the finest granularity.
  */
-export class TraceBitmap {
-  readonly bytes: Uint8Array;
+import { CONTROL_TRACE_SHIFT_OFFSET, MIN_GRANULARITY_BYTES, type MemoryLayout } from './layout.js';
 
-  constructor(buffer: ArrayBufferLike, bitmapOffset: number, readonly regionCount: number, readonly shift: number) {
-    this.bytes = new Uint8Array(buffer, bitmapOffset, regionCount);
+export class TraceBitmap {
+  /** One byte per region of the finest granularity; coarser granularities use a prefix. */
+  readonly bytes: Uint8Array;
+  private readonly shiftWord: Int32Array;
+
+  constructor(buffer: ArrayBufferLike, private readonly layout: MemoryLayout) {
+    this.bytes = new Uint8Array(buffer, layout.bitmapOffset, Math.ceil(layout.ramBytes / MIN_GRANULARITY_BYTES));
+    this.shiftWord = new Int32Array(buffer, layout.controlOffset + CONTROL_TRACE_SHIFT_OFFSET, 1);
   }
+
+  get shift(): number { return Atomics.load(this.shiftWord, 0); }
+  /** Changes the granularity; callers disarm first and run an epoch barrier after (Vm.setTraceGranularity). */
+  setShift(shift: number): void { Atomics.store(this.shiftWord, 0, shift); }
+  get granularityBytes(): number { return 2 ** this.shift; }
+  get regionCount(): number { return Math.ceil(this.layout.ramBytes / this.granularityBytes); }
 
   /** Fires the trace of every region overlapping [offset, offset + length). */
   markRange(offset: number, length: number): void {
     if (length <= 0) return;
-    const first = offset >>> this.shift;
-    const last = Math.min((offset + length - 1) >>> this.shift, this.regionCount - 1);
+    const shift = this.shift;
+    const first = offset >>> shift;
+    const last = Math.min((offset + length - 1) >>> shift, this.regionCount - 1);
     const b = this.bytes;
     for (let r = first; r <= last; r++) if (b[r] !== 0) b[r] = 0;
   }

@@ -62,6 +62,7 @@ export class DirtyTracker {
     private readonly hooks: TrackerHooks,
   ) {
     this.regionCount = bitmap.regionCount;
+    // Only the prefix for this granularity is used; the rest of the bitmap stays zero.
     this.armed = new Uint8Array(this.regionCount);
     this.scratch = new Uint32Array(this.regionCount);
   }
@@ -73,7 +74,7 @@ export class DirtyTracker {
     this.armed.fill(1);
     this.armedCount = this.regionCount;
     if (this.strategy === 'stop-all') return this.hooks.installStopped(null);
-    this.bitmap.bytes.fill(1);
+    this.bitmap.bytes.fill(1, 0, this.regionCount);
     await this.hooks.barrier();
     return { stallMs: 0 };
   }
@@ -97,7 +98,7 @@ export class DirtyTracker {
 
   /** Disarms everything (stray clears by in-flight stores are harmless: the bytes are 0 anyway). */
   disarmAll(): void {
-    this.bitmap.bytes.fill(0);
+    this.bitmap.bytes.fill(0, 0, this.regionCount);
     this.armed.fill(0);
     this.armedCount = 0;
   }

@@ -32,7 +32,7 @@ if (port === null) throw new Error('vcpu-worker must run as a worker thread');
 
 const control = new Control(data.control, data.vcpus, data.maxGlobals);
 const memory = data.memory;
-const bitmap = new TraceBitmap(memory.buffer, data.bitmapOffset, data.regionCount, data.shift);
+const bitmap = new TraceBitmap(memory.buffer, data.layout);
 const vcpu = data.vcpu;
 const i32 = control.i32;
 const idx = (field: number): number => control.word(vcpu, field);
@@ -150,7 +150,7 @@ function installShare(): void {
   if (epoch === installEpochDone) return;
   installEpochDone = epoch;
   const count = Atomics.load(i32, W_INSTALL_COUNT);
-  const total = count < 0 ? data.regionCount : count;
+  const total = count < 0 ? bitmap.regionCount : count;
   const from = Math.floor((vcpu * total) / data.vcpus);
   const to = Math.floor(((vcpu + 1) * total) / data.vcpus);
   const bytes = bitmap.bytes;

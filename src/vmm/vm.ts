@@ -22,7 +22,7 @@ import {
   W_RESTORE, W_STEP_SEQ,
 } from './control.js';
 import { instrumentImage, type FaultInjection, type InstrumentedImage } from './instrument.js';
-import { CONTROL_CLAIMED_PAGES_OFFSET, DEFAULT_GRANULARITY_BYTES, granularityShift, regionCount } from './layout.js';
+import { CONTROL_CLAIMED_PAGES_OFFSET, DEFAULT_GRANULARITY_BYTES, MIN_GRANULARITY_BYTES, granularityShift, regionCount, validateGranularity } from './layout.js';
 import { TraceBitmap } from './trace-bitmap.js';
 import { DirtyTracker } from './traces.js';
 import {
@@ -133,7 +133,7 @@ export class Vm extends EventEmitter<VmEvents> {
   readonly memory: WebAssembly.Memory;
   /** Guest RAM, [0, ramBytes). */
   readonly ram: Uint8Array;
-  readonly tracker: DirtyTracker;
+  private trackerImpl: DirtyTracker;
   private readonly control: Control;
   private readonly bitmap: TraceBitmap;
   private readonly claimedPagesWord: Int32Array;
@@ -153,13 +153,11 @@ export class Vm extends EventEmitter<VmEvents> {
     const layout = image.layout;
     this.memory = new WebAssembly.Memory({ initial: layout.totalPages, maximum: layout.totalPages, shared: true });
     this.ram = new Uint8Array(this.memory.buffer, 0, layout.ramBytes);
-    this.bitmap = new TraceBitmap(this.memory.buffer, layout.bitmapOffset, regionCount(layout.ramBytes, config.granularityBytes), granularityShift(config.granularityBytes));
+    this.bitmap = new TraceBitmap(this.memory.buffer, layout);
+    this.bitmap.setShift(granularityShift(config.granularityBytes));
     this.claimedPagesWord = new Int32Array(this.memory.buffer, layout.controlOffset + CONTROL_CLAIMED_PAGES_OFFSET, 1);
-    this.control = Control.create(config.vcpus, Math.max(1, image.globals.length), regionCount(layout.ramBytes, config.granularityBytes));
-    this.tracker = new DirtyTracker(this.bitmap, config.granularityBytes, {
-      barrier: () => this.traceBarrier(),
-      installStopped: (regions) => this.installWithAllStopped(regions),
-    });
+    this.control = Control.create(config.vcpus, Math.max(1, image.globals.length), regionCount(layout.ramBytes, MIN_GRANULARITY_BYTES));
+    this.trackerImpl = this.newTracker();
     Atomics.store(this.claimedPagesWord, 0, image.initialPages);
     this.control.setGuestClockNs(0n);
     if (restore !== null) this.setRestoreState(restore);
@@ -194,6 +192,35 @@ export class Vm extends EventEmitter<VmEvents> {
     this.control.setGuestClockNs(restore.clockNs);
     Atomics.store(c.i32, W_RESTORE, 1);
     this.restore = restore;
+  }
+
+  /** The dirty tracker for the current trace granularity (a new one after setTraceGranularity). */
+  get tracker(): DirtyTracker { return this.trackerImpl; }
+  /** The current trace granularity (the configured one until a migration picks another). */
+  get granularityBytes(): number { return this.bitmap.granularityBytes; }
+
+  private newTracker(): DirtyTracker {
+    return new DirtyTracker(this.bitmap, this.bitmap.granularityBytes, {
+      barrier: () => this.traceBarrier(),
+      installStopped: (regions) => this.installWithAllStopped(regions),
+    });
+  }
+
+  /**
+   * Changes the trace granularity while the guest runs: every trace is disarmed, the shift word is
+   * changed, and an epoch barrier makes sure no vCPU still computes regions with the old shift (a
+   * store that does is harmless: the bitmap is all zero). Returns the new tracker (same strategy).
+   */
+  async setTraceGranularity(granularityBytes: number): Promise<DirtyTracker> {
+    validateGranularity(granularityBytes);
+    if (granularityBytes === this.granularityBytes) return this.trackerImpl;
+    const strategy = this.trackerImpl.strategy;
+    this.bitmap.bytes.fill(0);
+    this.bitmap.setShift(granularityShift(granularityBytes));
+    if (this.vmState === 'running') await this.traceBarrier();
+    this.trackerImpl = this.newTracker();
+    this.trackerImpl.strategy = strategy;
+    return this.trackerImpl;
   }
 
   /** The clock value each vCPU read last (0n: never): a migration source sends them at stun. */
@@ -237,8 +264,7 @@ export class Vm extends EventEmitter<VmEvents> {
       c.store(v, V_STATE, VcpuState.Starting);
       const data: VcpuWorkerData = {
         module: this.image.module, memory: this.memory, control: c.buffers, vcpus: this.config.vcpus, vcpu: v,
-        maxGlobals: c.maxGlobals, ramBytes: this.image.layout.ramBytes, bitmapOffset: this.image.layout.bitmapOffset,
-        regionCount: this.bitmap.regionCount, shift: this.bitmap.shift, cmdline: this.config.cmdline,
+        maxGlobals: c.maxGlobals, ramBytes: this.image.layout.ramBytes, layout: this.image.layout, cmdline: this.config.cmdline,
         globals: this.image.globals, stepTargetUs: this.config.stepTargetUs,
       };
       const worker = new Worker(new URL('./vcpu-worker.js', import.meta.url), { workerData: data });
@@ -437,7 +463,7 @@ export class Vm extends EventEmitter<VmEvents> {
   async installWithAllStopped(regions: Uint32Array | null): Promise<{ stallMs: number }> {
     const c = this.control;
     if (this.vmState !== 'running') {
-      if (regions === null) this.bitmap.bytes.fill(1);
+      if (regions === null) this.bitmap.bytes.fill(1, 0, this.bitmap.regionCount);
       else for (const r of regions) this.bitmap.bytes[r] = 1;
       return { stallMs: 0 };
     }

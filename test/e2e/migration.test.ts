@@ -53,6 +53,26 @@ describe('live migration between host processes', () => {
     await a.client.call('DELETE', '/v1/vms/mv');
   });
 
+  it('migrates with each trace installation strategy and granularity; coarse regions send only changed pages', async () => {
+    await createVm(a, 'tr', 'dirtier', { memoryBytes: 32 * MiB, vcpus: 2, cmdline: 'hot=4MiB pattern=random check=1 fill=1 claim=all' });
+    let from = a;
+    let to = b;
+    for (const [traceInstall, traceGranularityBytes] of [['stop-all', 2 * MiB], ['single', 64 * 1024], ['stop-all', 4096]] as const) {
+      const id = await startMigration(from, 'tr', to, { traceInstall, traceGranularityBytes });
+      const record = await waitMigration(from, id) as unknown as { outcome: string; error: unknown; traces: { install: string; granularityBytes: number; installations: number; stallMaxMs: number; unchangedPagesSkipped: number } };
+      assert.equal(record.outcome, 'succeeded', JSON.stringify(record.error));
+      assert.equal(record.traces.install, traceInstall);
+      assert.equal(record.traces.granularityBytes, traceGranularityBytes);
+      assert.ok(record.traces.installations >= 2);
+      if (traceInstall === 'stop-all') assert.ok(record.traces.stallMaxMs > 0, 'stop-all stops the guest to install');
+      else assert.equal(record.traces.stallMaxMs, 0, 'single never stops the guest to install');
+      assert.equal((await verifyVm(to, 'tr')).selfcheck, 0);
+      [from, to] = [to, from];
+    }
+    await from.client.call('POST', '/v1/vms/tr/stop');
+    await from.client.call('DELETE', '/v1/vms/tr');
+  });
+
   it('migrates with compressed page data over one and over four data connections', async () => {
     await createVm(a, 'cz', 'dirtier', { memoryBytes: 32 * MiB, cmdline: 'hot=8MiB pattern=random check=1 fill=1 claim=all' });
     for (const [from, to, options] of [[a, b, { compression: 'deflate', dataChannels: 1 }], [b, a, { compression: 'deflate', dataChannels: 4 }]] as const) {

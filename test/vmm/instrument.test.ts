@@ -9,6 +9,7 @@ import { guestWat, wat2wasm } from '../helpers/wat.js';
 import { instrumentImage, MAX_IMAGE_BYTES, type FaultInjection, type InstrumentedImage } from '../../src/vmm/instrument.js';
 import { isFerryError, type FerryErrorCode } from '../../src/lib/errors.js';
 import { KiB, MiB } from '../../src/lib/units.js';
+import { CONTROL_TRACE_SHIFT_OFFSET } from '../../src/vmm/layout.js';
 
 const RAM = 8 * MiB;
 
@@ -68,6 +69,8 @@ async function harness(granularityBytes: number, ramBytes = RAM, source = kindsM
   const image = instrumentImage(await wat2wasm(source), { ramBytes, granularityBytes, faultInjection });
   const memory = new WebAssembly.Memory({ initial: image.layout.totalPages, maximum: image.layout.totalPages, shared: true });
   new Int32Array(memory.buffer, image.layout.controlOffset, 1)[0] = image.initialPages;
+  // The trace shift word the runtime keeps in the control page (read by every instrumented write).
+  new Int32Array(memory.buffer, image.layout.controlOffset + CONTROL_TRACE_SHIFT_OFFSET, 1)[0] = Math.log2(granularityBytes);
   const instance = new WebAssembly.Instance(image.module, {
     ferry_rt: {
       memory,

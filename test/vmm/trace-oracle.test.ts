@@ -127,6 +127,33 @@ describe('trace oracle: both installation strategies, up to 8 vCPUs (oversubscri
   });
 });
 
+describe('trace oracle: granularity changed while the guest runs', () => {
+  it('4 KiB -> 2 MiB -> 64 KiB on 4 vCPUs: each phase re-arms everything and the shadow stays exact', async () => {
+    const vm = Vm.create(await readFile(guestImagePath('dirtier')), { memoryBytes: RAM_BYTES, vcpus: 4, cmdline: 'hot=8MiB pattern=random', hangTimeoutMs: 5000 });
+    try {
+      await vm.start();
+      const shadow = Buffer.alloc(RAM_BYTES);
+      for (const gran of [4 * KiB, 2 * MiB, 64 * KiB]) {
+        const tracker = await vm.setTraceGranularity(gran);
+        assert.equal(vm.granularityBytes, gran);
+        await tracker.armAll();
+        shadow.set(vm.ram); // a full copy starts each phase, as a new pre-copy would
+        for (let round = 0; round < 8; round++) {
+          await sleep(2);
+          for (const r of (await vm.tracker.collect()).regions) shadow.set(vm.ram.subarray(r * gran, Math.min((r + 1) * gran, RAM_BYTES)), r * gran);
+        }
+      }
+      await vm.pause();
+      const gran = vm.granularityBytes;
+      for (const r of vm.tracker.collectPaused().regions) shadow.set(vm.ram.subarray(r * gran, Math.min((r + 1) * gran, RAM_BYTES)), r * gran);
+      assert.ok(shadow.equals(Buffer.from(vm.ram.buffer, 0, RAM_BYTES)), 'shadow equals RAM');
+      assert.equal(vm.selfcheck(), 0);
+    } finally {
+      await vm.stop();
+    }
+  });
+});
+
 describe('trace oracle: a broken tracker is caught', () => {
   it('plain stores not marked: the dirtier\'s page writes are lost from the shadow', async () => {
     const dirtier = await readFile(guestImagePath('dirtier'));
