@@ -138,6 +138,8 @@ export interface TraceRecord {
   readonly barrierMsTotal: number;
   /** Pages of fired regions that had not changed since last sent, skipped (coarse granularity). */
   readonly unchangedPagesSkipped: number;
+  /** Guest work units per second during pre-copy (all vCPUs): what tracing and throttling left it. */
+  readonly guestUnitsPerSecDuringPrecopy: number | null;
 }
 
 interface JobEvents {
@@ -217,6 +219,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     this.traceStats = {
       install: options.traceInstall ?? 'single', granularityBytes: options.traceGranularityBytes ?? vm.granularityBytes,
       installations: 0, stallMaxMs: 0, stallTotalMs: 0, scanMsTotal: 0, barrierMsTotal: 0, unchangedPagesSkipped: 0,
+      guestUnitsPerSecDuringPrecopy: null,
     };
   }
 
@@ -350,6 +353,9 @@ export class MigrationJob extends EventEmitter<JobEvents> {
   /** Pre-copy rounds; returns the regions still dirty when the policy decided to switch over. */
   private async precopy(): Promise<Uint32Array> {
     this.enter('precopy');
+    const unitsAtStart = this.vm.vcpuStats().reduce((a, v) => a + v.units, 0);
+    const precopyStart = performance.now();
+    const guestRate = (): number => (this.vm.vcpuStats().reduce((a, v) => a + v.units, 0) - unitsAtStart) * 1000 / Math.max(1, performance.now() - precopyStart);
     const tracker = await this.vm.setTraceGranularity(this.traceStats.granularityBytes);
     tracker.strategy = this.traceStats.install;
     this.noteInstall(await tracker.armAll());
@@ -367,7 +373,11 @@ export class MigrationJob extends EventEmitter<JobEvents> {
       const collectResult = this.vm.state === 'running' ? await tracker.collect() : tracker.collectPaused();
       this.noteInstall(collectResult);
       const collected = collectResult.regions;
-      const dirtyBytes = collected.length * this.vm.granularityBytes;
+      // With regions coarser than a page only the changed pages are sent; estimate what the next
+      // round will really send from this round's ratio of sent bytes to fired-region bytes.
+      const firedBytes = regions.length * this.vm.granularityBytes;
+      const sendRatio = round === 1 || firedBytes === 0 ? 1 : Math.min(1, Math.max(DIGEST_PAGE_BYTES / this.vm.granularityBytes, bytes / firedBytes));
+      const dirtyBytes = Math.round(collected.length * this.vm.granularityBytes * sendRatio);
       const decision = decideConvergence({
         round, dirtyBytes, previousDirtyBytes: previousDirty, throughputBytesPerSec: throughput,
         elapsedMs: performance.now() - this.t0, throttlePermille: this.throttle,
@@ -377,7 +387,11 @@ export class MigrationJob extends EventEmitter<JobEvents> {
         throttlePermille: this.throttle, expectedDowntimeMs: decision.expectedDowntimeMs,
       });
       this.progress(true, { round, dirtyBytes, throughput, durationMs, roundBytes: bytes });
-      if (decision.action === 'switchover') { this.forced = decision.forced; return collected; }
+      if (decision.action === 'switchover') {
+        this.forced = decision.forced;
+        this.traceStats = { ...this.traceStats, guestUnitsPerSecDuringPrecopy: guestRate() };
+        return collected;
+      }
       if (decision.action === 'abort') throw new FerryError('MIGRATION_FAILED', `migration aborted: ${decision.reason}`);
       if (decision.throttlePermille !== this.throttle) {
         this.throttle = decision.throttlePermille;
