@@ -12,7 +12,7 @@
  * pages a coarse region fired for that had not changed (skipped, but hashed), guest throughput
  * during pre-copy, total migration time, guest-observed downtime.
  * Last stdout line: {"rows":[{strategy, granularityBytes, workload, vcpus, stallMaxMs, stallTotalMs,
- * installMs, scanMs, resentBytes, totalMs, guestDowntimeMs, ...}]}
+ * installMs, scanMs, resentBytes, totalMs, guestDowntimeMs, ...}]} — granularityBytes 0 = adaptive.
  */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir, cpus } from 'node:os';
@@ -59,7 +59,8 @@ interface Row {
 async function main(): Promise<void> {
   const quick = process.argv.includes('--quick');
   const strategies = ['single', 'stop-all'] as const;
-  const granularities = quick ? [4 * KiB, 2 * MiB] : [4 * KiB, 16 * KiB, 64 * KiB, 256 * KiB, 2 * MiB];
+  // 0 = adaptive (starts at 2 MiB and refines where little changed)
+  const granularities = quick ? [4 * KiB, 2 * MiB] : [4 * KiB, 16 * KiB, 64 * KiB, 256 * KiB, 2 * MiB, 0];
   const workloads = quick ? ['sequential'] : Object.keys(WORKLOADS);
   const vcpuCounts = quick ? [1, 4] : [1, 2, 4, 8];
   const log = (s: string): void => { process.stderr.write(`${s}\n`); };
@@ -82,7 +83,7 @@ async function main(): Promise<void> {
             });
             await sleep(WARMUP_MS);
             const { migrationId } = await a.client.call<{ migrationId: string }>('POST', '/v1/vms/bench/migrate', {
-              to: b.url, options: { traceInstall: strategy, traceGranularityBytes: granularityBytes },
+              to: b.url, options: { traceInstall: strategy, ...(granularityBytes === 0 ? { traceAdaptive: true } : { traceGranularityBytes: granularityBytes }) },
             });
             let r: MigrationRecord | null = null;
             while (r === null) {
@@ -106,7 +107,7 @@ async function main(): Promise<void> {
             };
             rows.push(row);
             const f = (n: number | null, d = 1): string => (n === null ? 'n/a' : n.toFixed(d));
-            log(`${strategy.padEnd(9)} ${String(granularityBytes / KiB).padStart(5)}K  ${workload.padEnd(14)} ${String(vcpus).padStart(5)}  ${f(row.stallMaxMs, 2).padStart(8)}  ${f(row.stallTotalMs).padStart(8)}  ${f(row.installMs).padStart(7)}  ${f(row.scanMs, 2).padStart(5)}  ${(row.resentBytes / MiB).toFixed(0).padStart(5)}M  ${(row.unchangedSkippedBytes / MiB).toFixed(0).padStart(6)}M  ${f(row.totalMs, 0).padStart(5)}  ${f(row.guestDowntimeMs).padStart(7)}  ${row.rounds}${row.outcome === 'succeeded' ? '' : ` ${row.outcome}`}`);
+            log(`${strategy.padEnd(9)} ${(granularityBytes === 0 ? 'adapt' : `${granularityBytes / KiB}K`).padStart(6)}  ${workload.padEnd(14)} ${String(vcpus).padStart(5)}  ${f(row.stallMaxMs, 2).padStart(8)}  ${f(row.stallTotalMs).padStart(8)}  ${f(row.installMs).padStart(7)}  ${f(row.scanMs, 2).padStart(5)}  ${(row.resentBytes / MiB).toFixed(0).padStart(5)}M  ${(row.unchangedSkippedBytes / MiB).toFixed(0).padStart(6)}M  ${f(row.totalMs, 0).padStart(5)}  ${f(row.guestDowntimeMs).padStart(7)}  ${row.rounds}${row.outcome === 'succeeded' ? '' : ` ${row.outcome}`}`);
           }
         }
       }

@@ -143,11 +143,12 @@ export function addHostCommands(program: Command, vm: Command): void {
     .option('--no-auto-converge', 'never throttle the guest to converge')
     .addOption(new Option('--trace-install <strategy>', 'how write traces are installed: single (a helper re-arms, vCPUs keep running) or stop-all').choices(['single', 'stop-all']))
     .addOption(new Option('--trace-granularity <size>', 'write-trace region size for this migration (4KiB .. 2MiB)').argParser(sizeOption('--trace-granularity')))
+    .option('--trace-adaptive', 'start with coarse write traces (2 MiB unless --trace-granularity) and refine where little changed', false)
     .option('--json', 'print the final record as JSON', false))
     .action(async (name: string, o: ClientOpts & {
       to?: string; cancel?: string; targetTokenFile?: string; downtime?: number; channels?: number; bandwidth?: number;
       compress: boolean; maxRounds?: number; onLimit?: 'force' | 'abort'; autoConverge: boolean; json: boolean;
-      traceInstall?: 'single' | 'stop-all'; traceGranularity?: number;
+      traceInstall?: 'single' | 'stop-all'; traceGranularity?: number; traceAdaptive: boolean;
     }) => {
       const c = await client(o);
       if (o.cancel !== undefined) { print(await c.call('DELETE', `/v1/migrations/${encodeURIComponent(o.cancel)}`)); return; }
@@ -162,6 +163,7 @@ export function addHostCommands(program: Command, vm: Command): void {
         ...(o.autoConverge ? {} : { autoConverge: false }),
         ...(o.traceInstall !== undefined ? { traceInstall: o.traceInstall } : {}),
         ...(o.traceGranularity !== undefined ? { traceGranularityBytes: o.traceGranularity } : {}),
+        ...(o.traceAdaptive ? { traceAdaptive: true } : {}),
       };
       const token = o.targetTokenFile !== undefined ? await loadToken(o.targetTokenFile) : undefined;
       const started = await c.call<{ migrationId: string }>('POST', `/v1/vms/${encodeURIComponent(name)}/migrate`, { to: o.to, options, ...(token !== undefined ? { token } : {}) });
@@ -217,7 +219,8 @@ export function summarize(r: MigrationRecord): string {
     + `downtime engine ${ms(r.engineDowntimeMs)} / guest ${ms(r.guestDowntimeMs)}, pause ${ms(r.pauseLatencyMs)}, `
     + `max throttle ${(r.maxThrottlePermille / 10).toFixed(1)}%${r.forcedSwitchover ? ' (forced switch-over)' : ''}`;
   const t = r.traces;
-  const traces = `  traces: ${t.install}, ${formatBytes(t.granularityBytes)} regions, ${t.installations} installations, stall max ${t.stallMaxMs.toFixed(2)} ms / total ${t.stallTotalMs.toFixed(1)} ms, scan ${t.scanMsTotal.toFixed(1)} ms, barrier ${t.barrierMsTotal.toFixed(1)} ms, ${t.unchangedPagesSkipped} unchanged pages not re-sent`;
+  const refined = t.refinements.map((x) => ` -> ${formatBytes(x.toBytes)} after round ${x.round}`).join('');
+  const traces = `  traces: ${t.install}, ${t.adaptive ? 'adaptive ' : ''}${formatBytes(t.granularityBytes)} regions${refined}, ${t.installations} installations, stall max ${t.stallMaxMs.toFixed(2)} ms / total ${t.stallTotalMs.toFixed(1)} ms, scan ${t.scanMsTotal.toFixed(1)} ms, barrier ${t.barrierMsTotal.toFixed(1)} ms, ${t.unchangedPagesSkipped} unchanged pages not re-sent`;
   const rounds = r.rounds.map((x) => `  round ${x.round}: ${formatBytes(x.bytes)} in ${x.durationMs.toFixed(1)} ms (${compact(x.throughputBytesPerSec)}B/s), dirty after ${formatBytes(x.dirtyBytesAfter)}, throttle ${(x.throttlePermille / 10).toFixed(1)}%`);
   return [head, `  ${body}`, traces, ...rounds, ...(r.error !== null ? [`  error [${r.error.code}]: ${r.error.message}`] : [])].join('\n');
 }

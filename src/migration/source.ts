@@ -27,6 +27,12 @@ import {
 export const DEFAULT_DATA_CHANNELS = 2;
 /** Payload of one MEMORY frame: large writes are what loopback and LANs move fastest. */
 export const BATCH_PAYLOAD_BYTES = 4 * 1024 * 1024;
+/** Adaptive tracing starts at this granularity unless the migration names one. */
+export const ADAPTIVE_START_GRANULARITY_BYTES = 2 * 1024 * 1024;
+/** Refine when more than this share of the pages in fired regions had not changed. */
+export const REFINE_UNCHANGED_FRACTION = 0.5;
+/** Each refinement divides the granularity by this (2 MiB -> 64 KiB -> 4 KiB). */
+export const REFINE_FACTOR = 32;
 /** MEMORY frames outstanding per data channel (bounded by the protocol's MAX_IN_FLIGHT). */
 const FRAMES_IN_FLIGHT_PER_CHANNEL = 4;
 /** Timeouts: a target that never answers is given up on, and the VM keeps running here. */
@@ -59,6 +65,11 @@ export const migrationOptionsSchema = z.object({
   traceInstall: z.enum(['single', 'stop-all']).optional(),
   /** Trace granularity for this migration (power of two, 4 KiB .. 2 MiB); default: the VM's. */
   traceGranularityBytes: z.number().int().min(4096).max(2 * 1024 * 1024).refine((n) => (n & (n - 1)) === 0, 'must be a power of two').optional(),
+  /**
+   * Adaptive granularity: start coarse (traceGranularityBytes, default 2 MiB) and refine — with the
+   * guest briefly parked — when most pages of the fired regions turn out unchanged.
+   */
+  traceAdaptive: z.boolean().optional(),
   /** Tests only: damage the data of one page sent in this round (the digest must catch it). */
   corruptPageInRound: z.number().int().min(1).optional(),
 }).strict();
@@ -140,6 +151,9 @@ export interface TraceRecord {
   readonly unchangedPagesSkipped: number;
   /** Guest work units per second during pre-copy (all vCPUs): what tracing and throttling left it. */
   readonly guestUnitsPerSecDuringPrecopy: number | null;
+  readonly adaptive: boolean;
+  /** Adaptive refinements: after which round, from and to which granularity. */
+  readonly refinements: readonly { readonly round: number; readonly fromBytes: number; readonly toBytes: number }[];
 }
 
 interface JobEvents {
@@ -217,9 +231,10 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     this.originalGranularity = vm.granularityBytes;
     this.originalStrategy = vm.tracker.strategy;
     this.traceStats = {
-      install: options.traceInstall ?? 'single', granularityBytes: options.traceGranularityBytes ?? vm.granularityBytes,
+      install: options.traceInstall ?? 'single',
+      granularityBytes: options.traceGranularityBytes ?? (options.traceAdaptive === true ? ADAPTIVE_START_GRANULARITY_BYTES : vm.granularityBytes),
       installations: 0, stallMaxMs: 0, stallTotalMs: 0, scanMsTotal: 0, barrierMsTotal: 0, unchangedPagesSkipped: 0,
-      guestUnitsPerSecDuringPrecopy: null,
+      guestUnitsPerSecDuringPrecopy: null, adaptive: options.traceAdaptive === true, refinements: [],
     };
   }
 
@@ -356,7 +371,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     const unitsAtStart = this.vm.vcpuStats().reduce((a, v) => a + v.units, 0);
     const precopyStart = performance.now();
     const guestRate = (): number => (this.vm.vcpuStats().reduce((a, v) => a + v.units, 0) - unitsAtStart) * 1000 / Math.max(1, performance.now() - precopyStart);
-    const tracker = await this.vm.setTraceGranularity(this.traceStats.granularityBytes);
+    let tracker = await this.vm.setTraceGranularity(this.traceStats.granularityBytes);
     tracker.strategy = this.traceStats.install;
     this.noteInstall(await tracker.armAll());
     // Round 1: everything. The target's memory is fresh (all zero): zero pages are not sent at all.
@@ -365,7 +380,9 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     for (let round = 1; ; round++) {
       this.checkCancelled();
       const startedMs = performance.now();
+      const skippedBefore = this.traceStats.unchangedPagesSkipped;
       const bytes = await this.sendRegions(regions, round, round === 1);
+      const skippedPages = this.traceStats.unchangedPagesSkipped - skippedBefore;
       await this.control?.request('ROUND', (id) => encodeRound(id, { round, regions: regions.length, bytes }), this.requestTimeoutMs);
       const durationMs = performance.now() - startedMs;
       const throughput = bytes > 0 && durationMs > 0 ? (bytes * 1000) / durationMs : (this.rounds.at(-1)?.throughputBytesPerSec ?? 0);
@@ -400,7 +417,42 @@ export class MigrationJob extends EventEmitter<JobEvents> {
       }
       previousDirty = dirtyBytes;
       regions = collected;
+      // Adaptive: most of what coarse regions made us look at had not changed -> refine.
+      const gran = this.vm.granularityBytes;
+      const sentPages = bytes / DIGEST_PAGE_BYTES;
+      if (this.traceStats.adaptive && gran > DIGEST_PAGE_BYTES && skippedPages > REFINE_UNCHANGED_FRACTION * (skippedPages + sentPages)) {
+        const toBytes = Math.max(DIGEST_PAGE_BYTES, gran / REFINE_FACTOR);
+        regions = await this.refine(regions, gran, toBytes, round);
+        tracker = this.vm.tracker;
+      }
     }
+  }
+
+  /**
+   * Switches to a finer granularity without losing a write: with every vCPU parked, collect what
+   * fired since the last collect, switch the shift, re-arm everything at the new granularity, and
+   * resume. Returns the still-dirty set expressed in the new granularity's regions.
+   */
+  private async refine(dirty: Uint32Array, fromBytes: number, toBytes: number, round: number): Promise<Uint32Array> {
+    const t0 = performance.now();
+    const wasRunning = this.vm.state === 'running';
+    if (wasRunning) await this.vm.pause();
+    const fired = new Set<number>(dirty);
+    for (const r of this.vm.tracker.collectPaused().regions) fired.add(r);
+    const perCoarse = fromBytes / toBytes;
+    const fine: number[] = [];
+    const fineCount = Math.ceil(this.vm.config.memoryBytes / toBytes);
+    for (const r of [...fired].sort((a, b) => a - b)) {
+      for (let i = r * perCoarse; i < (r + 1) * perCoarse && i < fineCount; i++) fine.push(i);
+    }
+    const tracker = await this.vm.setTraceGranularity(toBytes);
+    tracker.strategy = this.traceStats.install;
+    await tracker.armAll();
+    if (wasRunning) this.vm.resume();
+    this.noteInstall({ stallMs: wasRunning ? performance.now() - t0 : 0 });
+    this.traceStats = { ...this.traceStats, refinements: [...this.traceStats.refinements, { round, fromBytes, toBytes }] };
+    this.log(`migration ${this.id.slice(0, 8)}: adaptive tracing refined ${fromBytes} -> ${toBytes} bytes after round ${round}`);
+    return Uint32Array.from(fine);
   }
 
   /**
