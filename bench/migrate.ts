@@ -20,7 +20,7 @@ import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseSizeBytes, MiB } from '../src/lib/units.js';
 import { randomToken } from '../src/host/agent.js';
-import { spawnHost, type DemoHost } from '../src/cli/demo.js';
+import { spawnHost, stopHosts, type DemoHost } from '../src/cli/demo.js';
 import type { MigrationRecord } from '../src/migration/source.js';
 
 const RAW_WRITE_BYTES = 1 * MiB;
@@ -142,8 +142,7 @@ async function main(): Promise<void> {
     };
     process.stdout.write(`${JSON.stringify(result)}\n`);
   } finally {
-    for (const h of hosts) h.child.kill('SIGKILL');
-    await Promise.all(hosts.map((h) => new Promise<void>((resolve) => { if (h.child.exitCode !== null || h.child.signalCode !== null) resolve(); else h.child.once('exit', () => { resolve(); }); })));
+    await stopHosts(hosts, 'SIGKILL');
     await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
   }
 }

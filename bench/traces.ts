@@ -21,7 +21,7 @@ import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { KiB, MiB } from '../src/lib/units.js';
 import { randomToken } from '../src/host/agent.js';
-import { spawnHost, type DemoHost } from '../src/cli/demo.js';
+import { spawnHost, stopHosts, type DemoHost } from '../src/cli/demo.js';
 import type { MigrationRecord } from '../src/migration/source.js';
 
 const VM_MEMORY_BYTES = 256 * MiB;
@@ -113,8 +113,7 @@ async function main(): Promise<void> {
       }
     }
   } finally {
-    for (const h of hosts) h.child.kill('SIGKILL');
-    await Promise.all(hosts.map((h) => new Promise<void>((resolve) => { if (h.child.exitCode !== null || h.child.signalCode !== null) resolve(); else h.child.once('exit', () => { resolve(); }); })));
+    await stopHosts(hosts, 'SIGKILL');
     await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
   }
   log(`took ${((performance.now() - t0) / 1000).toFixed(0)} s on ${cpus().length} cores (${cpus()[0]?.model ?? 'unknown'}), node ${process.version}`);

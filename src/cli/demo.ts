@@ -49,6 +49,13 @@ export async function spawnHost(name: string, dataDir: string, token: string, ec
   return { name, child, url, client: new HostClient(url, token) };
 }
 
+/** Signals every host and resolves once all have exited. */
+export async function stopHosts(hosts: readonly DemoHost[], signal: NodeJS.Signals): Promise<void> {
+  const exited = (h: DemoHost): boolean => h.child.exitCode !== null || h.child.signalCode !== null;
+  for (const h of hosts) if (!exited(h)) h.child.kill(signal);
+  await Promise.all(hosts.map((h) => new Promise<void>((resolve) => { if (exited(h)) resolve(); else h.child.once('exit', () => { resolve(); }); })));
+}
+
 export async function runDemo(opts: DemoOptions): Promise<number> {
   const token = randomToken();
   const dirs = [await mkdtemp(join(tmpdir(), 'ferry-demo-a-')), await mkdtemp(join(tmpdir(), 'ferry-demo-b-'))];
@@ -89,8 +96,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
   } finally {
     process.off('SIGINT', onSigint);
     process.off('SIGTERM', onSigint);
-    for (const h of hosts) h.child.kill('SIGTERM');
-    await Promise.all(hosts.map((h) => new Promise<void>((resolve) => { if (h.child.exitCode !== null) resolve(); else h.child.once('exit', () => { resolve(); }); })));
+    await stopHosts(hosts, 'SIGTERM');
     await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
     process.stderr.write('ferry demo: hosts stopped, temporary data removed\n');
   }
