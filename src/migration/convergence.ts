@@ -7,7 +7,8 @@
  *   expectedDowntimeMs <= downtimeTargetMs           -> switch over
  *   a limit reached (rounds, total time)             -> onLimit: 'force' switch over | 'abort'
  *   the dirty set does not shrink by PROGRESS_RATIO  -> raise the throttle (if auto-converge is on):
- *       first to initialPermille, then by stepPermille per round, up to maxPermille
+ *       first to initialPermille, then by stepPermille per round (twice that when the round
+ *       re-dirtied everything it sent: STALL_RATIO), up to maxPermille
  *   otherwise                                        -> another round, same throttle
  */
 
@@ -15,6 +16,8 @@
 export const SWITCHOVER_OVERHEAD_MS = 2;
 /** A round "made progress" if the dirty set shrank below this fraction of the previous one. */
 export const PROGRESS_RATIO = 0.8;
+/** A round made *no* progress at all if the dirty set stayed above this fraction: escalate twice as fast. */
+export const STALL_RATIO = 0.95;
 
 export interface ConvergencePolicy {
   readonly downtimeTargetMs: number;
@@ -77,7 +80,9 @@ export function decideConvergence(obs: RoundObservation, policy: ConvergencePoli
   let throttle = obs.throttlePermille;
   const progressing = obs.previousDirtyBytes !== null && obs.dirtyBytes < obs.previousDirtyBytes * PROGRESS_RATIO;
   if (policy.autoConverge && obs.round >= 2 && !progressing) {
-    throttle = throttle === 0 ? policy.initialThrottlePermille : Math.min(policy.maxThrottlePermille, throttle + policy.throttleStepPermille);
+    const stalled = obs.previousDirtyBytes === null || obs.dirtyBytes >= obs.previousDirtyBytes * STALL_RATIO;
+    const step = policy.throttleStepPermille * (stalled ? 2 : 1);
+    throttle = throttle === 0 ? policy.initialThrottlePermille : Math.min(policy.maxThrottlePermille, throttle + step);
     // Close to the top the remaining headroom matters more than the step: halve the distance to max.
     if (throttle > 900 && obs.throttlePermille >= 900) throttle = Math.min(policy.maxThrottlePermille, Math.ceil((obs.throttlePermille + policy.maxThrottlePermille) / 2));
   }

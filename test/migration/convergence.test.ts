@@ -30,8 +30,14 @@ describe('convergence policy', () => {
       seen.push(throttle);
     }
     assert.equal(seen[0], DEFAULT_POLICY.initialThrottlePermille);
+    assert.equal(seen[1], DEFAULT_POLICY.initialThrottlePermille + 2 * DEFAULT_POLICY.throttleStepPermille, 'no progress at all: a double step');
     assert.ok(seen.every((t, i) => i === 0 || t >= (seen[i - 1] ?? 0)), 'monotonic');
     assert.equal(seen.at(-1), DEFAULT_POLICY.maxThrottlePermille);
+  });
+
+  it('escalates by a single step when the dirty set shrinks a little but not enough', () => {
+    const d = decideConvergence(obs({ round: 4, dirtyBytes: 90e6, previousDirtyBytes: 100e6, throttlePermille: 200 }), DEFAULT_POLICY);
+    assert.equal(d.action === 'continue' ? d.throttlePermille : null, 200 + DEFAULT_POLICY.throttleStepPermille);
   });
 
   it('does not throttle after the first round, nor when auto-converge is off', () => {
