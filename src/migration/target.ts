@@ -27,6 +27,8 @@ export const INCOMING_IDLE_TIMEOUT_MS = 60_000;
 export const MAX_OPEN_TICKETS = 64;
 /** Connections per migration: one control plus up to 16 data channels. */
 const MAX_CONNECTIONS_PER_MIGRATION = 17;
+/** A connection must present a valid HELLO this quickly, or it is dropped (idle or hostile peers). */
+export const HELLO_TIMEOUT_MS = 10_000;
 /** How long after resume the target waits for every vCPU's first clock read. */
 const GUEST_CLOCK_WAIT_MS = 2_000;
 
@@ -105,6 +107,7 @@ export class MigrationReceiver {
   }
 
   private onConnection(socket: Socket): void {
+    socket.setTimeout(HELLO_TIMEOUT_MS, () => { socket.destroy(); });
     const state = new ConnectionState();
     let incoming: IncomingMigration | null = null;
     const channel = new ServerChannel(socket, async (frame: Frame): Promise<OkBody> => {
@@ -126,6 +129,7 @@ export class MigrationReceiver {
         }
         incoming = ticket.incoming;
         incoming.attach(channel, msg.body.role);
+        socket.setTimeout(0); // from here the migration's own idle timeout applies
         return { host: 'ferry', protocol: 1 };
       }
       if (incoming === null) throw new FerryError('PROTOCOL_OUT_OF_ORDER', 'HELLO first');

@@ -9,6 +9,9 @@ import {
   createVm, listVms, removeHostData, startHost, startMigration, stopHost, verifyVm, waitMigration, type TestHost,
 } from '../helpers/hosts.js';
 import { MiB } from '../../src/lib/units.js';
+import { connect } from 'node:net';
+import { FrameReader } from '../../src/migration/protocol/reader.js';
+import { encodeHello } from '../../src/migration/protocol/messages.js';
 
 let a: TestHost;
 let b: TestHost;
@@ -187,5 +190,31 @@ describe('host lifecycle', () => {
     } finally {
       await removeHostData(h);
     }
+  });
+});
+
+describe('migration endpoint: hostile peers', () => {
+  it('garbage, a bad ticket and a truncated frame get errors; the host keeps serving', async () => {
+    const port = (await a.client.call<{ migrationPort: number }>('GET', '/v1/host')).migrationPort;
+    const exchange = async (bytes: Buffer, end: boolean): Promise<string> => {
+      const socket = connect({ host: '127.0.0.1', port });
+      await new Promise((resolve) => socket.once('connect', resolve));
+      const reader = new FrameReader();
+      const reply = new Promise<string>((resolve) => {
+        socket.on('data', (d: Buffer) => {
+          for (const f of reader.push(d)) resolve((JSON.parse(f.payload.toString()) as { code: string }).code);
+        });
+        socket.on('close', () => { resolve('closed'); });
+      });
+      socket.write(bytes);
+      if (end) socket.end();
+      const r = await reply;
+      socket.destroy();
+      return r;
+    };
+    assert.equal(await exchange(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'), false), 'PROTOCOL_BAD_MAGIC');
+    assert.equal(await exchange(encodeHello(1, { protocol: 1, ticket: 'ab'.repeat(32), role: 'control', channel: 0 }), false), 'TICKET_INVALID');
+    assert.equal(await exchange(encodeHello(1, { protocol: 1, ticket: 'ab'.repeat(32), role: 'control', channel: 0 }).subarray(0, 20), true), 'closed');
+    assert.equal((await a.client.call<{ name: string }>('GET', '/v1/host')).name, 'a');
   });
 });
