@@ -219,7 +219,7 @@ export function summarize(r: MigrationRecord): string {
     + `downtime engine ${ms(r.engineDowntimeMs)} / guest ${ms(r.guestDowntimeMs)}, pause ${ms(r.pauseLatencyMs)}, `
     + `max throttle ${(r.maxThrottlePermille / 10).toFixed(1)}%${r.forcedSwitchover ? ' (forced switch-over)' : ''}`;
   const t = r.traces;
-  const refined = t.refinements.map((x) => ` -> ${formatBytes(x.toBytes)} after round ${x.round}`).join('');
+  const refined = t.splitRegions > 0 ? `, ${t.splitRegions} region(s) split to 4 KiB pages` : '';
   const traces = `  traces: ${t.install}, ${t.adaptive ? 'adaptive ' : ''}${formatBytes(t.granularityBytes)} regions${refined}, ${t.installations} installations, stall max ${t.stallMaxMs.toFixed(2)} ms / total ${t.stallTotalMs.toFixed(1)} ms, scan ${t.scanMsTotal.toFixed(1)} ms, barrier ${t.barrierMsTotal.toFixed(1)} ms, ${t.unchangedPagesSkipped} unchanged pages not re-sent`;
   const rounds = r.rounds.map((x) => `  round ${x.round}: ${formatBytes(x.bytes)} in ${x.durationMs.toFixed(1)} ms (${compact(x.throughputBytesPerSec)}B/s), dirty after ${formatBytes(x.dirtyBytesAfter)}, throttle ${(x.throttlePermille / 10).toFixed(1)}%`);
   return [head, `  ${body}`, traces, ...rounds, ...(r.error !== null ? [`  error [${r.error.code}]: ${r.error.message}`] : [])].join('\n');

@@ -29,10 +29,8 @@ export const DEFAULT_DATA_CHANNELS = 2;
 export const BATCH_PAYLOAD_BYTES = 4 * 1024 * 1024;
 /** Adaptive tracing starts at this granularity unless the migration names one. */
 export const ADAPTIVE_START_GRANULARITY_BYTES = 2 * 1024 * 1024;
-/** Refine when more than this share of the pages in fired regions had not changed. */
+/** Split a region that fired again when more than this share of its pages had not changed. */
 export const REFINE_UNCHANGED_FRACTION = 0.5;
-/** Each refinement divides the granularity by this (2 MiB -> 64 KiB -> 4 KiB). */
-export const REFINE_FACTOR = 32;
 /** MEMORY frames outstanding per data channel (bounded by the protocol's MAX_IN_FLIGHT). */
 const FRAMES_IN_FLIGHT_PER_CHANNEL = 4;
 /** Timeouts: a target that never answers is given up on, and the VM keeps running here. */
@@ -66,8 +64,9 @@ export const migrationOptionsSchema = z.object({
   /** Trace granularity for this migration (power of two, 4 KiB .. 2 MiB); default: the VM's. */
   traceGranularityBytes: z.number().int().min(4096).max(2 * 1024 * 1024).refine((n) => (n & (n - 1)) === 0, 'must be a power of two').optional(),
   /**
-   * Adaptive granularity: start coarse (traceGranularityBytes, default 2 MiB) and refine — with the
-   * guest briefly parked — when most pages of the fired regions turn out unchanged.
+   * Adaptive granularity: start coarse (traceGranularityBytes, default 2 MiB) and switch the regions
+   * that keep firing with mostly unchanged pages to per-4 KiB-page tracing (the guest is parked for
+   * the switch).
    */
   traceAdaptive: z.boolean().optional(),
   /** Tests only: damage the data of one page sent in this round (the digest must catch it). */
@@ -152,8 +151,9 @@ export interface TraceRecord {
   /** Guest work units per second during pre-copy (all vCPUs): what tracing and throttling left it. */
   readonly guestUnitsPerSecDuringPrecopy: number | null;
   readonly adaptive: boolean;
-  /** Adaptive refinements: after which round, from and to which granularity. */
-  readonly refinements: readonly { readonly round: number; readonly fromBytes: number; readonly toBytes: number }[];
+  /** Adaptive refinement: regions switched to per-page tracing, and after which round. */
+  readonly splits: readonly { readonly round: number; readonly regions: number }[];
+  readonly splitRegions: number;
 }
 
 interface JobEvents {
@@ -162,6 +162,19 @@ interface JobEvents {
 }
 
 const ZERO_PAGE = Buffer.alloc(PAGE_ALIGN_BYTES);
+
+/** What a round must send: fired regions (at the tracking granularity) and fired 4 KiB pages of split regions. */
+interface DirtySet {
+  readonly regions: Uint32Array;
+  readonly pages: Uint32Array;
+}
+
+/** Union of two ascending index lists, ascending, without duplicates. */
+function mergeSorted(a: Uint32Array, b: Uint32Array): Uint32Array {
+  if (b.length === 0) return a;
+  if (a.length === 0) return b;
+  return Uint32Array.from(new Set([...a, ...b])).sort();
+}
 
 /** Calls the target's control API with the bearer token. */
 async function targetApi(target: TargetEndpoint, method: string, path: string, timeoutMs: number): Promise<Record<string, unknown>> {
@@ -234,7 +247,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
       install: options.traceInstall ?? 'single',
       granularityBytes: options.traceGranularityBytes ?? (options.traceAdaptive === true ? ADAPTIVE_START_GRANULARITY_BYTES : vm.granularityBytes),
       installations: 0, stallMaxMs: 0, stallTotalMs: 0, scanMsTotal: 0, barrierMsTotal: 0, unchangedPagesSkipped: 0,
-      guestUnitsPerSecDuringPrecopy: null, adaptive: options.traceAdaptive === true, refinements: [],
+      guestUnitsPerSecDuringPrecopy: null, adaptive: options.traceAdaptive === true, splits: [], splitRegions: 0,
     };
   }
 
@@ -365,42 +378,43 @@ export class MigrationJob extends EventEmitter<JobEvents> {
 
   private remoteId = '';
 
-  /** Pre-copy rounds; returns the regions still dirty when the policy decided to switch over. */
-  private async precopy(): Promise<Uint32Array> {
+  /** Pre-copy rounds; returns what is still dirty when the policy decided to switch over. */
+  private async precopy(): Promise<DirtySet> {
     this.enter('precopy');
     const unitsAtStart = this.vm.vcpuStats().reduce((a, v) => a + v.units, 0);
     const precopyStart = performance.now();
     const guestRate = (): number => (this.vm.vcpuStats().reduce((a, v) => a + v.units, 0) - unitsAtStart) * 1000 / Math.max(1, performance.now() - precopyStart);
-    let tracker = await this.vm.setTraceGranularity(this.traceStats.granularityBytes);
+    const tracker = await this.vm.setTraceGranularity(this.traceStats.granularityBytes);
     tracker.strategy = this.traceStats.install;
     this.noteInstall(await tracker.armAll());
     // Round 1: everything. The target's memory is fresh (all zero): zero pages are not sent at all.
-    let regions: Uint32Array = Uint32Array.from({ length: tracker.regionCount }, (_, i) => i);
+    let work: DirtySet = { regions: Uint32Array.from({ length: tracker.regionCount }, (_, i) => i), pages: new Uint32Array(0) };
     let previousDirty: number | null = null;
     for (let round = 1; ; round++) {
       this.checkCancelled();
       const startedMs = performance.now();
-      const skippedBefore = this.traceStats.unchangedPagesSkipped;
-      const bytes = await this.sendRegions(regions, round, round === 1);
-      const skippedPages = this.traceStats.unchangedPagesSkipped - skippedBefore;
-      await this.control?.request('ROUND', (id) => encodeRound(id, { round, regions: regions.length, bytes }), this.requestTimeoutMs);
+      const unchanged = new Map<number, number>();
+      const bytes = await this.sendRegions(work, round, round === 1, unchanged);
+      const fired = work.regions.length + work.pages.length;
+      await this.control?.request('ROUND', (id) => encodeRound(id, { round, regions: fired, bytes }), this.requestTimeoutMs);
       const durationMs = performance.now() - startedMs;
       const throughput = bytes > 0 && durationMs > 0 ? (bytes * 1000) / durationMs : (this.rounds.at(-1)?.throughputBytesPerSec ?? 0);
       // What the guest dirtied while this round was sent.
       const collectResult = this.vm.state === 'running' ? await tracker.collect() : tracker.collectPaused();
       this.noteInstall(collectResult);
-      const collected = collectResult.regions;
+      const collected: DirtySet = { regions: collectResult.regions, pages: collectResult.pages };
       // With regions coarser than a page only the changed pages are sent; estimate what the next
       // round will really send from this round's ratio of sent bytes to fired-region bytes.
-      const firedBytes = regions.length * this.vm.granularityBytes;
-      const sendRatio = round === 1 || firedBytes === 0 ? 1 : Math.min(1, Math.max(DIGEST_PAGE_BYTES / this.vm.granularityBytes, bytes / firedBytes));
-      const dirtyBytes = Math.round(collected.length * this.vm.granularityBytes * sendRatio);
+      const gran = this.vm.granularityBytes;
+      const firedBytes = work.regions.length * gran + work.pages.length * DIGEST_PAGE_BYTES;
+      const sendRatio = round === 1 || firedBytes === 0 ? 1 : Math.min(1, Math.max(DIGEST_PAGE_BYTES / gran, bytes / firedBytes));
+      const dirtyBytes = Math.round((collected.regions.length * gran) * sendRatio + collected.pages.length * DIGEST_PAGE_BYTES);
       const decision = decideConvergence({
         round, dirtyBytes, previousDirtyBytes: previousDirty, throughputBytesPerSec: throughput,
         elapsedMs: performance.now() - this.t0, throttlePermille: this.throttle,
       }, this.policy);
       this.rounds.push({
-        round, regions: regions.length, bytes, durationMs, throughputBytesPerSec: throughput, dirtyBytesAfter: dirtyBytes,
+        round, regions: fired, bytes, durationMs, throughputBytesPerSec: throughput, dirtyBytesAfter: dirtyBytes,
         throttlePermille: this.throttle, expectedDowntimeMs: decision.expectedDowntimeMs,
       });
       this.progress(true, { round, dirtyBytes, throughput, durationMs, roundBytes: bytes });
@@ -416,43 +430,33 @@ export class MigrationJob extends EventEmitter<JobEvents> {
         this.vm.setThrottle(this.throttle);
       }
       previousDirty = dirtyBytes;
-      regions = collected;
-      // Adaptive: most of what coarse regions made us look at had not changed -> refine.
-      const gran = this.vm.granularityBytes;
-      const sentPages = bytes / DIGEST_PAGE_BYTES;
-      if (this.traceStats.adaptive && gran > DIGEST_PAGE_BYTES && skippedPages > REFINE_UNCHANGED_FRACTION * (skippedPages + sentPages)) {
-        const toBytes = Math.max(DIGEST_PAGE_BYTES, gran / REFINE_FACTOR);
-        regions = await this.refine(regions, gran, toBytes, round);
-        tracker = this.vm.tracker;
+      work = collected;
+      // Adaptive: a region that fired again (it was sent this round, after round 1) with most of
+      // its pages unchanged is traced per page from now on.
+      if (this.traceStats.adaptive && round > 1 && gran > DIGEST_PAGE_BYTES) {
+        const perRegion = gran / DIGEST_PAGE_BYTES;
+        const split = [...unchanged].filter(([, n]) => n > REFINE_UNCHANGED_FRACTION * perRegion).map(([r]) => r);
+        if (split.length > 0) work = await this.splitRegions(split, work, round);
       }
     }
   }
 
   /**
-   * Switches to a finer granularity without losing a write: with every vCPU parked, collect what
-   * fired since the last collect, switch the shift, re-arm everything at the new granularity, and
-   * resume. Returns the still-dirty set expressed in the new granularity's regions.
+   * Switches regions to per-page tracing without losing a write: with every vCPU parked, collect
+   * what fired since the last collect (added to the next round's work), split, resume.
    */
-  private async refine(dirty: Uint32Array, fromBytes: number, toBytes: number, round: number): Promise<Uint32Array> {
+  private async splitRegions(regions: number[], work: DirtySet, round: number): Promise<DirtySet> {
     const t0 = performance.now();
     const wasRunning = this.vm.state === 'running';
     if (wasRunning) await this.vm.pause();
-    const fired = new Set<number>(dirty);
-    for (const r of this.vm.tracker.collectPaused().regions) fired.add(r);
-    const perCoarse = fromBytes / toBytes;
-    const fine: number[] = [];
-    const fineCount = Math.ceil(this.vm.config.memoryBytes / toBytes);
-    for (const r of [...fired].sort((a, b) => a - b)) {
-      for (let i = r * perCoarse; i < (r + 1) * perCoarse && i < fineCount; i++) fine.push(i);
-    }
-    const tracker = await this.vm.setTraceGranularity(toBytes);
-    tracker.strategy = this.traceStats.install;
-    await tracker.armAll();
+    const late = this.vm.tracker.collectPaused();
+    const added = this.vm.tracker.split(regions);
     if (wasRunning) this.vm.resume();
-    this.noteInstall({ stallMs: wasRunning ? performance.now() - t0 : 0 });
-    this.traceStats = { ...this.traceStats, refinements: [...this.traceStats.refinements, { round, fromBytes, toBytes }] };
-    this.log(`migration ${this.id.slice(0, 8)}: adaptive tracing refined ${fromBytes} -> ${toBytes} bytes after round ${round}`);
-    return Uint32Array.from(fine);
+    this.noteInstall({ stallMs: wasRunning ? performance.now() - t0 : 0, scanMs: late.scanMs });
+    this.traceStats = {
+      ...this.traceStats, splits: [...this.traceStats.splits, { round, regions: added }], splitRegions: this.traceStats.splitRegions + added,
+    };
+    return { regions: mergeSorted(work.regions, late.regions), pages: mergeSorted(work.pages, late.pages) };
   }
 
   /**
@@ -460,7 +464,8 @@ export class MigrationJob extends EventEmitter<JobEvents> {
    * is copied once, from guest RAM straight into a reused frame buffer, and the digest is computed
    * over exactly those bytes (what the target will receive). Returns the bytes of page data sent.
    */
-  private async sendRegions(regions: Uint32Array, round: number, skipZero: boolean): Promise<number> {
+  private async sendRegions(work: DirtySet, round: number, skipZero: boolean, unchangedByRegion: Map<number, number> | null = null): Promise<number> {
+    const regions = work.regions;
     const gran = this.vm.granularityBytes;
     const ramBytes = this.vm.config.memoryBytes;
     const ram = Buffer.from(this.vm.ram.buffer, 0, ramBytes);
@@ -471,7 +476,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     let runsBytes = 0;
     let channel = 0;
     let roundBytes = 0;
-    const totalBytes = regions.length * gran;
+    const totalBytes = regions.length * gran + work.pages.length * DIGEST_PAGE_BYTES;
 
     const flush = async (): Promise<void> => {
       if (runs.length === 0) return;
@@ -529,24 +534,28 @@ export class MigrationJob extends EventEmitter<JobEvents> {
       runStart = -1;
       if (runsBytes >= BATCH_PAYLOAD_BYTES - MAX_ENTRY_BYTES || runs.length >= MAX_ENTRIES_PER_BATCH) await flush();
     };
+    const visitPage = async (page: number): Promise<void> => {
+      const data = ram.subarray(page, page + DIGEST_PAGE_BYTES);
+      const zero = data.equals(ZERO_PAGE);
+      if (zero && skipZero) { await endRun(); this.zeroPagesSkipped++; return; }
+      // A fired region coarser than a page: send only the pages that changed since last sent.
+      if (skipUnchanged && this.digest.unchanged(page, data)) {
+        await endRun();
+        this.traceStats = { ...this.traceStats, unchangedPagesSkipped: this.traceStats.unchangedPagesSkipped + 1 };
+        if (unchangedByRegion !== null) { const r = Math.floor(page / gran); unchangedByRegion.set(r, (unchangedByRegion.get(r) ?? 0) + 1); }
+        return;
+      }
+      if (runStart >= 0 && (zero !== runZero || page !== runEnd || runEnd - runStart >= MAX_ENTRY_BYTES)) await endRun();
+      if (runStart < 0) { runStart = page; runZero = zero; }
+      runEnd = page + DIGEST_PAGE_BYTES;
+    };
     for (const r of regions) {
       const start = r * gran;
       const end = Math.min(start + gran, ramBytes);
-      for (let page = start; page < end; page += DIGEST_PAGE_BYTES) {
-        const data = ram.subarray(page, page + DIGEST_PAGE_BYTES);
-        const zero = data.equals(ZERO_PAGE);
-        if (zero && skipZero) { await endRun(); this.zeroPagesSkipped++; continue; }
-        // A fired region coarser than a page: send only the pages that changed since last sent.
-        if (skipUnchanged && this.digest.unchanged(page, data)) {
-          await endRun();
-          this.traceStats = { ...this.traceStats, unchangedPagesSkipped: this.traceStats.unchangedPagesSkipped + 1 };
-          continue;
-        }
-        if (runStart >= 0 && (zero !== runZero || page !== runEnd || runEnd - runStart >= MAX_ENTRY_BYTES)) await endRun();
-        if (runStart < 0) { runStart = page; runZero = zero; }
-        runEnd = page + DIGEST_PAGE_BYTES;
-      }
+      for (let page = start; page < end; page += DIGEST_PAGE_BYTES) await visitPage(page);
     }
+    // Pages fired in split regions (per-page tracing).
+    for (const p of work.pages) await visitPage(p * DIGEST_PAGE_BYTES);
     await endRun();
     await flush();
     // Every frame must be acknowledged; a failure of any is the round's failure.
@@ -554,19 +563,18 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     return roundBytes;
   }
 
-  private async switchover(dirty: Uint32Array): Promise<void> {
+  private async switchover(dirty: DirtySet): Promise<void> {
     this.enter('switchover');
     this.checkCancelled();
     const stunAt = performance.now();
     if (this.vm.state === 'running') this.pauseLatencyMs = (await this.vm.pause()).latencyMs;
-    const final = new Set<number>(dirty);
-    for (const r of this.vm.tracker.collectPaused().regions) final.add(r);
-    const finalRegions = Uint32Array.from([...final].sort((a, b) => a - b));
+    const late = this.vm.tracker.collectPaused();
+    const final: DirtySet = { regions: mergeSorted(dirty.regions, late.regions), pages: mergeSorted(dirty.pages, late.pages) };
     const round = this.rounds.length + 1;
     const startedMs = performance.now();
-    const bytes = await this.sendRegions(finalRegions, round, false);
+    const bytes = await this.sendRegions(final, round, false);
     this.rounds.push({
-      round, regions: finalRegions.length, bytes, durationMs: performance.now() - startedMs,
+      round, regions: final.regions.length + final.pages.length, bytes, durationMs: performance.now() - startedMs,
       throughputBytesPerSec: bytes > 0 ? (bytes * 1000) / Math.max(1e-3, performance.now() - startedMs) : 0,
       dirtyBytesAfter: 0, throttlePermille: this.throttle, expectedDowntimeMs: 0,
     });

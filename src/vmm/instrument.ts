@@ -27,7 +27,7 @@ import { FerryError } from '../lib/errors.js';
 import { formatBytes } from '../lib/units.js';
 import { assert } from '../lib/assert.js';
 import {
-  CONTROL_CLAIMED_PAGES_OFFSET, CONTROL_POLL_FLAG_OFFSET, CONTROL_TRACE_SHIFT_OFFSET, WASM_PAGE_BYTES, computeLayout, granularityShift, validateGranularity,
+  CONTROL_CLAIMED_PAGES_OFFSET, CONTROL_POLL_FLAG_OFFSET, CONTROL_TRACE_SHIFT_OFFSET, FINE_SHIFT, SPLIT_MARK, WASM_PAGE_BYTES, computeLayout, granularityShift, validateGranularity,
   type MemoryLayout,
 } from './layout.js';
 
@@ -276,20 +276,31 @@ interface Walker {
 const i32 = binaryen.i32;
 const none = binaryen.none;
 
-/** `if (bitmap[r]) bitmap[r] = 0` for the region holding the byte at address `addrExpr`. */
 /** The trace shift: the VM's control word (dynamic) or a constant. */
 function shiftExpr(w: Walker): number {
   const m = w.mod;
   return w.dynamicShift ? m.i32.load(w.layout.controlOffset + CONTROL_TRACE_SHIFT_OFFSET, 4, m.i32.const(0), w.memName) : m.i32.const(w.shift);
 }
 
-function markOne(w: Walker, regionLocal: number, addrExpr: number): number[] {
+/**
+ * Fires the trace of the byte at `addr()` (a factory: the address is needed twice):
+ *   b = bitmap[addr >> shift]
+ *   if (b == 1) bitmap[...] = 0                              armed coarse region: fire it
+ *   else if (b == SPLIT) if (fine[addr >> 12]) fine[...] = 0  split region: fire the 4 KiB page
+ * With traces off (b == 0) it is one load and a predicted branch; nothing is written.
+ */
+function markOne(w: Walker, regionLocal: number, byteLocal: number, addr: () => number): number[] {
   const m = w.mod;
   const bitmap = w.layout.bitmapOffset;
+  const fine = w.layout.fineBitmapOffset;
+  const page = (): number => m.i32.shr_u(addr(), m.i32.const(FINE_SHIFT));
   return [
-    m.local.set(regionLocal, m.i32.shr_u(addrExpr, shiftExpr(w))),
-    m.if(m.i32.load8_u(bitmap, 1, m.local.get(regionLocal, i32), w.memName),
-      m.i32.store8(bitmap, 1, m.local.get(regionLocal, i32), m.i32.const(0), w.memName)),
+    m.local.set(regionLocal, m.i32.shr_u(addr(), shiftExpr(w))),
+    m.local.set(byteLocal, m.i32.load8_u(bitmap, 1, m.local.get(regionLocal, i32), w.memName)),
+    m.if(m.local.get(byteLocal, i32),
+      m.if(m.i32.eq(m.local.get(byteLocal, i32), m.i32.const(1)),
+        m.i32.store8(bitmap, 1, m.local.get(regionLocal, i32), m.i32.const(0), w.memName),
+        m.if(m.i32.load8_u(fine, 1, page(), w.memName), m.i32.store8(fine, 1, page(), m.i32.const(0), w.memName)))),
   ];
 }
 
@@ -318,19 +329,17 @@ function wrapFixedWrite(w: Walker, expr: number, cls: 'Store' | 'AtomicRMW' | 'A
   const resultType = binaryen.getExpressionType(expr);
   operandNames.forEach((n, i) => { accessor(cls, `set${n}`)(expr, m.local.get(i, operandTypes[i] ?? none)); });
   const nParams = operands.length;
-  const r0 = nParams, r1 = nParams + 1, result = nParams + 2;
+  const r0 = nParams, b0 = nParams + 1, result = nParams + 2;
   const body: number[] = [boundsCheck(w, 0, offset, size)];
   body.push(resultType === none ? expr : m.local.set(result, expr));
-  const addr = (extra: number): number => m.i32.add(m.local.get(0, i32), m.i32.const((offset + extra) | 0));
+  const addr = (extra: number) => (): number => m.i32.add(m.local.get(0, i32), m.i32.const((offset + extra) | 0));
   const skipMarks = w.faults.skipPlainStoreMarks === true && cls === 'Store' && !accessor('Store', 'isAtomic')(expr);
-  if (!skipMarks) body.push(...markOne(w, r0, addr(0)));
+  if (!skipMarks) body.push(...markOne(w, r0, b0, addr(0)));
   if (size > 1 && !skipMarks && w.faults.markFirstRegionOnly !== true) {
-    // A store can straddle two regions: fire the region of its last byte too (FINDINGS: checking only
-    // the first region loses writes).
-    body.push(m.local.set(r1, m.i32.shr_u(addr(size - 1), shiftExpr(w))));
-    body.push(m.if(m.i32.ne(m.local.get(r1, i32), m.local.get(r0, i32)),
-      m.if(m.i32.load8_u(w.layout.bitmapOffset, 1, m.local.get(r1, i32), w.memName),
-        m.i32.store8(w.layout.bitmapOffset, 1, m.local.get(r1, i32), m.i32.const(0), w.memName))));
+    // A store can straddle two regions or two pages of a split region: mark its last byte too when
+    // it lies in another 4 KiB page (FINDINGS: checking only the first region loses writes).
+    body.push(m.if(m.i32.ne(m.i32.shr_u(addr(size - 1)(), m.i32.const(FINE_SHIFT)), m.i32.shr_u(addr(0)(), m.i32.const(FINE_SHIFT))),
+      m.block(null, markOne(w, r0, b0, addr(size - 1)))));
   }
   if (resultType !== none) body.push(m.local.get(result, resultType));
   const name = `__ferry_site${w.siteCount++}`;
@@ -437,14 +446,31 @@ function addRuntimeHelpers(w: Walker, maxClaimPages: number): void {
   const ctrl = w.layout.controlOffset + CONTROL_CLAIMED_PAGES_OFFSET;
   m.addFunctionImport('__ferry_oob', RUNTIME_IMPORT_MODULE, 'oob', binaryen.createType([i32, i32, i32]), none);
   // (dest, size): fire every region in [dest, dest+size); callers guarantee dest+size <= RAM.
-  const d = 0, n = 1, r = 2, last = 3;
-  m.addFunction('__ferry_mark_range', binaryen.createType([i32, i32]), none, [i32, i32], m.block(null, [
+  // Split regions fire the 4 KiB pages of the range that lie in them.
+  const fine = w.layout.fineBitmapOffset;
+  const d = 0, n = 1, r = 2, last = 3, b = 4, p = 5, pEnd = 6;
+  const regionStart = (): number => m.i32.shl(m.local.get(r, i32), shiftExpr(w));
+  m.addFunction('__ferry_mark_range', binaryen.createType([i32, i32]), none, [i32, i32, i32, i32, i32], m.block(null, [
     m.if(m.i32.eqz(m.local.get(n, i32)), m.return()),
     m.local.set(r, m.i32.shr_u(m.local.get(d, i32), shiftExpr(w))),
     m.local.set(last, m.i32.shr_u(m.i32.sub(m.i32.add(m.local.get(d, i32), m.local.get(n, i32)), m.i32.const(1)), shiftExpr(w))),
     m.loop('__ferry_mark_loop', m.block(null, [
-      m.if(m.i32.load8_u(bitmap, 1, m.local.get(r, i32), w.memName),
-        m.i32.store8(bitmap, 1, m.local.get(r, i32), m.i32.const(0), w.memName)),
+      m.local.set(b, m.i32.load8_u(bitmap, 1, m.local.get(r, i32), w.memName)),
+      m.if(m.i32.eq(m.local.get(b, i32), m.i32.const(1)),
+        m.i32.store8(bitmap, 1, m.local.get(r, i32), m.i32.const(0), w.memName),
+        m.if(m.i32.eq(m.local.get(b, i32), m.i32.const(SPLIT_MARK)), m.block(null, [
+          // pages of [max(dest, region start), min(dest + size, region end)) in this region
+          m.local.set(p, m.i32.shr_u(m.select(m.i32.gt_u(m.local.get(d, i32), regionStart()), m.local.get(d, i32), regionStart()), m.i32.const(FINE_SHIFT))),
+          m.local.set(pEnd, m.i32.shr_u(m.i32.sub(
+            m.select(m.i32.lt_u(m.i32.add(m.local.get(d, i32), m.local.get(n, i32)), m.i32.shl(m.i32.add(m.local.get(r, i32), m.i32.const(1)), shiftExpr(w))),
+              m.i32.add(m.local.get(d, i32), m.local.get(n, i32)), m.i32.shl(m.i32.add(m.local.get(r, i32), m.i32.const(1)), shiftExpr(w))),
+            m.i32.const(1)), m.i32.const(FINE_SHIFT))),
+          m.loop('__ferry_mark_fine', m.block(null, [
+            m.if(m.i32.load8_u(fine, 1, m.local.get(p, i32), w.memName), m.i32.store8(fine, 1, m.local.get(p, i32), m.i32.const(0), w.memName)),
+            m.local.set(p, m.i32.add(m.local.get(p, i32), m.i32.const(1))),
+            m.br('__ferry_mark_fine', m.i32.le_u(m.local.get(p, i32), m.local.get(pEnd, i32))),
+          ])),
+        ]))),
       m.local.set(r, m.i32.add(m.local.get(r, i32), m.i32.const(1))),
       m.br('__ferry_mark_loop', m.i32.le_u(m.local.get(r, i32), m.local.get(last, i32))),
     ])),

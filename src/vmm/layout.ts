@@ -44,9 +44,19 @@ export interface MemoryLayout {
   readonly bitmapOffset: number;
   /** One byte per MIN_GRANULARITY_BYTES region of RAM (regions of coarser granularities use a prefix). */
   readonly bitmapBytes: number;
+  /**
+   * Fine bitmap: one byte per 4 KiB page, consulted for coarse regions that were *split* (their
+   * coarse byte is SPLIT_MARK): adaptive tracing refines single regions that keep firing.
+   */
+  readonly fineBitmapOffset: number;
   readonly totalPages: number;
   readonly totalBytes: number;
 }
+
+/** Coarse bitmap byte meaning "split: this region is traced per 4 KiB page in the fine bitmap". */
+export const SPLIT_MARK = 2;
+/** log2(MIN_GRANULARITY_BYTES): the fine bitmap's shift. */
+export const FINE_SHIFT = 12;
 
 export function isValidGranularity(bytes: number): boolean {
   return Number.isInteger(bytes) && bytes >= MIN_GRANULARITY_BYTES && bytes <= MAX_GRANULARITY_BYTES && (bytes & (bytes - 1)) === 0;
@@ -74,13 +84,15 @@ export function computeLayout(ramBytes: number): MemoryLayout {
   const bitmapBytes = Math.ceil(bitmapEntries / WASM_PAGE_BYTES) * WASM_PAGE_BYTES;
   const controlOffset = ramBytes;
   const bitmapOffset = controlOffset + CONTROL_BYTES;
-  const totalBytes = bitmapOffset + bitmapBytes;
+  const fineBitmapOffset = bitmapOffset + bitmapBytes;
+  const totalBytes = fineBitmapOffset + bitmapBytes;
   return {
     ramBytes,
     ramPages: ramBytes / WASM_PAGE_BYTES,
     controlOffset,
     bitmapOffset,
     bitmapBytes,
+    fineBitmapOffset,
     totalPages: totalBytes / WASM_PAGE_BYTES,
     totalBytes,
   };

@@ -7,6 +7,7 @@
 import { performance } from 'node:perf_hooks';
 import { FerryError } from '../lib/errors.js';
 import type { TraceBitmap } from './trace-bitmap.js';
+import { MIN_GRANULARITY_BYTES, SPLIT_MARK } from './layout.js';
 
 /**
  * How traces are (re-)installed (docs/dirty-tracking.md):
@@ -29,6 +30,8 @@ export interface TrackerHooks {
 export interface CollectResult {
   /** Indices of regions whose trace fired since they were last armed, ascending. */
   readonly regions: Uint32Array;
+  /** 4 KiB page indices that fired inside split regions (adaptive tracing), ascending. */
+  readonly pages: Uint32Array;
   /** Time to scan the bitmap and re-arm fired regions. */
   readonly scanMs: number;
   /** Time waiting for every vCPU to acknowledge the new epoch ('single'). */
@@ -45,6 +48,8 @@ export interface TraceStats {
   readonly firedTotal: number;
 }
 
+const EMPTY = new Uint32Array(0);
+
 export class DirtyTracker {
   readonly regionCount: number;
   /** Host-side record of which regions are armed, to tell "fired" from "never armed". */
@@ -52,6 +57,8 @@ export class DirtyTracker {
   private armedCount = 0;
   private collections = 0;
   private firedTotal = 0;
+  /** Regions traced per 4 KiB page (their coarse byte holds SPLIT_MARK), ascending. */
+  private splitList: number[] = [];
 
   /** How later installations are done; settable per migration. */
   strategy: InstallStrategy = 'single';
@@ -69,12 +76,42 @@ export class DirtyTracker {
 
   private readonly scratch: Uint32Array;
 
+  get splitRegions(): readonly number[] { return this.splitList; }
+
+  /**
+   * Traces `regions` per 4 KiB page from now on (adaptive refinement of regions that keep firing).
+   * The caller must have every vCPU parked: the switch rewrites bytes a running store may be
+   * clearing. Their pages start armed.
+   */
+  split(regions: Iterable<number>): number {
+    const gran = this.granularityBytes;
+    let added = 0;
+    for (const r of regions) {
+      if (!Number.isInteger(r) || r < 0 || r >= this.regionCount || this.armed[r] === SPLIT_MARK) continue;
+      const from = (r * gran) / MIN_GRANULARITY_BYTES;
+      this.bitmap.fine.fill(1, from, Math.min(from + gran / MIN_GRANULARITY_BYTES, this.bitmap.fine.length));
+      this.bitmap.bytes[r] = SPLIT_MARK;
+      if (this.armed[r] !== 1) this.armedCount++;
+      this.armed[r] = SPLIT_MARK;
+      this.splitList.push(r);
+      added++;
+    }
+    this.splitList.sort((a, b) => a - b);
+    return added;
+  }
+
   /** Arms every region; resolves when every vCPU is guaranteed to observe the traces. */
   async armAll(): Promise<{ stallMs: number }> {
     this.armed.fill(1);
     this.armedCount = this.regionCount;
-    if (this.strategy === 'stop-all') return this.hooks.installStopped(null);
+    for (const r of this.splitList) this.armFine(r);
+    if (this.strategy === 'stop-all') {
+      if (this.splitList.length === 0) return this.hooks.installStopped(null);
+      const split = new Set(this.splitList);
+      return this.hooks.installStopped(Uint32Array.from({ length: this.regionCount }, (_, i) => i).filter((r) => !split.has(r)));
+    }
     this.bitmap.bytes.fill(1, 0, this.regionCount);
+    for (const r of this.splitList) this.bitmap.bytes[r] = SPLIT_MARK;
     await this.hooks.barrier();
     return { stallMs: 0 };
   }
@@ -89,6 +126,7 @@ export class DirtyTracker {
     }
     for (let i = 0; i < regions.length; i++) {
       const r = regions[i] as number;
+      if (this.armed[r] === SPLIT_MARK) continue; // split regions stay traced per page
       if (this.armed[r] === 0) this.armedCount++;
       this.armed[r] = 1;
       this.bitmap.bytes[r] = 1;
@@ -99,6 +137,8 @@ export class DirtyTracker {
   /** Disarms everything (stray clears by in-flight stores are harmless: the bytes are 0 anyway). */
   disarmAll(): void {
     this.bitmap.bytes.fill(0, 0, this.regionCount);
+    for (const r of this.splitList) this.fineRange(r, 0);
+    this.splitList = [];
     this.armed.fill(0);
     this.armedCount = 0;
   }
@@ -109,25 +149,29 @@ export class DirtyTracker {
    */
   async collect(): Promise<CollectResult> {
     const t0 = performance.now();
+    // Fired pages of split regions are re-armed here in both strategies: for stop-all the parking
+    // that follows is the barrier (a store before it is visible to the copy, one after sees 1).
+    const pages = this.scanFine();
     if (this.strategy === 'stop-all') {
       // Scan without re-arming; the parked vCPUs re-arm. No epoch is needed: parking and resuming
       // are seq-cst transitions, so every vCPU resumes seeing the new traces.
       const regions = this.scan(false);
       const t1 = performance.now();
       const { stallMs } = await this.hooks.installStopped(regions);
-      return { regions, scanMs: t1 - t0, barrierMs: 0, stallMs };
+      return { regions, pages, scanMs: t1 - t0, barrierMs: 0, stallMs };
     }
     const regions = this.scan(true);
     const t1 = performance.now();
     await this.hooks.barrier();
-    return { regions, scanMs: t1 - t0, barrierMs: performance.now() - t1, stallMs: 0 };
+    return { regions, pages, scanMs: t1 - t0, barrierMs: performance.now() - t1, stallMs: 0 };
   }
 
   /** Collect while every vCPU is parked (the final round): no barrier is needed. */
   collectPaused(): CollectResult {
     const t0 = performance.now();
+    const pages = this.scanFine();
     const regions = this.scan(true);
-    return { regions, scanMs: performance.now() - t0, barrierMs: 0, stallMs: 0 };
+    return { regions, pages, scanMs: performance.now() - t0, barrierMs: 0, stallMs: 0 };
   }
 
   stats(): TraceStats {
@@ -135,6 +179,31 @@ export class DirtyTracker {
       regionCount: this.regionCount, granularityBytes: this.granularityBytes, armedRegions: this.armedCount,
       collections: this.collections, firedTotal: this.firedTotal,
     };
+  }
+
+  private fineRange(r: number, value: number): void {
+    const from = (r * this.granularityBytes) / MIN_GRANULARITY_BYTES;
+    this.bitmap.fine.fill(value, from, Math.min(from + this.granularityBytes / MIN_GRANULARITY_BYTES, this.bitmap.fine.length));
+  }
+
+  private armFine(r: number): void {
+    this.fineRange(r, 1);
+    this.bitmap.bytes[r] = SPLIT_MARK;
+    this.armed[r] = SPLIT_MARK;
+  }
+
+  /** Fired 4 KiB pages of split regions (re-armed on the way), ascending. */
+  private scanFine(): Uint32Array {
+    if (this.splitList.length === 0) return EMPTY;
+    const fine = this.bitmap.fine;
+    const perRegion = this.granularityBytes / MIN_GRANULARITY_BYTES;
+    const out: number[] = [];
+    for (const r of this.splitList) {
+      const end = Math.min((r + 1) * perRegion, fine.length);
+      for (let p = r * perRegion; p < end; p++) if (fine[p] === 0) { out.push(p); fine[p] = 1; }
+    }
+    this.firedTotal += out.length;
+    return Uint32Array.from(out);
   }
 
   /**

@@ -76,17 +76,17 @@ describe('live migration between host processes', () => {
     await from.client.call('DELETE', '/v1/vms/tr');
   });
 
-  it('adaptive tracing starts coarse and refines on a sparse writer; the VM arrives intact', async () => {
+  it('adaptive tracing starts coarse and splits regions that keep firing on a sparse writer; the VM arrives intact', async () => {
     await createVm(a, 'ad', 'dirtier', { memoryBytes: 64 * MiB, vcpus: 2, cmdline: 'hot=48MiB pattern=random rate=100000 check=1 fill=1 claim=all' });
     await sleep(300);
     const record = await waitMigration(a, await startMigration(a, 'ad', b, { traceAdaptive: true })) as unknown as {
-      outcome: string; error: unknown; traces: { adaptive: boolean; granularityBytes: number; refinements: { fromBytes: number; toBytes: number }[] };
+      outcome: string; error: unknown; traces: { adaptive: boolean; granularityBytes: number; splitRegions: number; splits: { round: number; regions: number }[] };
     };
     assert.equal(record.outcome, 'succeeded', JSON.stringify(record.error));
     assert.equal(record.traces.adaptive, true);
     assert.equal(record.traces.granularityBytes, 2 * MiB);
-    assert.ok(record.traces.refinements.length >= 1, 'refined at least once');
-    assert.equal(record.traces.refinements[0]?.toBytes, 64 * 1024);
+    assert.ok(record.traces.splitRegions >= 1, 'regions that kept firing with few changed pages were split');
+    assert.ok((record.traces.splits[0]?.round ?? 0) >= 2);
     assert.equal((await verifyVm(b, 'ad')).selfcheck, 0);
     await b.client.call('POST', '/v1/vms/ad/stop');
     await b.client.call('DELETE', '/v1/vms/ad');

@@ -9,7 +9,7 @@ import { guestWat, wat2wasm } from '../helpers/wat.js';
 import { instrumentImage, MAX_IMAGE_BYTES, type FaultInjection, type InstrumentedImage } from '../../src/vmm/instrument.js';
 import { isFerryError, type FerryErrorCode } from '../../src/lib/errors.js';
 import { KiB, MiB } from '../../src/lib/units.js';
-import { CONTROL_TRACE_SHIFT_OFFSET } from '../../src/vmm/layout.js';
+import { CONTROL_TRACE_SHIFT_OFFSET, SPLIT_MARK } from '../../src/vmm/layout.js';
 
 const RAM = 8 * MiB;
 
@@ -132,6 +132,30 @@ describe('instrumentation: every write kind fires exactly the regions it writes'
     h.bitmap.fill(1);
     call(h, 'store_at', 2 * 4 * KiB - 2, -1);
     assert.deepEqual(fired(h), [1], 'the broken tracker fires only the first region');
+  });
+
+  it('split regions (adaptive tracing) fire 4 KiB pages in the fine bitmap, never the coarse byte', async () => {
+    const G = 64 * KiB;
+    const h = await harness(G);
+    const fine = new Uint8Array(h.memory.buffer, h.image.layout.fineBitmapOffset, RAM / (4 * KiB));
+    const firedPages = (): number[] => { const out: number[] = []; fine.forEach((b, p) => { if (b === 0 && p >= 16 && p < 32) out.push(p); }); return out; };
+    const reset = (): void => { h.bitmap.fill(1); h.bitmap[1] = SPLIT_MARK; fine.fill(1); };
+    // Region 1 (pages 16..31) is split; region 2 is not.
+    reset();
+    call(h, 'store_at', G + 3 * 4096 + 8, 7);
+    assert.deepEqual(firedPages(), [19]);
+    assert.equal(h.bitmap[1], SPLIT_MARK, 'the coarse byte of a split region stays');
+    reset();
+    call(h, 'store_at', G + 5 * 4096 - 2, 7); // straddles pages 20 and 21 inside region 1
+    assert.deepEqual(firedPages(), [20, 21]);
+    reset();
+    call(h, 'store_at', 2 * G - 2, 7); // straddles the last page of region 1 and region 2
+    assert.deepEqual(firedPages(), [31]);
+    assert.deepEqual(fired(h), [2], 'region 2 fires at coarse granularity');
+    reset();
+    const fillIndex = KINDS.findIndex((k) => k.name === 'memory.fill');
+    call(h, `w${fillIndex}`, G + 6 * 4096 - 100); // 300 bytes over pages 21 and 22
+    assert.deepEqual(firedPages(), [21, 22]);
   });
 
   it('the writes themselves happen (instrumentation keeps semantics)', async () => {

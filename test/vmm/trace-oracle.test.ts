@@ -154,6 +154,47 @@ describe('trace oracle: granularity changed while the guest runs', () => {
   });
 });
 
+describe('trace oracle: split regions (adaptive per-page tracing)', () => {
+  for (const strategy of ['single', 'stop-all'] as const) {
+    it(`${strategy}: 2 MiB regions, half of them split to 4 KiB pages mid-run, 4 vCPUs`, async () => {
+      const gran = 2 * MiB;
+      const vm = Vm.create(await readFile(guestImagePath('dirtier')), { memoryBytes: RAM_BYTES, vcpus: 4, cmdline: 'hot=12MiB pattern=random', hangTimeoutMs: 5000 });
+      try {
+        await vm.start();
+        const tracker = await vm.setTraceGranularity(gran);
+        tracker.strategy = strategy;
+        await tracker.armAll();
+        const shadow = Buffer.from(vm.ram);
+        const copy = (r: { regions: Uint32Array; pages: Uint32Array }): void => {
+          for (const x of r.regions) shadow.set(vm.ram.subarray(x * gran, Math.min((x + 1) * gran, RAM_BYTES)), x * gran);
+          for (const p of r.pages) shadow.set(vm.ram.subarray(p * 4096, (p + 1) * 4096), p * 4096);
+        };
+        let pagesSeen = 0;
+        for (let round = 0; round < 16; round++) {
+          await sleep(2);
+          const r = await tracker.collect();
+          pagesSeen += r.pages.length;
+          copy(r);
+          if (round === 5) {
+            // Split the even regions with every vCPU parked (what the migration does).
+            await vm.pause();
+            copy(tracker.collectPaused());
+            tracker.split(Array.from({ length: RAM_BYTES / gran / 2 }, (_, i) => i * 2));
+            vm.resume();
+          }
+        }
+        await vm.pause();
+        copy(tracker.collectPaused());
+        assert.ok(pagesSeen > 0, 'split regions reported pages');
+        assert.ok(shadow.equals(Buffer.from(vm.ram.buffer, 0, RAM_BYTES)), 'shadow equals RAM');
+        assert.equal(vm.selfcheck(), 0);
+      } finally {
+        await vm.stop();
+      }
+    });
+  }
+});
+
 describe('trace oracle: a broken tracker is caught', () => {
   it('plain stores not marked: the dirtier\'s page writes are lost from the shadow', async () => {
     const dirtier = await readFile(guestImagePath('dirtier'));
