@@ -4,7 +4,8 @@
  *
  *   0 ............ ramBytes            guest RAM (every guest store is bounds-checked against ramBytes)
  *   ramBytes ..... +CONTROL_BYTES      control words (claimed page count for memory.size/grow)
- *   bitmapOffset . +bitmapBytes         write-trace bitmap: one byte per region of the finest granularity
+ *   bitmapOffset . +bitmapBytes         write-trace bitmap: one byte per region (sized for 4 KiB regions)
+ *   fineBitmapOffset +bitmapBytes       fine bitmap: one byte per 4 KiB page, for split regions
  *
  * The reserved part is sized for the finest granularity so a VM's layout does not depend on the
  * granularity it is instrumented with.
