@@ -75,7 +75,7 @@ export class HostAgent {
     this.server = createServer((req, res) => { void this.handle(req, res); });
     this.receiver = new MigrationReceiver({
       admit: (vm) => { this.admit(vm.name, vm.memoryBytes); },
-      adopt: async (vm, imageBytes) => { await this.adopt(vm, imageBytes); },
+      adopt: (vm, imageBytes) => this.adopt(vm, imageBytes),
       recordOutcome: async (id, outcome, vmName) => { await this.store.writeMigrationOutcome(id, outcome, vmName); },
       storedOutcome: (id) => this.store.readMigrationOutcome(id),
       log: this.log,
@@ -136,12 +136,22 @@ export class HostAgent {
   }
 
   /** A VM that arrived by migration and is now running here. */
-  private async adopt(vm: Vm, imageBytes: Uint8Array): Promise<void> {
+  private adopt(vm: Vm, imageBytes: Uint8Array): Promise<void> {
     const slot = new VmSlot(vm.config, imageBytes);
     slot.attach(vm);
     this.slots.set(slot.name, slot);
-    await this.store.saveVm(vm.config, imageBytes, false);
+    return this.persist(slot.name, () => this.store.saveVm(vm.config, imageBytes, false));
   }
+
+  /** Store writes of one VM run one after another (a delete must not race a save). */
+  private persist(name: string, op: () => Promise<void>): Promise<void> {
+    const next = (this.pendingStore.get(name) ?? Promise.resolve()).catch(() => undefined).then(op);
+    this.pendingStore.set(name, next);
+    void next.finally(() => { if (this.pendingStore.get(name) === next) this.pendingStore.delete(name); }).catch(() => undefined);
+    return next;
+  }
+
+  private readonly pendingStore = new Map<string, Promise<void>>();
 
   private slot(name: string): VmSlot {
     const slot = this.slots.get(name);
@@ -285,7 +295,7 @@ export class HostAgent {
     }
     await slot.vm?.stop();
     this.slots.delete(name);
-    await this.store.removeVm(name);
+    await this.persist(name, () => this.store.removeVm(name));
     return { name, deleted: true };
   }
 
@@ -343,7 +353,7 @@ export class HostAgent {
     if (record.outcome === 'succeeded') {
       // The VM runs on the target now: this host forgets it (its copy was stopped by the job).
       this.slots.delete(slot.name);
-      await this.store.removeVm(slot.name).catch((err: unknown) => { this.log(`host ${this.name}: cannot remove migrated VM ${slot.name}: ${errorMessage(err)}`); });
+      await this.persist(slot.name, () => this.store.removeVm(slot.name)).catch((err: unknown) => { this.log(`host ${this.name}: cannot remove migrated VM ${slot.name}: ${errorMessage(err)}`); });
     }
   }
 

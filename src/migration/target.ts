@@ -35,7 +35,7 @@ const GUEST_CLOCK_WAIT_MS = 2_000;
 export interface ReceiverHooks {
   /** Throws (ALREADY_EXISTS, CAPACITY, …) to refuse a VM. */
   admit(vm: { name: string; memoryBytes: number }): void;
-  /** The VM committed and runs here now. */
+  /** The VM committed and runs here now: register it at once (synchronously), persist it in the returned promise. */
   adopt(vm: Vm, imageBytes: Uint8Array): Promise<void>;
   recordOutcome(id: string, outcome: StoredOutcome, vmName: string): Promise<void>;
   storedOutcome(id: string): Promise<StoredOutcome | null>;
@@ -292,12 +292,11 @@ class IncomingMigration {
     this.outcome = { state: 'committed', vm: vm.config.name, guestDowntimeMs: null };
     this.onEnd(this.outcome);
     await vm.start();
-    // Registering and persisting the VM's definition happens after the reply: it is not on the
-    // downtime path (the commit record above is what a restarted host needs).
-    setImmediate(() => {
-      void this.hooks.adopt(vm, this.image ?? new Uint8Array()).catch((err: unknown) => { this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: cannot record VM ${vm.config.name}: ${errorMessage(err)}`); });
-      this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: committed; VM ${vm.config.name} runs here`);
-    });
+    // The host registers the VM before the reply (adopt does that synchronously); persisting its
+    // definition finishes after the reply: it is not on the downtime path (the commit record
+    // above is what a restarted host needs).
+    void this.hooks.adopt(vm, this.image ?? new Uint8Array()).catch((err: unknown) => { this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: cannot record VM ${vm.config.name}: ${errorMessage(err)}`); });
+    this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: committed; VM ${vm.config.name} runs here`);
     void this.measureGuestDowntime(vm);
     return { resumed: true };
   }
