@@ -92,6 +92,15 @@ describe('live migration between host processes', () => {
     await b.client.call('DELETE', '/v1/vms/ad');
   });
 
+  it('a migrated VM can be stopped and deleted on the target right away (store writes are ordered)', async () => {
+    await createVm(a, 'quick', 'dirtier', { memoryBytes: 16 * MiB, cmdline: 'hot=2MiB' });
+    const record = await waitMigration(a, await startMigration(a, 'quick', b));
+    assert.equal(record.outcome, 'succeeded', JSON.stringify(record.error));
+    await b.client.call('POST', '/v1/vms/quick/stop');
+    await b.client.call('DELETE', '/v1/vms/quick');
+    assert.ok(!(await listVms(b)).some((v) => v.name === 'quick'));
+  });
+
   it('migrates with compressed page data over one and over four data connections', async () => {
     await createVm(a, 'cz', 'dirtier', { memoryBytes: 32 * MiB, cmdline: 'hot=8MiB pattern=random check=1 fill=1 claim=all' });
     for (const [from, to, options] of [[a, b, { compression: 'deflate', dataChannels: 1 }], [b, a, { compression: 'deflate', dataChannels: 4 }]] as const) {
