@@ -220,6 +220,20 @@ export class MigrationJob extends EventEmitter<JobEvents> {
   private lastProgressAt = 0;
   private record: MigrationRecord | null = null;
   private corruptedOnce = false;
+  /** COMMIT sent: from here a lost reply means in doubt, never a blind rollback. */
+  private commitSent = false;
+  private wasRunning = false;
+  private pauseLatencyMs: number | null = null;
+  private engineDowntimeMs: number | null = null;
+  private guestDowntimeMs: number | null = null;
+  private forced = false;
+  private finalDigest: string | null = null;
+  /** The target's id for this migration (from its ticket), used to ask for the outcome. */
+  private remoteId = '';
+  private abortSent = false;
+  private readonly requestTimeoutMs: number;
+  private readonly originalGranularity: number;
+  private readonly originalStrategy: InstallStrategy;
 
   constructor(
     private readonly vm: Vm,
@@ -251,9 +265,6 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     };
   }
 
-  private readonly originalGranularity: number;
-  private readonly originalStrategy: InstallStrategy;
-
   private noteInstall(r: { stallMs: number; scanMs?: number; barrierMs?: number }): void {
     const t = this.traceStats;
     this.traceStats = {
@@ -261,8 +272,6 @@ export class MigrationJob extends EventEmitter<JobEvents> {
       scanMsTotal: t.scanMsTotal + (r.scanMs ?? 0), barrierMsTotal: t.barrierMsTotal + (r.barrierMs ?? 0),
     };
   }
-
-  private readonly requestTimeoutMs: number;
 
   get finished(): boolean { return this.record !== null; }
 
@@ -285,14 +294,6 @@ export class MigrationJob extends EventEmitter<JobEvents> {
       for (const d of this.data) d.fail(err);
     }
   }
-
-  private commitSent = false;
-  private wasRunning = false;
-  private pauseLatencyMs: number | null = null;
-  private engineDowntimeMs: number | null = null;
-  private guestDowntimeMs: number | null = null;
-  private forced = false;
-  private finalDigest: string | null = null;
 
   private enter(phase: MigrationPhase): void {
     this.phase = phase;
@@ -375,8 +376,6 @@ export class MigrationJob extends EventEmitter<JobEvents> {
       throw err;
     }
   }
-
-  private remoteId = '';
 
   /** Pre-copy rounds; returns what is still dirty when the policy decided to switch over. */
   private async precopy(): Promise<DirtySet> {
@@ -625,8 +624,6 @@ export class MigrationJob extends EventEmitter<JobEvents> {
       if (this.vm.state === 'paused' && this.wasRunning) this.vm.resume();
     }
   }
-
-  private abortSent = false;
 
   /**
    * COMMIT was sent but its reply never came: the target may or may not run the VM. Ask it until
