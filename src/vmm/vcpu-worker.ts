@@ -269,7 +269,7 @@ function run(): void {
     if (status === STEP_STATUS_RUN) {
       f[st(S_UNITS)] = (f[st(S_UNITS)] ?? 0) + budget;
       // Adapt the budget so a step lasts about the target: that is what bounds pause latency.
-      if (stepMs < targetMs / 2) budget = Math.min(MAX_BUDGET, budget * 2);
+      if (stepMs < targetMs / 2) budget = Math.min(MAX_BUDGET, Math.ceil(budget * 1.5));
       else if (stepMs > targetMs * 1.5) budget = Math.max(MIN_BUDGET, Math.floor(budget * targetMs / stepMs));
       Atomics.store(i32, idx(V_BUDGET), budget);
     } else if (status === STEP_STATUS_IDLE) {
