@@ -11,6 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { z } from 'zod';
 import { FerryError, errorMessage, isFerryError } from '../lib/errors.js';
+import { ApiClient } from '../lib/api-client.js';
 import type { Vm } from '../vmm/vm.js';
 import type { InstallStrategy } from '../vmm/traces.js';
 import { RateLimiter } from '../dataplane/rate-limiter.js';
@@ -176,25 +177,6 @@ function mergeSorted(a: Uint32Array, b: Uint32Array): Uint32Array {
   return Uint32Array.from(new Set([...a, ...b])).sort();
 }
 
-/** Calls the target's control API with the bearer token. */
-async function targetApi(target: TargetEndpoint, method: string, path: string, timeoutMs: number): Promise<Record<string, unknown>> {
-  let res: Response;
-  try {
-    res = await fetch(new URL(path, target.url), {
-      method, headers: { authorization: `Bearer ${target.token}`, 'content-type': 'application/json' },
-      ...(method === 'POST' ? { body: '{}' } : {}), signal: AbortSignal.timeout(timeoutMs),
-    });
-  } catch (err) {
-    throw new FerryError('HOST_UNREACHABLE', `target host ${target.url} is unreachable: ${errorMessage(err)}`);
-  }
-  const body = (await res.json().catch(() => ({}))) as Record<string, unknown>;
-  if (!res.ok) {
-    const e = (body.error ?? {}) as { code?: string; message?: string };
-    throw new FerryError(res.status === 401 ? 'UNAUTHORIZED' : 'MIGRATION_REFUSED', `target host ${target.url} refused: ${e.message ?? res.statusText} (${e.code ?? res.status})`);
-  }
-  return body;
-}
-
 export class MigrationJob extends EventEmitter<JobEvents> {
   readonly id: string;
   readonly done: Promise<MigrationRecord>;
@@ -232,6 +214,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
   private remoteId = '';
   private abortSent = false;
   private readonly requestTimeoutMs: number;
+  private readonly targetApi: ApiClient;
   private readonly originalGranularity: number;
   private readonly originalStrategy: InstallStrategy;
 
@@ -255,6 +238,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     };
     this.done = new Promise((resolve) => { this.resolveDone = resolve; });
     this.requestTimeoutMs = options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
+    this.targetApi = new ApiClient(target.url, target.token);
     this.originalGranularity = vm.granularityBytes;
     this.originalStrategy = vm.tracker.strategy;
     this.traceStats = {
@@ -348,7 +332,16 @@ export class MigrationJob extends EventEmitter<JobEvents> {
 
   private async prepare(): Promise<void> {
     this.enter('prepare');
-    const ticket = await targetApi(this.target, 'POST', '/v1/migrations/incoming', CONNECT_TIMEOUT_MS);
+    let ticket: Record<string, unknown>;
+    try {
+      ticket = await this.targetApi.call('POST', '/v1/migrations/incoming', {}, CONNECT_TIMEOUT_MS);
+    } catch (err) {
+      // An answer other than the ticket is the target refusing (a wrong token stays UNAUTHORIZED).
+      if (isFerryError(err) && err.details.status !== undefined && err.code !== 'UNAUTHORIZED') {
+        throw new FerryError('MIGRATION_REFUSED', `target host ${this.target.url} refused: ${err.message} (${err.code})`);
+      }
+      throw err;
+    }
     const port = Number(ticket.port);
     const ticketHex = String(ticket.ticket);
     const remoteId = String(ticket.migrationId);
@@ -598,7 +591,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     const deadline = performance.now() + GUEST_DOWNTIME_WAIT_MS;
     while (performance.now() < deadline) {
       try {
-        const r = await targetApi(this.target, 'GET', `/v1/migrations/incoming/${this.remoteId}`, 2_000);
+        const r = await this.targetApi.call('GET', `/v1/migrations/incoming/${this.remoteId}`, undefined, 2_000);
         const gap = (r.outcome as { guestDowntimeMs?: unknown } | undefined)?.guestDowntimeMs;
         if (typeof gap === 'number') return gap;
       } catch { /* the target is busy resuming; try again */ }
@@ -634,7 +627,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     const deadline = performance.now() + (this.options.inDoubtTimeoutMs ?? IN_DOUBT_RESOLVE_MS);
     while (performance.now() < deadline) {
       try {
-        const r = await targetApi(this.target, 'GET', `/v1/migrations/incoming/${this.remoteId}`, 2_000);
+        const r = await this.targetApi.call('GET', `/v1/migrations/incoming/${this.remoteId}`, undefined, 2_000);
         const state = (r.outcome as { state?: unknown } | undefined)?.state;
         if (state === 'committed') {
           this.log(`migration ${this.id.slice(0, 8)}: commit reply lost, but the target reports committed: releasing here`);
