@@ -11,6 +11,11 @@ export const DIGEST_PAGE_BYTES = 4096;
 const GOLDEN = 0x9e3779b97f4a7c15n;
 const ZERO_PAGE = Buffer.alloc(DIGEST_PAGE_BYTES);
 
+/** What page `index` with content `page` adds to the digest: 0 for an all-zero page. */
+function contribution(index: number, page: Buffer): bigint {
+  return page.equals(ZERO_PAGE) ? 0n : BigInt.asUintN(64, xxh64(page) ^ (BigInt(index) * GOLDEN)) || 1n;
+}
+
 export class MemoryDigest {
   private readonly contributions: BigUint64Array;
   private value = 0n;
@@ -23,19 +28,15 @@ export class MemoryDigest {
   update(offset: number, data: Uint8Array): void {
     const buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     for (let at = 0; at < buf.length; at += DIGEST_PAGE_BYTES) {
-      const page = buf.subarray(at, at + DIGEST_PAGE_BYTES);
       const index = (offset + at) / DIGEST_PAGE_BYTES;
-      const next = page.equals(ZERO_PAGE) ? 0n : BigInt.asUintN(64, xxh64(page) ^ (BigInt(index) * GOLDEN)) || 1n;
-      this.set(index, next);
+      this.set(index, contribution(index, buf.subarray(at, at + DIGEST_PAGE_BYTES)));
     }
   }
 
   /** True when the 4 KiB page at `offset` holds exactly what was last recorded for it. */
   unchanged(offset: number, page: Uint8Array): boolean {
     const index = offset / DIGEST_PAGE_BYTES;
-    const buf = Buffer.from(page.buffer, page.byteOffset, page.byteLength);
-    const now = buf.equals(ZERO_PAGE) ? 0n : BigInt.asUintN(64, xxh64(buf) ^ (BigInt(index) * GOLDEN)) || 1n;
-    return (this.contributions[index] ?? 0n) === now;
+    return (this.contributions[index] ?? 0n) === contribution(index, Buffer.from(page.buffer, page.byteOffset, page.byteLength));
   }
 
   /** Records that pages [offset, offset + length) are all zero. */

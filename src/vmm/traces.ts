@@ -84,15 +84,11 @@ export class DirtyTracker {
    * clearing. Their pages start armed.
    */
   split(regions: Iterable<number>): number {
-    const gran = this.granularityBytes;
     let added = 0;
     for (const r of regions) {
       if (!Number.isInteger(r) || r < 0 || r >= this.regionCount || this.armed[r] === SPLIT_MARK) continue;
-      const from = (r * gran) / MIN_GRANULARITY_BYTES;
-      this.bitmap.fine.fill(1, from, Math.min(from + gran / MIN_GRANULARITY_BYTES, this.bitmap.fine.length));
-      this.bitmap.bytes[r] = SPLIT_MARK;
       if (this.armed[r] !== 1) this.armedCount++;
-      this.armed[r] = SPLIT_MARK;
+      this.armFine(r);
       this.splitList.push(r);
       added++;
     }
