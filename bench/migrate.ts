@@ -20,7 +20,7 @@ import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseSizeBytes, MiB } from '../src/lib/units.js';
 import { randomToken } from '../src/host/agent.js';
-import { spawnHost, stopHosts, type DemoHost } from '../src/cli/demo.js';
+import { spawnHost, stopHosts, type LocalHost } from '../src/cli/local-hosts.js';
 import type { MigrationRecord } from '../src/migration/source.js';
 
 const RAW_WRITE_BYTES = 1 * MiB;
@@ -95,10 +95,10 @@ async function main(): Promise<void> {
 
   const token = randomToken();
   const dirs = [await mkdtemp(join(tmpdir(), 'ferry-bench-a-')), await mkdtemp(join(tmpdir(), 'ferry-bench-b-'))];
-  const hosts: DemoHost[] = [];
+  const hosts: LocalHost[] = [];
   try {
-    hosts.push(await spawnHost('a', dirs[0] ?? '', token, process.argv.includes('--verbose')), await spawnHost('b', dirs[1] ?? '', token, process.argv.includes('--verbose')));
-    const [a, b] = hosts as [DemoHost, DemoHost];
+    hosts.push(await spawnHost('a', dirs[0] ?? '', token, { echo: process.argv.includes('--verbose') }), await spawnHost('b', dirs[1] ?? '', token, { echo: process.argv.includes('--verbose') }));
+    const [a, b] = hosts as [LocalHost, LocalHost];
     const image = await readFile(fileURLToPath(new URL('../guests/dirtier.wasm', import.meta.url)));
     const cmdline = `hot=${hot} pattern=${pattern} fill=1 claim=all check=0 rate=${arg("rate", "0")}`;
     log(`VM: dirtier, ${vcpus} vCPU(s), ${memoryBytes / MiB} MiB, "${cmdline}"; filling memory...`);

@@ -21,7 +21,7 @@ import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { KiB, MiB } from '../src/lib/units.js';
 import { randomToken } from '../src/host/agent.js';
-import { spawnHost, stopHosts, type DemoHost } from '../src/cli/demo.js';
+import { spawnHost, stopHosts, type LocalHost } from '../src/cli/local-hosts.js';
 import type { MigrationRecord } from '../src/migration/source.js';
 
 const VM_MEMORY_BYTES = 256 * MiB;
@@ -67,11 +67,11 @@ async function main(): Promise<void> {
   const t0 = performance.now();
   const token = randomToken();
   const dirs = [await mkdtemp(join(tmpdir(), 'ferry-traces-a-')), await mkdtemp(join(tmpdir(), 'ferry-traces-b-'))];
-  const hosts: DemoHost[] = [];
+  const hosts: LocalHost[] = [];
   const rows: Row[] = [];
   try {
-    hosts.push(await spawnHost('a', dirs[0] ?? '', token, false), await spawnHost('b', dirs[1] ?? '', token, false));
-    const [a, b] = hosts as [DemoHost, DemoHost];
+    hosts.push(await spawnHost('a', dirs[0] ?? '', token), await spawnHost('b', dirs[1] ?? '', token));
+    const [a, b] = hosts as [LocalHost, LocalHost];
     const image = (await readFile(fileURLToPath(new URL('../guests/dirtier.wasm', import.meta.url)))).toString('base64');
     log('strategy  gran     workload       vCPUs  stallMax  stallTot  install   scan   resent  skipped  total   guestDT  rounds');
     for (const workload of workloads) {

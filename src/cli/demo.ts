@@ -3,20 +3,17 @@
  * VM (the multi-vCPU dirtier) on the first, live-migrated back and forth with each migration's
  * summary printed, until Ctrl-C — then everything shuts down cleanly and the temp data is removed.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { FerryError } from '../lib/errors.js';
 import { MiB } from '../lib/units.js';
 import { randomToken } from '../host/agent.js';
 import type { MigrationRecord } from '../migration/source.js';
-import { HostClient } from './host-client.js';
 import { summarize } from './host-commands.js';
+import { spawnHost, stopHosts, type LocalHost } from './local-hosts.js';
 
-const HOST_READY_TIMEOUT_MS = 20_000;
 /** Pause between two migrations of the demo VM. */
 const DEMO_DWELL_MS = 2000;
 
@@ -28,45 +25,17 @@ export interface DemoOptions {
   readonly migrations?: number;
 }
 
-export interface DemoHost { readonly name: string; readonly child: ChildProcess; readonly client: HostClient; readonly url: string }
-
-/** Spawns `ferry host` on 127.0.0.1 (any free port) and waits for its ready line. */
-export async function spawnHost(name: string, dataDir: string, token: string, echo = true): Promise<DemoHost> {
-  const cli = fileURLToPath(new URL('./main.js', import.meta.url));
-  const child = spawn(process.execPath, [cli, 'host', '--name', name, '--data-dir', dataDir, '--listen', '127.0.0.1:0'], {
-    stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FERRY_TOKEN: token },
-  });
-  let out = '';
-  child.stdout?.on('data', (d: Buffer) => { out += d.toString(); });
-  child.stderr?.on('data', (d: Buffer) => { if (echo) process.stderr.write(`  [${name}] ${d.toString().trimEnd().replace(/\n/g, `\n  [${name}] `)}\n`); });
-  const deadline = Date.now() + HOST_READY_TIMEOUT_MS;
-  let m: RegExpExecArray | null;
-  while ((m = /ready url=(\S+)/.exec(out)) === null) {
-    if (child.exitCode !== null || Date.now() > deadline) throw new FerryError('HOST_ERROR', `demo host ${name} did not start`);
-    await sleep(20);
-  }
-  const url = m[1] ?? '';
-  return { name, child, url, client: new HostClient(url, token) };
-}
-
-/** Signals every host and resolves once all have exited. */
-export async function stopHosts(hosts: readonly DemoHost[], signal: NodeJS.Signals): Promise<void> {
-  const exited = (h: DemoHost): boolean => h.child.exitCode !== null || h.child.signalCode !== null;
-  for (const h of hosts) if (!exited(h)) h.child.kill(signal);
-  await Promise.all(hosts.map((h) => new Promise<void>((resolve) => { if (exited(h)) resolve(); else h.child.once('exit', () => { resolve(); }); })));
-}
-
 export async function runDemo(opts: DemoOptions): Promise<number> {
   const token = randomToken();
   const dirs = [await mkdtemp(join(tmpdir(), 'ferry-demo-a-')), await mkdtemp(join(tmpdir(), 'ferry-demo-b-'))];
-  const hosts: DemoHost[] = [];
+  const hosts: LocalHost[] = [];
   let stopping = false;
   const onSigint = (): void => { stopping = true; process.stderr.write('\nferry demo: stopping (the current migration finishes or rolls back first)...\n'); };
   process.on('SIGINT', onSigint);
   process.on('SIGTERM', onSigint);
   try {
-    hosts.push(await spawnHost('alpha', dirs[0] ?? '', token), await spawnHost('beta', dirs[1] ?? '', token));
-    const [a, b] = hosts as [DemoHost, DemoHost];
+    hosts.push(await spawnHost('alpha', dirs[0] ?? '', token, { echo: true }), await spawnHost('beta', dirs[1] ?? '', token, { echo: true }));
+    const [a, b] = hosts as [LocalHost, LocalHost];
     const image = await readFile(fileURLToPath(new URL('../../guests/dirtier.wasm', import.meta.url)));
     await a.client.call('POST', '/v1/vms', {
       name: 'demo', imageBase64: image.toString('base64'), memoryBytes: opts.memoryBytes, vcpus: opts.vcpus, cmdline: opts.cmdline, start: true,

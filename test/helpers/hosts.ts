@@ -2,53 +2,31 @@
  * Real `ferry host` child processes on 127.0.0.1 for multi-host tests: each gets a fresh data dir,
  * port 0 (or a fixed port to restart on), the shared test token, and optional failpoints.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { FERRY_BIN } from './cli.js';
 import { guestImagePath, type GuestName } from './guests.js';
-import { HostClient } from '../../src/cli/host-client.js';
+import { spawnHost, stopHosts, type LocalHost } from '../../src/cli/local-hosts.js';
 
 export const TEST_TOKEN = 'test-token-0123456789abcdef';
-const READY_TIMEOUT_MS = 20_000;
 
-export interface TestHost {
-  readonly name: string;
-  readonly url: string;
-  readonly port: number;
+export interface TestHost extends LocalHost {
   readonly dataDir: string;
-  readonly child: ChildProcess;
-  readonly client: HostClient;
-  readonly log: () => string;
-  readonly exited: Promise<number | null>;
 }
 
 export async function startHost(name: string, opts: { dataDir?: string; port?: number; failpoints?: string } = {}): Promise<TestHost> {
   const dataDir = opts.dataDir ?? await mkdtemp(join(tmpdir(), `ferry-host-${name}-`));
-  const child = spawn(process.execPath, [FERRY_BIN, 'host', '--name', name, '--data-dir', dataDir, '--listen', `127.0.0.1:${opts.port ?? 0}`], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, FERRY_TOKEN: TEST_TOKEN, ...(opts.failpoints !== undefined ? { FERRY_FAILPOINTS: opts.failpoints } : {}) },
+  const host = await spawnHost(name, dataDir, TEST_TOKEN, {
+    ...(opts.port !== undefined ? { port: opts.port } : {}),
+    ...(opts.failpoints !== undefined ? { env: { FERRY_FAILPOINTS: opts.failpoints } } : {}),
   });
-  let out = '';
-  child.stdout?.on('data', (d: Buffer) => { out += d.toString(); });
-  child.stderr?.on('data', (d: Buffer) => { out += d.toString(); });
-  const exited = new Promise<number | null>((resolve) => { child.on('exit', (code) => { resolve(code); }); });
-  const deadline = Date.now() + READY_TIMEOUT_MS;
-  let match: RegExpExecArray | null = null;
-  while ((match = /ready url=(\S+)/.exec(out)) === null) {
-    if (Date.now() > deadline || child.exitCode !== null) throw new Error(`host ${name} did not start:\n${out}`);
-    await sleep(20);
-  }
-  const url = match[1] ?? '';
-  return { name, url, port: Number(new URL(url).port), dataDir, child, client: new HostClient(url, TEST_TOKEN), log: () => out, exited };
+  return { ...host, dataDir };
 }
 
 export async function stopHost(h: TestHost, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
-  if (h.child.exitCode === null && h.child.signalCode === null) h.child.kill(signal);
-  await h.exited;
+  await stopHosts([h], signal);
 }
 
 export async function removeHostData(h: TestHost): Promise<void> {

@@ -1,0 +1,65 @@
+/**
+ * `ferry host` processes on this machine (127.0.0.1): started for the demo, the benchmarks and the
+ * multi-host tests, each waited for until it prints its ready line.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { FerryError } from '../lib/errors.js';
+import { HostClient } from './host-client.js';
+
+/** Starting a host (load, warm-up, listen) takes well under this on a loaded 2-core machine. */
+export const HOST_READY_TIMEOUT_MS = 20_000;
+
+export interface LocalHost {
+  readonly name: string;
+  readonly child: ChildProcess;
+  readonly client: HostClient;
+  readonly url: string;
+  readonly port: number;
+  /** Everything the host printed so far. */
+  readonly log: () => string;
+  /** Resolves with the exit code when the process ends. */
+  readonly exited: Promise<number | null>;
+}
+
+export interface SpawnOptions {
+  /** Echo the host's stderr, prefixed with its name. */
+  readonly echo?: boolean;
+  /** Control API port (0: any free port). */
+  readonly port?: number;
+  /** Extra environment (e.g. FERRY_FAILPOINTS). */
+  readonly env?: Readonly<Record<string, string>>;
+}
+
+/** Spawns `ferry host` on 127.0.0.1 and waits for its ready line. */
+export async function spawnHost(name: string, dataDir: string, token: string, opts: SpawnOptions = {}): Promise<LocalHost> {
+  const cli = fileURLToPath(new URL('./main.js', import.meta.url));
+  const child = spawn(process.execPath, [cli, 'host', '--name', name, '--data-dir', dataDir, '--listen', `127.0.0.1:${opts.port ?? 0}`], {
+    stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FERRY_TOKEN: token, ...(opts.env ?? {}) },
+  });
+  let out = '';
+  child.stdout?.on('data', (d: Buffer) => { out += d.toString(); });
+  child.stderr?.on('data', (d: Buffer) => {
+    out += d.toString();
+    if (opts.echo === true) process.stderr.write(`  [${name}] ${d.toString().trimEnd().replace(/\n/g, `\n  [${name}] `)}\n`);
+  });
+  const exited = new Promise<number | null>((resolve) => { child.on('exit', (code) => { resolve(code); }); });
+  const deadline = Date.now() + HOST_READY_TIMEOUT_MS;
+  let m: RegExpExecArray | null;
+  while ((m = /ready url=(\S+)/.exec(out)) === null) {
+    if (child.exitCode !== null || child.signalCode !== null || Date.now() > deadline) {
+      throw new FerryError('HOST_ERROR', `host ${name} did not start:\n${out}`);
+    }
+    await sleep(20);
+  }
+  const url = m[1] ?? '';
+  return { name, child, url, port: Number(new URL(url).port), client: new HostClient(url, token), log: () => out, exited };
+}
+
+/** Signals every host and resolves once all have exited. */
+export async function stopHosts(hosts: readonly LocalHost[], signal: NodeJS.Signals): Promise<void> {
+  const running = (h: LocalHost): boolean => h.child.exitCode === null && h.child.signalCode === null;
+  for (const h of hosts) if (running(h)) h.child.kill(signal);
+  await Promise.all(hosts.map((h) => h.exited));
+}
