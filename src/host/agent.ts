@@ -338,7 +338,10 @@ export class HostAgent {
     const slot = this.slot(name);
     slot.requireFree('migrate');
     const vm = slot.requireVm('migrate');
-    if (vm.state !== 'running' && vm.state !== 'paused') throw new FerryError('VM_STATE', `VM ${name} is ${vm.state}; only a running or paused VM can be migrated`);
+    if (vm.state !== 'running' && vm.state !== 'paused') {
+      const why = vm.crash !== null ? ` (${vm.crash.reason} on vCPU ${vm.crash.vcpu}: ${vm.crash.message})` : '';
+      throw new FerryError('VM_STATE', `VM ${name} is ${vm.state}${why}; only a running or paused VM can be migrated`, vm.crash !== null ? { crash: vm.crash } : {});
+    }
     const job = new MigrationJob(vm, slot.imageBytes, { url: parsed.data.to, token: parsed.data.token ?? this.options.token }, parsed.data.options ?? {}, this.log);
     slot.owner = `migration ${job.id}`;
     this.jobs.set(job.id, job);

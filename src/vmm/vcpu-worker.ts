@@ -239,9 +239,12 @@ function run(): void {
       continue;
     }
 
-    Atomics.store(i32, idx(V_IN_STEP), 1);
+    // Start time first, then the flag: the watchdog reads the flag (seq-cst) and then the time, so
+    // it never pairs "in a step" with a stale time — on the first step that time was 0, and a
+    // preemption between the two stores once made a healthy VM look hung for 56 years.
     const t0 = performance.now();
     control.f64[st(S_STEP_START_MS)] = performance.timeOrigin + t0;
+    Atomics.store(i32, idx(V_IN_STEP), 1);
     let status: number;
     try {
       status = step(vcpu, budget);

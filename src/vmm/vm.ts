@@ -523,7 +523,9 @@ export class Vm extends EventEmitter<VmEvents> {
     const now = performance.timeOrigin + performance.now();
     for (let v = 0; v < this.config.vcpus; v++) {
       if (c.load(v, V_IN_STEP) !== 1) continue;
-      const ageMs = now - (c.f64[c.stat(v, S_STEP_START_MS)] ?? now);
+      const startMs = c.f64[c.stat(v, S_STEP_START_MS)] ?? 0;
+      if (startMs <= 0) continue; // not yet published (cannot happen with the worker's store order; belt and braces)
+      const ageMs = now - startMs;
       if (ageMs > this.config.hangTimeoutMs) {
         this.onCrash({ reason: 'hung', vcpu: v, message: `vCPU ${v} has been inside one step for ${Math.round(ageMs)} ms (limit ${this.config.hangTimeoutMs} ms); the guest ignores its step budget` });
         return;

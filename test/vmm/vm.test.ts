@@ -206,6 +206,21 @@ describe('vm: misbehaving guests crash the VM, never the host', () => {
     await vm.stop(); // terminated threads: stop returns
   });
 
+  it('a VM paused for longer than its hang timeout resumes and is not reported hung', async () => {
+    // The watchdog must count only time inside a step, never time parked: a VM can stay paused
+    // for minutes (a migration in doubt, an operator's pause).
+    const vm = await boot(guestWat({ step: COUNTER_STEP, extra: COUNTER_GLOBALS }), { hangTimeoutMs: 100, vcpus: 2 });
+    await vm.start();
+    for (let i = 0; i < 3; i++) {
+      await vm.pause();
+      await sleep(250);
+      vm.resume();
+      await sleep(150);
+      assert.equal(vm.crash, null, `cycle ${i}: ${vm.crash?.message ?? ''}`);
+      assert.equal(vm.state, 'running');
+    }
+  });
+
   it('pausing a guest that ignores its budget fails with VCPU_HUNG within the timeout', async () => {
     const vm = await boot(guestWat({ step: '(loop $forever (br $forever)) (i32.const 0)' }), { hangTimeoutMs: 5000 });
     await vm.start();
