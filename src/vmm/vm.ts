@@ -41,6 +41,12 @@ const SYNC_WAIT_WINDOW_MS = 5;
 const STOP_GRACE_MS = 1000;
 /** Spawning a thread and instantiating the guest takes milliseconds; allow for a loaded machine. */
 const VCPU_START_TIMEOUT_MS = 10_000;
+/**
+ * ferry_boot may legitimately touch all of RAM (the dirtier's fill=1 does), and first-touch page
+ * faults have been measured as slow as 65 MB/s on a loaded machine of this kind; the boot deadline
+ * therefore grows with RAM at a rate 4x below that, so only a boot that is truly stuck times out.
+ */
+const BOOT_MIN_BYTES_PER_SEC = 16 * 1024 * 1024;
 /** How long to wait for a crashed vCPU's report message after seeing its Crashed state. */
 const CRASH_REPORT_WAIT_MS = 1000;
 export const MIN_STEP_TARGET_US = 20;
@@ -289,11 +295,12 @@ export class Vm extends EventEmitter<VmEvents> {
     this.setState('running');
     this.watchdog = setInterval(() => { this.checkHung(); }, WATCHDOG_INTERVAL_MS);
     this.watchdog.unref();
-    await this.waitForVcpus((s) => s !== VcpuState.Starting && s !== VcpuState.Ready, 'boot');
+    const bootAllowanceMs = this.restore === null ? (this.config.memoryBytes / BOOT_MIN_BYTES_PER_SEC) * 1000 : 0;
+    await this.waitForVcpus((s) => s !== VcpuState.Starting && s !== VcpuState.Ready, 'boot', bootAllowanceMs);
   }
 
-  private async waitForVcpus(done: (s: VcpuState) => boolean, what: string): Promise<void> {
-    const deadline = performance.now() + Math.max(this.config.hangTimeoutMs, VCPU_START_TIMEOUT_MS);
+  private async waitForVcpus(done: (s: VcpuState) => boolean, what: string, extraMs = 0): Promise<void> {
+    const deadline = performance.now() + Math.max(this.config.hangTimeoutMs, VCPU_START_TIMEOUT_MS) + extraMs;
     const ok = await this.waitUntil(() => this.vcpuStates().every(done) || this.crashInfo !== null, W_PARK_SEQ, deadline);
     if (!ok && this.crashInfo === null) {
       this.onCrash({ reason: 'hung', vcpu: this.vcpuStates().findIndex((s) => !done(s)), message: `vCPU did not ${what} in time` });
