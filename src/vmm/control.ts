@@ -44,6 +44,13 @@ export const W_STEP_SEQ = 7;
 export const W_INSTALL_EPOCH = 8;
 export const W_INSTALL_COUNT = 9;
 export const W_INSTALL_DONE = 10;
+/**
+ * Incremented (and notified) on every request change. vCPUs sleep on this word, never on
+ * W_REQUEST itself: a request can go Install -> Pause -> Run -> Pause -> Install while a preempted
+ * vCPU is between reading it and waiting, and a wait on the request value would then sleep through
+ * the new Install (ABA). The sequence number never repeats (in practice: 2^32 changes).
+ */
+export const W_REQUEST_SEQ = 11;
 const GLOBAL_WORDS = 16;
 
 // Per-vCPU words.
@@ -128,9 +135,16 @@ export class Control {
   store(vcpu: number, field: number, value: number): void { Atomics.store(this.i32, this.word(vcpu, field), value); }
 
   request(): RunRequest { return Atomics.load(this.i32, W_REQUEST); }
+  /** Read before request(), then passed to waitRequestChange(): no change in between is missed. */
+  requestSeq(): number { return Atomics.load(this.i32, W_REQUEST_SEQ); }
   setRequest(req: RunRequest): void {
     Atomics.store(this.i32, W_REQUEST, req);
-    Atomics.notify(this.i32, W_REQUEST);
+    Atomics.add(this.i32, W_REQUEST_SEQ, 1);
+    Atomics.notify(this.i32, W_REQUEST_SEQ);
+  }
+  /** Blocks (worker threads only) until the request changes after `seq` was read, or `timeoutMs`. */
+  waitRequestChange(seq: number, timeoutMs = Infinity): void {
+    Atomics.wait(this.i32, W_REQUEST_SEQ, seq, timeoutMs);
   }
 
   /** The clock_ns value vCPU `vcpu` read last / first (0n: never). */

@@ -38,8 +38,6 @@ const i32 = control.i32;
 const idx = (field: number): number => control.word(vcpu, field);
 const st = (field: number): number => control.stat(vcpu, field);
 const post = (msg: VcpuWorkerMessage): void => { port.postMessage(msg); };
-/** A parked vCPU re-reads the run request at least this often. */
-const PARK_RECHECK_MS = 20;
 /** Shortest step target under throttle (the per-step overhead is ~1 µs). */
 const MIN_THROTTLED_STEP_MS = 0.01;
 
@@ -163,7 +161,9 @@ function installShare(): void {
 
 function sleep(ms: number): void {
   // Wakes early when the VM changes the request (pause/stop), so sleeping never delays a pause.
-  Atomics.wait(i32, 0, RunRequest.Run, ms);
+  const seq = control.requestSeq();
+  if (control.request() !== RunRequest.Run) return;
+  control.waitRequestChange(seq, ms);
 }
 
 function run(): void {
@@ -227,12 +227,13 @@ function run(): void {
       publishGlobals(exports);
       setState(halted ? VcpuState.Halted : VcpuState.Parked);
       for (;;) {
+        // Sequence first, request second: a change after the read bumps the sequence, so the
+        // wait below returns at once (see W_REQUEST_SEQ for the ABA this avoids).
+        const seq = control.requestSeq();
         const r = control.request();
         if (r === RunRequest.Stop || (r === RunRequest.Run && !halted)) break;
         if (r === RunRequest.Install) installShare();
-        // Bounded: with more vCPU threads than cores a wake-up was seen to go missing; a lost one
-        // must cost at most PARK_RECHECK_MS, never a vCPU parked forever.
-        Atomics.wait(i32, 0, r, PARK_RECHECK_MS);
+        control.waitRequestChange(seq);
       }
       if (control.request() === RunRequest.Stop) break;
       setState(VcpuState.Running);

@@ -507,8 +507,11 @@ export class Vm extends EventEmitter<VmEvents> {
     const i32 = this.control.i32;
     const syncEnd = Math.min(deadline, performance.now() + SYNC_WAIT_WINDOW_MS);
     const scratch = new Int32Array(new SharedArrayBuffer(4));
+    // cond() is evaluated once per check: a vCPU that saw an older Run can flip Parked -> Running ->
+    // Parked while it re-reads the request, so a second evaluation could contradict the first.
     while (performance.now() < syncEnd) {
-      if (cond() || this.crashInfo !== null) return cond();
+      if (cond()) return true;
+      if (this.crashInfo !== null) return false;
       if (seqWord !== null) {
         const seq = Atomics.load(i32, seqWord);
         if (cond()) return true;
@@ -518,7 +521,8 @@ export class Vm extends EventEmitter<VmEvents> {
       }
     }
     while (performance.now() < deadline) {
-      if (cond() || this.crashInfo !== null) return cond();
+      if (cond()) return true;
+      if (this.crashInfo !== null) return false;
       await delay(1);
     }
     return cond();

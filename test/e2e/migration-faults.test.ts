@@ -23,8 +23,13 @@ afterEach(async () => {
   for (const h of hosts.splice(0)) { await stopHost(h, 'SIGKILL'); await removeHostData(h); }
 });
 
-/** A slow migration (bandwidth-capped) of a running dirtier, so a fault can land mid-phase. */
-const SLOW = { bandwidthBytesPerSec: 16 * MiB, requestTimeoutMs: 3000, inDoubtTimeoutMs: 20_000 };
+/**
+ * A slow migration (bandwidth-capped) of a running dirtier, so a fault can land mid-phase. The
+ * request timeout is generous: these faults are kills and drops, which fail a request at once, and
+ * a loaded CI machine must not turn a slow reply into a different failure than the one under test
+ * (the silent-target test sets its own short timeout).
+ */
+const SLOW = { bandwidthBytesPerSec: 16 * MiB, requestTimeoutMs: 10_000, inDoubtTimeoutMs: 20_000 };
 const VM_OPTS = { memoryBytes: 32 * MiB, cmdline: 'hot=8MiB pattern=random check=1 fill=1 claim=all' };
 
 async function assertRunsOnlyOn(vm: string, on: TestHost, notOn: TestHost[]): Promise<void> {

@@ -81,7 +81,7 @@ export async function waitPhase(h: TestHost, id: string, phase: string, timeoutM
   for (;;) {
     const s = await migrationStatus(h, id);
     if (s.phase === phase) return;
-    if (s.record !== null) throw new Error(`migration ${id} ended (${s.record.outcome}) before phase ${phase}`);
+    if (s.record !== null) throw new Error(`migration ${id} ended (${s.record.outcome}: ${s.record.error?.code ?? ''} ${s.record.error?.message ?? ''}) before phase ${phase}`);
     if (Date.now() > deadline) throw new Error(`migration ${id} never reached phase ${phase} (at ${s.phase})`);
     await sleep(5);
   }

@@ -221,6 +221,20 @@ describe('vm: misbehaving guests crash the VM, never the host', () => {
     }
   });
 
+  it('stop-all installations interleaved with pause/resume never lose a parked vCPU (8 vCPUs on 2 cores)', async () => {
+    // Regression: parked vCPUs slept on the request word, so Install -> Pause -> Run -> Pause ->
+    // Install while one was preempted between reading and waiting (ABA) left it asleep through the
+    // next installation. They now sleep on a sequence number that changes with every request.
+    const vm = await boot(guestWat({ step: COUNTER_STEP, extra: COUNTER_GLOBALS }), { hangTimeoutMs: 5000, vcpus: 8, memoryBytes: 1 * MiB });
+    await vm.start();
+    for (let i = 0; i < 300; i++) {
+      await vm.installWithAllStopped(null);
+      if (i % 3 === 0) { await vm.pause(); vm.resume(); }
+    }
+    assert.equal(vm.crash, null);
+    assert.equal(vm.state, 'running');
+  });
+
   it('pausing a guest that ignores its budget fails with VCPU_HUNG within the timeout', async () => {
     const vm = await boot(guestWat({ step: '(loop $forever (br $forever)) (i32.const 0)' }), { hangTimeoutMs: 5000 });
     await vm.start();
