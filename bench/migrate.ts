@@ -117,13 +117,18 @@ async function main(): Promise<void> {
       await sleep(50);
       record = (await a.client.call<{ record: MigrationRecord | null }>('GET', `/v1/migrations/${migrationId}`)).record;
     }
-    const check = record.outcome === 'succeeded' ? await b.client.call<{ selfcheck: number | null }>('POST', '/v1/vms/bench/verify') : { selfcheck: null };
+    const check = record.outcome === 'succeeded'
+      ? await b.client.call<{ selfcheck: number | null; guestMaxClockGapMs: number | null }>('POST', '/v1/vms/bench/verify')
+      : { selfcheck: null, guestMaxClockGapMs: null };
     log(`  phases: ${record.phases.map((p) => `${p.phase}@${p.atMs.toFixed(0)}ms`).join(' ')}`);
     for (const r of record.rounds) log(`  round ${r.round}: ${(r.bytes / MiB).toFixed(1)} MiB in ${r.durationMs.toFixed(0)} ms (${(r.throughputBytesPerSec / 1e6).toFixed(0)} MB/s), dirty after ${(r.dirtyBytesAfter / MiB).toFixed(1)} MiB, throttle ${r.throttlePermille / 10}%`);
     const result = {
       totalMs: Math.round(record.totalMs),
       engineDowntimeMs: record.engineDowntimeMs,
       guestDowntimeMs: record.guestDowntimeMs,
+      // The guest's own record of its longest stall since boot (ferry_max_clock_gap_ns): an upper
+      // bound on guestDowntimeMs that the guest computed itself.
+      guestReportedMaxGapMs: check.guestMaxClockGapMs,
       transferredBytes: record.transferredBytes,
       rounds: record.rounds.length,
       migrationMBps: Math.round(memoryBytes / 1e6 / (record.totalMs / 1000)),

@@ -604,8 +604,12 @@ export function dirtier_selfcheck_first_bad(): i64 {
   return firstBad;
 }
 
-/** Largest gap between two consecutive clock reads (step starts) of one vCPU, max over vCPUs, ns. */
-export function dirtier_max_gap_ns(): i64 {
+/**
+ * ABI ferry_max_clock_gap_ns: the largest gap between two consecutive clock reads (step starts) of
+ * one vCPU since boot, max over vCPUs, ns — the guest's own view of its longest stall (a migration's
+ * downtime shows up here). Only reads memory.
+ */
+export function ferry_max_clock_gap_ns(): i64 {
   if (load<u32>(CTRL, H_MAGIC) != MAGIC) return 0;
   const nv = load<u32>(CTRL, H_VCPUS);
   let m: u64 = 0;

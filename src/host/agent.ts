@@ -307,9 +307,12 @@ export class HostAgent {
     const wasRunning = vm.state === 'running';
     if (wasRunning) await vm.pause();
     try {
+      const gapNs = vm.guestMaxClockGapNs();
       return {
         name, state: wasRunning ? 'running' : vm.state,
         selfcheck: vm.image.hasSelfcheck ? vm.selfcheck() : null,
+        // The guest's own record of its longest stall since boot (includes every migration's downtime).
+        guestMaxClockGapMs: gapNs === null ? null : Number(gapNs) / 1e6,
         digest: digestOf(vm.ram),
         claimedPages: vm.claimedPages,
       };

@@ -57,6 +57,7 @@ const REQUIRED_FUNCTION_EXPORTS: Readonly<Record<string, { params: readonly Valu
 };
 const OPTIONAL_FUNCTION_EXPORTS: Readonly<Record<string, { params: readonly ValueTypeName[]; results: readonly ValueTypeName[] }>> = {
   ferry_selfcheck: { params: [], results: ['i32'] },
+  ferry_max_clock_gap_ns: { params: [], results: ['i64'] },
 };
 
 export interface ExportedGlobal {
@@ -118,6 +119,8 @@ export interface InstrumentedImage {
   readonly maxClaimPages: number;
   readonly globals: readonly ExportedGlobal[];
   readonly hasSelfcheck: boolean;
+  /** The guest exports ferry_max_clock_gap_ns (its own record of the largest clock gap it saw). */
+  readonly hasMaxClockGap: boolean;
   readonly deviceImports: readonly string[];
   readonly stats: Readonly<InstrumentStats>;
 }
@@ -684,7 +687,8 @@ function instrumentUncached(bytes: Uint8Array, options: InstrumentOptions): Inst
     }
     return {
       module, binary, imageSha256, layout, granularityBytes: options.granularityBytes, initialPages, maxClaimPages,
-      globals, hasSelfcheck: exportedFunctions.some(([n]) => n === 'ferry_selfcheck'), deviceImports, stats,
+      globals, hasSelfcheck: exportedFunctions.some(([n]) => n === 'ferry_selfcheck'),
+      hasMaxClockGap: exportedFunctions.some(([n]) => n === 'ferry_max_clock_gap_ns'), deviceImports, stats,
     };
   } finally {
     mod.dispose();

@@ -394,14 +394,28 @@ export class Vm extends EventEmitter<VmEvents> {
 
   /** Runs the guest's own invariant check (ferry_selfcheck) on a quiescent VM; returns violations. */
   selfcheck(): number {
-    this.requireState('run the guest self-check', ['created', 'paused', 'halted', 'stopped', 'crashed']);
     if (!this.image.hasSelfcheck) throw new FerryError('IMAGE_MISSING_EXPORT', 'this guest does not export ferry_selfcheck');
-    const fail = (): never => { throw new WebAssembly.RuntimeError('ferry_selfcheck must only read memory'); };
+    return this.callReadOnlyExport('ferry_selfcheck', 'run the guest self-check') as number;
+  }
+
+  /**
+   * The guest's own record of the largest gap between two consecutive clock reads of one vCPU since
+   * it booted (ferry_max_clock_gap_ns), on a quiescent VM; null when the guest does not keep one.
+   */
+  guestMaxClockGapNs(): bigint | null {
+    if (!this.image.hasMaxClockGap) return null;
+    return this.callReadOnlyExport('ferry_max_clock_gap_ns', 'read the guest\'s clock-gap record') as bigint;
+  }
+
+  /** Calls a read-only guest export from a fresh instance over the (quiescent) RAM. */
+  private callReadOnlyExport(name: string, what: string): unknown {
+    this.requireState(what, ['created', 'paused', 'halted', 'stopped', 'crashed']);
+    const fail = (): never => { throw new WebAssembly.RuntimeError(`${name} must only read memory`); };
     const instance = new WebAssembly.Instance(this.image.module, {
       ferry_rt: { memory: this.memory, oob: fail },
       ferry: { console_write: () => undefined, clock_ns: () => this.control.guestClockNs(), cmdline: fail, panic: fail },
     });
-    return (instance.exports['ferry_selfcheck'] as () => number)();
+    return (instance.exports[name] as () => unknown)();
   }
 
   vcpuStats(): VcpuStats[] {

@@ -34,6 +34,12 @@ async function migrateAndCheck(from: TestHost, to: TestHost, vm: string): Promis
   const check = await verifyVm(to, vm);
   assert.equal(check.selfcheck, 0, 'the guest\'s own invariants hold after the migration');
   assert.equal(check.state, 'running');
+  // The guest's own record of its longest clock gap covers the stun the runtime measured from its
+  // clock reads (the guest's bookkeeping reads span at least that interval).
+  assert.ok(check.guestMaxClockGapMs !== null && check.guestMaxClockGapMs > 0, 'the dirtier keeps a clock-gap record');
+  if (record.guestDowntimeMs !== null) {
+    assert.ok(check.guestMaxClockGapMs >= record.guestDowntimeMs, `guest's own max gap ${check.guestMaxClockGapMs} ms >= guest downtime ${record.guestDowntimeMs} ms`);
+  }
 }
 
 describe('live migration between host processes', () => {

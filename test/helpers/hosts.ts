@@ -47,7 +47,7 @@ export async function listVms(h: TestHost): Promise<VmView[]> {
   return (await h.client.call<{ vms: VmView[] }>('GET', '/v1/vms')).vms;
 }
 
-export async function verifyVm(h: TestHost, name: string): Promise<{ selfcheck: number | null; digest: string; state: string }> {
+export async function verifyVm(h: TestHost, name: string): Promise<{ selfcheck: number | null; guestMaxClockGapMs: number | null; digest: string; state: string }> {
   return h.client.call('POST', `/v1/vms/${name}/verify`);
 }
 

@@ -239,6 +239,9 @@ describe('instrumentation: image validation', () => {
     await rejects(wat2wasm(guestWat().replace('(global (export "ferry_abi_version") i32 (i32.const 1))', '(global (export "ferry_abi_version") i32 (i32.const 2))')), 'IMAGE_ABI_VERSION');
     await rejects(wat2wasm(guestWat().replace('(global (export "ferry_abi_version") i32 (i32.const 1))', '(global (export "ferry_abi_version") (mut i32) (i32.const 1))')), 'IMAGE_BAD_EXPORT');
     await rejects(wat2wasm(guestWat({ extra: '(func (export "__ferry_init"))' })), 'IMAGE_BAD_EXPORT');
+    // Optional exports are checked when present.
+    await rejects(wat2wasm(guestWat({ extra: '(func (export "ferry_selfcheck") (result i64) (i64.const 0))' })), 'IMAGE_BAD_EXPORT');
+    await rejects(wat2wasm(guestWat({ extra: '(func (export "ferry_max_clock_gap_ns") (result i32) (i32.const 0))' })), 'IMAGE_BAD_EXPORT');
   });
 
   it('refuses imports Ferry does not provide, and device imports with the wrong signature', async () => {
