@@ -126,6 +126,7 @@ async function main(): Promise<void> {
       totalMs: Math.round(record.totalMs),
       engineDowntimeMs: record.engineDowntimeMs,
       guestDowntimeMs: record.guestDowntimeMs,
+      switchoverMs: record.switchoverMs,
       // The guest's own record of its longest stall since boot (ferry_max_clock_gap_ns): an upper
       // bound on guestDowntimeMs that the guest computed itself.
       guestReportedMaxGapMs: check.guestMaxClockGapMs,

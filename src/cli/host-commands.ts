@@ -221,6 +221,8 @@ export function summarize(r: MigrationRecord): string {
   const t = r.traces;
   const refined = t.splitRegions > 0 ? `, ${t.splitRegions} region(s) split to 4 KiB pages` : '';
   const traces = `  traces: ${t.install}, ${t.adaptive ? 'adaptive ' : ''}${formatBytes(t.granularityBytes)} regions${refined}, ${t.installations} installations, stall max ${t.stallMaxMs.toFixed(2)} ms / total ${t.stallTotalMs.toFixed(1)} ms, scan ${t.scanMsTotal.toFixed(1)} ms, barrier ${t.barrierMsTotal.toFixed(1)} ms, ${t.unchangedPagesSkipped} unchanged pages not re-sent`;
+  const s = r.switchoverMs;
+  const switchover = s === null ? [] : [`  switch-over: pause ${ms(s.pause)}, last round ${ms(s.finalRound)}, state ${ms(s.state)}, commit (digest check, durable record, resume) ${ms(s.commit)}`];
   const rounds = r.rounds.map((x) => `  round ${x.round}: ${formatBytes(x.bytes)} in ${x.durationMs.toFixed(1)} ms (${compact(x.throughputBytesPerSec)}B/s), dirty after ${formatBytes(x.dirtyBytesAfter)}, throttle ${(x.throttlePermille / 10).toFixed(1)}%`);
-  return [head, `  ${body}`, traces, ...rounds, ...(r.error !== null ? [`  error [${r.error.code}]: ${r.error.message}`] : [])].join('\n');
+  return [head, `  ${body}`, traces, ...switchover, ...rounds, ...(r.error !== null ? [`  error [${r.error.code}]: ${r.error.message}`] : [])].join('\n');
 }

@@ -127,12 +127,26 @@ export interface MigrationRecord {
   readonly engineDowntimeMs: number | null;
   /** Largest gap between the guest's last clock read on the source and its first on the target. */
   readonly guestDowntimeMs: number | null;
+  /** Where the engine downtime went (null if the switch-over did not finish). */
+  readonly switchoverMs: SwitchoverBreakdown | null;
   readonly maxThrottlePermille: number;
   readonly forcedSwitchover: boolean;
   readonly verified: boolean;
   readonly digest: string | null;
   readonly options: MigrationOptions;
   readonly traces: TraceRecord;
+}
+
+/** The parts of the engine downtime, in order, ms. */
+export interface SwitchoverBreakdown {
+  /** Stun: pause request until every vCPU parked. */
+  readonly pause: number;
+  /** Collect the last dirty set, send it, every frame acknowledged. */
+  readonly finalRound: number;
+  /** vCPU and device state to the target, acknowledged. */
+  readonly state: number;
+  /** COMMIT: the target checks the digest, records the commit durably, resumes the VM, replies. */
+  readonly commit: number;
 }
 
 /** What write tracing cost this migration (issue: cheap write traces, measured). */
@@ -208,6 +222,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
   private pauseLatencyMs: number | null = null;
   private engineDowntimeMs: number | null = null;
   private guestDowntimeMs: number | null = null;
+  private switchoverMs: SwitchoverBreakdown | null = null;
   private forced = false;
   private finalDigest: string | null = null;
   /** The target's id for this migration (from its ticket), used to ask for the outcome. */
@@ -319,7 +334,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
       error: error === null || outcome === 'succeeded' ? null : { code: error.code, message: error.message },
       startedAt: this.startedAt.toISOString(), totalMs: performance.now() - this.t0, phases: this.phases, rounds: this.rounds,
       transferredBytes: this.sentBytes, zeroPagesSkipped: this.zeroPagesSkipped, pauseLatencyMs: this.pauseLatencyMs,
-      engineDowntimeMs: this.engineDowntimeMs, guestDowntimeMs: this.guestDowntimeMs, maxThrottlePermille: this.maxThrottle,
+      engineDowntimeMs: this.engineDowntimeMs, guestDowntimeMs: this.guestDowntimeMs, switchoverMs: this.switchoverMs, maxThrottlePermille: this.maxThrottle,
       forcedSwitchover: this.forced, verified: outcome === 'succeeded', digest: this.finalDigest, options: this.options,
       traces: { ...this.traceStats },
     };
@@ -570,6 +585,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
       throughputBytesPerSec: bytes > 0 ? (bytes * 1000) / Math.max(1e-3, performance.now() - startedMs) : 0,
       dirtyBytesAfter: 0, throttlePermille: this.throttle, expectedDowntimeMs: 0,
     });
+    const sentAt = performance.now();
     const states = this.vm.captureVcpuStates();
     const lastReads = this.vm.lastClockReads();
     const clockNs = this.vm.guestClockNs;
@@ -577,11 +593,14 @@ export class MigrationJob extends EventEmitter<JobEvents> {
       claimedPages: this.vm.claimedPages, clockNs, clockWallMs: Date.now(),
       vcpus: states.map((s, v) => ({ halted: s.halted, globals: s.globals, lastClockReadNs: lastReads[v] ?? 0n })),
     }), this.requestTimeoutMs);
+    const stateAt = performance.now();
     this.finalDigest = this.digest.hex();
     this.checkCancelled();
     this.commitSent = true;
     await this.control?.request('COMMIT', (id) => encodeCommit(id, { digest: this.finalDigest ?? '' }), this.options.requestTimeoutMs ?? COMMIT_TIMEOUT_MS);
-    this.engineDowntimeMs = performance.now() - stunAt;
+    const doneAt = performance.now();
+    this.engineDowntimeMs = doneAt - stunAt;
+    this.switchoverMs = { pause: startedMs - stunAt, finalRound: sentAt - startedMs, state: stateAt - sentAt, commit: doneAt - stateAt };
     this.progress(true, { round, dirtyBytes: 0, throughput: 0, durationMs: 0, roundBytes: bytes });
     this.guestDowntimeMs = await this.fetchGuestDowntime();
   }

@@ -285,18 +285,21 @@ class IncomingMigration {
       throw new FerryError('DIGEST_MISMATCH', `memory digest mismatch: source ${sourceDigest}, target ${ours}; the VM was not resumed here`);
     }
     // Durable before the VM runs: a restarted target must still answer "committed".
+    const t0 = performance.now();
     await this.hooks.recordOutcome(this.id, 'committed', vm.config.name);
+    const recordedAt = performance.now();
     await failpoint('target.after-commit-record');
     this.ended = true;
     clearTimeout(this.idleTimer);
     this.outcome = { state: 'committed', vm: vm.config.name, guestDowntimeMs: null };
     this.onEnd(this.outcome);
     await vm.start();
+    const startedAt = performance.now();
     // The host registers the VM before the reply (adopt does that synchronously); persisting its
     // definition finishes after the reply: it is not on the downtime path (the commit record
     // above is what a restarted host needs).
     void this.hooks.adopt(vm, this.image ?? new Uint8Array()).catch((err: unknown) => { this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: cannot record VM ${vm.config.name}: ${errorMessage(err)}`); });
-    this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: committed; VM ${vm.config.name} runs here`);
+    this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: committed; VM ${vm.config.name} runs here (commit record ${(recordedAt - t0).toFixed(1)} ms, resume ${(startedAt - recordedAt).toFixed(1)} ms)`);
     void this.measureGuestDowntime(vm);
     return { resumed: true };
   }
