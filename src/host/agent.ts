@@ -12,6 +12,7 @@ import { GiB, formatBytes } from '../lib/units.js';
 import { Vm, normalizeConfig } from '../vmm/vm.js';
 import { restoreVm, saveVm } from '../vmm/persist.js';
 import { instrumentImage, warmUpInstrumenter } from '../vmm/instrument.js';
+import { warmUpSwitchoverCodecs } from '../migration/protocol/messages.js';
 import { digestOf } from '../migration/digest.js';
 import { MigrationJob, migrationOptionsSchema, type MigrationRecord } from '../migration/source.js';
 import { MigrationReceiver } from '../migration/target.js';
@@ -95,7 +96,9 @@ export class HostAgent {
     // Warm binaryen up before the first VM arrives (its first run is several times slower).
     const tw = performance.now();
     warmUpInstrumenter();
-    agent.log(`host ${agent.name}: instrumenter warmed up in ${(performance.now() - tw).toFixed(0)} ms`);
+    // ...and the switch-over's message codecs, which otherwise run cold with the guest stunned.
+    warmUpSwitchoverCodecs();
+    agent.log(`host ${agent.name}: instrumenter and switch-over codecs warmed up in ${(performance.now() - tw).toFixed(0)} ms`);
     agent.log(`host ${agent.name}: control API on ${agent.url}, migration endpoint on ${options.listenHost}:${agent.receiver.port}, data in ${options.dataDir}`);
     return agent;
   }

@@ -8,6 +8,7 @@
  *   <data>/migrations/<id>.json     incoming migration outcome: committed | aborted
  */
 import { mkdir, readFile, readdir, rename, rm, writeFile, open } from 'node:fs/promises';
+import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { FerryError, errorMessage } from '../lib/errors.js';
@@ -41,6 +42,9 @@ async function writeAtomic(path: string, data: string | Uint8Array): Promise<voi
   await rename(tmp, path);
 }
 
+/** Not a migration id (those are 32 hex digits), so never mistaken for a commit record. */
+const WRITE_PROBE_ID = 'write-probe';
+
 export class HostStore {
   constructor(readonly dataDir: string) {}
 
@@ -51,6 +55,11 @@ export class HostStore {
     try {
       await mkdir(join(this.dataDir, 'vms'), { recursive: true });
       await mkdir(join(this.dataDir, 'migrations'), { recursive: true });
+      // A durable write now, where an incoming migration's commit record will go: a read-only or
+      // full data directory fails at start-up rather than mid-migration, and the write path (run
+      // once per migration, with the guest stunned) is not cold the first time it matters.
+      await this.writeMigrationOutcome(WRITE_PROBE_ID, 'aborted', '');
+      await rm(join(this.dataDir, 'migrations', `${WRITE_PROBE_ID}.json`), { force: true });
     } catch (err) {
       throw new FerryError('STORE_IO', `cannot use data directory ${this.dataDir}: ${errorMessage(err)}`);
     }
@@ -95,8 +104,26 @@ export class HostStore {
     return { vms, problems };
   }
 
+  /**
+   * The commit record is written with synchronous calls: it sits on the switch-over path with the
+   * guest stunned, and five thread-pool round trips (write, open, fsync, close, rename) cost
+   * 2.9-3.5 ms there against ~1-2 ms for the same calls made directly; blocking the event loop
+   * for that long is harmless while the only VM that matters is waiting for exactly this.
+   * The directory is not fsynced after the rename: a process crash keeps the page cache (the record
+   * survives), and a power loss that drops the rename also kills the VM the record is about, so the
+   * restarted host answering "unknown" (the source resumes) still leaves the VM in one place.
+   */
   async writeMigrationOutcome(id: string, outcome: MigrationOutcome, vmName: string): Promise<void> {
-    await writeAtomic(join(this.dataDir, 'migrations', `${id}.json`), JSON.stringify({ id, outcome, vmName, at: new Date().toISOString() }));
+    const path = join(this.dataDir, 'migrations', `${id}.json`);
+    const tmp = `${path}.tmp`;
+    const fd = openSync(tmp, 'w');
+    try {
+      writeSync(fd, JSON.stringify({ id, outcome, vmName, at: new Date().toISOString() }));
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, path);
   }
 
   async readMigrationOutcome(id: string): Promise<MigrationOutcome | null> {
