@@ -77,7 +77,8 @@ export class HostAgent {
     this.receiver = new MigrationReceiver({
       admit: (vm) => { this.admit(vm.name, vm.memoryBytes); },
       adopt: (vm, imageBytes) => this.adopt(vm, imageBytes),
-      recordOutcome: async (id, outcome, vmName) => { await this.store.writeMigrationOutcome(id, outcome, vmName); },
+      // Synchronous underneath (see HostStore.writeMigrationOutcome); an I/O error rejects.
+      recordOutcome: (id, outcome, vmName) => new Promise<void>((resolve) => { this.store.writeMigrationOutcome(id, outcome, vmName); resolve(); }),
       storedOutcome: (id) => this.store.readMigrationOutcome(id),
       log: this.log,
     }, options.listenHost);

@@ -58,7 +58,7 @@ export class HostStore {
       // A durable write now, where an incoming migration's commit record will go: a read-only or
       // full data directory fails at start-up rather than mid-migration, and the write path (run
       // once per migration, with the guest stunned) is not cold the first time it matters.
-      await this.writeMigrationOutcome(WRITE_PROBE_ID, 'aborted', '');
+      this.writeMigrationOutcome(WRITE_PROBE_ID, 'aborted', '');
       await rm(join(this.dataDir, 'migrations', `${WRITE_PROBE_ID}.json`), { force: true });
     } catch (err) {
       throw new FerryError('STORE_IO', `cannot use data directory ${this.dataDir}: ${errorMessage(err)}`);
@@ -113,7 +113,7 @@ export class HostStore {
    * survives), and a power loss that drops the rename also kills the VM the record is about, so the
    * restarted host answering "unknown" (the source resumes) still leaves the VM in one place.
    */
-  async writeMigrationOutcome(id: string, outcome: MigrationOutcome, vmName: string): Promise<void> {
+  writeMigrationOutcome(id: string, outcome: MigrationOutcome, vmName: string): void {
     const path = join(this.dataDir, 'migrations', `${id}.json`);
     const tmp = `${path}.tmp`;
     const fd = openSync(tmp, 'w');
