@@ -42,6 +42,19 @@ async function writeAtomic(path: string, data: string | Uint8Array): Promise<voi
   await rename(tmp, path);
 }
 
+/** writeAtomic with direct system calls, for the one write on the switch-over path. */
+function writeAtomicSync(path: string, data: string): void {
+  const tmp = `${path}.tmp`;
+  const fd = openSync(tmp, 'w');
+  try {
+    writeSync(fd, data);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, path);
+}
+
 /** Not a migration id (those are 32 hex digits), so never mistaken for a commit record. */
 const WRITE_PROBE_ID = 'write-probe';
 
@@ -114,16 +127,7 @@ export class HostStore {
    * restarted host answering "unknown" (the source resumes) still leaves the VM in one place.
    */
   writeMigrationOutcome(id: string, outcome: MigrationOutcome, vmName: string): void {
-    const path = join(this.dataDir, 'migrations', `${id}.json`);
-    const tmp = `${path}.tmp`;
-    const fd = openSync(tmp, 'w');
-    try {
-      writeSync(fd, JSON.stringify({ id, outcome, vmName, at: new Date().toISOString() }));
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, path);
+    writeAtomicSync(join(this.dataDir, 'migrations', `${id}.json`), JSON.stringify({ id, outcome, vmName, at: new Date().toISOString() }));
   }
 
   async readMigrationOutcome(id: string): Promise<MigrationOutcome | null> {

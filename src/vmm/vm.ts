@@ -14,7 +14,7 @@ import { Worker } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import { FerryError, errorMessage } from '../lib/errors.js';
 
-import { formatBytes } from '../lib/units.js';
+import { MiB, formatBytes } from '../lib/units.js';
 import {
   Control, MAX_GLOBALS_PER_VCPU, MAX_THROTTLE_PERMILLE, MAX_VCPUS, RunRequest, VcpuState, isQuiescent,
   V_INSTALL_EPOCH_DONE, S_MAX_STEP_MS, S_STEPS, S_STEP_MS, S_STEP_START_MS, S_THROTTLED_MS, S_UNITS, V_ACK, V_BUDGET, V_IN_STEP, V_RESTORE_HALTED,
@@ -46,7 +46,7 @@ const VCPU_START_TIMEOUT_MS = 10_000;
  * faults have been measured as slow as 65 MB/s on a loaded machine of this kind; the boot deadline
  * therefore grows with RAM at a rate 4x below that, so only a boot that is truly stuck times out.
  */
-const BOOT_MIN_BYTES_PER_SEC = 16 * 1024 * 1024;
+const BOOT_MIN_BYTES_PER_SEC = 16 * MiB;
 /** How long to wait for a crashed vCPU's report message after seeing its Crashed state. */
 const CRASH_REPORT_WAIT_MS = 1000;
 export const MIN_STEP_TARGET_US = 20;
