@@ -244,18 +244,20 @@ interface CollectAccumulator {
 
 const GRANULARITIES = [4 * KiB, 64 * KiB, 2 * MiB] as const;
 const THROUGHPUT_VM_BYTES = 128 * MiB;
+/** The store-heavy dirtier's hot set: in its command line and in the pre-warm below. */
+const STORE_HEAVY_HOT_BYTES = 64 * MiB;
 const WORKLOAD_CMDLINE: Record<Workload, string> = {
-  'store-heavy': 'hot=64MiB pattern=seq check=0',
+  'store-heavy': `hot=${STORE_HEAVY_HOT_BYTES / MiB}MiB pattern=seq check=0`,
   compute: 'iters=1000000000000 report=1000000000000',
 };
 const WORKLOAD_GUEST: Record<Workload, 'dirtier' | 'compute'> = { 'store-heavy': 'dirtier', compute: 'compute' };
 /**
  * Work units a VM must complete before its warm-up clock starts: two passes over the store-heavy
- * hot set (64 MiB / 4 KiB pages), so that first-touch page faults are never inside a window. They
+ * hot set (one unit = one 4 KiB page update), so that first-touch page faults are never inside a window. They
  * were assumed to fit in the 1 s warm-up (0.5–0.7 s on 2026-11-25), but on a day when first touch
  * ran at 65–100 MB/s they took the whole warm-up and part of the first window.
  */
-const WORKLOAD_PREWARM_UNITS: Record<Workload, number> = { 'store-heavy': 2 * (64 * MiB) / (4 * KiB), compute: 0 };
+const WORKLOAD_PREWARM_UNITS: Record<Workload, number> = { 'store-heavy': 2 * (STORE_HEAVY_HOT_BYTES / (4 * KiB)), compute: 0 };
 /** Upper bound on that pre-warm: a guest that does not get there is reported, not waited for. */
 const PREWARM_LIMIT_MS = 60_000;
 const PREWARM_POLL_MS = 100;

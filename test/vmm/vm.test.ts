@@ -156,6 +156,35 @@ describe('vm lifecycle', () => {
     assert.equal(dv.getUint32(70004, true), 4, 'vCPU 1 sees the size vCPU 0 claimed');
     assert.equal(vm.claimedPages, 4);
   });
+
+  it('a VM paused for longer than its hang timeout resumes and is not reported hung', async () => {
+    // The watchdog must count only time inside a step, never time parked: a VM can stay paused
+    // for minutes (a migration in doubt, an operator's pause).
+    const vm = await boot(guestWat({ step: COUNTER_STEP, extra: COUNTER_GLOBALS }), { hangTimeoutMs: 100, vcpus: 2 });
+    await vm.start();
+    for (let i = 0; i < 3; i++) {
+      await vm.pause();
+      await sleep(250);
+      vm.resume();
+      await sleep(150);
+      assert.equal(vm.crash, null, `cycle ${i}: ${vm.crash?.message ?? ''}`);
+      assert.equal(vm.state, 'running');
+    }
+  });
+
+  it('stop-all installations interleaved with pause/resume never lose a parked vCPU (8 vCPUs on 2 cores)', async () => {
+    // Regression: parked vCPUs slept on the request word, so Install -> Pause -> Run -> Pause ->
+    // Install while one was preempted between reading and waiting (ABA) left it asleep through the
+    // next installation. They now sleep on a sequence number that changes with every request.
+    const vm = await boot(guestWat({ step: COUNTER_STEP, extra: COUNTER_GLOBALS }), { hangTimeoutMs: 5000, vcpus: 8, memoryBytes: 1 * MiB });
+    await vm.start();
+    for (let i = 0; i < 300; i++) {
+      await vm.installWithAllStopped(null);
+      if (i % 3 === 0) { await vm.pause(); vm.resume(); }
+    }
+    assert.equal(vm.crash, null);
+    assert.equal(vm.state, 'running');
+  });
 });
 
 describe('vm: misbehaving guests crash the VM, never the host', () => {
@@ -204,35 +233,6 @@ describe('vm: misbehaving guests crash the VM, never the host', () => {
     assert.equal(crash.reason, 'hung');
     assert.match(crash.message, /inside one step/);
     await vm.stop(); // terminated threads: stop returns
-  });
-
-  it('a VM paused for longer than its hang timeout resumes and is not reported hung', async () => {
-    // The watchdog must count only time inside a step, never time parked: a VM can stay paused
-    // for minutes (a migration in doubt, an operator's pause).
-    const vm = await boot(guestWat({ step: COUNTER_STEP, extra: COUNTER_GLOBALS }), { hangTimeoutMs: 100, vcpus: 2 });
-    await vm.start();
-    for (let i = 0; i < 3; i++) {
-      await vm.pause();
-      await sleep(250);
-      vm.resume();
-      await sleep(150);
-      assert.equal(vm.crash, null, `cycle ${i}: ${vm.crash?.message ?? ''}`);
-      assert.equal(vm.state, 'running');
-    }
-  });
-
-  it('stop-all installations interleaved with pause/resume never lose a parked vCPU (8 vCPUs on 2 cores)', async () => {
-    // Regression: parked vCPUs slept on the request word, so Install -> Pause -> Run -> Pause ->
-    // Install while one was preempted between reading and waiting (ABA) left it asleep through the
-    // next installation. They now sleep on a sequence number that changes with every request.
-    const vm = await boot(guestWat({ step: COUNTER_STEP, extra: COUNTER_GLOBALS }), { hangTimeoutMs: 5000, vcpus: 8, memoryBytes: 1 * MiB });
-    await vm.start();
-    for (let i = 0; i < 300; i++) {
-      await vm.installWithAllStopped(null);
-      if (i % 3 === 0) { await vm.pause(); vm.resume(); }
-    }
-    assert.equal(vm.crash, null);
-    assert.equal(vm.state, 'running');
   });
 
   it('pausing a guest that ignores its budget fails with VCPU_HUNG within the timeout', async () => {
