@@ -264,7 +264,7 @@ function parseJsonObject(command: FrameCommand, bytes: Uint8Array): object {
 function validate<S extends z.ZodTypeAny>(command: FrameCommand, schema: S, value: unknown): z.output<S> {
   const result = schema.safeParse(value);
   if (!result.success) throw badPayload(command, describeIssues(result.error));
-  return result.data as z.output<S>;
+  return result.data;
 }
 
 function decodeJson<S extends z.ZodTypeAny>(command: FrameCommand, schema: S, bytes: Uint8Array): z.output<S> {
