@@ -21,7 +21,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { parseSizeBytes, MiB } from '../src/lib/units.js';
 import { randomToken } from '../src/host/agent.js';
 import { spawnHost, stopHosts, type LocalHost } from '../src/cli/local-hosts.js';
-import type { MigrationRecord } from '../src/migration/source.js';
+
+/** Booting a 1 GiB dirtier with fill=1 (every page written) takes seconds on a slow-faulting day. */
+const VM_BOOT_TIMEOUT_MS = 120_000;
 
 const RAW_WRITE_BYTES = 1 * MiB;
 
@@ -102,23 +104,15 @@ async function main(): Promise<void> {
     const image = await readFile(fileURLToPath(new URL('../guests/dirtier.wasm', import.meta.url)));
     const cmdline = `hot=${hot} pattern=${pattern} fill=1 claim=all check=0 rate=${arg("rate", "0")}`;
     log(`VM: dirtier, ${vcpus} vCPU(s), ${memoryBytes / MiB} MiB, "${cmdline}"; filling memory...`);
-    await a.client.call('POST', '/v1/vms', { name: 'bench', imageBase64: image.toString('base64'), memoryBytes, vcpus, cmdline, start: true });
+    await a.client.createVm({ name: 'bench', imageBase64: image.toString('base64'), memoryBytes, vcpus, cmdline, start: true });
     // Boot (the fill) is done when the guest's boot line is on its console.
-    for (;;) {
-      const res = await a.client.stream('/v1/vms/bench/console');
-      if ((await res.text()).includes('dirtier:')) break;
-      await sleep(100);
-    }
+    await a.client.waitForConsole('bench', 'dirtier:', VM_BOOT_TIMEOUT_MS);
     await sleep(1000); // the hot set is being dirtied continuously now
     log('migrating a -> b...');
-    const { migrationId } = await a.client.call<{ migrationId: string }>('POST', '/v1/vms/bench/migrate', { to: b.url, options: { dataChannels: channels } });
-    let record: MigrationRecord | null = null;
-    while (record === null) {
-      await sleep(50);
-      record = (await a.client.call<{ record: MigrationRecord | null }>('GET', `/v1/migrations/${migrationId}`)).record;
-    }
+    const { migrationId } = await a.client.migrate('bench', { to: b.url, options: { dataChannels: channels } });
+    const record = await a.client.waitForMigration(migrationId);
     const check = record.outcome === 'succeeded'
-      ? await b.client.call<{ selfcheck: number | null; guestMaxClockGapMs: number | null }>('POST', '/v1/vms/bench/verify')
+      ? await b.client.verifyVm('bench')
       : { selfcheck: null, guestMaxClockGapMs: null };
     log(`  phases: ${record.phases.map((p) => `${p.phase}@${p.atMs.toFixed(0)}ms`).join(' ')}`);
     for (const r of record.rounds) log(`  round ${r.round}: ${(r.bytes / MiB).toFixed(1)} MiB in ${r.durationMs.toFixed(0)} ms (${(r.throughputBytesPerSec / 1e6).toFixed(0)} MB/s), dirty after ${(r.dirtyBytesAfter / MiB).toFixed(1)} MiB, throttle ${r.throttlePermille / 10}%`);

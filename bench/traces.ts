@@ -22,7 +22,6 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { KiB, MiB } from '../src/lib/units.js';
 import { randomToken } from '../src/host/agent.js';
 import { spawnHost, stopHosts, type LocalHost } from '../src/cli/local-hosts.js';
-import type { MigrationRecord } from '../src/migration/source.js';
 
 const VM_MEMORY_BYTES = 256 * MiB;
 /** The guest runs this long before each migration (past boot and JIT warm-up). */
@@ -78,21 +77,17 @@ async function main(): Promise<void> {
       for (const vcpus of vcpuCounts) {
         for (const granularityBytes of granularities) {
           for (const strategy of strategies) {
-            await a.client.call('POST', '/v1/vms', {
+            await a.client.createVm({
               name: 'bench', imageBase64: image, memoryBytes: VM_MEMORY_BYTES, vcpus, cmdline: WORKLOADS[workload] ?? '', start: true,
             });
             await sleep(WARMUP_MS);
-            const { migrationId } = await a.client.call<{ migrationId: string }>('POST', '/v1/vms/bench/migrate', {
+            const { migrationId } = await a.client.migrate('bench', {
               to: b.url, options: { traceInstall: strategy, ...(granularityBytes === 0 ? { traceAdaptive: true } : { traceGranularityBytes: granularityBytes }) },
             });
-            let r: MigrationRecord | null = null;
-            while (r === null) {
-              await sleep(25);
-              r = (await a.client.call<{ record: MigrationRecord | null }>('GET', `/v1/migrations/${migrationId}`)).record;
-            }
+            const r = await a.client.waitForMigration(migrationId);
             const owner = r.outcome === 'succeeded' ? b : a;
-            await owner.client.call('POST', '/v1/vms/bench/stop');
-            await owner.client.call('DELETE', '/v1/vms/bench');
+            await owner.client.stopVm('bench');
+            await owner.client.deleteVm('bench');
             const t = r.traces;
             const row: Row = {
               strategy, granularityBytes, workload, vcpus,

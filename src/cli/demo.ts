@@ -10,7 +10,6 @@ import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { MiB } from '../lib/units.js';
 import { randomToken } from '../host/agent.js';
-import type { MigrationRecord } from '../migration/source.js';
 import { summarize } from './host-commands.js';
 import { spawnHost, stopHosts, type LocalHost } from './local-hosts.js';
 
@@ -37,7 +36,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     hosts.push(await spawnHost('alpha', dirs[0] ?? '', token, { echo: true }), await spawnHost('beta', dirs[1] ?? '', token, { echo: true }));
     const [a, b] = hosts as [LocalHost, LocalHost];
     const image = await readFile(fileURLToPath(new URL('../../guests/dirtier.wasm', import.meta.url)));
-    await a.client.call('POST', '/v1/vms', {
+    await a.client.createVm({
       name: 'demo', imageBase64: image.toString('base64'), memoryBytes: opts.memoryBytes, vcpus: opts.vcpus, cmdline: opts.cmdline, start: true,
     });
     process.stderr.write(`ferry demo: hosts alpha (${a.url}) and beta (${b.url}); VM "demo" = dirtier, ${opts.vcpus} vCPUs, ${opts.memoryBytes / MiB} MiB, "${opts.cmdline}". Ctrl-C to stop.\n`);
@@ -46,18 +45,14 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     for (let n = 1; !stopping && (opts.migrations === undefined || n <= opts.migrations); n++) {
       await sleep(DEMO_DWELL_MS);
       if (stopping) break;
-      const { migrationId } = await from.client.call<{ migrationId: string }>('POST', '/v1/vms/demo/migrate', { to: to.url });
-      let record: MigrationRecord | null = null;
-      while (record === null) {
-        await sleep(50);
-        record = (await from.client.call<{ record: MigrationRecord | null }>('GET', `/v1/migrations/${migrationId}`)).record;
-      }
+      const { migrationId } = await from.client.migrate('demo', { to: to.url });
+      const record = await from.client.waitForMigration(migrationId);
       process.stdout.write(`#${n} ${from.name} -> ${to.name}: ${summarize(record).split('\n').slice(0, 2).join('\n')}\n`);
       if (record.outcome !== 'succeeded') {
         process.stderr.write(`ferry demo: migration failed; the VM stays on ${from.name}\n`);
         continue;
       }
-      const check = await to.client.call<{ selfcheck: number | null }>('POST', '/v1/vms/demo/verify');
+      const check = await to.client.verifyVm('demo');
       process.stdout.write(`   guest self-check on ${to.name}: ${check.selfcheck === 0 ? 'intact' : `${check.selfcheck} violations`}\n`);
       [from, to] = [to, from];
     }

@@ -12,8 +12,9 @@ import { HostAgent } from '../host/agent.js';
 import { loadToken } from '../host/auth.js';
 import { DEFAULT_GRANULARITY_BYTES } from '../vmm/layout.js';
 import { MAX_VCPUS } from '../vmm/control.js';
-import type { MigrationProgress, MigrationRecord } from '../migration/source.js';
-import { HostClient, readEvents } from './host-client.js';
+import type { MigrationProgress, MigrationRecord } from '../migration/record.js';
+import type { MigrationOptions } from '../migration/options.js';
+import { HostClient } from '../api/host-client.js';
 import { durationOption, parseIntegerOption, sizeOption } from './args.js';
 import { compact } from './status.js';
 
@@ -87,32 +88,29 @@ export function addHostCommands(program: Command, vm: Command): void {
     .action(async (name: string, o: ClientOpts & { image: string; memory: number; vcpus: number; traceGranularity: number; cmdline: string; start: boolean }) => {
       let image: Buffer;
       try { image = await readFile(o.image); } catch (err) { throw new FerryError('INVALID_ARGUMENT', `cannot read guest image ${o.image}: ${errorMessage(err)}`); }
-      print(await (await client(o)).call('POST', '/v1/vms', {
+      print(await (await client(o)).createVm({
         name, imageBase64: image.toString('base64'), memoryBytes: o.memory, vcpus: o.vcpus,
         granularityBytes: o.traceGranularity, cmdline: o.cmdline, start: o.start,
       }));
     });
 
-  for (const [verb, method, description] of [
-    ['start', 'POST', 'start (boot) a defined VM'],
-    ['stop', 'POST', 'power a VM off'],
-    ['pause', 'POST', 'pause every vCPU'],
-    ['resume', 'POST', 'resume a paused VM'],
-    ['verify', 'POST', 'pause briefly, run the guest self-check and digest its memory, resume'],
-    ['delete', 'DELETE', 'remove a stopped VM and its definition'],
-    ['status', 'GET', 'show a VM\'s state, vCPU statistics and last migration'],
-  ] as const) {
+  const verbs: readonly [string, string, (c: HostClient, name: string) => Promise<unknown>][] = [
+    ['start', 'start (boot) a defined VM', (c, n) => c.startVm(n)],
+    ['stop', 'power a VM off', (c, n) => c.stopVm(n)],
+    ['pause', 'pause every vCPU', (c, n) => c.pauseVm(n)],
+    ['resume', 'resume a paused VM', (c, n) => c.resumeVm(n)],
+    ['verify', 'pause briefly, run the guest self-check and digest its memory, resume', (c, n) => c.verifyVm(n)],
+    ['delete', 'remove a stopped VM and its definition', (c, n) => c.deleteVm(n)],
+    ['status', 'show a VM\'s state, vCPU statistics and last migration', (c, n) => c.vm(n)],
+  ];
+  for (const [verb, description, call] of verbs) {
     withClientOptions(vm.command(verb).description(description).argument('<name>', 'VM name'))
-      .action(async (name: string, o: ClientOpts) => {
-        const path = verb === 'status' || verb === 'delete' ? `/v1/vms/${encodeURIComponent(name)}` : `/v1/vms/${encodeURIComponent(name)}/${verb}`;
-        print(await (await client(o)).call(method, path));
-      });
+      .action(async (name: string, o: ClientOpts) => { print(await call(await client(o), name)); });
   }
 
   withClientOptions(vm.command('list').description('list the VMs of a host'))
     .action(async (o: ClientOpts) => {
-      const r = await (await client(o)).call<{ vms: { name: string; state: string; owner: string | null; config: { vcpus: number; memoryBytes: number } }[] }>('GET', '/v1/vms');
-      for (const v of r.vms) process.stdout.write(`${v.name}\t${v.state}\t${v.config.vcpus} vCPU\t${formatBytes(v.config.memoryBytes)}${v.owner !== null ? `\t(${v.owner})` : ''}\n`);
+      for (const v of await (await client(o)).listVms()) process.stdout.write(`${v.name}\t${v.state}\t${v.config.vcpus} vCPU\t${formatBytes(v.config.memoryBytes)}${v.owner !== null ? `\t(${v.owner})` : ''}\n`);
     });
 
   withClientOptions(vm.command('console').description('print a VM\'s console (the last 64 KiB); --follow streams it')
@@ -120,9 +118,9 @@ export function addHostCommands(program: Command, vm: Command): void {
     .action(async (name: string, o: ClientOpts & { follow: boolean }) => {
       const ac = new AbortController();
       process.once('SIGINT', () => { ac.abort(); });
-      const res = await (await client(o)).stream(`/v1/vms/${encodeURIComponent(name)}/console${o.follow ? '?follow=1' : ''}`, ac.signal);
+      const text = await (await client(o)).console(name, { follow: o.follow, signal: ac.signal });
       try {
-        for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) process.stdout.write(chunk);
+        for await (const chunk of text) process.stdout.write(chunk);
       } catch (err) {
         if (!ac.signal.aborted) throw err;
       }
@@ -151,9 +149,9 @@ export function addHostCommands(program: Command, vm: Command): void {
       traceInstall?: 'single' | 'stop-all'; traceGranularity?: number; traceAdaptive: boolean;
     }) => {
       const c = await client(o);
-      if (o.cancel !== undefined) { print(await c.call('DELETE', `/v1/migrations/${encodeURIComponent(o.cancel)}`)); return; }
+      if (o.cancel !== undefined) { print(await c.cancelMigration(o.cancel)); return; }
       if (o.to === undefined) throw new FerryError('INVALID_ARGUMENT', 'ferry vm migrate needs --to <target host URL> (or --cancel <id>)');
-      const options = {
+      const options: MigrationOptions = {
         ...(o.downtime !== undefined ? { downtimeTargetMs: o.downtime } : {}),
         ...(o.channels !== undefined ? { dataChannels: o.channels } : {}),
         ...(o.bandwidth !== undefined ? { bandwidthBytesPerSec: o.bandwidth } : {}),
@@ -166,7 +164,7 @@ export function addHostCommands(program: Command, vm: Command): void {
         ...(o.traceAdaptive ? { traceAdaptive: true } : {}),
       };
       const token = o.targetTokenFile !== undefined ? await loadToken(o.targetTokenFile) : undefined;
-      const started = await c.call<{ migrationId: string }>('POST', `/v1/vms/${encodeURIComponent(name)}/migrate`, { to: o.to, options, ...(token !== undefined ? { token } : {}) });
+      const started = await c.migrate(name, { to: o.to, options, ...(token !== undefined ? { token } : {}) });
       const record = await followMigration(c, started.migrationId, o.json);
       if (o.json) print(record);
       else process.stderr.write(`${summarize(record)}\n`);
@@ -174,7 +172,7 @@ export function addHostCommands(program: Command, vm: Command): void {
     });
 }
 
-/** Streams a migration's events with a progress bar; Ctrl-C cancels it. Returns the final record. */
+/** Follows a migration with a progress bar; Ctrl-C cancels it. Returns the final record. */
 async function followMigration(c: HostClient, id: string, quiet: boolean): Promise<MigrationRecord> {
   const tty = process.stderr.isTTY && !quiet;
   const bar = tty ? new cliProgress.SingleBar({
@@ -184,28 +182,18 @@ async function followMigration(c: HostClient, id: string, quiet: boolean): Promi
   bar?.start(1, 0, { round: 0, sent: '0 B', rate: '0', dirty: '0 B', throttle: 0, eta_s: '?' });
   const onSigint = (): void => {
     process.stderr.write('\ncancelling the migration (the VM keeps running on its host)...\n');
-    void c.call('DELETE', `/v1/migrations/${id}`).catch(() => undefined);
+    void c.cancelMigration(id).catch(() => undefined);
+  };
+  const onProgress = (p: MigrationProgress): void => {
+    bar?.setTotal(Math.max(1, p.roundTotalBytes));
+    bar?.update(p.roundSentBytes, {
+      round: p.round, sent: formatBytes(p.sentBytes), rate: formatBytes(p.throughputBytesPerSec), dirty: formatBytes(p.dirtyBytes),
+      throttle: (p.throttlePermille / 10).toFixed(1), eta_s: p.etaMs === null ? '?' : (p.etaMs / 1000).toFixed(1),
+    });
   };
   process.on('SIGINT', onSigint);
   try {
-    for await (const { event, data } of readEvents(await c.stream(`/v1/migrations/${id}/events`))) {
-      if (event === 'progress') {
-        const p = data as MigrationProgress;
-        bar?.setTotal(Math.max(1, p.roundTotalBytes));
-        bar?.update(p.roundSentBytes, {
-          round: p.round, sent: formatBytes(p.sentBytes), rate: formatBytes(p.throughputBytesPerSec), dirty: formatBytes(p.dirtyBytes),
-          throttle: (p.throttlePermille / 10).toFixed(1), eta_s: p.etaMs === null ? '?' : (p.etaMs / 1000).toFixed(1),
-        });
-      } else if (event === 'done') {
-        return data as MigrationRecord;
-      } else if (event === 'status') {
-        const s = data as { record: MigrationRecord | null };
-        if (s.record !== null) return s.record;
-      }
-    }
-    const final = await c.call<{ record: MigrationRecord | null }>('GET', `/v1/migrations/${id}`);
-    if (final.record === null) throw new FerryError('HOST_ERROR', `lost the event stream of migration ${id}; ask with ferry vm status`);
-    return final.record;
+    return await c.waitForMigration(id, { onProgress });
   } finally {
     bar?.stop();
     process.off('SIGINT', onSigint);
@@ -222,7 +210,7 @@ export function summarize(r: MigrationRecord): string {
   const refined = t.splitRegions > 0 ? `, ${t.splitRegions} region(s) split to 4 KiB pages` : '';
   const traces = `  traces: ${t.install}, ${t.adaptive ? 'adaptive ' : ''}${formatBytes(t.granularityBytes)} regions${refined}, ${t.installations} installations, stall max ${t.stallMaxMs.toFixed(2)} ms / total ${t.stallTotalMs.toFixed(1)} ms, scan ${t.scanMsTotal.toFixed(1)} ms, barrier ${t.barrierMsTotal.toFixed(1)} ms, ${t.unchangedPagesSkipped} unchanged pages not re-sent`;
   const s = r.switchoverMs;
-  const switchover = s === null ? [] : [`  switch-over: pause ${ms(s.pause)}, last round ${ms(s.finalRound)}, state ${ms(s.state)}, commit (digest check, durable record, resume) ${ms(s.commit)}`];
+  const switchover = s === null ? [] : [`  switch-over: pause ${ms(s.pauseMs)}, last round ${ms(s.finalRoundMs)}, state ${ms(s.stateMs)}, commit (digest check, durable record, resume) ${ms(s.commitMs)}`];
   const rounds = r.rounds.map((x) => `  round ${x.round}: ${formatBytes(x.bytes)} in ${x.durationMs.toFixed(1)} ms (${compact(x.throughputBytesPerSec)}B/s), dirty after ${formatBytes(x.dirtyBytesAfter)}, throttle ${(x.throttlePermille / 10).toFixed(1)}%`);
   return [head, `  ${body}`, traces, ...switchover, ...rounds, ...(r.error !== null ? [`  error [${r.error.code}]: ${r.error.message}`] : [])].join('\n');
 }

@@ -6,7 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FerryError } from '../lib/errors.js';
-import { HostClient } from './host-client.js';
+import { HostClient } from '../api/host-client.js';
 
 /** Starting a host (load, warm-up, listen) takes well under this on a loaded 2-core machine. */
 export const HOST_READY_TIMEOUT_MS = 20_000;

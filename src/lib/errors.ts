@@ -3,76 +3,102 @@
  * (part of the public contract: scripts and tests match on it) and a message a person can act on.
  * Programmer errors (broken invariants) use `assert` from ./assert.ts instead and are not caught.
  */
-export type FerryErrorCode =
+export const FERRY_ERROR_CODES = [
   // units / generic input
-  | 'INVALID_ARGUMENT'
-  | 'INVALID_SIZE'
-  | 'INVALID_DURATION'
+  'INVALID_ARGUMENT',
+  'INVALID_SIZE',
+  'INVALID_DURATION',
+  'CANCELLED',
   // guest image validation
-  | 'IMAGE_NOT_WASM'
-  | 'IMAGE_INVALID'
-  | 'IMAGE_TOO_LARGE'
-  | 'IMAGE_MISSING_EXPORT'
-  | 'IMAGE_BAD_EXPORT'
-  | 'IMAGE_UNSUPPORTED_IMPORT'
-  | 'IMAGE_UNSUPPORTED_FEATURE'
-  | 'IMAGE_NO_MEMORY'
-  | 'IMAGE_ABI_VERSION'
-  | 'GUEST_MEMORY_TOO_LARGE'
+  'IMAGE_NOT_WASM',
+  'IMAGE_INVALID',
+  'IMAGE_TOO_LARGE',
+  'IMAGE_MISSING_EXPORT',
+  'IMAGE_BAD_EXPORT',
+  'IMAGE_UNSUPPORTED_IMPORT',
+  'IMAGE_UNSUPPORTED_FEATURE',
+  'IMAGE_NO_MEMORY',
+  'IMAGE_ABI_VERSION',
+  'GUEST_MEMORY_TOO_LARGE',
   // VM configuration and lifecycle
-  | 'VM_CONFIG_INVALID'
-  | 'VM_STATE'
-  | 'VM_CRASHED'
-  | 'VCPU_HUNG'
-  | 'VCPU_START_FAILED'
+  'VM_CONFIG_INVALID',
+  'VM_STATE',
+  'VM_CRASHED',
+  'VCPU_HUNG',
   // traces
-  | 'TRACE_INVALID_REGION'
+  'TRACE_INVALID_REGION',
   // host agent and its API
-  | 'AUTH_TOKEN_INVALID'
-  | 'UNAUTHORIZED'
-  | 'NOT_FOUND'
-  | 'ALREADY_EXISTS'
-  | 'BUSY'
-  | 'REQUEST_TOO_LARGE'
-  | 'BAD_REQUEST'
-  | 'CAPACITY'
-  | 'HOST_UNREACHABLE'
-  | 'HOST_ERROR'
-  | 'INTERNAL'
-  | 'STORE_IO'
+  'AUTH_TOKEN_INVALID',
+  'UNAUTHORIZED',
+  'NOT_FOUND',
+  'ALREADY_EXISTS',
+  'BUSY',
+  'REQUEST_TOO_LARGE',
+  'BAD_REQUEST',
+  'CAPACITY',
+  'HOST_UNREACHABLE',
+  'CONNECT_TIMEOUT',
+  'HOST_ERROR',
+  'INTERNAL',
+  'STORE_IO',
   // migration
-  | 'MIGRATION_REFUSED'
-  | 'MIGRATION_FAILED'
-  | 'MIGRATION_CANCELLED'
-  | 'MIGRATION_TIMEOUT'
-  | 'MIGRATION_IN_DOUBT'
-  | 'DIGEST_MISMATCH'
-  | 'TICKET_INVALID'
+  'MIGRATION_REFUSED',
+  'MIGRATION_FAILED',
+  'MIGRATION_CANCELLED',
+  'MIGRATION_TIMEOUT',
+  'MIGRATION_IN_DOUBT',
+  'DIGEST_MISMATCH',
+  'TICKET_INVALID',
   // snapshots
-  | 'SNAPSHOT_NOT_FERRY'
-  | 'SNAPSHOT_VERSION'
-  | 'SNAPSHOT_TRUNCATED'
-  | 'SNAPSHOT_CORRUPT'
-  | 'SNAPSHOT_TOO_LARGE'
-  | 'SNAPSHOT_IO'
+  'SNAPSHOT_NOT_FERRY',
+  'SNAPSHOT_VERSION',
+  'SNAPSHOT_TRUNCATED',
+  'SNAPSHOT_CORRUPT',
+  'SNAPSHOT_TOO_LARGE',
+  'SNAPSHOT_IO',
   // live-migration wire protocol (src/migration/protocol, docs/migration-protocol.md)
-  | 'PROTOCOL_BAD_MAGIC'
-  | 'PROTOCOL_VERSION'
-  | 'PROTOCOL_BAD_COMMAND'
-  | 'PROTOCOL_TOO_LARGE'
-  | 'PROTOCOL_TRUNCATED'
-  | 'PROTOCOL_BAD_PAYLOAD'
-  | 'PROTOCOL_OUT_OF_ORDER';
+  'PROTOCOL_BAD_MAGIC',
+  'PROTOCOL_VERSION',
+  'PROTOCOL_BAD_COMMAND',
+  'PROTOCOL_TOO_LARGE',
+  'PROTOCOL_TRUNCATED',
+  'PROTOCOL_BAD_PAYLOAD',
+  'PROTOCOL_OUT_OF_ORDER',
+] as const;
+
+export type FerryErrorCode = (typeof FERRY_ERROR_CODES)[number];
+
+const KNOWN_CODES: ReadonlySet<string> = new Set(FERRY_ERROR_CODES);
+
+/** True for a code of this list (a peer may send anything; an unknown code is not passed off as ours). */
+export function isFerryErrorCode(code: unknown): code is FerryErrorCode {
+  return typeof code === 'string' && KNOWN_CODES.has(code);
+}
+
+/**
+ * Where an error was decided: `local` (this process), or `remote` (a peer answered with it: an API
+ * error body or a protocol ERROR frame). A migration source branches on this: an ERROR *reply* to
+ * COMMIT is a definite "not committed", while a local failure after COMMIT leaves it in doubt.
+ */
+export type ErrorOrigin = 'local' | 'remote';
 
 export class FerryError extends Error {
   readonly code: FerryErrorCode;
   readonly details: Readonly<Record<string, unknown>>;
+  readonly origin: ErrorOrigin;
 
-  constructor(code: FerryErrorCode, message: string, details: Record<string, unknown> = {}, options?: ErrorOptions) {
+  constructor(code: FerryErrorCode, message: string, details: Record<string, unknown> = {}, options?: ErrorOptions & { origin?: ErrorOrigin }) {
     super(message, options);
     this.name = 'FerryError';
     this.code = code;
     this.details = details;
+    this.origin = options?.origin ?? 'local';
+  }
+
+  /** An error a peer answered with; a code this build does not know becomes `fallback` (the peer's code kept in details). */
+  static fromRemote(code: unknown, message: string, fallback: FerryErrorCode, details: Record<string, unknown> = {}): FerryError {
+    const known = isFerryErrorCode(code);
+    return new FerryError(known ? code : fallback, message, known ? details : { ...details, remoteCode: String(code) }, { origin: 'remote' });
   }
 
   toJSON(): { code: FerryErrorCode; message: string; details: Readonly<Record<string, unknown>> } {

@@ -1,16 +1,16 @@
 /**
- * A migration connection as a request/reply channel over TCP: frames in, frames out, exactly one
+ * A migration connection as a request/reply channel over any transport's byte stream: frames in, frames out, exactly one
  * reply per request, replies in request order, at most MAX_IN_FLIGHT requests outstanding, every
  * request bounded by a timeout. The client side is used by the source, the serving side by the
  * target. Closing (or any socket error) fails every outstanding request.
  */
-import { connect, type Socket } from 'node:net';
 import { FerryError, errorMessage, isFerryError } from '../lib/errors.js';
 import { Command, MAX_IN_FLIGHT, MAX_MEMORY_PAYLOAD_BYTES, type Frame } from './protocol/frame.js';
 import { FramePool, POOLED_MIN_BYTES } from '../dataplane/frame-pool.js';
 import { FrameReader } from './protocol/reader.js';
 import { decodeError, decodeOk, encodeErrorFor, encodeOk, type OkBody } from './protocol/messages.js';
 import type { RateLimiter } from '../dataplane/rate-limiter.js';
+import type { ByteStream } from '../dataplane/transport.js';
 
 
 interface Pending {
@@ -21,21 +21,6 @@ interface Pending {
   readonly what: string;
 }
 
-export async function connectTcp(host: string, port: number, timeoutMs: number): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = connect({ host, port, noDelay: true });
-    const timer = setTimeout(() => { socket.destroy(); reject(new FerryError('MIGRATION_TIMEOUT', `connecting to ${host}:${port} timed out after ${timeoutMs} ms`)); }, timeoutMs);
-    socket.once('connect', () => { clearTimeout(timer); tune(socket); resolve(socket); });
-    socket.once('error', (err) => { clearTimeout(timer); reject(new FerryError('HOST_UNREACHABLE', `cannot connect to migration endpoint ${host}:${port}: ${err.message}`)); });
-  });
-}
-
-function tune(socket: Socket): void {
-  socket.setNoDelay(true);
-  // Node exposes no SO_SNDBUF/SO_RCVBUF setter; the high-water mark bounds what is queued in user space.
-  socket.setKeepAlive(true, 10_000);
-}
-
 /** Client side: send requests, await their replies. */
 export class ClientChannel {
   private readonly reader = new FrameReader();
@@ -44,7 +29,7 @@ export class ClientChannel {
   private failure: FerryError | null = null;
   private readonly slotWaiters: (() => void)[] = [];
 
-  constructor(private readonly socket: Socket, readonly label: string, private readonly limiter: RateLimiter | null = null) {
+  constructor(private readonly socket: ByteStream, readonly label: string, private readonly limiter: RateLimiter | null = null) {
     socket.on('data', (chunk: Buffer) => { this.onData(chunk); });
     socket.on('error', (err) => { this.fail(new FerryError('MIGRATION_FAILED', `${label}: connection error: ${err.message}`)); });
     socket.on('close', () => { this.fail(new FerryError('MIGRATION_FAILED', `${label}: connection closed by the peer`)); });
@@ -109,7 +94,8 @@ export class ClientChannel {
         if (frame.command === Command.OK) head.resolve(decodeOk(frame.payload));
         else if (frame.command === Command.ERROR) {
           const body = decodeError(frame.payload);
-          head.reject(new FerryError('MIGRATION_FAILED', `${this.label}: target refused ${head.what}: [${body.code}] ${body.message}`, { remoteCode: body.code }));
+          // The peer's own code, marked remote: the source decides on it (e.g. a refused COMMIT is not in doubt).
+          head.reject(FerryError.fromRemote(body.code, `${this.label}: target refused ${head.what}: [${body.code}] ${body.message}`, 'MIGRATION_FAILED'));
         } else {
           this.fail(new FerryError('PROTOCOL_OUT_OF_ORDER', `${this.label}: expected OK or ERROR, got command ${frame.command}`));
           return;
@@ -147,11 +133,10 @@ export class ServerChannel {
   private closed = false;
 
   constructor(
-    private readonly socket: Socket,
+    private readonly socket: ByteStream,
     private readonly handler: (frame: Frame) => Promise<OkBody> | OkBody,
     private readonly onClose: (reason: string) => void,
   ) {
-    tune(socket);
     socket.on('data', (chunk: Buffer) => { this.onData(chunk); });
     socket.on('error', (err) => { this.close(`connection error: ${err.message}`); });
     socket.on('close', () => { this.close('connection closed by the peer'); });

@@ -9,13 +9,15 @@
 import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
-import { z } from 'zod';
 import { FerryError, errorMessage, isFerryError } from '../lib/errors.js';
-import { ApiClient } from '../lib/api-client.js';
 import type { Vm } from '../vmm/vm.js';
 import type { InstallStrategy } from '../vmm/traces.js';
 import { RateLimiter } from '../dataplane/rate-limiter.js';
-import { ClientChannel, connectTcp } from './channel.js';
+import type { Transport } from '../dataplane/transport.js';
+import { ClientChannel } from './channel.js';
+import type { MigrationOptions } from './options.js';
+import type { IncomingTicket, MigrationTargetPeer } from './peer.js';
+import type { MigrationJobStatus, MigrationOutcome, MigrationPhase, MigrationProgress, MigrationRecord, RoundRecord, SwitchoverBreakdown, TraceRecord } from './record.js';
 import { DEFAULT_POLICY, decideConvergence, type ConvergencePolicy } from './convergence.js';
 import { DIGEST_PAGE_BYTES, MemoryDigest } from './digest.js';
 import { memoryBatchBytes, writeMemoryBatch, type MemoryEntryInput } from './protocol/memory-batch.js';
@@ -46,130 +48,9 @@ const IN_DOUBT_POLL_MS = 250;
 const PROGRESS_INTERVAL_MS = 100;
 /** How long the source waits for the target to report the guest-observed downtime. */
 const GUEST_DOWNTIME_WAIT_MS = 3_000;
-
-export const migrationOptionsSchema = z.object({
-  dataChannels: z.number().int().min(1).max(16).optional(),
-  bandwidthBytesPerSec: z.number().positive().optional(),
-  compression: z.enum(['none', 'deflate']).optional(),
-  downtimeTargetMs: z.number().positive().max(60_000).optional(),
-  maxRounds: z.number().int().min(1).max(10_000).optional(),
-  maxTotalMs: z.number().positive().optional(),
-  autoConverge: z.boolean().optional(),
-  onLimit: z.enum(['force', 'abort']).optional(),
-  /** Per-request timeout (a target that never answers is given up on). */
-  requestTimeoutMs: z.number().int().min(100).max(600_000).optional(),
-  /** How long to keep asking an unreachable target whether it committed before reporting in-doubt. */
-  inDoubtTimeoutMs: z.number().int().min(0).max(3_600_000).optional(),
-  /** How write traces are (re-)installed: 'single' (default) or 'stop-all' (docs/dirty-tracking.md). */
-  traceInstall: z.enum(['single', 'stop-all']).optional(),
-  /** Trace granularity for this migration (power of two, 4 KiB .. 2 MiB); default: the VM's. */
-  traceGranularityBytes: z.number().int().min(4096).max(2 * 1024 * 1024).refine((n) => (n & (n - 1)) === 0, 'must be a power of two').optional(),
-  /**
-   * Adaptive granularity: start coarse (traceGranularityBytes, default 2 MiB) and switch the regions
-   * that keep firing with mostly unchanged pages to per-4 KiB-page tracing (the guest is parked for
-   * the switch).
-   */
-  traceAdaptive: z.boolean().optional(),
-  /** Tests only: damage the data of one page sent in this round (the digest must catch it). */
-  corruptPageInRound: z.number().int().min(1).optional(),
-}).strict();
-export type MigrationOptions = z.infer<typeof migrationOptionsSchema>;
-
-export interface TargetEndpoint {
-  readonly url: string;
-  readonly token: string;
-}
-
-export type MigrationPhase = 'prepare' | 'precopy' | 'switchover' | 'release' | 'rollback' | 'resolve';
-export type MigrationOutcome = 'succeeded' | 'failed' | 'cancelled' | 'in-doubt';
-
-export interface RoundRecord {
-  readonly round: number;
-  readonly regions: number;
-  readonly bytes: number;
-  readonly durationMs: number;
-  readonly throughputBytesPerSec: number;
-  /** Bytes found dirty when the round ended (what the next round or the switch-over must send). */
-  readonly dirtyBytesAfter: number;
-  readonly throttlePermille: number;
-  readonly expectedDowntimeMs: number;
-}
-
-export interface MigrationProgress {
-  readonly migrationId: string;
-  readonly phase: MigrationPhase;
-  readonly round: number;
-  readonly sentBytes: number;
-  readonly roundSentBytes: number;
-  readonly roundTotalBytes: number;
-  readonly dirtyBytes: number;
-  readonly dirtyRateBytesPerSec: number;
-  readonly throughputBytesPerSec: number;
-  readonly etaMs: number | null;
-  readonly throttlePermille: number;
-  readonly elapsedMs: number;
-}
-
-export interface MigrationRecord {
-  readonly migrationId: string;
-  readonly vm: string;
-  readonly to: string;
-  readonly outcome: MigrationOutcome;
-  readonly error: { readonly code: string; readonly message: string } | null;
-  readonly startedAt: string;
-  readonly totalMs: number;
-  readonly phases: readonly { readonly phase: MigrationPhase; readonly atMs: number }[];
-  readonly rounds: readonly RoundRecord[];
-  readonly transferredBytes: number;
-  readonly zeroPagesSkipped: number;
-  readonly pauseLatencyMs: number | null;
-  /** Source stun until the target acknowledged it resumed the VM. */
-  readonly engineDowntimeMs: number | null;
-  /** Largest gap between the guest's last clock read on the source and its first on the target. */
-  readonly guestDowntimeMs: number | null;
-  /** Where the engine downtime went (null if the switch-over did not finish). */
-  readonly switchoverMs: SwitchoverBreakdown | null;
-  readonly maxThrottlePermille: number;
-  readonly forcedSwitchover: boolean;
-  readonly verified: boolean;
-  readonly digest: string | null;
-  readonly options: MigrationOptions;
-  readonly traces: TraceRecord;
-}
-
-/** The parts of the engine downtime, in order, ms. */
-export interface SwitchoverBreakdown {
-  /** Stun: pause request until every vCPU parked. */
-  readonly pause: number;
-  /** Collect the last dirty set, send it, every frame acknowledged. */
-  readonly finalRound: number;
-  /** vCPU and device state to the target, acknowledged. */
-  readonly state: number;
-  /** COMMIT: the target checks the digest, records the commit durably, resumes the VM, replies. */
-  readonly commit: number;
-}
-
-/** What write tracing cost this migration (issue: cheap write traces, measured). */
-export interface TraceRecord {
-  readonly install: InstallStrategy;
-  readonly granularityBytes: number;
-  readonly installations: number;
-  /** Guest-visible stall of one installation (stop-all), max and total. */
-  readonly stallMaxMs: number;
-  readonly stallTotalMs: number;
-  /** Bitmap scan (+ re-arm for 'single') time, total. */
-  readonly scanMsTotal: number;
-  /** Epoch barrier waits ('single'), total. */
-  readonly barrierMsTotal: number;
-  /** Pages of fired regions that had not changed since last sent, skipped (coarse granularity). */
-  readonly unchangedPagesSkipped: number;
-  /** Guest work units per second during pre-copy (all vCPUs): what tracing and throttling left it. */
-  readonly guestUnitsPerSecDuringPrecopy: number | null;
-  readonly adaptive: boolean;
-  /** Adaptive refinement: regions switched to per-page tracing, and after which round. */
-  readonly splits: readonly { readonly round: number; readonly regions: number }[];
-  readonly splitRegions: number;
-}
+/** Polls of the target (guest downtime, in-doubt resolution) each get this long. */
+const PEER_POLL_TIMEOUT_MS = 2_000;
+const GUEST_DOWNTIME_POLL_MS = 50;
 
 interface JobEvents {
   progress: [MigrationProgress];
@@ -229,14 +110,14 @@ export class MigrationJob extends EventEmitter<JobEvents> {
   private remoteId = '';
   private abortSent = false;
   private readonly requestTimeoutMs: number;
-  private readonly targetApi: ApiClient;
   private readonly originalGranularity: number;
   private readonly originalStrategy: InstallStrategy;
 
   constructor(
     private readonly vm: Vm,
     private readonly imageBytes: Uint8Array,
-    private readonly target: TargetEndpoint,
+    private readonly target: MigrationTargetPeer,
+    private readonly transport: Transport,
     private readonly options: MigrationOptions,
     private readonly log: (line: string) => void = () => undefined,
   ) {
@@ -253,7 +134,6 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     };
     this.done = new Promise((resolve) => { this.resolveDone = resolve; });
     this.requestTimeoutMs = options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
-    this.targetApi = new ApiClient(target.url, target.token);
     this.originalGranularity = vm.granularityBytes;
     this.originalStrategy = vm.tracker.strategy;
     this.traceStats = {
@@ -274,9 +154,9 @@ export class MigrationJob extends EventEmitter<JobEvents> {
 
   get finished(): boolean { return this.record !== null; }
 
-  status(): Record<string, unknown> {
+  status(): MigrationJobStatus {
     return {
-      migrationId: this.id, vm: this.vm.config.name, to: this.target.url,
+      migrationId: this.id, vm: this.vm.config.name, to: this.target.label,
       state: this.record === null ? 'running' : this.record.outcome, phase: this.phase,
       progress: this.lastProgress, record: this.record,
     };
@@ -297,7 +177,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
   private enter(phase: MigrationPhase): void {
     this.phase = phase;
     this.phases.push({ phase, atMs: performance.now() - this.t0 });
-    this.log(`migration ${this.id.slice(0, 8)} (${this.vm.config.name} -> ${this.target.url}): ${phase}`);
+    this.log(`migration ${this.id.slice(0, 8)} (${this.vm.config.name} -> ${this.target.label}): ${phase}`);
   }
 
   private checkCancelled(): void {
@@ -319,7 +199,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
       error = isFerryError(err) ? err : new FerryError('MIGRATION_FAILED', errorMessage(err));
       outcome = error.code === 'MIGRATION_CANCELLED' ? 'cancelled' : 'failed';
       // An ERROR *reply* to COMMIT is a definite "not committed"; only a lost reply is in doubt.
-      const refusedByTarget = typeof error.details.remoteCode === 'string';
+      const refusedByTarget = error.origin === 'remote';
       if (this.commitSent && !refusedByTarget) outcome = await this.resolveInDoubt(error);
       else await this.rollback(error);
     } finally {
@@ -330,8 +210,8 @@ export class MigrationJob extends EventEmitter<JobEvents> {
       await this.vm.stop();
     }
     const record: MigrationRecord = {
-      migrationId: this.id, vm: this.vm.config.name, to: this.target.url, outcome,
-      error: error === null || outcome === 'succeeded' ? null : { code: error.code, message: error.message },
+      migrationId: this.id, vm: this.vm.config.name, to: this.target.label, outcome,
+      error: recordError(outcome, error),
       startedAt: this.startedAt.toISOString(), totalMs: performance.now() - this.t0, phases: this.phases, rounds: this.rounds,
       transferredBytes: this.sentBytes, zeroPagesSkipped: this.zeroPagesSkipped, pauseLatencyMs: this.pauseLatencyMs,
       engineDowntimeMs: this.engineDowntimeMs, guestDowntimeMs: this.guestDowntimeMs, switchoverMs: this.switchoverMs, maxThrottlePermille: this.maxThrottle,
@@ -347,40 +227,38 @@ export class MigrationJob extends EventEmitter<JobEvents> {
 
   private async prepare(): Promise<void> {
     this.enter('prepare');
-    let ticket: Record<string, unknown>;
+    let ticket: IncomingTicket;
     try {
-      ticket = await this.targetApi.call('POST', '/v1/migrations/incoming', {}, CONNECT_TIMEOUT_MS);
+      ticket = await this.target.requestTicket(CONNECT_TIMEOUT_MS);
     } catch (err) {
       // An answer other than the ticket is the target refusing (a wrong token stays UNAUTHORIZED).
-      if (isFerryError(err) && err.details.status !== undefined && err.code !== 'UNAUTHORIZED') {
-        throw new FerryError('MIGRATION_REFUSED', `target host ${this.target.url} refused: ${err.message} (${err.code})`);
+      if (isFerryError(err) && err.origin === 'remote' && err.code !== 'UNAUTHORIZED') {
+        throw new FerryError('MIGRATION_REFUSED', `target ${this.target.label} refused: ${err.message} (${err.code})`, { remoteCode: err.code }, { cause: err });
       }
       throw err;
     }
-    const port = Number(ticket.port);
-    const ticketHex = String(ticket.ticket);
-    const remoteId = String(ticket.migrationId);
-    this.remoteId = remoteId;
-    const host = new URL(this.target.url).hostname;
+    this.remoteId = ticket.migrationId;
     this.checkCancelled();
     const limiter = this.options.bandwidthBytesPerSec !== undefined ? new RateLimiter(this.options.bandwidthBytesPerSec) : null;
-    this.control = new ClientChannel(await connectTcp(host, port, CONNECT_TIMEOUT_MS), 'control');
-    await this.control.request('HELLO', (id) => encodeHello(id, { protocol: 1, ticket: ticketHex, role: 'control', channel: 0 }), this.requestTimeoutMs);
+    const dial = { timeoutMs: CONNECT_TIMEOUT_MS, signal: this.abort.signal };
+    this.control = new ClientChannel(await this.transport.dial(ticket.address, dial), 'control');
+    await this.control.request('HELLO', (id) => encodeHello(id, { protocol: 1, ticket: ticket.ticket, role: 'control', channel: 0 }), this.requestTimeoutMs);
     const channels = this.options.dataChannels ?? DEFAULT_DATA_CHANNELS;
     for (let i = 0; i < channels; i++) {
-      const ch = new ClientChannel(await connectTcp(host, port, CONNECT_TIMEOUT_MS), `data ${i}`, limiter);
+      const ch = new ClientChannel(await this.transport.dial(ticket.address, dial), `data ${i}`, limiter);
       this.data.push(ch);
-      await ch.request('HELLO', (id) => encodeHello(id, { protocol: 1, ticket: ticketHex, role: 'data', channel: i }), this.requestTimeoutMs);
+      await ch.request('HELLO', (id) => encodeHello(id, { protocol: 1, ticket: ticket.ticket, role: 'data', channel: i }), this.requestTimeoutMs);
     }
     this.log(`migration ${this.id.slice(0, 8)}: connected in ${(performance.now() - this.t0).toFixed(0)} ms`);
     const c = this.vm.config;
     try {
       await this.control.request('PREPARE', (id) => encodePrepare(id, {
-        migrationId: remoteId, dataChannels: channels, image: this.imageBytes,
+        migrationId: ticket.migrationId, dataChannels: channels, image: this.imageBytes,
         vm: { name: c.name, memoryBytes: c.memoryBytes, vcpus: c.vcpus, granularityBytes: c.granularityBytes, cmdline: c.cmdline, imageSha256: this.vm.image.imageSha256 },
       }), this.options.requestTimeoutMs ?? PREPARE_TIMEOUT_MS);
     } catch (err) {
-      if (isFerryError(err) && err.code === 'MIGRATION_FAILED') throw new FerryError('MIGRATION_REFUSED', err.message, err.details);
+      // The target looked at the VM and said no (capacity, name taken, image): a refusal, whatever its reason code.
+      if (isFerryError(err) && err.origin === 'remote') throw new FerryError('MIGRATION_REFUSED', err.message, { remoteCode: err.code }, { cause: err });
       throw err;
     }
   }
@@ -600,7 +478,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     await this.control?.request('COMMIT', (id) => encodeCommit(id, { digest: this.finalDigest ?? '' }), this.options.requestTimeoutMs ?? COMMIT_TIMEOUT_MS);
     const doneAt = performance.now();
     this.engineDowntimeMs = doneAt - stunAt;
-    this.switchoverMs = { pause: startedMs - stunAt, finalRound: sentAt - startedMs, state: stateAt - sentAt, commit: doneAt - stateAt };
+    this.switchoverMs = { pauseMs: startedMs - stunAt, finalRoundMs: sentAt - startedMs, stateMs: stateAt - sentAt, commitMs: doneAt - stateAt };
     this.progress(true, { round, dirtyBytes: 0, throughput: 0, durationMs: 0, roundBytes: bytes });
     this.guestDowntimeMs = await this.fetchGuestDowntime();
   }
@@ -610,11 +488,10 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     const deadline = performance.now() + GUEST_DOWNTIME_WAIT_MS;
     while (performance.now() < deadline) {
       try {
-        const r = await this.targetApi.call('GET', `/v1/migrations/incoming/${this.remoteId}`, undefined, 2_000);
-        const gap = (r.outcome as { guestDowntimeMs?: unknown } | undefined)?.guestDowntimeMs;
+        const gap = (await this.target.incomingOutcome(this.remoteId, PEER_POLL_TIMEOUT_MS)).guestDowntimeMs;
         if (typeof gap === 'number') return gap;
       } catch { /* the target is busy resuming; try again */ }
-      await new Promise((resolve) => setTimeout(resolve, 50));
+      await new Promise((resolve) => setTimeout(resolve, GUEST_DOWNTIME_POLL_MS));
     }
     return null;
   }
@@ -646,8 +523,8 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     const deadline = performance.now() + (this.options.inDoubtTimeoutMs ?? IN_DOUBT_RESOLVE_MS);
     while (performance.now() < deadline) {
       try {
-        const r = await this.targetApi.call('GET', `/v1/migrations/incoming/${this.remoteId}`, undefined, 2_000);
-        const state = (r.outcome as { state?: unknown } | undefined)?.state;
+        // Only a definite answer decides; a target that cannot read its record answers an error.
+        const { state } = await this.target.incomingOutcome(this.remoteId, PEER_POLL_TIMEOUT_MS);
         if (state === 'committed') {
           this.log(`migration ${this.id.slice(0, 8)}: commit reply lost, but the target reports committed: releasing here`);
           this.vm.setThrottle(0);
@@ -686,4 +563,11 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     this.lastProgress = progress;
     this.emit('progress', progress);
   }
+}
+
+/** The record's error: none on success; in doubt, the code that says so (the cause stays in the message). */
+function recordError(outcome: MigrationOutcome, error: FerryError | null): MigrationRecord['error'] {
+  if (outcome === 'succeeded' || error === null) return null;
+  if (outcome === 'in-doubt') return { code: 'MIGRATION_IN_DOUBT', message: `the target did not say whether it committed (${error.code}: ${error.message})` };
+  return { code: error.code, message: error.message };
 }

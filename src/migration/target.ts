@@ -7,8 +7,6 @@
  * Before COMMIT, any failure — a bad or out-of-order message, a dropped connection, a digest
  * mismatch, an ABORT, an idle timeout — discards the partial VM; it is never resumed.
  */
-import { createServer, type Server, type Socket } from 'node:net';
-import type { AddressInfo } from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
 import { inflateRawSync } from 'node:zlib';
 import { FerryError, errorMessage } from '../lib/errors.js';
@@ -19,7 +17,8 @@ import { MemoryDigest } from './digest.js';
 import { Command, TICKET_TTL_MS, type Frame } from './protocol/frame.js';
 import { decodeMessage, type OkBody, type PrepareBody, type StateBody } from './protocol/messages.js';
 import { ConnectionState } from './protocol/session-state.js';
-import type { MigrationOutcome as StoredOutcome } from '../host/store.js';
+import type { ByteStream, Listener, Transport, TransportAddress } from '../dataplane/transport.js';
+import type { IncomingOutcome } from './peer.js';
 
 /** An incoming migration with no request for this long is aborted (a source that died). */
 export const INCOMING_IDLE_TIMEOUT_MS = 60_000;
@@ -31,6 +30,14 @@ const MAX_CONNECTIONS_PER_MIGRATION = 17;
 export const HELLO_TIMEOUT_MS = 10_000;
 /** How long after resume the target waits for every vCPU's first clock read. */
 const GUEST_CLOCK_WAIT_MS = 2_000;
+/**
+ * Outcomes kept in memory for the sources that ask. Beyond this the oldest *durable* ones are
+ * forgotten (the data directory still answers for them); one that is not durable is never dropped.
+ */
+export const MAX_REMEMBERED_OUTCOMES = 1024;
+
+/** What the host's store keeps per incoming migration (the commit record). */
+export type StoredOutcome = 'committed' | 'aborted';
 
 export interface ReceiverHooks {
   /** Throws (ALREADY_EXISTS, CAPACITY, …) to refuse a VM. */
@@ -38,17 +45,15 @@ export interface ReceiverHooks {
   /** The VM committed and runs here now: register it at once (synchronously), persist it in the returned promise. */
   adopt(vm: Vm, imageBytes: Uint8Array): Promise<void>;
   recordOutcome(id: string, outcome: StoredOutcome, vmName: string): Promise<void>;
+  /** The durable record; null only when there is none. Rejects when it cannot be read (never "none" for that). */
   storedOutcome(id: string): Promise<StoredOutcome | null>;
   log(line: string): void;
 }
 
-export type IncomingState = 'pending' | 'committed' | 'aborted' | 'unknown';
-
-export interface IncomingOutcome {
-  readonly state: IncomingState;
-  readonly vm?: string;
-  readonly reason?: string;
-  readonly guestDowntimeMs?: number | null;
+/** An outcome as remembered here; `durable`: the data directory holds it too (or nothing needs it). */
+interface Remembered {
+  outcome: IncomingOutcome;
+  durable: boolean;
 }
 
 interface Ticket {
@@ -58,42 +63,63 @@ interface Ticket {
 }
 
 export class MigrationReceiver {
-  private readonly server: Server;
   private readonly tickets = new Map<string, Ticket>();
-  private readonly outcomes = new Map<string, IncomingOutcome>();
+  /** In insertion order, so the oldest durable ones are evicted first. */
+  private readonly outcomes = new Map<string, Remembered>();
   private readonly live = new Set<IncomingMigration>();
-  private listenPort = 0;
+  private listener: Listener | null = null;
 
-  constructor(private readonly hooks: ReceiverHooks, private readonly host: string) {
-    this.server = createServer((socket) => { this.onConnection(socket); });
-  }
+  constructor(private readonly hooks: ReceiverHooks, private readonly transport: Transport, private readonly at: TransportAddress) {}
 
-  get port(): number { return this.listenPort; }
+  get port(): number { return this.listener?.address.port ?? 0; }
 
-  async listen(port: number): Promise<number> {
-    await new Promise<void>((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(port, this.host, () => { this.server.off('error', reject); resolve(); });
-    });
-    this.listenPort = (this.server.address() as AddressInfo).port;
-    return this.listenPort;
+  async listen(): Promise<TransportAddress> {
+    this.listener = await this.transport.listen(this.at, (stream) => { this.onConnection(stream); });
+    return this.listener.address;
   }
 
   issueTicket(): { migrationId: string; ticket: string; port: number; expiresInMs: number } {
     this.expireTickets();
     if (this.tickets.size >= MAX_OPEN_TICKETS) throw new FerryError('BUSY', `too many migrations being set up (${MAX_OPEN_TICKETS}); try again shortly`);
+    this.evictOutcomes();
+    if (this.outcomes.size >= MAX_REMEMBERED_OUTCOMES) {
+      throw new FerryError('BUSY', `${MAX_REMEMBERED_OUTCOMES} incoming migrations have outcomes not yet recorded durably; try again shortly`);
+    }
     const ticket = randomBytes(32).toString('hex');
     const migrationId = randomBytes(16).toString('hex');
     this.tickets.set(ticket, { migrationId, expiresAt: Date.now() + TICKET_TTL_MS, incoming: null });
-    this.outcomes.set(migrationId, { state: 'pending' });
-    return { migrationId, ticket, port: this.listenPort, expiresInMs: TICKET_TTL_MS };
+    this.outcomes.set(migrationId, { outcome: { state: 'pending' }, durable: false });
+    return { migrationId, ticket, port: this.port, expiresInMs: TICKET_TTL_MS };
   }
 
+  /**
+   * What this host knows of migration `id`. "unknown" only when neither memory nor the data
+   * directory has a record of it; a record that cannot be read rejects (STORE_IO): answering
+   * "unknown" then could make a source resume a VM that runs here.
+   */
   async outcome(id: string): Promise<IncomingOutcome> {
     const known = this.outcomes.get(id);
-    if (known !== undefined) return known;
+    if (known !== undefined) return known.outcome;
     const stored = await this.hooks.storedOutcome(id);
     return stored === null ? { state: 'unknown' } : { state: stored };
+  }
+
+  /** Outcomes remembered now (tests and diagnostics). */
+  get rememberedOutcomes(): number { return this.outcomes.size; }
+
+  private remember(id: string, outcome: IncomingOutcome, durable: boolean): void {
+    this.outcomes.delete(id); // re-insert: the newest go last
+    this.outcomes.set(id, { outcome, durable });
+    this.evictOutcomes();
+  }
+
+  /** Forgets the oldest durable outcomes beyond the bound; never one that only memory holds. */
+  private evictOutcomes(): void {
+    if (this.outcomes.size < MAX_REMEMBERED_OUTCOMES) return;
+    for (const [id, r] of this.outcomes) {
+      if (this.outcomes.size < MAX_REMEMBERED_OUTCOMES) return;
+      if (r.durable) this.outcomes.delete(id);
+    }
   }
 
   private expireTickets(): void {
@@ -101,13 +127,15 @@ export class MigrationReceiver {
     for (const [k, t] of this.tickets) {
       if (t.incoming === null && t.expiresAt < now) {
         this.tickets.delete(k);
-        this.outcomes.set(t.migrationId, { state: 'aborted', reason: 'ticket expired unused' });
+        // No source ever connected with it, so none can be in doubt about it: nothing to keep durably.
+        this.remember(t.migrationId, { state: 'aborted', reason: 'ticket expired unused' }, true);
       }
     }
   }
 
-  private onConnection(socket: Socket): void {
-    socket.setTimeout(HELLO_TIMEOUT_MS, () => { socket.destroy(); });
+  private onConnection(socket: ByteStream): void {
+    const helloTimer = setTimeout(() => { socket.destroy(); }, HELLO_TIMEOUT_MS);
+    socket.once('close', () => { clearTimeout(helloTimer); });
     const state = new ConnectionState();
     let incoming: IncomingMigration | null = null;
     const channel = new ServerChannel(socket, async (frame: Frame): Promise<OkBody> => {
@@ -122,14 +150,14 @@ export class MigrationReceiver {
         if (ticket === undefined) throw new FerryError('TICKET_INVALID', 'unknown, used or expired migration ticket; ask the target for a new one');
         if (msg.body.role === 'control') {
           if (ticket.incoming !== null) throw new FerryError('TICKET_INVALID', 'this migration ticket is already in use');
-          ticket.incoming = new IncomingMigration(ticket.migrationId, this.hooks, (outcome) => { this.finish(ticket, outcome); });
+          ticket.incoming = new IncomingMigration(ticket.migrationId, this.hooks, (outcome, durable) => { this.finish(ticket, outcome, durable); });
           this.live.add(ticket.incoming);
         } else if (ticket.incoming === null) {
           throw new FerryError('PROTOCOL_OUT_OF_ORDER', 'a data connection arrived before the control connection');
         }
         incoming = ticket.incoming;
         incoming.attach(channel, msg.body.role);
-        socket.setTimeout(0); // from here the migration's own idle timeout applies
+        clearTimeout(helloTimer); // from here the migration's own idle timeout applies
         return { host: 'ferry', protocol: 1 };
       }
       if (incoming === null) throw new FerryError('PROTOCOL_OUT_OF_ORDER', 'HELLO first');
@@ -137,11 +165,10 @@ export class MigrationReceiver {
       if (frame.command === Command.PREPARE) incoming.markPrepared();
       return result;
     }, (reason) => { incoming?.connectionClosed(channel, reason); });
-
   }
 
-  private finish(ticket: Ticket, outcome: IncomingOutcome): void {
-    this.outcomes.set(ticket.migrationId, outcome);
+  private finish(ticket: Ticket, outcome: IncomingOutcome, durable: boolean): void {
+    this.remember(ticket.migrationId, outcome, durable);
     for (const [k, t] of this.tickets) if (t === ticket) this.tickets.delete(k);
     if (ticket.incoming !== null) this.live.delete(ticket.incoming);
   }
@@ -149,7 +176,7 @@ export class MigrationReceiver {
   /** Stops accepting; aborts every migration that has not committed. */
   async close(): Promise<void> {
     for (const m of this.live) await m.abort('target host shutting down');
-    await new Promise<void>((resolve) => { this.server.close(() => { resolve(); }); });
+    await this.listener?.close();
   }
 }
 
@@ -176,7 +203,7 @@ class IncomingMigration {
   private idleTimer: NodeJS.Timeout;
   private outcome: IncomingOutcome = { state: 'pending' };
 
-  constructor(readonly id: string, private readonly hooks: ReceiverHooks, private readonly onEnd: (o: IncomingOutcome) => void) {
+  constructor(readonly id: string, private readonly hooks: ReceiverHooks, private readonly onEnd: (o: IncomingOutcome, durable: boolean) => void) {
     this.idleTimer = this.armIdle();
   }
 
@@ -292,7 +319,7 @@ class IncomingMigration {
     this.ended = true;
     clearTimeout(this.idleTimer);
     this.outcome = { state: 'committed', vm: vm.config.name, guestDowntimeMs: null };
-    this.onEnd(this.outcome);
+    this.onEnd(this.outcome, true); // recorded above
     await vm.start();
     const startedAt = performance.now();
     // The host registers the VM before the reply (adopt does that synchronously); persisting its
@@ -319,7 +346,7 @@ class IncomingMigration {
       if (t !== 0n && last !== 0n && t - last > gapNs) gapNs = t - last;
     });
     this.outcome = { ...this.outcome, guestDowntimeMs: gapNs < 0n ? null : Number(gapNs) / 1e6 };
-    this.onEnd(this.outcome);
+    this.onEnd(this.outcome, true);
   }
 
   connectionClosed(channel: ServerChannel, reason: string): void {
@@ -333,12 +360,18 @@ class IncomingMigration {
     this.ended = true;
     clearTimeout(this.idleTimer);
     this.outcome = { state: 'aborted', reason };
-    this.onEnd(this.outcome);
+    this.onEnd(this.outcome, false);
     for (const c of this.channels) c.close(reason);
     const vm = this.vm;
     this.vm = null;
     await vm?.stop();
-    await this.hooks.recordOutcome(this.id, 'aborted', vm?.config.name ?? '').catch(() => undefined);
+    try {
+      await this.hooks.recordOutcome(this.id, 'aborted', vm?.config.name ?? '');
+      this.onEnd(this.outcome, true);
+    } catch (err) {
+      // Kept in memory (never evicted) instead; a restart would answer "unknown", which means the same to a source.
+      this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: cannot record the abort: ${errorMessage(err)}`);
+    }
     this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: aborted (${reason}); partial VM discarded`);
   }
 }

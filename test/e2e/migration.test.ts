@@ -8,6 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import {
   createVm, listVms, removeHostData, startHost, startMigration, stopHost, verifyVm, waitMigration, type TestHost,
 } from '../helpers/hosts.js';
+import { FerryError } from '../../src/lib/errors.js';
 import { MiB } from '../../src/lib/units.js';
 import { connect } from 'node:net';
 import { FrameReader } from '../../src/migration/protocol/reader.js';
@@ -49,8 +50,8 @@ describe('live migration between host processes', () => {
     await migrateAndCheck(a, b, 'd1');
     await migrateAndCheck(b, a, 'd1');
     await migrateAndCheck(a, b, 'd1');
-    await b.client.call('POST', '/v1/vms/d1/stop');
-    await b.client.call('DELETE', '/v1/vms/d1');
+    await b.client.stopVm('d1');
+    await b.client.deleteVm('d1');
   });
 
   it('migrates the multi-vCPU dirtier (3 vCPUs writing concurrently)', async () => {
@@ -58,8 +59,8 @@ describe('live migration between host processes', () => {
     await sleep(200);
     await migrateAndCheck(a, b, 'mv');
     await migrateAndCheck(b, a, 'mv');
-    await a.client.call('POST', '/v1/vms/mv/stop');
-    await a.client.call('DELETE', '/v1/vms/mv');
+    await a.client.stopVm('mv');
+    await a.client.deleteVm('mv');
   });
 
   it('migrates with each trace installation strategy and granularity; coarse regions send only changed pages', async () => {
@@ -78,8 +79,8 @@ describe('live migration between host processes', () => {
       assert.equal((await verifyVm(to, 'tr')).selfcheck, 0);
       [from, to] = [to, from];
     }
-    await from.client.call('POST', '/v1/vms/tr/stop');
-    await from.client.call('DELETE', '/v1/vms/tr');
+    await from.client.stopVm('tr');
+    await from.client.deleteVm('tr');
   });
 
   it('adaptive tracing starts coarse and splits regions that keep firing on a sparse writer; the VM arrives intact', async () => {
@@ -94,16 +95,16 @@ describe('live migration between host processes', () => {
     assert.ok(record.traces.splitRegions >= 1, 'regions that kept firing with few changed pages were split');
     assert.ok((record.traces.splits[0]?.round ?? 0) >= 2);
     assert.equal((await verifyVm(b, 'ad')).selfcheck, 0);
-    await b.client.call('POST', '/v1/vms/ad/stop');
-    await b.client.call('DELETE', '/v1/vms/ad');
+    await b.client.stopVm('ad');
+    await b.client.deleteVm('ad');
   });
 
   it('a migrated VM can be stopped and deleted on the target right away (store writes are ordered)', async () => {
     await createVm(a, 'quick', 'dirtier', { memoryBytes: 16 * MiB, cmdline: 'hot=2MiB' });
     const record = await waitMigration(a, await startMigration(a, 'quick', b));
     assert.equal(record.outcome, 'succeeded', JSON.stringify(record.error));
-    await b.client.call('POST', '/v1/vms/quick/stop');
-    await b.client.call('DELETE', '/v1/vms/quick');
+    await b.client.stopVm('quick');
+    await b.client.deleteVm('quick');
     assert.ok(!(await listVms(b)).some((v) => v.name === 'quick'));
   });
 
@@ -114,8 +115,8 @@ describe('live migration between host processes', () => {
       assert.equal(record.outcome, 'succeeded', JSON.stringify(record.error));
       assert.equal((await verifyVm(to, 'cz')).selfcheck, 0);
     }
-    await a.client.call('POST', '/v1/vms/cz/stop');
-    await a.client.call('DELETE', '/v1/vms/cz');
+    await a.client.stopVm('cz');
+    await a.client.deleteVm('cz');
   });
 
   it('a VM that dirties faster than a capped link converges by throttling', async () => {
@@ -125,8 +126,8 @@ describe('live migration between host processes', () => {
     assert.equal(record.outcome, 'succeeded', JSON.stringify(record.error));
     assert.ok(record.maxThrottlePermille > 0, 'auto-converge throttled the guest');
     assert.equal((await verifyVm(b, 'fast')).selfcheck, 0);
-    await b.client.call('POST', '/v1/vms/fast/stop');
-    await b.client.call('DELETE', '/v1/vms/fast');
+    await b.client.stopVm('fast');
+    await b.client.deleteVm('fast');
   });
 
   it('...or aborts cleanly when configured to, and the VM keeps running on the source', async () => {
@@ -139,8 +140,8 @@ describe('live migration between host processes', () => {
     assert.equal(check.state, 'running');
     assert.equal(check.selfcheck, 0);
     assert.ok(!(await listVms(b)).some((v) => v.name === 'noconv'), 'the target discarded its partial copy');
-    await a.client.call('POST', '/v1/vms/noconv/stop');
-    await a.client.call('DELETE', '/v1/vms/noconv');
+    await a.client.stopVm('noconv');
+    await a.client.deleteVm('noconv');
   });
 });
 
@@ -159,11 +160,13 @@ describe('host API authentication', () => {
   });
 
   it('answers bad requests with a code and survives them', async () => {
-    const post = (body: string): Promise<Response> => fetch(new URL('/v1/vms', a.url), { method: 'POST', headers: { authorization: `Bearer ${'test-token-0123456789abcdef'}` }, body });
+    const post = (body: string): Promise<Response> => fetch(new URL('/v1/vms', a.url), { method: 'POST', headers: { authorization: `Bearer ${'test-token-0123456789abcdef'}`, 'content-type': 'application/json' }, body });
     const cases: [string, number, string][] = [
       ['{not json', 400, 'BAD_REQUEST'],
       [JSON.stringify({ name: 'x' }), 400, 'BAD_REQUEST'],
-      [JSON.stringify({ name: 'bad name', imageBase64: 'AGFzbQEAAAA=', memoryBytes: 65536 }), 400, 'VM_CONFIG_INVALID'],
+      // The VM name rule is part of the request schema: refused at the boundary, before any VM code runs.
+      [JSON.stringify({ name: 'bad name', imageBase64: 'AGFzbQEAAAA=', memoryBytes: 65536 }), 400, 'BAD_REQUEST'],
+      [JSON.stringify({ name: 'ok', imageBase64: 'AGFzbQEAAAA=', memoryBytes: 1000 }), 400, 'VM_CONFIG_INVALID'],
       [JSON.stringify({ name: 'notwasm', imageBase64: Buffer.from('hello world').toString('base64'), memoryBytes: 65536 }), 400, 'IMAGE_NOT_WASM'],
     ];
     for (const [body, status, code] of cases) {
@@ -171,9 +174,11 @@ describe('host API authentication', () => {
       assert.equal(res.status, status, body);
       assert.equal(((await res.json()) as { error: { code: string } }).error.code, code);
     }
-    const missing = await a.client.call('GET', '/v1/vms/nope').catch((e: unknown) => e);
-    assert.match(String(missing), /no VM named nope/);
-    assert.equal((await a.client.call<{ name: string }>('GET', '/v1/host')).name, 'a', 'still serving');
+    const missing = await a.client.vm('nope').catch((e: unknown) => e);
+    assert.ok(missing instanceof FerryError, 'a FerryError');
+    assert.equal(missing.code, 'NOT_FOUND', 'the host\'s own code survives the wire');
+    assert.equal(missing.origin, 'remote');
+    assert.equal((await a.client.host()).name, 'a', 'still serving');
   });
 });
 
@@ -210,7 +215,7 @@ describe('host lifecycle', () => {
 
 describe('migration endpoint: hostile peers', () => {
   it('garbage, a bad ticket and a truncated frame get errors; the host keeps serving', async () => {
-    const port = (await a.client.call<{ migrationPort: number }>('GET', '/v1/host')).migrationPort;
+    const port = (await a.client.host()).migrationPort;
     const exchange = async (bytes: Buffer, end: boolean): Promise<string> => {
       const socket = connect({ host: '127.0.0.1', port });
       await new Promise((resolve) => socket.once('connect', resolve));
@@ -230,6 +235,6 @@ describe('migration endpoint: hostile peers', () => {
     assert.equal(await exchange(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'), false), 'PROTOCOL_BAD_MAGIC');
     assert.equal(await exchange(encodeHello(1, { protocol: 1, ticket: 'ab'.repeat(32), role: 'control', channel: 0 }), false), 'TICKET_INVALID');
     assert.equal(await exchange(encodeHello(1, { protocol: 1, ticket: 'ab'.repeat(32), role: 'control', channel: 0 }).subarray(0, 20), true), 'closed');
-    assert.equal((await a.client.call<{ name: string }>('GET', '/v1/host')).name, 'a');
+    assert.equal((await a.client.host()).name, 'a');
   });
 });

@@ -9,6 +9,9 @@ import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { guestImagePath, type GuestName } from './guests.js';
 import { spawnHost, stopHosts, type LocalHost } from '../../src/cli/local-hosts.js';
+import type { MigrationStatus, VerifyResult, VmView } from '../../src/api/host-v1.js';
+import type { MigrationOptions } from '../../src/migration/options.js';
+import type { MigrationRecord } from '../../src/migration/record.js';
 
 export const TEST_TOKEN = 'test-token-0123456789abcdef';
 
@@ -35,45 +38,30 @@ export async function removeHostData(h: TestHost): Promise<void> {
 
 export async function createVm(h: TestHost, name: string, guest: GuestName, opts: { memoryBytes: number; vcpus?: number; cmdline?: string; start?: boolean }): Promise<void> {
   const image = await readFile(guestImagePath(guest));
-  await h.client.call('POST', '/v1/vms', {
+  await h.client.createVm({
     name, imageBase64: image.toString('base64'), memoryBytes: opts.memoryBytes, vcpus: opts.vcpus ?? 1,
     cmdline: opts.cmdline ?? '', start: opts.start ?? true,
   });
 }
 
-export interface VmView { name: string; state: string; owner: string | null }
-
 export async function listVms(h: TestHost): Promise<VmView[]> {
-  return (await h.client.call<{ vms: VmView[] }>('GET', '/v1/vms')).vms;
+  return h.client.listVms();
 }
 
-export async function verifyVm(h: TestHost, name: string): Promise<{ selfcheck: number | null; guestMaxClockGapMs: number | null; digest: string; state: string }> {
-  return h.client.call('POST', `/v1/vms/${name}/verify`);
+export async function verifyVm(h: TestHost, name: string): Promise<VerifyResult> {
+  return h.client.verifyVm(name);
 }
 
-export interface MigrationView {
-  state: string;
-  phase: string;
-  record: { outcome: string; error: { code: string; message: string } | null; rounds: unknown[]; engineDowntimeMs: number | null; guestDowntimeMs: number | null; maxThrottlePermille: number; verified: boolean } | null;
+export async function startMigration(from: TestHost, vm: string, to: TestHost, options: MigrationOptions = {}): Promise<string> {
+  return (await from.client.migrate(vm, { to: to.url, options })).migrationId;
 }
 
-export async function startMigration(from: TestHost, vm: string, to: TestHost, options: Record<string, unknown> = {}): Promise<string> {
-  const r = await from.client.call<{ migrationId: string }>('POST', `/v1/vms/${vm}/migrate`, { to: to.url, options });
-  return r.migrationId;
+export async function migrationStatus(h: TestHost, id: string): Promise<MigrationStatus> {
+  return h.client.migration(id);
 }
 
-export async function migrationStatus(h: TestHost, id: string): Promise<MigrationView> {
-  return h.client.call<MigrationView>('GET', `/v1/migrations/${id}`);
-}
-
-export async function waitMigration(h: TestHost, id: string, timeoutMs = 60_000): Promise<NonNullable<MigrationView['record']>> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const s = await migrationStatus(h, id);
-    if (s.record !== null) return s.record;
-    if (Date.now() > deadline) throw new Error(`migration ${id} did not finish in ${timeoutMs} ms (phase ${s.phase})`);
-    await sleep(25);
-  }
+export async function waitMigration(h: TestHost, id: string, timeoutMs = 60_000): Promise<MigrationRecord> {
+  return h.client.waitForMigration(id, { timeoutMs });
 }
 
 export async function waitPhase(h: TestHost, id: string, phase: string, timeoutMs = 30_000): Promise<void> {

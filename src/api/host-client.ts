@@ -1,0 +1,217 @@
+/**
+ * The one typed client of the host API (./host-v1.ts): used by the CLI, the demo, the benchmarks,
+ * the tests and a migration source asking its target. URLs come from the route declarations and
+ * every answer is validated against its schema; an error answer becomes a FerryError with the
+ * host's own code (origin 'remote'), a host that cannot be reached a local HOST_UNREACHABLE.
+ */
+import type { z } from 'zod';
+import { FerryError, errorMessage } from '../lib/errors.js';
+import type { MigrationProgress, MigrationRecord } from '../migration/record.js';
+import {
+  errorBodySchema, migrationEventSchemas, routes, OPENAPI_PATH,
+  type CreateVmRequest, type HostInfo, type IncomingStatus, type MigrateRequest, type MigrationEvent, type MigrationStatus,
+  type PauseResultView, type TicketView, type VerifyResult, type VmView,
+} from './host-v1.js';
+import { readSse } from './sse.js';
+
+/** Ordinary requests time out; streams (console follow, migration events) do not. */
+export const API_TIMEOUT_MS = 30_000;
+/** While following a migration whose event stream broke, its status is polled this often. */
+export const MIGRATION_POLL_MS = 100;
+
+type Route = (typeof routes)[keyof typeof routes];
+
+interface RequestOptions {
+  readonly body?: unknown;
+  readonly timeoutMs?: number;
+  readonly signal?: AbortSignal;
+}
+
+export interface FollowOptions {
+  readonly onProgress?: (p: MigrationProgress) => void;
+  readonly signal?: AbortSignal;
+  /** Give up (HOST_ERROR) if the migration has not ended by then; default: wait as long as it runs. */
+  readonly timeoutMs?: number;
+}
+
+/** Fills a route's `{param}` placeholders, URL-encoded. */
+export function pathOf(route: Pick<Route, 'path'>, params: Readonly<Record<string, string>> = {}): string {
+  return route.path.replace(/\{(\w+)\}/g, (_m, key: string) => {
+    const v = params[key];
+    if (v === undefined) throw new FerryError('INVALID_ARGUMENT', `missing path parameter ${key} for ${route.path}`);
+    return encodeURIComponent(v);
+  });
+}
+
+export class HostClient {
+  readonly baseUrl: string;
+
+  constructor(baseUrl: string, private readonly token: string) {
+    let u: URL;
+    try {
+      u = new URL(baseUrl);
+    } catch (err) {
+      throw new FerryError('INVALID_ARGUMENT', `"${baseUrl}" is not a host URL like http://127.0.0.1:7000 (${errorMessage(err)})`);
+    }
+    if (u.protocol !== 'http:') throw new FerryError('INVALID_ARGUMENT', `"${baseUrl}" is not a host URL like http://127.0.0.1:7000 (only http:// is supported)`);
+    this.baseUrl = u.origin;
+  }
+
+  host(): Promise<HostInfo> { return this.json(routes.getHost, {}, 200); }
+  async listVms(): Promise<VmView[]> { return (await this.json(routes.listVms, {}, 200)).vms; }
+  createVm(req: CreateVmRequest): Promise<VmView> { return this.json(routes.createVm, {}, 201, { body: req }); }
+  vm(name: string): Promise<VmView> { return this.json(routes.getVm, { name }, 200); }
+  deleteVm(name: string): Promise<{ name: string; deleted: true }> { return this.json(routes.deleteVm, { name }, 200); }
+  startVm(name: string): Promise<VmView> { return this.json(routes.startVm, { name }, 200); }
+  stopVm(name: string): Promise<VmView> { return this.json(routes.stopVm, { name }, 200); }
+  pauseVm(name: string): Promise<PauseResultView> { return this.json(routes.pauseVm, { name }, 200); }
+  resumeVm(name: string): Promise<VmView> { return this.json(routes.resumeVm, { name }, 200); }
+  verifyVm(name: string): Promise<VerifyResult> { return this.json(routes.verifyVm, { name }, 200); }
+
+  /** The console text; with `follow`, a stream that ends when `signal` aborts or the VM goes away. */
+  async console(name: string, opts: { follow?: boolean; signal?: AbortSignal } = {}): Promise<AsyncIterable<Uint8Array>> {
+    const res = await this.send(routes.vmConsole, { name }, { ...(opts.signal !== undefined ? { signal: opts.signal } : {}), timeoutMs: opts.follow === true ? 0 : API_TIMEOUT_MS }, opts.follow === true ? '?follow=1' : '');
+    return bodyOf(res);
+  }
+
+  /** Follows the console until `text` appears in it (e.g. a guest's boot line); HOST_ERROR after `timeoutMs`. */
+  async waitForConsole(name: string, text: string, timeoutMs: number = API_TIMEOUT_MS): Promise<void> {
+    const ac = new AbortController();
+    const timer = setTimeout(() => { ac.abort(); }, timeoutMs);
+    const decoder = new TextDecoder();
+    let seen = '';
+    try {
+      for await (const chunk of await this.console(name, { follow: true, signal: ac.signal })) {
+        // Keep only a tail long enough to hold `text` across chunk boundaries.
+        seen = (seen + decoder.decode(chunk, { stream: true })).slice(-Math.max(text.length * 2, 4096));
+        if (seen.includes(text)) return;
+      }
+    } catch (err) {
+      if (!ac.signal.aborted) throw err;
+    } finally {
+      clearTimeout(timer);
+      ac.abort();
+    }
+    throw new FerryError('HOST_ERROR', `"${text}" did not appear on the console of VM ${name} within ${timeoutMs} ms`);
+  }
+
+  migrate(name: string, req: MigrateRequest): Promise<MigrationStatus> { return this.json(routes.migrateVm, { name }, 202, { body: req }); }
+  migration(id: string): Promise<MigrationStatus> { return this.json(routes.getMigration, { id }, 200); }
+  cancelMigration(id: string): Promise<MigrationStatus> { return this.json(routes.cancelMigration, { id }, 202); }
+  createTicket(timeoutMs?: number): Promise<TicketView> { return this.json(routes.createTicket, {}, 201, { body: {}, ...(timeoutMs !== undefined ? { timeoutMs } : {}) }); }
+  incoming(id: string, timeoutMs?: number): Promise<IncomingStatus> { return this.json(routes.getIncoming, { id }, 200, timeoutMs !== undefined ? { timeoutMs } : {}); }
+  openApi(): Promise<unknown> { return this.raw('GET', OPENAPI_PATH).then((r) => r.json()); }
+
+  /** A migration's events as they happen: one status, progress…, done. Ends when the stream does. */
+  async *migrationEvents(id: string, signal?: AbortSignal): AsyncGenerator<MigrationEvent> {
+    const res = await this.send(routes.migrationEvents, { id }, { ...(signal !== undefined ? { signal } : {}), timeoutMs: 0 });
+    for await (const { event, data } of readSse(bodyOf(res))) {
+      if (event !== 'status' && event !== 'progress' && event !== 'done') continue;
+      const parsed = migrationEventSchemas[event].safeParse(data);
+      if (!parsed.success) throw new FerryError('HOST_ERROR', `host ${this.baseUrl} sent a malformed ${event} event for migration ${id}: ${parsed.error.issues[0]?.message ?? ''}`);
+      yield { event, data: parsed.data } as MigrationEvent;
+    }
+  }
+
+  /**
+   * Waits for a migration to end and returns its record: follows the event stream (progress to
+   * `onProgress`), and if the stream breaks, polls the status instead. The one way every caller
+   * waits for a migration.
+   */
+  async waitForMigration(id: string, opts: FollowOptions = {}): Promise<MigrationRecord> {
+    const deadline = opts.timeoutMs !== undefined ? performance.now() + opts.timeoutMs : Infinity;
+    const timeout = opts.timeoutMs !== undefined ? AbortSignal.timeout(opts.timeoutMs) : undefined;
+    const signal = timeout !== undefined && opts.signal !== undefined ? AbortSignal.any([timeout, opts.signal]) : (timeout ?? opts.signal);
+    try {
+      for await (const e of this.migrationEvents(id, signal)) {
+        if (e.event === 'progress') opts.onProgress?.(e.data);
+        else if (e.event === 'done') return e.data;
+        else if (e.data.record !== null) return e.data.record;
+      }
+    } catch (err) {
+      // A broken stream is not the migration's end: ask for its status below. A host error is.
+      if (err instanceof FerryError && err.origin === 'remote') throw err;
+      if (opts.signal?.aborted === true) throw err;
+    }
+    for (;;) {
+      const s = await this.migration(id);
+      if (s.record !== null) return s.record;
+      if (performance.now() > deadline) throw new FerryError('HOST_ERROR', `migration ${id} did not end within ${opts.timeoutMs ?? 0} ms (phase ${s.phase})`);
+      if (opts.signal?.aborted === true) throw new FerryError('CANCELLED', `stopped waiting for migration ${id}`);
+      if (s.progress !== null) opts.onProgress?.(s.progress);
+      await new Promise((resolve) => setTimeout(resolve, MIGRATION_POLL_MS));
+    }
+  }
+
+  /** A request outside the declared routes (tests of the negative space: unknown paths, bad bodies). */
+  raw(method: string, path: string, init: { body?: string; headers?: Record<string, string>; token?: string | null } = {}): Promise<Response> {
+    const headers: Record<string, string> = { 'content-type': 'application/json', ...(init.headers ?? {}) };
+    const token = init.token === undefined ? this.token : init.token;
+    if (token !== null) headers.authorization = `Bearer ${token}`;
+    return fetch(new URL(path, this.baseUrl), { method, headers, ...(init.body !== undefined ? { body: init.body } : {}), signal: AbortSignal.timeout(API_TIMEOUT_MS) });
+  }
+
+  private async json<R extends Route, S extends number>(route: R, params: Record<string, string>, status: S, opts: RequestOptions = {}): Promise<ResponseOf<R, S>> {
+    const res = await this.send(route, params, opts);
+    const schema = responseSchema(route, status);
+    let payload: unknown;
+    try { payload = await res.json(); } catch (err) {
+      throw new FerryError('HOST_ERROR', `host ${this.baseUrl} answered ${route.method.toUpperCase()} ${route.path} with a body that is not JSON: ${errorMessage(err)}`);
+    }
+    const parsed = schema.safeParse(payload);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      throw new FerryError('HOST_ERROR', `host ${this.baseUrl} answered ${route.method.toUpperCase()} ${route.path} with an unexpected body (${issue?.path.join('.') ?? ''}: ${issue?.message ?? ''}); is it a Ferry host of API ${routes.getHost.path.split('/')[1] ?? ''}?`);
+    }
+    return parsed.data as ResponseOf<R, S>;
+  }
+
+  private async send(route: Route, params: Record<string, string>, opts: RequestOptions, query = ''): Promise<Response> {
+    const method = route.method.toUpperCase();
+    const timeoutMs = opts.timeoutMs ?? API_TIMEOUT_MS;
+    const signals = [...(opts.signal !== undefined ? [opts.signal] : []), ...(timeoutMs > 0 ? [AbortSignal.timeout(timeoutMs)] : [])];
+    let res: Response;
+    try {
+      res = await fetch(new URL(pathOf(route, params) + query, this.baseUrl), {
+        method,
+        headers: { authorization: `Bearer ${this.token}`, 'content-type': 'application/json' },
+        ...(opts.body !== undefined ? { body: JSON.stringify(opts.body) } : {}),
+        ...(signals.length > 0 ? { signal: signals.length === 1 ? signals[0] : AbortSignal.any(signals) } : {}),
+      });
+    } catch (err) {
+      throw new FerryError('HOST_UNREACHABLE', `host ${this.baseUrl} is unreachable (${method} ${route.path}): ${errorMessage(err)}`);
+    }
+    if (!res.ok) throw await errorOf(res, this.baseUrl);
+    return res;
+  }
+}
+
+/** The JSON body a route declares for one status. */
+type ResponseOf<R extends Route, S extends number> = R['responses'] extends { [K in S]: { content: { 'application/json': { schema: infer Z } } } }
+  ? (Z extends z.ZodType ? z.output<Z> : never)
+  : never;
+
+function responseSchema(route: Route, status: number): z.ZodType {
+  const r = (route.responses as Record<number, { content?: { 'application/json'?: { schema: z.ZodType } } }>)[status];
+  const schema = r?.content?.['application/json']?.schema;
+  if (schema === undefined) throw new FerryError('INTERNAL', `route ${route.path} declares no JSON body for status ${status}`);
+  return schema;
+}
+
+/** The error body of a refused request, as a FerryError with the host's own code. */
+async function errorOf(res: Response, baseUrl: string): Promise<FerryError> {
+  const text = await res.text().catch(() => '');
+  let payload: unknown = null;
+  try { payload = JSON.parse(text); } catch { /* not JSON: reported below */ }
+  const parsed = errorBodySchema.safeParse(payload);
+  if (!parsed.success) {
+    return new FerryError('HOST_ERROR', `host ${baseUrl} answered ${res.status} ${res.statusText} without a Ferry error body${text !== '' ? `: ${text.slice(0, 200)}` : ''}`, { status: res.status }, { origin: 'remote' });
+  }
+  const e = parsed.data.error;
+  return FerryError.fromRemote(e.code, e.message, 'HOST_ERROR', { ...(e.details ?? {}), status: res.status });
+}
+
+function bodyOf(res: Response): AsyncIterable<Uint8Array> {
+  if (res.body === null) return (async function* () { /* empty */ })();
+  return res.body;
+}

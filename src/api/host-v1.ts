@@ -1,0 +1,203 @@
+/**
+ * The host agent's control API, version 1: every route, request and response declared once. The
+ * host's HTTP app (src/host/app.ts) serves exactly these routes and validates requests with these
+ * schemas, the OpenAPI document (GET /v1/openapi.json) is generated from them, and the one typed
+ * client (./host-client.ts) builds its URLs from them and validates what it receives with them.
+ *
+ * Errors are `{ error: { code, message, details? } }` with the stable codes of src/lib/errors.ts;
+ * the HTTP status of each code comes from ./http-status.ts.
+ */
+import { createRoute, z } from '@hono/zod-openapi';
+import { migrationOptionsSchema } from '../migration/options.js';
+import { migrationJobStatusSchema, migrationProgressSchema, migrationRecordSchema, type MigrationJobStatus } from '../migration/record.js';
+import { incomingOutcomeSchema } from '../migration/peer.js';
+
+export const HOST_API_VERSION = 'v1';
+export const HOST_API_PREFIX = `/${HOST_API_VERSION}`;
+/** Largest request body: a guest image (64 MiB) base64-encoded in JSON, plus headroom. */
+export const MAX_CREATE_BODY_BYTES = 96 * 1024 * 1024;
+/** Every other request is a few fields. */
+export const MAX_SMALL_BODY_BYTES = 64 * 1024;
+
+// ---- shared pieces --------------------------------------------------------------------------
+
+export const errorBodySchema = z.object({
+  error: z.object({
+    code: z.string().openapi({ description: 'stable error code (src/lib/errors.ts)' }),
+    message: z.string(),
+    details: z.record(z.string(), z.unknown()).optional(),
+  }),
+}).openapi('Error');
+export type ErrorBody = z.infer<typeof errorBodySchema>;
+
+/** VM names: what the data directory, the snapshot format and the protocol all accept. */
+export const vmNameSchema = z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, 'must be 1-64 characters of A-Z a-z 0-9 . _ -');
+/** Migration ids are 128-bit random values in hex. */
+export const migrationIdSchema = z.string().regex(/^[0-9a-f]{32}$/, 'must be 32 lowercase hex digits');
+
+const vmParams = z.object({ name: vmNameSchema.openapi({ param: { name: 'name', in: 'path' } }) });
+const migrationParams = z.object({ id: migrationIdSchema.openapi({ param: { name: 'id', in: 'path' } }) });
+
+export const vmStateSchema = z.enum(['defined', 'created', 'running', 'paused', 'halted', 'crashed', 'stopped']);
+
+export const crashInfoSchema = z.object({
+  reason: z.enum(['trap', 'panic', 'fault', 'abi', 'internal', 'hung']),
+  vcpu: z.number().int(),
+  message: z.string(),
+});
+
+export const vcpuStatsSchema = z.object({
+  vcpu: z.number().int(),
+  state: z.number().int().openapi({ description: 'VcpuState (src/vmm/control.ts)' }),
+  steps: z.number(),
+  units: z.number(),
+  stepMs: z.number(),
+  maxStepMs: z.number(),
+  throttledMs: z.number(),
+  budget: z.number(),
+});
+
+export const vmViewSchema = z.object({
+  name: z.string(),
+  state: vmStateSchema,
+  /** The operation that owns the VM now (other verbs get BUSY), or null. */
+  owner: z.string().nullable(),
+  config: z.object({ memoryBytes: z.number().int(), vcpus: z.number().int(), granularityBytes: z.number().int(), cmdline: z.string() }),
+  crash: crashInfoSchema.nullable(),
+  vcpus: z.array(vcpuStatsSchema),
+  lastMigration: migrationRecordSchema.nullable(),
+}).openapi('Vm');
+export type VmView = z.infer<typeof vmViewSchema>;
+
+export const hostInfoSchema = z.object({
+  name: z.string(),
+  api: z.literal(HOST_API_VERSION),
+  migrationPort: z.number().int(),
+  memoryLimitBytes: z.number(),
+  memoryCommittedBytes: z.number(),
+  vms: z.number().int(),
+}).openapi('Host');
+export type HostInfo = z.infer<typeof hostInfoSchema>;
+
+export const createVmRequestSchema = z.object({
+  name: vmNameSchema,
+  imageBase64: z.string().min(8),
+  memoryBytes: z.number().int().positive(),
+  vcpus: z.number().int().positive().optional(),
+  granularityBytes: z.number().int().positive().optional(),
+  cmdline: z.string().optional(),
+  hangTimeoutMs: z.number().positive().optional(),
+  start: z.boolean().optional(),
+}).strict().openapi('CreateVm');
+export type CreateVmRequest = z.infer<typeof createVmRequestSchema>;
+
+export const pauseResultSchema = vmViewSchema.extend({ pauseLatencyMs: z.number() }).openapi('Paused');
+export type PauseResultView = z.infer<typeof pauseResultSchema>;
+
+export const verifyResultSchema = z.object({
+  name: z.string(),
+  state: vmStateSchema,
+  /** Violations the guest's own self-check found (0: intact), null if the guest has none. */
+  selfcheck: z.number().int().nullable(),
+  /** The guest's own record of its longest stall since boot (includes every migration's downtime). */
+  guestMaxClockGapMs: z.number().nullable(),
+  digest: z.string(),
+  claimedPages: z.number().int(),
+}).openapi('Verify');
+export type VerifyResult = z.infer<typeof verifyResultSchema>;
+
+export const deleteResultSchema = z.object({ name: z.string(), deleted: z.literal(true) });
+
+export const migrateRequestSchema = z.object({
+  to: z.url().openapi({ description: 'target host URL' }),
+  /** Token of the target host, if it differs from this host's. */
+  token: z.string().optional(),
+  options: migrationOptionsSchema.optional(),
+}).strict().openapi('MigrateRequest');
+export type MigrateRequest = z.infer<typeof migrateRequestSchema>;
+
+export const migrationStatusSchema = migrationJobStatusSchema.openapi('MigrationStatus');
+export type MigrationStatus = MigrationJobStatus;
+
+export const ticketSchema = z.object({
+  migrationId: migrationIdSchema,
+  ticket: z.string().regex(/^[0-9a-f]{64}$/),
+  port: z.number().int().min(1).max(65535),
+  expiresInMs: z.number().int().positive(),
+}).openapi('Ticket');
+export type TicketView = z.infer<typeof ticketSchema>;
+
+export const incomingStatusSchema = z.object({ migrationId: z.string(), outcome: incomingOutcomeSchema }).openapi('IncomingMigration');
+export type IncomingStatus = z.infer<typeof incomingStatusSchema>;
+
+export const consoleQuerySchema = z.object({ follow: z.enum(['0', '1']).optional() });
+
+/** Server-sent events of GET /v1/migrations/{id}/events, in order: one status, progress…, done. */
+export const migrationEventSchemas = {
+  status: migrationStatusSchema,
+  progress: migrationProgressSchema,
+  done: migrationRecordSchema,
+} as const;
+export type MigrationEvent =
+  | { event: 'status'; data: MigrationStatus }
+  | { event: 'progress'; data: z.infer<typeof migrationProgressSchema> }
+  | { event: 'done'; data: z.infer<typeof migrationRecordSchema> };
+
+// ---- routes ---------------------------------------------------------------------------------
+
+const json = <S extends z.ZodType>(schema: S, description: string) => ({ content: { 'application/json': { schema } }, description });
+const body = <S extends z.ZodType>(schema: S) => ({ body: { content: { 'application/json': { schema } }, required: true } });
+const errors = (...statuses: (400 | 401 | 404 | 409 | 413 | 500 | 503 | 507)[]) =>
+  Object.fromEntries(statuses.map((s) => [s, json(errorBodySchema, ERROR_DESCRIPTIONS[s])])) as Record<number, ReturnType<typeof json<typeof errorBodySchema>>>;
+const ERROR_DESCRIPTIONS = {
+  400: 'invalid request', 401: 'missing or wrong API token', 404: 'no such VM, migration or route',
+  409: 'conflicts with the current state (VM state, BUSY, ALREADY_EXISTS, refused)', 413: 'request body too large',
+  500: 'internal or storage error', 503: 'host shutting down or unreachable peer', 507: 'not enough capacity',
+} as const;
+
+export const routes = {
+  getHost: createRoute({ method: 'get', path: '/v1/host', summary: 'host identity and capacity', responses: { 200: json(hostInfoSchema, 'the host'), ...errors(401) } }),
+  listVms: createRoute({ method: 'get', path: '/v1/vms', summary: 'VMs of this host', responses: { 200: json(z.object({ vms: z.array(vmViewSchema) }), 'the VMs'), ...errors(401) } }),
+  createVm: createRoute({
+    method: 'post', path: '/v1/vms', summary: 'define a VM (and start it with start: true)', request: body(createVmRequestSchema),
+    responses: { 201: json(vmViewSchema, 'defined'), ...errors(400, 401, 409, 413, 500, 507) },
+  }),
+  getVm: createRoute({ method: 'get', path: '/v1/vms/{name}', request: { params: vmParams }, responses: { 200: json(vmViewSchema, 'the VM'), ...errors(400, 401, 404) } }),
+  deleteVm: createRoute({ method: 'delete', path: '/v1/vms/{name}', summary: 'remove a stopped VM and its definition', request: { params: vmParams }, responses: { 200: json(deleteResultSchema, 'deleted'), ...errors(400, 401, 404, 409) } }),
+  startVm: createRoute({ method: 'post', path: '/v1/vms/{name}/start', request: { params: vmParams }, responses: { 200: json(vmViewSchema, 'running'), ...errors(400, 401, 404, 409, 500) } }),
+  stopVm: createRoute({ method: 'post', path: '/v1/vms/{name}/stop', summary: 'power off', request: { params: vmParams }, responses: { 200: json(vmViewSchema, 'stopped'), ...errors(400, 401, 404, 409) } }),
+  pauseVm: createRoute({ method: 'post', path: '/v1/vms/{name}/pause', request: { params: vmParams }, responses: { 200: json(pauseResultSchema, 'paused'), ...errors(400, 401, 404, 409) } }),
+  resumeVm: createRoute({ method: 'post', path: '/v1/vms/{name}/resume', request: { params: vmParams }, responses: { 200: json(vmViewSchema, 'running'), ...errors(400, 401, 404, 409) } }),
+  verifyVm: createRoute({
+    method: 'post', path: '/v1/vms/{name}/verify', summary: 'pause briefly, run the guest self-check and digest RAM, resume', request: { params: vmParams },
+    responses: { 200: json(verifyResultSchema, 'checked'), ...errors(400, 401, 404, 409) },
+  }),
+  vmConsole: createRoute({
+    method: 'get', path: '/v1/vms/{name}/console', summary: 'the console log; follow=1 streams it', request: { params: vmParams, query: consoleQuerySchema },
+    responses: { 200: { content: { 'text/plain': { schema: z.string() } }, description: 'console text' }, ...errors(400, 401, 404) },
+  }),
+  migrateVm: createRoute({
+    method: 'post', path: '/v1/vms/{name}/migrate', summary: 'start a live migration to another host', request: { params: vmParams, ...body(migrateRequestSchema) },
+    responses: { 202: json(migrationStatusSchema, 'started'), ...errors(400, 401, 404, 409) },
+  }),
+  getMigration: createRoute({ method: 'get', path: '/v1/migrations/{id}', request: { params: migrationParams }, responses: { 200: json(migrationStatusSchema, 'status'), ...errors(400, 401, 404) } }),
+  migrationEvents: createRoute({
+    method: 'get', path: '/v1/migrations/{id}/events', summary: 'server-sent events: status, progress…, done', request: { params: migrationParams },
+    responses: { 200: { content: { 'text/event-stream': { schema: z.string() } }, description: 'event stream' }, ...errors(400, 401, 404) },
+  }),
+  cancelMigration: createRoute({
+    method: 'delete', path: '/v1/migrations/{id}', summary: 'cancel (before the commit the VM keeps running here)', request: { params: migrationParams },
+    responses: { 202: json(migrationStatusSchema, 'cancelling'), ...errors(400, 401, 404) },
+  }),
+  createTicket: createRoute({
+    method: 'post', path: '/v1/migrations/incoming', summary: 'expect an incoming migration: a one-time ticket and the port to dial', request: body(z.object({}).strict()),
+    responses: { 201: json(ticketSchema, 'ticket'), ...errors(400, 401, 409) },
+  }),
+  getIncoming: createRoute({
+    method: 'get', path: '/v1/migrations/incoming/{id}', summary: 'what became of an incoming migration (answers an error, never "unknown", when its record cannot be read)',
+    request: { params: migrationParams }, responses: { 200: json(incomingStatusSchema, 'outcome'), ...errors(400, 401, 500) },
+  }),
+} as const;
+
+export const OPENAPI_PATH = '/v1/openapi.json';
+export const OPENAPI_INFO = { title: 'Ferry host agent API', version: HOST_API_VERSION } as const;

@@ -1,0 +1,152 @@
+/**
+ * The host agent's HTTP app: the routes of src/api/host-v1.ts, bound to the VM and migration
+ * services. A `(Request) => Response` function (Hono), so tests can call it without sockets; the
+ * agent serves it on node:http. Every request but the OpenAPI document needs the bearer token and
+ * is refused before its body is read; every error leaves as `{ error: { code, message, details? } }`
+ * with the status of src/api/http-status.ts.
+ */
+import { OpenAPIHono, type Hook } from '@hono/zod-openapi';
+import { bodyLimit } from 'hono/body-limit';
+import { except } from 'hono/combine';
+import { stream } from 'hono/streaming';
+import { HTTPException } from 'hono/http-exception';
+import type { Context } from 'hono';
+import type { BlankEnv } from 'hono/types';
+import { FerryError, errorMessage, isFerryError } from '../lib/errors.js';
+import {
+  HOST_API_VERSION, MAX_CREATE_BODY_BYTES, MAX_SMALL_BODY_BYTES, OPENAPI_INFO, OPENAPI_PATH, routes,
+  type ErrorBody, type HostInfo, type IncomingStatus, type TicketView,
+} from '../api/host-v1.js';
+import { httpStatusFor } from '../api/http-status.js';
+import { encodeSse } from '../api/sse.js';
+import type { MigrationJob } from '../migration/source.js';
+import type { MigrationRecord, MigrationProgress } from '../migration/record.js';
+import type { IncomingOutcome } from '../migration/peer.js';
+import { bearerMatches } from './auth.js';
+import type { VmService } from './vm-service.js';
+import type { MigrationService } from './migration-service.js';
+import type { VmSlot } from './vm-slot.js';
+
+export interface HostAppDeps {
+  readonly token: string;
+  readonly vms: VmService;
+  readonly migrations: MigrationService;
+  readonly hostInfo: () => HostInfo;
+  readonly issueTicket: () => TicketView;
+  readonly incomingOutcome: (id: string) => Promise<IncomingOutcome>;
+}
+
+type Status = 200 | 201 | 202;
+
+export function errorBody(err: unknown): { status: number; body: ErrorBody } {
+  if (isFerryError(err)) {
+    const details = Object.keys(err.details).length > 0 ? { details: { ...err.details } } : {};
+    return { status: httpStatusFor(err.code), body: { error: { code: err.code, message: err.message, ...details } } };
+  }
+  return { status: 500, body: { error: { code: 'INTERNAL', message: `internal error: ${errorMessage(err)}` } } };
+}
+
+/** Only the JSON writer of a context: hono's middleware contexts carry `any` input types. */
+type JsonWriter = Pick<Context, 'json'>;
+
+function sendError(c: JsonWriter, err: unknown): Response {
+  const { status, body } = errorBody(err);
+  return c.json(body, status as 400);
+}
+
+/** Validation failures of path, query or body: BAD_REQUEST with every issue, field by field. */
+const validationHook: Hook<unknown, BlankEnv, string, unknown> = (result, c) => {
+  if (result.success) return undefined;
+  const issues = result.error.issues.map((i) => ({ path: i.path.join('.'), message: i.message }));
+  const where = result.target === 'json' ? 'request body' : result.target === 'param' ? 'path' : result.target;
+  return sendError(c, new FerryError('BAD_REQUEST', `invalid ${where}: ${issues.map((i) => `${i.path === '' ? '(root)' : i.path}: ${i.message}`).join('; ')}`, { issues }));
+};
+
+export function buildHostApp(d: HostAppDeps): OpenAPIHono {
+  const app = new OpenAPIHono<BlankEnv>({ defaultHook: validationHook });
+
+  app.onError((err, c) => {
+    // Hono's own refusals (malformed JSON, wrong content type) become Ferry error bodies too.
+    if (err instanceof HTTPException) {
+      const why = err.status === 415 ? 'the request body must be JSON, sent with Content-Type: application/json' : (err.message || 'bad request');
+      return sendError(c, new FerryError('BAD_REQUEST', why));
+    }
+    return sendError(c, err);
+  });
+  app.notFound((c) => sendError(c, new FerryError('NOT_FOUND', `no route ${c.req.method} ${c.req.path}; the API is under /${HOST_API_VERSION}/ (see ${OPENAPI_PATH})`)));
+
+  app.use('*', async (c, next) => {
+    // Refused before anything else happens, including reading the body.
+    if (c.req.path !== OPENAPI_PATH && !bearerMatches(c.req.header('authorization'), d.token)) {
+      return sendError(c, new FerryError('UNAUTHORIZED', 'missing or wrong API token (send Authorization: Bearer <token>)'));
+    }
+    await next();
+    return undefined;
+  });
+  const limit = (maxSize: number) => bodyLimit({
+    maxSize,
+    onError: (c) => sendError(c, new FerryError('REQUEST_TOO_LARGE', `request body exceeds the ${maxSize}-byte limit of ${c.req.method} ${c.req.path}`)),
+  });
+  const big = limit(MAX_CREATE_BODY_BYTES);
+  const small = limit(MAX_SMALL_BODY_BYTES);
+  // A guest image travels in POST /v1/vms; everything else is small.
+  app.use(routes.createVm.path, big);
+  app.use('*', except(routes.createVm.path, small));
+
+  const ok = <T>(c: Context, body: T, status: Status) => c.json(body as object, status) as never;
+
+  app.openapi(routes.getHost, (c) => ok(c, d.hostInfo(), 200));
+  app.openapi(routes.listVms, (c) => ok(c, { vms: d.vms.list() }, 200));
+  app.openapi(routes.createVm, async (c) => ok(c, await d.vms.create(c.req.valid('json')), 201));
+  app.openapi(routes.getVm, (c) => ok(c, d.vms.get(c.req.valid('param').name), 200));
+  app.openapi(routes.deleteVm, async (c) => ok(c, await d.vms.delete(c.req.valid('param').name), 200));
+  app.openapi(routes.startVm, async (c) => ok(c, await d.vms.start(c.req.valid('param').name), 200));
+  app.openapi(routes.stopVm, async (c) => ok(c, await d.vms.stop(c.req.valid('param').name), 200));
+  app.openapi(routes.pauseVm, async (c) => ok(c, await d.vms.pause(c.req.valid('param').name), 200));
+  app.openapi(routes.resumeVm, (c) => ok(c, d.vms.resume(c.req.valid('param').name), 200));
+  app.openapi(routes.verifyVm, async (c) => ok(c, await d.vms.verify(c.req.valid('param').name), 200));
+  app.openapi(routes.vmConsole, (c) => consoleStream(c, d.vms.slot(c.req.valid('param').name), c.req.valid('query').follow === '1') as never);
+  app.openapi(routes.migrateVm, (c) => ok(c, d.migrations.start(c.req.valid('param').name, c.req.valid('json')), 202));
+  app.openapi(routes.getMigration, (c) => ok(c, d.migrations.status(c.req.valid('param').id), 200));
+  app.openapi(routes.migrationEvents, (c) => eventStream(c, d.migrations.job(c.req.valid('param').id)) as never);
+  app.openapi(routes.cancelMigration, (c) => ok(c, d.migrations.cancel(c.req.valid('param').id), 202));
+  app.openapi(routes.createTicket, (c) => ok(c, d.issueTicket(), 201));
+  app.openapi(routes.getIncoming, async (c) => {
+    const id = c.req.valid('param').id;
+    const status: IncomingStatus = { migrationId: id, outcome: await d.incomingOutcome(id) };
+    return ok(c, status, 200);
+  });
+
+  app.doc(OPENAPI_PATH, { openapi: '3.0.3', info: { ...OPENAPI_INFO } });
+  return app;
+}
+
+function consoleStream(c: Context, slot: VmSlot, follow: boolean): Response {
+  c.header('content-type', 'text/plain; charset=utf-8');
+  return stream(c, async (s) => {
+    await s.write(slot.console.snapshot());
+    if (!follow) return;
+    await new Promise<void>((resolve) => {
+      const stop = slot.console.follow((text) => { void s.write(text); });
+      s.onAbort(() => { stop(); resolve(); });
+    });
+  });
+}
+
+/** One `status` event, then `progress` events, then `done` with the record (at once if it has ended). */
+function eventStream(c: Context, job: MigrationJob): Response {
+  c.header('content-type', 'text/event-stream');
+  c.header('cache-control', 'no-cache');
+  return stream(c, async (s) => {
+    await s.write(encodeSse('status', job.status()));
+    if (job.finished) return;
+    await new Promise<void>((resolve) => {
+      const onProgress = (p: MigrationProgress): void => { void s.write(encodeSse('progress', p)); };
+      const onDone = (r: MigrationRecord): void => { void s.write(encodeSse('done', r)).then(() => { cleanup(); resolve(); }); };
+      const cleanup = (): void => { job.off('progress', onProgress); job.off('done', onDone); };
+      job.on('progress', onProgress);
+      job.once('done', onDone);
+      s.onAbort(() => { cleanup(); resolve(); });
+    });
+  });
+}

@@ -1,0 +1,79 @@
+/**
+ * Outgoing migrations of one host: starts a MigrationJob for a VM (which claims the VM in the
+ * operations registry for as long as it runs), answers status and event queries, cancels, and
+ * when a job ends hands the VM's fate back to the VM service (gone on success, here otherwise).
+ */
+import { FerryError } from '../lib/errors.js';
+import { MigrationJob } from '../migration/source.js';
+import type { MigrationRecord } from '../migration/record.js';
+import type { Transport } from '../dataplane/transport.js';
+import type { MigrateRequest, MigrationStatus } from '../api/host-v1.js';
+import type { OperationsRegistry } from './operations.js';
+import type { VmService } from './vm-service.js';
+import { HostApiTargetPeer } from './target-peer.js';
+
+/** Finished migration jobs remembered for status queries; the oldest finished go first. */
+export const MAX_FINISHED_JOBS = 100;
+
+export interface MigrationServiceOptions {
+  readonly hostName: string;
+  readonly token: string;
+  readonly vms: VmService;
+  readonly operations: OperationsRegistry;
+  readonly transport: Transport;
+  readonly log: (line: string) => void;
+}
+
+export class MigrationService {
+  private readonly jobs = new Map<string, MigrationJob>();
+
+  constructor(private readonly o: MigrationServiceOptions) {}
+
+  job(id: string): MigrationJob {
+    const job = this.jobs.get(id);
+    if (job === undefined) throw new FerryError('NOT_FOUND', `host ${this.o.hostName} has no migration ${id}`);
+    return job;
+  }
+
+  status(id: string): MigrationStatus { return this.job(id).status(); }
+
+  start(name: string, req: MigrateRequest): MigrationStatus {
+    const slot = this.o.vms.slot(name);
+    this.o.operations.requireFree(name, 'migrate');
+    const vm = slot.requireVm('migrate');
+    if (vm.state !== 'running' && vm.state !== 'paused') {
+      const why = vm.crash !== null ? ` (${vm.crash.reason} on vCPU ${vm.crash.vcpu}: ${vm.crash.message})` : '';
+      throw new FerryError('VM_STATE', `VM ${name} is ${vm.state}${why}; only a running or paused VM can be migrated`, vm.crash !== null ? { crash: vm.crash } : {});
+    }
+    const peer = new HostApiTargetPeer(req.to, req.token ?? this.o.token);
+    const job = new MigrationJob(vm, slot.imageBytes, peer, this.o.transport, req.options ?? {}, this.o.log);
+    const claim = this.o.operations.claim(name, `migration ${job.id}`, 'migrate');
+    this.jobs.set(job.id, job);
+    this.trim();
+    void job.run().then(async (record) => {
+      claim.release();
+      slot.lastMigration = record;
+      if (record.outcome === 'succeeded') await this.o.vms.departed(name);
+    });
+    return job.status();
+  }
+
+  cancel(id: string): MigrationStatus {
+    const job = this.job(id);
+    job.cancel('cancelled by the operator');
+    return job.status();
+  }
+
+  /** Cancels every running migration (their VMs stay here) and waits for all to end. */
+  async cancelAll(reason: string): Promise<void> {
+    for (const job of this.jobs.values()) if (!job.finished) job.cancel(reason);
+    for (const job of this.jobs.values()) await job.done;
+  }
+
+  private trim(): void {
+    const finished = [...this.jobs.values()].filter((j) => j.finished);
+    for (const j of finished.slice(0, Math.max(0, finished.length - MAX_FINISHED_JOBS))) this.jobs.delete(j.id);
+  }
+}
+
+export type { MigrationRecord };

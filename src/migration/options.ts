@@ -1,0 +1,30 @@
+/** The options of one live migration, as a caller (API, CLI, center) gives them. Validated at every boundary. */
+import { z } from 'zod';
+
+export const migrationOptionsSchema = z.object({
+  dataChannels: z.number().int().min(1).max(16).optional(),
+  bandwidthBytesPerSec: z.number().positive().optional(),
+  compression: z.enum(['none', 'deflate']).optional(),
+  downtimeTargetMs: z.number().positive().max(60_000).optional(),
+  maxRounds: z.number().int().min(1).max(10_000).optional(),
+  maxTotalMs: z.number().positive().optional(),
+  autoConverge: z.boolean().optional(),
+  onLimit: z.enum(['force', 'abort']).optional(),
+  /** Per-request timeout (a target that never answers is given up on). */
+  requestTimeoutMs: z.number().int().min(100).max(600_000).optional(),
+  /** How long to keep asking an unreachable target whether it committed before reporting in-doubt. */
+  inDoubtTimeoutMs: z.number().int().min(0).max(3_600_000).optional(),
+  /** How write traces are (re-)installed: 'single' (default) or 'stop-all' (docs/dirty-tracking.md). */
+  traceInstall: z.enum(['single', 'stop-all']).optional(),
+  /** Trace granularity for this migration (power of two, 4 KiB .. 2 MiB); default: the VM's. */
+  traceGranularityBytes: z.number().int().min(4096).max(2 * 1024 * 1024).refine((n) => (n & (n - 1)) === 0, 'must be a power of two').optional(),
+  /**
+   * Adaptive granularity: start coarse (traceGranularityBytes, default 2 MiB) and switch the regions
+   * that keep firing with mostly unchanged pages to per-4 KiB-page tracing (the guest is parked for
+   * the switch).
+   */
+  traceAdaptive: z.boolean().optional(),
+  /** Tests only: damage the data of one page sent in this round (the digest must catch it). */
+  corruptPageInRound: z.number().int().min(1).optional(),
+}).strict();
+export type MigrationOptions = z.infer<typeof migrationOptionsSchema>;
