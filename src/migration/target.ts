@@ -19,7 +19,9 @@ import { MemoryDigest } from './digest.js';
 import { Command, TICKET_TTL_MS, type Frame } from './protocol/frame.js';
 import { decodeMessage, type OkBody, type PrepareBody, type StateBody } from './protocol/messages.js';
 import { ConnectionState } from './protocol/session-state.js';
-import type { MigrationOutcome as StoredOutcome } from '../host/store.js';
+
+/** The outcome of an incoming migration as the host records it (so a restarted target can answer). */
+export type StoredOutcome = 'committed' | 'aborted';
 
 /** An incoming migration with no request for this long is aborted (a source that died). */
 export const INCOMING_IDLE_TIMEOUT_MS = 60_000;
