@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { FerryError, errorMessage } from '../lib/errors.js';
 import type { VmConfig } from '../vmm/vm.js';
+import type { StoredOutcome as MigrationOutcome } from '../migration/target.js';
 
 const configSchema = z.object({
   name: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/),
@@ -31,8 +32,6 @@ export interface StoredVm {
   readonly snapshotPath: string | null;
   readonly runningAtShutdown: boolean;
 }
-
-export type MigrationOutcome = 'committed' | 'aborted';
 
 async function writeAtomic(path: string, data: string | Uint8Array): Promise<void> {
   const tmp = `${path}.tmp`;

@@ -116,7 +116,9 @@ describe('vm lifecycle', () => {
     assert.throws(() => vm.setThrottle(-1), (e: unknown) => isFerryError(e, 'INVALID_ARGUMENT'));
   });
 
-  it('devices: cmdline is written into RAM and fires traces; the clock is monotonic', async () => {
+  it('devices: cmdline is written into RAM and fires traces; the clock is monotonic and keeps real time', async () => {
+    const hr = (): bigint => process.hrtime.bigint();
+    const wCreate = hr();
     const vm = await boot(guestWat({
       imports: `${CMDLINE} ${CLOCK}`,
       extra: '(global $n (mut i32) (i32.const 0))',
@@ -127,17 +129,26 @@ describe('vm lifecycle', () => {
     }), { cmdline: 'hot=1MiB pattern=seq', memoryBytes: 1 * MiB });
     vm.tracker.disarmAll();
     await vm.tracker.armAll();
+    // The host's view of the guest clock, each read between two real-time reads.
+    const wA1 = hr(); const clockAtStart = vm.guestClockNs; const wA2 = hr();
     await vm.start();
     await until(() => vm.state === 'halted', 'halt');
+    const wB1 = hr(); const clockAtHalt = vm.guestClockNs; const wB2 = hr();
     assert.equal(Buffer.from(vm.ram.buffer, 8192, 20).toString(), 'hot=1MiB pattern=seq');
     const dv = new DataView(vm.ram.buffer);
-    let last = -1n;
+    const first = dv.getBigUint64(16384, true);
+    let last = first;
     for (let i = 0; i < 100; i++) {
       const t = dv.getBigUint64(16384 + i * 8, true);
       assert.ok(t >= last, 'clock never goes backwards');
       last = t;
     }
-    assert.ok(last > 0n);
+    // Nanoseconds since the VM was created, running at the rate of real time, and every guest read
+    // lies between the host's reads before start and after halt.
+    assert.ok(clockAtStart <= wA2 - wCreate, `clock at start ${clockAtStart} ns, VM created ${wA2 - wCreate} ns ago`);
+    assert.ok(clockAtHalt - clockAtStart >= wB1 - wA2 && clockAtHalt - clockAtStart <= wB2 - wA1,
+      `guest clock advanced ${clockAtHalt - clockAtStart} ns over ${wB1 - wA2}..${wB2 - wA1} ns of real time`);
+    assert.ok(first >= clockAtStart && last <= clockAtHalt, `guest reads ${first}..${last} ns within the host's ${clockAtStart}..${clockAtHalt} ns`);
     await vm.pause();
     const { regions } = vm.tracker.collectPaused();
     assert.ok(regions.includes(2), 'the cmdline device write fired region 2 (8 KiB)');
