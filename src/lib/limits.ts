@@ -89,10 +89,14 @@ export function cmdlineBytes(cmdline: string): number {
 export const MAX_VM_NAME_CHARS = 64;
 /** The characters a VM name may use, as a regular-expression character class body. */
 export const VM_NAME_CHAR_CLASS = 'A-Za-z0-9._-';
-/** The VM name rule: 1..MAX_VM_NAME_CHARS characters of VM_NAME_CHAR_CLASS. */
-export const VM_NAME_PATTERN = new RegExp(`^[${VM_NAME_CHAR_CLASS}]{1,${MAX_VM_NAME_CHARS}}$`);
+/**
+ * The VM name rule: 1..MAX_VM_NAME_CHARS characters of VM_NAME_CHAR_CLASS, but not "." or "..":
+ * as vms/<name>/ those are the vms directory and the data directory itself, which deleting the VM
+ * would remove.
+ */
+export const VM_NAME_PATTERN = new RegExp(`^(?!\\.{1,2}$)[${VM_NAME_CHAR_CLASS}]{1,${MAX_VM_NAME_CHARS}}$`);
 /** The rule in words, for error messages. */
-export const VM_NAME_RULE = `1-${MAX_VM_NAME_CHARS} characters of letters, digits, '.', '_' or '-'`;
+export const VM_NAME_RULE = `1-${MAX_VM_NAME_CHARS} characters of letters, digits, '.', '_' or '-', other than "." and ".."`;
 
 export function isValidVmName(name: string): boolean {
   return VM_NAME_PATTERN.test(name);
