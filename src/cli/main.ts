@@ -13,7 +13,7 @@ import { DEFAULT_GRANULARITY_BYTES } from '../vmm/layout.js';
 import { openSnapshot } from '../vmm/snapshot.js';
 import { restoreVm } from '../vmm/persist.js';
 import { DEFAULT_HANG_TIMEOUT_MS, Vm } from '../vmm/vm.js';
-import { MAX_VCPUS } from '../vmm/control.js';
+import { MAX_VCPUS, MAX_VM_NAME_CHARS, MIN_VCPUS, VM_NAME_CHAR_CLASS, WASM_PAGE_BYTES } from '../lib/limits.js';
 import { durationOption, parseIntegerOption, sizeOption } from './args.js';
 import { runSession } from './run-vm.js';
 import { addHostCommands } from './host-commands.js';
@@ -46,7 +46,7 @@ async function readImage(path: string): Promise<Uint8Array> {
 
 /** A VM name from an image file name: "guests/dirtier.wasm" -> "dirtier". */
 function nameFromPath(path: string): string {
-  const base = basename(path).replace(/\.wasm$/i, '').replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 64);
+  const base = basename(path).replace(/\.wasm$/i, '').replace(new RegExp(`[^${VM_NAME_CHAR_CLASS}]`, 'g'), '-').slice(0, MAX_VM_NAME_CHARS);
   return base === '' ? 'vm' : base;
 }
 
@@ -83,7 +83,7 @@ export function buildProgram(): Command {
   addRunOptions(vm.command('run')
     .description('run a guest image as a VM, streaming its console; Ctrl-C pauses, summarises and exits')
     .argument('<image>', 'guest image (.wasm) built against the Ferry guest ABI (docs/guest-abi.md)')
-    .addOption(new Option('--vcpus <n>', `number of vCPUs (1-${MAX_VCPUS})`).argParser((v) => parseIntegerOption(v, '--vcpus', 1, MAX_VCPUS)).default(1))
+    .addOption(new Option('--vcpus <n>', `number of vCPUs (${MIN_VCPUS}-${MAX_VCPUS})`).argParser((v) => parseIntegerOption(v, '--vcpus', MIN_VCPUS, MAX_VCPUS)).default(1))
     .addOption(new Option('--memory <size>', 'guest RAM, fixed for the VM\'s life (e.g. 256MiB, 1GiB)').argParser(sizeOption('--memory')).default(parseSizeBytes(DEFAULT_MEMORY), DEFAULT_MEMORY))
     .addOption(new Option('--trace-granularity <size>', 'write-trace region size: 4KiB .. 2MiB, a power of two').argParser(sizeOption('--trace-granularity')).default(DEFAULT_GRANULARITY_BYTES, '4KiB'))
     .option('--cmdline <text>', 'the guest\'s command line (e.g. "hot=64MiB pattern=random")', '')
@@ -121,7 +121,7 @@ export function buildProgram(): Command {
         }
         process.stdout.write([
           `snapshot ${path}`,
-          `  vm        ${m.vm.name}: ${m.vm.vcpus} vCPU(s), ${formatBytes(m.vm.ramBytes)} RAM (${formatBytes(m.claimedPages * 65536)} claimed), traces ${formatBytes(m.vm.granularityBytes)}`,
+          `  vm        ${m.vm.name}: ${m.vm.vcpus} vCPU(s), ${formatBytes(m.vm.ramBytes)} RAM (${formatBytes(m.claimedPages * WASM_PAGE_BYTES)} claimed), traces ${formatBytes(m.vm.granularityBytes)}`,
           `  image     sha256 ${m.imageSha256} (${formatBytes(snap.image.byteLength)})`,
           `  cmdline   ${m.vm.cmdline === '' ? '(empty)' : m.vm.cmdline}`,
           `  clock     ${(Number(m.clockNs) / 1e9).toFixed(3)} s of guest time`,
@@ -137,7 +137,7 @@ export function buildProgram(): Command {
 
   program.command('demo')
     .description('two local host agents and a demo VM (the multi-vCPU dirtier) live-migrated back and forth until Ctrl-C')
-    .addOption(new Option('--vcpus <n>', 'vCPUs of the demo VM').argParser((v) => parseIntegerOption(v, '--vcpus', 1, MAX_VCPUS)).default(2))
+    .addOption(new Option('--vcpus <n>', 'vCPUs of the demo VM').argParser((v) => parseIntegerOption(v, '--vcpus', MIN_VCPUS, MAX_VCPUS)).default(2))
     .addOption(new Option('--memory <size>', 'RAM of the demo VM').argParser(sizeOption('--memory')).default(256 * MiB, '256MiB'))
     .option('--cmdline <text>', 'the dirtier\'s command line', DEMO_CMDLINE)
     .addOption(new Option('--migrations <n>', 'stop after this many migrations').argParser((v) => parseIntegerOption(v, '--migrations', 1, 1_000_000)))

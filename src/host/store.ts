@@ -12,15 +12,18 @@ import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { FerryError, errorMessage } from '../lib/errors.js';
+import { cmdlineSchema, granularitySchema, ramBytesSchema, vcpusSchema, vmNameSchema } from '../lib/limits.js';
 import type { VmConfig } from '../vmm/vm.js';
 import type { StoredOutcome as MigrationOutcome } from '../migration/target.js';
 
+// The VM bounds are the runtime's own (src/lib/limits.ts): a config the runtime accepted is one the
+// store reloads, and a hand-edited one the runtime would refuse is caught here, at load.
 const configSchema = z.object({
-  name: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/),
-  memoryBytes: z.number().int().positive(),
-  vcpus: z.number().int().min(1).max(64),
-  granularityBytes: z.number().int().positive(),
-  cmdline: z.string().max(4096),
+  name: vmNameSchema(),
+  memoryBytes: ramBytesSchema(),
+  vcpus: vcpusSchema(),
+  granularityBytes: granularitySchema(),
+  cmdline: cmdlineSchema(),
   hangTimeoutMs: z.number().positive(),
   stepTargetUs: z.number().positive(),
   runningAtShutdown: z.boolean(),

@@ -11,6 +11,7 @@
  *       re-dirtied everything it sent: STALL_RATIO), up to maxPermille
  *   otherwise                                        -> another round, same throttle
  */
+import { MAX_THROTTLE_PERMILLE } from '../lib/limits.js';
 
 /** Fixed cost of a switch-over beyond moving the last dirty bytes: stun, state, commit round trip, resume. */
 export const SWITCHOVER_OVERHEAD_MS = 2;
@@ -38,7 +39,7 @@ export const DEFAULT_POLICY: ConvergencePolicy = {
   autoConverge: true,
   initialThrottlePermille: 200,
   throttleStepPermille: 200,
-  maxThrottlePermille: 999,
+  maxThrottlePermille: MAX_THROTTLE_PERMILLE,
   onLimit: 'force',
 };
 

@@ -23,6 +23,7 @@ import { DIGEST_PAGE_BYTES, MemoryDigest } from './digest.js';
 import { memoryBatchBytes, writeMemoryBatch, type MemoryEntryInput } from './protocol/memory-batch.js';
 import { Command, HEADER_BYTES, MAX_ENTRIES_PER_BATCH, MAX_MEMORY_PAYLOAD_BYTES, MAX_ENTRY_BYTES, PAGE_ALIGN_BYTES, encodeHeader } from './protocol/frame.js';
 import { FramePool } from '../dataplane/frame-pool.js';
+import { MAX_ABORT_REASON_CHARS } from '../lib/limits.js';
 import {
   encodeAbort, encodeCommit, encodeHello, encodePrepare, encodeRound, encodeState,
 } from './protocol/messages.js';
@@ -502,7 +503,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     try {
       if (this.control !== null && !this.abortSent) {
         this.abortSent = true;
-        await this.control.request('ABORT', (id) => encodeAbort(id, { reason: error.message.slice(0, 500) }), 2_000).catch(() => undefined);
+        await this.control.request('ABORT', (id) => encodeAbort(id, { reason: error.message.slice(0, MAX_ABORT_REASON_CHARS) }), 2_000).catch(() => undefined);
       }
     } finally {
       this.vm.setThrottle(0);

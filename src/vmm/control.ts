@@ -4,9 +4,9 @@
  * cross-thread transitions go through seq-cst Atomics on these words (never through messages),
  * so pausing and trace epochs do not depend on either event loop.
  */
-export const MAX_VCPUS = 64;
-/** Largest number of mutable globals per vCPU whose values the worker publishes at each park. */
-export const MAX_GLOBALS_PER_VCPU = 4096;
+// The vCPU and globals bounds live in src/lib/limits.ts. This re-export is only for
+// src/cli/host-commands.ts, which is being rewritten and will import src/lib/limits.ts itself.
+export { MAX_VCPUS } from '../lib/limits.js';
 
 /** Requested run state, written by the VM, read by every vCPU between steps. */
 export const enum RunRequest { Run = 0, Pause = 1, Stop = 2, Install = 3 }
@@ -78,8 +78,6 @@ export const S_THROTTLED_MS = 4;  // total time parked by the throttle
 export const S_MAX_STEP_MS = 5;   // longest step seen
 const VCPU_STATS = 8;
 
-/** 99.9 %: a guest that dirties memory far faster than the link must be slowed that much to converge. */
-export const MAX_THROTTLE_PERMILLE = 999;
 /** Longest single throttle sleep: under heavy throttle steps get shorter instead of sleeps longer. */
 export const MAX_THROTTLE_SLEEP_MS = 5;
 

@@ -26,13 +26,12 @@ import { createHash } from 'node:crypto';
 import { FerryError } from '../lib/errors.js';
 import { formatBytes } from '../lib/units.js';
 import { assert } from '../lib/assert.js';
+import { MAX_IMAGE_BYTES, WASM_PAGE_BYTES } from '../lib/limits.js';
 import {
-  CONTROL_CLAIMED_PAGES_OFFSET, CONTROL_POLL_FLAG_OFFSET, CONTROL_TRACE_SHIFT_OFFSET, FINE_SHIFT, SPLIT_MARK, WASM_PAGE_BYTES, computeLayout, granularityShift, validateGranularity,
+  CONTROL_CLAIMED_PAGES_OFFSET, CONTROL_POLL_FLAG_OFFSET, CONTROL_TRACE_SHIFT_OFFSET, FINE_SHIFT, SPLIT_MARK, computeLayout, granularityShift, validateGranularity,
   type MemoryLayout,
 } from './layout.js';
 
-/** Largest guest image accepted (the biggest real guests are a few MiB). */
-export const MAX_IMAGE_BYTES = 64 * 1024 * 1024;
 export const GUEST_ABI_VERSION = 1;
 /** Import module of runtime-internal imports added by the instrumentation. */
 export const RUNTIME_IMPORT_MODULE = 'ferry_rt';

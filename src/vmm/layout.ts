@@ -11,9 +11,9 @@
  * granularity it is instrumented with.
  */
 import { FerryError } from '../lib/errors.js';
-import { GiB, KiB, MiB, formatBytes } from '../lib/units.js';
+import { KiB, formatBytes } from '../lib/units.js';
+import { MAX_GRANULARITY_BYTES, MAX_RAM_BYTES, MIN_GRANULARITY_BYTES, MIN_RAM_BYTES, WASM_PAGE_BYTES, isValidGranularity, isValidRamBytes } from '../lib/limits.js';
 
-export const WASM_PAGE_BYTES = 64 * KiB;
 /** Control words page placed right after RAM. */
 export const CONTROL_BYTES = WASM_PAGE_BYTES;
 /** Byte offset (from ramBytes) of the i32 claimed-pages word that virtualises memory.size/grow. */
@@ -25,18 +25,7 @@ export const CONTROL_CLAIMED_PAGES_OFFSET = 0;
 export const CONTROL_TRACE_SHIFT_OFFSET = 4;
 /** Byte offset (from ramBytes) of a word only the back-edge-poll measurement reads (never set). */
 export const CONTROL_POLL_FLAG_OFFSET = 64;
-/** Smallest trace granularity: one x86 page. */
-export const MIN_GRANULARITY_BYTES = 4 * KiB;
-/** Largest trace granularity: one x86 huge page. */
-export const MAX_GRANULARITY_BYTES = 2 * MiB;
 export const DEFAULT_GRANULARITY_BYTES = 4 * KiB;
-/** Smallest VM: one wasm page. */
-export const MIN_RAM_BYTES = WASM_PAGE_BYTES;
-/**
- * Largest VM RAM. wasm32 addresses 4 GiB in all; RAM plus the reserved regions must fit, and V8
- * refuses a shared memory of exactly 65536 pages on some builds, so stay a whole GiB below.
- */
-export const MAX_RAM_BYTES = 3 * GiB;
 
 export interface MemoryLayout {
   readonly ramBytes: number;
@@ -59,10 +48,6 @@ export const SPLIT_MARK = 2;
 /** log2(MIN_GRANULARITY_BYTES): the fine bitmap's shift. */
 export const FINE_SHIFT = 12;
 
-export function isValidGranularity(bytes: number): boolean {
-  return Number.isInteger(bytes) && bytes >= MIN_GRANULARITY_BYTES && bytes <= MAX_GRANULARITY_BYTES && (bytes & (bytes - 1)) === 0;
-}
-
 export function granularityShift(bytes: number): number {
   return Math.log2(bytes);
 }
@@ -70,13 +55,13 @@ export function granularityShift(bytes: number): number {
 export function validateGranularity(bytes: number): void {
   if (!isValidGranularity(bytes)) {
     throw new FerryError('VM_CONFIG_INVALID',
-      `trace granularity ${bytes} B is not supported: use a power of two from 4 KiB to 2 MiB (e.g. 4KiB, 64KiB, 2MiB)`,
+      `trace granularity ${bytes} B is not supported: use a power of two from ${formatBytes(MIN_GRANULARITY_BYTES)} to ${formatBytes(MAX_GRANULARITY_BYTES)} (e.g. 4KiB, 64KiB, 2MiB)`,
       { granularityBytes: bytes });
   }
 }
 
 export function computeLayout(ramBytes: number): MemoryLayout {
-  if (!Number.isSafeInteger(ramBytes) || ramBytes < MIN_RAM_BYTES || ramBytes > MAX_RAM_BYTES || ramBytes % WASM_PAGE_BYTES !== 0) {
+  if (!isValidRamBytes(ramBytes)) {
     throw new FerryError('VM_CONFIG_INVALID',
       `VM memory ${formatBytes(ramBytes)} is not valid: it must be a multiple of 64 KiB between ${formatBytes(MIN_RAM_BYTES)} and ${formatBytes(MAX_RAM_BYTES)}`,
       { ramBytes });

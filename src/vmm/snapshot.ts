@@ -28,8 +28,10 @@ import { z } from 'zod';
 import { FerryError, errorMessage } from '../lib/errors.js';
 import { KiB, MiB, formatBytes } from '../lib/units.js';
 import { globalValueSchema, globalValueToWire, u64StringSchema, type GlobalValue } from '../lib/wire-values.js';
-import { MAX_RAM_BYTES, MIN_RAM_BYTES, WASM_PAGE_BYTES, isValidGranularity } from './layout.js';
-import { MAX_IMAGE_BYTES } from './instrument.js';
+import {
+  MAX_GLOBALS_PER_VCPU, MAX_IMAGE_BYTES, MAX_RAM_BYTES, MAX_VCPUS, MIN_VCPUS, WASM_PAGE_BYTES, cmdlineSchema, granularitySchema,
+  ramBytesSchema, vcpusSchema, vmNameSchema,
+} from '../lib/limits.js';
 
 export const SNAPSHOT_MAGIC = 'FERRYSNP';
 export const SNAPSHOT_FORMAT_VERSION = 1;
@@ -41,11 +43,6 @@ export const SNAPSHOT_HEADER_BYTES = 88;
 export const SNAPSHOT_RECORD_HEADER_BYTES = 16;
 /** Largest metadata section accepted. */
 export const SNAPSHOT_MAX_METADATA_BYTES = 16 * MiB;
-/** Bounds of the metadata (checked on write and on read). */
-export const SNAPSHOT_MAX_VCPUS = 64;
-export const SNAPSHOT_MAX_GLOBALS_PER_VCPU = 4096;
-export const SNAPSHOT_MAX_CMDLINE_BYTES = 4096;
-export const SNAPSHOT_MAX_NAME_CHARS = 256;
 
 export interface VcpuSnapshot { halted: boolean; globals: GlobalValue[] }
 export interface SnapshotMetadata {
@@ -153,17 +150,16 @@ const globalWire = globalValueSchema({ formatMessage: 'must be a decimal integer
 
 const vcpuWire = z.object({
   halted: z.boolean(),
-  globals: z.array(globalWire).max(SNAPSHOT_MAX_GLOBALS_PER_VCPU),
+  globals: z.array(globalWire).max(MAX_GLOBALS_PER_VCPU),
 }).strict();
 
 const vmWire = z.object({
-  name: z.string().min(1).max(SNAPSHOT_MAX_NAME_CHARS),
-  ramBytes: z.number().int().min(MIN_RAM_BYTES).max(MAX_RAM_BYTES)
-    .refine((v) => v % WASM_PAGE_BYTES === 0, 'must be a multiple of 64 KiB'),
-  vcpus: z.number().int().min(1).max(SNAPSHOT_MAX_VCPUS),
-  granularityBytes: z.number().refine(isValidGranularity, 'must be a power of two from 4 KiB to 2 MiB'),
-  cmdline: z.string().refine((s) => Buffer.byteLength(s, 'utf8') <= SNAPSHOT_MAX_CMDLINE_BYTES,
-    `must be at most ${SNAPSHOT_MAX_CMDLINE_BYTES} bytes (UTF-8)`),
+  // Bounds shared with the runtime and the protocol (src/lib/limits.ts), checked on write and on read.
+  name: vmNameSchema(),
+  ramBytes: ramBytesSchema(),
+  vcpus: vcpusSchema(),
+  granularityBytes: granularitySchema(),
+  cmdline: cmdlineSchema(),
 }).strict();
 
 const metadataWire = z.object({
@@ -171,7 +167,7 @@ const metadataWire = z.object({
   imageSha256: z.string().regex(/^[0-9a-f]{64}$/, 'must be 64 lowercase hex digits'),
   claimedPages: z.number().int().min(0),
   clockNs: u64Wire,
-  vcpuStates: z.array(vcpuWire).min(1).max(SNAPSHOT_MAX_VCPUS),
+  vcpuStates: z.array(vcpuWire).min(MIN_VCPUS).max(MAX_VCPUS),
   createdAt: z.string().datetime({ offset: true }),
 }).strict().superRefine((m, ctx) => {
   const ramPages = m.vm.ramBytes / WASM_PAGE_BYTES;

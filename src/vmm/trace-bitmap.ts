@@ -6,7 +6,8 @@
  * The granularity is a shift in the VM's control page, read by every instrumented write, so it can
  * change at run time (a migration picks its own); the bitmap is sized for the finest granularity.
  */
-import { CONTROL_TRACE_SHIFT_OFFSET, MIN_GRANULARITY_BYTES, SPLIT_MARK, type MemoryLayout } from './layout.js';
+import { CONTROL_TRACE_SHIFT_OFFSET, SPLIT_MARK, type MemoryLayout } from './layout.js';
+import { MIN_GRANULARITY_BYTES } from '../lib/limits.js';
 
 export class TraceBitmap {
   /** One byte per region of the finest granularity; coarser granularities use a prefix. */

@@ -7,7 +7,8 @@
 import { performance } from 'node:perf_hooks';
 import { FerryError } from '../lib/errors.js';
 import type { TraceBitmap } from './trace-bitmap.js';
-import { MIN_GRANULARITY_BYTES, SPLIT_MARK } from './layout.js';
+import { SPLIT_MARK } from './layout.js';
+import { MIN_GRANULARITY_BYTES } from '../lib/limits.js';
 
 /**
  * How traces are (re-)installed (docs/dirty-tracking.md):

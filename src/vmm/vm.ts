@@ -16,13 +16,17 @@ import { FerryError, errorMessage } from '../lib/errors.js';
 
 import { MiB, formatBytes } from '../lib/units.js';
 import {
-  Control, MAX_GLOBALS_PER_VCPU, MAX_THROTTLE_PERMILLE, MAX_VCPUS, RunRequest, VcpuState, isQuiescent,
+  Control, RunRequest, VcpuState, isQuiescent,
   V_INSTALL_EPOCH_DONE, S_MAX_STEP_MS, S_STEPS, S_STEP_MS, S_STEP_START_MS, S_THROTTLED_MS, S_UNITS, V_ACK, V_BUDGET, V_IN_STEP, V_RESTORE_HALTED,
   V_STATE, V_THROTTLE_PERMILLE, W_BARRIER_WAITERS, W_FENCE, W_GO, W_INSTALL_COUNT, W_INSTALL_DONE, W_INSTALL_EPOCH, W_PARK_SEQ,
   W_RESTORE, W_STEP_SEQ,
 } from './control.js';
 import { instrumentImage, type FaultInjection, type InstrumentedImage } from './instrument.js';
-import { CONTROL_CLAIMED_PAGES_OFFSET, DEFAULT_GRANULARITY_BYTES, MIN_GRANULARITY_BYTES, granularityShift, regionCount, validateGranularity } from './layout.js';
+import { CONTROL_CLAIMED_PAGES_OFFSET, DEFAULT_GRANULARITY_BYTES, granularityShift, regionCount, validateGranularity } from './layout.js';
+import {
+  MAX_CMDLINE_BYTES, MAX_GLOBALS_PER_VCPU, MAX_THROTTLE_PERMILLE, MAX_VCPUS, MIN_GRANULARITY_BYTES, MIN_VCPUS, VM_NAME_RULE, cmdlineBytes,
+  isValidVmName,
+} from '../lib/limits.js';
 import { TraceBitmap } from './trace-bitmap.js';
 import { DirtyTracker } from './traces.js';
 import {
@@ -32,7 +36,6 @@ import type { GlobalValue, VcpuSnapshotState } from './vcpu-state.js';
 
 export const DEFAULT_HANG_TIMEOUT_MS = 2000;
 export const MIN_HANG_TIMEOUT_MS = 10;
-export const MAX_CMDLINE_BYTES = 4096;
 /** How often the watchdog looks for a step that overran the hang timeout. */
 export const WATCHDOG_INTERVAL_MS = 50;
 /** The first part of a pause/barrier wait spins on Atomics.wait (accurate, sub-ms); then it yields. */
@@ -120,10 +123,10 @@ export function normalizeConfig(input: VmConfigInput): VmConfig {
     stepTargetUs: input.stepTargetUs ?? DEFAULT_STEP_TARGET_US,
   };
   const bad = (message: string): never => { throw new FerryError('VM_CONFIG_INVALID', message, { config }); };
-  if (!Number.isInteger(config.vcpus) || config.vcpus < 1 || config.vcpus > MAX_VCPUS) bad(`vcpus must be an integer from 1 to ${MAX_VCPUS}, got ${config.vcpus}`);
-  if (Buffer.byteLength(config.cmdline) > MAX_CMDLINE_BYTES) bad(`command line is ${Buffer.byteLength(config.cmdline)} bytes; the limit is ${MAX_CMDLINE_BYTES}`);
+  if (!Number.isInteger(config.vcpus) || config.vcpus < MIN_VCPUS || config.vcpus > MAX_VCPUS) bad(`vcpus must be an integer from ${MIN_VCPUS} to ${MAX_VCPUS}, got ${config.vcpus}`);
+  if (cmdlineBytes(config.cmdline) > MAX_CMDLINE_BYTES) bad(`command line is ${cmdlineBytes(config.cmdline)} bytes (UTF-8); the limit is ${MAX_CMDLINE_BYTES}`);
   if (config.cmdline.includes('\0')) bad('command line must not contain NUL characters');
-  if (!/^[A-Za-z0-9._-]{1,64}$/.test(config.name)) bad(`VM name "${config.name}" must be 1-64 characters of letters, digits, '.', '_' or '-'`);
+  if (!isValidVmName(config.name)) bad(`VM name "${config.name}" must be ${VM_NAME_RULE}`);
   if (!Number.isFinite(config.hangTimeoutMs) || config.hangTimeoutMs < MIN_HANG_TIMEOUT_MS) bad(`hang timeout must be at least ${MIN_HANG_TIMEOUT_MS} ms`);
   if (!Number.isFinite(config.stepTargetUs) || config.stepTargetUs < MIN_STEP_TARGET_US || config.stepTargetUs > MAX_STEP_TARGET_US) {
     bad(`step target must be between ${MIN_STEP_TARGET_US} and ${MAX_STEP_TARGET_US} µs`);

@@ -6,7 +6,8 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { guestWat, wat2wasm } from '../helpers/wat.js';
-import { instrumentImage, MAX_IMAGE_BYTES, type FaultInjection, type InstrumentedImage } from '../../src/vmm/instrument.js';
+import { instrumentImage, type FaultInjection, type InstrumentedImage } from '../../src/vmm/instrument.js';
+import { MAX_IMAGE_BYTES } from '../../src/lib/limits.js';
 import { isFerryError, type FerryErrorCode } from '../../src/lib/errors.js';
 import { KiB, MiB } from '../../src/lib/units.js';
 import { CONTROL_TRACE_SHIFT_OFFSET, SPLIT_MARK } from '../../src/vmm/layout.js';

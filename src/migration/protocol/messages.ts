@@ -14,37 +14,27 @@
  */
 import { z } from 'zod';
 import { FerryError, errorMessage } from '../../lib/errors.js';
-import { GiB, KiB, MiB } from '../../lib/units.js';
+import { KiB } from '../../lib/units.js';
+import {
+  MAX_ABORT_REASON_CHARS, MAX_DATA_CHANNELS, MAX_GLOBALS_PER_VCPU, MAX_IMAGE_BYTES, MAX_RAM_BYTES, MAX_VCPUS, MIN_DATA_CHANNELS,
+  MIN_VCPUS, WASM_PAGE_BYTES, cmdlineSchema, granularitySchema, ramBytesSchema, vcpusSchema, vmNameSchema,
+} from '../../lib/limits.js';
 import { globalValueSchema, globalValueToWire, u64StringSchema, type GlobalValue } from '../../lib/wire-values.js';
 import { Command, HEADER_BYTES, commandName, encodeFrame, type Frame, type FrameCommand } from './frame.js';
 import { decodeMemoryBatch, encodeMemoryBatch, type MemoryBatch, type MemoryEntryInput } from './memory-batch.js';
 
 // ---------------------------------------------------------------------------------------------
-// Bounds
+// Bounds of the protocol itself. The VM's bounds (name, RAM, vCPUs, granularity, command line,
+// globals, image), data channels and the ABORT reason are shared with the runtime and the
+// snapshot format: src/lib/limits.ts.
 
-export const MIN_VCPUS = 1;
-export const MAX_VCPUS = 64;
-export const MIN_MEMORY_BYTES = 64 * KiB;
-export const MAX_MEMORY_BYTES = 3 * GiB;
-export const MEMORY_BYTES_MULTIPLE = 64 * KiB;
-export const MIN_GRANULARITY_BYTES = 4 * KiB;
-export const MAX_GRANULARITY_BYTES = 2 * MiB;
-export const MAX_CMDLINE_BYTES = 4096;
-export const MAX_NAME_CHARS = 64;
 export const MAX_MIGRATION_ID_CHARS = 64;
-export const MIN_DATA_CHANNELS = 1;
-export const MAX_DATA_CHANNELS = 16;
-export const MAX_GLOBALS_PER_VCPU = 4096;
-/** Largest guest image a PREPARE may carry. */
-export const MAX_IMAGE_BYTES = 64 * MiB;
 /** Largest JSON part of a PREPARE (with its u32 length prefix it takes at most 64 KiB). */
 export const MAX_PREPARE_JSON_BYTES = 64 * KiB - 4;
 /** Bytes of the u32 JSON length that starts a PREPARE payload. */
 export const PREPARE_JSON_LENGTH_BYTES = 4;
-/** claimedPages is in 64 KiB pages and cannot exceed the largest RAM. */
-export const MAX_CLAIMED_PAGES = MAX_MEMORY_BYTES / (64 * KiB);
-/** ABORT reason length in characters (worst-case JSON escaping still fits the 4 KiB ABORT bound). */
-export const MAX_ABORT_REASON_CHARS = 512;
+/** claimedPages is in wasm pages and cannot exceed the largest RAM. */
+export const MAX_CLAIMED_PAGES = MAX_RAM_BYTES / WASM_PAGE_BYTES;
 export const MAX_ERROR_CODE_CHARS = 64;
 export const MAX_ERROR_MESSAGE_CHARS = 4096;
 
@@ -159,12 +149,10 @@ export interface DecodeContext {
 const lowerHex = (chars: number): z.ZodString =>
   z.string().regex(new RegExp(`^[0-9a-f]{${chars}}$`), `must be ${chars} lowercase hex digits`);
 
-const nameString = (maxChars: number): z.ZodString =>
+const idString = (maxChars: number): z.ZodString =>
   z.string().regex(new RegExp(`^[A-Za-z0-9._-]{1,${maxChars}}$`), `must be 1..${maxChars} characters of A-Z a-z 0-9 . _ -`);
 
 const intIn = (min: number, max: number): z.ZodNumber => z.number().int().min(min).max(max);
-
-const isPowerOfTwo = (v: number): boolean => Number.isSafeInteger(v) && v > 0 && (v & (v - 1)) === 0;
 
 export const helloSchema = z.object({
   protocol: z.literal(1),
@@ -174,20 +162,17 @@ export const helloSchema = z.object({
 }).strict();
 
 export const prepareVmSchema = z.object({
-  name: nameString(MAX_NAME_CHARS),
-  memoryBytes: intIn(MIN_MEMORY_BYTES, MAX_MEMORY_BYTES)
-    .refine((v) => v % MEMORY_BYTES_MULTIPLE === 0, 'must be a multiple of 64 KiB'),
-  vcpus: intIn(MIN_VCPUS, MAX_VCPUS),
-  granularityBytes: intIn(MIN_GRANULARITY_BYTES, MAX_GRANULARITY_BYTES)
-    .refine(isPowerOfTwo, 'must be a power of two'),
-  cmdline: z.string().refine((s) => Buffer.byteLength(s, 'utf8') <= MAX_CMDLINE_BYTES,
-    `must be at most ${MAX_CMDLINE_BYTES} bytes (UTF-8)`),
+  name: vmNameSchema(),
+  memoryBytes: ramBytesSchema(),
+  vcpus: vcpusSchema(),
+  granularityBytes: granularitySchema(),
+  cmdline: cmdlineSchema(),
   imageSha256: lowerHex(64),
 }).strict();
 
 /** The JSON part of PREPARE (the image follows it in the payload). */
 export const prepareSchema = z.object({
-  migrationId: nameString(MAX_MIGRATION_ID_CHARS),
+  migrationId: idString(MAX_MIGRATION_ID_CHARS),
   vm: prepareVmSchema,
   dataChannels: intIn(MIN_DATA_CHANNELS, MAX_DATA_CHANNELS),
 }).strict();

@@ -3,8 +3,9 @@ import assert from 'node:assert/strict';
 import { FerryError } from '../../../src/lib/errors.js';
 import { Command, encodeFrame, type Frame } from '../../../src/migration/protocol/frame.js';
 import { FrameReader } from '../../../src/migration/protocol/reader.js';
+import { MAX_IMAGE_BYTES } from '../../../src/lib/limits.js';
 import {
-  MAX_IMAGE_BYTES, MAX_PREPARE_JSON_BYTES, decodeMessage, decodePrepare, decodeState, encodeAbort, encodeCommit,
+  MAX_PREPARE_JSON_BYTES, decodeMessage, decodePrepare, decodeState, encodeAbort, encodeCommit,
   encodeError, encodeErrorFor, encodeHello, encodeMemory, encodeMessage, encodeOk, encodePrepare, encodeRound,
   encodeState, type Message, type StateBody,
 } from '../../../src/migration/protocol/messages.js';
