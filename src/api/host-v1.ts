@@ -11,11 +11,12 @@ import { createRoute, z } from '@hono/zod-openapi';
 import { migrationOptionsSchema } from '../migration/options.js';
 import { migrationJobStatusSchema, migrationProgressSchema, migrationRecordSchema, type MigrationJobStatus } from '../migration/record.js';
 import { incomingOutcomeSchema } from '../migration/peer.js';
+import { MAX_IMAGE_BYTES, cmdlineSchema, granularitySchema, vcpusSchema, vmNameSchema as limitVmNameSchema } from '../lib/limits.js';
 
 export const HOST_API_VERSION = 'v1';
 export const HOST_API_PREFIX = `/${HOST_API_VERSION}`;
-/** Largest request body: a guest image (64 MiB) base64-encoded in JSON, plus headroom. */
-export const MAX_CREATE_BODY_BYTES = 96 * 1024 * 1024;
+/** Largest request body: a guest image of MAX_IMAGE_BYTES base64-encoded (4/3) in JSON, plus 64 KiB for the rest. */
+export const MAX_CREATE_BODY_BYTES = Math.ceil(MAX_IMAGE_BYTES / 3) * 4 + 64 * 1024;
 /** Every other request is a few fields. */
 export const MAX_SMALL_BODY_BYTES = 64 * 1024;
 
@@ -30,8 +31,8 @@ export const errorBodySchema = z.object({
 }).openapi('Error');
 export type ErrorBody = z.infer<typeof errorBodySchema>;
 
-/** VM names: what the data directory, the snapshot format and the protocol all accept. */
-export const vmNameSchema = z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, 'must be 1-64 characters of A-Z a-z 0-9 . _ -');
+/** VM names: the one rule of src/lib/limits.ts (data directory, snapshot format and protocol agree). */
+export const vmNameSchema = limitVmNameSchema();
 /** Migration ids are 128-bit random values in hex. */
 export const migrationIdSchema = z.string().regex(/^[0-9a-f]{32}$/, 'must be 32 lowercase hex digits');
 
@@ -83,9 +84,9 @@ export const createVmRequestSchema = z.object({
   name: vmNameSchema,
   imageBase64: z.string().min(8),
   memoryBytes: z.number().int().positive(),
-  vcpus: z.number().int().positive().optional(),
-  granularityBytes: z.number().int().positive().optional(),
-  cmdline: z.string().optional(),
+  vcpus: vcpusSchema().optional(),
+  granularityBytes: granularitySchema().optional(),
+  cmdline: cmdlineSchema().optional(),
   hangTimeoutMs: z.number().positive().optional(),
   start: z.boolean().optional(),
 }).strict().openapi('CreateVm');

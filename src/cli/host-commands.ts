@@ -11,7 +11,8 @@ import { formatBytes, parseSizeBytes } from '../lib/units.js';
 import { HostAgent } from '../host/agent.js';
 import { loadToken } from '../host/auth.js';
 import { DEFAULT_GRANULARITY_BYTES } from '../vmm/layout.js';
-import { MAX_VCPUS } from '../vmm/control.js';
+import { MAX_DATA_CHANNELS, MAX_VCPUS, MIN_DATA_CHANNELS, MIN_VCPUS } from '../lib/limits.js';
+import { CONSOLE_LOG_BYTES } from '../host/console-log.js';
 import type { MigrationProgress, MigrationRecord } from '../migration/record.js';
 import type { MigrationOptions } from '../migration/options.js';
 import { HostClient } from '../api/host-client.js';
@@ -81,7 +82,7 @@ export function addHostCommands(program: Command, vm: Command): void {
     .argument('<name>', 'VM name')
     .requiredOption('--image <file>', 'guest image (.wasm)')
     .addOption(new Option('--memory <size>', 'guest RAM').argParser(sizeOption('--memory')).default(parseSizeBytes('256MiB'), '256MiB'))
-    .addOption(new Option('--vcpus <n>', 'vCPUs').argParser((v) => parseIntegerOption(v, '--vcpus', 1, MAX_VCPUS)).default(1))
+    .addOption(new Option('--vcpus <n>', 'vCPUs').argParser((v) => parseIntegerOption(v, '--vcpus', MIN_VCPUS, MAX_VCPUS)).default(1))
     .addOption(new Option('--trace-granularity <size>', 'write-trace region size').argParser(sizeOption('--trace-granularity')).default(DEFAULT_GRANULARITY_BYTES, '4KiB'))
     .option('--cmdline <text>', 'guest command line', '')
     .option('--start', 'start it right away', false))
@@ -113,7 +114,7 @@ export function addHostCommands(program: Command, vm: Command): void {
       for (const v of await (await client(o)).listVms()) process.stdout.write(`${v.name}\t${v.state}\t${v.config.vcpus} vCPU\t${formatBytes(v.config.memoryBytes)}${v.owner !== null ? `\t(${v.owner})` : ''}\n`);
     });
 
-  withClientOptions(vm.command('console').description('print a VM\'s console (the last 64 KiB); --follow streams it')
+  withClientOptions(vm.command('console').description(`print a VM's console (the last ${formatBytes(CONSOLE_LOG_BYTES)}); --follow streams it`)
     .argument('<name>', 'VM name').option('--follow', 'keep streaming until Ctrl-C', false))
     .action(async (name: string, o: ClientOpts & { follow: boolean }) => {
       const ac = new AbortController();
@@ -133,7 +134,7 @@ export function addHostCommands(program: Command, vm: Command): void {
     .option('--cancel <migrationId>', 'cancel a running migration instead')
     .option('--target-token-file <file>', 'token of the target host, if it differs')
     .addOption(new Option('--downtime <duration>', 'downtime target for the switch-over').argParser(durationOption('--downtime')))
-    .addOption(new Option('--channels <n>', 'parallel data connections').argParser((v) => parseIntegerOption(v, '--channels', 1, 16)))
+    .addOption(new Option('--channels <n>', 'parallel data connections').argParser((v) => parseIntegerOption(v, '--channels', MIN_DATA_CHANNELS, MAX_DATA_CHANNELS)))
     .addOption(new Option('--bandwidth <size>', 'bandwidth cap per second (e.g. 500MiB)').argParser(sizeOption('--bandwidth')))
     .option('--compress', 'deflate page data (helps on slow links, costs CPU)', false)
     .addOption(new Option('--max-rounds <n>', 'give up converging after this many rounds').argParser((v) => parseIntegerOption(v, '--max-rounds', 1, 10_000)))

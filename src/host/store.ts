@@ -57,6 +57,8 @@ function writeAtomicSync(path: string, data: string): void {
   renameSync(tmp, path);
 }
 
+const outcomeRecordSchema = z.object({ outcome: z.enum(['committed', 'aborted']) }).loose();
+
 /** Not a migration id (those are 32 hex digits), so never mistaken for a commit record. */
 const WRITE_PROBE_ID = 'write-probe';
 
@@ -132,13 +134,28 @@ export class HostStore {
     writeAtomicSync(join(this.dataDir, 'migrations', `${id}.json`), JSON.stringify({ id, outcome, vmName, at: new Date().toISOString() }));
   }
 
+  /**
+   * The recorded outcome of incoming migration `id`; null only when there is no record. Any other
+   * failure (EIO, EACCES, EMFILE, EISDIR, a malformed record) throws STORE_IO: answering "no
+   * record" then could make a source in doubt resume a VM that already runs here.
+   */
   async readMigrationOutcome(id: string): Promise<MigrationOutcome | null> {
     if (!/^[0-9a-f]{32}$/.test(id)) return null;
+    const path = join(this.dataDir, 'migrations', `${id}.json`);
+    let text: string;
     try {
-      const parsed = z.object({ outcome: z.enum(['committed', 'aborted']) }).passthrough().parse(JSON.parse(await readFile(join(this.dataDir, 'migrations', `${id}.json`), 'utf8')));
-      return parsed.outcome;
-    } catch {
-      return null;
+      text = await readFile(path, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw new FerryError('STORE_IO', `cannot read the record of migration ${id} (${path}): ${errorMessage(err)}`);
     }
+    let parsed: unknown;
+    try { parsed = JSON.parse(text); } catch (err) {
+      throw new FerryError('STORE_IO', `the record of migration ${id} (${path}) is not JSON: ${errorMessage(err)}`);
+    }
+    const r = outcomeRecordSchema.safeParse(parsed);
+    if (!r.success) throw new FerryError('STORE_IO', `the record of migration ${id} (${path}) is malformed: ${r.error.issues[0]?.message ?? ''}`);
+    return r.data.outcome;
   }
+
 }

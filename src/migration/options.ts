@@ -1,8 +1,9 @@
 /** The options of one live migration, as a caller (API, CLI, center) gives them. Validated at every boundary. */
 import { z } from 'zod';
+import { MAX_DATA_CHANNELS, MIN_DATA_CHANNELS, granularitySchema } from '../lib/limits.js';
 
 export const migrationOptionsSchema = z.object({
-  dataChannels: z.number().int().min(1).max(16).optional(),
+  dataChannels: z.number().int().min(MIN_DATA_CHANNELS).max(MAX_DATA_CHANNELS).optional(),
   bandwidthBytesPerSec: z.number().positive().optional(),
   compression: z.enum(['none', 'deflate']).optional(),
   downtimeTargetMs: z.number().positive().max(60_000).optional(),
@@ -17,7 +18,7 @@ export const migrationOptionsSchema = z.object({
   /** How write traces are (re-)installed: 'single' (default) or 'stop-all' (docs/dirty-tracking.md). */
   traceInstall: z.enum(['single', 'stop-all']).optional(),
   /** Trace granularity for this migration (power of two, 4 KiB .. 2 MiB); default: the VM's. */
-  traceGranularityBytes: z.number().int().min(4096).max(2 * 1024 * 1024).refine((n) => (n & (n - 1)) === 0, 'must be a power of two').optional(),
+  traceGranularityBytes: granularitySchema().optional(),
   /**
    * Adaptive granularity: start coarse (traceGranularityBytes, default 2 MiB) and switch the regions
    * that keep firing with mostly unchanged pages to per-4 KiB-page tracing (the guest is parked for

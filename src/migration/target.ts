@@ -17,6 +17,7 @@ import { MemoryDigest } from './digest.js';
 import { Command, TICKET_TTL_MS, type Frame } from './protocol/frame.js';
 import { decodeMessage, type OkBody, type PrepareBody, type StateBody } from './protocol/messages.js';
 import { ConnectionState } from './protocol/session-state.js';
+import { MAX_DATA_CHANNELS } from '../lib/limits.js';
 import type { ByteStream, Listener, Transport, TransportAddress } from '../dataplane/transport.js';
 import type { IncomingOutcome } from './peer.js';
 
@@ -25,7 +26,7 @@ export const INCOMING_IDLE_TIMEOUT_MS = 60_000;
 /** Tickets issued but not yet used, at most (a flood of ticket requests cannot exhaust memory). */
 export const MAX_OPEN_TICKETS = 64;
 /** Connections per migration: one control plus up to 16 data channels. */
-const MAX_CONNECTIONS_PER_MIGRATION = 17;
+const MAX_CONNECTIONS_PER_MIGRATION = 1 + MAX_DATA_CHANNELS;
 /** A connection must present a valid HELLO this quickly, or it is dropped (idle or hostile peers). */
 export const HELLO_TIMEOUT_MS = 10_000;
 /** How long after resume the target waits for every vCPU's first clock read. */

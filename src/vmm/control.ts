@@ -6,7 +6,6 @@
  */
 // The vCPU and globals bounds live in src/lib/limits.ts. This re-export is only for
 // src/cli/host-commands.ts, which is being rewritten and will import src/lib/limits.ts itself.
-export { MAX_VCPUS } from '../lib/limits.js';
 
 /** Requested run state, written by the VM, read by every vCPU between steps. */
 export const enum RunRequest { Run = 0, Pause = 1, Stop = 2, Install = 3 }
