@@ -21,7 +21,12 @@ export interface LocalHost {
   readonly log: () => string;
   /** Resolves with the exit code when the process ends. */
   readonly exited: Promise<number | null>;
+  /** Resolves when the host has printed `text` (now or later); rejects if it exits first or after `timeoutMs`. */
+  readonly waitForLog: (text: string, timeoutMs?: number) => Promise<void>;
 }
+
+/** How long waitForLog waits by default. */
+export const LOG_WAIT_TIMEOUT_MS = 30_000;
 
 export interface SpawnOptions {
   /** Echo the host's stderr, prefixed with its name. */
@@ -54,7 +59,24 @@ export async function spawnHost(name: string, dataDir: string, token: string, op
     await sleep(20);
   }
   const url = m[1] ?? '';
-  return { name, child, url, port: Number(new URL(url).port), client: new HostClient(url, token), log: () => out, exited };
+  const waitForLog = (text: string, timeoutMs = LOG_WAIT_TIMEOUT_MS): Promise<void> => new Promise((resolve, reject) => {
+    if (out.includes(text)) { resolve(); return; }
+    const done = (err?: Error): void => {
+      clearTimeout(timer);
+      child.stderr?.off('data', onData);
+      child.stdout?.off('data', onData);
+      child.off('exit', onExit);
+      if (err === undefined) resolve(); else reject(err);
+    };
+    // Listeners run after the collector above (registered first), so `out` already holds the chunk.
+    const onData = (): void => { if (out.includes(text)) done(); };
+    const onExit = (): void => { if (out.includes(text)) done(); else done(new FerryError('HOST_ERROR', `host ${name} exited before printing "${text}"`)); };
+    const timer = setTimeout(() => { done(new FerryError('HOST_ERROR', `host ${name} did not print "${text}" within ${timeoutMs} ms`)); }, timeoutMs);
+    child.stderr?.on('data', onData);
+    child.stdout?.on('data', onData);
+    child.on('exit', onExit);
+  });
+  return { name, child, url, port: Number(new URL(url).port), client: new HostClient(url, token), log: () => out, exited, waitForLog };
 }
 
 /** Signals every host and resolves once all have exited. */

@@ -7,7 +7,11 @@
  *
  * Actions: `delay:<ms>` (wait, then continue), `hang` (never continue), `crash` (SIGKILL this
  * process), `error` (throw), `drop:<n>` (true on the n-th hit: the caller drops its connection).
+ *
+ * Every hit is announced on stderr (`failpoint <name> hit: <action>`) before it acts, so a test
+ * waits for that line — the proof that the fault landed where it names — instead of sleeping.
  */
+import { writeSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FerryError } from './errors.js';
 
@@ -37,6 +41,7 @@ const hits = new Map<string, number>();
 export async function failpoint(name: string): Promise<void> {
   const action = points.get(name);
   if (action === undefined) return;
+  announce(name, action.kind);
   switch (action.kind) {
     case 'delay': await sleep(action.ms); return;
     case 'hang': await new Promise<never>(() => undefined); return;
@@ -52,5 +57,16 @@ export function failpointDrop(name: string): boolean {
   if (action?.kind !== 'drop') return false;
   const n = (hits.get(name) ?? 0) + 1;
   hits.set(name, n);
-  return n === action.nth;
+  if (n !== action.nth) return false;
+  announce(name, 'drop');
+  return true;
+}
+
+/** The line a test waits for. Written synchronously: a `crash` must not lose it. */
+export function failpointHitLine(name: string, kind: string): string {
+  return `failpoint ${name} hit: ${kind}`;
+}
+
+function announce(name: string, kind: string): void {
+  writeSync(2, `${failpointHitLine(name, kind)}\n`);
 }

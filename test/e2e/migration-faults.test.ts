@@ -6,12 +6,15 @@
  */
 import { afterEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import {
-  createVm, listVms, migrationStatus, removeHostData, startHost, startMigration, stopHost, until, verifyVm, waitMigration, waitPhase,
+  createVm, listVms, migrationStatus, removeHostData, startHost, startMigration, stopHost, verifyVm, waitMigration, waitPhase,
   type TestHost,
 } from '../helpers/hosts.js';
 import { MiB } from '../../src/lib/units.js';
+import { failpointHitLine } from '../../src/lib/failpoints.js';
+import type { MigrationPhase, MigrationRecord } from '../../src/migration/record.js';
 
 const hosts: TestHost[] = [];
 async function host(name: string, opts: Parameters<typeof startHost>[1] = {}): Promise<TestHost> {
@@ -24,23 +27,41 @@ afterEach(async () => {
 });
 
 /**
- * A slow migration (bandwidth-capped) of a running dirtier, so a fault can land mid-phase. The
- * request timeout is generous: these faults are kills and drops, which fail a request at once, and
- * a loaded CI machine must not turn a slow reply into a different failure than the one under test
- * (the silent-target test sets its own short timeout).
+ * Options of the migrations under fault. Faults land in their phase by failpoints, not by pace, so
+ * no bandwidth cap is needed. The request timeout is generous: these faults are kills and drops,
+ * which fail a request at once, and a loaded CI machine must not turn a slow reply into a
+ * different failure than the one under test (the silent-target test sets its own short timeout).
  */
-const SLOW = { bandwidthBytesPerSec: 16 * MiB, requestTimeoutMs: 10_000, inDoubtTimeoutMs: 20_000 };
+const FAULT_OPTS = { requestTimeoutMs: 10_000, inDoubtTimeoutMs: 20_000 };
 const VM_OPTS = { memoryBytes: 32 * MiB, cmdline: 'hot=8MiB pattern=random check=1 fill=1 claim=all' };
 
+/**
+ * The VM runs, intact, on `on`; every host in `notOn` holds no copy of it at all: not in its VM
+ * list (not "stopped" or "defined": absent) and not in its data directory. A host that was killed
+ * is checked through its data directory only.
+ */
 async function assertRunsOnlyOn(vm: string, on: TestHost, notOn: TestHost[]): Promise<void> {
   const check = await verifyVm(on, vm);
   assert.equal(check.state, 'running', `${vm} runs on ${on.name}`);
   assert.equal(check.selfcheck, 0, `${vm} is intact on ${on.name}`);
   for (const h of notOn) {
-    if (h.child.exitCode !== null || h.child.signalCode !== null) continue;
-    await until(async () => !(await listVms(h)).some((v) => v.name === vm && v.state !== 'stopped'), `${vm} gone from ${h.name}`);
+    if (h.child.exitCode === null && h.child.signalCode === null) {
+      // The partial VM is discarded before the source is told (the ERROR reply or the closed connection).
+      assert.deepEqual((await listVms(h)).map((v) => v.name).filter((n) => n === vm), [], `no copy of ${vm} in ${h.name}'s VM list`);
+    }
+    await assert.rejects(stat(join(h.dataDir, 'vms', vm)), { code: 'ENOENT' }, `no copy of ${vm} in ${h.name}'s data directory`);
   }
 }
+
+/** The record proves where the fault landed: the last phase before the rollback is `phase`. */
+function assertFailedIn(r: MigrationRecord, phase: MigrationPhase): void {
+  const phases = r.phases.map((p) => p.phase);
+  assert.equal(phases.at(-1), 'rollback', `rolled back (phases ${phases.join(' > ')})`);
+  assert.equal(phases.at(-2), phase, `the fault landed in ${phase} (phases ${phases.join(' > ')})`);
+}
+
+/** Failpoints that hold the target in each phase; the test waits for the hit, then strikes. */
+const HOLD_IN = { prepare: 'target.prepare', precopy: 'target.round', switchover: 'target.state' } as const;
 
 describe('migration faults: the VM ends up in exactly one place', () => {
   it('the target refuses (name already taken): clear error, VM keeps running', async () => {
@@ -51,25 +72,24 @@ describe('migration faults: the VM ends up in exactly one place', () => {
     const r = await waitMigration(a, await startMigration(a, 'v', b));
     assert.equal(r.outcome, 'failed');
     assert.equal(r.error?.code, 'MIGRATION_REFUSED');
-    assert.match(r.error?.message ?? '', /already has a VM named v/);
+    assertFailedIn(r, 'prepare');
     assert.equal((await verifyVm(a, 'v')).selfcheck, 0);
   });
 
   for (const phase of ['prepare', 'precopy', 'switchover'] as const) {
     it(`kill -9 of the target during ${phase}: the VM keeps running on the source`, async () => {
-      // The failpoint holds the target in the phase so the kill lands there.
-      const failpoints = { prepare: 'target.prepare=hang', precopy: '', switchover: 'target.state=hang' }[phase];
+      // The failpoint holds the target in the phase; its hit line proves the kill lands there.
       const a = await host('a');
-      const b = await host('b', failpoints !== '' ? { failpoints } : {});
+      const b = await host('b', { failpoints: `${HOLD_IN[phase]}=hang` });
       await createVm(a, 'v', 'dirtier', VM_OPTS);
-      const id = await startMigration(a, 'v', b, SLOW);
-      await waitPhase(a, id, phase);
-      if (phase === 'precopy') await sleep(300);
-      else await sleep(200);
+      const id = await startMigration(a, 'v', b, FAULT_OPTS);
+      await b.waitForLog(failpointHitLine(HOLD_IN[phase], 'hang'));
+      assert.equal((await migrationStatus(a, id)).phase, phase, `the source is in ${phase}`);
       await stopHost(b, 'SIGKILL');
       const r = await waitMigration(a, id);
       assert.equal(r.outcome, 'failed', `outcome (${r.error?.message ?? ''})`);
-      await assertRunsOnlyOn('v', a, []);
+      assertFailedIn(r, phase);
+      await assertRunsOnlyOn('v', a, [b]);
     });
   }
 
@@ -77,9 +97,10 @@ describe('migration faults: the VM ends up in exactly one place', () => {
     const a = await host('a');
     const b = await host('b', { failpoints: 'target.after-commit-record=crash' });
     await createVm(a, 'v', 'dirtier', VM_OPTS);
-    const id = await startMigration(a, 'v', b, { ...SLOW, bandwidthBytesPerSec: 256 * MiB });
-    await waitPhase(a, id, 'resolve');
+    const id = await startMigration(a, 'v', b, FAULT_OPTS);
+    await b.waitForLog(failpointHitLine('target.after-commit-record', 'crash'));
     await b.exited;
+    await waitPhase(a, id, 'resolve');
     // While the target is down, the source must not resume the VM.
     const during = (await listVms(a)).find((v) => v.name === 'v');
     assert.equal(during?.state, 'paused', 'in doubt: paused on the source');
@@ -88,42 +109,48 @@ describe('migration faults: the VM ends up in exactly one place', () => {
     const r = await waitMigration(a, id);
     assert.equal(r.outcome, 'succeeded', 'the target committed, so the source released its copy');
     assert.ok(!(await listVms(a)).some((v) => v.name === 'v'), 'not on the source');
-    const onTarget = (await listVms(b2)).find((v) => v.name === 'v');
-    assert.notEqual(onTarget?.state, 'running', 'the VM died with its host: in none, never in two');
+    // The target died between its commit record and adopting the VM: the VM is in none, never in two.
+    assert.deepEqual((await listVms(b2)).filter((v) => v.name === 'v'), [], 'not on the restarted target either');
   });
 
   it('kill -9 of the target before it recorded the commit: the restarted target says unknown and the source resumes', async () => {
     const a = await host('a');
     const b = await host('b', { failpoints: 'target.commit=crash' });
     await createVm(a, 'v', 'dirtier', VM_OPTS);
-    const id = await startMigration(a, 'v', b, { ...SLOW, bandwidthBytesPerSec: 256 * MiB });
-    await waitPhase(a, id, 'resolve');
+    const id = await startMigration(a, 'v', b, FAULT_OPTS);
+    await b.waitForLog(failpointHitLine('target.commit', 'crash'));
     await b.exited;
-    await host('b', { dataDir: b.dataDir, port: b.port });
+    await waitPhase(a, id, 'resolve');
+    const b2 = await host('b', { dataDir: b.dataDir, port: b.port });
     const r = await waitMigration(a, id);
     assert.equal(r.outcome, 'failed');
-    await assertRunsOnlyOn('v', a, []);
+    assert.deepEqual(r.phases.map((p) => p.phase).slice(-2), ['resolve', 'rollback'], 'resolved by asking, then rolled back');
+    await assertRunsOnlyOn('v', a, [b2]);
   });
 
   it('kill -9 of the source during pre-copy: the target discards the partial VM and never resumes it', async () => {
     const a = await host('a');
-    const b = await host('b');
+    const b = await host('b', { failpoints: 'target.round=delay:60000' });
     await createVm(a, 'v', 'dirtier', VM_OPTS);
-    const id = await startMigration(a, 'v', b, SLOW);
-    await waitPhase(a, id, 'precopy');
-    await sleep(300);
+    const id = await startMigration(a, 'v', b, FAULT_OPTS);
+    // Round 1 was sent and the target holds its ROUND reply: the source is in pre-copy when it dies.
+    await b.waitForLog(failpointHitLine('target.round', 'delay'));
+    assert.equal((await migrationStatus(a, id)).phase, 'precopy');
     await stopHost(a, 'SIGKILL');
-    await until(async () => !(await listVms(b)).some((v) => v.name === 'v'), 'no VM on the target', 10_000);
-    await sleep(500);
-    assert.ok(!(await listVms(b)).some((v) => v.name === 'v'), 'still none: the partial VM was discarded, not resumed');
+    // The target notices the dropped connections, discards the partial VM and records the abort.
+    await b.waitForLog('partial VM discarded');
+    assert.deepEqual((await listVms(b)).filter((v) => v.name === 'v'), [], 'the partial VM was discarded, not resumed');
+    await assert.rejects(stat(join(b.dataDir, 'vms', 'v')), { code: 'ENOENT' }, 'and nothing of it is in the data directory');
   });
 
   it('a connection dropped mid-round: rollback, the VM keeps running on the source', async () => {
     const a = await host('a');
     const b = await host('b', { failpoints: 'target.memory.drop=drop:3' });
     await createVm(a, 'v', 'dirtier', VM_OPTS);
-    const r = await waitMigration(a, await startMigration(a, 'v', b, SLOW));
+    const r = await waitMigration(a, await startMigration(a, 'v', b, FAULT_OPTS));
+    assert.ok(b.log().includes(failpointHitLine('target.memory.drop', 'drop')), 'the drop happened');
     assert.equal(r.outcome, 'failed');
+    assertFailedIn(r, 'precopy');
     await assertRunsOnlyOn('v', a, [b]);
   });
 
@@ -134,21 +161,22 @@ describe('migration faults: the VM ends up in exactly one place', () => {
     const r = await waitMigration(a, await startMigration(a, 'v', b, { corruptPageInRound: 1 }));
     assert.equal(r.outcome, 'failed');
     assert.equal(r.error?.code, 'DIGEST_MISMATCH', 'the target\'s code, carried by its ERROR frame');
+    assertFailedIn(r, 'switchover');
     await assertRunsOnlyOn('v', a, [b]);
   });
 
   for (const phase of ['prepare', 'precopy', 'switchover'] as const) {
     it(`cancel during ${phase}: rollback, the VM keeps running on the source`, async () => {
-      const failpoints = { prepare: 'target.prepare=delay:1500', precopy: '', switchover: 'target.state=delay:1500' }[phase];
       const a = await host('a');
-      const b = await host('b', failpoints !== '' ? { failpoints } : {});
+      const b = await host('b', { failpoints: `${HOLD_IN[phase]}=hang` });
       await createVm(a, 'v', 'dirtier', VM_OPTS);
-      const id = await startMigration(a, 'v', b, { ...SLOW, requestTimeoutMs: 10_000 });
-      await waitPhase(a, id, phase);
-      await sleep(100);
+      const id = await startMigration(a, 'v', b, FAULT_OPTS);
+      await b.waitForLog(failpointHitLine(HOLD_IN[phase], 'hang'));
       await a.client.cancelMigration(id);
       const r = await waitMigration(a, id);
       assert.equal(r.outcome, 'cancelled');
+      assert.equal(r.error?.code, 'MIGRATION_CANCELLED');
+      assertFailedIn(r, phase);
       await assertRunsOnlyOn('v', a, [b]);
       assert.equal((await migrationStatus(a, id)).state, 'cancelled');
     });
@@ -162,7 +190,8 @@ describe('migration faults: the VM ends up in exactly one place', () => {
     const r = await waitMigration(a, await startMigration(a, 'v', b, { requestTimeoutMs: 1500 }));
     assert.equal(r.outcome, 'failed');
     assert.equal(r.error?.code, 'MIGRATION_TIMEOUT');
+    assertFailedIn(r, 'prepare');
     assert.ok(Date.now() - t0 < 15_000);
-    await assertRunsOnlyOn('v', a, []);
+    await assertRunsOnlyOn('v', a, [b]);
   });
 });

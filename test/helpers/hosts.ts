@@ -75,6 +75,15 @@ export async function waitPhase(h: TestHost, id: string, phase: string, timeoutM
   }
 }
 
+/** Guest steps every vCPU of a running VM must add before guestWorks returns: the guest has really run. */
+export const GUEST_WORK_STEPS = 200;
+
+/** Waits until every vCPU of `vm` on `h` has run GUEST_WORK_STEPS more steps (instead of sleeping and hoping). */
+export async function guestWorks(h: TestHost, vm: string, steps = GUEST_WORK_STEPS): Promise<void> {
+  const start = (await h.client.vm(vm)).vcpus.map((v) => v.steps);
+  await until(async () => (await h.client.vm(vm)).vcpus.every((v, i) => v.steps - (start[i] ?? 0) >= steps), `VM ${vm} on ${h.name} to run ${steps} steps per vCPU`);
+}
+
 export async function until(cond: () => Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await cond())) {
