@@ -12,8 +12,6 @@ export const IDLE_TICK_MS = 1;
 export const MIN_BUDGET = 1;
 export const MAX_BUDGET = 1 << 30;
 export const INITIAL_BUDGET = 64;
-/** Target duration of one step: bounds pause latency (a vCPU parks at the end of its current step). */
-export const DEFAULT_STEP_TARGET_US = 150;
 
 export const STEP_STATUS_RUN = 0;
 export const STEP_STATUS_IDLE = 1;

@@ -22,20 +22,16 @@ import {
   W_RESTORE, W_STEP_SEQ,
 } from './control.js';
 import { instrumentImage, type FaultInjection, type InstrumentedImage } from './instrument.js';
-import { CONTROL_CLAIMED_PAGES_OFFSET, DEFAULT_GRANULARITY_BYTES, granularityShift, regionCount, validateGranularity } from './layout.js';
-import {
-  MAX_CMDLINE_BYTES, MAX_GLOBALS_PER_VCPU, MAX_THROTTLE_PERMILLE, MAX_VCPUS, MIN_GRANULARITY_BYTES, MIN_VCPUS, VM_NAME_RULE, cmdlineBytes,
-  isValidVmName,
-} from '../lib/limits.js';
+import { CONTROL_CLAIMED_PAGES_OFFSET, granularityShift, regionCount, validateGranularity } from './layout.js';
+import { MAX_GLOBALS_PER_VCPU, MAX_THROTTLE_PERMILLE, MIN_GRANULARITY_BYTES } from '../lib/limits.js';
+import { normalizeConfig, type VmConfig, type VmConfigInput } from './config.js';
 import { TraceBitmap } from './trace-bitmap.js';
 import { DirtyTracker } from './traces.js';
 import {
-  DEFAULT_STEP_TARGET_US, INITIAL_BUDGET, type CrashReason, type VcpuWorkerData, type VcpuWorkerMessage,
+  INITIAL_BUDGET, type CrashReason, type VcpuWorkerData, type VcpuWorkerMessage,
 } from './vcpu-protocol.js';
 import type { GlobalValue, VcpuSnapshotState } from './vcpu-state.js';
 
-export const DEFAULT_HANG_TIMEOUT_MS = 2000;
-export const MIN_HANG_TIMEOUT_MS = 10;
 /** How often the watchdog looks for a step that overran the hang timeout. */
 export const WATCHDOG_INTERVAL_MS = 50;
 /** The first part of a pause/barrier wait spins on Atomics.wait (accurate, sub-ms); then it yields. */
@@ -52,22 +48,6 @@ const VCPU_START_TIMEOUT_MS = 10_000;
 const BOOT_MIN_BYTES_PER_SEC = 16 * MiB;
 /** How long to wait for a crashed vCPU's report message after seeing its Crashed state. */
 const CRASH_REPORT_WAIT_MS = 1000;
-export const MIN_STEP_TARGET_US = 20;
-export const MAX_STEP_TARGET_US = 100_000;
-
-export interface VmConfig {
-  readonly name: string;
-  readonly memoryBytes: number;
-  readonly vcpus: number;
-  readonly granularityBytes: number;
-  readonly cmdline: string;
-  /** A step still running after this long marks the VM crashed (reason "hung"). */
-  readonly hangTimeoutMs: number;
-  /** Target duration of one vCPU step (bounds pause latency). */
-  readonly stepTargetUs: number;
-}
-
-export type VmConfigInput = Partial<VmConfig> & Pick<VmConfig, 'memoryBytes'>;
 
 export type VmState = 'created' | 'running' | 'paused' | 'halted' | 'crashed' | 'stopped';
 
@@ -110,28 +90,6 @@ export interface VmEvents {
   console: [text: string, vcpu: number];
   state: [state: VmState];
   crash: [info: CrashInfo];
-}
-
-export function normalizeConfig(input: VmConfigInput): VmConfig {
-  const config: VmConfig = {
-    name: input.name ?? 'vm',
-    memoryBytes: input.memoryBytes,
-    vcpus: input.vcpus ?? 1,
-    granularityBytes: input.granularityBytes ?? DEFAULT_GRANULARITY_BYTES,
-    cmdline: input.cmdline ?? '',
-    hangTimeoutMs: input.hangTimeoutMs ?? DEFAULT_HANG_TIMEOUT_MS,
-    stepTargetUs: input.stepTargetUs ?? DEFAULT_STEP_TARGET_US,
-  };
-  const bad = (message: string): never => { throw new FerryError('VM_CONFIG_INVALID', message, { config }); };
-  if (!Number.isInteger(config.vcpus) || config.vcpus < MIN_VCPUS || config.vcpus > MAX_VCPUS) bad(`vcpus must be an integer from ${MIN_VCPUS} to ${MAX_VCPUS}, got ${config.vcpus}`);
-  if (cmdlineBytes(config.cmdline) > MAX_CMDLINE_BYTES) bad(`command line is ${cmdlineBytes(config.cmdline)} bytes (UTF-8); the limit is ${MAX_CMDLINE_BYTES}`);
-  if (config.cmdline.includes('\0')) bad('command line must not contain NUL characters');
-  if (!isValidVmName(config.name)) bad(`VM name "${config.name}" must be ${VM_NAME_RULE}`);
-  if (!Number.isFinite(config.hangTimeoutMs) || config.hangTimeoutMs < MIN_HANG_TIMEOUT_MS) bad(`hang timeout must be at least ${MIN_HANG_TIMEOUT_MS} ms`);
-  if (!Number.isFinite(config.stepTargetUs) || config.stepTargetUs < MIN_STEP_TARGET_US || config.stepTargetUs > MAX_STEP_TARGET_US) {
-    bad(`step target must be between ${MIN_STEP_TARGET_US} and ${MAX_STEP_TARGET_US} µs`);
-  }
-  return config;
 }
 
 export class Vm extends EventEmitter<VmEvents> {
