@@ -29,8 +29,8 @@ import { TraceBitmap } from './trace-bitmap.js';
 import { DirtyTracker } from './traces.js';
 import {
   INITIAL_BUDGET, type CrashReason, type VcpuWorkerData, type VcpuWorkerMessage,
-} from './vcpu-protocol.js';
-import type { GlobalValue, VcpuSnapshotState } from './vcpu-state.js';
+} from './vcpu/protocol.js';
+import type { GlobalValue, VcpuSnapshotState } from './vcpu/state.js';
 
 /** How often the watchdog looks for a step that overran the hang timeout. */
 export const WATCHDOG_INTERVAL_MS = 50;
@@ -234,7 +234,7 @@ export class Vm extends EventEmitter<VmEvents> {
         maxGlobals: c.maxGlobals, ramBytes: this.image.layout.ramBytes, layout: this.image.layout, cmdline: this.config.cmdline,
         globals: this.image.globals, stepTargetUs: this.config.stepTargetUs,
       };
-      const worker = new Worker(new URL('./vcpu-worker.js', import.meta.url), { workerData: data });
+      const worker = new Worker(new URL('./vcpu/worker.js', import.meta.url), { workerData: data });
       worker.on('message', (msg: VcpuWorkerMessage) => { this.onWorkerMessage(msg); });
       worker.on('error', (err) => { this.onCrash({ reason: 'internal', vcpu: v, message: `vCPU thread failed: ${errorMessage(err)}` }); });
       worker.on('exit', () => { this.onWorkerExit(v); });

@@ -1,4 +1,4 @@
-import type { GlobalValue } from '../lib/wire-values.js';
+import type { GlobalValue } from '../../lib/wire-values.js';
 
 export type { GlobalValue };
 

@@ -1,7 +1,7 @@
 /** What the VM hands a vCPU worker, what the worker reports back, and the step-loop limits. */
-import type { ControlBuffers } from './control.js';
-import type { ExportedGlobal } from './instrument.js';
-import type { MemoryLayout } from './layout.js';
+import type { ControlBuffers } from '../control.js';
+import type { ExportedGlobal } from '../instrument.js';
+import type { MemoryLayout } from '../layout.js';
 
 /** Per-call cap on console output: a guest cannot make the host buffer unbounded text at once. */
 export const CONSOLE_WRITE_MAX_BYTES = 64 * 1024;
