@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { FerryError, errorMessage } from '../lib/errors.js';
 import { cmdlineSchema, granularitySchema, ramBytesSchema, vcpusSchema, vmNameSchema } from '../lib/limits.js';
-import type { VmConfig } from '../vmm/vm.js';
+import type { VmConfig } from '../vmm/config.js';
 import type { StoredOutcome as MigrationOutcome } from '../migration/target.js';
 
 // The VM bounds are the runtime's own (src/lib/limits.ts): a config the runtime accepted is one the

@@ -6,7 +6,8 @@
  */
 import { FerryError, errorMessage } from '../lib/errors.js';
 import { formatBytes } from '../lib/units.js';
-import { Vm, normalizeConfig } from '../vmm/vm.js';
+import { normalizeConfig } from '../vmm/config.js';
+import { Vm } from '../vmm/vm.js';
 import { restoreVm, saveVm } from '../vmm/persist.js';
 import { instrumentImage } from '../vmm/instrument.js';
 import { digestOf } from '../migration/digest.js';

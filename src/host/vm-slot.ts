@@ -4,7 +4,8 @@
  * now is the operations registry's business (./operations.ts).
  */
 import type { MigrationRecord } from '../migration/record.js';
-import type { Vm, VmConfig, VmState } from '../vmm/vm.js';
+import type { VmConfig } from '../vmm/config.js';
+import type { Vm, VmState } from '../vmm/vm.js';
 import { ConsoleLog } from './console-log.js';
 import { FerryError } from '../lib/errors.js';
 

@@ -5,7 +5,8 @@
  */
 import { FerryError } from '../lib/errors.js';
 import { openSnapshot, writeSnapshot, type SnapshotMetadata, type SnapshotProgress, type WriteResult } from './snapshot.js';
-import { Vm, type VmConfigInput } from './vm.js';
+import type { VmConfigInput } from './config.js';
+import { Vm } from './vm.js';
 
 export interface RestoreOverrides {
   readonly name?: string;

@@ -1,6 +1,7 @@
 /**
  * A VM on one host: an instrumented guest image, one shared memory (RAM + reserved regions) and N
- * vCPU worker threads. The VM object owns the lifecycle:
+ * vCPU worker threads. Its parts are made and wired by src/vmm/builder.ts; this object owns the
+ * lifecycle:
  *
  *   created --start--> running --pause--> paused --resume--> running
  *   running --all vCPUs halt--> halted
@@ -10,36 +11,24 @@
  * state capture; a throttle; the dirty tracker; direct RAM access for copying; save/restore.
  */
 import { EventEmitter } from 'node:events';
-import { Worker } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import { FerryError, errorMessage } from '../lib/errors.js';
-
 import { MiB, formatBytes } from '../lib/units.js';
-import {
-  Control, RunRequest, VcpuState, isQuiescent,
-  V_INSTALL_EPOCH_DONE, S_MAX_STEP_MS, S_STEPS, S_STEP_MS, S_STEP_START_MS, S_THROTTLED_MS, S_UNITS, V_ACK, V_BUDGET, V_IN_STEP, V_RESTORE_HALTED,
-  V_STATE, V_THROTTLE_PERMILLE, W_BARRIER_WAITERS, W_FENCE, W_GO, W_INSTALL_COUNT, W_INSTALL_DONE, W_INSTALL_EPOCH, W_PARK_SEQ,
-  W_RESTORE, W_STEP_SEQ,
-} from './control.js';
-import { instrumentImage, type FaultInjection, type InstrumentedImage } from './instrument.js';
-import { CONTROL_CLAIMED_PAGES_OFFSET, DEFAULT_GRANULARITY_BYTES, granularityShift, regionCount, validateGranularity } from './layout.js';
-import {
-  MAX_CMDLINE_BYTES, MAX_GLOBALS_PER_VCPU, MAX_THROTTLE_PERMILLE, MAX_VCPUS, MIN_GRANULARITY_BYTES, MIN_VCPUS, VM_NAME_RULE, cmdlineBytes,
-  isValidVmName,
-} from '../lib/limits.js';
-import { TraceBitmap } from './trace-bitmap.js';
+import { MAX_THROTTLE_PERMILLE } from '../lib/limits.js';
+import { applyRestoreState, buildVm, vcpuWorkerData, type RestoreState, type VmParts } from './builder.js';
+import type { VmConfig, VmConfigInput } from './config.js';
+import { RunRequest, VcpuState, isQuiescent, V_STATE, V_THROTTLE_PERMILLE, W_GO, W_PARK_SEQ, type Control } from './control.js';
+import type { FaultInjection, InstrumentedImage } from './instrument.js';
+import { granularityShift, validateGranularity } from './layout.js';
+import type { TraceBitmap } from './trace-bitmap.js';
 import { DirtyTracker } from './traces.js';
-import {
-  DEFAULT_STEP_TARGET_US, INITIAL_BUDGET, type CrashReason, type VcpuWorkerData, type VcpuWorkerMessage,
-} from './vcpu-protocol.js';
-import type { GlobalValue, VcpuSnapshotState } from './vcpu-state.js';
+import type { CrashReason, VcpuWorkerMessage } from './vcpu/protocol.js';
+import { readVcpuState, type VcpuSnapshotState } from './vcpu/state.js';
+import { readVcpuStats, type VcpuStats } from './vcpu/stats.js';
+import { delay, epochBarrier, installProgress, installWhileParked, waitUntil } from './vcpu/sync.js';
+import { VcpuThreads } from './vcpu/threads.js';
+import { Watchdog } from './vcpu/watchdog.js';
 
-export const DEFAULT_HANG_TIMEOUT_MS = 2000;
-export const MIN_HANG_TIMEOUT_MS = 10;
-/** How often the watchdog looks for a step that overran the hang timeout. */
-export const WATCHDOG_INTERVAL_MS = 50;
-/** The first part of a pause/barrier wait spins on Atomics.wait (accurate, sub-ms); then it yields. */
-const SYNC_WAIT_WINDOW_MS = 5;
 /** Time given to workers to leave their loop on stop before they are terminated. */
 const STOP_GRACE_MS = 1000;
 /** Spawning a thread and instantiating the guest takes milliseconds; allow for a loaded machine. */
@@ -52,22 +41,6 @@ const VCPU_START_TIMEOUT_MS = 10_000;
 const BOOT_MIN_BYTES_PER_SEC = 16 * MiB;
 /** How long to wait for a crashed vCPU's report message after seeing its Crashed state. */
 const CRASH_REPORT_WAIT_MS = 1000;
-export const MIN_STEP_TARGET_US = 20;
-export const MAX_STEP_TARGET_US = 100_000;
-
-export interface VmConfig {
-  readonly name: string;
-  readonly memoryBytes: number;
-  readonly vcpus: number;
-  readonly granularityBytes: number;
-  readonly cmdline: string;
-  /** A step still running after this long marks the VM crashed (reason "hung"). */
-  readonly hangTimeoutMs: number;
-  /** Target duration of one vCPU step (bounds pause latency). */
-  readonly stepTargetUs: number;
-}
-
-export type VmConfigInput = Partial<VmConfig> & Pick<VmConfig, 'memoryBytes'>;
 
 export type VmState = 'created' | 'running' | 'paused' | 'halted' | 'crashed' | 'stopped';
 
@@ -82,56 +55,10 @@ export interface PauseResult {
   readonly latencyMs: number;
 }
 
-export interface VcpuStats {
-  readonly vcpu: number;
-  readonly state: VcpuState;
-  readonly steps: number;
-  readonly units: number;
-  readonly stepMs: number;
-  readonly maxStepMs: number;
-  readonly throttledMs: number;
-  readonly budget: number;
-}
-
-/** What a restore brings: memory is written by the caller (restoreMemory) before start. */
-export interface RestoreState {
-  readonly claimedPages: number;
-  readonly clockNs: bigint;
-  /**
-   * Wall-clock time (ms since the epoch) at which `clockNs` was read. When set, the time since then
-   * is added at start (a live migration: the guest observes its downtime); when absent the clock
-   * continues from `clockNs` (a snapshot: the time spent saved is not counted).
-   */
-  readonly clockWallMs?: number;
-  readonly vcpus: readonly VcpuSnapshotState[];
-}
-
 export interface VmEvents {
   console: [text: string, vcpu: number];
   state: [state: VmState];
   crash: [info: CrashInfo];
-}
-
-export function normalizeConfig(input: VmConfigInput): VmConfig {
-  const config: VmConfig = {
-    name: input.name ?? 'vm',
-    memoryBytes: input.memoryBytes,
-    vcpus: input.vcpus ?? 1,
-    granularityBytes: input.granularityBytes ?? DEFAULT_GRANULARITY_BYTES,
-    cmdline: input.cmdline ?? '',
-    hangTimeoutMs: input.hangTimeoutMs ?? DEFAULT_HANG_TIMEOUT_MS,
-    stepTargetUs: input.stepTargetUs ?? DEFAULT_STEP_TARGET_US,
-  };
-  const bad = (message: string): never => { throw new FerryError('VM_CONFIG_INVALID', message, { config }); };
-  if (!Number.isInteger(config.vcpus) || config.vcpus < MIN_VCPUS || config.vcpus > MAX_VCPUS) bad(`vcpus must be an integer from ${MIN_VCPUS} to ${MAX_VCPUS}, got ${config.vcpus}`);
-  if (cmdlineBytes(config.cmdline) > MAX_CMDLINE_BYTES) bad(`command line is ${cmdlineBytes(config.cmdline)} bytes (UTF-8); the limit is ${MAX_CMDLINE_BYTES}`);
-  if (config.cmdline.includes('\0')) bad('command line must not contain NUL characters');
-  if (!isValidVmName(config.name)) bad(`VM name "${config.name}" must be ${VM_NAME_RULE}`);
-  if (!Number.isFinite(config.hangTimeoutMs) || config.hangTimeoutMs < MIN_HANG_TIMEOUT_MS) bad(`hang timeout must be at least ${MIN_HANG_TIMEOUT_MS} ms`);
-  if (!Number.isFinite(config.stepTargetUs) || config.stepTargetUs < MIN_STEP_TARGET_US || config.stepTargetUs > MAX_STEP_TARGET_US) {
-    bad(`step target must be between ${MIN_STEP_TARGET_US} and ${MAX_STEP_TARGET_US} µs`);
-  }
-  return config;
 }
 
 export class Vm extends EventEmitter<VmEvents> {
@@ -142,34 +69,40 @@ export class Vm extends EventEmitter<VmEvents> {
   readonly memory: WebAssembly.Memory;
   /** Guest RAM, [0, ramBytes). */
   readonly ram: Uint8Array;
-  private trackerImpl: DirtyTracker;
+  private readonly parts: VmParts;
   private readonly control: Control;
   private readonly bitmap: TraceBitmap;
-  private readonly claimedPagesWord: Int32Array;
-  private readonly workers: Worker[] = [];
-  private readonly exited = new Set<number>();
-  private restore: RestoreState | null = null;
+  private readonly threads: VcpuThreads;
+  private readonly watchdog: Watchdog;
+  private trackerImpl: DirtyTracker;
+  private restore: RestoreState | null;
   private vmState: VmState = 'created';
   private crashInfo: CrashInfo | null = null;
-  private watchdog: NodeJS.Timeout | null = null;
-  private exitWaiters: (() => void)[] = [];
+  private readonly crashed = (): boolean => this.crashInfo !== null;
 
-  private constructor(imageBytes: Uint8Array, config: VmConfig, image: InstrumentedImage, restore: RestoreState | null) {
+  /** Validates and instruments the image and allocates the VM's memory (src/vmm/builder.ts). Does not start vCPUs. */
+  static create(imageBytes: Uint8Array, input: VmConfigInput, restore: RestoreState | null = null, faultInjection?: FaultInjection): Vm {
+    return new Vm(buildVm(imageBytes, input, restore, faultInjection));
+  }
+
+  private constructor(parts: VmParts) {
     super();
-    this.config = config;
-    this.imageBytes = imageBytes;
-    this.image = image;
-    const layout = image.layout;
-    this.memory = new WebAssembly.Memory({ initial: layout.totalPages, maximum: layout.totalPages, shared: true });
-    this.ram = new Uint8Array(this.memory.buffer, 0, layout.ramBytes);
-    this.bitmap = new TraceBitmap(this.memory.buffer, layout);
-    this.bitmap.setShift(granularityShift(config.granularityBytes));
-    this.claimedPagesWord = new Int32Array(this.memory.buffer, layout.controlOffset + CONTROL_CLAIMED_PAGES_OFFSET, 1);
-    this.control = Control.create(config.vcpus, Math.max(1, image.globals.length), regionCount(layout.ramBytes, MIN_GRANULARITY_BYTES));
+    this.parts = parts;
+    this.config = parts.config;
+    this.image = parts.image;
+    this.imageBytes = parts.imageBytes;
+    this.memory = parts.memory;
+    this.ram = parts.ram;
+    this.control = parts.control;
+    this.bitmap = parts.bitmap;
+    this.restore = parts.restore;
+    this.threads = new VcpuThreads({
+      message: (msg) => { this.onWorkerMessage(msg); },
+      failed: (vcpu, err) => { this.onCrash({ reason: 'internal', vcpu, message: `vCPU thread failed: ${errorMessage(err)}` }); },
+      allExited: () => { this.watchdog.stop(); },
+    });
+    this.watchdog = new Watchdog(this.control, this.config.vcpus, this.config.hangTimeoutMs);
     this.trackerImpl = this.newTracker();
-    Atomics.store(this.claimedPagesWord, 0, image.initialPages);
-    this.control.setGuestClockNs(0n);
-    if (restore !== null) this.setRestoreState(restore);
   }
 
   /**
@@ -178,86 +111,17 @@ export class Vm extends EventEmitter<VmEvents> {
    */
   setRestoreState(restore: RestoreState): void {
     this.requireState('set restore state', ['created']);
-    const layout = this.image.layout;
-    if (restore.vcpus.length !== this.config.vcpus) throw new FerryError('VM_CONFIG_INVALID', `restore state has ${restore.vcpus.length} vCPUs, the VM ${this.config.vcpus}`);
-    if (restore.claimedPages > layout.ramPages || restore.claimedPages < this.image.initialPages) {
-      throw new FerryError('VM_CONFIG_INVALID', `restored claimed memory (${restore.claimedPages} pages) does not fit the guest's range ${this.image.initialPages}..${layout.ramPages}`);
-    }
-    const c = this.control;
-    restore.vcpus.forEach((state, v) => {
-      if (state.globals.length !== this.image.globals.length) {
-        throw new FerryError('VM_CONFIG_INVALID', `vCPU ${v} state has ${state.globals.length} globals; the guest has ${this.image.globals.length}`);
-      }
-      state.globals.forEach((g, i) => {
-        const want = this.image.globals[i]?.type;
-        if (g.type !== want) throw new FerryError('VM_CONFIG_INVALID', `vCPU ${v} global ${i} is ${g.type} in the restore state but ${want ?? 'absent'} in the guest`);
-        const slot = c.globalSlot(v, i);
-        if (g.type === 'i64') c.globalsI64[slot] = g.value;
-        else c.globalsF64[slot] = g.value;
-      });
-      c.store(v, V_RESTORE_HALTED, state.halted ? 1 : 0);
-    });
-    Atomics.store(this.claimedPagesWord, 0, restore.claimedPages);
-    this.control.setGuestClockNs(restore.clockNs);
-    Atomics.store(c.i32, W_RESTORE, 1);
+    applyRestoreState(this.parts, restore);
     this.restore = restore;
-  }
-
-  /** The dirty tracker for the current trace granularity (a new one after setTraceGranularity). */
-  get tracker(): DirtyTracker { return this.trackerImpl; }
-  /** The current trace granularity (the configured one until a migration picks another). */
-  get granularityBytes(): number { return this.bitmap.granularityBytes; }
-
-  private newTracker(): DirtyTracker {
-    return new DirtyTracker(this.bitmap, this.bitmap.granularityBytes, {
-      barrier: () => this.traceBarrier(),
-      installStopped: (regions) => this.installWithAllStopped(regions),
-    });
-  }
-
-  /**
-   * Changes the trace granularity while the guest runs: every trace is disarmed, the shift word is
-   * changed, and an epoch barrier makes sure no vCPU still computes regions with the old shift (a
-   * store that does is harmless: the bitmap is all zero). Returns the new tracker (same strategy).
-   */
-  async setTraceGranularity(granularityBytes: number): Promise<DirtyTracker> {
-    validateGranularity(granularityBytes);
-    if (granularityBytes === this.granularityBytes) return this.trackerImpl;
-    const strategy = this.trackerImpl.strategy;
-    this.bitmap.bytes.fill(0);
-    this.bitmap.setShift(granularityShift(granularityBytes));
-    if (this.vmState === 'running') await this.traceBarrier();
-    this.trackerImpl = this.newTracker();
-    this.trackerImpl.strategy = strategy;
-    return this.trackerImpl;
-  }
-
-  /** The clock value each vCPU read last (0n: never): a migration source sends them at stun. */
-  lastClockReads(): bigint[] {
-    return Array.from({ length: this.config.vcpus }, (_, v) => this.control.lastClockRead(v));
-  }
-
-  /** The first clock value each vCPU read in this VM instance (0n: not yet). */
-  firstClockReads(): bigint[] {
-    return Array.from({ length: this.config.vcpus }, (_, v) => this.control.firstClockRead(v));
-  }
-
-  /** Validates and instruments the image and allocates the VM's memory. Does not start vCPUs. */
-  static create(imageBytes: Uint8Array, input: VmConfigInput, restore: RestoreState | null = null, faultInjection?: FaultInjection): Vm {
-    const config = normalizeConfig(input);
-    const image = instrumentImage(imageBytes, {
-      ramBytes: config.memoryBytes, granularityBytes: config.granularityBytes, ...(faultInjection ? { faultInjection } : {}),
-    });
-    if (image.globals.length > MAX_GLOBALS_PER_VCPU) {
-      throw new FerryError('IMAGE_UNSUPPORTED_FEATURE', `guest has ${image.globals.length} mutable globals; at most ${MAX_GLOBALS_PER_VCPU} can be saved per vCPU`);
-    }
-    return new Vm(imageBytes, config, image, restore);
   }
 
   get state(): VmState { return this.vmState; }
   get crash(): CrashInfo | null { return this.crashInfo; }
-  get claimedPages(): number { return Atomics.load(this.claimedPagesWord, 0); }
+  get claimedPages(): number { return Atomics.load(this.parts.claimedPagesWord, 0); }
   get guestClockNs(): bigint { return this.control.guestClockNs(); }
+
+  // ---------------------------------------------------------------------------------------------
+  // Lifecycle
 
   /**
    * Creates the vCPU threads and instantiates the guest in each, without running it. A migration
@@ -265,23 +129,9 @@ export class Vm extends EventEmitter<VmEvents> {
    */
   async spawn(): Promise<void> {
     this.requireState('spawn vCPUs', ['created']);
-    if (this.workers.length > 0) return;
-    const c = this.control;
-    c.setRequest(RunRequest.Run);
-    for (let v = 0; v < this.config.vcpus; v++) {
-      c.store(v, V_BUDGET, INITIAL_BUDGET);
-      c.store(v, V_STATE, VcpuState.Starting);
-      const data: VcpuWorkerData = {
-        module: this.image.module, memory: this.memory, control: c.buffers, vcpus: this.config.vcpus, vcpu: v,
-        maxGlobals: c.maxGlobals, ramBytes: this.image.layout.ramBytes, layout: this.image.layout, cmdline: this.config.cmdline,
-        globals: this.image.globals, stepTargetUs: this.config.stepTargetUs,
-      };
-      const worker = new Worker(new URL('./vcpu-worker.js', import.meta.url), { workerData: data });
-      worker.on('message', (msg: VcpuWorkerMessage) => { this.onWorkerMessage(msg); });
-      worker.on('error', (err) => { this.onCrash({ reason: 'internal', vcpu: v, message: `vCPU thread failed: ${errorMessage(err)}` }); });
-      worker.on('exit', () => { this.onWorkerExit(v); });
-      this.workers.push(worker);
-    }
+    if (this.threads.count > 0) return;
+    this.control.setRequest(RunRequest.Run);
+    this.threads.spawn(this.control, this.config.vcpus, (v) => vcpuWorkerData(this.parts, v));
     await this.waitForVcpus((s) => s !== VcpuState.Starting, 'instantiate the guest');
   }
 
@@ -289,22 +139,25 @@ export class Vm extends EventEmitter<VmEvents> {
   async start(): Promise<void> {
     this.requireState('start', ['created']);
     await this.spawn();
-    if (this.restore?.clockWallMs !== undefined) {
-      const elapsedNs = BigInt(Math.max(0, Math.round((Date.now() - this.restore.clockWallMs) * 1e6)));
-      this.control.setGuestClockNs(this.restore.clockNs + elapsedNs);
-    }
+    this.continueGuestClock();
     Atomics.store(this.control.i32, W_GO, 1);
     Atomics.notify(this.control.i32, W_GO);
-    this.setState('running');
-    this.watchdog = setInterval(() => { this.checkHung(); }, WATCHDOG_INTERVAL_MS);
-    this.watchdog.unref();
+    this.setState('running'); // created --start--> running
+    this.watchdog.start(() => { this.onWatchdogTick(); });
     const bootAllowanceMs = this.restore === null ? (this.config.memoryBytes / BOOT_MIN_BYTES_PER_SEC) * 1000 : 0;
     await this.waitForVcpus((s) => s !== VcpuState.Starting && s !== VcpuState.Ready, 'boot', bootAllowanceMs);
   }
 
+  /** A migrated VM's clock moves on by the time since its source read it (RestoreState.clockWallMs). */
+  private continueGuestClock(): void {
+    if (this.restore?.clockWallMs === undefined) return;
+    const elapsedNs = BigInt(Math.max(0, Math.round((Date.now() - this.restore.clockWallMs) * 1e6)));
+    this.control.setGuestClockNs(this.restore.clockNs + elapsedNs);
+  }
+
   private async waitForVcpus(done: (s: VcpuState) => boolean, what: string, extraMs = 0): Promise<void> {
     const deadline = performance.now() + Math.max(this.config.hangTimeoutMs, VCPU_START_TIMEOUT_MS) + extraMs;
-    const ok = await this.waitUntil(() => this.vcpuStates().every(done) || this.crashInfo !== null, W_PARK_SEQ, deadline);
+    const ok = await waitUntil(this.control.i32, () => this.vcpuStates().every(done) || this.crashed(), W_PARK_SEQ, deadline, this.crashed);
     if (!ok && this.crashInfo === null) {
       this.onCrash({ reason: 'hung', vcpu: this.vcpuStates().findIndex((s) => !done(s)), message: `vCPU did not ${what} in time` });
     }
@@ -323,39 +176,108 @@ export class Vm extends EventEmitter<VmEvents> {
     this.requireState('pause', ['running']);
     const t0 = performance.now();
     this.control.setRequest(RunRequest.Pause);
-    const ok = await this.waitUntil(() => this.allQuiescent(), W_PARK_SEQ, t0 + timeoutMs);
+    const ok = await waitUntil(this.control.i32, () => this.allQuiescent(), W_PARK_SEQ, t0 + timeoutMs, this.crashed);
     const latencyMs = performance.now() - t0;
     await this.awaitCrashReport();
     if (this.crashInfo !== null) throw new FerryError('VM_CRASHED', `VM crashed while pausing: ${this.crashInfo.message}`, { crash: this.crashInfo });
-    if (!ok) {
-      const stuck = this.vcpuStates().map((s, i) => (isQuiescent(s) ? -1 : i)).filter((i) => i >= 0);
-      this.onCrash({ reason: 'hung', vcpu: stuck[0] ?? 0, message: `vCPU(s) ${stuck.join(', ')} did not reach a safepoint within ${timeoutMs} ms` });
-      throw new FerryError('VCPU_HUNG', `VM ${this.config.name}: vCPU(s) ${stuck.join(', ')} did not pause within ${timeoutMs} ms; the VM is marked crashed (hung)`, { vcpus: stuck });
-    }
-    this.setState('paused');
+    if (!ok) this.pauseTimedOut(timeoutMs);
+    this.setState('paused'); // running --pause--> paused
     return { latencyMs };
+  }
+
+  /** running --pause timeout--> crashed (hung): the vCPUs that did not park are named. */
+  private pauseTimedOut(timeoutMs: number): never {
+    const stuck = this.vcpuStates().map((s, i) => (isQuiescent(s) ? -1 : i)).filter((i) => i >= 0);
+    this.onCrash({ reason: 'hung', vcpu: stuck[0] ?? 0, message: `vCPU(s) ${stuck.join(', ')} did not reach a safepoint within ${timeoutMs} ms` });
+    throw new FerryError('VCPU_HUNG', `VM ${this.config.name}: vCPU(s) ${stuck.join(', ')} did not pause within ${timeoutMs} ms; the VM is marked crashed (hung)`, { vcpus: stuck });
   }
 
   resume(): void {
     this.requireState('resume', ['paused']);
     this.control.setRequest(RunRequest.Run);
-    this.setState('running');
+    this.setState('running'); // paused --resume--> running
   }
 
   /** Stops every vCPU and releases the threads. Safe to call in any state, more than once. */
   async stop(): Promise<void> {
-    if (this.watchdog !== null) { clearInterval(this.watchdog); this.watchdog = null; }
-    if (this.workers.length === 0 || this.exited.size === this.workers.length) {
-      if (this.vmState !== 'crashed') this.setState('stopped');
+    this.watchdog.stop();
+    if (this.threads.count > 0 && !this.threads.allExited) {
+      this.control.setRequest(RunRequest.Stop);
+      await this.threads.exit(STOP_GRACE_MS);
+    }
+    if (this.vmState !== 'crashed') this.setState('stopped'); // any --stop--> stopped (a crash stays a crash)
+  }
+
+  /** Every watchdog interval while running or paused: a step that overran the hang timeout, or every vCPU halted. */
+  private onWatchdogTick(): void {
+    if (this.vmState !== 'running' && this.vmState !== 'paused') return;
+    const hung = this.watchdog.hungStep();
+    if (hung !== null) {
+      const { vcpu, ageMs } = hung;
+      this.onCrash({ reason: 'hung', vcpu, message: `vCPU ${vcpu} has been inside one step for ${Math.round(ageMs)} ms (limit ${this.config.hangTimeoutMs} ms); the guest ignores its step budget` });
       return;
     }
-    this.control.setRequest(RunRequest.Stop);
-    const allExited = new Promise<void>((resolve) => { this.exitWaiters.push(resolve); });
-    const timer = setTimeout(() => { for (const w of this.workers) void w.terminate(); }, STOP_GRACE_MS);
-    await allExited;
-    clearTimeout(timer);
-    if (this.vmState !== 'crashed') this.setState('stopped');
+    if (this.vmState === 'running' && this.vcpuStates().every((s) => s === VcpuState.Halted)) this.setState('halted'); // running --all vCPUs halt--> halted
   }
+
+  /** running/paused --trap, panic, hang--> crashed. First crash wins: every other vCPU is stopped, threads are released. */
+  private onCrash(info: CrashInfo): void {
+    if (this.crashInfo !== null || this.vmState === 'stopped') return;
+    this.crashInfo = info;
+    this.setState('crashed');
+    this.emit('crash', info);
+    this.control.setRequest(RunRequest.Stop);
+    // A hung vCPU never reaches a safepoint: terminate its thread (V8 interrupts running wasm).
+    if (info.reason === 'hung') this.threads.terminate();
+    else this.threads.terminateAfter(STOP_GRACE_MS);
+  }
+
+  /**
+   * A vCPU marks itself Crashed in the control block right after posting its crash report; the
+   * report arrives through the event loop. Wait for it so callers see the reason, not just the state.
+   */
+  private async awaitCrashReport(): Promise<void> {
+    const crashed = this.vcpuStates().indexOf(VcpuState.Crashed);
+    if (crashed < 0 || this.crashInfo !== null) return;
+    const deadline = performance.now() + CRASH_REPORT_WAIT_MS;
+    while (this.crashInfo === null && performance.now() < deadline) await delay(1);
+    if (this.crashInfo === null) this.onCrash({ reason: 'internal', vcpu: crashed, message: `vCPU ${crashed} crashed without a report` });
+  }
+
+  private onWorkerMessage(msg: VcpuWorkerMessage): void {
+    switch (msg.kind) {
+      case 'console': this.emit('console', msg.text, msg.vcpu); break;
+      case 'crash': this.onCrash({ reason: msg.reason, vcpu: msg.vcpu, message: msg.message }); break;
+      case 'exit': break;
+    }
+  }
+
+  private setState(state: VmState): void {
+    if (this.vmState === state) return;
+    this.vmState = state;
+    this.emit('state', state);
+  }
+
+  /** A request the current state does not allow gets a typed "not allowed" answer (VM_STATE). */
+  private requireState(action: string, allowed: readonly VmState[]): void {
+    if (!allowed.includes(this.vmState)) {
+      const extra = this.crashInfo !== null ? ` (${this.crashInfo.reason}: ${this.crashInfo.message})` : '';
+      throw new FerryError('VM_STATE', `cannot ${action}: VM ${this.config.name} is ${this.vmState}${extra}; allowed when ${allowed.join(' or ')}`, { state: this.vmState });
+    }
+  }
+
+  private vcpuStates(): VcpuState[] {
+    const out: VcpuState[] = [];
+    for (let v = 0; v < this.config.vcpus; v++) out.push(this.control.load(v, V_STATE));
+    return out;
+  }
+
+  private allQuiescent(): boolean {
+    return this.vcpuStates().every(isQuiescent);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // What a running or quiescent VM offers: throttle, state capture, statistics, host writes, guest checks
 
   /** Throttle: every vCPU spends `permille`/1000 of its time parked (0 = off). */
   setThrottle(permille: number): void {
@@ -368,17 +290,21 @@ export class Vm extends EventEmitter<VmEvents> {
   /** Per-vCPU state as published at the last safepoint; the VM must be paused, halted or stopped. */
   captureVcpuStates(): VcpuSnapshotState[] {
     this.requireState('capture vCPU state', ['paused', 'halted', 'stopped']);
-    const c = this.control;
-    const states: VcpuSnapshotState[] = [];
-    for (let v = 0; v < this.config.vcpus; v++) {
-      const globals: GlobalValue[] = this.image.globals.map((g, i) => {
-        const slot = c.globalSlot(v, i);
-        if (g.type === 'i64') return { type: 'i64', value: c.globalsI64[slot] ?? 0n };
-        return { type: g.type, value: c.globalsF64[slot] ?? 0 };
-      });
-      states.push({ halted: c.load(v, V_STATE) === VcpuState.Halted, globals });
-    }
-    return states;
+    return Array.from({ length: this.config.vcpus }, (_, v) => readVcpuState(this.control, v, this.image.globals));
+  }
+
+  vcpuStats(): VcpuStats[] {
+    return readVcpuStats(this.control, this.config.vcpus);
+  }
+
+  /** The clock value each vCPU read last (0n: never): a migration source sends them at stun. */
+  lastClockReads(): bigint[] {
+    return Array.from({ length: this.config.vcpus }, (_, v) => this.control.lastClockRead(v));
+  }
+
+  /** The first clock value each vCPU read in this VM instance (0n: not yet). */
+  firstClockReads(): bigint[] {
+    return Array.from({ length: this.config.vcpus }, (_, v) => this.control.firstClockRead(v));
   }
 
   /** Writes into guest RAM from the host (a device or a restore) and fires the traces it covers. */
@@ -421,62 +347,47 @@ export class Vm extends EventEmitter<VmEvents> {
     return (instance.exports[name] as () => unknown)();
   }
 
-  vcpuStats(): VcpuStats[] {
-    const c = this.control;
-    const out: VcpuStats[] = [];
-    for (let v = 0; v < this.config.vcpus; v++) {
-      out.push({
-        vcpu: v, state: c.load(v, V_STATE), steps: c.f64[c.stat(v, S_STEPS)] ?? 0,
-        units: c.f64[c.stat(v, S_UNITS)] ?? 0, stepMs: c.f64[c.stat(v, S_STEP_MS)] ?? 0,
-        maxStepMs: c.f64[c.stat(v, S_MAX_STEP_MS)] ?? 0, throttledMs: c.f64[c.stat(v, S_THROTTLED_MS)] ?? 0,
-        budget: c.load(v, V_BUDGET),
-      });
-    }
-    return out;
+  // ---------------------------------------------------------------------------------------------
+  // Write traces (docs/dirty-tracking.md)
+
+  /** The dirty tracker for the current trace granularity (a new one after setTraceGranularity). */
+  get tracker(): DirtyTracker { return this.trackerImpl; }
+  /** The current trace granularity (the configured one until a migration picks another). */
+  get granularityBytes(): number { return this.bitmap.granularityBytes; }
+
+  private newTracker(): DirtyTracker {
+    return new DirtyTracker(this.bitmap, this.bitmap.granularityBytes, {
+      barrier: () => this.traceBarrier(),
+      installStopped: (regions) => this.installWithAllStopped(regions),
+    });
   }
 
   /**
-   * Trace epoch barrier (docs/dirty-tracking.md). Called after re-arming traces: a seq-cst RMW on the
-   * fence word orders the re-arm before everything below; then every vCPU that is inside a step
-   * must finish that step (its ack is a seq-cst increment after the step's stores). A vCPU not in a
-   * step starts its next step after this point and so sees the re-armed traces.
+   * Changes the trace granularity while the guest runs: every trace is disarmed, the shift word is
+   * changed, and an epoch barrier makes sure no vCPU still computes regions with the old shift (a
+   * store that does is harmless: the bitmap is all zero). Returns the new tracker (same strategy).
+   */
+  async setTraceGranularity(granularityBytes: number): Promise<DirtyTracker> {
+    validateGranularity(granularityBytes);
+    if (granularityBytes === this.granularityBytes) return this.trackerImpl;
+    const strategy = this.trackerImpl.strategy;
+    this.bitmap.bytes.fill(0);
+    this.bitmap.setShift(granularityShift(granularityBytes));
+    if (this.vmState === 'running') await this.traceBarrier();
+    this.trackerImpl = this.newTracker();
+    this.trackerImpl.strategy = strategy;
+    return this.trackerImpl;
+  }
+
+  /**
+   * Trace epoch barrier (src/vmm/vcpu/sync.ts): resolves once every vCPU that was inside a step
+   * has finished it, so every later step sees traces re-armed before this call.
    */
   async traceBarrier(): Promise<void> {
-    const c = this.control;
-    Atomics.add(c.i32, W_FENCE, 1);
-    const pending: { vcpu: number; ack: number }[] = [];
-    for (let v = 0; v < this.config.vcpus; v++) {
-      const ack = c.load(v, V_ACK);
-      if (c.load(v, V_IN_STEP) === 1) pending.push({ vcpu: v, ack });
-    }
-    if (pending.length === 0) return;
-    const done = (): boolean => pending.every(({ vcpu, ack }) => {
-      const s = c.load(vcpu, V_STATE);
-      return c.load(vcpu, V_ACK) !== ack || s === VcpuState.Crashed || s === VcpuState.Exited;
-    });
-    // vCPUs signal step ends while a barrier waits, so the wait sleeps on a word instead of polling
-    // (polling would take CPU from the very vCPU it waits for).
-    Atomics.add(c.i32, W_BARRIER_WAITERS, 1);
-    let ok: boolean;
-    try {
-      ok = await this.waitUntil(done, W_STEP_SEQ, performance.now() + this.config.hangTimeoutMs);
-    } finally {
-      Atomics.sub(c.i32, W_BARRIER_WAITERS, 1);
-    }
+    const outcome = await epochBarrier(this.control, this.config.vcpus, this.config.hangTimeoutMs, this.crashed);
+    if (outcome === 'clear') return;
     if (this.crashInfo !== null) throw new FerryError('VM_CRASHED', `VM crashed during a trace epoch: ${this.crashInfo.message}`, { crash: this.crashInfo });
-    if (!ok) throw new FerryError('VCPU_HUNG', `a vCPU did not finish its step within ${this.config.hangTimeoutMs} ms during a trace epoch`);
-  }
-
-  /**
-   * A vCPU marks itself Crashed in the control block right after posting its crash report; the
-   * report arrives through the event loop. Wait for it so callers see the reason, not just the state.
-   */
-  private async awaitCrashReport(): Promise<void> {
-    const crashed = this.vcpuStates().indexOf(VcpuState.Crashed);
-    if (crashed < 0 || this.crashInfo !== null) return;
-    const deadline = performance.now() + CRASH_REPORT_WAIT_MS;
-    while (this.crashInfo === null && performance.now() < deadline) await delay(1);
-    if (this.crashInfo === null) this.onCrash({ reason: 'internal', vcpu: crashed, message: `vCPU ${crashed} crashed without a report` });
+    if (outcome === 'timeout') throw new FerryError('VCPU_HUNG', `a vCPU did not finish its step within ${this.config.hangTimeoutMs} ms during a trace epoch`);
   }
 
   /**
@@ -485,131 +396,18 @@ export class Vm extends EventEmitter<VmEvents> {
    * not running (paused, halted, created) is installed by the caller's thread directly.
    */
   async installWithAllStopped(regions: Uint32Array | null): Promise<{ stallMs: number }> {
-    const c = this.control;
     if (this.vmState !== 'running') {
       if (regions === null) this.bitmap.bytes.fill(1, 0, this.bitmap.regionCount);
       else for (const r of regions) this.bitmap.bytes[r] = 1;
       return { stallMs: 0 };
     }
     const t0 = performance.now();
-    await this.pause();
-    const count = regions === null ? -1 : regions.length;
-    if (regions !== null) c.installList.set(regions);
-    Atomics.store(c.i32, W_INSTALL_COUNT, count);
-    Atomics.store(c.i32, W_INSTALL_DONE, 0);
-    Atomics.add(c.i32, W_INSTALL_EPOCH, 1);
-    c.setRequest(RunRequest.Install);
-    const ok = await this.waitUntil(() => Atomics.load(c.i32, W_INSTALL_DONE) >= this.config.vcpus || this.crashInfo !== null, W_INSTALL_DONE, performance.now() + this.config.hangTimeoutMs);
-    c.setRequest(RunRequest.Pause);
-    if (!ok || this.crashInfo !== null) throw new FerryError('VCPU_HUNG', `vCPUs did not finish installing traces in time (${Atomics.load(c.i32, W_INSTALL_DONE)} of ${this.config.vcpus} done; states ${this.vcpuStates().join(',')}; epoch ${Atomics.load(c.i32, W_INSTALL_EPOCH)}, per vCPU ${Array.from({ length: this.config.vcpus }, (_, v) => c.load(v, V_INSTALL_EPOCH_DONE)).join(',')}; request ${c.request()})`);
-    this.resume();
+    await this.pause(); // running --pause--> paused
+    const ok = await installWhileParked(this.control, this.config.vcpus, regions, this.config.hangTimeoutMs, this.crashed);
+    if (!ok || this.crashInfo !== null) {
+      throw new FerryError('VCPU_HUNG', `vCPUs did not finish installing traces in time (${installProgress(this.control, this.config.vcpus, this.vcpuStates())})`);
+    }
+    this.resume(); // paused --resume--> running
     return { stallMs: performance.now() - t0 };
   }
-
-  private vcpuStates(): VcpuState[] {
-    const out: VcpuState[] = [];
-    for (let v = 0; v < this.config.vcpus; v++) out.push(this.control.load(v, V_STATE));
-    return out;
-  }
-
-  private allQuiescent(): boolean {
-    return this.vcpuStates().every(isQuiescent);
-  }
-
-  /**
-   * Waits for `cond`: first spinning on Atomics.wait for up to SYNC_WAIT_WINDOW_MS (sub-ms accuracy),
-   * then yielding to the event loop between checks so a slow vCPU never blocks the host's loop.
-   */
-  private async waitUntil(cond: () => boolean, seqWord: number | null, deadline: number): Promise<boolean> {
-    const i32 = this.control.i32;
-    const syncEnd = Math.min(deadline, performance.now() + SYNC_WAIT_WINDOW_MS);
-    const scratch = new Int32Array(new SharedArrayBuffer(4));
-    // cond() is evaluated once per check: a vCPU that saw an older Run can flip Parked -> Running ->
-    // Parked while it re-reads the request, so a second evaluation could contradict the first.
-    while (performance.now() < syncEnd) {
-      if (cond()) return true;
-      if (this.crashInfo !== null) return false;
-      if (seqWord !== null) {
-        const seq = Atomics.load(i32, seqWord);
-        if (cond()) return true;
-        Atomics.wait(i32, seqWord, seq, 0.5);
-      } else {
-        Atomics.wait(scratch, 0, 0, 0.02);
-      }
-    }
-    while (performance.now() < deadline) {
-      if (cond()) return true;
-      if (this.crashInfo !== null) return false;
-      await delay(1);
-    }
-    return cond();
-  }
-
-  private checkHung(): void {
-    if (this.vmState !== 'running' && this.vmState !== 'paused') return;
-    const c = this.control;
-    const now = performance.timeOrigin + performance.now();
-    for (let v = 0; v < this.config.vcpus; v++) {
-      if (c.load(v, V_IN_STEP) !== 1) continue;
-      const startMs = c.f64[c.stat(v, S_STEP_START_MS)] ?? 0;
-      if (startMs <= 0) continue; // not yet published (cannot happen with the worker's store order; belt and braces)
-      const ageMs = now - startMs;
-      if (ageMs > this.config.hangTimeoutMs) {
-        this.onCrash({ reason: 'hung', vcpu: v, message: `vCPU ${v} has been inside one step for ${Math.round(ageMs)} ms (limit ${this.config.hangTimeoutMs} ms); the guest ignores its step budget` });
-        return;
-      }
-    }
-    if (this.vmState === 'running' && this.vcpuStates().every((s) => s === VcpuState.Halted)) this.setState('halted');
-  }
-
-  private onWorkerMessage(msg: VcpuWorkerMessage): void {
-    switch (msg.kind) {
-      case 'console': this.emit('console', msg.text, msg.vcpu); break;
-      case 'crash': this.onCrash({ reason: msg.reason, vcpu: msg.vcpu, message: msg.message }); break;
-      case 'exit': break;
-    }
-  }
-
-  private onWorkerExit(vcpu: number): void {
-    this.exited.add(vcpu);
-    if (this.exited.size === this.workers.length) {
-      if (this.watchdog !== null) { clearInterval(this.watchdog); this.watchdog = null; }
-      const waiters = this.exitWaiters;
-      this.exitWaiters = [];
-      for (const w of waiters) w();
-    }
-  }
-
-  /** First crash wins: the VM goes to crashed, every other vCPU is stopped, threads are released. */
-  private onCrash(info: CrashInfo): void {
-    if (this.crashInfo !== null || this.vmState === 'stopped') return;
-    this.crashInfo = info;
-    this.setState('crashed');
-    this.emit('crash', info);
-    this.control.setRequest(RunRequest.Stop);
-    // A hung vCPU never reaches a safepoint: terminate its thread (V8 interrupts running wasm).
-    if (info.reason === 'hung') for (const w of this.workers) void w.terminate();
-    else {
-      const timer = setTimeout(() => { for (const w of this.workers) void w.terminate(); }, STOP_GRACE_MS);
-      timer.unref();
-    }
-  }
-
-  private setState(state: VmState): void {
-    if (this.vmState === state) return;
-    this.vmState = state;
-    this.emit('state', state);
-  }
-
-  private requireState(action: string, allowed: readonly VmState[]): void {
-    if (!allowed.includes(this.vmState)) {
-      const extra = this.crashInfo !== null ? ` (${this.crashInfo.reason}: ${this.crashInfo.message})` : '';
-      throw new FerryError('VM_STATE', `cannot ${action}: VM ${this.config.name} is ${this.vmState}${extra}; allowed when ${allowed.join(' or ')}`, { state: this.vmState });
-    }
-  }
 }
-
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-

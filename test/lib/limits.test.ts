@@ -14,7 +14,7 @@ import {
   MAX_ABORT_REASON_CHARS, MAX_CMDLINE_BYTES, MAX_DATA_CHANNELS, MAX_GRANULARITY_BYTES, MAX_VCPUS, MAX_VM_NAME_CHARS,
   MIN_DATA_CHANNELS, MIN_GRANULARITY_BYTES, WASM_PAGE_BYTES, isValidVmName,
 } from '../../src/lib/limits.js';
-import { normalizeConfig, type VmConfig } from '../../src/vmm/vm.js';
+import { normalizeConfig, type VmConfig } from '../../src/vmm/config.js';
 import { validateGranularity } from '../../src/vmm/layout.js';
 import { openSnapshot, writeSnapshot, type SnapshotMetadata } from '../../src/vmm/snapshot.js';
 import { HostStore } from '../../src/host/store.js';

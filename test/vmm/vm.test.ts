@@ -7,7 +7,8 @@ import { afterEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { guestWat, wat2wasm } from '../helpers/wat.js';
-import { Vm, type CrashInfo, type VmConfigInput } from '../../src/vmm/vm.js';
+import type { VmConfigInput } from '../../src/vmm/config.js';
+import { Vm, type CrashInfo } from '../../src/vmm/vm.js';
 import { isFerryError } from '../../src/lib/errors.js';
 import { KiB, MiB } from '../../src/lib/units.js';
 

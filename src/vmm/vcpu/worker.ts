@@ -18,17 +18,17 @@ import {
   Control, MAX_THROTTLE_SLEEP_MS, RunRequest, VcpuState, V_ACK, V_BUDGET, V_GLOBAL_COUNT, V_INSTALL_EPOCH_DONE, V_IN_STEP, V_RESTORE_HALTED,
   V_STATE, V_THROTTLE_PERMILLE, S_MAX_STEP_MS, S_STEPS, S_STEP_MS, S_STEP_START_MS, S_THROTTLED_MS, S_UNITS, W_BOOTED,
   W_BARRIER_WAITERS, W_GO, W_INSTALL_COUNT, W_INSTALL_DONE, W_INSTALL_EPOCH, W_PARK_SEQ, W_RESTORE, W_STEP_SEQ,
-} from './control.js';
-import { TraceBitmap } from './trace-bitmap.js';
-import type { VcpuWorkerData, VcpuWorkerMessage } from './vcpu-protocol.js';
+} from '../control.js';
+import { TraceBitmap } from '../trace-bitmap.js';
+import type { VcpuWorkerData, VcpuWorkerMessage } from './protocol.js';
 import {
   CONSOLE_WRITE_MAX_BYTES, IDLE_TICK_MS, MAX_BUDGET, MIN_BUDGET, PANIC_MESSAGE_MAX_BYTES, STEP_STATUS_HALT,
   STEP_STATUS_IDLE, STEP_STATUS_RUN,
-} from './vcpu-protocol.js';
+} from './protocol.js';
 
 const data = workerData as VcpuWorkerData;
 const port = parentPort;
-if (port === null) throw new Error('vcpu-worker must run as a worker thread');
+if (port === null) throw new Error('src/vmm/vcpu/worker.ts must run as a worker thread');
 
 const control = new Control(data.control, data.vcpus, data.maxGlobals);
 const memory = data.memory;

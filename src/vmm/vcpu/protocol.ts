@@ -1,7 +1,7 @@
 /** What the VM hands a vCPU worker, what the worker reports back, and the step-loop limits. */
-import type { ControlBuffers } from './control.js';
-import type { ExportedGlobal } from './instrument.js';
-import type { MemoryLayout } from './layout.js';
+import type { ControlBuffers } from '../control.js';
+import type { ExportedGlobal } from '../instrument.js';
+import type { MemoryLayout } from '../layout.js';
 
 /** Per-call cap on console output: a guest cannot make the host buffer unbounded text at once. */
 export const CONSOLE_WRITE_MAX_BYTES = 64 * 1024;
@@ -12,8 +12,6 @@ export const IDLE_TICK_MS = 1;
 export const MIN_BUDGET = 1;
 export const MAX_BUDGET = 1 << 30;
 export const INITIAL_BUDGET = 64;
-/** Target duration of one step: bounds pause latency (a vCPU parks at the end of its current step). */
-export const DEFAULT_STEP_TARGET_US = 150;
 
 export const STEP_STATUS_RUN = 0;
 export const STEP_STATUS_IDLE = 1;
