@@ -14,7 +14,7 @@ import { z } from 'zod';
 import { FerryError, errorMessage } from '../lib/errors.js';
 import { cmdlineSchema, granularitySchema, ramBytesSchema, vcpusSchema, vmNameSchema } from '../lib/limits.js';
 import type { VmConfig } from '../vmm/vm.js';
-import type { StoredOutcome as MigrationOutcome } from '../migration/target.js';
+import type { StoredOutcome as MigrationOutcome } from '../migration/target/hooks.js';
 
 // The VM bounds are the runtime's own (src/lib/limits.ts): a config the runtime accepted is one the
 // store reloads, and a hand-edited one the runtime would refuse is caught here, at load.
