@@ -11,6 +11,7 @@ import { createRoute, z } from '@hono/zod-openapi';
 import { migrationOptionsSchema } from '../migration/options.js';
 import { migrationJobStatusSchema, migrationProgressSchema, migrationRecordSchema, type MigrationJobStatus } from '../migration/record.js';
 import { incomingOutcomeSchema } from '../migration/peer.js';
+import { MAX_HANG_TIMEOUT_MS, MIN_HANG_TIMEOUT_MS } from '../vmm/config.js';
 import { MAX_IMAGE_BYTES, cmdlineSchema, granularitySchema, vcpusSchema, vmNameSchema as limitVmNameSchema } from '../lib/limits.js';
 
 export const HOST_API_VERSION = 'v1';
@@ -87,7 +88,7 @@ export const createVmRequestSchema = z.object({
   vcpus: vcpusSchema().optional(),
   granularityBytes: granularitySchema().optional(),
   cmdline: cmdlineSchema().optional(),
-  hangTimeoutMs: z.number().positive().optional(),
+  hangTimeoutMs: z.number().min(MIN_HANG_TIMEOUT_MS).max(MAX_HANG_TIMEOUT_MS).optional(),
   start: z.boolean().optional(),
 }).strict().openapi('CreateVm');
 export type CreateVmRequest = z.infer<typeof createVmRequestSchema>;

@@ -11,7 +11,7 @@ import { createAdaptorServer } from '@hono/node-server';
 import { GiB } from '../lib/units.js';
 import { warmUpInstrumenter } from '../vmm/instrument.js';
 import { warmUpSwitchoverCodecs } from '../migration/protocol/messages.js';
-import { MigrationReceiver } from '../migration/target.js';
+import { MigrationReceiver } from '../migration/target/receiver.js';
 import { tcpTransport } from '../dataplane/tcp.js';
 import type { Transport } from '../dataplane/transport.js';
 import { HOST_API_VERSION, type HostInfo } from '../api/host-v1.js';

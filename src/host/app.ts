@@ -19,7 +19,7 @@ import {
 } from '../api/host-v1.js';
 import { httpStatusFor } from '../api/http-status.js';
 import { encodeSse } from '../api/sse.js';
-import type { MigrationJob } from '../migration/source.js';
+import type { MigrationJob } from '../migration/source/job.js';
 import type { MigrationRecord, MigrationProgress } from '../migration/record.js';
 import type { IncomingOutcome } from '../migration/peer.js';
 import { bearerMatches } from './auth.js';

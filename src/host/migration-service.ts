@@ -4,7 +4,7 @@
  * when a job ends hands the VM's fate back to the VM service (gone on success, here otherwise).
  */
 import { FerryError } from '../lib/errors.js';
-import { MigrationJob } from '../migration/source.js';
+import { MigrationJob } from '../migration/source/job.js';
 import type { MigrationRecord } from '../migration/record.js';
 import type { Transport } from '../dataplane/transport.js';
 import type { MigrateRequest, MigrationStatus } from '../api/host-v1.js';

@@ -13,8 +13,8 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { FerryError, errorMessage } from '../lib/errors.js';
 import { cmdlineSchema, granularitySchema, ramBytesSchema, vcpusSchema, vmNameSchema } from '../lib/limits.js';
-import type { VmConfig } from '../vmm/config.js';
-import type { StoredOutcome as MigrationOutcome } from '../migration/target.js';
+import { MAX_HANG_TIMEOUT_MS, MAX_STEP_TARGET_US, MIN_HANG_TIMEOUT_MS, MIN_STEP_TARGET_US, type VmConfig } from '../vmm/config.js';
+import type { StoredOutcome as MigrationOutcome } from '../migration/target/hooks.js';
 
 // The VM bounds are the runtime's own (src/lib/limits.ts): a config the runtime accepted is one the
 // store reloads, and a hand-edited one the runtime would refuse is caught here, at load.
@@ -24,8 +24,8 @@ const configSchema = z.object({
   vcpus: vcpusSchema(),
   granularityBytes: granularitySchema(),
   cmdline: cmdlineSchema(),
-  hangTimeoutMs: z.number().positive(),
-  stepTargetUs: z.number().positive(),
+  hangTimeoutMs: z.number().min(MIN_HANG_TIMEOUT_MS).max(MAX_HANG_TIMEOUT_MS),
+  stepTargetUs: z.number().min(MIN_STEP_TARGET_US).max(MAX_STEP_TARGET_US),
   runningAtShutdown: z.boolean(),
 }).strict();
 

@@ -11,9 +11,14 @@ export const DIGEST_PAGE_BYTES = 4096;
 const GOLDEN = 0x9e3779b97f4a7c15n;
 const ZERO_PAGE = Buffer.alloc(DIGEST_PAGE_BYTES);
 
+/** True when the 4 KiB page holds only zero bytes. */
+export function isZeroPage(page: Buffer): boolean {
+  return page.equals(ZERO_PAGE);
+}
+
 /** What page `index` with content `page` adds to the digest: 0 for an all-zero page. */
 function contribution(index: number, page: Buffer): bigint {
-  return page.equals(ZERO_PAGE) ? 0n : BigInt.asUintN(64, xxh64(page) ^ (BigInt(index) * GOLDEN)) || 1n;
+  return isZeroPage(page) ? 0n : BigInt.asUintN(64, xxh64(page) ^ (BigInt(index) * GOLDEN)) || 1n;
 }
 
 export class MemoryDigest {

@@ -9,6 +9,8 @@ import { DEFAULT_GRANULARITY_BYTES } from './layout.js';
 
 export const DEFAULT_HANG_TIMEOUT_MS = 2000;
 export const MIN_HANG_TIMEOUT_MS = 10;
+/** Beyond ten minutes a "hang timeout" no longer detects hangs; a typo should not switch detection off. */
+export const MAX_HANG_TIMEOUT_MS = 600_000;
 /** Target duration of one step: bounds pause latency (a vCPU parks at the end of its current step). */
 export const DEFAULT_STEP_TARGET_US = 150;
 export const MIN_STEP_TARGET_US = 20;
@@ -51,7 +53,9 @@ function configProblem(config: VmConfig): string | null {
   if (cmdlineBytes(cmdline) > MAX_CMDLINE_BYTES) return `command line is ${cmdlineBytes(cmdline)} bytes (UTF-8); the limit is ${MAX_CMDLINE_BYTES}`;
   if (cmdline.includes('\0')) return 'command line must not contain NUL characters';
   if (!isValidVmName(name)) return `VM name "${name}" must be ${VM_NAME_RULE}`;
-  if (!Number.isFinite(hangTimeoutMs) || hangTimeoutMs < MIN_HANG_TIMEOUT_MS) return `hang timeout must be at least ${MIN_HANG_TIMEOUT_MS} ms`;
+  if (!Number.isFinite(hangTimeoutMs) || hangTimeoutMs < MIN_HANG_TIMEOUT_MS || hangTimeoutMs > MAX_HANG_TIMEOUT_MS) {
+    return `hang timeout must be between ${MIN_HANG_TIMEOUT_MS} and ${MAX_HANG_TIMEOUT_MS} ms`;
+  }
   if (!Number.isFinite(stepTargetUs) || stepTargetUs < MIN_STEP_TARGET_US || stepTargetUs > MAX_STEP_TARGET_US) {
     return `step target must be between ${MIN_STEP_TARGET_US} and ${MAX_STEP_TARGET_US} µs`;
   }

@@ -1,0 +1,136 @@
+/**
+ * The connections of one outgoing migration and the conversation on its control connection:
+ * a ticket from the target, one control and N data connections (HELLO on each), PREPARE; then
+ * ROUND, STATE, COMMIT or ABORT. It knows whether COMMIT was sent: from then on a lost reply
+ * means in doubt, never a blind rollback.
+ */
+import { FerryError, isFerryError } from '../../lib/errors.js';
+import { MAX_ABORT_REASON_CHARS } from '../../lib/limits.js';
+import { RateLimiter } from '../../dataplane/rate-limiter.js';
+import type { Transport } from '../../dataplane/transport.js';
+import { ClientChannel } from '../channel.js';
+import type { MigrationOptions } from '../options.js';
+import type { IncomingTicket } from '../peer.js';
+import {
+  encodeAbort, encodeCommit, encodeHello, encodePrepare, encodeRound, encodeState, type ConnectionRole, type RoundBody, type StateBody,
+} from '../protocol/messages.js';
+import { checkCancelled, tag, type JobContext } from './context.js';
+
+export const DEFAULT_DATA_CHANNELS = 2;
+/** Timeouts: a target that never answers is given up on, and the VM keeps running here. */
+export const CONNECT_TIMEOUT_MS = 5_000;
+export const PREPARE_TIMEOUT_MS = 30_000;
+export const REQUEST_TIMEOUT_MS = 30_000;
+export const COMMIT_TIMEOUT_MS = 10_000;
+/** ABORT is a courtesy (the target aborts on the closed connection too): not worth waiting long for. */
+const ABORT_TIMEOUT_MS = 2_000;
+
+function dataChannelCount(options: MigrationOptions): number {
+  return options.dataChannels ?? DEFAULT_DATA_CHANNELS;
+}
+
+export class Session {
+  private controlChannel: ClientChannel | null = null;
+  /** Filled as they connect, so that cancel() can fail what is already open. */
+  readonly data: ClientChannel[] = [];
+  /** The target's id for this migration (from its ticket), used to ask for the outcome. */
+  remoteId = '';
+  private commitWasSent = false;
+  private abortSent = false;
+
+  constructor(private readonly ctx: JobContext, private readonly transport: Transport, private readonly imageBytes: Uint8Array) {}
+
+  /** COMMIT sent: from here a lost reply means in doubt, never a blind rollback. */
+  get commitSent(): boolean { return this.commitWasSent; }
+
+  /** Ticket, connections, PREPARE. A refusal by the target is MIGRATION_REFUSED. */
+  async open(): Promise<void> {
+    const ticket = await this.requestTicket();
+    this.remoteId = ticket.migrationId;
+    await this.connect(ticket);
+    this.ctx.log(`${tag(this.ctx)}: connected in ${this.ctx.record.elapsedMs().toFixed(0)} ms`);
+    await this.prepare(ticket);
+  }
+
+  private async requestTicket(): Promise<IncomingTicket> {
+    try {
+      return await this.ctx.target.requestTicket(CONNECT_TIMEOUT_MS);
+    } catch (err) {
+      // An answer other than the ticket is the target refusing (a wrong token stays UNAUTHORIZED).
+      if (isFerryError(err) && err.origin === 'remote' && err.code !== 'UNAUTHORIZED') {
+        throw new FerryError('MIGRATION_REFUSED', `target ${this.ctx.target.label} refused: ${err.message} (${err.code})`, { remoteCode: err.code }, { cause: err });
+      }
+      throw err;
+    }
+  }
+
+  private async connect(ticket: IncomingTicket): Promise<void> {
+    checkCancelled(this.ctx);
+    const o = this.ctx.options;
+    // One token bucket shared by the data connections: the cap is per migration, not per connection.
+    const limiter = o.bandwidthBytesPerSec !== undefined ? new RateLimiter(o.bandwidthBytesPerSec) : null;
+    await this.dial(ticket, 'control', 0, null);
+    for (let i = 0; i < dataChannelCount(o); i++) await this.dial(ticket, 'data', i, limiter);
+  }
+
+  /** One connection, HELLO answered. It is kept before its HELLO, so that cancel() can fail that too. */
+  private async dial(ticket: IncomingTicket, role: ConnectionRole, channel: number, limiter: RateLimiter | null): Promise<void> {
+    const stream = await this.transport.dial(ticket.address, { timeoutMs: CONNECT_TIMEOUT_MS, signal: this.ctx.signal });
+    const ch = role === 'control' ? new ClientChannel(stream, 'control') : new ClientChannel(stream, `data ${channel}`, limiter);
+    if (role === 'control') this.controlChannel = ch;
+    else this.data.push(ch);
+    await ch.request('HELLO', (id) => encodeHello(id, { protocol: 1, ticket: ticket.ticket, role, channel }), this.ctx.requestTimeoutMs);
+  }
+
+  private async prepare(ticket: IncomingTicket): Promise<void> {
+    const { vm, options } = this.ctx;
+    const c = vm.config;
+    try {
+      await this.control.request('PREPARE', (id) => encodePrepare(id, {
+        migrationId: ticket.migrationId, dataChannels: dataChannelCount(options), image: this.imageBytes,
+        vm: { name: c.name, memoryBytes: c.memoryBytes, vcpus: c.vcpus, granularityBytes: c.granularityBytes, cmdline: c.cmdline, imageSha256: vm.image.imageSha256 },
+      }), options.requestTimeoutMs ?? PREPARE_TIMEOUT_MS);
+    } catch (err) {
+      // The target looked at the VM and said no (capacity, name taken, image): a refusal, whatever its reason code.
+      if (isFerryError(err) && err.origin === 'remote') throw new FerryError('MIGRATION_REFUSED', err.message, { remoteCode: err.code }, { cause: err });
+      throw err;
+    }
+  }
+
+  private get control(): ClientChannel {
+    if (this.controlChannel === null) throw new FerryError('MIGRATION_FAILED', 'no control connection');
+    return this.controlChannel;
+  }
+
+  /** Every MEMORY frame of the round was acknowledged. */
+  async round(body: RoundBody): Promise<void> {
+    await this.control.request('ROUND', (id) => encodeRound(id, body), this.ctx.requestTimeoutMs);
+  }
+
+  async state(body: StateBody): Promise<void> {
+    await this.control.request('STATE', (id) => encodeState(id, body), this.ctx.requestTimeoutMs);
+  }
+
+  async commit(digest: string): Promise<void> {
+    this.commitWasSent = true;
+    await this.control.request('COMMIT', (id) => encodeCommit(id, { digest }), this.ctx.options.requestTimeoutMs ?? COMMIT_TIMEOUT_MS);
+  }
+
+  /** Tells the target to discard its copy, once; its reply (or none) changes nothing. */
+  async abort(reason: string): Promise<void> {
+    if (this.controlChannel === null || this.abortSent) return;
+    this.abortSent = true;
+    await this.controlChannel.request('ABORT', (id) => encodeAbort(id, { reason: reason.slice(0, MAX_ABORT_REASON_CHARS) }), ABORT_TIMEOUT_MS).catch(() => undefined);
+  }
+
+  /** Fails every in-flight request now (cancel), so the job unwinds promptly. */
+  fail(err: FerryError): void {
+    this.controlChannel?.fail(err);
+    for (const d of this.data) d.fail(err);
+  }
+
+  close(): void {
+    this.controlChannel?.close();
+    for (const d of this.data) d.close();
+  }
+}

@@ -1,0 +1,230 @@
+/**
+ * One incoming migration on the target: builds the VM (vCPUs spawned early, not running), applies
+ * memory batches, and on COMMIT verifies the digest, records the commit, resumes the VM and hands
+ * it to the host.
+ *
+ * Before COMMIT, any failure — a bad or out-of-order message, a dropped connection, a digest
+ * mismatch, an ABORT, an idle timeout — discards the partial VM; it is never resumed.
+ */
+import { createHash } from 'node:crypto';
+import { inflateRawSync } from 'node:zlib';
+import { FerryError, errorMessage } from '../../lib/errors.js';
+import { failpoint, failpointDrop } from '../../lib/failpoints.js';
+import { MAX_DATA_CHANNELS } from '../../lib/limits.js';
+import { Vm } from '../../vmm/vm.js';
+import type { ServerChannel } from '../channel.js';
+import { MemoryDigest } from '../digest.js';
+import { Command, type Frame } from '../protocol/frame.js';
+import type { MemoryBatch } from '../protocol/memory-batch.js';
+import { decodeMessage, type ConnectionRole, type OkBody, type PrepareBody, type StateBody } from '../protocol/messages.js';
+import type { IncomingOutcome } from '../peer.js';
+import type { ReceiverHooks } from './hooks.js';
+
+/** An incoming migration with no request for this long is aborted (a source that died). */
+export const INCOMING_IDLE_TIMEOUT_MS = 60_000;
+/** Connections per migration: one control plus up to 16 data channels. */
+const MAX_CONNECTIONS_PER_MIGRATION = 1 + MAX_DATA_CHANNELS;
+/** How long after resume the target waits for every vCPU's first clock read. */
+const GUEST_CLOCK_WAIT_MS = 2_000;
+
+function commandLabel(command: number): string {
+  switch (command) {
+    case Command.PREPARE: return 'prepare';
+    case Command.MEMORY: return 'memory';
+    case Command.ROUND: return 'round';
+    case Command.STATE: return 'state';
+    case Command.COMMIT: return 'commit';
+    case Command.ABORT: return 'abort';
+    default: return 'other';
+  }
+}
+
+export class IncomingMigration {
+  private vm: Vm | null = null;
+  private image: Uint8Array | null = null;
+  private digest: MemoryDigest | null = null;
+  private prepared = false;
+  private ended = false;
+  private state: StateBody | null = null;
+  private readonly channels = new Set<ServerChannel>();
+  private idleTimer: NodeJS.Timeout;
+  private outcome: IncomingOutcome = { state: 'pending' };
+
+  constructor(readonly id: string, private readonly hooks: ReceiverHooks, private readonly onEnd: (o: IncomingOutcome, durable: boolean) => void) {
+    this.idleTimer = this.armIdle();
+  }
+
+  private armIdle(): NodeJS.Timeout {
+    const t = setTimeout(() => { void this.abort(`no request from the source for ${INCOMING_IDLE_TIMEOUT_MS} ms`); }, INCOMING_IDLE_TIMEOUT_MS);
+    t.unref();
+    return t;
+  }
+
+  attach(channel: ServerChannel, _role: ConnectionRole): void {
+    if (this.ended) throw new FerryError('MIGRATION_FAILED', 'this migration has already ended');
+    if (this.channels.size >= MAX_CONNECTIONS_PER_MIGRATION) throw new FerryError('PROTOCOL_OUT_OF_ORDER', 'too many connections for one migration');
+    this.channels.add(channel);
+  }
+
+  markPrepared(): void { this.prepared = true; }
+  get isPrepared(): boolean { return this.prepared; }
+
+  async handle(frame: Frame): Promise<OkBody> {
+    if (this.ended) throw new FerryError('MIGRATION_FAILED', `migration ${this.id} has ended (${this.outcome.state})`);
+    clearTimeout(this.idleTimer);
+    this.idleTimer = this.armIdle();
+    if (frame.command === Command.MEMORY && !this.prepared) throw new FerryError('PROTOCOL_OUT_OF_ORDER', 'MEMORY before the migration was prepared');
+    const msg = decodeMessage(frame, this.vm !== null ? { ramBytes: this.vm.config.memoryBytes } : {});
+    // Failpoints for fault tests: target.prepare, target.memory, target.round, target.state, target.commit.
+    await failpoint(`target.${commandLabel(msg.command)}`);
+    if (msg.command === Command.MEMORY && failpointDrop('target.memory.drop')) {
+      for (const c of this.channels) c.close('failpoint target.memory.drop');
+      throw new FerryError('MIGRATION_FAILED', 'failpoint: connection dropped');
+    }
+    switch (msg.command) {
+      case Command.PREPARE: return this.prepare(msg.body);
+      case Command.MEMORY: return this.applyMemory(msg.body);
+      case Command.ROUND: return {};
+      case Command.STATE: return this.applyState(msg.body);
+      case Command.COMMIT: return this.commit(msg.body.digest);
+      case Command.ABORT:
+        await this.abort(`source aborted: ${msg.body.reason}`);
+        return {};
+      default:
+        throw new FerryError('PROTOCOL_OUT_OF_ORDER', `unexpected ${msg.command} request`);
+    }
+  }
+
+  /** Copies the batch's pages into the VM's RAM; the digest is updated over exactly the bytes applied. */
+  private applyMemory(batch: MemoryBatch): OkBody {
+    const vm = this.requireVm();
+    const digest = this.digest;
+    if (digest === null) throw new FerryError('MIGRATION_FAILED', 'no digest');
+    for (const e of batch.entries) {
+      const dest = vm.ram.subarray(e.offset, e.offset + e.length);
+      if (e.encoding === 'zero') { dest.fill(0); digest.updateZero(e.offset, e.length); continue; }
+      let data = e.data ?? Buffer.alloc(0);
+      if (e.encoding === 'deflate') {
+        try { data = inflateRawSync(data, { maxOutputLength: e.length }); } catch (err) { throw new FerryError('PROTOCOL_BAD_PAYLOAD', `MEMORY entry at ${e.offset}: cannot inflate: ${errorMessage(err)}`); }
+      }
+      if (data.length !== e.length) throw new FerryError('PROTOCOL_BAD_PAYLOAD', `MEMORY entry at ${e.offset}: ${data.length} bytes of data for a ${e.length}-byte range`);
+      dest.set(data);
+      digest.update(e.offset, data);
+    }
+    return {};
+  }
+
+  private applyState(body: StateBody): OkBody {
+    const vm = this.requireVm();
+    this.state = body;
+    vm.setRestoreState({
+      claimedPages: body.claimedPages, clockNs: body.clockNs, clockWallMs: body.clockWallMs,
+      vcpus: body.vcpus.map((v) => ({ halted: v.halted, globals: v.globals })),
+    });
+    return {};
+  }
+
+  private requireVm(): Vm {
+    if (this.vm === null) throw new FerryError('PROTOCOL_OUT_OF_ORDER', 'the migration was not prepared');
+    return this.vm;
+  }
+
+  private async prepare(body: PrepareBody): Promise<OkBody> {
+    const t0 = performance.now();
+    const sha = createHash('sha256').update(body.image).digest('hex');
+    if (sha !== body.vm.imageSha256) {
+      throw new FerryError('MIGRATION_REFUSED', `guest image hash mismatch: announced ${body.vm.imageSha256.slice(0, 12)}…, received ${sha.slice(0, 12)}…`);
+    }
+    try {
+      this.hooks.admit({ name: body.vm.name, memoryBytes: body.vm.memoryBytes });
+    } catch (err) {
+      throw new FerryError('MIGRATION_REFUSED', `target refuses VM ${body.vm.name}: ${errorMessage(err)}`);
+    }
+    const image = new Uint8Array(body.image); // the frame payload is transient
+    const vm = Vm.create(image, {
+      name: body.vm.name, memoryBytes: body.vm.memoryBytes, vcpus: body.vm.vcpus,
+      granularityBytes: body.vm.granularityBytes, cmdline: body.vm.cmdline,
+    });
+    this.vm = vm;
+    this.image = image;
+    this.digest = new MemoryDigest(body.vm.memoryBytes);
+    const t1 = performance.now();
+    // Threads and instances now, so that the resume at switch-over is only a wake-up.
+    await vm.spawn();
+    this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: prepared VM ${body.vm.name} (${body.vm.vcpus} vCPUs, ${body.vm.memoryBytes} bytes) in ${(performance.now() - t0).toFixed(0)} ms (instrument ${(t1 - t0).toFixed(0)} ms)`);
+    return { accepted: true };
+  }
+
+  private async commit(sourceDigest: string): Promise<OkBody> {
+    const vm = this.requireVm();
+    if (this.state === null) throw new FerryError('PROTOCOL_OUT_OF_ORDER', 'COMMIT before STATE');
+    const ours = this.digest?.hex() ?? '';
+    if (ours !== sourceDigest) {
+      // The ERROR reply goes out first; closing the connection then aborts (discards) the VM.
+      throw new FerryError('DIGEST_MISMATCH', `memory digest mismatch: source ${sourceDigest}, target ${ours}; the VM was not resumed here`);
+    }
+    // Durable before the VM runs: a restarted target must still answer "committed".
+    const t0 = performance.now();
+    await this.hooks.recordOutcome(this.id, 'committed', vm.config.name);
+    const recordedAt = performance.now();
+    await failpoint('target.after-commit-record');
+    this.ended = true;
+    clearTimeout(this.idleTimer);
+    this.outcome = { state: 'committed', vm: vm.config.name, guestDowntimeMs: null };
+    this.onEnd(this.outcome, true); // recorded above
+    await vm.start();
+    const startedAt = performance.now();
+    // The host registers the VM before the reply (adopt does that synchronously); persisting its
+    // definition finishes after the reply: it is not on the downtime path (the commit record
+    // above is what a restarted host needs).
+    void this.hooks.adopt(vm, this.image ?? new Uint8Array()).catch((err: unknown) => { this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: cannot record VM ${vm.config.name}: ${errorMessage(err)}`); });
+    this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: committed; VM ${vm.config.name} runs here (commit record ${(recordedAt - t0).toFixed(1)} ms, resume ${(startedAt - recordedAt).toFixed(1)} ms)`);
+    void this.measureGuestDowntime(vm);
+    return { resumed: true };
+  }
+
+  /** The largest gap any vCPU saw between its last clock read on the source and its first here. */
+  private async measureGuestDowntime(vm: Vm): Promise<void> {
+    const lastOnSource = this.state?.vcpus.map((v) => v.lastClockReadNs) ?? [];
+    const deadline = performance.now() + GUEST_CLOCK_WAIT_MS;
+    let first = vm.firstClockReads();
+    while (first.some((t, v) => t === 0n && (lastOnSource[v] ?? 0n) !== 0n) && performance.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 2));
+      first = vm.firstClockReads();
+    }
+    let gapNs = -1n;
+    first.forEach((t, v) => {
+      const last = lastOnSource[v] ?? 0n;
+      if (t !== 0n && last !== 0n && t - last > gapNs) gapNs = t - last;
+    });
+    this.outcome = { ...this.outcome, guestDowntimeMs: gapNs < 0n ? null : Number(gapNs) / 1e6 };
+    this.onEnd(this.outcome, true);
+  }
+
+  connectionClosed(channel: ServerChannel, reason: string): void {
+    this.channels.delete(channel);
+    if (!this.ended) void this.abort(`a connection failed before the commit: ${reason}`);
+  }
+
+  /** Discards the partial VM (never resumed) and records the migration as aborted. */
+  async abort(reason: string): Promise<void> {
+    if (this.ended) return;
+    this.ended = true;
+    clearTimeout(this.idleTimer);
+    this.outcome = { state: 'aborted', reason };
+    this.onEnd(this.outcome, false);
+    for (const c of this.channels) c.close(reason);
+    const vm = this.vm;
+    this.vm = null;
+    await vm?.stop();
+    try {
+      await this.hooks.recordOutcome(this.id, 'aborted', vm?.config.name ?? '');
+      this.onEnd(this.outcome, true);
+    } catch (err) {
+      // Kept in memory (never evicted) instead; a restart would answer "unknown", which means the same to a source.
+      this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: cannot record the abort: ${errorMessage(err)}`);
+    }
+    this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: aborted (${reason}); partial VM discarded`);
+  }
+}
+
