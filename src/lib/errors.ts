@@ -44,6 +44,8 @@ export const FERRY_ERROR_CODES = [
   // migration
   'MIGRATION_REFUSED',
   'MIGRATION_FAILED',
+  // the convergence limits were reached with onLimit: 'abort' (retry with other options or a quieter guest)
+  'MIGRATION_NOT_CONVERGED',
   'MIGRATION_CANCELLED',
   'MIGRATION_TIMEOUT',
   'MIGRATION_IN_DOUBT',

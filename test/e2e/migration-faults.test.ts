@@ -6,7 +6,7 @@
  */
 import { afterEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { stat } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   createVm, listVms, migrationStatus, removeHostData, startHost, startMigration, stopHost, verifyVm, waitMigration, waitPhase,
@@ -111,6 +111,35 @@ describe('migration faults: the VM ends up in exactly one place', () => {
     assert.ok(!(await listVms(a)).some((v) => v.name === 'v'), 'not on the source');
     // The target died between its commit record and adopting the VM: the VM is in none, never in two.
     assert.deepEqual((await listVms(b2)).filter((v) => v.name === 'v'), [], 'not on the restarted target either');
+  });
+
+  it('the restarted target cannot read its commit record: it answers STORE_IO, never "unknown"; the source stays paused and asks until it can', async () => {
+    const a = await host('a');
+    const b = await host('b', { failpoints: 'target.after-commit-record=crash' });
+    await createVm(a, 'v', 'dirtier', VM_OPTS);
+    const id = await startMigration(a, 'v', b, { ...FAULT_OPTS, inDoubtTimeoutMs: 60_000 });
+    await b.waitForLog(failpointHitLine('target.after-commit-record', 'crash'));
+    await b.exited;
+    await waitPhase(a, id, 'resolve');
+    // The record becomes unreadable: a directory in its place (EISDIR; root ignores file modes).
+    const records = join(b.dataDir, 'migrations');
+    const [file, ...others] = (await readdir(records)).filter((f) => /^[0-9a-f]{32}\.json$/.test(f));
+    assert.ok(file !== undefined && others.length === 0, 'exactly one commit record');
+    const remoteId = file.slice(0, 32);
+    await rename(join(records, file), join(records, `${file}.aside`));
+    await mkdir(join(records, file));
+    const b2 = await host('b', { dataDir: b.dataDir, port: b.port });
+    // The source asks; the target answers an error, loudly, instead of "unknown".
+    await b2.waitForLog(`incoming migration ${remoteId.slice(0, 8)}: cannot read its outcome record`);
+    await assert.rejects(b2.client.incoming(remoteId), { code: 'STORE_IO', origin: 'remote' });
+    assert.equal((await migrationStatus(a, id)).phase, 'resolve', 'the source is still asking');
+    assert.equal((await listVms(a)).find((v) => v.name === 'v')?.state, 'paused', 'and keeps the VM paused (it may run on the target)');
+    // The record is readable again: the source learns "committed" and releases its copy.
+    await rm(join(records, file), { recursive: true });
+    await rename(join(records, `${file}.aside`), join(records, file));
+    const r = await waitMigration(a, id);
+    assert.equal(r.outcome, 'succeeded');
+    assert.deepEqual((await listVms(a)).filter((v) => v.name === 'v'), [], 'released on the source');
   });
 
   it('kill -9 of the target before it recorded the commit: the restarted target says unknown and the source resumes', async () => {

@@ -72,7 +72,7 @@ export class PreCopy {
         this.ctx.record.noteGuestRate(guestRate());
         return collected;
       }
-      if (decision.action === 'abort') throw new FerryError('MIGRATION_FAILED', `migration aborted: ${decision.reason}`);
+      if (decision.action === 'abort') throw new FerryError('MIGRATION_NOT_CONVERGED', `migration aborted: ${decision.reason}`, { rounds: round });
       this.applyThrottle(decision.throttlePermille);
       work = await this.refine(collected, unchanged, round);
     }

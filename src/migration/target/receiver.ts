@@ -5,14 +5,14 @@
  * migration for the sources that ask (outcomes.ts).
  */
 import { randomBytes } from 'node:crypto';
-import { FerryError } from '../../lib/errors.js';
+import { FerryError, errorMessage } from '../../lib/errors.js';
 import { ServerChannel } from '../channel.js';
 import { Command, TICKET_TTL_MS, type Frame } from '../protocol/frame.js';
 import { decodeMessage, type ConnectionRole, type OkBody } from '../protocol/messages.js';
 import { ConnectionState } from '../protocol/session-state.js';
 import type { ByteStream, Listener, Transport, TransportAddress } from '../../dataplane/transport.js';
 import type { IncomingOutcome } from '../peer.js';
-import type { ReceiverHooks } from './hooks.js';
+import type { ReceiverHooks, StoredOutcome } from './hooks.js';
 import { IncomingMigration } from './incoming.js';
 import { MAX_REMEMBERED_OUTCOMES, RememberedOutcomes } from './outcomes.js';
 
@@ -63,7 +63,14 @@ export class MigrationReceiver {
   async outcome(id: string): Promise<IncomingOutcome> {
     const known = this.outcomes.get(id);
     if (known !== undefined) return known;
-    const stored = await this.hooks.storedOutcome(id);
+    let stored: StoredOutcome | null;
+    try {
+      stored = await this.hooks.storedOutcome(id);
+    } catch (err) {
+      // Loud: a source in doubt keeps its VM paused until this record can be read again.
+      this.hooks.log(`incoming migration ${id.slice(0, 8)}: cannot read its outcome record, answering an error (not "unknown"): ${errorMessage(err)}`);
+      throw err;
+    }
     return stored === null ? { state: 'unknown' } : { state: stored };
   }
 
