@@ -160,6 +160,22 @@ describe('host API v1 on a real socket', () => {
     await rejectsWith(client.incoming('F'.repeat(32)), 'BAD_REQUEST');
   });
 
+  it('the client refuses "." and ".." as path parameters (a URL would read them as path steps): local INVALID_ARGUMENT, not a 404', async () => {
+    const { client } = A();
+    const calls: (() => Promise<unknown>)[] = [
+      () => client.vm('.'), () => client.vm('..'), () => client.deleteVm('..'), () => client.stopVm('..'),
+      () => client.migration('..'), () => client.cancelMigration('.'), () => client.incoming('..'),
+    ];
+    for (const call of calls) {
+      const err = await call().then(() => null, (e: unknown) => e);
+      assert.ok(err instanceof FerryError, String(err));
+      assert.deepEqual([err.code, err.origin], ['INVALID_ARGUMENT', 'local']);
+    }
+    // Other values are sent as they are (encoded) and judged by the host.
+    await rejectsWith(client.vm('...'), 'NOT_FOUND');
+    await rejectsWith(client.vm('%2e%2e'), 'BAD_REQUEST');
+  });
+
   it('every route naming a VM or migration answers 404 NOT_FOUND for an unknown one; incoming answers "unknown"', async () => {
     const { client } = A();
     for (const key of ROUTE_KEYS) {
