@@ -16,6 +16,9 @@ import { HostClient, pathOf } from '../../src/api/host-client.js';
 import { MAX_SMALL_BODY_BYTES, OPENAPI_PATH, errorBodySchema, routes, type ErrorBody } from '../../src/api/host-v1.js';
 import { httpStatusFor } from '../../src/api/http-status.js';
 import { MAX_OPEN_TICKETS } from '../../src/migration/target.js';
+import { tcpTransport } from '../../src/dataplane/tcp.js';
+import { buildHostApp } from '../../src/host/app.js';
+import { MigrationService } from '../../src/host/migration-service.js';
 import { AGENT_TOKEN, startAgent, vmRequest, type TestAgent } from '../helpers/agents.js';
 
 type RouteKey = keyof typeof routes;
@@ -480,5 +483,74 @@ describe('host API v1: a VM owned by a running migration', () => {
     await b.deleteVm('quick');
     await a.stopVm('mover');
     await a.deleteVm('mover');
+  });
+});
+
+/** Methods an OpenAPI path item may hold. */
+const HTTP_METHODS = ['get', 'put', 'post', 'delete', 'options', 'head', 'patch', 'trace'];
+
+describe('OpenAPI document: every route the app answers is documented, every documented route is answered', () => {
+  let h: TestAgent | undefined;
+  before(async () => { h = await startAgent('doc'); });
+  after(async () => { await h?.close(); });
+
+  /** The app's generic "no route" answer (app.notFound), told apart from "no such VM" by its details, not its text. */
+  async function isNoRoute(res: Response): Promise<boolean> {
+    if (res.status !== 404) { await res.body?.cancel(); return false; }
+    const body = errorBodySchema.parse(await res.json());
+    assert.equal(body.error.code, 'NOT_FOUND');
+    return body.error.details?.route === false;
+  }
+
+  it('is OpenAPI 3.x, served without a token, and lists exactly the routes the app serves and the client declares', async () => {
+    assert.ok(h !== undefined);
+    const res = await h.client.raw('GET', OPENAPI_PATH, { token: null });
+    assert.equal(res.status, 200);
+    const doc = await res.json() as { openapi: string; paths: Record<string, Record<string, unknown>> };
+    assert.match(doc.openapi, /^3\.\d+\.\d+$/);
+    assert.deepEqual(await h.client.openApi(), doc, 'the client reads the same document');
+    const documented = Object.entries(doc.paths).flatMap(([path, item]) =>
+      Object.keys(item).filter((m) => HTTP_METHODS.includes(m)).map((m) => `${m.toUpperCase()} ${path}`)).sort();
+
+    // What the app answers, from the app itself: hono lists a route once per handler and
+    // middleware; app.use entries have method ALL. The document does not list itself.
+    const agent = h.agent;
+    const app = buildHostApp({
+      token: AGENT_TOKEN, vms: agent.vms, hostInfo: () => agent.hostInfo(),
+      migrations: new MigrationService({ hostName: 'doc', token: AGENT_TOKEN, vms: agent.vms, operations: agent.operations, transport: tcpTransport, log: () => {} }),
+      issueTicket: () => { throw new FerryError('INTERNAL', 'not called'); },
+      incomingOutcome: () => Promise.reject(new FerryError('INTERNAL', 'not called')),
+    });
+    const answered = [...new Set(app.routes
+      .filter((r) => r.method !== 'ALL')
+      .map((r) => `${r.method} ${r.path.replace(/:(\w+)/g, '{$1}')}`))]
+      .filter((r) => r !== `GET ${OPENAPI_PATH}`)
+      .sort();
+    assert.deepEqual(answered, documented, 'routes the app answers = routes the document lists');
+    const declared = Object.values(routes).map((r) => `${r.method.toUpperCase()} ${r.path}`).sort();
+    assert.deepEqual(declared, documented, 'routes of src/api/host-v1.ts = routes the document lists');
+  });
+
+  it('every documented route is answered by its handler on the real socket, never by "no route"', async () => {
+    assert.ok(h !== undefined);
+    const { client } = h;
+    const doc = await client.openApi() as { paths: Record<string, Record<string, unknown>> };
+    let checked = 0;
+    for (const [template, item] of Object.entries(doc.paths)) {
+      const path = template.replace('{name}', NO_VM).replace('{id}', NO_MIGRATION);
+      for (const method of Object.keys(item).filter((m) => HTTP_METHODS.includes(m))) {
+        const res = await client.raw(method.toUpperCase(), path, method === 'get' ? {} : { body: '{}' });
+        assert.equal(await isNoRoute(res), false, `${method.toUpperCase()} ${template} is answered`);
+        checked++;
+      }
+      // The marker is real: a method no route uses, on this path, is "no route". (Not any unlisted
+      // method: GET /v1/migrations/incoming is GET /v1/migrations/{id} with a malformed id.)
+      assert.ok(!('patch' in item));
+      assert.equal(await isNoRoute(await client.raw('PATCH', path)), true, `PATCH ${template} is not a route`);
+    }
+    assert.equal(checked, Object.keys(routes).length);
+    for (const path of ['/v1/nope', '/nope', `${routes.getVm.path.replace('{name}', NO_VM)}/nope`]) {
+      assert.equal(await isNoRoute(await client.raw('GET', path)), true, `GET ${path} is not a route`);
+    }
   });
 });
