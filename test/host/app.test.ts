@@ -188,7 +188,8 @@ describe('host API v1 on a real socket', () => {
         assert.deepEqual(await expectOk(res, key), { migrationId: NO_MIGRATION, outcome: { state: 'unknown' } });
         continue;
       }
-      await expectError(res, 'NOT_FOUND');
+      const err = await expectError(res, 'NOT_FOUND');
+      assert.equal(err.details?.route, undefined, `${key}: no such VM or migration, not "no route"`);
     }
     await rejectsWith(client.vm(NO_VM), 'NOT_FOUND');
     await rejectsWith(client.startVm(NO_VM), 'NOT_FOUND');
@@ -204,7 +205,8 @@ describe('host API v1 on a real socket', () => {
       ['GET', '/v1/nope'], ['GET', '/nope'], ['GET', '/'], ['GET', '/v2/host'], ['PUT', '/v1/vms'], ['PATCH', '/v1/vms/x'],
       ['POST', '/v1/vms/x/nope'], ['GET', '/v1/host/'], ['POST', '/v1/host'], ['GET', '/V1/HOST'],
     ] as const) {
-      await expectError(await client.raw(method, path), 'NOT_FOUND');
+      const err = await expectError(await client.raw(method, path), 'NOT_FOUND');
+      assert.equal(err.details?.route, false, `${method} ${path}: "no route"`);
     }
   });
 
