@@ -34,11 +34,16 @@ export interface FollowOptions {
   readonly timeoutMs?: number;
 }
 
-/** Fills a route's `{param}` placeholders, URL-encoded. */
+/**
+ * Fills a route's `{param}` placeholders, URL-encoded. "." and ".." are refused: encoding leaves
+ * them as they are and a URL resolves them as path steps (/v1/vms/.. is /v1/), so the request
+ * would reach another route, whose "no route" 404 would read as "no such VM".
+ */
 export function pathOf(route: Pick<Route, 'path'>, params: Readonly<Record<string, string>> = {}): string {
   return route.path.replace(/\{(\w+)\}/g, (_m, key: string) => {
     const v = params[key];
     if (v === undefined) throw new FerryError('INVALID_ARGUMENT', `missing path parameter ${key} for ${route.path}`);
+    if (v === '.' || v === '..') throw new FerryError('INVALID_ARGUMENT', `path parameter ${key} of ${route.path} cannot be "${v}"`);
     return encodeURIComponent(v);
   });
 }
@@ -170,9 +175,11 @@ export class HostClient {
     const method = route.method.toUpperCase();
     const timeoutMs = opts.timeoutMs ?? API_TIMEOUT_MS;
     const signals = [...(opts.signal !== undefined ? [opts.signal] : []), ...(timeoutMs > 0 ? [AbortSignal.timeout(timeoutMs)] : [])];
+    // Outside the try below: a bad parameter is the caller's error, not an unreachable host.
+    const url = new URL(pathOf(route, params) + query, this.baseUrl);
     let res: Response;
     try {
-      res = await fetch(new URL(pathOf(route, params) + query, this.baseUrl), {
+      res = await fetch(url, {
         method,
         headers: { authorization: `Bearer ${this.token}`, 'content-type': 'application/json' },
         ...(opts.body !== undefined ? { body: JSON.stringify(opts.body) } : {}),

@@ -73,7 +73,8 @@ export function buildHostApp(d: HostAppDeps): OpenAPIHono {
     }
     return sendError(c, err);
   });
-  app.notFound((c) => sendError(c, new FerryError('NOT_FOUND', `no route ${c.req.method} ${c.req.path}; the API is under /${HOST_API_VERSION}/ (see ${OPENAPI_PATH})`)));
+  // details.route false: "no such route", as a client or test tells it from "no such VM" without reading the message.
+  app.notFound((c) => sendError(c, new FerryError('NOT_FOUND', `no route ${c.req.method} ${c.req.path}; the API is under /${HOST_API_VERSION}/ (see ${OPENAPI_PATH})`, { route: false })));
 
   app.use('*', async (c, next) => {
     // Refused before anything else happens, including reading the body.
