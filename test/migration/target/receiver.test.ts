@@ -7,15 +7,15 @@
  */
 import { afterEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { FerryError } from '../../src/lib/errors.js';
-import { MigrationReceiver } from '../../src/migration/target/receiver.js';
-import { MAX_REMEMBERED_OUTCOMES } from '../../src/migration/target/outcomes.js';
-import type { StoredOutcome } from '../../src/migration/target/hooks.js';
-import { ClientChannel } from '../../src/migration/channel.js';
-import { encodeHello } from '../../src/migration/protocol/messages.js';
-import { PROTOCOL_VERSION } from '../../src/migration/protocol/frame.js';
-import { tcpTransport } from '../../src/dataplane/tcp.js';
-import type { TransportAddress } from '../../src/dataplane/transport.js';
+import { FerryError } from '../../../src/lib/errors.js';
+import { MigrationReceiver } from '../../../src/migration/target/receiver.js';
+import { MAX_REMEMBERED_OUTCOMES } from '../../../src/migration/target/outcomes.js';
+import type { StoredOutcome } from '../../../src/migration/target/hooks.js';
+import { ClientChannel } from '../../../src/migration/channel.js';
+import { encodeHello } from '../../../src/migration/protocol/messages.js';
+import { PROTOCOL_VERSION } from '../../../src/migration/protocol/frame.js';
+import { tcpTransport } from '../../../src/dataplane/tcp.js';
+import type { TransportAddress } from '../../../src/dataplane/transport.js';
 
 /** A receiver with an in-memory "data directory" whose writes can be made to fail. */
 class Harness {
