@@ -24,14 +24,20 @@ export class RateLimiter {
     this.tokens = this.burst;
   }
 
-  async take(bytes: number): Promise<void> {
+  /** Resolves when `bytes` may be sent; rejects with the signal's reason as soon as `signal` aborts. */
+  async take(bytes: number, signal?: AbortSignal): Promise<void> {
     for (;;) {
       const now = performance.now();
       this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) * this.bytesPerSec) / 1000);
       this.last = now;
       // A frame bigger than the burst goes once the bucket is full, and drives it negative.
       if (this.tokens >= Math.min(bytes, this.burst)) { this.tokens -= bytes; return; }
-      await sleep(Math.max(1, ((Math.min(bytes, this.burst) - this.tokens) * 1000) / this.bytesPerSec));
+      try {
+        await sleep(Math.max(1, ((Math.min(bytes, this.burst) - this.tokens) * 1000) / this.bytesPerSec), undefined, signal !== undefined ? { signal } : {});
+      } catch {
+        const reason: unknown = signal?.reason;
+        throw reason instanceof FerryError ? reason : new FerryError('CANCELLED', 'waiting for bandwidth was cancelled');
+      }
     }
   }
 }

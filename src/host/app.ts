@@ -128,7 +128,8 @@ function consoleStream(c: Context, slot: VmSlot, follow: boolean): Response {
     await s.write(slot.console.snapshot());
     if (!follow) return;
     await new Promise<void>((resolve) => {
-      const stop = slot.console.follow((text) => { void s.write(text); });
+      // Ends when the client goes away or the VM leaves this host (deleted, migrated).
+      const stop = slot.console.follow((text) => { void s.write(text); }, resolve);
       s.onAbort(() => { stop(); resolve(); });
     });
   });

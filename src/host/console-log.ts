@@ -3,6 +3,10 @@
  * encoding the guest wrote and clients read), cut only between characters, plus live followers.
  */
 export const CONSOLE_LOG_BYTES = 64 * 1024;
+/** Live followers of one console (each is an open HTTP stream); more are refused with BUSY. */
+export const MAX_CONSOLE_FOLLOWERS = 32;
+
+import { FerryError } from '../lib/errors.js';
 
 const isHighSurrogate = (unit: number): boolean => unit >= 0xd800 && unit <= 0xdbff;
 const isLowSurrogate = (unit: number): boolean => unit >= 0xdc00 && unit <= 0xdfff;
@@ -16,7 +20,8 @@ export class ConsoleLog {
   private text = '';
   /** Buffer.byteLength(this.text), kept up to date instead of re-encoding the whole log per append. */
   private bytes = 0;
-  private readonly followers = new Set<(text: string) => void>();
+  private readonly followers = new Map<(text: string) => void, () => void>();
+  private closed = false;
 
   append(chunk: string): void {
     if (chunk.length === 0) return;
@@ -26,14 +31,31 @@ export class ConsoleLog {
     this.text += chunk;
     this.bytes += Buffer.byteLength(chunk, 'utf8') - (joinsPair ? 2 : 0);
     if (this.bytes > CONSOLE_LOG_BYTES) this.trimFront();
-    for (const f of this.followers) f(chunk);
+    for (const f of this.followers.keys()) f(chunk);
   }
 
   snapshot(): string { return this.text; }
 
-  follow(listener: (text: string) => void): () => void {
-    this.followers.add(listener);
+  /**
+   * Calls `listener` with every later chunk until the returned function is called or the console
+   * closes (its VM was deleted or left by migration), which calls `onClose`.
+   */
+  follow(listener: (text: string) => void, onClose: () => void = () => undefined): () => void {
+    if (this.closed) { onClose(); return () => undefined; }
+    if (this.followers.size >= MAX_CONSOLE_FOLLOWERS) {
+      throw new FerryError('BUSY', `this console already has ${MAX_CONSOLE_FOLLOWERS} followers; close one first`);
+    }
+    this.followers.set(listener, onClose);
     return () => { this.followers.delete(listener); };
+  }
+
+  /** The VM is gone from this host: every follower's stream ends. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    const ends = [...this.followers.values()];
+    this.followers.clear();
+    for (const end of ends) end();
   }
 
   /** Drops whole characters from the front until the log fits; the work is proportional to what is dropped. */

@@ -129,6 +129,7 @@ export class VmService {
     }
     await slot.vm?.stop();
     this.slots.delete(name);
+    slot.console.close();
     await this.persist(name, () => this.o.store.removeVm(name));
     return { name, deleted: true };
   }
@@ -164,6 +165,7 @@ export class VmService {
 
   /** The VM left by migration (its copy here was stopped by the job): this host forgets it. */
   async departed(name: string): Promise<void> {
+    this.slots.get(name)?.console.close();
     this.slots.delete(name);
     await this.persist(name, () => this.o.store.removeVm(name)).catch((err: unknown) => {
       this.o.log(`host ${this.o.hostName}: cannot remove migrated VM ${name}: ${errorMessage(err)}`);

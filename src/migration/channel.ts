@@ -27,6 +27,8 @@ export class ClientChannel {
   private readonly pending: Pending[] = [];
   private nextId = 1;
   private failure: FerryError | null = null;
+  /** Aborted when the channel fails: wakes a send waiting for bandwidth. */
+  private readonly closing = new AbortController();
   private readonly slotWaiters: (() => void)[] = [];
 
   constructor(private readonly socket: ByteStream, readonly label: string, private readonly limiter: RateLimiter | null = null) {
@@ -45,7 +47,8 @@ export class ClientChannel {
     this.throwIfFailed();
     const requestId = this.nextId++;
     const frame = encode(requestId);
-    if (this.limiter !== null) await this.limiter.take(frame.length);
+    // A send paced by the bandwidth cap must not outlive the channel (cancel, a failed peer).
+    if (this.limiter !== null) await this.limiter.take(frame.length, this.closing.signal).catch(() => undefined);
     this.throwIfFailed();
     const reply = new Promise<OkBody>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -111,6 +114,7 @@ export class ClientChannel {
   fail(err: FerryError): void {
     if (this.failure !== null) return;
     this.failure = err;
+    this.closing.abort(err);
     for (const p of this.pending.splice(0)) { clearTimeout(p.timer); p.reject(err); }
     for (const w of this.slotWaiters.splice(0)) w();
     this.socket.destroy();

@@ -1,10 +1,11 @@
 /** The options of one live migration, as a caller (API, CLI, center) gives them. Validated at every boundary. */
 import { z } from 'zod';
+import { MIN_RATE_BYTES_PER_SEC } from '../dataplane/rate-limiter.js';
 import { MAX_DATA_CHANNELS, MIN_DATA_CHANNELS, granularitySchema } from '../lib/limits.js';
 
 export const migrationOptionsSchema = z.object({
   dataChannels: z.number().int().min(MIN_DATA_CHANNELS).max(MAX_DATA_CHANNELS).optional(),
-  bandwidthBytesPerSec: z.number().positive().optional(),
+  bandwidthBytesPerSec: z.number().min(MIN_RATE_BYTES_PER_SEC).optional(),
   compression: z.enum(['none', 'deflate']).optional(),
   downtimeTargetMs: z.number().positive().max(60_000).optional(),
   maxRounds: z.number().int().min(1).max(10_000).optional(),

@@ -1,7 +1,7 @@
 /** The host's console buffer keeps the last CONSOLE_LOG_BYTES bytes of UTF-8, whole characters only. */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { CONSOLE_LOG_BYTES, ConsoleLog } from '../../src/host/console-log.js';
+import { CONSOLE_LOG_BYTES, ConsoleLog, MAX_CONSOLE_FOLLOWERS } from '../../src/host/console-log.js';
 
 const utf8Bytes = (s: string): number => Buffer.byteLength(s, 'utf8');
 
@@ -77,5 +77,27 @@ describe('console log bound', () => {
     stop();
     log.append('after');
     assert.deepEqual(seen, [big]);
+  });
+});
+
+describe('console followers', () => {
+  it('end when the console closes (the VM left the host), also when they come after', () => {
+    const log = new ConsoleLog();
+    const seen: string[] = [];
+    let ended = 0;
+    log.follow((t) => { seen.push(t); }, () => { ended++; });
+    log.append('a');
+    log.close();
+    log.append('b');
+    assert.deepEqual(seen, ['a'], 'nothing after the close');
+    assert.equal(ended, 1);
+    log.follow(() => undefined, () => { ended++; });
+    assert.equal(ended, 2, 'a follower of a closed console ends at once');
+  });
+
+  it('are bounded', () => {
+    const log = new ConsoleLog();
+    for (let i = 0; i < MAX_CONSOLE_FOLLOWERS; i++) log.follow(() => undefined);
+    assert.throws(() => log.follow(() => undefined), { code: 'BUSY' });
   });
 });
