@@ -8,6 +8,7 @@ import {
   createVm, guestWorks, listVms, removeHostData, startHost, startMigration, stopHost, verifyVm, waitMigration, type TestHost,
 } from '../helpers/hosts.js';
 import { FerryError } from '../../src/lib/errors.js';
+import { routes } from '../../src/api/host-v1.js';
 import { MiB } from '../../src/lib/units.js';
 import { connect } from 'node:net';
 import { FrameReader } from '../../src/migration/protocol/reader.js';
@@ -147,8 +148,8 @@ describe('live migration between host processes', () => {
 describe('host API authentication', () => {
   it('refuses requests without the right token with 401, and nothing happens', async () => {
     for (const auth of [undefined, 'Bearer wrong-token-wrong-token', 'Basic abc']) {
-      const res = await fetch(new URL('/v1/vms', a.url), {
-        method: 'POST', headers: { 'content-type': 'application/json', ...(auth !== undefined ? { authorization: auth } : {}) },
+      const res = await a.client.raw('POST', routes.createVm.path, {
+        token: null, headers: auth !== undefined ? { authorization: auth } : {},
         body: JSON.stringify({ name: 'intruder', imageBase64: 'AGFzbQEAAAA=', memoryBytes: 65536 }),
       });
       assert.equal(res.status, 401);
@@ -159,7 +160,7 @@ describe('host API authentication', () => {
   });
 
   it('answers bad requests with a code and survives them', async () => {
-    const post = (body: string): Promise<Response> => fetch(new URL('/v1/vms', a.url), { method: 'POST', headers: { authorization: `Bearer ${'test-token-0123456789abcdef'}`, 'content-type': 'application/json' }, body });
+    const post = (body: string): Promise<Response> => a.client.raw('POST', routes.createVm.path, { body });
     const cases: [string, number, string][] = [
       ['{not json', 400, 'BAD_REQUEST'],
       [JSON.stringify({ name: 'x' }), 400, 'BAD_REQUEST'],
