@@ -142,6 +142,23 @@ describe('migration faults: the VM ends up in exactly one place', () => {
     assert.deepEqual((await listVms(a)).filter((v) => v.name === 'v'), [], 'released on the source');
   });
 
+  it('a target that stays down after the commit: the record says in-doubt (MIGRATION_IN_DOUBT), the VM stays paused until the operator resumes it', async () => {
+    const a = await host('a');
+    const b = await host('b', { failpoints: 'target.after-commit-record=crash' });
+    await createVm(a, 'v', 'dirtier', VM_OPTS);
+    const id = await startMigration(a, 'v', b, { ...FAULT_OPTS, inDoubtTimeoutMs: 1_000 });
+    await b.waitForLog(failpointHitLine('target.after-commit-record', 'crash'));
+    const r = await waitMigration(a, id);
+    assert.equal(r.outcome, 'in-doubt');
+    assert.equal(r.error?.code, 'MIGRATION_IN_DOUBT');
+    assert.equal(r.phases.at(-1)?.phase, 'resolve', 'never rolled back on its own');
+    const view = (await listVms(a)).find((v) => v.name === 'v');
+    assert.equal(view?.state, 'paused', 'paused: it may run on the target');
+    assert.equal(view.owner, null, 'the migration no longer owns it: the operator decides');
+    await a.client.resumeVm('v');
+    await assertRunsOnlyOn('v', a, []);
+  });
+
   it('kill -9 of the target before it recorded the commit: the restarted target says unknown and the source resumes', async () => {
     const a = await host('a');
     const b = await host('b', { failpoints: 'target.commit=crash' });
