@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The system packages Ferry's tests need, installed when missing (npm test runs this first; .ci/run
+# too). As root it installs them with apt-get; otherwise it stops and prints the one command to run.
+#   qemu-img (qemu-utils): the reference implementation the VMDK code is checked against.
+set -euo pipefail
+need=()
+command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
+if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "ferry: the tests need these system packages: ${need[*]}" >&2
+  echo "ferry: install them with:  sudo apt-get update && sudo apt-get install -y ${need[*]}" >&2
+  exit 1
+fi
+echo "ferry: installing system packages for the tests: ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >&2
+apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
