@@ -20,10 +20,12 @@ after(async () => { await rm(dir, { recursive: true, force: true }); });
 describe('ferry vm run / save / restore', () => {
   it('continues the compute guest exactly in another process (output identical to an uninterrupted run)', async () => {
     const compute = guestImagePath('compute');
-    const cmdline = 'iters=20000000 report=500000';
+    // Long enough (~2 s of guest time here) that a 150 ms run cannot reach the end even when a loaded
+    // machine fires the --for timer late (20M iterations, ~0.6 s, did: 1 run in 6 under load).
+    const cmdline = 'iters=60000000 report=1500000';
     const whole = await runFerry(['vm', 'run', compute, '--cmdline', cmdline]);
     assert.equal(whole.code, 0, whole.stderr);
-    assert.match(whole.stdout, /compute: done i=20000000 h=[0-9a-f]{16}\n$/);
+    assert.match(whole.stdout, /compute: done i=60000000 h=[0-9a-f]{16}\n$/);
 
     const snap = join(dir, 'compute.snap');
     const first = await runFerry(['vm', 'run', compute, '--cmdline', cmdline, '--for', '150ms', '--save', snap]);
