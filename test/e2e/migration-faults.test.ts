@@ -159,6 +159,21 @@ describe('migration faults: the VM ends up in exactly one place', () => {
     await assertRunsOnlyOn('v', a, []);
   });
 
+  it('cancelling an in-doubt migration stops the asking at once, never the caution: in-doubt, the VM stays paused', async () => {
+    const a = await host('a');
+    const b = await host('b', { failpoints: 'target.after-commit-record=crash' });
+    await createVm(a, 'v', 'dirtier', VM_OPTS);
+    const id = await startMigration(a, 'v', b, { ...FAULT_OPTS, inDoubtTimeoutMs: 3_600_000 });
+    await b.waitForLog(failpointHitLine('target.after-commit-record', 'crash'));
+    await waitPhase(a, id, 'resolve');
+    await a.client.cancelMigration(id);
+    // Without the cancel reaching the poll this waits out the hour and the wait below times out.
+    const r = await a.client.waitForMigration(id, { timeoutMs: 20_000 });
+    assert.equal(r.outcome, 'in-doubt');
+    assert.equal(r.error?.code, 'MIGRATION_IN_DOUBT');
+    assert.equal((await listVms(a)).find((v) => v.name === 'v')?.state, 'paused');
+  });
+
   it('kill -9 of the target before it recorded the commit: the restarted target says unknown and the source resumes', async () => {
     const a = await host('a');
     const b = await host('b', { failpoints: 'target.commit=crash' });

@@ -12,7 +12,8 @@ const IN_DOUBT_POLL_MS = 250;
 
 /** 'succeeded' (the target committed: release here), 'failed' (rolled back), or 'in-doubt' (no answer: the VM stays paused). */
 export async function resolveInDoubt(ctx: JobContext, remoteId: string, rollback: () => Promise<void>): Promise<MigrationOutcome> {
-  const schedule = { withinMs: ctx.options.inDoubtTimeoutMs ?? IN_DOUBT_RESOLVE_MS, everyMs: IN_DOUBT_POLL_MS };
+  // A cancel (or a host shutdown) stops the asking, never the caution: the VM stays paused, in doubt.
+  const schedule = { withinMs: ctx.options.inDoubtTimeoutMs ?? IN_DOUBT_RESOLVE_MS, everyMs: IN_DOUBT_POLL_MS, signal: ctx.signal };
   const decided = await pollTarget(ctx.target, remoteId, schedule, async ({ state }): Promise<MigrationOutcome | undefined> => {
     // Only a definite answer decides; a target that cannot read its record answers an error.
     if (state === 'committed') {

@@ -10,6 +10,8 @@ export interface PollSchedule {
   readonly withinMs: number;
   /** Pause between two polls. */
   readonly everyMs: number;
+  /** Stop asking (undefined) as soon as this aborts: a cancel or a host shutdown must not wait out the schedule. */
+  readonly signal?: AbortSignal;
 }
 
 /**
@@ -22,12 +24,13 @@ export async function pollTarget<T>(
   decide: (outcome: IncomingOutcome) => T | undefined | Promise<T | undefined>,
 ): Promise<T | undefined> {
   const deadline = performance.now() + schedule.withinMs;
-  while (performance.now() < deadline) {
+  const signal = schedule.signal;
+  while (performance.now() < deadline && signal?.aborted !== true) {
     try {
       const decided = await decide(await target.incomingOutcome(remoteId, PEER_POLL_TIMEOUT_MS));
       if (decided !== undefined) return decided;
     } catch { /* not answered: keep asking */ }
-    await sleep(schedule.everyMs);
+    await sleep(schedule.everyMs, undefined, signal !== undefined ? { signal } : {}).catch(() => undefined);
   }
   return undefined;
 }
