@@ -15,7 +15,7 @@ import type { BlankEnv } from 'hono/types';
 import { FerryError, errorMessage, isFerryError } from '../lib/errors.js';
 import {
   HOST_API_VERSION, MAX_CREATE_BODY_BYTES, MAX_SMALL_BODY_BYTES, OPENAPI_INFO, OPENAPI_PATH, routes,
-  type ErrorBody, type HostInfo, type IncomingStatus, type TicketView,
+  type DatastoreView, type ErrorBody, type HostInfo, type IncomingStatus, type TicketView,
 } from '../api/host-v1.js';
 import { httpStatusFor } from '../api/http-status.js';
 import { encodeSse } from '../api/sse.js';
@@ -32,6 +32,7 @@ export interface HostAppDeps {
   readonly vms: VmService;
   readonly migrations: MigrationService;
   readonly hostInfo: () => HostInfo;
+  readonly listDatastores: () => Promise<DatastoreView[]>;
   readonly issueTicket: () => TicketView;
   readonly incomingOutcome: (id: string) => Promise<IncomingOutcome>;
 }
@@ -97,6 +98,7 @@ export function buildHostApp(d: HostAppDeps): OpenAPIHono {
   const ok = <T>(c: Context, body: T, status: Status) => c.json(body as object, status) as never;
 
   app.openapi(routes.getHost, (c) => ok(c, d.hostInfo(), 200));
+  app.openapi(routes.listDatastores, async (c) => ok(c, { datastores: await d.listDatastores() }, 200));
   app.openapi(routes.listVms, (c) => ok(c, { vms: d.vms.list() }, 200));
   app.openapi(routes.createVm, async (c) => ok(c, await d.vms.create(c.req.valid('json')), 201));
   app.openapi(routes.getVm, (c) => ok(c, d.vms.get(c.req.valid('param').name), 200));
