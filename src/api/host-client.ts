@@ -9,7 +9,7 @@ import { FerryError, errorMessage } from '../lib/errors.js';
 import type { MigrationProgress, MigrationRecord } from '../migration/record.js';
 import {
   errorBodySchema, migrationEventSchemas, routes, OPENAPI_PATH,
-  type CreateVmRequest, type HostInfo, type IncomingStatus, type MigrateRequest, type MigrationEvent, type MigrationStatus,
+  type CreateVmRequest, type DatastoreView, type HostInfo, type IncomingStatus, type MigrateRequest, type MigrationEvent, type MigrationStatus,
   type PauseResultView, type TicketView, type VerifyResult, type VmView,
 } from './host-v1.js';
 import { readSse } from './sse.js';
@@ -63,6 +63,7 @@ export class HostClient {
   }
 
   host(): Promise<HostInfo> { return this.json(routes.getHost, {}, 200); }
+  async listDatastores(): Promise<DatastoreView[]> { return (await this.json(routes.listDatastores, {}, 200)).datastores; }
   async listVms(): Promise<VmView[]> { return (await this.json(routes.listVms, {}, 200)).vms; }
   createVm(req: CreateVmRequest): Promise<VmView> { return this.json(routes.createVm, {}, 201, { body: req }); }
   vm(name: string): Promise<VmView> { return this.json(routes.getVm, { name }, 200); }

@@ -73,6 +73,8 @@ export type VmView = z.infer<typeof vmViewSchema>;
 
 export const hostInfoSchema = z.object({
   name: z.string(),
+  /** Random per run of the host; the owner id in its disk leases. */
+  hostId: z.string(),
   api: z.literal(HOST_API_VERSION),
   migrationPort: z.number().int(),
   memoryLimitBytes: z.number(),
@@ -80,6 +82,16 @@ export const hostInfoSchema = z.object({
   vms: z.number().int(),
 }).openapi('Host');
 export type HostInfo = z.infer<typeof hostInfoSchema>;
+
+export const datastoreViewSchema = z.object({
+  name: z.string(),
+  /** The directory's real path on this host. */
+  path: z.string(),
+  /** Bytes a writer can still allocate (statfs). */
+  spaceLeftBytes: z.number().int().nonnegative(),
+  totalBytes: z.number().int().nonnegative(),
+}).openapi('Datastore');
+export type DatastoreView = z.infer<typeof datastoreViewSchema>;
 
 export const createVmRequestSchema = z.object({
   name: vmNameSchema,
@@ -159,6 +171,10 @@ const ERROR_DESCRIPTIONS = {
 
 export const routes = {
   getHost: createRoute({ method: 'get', path: '/v1/host', summary: 'host identity and capacity', responses: { 200: json(hostInfoSchema, 'the host'), ...errors(401) } }),
+  listDatastores: createRoute({
+    method: 'get', path: '/v1/datastores', summary: 'datastores this host mounts, with their space',
+    responses: { 200: json(z.object({ datastores: z.array(datastoreViewSchema) }), 'the datastores'), ...errors(401, 500) },
+  }),
   listVms: createRoute({ method: 'get', path: '/v1/vms', summary: 'VMs of this host', responses: { 200: json(z.object({ vms: z.array(vmViewSchema) }), 'the VMs'), ...errors(401) } }),
   createVm: createRoute({
     method: 'post', path: '/v1/vms', summary: 'define a VM (and start it with start: true)', request: body(createVmRequestSchema),

@@ -9,6 +9,7 @@ import cliProgress from 'cli-progress';
 import { FerryError, errorMessage } from '../lib/errors.js';
 import { formatBytes, parseSizeBytes } from '../lib/units.js';
 import { HostAgent } from '../host/agent.js';
+import type { DatastoreMount } from '../host/datastores.js';
 import { loadToken } from '../host/auth.js';
 import { DEFAULT_GRANULARITY_BYTES } from '../vmm/layout.js';
 import { MAX_DATA_CHANNELS, MAX_VCPUS, MIN_DATA_CHANNELS, MIN_VCPUS } from '../lib/limits.js';
@@ -42,6 +43,15 @@ export function parseListen(text: string): { host: string; port: number } {
   return { host: (m[1] ?? '').replace(/^\[|\]$/g, ''), port };
 }
 
+/** `--datastore name=path`: the name before the first "=", the path after it (checked when the host mounts it). */
+export function parseDatastoreFlag(text: string): DatastoreMount {
+  const eq = text.indexOf('=');
+  const name = eq < 0 ? '' : text.slice(0, eq);
+  const path = eq < 0 ? '' : text.slice(eq + 1);
+  if (name === '' || path === '') throw new FerryError('DATASTORE_INVALID', `--datastore: "${text}" is not name=path (e.g. --datastore ds1=/srv/ferry/ds1)`, { reason: 'syntax' });
+  return { name, path };
+}
+
 export function addHostCommands(program: Command, vm: Command): void {
   program.command('host')
     .description('run a host agent: VMs, an authenticated control API and a migration endpoint; SIGTERM saves running VMs')
@@ -51,11 +61,14 @@ export function addHostCommands(program: Command, vm: Command): void {
     .option('--migration-port <port>', 'migration endpoint port (default: any free port)')
     .option('--token-file <file>', 'file holding the API token (default: $FERRY_TOKEN)')
     .addOption(new Option('--memory-limit <size>', 'memory the host may commit to VMs').argParser(sizeOption('--memory-limit')))
-    .action(async (o: { name: string; dataDir: string; listen: string; migrationPort?: string; tokenFile?: string; memoryLimit?: number }) => {
+    .option('--datastore <name=path>', 'mount a directory as datastore <name> (repeatable; two hosts may mount one shared directory)', (v: string, all: string[]) => [...all, v], [])
+    .action(async (o: { name: string; dataDir: string; listen: string; migrationPort?: string; tokenFile?: string; memoryLimit?: number; datastore: string[] }) => {
       const listen = parseListen(o.listen);
+      const datastores = o.datastore.map(parseDatastoreFlag);
       const agent = await HostAgent.start({
         name: o.name, dataDir: o.dataDir, listenHost: listen.host, listenPort: listen.port, token: await loadToken(o.tokenFile),
         ...(o.memoryLimit !== undefined ? { memoryLimitBytes: o.memoryLimit } : {}),
+        datastores,
         ...(o.migrationPort !== undefined ? { migrationPort: parseIntegerOption(o.migrationPort, '--migration-port', 0, 65535) } : {}),
       });
       // A host must outlive a bug in one request or one migration: report it loudly, keep serving.

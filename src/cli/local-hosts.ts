@@ -35,12 +35,14 @@ export interface SpawnOptions {
   readonly port?: number;
   /** Extra environment (e.g. FERRY_FAILPOINTS). */
   readonly env?: Readonly<Record<string, string>>;
+  /** Extra `ferry host` arguments (e.g. --datastore name=path). */
+  readonly args?: readonly string[];
 }
 
 /** Spawns `ferry host` on 127.0.0.1 and waits for its ready line. */
 export async function spawnHost(name: string, dataDir: string, token: string, opts: SpawnOptions = {}): Promise<LocalHost> {
   const cli = fileURLToPath(new URL('./main.js', import.meta.url));
-  const child = spawn(process.execPath, [cli, 'host', '--name', name, '--data-dir', dataDir, '--listen', `127.0.0.1:${opts.port ?? 0}`], {
+  const child = spawn(process.execPath, [cli, 'host', '--name', name, '--data-dir', dataDir, '--listen', `127.0.0.1:${opts.port ?? 0}`, ...(opts.args ?? [])], {
     stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FERRY_TOKEN: token, ...(opts.env ?? {}) },
   });
   let out = '';

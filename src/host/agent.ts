@@ -1,6 +1,6 @@
 /**
- * The host agent (`ferry host`): the one place a host's parts are wired — data directory, VM
- * service, operations registry, outgoing migrations, the migration receiver on a transport, and
+ * The host agent (`ferry host`): the one place a host's parts are wired — data directory, mounted
+ * datastores, VM service, operations registry, outgoing migrations, the migration receiver on a transport, and
  * the HTTP app — plus boot (restore saved VMs, warm the switch-over path) and shutdown (SIGTERM:
  * migrations cancelled, running VMs paused and saved to the data directory, everything closed).
  */
@@ -20,6 +20,8 @@ import { HostStore } from './store.js';
 import { OperationsRegistry } from './operations.js';
 import { VmService } from './vm-service.js';
 import { MigrationService } from './migration-service.js';
+import { HostDatastores, type DatastoreMount } from './datastores.js';
+import type { LeaseTiming } from '../storage/lease.js';
 
 /** Default memory the host lends to VMs in all (an operator sets it to what the machine can spare). */
 export const DEFAULT_MEMORY_LIMIT_BYTES = 16 * GiB;
@@ -36,10 +38,20 @@ export interface HostOptions {
   /** What carries migration streams (default: plain TCP). */
   readonly transport?: Transport;
   readonly log?: (line: string) => void;
+  /** Datastores to mount (`--datastore name=path`); checked before the host listens. */
+  readonly datastores?: readonly DatastoreMount[];
+  /** Lease duration and heartbeat of the disks this host writes (default: src/storage/lease.ts; tests shorten them). */
+  readonly leaseTiming?: LeaseTiming;
+}
+
+/** Random per run of a host: written into its disk leases, so that a restarted host never takes a lease of its previous run for its own. */
+function newHostId(): string {
+  return randomBytes(8).toString('hex');
 }
 
 export class HostAgent {
   readonly name: string;
+  readonly hostId: string;
   readonly store: HostStore;
   readonly vms: VmService;
   readonly operations = new OperationsRegistry();
@@ -51,8 +63,9 @@ export class HostAgent {
   private closing = false;
   private port = 0;
 
-  private constructor(private readonly options: HostOptions) {
+  private constructor(private readonly options: HostOptions, hostId: string, readonly datastores: HostDatastores) {
     this.name = options.name;
+    this.hostId = hostId;
     this.store = new HostStore(options.dataDir);
     this.memoryLimitBytes = options.memoryLimitBytes ?? DEFAULT_MEMORY_LIMIT_BYTES;
     this.log = options.log ?? ((line) => { process.stderr.write(`${line}\n`); });
@@ -68,14 +81,16 @@ export class HostAgent {
       log: this.log,
     }, transport, { host: options.listenHost, port: options.migrationPort ?? 0 });
     const app = buildHostApp({
-      token: options.token, vms: this.vms, migrations: this.migrations, hostInfo: () => this.hostInfo(),
+      token: options.token, vms: this.vms, migrations: this.migrations, hostInfo: () => this.hostInfo(), listDatastores: () => this.datastores.list(),
       issueTicket: () => this.receiver.issueTicket(), incomingOutcome: (id) => this.receiver.outcome(id),
     });
     this.server = createAdaptorServer({ fetch: app.fetch }) as Server;
   }
 
   static async start(options: HostOptions): Promise<HostAgent> {
-    const agent = new HostAgent(options);
+    const hostId = newHostId();
+    const datastores = await HostDatastores.mount(options.datastores ?? [], { hostName: options.name, hostId }, options.leaseTiming);
+    const agent = new HostAgent(options, hostId, datastores);
     await agent.store.init();
     await agent.vms.load();
     await agent.receiver.listen();
@@ -90,7 +105,8 @@ export class HostAgent {
     // ...and the switch-over's message codecs, which otherwise run cold with the guest stunned.
     warmUpSwitchoverCodecs();
     agent.log(`host ${agent.name}: instrumenter and switch-over codecs warmed up in ${(performance.now() - tw).toFixed(0)} ms`);
-    agent.log(`host ${agent.name}: control API on ${agent.url}, migration endpoint on ${options.listenHost}:${agent.receiver.port}, data in ${options.dataDir}`);
+    agent.log(`host ${agent.name}: control API on ${agent.url}, migration endpoint on ${options.listenHost}:${agent.receiver.port}, data in ${options.dataDir}, host id ${hostId}`);
+    for (const ds of datastores.names) agent.log(`host ${agent.name}: datastore ${ds} mounted at ${datastores.get(ds).location}`);
     return agent;
   }
 
@@ -103,7 +119,7 @@ export class HostAgent {
 
   hostInfo(): HostInfo {
     return {
-      name: this.name, api: HOST_API_VERSION, migrationPort: this.receiver.port,
+      name: this.name, hostId: this.hostId, api: HOST_API_VERSION, migrationPort: this.receiver.port,
       memoryLimitBytes: this.memoryLimitBytes, memoryCommittedBytes: this.vms.memoryCommittedBytes, vms: this.vms.count,
     };
   }

@@ -15,7 +15,7 @@ import type { BlankEnv } from 'hono/types';
 import { FerryError, errorMessage, isFerryError } from '../lib/errors.js';
 import {
   HOST_API_VERSION, MAX_CREATE_BODY_BYTES, MAX_SMALL_BODY_BYTES, OPENAPI_INFO, OPENAPI_PATH, routes,
-  type ErrorBody, type HostInfo, type IncomingStatus, type TicketView,
+  type DatastoreView, type ErrorBody, type HostInfo, type IncomingStatus, type TicketView,
 } from '../api/host-v1.js';
 import { httpStatusFor } from '../api/http-status.js';
 import { encodeSse } from '../api/sse.js';
@@ -32,6 +32,7 @@ export interface HostAppDeps {
   readonly vms: VmService;
   readonly migrations: MigrationService;
   readonly hostInfo: () => HostInfo;
+  readonly listDatastores: () => Promise<DatastoreView[]>;
   readonly issueTicket: () => TicketView;
   readonly incomingOutcome: (id: string) => Promise<IncomingOutcome>;
 }
@@ -94,6 +95,7 @@ export function buildHostApp(d: HostAppDeps): OpenAPIHono {
 
   // Each handler's body is type-checked against the route's declared response schema.
   app.openapi(routes.getHost, (c) => c.json(d.hostInfo(), 200));
+  app.openapi(routes.listDatastores, async (c) => c.json({ datastores: await d.listDatastores() }, 200));
   app.openapi(routes.listVms, (c) => c.json({ vms: d.vms.list() }, 200));
   app.openapi(routes.createVm, async (c) => c.json(await d.vms.create(c.req.valid('json')), 201));
   app.openapi(routes.getVm, (c) => c.json(d.vms.get(c.req.valid('param').name), 200));

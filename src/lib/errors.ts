@@ -58,6 +58,13 @@ export const FERRY_ERROR_CODES = [
   'SNAPSHOT_CORRUPT',
   'SNAPSHOT_TOO_LARGE',
   'SNAPSHOT_IO',
+  // datastores and disk leases (src/storage, docs/design/datastores.md)
+  'DATASTORE_INVALID',
+  'DATASTORE_PATH_INVALID',
+  // another host (or another open on this one) holds a live write lease on the disk
+  'DISK_LOCKED',
+  // a write lease this process held was broken or replaced: stop writing
+  'LEASE_LOST',
   // live-migration wire protocol (src/migration/protocol, docs/migration-protocol.md)
   'PROTOCOL_BAD_MAGIC',
   'PROTOCOL_VERSION',

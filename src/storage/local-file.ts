@@ -1,4 +1,5 @@
 /** A BlockFile over a local file (node:fs FileHandle): positional I/O, fsync on flush. */
+import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { FerryError, errorMessage } from '../lib/errors.js';
 import type { BlockFile } from './block-file.js';
@@ -7,6 +8,8 @@ export interface OpenLocalFileOptions {
   readonly readOnly?: boolean;
   /** Create the file (it must not exist yet: an existing disk is never overwritten by a create). */
   readonly create?: boolean;
+  /** Refuse (STORE_IO) if the last component is a symlink: a datastore opens the real path it checked. */
+  readonly noFollow?: boolean;
 }
 
 export class LocalFile implements BlockFile {
@@ -16,7 +19,8 @@ export class LocalFile implements BlockFile {
 
   static async open(path: string, options: OpenLocalFileOptions = {}, name: string = path): Promise<LocalFile> {
     const readOnly = options.readOnly === true;
-    const flags = options.create === true ? 'wx+' : readOnly ? 'r' : 'r+';
+    const { O_CREAT, O_EXCL, O_RDWR, O_RDONLY, O_NOFOLLOW } = constants;
+    const flags = (options.create === true ? O_CREAT | O_EXCL | O_RDWR : readOnly ? O_RDONLY : O_RDWR) | (options.noFollow === true ? O_NOFOLLOW : 0);
     try {
       return new LocalFile(name, await open(path, flags), readOnly);
     } catch (err) {

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { HostAgent } from '../../src/host/agent.js';
 import { HostClient } from '../../src/api/host-client.js';
 import type { CreateVmRequest } from '../../src/api/host-v1.js';
+import type { DatastoreMount } from '../../src/host/datastores.js';
 import { guestImagePath, type GuestName } from './guests.js';
 
 export const AGENT_TOKEN = 'agent-test-token-0123456789abcdef';
@@ -19,13 +20,14 @@ export interface TestAgent {
   close(): Promise<void>;
 }
 
-export async function startAgent(name: string, opts: { memoryLimitBytes?: number } = {}): Promise<TestAgent> {
+export async function startAgent(name: string, opts: { memoryLimitBytes?: number; datastores?: readonly DatastoreMount[] } = {}): Promise<TestAgent> {
   const dataDir = await mkdtemp(join(tmpdir(), `ferry-agent-${name}-`));
   let agent: HostAgent;
   try {
     agent = await HostAgent.start({
       name, dataDir, listenHost: '127.0.0.1', listenPort: 0, token: AGENT_TOKEN, log: () => {},
       ...(opts.memoryLimitBytes !== undefined ? { memoryLimitBytes: opts.memoryLimitBytes } : {}),
+      ...(opts.datastores !== undefined ? { datastores: opts.datastores } : {}),
     });
   } catch (err) {
     await rm(dataDir, { recursive: true, force: true });

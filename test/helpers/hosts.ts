@@ -19,11 +19,12 @@ export interface TestHost extends LocalHost {
   readonly dataDir: string;
 }
 
-export async function startHost(name: string, opts: { dataDir?: string; port?: number; failpoints?: string } = {}): Promise<TestHost> {
+export async function startHost(name: string, opts: { dataDir?: string; port?: number; failpoints?: string; args?: readonly string[] } = {}): Promise<TestHost> {
   const dataDir = opts.dataDir ?? await mkdtemp(join(tmpdir(), `ferry-host-${name}-`));
   const host = await spawnHost(name, dataDir, TEST_TOKEN, {
     ...(opts.port !== undefined ? { port: opts.port } : {}),
     ...(opts.failpoints !== undefined ? { env: { FERRY_FAILPOINTS: opts.failpoints } } : {}),
+    ...(opts.args !== undefined ? { args: opts.args } : {}),
   });
   return { ...host, dataDir };
 }

@@ -2,12 +2,15 @@
  * The host API v1 in-process, on real sockets: a HostAgent on 127.0.0.1 port 0 and the real
  * HostClient (client.raw for what the client would never send). For every route of
  * src/api/host-v1.ts: success (status and body as declared), 400, 401, 404, and 409 where the
- * route can conflict; 413 for a body over the small-route limit. Decisions are made on codes and
+ * route can conflict; 413 for a body over the small-route limit; the datastores a host mounts. Decisions are made on codes and
  * statuses only, never on message text.
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
+import { mkdir, mkdtemp, realpath, rm, statfs, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import type { z } from 'zod';
 import { FerryError, type FerryErrorCode } from '../../src/lib/errors.js';
@@ -488,6 +491,47 @@ describe('host API v1: a VM owned by a running migration', () => {
   });
 });
 
+describe('host API v1: datastores', () => {
+  let h: TestAgent | undefined;
+  let base = '';
+  before(async () => {
+    base = await mkdtemp(join(tmpdir(), 'ferry-api-ds-'));
+    await Promise.all([mkdir(join(base, 'one')), mkdir(join(base, 'two'))]);
+    h = await startAgent('ds', { datastores: [{ name: 'one', path: join(base, 'one') }, { name: 'two', path: join(base, 'two') }] });
+  });
+  after(async () => { await h?.close(); await rm(base, { recursive: true, force: true }); });
+
+  it('GET /v1/datastores: each mounted datastore in mount order with its real path and space (statfs); 401 without the token', async () => {
+    assert.ok(h !== undefined);
+    const body = await expectOk(await send(h.client, 'listDatastores', {}), 'listDatastores') as { datastores: { name: string; path: string; spaceLeftBytes: number; totalBytes: number }[] };
+    assert.deepEqual(body.datastores.map((d) => [d.name, d.path]), [['one', join(await realpath(base), 'one')], ['two', join(await realpath(base), 'two')]]);
+    const fs = await statfs(base);
+    for (const d of body.datastores) {
+      assert.equal(d.totalBytes, fs.blocks * fs.bsize);
+      assert.ok(d.spaceLeftBytes > 0 && d.spaceLeftBytes <= d.totalBytes);
+    }
+    assert.deepEqual((await h.client.listDatastores()).map((d) => d.name), ['one', 'two']);
+    await expectError(await send(h.client, 'listDatastores', {}, { token: null }), 'UNAUTHORIZED');
+    await rejectsWith(new HostClient(h.client.baseUrl, WRONG_TOKEN).listDatastores(), 'UNAUTHORIZED');
+    assert.equal((await h.client.host()).hostId, h.agent.hostId);
+  });
+
+  it('a host with a bad datastore does not start: DATASTORE_INVALID for a duplicate name, a bad name, a missing path, a file', async () => {
+    await writeFile(join(base, 'file'), '');
+    const cases: [{ name: string; path: string }[], string][] = [
+      [[{ name: 'x', path: join(base, 'one') }, { name: 'x', path: join(base, 'two') }], 'duplicate'],
+      [[{ name: 'a b', path: join(base, 'one') }], 'name'],
+      [[{ name: 'x', path: join(base, 'missing') }], 'missing'],
+      [[{ name: 'x', path: join(base, 'file') }], 'not-directory'],
+    ];
+    for (const [datastores, reason] of cases) {
+      const err = await startAgent('bad', { datastores }).then(async (a) => { await a.close(); return null; }, (e: unknown) => e);
+      assert.ok(err instanceof FerryError, String(err));
+      assert.deepEqual([err.code, err.details.reason], ['DATASTORE_INVALID', reason]);
+    }
+  });
+});
+
 /** Methods an OpenAPI path item may hold. */
 const HTTP_METHODS = ['get', 'put', 'post', 'delete', 'options', 'head', 'patch', 'trace'];
 
@@ -518,7 +562,7 @@ describe('OpenAPI document: every route the app answers is documented, every doc
     // middleware; app.use entries have method ALL. The document does not list itself.
     const agent = h.agent;
     const app = buildHostApp({
-      token: AGENT_TOKEN, vms: agent.vms, hostInfo: () => agent.hostInfo(),
+      token: AGENT_TOKEN, vms: agent.vms, hostInfo: () => agent.hostInfo(), listDatastores: () => agent.datastores.list(),
       migrations: new MigrationService({ hostName: 'doc', token: AGENT_TOKEN, vms: agent.vms, operations: agent.operations, transport: tcpTransport, log: () => {} }),
       issueTicket: () => { throw new FerryError('INTERNAL', 'not called'); },
       incomingOutcome: () => Promise.reject(new FerryError('INTERNAL', 'not called')),
