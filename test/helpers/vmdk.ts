@@ -1,0 +1,96 @@
+/** Shared by the VMDK tests: temp dirs, local disks, a seeded write pattern, qemu-img and qemu-io. */
+import { execFile } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { LocalFile } from '../../src/storage/local-file.js';
+import { VmdkDisk, type OpenParent } from '../../src/storage/vmdk/disk.js';
+
+export async function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
+  const dir = await mkdtemp(join(tmpdir(), 'ferry-vmdk-'));
+  try {
+    return await fn(dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** What a local datastore does: the hint is relative to the child's directory; parents open read-only. */
+export const openLocalParent: OpenParent = (hint, childName) => LocalFile.open(resolve(dirname(childName), hint), { readOnly: true });
+
+export async function createLocalDisk(path: string, capacityBytes: number, grainSizeSectors?: number): Promise<VmdkDisk> {
+  return VmdkDisk.create(await LocalFile.open(path, { create: true }), { capacityBytes, ...(grainSizeSectors !== undefined ? { grainSizeSectors } : {}) });
+}
+
+export async function openLocalDisk(path: string, readOnly = false): Promise<VmdkDisk> {
+  const file = await LocalFile.open(path, { readOnly });
+  try {
+    return await VmdkDisk.open(file, { openParent: openLocalParent });
+  } catch (err) {
+    await file.close();
+    throw err;
+  }
+}
+
+/** mulberry32: a small seeded PRNG, so a pattern can be replayed by another process. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export interface PatternWrite { readonly offsetBytes: number; readonly data: Uint8Array }
+
+/** `count` writes at random offsets and lengths (1 byte .. maxLength) inside `capacityBytes`. */
+export function writePattern(seed: number, count: number, capacityBytes: number, maxLength = 200_000): PatternWrite[] {
+  const rnd = prng(seed);
+  const out: PatternWrite[] = [];
+  for (let i = 0; i < count; i++) {
+    const length = 1 + Math.floor(rnd() * Math.min(maxLength, capacityBytes));
+    const offsetBytes = Math.floor(rnd() * (capacityBytes - length + 1));
+    const data = new Uint8Array(length);
+    const fill = Math.floor(rnd() * 256);
+    for (let j = 0; j < length; j++) data[j] = (fill + j * 7 + (j >> 9)) & 0xff;
+    out.push({ offsetBytes, data });
+  }
+  return out;
+}
+
+export interface ToolResult { readonly code: number; readonly stdout: string; readonly stderr: string }
+
+/** Bound on any one qemu-img / qemu-io run: a hung tool fails the test instead of hanging it. */
+const TOOL_TIMEOUT_MS = 60_000;
+
+export function runTool(tool: 'qemu-img' | 'qemu-io', args: readonly string[]): Promise<ToolResult> {
+  return new Promise((resolvePromise, reject) => {
+    execFile(tool, args, { timeout: TOOL_TIMEOUT_MS, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
+      if (err !== null && typeof err.code !== 'number') { reject(new Error(`${tool} ${args.join(' ')}: ${err.message} (is qemu-utils installed? scripts/system-packages.sh)`)); return; }
+      resolvePromise({ code: err === null ? 0 : (err.code as number), stdout, stderr });
+    });
+  });
+}
+
+export async function qemuImg(...args: string[]): Promise<ToolResult> {
+  return runTool('qemu-img', args);
+}
+
+/** Runs qemu-img and fails with its output unless it exits 0. */
+export async function qemuImgOk(...args: string[]): Promise<string> {
+  const r = await qemuImg(...args);
+  if (r.code !== 0) throw new Error(`qemu-img ${args.join(' ')} exited ${r.code}: ${r.stdout}${r.stderr}`);
+  return r.stdout;
+}
+
+export interface QemuVmdkInfo {
+  readonly 'virtual-size': number;
+  readonly 'format-specific': { readonly data: { readonly cid: number; readonly 'parent-cid': number; readonly 'create-type': string } };
+}
+
+export async function qemuInfo(path: string): Promise<QemuVmdkInfo> {
+  return JSON.parse(await qemuImgOk('info', '--output=json', path)) as QemuVmdkInfo;
+}
