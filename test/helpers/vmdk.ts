@@ -3,6 +3,7 @@ import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
+import type { BlockFile } from '../../src/storage/block-file.js';
 import { LocalFile } from '../../src/storage/local-file.js';
 import { VmdkDisk, type OpenParent } from '../../src/storage/vmdk/disk.js';
 
@@ -19,7 +20,13 @@ export async function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T
 export const openLocalParent: OpenParent = (hint, childName) => LocalFile.open(resolve(dirname(childName), hint), { readOnly: true });
 
 export async function createLocalDisk(path: string, capacityBytes: number, grainSizeSectors?: number): Promise<VmdkDisk> {
-  return VmdkDisk.create(await LocalFile.open(path, { create: true }), { capacityBytes, ...(grainSizeSectors !== undefined ? { grainSizeSectors } : {}) });
+  const file = await LocalFile.open(path, { create: true });
+  try {
+    return await VmdkDisk.create(file, { capacityBytes, ...(grainSizeSectors !== undefined ? { grainSizeSectors } : {}) });
+  } catch (err) {
+    await file.close();
+    throw err;
+  }
 }
 
 export async function openLocalDisk(path: string, readOnly = false): Promise<VmdkDisk> {
@@ -93,4 +100,33 @@ export interface QemuVmdkInfo {
 
 export async function qemuInfo(path: string): Promise<QemuVmdkInfo> {
   return JSON.parse(await qemuImgOk('info', '--output=json', path)) as QemuVmdkInfo;
+}
+
+/** A BlockFile in memory (fuzzing opens thousands of disks: no file system in the loop). */
+export class MemoryFile implements BlockFile {
+  constructor(readonly name: string, public bytes: Uint8Array, readonly readOnly = true) {}
+  read(position: number, buf: Uint8Array): Promise<void> {
+    buf.fill(0);
+    if (position < this.bytes.length) buf.set(this.bytes.subarray(position, Math.min(this.bytes.length, position + buf.length)));
+    return Promise.resolve();
+  }
+  write(position: number, data: Uint8Array): Promise<void> {
+    if (this.readOnly) return Promise.reject(new Error('read-only'));
+    if (position + data.length > this.bytes.length) {
+      const grown = new Uint8Array(position + data.length);
+      grown.set(this.bytes);
+      this.bytes = grown;
+    }
+    this.bytes.set(data, position);
+    return Promise.resolve();
+  }
+  flush(): Promise<void> { return Promise.resolve(); }
+  size(): Promise<number> { return Promise.resolve(this.bytes.length); }
+  truncate(length: number): Promise<void> {
+    const next = new Uint8Array(length);
+    next.set(this.bytes.subarray(0, Math.min(length, this.bytes.length)));
+    this.bytes = next;
+    return Promise.resolve();
+  }
+  close(): Promise<void> { return Promise.resolve(); }
 }

@@ -16,6 +16,12 @@ export const GT_SECTORS = GT_BYTES / SECTOR_BYTES;
  * for the working set of a VM; a miss costs one 2 KiB read).
  */
 export const MAX_CACHED_GTS = 4096;
+/**
+ * Disks with at most this many tables (2 MiB of them: 32 GiB of 64 KiB grains) have every table read
+ * and checked at open, so a bad entry is refused before the disk is used; larger ones have each
+ * table checked whole when first read (before any of its entries is used) and by checkAll().
+ */
+export const EAGER_CHECK_MAX_GTS = 1024;
 
 /** Where a grain table may lie, in sectors: [loSectors, hiSectors). */
 export interface SectorRange { readonly loSectors: number; readonly hiSectors: number }
@@ -89,10 +95,27 @@ export class GrainTables {
         if ((gd[i] === 0) !== (rgd[i] === 0)) throw corrupt(opts.name, `grain directories disagree at entry ${i}`);
       }
     }
-    return new GrainTables(file, opts, gd, rgd);
+    const tables = new GrainTables(file, opts, gd, rgd);
+    if (gd.length <= EAGER_CHECK_MAX_GTS) await tables.checkAll();
+    return tables;
   }
 
   get tableCount(): number { return this.gd.length; }
+
+  /** Entries for which `pred` holds, over every table (absent tables hold none). */
+  async count(pred: (entry: number) => boolean): Promise<number> {
+    let n = 0;
+    for (let i = 0; i < this.gd.length; i++) {
+      const gt = await this.table(i);
+      if (gt !== undefined) for (const e of gt) if (pred(e)) n++;
+    }
+    return n;
+  }
+
+  /** Reads and checks every grain table. */
+  async checkAll(): Promise<void> {
+    for (let i = 0; i < this.gd.length; i++) await this.table(i);
+  }
 
   /** The entry of a grain (0 = unallocated) — from a table checked whole when it was read. */
   async entry(grainIndex: number): Promise<number> {

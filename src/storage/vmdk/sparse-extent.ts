@@ -191,10 +191,8 @@ export class SparseExtent implements GrainExtent {
   }
 
   async allocatedBytes(): Promise<number> {
-    let grains = 0;
-    const total = Math.ceil(this.header.capacitySectors / this.header.grainSizeSectors);
-    for (let g = 0; g < total; g++) if ((await this.grainState(g)) === 'data') grains++;
-    return grains * this.grainBytes;
+    const zeroGrain = (this.header.flags & FLAG_ZEROED_GRAIN) !== 0;
+    return this.grainBytes * await this.tables.count((e) => e !== 0 && !(zeroGrain && e === GTE_ZERO_GRAIN));
   }
 
   async close(): Promise<void> {

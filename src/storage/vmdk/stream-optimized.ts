@@ -101,10 +101,7 @@ export class StreamOptimizedExtent implements GrainExtent {
   }
 
   async allocatedBytes(): Promise<number> {
-    let grains = 0;
-    const total = Math.ceil(this.header.capacitySectors / this.header.grainSizeSectors);
-    for (let g = 0; g < total; g++) if ((await this.tables.entry(g)) !== 0) grains++;
-    return grains * this.grainBytes;
+    return this.grainBytes * await this.tables.count((e) => e !== 0);
   }
 
   async close(): Promise<void> {
