@@ -9,11 +9,11 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FerryError } from '../../src/lib/errors.js';
 import { VmdkDisk } from '../../src/storage/vmdk/disk.js';
-import { MemoryFile, prng } from './vmdk.js';
+import { MemoryFile, gdInFooter, prng } from './vmdk.js';
 
 const MiB = 1024 * 1024;
 
-/** Seeds: a Ferry disk with data, a Ferry delta over it, and qemu-img's sparse and streamOptimized ones. */
+/** Seeds: a Ferry disk with data, a Ferry delta over it, qemu-img's sparse and streamOptimized ones, and the latter with its directory in a footer. */
 export async function buildCorpus(dir: string): Promise<Map<string, Uint8Array>> {
   const baseFile = new MemoryFile('t.vmdk', new Uint8Array(0), false);
   const base = await VmdkDisk.create(baseFile, { capacityBytes: 4 * MiB });
@@ -31,9 +31,10 @@ export async function buildCorpus(dir: string): Promise<Map<string, Uint8Array>>
   await writeFile(raw, content);
   execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', 'vmdk', raw, join(dir, 'q.vmdk')]);
   execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', 'vmdk', '-o', 'subformat=streamOptimized', raw, join(dir, 's.vmdk')]);
+  const stream = await readFile(join(dir, 's.vmdk'));
   return new Map<string, Uint8Array>([
     ['t.vmdk', baseFile.bytes], ['d.vmdk', deltaFile.bytes],
-    ['q.vmdk', await readFile(join(dir, 'q.vmdk'))], ['s.vmdk', await readFile(join(dir, 's.vmdk'))],
+    ['q.vmdk', await readFile(join(dir, 'q.vmdk'))], ['s.vmdk', stream], ['f.vmdk', gdInFooter(stream)],
   ]);
 }
 

@@ -130,3 +130,20 @@ export class MemoryFile implements BlockFile {
   }
   close(): Promise<void> { return Promise.resolve(); }
 }
+
+/**
+ * A streamOptimized file as VMware writes it, made from one qemu-img wrote (directory at the front):
+ * the header's gdOffset becomes all-ones, and a footer marker, a header copy that places the
+ * directory and an end-of-stream marker are appended.
+ */
+export function gdInFooter(front: Uint8Array): Buffer {
+  const SECTOR = 512;
+  const MARKER_FOOTER = 3;
+  const footer = Buffer.alloc(3 * SECTOR);
+  footer.writeBigUInt64LE(1n, 0);
+  footer.writeUInt32LE(MARKER_FOOTER, 12);
+  footer.set(front.subarray(0, SECTOR), SECTOR);
+  const moved = Buffer.from(front);
+  moved.writeBigUInt64LE(0xffffffffffffffffn, 56);
+  return Buffer.concat([moved, footer]);
+}

@@ -13,7 +13,7 @@ import { LocalFile } from '../../../src/storage/local-file.js';
 import { importStreamOptimized } from '../../../src/storage/vmdk/import.js';
 import { VmdkDisk } from '../../../src/storage/vmdk/disk.js';
 import {
-  createLocalDisk, openLocalDisk, qemuImg, qemuImgOk, qemuInfo, runTool, withTempDir, writePattern,
+  createLocalDisk, gdInFooter, openLocalDisk, qemuImg, qemuImgOk, qemuInfo, runTool, withTempDir, writePattern,
 } from '../../helpers/vmdk.js';
 
 const MiB = 1024 * 1024;
@@ -163,5 +163,45 @@ describe('VMDK interoperability with qemu-img', () => {
     await qemuImgOk('check', join(dir, 'delta.vmdk'));
     await expectCompareEqual(join(dir, 'delta.vmdk'), join(dir, 'chain.raw'));
     assert.equal((await readFile(join(dir, 'chain.raw'))).length, capacityBytes);
+  }));
+
+  it('reads zeroed-grain entries (qemu-img -o zeroed_grain=on, qemu-io write -z) and writes over them', () => withTempDir(async (dir) => {
+    const capacityBytes = 4 * MiB;
+    const path = join(dir, 'z.vmdk');
+    await qemuImgOk('create', '-f', 'vmdk', '-o', 'zeroed_grain=on', path, String(capacityBytes));
+    const io = await runTool('qemu-io', ['-f', 'vmdk', '-c', 'write -P 0x11 0 256k', '-c', 'write -z 64k 64k', path]);
+    assert.equal(io.code, 0, io.stderr);
+    const expected = Buffer.alloc(capacityBytes);
+    expected.fill(0x11, 0, 256 * 1024);
+    expected.fill(0, 64 * 1024, 128 * 1024);
+    const disk = await openLocalDisk(path);
+    assert.deepEqual(await readAll(disk), expected);
+    assert.equal(await disk.allocatedBytes(), 3 * 65536, 'a zero grain holds no data');
+    await disk.write(70_000, Buffer.alloc(1000, 0x22));
+    expected.fill(0x22, 70_000, 71_000);
+    await disk.flush();
+    assert.deepEqual(await readAll(disk), expected);
+    await disk.close();
+    await writeFile(join(dir, 'z.raw'), expected);
+    await qemuImgOk('check', path);
+    await expectCompareEqual(path, join(dir, 'z.raw'));
+  }));
+
+  it('reads a streamOptimized disk whose grain directory is in the footer (gdOffset all-ones, as VMware writes)', () => withTempDir(async (dir) => {
+    const capacityBytes = 3 * MiB;
+    const rawContent = Buffer.alloc(capacityBytes);
+    randomBytes(200_000).copy(rawContent, 1_000_000);
+    await writeFile(join(dir, 's.raw'), rawContent);
+    await qemuImgOk('convert', '-f', 'raw', '-O', 'vmdk', '-o', 'subformat=streamOptimized', join(dir, 's.raw'), join(dir, 's.vmdk'));
+    const front = await readFile(join(dir, 's.vmdk'));
+    assert.equal(front.length % 512, 0);
+    const withFooter = gdInFooter(front);
+    await writeFile(join(dir, 'f.vmdk'), withFooter);
+    const disk = await openLocalDisk(join(dir, 'f.vmdk'), true);
+    assert.deepEqual(await readAll(disk), rawContent);
+    await disk.close();
+    await expectCompareEqual(join(dir, 'f.vmdk'), join(dir, 's.raw')); // qemu reads the same file the same way
+    await writeFile(join(dir, 'n.vmdk'), withFooter.subarray(0, front.length)); // no footer at all
+    await assert.rejects(openLocalDisk(join(dir, 'n.vmdk'), true), { code: 'DISK_CORRUPT' });
   }));
 });
