@@ -45,11 +45,27 @@ export type Corpus = ReadonlyMap<string, Uint8Array>;
 const READ_PREFIX_BYTES = 4 * 1024 * 1024;
 const PROBES = 16;
 const PROBE_BYTES = 70_000;
+/** check() walks every grain of a streamOptimized disk: only on disks of a sane size (a mutated capacity can be 2 TiB). */
+const CHECK_MAX_CAPACITY_BYTES = 64 * MiB;
+/** A case that takes longer than this is a hang. */
+const CASE_TIMEOUT_MS = 10_000;
 
 export interface FuzzOutcome { readonly ok: number; readonly refused: Map<string, number> }
 
-/** One case: mutate `target` of `corpus`, open it as top of its chain, read. Throws on a non-FerryError. */
+/** One case: mutate `target` of `corpus`, open it as top of its chain, read. Throws on a non-FerryError or a hang. */
 export async function fuzzOne(corpus: Corpus, target: string, seed: number, outcome: FuzzOutcome): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const hang = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`fuzz case ${target} seed ${seed}: no outcome within ${CASE_TIMEOUT_MS} ms`)), CASE_TIMEOUT_MS);
+  });
+  try {
+    await Promise.race([fuzzCase(corpus, target, seed, outcome), hang]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function fuzzCase(corpus: Corpus, target: string, seed: number, outcome: FuzzOutcome): Promise<void> {
   const rnd = prng(seed);
   const original = corpus.get(target) as Uint8Array;
   const bytes = Uint8Array.from(original);
@@ -83,6 +99,7 @@ export async function fuzzOne(corpus: Corpus, target: string, seed: number, outc
       await disk.read(Math.floor(rnd() * (disk.capacityBytes - length + 1)), new Uint8Array(length));
     }
     await disk.allocatedBytes();
+    if (disk.capacityBytes <= CHECK_MAX_CAPACITY_BYTES) await disk.check();
     (outcome as { ok: number }).ok++;
   } catch (err) {
     if (!(err instanceof FerryError)) throw new Error(`fuzz case ${target} seed ${seed}: not a FerryError: ${String(err)}`, { cause: err });

@@ -134,20 +134,26 @@ export class VmdkDisk {
     };
   }
 
+  /** Reads and checks everything of every disk in the chain that open did not (what `ferry disk check` runs). */
+  async check(): Promise<void> {
+    await this.parent?.check();
+    await this.serial(() => this.extent.check());
+  }
+
   /** Bytes of grains this disk itself holds (not its parents). */
   allocatedBytes(): Promise<number> {
     return this.serial(() => this.extent.allocatedBytes());
   }
 
-  read(offsetBytes: number, buf: Uint8Array): Promise<void> {
+  async read(offsetBytes: number, buf: Uint8Array): Promise<void> {
     this.checkRange(offsetBytes, buf.length);
     return this.serial(() => this.readNow(offsetBytes, buf));
   }
 
-  write(offsetBytes: number, data: Uint8Array): Promise<void> {
+  async write(offsetBytes: number, data: Uint8Array): Promise<void> {
     this.checkRange(offsetBytes, data.length);
     const extent = this.extent;
-    if (!(extent instanceof SparseExtent) || !extent.writable) return Promise.reject(new FerryError('DISK_READ_ONLY', `${this.name} is read-only`));
+    if (!(extent instanceof SparseExtent) || !extent.writable) throw new FerryError('DISK_READ_ONLY', `${this.name} is read-only`);
     return this.serial(async () => {
       const grainBytes = extent.grainBytes;
       await eachGrain(offsetBytes, data.length, grainBytes, (grainIndex, inGrain, from, to) =>

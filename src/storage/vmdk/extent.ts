@@ -17,10 +17,9 @@ export interface GrainExtent {
    * grain's end). Resolves false, with `buf` untouched, when this extent holds no data for the grain.
    */
   readGrain(grainIndex: number, offsetInGrainBytes: number, buf: Uint8Array): Promise<boolean>;
+  /** Reads and checks all of this extent's metadata (every table; for streamOptimized every grain too). */
+  check(): Promise<void>;
   /** Bytes of grains this extent holds (walks every grain table). */
   allocatedBytes(): Promise<number>;
   close(): Promise<void>;
 }
-
-/** A grain of a sparse extent, as its table entry says. */
-export type GrainState = 'unallocated' | 'zero' | 'data';

@@ -112,6 +112,26 @@ export class GrainTables {
     return n;
   }
 
+  /**
+   * Refuses two entries whose grains overlap (a write through one would show through the other).
+   * `isData` says which entries name grains (not 0, not the zero-grain marker).
+   */
+  async checkNoOverlap(grainSectors: number, isData: (entry: number) => boolean): Promise<void> {
+    const starts: number[] = [];
+    for (let i = 0; i < this.gd.length; i++) {
+      const gt = await this.table(i);
+      if (gt !== undefined) for (const e of gt) if (isData(e)) starts.push(e);
+    }
+    const sorted = Float64Array.from(starts).sort();
+    for (let i = 1; i < sorted.length; i++) {
+      if ((sorted[i] as number) - (sorted[i - 1] as number) < grainSectors) {
+        throw corrupt(this.opts.name, `two grain-table entries share the grain at sector ${sorted[i]}`, { sector: sorted[i] });
+      }
+    }
+  }
+
+  get checkedAtLoad(): boolean { return this.gd.length <= EAGER_CHECK_MAX_GTS; }
+
   /** Reads and checks every grain table. */
   async checkAll(): Promise<void> {
     for (let i = 0; i < this.gd.length; i++) await this.table(i);

@@ -16,7 +16,7 @@
 import { FerryError } from '../../lib/errors.js';
 import type { BlockFile } from '../block-file.js';
 import { type Descriptor, CID_NO_PARENT, defaultDdb, encodeDescriptor, newCid, parseDescriptor } from './descriptor.js';
-import type { GrainExtent, GrainState } from './extent.js';
+import type { GrainExtent } from './extent.js';
 import { GT_SECTORS, GrainTables, gdSectors } from './grain-tables.js';
 import {
   type SparseHeader, COMPRESS_NONE, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NEWLINE_DETECTION, FLAG_REDUNDANT_GD, FLAG_ZEROED_GRAIN,
@@ -143,18 +143,33 @@ export class SparseExtent implements GrainExtent {
         }
       },
     });
-    return new SparseExtent(file, header, desc, tables, fileBytes);
+    const extent = new SparseExtent(file, header, desc, tables, fileBytes);
+    if (tables.checkedAtLoad) await extent.checkGrains();
+    return extent;
   }
 
-  async grainState(grainIndex: number): Promise<GrainState> {
-    const e = await this.tables.entry(grainIndex);
-    return e === 0 ? 'unallocated' : e === GTE_ZERO_GRAIN && (this.header.flags & FLAG_ZEROED_GRAIN) !== 0 ? 'zero' : 'data';
+  /** Reads every grain table and refuses overlapping grains (done at open for disks whose tables are all read then). */
+  check(): Promise<void> {
+    return this.checkGrains();
+  }
+
+  private async checkGrains(): Promise<void> {
+    await this.tables.checkNoOverlap(this.header.grainSizeSectors, (e) => this.holdsData(e));
+  }
+
+  /** Entry 1 is "a grain of zeros" only with the zeroed-grain flag (otherwise open refused it). */
+  private isZeroEntry(entry: number): boolean {
+    return entry === GTE_ZERO_GRAIN && (this.header.flags & FLAG_ZEROED_GRAIN) !== 0;
+  }
+
+  private holdsData(entry: number): boolean {
+    return entry !== 0 && !this.isZeroEntry(entry);
   }
 
   async readGrain(grainIndex: number, offsetInGrainBytes: number, buf: Uint8Array): Promise<boolean> {
     const e = await this.tables.entry(grainIndex);
     if (e === 0) return false;
-    if (e === GTE_ZERO_GRAIN && (this.header.flags & FLAG_ZEROED_GRAIN) !== 0) { buf.fill(0); return true; }
+    if (this.isZeroEntry(e)) { buf.fill(0); return true; }
     await this.file.read(e * SECTOR_BYTES + offsetInGrainBytes, buf);
     return true;
   }
@@ -167,7 +182,7 @@ export class SparseExtent implements GrainExtent {
     if (!this.writable) throw new FerryError('DISK_READ_ONLY', `${this.name} is open read-only`);
     await this.renewCid();
     const e = await this.tables.entry(grainIndex);
-    const zero = e === GTE_ZERO_GRAIN && (this.header.flags & FLAG_ZEROED_GRAIN) !== 0;
+    const zero = this.isZeroEntry(e);
     if (e !== 0 && !zero) {
       await this.file.write(e * SECTOR_BYTES + offsetInGrainBytes, data);
       return;
@@ -191,8 +206,7 @@ export class SparseExtent implements GrainExtent {
   }
 
   async allocatedBytes(): Promise<number> {
-    const zeroGrain = (this.header.flags & FLAG_ZEROED_GRAIN) !== 0;
-    return this.grainBytes * await this.tables.count((e) => e !== 0 && !(zeroGrain && e === GTE_ZERO_GRAIN));
+    return this.grainBytes * await this.tables.count((e) => this.holdsData(e));
   }
 
   async close(): Promise<void> {

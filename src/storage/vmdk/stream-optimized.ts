@@ -100,6 +100,11 @@ export class StreamOptimizedExtent implements GrainExtent {
     return true;
   }
 
+  async check(): Promise<void> {
+    const grains = Math.ceil(this.header.capacitySectors / this.header.grainSizeSectors);
+    for (let g = 0; g < grains; g++) await this.inflateGrain(g);
+  }
+
   async allocatedBytes(): Promise<number> {
     return this.grainBytes * await this.tables.count((e) => e !== 0);
   }

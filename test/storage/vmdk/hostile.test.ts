@@ -3,6 +3,7 @@ import { describe, it, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { deflateSync } from 'node:zlib';
 import { FerryError, type FerryErrorCode } from '../../../src/lib/errors.js';
 import { LocalFile } from '../../../src/storage/local-file.js';
 import { VmdkDisk } from '../../../src/storage/vmdk/disk.js';
@@ -95,6 +96,8 @@ describe('hostile VMDK files', () => {
     await refused(mutated((_b, v) => v.setUint32(GT_SECTOR * SECTOR_BYTES + 8, 0xfffffff0, true)), 'DISK_CORRUPT');
     await refused(mutated((_b, v) => v.setUint32(GT_SECTOR * SECTOR_BYTES + 8, GD_SECTOR, true)), 'DISK_CORRUPT');
     await refused(mutated((_b, v) => v.setUint32(GT_SECTOR * SECTOR_BYTES + 8, 1, true)), 'DISK_CORRUPT'); // "zero grain" without the v2 flag
+    // Two entries naming the same grain: a write through one would show through the other.
+    await refused(mutated((_b, v) => v.setUint32(GT_SECTOR * SECTOR_BYTES + 12, v.getUint32(GT_SECTOR * SECTOR_BYTES + 4, true), true)), 'DISK_CORRUPT');
     // A grain whose end is past the end of the file.
     await refused(mutated((_b, v) => v.setUint32(GT_SECTOR * SECTOR_BYTES + 8, valid.length / SECTOR_BYTES - 64, true)), 'DISK_CORRUPT');
     assert.ok(OVERHEAD_SECTORS * SECTOR_BYTES < valid.length);
@@ -157,6 +160,18 @@ describe('hostile VMDK files', () => {
     assert.equal(ok.info().chain.length, MAX_CHAIN_DEPTH);
     await ok.close();
     await assert.rejects(openLocalDisk(join(dir, `d${MAX_CHAIN_DEPTH + 1}.vmdk`), true), { code: 'DISK_CHAIN_INVALID' });
+  }));
+
+  it('streamOptimized grains: an inflate bomb, a marker for another LBA, an oversized compressed length', () => withTempDir(async (dir) => {
+    const corpus = await buildCorpus(dir);
+    const stream = corpus.get('s.vmdk') as Uint8Array;
+    await openBytes(stream).then((d) => d.close());
+    const FIRST_GRAIN = 128 * SECTOR_BYTES; // qemu-img's first grain marker: right after the overHead
+    const bomb = deflateSync(Buffer.alloc(16 * 65536)); // 1 MiB of zeros in ~1 KiB: 16 grains
+    await refused(mutated((b, v) => { v.setUint32(FIRST_GRAIN + 8, bomb.length, true); b.set(bomb, FIRST_GRAIN + 12); }, stream), 'DISK_CORRUPT');
+    await refused(mutated((_b, v) => v.setBigUint64(FIRST_GRAIN, 128n, true), stream), 'DISK_CORRUPT');
+    await refused(mutated((_b, v) => v.setUint32(FIRST_GRAIN + 8, 2 * 65536 + 1, true), stream), 'DISK_CORRUPT');
+    await refused(mutated((_b, v) => v.setUint32(FIRST_GRAIN + 8, 0, true), stream), 'DISK_CORRUPT');
   }));
 
   it(`mutation fuzz: a few hundred mutated disks open and read with only FerryErrors`, { timeout: 30_000 }, () => withTempDir(async (dir) => {
