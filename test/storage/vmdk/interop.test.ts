@@ -204,4 +204,40 @@ describe('VMDK interoperability with qemu-img', () => {
     await writeFile(join(dir, 'n.vmdk'), withFooter.subarray(0, front.length)); // no footer at all
     await assert.rejects(openLocalDisk(join(dir, 'n.vmdk'), true), { code: 'DISK_CORRUPT' });
   }));
+
+  it('the largest disk, 2 TiB: created in a sparse file, written at both ends, checked by qemu-img', () => withTempDir(async (dir) => {
+    const capacityBytes = 2 * 1024 * 1024 * MiB;
+    const path = join(dir, 'big.vmdk');
+    const disk = await createLocalDisk(path, capacityBytes);
+    await disk.write(capacityBytes - 1000, Buffer.alloc(1000, 7));
+    await disk.write(0, Buffer.alloc(1000, 8));
+    await disk.flush();
+    await disk.close();
+    await qemuImgOk('check', path);
+    assert.equal((await qemuInfo(path))['virtual-size'], capacityBytes);
+    const ro = await openLocalDisk(path, true);
+    const tail = Buffer.alloc(2000);
+    await ro.read(capacityBytes - 2000, tail);
+    assert.deepEqual(tail, Buffer.concat([Buffer.alloc(1000), Buffer.alloc(1000, 7)]));
+    assert.equal(await ro.allocatedBytes(), 2 * 65536);
+    await ro.check();
+    await assert.rejects(ro.read(capacityBytes - 10, Buffer.alloc(11)), { code: 'DISK_OUT_OF_RANGE' });
+    await ro.close();
+  }));
+
+  it('concurrent writes and reads are applied in call order', () => withTempDir(async (dir) => {
+    const capacityBytes = 4 * MiB;
+    const disk = await createLocalDisk(join(dir, 'c.vmdk'), capacityBytes);
+    const expected = Buffer.alloc(capacityBytes);
+    const writes = writePattern(11, 80, capacityBytes, 100_000);
+    for (const w of writes) expected.set(w.data, w.offsetBytes);
+    const reads = [Buffer.alloc(capacityBytes)];
+    await Promise.all([...writes.map((w) => disk.write(w.offsetBytes, w.data)), disk.read(0, reads[0] as Buffer)]);
+    assert.deepEqual(reads[0], expected, 'a read queued after the writes sees them all');
+    await disk.flush();
+    await disk.close();
+    await writeFile(join(dir, 'c.raw'), expected);
+    await qemuImgOk('check', join(dir, 'c.vmdk'));
+    await expectCompareEqual(join(dir, 'c.vmdk'), join(dir, 'c.raw'));
+  }));
 });
