@@ -4,7 +4,7 @@
 #   qemu-img (qemu-utils): the reference implementation the VMDK code is checked against.
 set -euo pipefail
 need=()
-command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
+{ command -v qemu-img && command -v qemu-io; } >/dev/null 2>&1 || need+=(qemu-utils)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "ferry: the tests need these system packages: ${need[*]}" >&2

@@ -73,6 +73,19 @@ export const FERRY_ERROR_CODES = [
   'PROTOCOL_TRUNCATED',
   'PROTOCOL_BAD_PAYLOAD',
   'PROTOCOL_OUT_OF_ORDER',
+  // virtual disks (src/storage/vmdk, docs/disk-format.md)
+  'DISK_NOT_VMDK',
+  'DISK_TRUNCATED',
+  'DISK_CORRUPT',
+  'DISK_UNSUPPORTED',
+  'DISK_TOO_LARGE',
+  'DISK_DESCRIPTOR_INVALID',
+  'DISK_READ_ONLY',
+  'DISK_OUT_OF_RANGE',
+  // a parent's CID is not the child's parentCID: the parent was modified after the child was made
+  'DISK_CHAIN_MISMATCH',
+  // a parent chain that loops, is too deep, or names no parent
+  'DISK_CHAIN_INVALID',
 ] as const;
 
 export type FerryErrorCode = (typeof FERRY_ERROR_CODES)[number];

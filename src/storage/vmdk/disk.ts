@@ -1,0 +1,237 @@
+/**
+ * A VMDK disk as a guest sees it: one extent (monolithicSparse or streamOptimized) and, for a delta,
+ * its parent chain. Byte-addressed reads and writes of any offset and length; a grain the extent does
+ * not hold reads from the parent, or as zeros at the bottom of the chain; writing part of such a
+ * grain copies the whole grain up from the parent first.
+ *
+ * Content IDs (the contract cross-site migration relies on): a disk's CID changes on its first write
+ * after open and never on a read-only open; a delta records its parent's CID as parentCID, and a
+ * chain whose parent's CID no longer equals it is refused at open (DISK_CHAIN_MISMATCH) — the parent
+ * was written after the delta was made, so the delta's grains sit over content that is gone.
+ *
+ * Parents are opened read-only through an `openParent` callback the datastore provides: no disk code
+ * opens a path itself. The disk owns every file of its chain: close() closes them all.
+ */
+import { posix } from 'node:path';
+import { FerryError } from '../../lib/errors.js';
+import type { BlockFile } from '../block-file.js';
+import { type CreateType, CID_NO_PARENT, formatCid } from './descriptor.js';
+import type { GrainExtent } from './extent.js';
+import { FLAG_COMPRESSED, HEADER_BYTES, parseHeader } from './header.js';
+import { type CreateSparseOptions, SparseExtent } from './sparse-extent.js';
+import { StreamOptimizedExtent } from './stream-optimized.js';
+
+/** Deepest parent chain Ferry opens: far above real snapshot chains, low enough to stop a hostile one. */
+export const MAX_CHAIN_DEPTH = 32;
+
+/**
+ * Opens a parent read-only. `hint` is the child's parentFileNameHint verbatim, `childName` the
+ * child's BlockFile name: the datastore resolves the hint relative to the child's directory.
+ */
+export type OpenParent = (hint: string, childName: string) => Promise<BlockFile>;
+
+export interface OpenDiskOptions {
+  /** Needed when the disk is a delta; a delta opened without one is refused. */
+  readonly openParent?: OpenParent;
+}
+
+export interface DiskInfo {
+  readonly name: string;
+  readonly createType: CreateType;
+  readonly capacityBytes: number;
+  readonly grainSizeBytes: number;
+  /** 8 hex digits, as in the descriptor. */
+  readonly cid: string;
+  readonly parentCid: string;
+  readonly parentFileNameHint?: string;
+  /** This disk first, its base last. */
+  readonly chain: readonly string[];
+}
+
+export interface CreateDiskOptions {
+  readonly capacityBytes: number;
+  readonly grainSizeSectors?: number;
+}
+
+export class VmdkDisk {
+  /** Every operation runs alone: allocation and the grain cache are not safe to interleave. */
+  private queue: Promise<unknown> = Promise.resolve();
+  private closed = false;
+
+  private constructor(private readonly extent: GrainExtent, readonly parent: VmdkDisk | undefined) {}
+
+  get name(): string { return this.extent.name; }
+  get capacityBytes(): number { return this.extent.capacityBytes; }
+  get cid(): number { return this.extent.descriptor.cid; }
+  get parentCid(): number { return this.extent.descriptor.parentCid; }
+  get readOnly(): boolean { return !(this.extent instanceof SparseExtent) || !this.extent.writable; }
+
+  /** A new monolithicSparse disk with no parent on an empty file. */
+  static async create(file: BlockFile, opts: CreateDiskOptions): Promise<VmdkDisk> {
+    return new VmdkDisk(await SparseExtent.create(file, { ...sparseOptions(file, opts.capacityBytes, opts.grainSizeSectors) }), undefined);
+  }
+
+  /**
+   * A new delta over `parent` (same capacity and grain size, parentCID = the parent's CID now).
+   * `parentHint` is written as parentFileNameHint: the parent's path relative to the delta's directory.
+   * The delta takes ownership of `parent`.
+   */
+  static async createDelta(parent: VmdkDisk, file: BlockFile, parentHint: string): Promise<VmdkDisk> {
+    const opts: CreateSparseOptions = {
+      ...sparseOptions(file, parent.capacityBytes, parent.extent.header.grainSizeSectors),
+      parent: { cid: parent.cid, fileNameHint: parentHint },
+    };
+    return new VmdkDisk(await SparseExtent.create(file, opts), parent);
+  }
+
+  /** Opens a disk and its chain; everything is checked before the first byte is served. */
+  static async open(file: BlockFile, opts: OpenDiskOptions = {}): Promise<VmdkDisk> {
+    const opened: BlockFile[] = [];
+    try {
+      return await VmdkDisk.openChain(file, opts, [], opened);
+    } catch (err) {
+      // Parents opened on the way are ours to close; `file` stays the caller's when the open fails.
+      for (const f of opened) await f.close().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  private static async openChain(file: BlockFile, opts: OpenDiskOptions, seen: string[], opened: BlockFile[]): Promise<VmdkDisk> {
+    if (seen.includes(file.name)) throw new FerryError('DISK_CHAIN_INVALID', `parent chain loops back to ${file.name}`, { chain: [...seen, file.name] });
+    if (seen.length >= MAX_CHAIN_DEPTH) throw new FerryError('DISK_CHAIN_INVALID', `parent chain deeper than ${MAX_CHAIN_DEPTH}`, { chain: seen });
+    const extent = await openExtent(file);
+    const desc = extent.descriptor;
+    if (desc.parentCid === CID_NO_PARENT) {
+      if (desc.parentFileNameHint !== undefined) throw new FerryError('DISK_CHAIN_INVALID', `${file.name}: a parentFileNameHint without a parentCID`);
+      return new VmdkDisk(extent, undefined);
+    }
+    if (desc.parentFileNameHint === undefined) throw new FerryError('DISK_CHAIN_INVALID', `${file.name}: parentCID ${formatCid(desc.parentCid)} without a parentFileNameHint`);
+    if (opts.openParent === undefined) throw new FerryError('DISK_CHAIN_INVALID', `${file.name} is a delta and no way to open its parent was given`);
+    const parentFile = await opts.openParent(desc.parentFileNameHint, file.name);
+    opened.push(parentFile);
+    if (!parentFile.readOnly) throw new FerryError('INVALID_ARGUMENT', `${parentFile.name}: a parent must be opened read-only`);
+    const parent = await VmdkDisk.openChain(parentFile, opts, [...seen, file.name], opened);
+    if (parent.cid !== desc.parentCid) {
+      throw new FerryError('DISK_CHAIN_MISMATCH',
+        `${file.name}: its parent ${parentFile.name} was modified since the delta was made (parent CID ${formatCid(parent.cid)}, expected ${formatCid(desc.parentCid)})`,
+        { child: file.name, parent: parentFile.name, parentCid: formatCid(parent.cid), expected: formatCid(desc.parentCid) });
+    }
+    if (parent.capacityBytes !== extent.capacityBytes) {
+      throw new FerryError('DISK_CHAIN_MISMATCH', `${file.name}: capacity ${extent.capacityBytes} differs from its parent's (${parent.capacityBytes})`);
+    }
+    return new VmdkDisk(extent, parent);
+  }
+
+  info(): DiskInfo {
+    const chain: string[] = [this.name];
+    for (let d = this.parent; d !== undefined; d = d.parent) chain.push(d.name);
+    const desc = this.extent.descriptor;
+    return {
+      name: this.name, createType: desc.createType, capacityBytes: this.capacityBytes, grainSizeBytes: this.extent.grainBytes,
+      cid: formatCid(desc.cid), parentCid: formatCid(desc.parentCid),
+      ...(desc.parentFileNameHint !== undefined ? { parentFileNameHint: desc.parentFileNameHint } : {}),
+      chain,
+    };
+  }
+
+  /** Reads and checks everything of every disk in the chain that open did not (what `ferry disk check` runs). */
+  async check(): Promise<void> {
+    await this.parent?.check();
+    await this.serial(() => this.extent.check());
+  }
+
+  /** Bytes of grains this disk itself holds (not its parents). */
+  allocatedBytes(): Promise<number> {
+    return this.serial(() => this.extent.allocatedBytes());
+  }
+
+  async read(offsetBytes: number, buf: Uint8Array): Promise<void> {
+    this.checkRange(offsetBytes, buf.length);
+    return this.serial(() => this.readNow(offsetBytes, buf));
+  }
+
+  async write(offsetBytes: number, data: Uint8Array): Promise<void> {
+    this.checkRange(offsetBytes, data.length);
+    const extent = this.extent;
+    if (!(extent instanceof SparseExtent) || !extent.writable) throw new FerryError('DISK_READ_ONLY', `${this.name} is read-only`);
+    return this.serial(async () => {
+      const grainBytes = extent.grainBytes;
+      await eachGrain(offsetBytes, data.length, grainBytes, (grainIndex, inGrain, from, to) =>
+        extent.writeGrain(grainIndex, inGrain, data.subarray(from, to), (g, grain) => this.readBelow(g * grainBytes, grain)));
+    });
+  }
+
+  /** Every write acknowledged before this call is durable when it resolves. */
+  flush(): Promise<void> {
+    const extent = this.extent;
+    return this.serial(async () => { if (extent instanceof SparseExtent) await extent.flush(); });
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await this.queue.catch(() => undefined);
+    this.closed = true;
+    await this.extent.close();
+    await this.parent?.close();
+  }
+
+  private async readNow(offsetBytes: number, buf: Uint8Array): Promise<void> {
+    await eachGrain(offsetBytes, buf.length, this.extent.grainBytes, async (grainIndex, inGrain, from, to) => {
+      const part = buf.subarray(from, to);
+      if (!(await this.extent.readGrain(grainIndex, inGrain, part))) await this.readBelow(offsetBytes + from, part);
+    });
+  }
+
+  /** What the chain below this disk shows at `offsetBytes` (zeros past the parent's end, or with no parent). */
+  private async readBelow(offsetBytes: number, buf: Uint8Array): Promise<void> {
+    const parent = this.parent;
+    const inParent = parent === undefined ? 0 : Math.max(0, Math.min(buf.length, parent.capacityBytes - offsetBytes));
+    if (parent !== undefined && inParent > 0) await parent.readNow(offsetBytes, buf.subarray(0, inParent));
+    buf.fill(0, inParent);
+  }
+
+  private checkRange(offsetBytes: number, length: number): void {
+    if (this.closed) throw new FerryError('STORE_IO', `${this.name} is closed`);
+    if (!Number.isSafeInteger(offsetBytes) || offsetBytes < 0 || offsetBytes + length > this.capacityBytes) {
+      throw new FerryError('DISK_OUT_OF_RANGE', `${this.name}: ${length} bytes at ${offsetBytes} are outside the disk (${this.capacityBytes} bytes)`);
+    }
+  }
+
+  private serial<T>(op: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(op, op);
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+}
+
+/** Splits [offsetBytes, offsetBytes + length) at grain boundaries; `from`/`to` index the caller's buffer. */
+async function eachGrain(offsetBytes: number, length: number, grainBytes: number,
+  fn: (grainIndex: number, offsetInGrainBytes: number, from: number, to: number) => Promise<void>): Promise<void> {
+  let done = 0;
+  while (done < length) {
+    const at = offsetBytes + done;
+    const inGrain = at % grainBytes;
+    const n = Math.min(grainBytes - inGrain, length - done);
+    await fn(Math.floor(at / grainBytes), inGrain, done, done + n);
+    done += n;
+  }
+}
+
+function sparseOptions(file: BlockFile, capacityBytes: number, grainSizeSectors: number | undefined): CreateSparseOptions {
+  return {
+    capacityBytes, fileName: posix.basename(file.name.replace(/^.*:/, '')),
+    ...(grainSizeSectors !== undefined ? { grainSizeSectors } : {}),
+  };
+}
+
+async function openExtent(file: BlockFile): Promise<GrainExtent> {
+  const fileBytes = await file.size();
+  const sector = new Uint8Array(HEADER_BYTES);
+  await file.read(0, sector);
+  const header = parseHeader(sector, fileBytes, file.name);
+  if ((header.flags & FLAG_COMPRESSED) !== 0) {
+    if (!file.readOnly) throw new FerryError('DISK_READ_ONLY', `${file.name}: a streamOptimized disk is read-only in Ferry (import it into a sparse disk to write)`);
+    return StreamOptimizedExtent.open(file, header, fileBytes);
+  }
+  return SparseExtent.open(file, header, fileBytes);
+}

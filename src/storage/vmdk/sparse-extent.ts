@@ -1,0 +1,226 @@
+/**
+ * A monolithicSparse extent on a BlockFile: create (laid out like `qemu-img create -f vmdk`), open
+ * (header, descriptor and directories checked), grain reads and writes, flush.
+ *
+ * Crash consistency — the order of every write:
+ *  1. the first write after open rewrites the descriptor with a new CID and flushes it, before any data;
+ *  2. a write into an allocated grain overwrites it in place; a write into an unallocated grain
+ *     appends a whole new grain at the end of the file (copied up from the parent, or zeros) and
+ *     records its entry in memory only;
+ *  3. flush() makes the data durable (fsync), only then writes the changed grain-table sectors (the
+ *     redundant copy, then the primary) and fsyncs again. The directories never change: every table
+ *     is allocated at create, as qemu-img and VMware do.
+ * So a table entry on disk never points at a grain that is not durable, and a kill at any point
+ * leaves either the old entry (the grain is leaked, which is harmless) or the new one.
+ */
+import { FerryError } from '../../lib/errors.js';
+import type { BlockFile } from '../block-file.js';
+import { type Descriptor, CID_NO_PARENT, defaultDdb, encodeDescriptor, newCid, parseDescriptor } from './descriptor.js';
+import type { GrainExtent } from './extent.js';
+import { GT_SECTORS, GrainTables, gdSectors } from './grain-tables.js';
+import {
+  type SparseHeader, COMPRESS_NONE, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NEWLINE_DETECTION, FLAG_REDUNDANT_GD, FLAG_ZEROED_GRAIN,
+  GTES_PER_GT, MAX_CAPACITY_SECTORS, MAX_GRAIN_SECTORS, MIN_GRAIN_SECTORS, SECTOR_BYTES, encodeHeader, gdEntries,
+} from './header.js';
+
+/** 64 KiB, qemu-img's default: small enough for cheap copy-up, large enough for small tables. */
+export const DEFAULT_GRAIN_SECTORS = 128;
+/** Where qemu-img and VMware put the embedded descriptor, and how large (10 KiB). */
+export const DESCRIPTOR_OFFSET_SECTORS = 1;
+export const DESCRIPTOR_SIZE_SECTORS = 20;
+/** Grain table entry meaning "a grain of zeros" when the header has FLAG_ZEROED_GRAIN. */
+export const GTE_ZERO_GRAIN = 1;
+
+export interface CreateSparseOptions {
+  readonly capacityBytes: number;
+  readonly grainSizeSectors?: number;
+  /** The file name written in the extent line (the extent is this file: a base name, as qemu-img writes). */
+  readonly fileName: string;
+  readonly parent?: { readonly cid: number; readonly fileNameHint: string };
+}
+
+/** Fills a whole grain buffer with what the disk shows there before this extent has it (the parent, or zeros). */
+export type GrainBase = (grainIndex: number, grain: Uint8Array) => Promise<void>;
+
+export class SparseExtent implements GrainExtent {
+  readonly grainBytes: number;
+  readonly capacityBytes: number;
+  private cidWritten = false;
+  private nextFreeSector: number;
+
+  private constructor(
+    private readonly file: BlockFile,
+    readonly header: SparseHeader,
+    private desc: Descriptor,
+    private readonly tables: GrainTables,
+    fileBytes: number,
+  ) {
+    this.grainBytes = header.grainSizeSectors * SECTOR_BYTES;
+    this.capacityBytes = header.capacitySectors * SECTOR_BYTES;
+    this.nextFreeSector = Math.max(header.overHeadSectors, Math.ceil(fileBytes / SECTOR_BYTES));
+  }
+
+  get name(): string { return this.file.name; }
+  get descriptor(): Descriptor { return this.desc; }
+  get writable(): boolean { return !this.file.readOnly; }
+
+  static async create(file: BlockFile, opts: CreateSparseOptions): Promise<SparseExtent> {
+    const grainSizeSectors = opts.grainSizeSectors ?? DEFAULT_GRAIN_SECTORS;
+    if (!Number.isSafeInteger(opts.capacityBytes) || opts.capacityBytes <= 0 || opts.capacityBytes % SECTOR_BYTES !== 0) {
+      throw new FerryError('INVALID_SIZE', `disk capacity ${opts.capacityBytes} bytes is not a positive multiple of ${SECTOR_BYTES}`);
+    }
+    const capacitySectors = opts.capacityBytes / SECTOR_BYTES;
+    if (capacitySectors > MAX_CAPACITY_SECTORS) throw new FerryError('DISK_TOO_LARGE', `disk capacity ${opts.capacityBytes} bytes is above 2 TiB`);
+    if (grainSizeSectors < MIN_GRAIN_SECTORS || grainSizeSectors > MAX_GRAIN_SECTORS || (grainSizeSectors & (grainSizeSectors - 1)) !== 0) {
+      throw new FerryError('INVALID_SIZE', `grain size ${grainSizeSectors} sectors is not a power of two in ${MIN_GRAIN_SECTORS}..${MAX_GRAIN_SECTORS}`);
+    }
+    const entries = gdEntries(capacitySectors, grainSizeSectors);
+    const gdLen = gdSectors(entries);
+    const rgdOffsetSectors = DESCRIPTOR_OFFSET_SECTORS + DESCRIPTOR_SIZE_SECTORS;
+    const gdOffsetSectors = rgdOffsetSectors + gdLen + entries * GT_SECTORS;
+    const metadataEnd = gdOffsetSectors + gdLen + entries * GT_SECTORS;
+    // The first grain starts on a grain boundary, as qemu-img lays it out.
+    const overHeadSectors = Math.ceil(metadataEnd / grainSizeSectors) * grainSizeSectors;
+    const header: SparseHeader = {
+      version: 1, flags: FLAG_NEWLINE_DETECTION | FLAG_REDUNDANT_GD, capacitySectors, grainSizeSectors,
+      descriptorOffsetSectors: DESCRIPTOR_OFFSET_SECTORS, descriptorSizeSectors: DESCRIPTOR_SIZE_SECTORS,
+      numGTEsPerGT: GTES_PER_GT, rgdOffsetSectors, gdOffsetSectors, overHeadSectors, uncleanShutdown: false,
+      compressAlgorithm: COMPRESS_NONE,
+    };
+    const desc: Descriptor = {
+      cid: newCid(), parentCid: opts.parent?.cid ?? CID_NO_PARENT, createType: 'monolithicSparse',
+      ...(opts.parent !== undefined ? { parentFileNameHint: opts.parent.fileNameHint } : {}),
+      extent: { access: 'RW', sectors: capacitySectors, fileName: opts.fileName },
+      ddb: defaultDdb(capacitySectors),
+    };
+    const descBytes = encodeDescriptor(desc, DESCRIPTOR_SIZE_SECTORS * SECTOR_BYTES); // refuses unsafe names before anything is written
+    await file.truncate(overHeadSectors * SECTOR_BYTES);
+    await file.write(0, encodeHeader(header));
+    await file.write(DESCRIPTOR_OFFSET_SECTORS * SECTOR_BYTES, descBytes);
+    for (const gdAt of [rgdOffsetSectors, gdOffsetSectors]) {
+      const dir = new Uint8Array(gdLen * SECTOR_BYTES);
+      const view = new DataView(dir.buffer);
+      for (let i = 0; i < entries; i++) view.setUint32(i * 4, gdAt + gdLen + i * GT_SECTORS, true);
+      await file.write(gdAt * SECTOR_BYTES, dir);
+    }
+    await file.flush();
+    const extent = await SparseExtent.open(file, header, overHeadSectors * SECTOR_BYTES);
+    extent.cidWritten = true; // a new disk's CID is already fresh
+    return extent;
+  }
+
+  /** Opens a monolithicSparse extent whose header has been parsed (and checked) by the caller. */
+  static async open(file: BlockFile, header: SparseHeader, fileBytes: number): Promise<SparseExtent> {
+    const name = file.name;
+    if ((header.flags & (FLAG_COMPRESSED | FLAG_MARKERS)) !== 0 || header.gdOffsetSectors < 0) {
+      throw new FerryError('DISK_CORRUPT', `${name}: compressed grains or markers in a monolithicSparse header`);
+    }
+    const descArea = new Uint8Array(header.descriptorSizeSectors * SECTOR_BYTES);
+    await file.read(header.descriptorOffsetSectors * SECTOR_BYTES, descArea);
+    const desc = parseDescriptor(descArea, name);
+    if (desc.createType !== 'monolithicSparse') throw new FerryError('DISK_CORRUPT', `${name}: createType ${desc.createType} with a monolithicSparse header`);
+    if (desc.extent.sectors !== header.capacitySectors) {
+      throw new FerryError('DISK_CORRUPT', `${name}: the extent line says ${desc.extent.sectors} sectors, the header ${header.capacitySectors}`);
+    }
+    const fileSectors = Math.floor(fileBytes / SECTOR_BYTES);
+    const zeroGrain = (header.flags & FLAG_ZEROED_GRAIN) !== 0;
+    const grainSectors = header.grainSizeSectors;
+    const redundant = (header.flags & FLAG_REDUNDANT_GD) !== 0;
+    const tables = await GrainTables.load(file, {
+      name,
+      gdOffsetSectors: header.gdOffsetSectors,
+      ...(redundant ? { rgdOffsetSectors: header.rgdOffsetSectors } : {}),
+      gdEntries: gdEntries(header.capacitySectors, grainSectors),
+      // Tables live between the descriptor and the first grain, never over the header or the descriptor.
+      tableRange: { loSectors: header.descriptorOffsetSectors + header.descriptorSizeSectors, hiSectors: header.overHeadSectors },
+      checkEntry: (entry, grainIndex) => {
+        if (entry === GTE_ZERO_GRAIN && zeroGrain) return;
+        if (entry < header.overHeadSectors) {
+          throw new FerryError('DISK_CORRUPT', `${name}: grain ${grainIndex} points into the metadata (sector ${entry})`, { grainIndex, entry });
+        }
+        if (entry + grainSectors > fileSectors) {
+          throw new FerryError('DISK_CORRUPT', `${name}: grain ${grainIndex} points outside the file (sector ${entry} of ${fileSectors})`, { grainIndex, entry });
+        }
+      },
+    });
+    const extent = new SparseExtent(file, header, desc, tables, fileBytes);
+    if (tables.checkedAtLoad) await extent.checkGrains();
+    return extent;
+  }
+
+  /** Reads every grain table and refuses overlapping grains (done at open for disks whose tables are all read then). */
+  check(): Promise<void> {
+    return this.checkGrains();
+  }
+
+  private async checkGrains(): Promise<void> {
+    await this.tables.checkNoOverlap(this.header.grainSizeSectors, (e) => this.holdsData(e));
+  }
+
+  /** Entry 1 is "a grain of zeros" only with the zeroed-grain flag (otherwise open refused it). */
+  private isZeroEntry(entry: number): boolean {
+    return entry === GTE_ZERO_GRAIN && (this.header.flags & FLAG_ZEROED_GRAIN) !== 0;
+  }
+
+  private holdsData(entry: number): boolean {
+    return entry !== 0 && !this.isZeroEntry(entry);
+  }
+
+  async readGrain(grainIndex: number, offsetInGrainBytes: number, buf: Uint8Array): Promise<boolean> {
+    const e = await this.tables.entry(grainIndex);
+    if (e === 0) return false;
+    if (this.isZeroEntry(e)) { buf.fill(0); return true; }
+    await this.file.read(e * SECTOR_BYTES + offsetInGrainBytes, buf);
+    return true;
+  }
+
+  /**
+   * Writes `data` at `offsetInGrainBytes` of grain `grainIndex`. A grain not yet here is first
+   * filled whole by `base` (copy-up from the parent) and appended; its entry is written at flush().
+   */
+  async writeGrain(grainIndex: number, offsetInGrainBytes: number, data: Uint8Array, base: GrainBase): Promise<void> {
+    if (!this.writable) throw new FerryError('DISK_READ_ONLY', `${this.name} is open read-only`);
+    await this.renewCid();
+    const e = await this.tables.entry(grainIndex);
+    const zero = this.isZeroEntry(e);
+    if (e !== 0 && !zero) {
+      await this.file.write(e * SECTOR_BYTES + offsetInGrainBytes, data);
+      return;
+    }
+    const grain = new Uint8Array(this.grainBytes);
+    if (!zero && !(offsetInGrainBytes === 0 && data.length === this.grainBytes)) await base(grainIndex, grain);
+    grain.set(data, offsetInGrainBytes);
+    const at = this.nextFreeSector;
+    await this.file.write(at * SECTOR_BYTES, grain);
+    this.nextFreeSector += this.header.grainSizeSectors;
+    await this.tables.setEntry(grainIndex, at);
+  }
+
+  /** Every write before this call is durable, and the tables that point to new grains too (in that order). */
+  async flush(): Promise<void> {
+    if (!this.writable) return;
+    await this.file.flush();
+    if (!this.tables.hasDirty) return;
+    await this.tables.writeDirty();
+    await this.file.flush();
+  }
+
+  async allocatedBytes(): Promise<number> {
+    return this.grainBytes * await this.tables.count((e) => this.holdsData(e));
+  }
+
+  async close(): Promise<void> {
+    await this.file.close();
+  }
+
+  /** The CID rule: the first write after open gives the disk a new content ID, durable before the data. */
+  private async renewCid(): Promise<void> {
+    if (this.cidWritten) return;
+    const next: Descriptor = { ...this.desc, cid: newCid(this.desc.cid) };
+    const bytes = encodeDescriptor(next, this.header.descriptorSizeSectors * SECTOR_BYTES);
+    await this.file.write(this.header.descriptorOffsetSectors * SECTOR_BYTES, bytes);
+    await this.file.flush();
+    this.desc = next;
+    this.cidWritten = true;
+  }
+}
