@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The system packages Ferry's tests need, installed when missing (npm test runs this first; .ci/run
 # too). As root it installs them with apt-get; otherwise it stops and prints the one command to run.
-#   qemu-img (qemu-utils): the reference implementation the VMDK code is checked against.
+#   qemu-img and qemu-io (qemu-utils): the reference the VMDK code is checked against.
 set -euo pipefail
 need=()
 { command -v qemu-img && command -v qemu-io; } >/dev/null 2>&1 || need+=(qemu-utils)
