@@ -53,6 +53,11 @@ const SCAN_CHUNK: u64 = 65536;
 const WINDOW: u64 = 8192;
 const REQ_RECORDS: u64 = BLOCK_MAX_REQUEST / REC;
 const SECTOR_RECORDS: u64 = BLOCK_SECTOR / REC;
+const NS_PER_S: u64 = 1000000000;
+/** Rate schedule: after a stall, catch up at most 1/CATCH_UP_DIVISOR s worth of records (100 ms). */
+const CATCH_UP_DIVISOR: u64 = 10;
+/** Upper bound for an epoch check that has none. */
+const ANY_EPOCH: u32 = 0xffffffff;
 
 const STATE: usize = 0x10000;
 const INDEX: usize = 0x11000;
@@ -218,7 +223,7 @@ function scanStep(budget: u64): i32 {
   let minEpoch: u32 = scan == 0 ? 1 : load<u32>(recAt(scan - 1), 4);
   let n: u64 = 0;
   while (scan < end && n < budget) {
-    if (!recordValid(scan, minEpoch, 0xffffffff)) { set64(S_SCAN, scan); endScan(scan); return RUN; }
+    if (!recordValid(scan, minEpoch, ANY_EPOCH)) { set64(S_SCAN, scan); endScan(scan); return RUN; }
     const p = recAt(scan);
     minEpoch = load<u32>(p, 4);
     if (minEpoch > st32(S_MAX_EPOCH)) set32(S_MAX_EPOCH, minEpoch);
@@ -279,14 +284,14 @@ function allowed(budget: u64): u64 {
   const now = <u64>clock_ns();
   const last = st64(S_LAST_NS);
   // Elapsed time is capped at 1 s before the multiplication so it cannot overflow.
-  const elapsed = now > last ? (now - last < 1000000000 ? now - last : 1000000000) : 0;
+  const elapsed = now > last ? (now - last < NS_PER_S ? now - last : NS_PER_S) : 0;
   let credit = st64(S_CREDIT) + elapsed * rate;
   // After a long stall catch up at most 100 ms worth: a burst must not fill the window at once.
-  const cap = (rate / 10 + 1) * 1000000000;
+  const cap = (rate / CATCH_UP_DIVISOR + 1) * NS_PER_S;
   if (credit > cap) credit = cap;
   set64(S_LAST_NS, now);
   set64(S_CREDIT, credit);
-  const n = credit / 1000000000;
+  const n = credit / NS_PER_S;
   return n < budget ? n : budget;
 }
 
@@ -326,7 +331,7 @@ function runStep(budget: u64): i32 {
       a++;
     }
     set64(S_APPENDED, a);
-    if (st64(S_RATE) != 0) set64(S_CREDIT, st64(S_CREDIT) - n * 1000000000);
+    if (st64(S_RATE) != 0) set64(S_CREDIT, st64(S_CREDIT) - n * NS_PER_S);
     worked = true;
   }
 
@@ -381,7 +386,7 @@ export function ferry_selfcheck(): i32 {
   if (n > max) bad++;
   const running = st32(S_PHASE) == 1;
   if (running && !(st64(S_FLUSHED) <= st64(S_WRITTEN) && st64(S_WRITTEN) <= n && st64(S_FOUND) <= n)) bad++;
-  const maxEpoch = running ? st32(S_EPOCH) : 0xffffffff;
+  const maxEpoch = running ? st32(S_EPOCH) : ANY_EPOCH;
   let minEpoch: u32 = 1;
   for (let i: u64 = 0; i < n && i < max; i++) {
     if (!recordValid(i, minEpoch, maxEpoch)) { bad++; continue; }
