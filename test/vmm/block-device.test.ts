@@ -30,6 +30,9 @@ const BELL_COUNT = 12;
 const BELL_ACKS = 8;
 const CAPACITY_AT = 16;
 const RESULTS_AT = 0x100;
+/** Multi-vCPU guest: the go word and one done word per vCPU, clear of the 128 results at RESULTS_AT. */
+const GO_AT = 0x400;
+const DONE_AT = 0x500;
 const DESC_AT = 0x1000;
 const BUF_AT = 0x10000;
 
@@ -280,5 +283,50 @@ describe('block device', () => {
     await until(() => statusOf(vm, 1) !== BLOCK_STATUS_PENDING, 'the flush');
     assert.deepEqual([statusOf(vm, 0), statusOf(vm, 1)], [BLOCK_STATUS_OK, BLOCK_STATUS_OK]);
     assert.deepEqual(order, ['write', 'flush']);
+  });
+
+  it('the queue bound holds for the whole VM when 4 vCPUs submit at once', async () => {
+    const { backend } = await diskFile();
+    const gated = gatedBackend(backend);
+    const perVcpu = 32;
+    const vcpus = 4;
+    // Every vCPU waits for the go word, then submits its 32 descriptors (at DESC_AT + v*32*32)
+    // and stores each result at RESULTS_AT + 4*(v*32 + i); then sets its done word.
+    const source = guestWat({
+      imports: '(import "ferry" "block_submit" (func $submit (param i32) (result i32)))',
+      memory: '16',
+      step: `(local $i i32) (local $p i32)
+        (if (i32.eqz (i32.atomic.load (i32.const ${GO_AT}))) (then (return (i32.const 1))))
+        (if (i32.load (i32.add (i32.const ${DONE_AT}) (i32.shl (local.get $vcpu) (i32.const 2)))) (then (return (i32.const 1))))
+        (loop $l
+          (local.set $p (i32.add (i32.const ${DESC_AT}) (i32.mul (i32.add (i32.mul (local.get $vcpu) (i32.const ${perVcpu})) (local.get $i)) (i32.const ${BLOCK_DESCRIPTOR_BYTES}))))
+          (i32.store (i32.add (i32.const ${RESULTS_AT}) (i32.shl (i32.add (i32.mul (local.get $vcpu) (i32.const ${perVcpu})) (local.get $i)) (i32.const 2))) (call $submit (local.get $p)))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $l (i32.lt_u (local.get $i) (i32.const ${perVcpu}))))
+        (i32.atomic.store (i32.add (i32.const ${DONE_AT}) (i32.shl (local.get $vcpu) (i32.const 2))) (i32.const 1))
+        (i32.const 0)`,
+    });
+    const vm = Vm.create(await wat2wasm(source), { memoryBytes: RAM_BYTES, vcpus, hangTimeoutMs: 2000, disk: gated.backend });
+    vms.push(vm);
+    await vm.start();
+    for (let i = 0; i < perVcpu * vcpus; i++) {
+      const b = new Uint8Array(BLOCK_DESCRIPTOR_BYTES);
+      const v = new DataView(b.buffer);
+      v.setUint32(0, BLOCK_OP_READ, true);
+      v.setBigUint64(8, BigInt(i * 512), true);
+      v.setUint32(16, 512, true);
+      v.setUint32(20, BUF_AT + i * 512, true);
+      vm.hostWrite(DESC_AT + i * BLOCK_DESCRIPTOR_BYTES, b);
+    }
+    const w = words(vm);
+    Atomics.store(w, GO_AT / 4, 1);
+    await until(() => Array.from({ length: vcpus }, (_, v) => Atomics.load(w, DONE_AT / 4 + v)).every((d) => d === 1), 'every vCPU to submit');
+    const results = Array.from({ length: perVcpu * vcpus }, (_, i) => Atomics.load(w, RESULTS_AT / 4 + i));
+    assert.equal(results.filter((r) => r === 0).length, BLOCK_MAX_IN_FLIGHT);
+    assert.equal(results.filter((r) => r === BLOCK_E_QUEUE_FULL).length, perVcpu * vcpus - BLOCK_MAX_IN_FLIGHT);
+    gated.release();
+    await vm.pause();
+    results.forEach((r, i) => { if (r === 0) assert.equal(statusOf(vm, i), BLOCK_STATUS_OK, `accepted request ${i} completed`); });
+    assert.deepEqual({ ...vm.blockStats(), lastIoError: null }, { submitted: BLOCK_MAX_IN_FLIGHT, completed: BLOCK_MAX_IN_FLIGHT, failed: 0, inFlight: 0, lastIoError: null });
   });
 });
