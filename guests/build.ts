@@ -24,6 +24,7 @@ interface GuestSpec {
 const GUESTS: readonly GuestSpec[] = [
   { name: 'dirtier', entry: 'guests/src/dirtier.ts', initialPages: 1 },
   { name: 'compute', entry: 'guests/src/compute.ts', initialPages: 1 },
+  { name: 'kvlog', entry: 'guests/src/kvlog.ts', initialPages: 1 },
 ];
 
 // The abort handler, as an internal AssemblyScript name (file path without extension / function).

@@ -17,6 +17,7 @@ import { Vm } from '../vmm/vm.js';
 import { MAX_VCPUS, MAX_VM_NAME_CHARS, MIN_VCPUS, VM_NAME_CHAR_CLASS, WASM_PAGE_BYTES } from '../lib/limits.js';
 import { durationOption, parseIntegerOption, sizeOption } from './args.js';
 import { runSession } from './run-vm.js';
+import { openRawDisk, type OpenedDisk } from './disk.js';
 import { addHostCommands } from './host-commands.js';
 import { runDemo } from './demo.js';
 
@@ -35,6 +36,8 @@ interface RunOptions {
   hangTimeout: number;
   status: boolean;
   quiet: boolean;
+  disk?: string;
+  diskSize?: number;
 }
 
 async function readImage(path: string): Promise<Uint8Array> {
@@ -70,7 +73,23 @@ function addRunOptions(cmd: Command): Command {
     .option('--save <snapshot>', 'on exit, save the paused VM to this snapshot file (continue it with `ferry vm restore`)')
     .addOption(new Option('--hang-timeout <duration>', 'a vCPU step running longer than this marks the VM crashed (hung)').argParser(durationOption('--hang-timeout')).default(DEFAULT_HANG_TIMEOUT_MS, '2s'))
     .option('--status', 'show a live status line on stderr (steps/s, units/s, dirty regions/s)', false)
-    .option('--quiet', 'do not print the guest console', false);
+    .option('--quiet', 'do not print the guest console', false)
+    .option('--disk <file>', 'a raw disk image (a local file) as the guest\'s block device; its size is the file\'s')
+    .addOption(new Option('--disk-size <size>', 'with --disk: create the file with this size if it does not exist').argParser(sizeOption('--disk-size')));
+}
+
+/** Runs `session` with the --disk of `o` attached (if any), closing the disk after the VM stopped. */
+async function withDisk<T>(o: { disk?: string; diskSize?: number }, session: (disk: OpenedDisk | null) => Promise<T>): Promise<T> {
+  if (o.disk === undefined) {
+    if (o.diskSize !== undefined) throw new FerryError('INVALID_ARGUMENT', '--disk-size needs --disk <file>');
+    return session(null);
+  }
+  const disk = await openRawDisk(o.disk, o.diskSize);
+  try {
+    return await session(disk);
+  } finally {
+    await disk.close();
+  }
 }
 
 export function buildProgram(): Command {
@@ -90,11 +109,14 @@ export function buildProgram(): Command {
     .option('--cmdline <text>', 'the guest\'s command line (e.g. "hot=64MiB pattern=random")', '')
     .option('--name <name>', 'VM name'))
     .action(async (imagePath: string, o: RunOptions) => {
-      const vmInstance = Vm.create(await readImage(imagePath), {
-        memoryBytes: o.memory, vcpus: o.vcpus, granularityBytes: o.traceGranularity, cmdline: o.cmdline,
-        hangTimeoutMs: o.hangTimeout, name: o.name ?? nameFromPath(imagePath),
-      });
-      finish(await runSession(vmInstance, sessionOptions(o, o.status)));
+      const image = await readImage(imagePath);
+      finish(await withDisk(o, (disk) => {
+        const vmInstance = Vm.create(image, {
+          memoryBytes: o.memory, vcpus: o.vcpus, granularityBytes: o.traceGranularity, cmdline: o.cmdline,
+          hangTimeoutMs: o.hangTimeout, name: o.name ?? nameFromPath(imagePath), ...(disk !== null ? { disk: disk.backend } : {}),
+        });
+        return runSession(vmInstance, sessionOptions(o, o.status));
+      }));
     });
 
   addRunOptions(vm.command('restore')
@@ -102,10 +124,13 @@ export function buildProgram(): Command {
     .argument('<snapshot>', 'snapshot file')
     .addOption(new Option('--trace-granularity <size>', 'instrument with another write-trace granularity').argParser(sizeOption('--trace-granularity'))))
     .action(async (path: string, o: RunOptions & { traceGranularity?: number }) => {
-      const vmInstance = await restoreVm(path, {
-        hangTimeoutMs: o.hangTimeout, ...(o.traceGranularity !== undefined ? { granularityBytes: o.traceGranularity } : {}),
-      });
-      finish(await runSession(vmInstance, sessionOptions(o, o.status)));
+      finish(await withDisk(o, async (disk) => {
+        const vmInstance = await restoreVm(path, {
+          hangTimeoutMs: o.hangTimeout, ...(o.traceGranularity !== undefined ? { granularityBytes: o.traceGranularity } : {}),
+          ...(disk !== null ? { disk: disk.backend } : {}),
+        });
+        return runSession(vmInstance, sessionOptions(o, o.status));
+      }));
     });
 
   vm.command('inspect')

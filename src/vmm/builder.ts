@@ -6,7 +6,8 @@
  *     -> one shared memory laid out as RAM, control page, trace bitmaps (src/vmm/layout.ts)
  *     -> trace bitmap at the configured granularity, claimed-pages word, guest clock at 0
  *     -> control block sized for the vCPUs and the guest's globals
- *     -> devices: what each vCPU's worker serves the guest's device imports from
+ *     -> devices: what each vCPU's worker serves the guest's device imports from, and the
+ *        main-thread services behind them (the block device's BlockService)
  *     -> restore state, when the VM continues a saved or migrated one
  *
  * The Vm (src/vmm/vm.ts) runs the parts returned here and creates nothing but its vCPU threads and
@@ -17,6 +18,7 @@ import { FerryError } from '../lib/errors.js';
 import { MAX_GLOBALS_PER_VCPU, MIN_GRANULARITY_BYTES } from '../lib/limits.js';
 import { normalizeConfig, type VmConfig, type VmConfigInput } from './config.js';
 import { Control, W_RESTORE } from './control.js';
+import { BlockService, checkDiskCapacity, createBlockShared, type BlockBackend } from './devices/block.js';
 import { instrumentImage, type FaultInjection, type InstrumentedImage } from './instrument.js';
 import { CONTROL_CLAIMED_PAGES_OFFSET, granularityShift, regionCount, type MemoryLayout } from './layout.js';
 import { TraceBitmap } from './trace-bitmap.js';
@@ -49,7 +51,14 @@ export interface VmParts {
   /** The claimed page count that virtualises memory.size/grow (in the control page after RAM). */
   readonly claimedPagesWord: Int32Array;
   readonly control: Control;
+  /** The block device: its service (main thread) and the counters it shares with the vCPUs; null without a disk. */
+  readonly block: BlockDevice | null;
   readonly restore: RestoreState | null;
+}
+
+export interface BlockDevice {
+  readonly service: BlockService;
+  readonly shared: SharedArrayBuffer;
 }
 
 /** Checks the configuration, instruments the image and wires every part. Starts nothing. */
@@ -57,14 +66,16 @@ export function buildVm(imageBytes: Uint8Array, input: VmConfigInput, restore: R
   const config = normalizeConfig(input);
   const image = instrumentGuest(imageBytes, config, faultInjection);
   const memory = sharedMemory(image.layout);
-  const parts: VmParts = {
+  let parts: VmParts = {
     config, imageBytes, image, memory,
     ram: new Uint8Array(memory.buffer, 0, image.layout.ramBytes),
     bitmap: traceBitmap(memory, image.layout, config.granularityBytes),
     claimedPagesWord: new Int32Array(memory.buffer, image.layout.controlOffset + CONTROL_CLAIMED_PAGES_OFFSET, 1),
     control: Control.create(config.vcpus, Math.max(1, image.globals.length), regionCount(image.layout.ramBytes, MIN_GRANULARITY_BYTES)),
+    block: null,
     restore,
   };
+  if (input.disk !== undefined) parts = { ...parts, block: blockDevice(input.disk, parts) };
   Atomics.store(parts.claimedPagesWord, 0, image.initialPages);
   parts.control.setGuestClockNs(0n);
   if (restore !== null) applyRestoreState(parts, restore);
@@ -93,11 +104,23 @@ function traceBitmap(memory: WebAssembly.Memory, layout: MemoryLayout, granulari
 }
 
 // ---------------------------------------------------------------------------------------------
-// Devices. The guest's device imports (console_write, clock_ns, cmdline, panic) are served inside
-// each vCPU's worker (src/vmm/vcpu/worker.ts) from what it is handed here. A new device (the
-// block device is next) is attached in this section: its backing becomes a part of VmParts, built
+// Devices. The guest's device imports (console_write, clock_ns, cmdline, panic, block_submit,
+// block_capacity) are served inside each vCPU's worker (src/vmm/vcpu/worker.ts) from what it is
+// handed here. A new device is attached in this section: its backing becomes a part of VmParts, built
 // in buildVm, and reaches the vCPUs through vcpuWorkerData; its imports go beside the others in
 // the worker, and its docs in docs/guest-abi.md.
+
+/**
+ * The block device: a service on the main thread doing the I/O on `backend`, and the in-flight
+ * counter it shares with every vCPU's BlockSubmitter (src/vmm/devices/block.ts). A restored VM
+ * starts with none in flight: a pause (so every save and switch-over) drains them first.
+ */
+function blockDevice(backend: BlockBackend, parts: VmParts): BlockDevice {
+  checkDiskCapacity(backend.capacityBytes);
+  const shared = createBlockShared();
+  const service = new BlockService({ backend, memory: parts.memory, ramBytes: parts.image.layout.ramBytes, bitmap: parts.bitmap, shared });
+  return { service, shared };
+}
 
 /** What vCPU `vcpu`'s worker thread is handed: the guest, the memory, the control block, the devices. */
 export function vcpuWorkerData(parts: VmParts, vcpu: number): VcpuWorkerData {
@@ -106,6 +129,7 @@ export function vcpuWorkerData(parts: VmParts, vcpu: number): VcpuWorkerData {
     module: image.module, memory, control: control.buffers, vcpus: config.vcpus, vcpu,
     maxGlobals: control.maxGlobals, ramBytes: image.layout.ramBytes, layout: image.layout, cmdline: config.cmdline,
     globals: image.globals, stepTargetUs: config.stepTargetUs,
+    block: parts.block === null ? null : { capacityBytes: parts.block.service.capacityBytes, shared: parts.block.shared },
   };
 }
 

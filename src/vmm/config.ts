@@ -5,6 +5,7 @@
  */
 import { FerryError } from '../lib/errors.js';
 import { MAX_CMDLINE_BYTES, MAX_VCPUS, MIN_VCPUS, VM_NAME_RULE, cmdlineBytes, isValidVmName } from '../lib/limits.js';
+import type { BlockBackend } from './devices/block.js';
 import { DEFAULT_GRANULARITY_BYTES } from './layout.js';
 
 export const DEFAULT_HANG_TIMEOUT_MS = 2000;
@@ -28,7 +29,16 @@ export interface VmConfig {
   readonly stepTargetUs: number;
 }
 
-export type VmConfigInput = Partial<VmConfig> & Pick<VmConfig, 'memoryBytes'>;
+/**
+ * The devices a VM is built with. Kept out of VmConfig, which is plain data (saved with a VM,
+ * shown by the API): a backend is a live object whose owner opens and closes it.
+ */
+export interface VmDevicesInput {
+  /** The guest's disk (ferry.block_submit); without it block_submit refuses with BLOCK_E_NO_DISK. */
+  readonly disk?: BlockBackend;
+}
+
+export type VmConfigInput = Partial<VmConfig> & Pick<VmConfig, 'memoryBytes'> & VmDevicesInput;
 
 /** Fills in the defaults and checks every field this module owns; throws VM_CONFIG_INVALID. */
 export function normalizeConfig(input: VmConfigInput): VmConfig {

@@ -48,6 +48,8 @@ export const DEVICE_IMPORTS: Readonly<Record<string, { params: readonly ValueTyp
   clock_ns: { params: [], results: ['i64'] },
   cmdline: { params: ['i32', 'i32'], results: ['i32'] },
   panic: { params: ['i32', 'i32'], results: [] },
+  block_submit: { params: ['i32'], results: ['i32'] },
+  block_capacity: { params: [], results: ['i64'] },
 };
 
 const REQUIRED_FUNCTION_EXPORTS: Readonly<Record<string, { params: readonly ValueTypeName[]; results: readonly ValueTypeName[] }>> = {

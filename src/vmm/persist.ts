@@ -6,6 +6,7 @@
 import { FerryError } from '../lib/errors.js';
 import { openSnapshot, writeSnapshot, type SnapshotMetadata, type SnapshotProgress, type WriteResult } from './snapshot.js';
 import type { VmConfigInput } from './config.js';
+import type { BlockBackend } from './devices/block.js';
 import { Vm } from './vm.js';
 
 export interface RestoreOverrides {
@@ -14,6 +15,8 @@ export interface RestoreOverrides {
   readonly stepTargetUs?: number;
   /** Re-instrument with another trace granularity (the snapshot does not depend on it). */
   readonly granularityBytes?: number;
+  /** The disk to attach (a snapshot holds RAM, not disks: attach the one the VM was saved with). */
+  readonly disk?: BlockBackend;
 }
 
 /** Writes the VM (paused, halted or stopped) to `path`. The VM is not changed. */
@@ -46,6 +49,7 @@ export async function restoreVm(path: string, overrides: RestoreOverrides = {}, 
       cmdline: meta.vm.cmdline,
       ...(overrides.hangTimeoutMs !== undefined ? { hangTimeoutMs: overrides.hangTimeoutMs } : {}),
       ...(overrides.stepTargetUs !== undefined ? { stepTargetUs: overrides.stepTargetUs } : {}),
+      ...(overrides.disk !== undefined ? { disk: overrides.disk } : {}),
     };
     let vm: Vm;
     try {

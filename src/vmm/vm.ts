@@ -18,6 +18,7 @@ import { MAX_THROTTLE_PERMILLE } from '../lib/limits.js';
 import { applyRestoreState, buildVm, vcpuWorkerData, type RestoreState, type VmParts } from './builder.js';
 import type { VmConfig, VmConfigInput } from './config.js';
 import { RunRequest, VcpuState, isQuiescent, V_STATE, V_THROTTLE_PERMILLE, W_GO, W_PARK_SEQ, type Control } from './control.js';
+import { BLOCK_DRAIN_TIMEOUT_MS, BLOCK_E_NO_DISK, type BlockServiceStats } from './devices/block.js';
 import type { FaultInjection, InstrumentedImage } from './instrument.js';
 import { granularityShift, validateGranularity } from './layout.js';
 import type { TraceBitmap } from './trace-bitmap.js';
@@ -51,8 +52,10 @@ export interface CrashInfo {
 }
 
 export interface PauseResult {
-  /** From the pause request until every vCPU was parked. */
+  /** From the pause request until every vCPU was parked and every block request had completed. */
   readonly latencyMs: number;
+  /** The part of latencyMs spent waiting for in-flight block requests after the vCPUs parked. */
+  readonly blockDrainMs: number;
 }
 
 export interface VmEvents {
@@ -172,17 +175,42 @@ export class Vm extends EventEmitter<VmEvents> {
    * the hang timeout in the worst: a vCPU that does not park in time crashes the VM (reason hung).
    */
   async pause(timeoutMs: number = this.config.hangTimeoutMs): Promise<PauseResult> {
-    if (this.vmState === 'halted' || this.vmState === 'paused') return { latencyMs: 0 };
+    if (this.vmState === 'paused') return { latencyMs: 0, blockDrainMs: 0 };
+    if (this.vmState === 'halted') {
+      // A guest may halt with requests in flight; a halted VM is saved like a paused one.
+      const t0 = performance.now();
+      await this.drainBlock();
+      const ms = performance.now() - t0;
+      return { latencyMs: ms, blockDrainMs: ms };
+    }
     this.requireState('pause', ['running']);
     const t0 = performance.now();
     this.control.setRequest(RunRequest.Pause);
     const ok = await waitUntil(this.control.i32, () => this.allQuiescent(), W_PARK_SEQ, t0 + timeoutMs, this.crashed);
-    const latencyMs = performance.now() - t0;
+    const parkedAt = performance.now();
     await this.awaitCrashReport();
     if (this.crashInfo !== null) throw new FerryError('VM_CRASHED', `VM crashed while pausing: ${this.crashInfo.message}`, { crash: this.crashInfo });
     if (!ok) this.pauseTimedOut(timeoutMs);
+    // Parked vCPUs submit nothing new; what they submitted before completes now, so that a save
+    // or a switch-over copies RAM with every completion in it and no request is lost or redone.
+    try {
+      await this.drainBlock();
+    } catch (err) {
+      this.control.setRequest(RunRequest.Run); // the pause failed: the guest keeps running, its I/O still pending
+      throw err;
+    }
+    const latencyMs = performance.now() - t0;
     this.setState('paused'); // running --pause--> paused
-    return { latencyMs };
+    return { latencyMs, blockDrainMs: performance.now() - parkedAt };
+  }
+
+  /** Waits (bounded by BLOCK_DRAIN_TIMEOUT_MS) until no block request is in flight. */
+  private async drainBlock(): Promise<void> {
+    const service = this.parts.block?.service;
+    if (service === undefined || await service.drain(BLOCK_DRAIN_TIMEOUT_MS)) return;
+    throw new FerryError('STORE_IO',
+      `VM ${this.config.name}: ${service.inFlight} block request(s) did not complete within ${BLOCK_DRAIN_TIMEOUT_MS} ms (last I/O error: ${service.stats().lastIoError ?? 'none'})`,
+      { inFlight: service.inFlight });
   }
 
   /** running --pause timeout--> crashed (hung): the vCPUs that did not park are named. */
@@ -205,6 +233,8 @@ export class Vm extends EventEmitter<VmEvents> {
       this.control.setRequest(RunRequest.Stop);
       await this.threads.exit(STOP_GRACE_MS);
     }
+    // The owner closes the disk after stop: no request may still be using it then.
+    await this.drainBlock().catch(() => undefined);
     if (this.vmState !== 'crashed') this.setState('stopped'); // any --stop--> stopped (a crash stays a crash)
   }
 
@@ -248,6 +278,10 @@ export class Vm extends EventEmitter<VmEvents> {
     switch (msg.kind) {
       case 'console': this.emit('console', msg.text, msg.vcpu); break;
       case 'crash': this.onCrash({ reason: msg.reason, vcpu: msg.vcpu, message: msg.message }); break;
+      case 'block':
+        // A worker only posts requests when the VM has a disk (BlockSubmitter refuses otherwise).
+        if (this.parts.block !== null) this.parts.block.service.handle(msg.request);
+        break;
       case 'exit': break;
     }
   }
@@ -291,6 +325,11 @@ export class Vm extends EventEmitter<VmEvents> {
   captureVcpuStates(): VcpuSnapshotState[] {
     this.requireState('capture vCPU state', ['paused', 'halted', 'stopped']);
     return Array.from({ length: this.config.vcpus }, (_, v) => readVcpuState(this.control, v, this.image.globals));
+  }
+
+  /** The block device's counters; null when the VM has no disk. */
+  blockStats(): BlockServiceStats | null {
+    return this.parts.block?.service.stats() ?? null;
   }
 
   vcpuStats(): VcpuStats[] {
@@ -342,7 +381,11 @@ export class Vm extends EventEmitter<VmEvents> {
     const fail = (): never => { throw new WebAssembly.RuntimeError(`${name} must only read memory`); };
     const instance = new WebAssembly.Instance(this.image.module, {
       ferry_rt: { memory: this.memory, oob: fail },
-      ferry: { console_write: () => undefined, clock_ns: () => this.control.guestClockNs(), cmdline: fail, panic: fail },
+      ferry: {
+        console_write: () => undefined, clock_ns: () => this.control.guestClockNs(), cmdline: fail, panic: fail,
+        // Submitting is not reading: refused like on a VM without a disk (the guest's check must not need it).
+        block_submit: () => BLOCK_E_NO_DISK, block_capacity: () => BigInt(this.parts.block?.service.capacityBytes ?? 0),
+      },
     });
     return (instance.exports[name] as () => unknown)();
   }

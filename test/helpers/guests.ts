@@ -2,7 +2,7 @@
 import { fileURLToPath } from 'node:url';
 import { existsSync } from 'node:fs';
 
-export type GuestName = 'dirtier' | 'compute';
+export type GuestName = 'dirtier' | 'compute' | 'kvlog';
 
 export function guestImagePath(name: GuestName): string {
   // This file runs as dist/test/helpers/guests.js.

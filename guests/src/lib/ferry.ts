@@ -16,3 +16,14 @@ export declare function cmdline(ptr: usize, cap: i32): i32;
 /** Fatal guest error: the VM goes to `crashed` with this message. Does not return. */
 @external("ferry", "panic")
 export declare function panic(ptr: usize, len: i32): void;
+
+/**
+ * Queues the block request described at `desc` (32 bytes, 8-aligned; see lib/block.ts) and
+ * returns at once: 0 queued, < 0 refused. The completion arrives later in the status word.
+ */
+@external("ferry", "block_submit")
+export declare function block_submit(desc: usize): i32;
+
+/** The disk's size in bytes (a multiple of 512), 0 when the VM has no disk. */
+@external("ferry", "block_capacity")
+export declare function block_capacity(): i64;

@@ -1,5 +1,6 @@
 /** What the VM hands a vCPU worker, what the worker reports back, and the step-loop limits. */
 import type { ControlBuffers } from '../control.js';
+import type { BlockRequest, BlockWorkerData } from '../devices/block.js';
 import type { ExportedGlobal } from '../instrument.js';
 import type { MemoryLayout } from '../layout.js';
 
@@ -30,6 +31,8 @@ export interface VcpuWorkerData {
   readonly globals: readonly ExportedGlobal[];
 
   readonly stepTargetUs: number;
+  /** The block device (src/vmm/devices/block.ts), null when the VM has no disk. */
+  readonly block: BlockWorkerData | null;
 }
 
 export type CrashReason = 'trap' | 'panic' | 'fault' | 'abi' | 'internal' | 'hung';
@@ -37,4 +40,6 @@ export type CrashReason = 'trap' | 'panic' | 'fault' | 'abi' | 'internal' | 'hun
 export type VcpuWorkerMessage =
   | { readonly kind: 'console'; readonly vcpu: number; readonly text: string }
   | { readonly kind: 'crash'; readonly vcpu: number; readonly reason: CrashReason; readonly message: string }
-  | { readonly kind: 'exit'; readonly vcpu: number };
+  | { readonly kind: 'exit'; readonly vcpu: number }
+  /** A block request accepted by ferry.block_submit, for the main thread's BlockService. */
+  | { readonly kind: 'block'; readonly vcpu: number; readonly request: BlockRequest };

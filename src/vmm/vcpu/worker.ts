@@ -19,6 +19,7 @@ import {
   V_STATE, V_THROTTLE_PERMILLE, S_MAX_STEP_MS, S_STEPS, S_STEP_MS, S_STEP_START_MS, S_THROTTLED_MS, S_UNITS, W_BOOTED,
   W_BARRIER_WAITERS, W_GO, W_INSTALL_COUNT, W_INSTALL_DONE, W_INSTALL_EPOCH, W_PARK_SEQ, W_RESTORE, W_STEP_SEQ,
 } from '../control.js';
+import { BlockSubmitter } from '../devices/block.js';
 import { TraceBitmap } from '../trace-bitmap.js';
 import type { VcpuWorkerData, VcpuWorkerMessage } from './protocol.js';
 import {
@@ -64,6 +65,9 @@ function flushConsole(): void {
 }
 
 const cmdlineBytes = new TextEncoder().encode(data.cmdline);
+const block = new BlockSubmitter(data.block, {
+  memory, ramBytes: data.ramBytes, bitmap, post: (request) => { post({ kind: 'block', vcpu, request }); },
+});
 const imports: WebAssembly.Imports = {
   ferry_rt: {
     memory,
@@ -103,6 +107,9 @@ const imports: WebAssembly.Imports = {
       try { message = decoder.decode(guestBytes(ptr, n, 'panic').slice()); } catch { /* keep the placeholder */ }
       throw new GuestFault('panic', message);
     },
+    // Only queues the request (src/vmm/devices/block.ts): the vCPU never waits for file I/O.
+    block_submit: (descPtr: number): number => block.submit(descPtr),
+    block_capacity: (): bigint => block.capacity(),
   },
 };
 
