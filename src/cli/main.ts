@@ -18,6 +18,7 @@ import { MAX_VCPUS, MAX_VM_NAME_CHARS, MIN_VCPUS, VM_NAME_CHAR_CLASS, WASM_PAGE_
 import { durationOption, parseIntegerOption, sizeOption } from './args.js';
 import { runSession } from './run-vm.js';
 import { addHostCommands } from './host-commands.js';
+import { addDiskCommands } from './disk-commands.js';
 import { runDemo } from './demo.js';
 
 const DEFAULT_MEMORY = '256MiB';
@@ -135,6 +136,7 @@ export function buildProgram(): Command {
     });
 
   addHostCommands(program, vm);
+  addDiskCommands(program);
 
   program.command('demo')
     .description('two local host agents and a demo VM (the multi-vCPU dirtier) live-migrated back and forth until Ctrl-C')
