@@ -163,7 +163,7 @@ function rawSource(file: LocalFile, sizeBytes: number): { capacityBytes: number;
   return { capacityBytes: Math.ceil(sizeBytes / SECTOR_BYTES) * SECTOR_BYTES, read: (at, buf) => file.read(at, buf) };
 }
 
-async function importDisk(inPath: string, outPath: string): Promise<{ kind: string; capacityBytes: number; allocatedBytes: number }> {
+async function importDisk(inPath: string, outPath: string): Promise<{ kind: string; capacityBytes: number; allocatedBytes: number; sourceBytes: number }> {
   await refuseExisting(outPath);
   const input = await LocalFile.open(inPath, { readOnly: true });
   let source: VmdkDisk | undefined;
@@ -172,16 +172,18 @@ async function importDisk(inPath: string, outPath: string): Promise<{ kind: stri
   let published = false;
   try {
     let kind = 'raw';
+    let sourceBytes = 0;
     let from: { capacityBytes: number; read: (at: number, buf: Uint8Array) => Promise<void> };
     if (await isVmdk(input)) {
       // Any VMDK Ferry opens, chain included: the import is its guest-visible content, flattened.
       source = await VmdkDisk.open(input, { openParent: openLocalParent });
       kind = `vmdk ${source.info().createType}`;
       from = source;
+      sourceBytes = source.capacityBytes;
     } else {
-      const sizeBytes = await input.size();
-      if (sizeBytes === 0) throw new FerryError('INVALID_ARGUMENT', `${inPath} is empty: a disk needs a size`);
-      from = rawSource(input, sizeBytes);
+      sourceBytes = await input.size();
+      if (sourceBytes === 0) throw new FerryError('INVALID_ARGUMENT', `${inPath} is empty: a disk needs a size`);
+      from = rawSource(input, sourceBytes);
     }
     // Created under a temporary path but named as the output: the name is what the descriptor's extent line records.
     const out = await LocalFile.open(tempPath, { create: true }, outPath);
@@ -191,7 +193,7 @@ async function importDisk(inPath: string, outPath: string): Promise<{ kind: stri
     await target.close();
     await publish(tempPath, outPath);
     published = true;
-    return { kind, ...result };
+    return { kind, sourceBytes, ...result };
   } finally {
     if (source !== undefined) await source.close(); else await input.close();
     await target?.close();
@@ -253,7 +255,8 @@ export function addDiskCommands(program: Command): void {
     .argument('<out>', 'the new disk (.vmdk, must not exist)')
     .action(async (inPath: string, outPath: string) => {
       const r = await importDisk(inPath, outPath);
-      process.stdout.write(`imported ${inPath} (${r.kind}) to ${outPath}: ${formatBytes(r.capacityBytes)} virtual, ${formatBytes(r.allocatedBytes)} allocated\n`);
+      const rounded = r.capacityBytes !== r.sourceBytes ? ` (${r.sourceBytes} bytes rounded up to whole sectors, the tail reads as zeros)` : '';
+      process.stdout.write(`imported ${inPath} (${r.kind}) to ${outPath}: ${formatBytes(r.capacityBytes)} virtual${rounded}, ${formatBytes(r.allocatedBytes)} allocated\n`);
     });
 
   disk.command('check')

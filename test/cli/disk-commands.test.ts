@@ -85,6 +85,11 @@ describe('ferry disk', () => {
     await ferryOk('disk', 'export', disk, out);
     assert.ok(Buffer.from(input).equals(await readFile(out)), 'export is byte-identical to the imported raw');
     assert.deepEqual((await readdir(dir)).filter((n) => n.endsWith('.tmp')), [], 'no temporary file left');
+    // A raw size that is not whole sectors is rounded up, as qemu-img does; the tail reads as zeros.
+    const odd = join(dir, 'odd.raw');
+    await writeFile(odd, input.subarray(0, SECTOR_BYTES + 1));
+    assert.match((await ferryOk('disk', 'import', odd, join(dir, 'odd.vmdk'))).stdout, /513 bytes rounded up/);
+    assert.equal((await infoJson(join(dir, 'odd.vmdk'))).virtualSizeBytes, 2 * SECTOR_BYTES);
     const again = await runFerry(['disk', 'export', disk, out]);
     assert.equal(again.code, 1);
     assert.match(again.stderr, /\[ALREADY_EXISTS\]/);
