@@ -2,10 +2,10 @@
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { join } from 'node:path';
 import type { BlockFile } from '../../src/storage/block-file.js';
 import { LocalFile } from '../../src/storage/local-file.js';
-import { VmdkDisk, type OpenParent } from '../../src/storage/vmdk/disk.js';
+import { VmdkDisk } from '../../src/storage/vmdk/disk.js';
 
 export async function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
   const dir = await mkdtemp(join(tmpdir(), 'ferry-vmdk-'));
@@ -16,23 +16,12 @@ export async function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T
   }
 }
 
-/** What a local datastore does: the hint is relative to the child's directory; parents open read-only. */
-export const openLocalParent: OpenParent = (hint, childName) => LocalFile.open(resolve(dirname(childName), hint), { readOnly: true });
+export { openLocalParent, openLocalDisk } from '../../src/storage/vmdk/local-disk.js';
 
 export async function createLocalDisk(path: string, capacityBytes: number, grainSizeSectors?: number): Promise<VmdkDisk> {
   const file = await LocalFile.open(path, { create: true });
   try {
     return await VmdkDisk.create(file, { capacityBytes, ...(grainSizeSectors !== undefined ? { grainSizeSectors } : {}) });
-  } catch (err) {
-    await file.close();
-    throw err;
-  }
-}
-
-export async function openLocalDisk(path: string, readOnly = false): Promise<VmdkDisk> {
-  const file = await LocalFile.open(path, { readOnly });
-  try {
-    return await VmdkDisk.open(file, { openParent: openLocalParent });
   } catch (err) {
     await file.close();
     throw err;
