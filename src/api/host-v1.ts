@@ -68,6 +68,8 @@ export const vmViewSchema = z.object({
   crash: crashInfoSchema.nullable(),
   vcpus: z.array(vcpuStatsSchema),
   lastMigration: migrationRecordSchema.nullable(),
+  /** The VM's disk: a VMDK on one of the host's datastores, with its content IDs. */
+  disk: z.object({ datastore: z.string(), path: z.string(), capacityBytes: z.number(), cid: z.string(), parentCid: z.string() }).nullable(),
 }).openapi('Vm');
 export type VmView = z.infer<typeof vmViewSchema>;
 
@@ -101,6 +103,16 @@ export const createVmRequestSchema = z.object({
   granularityBytes: granularitySchema().optional(),
   cmdline: cmdlineSchema().optional(),
   hangTimeoutMs: z.number().min(MIN_HANG_TIMEOUT_MS).max(MAX_HANG_TIMEOUT_MS).optional(),
+  /**
+   * A disk on one of the host's datastores: with sizeBytes a new VMDK of that size is created (never
+   * over an existing file); without, the existing disk at path is attached. Its lease is held while
+   * the VM is defined on this host.
+   */
+  disk: z.object({
+    datastore: z.string().min(1),
+    path: z.string().min(1),
+    sizeBytes: z.number().int().positive().multipleOf(512).optional(),
+  }).strict().optional(),
   start: z.boolean().optional(),
 }).strict().openapi('CreateVm');
 export type CreateVmRequest = z.infer<typeof createVmRequestSchema>;

@@ -36,6 +36,16 @@ function print(obj: unknown): void {
   process.stdout.write(`${JSON.stringify(obj, null, 2)}\n`);
 }
 
+interface DiskOption { datastore: string; path: string; sizeBytes?: number }
+
+/** `--disk ds:path[,size=10GiB]`: the datastore's name, the path inside it, and a size for a new disk. */
+export function parseDiskOption(text: string): DiskOption {
+  const m = /^([^:,]+):([^,]+)(?:,size=([^,]+))?$/.exec(text);
+  if (m === null) throw new FerryError('INVALID_ARGUMENT', `--disk: "${text}" is not <datastore>:<path>[,size=<size>] (e.g. ds1:vms/web.vmdk,size=10GiB)`);
+  const [, datastore = '', path = '', size] = m;
+  return { datastore, path, ...(size !== undefined ? { sizeBytes: parseSizeBytes(size, '--disk size') } : {}) };
+}
+
 export function parseListen(text: string): { host: string; port: number } {
   const m = /^(\d{1,3}(?:\.\d{1,3}){3}|localhost|\[[0-9a-fA-F:]+\]):(\d{1,5})$/.exec(text.trim());
   const port = Number(m?.[2]);
@@ -98,13 +108,14 @@ export function addHostCommands(program: Command, vm: Command): void {
     .addOption(new Option('--vcpus <n>', 'vCPUs').argParser((v) => parseIntegerOption(v, '--vcpus', MIN_VCPUS, MAX_VCPUS)).default(1))
     .addOption(new Option('--trace-granularity <size>', 'write-trace region size').argParser(sizeOption('--trace-granularity')).default(DEFAULT_GRANULARITY_BYTES, '4KiB'))
     .option('--cmdline <text>', 'guest command line', '')
+    .addOption(new Option('--disk <ds:path[,size=N]>', 'a VMDK on one of the host\'s datastores; with size=, a new disk of that size').argParser(parseDiskOption))
     .option('--start', 'start it right away', false))
-    .action(async (name: string, o: ClientOpts & { image: string; memory: number; vcpus: number; traceGranularity: number; cmdline: string; start: boolean }) => {
+    .action(async (name: string, o: ClientOpts & { image: string; memory: number; vcpus: number; traceGranularity: number; cmdline: string; start: boolean; disk?: DiskOption }) => {
       let image: Buffer;
       try { image = await readFile(o.image); } catch (err) { throw new FerryError('INVALID_ARGUMENT', `cannot read guest image ${o.image}: ${errorMessage(err)}`); }
       print(await (await client(o)).createVm({
         name, imageBase64: image.toString('base64'), memoryBytes: o.memory, vcpus: o.vcpus,
-        granularityBytes: o.traceGranularity, cmdline: o.cmdline, start: o.start,
+        granularityBytes: o.traceGranularity, cmdline: o.cmdline, start: o.start, ...(o.disk !== undefined ? { disk: o.disk } : {}),
       }));
     });
 

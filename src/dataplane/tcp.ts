@@ -31,11 +31,20 @@ function dial(to: TransportAddress, options: DialOptions): Promise<ByteStream> {
   });
 }
 
+/** A failed bind as an operator reads it: the address, the reason, what to do. */
+export function listenError(err: unknown, where: string): FerryError {
+  const code = (err as NodeJS.ErrnoException).code;
+  const hint = code === 'EADDRINUSE' ? 'another process uses it; pick another port, or 0 for any free one'
+    : code === 'EADDRNOTAVAIL' ? 'no interface of this machine has that address'
+    : code === 'EACCES' ? 'ports below 1024 need privileges' : errorMessage(err);
+  return new FerryError('INVALID_ARGUMENT', `cannot listen on ${where} (${code ?? 'error'}): ${hint}`, { address: where, errno: code ?? null });
+}
+
 async function listen(at: TransportAddress, onStream: (stream: ByteStream) => void): Promise<Listener> {
   const server = createServer((socket) => { tune(socket); onStream(socket); });
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(at.port, at.host, () => { server.off('error', reject); resolve(); });
+    server.once('error', (err) => { reject(listenError(err, formatAddress(at))); });
+    server.listen(at.port, at.host, () => { server.removeAllListeners('error'); resolve(); });
   });
   const bound = server.address() as AddressInfo;
   return {

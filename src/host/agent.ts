@@ -12,7 +12,7 @@ import { GiB } from '../lib/units.js';
 import { warmUpInstrumenter } from '../vmm/instrument.js';
 import { warmUpSwitchoverCodecs } from '../migration/protocol/messages.js';
 import { MigrationReceiver } from '../migration/target/receiver.js';
-import { tcpTransport } from '../dataplane/tcp.js';
+import { listenError, tcpTransport } from '../dataplane/tcp.js';
 import type { Transport } from '../dataplane/transport.js';
 import { HOST_API_VERSION, type HostInfo } from '../api/host-v1.js';
 import { buildHostApp } from './app.js';
@@ -70,7 +70,7 @@ export class HostAgent {
     this.memoryLimitBytes = options.memoryLimitBytes ?? DEFAULT_MEMORY_LIMIT_BYTES;
     this.log = options.log ?? ((line) => { process.stderr.write(`${line}\n`); });
     const transport = options.transport ?? tcpTransport;
-    this.vms = new VmService({ hostName: this.name, store: this.store, operations: this.operations, memoryLimitBytes: this.memoryLimitBytes, log: this.log });
+    this.vms = new VmService({ hostName: this.name, store: this.store, operations: this.operations, memoryLimitBytes: this.memoryLimitBytes, datastores, log: this.log });
     this.migrations = new MigrationService({ hostName: this.name, token: options.token, vms: this.vms, operations: this.operations, transport, log: this.log });
     this.receiver = new MigrationReceiver({
       admit: (vm) => { this.vms.admit(vm.name, vm.memoryBytes); },
@@ -93,11 +93,19 @@ export class HostAgent {
     const agent = new HostAgent(options, hostId, datastores);
     await agent.store.init();
     await agent.vms.load();
-    await agent.receiver.listen();
-    await new Promise<void>((resolve, reject) => {
-      agent.server.once('error', reject);
-      agent.server.listen(options.listenPort, options.listenHost, () => { agent.server.off('error', reject); resolve(); });
-    });
+    try {
+      await agent.receiver.listen();
+      await new Promise<void>((resolve, reject) => {
+        const onError = (err: Error): void => { reject(listenError(err, `${options.listenHost}:${options.listenPort}`)); };
+        agent.server.once('error', onError);
+        agent.server.listen(options.listenPort, options.listenHost, () => { agent.server.off('error', onError); resolve(); });
+      });
+    } catch (err) {
+      // Nothing of a host that could not start stays behind: VMs saved, disks' leases released, ports closed.
+      await agent.vms.saveAll().catch(() => undefined);
+      await agent.receiver.close().catch(() => undefined);
+      throw err;
+    }
     agent.port = (agent.server.address() as AddressInfo).port;
     // Warm binaryen up before the first VM arrives (its first run is several times slower).
     const tw = performance.now();

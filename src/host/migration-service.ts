@@ -45,6 +45,10 @@ export class MigrationService {
       const why = vm.crash !== null ? ` (${vm.crash.reason} on vCPU ${vm.crash.vcpu}: ${vm.crash.message})` : '';
       throw new FerryError('VM_STATE', `VM ${name} is ${vm.state}${why}; only a running or paused VM can be migrated`, vm.crash !== null ? { crash: vm.crash } : {});
     }
+    if (slot.disk !== null) {
+      // Moving disks (shared datastore hand-over, or copying them) is not built yet: refuse rather than leave the disk behind.
+      throw new FerryError('MIGRATION_REFUSED', `VM ${name} has a disk (${slot.disk.spec.datastore}:${slot.disk.spec.path}); live migration of VMs with disks is not supported yet`, { disk: slot.disk.spec });
+    }
     const peer = new HostApiTargetPeer(req.to, req.token ?? this.o.token);
     const job = new MigrationJob(vm, slot.imageBytes, peer, this.o.transport, req.options ?? {}, this.o.log);
     const claim = this.o.operations.claim(name, `migration ${job.id}`, 'migrate');

@@ -11,6 +11,7 @@ import { mkdir, readFile, readdir, rename, rm, writeFile, open } from 'node:fs/p
 import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
+import type { DiskSpec } from './vm-disk.js';
 import { FerryError, errorMessage } from '../lib/errors.js';
 import { cmdlineSchema, granularitySchema, ramBytesSchema, vcpusSchema, vmNameSchema } from '../lib/limits.js';
 import { MAX_HANG_TIMEOUT_MS, MAX_STEP_TARGET_US, MIN_HANG_TIMEOUT_MS, MIN_STEP_TARGET_US, type VmConfig } from '../vmm/config.js';
@@ -18,6 +19,9 @@ import type { StoredOutcome as MigrationOutcome } from '../migration/target/hook
 
 // The VM bounds are the runtime's own (src/lib/limits.ts): a config the runtime accepted is one the
 // store reloads, and a hand-edited one the runtime would refuse is caught here, at load.
+/** Datastore names and paths are bounded by the datastore's own rules; this only keeps a hand-edited file sane. */
+const MAX_DISK_FIELD_CHARS = 4096;
+
 const configSchema = z.object({
   name: vmNameSchema(),
   memoryBytes: ramBytesSchema(),
@@ -27,6 +31,8 @@ const configSchema = z.object({
   hangTimeoutMs: z.number().min(MIN_HANG_TIMEOUT_MS).max(MAX_HANG_TIMEOUT_MS),
   stepTargetUs: z.number().min(MIN_STEP_TARGET_US).max(MAX_STEP_TARGET_US),
   runningAtShutdown: z.boolean(),
+  /** The VM's disk (datastore name + path inside it), if it has one. */
+  disk: z.object({ datastore: z.string().min(1).max(MAX_DISK_FIELD_CHARS), path: z.string().min(1).max(MAX_DISK_FIELD_CHARS) }).strict().optional(),
 }).strict();
 
 export interface StoredVm {
@@ -34,6 +40,7 @@ export interface StoredVm {
   readonly image: Uint8Array;
   readonly snapshotPath: string | null;
   readonly runningAtShutdown: boolean;
+  readonly disk?: DiskSpec;
 }
 
 async function writeAtomic(path: string, data: string | Uint8Array): Promise<void> {
@@ -82,12 +89,12 @@ export class HostStore {
     }
   }
 
-  async saveVm(config: VmConfig, image: Uint8Array | null, runningAtShutdown = false): Promise<void> {
+  async saveVm(config: VmConfig, image: Uint8Array | null, runningAtShutdown = false, disk: DiskSpec | null = null): Promise<void> {
     const dir = this.vmDir(config.name);
     try {
       await mkdir(dir, { recursive: true });
       if (image !== null) await writeAtomic(join(dir, 'image.wasm'), image);
-      await writeAtomic(join(dir, 'config.json'), JSON.stringify({ ...config, runningAtShutdown }, null, 2));
+      await writeAtomic(join(dir, 'config.json'), JSON.stringify({ ...config, runningAtShutdown, ...(disk !== null ? { disk } : {}) }, null, 2));
     } catch (err) {
       throw new FerryError('STORE_IO', `cannot save VM ${config.name} in ${dir}: ${errorMessage(err)}`);
     }
@@ -112,8 +119,8 @@ export class HostStore {
         const image = new Uint8Array(await readFile(join(dir, 'image.wasm')));
         const snap = this.snapshotPath(name);
         const hasSnap = await readFile(snap).then(() => true, () => false);
-        const { runningAtShutdown, ...config } = parsed;
-        vms.push({ config, image, snapshotPath: hasSnap ? snap : null, runningAtShutdown });
+        const { runningAtShutdown, disk, ...config } = parsed;
+        vms.push({ config, image, snapshotPath: hasSnap ? snap : null, runningAtShutdown, ...(disk !== undefined ? { disk } : {}) });
       } catch (err) {
         problems.push(`VM ${name} in ${dir} cannot be loaded: ${errorMessage(err)}`);
       }

@@ -6,7 +6,7 @@
  */
 import { FerryError, errorMessage } from '../lib/errors.js';
 import { formatBytes } from '../lib/units.js';
-import { normalizeConfig } from '../vmm/config.js';
+import { normalizeConfig, type VmConfigInput } from '../vmm/config.js';
 import { Vm } from '../vmm/vm.js';
 import { restoreVm, saveVm } from '../vmm/persist.js';
 import { instrumentImage } from '../vmm/instrument.js';
@@ -15,12 +15,15 @@ import type { CreateVmRequest, PauseResultView, VerifyResult, VmView } from '../
 import type { HostStore } from './store.js';
 import type { OperationsRegistry } from './operations.js';
 import { VmSlot } from './vm-slot.js';
+import type { HostDatastores } from './datastores.js';
+import { attachDisk, describeDisk, type AttachedDisk, type DiskSpec } from './vm-disk.js';
 
 export interface VmServiceOptions {
   readonly hostName: string;
   readonly store: HostStore;
   readonly operations: OperationsRegistry;
   readonly memoryLimitBytes: number;
+  readonly datastores: HostDatastores;
   readonly log: (line: string) => void;
 }
 
@@ -47,6 +50,7 @@ export class VmService {
       name: slot.name, state: slot.state, owner: this.o.operations.ownerOf(slot.name),
       config: { memoryBytes: slot.config.memoryBytes, vcpus: slot.config.vcpus, granularityBytes: slot.config.granularityBytes, cmdline: slot.config.cmdline },
       crash: vm?.crash ?? null, vcpus: vm?.vcpuStats() ?? [], lastMigration: slot.lastMigration,
+      disk: slot.disk !== null ? describeDisk(slot.disk) : null,
     };
   }
 
@@ -75,12 +79,17 @@ export class VmService {
     // Validate the image against this configuration now, not at first start.
     instrumentImage(image, { ramBytes: config.memoryBytes, granularityBytes: config.granularityBytes });
     this.admit(config.name, config.memoryBytes);
-    const slot = new VmSlot(config, image);
+    const spec = d.disk !== undefined ? { datastore: d.disk.datastore, path: d.disk.path } : null;
+    const disk = spec !== null ? await attachDisk(this.o.datastores, spec, d.disk?.sizeBytes) : null;
+    // Admitted again: the name may have been taken while the disk was being opened.
+    try { this.admit(config.name, config.memoryBytes); } catch (err) { await disk?.close(); throw err; }
+    const slot = new VmSlot(config, image, disk);
     this.slots.set(slot.name, slot);
     try {
-      await this.o.store.saveVm(config, image, false);
+      await this.o.store.saveVm(config, image, false, spec);
     } catch (err) {
       this.slots.delete(slot.name);
+      await disk?.close();
       throw err;
     }
     if (d.start === true) return this.start(slot.name);
@@ -93,7 +102,8 @@ export class VmService {
     if (slot.vm !== null && (slot.vm.state === 'running' || slot.vm.state === 'paused' || slot.vm.state === 'halted')) {
       throw new FerryError('VM_STATE', `VM ${name} is already ${slot.vm.state}`);
     }
-    const vm = slot.vm !== null && slot.vm.state === 'created' ? slot.vm : Vm.create(slot.imageBytes, slot.config);
+    if (slot.diskProblem !== null) throw new FerryError('VM_STATE', `VM ${name} cannot start: its disk is not attached (${slot.diskProblem})`);
+    const vm = slot.vm !== null && slot.vm.state === 'created' ? slot.vm : Vm.create(slot.imageBytes, withDisk(slot));
     if (slot.vm !== vm) slot.attach(vm);
     await vm.start();
     return this.describe(slot);
@@ -130,6 +140,7 @@ export class VmService {
     await slot.vm?.stop();
     this.slots.delete(name);
     slot.console.close();
+    await slot.disk?.close(); // the disk file stays on its datastore; only the lease goes
     await this.persist(name, () => this.o.store.removeVm(name));
     return { name, deleted: true };
   }
@@ -177,15 +188,17 @@ export class VmService {
     const { vms, problems } = await this.o.store.loadAll();
     for (const p of problems) this.o.log(`host ${this.o.hostName}: ${p}`);
     for (const stored of vms) {
-      const slot = new VmSlot(stored.config, stored.image);
+      const { disk, problem } = await this.reattach(stored.config.name, stored.disk);
+      const slot = new VmSlot(stored.config, stored.image, disk);
+      slot.diskProblem = problem;
       this.slots.set(slot.name, slot);
-      if (stored.snapshotPath === null) continue;
+      if (stored.snapshotPath === null || problem !== null) continue;
       try {
-        const vm = await restoreVm(stored.snapshotPath, { hangTimeoutMs: stored.config.hangTimeoutMs });
+        const vm = await restoreVm(stored.snapshotPath, { hangTimeoutMs: stored.config.hangTimeoutMs, ...(disk !== null ? { disk: disk.backend } : {}) });
         slot.attach(vm);
         // The snapshot is consumed: a later crash must not resurrect this older state.
         await this.o.store.removeSnapshot(slot.name);
-        await this.o.store.saveVm(slot.config, null, false);
+        await this.o.store.saveVm(slot.config, null, false, disk?.spec ?? null);
         if (stored.runningAtShutdown) await vm.start();
         this.o.log(`host ${this.o.hostName}: restored VM ${slot.name} from its shutdown snapshot${stored.runningAtShutdown ? ' and resumed it' : ''}`);
       } catch (err) {
@@ -205,7 +218,7 @@ export class VmService {
         if (wasRunning || vm.state === 'paused' || vm.state === 'halted') {
           if (wasRunning) await vm.pause();
           await saveVm(vm, this.o.store.snapshotPath(slot.name));
-          await this.o.store.saveVm(slot.config, null, wasRunning);
+          await this.o.store.saveVm(slot.config, null, wasRunning, slot.disk?.spec ?? null);
           report.push(`VM ${slot.name}: paused and saved (${wasRunning ? 'will resume' : 'stays paused'} at the next start)`);
         } else if (vm.state === 'crashed') {
           report.push(`VM ${slot.name}: was crashed; nothing to save`);
@@ -215,7 +228,21 @@ export class VmService {
       }
       await vm.stop();
     }
+    // Flushed, closed, leases released: the next start (here or on another host) takes them again.
+    for (const slot of this.slots.values()) await slot.disk?.close();
     return report;
+  }
+
+  /** The disk a stored definition names, opened again; a problem (locked, gone) is kept, not thrown. */
+  private async reattach(vm: string, spec: DiskSpec | undefined): Promise<{ disk: AttachedDisk | null; problem: string | null }> {
+    if (spec === undefined) return { disk: null, problem: null };
+    try {
+      return { disk: await attachDisk(this.o.datastores, spec), problem: null };
+    } catch (err) {
+      const problem = `${spec.datastore}:${spec.path}: ${errorMessage(err)}`;
+      this.o.log(`host ${this.o.hostName}: VM ${vm}: cannot attach its disk ${problem}`);
+      return { disk: null, problem };
+    }
   }
 
   /** Store writes of one VM run one after another (a delete must not race a save). */
@@ -225,4 +252,9 @@ export class VmService {
     void next.finally(() => { if (this.pendingStore.get(name) === next) this.pendingStore.delete(name); }).catch(() => undefined);
     return next;
   }
+}
+
+/** The VM's configuration with its disk as the block device. */
+function withDisk(slot: VmSlot): VmConfigInput {
+  return slot.disk !== null ? { ...slot.config, disk: slot.disk.backend } : slot.config;
 }

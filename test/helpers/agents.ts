@@ -20,8 +20,10 @@ export interface TestAgent {
   close(): Promise<void>;
 }
 
-export async function startAgent(name: string, opts: { memoryLimitBytes?: number; datastores?: readonly DatastoreMount[] } = {}): Promise<TestAgent> {
-  const dataDir = await mkdtemp(join(tmpdir(), `ferry-agent-${name}-`));
+/** With `dataDir` the caller owns the directory (a restart reuses it) and close() leaves it. */
+export async function startAgent(name: string, opts: { memoryLimitBytes?: number; datastores?: readonly DatastoreMount[]; dataDir?: string } = {}): Promise<TestAgent> {
+  const owned = opts.dataDir === undefined;
+  const dataDir = opts.dataDir ?? await mkdtemp(join(tmpdir(), `ferry-agent-${name}-`));
   let agent: HostAgent;
   try {
     agent = await HostAgent.start({
@@ -30,13 +32,13 @@ export async function startAgent(name: string, opts: { memoryLimitBytes?: number
       ...(opts.datastores !== undefined ? { datastores: opts.datastores } : {}),
     });
   } catch (err) {
-    await rm(dataDir, { recursive: true, force: true });
+    if (owned) await rm(dataDir, { recursive: true, force: true });
     throw err;
   }
   return {
     agent, client: new HostClient(agent.url, AGENT_TOKEN), dataDir,
     close: async () => {
-      try { await agent.close(); } finally { await rm(dataDir, { recursive: true, force: true }); }
+      try { await agent.close(); } finally { if (owned) await rm(dataDir, { recursive: true, force: true }); }
     },
   };
 }
