@@ -37,7 +37,7 @@ export interface HostAppDeps {
   readonly incomingOutcome: (id: string) => Promise<IncomingOutcome>;
 }
 
-export function errorBody(err: unknown): { status: number; body: ErrorBody } {
+function errorBody(err: unknown): { status: number; body: ErrorBody } {
   if (isFerryError(err)) {
     const details = Object.keys(err.details).length > 0 ? { details: { ...err.details } } : {};
     return { status: httpStatusFor(err.code), body: { error: { code: err.code, message: err.message, ...details } } };

@@ -5,7 +5,6 @@
  */
 import { FerryError } from '../lib/errors.js';
 import { MigrationJob } from '../migration/source/job.js';
-import type { MigrationRecord } from '../migration/record.js';
 import type { Transport } from '../dataplane/transport.js';
 import type { MigrateRequest, MigrationStatus } from '../api/host-v1.js';
 import type { OperationsRegistry } from './operations.js';
@@ -80,4 +79,3 @@ export class MigrationService {
   }
 }
 
-export type { MigrationRecord };
