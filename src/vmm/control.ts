@@ -4,9 +4,6 @@
  * cross-thread transitions go through seq-cst Atomics on these words (never through messages),
  * so pausing and trace epochs do not depend on either event loop.
  */
-// The vCPU and globals bounds live in src/lib/limits.ts. This re-export is only for
-// src/cli/host-commands.ts, which is being rewritten and will import src/lib/limits.ts itself.
-
 /** Requested run state, written by the VM, read by every vCPU between steps. */
 export const enum RunRequest { Run = 0, Pause = 1, Stop = 2, Install = 3 }
 

@@ -199,9 +199,10 @@ export class Vm extends EventEmitter<VmEvents> {
       this.control.setRequest(RunRequest.Run); // the pause failed: the guest keeps running, its I/O still pending
       throw err;
     }
-    const latencyMs = performance.now() - t0;
+    // One end time for both figures: the drain is part of the latency, and 'state' listeners are neither.
+    const endAt = performance.now();
     this.setState('paused'); // running --pause--> paused
-    return { latencyMs, blockDrainMs: performance.now() - parkedAt };
+    return { latencyMs: endAt - t0, blockDrainMs: endAt - parkedAt };
   }
 
   /** Waits (bounded by BLOCK_DRAIN_TIMEOUT_MS) until no block request is in flight. */

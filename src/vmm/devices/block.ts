@@ -14,7 +14,7 @@
  * published, so "counter is 0" means every submitted request has completed and is visible in RAM,
  * even for messages still on their way to the main thread.
  */
-import { FerryError } from '../../lib/errors.js';
+import { FerryError, errorMessage } from '../../lib/errors.js';
 import { MiB, formatBytes } from '../../lib/units.js';
 import type { TraceBitmap } from '../trace-bitmap.js';
 
@@ -307,7 +307,7 @@ export class BlockService {
       }
       return BLOCK_STATUS_OK;
     } catch (err) {
-      this.lastIoError = err instanceof Error ? err.message : String(err);
+      this.lastIoError = errorMessage(err);
       return BLOCK_E_IO;
     }
   }
