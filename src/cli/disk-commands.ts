@@ -9,7 +9,7 @@ import { Option, type Command } from 'commander';
 import cliProgress from 'cli-progress';
 import { lstat, open, rename, rm, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, relative, resolve } from 'node:path';
-import { FerryError, errorMessage } from '../lib/errors.js';
+import { FerryError, errnoCode, errorMessage } from '../lib/errors.js';
 import { formatBytes } from '../lib/units.js';
 import { LocalFile } from '../storage/local-file.js';
 import { VmdkDisk } from '../storage/vmdk/disk.js';
@@ -32,8 +32,8 @@ async function withDisk<T>(path: string, fn: (disk: VmdkDisk) => Promise<T>): Pr
 }
 
 async function refuseExisting(path: string): Promise<void> {
-  const exists = await lstat(path).then(() => true, (err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT') return false;
+  const exists = await lstat(path).then(() => true, (err: unknown) => {
+    if (errnoCode(err) === 'ENOENT') return false;
     throw new FerryError('STORE_IO', `cannot stat ${path}: ${errorMessage(err)}`);
   });
   if (exists) throw new FerryError('ALREADY_EXISTS', `${path} already exists`);

@@ -1,7 +1,7 @@
 /** Plain TCP as a Transport: Nagle off (requests are latency-bound at the switch-over), keep-alive on. */
 import { connect, createServer, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
-import { FerryError, errorMessage } from '../lib/errors.js';
+import { FerryError, errnoCode, errorMessage } from '../lib/errors.js';
 import { formatAddress, type ByteStream, type DialOptions, type Listener, type Transport, type TransportAddress } from './transport.js';
 
 /** Keep-alive probes start after this much silence: a vanished peer is noticed within minutes, not hours. */
@@ -33,7 +33,7 @@ function dial(to: TransportAddress, options: DialOptions): Promise<ByteStream> {
 
 /** A failed bind as an operator reads it: the address, the reason, what to do. */
 export function listenError(err: unknown, where: string): FerryError {
-  const code = (err as NodeJS.ErrnoException).code;
+  const code = errnoCode(err);
   const hint = code === 'EADDRINUSE' ? 'another process uses it; pick another port, or 0 for any free one'
     : code === 'EADDRNOTAVAIL' ? 'no interface of this machine has that address'
     : code === 'EACCES' ? 'ports below 1024 need privileges' : errorMessage(err);

@@ -12,7 +12,7 @@ import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import type { DiskSpec } from './vm-disk.js';
-import { FerryError, errorMessage } from '../lib/errors.js';
+import { FerryError, errnoCode, errorMessage } from '../lib/errors.js';
 import { cmdlineSchema, granularitySchema, ramBytesSchema, vcpusSchema, vmNameSchema } from '../lib/limits.js';
 import { MAX_HANG_TIMEOUT_MS, MAX_STEP_TARGET_US, MIN_HANG_TIMEOUT_MS, MIN_STEP_TARGET_US, type VmConfig } from '../vmm/config.js';
 import type { StoredOutcome as MigrationOutcome } from '../migration/target/hooks.js';
@@ -153,7 +153,7 @@ export class HostStore {
     try {
       text = await readFile(path, 'utf8');
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      if (errnoCode(err) === 'ENOENT') return null;
       throw new FerryError('STORE_IO', `cannot read the record of migration ${id} (${path}): ${errorMessage(err)}`);
     }
     let parsed: unknown;

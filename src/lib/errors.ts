@@ -132,6 +132,12 @@ export function isFerryError(err: unknown, code?: FerryErrorCode): err is FerryE
   return err instanceof FerryError && (code === undefined || err.code === code);
 }
 
+/** The errno code (ENOENT, EEXIST, …) of a failed system call, if the thrown value carries one. */
+export function errnoCode(err: unknown): string | undefined {
+  if (typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string') return err.code;
+  return undefined;
+}
+
 /** Message of any thrown value, for logs and crash reports. */
 export function errorMessage(err: unknown): string {
   if (err instanceof Error) return err.message;

@@ -36,7 +36,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { link, lstat, open, rename, unlink } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
-import { FerryError, errorMessage } from '../lib/errors.js';
+import { FerryError, errnoCode, errorMessage } from '../lib/errors.js';
 import { LEASE_SUFFIX } from './datastore.js';
 
 /** How long a lease lasts without renewal: a dead host's disks can be taken over this long after its last heartbeat. */
@@ -111,17 +111,13 @@ interface Observed {
   readonly expiresAtMs: number;
 }
 
-function errno(err: unknown): string | undefined {
-  return (err as NodeJS.ErrnoException).code;
-}
-
 /** The lock at `lockPath`, or null if there is none. */
 async function observe(lockPath: string, timing: LeaseTiming): Promise<Observed | null> {
   let fh;
   try {
     fh = await open(lockPath, 'r');
   } catch (err) {
-    if (errno(err) === 'ENOENT') return null;
+    if (errnoCode(err) === 'ENOENT') return null;
     throw new FerryError('STORE_IO', `cannot read lease ${lockPath}: ${errorMessage(err)}`);
   }
   try {
@@ -200,7 +196,7 @@ async function breakStale(lockPath: string, judged: Observed, timing: LeaseTimin
       try {
         await (await open(marker, 'wx')).close();
       } catch (err) {
-        if (errno(err) !== 'EEXIST') throw new FerryError('STORE_IO', `cannot break lease ${lockPath}: ${errorMessage(err)}`);
+        if (errnoCode(err) !== 'EEXIST') throw new FerryError('STORE_IO', `cannot break lease ${lockPath}: ${errorMessage(err)}`);
         markers.push(marker);
         let st;
         try { st = await lstat(marker); } catch { continue; /* finished meanwhile: take the next level */ }
@@ -284,7 +280,7 @@ export class Lease extends EventEmitter<LeaseEvents> {
     try {
       await writeRecord(tmp, record);
     } catch (err) {
-      if (errno(err) === 'ENOENT') throw new FerryError('NOT_FOUND', `${label}: its directory does not exist`);
+      if (errnoCode(err) === 'ENOENT') throw new FerryError('NOT_FOUND', `${label}: its directory does not exist`);
       throw new FerryError('STORE_IO', `cannot write lease ${lockPath}: ${errorMessage(err)}`);
     }
     let broke: LeaseRecord | null = null;
@@ -294,7 +290,7 @@ export class Lease extends EventEmitter<LeaseEvents> {
           await link(tmp, lockPath);
           return new Lease(label, lockPath, record, timing, broke);
         } catch (err) {
-          if (errno(err) !== 'EEXIST') throw new FerryError('STORE_IO', `cannot take lease ${lockPath}: ${errorMessage(err)}`);
+          if (errnoCode(err) !== 'EEXIST') throw new FerryError('STORE_IO', `cannot take lease ${lockPath}: ${errorMessage(err)}`);
         }
         const o = await observe(lockPath, timing);
         if (o === null) continue; // released or broken since our link: try again

@@ -12,7 +12,7 @@
 import { link, lstat, mkdir, opendir, realpath, rename, rmdir, stat, statfs, unlink } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import { join, sep } from 'node:path';
-import { FerryError, errorMessage } from '../lib/errors.js';
+import { FerryError, errnoCode, errorMessage } from '../lib/errors.js';
 import {
   DATASTORE_NAME_RULE, MAX_LIST_ENTRIES, datastorePathParts, isDatastoreName, isReservedName,
   type Datastore, type DatastoreEntry, type DatastoreEntryKind, type DatastoreFile, type DatastoreListing,
@@ -30,10 +30,6 @@ export interface LocalDatastoreOptions {
 
 function kindOf(st: Pick<Stats, 'isFile' | 'isDirectory' | 'isSymbolicLink'>): DatastoreEntryKind {
   return st.isFile() ? 'file' : st.isDirectory() ? 'directory' : st.isSymbolicLink() ? 'symlink' : 'other';
-}
-
-function errno(err: unknown): string | undefined {
-  return (err as NodeJS.ErrnoException).code;
 }
 
 export class LocalDatastore implements Datastore {
@@ -142,7 +138,7 @@ export class LocalDatastore implements Datastore {
       try {
         await mkdir(next);
       } catch (err) {
-        if (errno(err) !== 'EEXIST') throw new FerryError('STORE_IO', `mkdir ${this.label(path)}: ${errorMessage(err)}`);
+        if (errnoCode(err) !== 'EEXIST') throw new FerryError('STORE_IO', `mkdir ${this.label(path)}: ${errorMessage(err)}`);
       }
       real = this.inside(path, await this.fsOp(`mkdir ${this.label(path)}`, () => realpath(next)));
       if (!(await stat(real)).isDirectory()) throw new FerryError('ALREADY_EXISTS', `${this.label(path)}: ${part} exists and is not a directory`);
@@ -174,7 +170,7 @@ export class LocalDatastore implements Datastore {
     try {
       real = await realpath(join(this.location, ...parts));
     } catch (err) {
-      const code = errno(err);
+      const code = errnoCode(err);
       if (code === 'ENOENT' || code === 'ENOTDIR') throw new FerryError('NOT_FOUND', `${this.label(path)}: no such file or directory`);
       if (code === 'ELOOP') throw new FerryError('DATASTORE_PATH_INVALID', `${this.label(path)}: too many levels of symlinks`, { reason: 'loop' });
       throw new FerryError('STORE_IO', `cannot resolve ${this.label(path)}: ${errorMessage(err)}`);
@@ -194,7 +190,7 @@ export class LocalDatastore implements Datastore {
     try {
       return await lstat(real);
     } catch (err) {
-      if (errno(err) === 'ENOENT') return null;
+      if (errnoCode(err) === 'ENOENT') return null;
       throw new FerryError('STORE_IO', `cannot stat ${real}: ${errorMessage(err)}`);
     }
   }
@@ -210,7 +206,7 @@ export class LocalDatastore implements Datastore {
     try {
       return await op();
     } catch (err) {
-      const code = errno(err);
+      const code = errnoCode(err);
       if (code === 'ENOENT') throw new FerryError('NOT_FOUND', `${what}: no such file or directory`);
       if (code === 'EEXIST') throw new FerryError('ALREADY_EXISTS', `${what}: the target already exists`);
       if (code === 'ENOTEMPTY') throw new FerryError('INVALID_ARGUMENT', `${what}: the directory is not empty`);

@@ -1,7 +1,7 @@
 /** A BlockFile over a local file (node:fs FileHandle): positional I/O, fsync on flush. */
 import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
-import { FerryError, errorMessage } from '../lib/errors.js';
+import { FerryError, errnoCode, errorMessage } from '../lib/errors.js';
 import type { BlockFile } from './block-file.js';
 
 export interface OpenLocalFileOptions {
@@ -24,7 +24,7 @@ export class LocalFile implements BlockFile {
     try {
       return new LocalFile(name, await open(path, flags), readOnly);
     } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
+      const code = errnoCode(err);
       if (code === 'ENOENT') throw new FerryError('NOT_FOUND', `${name}: no such file`);
       if (code === 'EEXIST') throw new FerryError('ALREADY_EXISTS', `${name} already exists`);
       throw new FerryError('STORE_IO', `cannot open ${name}: ${errorMessage(err)}`);

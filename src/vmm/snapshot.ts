@@ -25,7 +25,7 @@ import { crc32 } from 'node:zlib';
 // field paths on failure; the hand-written equivalent is several hundred lines of easy-to-get-wrong
 // checks. zod has no dependencies of its own.
 import { z } from 'zod';
-import { FerryError, errorMessage } from '../lib/errors.js';
+import { FerryError, errnoCode, errorMessage } from '../lib/errors.js';
 import { KiB, MiB, formatBytes } from '../lib/units.js';
 import { globalValueSchema, globalValueToWire, u64StringSchema, type GlobalValue } from '../lib/wire-values.js';
 import {
@@ -229,11 +229,6 @@ function encodeMetadata(meta: SnapshotMetadata): unknown {
 
 // ---------------------------------------------------------------------------------------------
 // I/O helpers
-
-function errnoCode(err: unknown): string | undefined {
-  if (typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string') return err.code;
-  return undefined;
-}
 
 /** Runs a file operation; any non-Ferry error becomes SNAPSHOT_IO naming the path and what failed. */
 async function io<T>(path: string, action: string, fn: () => Promise<T>): Promise<T> {
