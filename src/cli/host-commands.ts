@@ -17,6 +17,7 @@ import { CONSOLE_LOG_BYTES } from '../host/console-log.js';
 import type { MigrationProgress, MigrationRecord } from '../migration/record.js';
 import type { MigrationOptions } from '../migration/options.js';
 import { HostClient } from '../api/host-client.js';
+import type { CreateVmRequest } from '../api/host-v1.js';
 import { durationOption, parseIntegerOption, sizeOption } from './args.js';
 import { compact } from './status.js';
 
@@ -36,10 +37,10 @@ function print(obj: unknown): void {
   process.stdout.write(`${JSON.stringify(obj, null, 2)}\n`);
 }
 
-interface DiskOption { datastore: string; path: string; sizeBytes?: number }
+type DiskOption = NonNullable<CreateVmRequest['disk']>;
 
 /** `--disk ds:path[,size=10GiB]`: the datastore's name, the path inside it, and a size for a new disk. */
-export function parseDiskOption(text: string): DiskOption {
+function parseDiskOption(text: string): DiskOption {
   const m = /^([^:,]+):([^,]+)(?:,size=([^,]+))?$/.exec(text);
   if (m === null) throw new FerryError('INVALID_ARGUMENT', `--disk: "${text}" is not <datastore>:<path>[,size=<size>] (e.g. ds1:vms/web.vmdk,size=10GiB)`);
   const [, datastore = '', path = '', size] = m;
@@ -54,7 +55,7 @@ export function parseListen(text: string): { host: string; port: number } {
 }
 
 /** `--datastore name=path`: the name before the first "=", the path after it (checked when the host mounts it). */
-export function parseDatastoreFlag(text: string): DatastoreMount {
+function parseDatastoreFlag(text: string): DatastoreMount {
   const eq = text.indexOf('=');
   const name = eq < 0 ? '' : text.slice(0, eq);
   const path = eq < 0 ? '' : text.slice(eq + 1);

@@ -69,7 +69,7 @@ describe('live migration between host processes', () => {
     let to = b;
     for (const [traceInstall, traceGranularityBytes] of [['stop-all', 2 * MiB], ['single', 64 * 1024], ['stop-all', 4096]] as const) {
       const id = await startMigration(from, 'tr', to, { traceInstall, traceGranularityBytes });
-      const record = await waitMigration(from, id) as unknown as { outcome: string; error: unknown; traces: { install: string; granularityBytes: number; installations: number; stallMaxMs: number; unchangedPagesSkipped: number } };
+      const record = await waitMigration(from, id);
       assert.equal(record.outcome, 'succeeded', JSON.stringify(record.error));
       assert.equal(record.traces.install, traceInstall);
       assert.equal(record.traces.granularityBytes, traceGranularityBytes);
@@ -86,9 +86,7 @@ describe('live migration between host processes', () => {
   it('adaptive tracing starts coarse and splits regions that keep firing on a sparse writer; the VM arrives intact', async () => {
     await createVm(a, 'ad', 'dirtier', { memoryBytes: 64 * MiB, vcpus: 2, cmdline: 'hot=48MiB pattern=random rate=100000 check=1 fill=1 claim=all' });
     await guestWorks(a, 'ad');
-    const record = await waitMigration(a, await startMigration(a, 'ad', b, { traceAdaptive: true })) as unknown as {
-      outcome: string; error: unknown; traces: { adaptive: boolean; granularityBytes: number; splitRegions: number; splits: { round: number; regions: number }[] };
-    };
+    const record = await waitMigration(a, await startMigration(a, 'ad', b, { traceAdaptive: true }));
     assert.equal(record.outcome, 'succeeded', JSON.stringify(record.error));
     assert.equal(record.traces.adaptive, true);
     assert.equal(record.traces.granularityBytes, 2 * MiB);

@@ -64,7 +64,6 @@ export class VmdkDisk {
   get capacityBytes(): number { return this.extent.capacityBytes; }
   get cid(): number { return this.extent.descriptor.cid; }
   get parentCid(): number { return this.extent.descriptor.parentCid; }
-  get readOnly(): boolean { return !(this.extent instanceof SparseExtent) || !this.extent.writable; }
 
   /** A new monolithicSparse disk with no parent on an empty file. */
   static async create(file: BlockFile, opts: CreateDiskOptions): Promise<VmdkDisk> {

@@ -102,7 +102,6 @@ export class GrainTables {
     return tables;
   }
 
-  get tableCount(): number { return this.gd.length; }
 
   /** Entries for which `pred` holds, over every table (absent tables hold none). */
   async count(pred: (entry: number) => boolean): Promise<number> {
