@@ -4,7 +4,6 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { FerryError } from '../lib/errors.js';
 import { HostClient } from '../api/host-client.js';
 
@@ -26,7 +25,7 @@ export interface LocalHost {
 }
 
 /** How long waitForLog waits by default. */
-export const LOG_WAIT_TIMEOUT_MS = 30_000;
+const LOG_WAIT_TIMEOUT_MS = 30_000;
 
 export interface SpawnOptions {
   /** Echo the host's stderr, prefixed with its name. */
@@ -52,17 +51,9 @@ export async function spawnHost(name: string, dataDir: string, token: string, op
     if (opts.echo === true) process.stderr.write(`  [${name}] ${d.toString().trimEnd().replace(/\n/g, `\n  [${name}] `)}\n`);
   });
   const exited = new Promise<number | null>((resolve) => { child.on('exit', (code) => { resolve(code); }); });
-  const deadline = Date.now() + HOST_READY_TIMEOUT_MS;
-  let m: RegExpExecArray | null;
-  while ((m = /ready url=(\S+)/.exec(out)) === null) {
-    if (child.exitCode !== null || child.signalCode !== null || Date.now() > deadline) {
-      throw new FerryError('HOST_ERROR', `host ${name} did not start:\n${out}`);
-    }
-    await sleep(20);
-  }
-  const url = m[1] ?? '';
   const waitForLog = (text: string, timeoutMs = LOG_WAIT_TIMEOUT_MS): Promise<void> => new Promise((resolve, reject) => {
     if (out.includes(text)) { resolve(); return; }
+    if (child.exitCode !== null || child.signalCode !== null) { reject(new FerryError('HOST_ERROR', `host ${name} exited before printing "${text}"`)); return; }
     const done = (err?: Error): void => {
       clearTimeout(timer);
       child.stderr?.off('data', onData);
@@ -78,6 +69,10 @@ export async function spawnHost(name: string, dataDir: string, token: string, op
     child.stdout?.on('data', onData);
     child.on('exit', onExit);
   });
+  // The ready line is "ferry host <name> ready url=<url> migration-port=<port>": waiting for the
+  // field after the URL means the URL has arrived whole.
+  await waitForLog(' migration-port=', HOST_READY_TIMEOUT_MS).catch(() => { throw new FerryError('HOST_ERROR', `host ${name} did not start:\n${out}`); });
+  const url = /ready url=(\S+)/.exec(out)?.[1] ?? '';
   return { name, child, url, port: Number(new URL(url).port), client: new HostClient(url, token), log: () => out, exited, waitForLog };
 }
 
