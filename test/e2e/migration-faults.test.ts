@@ -60,6 +60,19 @@ function assertFailedIn(r: MigrationRecord, phase: MigrationPhase): void {
   assert.equal(phases.at(-2), phase, `the fault landed in ${phase} (phases ${phases.join(' > ')})`);
 }
 
+/**
+ * A migration whose target dies (SIGKILL, its own failpoint) right after it recorded the commit,
+ * before it resumed the VM: the source is left in doubt. Returns once the crash happened.
+ */
+async function crashAfterCommitRecord(opts: { inDoubtTimeoutMs?: number } = {}): Promise<{ a: TestHost; b: TestHost; id: string }> {
+  const a = await host('a');
+  const b = await host('b', { failpoints: 'target.after-commit-record=crash' });
+  await createVm(a, 'v', 'dirtier', VM_OPTS);
+  const id = await startMigration(a, 'v', b, { ...FAULT_OPTS, ...opts });
+  await b.waitForLog(failpointHitLine('target.after-commit-record', 'crash'));
+  return { a, b, id };
+}
+
 /** Failpoints that hold the target in each phase; the test waits for the hit, then strikes. */
 const HOLD_IN = { prepare: 'target.prepare', precopy: 'target.round', switchover: 'target.state' } as const;
 
@@ -94,11 +107,7 @@ describe('migration faults: the VM ends up in exactly one place', () => {
   }
 
   it('kill -9 of the target after it recorded the commit: the source stays paused (in doubt) until the restarted target says committed; never two', async () => {
-    const a = await host('a');
-    const b = await host('b', { failpoints: 'target.after-commit-record=crash' });
-    await createVm(a, 'v', 'dirtier', VM_OPTS);
-    const id = await startMigration(a, 'v', b, FAULT_OPTS);
-    await b.waitForLog(failpointHitLine('target.after-commit-record', 'crash'));
+    const { a, b, id } = await crashAfterCommitRecord();
     await b.exited;
     await waitPhase(a, id, 'resolve');
     // While the target is down, the source must not resume the VM.
@@ -114,11 +123,7 @@ describe('migration faults: the VM ends up in exactly one place', () => {
   });
 
   it('the restarted target cannot read its commit record: it answers STORE_IO, never "unknown"; the source stays paused and asks until it can', async () => {
-    const a = await host('a');
-    const b = await host('b', { failpoints: 'target.after-commit-record=crash' });
-    await createVm(a, 'v', 'dirtier', VM_OPTS);
-    const id = await startMigration(a, 'v', b, { ...FAULT_OPTS, inDoubtTimeoutMs: 60_000 });
-    await b.waitForLog(failpointHitLine('target.after-commit-record', 'crash'));
+    const { a, b, id } = await crashAfterCommitRecord({ inDoubtTimeoutMs: 60_000 });
     await b.exited;
     await waitPhase(a, id, 'resolve');
     // The record becomes unreadable: a directory in its place (EISDIR; root ignores file modes).
@@ -143,11 +148,7 @@ describe('migration faults: the VM ends up in exactly one place', () => {
   });
 
   it('a target that stays down after the commit: the record says in-doubt (MIGRATION_IN_DOUBT), the VM stays paused until the operator resumes it', async () => {
-    const a = await host('a');
-    const b = await host('b', { failpoints: 'target.after-commit-record=crash' });
-    await createVm(a, 'v', 'dirtier', VM_OPTS);
-    const id = await startMigration(a, 'v', b, { ...FAULT_OPTS, inDoubtTimeoutMs: 1_000 });
-    await b.waitForLog(failpointHitLine('target.after-commit-record', 'crash'));
+    const { a, id } = await crashAfterCommitRecord({ inDoubtTimeoutMs: 1_000 });
     const r = await waitMigration(a, id);
     assert.equal(r.outcome, 'in-doubt');
     assert.equal(r.error?.code, 'MIGRATION_IN_DOUBT');
@@ -160,11 +161,7 @@ describe('migration faults: the VM ends up in exactly one place', () => {
   });
 
   it('cancelling an in-doubt migration stops the asking at once, never the caution: in-doubt, the VM stays paused', async () => {
-    const a = await host('a');
-    const b = await host('b', { failpoints: 'target.after-commit-record=crash' });
-    await createVm(a, 'v', 'dirtier', VM_OPTS);
-    const id = await startMigration(a, 'v', b, { ...FAULT_OPTS, inDoubtTimeoutMs: 3_600_000 });
-    await b.waitForLog(failpointHitLine('target.after-commit-record', 'crash'));
+    const { a, id } = await crashAfterCommitRecord({ inDoubtTimeoutMs: 3_600_000 });
     await waitPhase(a, id, 'resolve');
     await a.client.cancelMigration(id);
     // Without the cancel reaching the poll this waits out the hour and the wait below times out.
