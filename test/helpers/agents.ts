@@ -2,14 +2,12 @@
  * In-process host agents for API tests: a real HostAgent on 127.0.0.1 port 0 (real sockets), a
  * fresh data directory, the real HostClient. `close` stops the agent and removes its directory.
  */
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HostAgent } from '../../src/host/agent.js';
 import { HostClient } from '../../src/api/host-client.js';
-import type { CreateVmRequest } from '../../src/api/host-v1.js';
 import type { DatastoreMount } from '../../src/host/datastores.js';
-import { guestImagePath, type GuestName } from './guests.js';
 
 export const AGENT_TOKEN = 'agent-test-token-0123456789abcdef';
 
@@ -41,16 +39,4 @@ export async function startAgent(name: string, opts: { memoryLimitBytes?: number
       try { await agent.close(); } finally { if (owned) await rm(dataDir, { recursive: true, force: true }); }
     },
   };
-}
-
-const images = new Map<GuestName, string>();
-
-/** A create request for one of the built guest images (base64 read once per guest). */
-export async function vmRequest(name: string, guest: GuestName, rest: Omit<CreateVmRequest, 'name' | 'imageBase64'>): Promise<CreateVmRequest> {
-  let image = images.get(guest);
-  if (image === undefined) {
-    image = (await readFile(guestImagePath(guest))).toString('base64');
-    images.set(guest, image);
-  }
-  return { name, imageBase64: image, ...rest };
 }

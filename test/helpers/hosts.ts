@@ -5,9 +5,8 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { guestImagePath, type GuestName } from './guests.js';
+import { vmRequest, type GuestName } from './guests.js';
 import { spawnHost, stopHosts, type LocalHost } from '../../src/cli/local-hosts.js';
 import type { MigrationStatus, VerifyResult, VmView } from '../../src/api/host-v1.js';
 import type { MigrationOptions } from '../../src/migration/options.js';
@@ -38,11 +37,7 @@ export async function removeHostData(h: TestHost): Promise<void> {
 }
 
 export async function createVm(h: TestHost, name: string, guest: GuestName, opts: { memoryBytes: number; vcpus?: number; cmdline?: string; start?: boolean }): Promise<void> {
-  const image = await readFile(guestImagePath(guest));
-  await h.client.createVm({
-    name, imageBase64: image.toString('base64'), memoryBytes: opts.memoryBytes, vcpus: opts.vcpus ?? 1,
-    cmdline: opts.cmdline ?? '', start: opts.start ?? true,
-  });
+  await h.client.createVm(await vmRequest(name, guest, { memoryBytes: opts.memoryBytes, vcpus: opts.vcpus ?? 1, cmdline: opts.cmdline ?? '', start: opts.start ?? true }));
 }
 
 export async function listVms(h: TestHost): Promise<VmView[]> {

@@ -22,7 +22,8 @@ import { MAX_OPEN_TICKETS } from '../../src/migration/target/receiver.js';
 import { tcpTransport } from '../../src/dataplane/tcp.js';
 import { buildHostApp } from '../../src/host/app.js';
 import { MigrationService } from '../../src/host/migration-service.js';
-import { AGENT_TOKEN, startAgent, vmRequest, type TestAgent } from '../helpers/agents.js';
+import { AGENT_TOKEN, startAgent, type TestAgent } from '../helpers/agents.js';
+import { vmRequest } from '../helpers/guests.js';
 
 type RouteKey = keyof typeof routes;
 type Route = (typeof routes)[RouteKey];

@@ -1,7 +1,8 @@
 /** GET /v1/vms/{name}/console?follow=1 is a live stream that ends when its VM leaves the host. */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { startAgent, vmRequest, type TestAgent } from '../helpers/agents.js';
+import { startAgent, type TestAgent } from '../helpers/agents.js';
+import { vmRequest } from '../helpers/guests.js';
 import { MiB } from '../../src/lib/units.js';
 
 let h: TestAgent;

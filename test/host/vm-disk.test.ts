@@ -10,7 +10,8 @@ import { promisify } from 'node:util';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startAgent, vmRequest, type TestAgent } from '../helpers/agents.js';
+import { startAgent, type TestAgent } from '../helpers/agents.js';
+import { vmRequest } from '../helpers/guests.js';
 import { FerryError } from '../../src/lib/errors.js';
 import { MiB } from '../../src/lib/units.js';
 
