@@ -5,17 +5,15 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startAgent, type TestAgent } from '../helpers/agents.js';
 import { vmRequest } from '../helpers/guests.js';
+import { qemuImgOk } from '../helpers/vmdk.js';
 import { FerryError } from '../../src/lib/errors.js';
 import { MiB } from '../../src/lib/units.js';
 
-const run = promisify(execFile);
 const DISK_BYTES = 16 * MiB;
 const KV = { memoryBytes: 8 * MiB, vcpus: 2, cmdline: 'max=50000 flush=64 rate=20000' };
 
@@ -78,8 +76,7 @@ describe('VMs with disks on a datastore', () => {
     await b.client.waitForConsole('kv', 'records, all verified');
     await b.client.stopVm('kv');
     await b.client.deleteVm('kv');
-    const check = await run('qemu-img', ['check', join(dsDir, 'kv.vmdk')]);
-    assert.match(check.stdout, /No errors were found/);
+    assert.match(await qemuImgOk('check', join(dsDir, 'kv.vmdk')), /No errors were found/);
   });
 
   it('refuses a disk spec that is not a sector multiple, at the boundary', async () => {
