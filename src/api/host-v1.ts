@@ -69,7 +69,11 @@ export const vmViewSchema = z.object({
   vcpus: z.array(vcpuStatsSchema),
   lastMigration: migrationRecordSchema.nullable(),
   /** The VM's disk: a VMDK on one of the host's datastores, with its content IDs. */
-  disk: z.object({ datastore: z.string(), path: z.string(), capacityBytes: z.number(), cid: z.string(), parentCid: z.string() }).nullable(),
+  disk: z.object({
+    datastore: z.string(), path: z.string(), capacityBytes: z.number(), cid: z.string(), parentCid: z.string(),
+    /** False while its lease is handed to a migration target (cid and parentCid are empty then). */
+    attached: z.boolean(),
+  }).nullable(),
 }).openapi('Vm');
 export type VmView = z.infer<typeof vmViewSchema>;
 

@@ -1,14 +1,22 @@
 /**
- * A VM's disk as the host holds it: a VMDK on one of the host's datastores, opened for writing
- * (so its datastore lease is held) for as long as the VM is defined here, and handed to the VM as
- * its block device. One disk per VM for now; its chain may have parents in the same directory.
+ * A VM's disk as the host holds it: a VMDK chain on one of the host's datastores, opened for
+ * writing (so its datastore lease is held) for as long as the VM is defined here, and handed to
+ * the VM as its block device.
+ *
+ * The VM is given `backend`, which stays the same object for the VM's life while the chain behind
+ * it may change: released and re-acquired around a shared-datastore migration's switch-over (the
+ * lease goes to the target), replaced by a snapshot or a consolidate. Every such change happens
+ * with the VM paused and its block I/O drained, so no request sees two disks. Writes are reported
+ * to changed-block trackers *before* they are issued (./../storage/changed-blocks.ts explains why
+ * that order is what makes copy rounds lose nothing).
  */
 import { posix } from 'node:path';
 import { FerryError } from '../lib/errors.js';
 import { VmdkDisk } from '../storage/vmdk/disk.js';
 import type { BlockFile } from '../storage/block-file.js';
+import { ChangedBlocks } from '../storage/changed-blocks.js';
 import type { Datastore, DatastoreFile } from '../storage/datastore.js';
-import { blockBackend, type BlockBackend } from '../vmm/devices/block.js';
+import { checkDiskCapacity, type BlockBackend } from '../vmm/devices/block.js';
 import type { HostDatastores } from './datastores.js';
 
 /** Where a VM's disk lives: what the data directory records and the API shows. */
@@ -17,53 +25,152 @@ export interface DiskSpec {
   readonly path: string;
 }
 
-export interface AttachedDisk {
-  readonly spec: DiskSpec;
-  readonly disk: VmdkDisk;
-  readonly backend: BlockBackend;
-  /** Flushes, closes the chain and releases the lease; idempotent. */
-  close(): Promise<void>;
+/** Most changed-block trackers at once (a migration, a consolidate): each costs a bitmap and a mark per write. */
+export const MAX_DISK_TRACKERS = 4;
+
+/** Parents of a delta are opened read-only relative to the directory of the child that names them. */
+function parentOpener(ds: Datastore, topPath: string): (hint: string, childName: string) => Promise<BlockFile> {
+  const dirs = new Map<string, string>([[`${ds.name}:${topPath}`, posix.dirname(topPath)]]);
+  return async (hint, childName) => {
+    const path = posix.join(dirs.get(childName) ?? posix.dirname(topPath), hint);
+    const file = await ds.open(path, { readOnly: true });
+    dirs.set(file.name, posix.dirname(path));
+    return file;
+  };
 }
 
-/** Parents of a delta are opened read-only in the child's directory of the same datastore. */
-function parentOpener(ds: Datastore, childPath: string): (hint: string) => Promise<BlockFile> {
-  return (hint) => ds.open(posix.join(posix.dirname(childPath), hint), { readOnly: true });
+/** Opens the chain whose top is `spec` for writing: DISK_LOCKED when another host holds its lease. */
+export async function openDiskChain(datastores: HostDatastores, spec: DiskSpec): Promise<VmdkDisk> {
+  const ds = datastores.get(spec.datastore);
+  const file = await ds.open(spec.path);
+  try {
+    return await VmdkDisk.open(file, { openParent: parentOpener(ds, spec.path) });
+  } catch (err) {
+    await file.close().catch(() => undefined);
+    throw err;
+  }
 }
 
-/**
- * Opens the disk at `spec` (or creates a new one of `sizeBytes` — never over an existing file)
- * and takes its write lease: DISK_LOCKED when another host holds it.
- */
-export async function attachDisk(datastores: HostDatastores, spec: DiskSpec, sizeBytes?: number): Promise<AttachedDisk> {
+/** Creates a new sparse disk of `sizeBytes` at `spec` — never over an existing file — and opens it. */
+export async function createDisk(datastores: HostDatastores, spec: DiskSpec, sizeBytes: number): Promise<VmdkDisk> {
   const ds = datastores.get(spec.datastore);
   let file: DatastoreFile;
   try {
-    file = await ds.open(spec.path, sizeBytes !== undefined ? { create: true } : {});
+    file = await ds.open(spec.path, { create: true });
   } catch (err) {
     if (err instanceof FerryError && err.code === 'ALREADY_EXISTS') {
       throw new FerryError('ALREADY_EXISTS', `${spec.datastore}:${spec.path} already exists; give no size to attach the existing disk`, { ...spec });
     }
     throw err;
   }
-  let disk: VmdkDisk;
   try {
-    disk = sizeBytes !== undefined
-      ? await VmdkDisk.create(file, { capacityBytes: sizeBytes })
-      : await VmdkDisk.open(file, { openParent: parentOpener(ds, spec.path) });
+    return await VmdkDisk.create(file, { capacityBytes: sizeBytes });
   } catch (err) {
-    await file.close();
-    if (sizeBytes !== undefined) await ds.remove(spec.path).catch(() => undefined);
+    await file.close().catch(() => undefined);
+    await ds.remove(spec.path).catch(() => undefined);
     throw err;
   }
-  let closed: Promise<void> | null = null;
-  return {
-    spec, disk, backend: blockBackend(disk, disk.capacityBytes),
-    close: () => (closed ??= (async () => { await disk.flush().catch(() => undefined); await disk.close(); })()),
-  };
 }
 
-/** The disk as the API shows it. */
-export function describeDisk(d: AttachedDisk): { datastore: string; path: string; capacityBytes: number; cid: string; parentCid: string } {
-  const info = d.disk.info();
-  return { ...d.spec, capacityBytes: info.capacityBytes, cid: info.cid, parentCid: info.parentCid };
+export class VmDisk {
+  readonly backend: BlockBackend;
+  private current: VmdkDisk | null;
+  private readonly trackers = new Set<ChangedBlocks>();
+  private closing: Promise<void> | null = null;
+
+  private constructor(private readonly datastores: HostDatastores, private specNow: DiskSpec, disk: VmdkDisk) {
+    this.current = disk;
+    const capacityBytes = disk.capacityBytes;
+    checkDiskCapacity(capacityBytes);
+    this.backend = {
+      capacityBytes,
+      // async: a released disk answers with a rejection (a block I/O error), never a throw.
+      read: async (position, buf) => this.disk.read(position, buf),
+      write: async (position, data) => {
+        const disk = this.disk;
+        for (const t of this.trackers) t.mark(position, data.length);
+        return disk.write(position, data);
+      },
+      flush: async () => this.disk.flush(),
+    };
+  }
+
+  /** Opens the disk at `spec`, or creates a new one of `sizeBytes` there, and holds it for a VM. */
+  static async attach(datastores: HostDatastores, spec: DiskSpec, sizeBytes?: number): Promise<VmDisk> {
+    const disk = sizeBytes !== undefined ? await createDisk(datastores, spec, sizeBytes) : await openDiskChain(datastores, spec);
+    return new VmDisk(datastores, spec, disk);
+  }
+
+  get spec(): DiskSpec { return this.specNow; }
+  get capacityBytes(): number { return this.backend.capacityBytes; }
+  /** False between release() and reacquire(): the lease is not held and I/O is refused. */
+  get attached(): boolean { return this.current !== null; }
+
+  /** The chain now; DISK_LOCKED-like refusal while released. */
+  get disk(): VmdkDisk {
+    if (this.current === null) throw new FerryError('VM_STATE', `disk ${this.specNow.datastore}:${this.specNow.path} is not attached on this host (its lease was handed over)`);
+    return this.current;
+  }
+
+  /** Flushes and closes the chain: the lease is given up (the VM must be paused with its I/O drained). */
+  async release(): Promise<void> {
+    const disk = this.current;
+    if (disk === null) return;
+    this.current = null;
+    try { await disk.flush(); } finally { await disk.close(); }
+  }
+
+  /** Opens the chain of `spec` again (after a release, or at a new spec); DISK_LOCKED if someone else holds it now. */
+  async reacquire(spec: DiskSpec = this.specNow): Promise<void> {
+    if (this.current !== null) throw new FerryError('VM_STATE', `disk ${this.specNow.datastore}:${this.specNow.path} is already attached`);
+    const disk = await openDiskChain(this.datastores, spec);
+    if (disk.capacityBytes !== this.capacityBytes) {
+      await disk.close();
+      throw new FerryError('DISK_CHAIN_MISMATCH', `${spec.datastore}:${spec.path} holds ${disk.capacityBytes} bytes, the VM's disk ${this.capacityBytes}`);
+    }
+    this.current = disk;
+    this.specNow = spec;
+  }
+
+  /**
+   * Puts `disk` (now at `spec`) behind the VM's block device and returns the chain it replaces, for
+   * the caller to close or keep. The VM must be paused with its block I/O drained.
+   */
+  replace(disk: VmdkDisk, spec: DiskSpec): VmdkDisk | null {
+    if (disk.capacityBytes !== this.capacityBytes) throw new FerryError('DISK_CHAIN_MISMATCH', `a ${disk.capacityBytes}-byte disk cannot replace a ${this.capacityBytes}-byte one`);
+    const old = this.current;
+    this.current = disk;
+    this.specNow = spec;
+    return old;
+  }
+
+  /** Starts reporting writes (by block) to a new tracker; stop it with untrack(). */
+  track(blockBytes?: number): ChangedBlocks {
+    if (this.trackers.size >= MAX_DISK_TRACKERS) throw new FerryError('BUSY', `disk ${this.specNow.datastore}:${this.specNow.path} already has ${MAX_DISK_TRACKERS} change trackers`);
+    const t = new ChangedBlocks(this.capacityBytes, blockBytes);
+    this.trackers.add(t);
+    return t;
+  }
+
+  untrack(tracker: ChangedBlocks): void { this.trackers.delete(tracker); }
+
+  /** Flushes, closes the chain and releases the lease; idempotent. */
+  close(): Promise<void> {
+    return (this.closing ??= (async () => {
+      this.trackers.clear();
+      const disk = this.current;
+      this.current = null;
+      if (disk === null) return;
+      await disk.flush().catch(() => undefined);
+      await disk.close();
+    })());
+  }
+
+  /** The disk as the API shows it. */
+  describe(): { datastore: string; path: string; capacityBytes: number; cid: string; parentCid: string; attached: boolean } {
+    const disk = this.current;
+    if (disk === null) return { ...this.specNow, capacityBytes: this.capacityBytes, cid: '', parentCid: '', attached: false };
+    const info = disk.info();
+    return { ...this.specNow, capacityBytes: info.capacityBytes, cid: info.cid, parentCid: info.parentCid, attached: true };
+  }
 }

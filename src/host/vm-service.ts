@@ -16,7 +16,7 @@ import type { HostStore } from './store.js';
 import type { OperationsRegistry } from './operations.js';
 import { VmSlot } from './vm-slot.js';
 import type { HostDatastores } from './datastores.js';
-import { attachDisk, describeDisk, type AttachedDisk, type DiskSpec } from './vm-disk.js';
+import { VmDisk, type DiskSpec } from './vm-disk.js';
 
 export interface VmServiceOptions {
   readonly hostName: string;
@@ -50,7 +50,7 @@ export class VmService {
       name: slot.name, state: slot.state, owner: this.o.operations.ownerOf(slot.name),
       config: { memoryBytes: slot.config.memoryBytes, vcpus: slot.config.vcpus, granularityBytes: slot.config.granularityBytes, cmdline: slot.config.cmdline },
       crash: vm?.crash ?? null, vcpus: vm?.vcpuStats() ?? [], lastMigration: slot.lastMigration,
-      disk: slot.disk !== null ? describeDisk(slot.disk) : null,
+      disk: slot.disk?.describe() ?? null,
     };
   }
 
@@ -80,7 +80,7 @@ export class VmService {
     instrumentImage(image, { ramBytes: config.memoryBytes, granularityBytes: config.granularityBytes });
     this.admit(config.name, config.memoryBytes);
     const spec = d.disk !== undefined ? { datastore: d.disk.datastore, path: d.disk.path } : null;
-    const disk = spec !== null ? await attachDisk(this.o.datastores, spec, d.disk?.sizeBytes) : null;
+    const disk = spec !== null ? await VmDisk.attach(this.o.datastores, spec, d.disk?.sizeBytes) : null;
     // Admitted again: the name may have been taken while the disk was being opened.
     try { this.admit(config.name, config.memoryBytes); } catch (err) { await disk?.close(); throw err; }
     const slot = new VmSlot(config, image, disk);
@@ -234,10 +234,10 @@ export class VmService {
   }
 
   /** The disk a stored definition names, opened again; a problem (locked, gone) is kept, not thrown. */
-  private async reattach(vm: string, spec: DiskSpec | undefined): Promise<{ disk: AttachedDisk | null; problem: string | null }> {
+  private async reattach(vm: string, spec: DiskSpec | undefined): Promise<{ disk: VmDisk | null; problem: string | null }> {
     if (spec === undefined) return { disk: null, problem: null };
     try {
-      return { disk: await attachDisk(this.o.datastores, spec), problem: null };
+      return { disk: await VmDisk.attach(this.o.datastores, spec), problem: null };
     } catch (err) {
       const problem = `${spec.datastore}:${spec.path}: ${errorMessage(err)}`;
       this.o.log(`host ${this.o.hostName}: VM ${vm}: cannot attach its disk ${problem}`);

@@ -7,7 +7,7 @@ import type { MigrationRecord } from '../migration/record.js';
 import type { VmConfig } from '../vmm/config.js';
 import type { Vm, VmState } from '../vmm/vm.js';
 import { ConsoleLog } from './console-log.js';
-import type { AttachedDisk } from './vm-disk.js';
+import type { VmDisk } from './vm-disk.js';
 import { FerryError } from '../lib/errors.js';
 
 export type SlotState = VmState | 'defined';
@@ -20,7 +20,7 @@ export class VmSlot {
   /** Why the disk the definition names could not be attached at the last host start (the VM cannot start). */
   diskProblem: string | null = null;
 
-  constructor(readonly config: VmConfig, readonly imageBytes: Uint8Array, readonly disk: AttachedDisk | null = null) {}
+  constructor(readonly config: VmConfig, readonly imageBytes: Uint8Array, readonly disk: VmDisk | null = null) {}
 
   get name(): string { return this.config.name; }
   get state(): SlotState { return this.vm?.state ?? 'defined'; }

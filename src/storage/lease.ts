@@ -81,6 +81,14 @@ export function checkLeaseTiming(t: LeaseTiming): LeaseTiming {
   return t;
 }
 
+/** Refuses an owner whose locks nobody could read back (its hostId must match HOST_ID_PATTERN). */
+export function checkLeaseOwner(owner: LeaseOwner): LeaseOwner {
+  if (!HOST_ID_PATTERN.test(owner.hostId) || owner.hostName.length > 256) {
+    throw new FerryError('INVALID_ARGUMENT', `lease owner ${JSON.stringify(owner).slice(0, 200)}: hostId must be 16 lowercase hex digits and hostName at most 256 characters`);
+  }
+  return owner;
+}
+
 const leaseRecordSchema = z.object({
   version: z.literal(LEASE_FORMAT_VERSION),
   hostName: z.string().max(256),

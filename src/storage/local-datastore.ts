@@ -18,7 +18,7 @@ import {
   type Datastore, type DatastoreEntry, type DatastoreEntryKind, type DatastoreFile, type DatastoreListing,
   type DatastoreOpenOptions, type DatastoreSpace, type DatastoreStat,
 } from './datastore.js';
-import { DEFAULT_LEASE_TIMING, Lease, checkLeaseTiming, clearStaleLease, type LeaseOwner, type LeaseTiming } from './lease.js';
+import { DEFAULT_LEASE_TIMING, Lease, checkLeaseOwner, checkLeaseTiming, clearStaleLease, type LeaseOwner, type LeaseTiming } from './lease.js';
 import { LocalFile } from './local-file.js';
 import { LeasedFile } from './leased-file.js';
 
@@ -37,6 +37,7 @@ export class LocalDatastore implements Datastore {
 
   private constructor(readonly name: string, readonly location: string, private readonly owner: LeaseOwner, timing: LeaseTiming) {
     this.timing = checkLeaseTiming(timing);
+    checkLeaseOwner(owner);
   }
 
   /** Mounts directory `root` as datastore `name`: DATASTORE_INVALID (details.reason) if it cannot be. */

@@ -13,6 +13,8 @@ import { vmRequest } from '../helpers/guests.js';
 import { qemuImgOk } from '../helpers/vmdk.js';
 import { FerryError } from '../../src/lib/errors.js';
 import { MiB } from '../../src/lib/units.js';
+import { HostDatastores } from '../../src/host/datastores.js';
+import { VmDisk, createDisk } from '../../src/host/vm-disk.js';
 
 const DISK_BYTES = 16 * MiB;
 const KV = { memoryBytes: 8 * MiB, vcpus: 2, cmdline: 'max=50000 flush=64 rate=20000' };
@@ -82,5 +84,47 @@ describe('VMs with disks on a datastore', () => {
   it('refuses a disk spec that is not a sector multiple, at the boundary', async () => {
     const c = await agent('c');
     assert.equal(await code(c.client.createVm(await vmRequest('odd', 'kvlog', { ...KV, disk: { datastore: 'ds1', path: 'odd.vmdk', sizeBytes: 1000 } }))), 'BAD_REQUEST');
+  });
+});
+
+describe('VmDisk: the handle behind a VM\'s block device', () => {
+  const owner = (n: string): { hostName: string; hostId: string } => ({ hostName: n, hostId: Buffer.from(n.padEnd(8, '-')).toString('hex') });
+
+  it('releases its lease to another host and takes it back; tracks writes before they are issued; swaps chains', async () => {
+    const dir = await mkdtemp(join(base, 'handle-'));
+    const dsA = await HostDatastores.mount([{ name: 'ds1', path: dir }], owner('ha'));
+    const dsB = await HostDatastores.mount([{ name: 'ds1', path: dir }], owner('hb'));
+    const d = await VmDisk.attach(dsA, { datastore: 'ds1', path: 'h.vmdk' }, 4 * MiB);
+    const t = d.track();
+    const data = new Uint8Array(4096).fill(7);
+    await d.backend.write(64 * 1024, data);
+    assert.deepEqual(t.take(), [1]);
+    await assert.rejects(VmDisk.attach(dsB, { datastore: 'ds1', path: 'h.vmdk' }), { code: 'DISK_LOCKED' });
+
+    await d.release();
+    assert.equal(d.attached, false);
+    await assert.rejects(d.backend.read(0, new Uint8Array(512)), { code: 'VM_STATE' });
+    const onB = await VmDisk.attach(dsB, { datastore: 'ds1', path: 'h.vmdk' });
+    const back = new Uint8Array(4096);
+    await onB.backend.read(64 * 1024, back);
+    assert.deepEqual(back, data, 'the released disk holds the write (flushed at release)');
+    await assert.rejects(d.reacquire(), { code: 'DISK_LOCKED' }, 'never two writers');
+    await onB.close();
+    await d.reacquire();
+    assert.equal(d.attached, true);
+    await d.backend.read(64 * 1024, back);
+    assert.deepEqual(back, data);
+
+    const other = await createDisk(dsA, { datastore: 'ds1', path: 'o.vmdk' }, 4 * MiB);
+    const old = d.replace(other, { datastore: 'ds1', path: 'o.vmdk' });
+    await old?.close();
+    assert.equal(d.spec.path, 'o.vmdk');
+    await d.backend.read(64 * 1024, back);
+    assert.ok(back.every((b) => b === 0), 'reads go to the new chain');
+    const small = await createDisk(dsA, { datastore: 'ds1', path: 's.vmdk' }, 1 * MiB);
+    assert.throws(() => d.replace(small, { datastore: 'ds1', path: 's.vmdk' }), { code: 'DISK_CHAIN_MISMATCH' });
+    await small.close();
+    await d.close();
+    await d.close();
   });
 });

@@ -53,6 +53,8 @@ describe('local datastore', () => {
       assert.deepEqual([e.code, e.details.reason], ['DATASTORE_INVALID', reason], `${name} ${path}`);
     }
     assert.equal(ds.location, root.replace(/\/$/, ''));
+    // An owner whose lock files nobody could parse back would lock disks for good: refused at mount.
+    await assert.rejects(LocalDatastore.mount('ok', root, { owner: { hostName: 'h', hostId: 'not-hex' } }), { code: 'INVALID_ARGUMENT' });
   });
 
   it('path rules: "..", absolute, NUL, backslash, empty parts, ".", too long, too deep, lease names are refused with the rule that failed', async () => {

@@ -144,6 +144,20 @@ export class VmdkDisk {
     return this.serial(() => this.extent.allocatedBytes());
   }
 
+  /**
+   * Calls `fn(offsetBytes, lengthBytes)` for every grain that any disk of the chain holds: what a
+   * copy of the chain's content must read (everything else reads as zeros). Ranges may repeat
+   * (a grain held at two levels) and are clipped to the capacity.
+   */
+  async forEachAllocatedRange(fn: (offsetBytes: number, lengthBytes: number) => void): Promise<void> {
+    await this.parent?.forEachAllocatedRange(fn);
+    const grainBytes = this.extent.grainBytes;
+    await this.serial(() => this.extent.forEachAllocatedGrain((g) => {
+      const at = g * grainBytes;
+      if (at < this.capacityBytes) fn(at, Math.min(grainBytes, this.capacityBytes - at));
+    }));
+  }
+
   async read(offsetBytes: number, buf: Uint8Array): Promise<void> {
     this.checkRange(offsetBytes, buf.length);
     return this.serial(() => this.readNow(offsetBytes, buf));

@@ -21,5 +21,7 @@ export interface GrainExtent {
   check(): Promise<void>;
   /** Bytes of grains this extent holds (walks every grain table). */
   allocatedBytes(): Promise<number>;
+  /** Calls `fn` with every grain this extent answers for (data or an explicit zero grain), ascending. */
+  forEachAllocatedGrain(fn: (grainIndex: number) => void): Promise<void>;
   close(): Promise<void>;
 }

@@ -110,17 +110,24 @@ export class GrainTables {
     return n;
   }
 
+  /** Calls `fn` with the index of every grain whose entry satisfies `pred`, ascending. */
+  async forEachGrain(pred: (entry: number) => boolean, fn: (grainIndex: number) => void): Promise<void> {
+    await this.forEachTable((gt, gtIndex) => {
+      for (let i = 0; i < gt.length; i++) if (pred(gt[i] as number)) fn(gtIndex * GTES_PER_GT + i);
+    });
+  }
+
   /**
    * Visits every table, each checked whole. Tables not in the cache are read in runs of up to
    * WALK_BATCH_GTS that lie back to back (as every layout has them) and are not cached: a walk of a
    * 2 TiB disk is 256 reads of 512 KiB, not 65536 of 2 KiB, and does not evict the working set.
    */
-  private async forEachTable(fn: (gt: Uint32Array) => void): Promise<void> {
+  private async forEachTable(fn: (gt: Uint32Array, gtIndex: number) => void): Promise<void> {
     const gd = this.gd;
     for (let i = 0; i < gd.length;) {
       const cached = this.cache.get(i);
       if (cached !== undefined || gd[i] === 0) {
-        if (cached !== undefined) fn(cached);
+        if (cached !== undefined) fn(cached, i);
         i++;
         continue;
       }
@@ -130,7 +137,7 @@ export class GrainTables {
       for (let k = 0; k < run; k++) {
         const gt = all.subarray(k * GTES_PER_GT, (k + 1) * GTES_PER_GT);
         this.checkTable(i + k, gt);
-        fn(gt);
+        fn(gt, i + k);
       }
       i += run;
     }

@@ -209,6 +209,11 @@ export class SparseExtent implements GrainExtent {
     return this.grainBytes * await this.tables.count((e) => this.holdsData(e));
   }
 
+  /** A zero grain counts: it hides the parent's grain, so a copy must carry it. */
+  forEachAllocatedGrain(fn: (grainIndex: number) => void): Promise<void> {
+    return this.tables.forEachGrain((e) => e !== 0, fn);
+  }
+
   async close(): Promise<void> {
     await this.file.close();
   }

@@ -109,6 +109,10 @@ export class StreamOptimizedExtent implements GrainExtent {
     return this.grainBytes * await this.tables.count((e) => e !== 0);
   }
 
+  forEachAllocatedGrain(fn: (grainIndex: number) => void): Promise<void> {
+    return this.tables.forEachGrain((e) => e !== 0, fn);
+  }
+
   async close(): Promise<void> {
     await this.file.close();
   }
