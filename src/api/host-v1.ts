@@ -91,6 +91,8 @@ export type HostInfo = z.infer<typeof hostInfoSchema>;
 
 export const datastoreViewSchema = z.object({
   name: z.string(),
+  /** The datastore's identity: two hosts showing the same id mount the same store (a shared datastore). */
+  id: z.string(),
   /** The directory's real path on this host. */
   path: z.string(),
   /** Bytes a writer can still allocate (statfs). */

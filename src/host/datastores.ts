@@ -37,11 +37,16 @@ export class HostDatastores {
     return ds;
   }
 
+  /** The datastore with identity `id`, or undefined (this host does not mount that store). */
+  byId(id: string): Datastore | undefined {
+    return [...this.byName.values()].find((ds) => ds.id === id);
+  }
+
   /** What GET /v1/datastores answers: each datastore with its space now, in mount order. */
   async list(): Promise<DatastoreView[]> {
     return Promise.all([...this.byName.values()].map(async (ds) => {
       const s = await ds.space();
-      return { name: ds.name, path: ds.location, spaceLeftBytes: s.freeBytes, totalBytes: s.totalBytes };
+      return { name: ds.name, id: ds.id, path: ds.location, spaceLeftBytes: s.freeBytes, totalBytes: s.totalBytes };
     }));
   }
 }

@@ -33,6 +33,15 @@ export const MAX_LIST_ENTRIES = 10_000;
  */
 export const LEASE_SUFFIX = '.lck';
 
+/**
+ * The datastore's identity file at its root: a random id written once, at the first mount. Two hosts
+ * that mount one shared directory read the same id, so "this host and that one see the same disks"
+ * is decided by it, never by the names the hosts gave the datastore. Reserved like lease files.
+ */
+export const DATASTORE_ID_FILE = '.ferry-datastore';
+/** A datastore id: 32 lowercase hex digits (128 random bits). */
+export const DATASTORE_ID_PATTERN = /^[0-9a-f]{32}$/;
+
 /** The root of a datastore, for list() and stat() only. */
 export const DATASTORE_ROOT = '';
 
@@ -42,7 +51,7 @@ export function isDatastoreName(name: string): boolean {
 
 /** True for the datastore's own lease files and their siblings (never shown, never opened). */
 export function isReservedName(component: string): boolean {
-  return component.endsWith(LEASE_SUFFIX) || component.includes(`${LEASE_SUFFIX}.`);
+  return component.endsWith(LEASE_SUFFIX) || component.includes(`${LEASE_SUFFIX}.`) || component.startsWith(DATASTORE_ID_FILE);
 }
 
 function refuse(path: string, reason: string, why: string): never {
@@ -117,7 +126,10 @@ export interface DatastoreSpace {
 }
 
 export interface Datastore {
+  /** The name this host mounts it under (another host may use another name for the same store). */
   readonly name: string;
+  /** Its identity (DATASTORE_ID_FILE): equal on every host that mounts the same store. */
+  readonly id: string;
   /** Where it lives, for operators (a local directory's real path). */
   readonly location: string;
   /** Opens a file; writers take its lease first (DISK_LOCKED if another holds a live one). */

@@ -9,12 +9,13 @@
  * and swaps a checked directory for a symlink between the check and the open. The threat is
  * hostile *paths* (from API requests, disk descriptors' parent hints), not hostile neighbours.
  */
-import { link, lstat, mkdir, opendir, realpath, rename, rmdir, stat, statfs, unlink } from 'node:fs/promises';
+import { link, lstat, mkdir, opendir, readFile, realpath, rename, rmdir, stat, statfs, unlink, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
 import type { Stats } from 'node:fs';
 import { join, sep } from 'node:path';
 import { FerryError, errnoCode, errorMessage } from '../lib/errors.js';
 import {
-  DATASTORE_NAME_RULE, MAX_LIST_ENTRIES, datastorePathParts, isDatastoreName, isReservedName,
+  DATASTORE_ID_FILE, DATASTORE_ID_PATTERN, DATASTORE_NAME_RULE, MAX_LIST_ENTRIES, datastorePathParts, isDatastoreName, isReservedName,
   type Datastore, type DatastoreEntry, type DatastoreEntryKind, type DatastoreFile, type DatastoreListing,
   type DatastoreOpenOptions, type DatastoreSpace, type DatastoreStat,
 } from './datastore.js';
@@ -32,10 +33,41 @@ function kindOf(st: Pick<Stats, 'isFile' | 'isDirectory' | 'isSymbolicLink'>): D
   return st.isFile() ? 'file' : st.isDirectory() ? 'directory' : st.isSymbolicLink() ? 'symlink' : 'other';
 }
 
+/**
+ * The id in the root's DATASTORE_ID_FILE, written at the first mount. Created as a temporary file
+ * then link(2)ed into place, so that two hosts mounting a fresh shared directory at once agree on
+ * one id (the loser of the link reads the winner's).
+ */
+async function datastoreId(name: string, root: string): Promise<string> {
+  const path = join(root, DATASTORE_ID_FILE);
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const text = (await readFile(path, 'utf8')).trim();
+      if (!DATASTORE_ID_PATTERN.test(text)) throw new FerryError('DATASTORE_INVALID', `datastore ${name}: ${path} does not hold a datastore id (32 hex digits); it is not Ferry's, or it was damaged`, { name, path, reason: 'id' });
+      return text;
+    } catch (err) {
+      if (errnoCode(err) !== 'ENOENT') {
+        if (err instanceof FerryError) throw err;
+        throw new FerryError('DATASTORE_INVALID', `datastore ${name}: cannot read ${path}: ${errorMessage(err)}`, { name, path, reason: 'id' });
+      }
+    }
+    const tmp = `${path}.${randomBytes(8).toString('hex')}`;
+    try {
+      await writeFile(tmp, `${randomBytes(16).toString('hex')}\n`, { flag: 'wx' });
+      await link(tmp, path).catch((err: unknown) => { if (errnoCode(err) !== 'EEXIST') throw err; });
+    } catch (err) {
+      throw new FerryError('DATASTORE_INVALID', `datastore ${name}: cannot write its id file ${path}: ${errorMessage(err)}`, { name, path, reason: 'id' });
+    } finally {
+      await unlink(tmp).catch(() => undefined);
+    }
+  }
+  throw new FerryError('DATASTORE_INVALID', `datastore ${name}: its id file ${path} vanished while it was being created`, { name, path, reason: 'id' });
+}
+
 export class LocalDatastore implements Datastore {
   private readonly timing: LeaseTiming;
 
-  private constructor(readonly name: string, readonly location: string, private readonly owner: LeaseOwner, timing: LeaseTiming) {
+  private constructor(readonly name: string, readonly id: string, readonly location: string, private readonly owner: LeaseOwner, timing: LeaseTiming) {
     this.timing = checkLeaseTiming(timing);
     checkLeaseOwner(owner);
   }
@@ -50,7 +82,8 @@ export class LocalDatastore implements Datastore {
       throw new FerryError('DATASTORE_INVALID', `datastore ${name}: ${root} does not exist or cannot be read (${errorMessage(err)})`, { name, path: root, reason: 'missing' });
     }
     if (!(await stat(real)).isDirectory()) throw new FerryError('DATASTORE_INVALID', `datastore ${name}: ${root} is not a directory`, { name, path: root, reason: 'not-directory' });
-    return new LocalDatastore(name, real, options.owner, options.leaseTiming ?? DEFAULT_LEASE_TIMING);
+    const id = await datastoreId(name, real);
+    return new LocalDatastore(name, id, real, options.owner, options.leaseTiming ?? DEFAULT_LEASE_TIMING);
   }
 
   async open(path: string, options: DatastoreOpenOptions = {}): Promise<DatastoreFile> {

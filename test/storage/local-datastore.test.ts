@@ -57,6 +57,19 @@ describe('local datastore', () => {
     await assert.rejects(LocalDatastore.mount('ok', root, { owner: { hostName: 'h', hostId: 'not-hex' } }), { code: 'INVALID_ARGUMENT' });
   });
 
+  it('has one identity per directory, whatever name a host mounts it under; the id file is neither listed nor opened', async () => {
+    assert.match(ds.id, /^[0-9a-f]{32}$/);
+    assert.equal(dsB.id, ds.id, 'a second host mounting the directory reads the same id');
+    assert.equal((await LocalDatastore.mount('other-name', root, { owner: A })).id, ds.id);
+    const elsewhere = await mkdtemp(join(base, 'other-'));
+    assert.notEqual((await LocalDatastore.mount('ds1', elsewhere, { owner: A })).id, ds.id, 'another directory of the same name is another store');
+    assert.ok(!(await ds.list('')).entries.some((e) => e.name.startsWith('.ferry')));
+    await assert.rejects(ds.open('.ferry-datastore'), { code: 'DATASTORE_PATH_INVALID' });
+    await writeFile(join(elsewhere, '.ferry-datastore'), 'garbage\n');
+    const e = await codeOf(LocalDatastore.mount('ds1', elsewhere, { owner: A }));
+    assert.deepEqual([e.code, e.details.reason], ['DATASTORE_INVALID', 'id']);
+  });
+
   it('path rules: "..", absolute, NUL, backslash, empty parts, ".", too long, too deep, lease names are refused with the rule that failed', async () => {
     const long = 'x'.repeat(MAX_PATH_COMPONENT_BYTES + 1);
     const cases: [string, string][] = [
