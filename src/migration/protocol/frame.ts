@@ -32,6 +32,8 @@ export const Command = {
   ABORT: 7,
   OK: 8,
   ERROR: 9,
+  /** Disk blocks of a storage live migration: the MEMORY batch layout over the disk's sectors. */
+  DISK: 10,
 } as const;
 export type Command = (typeof Command)[keyof typeof Command];
 /** A command that may appear on the wire (1..9). */
@@ -39,8 +41,10 @@ export type FrameCommand = Exclude<Command, typeof Command.INVALID>;
 
 const COMMAND_NAMES: Readonly<Record<Command, string>> = {
   0: 'INVALID', 1: 'HELLO', 2: 'PREPARE', 3: 'MEMORY', 4: 'ROUND', 5: 'STATE', 6: 'COMMIT', 7: 'ABORT', 8: 'OK',
-  9: 'ERROR',
+  9: 'ERROR', 10: 'DISK',
 };
+/** The highest command code this build knows. */
+const LAST_COMMAND = Command.DISK;
 
 /** Name of a command code for messages and logs ("HELLO", or "command 42" for unknown codes). */
 export function commandName(command: number): string {
@@ -48,11 +52,11 @@ export function commandName(command: number): string {
 }
 
 export function isCommand(value: number): value is Command {
-  return Number.isInteger(value) && value >= Command.INVALID && value <= Command.ERROR;
+  return Number.isInteger(value) && value >= Command.INVALID && value <= LAST_COMMAND;
 }
 
 export function isFrameCommand(value: number): value is FrameCommand {
-  return Number.isInteger(value) && value >= Command.HELLO && value <= Command.ERROR;
+  return Number.isInteger(value) && value >= Command.HELLO && value <= LAST_COMMAND;
 }
 
 // Per-command payload bounds (bytes).
@@ -79,6 +83,7 @@ export const MAX_PAYLOAD_BYTES: Readonly<Record<FrameCommand, number>> = {
   [Command.ABORT]: MAX_ABORT_PAYLOAD_BYTES,
   [Command.OK]: MAX_OK_PAYLOAD_BYTES,
   [Command.ERROR]: MAX_ERROR_PAYLOAD_BYTES,
+  [Command.DISK]: MAX_MEMORY_PAYLOAD_BYTES,
 };
 
 /** Requests a sender may have outstanding on one connection; replies come in request order. */

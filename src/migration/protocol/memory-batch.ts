@@ -7,6 +7,10 @@
  *   raw: `length` bytes | zero: nothing | deflate-raw: u32 compressed length (1..length), that many bytes.
  *
  * The entries must exactly fill the payload, and every range must lie inside guest RAM.
+ *
+ * DISK payloads (storage live migration) have the same layout over a disk's bytes instead of RAM,
+ * in units of 512-byte sectors instead of 4 KiB pages (a disk's size is a sector multiple): the
+ * codec takes the `BatchSpace` it works in.
  * Decoding never copies: entry data are views into the payload. Deflate data are passed through
  * as they are (the target inflates them and must check the inflated size equals `length`).
  */
@@ -16,6 +20,18 @@ import { formatBytes } from '../../lib/units.js';
 import { MAX_ENTRIES_PER_BATCH, MAX_ENTRY_BYTES, MAX_MEMORY_PAYLOAD_BYTES, PAGE_ALIGN_BYTES } from './frame.js';
 
 export type MemoryEncoding = 'raw' | 'zero' | 'deflate';
+
+/** What a batch addresses: guest RAM (MEMORY) or a disk (DISK); offsets and lengths are multiples of `unitBytes`. */
+export interface BatchSpace {
+  readonly label: 'MEMORY' | 'DISK';
+  readonly unitBytes: number;
+  /** What the decoder calls the space in errors. */
+  readonly noun: string;
+}
+export const MEMORY_SPACE: BatchSpace = { label: 'MEMORY', unitBytes: PAGE_ALIGN_BYTES, noun: 'guest RAM' };
+/** Disk sectors: the unit every disk format maps. */
+export const DISK_UNIT_BYTES = 512;
+export const DISK_SPACE: BatchSpace = { label: 'DISK', unitBytes: DISK_UNIT_BYTES, noun: 'the disk' };
 
 /** Bytes before the first entry: u32 round, u32 entry count. */
 export const MEMORY_BATCH_HEADER_BYTES = 8;
@@ -55,26 +71,27 @@ function isU32(v: number): boolean {
   return Number.isInteger(v) && v >= 0 && v < U32_LIMIT;
 }
 
-function badBatch(message: string, details: Record<string, unknown> = {}): FerryError {
-  return new FerryError('PROTOCOL_BAD_PAYLOAD', `MEMORY batch: ${message}`, details);
+function badBatch(message: string, details: Record<string, unknown> = {}, space: BatchSpace = MEMORY_SPACE): FerryError {
+  return new FerryError('PROTOCOL_BAD_PAYLOAD', `${space.label} batch: ${message}`, details);
 }
 
 /** Why an entry's length is invalid, or undefined if it is valid. */
-function lengthProblem(length: number): string | undefined {
-  if (!Number.isSafeInteger(length) || length < PAGE_ALIGN_BYTES || length > MAX_ENTRY_BYTES) {
-    return `length ${length} is outside ${PAGE_ALIGN_BYTES}..${MAX_ENTRY_BYTES} bytes`;
+function lengthProblem(length: number, unit: number): string | undefined {
+  if (!Number.isSafeInteger(length) || length < unit || length > MAX_ENTRY_BYTES) {
+    return `length ${length} is outside ${unit}..${MAX_ENTRY_BYTES} bytes`;
   }
-  if (length % PAGE_ALIGN_BYTES !== 0) return `length ${length} is not a multiple of ${PAGE_ALIGN_BYTES}`;
+  if (length % unit !== 0) return `length ${length} is not a multiple of ${unit}`;
   return undefined;
 }
 
 /** Wire size of one entry (header + data). Throws PROTOCOL_BAD_PAYLOAD if the entry cannot be encoded. */
-export function memoryEntryWireBytes(entry: MemoryEntryInput): number {
+export function memoryEntryWireBytes(entry: MemoryEntryInput, space: BatchSpace = MEMORY_SPACE): number {
   const where = `entry at offset ${entry.offset}`;
-  if (!Number.isSafeInteger(entry.offset) || entry.offset < 0 || entry.offset % PAGE_ALIGN_BYTES !== 0) {
-    throw badBatch(`${where}: the offset must be a non-negative multiple of ${PAGE_ALIGN_BYTES}`, { offset: entry.offset });
+  const unit = space.unitBytes;
+  if (!Number.isSafeInteger(entry.offset) || entry.offset < 0 || entry.offset % unit !== 0) {
+    throw badBatch(`${where}: the offset must be a non-negative multiple of ${unit}`, { offset: entry.offset }, space);
   }
-  const problem = lengthProblem(entry.length);
+  const problem = lengthProblem(entry.length, unit);
   if (problem !== undefined) throw badBatch(`${where}: ${problem}`, { offset: entry.offset, length: entry.length });
   const data = entry.data ?? null;
   switch (entry.encoding) {
@@ -103,22 +120,22 @@ export function memoryEntryWireBytes(entry: MemoryEntryInput): number {
  * PROTOCOL_TOO_LARGE for more than MAX_ENTRIES_PER_BATCH entries or a payload over
  * MAX_MEMORY_PAYLOAD_BYTES. (Offsets are checked against RAM by the decoder, which knows its size.)
  */
-export function encodeMemoryBatch(round: number, entries: readonly MemoryEntryInput[]): Buffer {
-  const size = memoryBatchBytes(round, entries);
+export function encodeMemoryBatch(round: number, entries: readonly MemoryEntryInput[], space: BatchSpace = MEMORY_SPACE): Buffer {
+  const size = memoryBatchBytes(round, entries, space);
   const out = Buffer.allocUnsafe(size);
   writeMemoryBatch(out, 0, round, entries);
   return out;
 }
 
 /** Validates a batch and returns its payload size in bytes (PROTOCOL_TOO_LARGE / PROTOCOL_BAD_PAYLOAD). */
-export function memoryBatchBytes(round: number, entries: readonly MemoryEntryInput[]): number {
+export function memoryBatchBytes(round: number, entries: readonly MemoryEntryInput[], space: BatchSpace = MEMORY_SPACE): number {
   if (!isU32(round)) throw badBatch(`round ${round} is not a u32`, { round });
   if (entries.length > MAX_ENTRIES_PER_BATCH) {
     throw new FerryError('PROTOCOL_TOO_LARGE',
       `MEMORY batch: ${entries.length} entries; the limit is ${MAX_ENTRIES_PER_BATCH} per batch`, { count: entries.length });
   }
   let total = MEMORY_BATCH_HEADER_BYTES;
-  for (const e of entries) total += memoryEntryWireBytes(e);
+  for (const e of entries) total += memoryEntryWireBytes(e, space);
   if (total > MAX_MEMORY_PAYLOAD_BYTES) {
     throw new FerryError('PROTOCOL_TOO_LARGE',
       `MEMORY batch: ${formatBytes(total)} payload; the limit is ${formatBytes(MAX_MEMORY_PAYLOAD_BYTES)}`,
@@ -166,7 +183,9 @@ export function writeMemoryBatch(out: Buffer, at: number, round: number, entries
  * known encoding, reserved bytes 0, data present in full, compressed length 1..length; the entries
  * exactly fill the payload. A payload over MAX_MEMORY_PAYLOAD_BYTES is PROTOCOL_TOO_LARGE.
  */
-export function decodeMemoryBatch(payload: Uint8Array, ramBytes: number): MemoryBatch {
+export function decodeMemoryBatch(payload: Uint8Array, ramBytes: number, space: BatchSpace = MEMORY_SPACE): MemoryBatch {
+  const unit = space.unitBytes;
+  const badBatch = (message: string, details: Record<string, unknown> = {}): FerryError => new FerryError('PROTOCOL_BAD_PAYLOAD', `${space.label} batch: ${message}`, details);
   assert(Number.isSafeInteger(ramBytes) && ramBytes >= 0, `ramBytes ${ramBytes} is a byte count`);
   const buf = Buffer.isBuffer(payload) ? payload : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
   if (buf.length > MAX_MEMORY_PAYLOAD_BYTES) {
@@ -199,18 +218,18 @@ export function decodeMemoryBatch(payload: Uint8Array, ramBytes: number): Memory
     const code = buf.readUInt8(pos + 12);
     const reserved8 = buf.readUInt8(pos + 13);
     const reserved16 = buf.readUInt16LE(pos + 14);
-    if (low % PAGE_ALIGN_BYTES !== 0) {
-      // 2^32 is a multiple of 4096, so alignment depends on the low word only.
-      throw badBatch(`${where}: guest offset is not a multiple of ${PAGE_ALIGN_BYTES}`,
+    if (low % unit !== 0) {
+      // 2^32 is a multiple of 4096 (and 512), so alignment depends on the low word only.
+      throw badBatch(`${where}: offset is not a multiple of ${unit}`,
         { entry: i, offset: (BigInt(high) << 32n | BigInt(low)).toString() });
     }
-    const problem = lengthProblem(length);
+    const problem = lengthProblem(length, unit);
     if (problem !== undefined) throw badBatch(`${where}: ${problem}`, { entry: i, length });
     // offset ≤ 2^53 - 1 here, so it is exact; compare without adding (offset + length could round).
     const offset = high > MAX_SAFE_HIGH_WORD ? Number.POSITIVE_INFINITY : high * U32_LIMIT + low;
     if (offset > ramBytes - length) {
       throw badBatch(`${where}: range [${(BigInt(high) << 32n | BigInt(low)).toString()}, +${length}) ` +
-        `lies outside guest RAM (${ramBytes} bytes)`,
+        `lies outside ${space.noun} (${ramBytes} bytes)`,
       { entry: i, offset: (BigInt(high) << 32n | BigInt(low)).toString(), length, ramBytes });
     }
     const encoding = ENCODINGS[code];

@@ -21,7 +21,10 @@ import {
 } from '../../lib/limits.js';
 import { globalValueSchema, globalValueToWire, u64StringSchema, type GlobalValue } from '../../lib/wire-values.js';
 import { Command, HEADER_BYTES, commandName, encodeFrame, type Frame, type FrameCommand } from './frame.js';
-import { decodeMemoryBatch, encodeMemoryBatch, type MemoryBatch, type MemoryEntryInput } from './memory-batch.js';
+import { DISK_SPACE, decodeMemoryBatch, encodeMemoryBatch, type MemoryBatch, type MemoryEntryInput } from './memory-batch.js';
+import { MAX_DATASTORE_PATH_BYTES } from '../../storage/datastore.js';
+import { MAX_DISK_CAPACITY_BYTES } from '../../vmm/devices/block.js';
+import { MAX_CHANGED_BLOCK_BYTES, MIN_CHANGED_BLOCK_BYTES } from '../../storage/changed-blocks.js';
 
 // ---------------------------------------------------------------------------------------------
 // Bounds of the protocol itself. The VM's bounds (name, RAM, vCPUs, granularity, command line,
@@ -64,10 +67,22 @@ export interface PrepareVm {
   readonly imageSha256: string;
 }
 
+/**
+ * The VM's disk and how it moves (docs/migration-protocol.md, "Disks"):
+ * - shared: the target mounts the same datastore (by id) and opens the disk at COMMIT, after the
+ *   source gave up its lease; no disk data moves.
+ * - copy: the target creates a new disk of `capacityBytes` at `datastore:path` (its own datastore
+ *   name) and receives the content in DISK batches of `blockBytes` blocks.
+ */
+export type PrepareDisk =
+  | { readonly mode: 'shared'; readonly datastoreId: string; readonly path: string; readonly capacityBytes: number }
+  | { readonly mode: 'copy'; readonly datastore: string; readonly path: string; readonly capacityBytes: number; readonly blockBytes: number };
+
 export interface PrepareBody {
   readonly migrationId: string;
   readonly vm: PrepareVm;
   readonly dataChannels: number;
+  readonly disk?: PrepareDisk;
   /** The guest image; when decoded, a view into the frame payload. */
   readonly image: Uint8Array;
 }
@@ -104,6 +119,8 @@ export interface StateBody {
 export interface CommitBody {
   /** 16 lowercase hex characters. */
   readonly digest: string;
+  /** Copy mode: the digest of every disk block sent (as the memory digest, over the disk's blocks). */
+  readonly diskDigest?: string;
 }
 
 export interface AbortBody {
@@ -127,6 +144,7 @@ interface Envelope<C extends FrameCommand, B> {
 export type HelloMessage = Envelope<typeof Command.HELLO, HelloBody>;
 export type PrepareMessage = Envelope<typeof Command.PREPARE, PrepareBody>;
 export type MemoryMessage = Envelope<typeof Command.MEMORY, MemoryBatch>;
+export type DiskMessage = Envelope<typeof Command.DISK, MemoryBatch>;
 export type RoundMessage = Envelope<typeof Command.ROUND, RoundBody>;
 export type StateMessage = Envelope<typeof Command.STATE, StateBody>;
 export type CommitMessage = Envelope<typeof Command.COMMIT, CommitBody>;
@@ -136,11 +154,13 @@ export type ErrorMessage = Envelope<typeof Command.ERROR, ErrorBody>;
 
 export type Message =
   | HelloMessage | PrepareMessage | MemoryMessage | RoundMessage | StateMessage | CommitMessage | AbortMessage
-  | OkMessage | ErrorMessage;
+  | OkMessage | ErrorMessage | DiskMessage;
 
-/** What decodeMessage needs to know beyond the frame: the VM's RAM size once PREPARE was accepted. */
+/** What decodeMessage needs to know beyond the frame: the VM's RAM size (and disk size) once PREPARE was accepted. */
 export interface DecodeContext {
   readonly ramBytes?: number;
+  /** Set only for a migration that copies its disk. */
+  readonly diskBytes?: number;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -170,11 +190,23 @@ export const prepareVmSchema = z.object({
   imageSha256: lowerHex(64),
 }).strict();
 
+const diskPathSchema = z.string().min(1).max(MAX_DATASTORE_PATH_BYTES);
+const diskCapacitySchema = intIn(DISK_SPACE.unitBytes, MAX_DISK_CAPACITY_BYTES).refine((n) => n % DISK_SPACE.unitBytes === 0, 'must be a multiple of 512');
+
+export const prepareDiskSchema = z.discriminatedUnion('mode', [
+  z.object({ mode: z.literal('shared'), datastoreId: lowerHex(32), path: diskPathSchema, capacityBytes: diskCapacitySchema }).strict(),
+  z.object({
+    mode: z.literal('copy'), datastore: vmNameSchema(), path: diskPathSchema, capacityBytes: diskCapacitySchema,
+    blockBytes: intIn(MIN_CHANGED_BLOCK_BYTES, MAX_CHANGED_BLOCK_BYTES).refine((n) => (n & (n - 1)) === 0, 'must be a power of two'),
+  }).strict(),
+]);
+
 /** The JSON part of PREPARE (the image follows it in the payload). */
 export const prepareSchema = z.object({
   migrationId: idString(MAX_MIGRATION_ID_CHARS),
   vm: prepareVmSchema,
   dataChannels: intIn(MIN_DATA_CHANNELS, MAX_DATA_CHANNELS),
+  disk: prepareDiskSchema.optional(),
 }).strict();
 
 export const roundSchema = z.object({
@@ -200,7 +232,7 @@ export const stateSchema = z.object({
   vcpus: z.array(vcpuSchema).min(MIN_VCPUS).max(MAX_VCPUS),
 }).strict();
 
-export const commitSchema = z.object({ digest: lowerHex(16) }).strict();
+export const commitSchema = z.object({ digest: lowerHex(16), diskDigest: lowerHex(16).optional() }).strict();
 
 export const abortSchema = z.object({ reason: z.string().max(MAX_ABORT_REASON_CHARS) }).strict();
 
@@ -304,7 +336,8 @@ export function decodePrepare(payload: Uint8Array): PrepareBody {
       `PREPARE payload: the guest image is ${image.length} bytes; the limit is ${MAX_IMAGE_BYTES}`,
       { command: C, imageBytes: image.length, maxImageBytes: MAX_IMAGE_BYTES });
   }
-  return { ...header, image };
+  const { disk, ...rest } = header;
+  return { ...rest, image, ...(disk !== undefined ? { disk } : {}) };
 }
 
 export function decodeRound(payload: Uint8Array): RoundBody {
@@ -316,7 +349,8 @@ export function decodeState(payload: Uint8Array): StateBody {
 }
 
 export function decodeCommit(payload: Uint8Array): CommitBody {
-  return decodeJson(Command.COMMIT, commitSchema, payload);
+  const { digest, diskDigest } = decodeJson(Command.COMMIT, commitSchema, payload);
+  return { digest, ...(diskDigest !== undefined ? { diskDigest } : {}) };
 }
 
 export function decodeAbort(payload: Uint8Array): AbortBody {
@@ -346,6 +380,13 @@ export function decodeMessage(frame: Frame, context: DecodeContext = {}): Messag
           `MEMORY (request ${requestId}) arrived before the migration was prepared`, { command: Command.MEMORY, requestId });
       }
       return { command: Command.MEMORY, requestId, body: decodeMemoryBatch(payload, context.ramBytes) };
+    }
+    case Command.DISK: {
+      if (context.diskBytes === undefined) {
+        throw new FerryError('PROTOCOL_OUT_OF_ORDER',
+          `DISK (request ${requestId}) arrived for a migration that copies no disk (or before it was prepared)`, { command: Command.DISK, requestId });
+      }
+      return { command: Command.DISK, requestId, body: decodeMemoryBatch(payload, context.diskBytes, DISK_SPACE) };
     }
     case Command.ROUND: return { command: Command.ROUND, requestId, body: decodeRound(payload) };
     case Command.STATE: return { command: Command.STATE, requestId, body: decodeState(payload) };
@@ -379,6 +420,7 @@ export function encodePrepare(requestId: number, body: PrepareBody): Buffer {
       cmdline: vm.cmdline, imageSha256: vm.imageSha256,
     },
     dataChannels: body.dataChannels,
+    ...(body.disk !== undefined ? { disk: body.disk } : {}),
   };
   const json = encodeJson(C, prepareSchema, wire);
   if (json.length > MAX_PREPARE_JSON_BYTES) throw cannotEncode(C, `the JSON part is ${json.length} bytes; the limit is ${MAX_PREPARE_JSON_BYTES}`);
@@ -397,6 +439,11 @@ export function encodePrepare(requestId: number, body: PrepareBody): Buffer {
 /** MEMORY frame from entries (see encodeMemoryBatch). */
 export function encodeMemory(requestId: number, round: number, entries: readonly MemoryEntryInput[]): Buffer {
   return encodeFrame(Command.MEMORY, requestId, encodeMemoryBatch(round, entries));
+}
+
+/** DISK frame from entries over the disk's sectors. */
+export function encodeDisk(requestId: number, round: number, entries: readonly MemoryEntryInput[]): Buffer {
+  return encodeFrame(Command.DISK, requestId, encodeMemoryBatch(round, entries, DISK_SPACE));
 }
 
 export function encodeRound(requestId: number, body: RoundBody): Buffer {
@@ -434,7 +481,8 @@ export function encodeState(requestId: number, body: StateBody): Buffer {
 }
 
 export function encodeCommit(requestId: number, body: CommitBody): Buffer {
-  return encodeFrame(Command.COMMIT, requestId, encodeJson(Command.COMMIT, commitSchema, { digest: body.digest }));
+  const wire = { digest: body.digest, ...(body.diskDigest !== undefined ? { diskDigest: body.diskDigest } : {}) };
+  return encodeFrame(Command.COMMIT, requestId, encodeJson(Command.COMMIT, commitSchema, wire));
 }
 
 export function encodeAbort(requestId: number, body: AbortBody): Buffer {
@@ -485,6 +533,7 @@ export function encodeMessage(message: Message): Buffer {
     case Command.ABORT: return encodeAbort(message.requestId, message.body);
     case Command.OK: return encodeOk(message.requestId, message.body);
     case Command.ERROR: return encodeError(message.requestId, message.body);
+    case Command.DISK: return encodeDisk(message.requestId, message.body.round, message.body.entries);
   }
 }
 

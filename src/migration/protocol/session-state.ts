@@ -6,7 +6,7 @@
  *   every connection   HELLO first, exactly once
  *   control            PREPARE once, then ROUND*, then STATE once, then COMMIT once;
  *                      ABORT at any time after HELLO. COMMIT and ABORT end the conversation.
- *   data               MEMORY*, only once the migration was prepared (markPrepared(), called by
+ *   data               MEMORY* and DISK*, only once the migration was prepared (markPrepared(), called by
  *                      the owner of the migration when the control connection's PREPARE was accepted,
  *                      before the data connection's MEMORY is passed to accept())
  *
@@ -36,6 +36,13 @@ export type ConnectionPhase =
   | 'aborted'
   /** A request was rejected; the connection is closing. */
   | 'failed';
+
+/** What data connections carry: memory pages, and disk blocks of a migration that copies its disk. */
+const DATA_COMMANDS: readonly Command[] = [Command.MEMORY, Command.DISK];
+
+function isDataCommand(command: number): boolean {
+  return command === Command.MEMORY || command === Command.DISK;
+}
 
 const REQUESTS_AFTER: Readonly<Record<ConnectionPhase, readonly Command[]>> = {
   new: [Command.HELLO],
@@ -100,10 +107,10 @@ export class ConnectionState {
   expected(): Command[] {
     if (this.currentPhase === 'new') return [Command.HELLO];
     if (this.connectionRole === undefined && this.currentPhase === 'hello') {
-      return this.migrationPrepared ? [Command.PREPARE, Command.ABORT, Command.MEMORY] : [Command.PREPARE, Command.ABORT];
+      return this.migrationPrepared ? [Command.PREPARE, Command.ABORT, ...DATA_COMMANDS] : [Command.PREPARE, Command.ABORT];
     }
     if (this.connectionRole === 'data') {
-      return this.currentPhase === 'hello' && this.migrationPrepared ? [Command.MEMORY] : [];
+      return this.currentPhase === 'hello' && this.migrationPrepared ? [...DATA_COMMANDS] : [];
     }
     return [...REQUESTS_AFTER[this.currentPhase]];
   }
@@ -149,8 +156,8 @@ export class ConnectionState {
     }
     if (this.connectionRole === undefined) {
       // Role not declared: the first request after HELLO decides it.
-      if (command === Command.MEMORY) {
-        if (!this.migrationPrepared) throw this.outOfOrder(command, 'MEMORY arrived before the migration was prepared');
+      if (isDataCommand(command)) {
+        if (!this.migrationPrepared) throw this.outOfOrder(command, `${commandName(command)} arrived before the migration was prepared`);
         this.connectionRole = 'data';
         return;
       }
@@ -160,8 +167,8 @@ export class ConnectionState {
       this.connectionRole = 'control';
     }
     if (this.connectionRole === 'data') {
-      if (command !== Command.MEMORY) throw this.outOfOrder(command, 'data connections carry MEMORY only');
-      if (!this.migrationPrepared) throw this.outOfOrder(command, 'MEMORY arrived before the migration was prepared');
+      if (!isDataCommand(command)) throw this.outOfOrder(command, 'data connections carry MEMORY and DISK only');
+      if (!this.migrationPrepared) throw this.outOfOrder(command, `${commandName(command)} arrived before the migration was prepared`);
       return;
     }
     switch (command) {
@@ -169,7 +176,8 @@ export class ConnectionState {
         this.currentPhase = 'aborted';
         return;
       case Command.MEMORY:
-        throw this.outOfOrder(command, 'MEMORY is sent on data connections, not on the control connection');
+      case Command.DISK:
+        throw this.outOfOrder(command, `${commandName(command)} is sent on data connections, not on the control connection`);
       case Command.PREPARE:
         if (this.currentPhase !== 'hello') throw this.outOfOrder(command, 'PREPARE was already received');
         this.currentPhase = 'prepared';

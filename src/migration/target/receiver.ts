@@ -94,8 +94,8 @@ export class MigrationReceiver {
     const state = new ConnectionState();
     let incoming: IncomingMigration | null = null;
     const channel = new ServerChannel(socket, async (frame: Frame): Promise<OkBody> => {
-      // A data connection may carry MEMORY once the migration's PREPARE was accepted.
-      if (frame.command === Command.MEMORY && incoming?.isPrepared === true && !state.prepared) state.markPrepared();
+      // A data connection may carry MEMORY (and DISK) once the migration's PREPARE was accepted.
+      if ((frame.command === Command.MEMORY || frame.command === Command.DISK) && incoming?.isPrepared === true && !state.prepared) state.markPrepared();
       state.accept(frame.command);
       if (frame.command === Command.HELLO) {
         const hello = this.hello(frame);

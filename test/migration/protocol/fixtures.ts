@@ -26,6 +26,7 @@ export const DOC_MAX_PAYLOAD: Readonly<Record<number, number>> = {
   7: 4 * KiB,
   8: 1 * MiB,
   9: 64 * KiB,
+  10: 8 * MiB + 64 * KiB,
 };
 
 export const TICKET = 'a1'.repeat(32);

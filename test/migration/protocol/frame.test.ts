@@ -7,7 +7,7 @@ import {
 } from '../../../src/migration/protocol/frame.js';
 import { DOC_HEADER_BYTES, DOC_MAGIC, DOC_MAX_PAYLOAD, KiB, MiB, rawHeader, throwsCode } from './fixtures.js';
 
-const FRAME_COMMANDS: FrameCommand[] = [1, 2, 3, 4, 5, 6, 7, 8, 9];
+const FRAME_COMMANDS: FrameCommand[] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
 
 describe('frame constants', () => {
   it('match the document', () => {
@@ -16,7 +16,7 @@ describe('frame constants', () => {
     assert.equal(PROTOCOL_VERSION, 1);
     assert.equal(HEADER_BYTES, DOC_HEADER_BYTES);
     assert.deepEqual(Command, {
-      INVALID: 0, HELLO: 1, PREPARE: 2, MEMORY: 3, ROUND: 4, STATE: 5, COMMIT: 6, ABORT: 7, OK: 8, ERROR: 9,
+      INVALID: 0, HELLO: 1, PREPARE: 2, MEMORY: 3, ROUND: 4, STATE: 5, COMMIT: 6, ABORT: 7, OK: 8, ERROR: 9, DISK: 10,
     });
     for (const c of FRAME_COMMANDS) assert.equal(MAX_PAYLOAD_BYTES[c], DOC_MAX_PAYLOAD[c], commandName(c));
     assert.equal(MAX_IN_FLIGHT, 8);
@@ -32,7 +32,7 @@ describe('frame constants', () => {
     assert.equal(commandName(42), 'command 42');
     assert.equal(isFrameCommand(0), false);
     assert.equal(isFrameCommand(9), true);
-    assert.equal(isFrameCommand(10), false);
+    assert.equal(isFrameCommand(11), false);
     assert.equal(isFrameCommand(1.5), false);
   });
 });
@@ -64,9 +64,9 @@ describe('encodeFrame', () => {
     assert.equal(frame[16], 1);
   });
 
-  it('rejects command codes outside 1..9', () => {
+  it('rejects command codes outside 1..10', () => {
     throwsCode(() => encodeFrame(0, 1, new Uint8Array(0)), 'PROTOCOL_BAD_COMMAND');
-    throwsCode(() => encodeFrame(10 as Command, 1, new Uint8Array(0)), 'PROTOCOL_BAD_COMMAND');
+    throwsCode(() => encodeFrame(11 as Command, 1, new Uint8Array(0)), 'PROTOCOL_BAD_COMMAND');
   });
 
   it('rejects a requestId that is not a u32', () => {
@@ -112,8 +112,8 @@ describe('decodeHeader', () => {
     }
   });
 
-  it('rejects command 0 and 10..255', () => {
-    for (const command of [0, 10, 11, 128, 255]) {
+  it('rejects command 0 and 11..255', () => {
+    for (const command of [0, 11, 12, 128, 255]) {
       throwsCode(() => decodeHeader(rawHeader({ command, length: 0 })), 'PROTOCOL_BAD_COMMAND');
     }
   });

@@ -81,6 +81,33 @@ describe('message round trips', () => {
     }
   });
 
+  it('PREPARE with a disk (shared or copied), COMMIT with a disk digest, DISK batches over the disk', () => {
+    const disks = [
+      { mode: 'shared' as const, datastoreId: 'ab'.repeat(16), path: 'vms/kv.vmdk', capacityBytes: 16 * MiB + 512 },
+      { mode: 'copy' as const, datastore: 'ds2', path: 'kv.vmdk', capacityBytes: 1024 * MiB, blockBytes: 64 * 1024 },
+    ];
+    for (const disk of disks) {
+      const msg = decode(encodePrepare(1, { ...prepareBody(), disk }));
+      assert.ok(msg.command === Command.PREPARE);
+      assert.deepEqual(msg.body.disk, disk);
+    }
+    const bad = [
+      { ...disks[0], datastoreId: 'xyz' }, { ...disks[0], capacityBytes: 1000 }, { ...disks[1], blockBytes: 3 * 65536 },
+      { ...disks[1], blockBytes: 4096 }, { ...disks[1], extra: 1 }, { mode: 'mirror', path: 'a', capacityBytes: 512 },
+    ];
+    for (const disk of bad) {
+      assert.throws(() => encodePrepare(1, { ...prepareBody(), disk } as unknown as Parameters<typeof encodePrepare>[1]), { code: 'PROTOCOL_BAD_PAYLOAD' }, JSON.stringify(disk));
+    }
+    const commit: Message = { command: Command.COMMIT, requestId: 3, body: { digest: 'fedcba9876543210', diskDigest: '0123456789abcdef' } };
+    assert.deepEqual(decode(encodeMessage(commit)), commit);
+    const data = Buffer.alloc(1024, 7);
+    const disk: Message = { command: Command.DISK, requestId: 4, body: { round: 2, entries: [{ offset: 512, length: 1024, encoding: 'raw', data }, { offset: 4096, length: 512, encoding: 'zero', data: null }] } };
+    const frame = frameOf(encodeMessage(disk));
+    assert.deepEqual(decodeMessage(frame, { diskBytes: 8192 }), disk);
+    assert.throws(() => decodeMessage(frame, { ramBytes: RAM_BYTES }), { code: 'PROTOCOL_OUT_OF_ORDER' }, 'no DISK for a migration without a copied disk');
+    assert.throws(() => decodeMessage(frame, { diskBytes: 4096 }), { code: 'PROTOCOL_BAD_PAYLOAD', message: /outside the disk/ });
+  });
+
   it('ROUND, COMMIT, ABORT, OK, ERROR', () => {
     const cases: Message[] = [
       { command: Command.ROUND, requestId: 1, body: { round: 0, regions: 0, bytes: 0 } },

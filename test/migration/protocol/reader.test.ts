@@ -119,7 +119,7 @@ describe('FrameReader', () => {
     throwsCode(() => new FrameReader().push(Buffer.from('SSH-2.0-OpenSSH_9.6\r\n')), 'PROTOCOL_BAD_MAGIC');
     throwsCode(() => new FrameReader().push(rawHeader({ version: 2, command: 1, length: 0 })), 'PROTOCOL_VERSION');
     throwsCode(() => new FrameReader().push(rawHeader({ command: 0, length: 0 })), 'PROTOCOL_BAD_COMMAND');
-    throwsCode(() => new FrameReader().push(rawHeader({ command: 10, length: 0 })), 'PROTOCOL_BAD_COMMAND');
+    throwsCode(() => new FrameReader().push(rawHeader({ command: 11, length: 0 })), 'PROTOCOL_BAD_COMMAND');
     throwsCode(() => new FrameReader().push(rawHeader({ command: 1, flags: 2, length: 0 })), 'PROTOCOL_VERSION');
     // A bad frame after a good one in the same chunk.
     const r = new FrameReader();

@@ -6,8 +6,8 @@ import { Command } from '../../../src/migration/protocol/frame.js';
 import { ConnectionState } from '../../../src/migration/protocol/session-state.js';
 import { throwsCode } from './fixtures.js';
 
-const { HELLO, PREPARE, MEMORY, ROUND, STATE, COMMIT, ABORT, OK, ERROR } = Command;
-const ALL = [HELLO, PREPARE, MEMORY, ROUND, STATE, COMMIT, ABORT, OK, ERROR];
+const { HELLO, PREPARE, MEMORY, ROUND, STATE, COMMIT, ABORT, OK, ERROR, DISK } = Command;
+const ALL = [HELLO, PREPARE, MEMORY, ROUND, STATE, COMMIT, ABORT, OK, ERROR, DISK];
 
 function control(...commands: number[]): ConnectionState {
   const s = new ConnectionState();
@@ -89,15 +89,16 @@ describe('ConnectionState: control connection', () => {
 });
 
 describe('ConnectionState: data connection', () => {
-  it('carries MEMORY only, and only once prepared', () => {
+  it('carries MEMORY and DISK only, and only once prepared', () => {
     onlyAllowed(() => data(false), [], 'data before prepare');
-    onlyAllowed(() => data(true), [MEMORY], 'data after prepare');
+    onlyAllowed(() => data(true), [MEMORY, DISK], 'data after prepare');
     const s = data(true);
-    for (let i = 0; i < 100; i++) s.accept(MEMORY);
+    for (let i = 0; i < 100; i++) s.accept(i % 2 === 0 ? MEMORY : DISK);
     assert.equal(s.accepted, 101);
+    throwsCode(() => data(false).accept(DISK), 'PROTOCOL_OUT_OF_ORDER', /before the migration was prepared/);
     throwsCode(() => data(false).accept(MEMORY), 'PROTOCOL_OUT_OF_ORDER', /before the migration was prepared/);
-    throwsCode(() => data(true).accept(ABORT), 'PROTOCOL_OUT_OF_ORDER', /MEMORY only/);
-    throwsCode(() => data(true).accept(PREPARE), 'PROTOCOL_OUT_OF_ORDER', /MEMORY only/);
+    throwsCode(() => data(true).accept(ABORT), 'PROTOCOL_OUT_OF_ORDER', /MEMORY and DISK only/);
+    throwsCode(() => data(true).accept(PREPARE), 'PROTOCOL_OUT_OF_ORDER', /MEMORY and DISK only/);
   });
 
   it('markPrepared may come before HELLO, but MEMORY still needs HELLO first', () => {
@@ -109,7 +110,7 @@ describe('ConnectionState: data connection', () => {
     t.accept(HELLO, 'data');
     t.accept(MEMORY);
     assert.ok(t.prepared);
-    assert.deepEqual(t.expected(), [MEMORY]);
+    assert.deepEqual(t.expected(), [MEMORY, DISK]);
   });
 });
 
@@ -147,10 +148,10 @@ describe('ConnectionState: roles', () => {
     const d = new ConnectionState();
     d.markPrepared();
     d.accept(HELLO);
-    assert.deepEqual(d.expected(), [PREPARE, ABORT, MEMORY]);
+    assert.deepEqual(d.expected(), [PREPARE, ABORT, MEMORY, DISK]);
     d.accept(MEMORY);
     assert.equal(d.role, 'data');
-    throwsCode(() => d.accept(PREPARE), 'PROTOCOL_OUT_OF_ORDER', /MEMORY only/);
+    throwsCode(() => d.accept(PREPARE), 'PROTOCOL_OUT_OF_ORDER', /MEMORY and DISK only/);
 
     const early = new ConnectionState();
     early.accept(HELLO);
@@ -166,7 +167,7 @@ describe('ConnectionState: roles', () => {
     const s = new ConnectionState();
     s.accept(HELLO, 'data');
     s.markPrepared();
-    throwsCode(() => s.accept(PREPARE), 'PROTOCOL_OUT_OF_ORDER', /MEMORY only/);
+    throwsCode(() => s.accept(PREPARE), 'PROTOCOL_OUT_OF_ORDER', /MEMORY and DISK only/);
   });
 
   it('treats a role on a non-HELLO request as a programmer error', () => {
@@ -174,6 +175,6 @@ describe('ConnectionState: roles', () => {
   });
 
   it('rejects codes that are not commands', () => {
-    for (const c of [0, 10, -1, 1.5]) throwsCode(() => new ConnectionState().accept(c), 'PROTOCOL_BAD_COMMAND');
+    for (const c of [0, 11, -1, 1.5]) throwsCode(() => new ConnectionState().accept(c), 'PROTOCOL_BAD_COMMAND');
   });
 });
