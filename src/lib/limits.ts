@@ -124,6 +124,18 @@ export const MAX_THROTTLE_PERMILLE = 999;
  */
 export const MAX_ABORT_REASON_CHARS = 512;
 
+// Disks: shared by the block device, the datastores, changed-block tracking and the migration
+// protocol (which carries disks and may import nothing but src/lib).
+
+/** Largest disk: far beyond any real use, and keeps every offset + length exact in a double. */
+export const MAX_DISK_CAPACITY_BYTES = 2 ** 44; // 16 TiB
+/** Longest datastore path in bytes (UTF-8): well under PATH_MAX (4096) once joined to a root. */
+export const MAX_DATASTORE_PATH_BYTES = 1024;
+/** Smallest changed-block tracking block: a VMDK grain (64 KiB by default); finer costs bitmap and per-block overhead. */
+export const MIN_CHANGED_BLOCK_BYTES = 64 * KiB;
+/** Largest tracked block: a migration DISK entry carries at most 2 MiB. */
+export const MAX_CHANGED_BLOCK_BYTES = 2 * MiB;
+
 // ---------------------------------------------------------------------------------------------
 // The same rules as zod schemas, for the wire formats and the store (each a fresh schema, so a
 // caller may refine it further).

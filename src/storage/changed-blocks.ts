@@ -10,11 +10,9 @@
  */
 import { FerryError } from '../lib/errors.js';
 import { formatBytes } from '../lib/units.js';
+import { MAX_CHANGED_BLOCK_BYTES, MIN_CHANGED_BLOCK_BYTES } from '../lib/limits.js';
 
-/** Smallest tracked block: a VMDK grain (64 KiB by default); finer tracking costs bitmap and per-block overhead. */
-export const MIN_CHANGED_BLOCK_BYTES = 64 * 1024;
-/** Largest tracked block: a migration DISK entry carries at most this much (MAX_ENTRY_BYTES). */
-export const MAX_CHANGED_BLOCK_BYTES = 2 * 1024 * 1024;
+export { MAX_CHANGED_BLOCK_BYTES, MIN_CHANGED_BLOCK_BYTES };
 /** Most blocks one tracker covers: 4 Mi blocks = a 512 KiB bitmap, per-block digests of 32 MiB. */
 export const MAX_CHANGED_BLOCKS = 4 * 1024 * 1024;
 

@@ -9,7 +9,7 @@
  * file system call is made (the implementation also checks where symlinks lead).
  */
 import { FerryError } from '../lib/errors.js';
-import { VM_NAME_PATTERN, VM_NAME_RULE } from '../lib/limits.js';
+import { MAX_DATASTORE_PATH_BYTES, VM_NAME_PATTERN, VM_NAME_RULE } from '../lib/limits.js';
 import type { BlockFile } from './block-file.js';
 import type { Lease } from './lease.js';
 
@@ -17,8 +17,7 @@ import type { Lease } from './lease.js';
 export const DATASTORE_NAME_PATTERN = VM_NAME_PATTERN;
 export const DATASTORE_NAME_RULE = VM_NAME_RULE;
 
-/** Longest datastore path in bytes (UTF-8): well under PATH_MAX (4096) once joined to a root. */
-export const MAX_DATASTORE_PATH_BYTES = 1024;
+export { MAX_DATASTORE_PATH_BYTES };
 /** Longest path component in bytes: NAME_MAX of Linux file systems, less room for the lease suffix. */
 export const MAX_PATH_COMPONENT_BYTES = 200;
 /** Deepest path (components): disk layouts are a folder or two deep; a deep path is a mistake or an attack. */

@@ -16,15 +16,12 @@ import { z } from 'zod';
 import { FerryError, errorMessage } from '../../lib/errors.js';
 import { KiB } from '../../lib/units.js';
 import {
-  MAX_ABORT_REASON_CHARS, MAX_DATA_CHANNELS, MAX_GLOBALS_PER_VCPU, MAX_IMAGE_BYTES, MAX_RAM_BYTES, MAX_VCPUS, MIN_DATA_CHANNELS,
+  MAX_ABORT_REASON_CHARS, MAX_CHANGED_BLOCK_BYTES, MAX_DATASTORE_PATH_BYTES, MAX_DISK_CAPACITY_BYTES, MIN_CHANGED_BLOCK_BYTES, MAX_DATA_CHANNELS, MAX_GLOBALS_PER_VCPU, MAX_IMAGE_BYTES, MAX_RAM_BYTES, MAX_VCPUS, MIN_DATA_CHANNELS,
   MIN_VCPUS, WASM_PAGE_BYTES, cmdlineSchema, granularitySchema, ramBytesSchema, vcpusSchema, vmNameSchema,
 } from '../../lib/limits.js';
 import { globalValueSchema, globalValueToWire, u64StringSchema, type GlobalValue } from '../../lib/wire-values.js';
 import { Command, HEADER_BYTES, commandName, encodeFrame, type Frame, type FrameCommand } from './frame.js';
 import { DISK_SPACE, decodeMemoryBatch, encodeMemoryBatch, type MemoryBatch, type MemoryEntryInput } from './memory-batch.js';
-import { MAX_DATASTORE_PATH_BYTES } from '../../storage/datastore.js';
-import { MAX_DISK_CAPACITY_BYTES } from '../../vmm/devices/block.js';
-import { MAX_CHANGED_BLOCK_BYTES, MIN_CHANGED_BLOCK_BYTES } from '../../storage/changed-blocks.js';
 
 // ---------------------------------------------------------------------------------------------
 // Bounds of the protocol itself. The VM's bounds (name, RAM, vCPUs, granularity, command line,

@@ -16,6 +16,7 @@
  */
 import { FerryError, errorMessage } from '../../lib/errors.js';
 import { MiB, formatBytes } from '../../lib/units.js';
+import { MAX_DISK_CAPACITY_BYTES } from '../../lib/limits.js';
 import type { TraceBitmap } from '../trace-bitmap.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -68,8 +69,7 @@ export const BLOCK_E_BAD_DESCRIPTOR = -9;
 // ---------------------------------------------------------------------------------------------
 // Host-side bounds (not ABI).
 
-/** Largest disk: far beyond any real use, and keeps every offset + length exact in a double. */
-export const MAX_DISK_CAPACITY_BYTES = 2 ** 44; // 16 TiB
+export { MAX_DISK_CAPACITY_BYTES };
 /** Smallest disk: one sector, so a capacity of 0 always means "no disk". */
 export const MIN_DISK_CAPACITY_BYTES = BLOCK_SECTOR_BYTES;
 /**
