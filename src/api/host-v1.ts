@@ -12,7 +12,7 @@ import { migrationOptionsSchema } from '../migration/options.js';
 import { migrationJobStatusSchema, migrationProgressSchema, migrationRecordSchema, type MigrationJobStatus } from '../migration/record.js';
 import { incomingOutcomeSchema } from '../migration/peer.js';
 import { MAX_HANG_TIMEOUT_MS, MIN_HANG_TIMEOUT_MS } from '../vmm/config.js';
-import { MAX_IMAGE_BYTES, cmdlineSchema, granularitySchema, vcpusSchema, vmNameSchema as limitVmNameSchema } from '../lib/limits.js';
+import { MAX_DATASTORE_PATH_BYTES, MAX_IMAGE_BYTES, VM_NAME_PATTERN, cmdlineSchema, granularitySchema, vcpusSchema, vmNameSchema as limitVmNameSchema } from '../lib/limits.js';
 
 export const HOST_API_VERSION = 'v1';
 export const HOST_API_PREFIX = `/${HOST_API_VERSION}`;
@@ -145,6 +145,12 @@ export const migrateRequestSchema = z.object({
   /** Token of the target host, if it differs from this host's. */
   token: z.string().optional(),
   options: migrationOptionsSchema.optional(),
+  /**
+   * Where the VM's disk goes when the target does not mount its datastore: the disk is copied
+   * live to this datastore of the target (path: the same as on the source unless given). Without
+   * it, a VM with a disk migrates only to a host that mounts the same datastore (by id).
+   */
+  disk: z.object({ datastore: z.string().regex(VM_NAME_PATTERN), path: z.string().min(1).max(MAX_DATASTORE_PATH_BYTES).optional() }).strict().optional(),
 }).strict().openapi('MigrateRequest');
 export type MigrateRequest = z.infer<typeof migrateRequestSchema>;
 

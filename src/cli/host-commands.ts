@@ -168,11 +168,13 @@ export function addHostCommands(program: Command, vm: Command): void {
     .addOption(new Option('--trace-install <strategy>', 'how write traces are installed: single (a helper re-arms, vCPUs keep running) or stop-all').choices(['single', 'stop-all']))
     .addOption(new Option('--trace-granularity <size>', 'write-trace region size for this migration (4KiB .. 2MiB)').argParser(sizeOption('--trace-granularity')))
     .option('--trace-adaptive', 'start with coarse write traces (2 MiB unless --trace-granularity) and refine where little changed', false)
+    .option('--disk-datastore <name>', "copy the VM's disk live to this datastore of the target (needed when the target does not mount the disk's datastore)")
+    .option('--disk-path <path>', 'path of the copied disk on that datastore (default: the same path as here)')
     .option('--json', 'print the final record as JSON', false))
     .action(async (name: string, o: ClientOpts & {
       to?: string; cancel?: string; targetTokenFile?: string; downtime?: number; channels?: number; bandwidth?: number;
       compress: boolean; maxRounds?: number; onLimit?: 'force' | 'abort'; autoConverge: boolean; json: boolean;
-      traceInstall?: 'single' | 'stop-all'; traceGranularity?: number; traceAdaptive: boolean;
+      traceInstall?: 'single' | 'stop-all'; traceGranularity?: number; traceAdaptive: boolean; diskDatastore?: string; diskPath?: string;
     }) => {
       const c = await client(o);
       if (o.cancel !== undefined) { print(await c.cancelMigration(o.cancel)); return; }
@@ -190,7 +192,9 @@ export function addHostCommands(program: Command, vm: Command): void {
         ...(o.traceAdaptive ? { traceAdaptive: true } : {}),
       };
       const token = o.targetTokenFile !== undefined ? await loadToken(o.targetTokenFile) : undefined;
-      const started = await c.migrate(name, { to: o.to, options, ...(token !== undefined ? { token } : {}) });
+      if (o.diskPath !== undefined && o.diskDatastore === undefined) throw new FerryError('INVALID_ARGUMENT', '--disk-path needs --disk-datastore');
+      const disk = o.diskDatastore !== undefined ? { datastore: o.diskDatastore, ...(o.diskPath !== undefined ? { path: o.diskPath } : {}) } : undefined;
+      const started = await c.migrate(name, { to: o.to, options, ...(token !== undefined ? { token } : {}), ...(disk !== undefined ? { disk } : {}) });
       const record = await followMigration(c, started.migrationId, o.json);
       if (o.json) print(record);
       else process.stderr.write(`${summarize(record)}\n`);
@@ -237,6 +241,10 @@ export function summarize(r: MigrationRecord): string {
   const traces = `  traces: ${t.install}, ${t.adaptive ? 'adaptive ' : ''}${formatBytes(t.granularityBytes)} regions${refined}, ${t.installations} installations, stall max ${t.stallMaxMs.toFixed(2)} ms / total ${t.stallTotalMs.toFixed(1)} ms, scan ${t.scanMsTotal.toFixed(1)} ms, barrier ${t.barrierMsTotal.toFixed(1)} ms, ${t.unchangedPagesSkipped} unchanged pages not re-sent`;
   const s = r.switchoverMs;
   const switchover = s === null ? [] : [`  switch-over: pause ${ms(s.pauseMs)}, last round ${ms(s.finalRoundMs)}, state ${ms(s.stateMs)}, commit (digest check, durable record, resume) ${ms(s.commitMs)}`];
-  const rounds = r.rounds.map((x) => `  round ${x.round}: ${formatBytes(x.bytes)} in ${x.durationMs.toFixed(1)} ms (${compact(x.throughputBytesPerSec)}B/s), dirty after ${formatBytes(x.dirtyBytesAfter)}, throttle ${(x.throttlePermille / 10).toFixed(1)}%`);
-  return [head, `  ${body}`, traces, ...switchover, ...rounds, ...(r.error !== null ? [`  error [${r.error.code}]: ${r.error.message}`] : [])].join('\n');
+  const d = r.disk;
+  const disk = d === null ? [] : [d.mode === 'shared'
+    ? `  disk: shared datastore, lease handed over (flush + release ${ms(d.releaseMs)}), no disk data moved`
+    : `  disk: copied, ${formatBytes(d.sentBytes)} of a ${formatBytes(d.capacityBytes)} disk sent, digest ${d.digest ?? 'n/a'}`];
+  const rounds = r.rounds.map((x) => `  round ${x.round}: ${formatBytes(x.bytes)}${x.diskBytes > 0 ? ` + disk ${formatBytes(x.diskBytes)}` : ''} in ${x.durationMs.toFixed(1)} ms (${compact(x.throughputBytesPerSec)}B/s), dirty after ${formatBytes(x.dirtyBytesAfter)}, throttle ${(x.throttlePermille / 10).toFixed(1)}%`);
+  return [head, `  ${body}`, traces, ...disk, ...switchover, ...rounds, ...(r.error !== null ? [`  error [${r.error.code}]: ${r.error.message}`] : [])].join('\n');
 }

@@ -18,6 +18,7 @@ import { HOST_API_VERSION, type HostInfo } from '../api/host-v1.js';
 import { buildHostApp } from './app.js';
 import { HostStore } from './store.js';
 import { OperationsRegistry } from './operations.js';
+import { IncomingVmDisk, prepareIncomingDisk } from './migration-disks.js';
 import { VmService } from './vm-service.js';
 import { MigrationService } from './migration-service.js';
 import { HostDatastores, type DatastoreMount } from './datastores.js';
@@ -71,10 +72,11 @@ export class HostAgent {
     this.log = options.log ?? ((line) => { process.stderr.write(`${line}\n`); });
     const transport = options.transport ?? tcpTransport;
     this.vms = new VmService({ hostName: this.name, store: this.store, operations: this.operations, memoryLimitBytes: this.memoryLimitBytes, datastores, log: this.log });
-    this.migrations = new MigrationService({ hostName: this.name, token: options.token, vms: this.vms, operations: this.operations, transport, log: this.log });
+    this.migrations = new MigrationService({ hostName: this.name, token: options.token, vms: this.vms, operations: this.operations, datastores, transport, log: this.log });
     this.receiver = new MigrationReceiver({
       admit: (vm) => { this.vms.admit(vm.name, vm.memoryBytes); },
-      adopt: (vm, imageBytes) => this.vms.adopt(vm, imageBytes),
+      adopt: (vm, imageBytes, disk) => this.vms.adopt(vm, imageBytes, disk instanceof IncomingVmDisk ? disk.vmDisk : null),
+      prepareDisk: (vmName, plan) => prepareIncomingDisk(datastores, vmName, plan),
       // Synchronous underneath (see HostStore.writeMigrationOutcome); an I/O error rejects.
       recordOutcome: (id, outcome, vmName) => new Promise<void>((resolve) => { this.store.writeMigrationOutcome(id, outcome, vmName); resolve(); }),
       storedOutcome: (id) => this.store.readMigrationOutcome(id),

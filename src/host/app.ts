@@ -107,7 +107,7 @@ export function buildHostApp(d: HostAppDeps): OpenAPIHono {
   app.openapi(routes.verifyVm, async (c) => c.json(await d.vms.verify(c.req.valid('param').name), 200));
   // Streams are plain Responses; hono's typed responses describe JSON bodies only.
   app.openapi(routes.vmConsole, (c) => consoleStream(c, d.vms.slot(c.req.valid('param').name), c.req.valid('query').follow === '1') as never);
-  app.openapi(routes.migrateVm, (c) => c.json(d.migrations.start(c.req.valid('param').name, c.req.valid('json')), 202));
+  app.openapi(routes.migrateVm, async (c) => c.json(await d.migrations.start(c.req.valid('param').name, c.req.valid('json')), 202));
   app.openapi(routes.getMigration, (c) => c.json(d.migrations.status(c.req.valid('param').id), 200));
   app.openapi(routes.migrationEvents, (c) => eventStream(c, d.migrations.job(c.req.valid('param').id)) as never);
   app.openapi(routes.cancelMigration, (c) => c.json(d.migrations.cancel(c.req.valid('param').id), 202));

@@ -3,10 +3,15 @@
  * operations registry for as long as it runs), answers status and event queries, cancels, and
  * when a job ends hands the VM's fate back to the VM service (gone on success, here otherwise).
  */
-import { FerryError } from '../lib/errors.js';
+import { FerryError, isFerryError } from '../lib/errors.js';
+import { HostClient } from '../api/host-client.js';
+import type { MigrationSourceDisk } from '../migration/disk.js';
+import type { HostDatastores } from './datastores.js';
+import { planDisk, sourceDisk } from './migration-disks.js';
+import type { VmDisk } from './vm-disk.js';
 import { MigrationJob } from '../migration/source/job.js';
 import type { Transport } from '../dataplane/transport.js';
-import type { MigrateRequest, MigrationStatus } from '../api/host-v1.js';
+import type { DatastoreView, MigrateRequest, MigrationStatus } from '../api/host-v1.js';
 import type { OperationsRegistry } from './operations.js';
 import type { VmService } from './vm-service.js';
 import { HostApiTargetPeer } from './target-peer.js';
@@ -19,6 +24,7 @@ export interface MigrationServiceOptions {
   readonly token: string;
   readonly vms: VmService;
   readonly operations: OperationsRegistry;
+  readonly datastores: HostDatastores;
   readonly transport: Transport;
   readonly log: (line: string) => void;
 }
@@ -36,7 +42,7 @@ export class MigrationService {
 
   status(id: string): MigrationStatus { return this.job(id).status(); }
 
-  start(name: string, req: MigrateRequest): MigrationStatus {
+  async start(name: string, req: MigrateRequest): Promise<MigrationStatus> {
     const slot = this.o.vms.slot(name);
     this.o.operations.requireFree(name, 'migrate');
     const vm = slot.requireVm('migrate');
@@ -44,12 +50,12 @@ export class MigrationService {
       const why = vm.crash !== null ? ` (${vm.crash.reason} on vCPU ${vm.crash.vcpu}: ${vm.crash.message})` : '';
       throw new FerryError('VM_STATE', `VM ${name} is ${vm.state}${why}; only a running or paused VM can be migrated`, vm.crash !== null ? { crash: vm.crash } : {});
     }
-    if (slot.disk !== null) {
-      // Moving disks (shared datastore hand-over, or copying them) is not built yet: refuse rather than leave the disk behind.
-      throw new FerryError('MIGRATION_REFUSED', `VM ${name} has a disk (${slot.disk.spec.datastore}:${slot.disk.spec.path}); live migration of VMs with disks is not supported yet`, { disk: slot.disk.spec });
-    }
-    const peer = new HostApiTargetPeer(req.to, req.token ?? this.o.token);
-    const job = new MigrationJob(vm, slot.imageBytes, peer, this.o.transport, req.options ?? {}, this.o.log);
+    const token = req.token ?? this.o.token;
+    const disk = slot.disk !== null ? await this.diskFor(slot.disk, req, token) : null;
+    // Asked again: the VM may have been claimed while the target was being asked about datastores.
+    this.o.operations.requireFree(name, 'migrate');
+    const peer = new HostApiTargetPeer(req.to, token);
+    const job = new MigrationJob(vm, slot.imageBytes, peer, this.o.transport, req.options ?? {}, disk, this.o.log);
     const claim = this.o.operations.claim(name, `migration ${job.id}`, 'migrate');
     this.jobs.set(job.id, job);
     this.trim();
@@ -59,6 +65,19 @@ export class MigrationService {
       if (record.outcome === 'succeeded') await this.o.vms.departed(name);
     });
     return job.status();
+  }
+
+  /** How the VM's disk moves, decided from what the target mounts (and the request's disk destination). */
+  private async diskFor(disk: VmDisk, req: MigrateRequest, token: string): Promise<MigrationSourceDisk> {
+    if (!disk.attached) throw new FerryError('VM_STATE', `the VM's disk ${disk.spec.datastore}:${disk.spec.path} is not attached here`);
+    let targetDatastores: DatastoreView[];
+    try {
+      targetDatastores = await new HostClient(req.to, token).listDatastores();
+    } catch (err) {
+      if (isFerryError(err) && err.origin === 'remote') throw new FerryError('MIGRATION_REFUSED', `target ${req.to} would not list its datastores: ${err.message}`, { remoteCode: err.code });
+      throw err;
+    }
+    return sourceDisk(disk, planDisk(disk, this.o.datastores, targetDatastores, req.disk));
   }
 
   cancel(id: string): MigrationStatus {

@@ -78,9 +78,8 @@ export class VmDisk {
   private readonly trackers = new Set<ChangedBlocks>();
   private closing: Promise<void> | null = null;
 
-  private constructor(private readonly datastores: HostDatastores, private specNow: DiskSpec, disk: VmdkDisk) {
+  private constructor(private readonly datastores: HostDatastores, private specNow: DiskSpec, disk: VmdkDisk | null, capacityBytes: number) {
     this.current = disk;
-    const capacityBytes = disk.capacityBytes;
     checkDiskCapacity(capacityBytes);
     this.backend = {
       capacityBytes,
@@ -98,7 +97,15 @@ export class VmDisk {
   /** Opens the disk at `spec`, or creates a new one of `sizeBytes` there, and holds it for a VM. */
   static async attach(datastores: HostDatastores, spec: DiskSpec, sizeBytes?: number): Promise<VmDisk> {
     const disk = sizeBytes !== undefined ? await createDisk(datastores, spec, sizeBytes) : await openDiskChain(datastores, spec);
-    return new VmDisk(datastores, spec, disk);
+    return new VmDisk(datastores, spec, disk, disk.capacityBytes);
+  }
+
+  /**
+   * A disk named but not opened yet (no lease): an incoming shared-datastore migration attaches
+   * it with reacquire() at COMMIT, once the source has let it go.
+   */
+  static pending(datastores: HostDatastores, spec: DiskSpec, capacityBytes: number): VmDisk {
+    return new VmDisk(datastores, spec, null, capacityBytes);
   }
 
   get spec(): DiskSpec { return this.specNow; }

@@ -167,17 +167,20 @@ export class VmService {
   }
 
   /** A VM that arrived by migration and is now running here: registered at once, persisted in the promise. */
-  adopt(vm: Vm, imageBytes: Uint8Array): Promise<void> {
-    const slot = new VmSlot(vm.config, imageBytes);
+  adopt(vm: Vm, imageBytes: Uint8Array, disk: VmDisk | null): Promise<void> {
+    const slot = new VmSlot(vm.config, imageBytes, disk);
     slot.attach(vm);
     this.slots.set(slot.name, slot);
-    return this.persist(slot.name, () => this.o.store.saveVm(vm.config, imageBytes, false));
+    return this.persist(slot.name, () => this.o.store.saveVm(vm.config, imageBytes, false, disk?.spec ?? null));
   }
 
   /** The VM left by migration (its copy here was stopped by the job): this host forgets it. */
   async departed(name: string): Promise<void> {
-    this.slots.get(name)?.console.close();
+    const slot = this.slots.get(name);
+    slot?.console.close();
     this.slots.delete(name);
+    // A copied disk's source file stays on its datastore (only its lease goes); a shared one was handed over already.
+    await slot?.disk?.close().catch((err: unknown) => { this.o.log(`host ${this.o.hostName}: VM ${name}: cannot close its disk: ${errorMessage(err)}`); });
     await this.persist(name, () => this.o.store.removeVm(name)).catch((err: unknown) => {
       this.o.log(`host ${this.o.hostName}: cannot remove migrated VM ${name}: ${errorMessage(err)}`);
     });

@@ -4,6 +4,9 @@
  * contributes nothing — and the digest is the XOR of all contributions, updated in O(1) per page
  * written. Source and target must agree at COMMIT: a page lost, duplicated into a wrong place,
  * corrupted on the wire or applied wrongly changes the target's digest.
+ *
+ * A copied disk is digested the same way over its changed-block-tracking blocks (64 KiB and up;
+ * the last block may be shorter): `new MemoryDigest(capacityBytes, blockBytes)`.
  */
 import { xxh64 } from '@node-rs/xxhash';
 
@@ -16,37 +19,49 @@ export function isZeroPage(page: Buffer): boolean {
   return page.equals(ZERO_PAGE);
 }
 
+/** True when every byte of `data` (any length) is zero. */
+export function isAllZero(data: Buffer): boolean {
+  for (let at = 0; at < data.length; at += DIGEST_PAGE_BYTES) {
+    const part = data.subarray(at, at + DIGEST_PAGE_BYTES);
+    if (!(part.length === DIGEST_PAGE_BYTES ? part.equals(ZERO_PAGE) : part.equals(ZERO_PAGE.subarray(0, part.length)))) return false;
+  }
+  return true;
+}
+
 /** What page `index` with content `page` adds to the digest: 0 for an all-zero page. */
 function contribution(index: number, page: Buffer): bigint {
-  return isZeroPage(page) ? 0n : BigInt.asUintN(64, xxh64(page) ^ (BigInt(index) * GOLDEN)) || 1n;
+  const zero = page.length === DIGEST_PAGE_BYTES ? isZeroPage(page) : isAllZero(page);
+  return zero ? 0n : BigInt.asUintN(64, xxh64(page) ^ (BigInt(index) * GOLDEN)) || 1n;
 }
 
 export class MemoryDigest {
   private readonly contributions: BigUint64Array;
   private value = 0n;
 
-  constructor(ramBytes: number) {
-    this.contributions = new BigUint64Array(Math.ceil(ramBytes / DIGEST_PAGE_BYTES));
+  /** `pageBytes`: the unit each contribution covers (4 KiB for RAM; a tracked block for a disk). */
+  constructor(sizeBytes: number, private readonly pageBytes: number = DIGEST_PAGE_BYTES) {
+    this.contributions = new BigUint64Array(Math.ceil(sizeBytes / pageBytes));
   }
 
-  /** Records the content of pages [offset, offset + data.length) (offset and length page-aligned). */
+  /** Records the content of pages [offset, offset + data.length) (offset page-aligned; a short last page is allowed). */
   update(offset: number, data: Uint8Array): void {
     const buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-    for (let at = 0; at < buf.length; at += DIGEST_PAGE_BYTES) {
-      const index = (offset + at) / DIGEST_PAGE_BYTES;
-      this.set(index, contribution(index, buf.subarray(at, at + DIGEST_PAGE_BYTES)));
+    const unit = this.pageBytes;
+    for (let at = 0; at < buf.length; at += unit) {
+      const index = (offset + at) / unit;
+      this.set(index, contribution(index, buf.subarray(at, at + unit)));
     }
   }
 
-  /** True when the 4 KiB page at `offset` holds exactly what was last recorded for it. */
+  /** True when the page at `offset` holds exactly what was last recorded for it. */
   unchanged(offset: number, page: Uint8Array): boolean {
-    const index = offset / DIGEST_PAGE_BYTES;
+    const index = offset / this.pageBytes;
     return (this.contributions[index] ?? 0n) === contribution(index, Buffer.from(page.buffer, page.byteOffset, page.byteLength));
   }
 
   /** Records that pages [offset, offset + length) are all zero. */
   updateZero(offset: number, length: number): void {
-    for (let at = 0; at < length; at += DIGEST_PAGE_BYTES) this.set((offset + at) / DIGEST_PAGE_BYTES, 0n);
+    for (let at = 0; at < length; at += this.pageBytes) this.set((offset + at) / this.pageBytes, 0n);
   }
 
   private set(index: number, next: bigint): void {

@@ -28,5 +28,7 @@ export const migrationOptionsSchema = z.object({
   traceAdaptive: z.boolean().optional(),
   /** Tests only: damage the data of one page sent in this round (the digest must catch it). */
   corruptPageInRound: z.number().int().min(1).optional(),
+  /** Tests only: damage one disk block sent in this round (copy mode; the disk digest must catch it). */
+  corruptDiskBlockInRound: z.number().int().min(1).optional(),
 }).strict();
 export type MigrationOptions = z.infer<typeof migrationOptionsSchema>;

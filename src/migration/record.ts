@@ -20,6 +20,8 @@ export const roundRecordSchema = z.object({
   throughputBytesPerSec: z.number(),
   /** Bytes found dirty when the round ended (what the next round or the switch-over must send). */
   dirtyBytesAfter: z.number(),
+  /** Disk block bytes sent in the round (copy mode; 0 otherwise). Included in dirtyBytesAfter's estimate. */
+  diskBytes: z.number(),
   throttlePermille: z.number(),
   expectedDowntimeMs: z.number(),
 });
@@ -30,6 +32,8 @@ export const migrationProgressSchema = z.object({
   phase: migrationPhaseSchema,
   round: z.number().int(),
   sentBytes: z.number(),
+  /** Disk bytes sent so far (copy mode), apart from memory's sentBytes. */
+  diskSentBytes: z.number(),
   roundSentBytes: z.number(),
   roundTotalBytes: z.number(),
   dirtyBytes: z.number(),
@@ -77,6 +81,19 @@ export const traceRecordSchema = z.object({
 });
 export type TraceRecord = z.infer<typeof traceRecordSchema>;
 
+/** The VM's disk in the migration (null: it had none). */
+export const diskRecordSchema = z.object({
+  mode: z.enum(['shared', 'copy']),
+  capacityBytes: z.number(),
+  /** Copy mode: block bytes sent (all rounds). */
+  sentBytes: z.number(),
+  /** Copy mode: the digest the target verified at COMMIT. */
+  digest: z.string().nullable(),
+  /** Shared mode: flush + lease release on the source, inside the downtime. */
+  releaseMs: z.number().nullable(),
+});
+export type DiskRecord = z.infer<typeof diskRecordSchema>;
+
 export const migrationErrorSchema = z.object({ code: z.string(), message: z.string() });
 
 export const migrationRecordSchema = z.object({
@@ -103,6 +120,7 @@ export const migrationRecordSchema = z.object({
   forcedSwitchover: z.boolean(),
   verified: z.boolean(),
   digest: z.string().nullable(),
+  disk: diskRecordSchema.nullable(),
   options: migrationOptionsSchema,
   traces: traceRecordSchema,
 });

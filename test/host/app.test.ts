@@ -564,7 +564,7 @@ describe('OpenAPI document: every route the app answers is documented, every doc
     const agent = h.agent;
     const app = buildHostApp({
       token: AGENT_TOKEN, vms: agent.vms, hostInfo: () => agent.hostInfo(), listDatastores: () => agent.datastores.list(),
-      migrations: new MigrationService({ hostName: 'doc', token: AGENT_TOKEN, vms: agent.vms, operations: agent.operations, transport: tcpTransport, log: () => {} }),
+      migrations: new MigrationService({ hostName: 'doc', token: AGENT_TOKEN, vms: agent.vms, operations: agent.operations, datastores: agent.datastores, transport: tcpTransport, log: () => {} }),
       issueTicket: () => { throw new FerryError('INTERNAL', 'not called'); },
       incomingOutcome: () => Promise.reject(new FerryError('INTERNAL', 'not called')),
     });

@@ -7,6 +7,7 @@ import { FerryError, isFerryError } from '../../lib/errors.js';
 import type { Vm } from '../../vmm/vm.js';
 import type { MigrationOptions } from '../options.js';
 import type { MigrationTargetPeer } from '../peer.js';
+import type { MigrationSourceDisk } from '../disk.js';
 import type { ProgressReporter } from './progress.js';
 import type { RecordBuilder } from './record.js';
 
@@ -15,6 +16,8 @@ export interface JobContext {
   readonly id: string;
   /** The VM being migrated: the job owns it while it runs. */
   readonly vm: Vm;
+  /** The VM's disk and how it moves; null for a VM without one. */
+  readonly disk: MigrationSourceDisk | null;
   readonly target: MigrationTargetPeer;
   readonly options: MigrationOptions;
   /** Bound of every request on the migration streams (COMMIT and PREPARE have their own defaults). */

@@ -22,6 +22,8 @@ import { ProgressReporter } from './progress.js';
 import { RecordBuilder } from './record.js';
 import { rollback, type VmBefore } from './rollback.js';
 import { PageSender } from './sender.js';
+import { DiskSender } from './disk-sender.js';
+import type { MigrationSourceDisk } from '../disk.js';
 import { REQUEST_TIMEOUT_MS, Session } from './session.js';
 import { switchover } from './switchover.js';
 
@@ -40,6 +42,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
   private readonly tracingBefore: Omit<VmBefore, 'wasRunning'>;
   private wasRunning = false;
   private record: MigrationRecord | null = null;
+  private diskSender: DiskSender | null = null;
 
   constructor(
     vm: Vm,
@@ -47,14 +50,16 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     target: MigrationTargetPeer,
     transport: Transport,
     options: MigrationOptions,
+    disk: MigrationSourceDisk | null,
     log: (line: string) => void = () => undefined,
   ) {
     super();
     this.id = randomBytes(16).toString('hex');
     this.done = new Promise((resolve) => { this.resolveDone = resolve; });
     const record = new RecordBuilder(tracePlan(options, vm.granularityBytes));
+    if (disk !== null) record.disk = { mode: disk.plan.mode, capacityBytes: disk.plan.capacityBytes, sentBytes: 0, digest: null, releaseMs: null };
     this.ctx = {
-      id: this.id, vm, target, options, requestTimeoutMs: options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS, record,
+      id: this.id, vm, disk, target, options, requestTimeoutMs: options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS, record,
       progress: new ProgressReporter(this.id, record, (p) => { this.emit('progress', p); }), signal: this.abort.signal, log,
     };
     this.session = new Session(this.ctx, transport, imageBytes);
@@ -89,6 +94,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
       error = isFerryError(err) ? err : new FerryError('MIGRATION_FAILED', errorMessage(err));
       outcome = await this.recover(error);
     } finally {
+      this.diskSender?.stop();
       this.session.close();
     }
     if (outcome === 'succeeded' && error === null) {
@@ -102,10 +108,12 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     this.enter('prepare');
     await this.session.open();
     const sender = new PageSender(this.ctx, this.session.data);
+    const disk = this.ctx.disk;
+    this.diskSender = disk !== null && disk.plan.mode === 'copy' ? new DiskSender(this.ctx, this.session.data, disk) : null;
     this.enter('precopy');
-    const finalDirty = await new PreCopy(this.ctx, this.session, sender).run();
+    const finalDirty = await new PreCopy(this.ctx, this.session, sender, this.diskSender).run();
     this.enter('switchover');
-    await switchover(this.ctx, this.session, sender, finalDirty);
+    await switchover(this.ctx, this.session, sender, this.diskSender, finalDirty);
   }
 
   /** After a failure: roll back, unless COMMIT was sent and its reply lost (then ask the target). */
@@ -123,7 +131,12 @@ export class MigrationJob extends EventEmitter<JobEvents> {
   /** Before COMMIT was sent (or the target said it did not commit): the VM continues here. */
   private async rollback(error: FerryError): Promise<void> {
     this.enter('rollback');
-    await rollback(this.ctx.vm, this.session, error, { ...this.tracingBefore, wasRunning: this.wasRunning });
+    try {
+      await rollback(this.ctx.vm, this.session, error, { ...this.tracingBefore, wasRunning: this.wasRunning }, this.ctx.disk);
+    } catch (err) {
+      // The VM stays paused (it has no disk to run on); the record keeps the migration's own error.
+      this.ctx.log(`${tag(this.ctx)}: ${errorMessage(err)}`);
+    }
   }
 
   private enter(phase: MigrationPhase): void {

@@ -14,6 +14,7 @@ import { checkCancelled, type JobContext } from './context.js';
 import { allRegions, coveredBytes, firedCount, union, type DirtySet } from './dirty-set.js';
 import type { TracePlan } from './record.js';
 import type { PageSender } from './sender.js';
+import type { DiskSender } from './disk-sender.js';
 import type { Session } from './session.js';
 
 /** Adaptive tracing starts at this granularity unless the migration names one. */
@@ -43,38 +44,50 @@ export function convergencePolicy(options: MigrationOptions): ConvergencePolicy 
   };
 }
 
-/** One round's end: what the guest dirtied meanwhile, and what the policy made of it. */
+/** One round's end: what the guest dirtied meanwhile (memory and disk), and what the policy made of it. */
 interface RoundEnd {
   readonly collected: DirtySet;
+  readonly diskBlocks: number[];
   readonly decision: ConvergenceDecision;
+}
+
+/** What is still dirty when pre-copy hands over to the switch-over. */
+export interface FinalDirty {
+  readonly memory: DirtySet;
+  readonly diskBlocks: readonly number[];
 }
 
 export class PreCopy {
   private readonly policy: ConvergencePolicy;
   private previousDirty: number | null = null;
 
-  constructor(private readonly ctx: JobContext, private readonly session: Session, private readonly sender: PageSender) {
+  constructor(private readonly ctx: JobContext, private readonly session: Session, private readonly sender: PageSender, private readonly disk: DiskSender | null) {
     this.policy = convergencePolicy(ctx.options);
   }
 
-  /** Pre-copy rounds; returns what is still dirty when the policy decided to switch over. */
-  async run(): Promise<DirtySet> {
+  /**
+   * Pre-copy rounds of memory and (copy mode) disk blocks, one convergence decision over both;
+   * returns what is still dirty when the policy decided to switch over.
+   */
+  async run(): Promise<FinalDirty> {
     const guestRate = guestRateMeter(this.ctx.vm);
     const tracker = await this.armTraces();
-    // Round 1: everything. The target's memory is fresh (all zero): zero pages are not sent at all.
+    // Round 1: everything. The target's memory and disk are fresh (all zero): zeros are not sent at all.
     let work = allRegions(tracker.regionCount);
+    let diskWork = this.disk !== null ? await this.disk.start() : [];
     for (let round = 1; ; round++) {
       checkCancelled(this.ctx);
       const unchanged = new Map<number, number>();
-      const { collected, decision } = await this.round(tracker, work, round, unchanged);
+      const { collected, diskBlocks, decision } = await this.round(tracker, work, diskWork, round, unchanged);
       if (decision.action === 'switchover') {
         this.ctx.record.forced = decision.forced;
         this.ctx.record.noteGuestRate(guestRate());
-        return collected;
+        return { memory: collected, diskBlocks };
       }
       if (decision.action === 'abort') throw new FerryError('MIGRATION_NOT_CONVERGED', `migration aborted: ${decision.reason}`, { rounds: round });
       this.applyThrottle(decision.throttlePermille);
       work = await this.refine(collected, unchanged, round);
+      diskWork = diskBlocks;
     }
   }
 
@@ -87,26 +100,30 @@ export class PreCopy {
   }
 
   /** Sends `work`, then collects what the guest dirtied while it was sent and asks the policy. */
-  private async round(tracker: DirtyTracker, work: DirtySet, round: number, unchanged: Map<number, number>): Promise<RoundEnd> {
+  private async round(tracker: DirtyTracker, work: DirtySet, diskWork: readonly number[], round: number, unchanged: Map<number, number>): Promise<RoundEnd> {
     const { record } = this.ctx;
     const startedMs = performance.now();
     const bytes = await this.sender.send(work, round, { skipZero: round === 1, unchangedByRegion: unchanged });
-    await this.session.round({ round, regions: firedCount(work), bytes });
+    const diskBytes = this.disk !== null ? await this.disk.send(diskWork, round, round === 1) : 0;
+    await this.session.round({ round, regions: firedCount(work), bytes: bytes + diskBytes });
     const durationMs = performance.now() - startedMs;
-    const throughput = bytes > 0 && durationMs > 0 ? (bytes * 1000) / durationMs : (record.rounds.at(-1)?.throughputBytesPerSec ?? 0);
+    const moved = bytes + diskBytes;
+    const throughput = moved > 0 && durationMs > 0 ? (moved * 1000) / durationMs : (record.rounds.at(-1)?.throughputBytesPerSec ?? 0);
     const collected = await this.collect(tracker);
-    const dirtyBytes = this.estimateNextBytes(work, bytes, collected, round);
+    // Taken after memory's collect: either order is safe (each tracker's own contract), this one keeps the two close.
+    const diskBlocks = this.disk?.take() ?? [];
+    const dirtyBytes = this.estimateNextBytes(work, bytes, collected, round) + (this.disk?.bytesOf(diskBlocks) ?? 0);
     const decision = decideConvergence({
       round, dirtyBytes, previousDirtyBytes: this.previousDirty, throughputBytesPerSec: throughput,
       elapsedMs: record.elapsedMs(), throttlePermille: record.throttle,
     }, this.policy);
     this.previousDirty = dirtyBytes;
     record.rounds.push({
-      round, regions: firedCount(work), bytes, durationMs, throughputBytesPerSec: throughput, dirtyBytesAfter: dirtyBytes,
+      round, regions: firedCount(work), bytes, durationMs, throughputBytesPerSec: throughput, dirtyBytesAfter: dirtyBytes, diskBytes,
       throttlePermille: record.throttle, expectedDowntimeMs: decision.expectedDowntimeMs,
     });
-    this.ctx.progress.report(true, { round, dirtyBytes, throughput, roundBytes: bytes });
-    return { collected, decision };
+    this.ctx.progress.report(true, { round, dirtyBytes, throughput, roundBytes: bytes + diskBytes });
+    return { collected, diskBlocks, decision };
   }
 
   /** What the guest dirtied since the last collect; copying it is safe once this resolves (docs/dirty-tracking.md). */

@@ -37,7 +37,8 @@ export class ProgressReporter {
     const dirtyRate = last !== undefined && last.durationMs > 0 ? (last.dirtyBytesAfter * 1000) / last.durationMs : 0;
     const remaining = p.totalBytes !== undefined ? p.totalBytes - p.roundBytes : dirtyBytes;
     this.latest = {
-      migrationId: this.migrationId, phase: this.record.phase, round: p.round, sentBytes: this.record.sentBytes, roundSentBytes: p.roundBytes,
+      migrationId: this.migrationId, phase: this.record.phase, round: p.round, sentBytes: this.record.sentBytes,
+      diskSentBytes: this.record.disk?.sentBytes ?? 0, roundSentBytes: p.roundBytes,
       roundTotalBytes: p.totalBytes ?? p.roundBytes, dirtyBytes, dirtyRateBytesPerSec: dirtyRate, throughputBytesPerSec: throughput,
       etaMs: throughput > 0 ? (remaining * 1000) / throughput : null, throttlePermille: this.record.throttle, elapsedMs: now - this.record.t0,
     };

@@ -5,7 +5,7 @@
  */
 import type { FerryError } from '../../lib/errors.js';
 import type { MigrationOptions } from '../options.js';
-import type { MigrationOutcome, MigrationPhase, MigrationRecord, RoundRecord, SwitchoverBreakdown, TraceRecord } from '../record.js';
+import type { DiskRecord, MigrationOutcome, MigrationPhase, MigrationRecord, RoundRecord, SwitchoverBreakdown, TraceRecord } from '../record.js';
 
 /** The tracing a migration chose (options, or the VM's own): the fixed part of its TraceRecord. */
 export type TracePlan = Pick<TraceRecord, 'install' | 'granularityBytes' | 'adaptive'>;
@@ -26,6 +26,8 @@ export class RecordBuilder {
   readonly rounds: RoundRecord[] = [];
   /** Bytes of page data sent (zero entries count nothing). */
   sentBytes = 0;
+  /** The disk's part (null: the VM has none); filled by the disk sender and the switch-over. */
+  disk: DiskRecord | null = null;
   zeroPagesSkipped = 0;
   private throttlePermille = 0;
   private maxThrottlePermille = 0;
@@ -87,7 +89,8 @@ export class RecordBuilder {
       startedAt: this.startedAt.toISOString(), totalMs: this.elapsedMs(), phases: this.phases, rounds: this.rounds,
       transferredBytes: this.sentBytes, zeroPagesSkipped: this.zeroPagesSkipped, pauseLatencyMs: this.pauseLatencyMs,
       engineDowntimeMs: this.engineDowntimeMs, guestDowntimeMs: this.guestDowntimeMs, switchoverMs: this.switchoverMs, maxThrottlePermille: this.maxThrottlePermille,
-      forcedSwitchover: this.forced, verified: outcome === 'succeeded', digest: this.finalDigest, options: head.options,
+      forcedSwitchover: this.forced, verified: outcome === 'succeeded', digest: this.finalDigest,
+      disk: this.disk === null ? null : { ...this.disk }, options: head.options,
       traces: { ...this.traces, splits: [...this.traces.splits] },
     };
   }

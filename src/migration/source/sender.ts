@@ -20,7 +20,7 @@ import { coveredBytes, type DirtySet } from './dirty-set.js';
 /** Payload of one MEMORY frame: large writes are what loopback and LANs move fastest. */
 export const BATCH_PAYLOAD_BYTES = 4 * 1024 * 1024;
 /** MEMORY frames outstanding per data channel (bounded by the protocol's MAX_IN_FLIGHT). */
-const FRAMES_IN_FLIGHT_PER_CHANNEL = 4;
+export const FRAMES_IN_FLIGHT_PER_CHANNEL = 4;
 
 /** A run of adjacent pages, all zero or all not, that becomes one entry. */
 interface Run {

@@ -89,6 +89,7 @@ export class Session {
       await this.control.request('PREPARE', (id) => encodePrepare(id, {
         migrationId: ticket.migrationId, dataChannels: dataChannelCount(options), image: this.imageBytes,
         vm: { name: c.name, memoryBytes: c.memoryBytes, vcpus: c.vcpus, granularityBytes: c.granularityBytes, cmdline: c.cmdline, imageSha256: vm.image.imageSha256 },
+        ...(this.ctx.disk !== null ? { disk: this.ctx.disk.plan } : {}),
       }), options.requestTimeoutMs ?? PREPARE_TIMEOUT_MS);
     } catch (err) {
       // The target looked at the VM and said no (capacity, name taken, image): a refusal, whatever its reason code.
@@ -111,9 +112,9 @@ export class Session {
     await this.control.request('STATE', (id) => encodeState(id, body), this.ctx.requestTimeoutMs);
   }
 
-  async commit(digest: string): Promise<void> {
+  async commit(digest: string, diskDigest?: string): Promise<void> {
     this.commitWasSent = true;
-    await this.control.request('COMMIT', (id) => encodeCommit(id, { digest }), this.ctx.options.requestTimeoutMs ?? COMMIT_TIMEOUT_MS);
+    await this.control.request('COMMIT', (id) => encodeCommit(id, { digest, ...(diskDigest !== undefined ? { diskDigest } : {}) }), this.ctx.options.requestTimeoutMs ?? COMMIT_TIMEOUT_MS);
   }
 
   /** Tells the target to discard its copy, once; its reply (or none) changes nothing. */

@@ -1,5 +1,6 @@
 /** What the host gives the target side of a migration: admission, adoption, the durable outcome store, a log. */
 import type { Vm } from '../../vmm/vm.js';
+import type { IncomingDisk, PrepareDisk } from '../disk.js';
 
 /** What the host's store keeps per incoming migration (the commit record). */
 export type StoredOutcome = 'committed' | 'aborted';
@@ -8,7 +9,13 @@ export interface ReceiverHooks {
   /** Throws (ALREADY_EXISTS, CAPACITY, …) to refuse a VM. */
   admit(vm: { name: string; memoryBytes: number }): void;
   /** The VM committed and runs here now: register it at once (synchronously), persist it in the returned promise. */
-  adopt(vm: Vm, imageBytes: Uint8Array): Promise<void>;
+  adopt(vm: Vm, imageBytes: Uint8Array, disk: IncomingDisk | null): Promise<void>;
+  /**
+   * The disk PREPARE announced, checked and made ready: shared mode checks this host mounts the
+   * datastore (by id) and the disk is there; copy mode creates it (never over an existing file).
+   * Throws to refuse the migration.
+   */
+  prepareDisk(vmName: string, plan: PrepareDisk): Promise<IncomingDisk>;
   recordOutcome(id: string, outcome: StoredOutcome, vmName: string): Promise<void>;
   /** The durable record; null only when there is none. Rejects when it cannot be read (never "none" for that). */
   storedOutcome(id: string): Promise<StoredOutcome | null>;

@@ -15,9 +15,10 @@ import { Vm } from '../../vmm/vm.js';
 import type { ServerChannel } from '../channel.js';
 import { MemoryDigest } from '../digest.js';
 import { Command, type Frame } from '../protocol/frame.js';
-import type { MemoryBatch } from '../protocol/memory-batch.js';
-import { decodeMessage, type ConnectionRole, type OkBody, type PrepareBody, type StateBody } from '../protocol/messages.js';
+import type { MemoryBatch, MemoryEntry } from '../protocol/memory-batch.js';
+import { decodeMessage, type CommitBody, type ConnectionRole, type OkBody, type PrepareBody, type StateBody } from '../protocol/messages.js';
 import type { IncomingOutcome } from '../peer.js';
+import type { IncomingDisk } from '../disk.js';
 import type { ReceiverHooks } from './hooks.js';
 
 /** An incoming migration with no request for this long is aborted (a source that died). */
@@ -35,14 +36,29 @@ function commandLabel(command: number): string {
     case Command.STATE: return 'state';
     case Command.COMMIT: return 'commit';
     case Command.ABORT: return 'abort';
+    case Command.DISK: return 'disk';
     default: return 'other';
   }
+}
+
+/** An entry's bytes: raw as they are, deflate inflated (bounded by its length) and checked. */
+function entryData(what: 'MEMORY' | 'DISK', e: MemoryEntry): Buffer {
+  let data = e.data ?? Buffer.alloc(0);
+  if (e.encoding === 'deflate') {
+    try { data = inflateRawSync(data, { maxOutputLength: e.length }); } catch (err) { throw new FerryError('PROTOCOL_BAD_PAYLOAD', `${what} entry at ${e.offset}: cannot inflate: ${errorMessage(err)}`); }
+  }
+  if (data.length !== e.length) throw new FerryError('PROTOCOL_BAD_PAYLOAD', `${what} entry at ${e.offset}: ${data.length} bytes of data for a ${e.length}-byte range`);
+  return data;
 }
 
 export class IncomingMigration {
   private vm: Vm | null = null;
   private image: Uint8Array | null = null;
   private digest: MemoryDigest | null = null;
+  private disk: IncomingDisk | null = null;
+  /** Copy mode: the digest of the disk blocks received, and the disk's size for the decoder. */
+  private diskDigest: MemoryDigest | null = null;
+  private diskBytes: number | undefined;
   private prepared = false;
   private ended = false;
   private state: StateBody | null = null;
@@ -74,7 +90,7 @@ export class IncomingMigration {
     clearTimeout(this.idleTimer);
     this.idleTimer = this.armIdle();
     if (frame.command === Command.MEMORY && !this.prepared) throw new FerryError('PROTOCOL_OUT_OF_ORDER', 'MEMORY before the migration was prepared');
-    const msg = decodeMessage(frame, this.vm !== null ? { ramBytes: this.vm.config.memoryBytes } : {});
+    const msg = decodeMessage(frame, this.vm !== null ? { ramBytes: this.vm.config.memoryBytes, ...(this.diskBytes !== undefined ? { diskBytes: this.diskBytes } : {}) } : {});
     // Failpoints for fault tests: target.prepare, target.memory, target.round, target.state, target.commit.
     await failpoint(`target.${commandLabel(msg.command)}`);
     if (msg.command === Command.MEMORY && failpointDrop('target.memory.drop')) {
@@ -84,9 +100,10 @@ export class IncomingMigration {
     switch (msg.command) {
       case Command.PREPARE: return this.prepare(msg.body);
       case Command.MEMORY: return this.applyMemory(msg.body);
+      case Command.DISK: return this.applyDisk(msg.body);
       case Command.ROUND: return {};
       case Command.STATE: return this.applyState(msg.body);
-      case Command.COMMIT: return this.commit(msg.body.digest);
+      case Command.COMMIT: return this.commit(msg.body);
       case Command.ABORT:
         await this.abort(`source aborted: ${msg.body.reason}`);
         return {};
@@ -103,12 +120,26 @@ export class IncomingMigration {
     for (const e of batch.entries) {
       const dest = vm.ram.subarray(e.offset, e.offset + e.length);
       if (e.encoding === 'zero') { dest.fill(0); digest.updateZero(e.offset, e.length); continue; }
-      let data = e.data ?? Buffer.alloc(0);
-      if (e.encoding === 'deflate') {
-        try { data = inflateRawSync(data, { maxOutputLength: e.length }); } catch (err) { throw new FerryError('PROTOCOL_BAD_PAYLOAD', `MEMORY entry at ${e.offset}: cannot inflate: ${errorMessage(err)}`); }
-      }
-      if (data.length !== e.length) throw new FerryError('PROTOCOL_BAD_PAYLOAD', `MEMORY entry at ${e.offset}: ${data.length} bytes of data for a ${e.length}-byte range`);
+      const data = entryData('MEMORY', e);
       dest.set(data);
+      digest.update(e.offset, data);
+    }
+    return {};
+  }
+
+  /** Writes the batch's blocks to the copied disk; the disk digest is updated over exactly the bytes written. */
+  private async applyDisk(batch: MemoryBatch): Promise<OkBody> {
+    const disk = this.disk;
+    const digest = this.diskDigest;
+    if (disk === null || digest === null) throw new FerryError('PROTOCOL_OUT_OF_ORDER', 'DISK for a migration that copies no disk');
+    for (const e of batch.entries) {
+      if (e.encoding === 'zero') {
+        await disk.write(e.offset, new Uint8Array(e.length));
+        digest.updateZero(e.offset, e.length);
+        continue;
+      }
+      const data = entryData('DISK', e);
+      await disk.write(e.offset, data);
       digest.update(e.offset, data);
     }
     return {};
@@ -141,10 +172,24 @@ export class IncomingMigration {
       throw new FerryError('MIGRATION_REFUSED', `target refuses VM ${body.vm.name}: ${errorMessage(err)}`);
     }
     const image = new Uint8Array(body.image); // the frame payload is transient
-    const vm = Vm.create(image, {
-      name: body.vm.name, memoryBytes: body.vm.memoryBytes, vcpus: body.vm.vcpus,
-      granularityBytes: body.vm.granularityBytes, cmdline: body.vm.cmdline,
-    });
+    const disk = body.disk !== undefined ? await this.hooks.prepareDisk(body.vm.name, body.disk) : null;
+    let vm: Vm;
+    try {
+      if (this.ended) throw new FerryError('MIGRATION_FAILED', `migration ${this.id} ended while its disk was being prepared`);
+      vm = Vm.create(image, {
+        name: body.vm.name, memoryBytes: body.vm.memoryBytes, vcpus: body.vm.vcpus,
+        granularityBytes: body.vm.granularityBytes, cmdline: body.vm.cmdline,
+        ...(disk !== null ? { disk: disk.backend } : {}),
+      });
+    } catch (err) {
+      await disk?.discard();
+      throw err;
+    }
+    this.disk = disk;
+    if (body.disk?.mode === 'copy') {
+      this.diskBytes = body.disk.capacityBytes;
+      this.diskDigest = new MemoryDigest(body.disk.capacityBytes, body.disk.blockBytes);
+    }
     this.vm = vm;
     this.image = image;
     this.digest = new MemoryDigest(body.vm.memoryBytes);
@@ -155,17 +200,25 @@ export class IncomingMigration {
     return { accepted: true };
   }
 
-  private async commit(sourceDigest: string): Promise<OkBody> {
+  private async commit(body: CommitBody): Promise<OkBody> {
     const vm = this.requireVm();
     if (this.state === null) throw new FerryError('PROTOCOL_OUT_OF_ORDER', 'COMMIT before STATE');
+    const sourceDigest = body.digest;
     const ours = this.digest?.hex() ?? '';
     if (ours !== sourceDigest) {
       // The ERROR reply goes out first; closing the connection then aborts (discards) the VM.
       throw new FerryError('DIGEST_MISMATCH', `memory digest mismatch: source ${sourceDigest}, target ${ours}; the VM was not resumed here`);
     }
+    await this.commitDisk(body.diskDigest);
     // Durable before the VM runs: a restarted target must still answer "committed".
     const t0 = performance.now();
-    await this.hooks.recordOutcome(this.id, 'committed', vm.config.name);
+    try {
+      await this.hooks.recordOutcome(this.id, 'committed', vm.config.name);
+    } catch (err) {
+      // Not committed: the source takes the disk back after the ERROR reply, so let it go first.
+      await this.disk?.discard();
+      throw err;
+    }
     const recordedAt = performance.now();
     await failpoint('target.after-commit-record');
     this.ended = true;
@@ -177,10 +230,31 @@ export class IncomingMigration {
     // The host registers the VM before the reply (adopt does that synchronously); persisting its
     // definition finishes after the reply: it is not on the downtime path (the commit record
     // above is what a restarted host needs).
-    void this.hooks.adopt(vm, this.image ?? new Uint8Array()).catch((err: unknown) => { this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: cannot record VM ${vm.config.name}: ${errorMessage(err)}`); });
+    void this.hooks.adopt(vm, this.image ?? new Uint8Array(), this.disk).catch((err: unknown) => { this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: cannot record VM ${vm.config.name}: ${errorMessage(err)}`); });
     this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: committed; VM ${vm.config.name} runs here (commit record ${(recordedAt - t0).toFixed(1)} ms, resume ${(startedAt - recordedAt).toFixed(1)} ms)`);
     void this.measureGuestDowntime(vm);
     return { resumed: true };
+  }
+
+  /**
+   * The disk's part of COMMIT, before the commit record: a copied disk is flushed and its digest
+   * compared; a shared disk's lease is taken (the source released it just before COMMIT).
+   */
+  private async commitDisk(sourceDiskDigest: string | undefined): Promise<void> {
+    const disk = this.disk;
+    if (disk === null) {
+      if (sourceDiskDigest !== undefined) throw new FerryError('PROTOCOL_BAD_PAYLOAD', 'COMMIT carries a disk digest for a migration without a disk');
+      return;
+    }
+    if (this.diskDigest !== null) {
+      const ours = this.diskDigest.hex();
+      if (sourceDiskDigest !== ours) {
+        throw new FerryError('DIGEST_MISMATCH', `disk digest mismatch: source ${sourceDiskDigest ?? 'none'}, target ${ours}; the VM was not resumed here`);
+      }
+      await disk.flush();
+    }
+    await failpoint('target.disk-activate');
+    await disk.activate();
   }
 
   /** The largest gap any vCPU saw between its last clock read on the source and its first here. */
@@ -217,6 +291,9 @@ export class IncomingMigration {
     const vm = this.vm;
     this.vm = null;
     await vm?.stop();
+    const disk = this.disk;
+    this.disk = null;
+    await disk?.discard().catch((err: unknown) => { this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: cannot discard the disk: ${errorMessage(err)}`); });
     try {
       await this.hooks.recordOutcome(this.id, 'aborted', vm?.config.name ?? '');
       this.onEnd(this.outcome, true);

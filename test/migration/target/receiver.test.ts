@@ -25,6 +25,7 @@ class Harness {
   readonly receiver = new MigrationReceiver({
     admit: () => { throw new FerryError('MIGRATION_REFUSED', 'this test prepares nothing'); },
     adopt: () => Promise.reject(new FerryError('INTERNAL', 'nothing commits in this test')),
+    prepareDisk: () => Promise.reject(new FerryError('MIGRATION_REFUSED', 'this test prepares nothing')),
     recordOutcome: (id, outcome) => {
       // Resolved after the receiver has handled this write's result (its microtasks run first).
       const done = this.recorded.get(id);

@@ -1,0 +1,116 @@
+/**
+ * A VM's disk in a live migration, on this host's side (the protocol is in
+ * src/migration/disk.ts): which way it moves (`planDisk`), the source's view of it over the VM's
+ * disk handle, and the disk an incoming VM gets (`prepareIncomingDisk`).
+ */
+import { posix } from 'node:path';
+import { FerryError, isFerryError } from '../lib/errors.js';
+import { changedBlockBytesFor } from '../storage/changed-blocks.js';
+import type { MigrationSourceDisk, IncomingDisk, PrepareDisk } from '../migration/disk.js';
+import type { DatastoreView } from '../api/host-v1.js';
+import type { HostDatastores } from './datastores.js';
+import { VmDisk, type DiskSpec } from './vm-disk.js';
+
+/** How long a rollback keeps trying to take a shared disk's lease back (a dead target's lease must expire first). */
+export const REACQUIRE_WAIT_MS = 60_000;
+const REACQUIRE_RETRY_MS = 250;
+
+/** Where to put the disk on the target when it cannot see the source's datastore (MigrateRequest.disk). */
+export interface DiskDestination {
+  readonly datastore: string;
+  readonly path?: string | undefined;
+}
+
+/**
+ * Shared when the target mounts the disk's datastore (same id, under whatever name); else a copy to
+ * `destination`; else MIGRATION_REFUSED saying what to ask for.
+ */
+export function planDisk(disk: VmDisk, datastores: HostDatastores, targetDatastores: readonly DatastoreView[], destination: DiskDestination | undefined): PrepareDisk {
+  const spec = disk.spec;
+  const capacityBytes = disk.capacityBytes;
+  if (destination !== undefined) {
+    if (!targetDatastores.some((d) => d.name === destination.datastore)) {
+      throw new FerryError('MIGRATION_REFUSED', `the target has no datastore ${destination.datastore} (it mounts: ${targetDatastores.map((d) => d.name).join(', ') || 'none'})`);
+    }
+    return { mode: 'copy', datastore: destination.datastore, path: destination.path ?? spec.path, capacityBytes, blockBytes: changedBlockBytesFor(capacityBytes) };
+  }
+  const id = datastores.get(spec.datastore).id;
+  if (targetDatastores.some((d) => d.id === id)) return { mode: 'shared', datastoreId: id, path: spec.path, capacityBytes };
+  throw new FerryError('MIGRATION_REFUSED',
+    `the target does not mount datastore ${spec.datastore} (id ${id.slice(0, 8)}…), which holds the VM's disk; name one of its datastores to copy the disk to (${targetDatastores.map((d) => d.name).join(', ') || 'it mounts none'})`,
+    { datastore: spec.datastore, targetDatastores: targetDatastores.map((d) => d.name) });
+}
+
+/** The source's view of the VM's disk for the migration engine. */
+export function sourceDisk(disk: VmDisk, plan: PrepareDisk): MigrationSourceDisk {
+  return {
+    plan,
+    track: (blockBytes) => disk.track(blockBytes),
+    untrack: (t) => { disk.untrack(t); },
+    forEachAllocatedRange: (fn) => disk.disk.forEachAllocatedRange(fn),
+    read: (offsetBytes, buf) => disk.disk.read(offsetBytes, buf),
+    release: () => disk.release(),
+    reacquire: () => reacquireWaiting(disk),
+    get released() { return !disk.attached; },
+  };
+}
+
+/** Takes a shared disk's lease back, waiting out a lease the target may still hold (it expires if the target died). */
+async function reacquireWaiting(disk: VmDisk): Promise<void> {
+  const deadline = performance.now() + REACQUIRE_WAIT_MS;
+  for (;;) {
+    try {
+      await disk.reacquire();
+      return;
+    } catch (err) {
+      if (!isFerryError(err) || err.code !== 'DISK_LOCKED' || performance.now() >= deadline) throw err;
+    }
+    await new Promise((resolve) => setTimeout(resolve, REACQUIRE_RETRY_MS));
+  }
+}
+
+/** The disk an incoming VM runs on; the host adopts `vmDisk` with the VM at commit. */
+export class IncomingVmDisk implements IncomingDisk {
+  private discarded = false;
+
+  constructor(readonly vmDisk: VmDisk, private readonly copied: boolean, private readonly datastores: HostDatastores) {}
+
+  get backend(): IncomingDisk['backend'] { return this.vmDisk.backend; }
+
+  write(offsetBytes: number, data: Uint8Array): Promise<void> { return this.vmDisk.disk.write(offsetBytes, data); }
+  flush(): Promise<void> { return this.vmDisk.disk.flush(); }
+
+  async activate(): Promise<void> {
+    if (!this.copied) await this.vmDisk.reacquire();
+  }
+
+  async discard(): Promise<void> {
+    if (this.discarded) return;
+    this.discarded = true;
+    await this.vmDisk.close();
+    // A copy that did not commit is incomplete: it goes. A shared disk is the source's: it stays.
+    if (this.copied) await this.datastores.get(this.vmDisk.spec.datastore).remove(this.vmDisk.spec.path);
+  }
+}
+
+/**
+ * The disk PREPARE announced, made ready on this host: shared — this host mounts the datastore
+ * (by id) and the disk file is there (it is opened at COMMIT); copy — a new disk is created on the
+ * named datastore, never over an existing file. Throws MIGRATION_REFUSED (or the datastore's
+ * error) to refuse the migration.
+ */
+export async function prepareIncomingDisk(datastores: HostDatastores, vmName: string, plan: PrepareDisk): Promise<IncomingVmDisk> {
+  if (plan.mode === 'shared') {
+    const ds = datastores.byId(plan.datastoreId);
+    if (ds === undefined) throw new FerryError('MIGRATION_REFUSED', `VM ${vmName}'s disk is on a datastore this host does not mount (id ${plan.datastoreId.slice(0, 8)}…)`);
+    const st = await ds.stat(plan.path);
+    if (st.kind !== 'file') throw new FerryError('MIGRATION_REFUSED', `${ds.name}:${plan.path} is not a disk file here`);
+    const spec: DiskSpec = { datastore: ds.name, path: plan.path };
+    return new IncomingVmDisk(VmDisk.pending(datastores, spec, plan.capacityBytes), false, datastores);
+  }
+  const spec: DiskSpec = { datastore: plan.datastore, path: plan.path };
+  const dir = posix.dirname(plan.path);
+  if (dir !== '.') await datastores.get(plan.datastore).mkdir(dir);
+  // A datastore that fills up during the copy fails its writes: the migration fails, the VM stays on the source and the partial copy is removed.
+  return new IncomingVmDisk(await VmDisk.attach(datastores, spec, plan.capacityBytes), true, datastores);
+}

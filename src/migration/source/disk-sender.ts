@@ -1,0 +1,115 @@
+/**
+ * Copy mode of a migration with a disk (../disk.ts): sends disk blocks as DISK batches over the
+ * data channels, pipelined like memory, and keeps the digest of what it sent.
+ *
+ * Rounds: `start()` begins tracking the guest's writes *before* it lists the allocated ranges, so
+ * a write during the listing is in the next round; each later round sends what the tracker took
+ * at the end of the previous one, read after the take (the tracker's ordering contract in
+ * src/storage/changed-blocks.ts), and the last round is taken with the VM stunned and drained.
+ */
+import { FerryError } from '../../lib/errors.js';
+import { ChangedBlocks } from '../../storage/changed-blocks.js';
+import type { ClientChannel } from '../channel.js';
+import type { MigrationSourceDisk } from '../disk.js';
+import { MemoryDigest, isAllZero } from '../digest.js';
+import { MAX_ENTRIES_PER_BATCH } from '../protocol/frame.js';
+import type { MemoryEntryInput } from '../protocol/memory-batch.js';
+import { encodeDisk } from '../protocol/messages.js';
+import { checkCancelled, type JobContext } from './context.js';
+import { BATCH_PAYLOAD_BYTES, FRAMES_IN_FLIGHT_PER_CHANNEL } from './sender.js';
+
+export class DiskSender {
+  readonly digest: MemoryDigest;
+  readonly blockBytes: number;
+  private tracker: ChangedBlocks | null = null;
+  private nextChannel = 0;
+  private corruptedOnce = false;
+
+  constructor(private readonly ctx: JobContext, private readonly channels: readonly ClientChannel[], private readonly disk: MigrationSourceDisk) {
+    const plan = disk.plan;
+    if (plan.mode !== 'copy') throw new FerryError('INTERNAL', 'a disk sender is for copy mode only');
+    this.blockBytes = plan.blockBytes;
+    this.digest = new MemoryDigest(plan.capacityBytes, plan.blockBytes);
+  }
+
+  /** Starts tracking, then returns round 1's work: every block the chain holds data for. */
+  async start(): Promise<number[]> {
+    const tracker = this.disk.track(this.blockBytes);
+    this.tracker = tracker;
+    const all = new ChangedBlocks(tracker.capacityBytes, this.blockBytes);
+    await this.disk.forEachAllocatedRange((offset, length) => { all.mark(offset, length); });
+    return all.take();
+  }
+
+  /** Blocks the guest wrote since the last take (the next round's work). */
+  take(): number[] {
+    return this.tracker?.take() ?? [];
+  }
+
+  /** Bytes the next round will send for `blocks`. */
+  bytesOf(blocks: readonly number[]): number {
+    const t = this.tracker;
+    if (t === null) return 0;
+    return blocks.reduce((sum, b) => sum + t.range(b).lengthBytes, 0);
+  }
+
+  /** Sends the blocks; resolves once the target acknowledged every batch, with the block bytes sent. */
+  async send(blocks: readonly number[], round: number, skipZero: boolean): Promise<number> {
+    const tracker = this.tracker;
+    if (tracker === null) throw new FerryError('INTERNAL', 'DiskSender.send before start');
+    const inFlight: Promise<unknown>[] = [];
+    let sent = 0;
+    let batch: MemoryEntryInput[] = [];
+    let batchBytes = 0;
+    const flush = async (): Promise<void> => {
+      if (batch.length === 0) return;
+      const entries = batch;
+      batch = [];
+      batchBytes = 0;
+      inFlight.push(this.sendBatch(round, entries));
+      if (inFlight.length >= this.channels.length * FRAMES_IN_FLIGHT_PER_CHANNEL) await inFlight.shift();
+      checkCancelled(this.ctx);
+    };
+    for (const b of blocks) {
+      const { offsetBytes, lengthBytes } = tracker.range(b);
+      const data = Buffer.allocUnsafe(lengthBytes);
+      await this.disk.read(offsetBytes, data);
+      if (isAllZero(data)) {
+        this.digest.updateZero(offsetBytes, lengthBytes);
+        if (skipZero) continue;
+        batch.push({ offset: offsetBytes, length: lengthBytes, encoding: 'zero' });
+      } else {
+        this.digest.update(offsetBytes, data);
+        this.corruptForTest(data, round);
+        batch.push({ offset: offsetBytes, length: lengthBytes, encoding: 'raw', data });
+        batchBytes += lengthBytes;
+        sent += lengthBytes;
+      }
+      if (batchBytes + this.blockBytes > BATCH_PAYLOAD_BYTES || batch.length >= MAX_ENTRIES_PER_BATCH) await flush();
+    }
+    await flush();
+    for (const p of inFlight) await p;
+    const rec = this.ctx.record.disk;
+    if (rec !== null) rec.sentBytes += sent;
+    return sent;
+  }
+
+  /** Stops tracking (the migration ended either way). */
+  stop(): void {
+    if (this.tracker !== null) this.disk.untrack(this.tracker);
+    this.tracker = null;
+  }
+
+  private sendBatch(round: number, entries: MemoryEntryInput[]): Promise<unknown> {
+    const ch = this.channels[this.nextChannel++ % this.channels.length];
+    if (ch === undefined) throw new FerryError('MIGRATION_FAILED', 'no data channel');
+    return ch.request(`DISK round ${round}`, (id) => encodeDisk(id, round, entries), this.ctx.requestTimeoutMs);
+  }
+
+  /** Tests only (options.corruptDiskBlockInRound): damage one block after hashing it; COMMIT must fail. */
+  private corruptForTest(data: Buffer, round: number): void {
+    if (this.ctx.options.corruptDiskBlockInRound !== round || this.corruptedOnce) return;
+    data[0] = (data[0] ?? 0) ^ 0xff;
+    this.corruptedOnce = true;
+  }
+}
