@@ -15,7 +15,7 @@
  */
 import { FerryError } from '../../lib/errors.js';
 import type { BlockFile } from '../block-file.js';
-import { type Descriptor, CID_NO_PARENT, defaultDdb, encodeDescriptor, newCid, parseDescriptor } from './descriptor.js';
+import { type Descriptor, CID_NO_PARENT, defaultDdb, encodeDescriptor, newCid, readDescriptor } from './descriptor.js';
 import type { GrainExtent } from './extent.js';
 import { GT_SECTORS, GrainTables, gdSectors } from './grain-tables.js';
 import {
@@ -115,13 +115,7 @@ export class SparseExtent implements GrainExtent {
     if ((header.flags & (FLAG_COMPRESSED | FLAG_MARKERS)) !== 0 || header.gdOffsetSectors < 0) {
       throw new FerryError('DISK_CORRUPT', `${name}: compressed grains or markers in a monolithicSparse header`);
     }
-    const descArea = new Uint8Array(header.descriptorSizeSectors * SECTOR_BYTES);
-    await file.read(header.descriptorOffsetSectors * SECTOR_BYTES, descArea);
-    const desc = parseDescriptor(descArea, name);
-    if (desc.createType !== 'monolithicSparse') throw new FerryError('DISK_CORRUPT', `${name}: createType ${desc.createType} with a monolithicSparse header`);
-    if (desc.extent.sectors !== header.capacitySectors) {
-      throw new FerryError('DISK_CORRUPT', `${name}: the extent line says ${desc.extent.sectors} sectors, the header ${header.capacitySectors}`);
-    }
+    const desc = await readDescriptor(file, header, 'monolithicSparse');
     const fileSectors = Math.floor(fileBytes / SECTOR_BYTES);
     const zeroGrain = (header.flags & FLAG_ZEROED_GRAIN) !== 0;
     const grainSectors = header.grainSizeSectors;
