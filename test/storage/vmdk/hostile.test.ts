@@ -97,6 +97,11 @@ describe('hostile VMDK files', () => {
     await refused(mutated((_b, v) => v.setBigUint64(36, 2049n, true)), 'DISK_TOO_LARGE'); // descriptor > 1 MiB
     await refused(mutated((_b, v) => v.setBigUint64(36, 200n, true)), 'DISK_CORRUPT'); // descriptor beyond the metadata
     await refused(mutated((_b, v) => v.setBigUint64(64, 1n << 40n, true)), 'DISK_TRUNCATED'); // overHead beyond the file
+    // Create holds itself to the rule open holds a file to.
+    for (const grainSizeSectors of [4, 12, 0x400000, Number.NaN]) {
+      await assert.rejects(VmdkDisk.create(new MemoryFile('g.vmdk', new Uint8Array(0), false), { capacityBytes: MiB, grainSizeSectors }), { code: 'INVALID_SIZE' });
+    }
+    await (await VmdkDisk.create(new MemoryFile('g.vmdk', new Uint8Array(0), false), { capacityBytes: MiB, grainSizeSectors: 8 })).close();
   });
 
   it('directories and tables pointing outside the file or into metadata', async () => {
