@@ -36,7 +36,7 @@ import { conFlush, putSize, putStr, putU64, putI64 } from "./lib/console";
 import { cmdlineLoad, keyIs, nextParam, panicUnknownKey, valU64 } from "./lib/cmdline";
 import { mix64 } from "./lib/hash";
 import { panicStr } from "./lib/panic";
-import { BLOCK_FLUSH, BLOCK_MAX_REQUEST, BLOCK_OK, BLOCK_PENDING, BLOCK_READ, BLOCK_SECTOR, BLOCK_WRITE, blockPrepare, blockStatus, blockSubmit } from "./lib/block";
+import { BLOCK_FLUSH, BLOCK_MAX_REQUEST, BLOCK_OK, BLOCK_PENDING, BLOCK_READ, BLOCK_SECTOR, BLOCK_WRITE, blockPrepare, blockStatus, blockSubmit, roundUpToSector } from "./lib/block";
 
 export const ferry_abi_version: i32 = 1;
 
@@ -161,7 +161,7 @@ export function ferry_boot(_vcpus: i32): void {
   if (flush == 0) flush = 1;
   if (flush > WINDOW) flush = WINDOW;
   const log: u64 = <u64>LOG;
-  const logBytes = (max * REC + BLOCK_SECTOR - 1) & ~(BLOCK_SECTOR - 1);
+  const logBytes = roundUpToSector(max * REC);
   const needPages = (log + logBytes + 65535) >> 16;
   const have = <u64>memory.size();
   if (needPages > have && memory.grow(<i32>(needPages - have)) < 0) {
@@ -189,7 +189,7 @@ export function ferry_boot(_vcpus: i32): void {
   conFlush();
 }
 
-@inline function logBytes(): u64 { return (st64(S_MAX) * REC + BLOCK_SECTOR - 1) & ~(BLOCK_SECTOR - 1); }
+@inline function logBytes(): u64 { return roundUpToSector(st64(S_MAX) * REC); }
 
 /** Boot scan, one bounded piece per step: read a chunk, then verify its records. */
 function scanStep(budget: u64): i32 {
@@ -342,7 +342,7 @@ function runStep(budget: u64): i32 {
       const from = w - w % SECTOR_RECORDS;
       let to = a;
       if (to - from > REQ_RECORDS) to = from + REQ_RECORDS;
-      const len = ((to - from) * REC + BLOCK_SECTOR - 1) & ~(BLOCK_SECTOR - 1);
+      const len = roundUpToSector((to - from) * REC);
       set64(S_IO_END, to);
       blockPrepare(DESC, BLOCK_WRITE, from * REC, <u32>len, recAt(from));
       if (blockSubmit(DESC) == 0) set32(S_IO, 2);
