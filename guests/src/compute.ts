@@ -1,7 +1,7 @@
 // compute: a CPU-bound Ferry guest with few stores.
 //
-// vCPU 0 runs a 64-bit hash chain  h = mix(h ^ i), i = 0, 1, ..., iters-1  (mix = the splitmix64
-// finalizer), starting from h = H0. The chain state (i, h, done) lives in mutable module globals,
+// vCPU 0 runs a 64-bit hash chain  h = mix64(h ^ i), i = 0, 1, ..., iters-1  (mix64 = the splitmix64
+// finalizer, lib/hash.ts), starting from h = H0. The chain state (i, h, done) lives in mutable module globals,
 // NOT in memory: for a run to survive save/restore or migration, the runtime must capture and
 // restore the vCPU instance's globals. Other vCPUs halt at their first step.
 //
@@ -22,6 +22,7 @@
 
 import { conFlush, putHex, putStr, putU64 } from "./lib/console";
 import { cmdlineLoad, keyIs, nextParam, panicUnknownKey, valU64 } from "./lib/cmdline";
+import { mix64 } from "./lib/hash";
 
 export const ferry_abi_version: i32 = 1;
 
@@ -35,13 +36,6 @@ let gI: u64 = 0;
 // H0 = 0x243f6a8885a308d3. Initializers are literals so that the module needs no start function.
 let gH: u64 = 0x243f6a8885a308d3;
 let gDone: bool = false;
-
-@inline function mix(v: u64): u64 {
-  let x = v + 0x9e3779b97f4a7c15;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111eb;
-  return x ^ (x >> 31);
-}
 
 export function ferry_boot(_vcpus: i32): void {
   let iters: u64 = 20000000;
@@ -82,7 +76,7 @@ export function ferry_vcpu_step(vcpu: i32, budget: i32): i32 {
     const next: u64 = report != 0 ? (i / report + 1) * report : end;
     if (next < stop) stop = next;
     while (i < stop) {
-      h = mix(h ^ i);
+      h = mix64(h ^ i);
       i++;
     }
     if (i == next && report != 0) {

@@ -84,6 +84,7 @@ import {
   CMDLINE_BUF, cmdlineLoad, keyIs, nextParam, panicBadValue, panicUnknownKey, valBool, valIs, valSize, valU64,
 } from "./lib/cmdline";
 import { panicLine, panicStr } from "./lib/panic";
+import { mix64 } from "./lib/hash";
 
 export const ferry_abi_version: i32 = 1;
 
@@ -180,13 +181,6 @@ const RATE_BURST_NS: u64 = 10_000_000; // at most 10 ms worth of updates are cau
 
 @inline function fillWord(addr: u64): u64 {
   return FILL_BASE | (addr >> PAGE_SHIFT);
-}
-
-function mix64(v: u64): u64 {
-  let x = v + 0x9e3779b97f4a7c15;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111eb;
-  return x ^ (x >> 31);
 }
 
 // ---------------------------------------------------------------------------------------------

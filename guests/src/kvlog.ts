@@ -9,7 +9,7 @@
 //   +0  u32 magic "KVL1" (0x314c564b)    +4  u32 epoch (boot generation that wrote it, >= 1)
 //   +8  u64 seq = i + 1                   +16 u64 key   = derived from (seq, epoch), < 4096
 //   +24 u64 value = derived from (key, seq, epoch)
-//   +32 3 x u64 payload = mix chain from value
+//   +32 3 x u64 payload = mix64 chain from value
 //   +56 u32 0                             +60 u32 crc32 (IEEE) of bytes 0..59
 // Every field is a function of (seq, epoch), so a reader can check a record completely. Epochs
 // never decrease along the log: a record of an older epoch after a newer one is a stale survivor
@@ -34,8 +34,9 @@
 import { block_capacity, clock_ns } from "./lib/ferry";
 import { conFlush, putSize, putStr, putU64, putI64 } from "./lib/console";
 import { cmdlineLoad, keyIs, nextParam, panicUnknownKey, valU64 } from "./lib/cmdline";
+import { mix64 } from "./lib/hash";
 import { panicStr } from "./lib/panic";
-import { BLOCK_FLUSH, BLOCK_MAX_REQUEST, BLOCK_OK, BLOCK_PENDING, BLOCK_READ, BLOCK_SECTOR, BLOCK_WRITE, blockPrepare, blockStatus, blockSubmit } from "./lib/block";
+import { BLOCK_FLUSH, BLOCK_MAX_REQUEST, BLOCK_OK, BLOCK_PENDING, BLOCK_READ, BLOCK_SECTOR, BLOCK_WRITE, blockPrepare, blockStatus, blockSubmit, roundUpToSector } from "./lib/block";
 
 export const ferry_abi_version: i32 = 1;
 
@@ -90,13 +91,6 @@ const CRC_TABLE: usize = STATE + 1024; // 256 x u32
 @inline function st32(f: usize): u32 { return load<u32>(STATE + f); }
 @inline function set32(f: usize, v: u32): void { store<u32>(STATE + f, v); }
 
-@inline function mix(v: u64): u64 {
-  let x = v + 0x9e3779b97f4a7c15;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111eb;
-  return x ^ (x >> 31);
-}
-
 function crc32(p: usize, n: usize): u32 {
   let c: u32 = 0xffffffff;
   for (let i: usize = 0; i < n; i++) c = load<u32>(CRC_TABLE + (<usize>((c ^ <u32>load<u8>(p + i)) & 0xff) << 2)) ^ (c >>> 8);
@@ -111,8 +105,8 @@ function buildCrcTable(): void {
   }
 }
 
-@inline function keyOf(seq: u64, epoch: u32): u64 { return mix(seq * 0x9e3779b97f4a7c15 ^ (<u64>epoch << 40)) % KEYS; }
-@inline function valueOf(key: u64, seq: u64, epoch: u32): u64 { return mix(key ^ (seq << 8) ^ (<u64>epoch << 48)); }
+@inline function keyOf(seq: u64, epoch: u32): u64 { return mix64(seq * 0x9e3779b97f4a7c15 ^ (<u64>epoch << 40)) % KEYS; }
+@inline function valueOf(key: u64, seq: u64, epoch: u32): u64 { return mix64(key ^ (seq << 8) ^ (<u64>epoch << 48)); }
 @inline function recAt(i: u64): usize { return LOG + <usize>(i * REC); }
 
 function writeRecord(i: u64, epoch: u32): void {
@@ -126,7 +120,7 @@ function writeRecord(i: u64, epoch: u32): void {
   store<u64>(p, key, 16);
   store<u64>(p, value, 24);
   let x = value;
-  for (let j: usize = 0; j < 3; j++) { x = mix(x); store<u64>(p + 32 + (j << 3), x); }
+  for (let j: usize = 0; j < 3; j++) { x = mix64(x); store<u64>(p + 32 + (j << 3), x); }
   store<u32>(p, 0, 56);
   store<u32>(p, crc32(p, 60), 60);
 }
@@ -143,7 +137,7 @@ function recordValid(i: u64, minEpoch: u32, maxEpoch: u32): bool {
   const value = valueOf(key, seq, epoch);
   if (load<u64>(p, 16) != key || load<u64>(p, 24) != value) return false;
   let x = value;
-  for (let j: usize = 0; j < 3; j++) { x = mix(x); if (load<u64>(p + 32 + (j << 3)) != x) return false; }
+  for (let j: usize = 0; j < 3; j++) { x = mix64(x); if (load<u64>(p + 32 + (j << 3)) != x) return false; }
   return true;
 }
 
@@ -167,7 +161,7 @@ export function ferry_boot(_vcpus: i32): void {
   if (flush == 0) flush = 1;
   if (flush > WINDOW) flush = WINDOW;
   const log: u64 = <u64>LOG;
-  const logBytes = (max * REC + BLOCK_SECTOR - 1) & ~(BLOCK_SECTOR - 1);
+  const logBytes = roundUpToSector(max * REC);
   const needPages = (log + logBytes + 65535) >> 16;
   const have = <u64>memory.size();
   if (needPages > have && memory.grow(<i32>(needPages - have)) < 0) {
@@ -195,7 +189,7 @@ export function ferry_boot(_vcpus: i32): void {
   conFlush();
 }
 
-@inline function logBytes(): u64 { return (st64(S_MAX) * REC + BLOCK_SECTOR - 1) & ~(BLOCK_SECTOR - 1); }
+@inline function logBytes(): u64 { return roundUpToSector(st64(S_MAX) * REC); }
 
 /** Boot scan, one bounded piece per step: read a chunk, then verify its records. */
 function scanStep(budget: u64): i32 {
@@ -348,7 +342,7 @@ function runStep(budget: u64): i32 {
       const from = w - w % SECTOR_RECORDS;
       let to = a;
       if (to - from > REQ_RECORDS) to = from + REQ_RECORDS;
-      const len = ((to - from) * REC + BLOCK_SECTOR - 1) & ~(BLOCK_SECTOR - 1);
+      const len = roundUpToSector((to - from) * REC);
       set64(S_IO_END, to);
       blockPrepare(DESC, BLOCK_WRITE, from * REC, <u32>len, recAt(from));
       if (blockSubmit(DESC) == 0) set32(S_IO, 2);

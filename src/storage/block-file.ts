@@ -17,5 +17,9 @@ export interface BlockFile {
   /** Current length in bytes. */
   size(): Promise<number>;
   truncate(length: number): Promise<void>;
+  /**
+   * Idempotent: closing a closed file does nothing. Whoever ends up owning a file after a failure
+   * (the opener or the disk it was handed to) may close it, so closing twice must be harmless.
+   */
   close(): Promise<void>;
 }

@@ -8,6 +8,8 @@ import type { DatastoreFile } from './datastore.js';
 import type { Lease } from './lease.js';
 
 export class LeasedFile implements DatastoreFile {
+  private closing: Promise<void> | undefined;
+
   constructor(private readonly file: BlockFile, readonly lease: Lease | null) {}
 
   get name(): string { return this.file.name; }
@@ -31,12 +33,19 @@ export class LeasedFile implements DatastoreFile {
     await this.file.truncate(length);
   }
 
-  /** Closes the file, then gives the lease up (after the last write has been handed to the file system). */
-  async close(): Promise<void> {
-    try {
-      await this.file.close();
-    } finally {
-      await this.lease?.release();
-    }
+  /**
+   * Closes the file, then gives the lease up (after the last write has been handed to the file system).
+   * Idempotent on its own, whatever the file's close does, and a second call waits for the first: a
+   * concurrent close that skipped ahead to the release could give the lease up before the file is closed.
+   */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      try {
+        await this.file.close();
+      } finally {
+        await this.lease?.release();
+      }
+    })();
+    return this.closing;
   }
 }

@@ -66,16 +66,16 @@ export function buildVm(imageBytes: Uint8Array, input: VmConfigInput, restore: R
   const config = normalizeConfig(input);
   const image = instrumentGuest(imageBytes, config, faultInjection);
   const memory = sharedMemory(image.layout);
-  let parts: VmParts = {
+  const bitmap = traceBitmap(memory, image.layout, config.granularityBytes);
+  const parts: VmParts = {
     config, imageBytes, image, memory,
     ram: new Uint8Array(memory.buffer, 0, image.layout.ramBytes),
-    bitmap: traceBitmap(memory, image.layout, config.granularityBytes),
+    bitmap,
     claimedPagesWord: new Int32Array(memory.buffer, image.layout.controlOffset + CONTROL_CLAIMED_PAGES_OFFSET, 1),
     control: Control.create(config.vcpus, Math.max(1, image.globals.length), regionCount(image.layout.ramBytes, MIN_GRANULARITY_BYTES)),
-    block: null,
+    block: input.disk === undefined ? null : blockDevice(input.disk, memory, image.layout.ramBytes, bitmap),
     restore,
   };
-  if (input.disk !== undefined) parts = { ...parts, block: blockDevice(input.disk, parts) };
   Atomics.store(parts.claimedPagesWord, 0, image.initialPages);
   parts.control.setGuestClockNs(0n);
   if (restore !== null) applyRestoreState(parts, restore);
@@ -115,11 +115,10 @@ function traceBitmap(memory: WebAssembly.Memory, layout: MemoryLayout, granulari
  * counter it shares with every vCPU's BlockSubmitter (src/vmm/devices/block.ts). A restored VM
  * starts with none in flight: a pause (so every save and switch-over) drains them first.
  */
-function blockDevice(backend: BlockBackend, parts: VmParts): BlockDevice {
+function blockDevice(backend: BlockBackend, memory: WebAssembly.Memory, ramBytes: number, bitmap: TraceBitmap): BlockDevice {
   checkDiskCapacity(backend.capacityBytes);
   const shared = createBlockShared();
-  const service = new BlockService({ backend, memory: parts.memory, ramBytes: parts.image.layout.ramBytes, bitmap: parts.bitmap, shared });
-  return { service, shared };
+  return { service: new BlockService({ backend, memory, ramBytes, bitmap, shared }), shared };
 }
 
 /** What vCPU `vcpu`'s worker thread is handed: the guest, the memory, the control block, the devices. */

@@ -160,7 +160,7 @@ export class Vm extends EventEmitter<VmEvents> {
 
   private async waitForVcpus(done: (s: VcpuState) => boolean, what: string, extraMs = 0): Promise<void> {
     const deadline = performance.now() + Math.max(this.config.hangTimeoutMs, VCPU_START_TIMEOUT_MS) + extraMs;
-    const ok = await waitUntil(this.control.i32, () => this.vcpuStates().every(done) || this.crashed(), W_PARK_SEQ, deadline, this.crashed);
+    const ok = await waitUntil(this.control.i32, () => this.vcpuStates().every(done), W_PARK_SEQ, deadline, this.crashed);
     if (!ok && this.crashInfo === null) {
       this.onCrash({ reason: 'hung', vcpu: this.vcpuStates().findIndex((s) => !done(s)), message: `vCPU did not ${what} in time` });
     }

@@ -9,8 +9,7 @@ import assert from 'node:assert/strict';
 import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
-  createVm, listVms, migrationStatus, removeHostData, startHost, startMigration, stopHost, verifyVm, waitMigration, waitPhase,
-  type TestHost,
+  createVm, removeHostData, startHost, startMigration, stopHost, waitMigration, waitPhase, type TestHost,
 } from '../helpers/hosts.js';
 import { MiB } from '../../src/lib/units.js';
 import { failpointHitLine } from '../../src/lib/failpoints.js';
@@ -41,13 +40,13 @@ const VM_OPTS = { memoryBytes: 32 * MiB, cmdline: 'hot=8MiB pattern=random check
  * is checked through its data directory only.
  */
 async function assertRunsOnlyOn(vm: string, on: TestHost, notOn: TestHost[]): Promise<void> {
-  const check = await verifyVm(on, vm);
+  const check = await on.client.verifyVm(vm);
   assert.equal(check.state, 'running', `${vm} runs on ${on.name}`);
   assert.equal(check.selfcheck, 0, `${vm} is intact on ${on.name}`);
   for (const h of notOn) {
     if (h.child.exitCode === null && h.child.signalCode === null) {
       // The partial VM is discarded before the source is told (the ERROR reply or the closed connection).
-      assert.deepEqual((await listVms(h)).map((v) => v.name).filter((n) => n === vm), [], `no copy of ${vm} in ${h.name}'s VM list`);
+      assert.deepEqual((await h.client.listVms()).map((v) => v.name).filter((n) => n === vm), [], `no copy of ${vm} in ${h.name}'s VM list`);
     }
     await assert.rejects(stat(join(h.dataDir, 'vms', vm)), { code: 'ENOENT' }, `no copy of ${vm} in ${h.name}'s data directory`);
   }
@@ -86,7 +85,7 @@ describe('migration faults: the VM ends up in exactly one place', () => {
     assert.equal(r.outcome, 'failed');
     assert.equal(r.error?.code, 'MIGRATION_REFUSED');
     assertFailedIn(r, 'prepare');
-    assert.equal((await verifyVm(a, 'v')).selfcheck, 0);
+    assert.equal((await a.client.verifyVm('v')).selfcheck, 0);
   });
 
   for (const phase of ['prepare', 'precopy', 'switchover'] as const) {
@@ -97,7 +96,7 @@ describe('migration faults: the VM ends up in exactly one place', () => {
       await createVm(a, 'v', 'dirtier', VM_OPTS);
       const id = await startMigration(a, 'v', b, FAULT_OPTS);
       await b.waitForLog(failpointHitLine(HOLD_IN[phase], 'hang'));
-      assert.equal((await migrationStatus(a, id)).phase, phase, `the source is in ${phase}`);
+      assert.equal((await a.client.migration(id)).phase, phase, `the source is in ${phase}`);
       await stopHost(b, 'SIGKILL');
       const r = await waitMigration(a, id);
       assert.equal(r.outcome, 'failed', `outcome (${r.error?.message ?? ''})`);
@@ -111,15 +110,15 @@ describe('migration faults: the VM ends up in exactly one place', () => {
     await b.exited;
     await waitPhase(a, id, 'resolve');
     // While the target is down, the source must not resume the VM.
-    const during = (await listVms(a)).find((v) => v.name === 'v');
+    const during = (await a.client.listVms()).find((v) => v.name === 'v');
     assert.equal(during?.state, 'paused', 'in doubt: paused on the source');
     // The restarted target (same data dir and port) answers: committed (the VM died with that host).
     const b2 = await host('b', { dataDir: b.dataDir, port: b.port });
     const r = await waitMigration(a, id);
     assert.equal(r.outcome, 'succeeded', 'the target committed, so the source released its copy');
-    assert.ok(!(await listVms(a)).some((v) => v.name === 'v'), 'not on the source');
+    assert.ok(!(await a.client.listVms()).some((v) => v.name === 'v'), 'not on the source');
     // The target died between its commit record and adopting the VM: the VM is in none, never in two.
-    assert.deepEqual((await listVms(b2)).filter((v) => v.name === 'v'), [], 'not on the restarted target either');
+    assert.deepEqual((await b2.client.listVms()).filter((v) => v.name === 'v'), [], 'not on the restarted target either');
   });
 
   it('the restarted target cannot read its commit record: it answers STORE_IO, never "unknown"; the source stays paused and asks until it can', async () => {
@@ -137,14 +136,14 @@ describe('migration faults: the VM ends up in exactly one place', () => {
     // The source asks; the target answers an error, loudly, instead of "unknown".
     await b2.waitForLog(`incoming migration ${remoteId.slice(0, 8)}: cannot read its outcome record`);
     await assert.rejects(b2.client.incoming(remoteId), { code: 'STORE_IO', origin: 'remote' });
-    assert.equal((await migrationStatus(a, id)).phase, 'resolve', 'the source is still asking');
-    assert.equal((await listVms(a)).find((v) => v.name === 'v')?.state, 'paused', 'and keeps the VM paused (it may run on the target)');
+    assert.equal((await a.client.migration(id)).phase, 'resolve', 'the source is still asking');
+    assert.equal((await a.client.listVms()).find((v) => v.name === 'v')?.state, 'paused', 'and keeps the VM paused (it may run on the target)');
     // The record is readable again: the source learns "committed" and releases its copy.
     await rm(join(records, file), { recursive: true });
     await rename(join(records, `${file}.aside`), join(records, file));
     const r = await waitMigration(a, id);
     assert.equal(r.outcome, 'succeeded');
-    assert.deepEqual((await listVms(a)).filter((v) => v.name === 'v'), [], 'released on the source');
+    assert.deepEqual((await a.client.listVms()).filter((v) => v.name === 'v'), [], 'released on the source');
   });
 
   it('a target that stays down after the commit: the record says in-doubt (MIGRATION_IN_DOUBT), the VM stays paused until the operator resumes it', async () => {
@@ -153,7 +152,7 @@ describe('migration faults: the VM ends up in exactly one place', () => {
     assert.equal(r.outcome, 'in-doubt');
     assert.equal(r.error?.code, 'MIGRATION_IN_DOUBT');
     assert.equal(r.phases.at(-1)?.phase, 'resolve', 'never rolled back on its own');
-    const view = (await listVms(a)).find((v) => v.name === 'v');
+    const view = (await a.client.listVms()).find((v) => v.name === 'v');
     assert.equal(view?.state, 'paused', 'paused: it may run on the target');
     assert.equal(view.owner, null, 'the migration no longer owns it: the operator decides');
     await a.client.resumeVm('v');
@@ -168,7 +167,7 @@ describe('migration faults: the VM ends up in exactly one place', () => {
     const r = await a.client.waitForMigration(id, { timeoutMs: 20_000 });
     assert.equal(r.outcome, 'in-doubt');
     assert.equal(r.error?.code, 'MIGRATION_IN_DOUBT');
-    assert.equal((await listVms(a)).find((v) => v.name === 'v')?.state, 'paused');
+    assert.equal((await a.client.listVms()).find((v) => v.name === 'v')?.state, 'paused');
   });
 
   it('kill -9 of the target before it recorded the commit: the restarted target says unknown and the source resumes', async () => {
@@ -193,11 +192,11 @@ describe('migration faults: the VM ends up in exactly one place', () => {
     const id = await startMigration(a, 'v', b, FAULT_OPTS);
     // Round 1 was sent and the target holds its ROUND reply: the source is in pre-copy when it dies.
     await b.waitForLog(failpointHitLine('target.round', 'delay'));
-    assert.equal((await migrationStatus(a, id)).phase, 'precopy');
+    assert.equal((await a.client.migration(id)).phase, 'precopy');
     await stopHost(a, 'SIGKILL');
     // The target notices the dropped connections, discards the partial VM and records the abort.
     await b.waitForLog('partial VM discarded');
-    assert.deepEqual((await listVms(b)).filter((v) => v.name === 'v'), [], 'the partial VM was discarded, not resumed');
+    assert.deepEqual((await b.client.listVms()).filter((v) => v.name === 'v'), [], 'the partial VM was discarded, not resumed');
     await assert.rejects(stat(join(b.dataDir, 'vms', 'v')), { code: 'ENOENT' }, 'and nothing of it is in the data directory');
   });
 
@@ -236,7 +235,7 @@ describe('migration faults: the VM ends up in exactly one place', () => {
       assert.equal(r.error?.code, 'MIGRATION_CANCELLED');
       assertFailedIn(r, phase);
       await assertRunsOnlyOn('v', a, [b]);
-      assert.equal((await migrationStatus(a, id)).state, 'cancelled');
+      assert.equal((await a.client.migration(id)).state, 'cancelled');
     });
   }
 

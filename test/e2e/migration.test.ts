@@ -5,7 +5,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  createVm, guestWorks, listVms, removeHostData, startHost, startMigration, stopHost, verifyVm, waitMigration, type TestHost,
+  createVm, guestWorks, removeHostData, startHost, startMigration, stopHost, waitMigration, type TestHost,
 } from '../helpers/hosts.js';
 import { FerryError } from '../../src/lib/errors.js';
 import { routes } from '../../src/api/host-v1.js';
@@ -28,11 +28,11 @@ async function migrateAndCheck(from: TestHost, to: TestHost, vm: string): Promis
   assert.equal(record.outcome, 'succeeded', JSON.stringify(record.error));
   assert.equal(record.verified, true, 'the target verified the memory digest');
   assert.ok(record.engineDowntimeMs !== null && record.engineDowntimeMs > 0);
-  assert.ok(!(await listVms(from)).some((v) => v.name === vm), 'the source released the VM');
-  const view = (await listVms(to)).find((v) => v.name === vm);
+  assert.ok(!(await from.client.listVms()).some((v) => v.name === vm), 'the source released the VM');
+  const view = (await to.client.listVms()).find((v) => v.name === vm);
   assert.equal(view?.state, 'running', 'the VM runs on the target');
   await guestWorks(to, vm); // let it run on the target: check=1 makes it verify every page it touches
-  const check = await verifyVm(to, vm);
+  const check = await to.client.verifyVm(vm);
   assert.equal(check.selfcheck, 0, 'the guest\'s own invariants hold after the migration');
   assert.equal(check.state, 'running');
   // The guest's own record of its longest clock gap covers the stun the runtime measured from its
@@ -76,7 +76,7 @@ describe('live migration between host processes', () => {
       assert.ok(record.traces.installations >= 2);
       if (traceInstall === 'stop-all') assert.ok(record.traces.stallMaxMs > 0, 'stop-all stops the guest to install');
       else assert.equal(record.traces.stallMaxMs, 0, 'single never stops the guest to install');
-      assert.equal((await verifyVm(to, 'tr')).selfcheck, 0);
+      assert.equal((await to.client.verifyVm('tr')).selfcheck, 0);
       [from, to] = [to, from];
     }
     await from.client.stopVm('tr');
@@ -92,7 +92,7 @@ describe('live migration between host processes', () => {
     assert.equal(record.traces.granularityBytes, 2 * MiB);
     assert.ok(record.traces.splitRegions >= 1, 'regions that kept firing with few changed pages were split');
     assert.ok((record.traces.splits[0]?.round ?? 0) >= 2);
-    assert.equal((await verifyVm(b, 'ad')).selfcheck, 0);
+    assert.equal((await b.client.verifyVm('ad')).selfcheck, 0);
     await b.client.stopVm('ad');
     await b.client.deleteVm('ad');
   });
@@ -103,7 +103,7 @@ describe('live migration between host processes', () => {
     assert.equal(record.outcome, 'succeeded', JSON.stringify(record.error));
     await b.client.stopVm('quick');
     await b.client.deleteVm('quick');
-    assert.ok(!(await listVms(b)).some((v) => v.name === 'quick'));
+    assert.ok(!(await b.client.listVms()).some((v) => v.name === 'quick'));
   });
 
   it('migrates with compressed page data over one and over four data connections', async () => {
@@ -111,7 +111,7 @@ describe('live migration between host processes', () => {
     for (const [from, to, options] of [[a, b, { compression: 'deflate', dataChannels: 1 }], [b, a, { compression: 'deflate', dataChannels: 4 }]] as const) {
       const record = await waitMigration(from, await startMigration(from, 'cz', to, options));
       assert.equal(record.outcome, 'succeeded', JSON.stringify(record.error));
-      assert.equal((await verifyVm(to, 'cz')).selfcheck, 0);
+      assert.equal((await to.client.verifyVm('cz')).selfcheck, 0);
     }
     await a.client.stopVm('cz');
     await a.client.deleteVm('cz');
@@ -123,7 +123,7 @@ describe('live migration between host processes', () => {
     const record = await waitMigration(a, id);
     assert.equal(record.outcome, 'succeeded', JSON.stringify(record.error));
     assert.ok(record.maxThrottlePermille > 0, 'auto-converge throttled the guest');
-    assert.equal((await verifyVm(b, 'fast')).selfcheck, 0);
+    assert.equal((await b.client.verifyVm('fast')).selfcheck, 0);
     await b.client.stopVm('fast');
     await b.client.deleteVm('fast');
   });
@@ -134,10 +134,10 @@ describe('live migration between host processes', () => {
     const record = await waitMigration(a, id);
     assert.equal(record.outcome, 'failed');
     assert.equal(record.error?.code, 'MIGRATION_NOT_CONVERGED');
-    const check = await verifyVm(a, 'noconv');
+    const check = await a.client.verifyVm('noconv');
     assert.equal(check.state, 'running');
     assert.equal(check.selfcheck, 0);
-    assert.ok(!(await listVms(b)).some((v) => v.name === 'noconv'), 'the target discarded its partial copy');
+    assert.ok(!(await b.client.listVms()).some((v) => v.name === 'noconv'), 'the target discarded its partial copy');
     await a.client.stopVm('noconv');
     await a.client.deleteVm('noconv');
   });
@@ -154,7 +154,7 @@ describe('host API authentication', () => {
       const body = (await res.json()) as { error: { code: string } };
       assert.equal(body.error.code, 'UNAUTHORIZED');
     }
-    assert.ok(!(await listVms(a)).some((v) => v.name === 'intruder'));
+    assert.ok(!(await a.client.listVms()).some((v) => v.name === 'intruder'));
   });
 
   it('answers bad requests with a code and survives them', async () => {
@@ -191,17 +191,17 @@ describe('host lifecycle', () => {
       assert.match(h.log(), /VM keep: paused and saved \(will resume at the next start\)/);
       const h2 = await startHost('c', { dataDir: h.dataDir });
       try {
-        const vms = await listVms(h2);
+        const vms = await h2.client.listVms();
         assert.equal(vms.find((v) => v.name === 'keep')?.state, 'running');
         assert.equal(vms.find((v) => v.name === 'idle')?.state, 'defined');
-        assert.equal((await verifyVm(h2, 'keep')).selfcheck, 0);
+        assert.equal((await h2.client.verifyVm('keep')).selfcheck, 0);
       } finally {
         await stopHost(h2, 'SIGKILL');
       }
       // After a crash (SIGKILL) nothing is resurrected from the consumed snapshot: the VM is defined, not running.
       const h3 = await startHost('c', { dataDir: h.dataDir });
       try {
-        assert.equal((await listVms(h3)).find((v) => v.name === 'keep')?.state, 'defined');
+        assert.equal((await h3.client.listVms()).find((v) => v.name === 'keep')?.state, 'defined');
       } finally {
         await stopHost(h3, 'SIGKILL');
       }

@@ -8,7 +8,6 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { vmRequest, type GuestName } from './guests.js';
 import { spawnHost, stopHosts, type LocalHost } from '../../src/cli/local-hosts.js';
-import type { MigrationStatus, VerifyResult, VmView } from '../../src/api/host-v1.js';
 import type { MigrationOptions } from '../../src/migration/options.js';
 import type { MigrationRecord } from '../../src/migration/record.js';
 
@@ -40,20 +39,8 @@ export async function createVm(h: TestHost, name: string, guest: GuestName, opts
   await h.client.createVm(await vmRequest(name, guest, { memoryBytes: opts.memoryBytes, vcpus: opts.vcpus ?? 1, cmdline: opts.cmdline ?? '', start: opts.start ?? true }));
 }
 
-export async function listVms(h: TestHost): Promise<VmView[]> {
-  return h.client.listVms();
-}
-
-export async function verifyVm(h: TestHost, name: string): Promise<VerifyResult> {
-  return h.client.verifyVm(name);
-}
-
 export async function startMigration(from: TestHost, vm: string, to: TestHost, options: MigrationOptions = {}): Promise<string> {
   return (await from.client.migrate(vm, { to: to.url, options })).migrationId;
-}
-
-export async function migrationStatus(h: TestHost, id: string): Promise<MigrationStatus> {
-  return h.client.migration(id);
 }
 
 export async function waitMigration(h: TestHost, id: string, timeoutMs = 60_000): Promise<MigrationRecord> {
@@ -63,7 +50,7 @@ export async function waitMigration(h: TestHost, id: string, timeoutMs = 60_000)
 export async function waitPhase(h: TestHost, id: string, phase: string, timeoutMs = 30_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const s = await migrationStatus(h, id);
+    const s = await h.client.migration(id);
     if (s.phase === phase) return;
     if (s.record !== null) throw new Error(`migration ${id} ended (${s.record.outcome}: ${s.record.error?.code ?? ''} ${s.record.error?.message ?? ''}) before phase ${phase}`);
     if (Date.now() > deadline) throw new Error(`migration ${id} never reached phase ${phase} (at ${s.phase})`);

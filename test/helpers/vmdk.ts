@@ -20,12 +20,7 @@ export { openLocalParent, openLocalDisk } from '../../src/storage/vmdk/local-dis
 
 export async function createLocalDisk(path: string, capacityBytes: number, grainSizeSectors?: number): Promise<VmdkDisk> {
   const file = await LocalFile.open(path, { create: true });
-  try {
-    return await VmdkDisk.create(file, { capacityBytes, ...(grainSizeSectors !== undefined ? { grainSizeSectors } : {}) });
-  } catch (err) {
-    await file.close();
-    throw err;
-  }
+  return VmdkDisk.create(file, { capacityBytes, ...(grainSizeSectors !== undefined ? { grainSizeSectors } : {}) });
 }
 
 /** mulberry32: a small seeded PRNG, so a pattern can be replayed by another process. */

@@ -1,8 +1,8 @@
 /**
  * The local-directory datastore on real temp directories: the path rules' negative space (every
  * rule, through every verb), symlinks that lead out (refused) or stay inside (allowed, one lease per
- * real file), open/create/read/write, leases on write opens, rename without and with overwrite,
- * remove, list (lease files hidden), stat, mkdir, space left against statfs.
+ * real file), open/create/read/write, leases on write opens, close (idempotent), rename without and
+ * with overwrite, remove, list (lease files hidden), stat, mkdir, space left against statfs.
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -13,8 +13,11 @@ import { FerryError, type FerryErrorCode } from '../../src/lib/errors.js';
 import {
   MAX_DATASTORE_PATH_BYTES, MAX_DATASTORE_PATH_DEPTH, MAX_PATH_COMPONENT_BYTES, datastorePathParts,
 } from '../../src/storage/datastore.js';
+import { LeasedFile } from '../../src/storage/leased-file.js';
 import { LocalDatastore } from '../../src/storage/local-datastore.js';
+import { LocalFile } from '../../src/storage/local-file.js';
 import { lockPathOf, type LeaseLost, type LeaseTiming } from '../../src/storage/lease.js';
+import { MemoryFile } from '../helpers/vmdk.js';
 
 const TIMING: LeaseTiming = { durationMs: 1_600, renewIntervalMs: 200, clockSkewMs: 100 };
 const A = { hostName: 'a', hostId: 'aaaaaaaaaaaaaaaa' };
@@ -176,6 +179,26 @@ describe('local datastore', () => {
     assert.equal((await lost).reason, 'removed');
     for (const op of [() => w.write(0, Buffer.from('x')), () => w.flush(), () => w.truncate(0)]) assert.equal((await codeOf(op())).code, 'LEASE_LOST');
     await w.close();
+  });
+
+  it('close is idempotent (a disk may close a file its opener closes again): the lease is released once, never another\'s', async () => {
+    const plain = await LocalFile.open(join(root, 'plain.raw'), { create: true });
+    await plain.close();
+    await plain.close();
+    const w = await ds.open('twice.raw', { create: true });
+    await Promise.all([w.close(), w.close()]);
+    const b = await dsB.open('twice.raw');
+    await w.close(); // long after: B's lease stays
+    assert.equal((await codeOf(ds.open('twice.raw'))).code, 'DISK_LOCKED');
+    await b.close();
+    // LeasedFile does not lean on its file's close being idempotent: it closes the file once.
+    let closes = 0;
+    const counted = new MemoryFile('counted.raw', new Uint8Array(0));
+    counted.close = () => { closes++; return Promise.resolve(); };
+    const leased = new LeasedFile(counted, null);
+    await Promise.all([leased.close(), leased.close()]);
+    await leased.close();
+    assert.equal(closes, 1);
   });
 
   it('rename: atomic, no overwrite unless asked (ALREADY_EXISTS, both files intact); overwrite replaces; directories too', async () => {

@@ -20,6 +20,11 @@ export const BLOCK_PENDING: i32 = 0;
 export const BLOCK_OK: i32 = 1;
 export const BLOCK_E_QUEUE_FULL: i32 = -8;
 
+/** `bytes` rounded up to whole sectors: the device reads and writes whole sectors only. */
+@inline export function roundUpToSector(bytes: u64): u64 {
+  return (bytes + BLOCK_SECTOR - 1) & ~(BLOCK_SECTOR - 1);
+}
+
 /** Fills the descriptor at `desc` (8-aligned). The status word is left to blockSubmit. */
 export function blockPrepare(desc: usize, op: u32, offset: u64, length: u32, buf: usize): void {
   store<u32>(desc, op, 0);

@@ -7,6 +7,8 @@
  */
 import { randomInt } from 'node:crypto';
 import { FerryError } from '../../lib/errors.js';
+import type { BlockFile } from '../block-file.js';
+import { type SparseHeader, SECTOR_BYTES } from './header.js';
 
 export type CreateType = 'monolithicSparse' | 'streamOptimized';
 const CREATE_TYPES: readonly CreateType[] = ['monolithicSparse', 'streamOptimized'];
@@ -123,6 +125,22 @@ export function parseDescriptor(bytes: Uint8Array, name: string): Descriptor {
     ...(hint !== undefined ? { parentFileNameHint: hint } : {}),
     extent: extents[0] as Descriptor['extent'], ddb,
   };
+}
+
+/**
+ * Reads the descriptor where `header` places it, parses it, and checks it against the header: the
+ * createType of the extent kind the header is (`createType`), and an extent line of its capacity.
+ */
+export async function readDescriptor(file: BlockFile, header: SparseHeader, createType: CreateType): Promise<Descriptor> {
+  const name = file.name;
+  const area = new Uint8Array(header.descriptorSizeSectors * SECTOR_BYTES);
+  await file.read(header.descriptorOffsetSectors * SECTOR_BYTES, area);
+  const desc = parseDescriptor(area, name);
+  if (desc.createType !== createType) throw new FerryError('DISK_CORRUPT', `${name}: createType ${desc.createType} with a ${createType} header`);
+  if (desc.extent.sectors !== header.capacitySectors) {
+    throw new FerryError('DISK_CORRUPT', `${name}: the extent line says ${desc.extent.sectors} sectors, the header ${header.capacitySectors}`);
+  }
+  return desc;
 }
 
 function safe(value: string, what: string): string {

@@ -10,7 +10,9 @@
  * was written after the delta was made, so the delta's grains sit over content that is gone.
  *
  * Parents are opened read-only through an `openParent` callback the datastore provides: no disk code
- * opens a path itself. The disk owns every file of its chain: close() closes them all.
+ * opens a path itself. The disk owns every file of its chain: close() closes them all. open() and
+ * create() own the file they are given from the call on: on failure the file is closed, so a caller
+ * has nothing to clean up but what it made itself (a created path to remove).
  */
 import { posix } from 'node:path';
 import { FerryError } from '../../lib/errors.js';
@@ -65,15 +67,17 @@ export class VmdkDisk {
   get cid(): number { return this.extent.descriptor.cid; }
   get parentCid(): number { return this.extent.descriptor.parentCid; }
 
-  /** A new monolithicSparse disk with no parent on an empty file. */
+  /** A new monolithicSparse disk with no parent on an empty file; on failure the file is closed. */
   static async create(file: BlockFile, opts: CreateDiskOptions): Promise<VmdkDisk> {
-    return new VmdkDisk(await SparseExtent.create(file, { ...sparseOptions(file, opts.capacityBytes, opts.grainSizeSectors) }), undefined);
+    const sparse = sparseOptions(file, opts.capacityBytes, opts.grainSizeSectors);
+    return closeOnFailure([file], async () => new VmdkDisk(await SparseExtent.create(file, sparse), undefined));
   }
 
   /**
    * A new delta over `parent` (same capacity and grain size, parentCID = the parent's CID now).
    * `parentHint` is written as parentFileNameHint: the parent's path relative to the delta's directory.
-   * The delta takes ownership of `parent`.
+   * The delta takes ownership of `parent`. Unlike open and create, a failure leaves `file` and
+   * `parent` open: the caller still has both, and the file to remove.
    */
   static async createDelta(parent: VmdkDisk, file: BlockFile, parentHint: string): Promise<VmdkDisk> {
     const opts: CreateSparseOptions = {
@@ -83,16 +87,14 @@ export class VmdkDisk {
     return new VmdkDisk(await SparseExtent.create(file, opts), parent);
   }
 
-  /** Opens a disk and its chain; everything is checked before the first byte is served. */
+  /**
+   * Opens a disk and its chain; everything is checked before the first byte is served. On failure
+   * the file is closed, and so is every parent opened on the way.
+   */
   static async open(file: BlockFile, opts: OpenDiskOptions = {}): Promise<VmdkDisk> {
-    const opened: BlockFile[] = [];
-    try {
-      return await VmdkDisk.openChain(file, opts, [], opened);
-    } catch (err) {
-      // Parents opened on the way are ours to close; `file` stays the caller's when the open fails.
-      for (const f of opened) await f.close().catch(() => undefined);
-      throw err;
-    }
+    // openChain adds each parent it opens, so that a failure further down closes it too.
+    const opened: BlockFile[] = [file];
+    return closeOnFailure(opened, () => VmdkDisk.openChain(file, opts, [], opened));
   }
 
   private static async openChain(file: BlockFile, opts: OpenDiskOptions, seen: string[], opened: BlockFile[]): Promise<VmdkDisk> {
@@ -227,6 +229,19 @@ async function eachGrain(offsetBytes: number, length: number, grainBytes: number
     const n = Math.min(grainBytes - inGrain, length - done);
     await fn(Math.floor(at / grainBytes), inGrain, done, done + n);
     done += n;
+  }
+}
+
+/**
+ * Runs `op`; if it fails, closes `files` (as they stand then) and rethrows. A close error is
+ * dropped: the failure is what the caller needs to see, and the file is unusable either way.
+ */
+async function closeOnFailure<T>(files: readonly BlockFile[], op: () => Promise<T>): Promise<T> {
+  try {
+    return await op();
+  } catch (err) {
+    for (const f of files) await f.close().catch(() => undefined);
+    throw err;
   }
 }
 

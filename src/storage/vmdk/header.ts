@@ -38,6 +38,13 @@ export const GTE_BYTES = 4;
 export const MAX_GRAIN_SECTORS = 0x200000;
 /** 4 KiB: a smaller grain would make the tables larger than the data they map. */
 export const MIN_GRAIN_SECTORS = 8;
+/** The grain sizes Ferry reads and creates, as error messages spell it. */
+export const GRAIN_SIZE_RULE = `a power of two in ${MIN_GRAIN_SECTORS}..${MAX_GRAIN_SECTORS}`;
+
+/** GRAIN_SIZE_RULE: what parseHeader accepts and SparseExtent.create lays out. */
+export function isValidGrainSize(grainSizeSectors: number): boolean {
+  return grainSizeSectors >= MIN_GRAIN_SECTORS && grainSizeSectors <= MAX_GRAIN_SECTORS && (grainSizeSectors & (grainSizeSectors - 1)) === 0;
+}
 /** QEMU's bound on the grain directory (L1): 32 Mi entries, i.e. at most 128 MiB of directory. */
 export const MAX_GD_ENTRIES = 32 * 1024 * 1024;
 /** QEMU's bound on the descriptor: 1 MiB. */
@@ -111,9 +118,7 @@ export function parseHeader(sector: Uint8Array, fileBytes: number, name: string)
     throw bad('DISK_CORRUPT', name, 'newline check bytes are damaged: the file went through a text-mode (CR-LF) transfer');
   }
   if (numGTEsPerGT !== GTES_PER_GT) throw bad('DISK_UNSUPPORTED', name, `${numGTEsPerGT} entries per grain table (only ${GTES_PER_GT})`, { numGTEsPerGT });
-  if (grainSizeSectors < MIN_GRAIN_SECTORS || grainSizeSectors > MAX_GRAIN_SECTORS || (grainSizeSectors & (grainSizeSectors - 1)) !== 0) {
-    throw bad('DISK_UNSUPPORTED', name, `grain size ${grainSizeSectors} sectors (a power of two in ${MIN_GRAIN_SECTORS}..${MAX_GRAIN_SECTORS})`, { grainSizeSectors });
-  }
+  if (!isValidGrainSize(grainSizeSectors)) throw bad('DISK_UNSUPPORTED', name, `grain size ${grainSizeSectors} sectors (${GRAIN_SIZE_RULE})`, { grainSizeSectors });
   if (capacitySectors === 0) throw bad('DISK_CORRUPT', name, 'capacity 0');
   if (capacitySectors > MAX_CAPACITY_SECTORS) throw bad('DISK_TOO_LARGE', name, `capacity ${capacitySectors} sectors is above 2 TiB`, { capacitySectors });
   if (gdEntries(capacitySectors, grainSizeSectors) > MAX_GD_ENTRIES) throw bad('DISK_TOO_LARGE', name, 'grain directory above 32 Mi entries');

@@ -38,15 +38,21 @@ export async function copyIntoDisk(from: ImportSource, to: VmdkDisk, onProgress?
 
 /** Reads `src` (opened read-only), writes `dst` (an empty file); both files are closed when it returns. */
 export async function importStreamOptimized(src: BlockFile, dst: BlockFile): Promise<ImportResult> {
-  const from = await VmdkDisk.open(src).catch(async (err: unknown) => { await src.close(); throw err; });
-  let to: VmdkDisk | undefined;
+  // Each file is ours until a disk takes it (VmdkDisk.open and create close it when they fail).
+  const from = await VmdkDisk.open(src).catch(async (err: unknown) => { await dst.close(); throw err; });
   try {
     const info = from.info();
-    if (info.createType !== 'streamOptimized') throw new FerryError('DISK_UNSUPPORTED', `${src.name} is ${info.createType}, not streamOptimized`);
-    to = await VmdkDisk.create(dst, { capacityBytes: from.capacityBytes });
-    return await copyIntoDisk(from, to);
+    if (info.createType !== 'streamOptimized') {
+      await dst.close();
+      throw new FerryError('DISK_UNSUPPORTED', `${src.name} is ${info.createType}, not streamOptimized`);
+    }
+    const to = await VmdkDisk.create(dst, { capacityBytes: from.capacityBytes });
+    try {
+      return await copyIntoDisk(from, to);
+    } finally {
+      await to.close();
+    }
   } finally {
     await from.close();
-    if (to !== undefined) await to.close(); else await dst.close();
   }
 }

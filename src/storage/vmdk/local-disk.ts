@@ -12,11 +12,5 @@ export const openLocalParent: OpenParent = (hint, childName) => LocalFile.open(r
 
 /** Opens a disk and its chain; the file is closed if the open fails (on success the disk owns it). */
 export async function openLocalDisk(path: string, readOnly = false): Promise<VmdkDisk> {
-  const file = await LocalFile.open(path, { readOnly });
-  try {
-    return await VmdkDisk.open(file, { openParent: openLocalParent });
-  } catch (err) {
-    await file.close();
-    throw err;
-  }
+  return VmdkDisk.open(await LocalFile.open(path, { readOnly }), { openParent: openLocalParent });
 }

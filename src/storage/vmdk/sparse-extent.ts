@@ -15,12 +15,12 @@
  */
 import { FerryError } from '../../lib/errors.js';
 import type { BlockFile } from '../block-file.js';
-import { type Descriptor, CID_NO_PARENT, defaultDdb, encodeDescriptor, newCid, parseDescriptor } from './descriptor.js';
+import { type Descriptor, CID_NO_PARENT, defaultDdb, encodeDescriptor, newCid, readDescriptor } from './descriptor.js';
 import type { GrainExtent } from './extent.js';
 import { GT_SECTORS, GrainTables, gdSectors } from './grain-tables.js';
 import {
   type SparseHeader, COMPRESS_NONE, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NEWLINE_DETECTION, FLAG_REDUNDANT_GD, FLAG_ZEROED_GRAIN,
-  GTES_PER_GT, MAX_CAPACITY_SECTORS, MAX_GRAIN_SECTORS, MIN_GRAIN_SECTORS, SECTOR_BYTES, encodeHeader, gdEntries,
+  GRAIN_SIZE_RULE, GTES_PER_GT, MAX_CAPACITY_SECTORS, SECTOR_BYTES, encodeHeader, gdEntries, isValidGrainSize,
 } from './header.js';
 
 /** 64 KiB, qemu-img's default: small enough for cheap copy-up, large enough for small tables. */
@@ -71,9 +71,7 @@ export class SparseExtent implements GrainExtent {
     }
     const capacitySectors = opts.capacityBytes / SECTOR_BYTES;
     if (capacitySectors > MAX_CAPACITY_SECTORS) throw new FerryError('DISK_TOO_LARGE', `disk capacity ${opts.capacityBytes} bytes is above 2 TiB`);
-    if (grainSizeSectors < MIN_GRAIN_SECTORS || grainSizeSectors > MAX_GRAIN_SECTORS || (grainSizeSectors & (grainSizeSectors - 1)) !== 0) {
-      throw new FerryError('INVALID_SIZE', `grain size ${grainSizeSectors} sectors is not a power of two in ${MIN_GRAIN_SECTORS}..${MAX_GRAIN_SECTORS}`);
-    }
+    if (!isValidGrainSize(grainSizeSectors)) throw new FerryError('INVALID_SIZE', `grain size ${grainSizeSectors} sectors is not ${GRAIN_SIZE_RULE}`);
     const entries = gdEntries(capacitySectors, grainSizeSectors);
     const gdLen = gdSectors(entries);
     const rgdOffsetSectors = DESCRIPTOR_OFFSET_SECTORS + DESCRIPTOR_SIZE_SECTORS;
@@ -115,13 +113,7 @@ export class SparseExtent implements GrainExtent {
     if ((header.flags & (FLAG_COMPRESSED | FLAG_MARKERS)) !== 0 || header.gdOffsetSectors < 0) {
       throw new FerryError('DISK_CORRUPT', `${name}: compressed grains or markers in a monolithicSparse header`);
     }
-    const descArea = new Uint8Array(header.descriptorSizeSectors * SECTOR_BYTES);
-    await file.read(header.descriptorOffsetSectors * SECTOR_BYTES, descArea);
-    const desc = parseDescriptor(descArea, name);
-    if (desc.createType !== 'monolithicSparse') throw new FerryError('DISK_CORRUPT', `${name}: createType ${desc.createType} with a monolithicSparse header`);
-    if (desc.extent.sectors !== header.capacitySectors) {
-      throw new FerryError('DISK_CORRUPT', `${name}: the extent line says ${desc.extent.sectors} sectors, the header ${header.capacitySectors}`);
-    }
+    const desc = await readDescriptor(file, header, 'monolithicSparse');
     const fileSectors = Math.floor(fileBytes / SECTOR_BYTES);
     const zeroGrain = (header.flags & FLAG_ZEROED_GRAIN) !== 0;
     const grainSectors = header.grainSizeSectors;

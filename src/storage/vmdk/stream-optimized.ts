@@ -8,7 +8,7 @@
 import { inflateSync } from 'node:zlib';
 import { FerryError } from '../../lib/errors.js';
 import type { BlockFile } from '../block-file.js';
-import { parseDescriptor, type Descriptor } from './descriptor.js';
+import { readDescriptor, type Descriptor } from './descriptor.js';
 import type { GrainExtent } from './extent.js';
 import { GrainTables } from './grain-tables.js';
 import { type SparseHeader, FLAG_COMPRESSED, FLAG_MARKERS, HEADER_BYTES, SECTOR_BYTES, gdEntries, parseHeader } from './header.js';
@@ -71,11 +71,8 @@ export class StreamOptimizedExtent implements GrainExtent {
       throw new FerryError('DISK_UNSUPPORTED', `${name}: streamOptimized without compressed grains and markers`);
     }
     const header = await streamHeader(file, front, fileBytes);
-    const descArea = new Uint8Array(front.descriptorSizeSectors * SECTOR_BYTES);
-    await file.read(front.descriptorOffsetSectors * SECTOR_BYTES, descArea);
-    const descriptor = parseDescriptor(descArea, name);
-    if (descriptor.createType !== 'streamOptimized') throw new FerryError('DISK_CORRUPT', `${name}: createType ${descriptor.createType} with a streamOptimized header`);
-    if (descriptor.extent.sectors !== header.capacitySectors) throw new FerryError('DISK_CORRUPT', `${name}: the extent line and the header disagree on the capacity`);
+    // The descriptor is where the front header says (streamHeader made sure a footer agrees on the capacity).
+    const descriptor = await readDescriptor(file, front, 'streamOptimized');
     if (descriptor.parentCid !== 0xffffffff) throw new FerryError('DISK_UNSUPPORTED', `${name}: a streamOptimized disk with a parent`);
     const fileSectors = Math.floor(fileBytes / SECTOR_BYTES);
     const tables = await GrainTables.load(file, {

@@ -76,8 +76,8 @@ export async function epochBarrier(control: Control, vcpus: number, timeoutMs: n
 
 /**
  * "stop-all" installation with every vCPU parked: each re-arms its share of `regions` (null: all
- * regions) under a new install epoch; the request goes back to Pause when all are done or the time
- * is up. True when all did their share.
+ * regions) under a new install epoch; the request goes back to Pause when all are done, the time
+ * is up or the VM crashed. True when all did their share.
  */
 export async function installWhileParked(control: Control, vcpus: number, regions: Uint32Array | null, timeoutMs: number, aborted: () => boolean): Promise<boolean> {
   const c = control;
@@ -87,7 +87,7 @@ export async function installWhileParked(control: Control, vcpus: number, region
   Atomics.store(c.i32, W_INSTALL_DONE, 0);
   Atomics.add(c.i32, W_INSTALL_EPOCH, 1);
   c.setRequest(RunRequest.Install);
-  const allDone = (): boolean => Atomics.load(c.i32, W_INSTALL_DONE) >= vcpus || aborted();
+  const allDone = (): boolean => Atomics.load(c.i32, W_INSTALL_DONE) >= vcpus;
   const ok = await waitUntil(c.i32, allDone, W_INSTALL_DONE, performance.now() + timeoutMs, aborted);
   c.setRequest(RunRequest.Pause);
   return ok;

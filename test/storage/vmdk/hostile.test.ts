@@ -9,10 +9,21 @@ import { LocalFile } from '../../../src/storage/local-file.js';
 import { VmdkDisk } from '../../../src/storage/vmdk/disk.js';
 import { MAX_CHAIN_DEPTH } from '../../../src/storage/vmdk/disk.js';
 import { SECTOR_BYTES } from '../../../src/storage/vmdk/header.js';
+import { importStreamOptimized } from '../../../src/storage/vmdk/import.js';
 import { MemoryFile, createLocalDisk, openLocalDisk, withTempDir } from '../../helpers/vmdk.js';
 import { buildCorpus, fuzzOne, type FuzzOutcome } from '../../helpers/vmdk-fuzz.js';
 
 const MiB = 1024 * 1024;
+
+/** Counts its closes: what a failed open or create must not leave open. */
+class CountedFile extends MemoryFile {
+  closes = 0;
+  override close(): Promise<void> {
+    this.closes++;
+    return super.close();
+  }
+}
+
 /** Layout of a Ferry 4 MiB disk with 64 KiB grains: one grain table per directory. */
 const RGD_SECTOR = 21;
 const GD_SECTOR = 26;
@@ -86,6 +97,11 @@ describe('hostile VMDK files', () => {
     await refused(mutated((_b, v) => v.setBigUint64(36, 2049n, true)), 'DISK_TOO_LARGE'); // descriptor > 1 MiB
     await refused(mutated((_b, v) => v.setBigUint64(36, 200n, true)), 'DISK_CORRUPT'); // descriptor beyond the metadata
     await refused(mutated((_b, v) => v.setBigUint64(64, 1n << 40n, true)), 'DISK_TRUNCATED'); // overHead beyond the file
+    // Create holds itself to the rule open holds a file to.
+    for (const grainSizeSectors of [4, 12, 0x400000, Number.NaN]) {
+      await assert.rejects(VmdkDisk.create(new MemoryFile('g.vmdk', new Uint8Array(0), false), { capacityBytes: MiB, grainSizeSectors }), { code: 'INVALID_SIZE' });
+    }
+    await (await VmdkDisk.create(new MemoryFile('g.vmdk', new Uint8Array(0), false), { capacityBytes: MiB, grainSizeSectors: 8 })).close();
   });
 
   it('directories and tables pointing outside the file or into metadata', async () => {
@@ -134,6 +150,34 @@ describe('hostile VMDK files', () => {
     await assert.rejects(createLocalDisk(join(dir, 'big.vmdk'), 2 * 1024 * 1024 * MiB + 512), { code: 'DISK_TOO_LARGE' });
     await base.close();
   }));
+
+  it('a refused open or create closes the file it was given and every parent it opened; a refused import closes both files', async () => {
+    const junk = new CountedFile('junk.vmdk', new Uint8Array(4096));
+    await assert.rejects(VmdkDisk.open(junk), { code: 'DISK_NOT_VMDK' });
+    assert.equal(junk.closes, 1);
+    const empty = new CountedFile('new.vmdk', new Uint8Array(0), false);
+    await assert.rejects(VmdkDisk.create(empty, { capacityBytes: 1000 }), { code: 'INVALID_SIZE' });
+    assert.equal(empty.closes, 1);
+    // A delta whose parent was written since: refused after both files are open.
+    const deltaFile = new MemoryFile('d.vmdk', new Uint8Array(0), false);
+    const base = await VmdkDisk.open(new MemoryFile('t.vmdk', valid));
+    await (await VmdkDisk.createDelta(base, deltaFile, 't.vmdk')).close();
+    const written = new MemoryFile('t.vmdk', Uint8Array.from(valid), false);
+    const rewritten = await VmdkDisk.open(written);
+    await rewritten.write(0, new Uint8Array(1));
+    await rewritten.close();
+    const child = new CountedFile('d.vmdk', deltaFile.bytes);
+    const parent = new CountedFile('t.vmdk', written.bytes);
+    await assert.rejects(VmdkDisk.open(child, { openParent: () => Promise.resolve(parent) }), { code: 'DISK_CHAIN_MISMATCH' });
+    assert.deepEqual([child.closes, parent.closes], [1, 1]);
+    // valid is monolithicSparse: not something importStreamOptimized takes; and junk is no VMDK at all.
+    for (const bytes of [valid, junk.bytes]) {
+      const src = new CountedFile('src.vmdk', bytes);
+      const dst = new CountedFile('dst.vmdk', new Uint8Array(0), false);
+      await assert.rejects(importStreamOptimized(src, dst), FerryError);
+      assert.deepEqual([src.closes, dst.closes], [1, 1]);
+    }
+  });
 
   it('parent chains that loop or are too long', () => withTempDir(async (dir) => {
     const base = await createLocalDisk(join(dir, 'd0.vmdk'), MiB);
