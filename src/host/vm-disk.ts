@@ -42,13 +42,8 @@ function parentOpener(ds: Datastore, topPath: string): (hint: string, childName:
 /** Opens the chain whose top is `spec` for writing: DISK_LOCKED when another host holds its lease. */
 export async function openDiskChain(datastores: HostDatastores, spec: DiskSpec): Promise<VmdkDisk> {
   const ds = datastores.get(spec.datastore);
-  const file = await ds.open(spec.path);
-  try {
-    return await VmdkDisk.open(file, { openParent: parentOpener(ds, spec.path) });
-  } catch (err) {
-    await file.close().catch(() => undefined);
-    throw err;
-  }
+  // VmdkDisk closes the file itself when the open fails.
+  return VmdkDisk.open(await ds.open(spec.path), { openParent: parentOpener(ds, spec.path) });
 }
 
 /** Creates a new sparse disk of `sizeBytes` at `spec` — never over an existing file — and opens it. */
@@ -66,7 +61,7 @@ export async function createDisk(datastores: HostDatastores, spec: DiskSpec, siz
   try {
     return await VmdkDisk.create(file, { capacityBytes: sizeBytes });
   } catch (err) {
-    await file.close().catch(() => undefined);
+    // The file is closed by VmdkDisk.create; the half-made disk goes.
     await ds.remove(spec.path).catch(() => undefined);
     throw err;
   }
