@@ -217,7 +217,7 @@ async function followMigration(c: HostClient, id: string, quiet: boolean): Promi
   const onProgress = (p: MigrationProgress): void => {
     bar?.setTotal(Math.max(1, p.roundTotalBytes));
     bar?.update(p.roundSentBytes, {
-      round: p.round, sent: formatBytes(p.sentBytes), rate: formatBytes(p.throughputBytesPerSec), dirty: formatBytes(p.dirtyBytes),
+      round: p.round, sent: formatBytes(p.sentBytes) + (p.diskSentBytes > 0 ? ` + disk ${formatBytes(p.diskSentBytes)}` : ''), rate: formatBytes(p.throughputBytesPerSec), dirty: formatBytes(p.dirtyBytes),
       throttle: (p.throttlePermille / 10).toFixed(1), eta_s: p.etaMs === null ? '?' : (p.etaMs / 1000).toFixed(1),
     });
   };
