@@ -22,11 +22,10 @@
 
 import { conFlush, putHex, putStr, putU64 } from "./lib/console";
 import { cmdlineLoad, keyIs, nextParam, panicUnknownKey, valU64 } from "./lib/cmdline";
+import { mix64 as mix } from "./lib/mix";
+import { HALT, RUN } from "./lib/step";
 
 export const ferry_abi_version: i32 = 1;
-
-const RUN: i32 = 0;
-const HALT: i32 = 2;
 
 // STATE: +0 u64 iters, +8 u64 report, +16 u64 i at last report, +24 u64 h at last report
 const STATE: usize = memory.data(32, 16);
@@ -35,13 +34,6 @@ let gI: u64 = 0;
 // H0 = 0x243f6a8885a308d3. Initializers are literals so that the module needs no start function.
 let gH: u64 = 0x243f6a8885a308d3;
 let gDone: bool = false;
-
-@inline function mix(v: u64): u64 {
-  let x = v + 0x9e3779b97f4a7c15;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111eb;
-  return x ^ (x >> 31);
-}
 
 export function ferry_boot(_vcpus: i32): void {
   let iters: u64 = 20000000;

@@ -84,12 +84,11 @@ import {
   CMDLINE_BUF, cmdlineLoad, keyIs, nextParam, panicBadValue, panicUnknownKey, valBool, valIs, valSize, valU64,
 } from "./lib/cmdline";
 import { panicLine, panicStr } from "./lib/panic";
+import { IDLE, RUN } from "./lib/step";
 
 export const ferry_abi_version: i32 = 1;
 
 const WHO = "dirtier";
-const RUN: i32 = 0;
-const IDLE: i32 = 1;
 
 const PAGE_SHIFT: u32 = 12;
 const PAGE: u64 = 4096;

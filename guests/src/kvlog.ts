@@ -35,13 +35,11 @@ import { block_capacity, clock_ns } from "./lib/ferry";
 import { conFlush, putSize, putStr, putU64, putI64 } from "./lib/console";
 import { cmdlineLoad, keyIs, nextParam, panicUnknownKey, valU64 } from "./lib/cmdline";
 import { panicStr } from "./lib/panic";
+import { mix64 as mix } from "./lib/mix";
+import { HALT, IDLE, RUN } from "./lib/step";
 import { BLOCK_FLUSH, BLOCK_MAX_REQUEST, BLOCK_OK, BLOCK_PENDING, BLOCK_READ, BLOCK_SECTOR, BLOCK_WRITE, blockPrepare, blockStatus, blockSubmit } from "./lib/block";
 
 export const ferry_abi_version: i32 = 1;
-
-const RUN: i32 = 0;
-const IDLE: i32 = 1;
-const HALT: i32 = 2;
 
 const REC: u64 = 64;
 const MAGIC: u32 = 0x314c564b;
@@ -89,13 +87,6 @@ const CRC_TABLE: usize = STATE + 1024; // 256 x u32
 @inline function set64(f: usize, v: u64): void { store<u64>(STATE + f, v); }
 @inline function st32(f: usize): u32 { return load<u32>(STATE + f); }
 @inline function set32(f: usize, v: u32): void { store<u32>(STATE + f, v); }
-
-@inline function mix(v: u64): u64 {
-  let x = v + 0x9e3779b97f4a7c15;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111eb;
-  return x ^ (x >> 31);
-}
 
 function crc32(p: usize, n: usize): u32 {
   let c: u32 = 0xffffffff;
