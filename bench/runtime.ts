@@ -40,7 +40,7 @@ import { Vm } from '../src/vmm/vm.js';
 import type { FaultInjection } from '../src/vmm/instrument.js';
 import type { CollectResult } from '../src/vmm/traces.js';
 import { GiB, KiB, MiB } from '../src/lib/units.js';
-import { errorMessage } from '../src/lib/errors.js';
+import { liveVms, runBench, writeStdout } from './process.js';
 import { type Interference, type Summary, cpuSnapshot, fmtInterference, interference, median, round, summarize } from './stats.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -112,9 +112,6 @@ function assertHealthy(vm: Vm, what: string): void {
   if (crash !== null) throw new Error(`${what}: VM ${vm.config.name} crashed (${crash.reason}, vCPU ${crash.vcpu}): ${crash.message}`);
 }
 
-
-/** Every VM the benchmark created and has not stopped yet: stopped on any exit path. */
-const liveVms = new Set<Vm>();
 
 async function withVm<T>(image: Uint8Array, config: VmConfigInput, faults: FaultInjection | undefined,
   body: (vm: Vm) => Promise<T>): Promise<T> {
@@ -567,20 +564,4 @@ async function main(): Promise<number> {
   return 0;
 }
 
-function writeStdout(text: string): Promise<void> {
-  return new Promise((resolve) => { process.stdout.write(text, () => { resolve(); }); });
-}
-
-async function stopAll(): Promise<void> {
-  await Promise.allSettled([...liveVms].map((vm) => vm.stop()));
-  liveVms.clear();
-}
-
-main().then(
-  async (code) => { await stopAll(); process.exit(code); },
-  async (err: unknown) => {
-    log(`bench:runtime failed: ${err instanceof Error && err.stack !== undefined ? err.stack : errorMessage(err)}`);
-    await stopAll();
-    process.exit(1);
-  },
-);
+runBench('runtime', main);
