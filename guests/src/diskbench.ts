@@ -78,6 +78,7 @@ const MAX_REPORTED: u32 = 8;
 /** The permutation works in u32 arithmetic: at most 2^32 slots. */
 const MAX_COUNT: u64 = <u64>1 << 32;
 const WORD_BYTES: u64 = 4;
+const WASM_PAGE_BYTES: u64 = 65536;
 const SECTOR_WORDS: usize = <usize>(BLOCK_SECTOR / WORD_BYTES);
 /** Content multipliers (odd, so each multiply is a bijection mod 2^32). */
 const MUL_LO: u32 = 0x9e3779b1;
@@ -253,6 +254,7 @@ export function ferry_boot(_vcpus: i32): void {
   let slot: u64 = 0;
   let count: u64 = 0;
   let bytes: u64 = 0;
+  let depth: u64 = 1;
   cmdlineLoad("diskbench");
   while (nextParam("diskbench")) {
     if (keyIs("pattern")) {
@@ -269,7 +271,7 @@ export function ferry_boot(_vcpus: i32): void {
     else if (keyIs("base")) gBase = valSize("diskbench");
     else if (keyIs("count")) count = valU64("diskbench");
     else if (keyIs("bytes")) bytes = valSize("diskbench");
-    else if (keyIs("depth")) gDepth = <i32>valU64("diskbench");
+    else if (keyIs("depth")) depth = valU64("diskbench");
     else if (keyIs("seed")) gSeed = valU64("diskbench");
     else if (keyIs("verify")) gVerify = valBool("diskbench");
     else if (keyIs("flush")) gFlushEvery = valU64("diskbench");
@@ -280,9 +282,14 @@ export function ferry_boot(_vcpus: i32): void {
   gSlot = slot == 0 ? gSize : slot;
   if (gSlot < gSize || gSlot % BLOCK_SECTOR != 0) panicStr("diskbench: slot must be a multiple of 512 and at least size");
   if (gBase % BLOCK_SECTOR != 0 || gBase >= capacity) panicStr("diskbench: base must be a multiple of 512 inside the disk");
-  if (gDepth < 1 || gDepth > BLOCK_MAX_IN_FLIGHT) panicStr("diskbench: depth must be from 1 to 64");
+  // Checked as a u64 before narrowing: depth=4294967297 must not wrap to 1.
+  if (depth < 1 || depth > <u64>BLOCK_MAX_IN_FLIGHT) panicStr("diskbench: depth must be from 1 to 64");
+  gDepth = <i32>depth;
   if (count != 0 && bytes != 0) panicStr("diskbench: give count or bytes, not both");
-  if (bytes != 0) count = bytes / gSize;
+  if (bytes != 0) {
+    count = bytes / gSize;
+    if (count == 0) panicStr("diskbench: bytes must be at least size");
+  }
   // Slots that fit: slot k ends at base + k*slot + size <= capacity.
   const fit = capacity - gBase < gSize ? 0 : (capacity - gBase - gSize) / gSlot + 1;
   if (count == 0) count = fit < MAX_COUNT ? fit : MAX_COUNT;
@@ -292,7 +299,7 @@ export function ferry_boot(_vcpus: i32): void {
   if (gFlushEvery != 0 && gOp == OP_READ) panicStr("diskbench: flush= needs op=write or op=mixed");
 
   const bufEnd = <u64>BUF + <u64>gDepth * gSize;
-  const needPages = (bufEnd + 65535) >> 16;
+  const needPages = (bufEnd + WASM_PAGE_BYTES - 1) / WASM_PAGE_BYTES;
   const have = <u64>memory.size();
   if (needPages > have && memory.grow(<i32>(needPages - have)) < 0) {
     putStr("diskbench: depth x size needs ");
