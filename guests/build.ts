@@ -25,6 +25,7 @@ const GUESTS: readonly GuestSpec[] = [
   { name: 'dirtier', entry: 'guests/src/dirtier.ts', initialPages: 1 },
   { name: 'compute', entry: 'guests/src/compute.ts', initialPages: 1 },
   { name: 'kvlog', entry: 'guests/src/kvlog.ts', initialPages: 1 },
+  { name: 'diskbench', entry: 'guests/src/diskbench.ts', initialPages: 1 },
 ];
 
 // The abort handler, as an internal AssemblyScript name (file path without extension / function).

@@ -23,11 +23,9 @@
 import { conFlush, putHex, putStr, putU64 } from "./lib/console";
 import { cmdlineLoad, keyIs, nextParam, panicUnknownKey, valU64 } from "./lib/cmdline";
 import { mix64 } from "./lib/hash";
+import { HALT, RUN } from "./lib/step";
 
 export const ferry_abi_version: i32 = 1;
-
-const RUN: i32 = 0;
-const HALT: i32 = 2;
 
 // STATE: +0 u64 iters, +8 u64 report, +16 u64 i at last report, +24 u64 h at last report
 const STATE: usize = memory.data(32, 16);

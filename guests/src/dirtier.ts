@@ -85,12 +85,11 @@ import {
 } from "./lib/cmdline";
 import { panicLine, panicStr } from "./lib/panic";
 import { mix64 } from "./lib/hash";
+import { IDLE, RUN } from "./lib/step";
 
 export const ferry_abi_version: i32 = 1;
 
 const WHO = "dirtier";
-const RUN: i32 = 0;
-const IDLE: i32 = 1;
 
 const PAGE_SHIFT: u32 = 12;
 const PAGE: u64 = 4096;

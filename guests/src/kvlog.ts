@@ -36,13 +36,10 @@ import { conFlush, putSize, putStr, putU64, putI64 } from "./lib/console";
 import { cmdlineLoad, keyIs, nextParam, panicUnknownKey, valU64 } from "./lib/cmdline";
 import { mix64 } from "./lib/hash";
 import { panicStr } from "./lib/panic";
+import { HALT, IDLE, RUN } from "./lib/step";
 import { BLOCK_FLUSH, BLOCK_MAX_REQUEST, BLOCK_OK, BLOCK_PENDING, BLOCK_READ, BLOCK_SECTOR, BLOCK_WRITE, blockPrepare, blockStatus, blockSubmit, roundUpToSector } from "./lib/block";
 
 export const ferry_abi_version: i32 = 1;
-
-const RUN: i32 = 0;
-const IDLE: i32 = 1;
-const HALT: i32 = 2;
 
 const REC: u64 = 64;
 const MAGIC: u32 = 0x314c564b;

@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import type { CreateVmRequest } from '../../src/api/host-v1.js';
 
-export type GuestName = 'dirtier' | 'compute' | 'kvlog';
+export type GuestName = 'dirtier' | 'compute' | 'kvlog' | 'diskbench';
 
 export function guestImagePath(name: GuestName): string {
   // This file runs as dist/test/helpers/guests.js.
