@@ -2,8 +2,7 @@
  * npm run bench:disk — what a guest gets from a VMDK disk, against the same I/O on a raw file
  * through plain node fs, measured in the same run.
  *
- * Part `io` (the only part so far; a disk-migration part is meant to come as a second part function
- * beside it, selected with --only): the diskbench guest (guests/src/diskbench.ts) runs sequential and
+ * Part `io`: the diskbench guest (guests/src/diskbench.ts) runs sequential and
  * random 4 KiB / 64 KiB reads and writes on a monolithicSparse VMDK created fresh in a temp dir, with
  * `depth` requests in flight; the baseline does the same requests (same offsets, sizes, order, bytes
  * and number in flight) on a sparse raw file with FileHandle.read/write. Writes into unallocated
@@ -25,14 +24,21 @@
  * Raw write data is computed before the clock starts, so the baseline is pure I/O; the guest
  * computes its data inline, which is part of what it costs.
  *
+ * Part `migrate` (./disk-migrate.ts): a running kvlog VM with a 1 GiB disk, half of it written,
+ * live-migrated between two host processes to one without the disk's datastore (the disk is copied
+ * live with memory), against the raw socket time for the same bytes; verified by qemu-img compare
+ * of the two copies at rest and the guest's own boot-time check on the target.
+ *
  * Progress and tables go to stderr; the last stdout line is one JSON object (seqWriteVsRaw,
- * randWriteVsRaw, seqReadVsRaw, flushP99Ms, rawMBps, ... see the README).
+ * randWriteVsRaw, seqReadVsRaw, flushP99Ms, rawMBps, diskMigrateMs, rawSocketMs, verified, ... see the README).
  *
  * Options: --rounds=N (5) --depth=N (32, at most 64) --bytes-64k=SIZE (64MiB per 64 KiB case)
  *   --bytes-4k=SIZE (16MiB per 4 KiB case) --flush-samples=N (200, over all rounds)
  *   --flush-batch=N (16 writes before each flush) --dir=PATH (parent of the temp dir; default the
- *   OS temp dir) --no-breakdown --only=io
+ *   OS temp dir) --no-breakdown --only=io|migrate --migrate-disk=SIZE (1GiB) --migrate-allocated=SIZE
+ *   (512MiB) --channels=N (2)
  */
+import { runMigratePart } from './disk-migrate.js';
 import { execFile } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, open, rm, type FileHandle } from 'node:fs/promises';
@@ -54,8 +60,8 @@ import { type Interference, type Summary, cpuSnapshot, fmtInterference, interfer
 // ---------------------------------------------------------------------------------------------
 // Options
 
-type PartName = 'io';
-const PART_NAMES: readonly PartName[] = ['io'];
+type PartName = 'io' | 'migrate';
+const PART_NAMES: readonly PartName[] = ['io', 'migrate'];
 
 interface Options {
   readonly rounds: number;
@@ -67,18 +73,25 @@ interface Options {
   readonly dir: string;
   readonly breakdown: boolean;
   readonly only: PartName | null;
+  /** Part `migrate`: the disk's size, how much of it is written before, data channels. */
+  readonly migrateDiskBytes: number;
+  readonly migrateAllocatedBytes: number;
+  readonly channels: number;
 }
 
-const USAGE = 'options: --rounds=N --depth=N --bytes-64k=SIZE --bytes-4k=SIZE --flush-samples=N --flush-batch=N --dir=PATH --no-breakdown --only=io';
+const USAGE = 'options: --rounds=N --depth=N --bytes-64k=SIZE --bytes-4k=SIZE --flush-samples=N --flush-batch=N --dir=PATH --no-breakdown --only=io|migrate --migrate-disk=SIZE --migrate-allocated=SIZE --channels=N';
 
 function parseOptions(argv: readonly string[]): Options {
   const opts: { -readonly [K in keyof Options]: Options[K] } = {
     rounds: 5, depth: 32, bytes64k: 64 * MiB, bytes4k: 16 * MiB, flushSamples: 200, flushBatch: 16, dir: os.tmpdir(), breakdown: true, only: null,
+    migrateDiskBytes: 1024 * MiB, migrateAllocatedBytes: 512 * MiB, channels: 2,
   };
-  const ints: Record<string, 'rounds' | 'depth' | 'flushSamples' | 'flushBatch'> = {
-    '--rounds': 'rounds', '--depth': 'depth', '--flush-samples': 'flushSamples', '--flush-batch': 'flushBatch',
+  const ints: Record<string, 'rounds' | 'depth' | 'flushSamples' | 'flushBatch' | 'channels'> = {
+    '--rounds': 'rounds', '--depth': 'depth', '--flush-samples': 'flushSamples', '--flush-batch': 'flushBatch', '--channels': 'channels',
   };
-  const sizes: Record<string, 'bytes64k' | 'bytes4k'> = { '--bytes-64k': 'bytes64k', '--bytes-4k': 'bytes4k' };
+  const sizes: Record<string, 'bytes64k' | 'bytes4k' | 'migrateDiskBytes' | 'migrateAllocatedBytes'> = {
+    '--bytes-64k': 'bytes64k', '--bytes-4k': 'bytes4k', '--migrate-disk': 'migrateDiskBytes', '--migrate-allocated': 'migrateAllocatedBytes',
+  };
   for (const arg of argv) {
     if (arg === '--no-breakdown') { opts.breakdown = false; continue; }
     const [key = '', value] = arg.split('=', 2);
@@ -90,11 +103,11 @@ function parseOptions(argv: readonly string[]): Options {
     } else if (key === '--dir') {
       opts.dir = value;
     } else if (Object.hasOwn(sizes, key)) {
-      opts[sizes[key] as 'bytes64k' | 'bytes4k'] = parseSizeBytes(value, key);
+      opts[sizes[key] as 'bytes64k' | 'bytes4k' | 'migrateDiskBytes' | 'migrateAllocatedBytes'] = parseSizeBytes(value, key);
     } else if (Object.hasOwn(ints, key)) {
       const n = Number(value);
       if (!Number.isInteger(n) || n < 1) throw new Error(`bad option "${arg}": expected a positive integer`);
-      opts[ints[key] as 'rounds' | 'depth' | 'flushSamples' | 'flushBatch'] = n;
+      opts[ints[key] as 'rounds' | 'depth' | 'flushSamples' | 'flushBatch' | 'channels'] = n;
     } else {
       throw new Error(`bad option "${arg}"; ${USAGE}`);
     }
@@ -104,6 +117,7 @@ function parseOptions(argv: readonly string[]): Options {
   if (Math.floor(opts.bytes4k / SMALL_BYTES) * SMALL_BYTES > Math.floor(opts.bytes64k / LARGE_BYTES) * LARGE_BYTES) {
     throw new Error('--bytes-4k may not exceed --bytes-64k: the 4 KiB rewrite and read cases run inside the region the 64 KiB cases filled');
   }
+  if (opts.migrateAllocatedBytes > opts.migrateDiskBytes || opts.migrateDiskBytes % (1 * MiB) !== 0) throw new Error('--migrate-disk must be a whole number of MiB and at least --migrate-allocated');
   return opts;
 }
 
@@ -601,7 +615,13 @@ function summarizeIo(opts: Options, p: Plan, results: readonly CaseResult[], flu
 // Main
 
 /** The parts, in the order they run; a new part is one more entry here and in PART_NAMES. */
-const PARTS: Readonly<Record<PartName, (opts: Options, workDir: string) => Promise<PartResult>>> = { io: runIoPart };
+const PARTS: Readonly<Record<PartName, (opts: Options, workDir: string) => Promise<PartResult>>> = { io: runIoPart, migrate: migratePart };
+
+/** Target from the issue for the migrate part: the migration ÷ the raw socket time for the same bytes (reported, no fixed goal). */
+async function migratePart(opts: Options, workDir: string): Promise<PartResult> {
+  const r = await runMigratePart({ diskBytes: opts.migrateDiskBytes, allocatedBytes: opts.migrateAllocatedBytes, channels: opts.channels }, workDir, log);
+  return { headline: r.headline, targets: {}, met: {}, breakdown: r.breakdown, dataOk: r.verified, summary: r.summary };
+}
 
 async function main(): Promise<number> {
   const opts = parseOptions(process.argv.slice(2));

@@ -11,8 +11,6 @@
  * Last stdout line: {"totalMs","engineDowntimeMs","guestDowntimeMs","transferredBytes","rounds",
  *                    "migrationMBps","rawSocketMBps","verified",...}
  */
-import { spawn } from 'node:child_process';
-import { createServer, connect, type AddressInfo } from 'node:net';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir, cpus } from 'node:os';
 import { join } from 'node:path';
@@ -21,63 +19,17 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { parseSizeBytes, MiB } from '../src/lib/units.js';
 import { randomToken } from '../src/host/agent.js';
 import { spawnHost, stopHosts, type LocalHost } from '../src/cli/local-hosts.js';
+import { rawBaseline } from './raw-socket.js';
 
 /** Booting a 1 GiB dirtier with fill=1 (every page written) takes seconds on a slow-faulting day. */
 const VM_BOOT_TIMEOUT_MS = 120_000;
-
-const RAW_WRITE_BYTES = 1 * MiB;
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 ? (process.argv[i + 1] ?? fallback) : fallback;
 }
 
-/** Child mode: receive `size` bytes into a fresh buffer; print the elapsed ms of the transfer. */
-async function rawReceiver(size: number, into: string): Promise<void> {
-  const server = createServer((socket) => {
-    // Fresh memory: first-touch page faults. 'buffer' = a Node Buffer (what the issue names);
-    // 'wasm' = a fresh shared WebAssembly.Memory, the kind of memory a target VM really has (it
-    // faults in several times slower here: no transparent huge pages for wasm reservations).
-    const dest = into === 'wasm'
-      ? new Uint8Array(new WebAssembly.Memory({ initial: size / 65536, maximum: size / 65536, shared: true }).buffer, 0, size)
-      : Buffer.alloc(size);
-    let at = 0;
-    let t0 = 0;
-    socket.on('data', (chunk: Buffer) => {
-      if (at === 0) t0 = performance.now();
-      dest.set(chunk, at);
-      at += chunk.length;
-      if (at >= size) {
-        process.stdout.write(`done ${(performance.now() - t0).toFixed(3)}\n`);
-        socket.end();
-        server.close();
-      }
-    });
-  });
-  server.listen(0, '127.0.0.1', () => { process.stdout.write(`port ${(server.address() as AddressInfo).port}\n`); });
-  await new Promise((resolve) => server.on('close', resolve));
-}
-
-async function rawBaseline(size: number, into: 'buffer' | 'wasm'): Promise<number> {
-  const child = spawn(process.execPath, [fileURLToPath(import.meta.url), '--raw-receiver', String(size), '--into', into], { stdio: ['ignore', 'pipe', 'inherit'] });
-  let out = '';
-  child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-  while (!/port (\d+)/.test(out)) await sleep(10);
-  const port = Number(/port (\d+)/.exec(out)?.[1]);
-  const chunk = Buffer.alloc(RAW_WRITE_BYTES, 0xa5);
-  const socket = connect({ host: '127.0.0.1', port, noDelay: true });
-  await new Promise((resolve) => socket.once('connect', resolve));
-  for (let sent = 0; sent < size; sent += RAW_WRITE_BYTES) {
-    if (!socket.write(chunk.subarray(0, Math.min(RAW_WRITE_BYTES, size - sent)))) await new Promise((resolve) => socket.once('drain', resolve));
-  }
-  while (!/done ([\d.]+)/.test(out)) await sleep(5);
-  socket.destroy();
-  await new Promise((resolve) => child.once('exit', resolve));
-  return Number(/done ([\d.]+)/.exec(out)?.[1]);
-}
-
 async function main(): Promise<void> {
-  if (process.argv.includes('--raw-receiver')) { await rawReceiver(Number(arg('raw-receiver', '0')), arg('into', 'buffer')); return; }
   const memoryBytes = parseSizeBytes(arg('memory', '1GiB'));
   const hot = arg('hot', '64MiB');
   const vcpus = Number(arg('vcpus', '1'));

@@ -18,6 +18,21 @@ import { encodeDisk } from '../protocol/messages.js';
 import { checkCancelled, type JobContext } from './context.js';
 import { BATCH_PAYLOAD_BYTES, FRAMES_IN_FLIGHT_PER_CHANNEL } from './sender.js';
 
+/** Largest single read of adjacent blocks. */
+const MAX_RUN_BYTES = 2 * 1024 * 1024;
+
+/** Ascending block indices as runs of adjacent ones, each at most MAX_RUN_BYTES long. */
+function runsOf(blocks: readonly number[], blockBytes: number): { first: number; count: number }[] {
+  const maxBlocks = Math.max(1, Math.floor(MAX_RUN_BYTES / blockBytes));
+  const runs: { first: number; count: number }[] = [];
+  for (const b of blocks) {
+    const r = runs.at(-1);
+    if (r !== undefined && b === r.first + r.count && r.count < maxBlocks) r.count++;
+    else runs.push({ first: b, count: 1 });
+  }
+  return runs;
+}
+
 export class DiskSender {
   readonly digest: MemoryDigest;
   readonly blockBytes: number;
@@ -70,22 +85,29 @@ export class DiskSender {
       if (inFlight.length >= this.channels.length * FRAMES_IN_FLIGHT_PER_CHANNEL) await inFlight.shift();
       checkCancelled(this.ctx);
     };
-    for (const b of blocks) {
-      const { offsetBytes, lengthBytes } = tracker.range(b);
+    for (const run of runsOf(blocks, this.blockBytes)) {
+      const { offsetBytes } = tracker.range(run.first);
+      const last = tracker.range(run.first + run.count - 1);
+      const lengthBytes = last.offsetBytes + last.lengthBytes - offsetBytes;
+      // One read per run of adjacent blocks (up to MAX_RUN_BYTES): the chain's read path costs per call, not per byte.
       const data = Buffer.allocUnsafe(lengthBytes);
       await this.disk.read(offsetBytes, data);
-      if (isAllZero(data)) {
-        this.digest.updateZero(offsetBytes, lengthBytes);
-        if (skipZero) continue;
-        batch.push({ offset: offsetBytes, length: lengthBytes, encoding: 'zero' });
-      } else {
-        this.digest.update(offsetBytes, data);
-        this.corruptForTest(data, round);
-        batch.push({ offset: offsetBytes, length: lengthBytes, encoding: 'raw', data });
-        batchBytes += lengthBytes;
-        sent += lengthBytes;
+      for (let at = 0; at < lengthBytes; at += this.blockBytes) {
+        const block = data.subarray(at, Math.min(lengthBytes, at + this.blockBytes));
+        const blockAt = offsetBytes + at;
+        if (isAllZero(block)) {
+          this.digest.updateZero(blockAt, block.length);
+          if (skipZero) continue;
+          batch.push({ offset: blockAt, length: block.length, encoding: 'zero' });
+        } else {
+          this.digest.update(blockAt, block);
+          this.corruptForTest(block, round);
+          batch.push({ offset: blockAt, length: block.length, encoding: 'raw', data: block });
+          batchBytes += block.length;
+          sent += block.length;
+        }
+        if (batchBytes + this.blockBytes > BATCH_PAYLOAD_BYTES || batch.length >= MAX_ENTRIES_PER_BATCH) await flush();
       }
-      if (batchBytes + this.blockBytes > BATCH_PAYLOAD_BYTES || batch.length >= MAX_ENTRIES_PER_BATCH) await flush();
     }
     await flush();
     for (const p of inFlight) await p;

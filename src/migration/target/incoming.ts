@@ -101,7 +101,9 @@ export class IncomingMigration {
       case Command.PREPARE: return this.prepare(msg.body);
       case Command.MEMORY: return this.applyMemory(msg.body);
       case Command.DISK: return this.applyDisk(msg.body);
-      case Command.ROUND: return {};
+      // A copied disk is flushed at the end of each round, while the guest still runs on the source:
+      // COMMIT's flush then covers only the last round's blocks (it is inside the downtime).
+      case Command.ROUND: if (this.diskDigest !== null) await this.disk?.flush(); return {};
       case Command.STATE: return this.applyState(msg.body);
       case Command.COMMIT: return this.commit(msg.body);
       case Command.ABORT:
