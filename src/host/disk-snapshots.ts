@@ -12,6 +12,8 @@ import { Vm } from '../vmm/vm.js';
 import type { ChangedBlocks } from '../storage/changed-blocks.js';
 import type { Datastore } from '../storage/datastore.js';
 import type { VmdkDisk } from '../storage/vmdk/disk.js';
+import { EAGER_CHECK_MAX_GTS } from '../storage/vmdk/grain-tables.js';
+import { GTES_PER_GT } from '../storage/vmdk/header.js';
 import { chainPaths, createDeltaOver, describeChain, removeIfPresent } from '../storage/vmdk/chain-ops.js';
 import { Consolidation, copyRanges, ownRanges, pendingConsolidate, totalBytes, type ByteRange } from '../storage/vmdk/consolidate.js';
 import type {
@@ -93,6 +95,8 @@ export class DiskSnapshots {
     return this.run(name, 'snapshot', async (slot, disk, ds, progress) => {
       const t0 = performance.now();
       const top = disk.spec;
+      // Flushed while the guest runs too: the flush inside the pause then has only the last moment's writes to make durable.
+      await disk.disk.flush();
       const q = await quiesce(slot, 'snapshot');
       let delta: { disk: VmdkDisk; path: string } | null = null;
       let old: VmdkDisk | null = null;
@@ -191,6 +195,7 @@ export class DiskSnapshots {
       if (topPath === undefined || parentPath === undefined) throw new FerryError('VM_STATE', `VM ${name}'s disk ${disk.spec.path} is a chain of one: there is nothing to consolidate`);
       const live = slot.vm?.state === 'running';
       if (slot.vm?.state === 'crashed') throw crashedError(name, 'consolidate');
+      if (live) refuseLiveBeyondEagerTables(name, disk.disk);
       // Started before the grains are listed: a write after this point is either copied by the pass or marked.
       const tracker = live ? disk.track() : null;
       let c: Consolidation | null = null;
@@ -212,6 +217,8 @@ export class DiskSnapshots {
           progress.phase = `round ${rounds}`;
           await copy(this.takeRanges(tracker, progress));
         }
+        // Made durable while the guest runs: the flush inside the pause then covers only the last round.
+        await parent.flush();
         progress.phase = 'final-round';
         const q = await quiesce(slot, 'consolidate');
         let old: VmdkDisk | null = null;
@@ -294,6 +301,19 @@ export class DiskSnapshots {
     const vm = Vm.create(slot.imageBytes, { ...slot.config, disk: disk.backend });
     slot.attach(vm);
     await vm.start();
+  }
+}
+
+/**
+ * The VM reads the parent through a read-only handle while the consolidate appends grains to it
+ * through another; that handle checks a grain table's entries against the file size it saw at
+ * open whenever it reads a table. Only disks whose tables are all read (and kept) at open never
+ * re-read one (docs/design/disk-snapshots.md, "What is assumed").
+ */
+function refuseLiveBeyondEagerTables(name: string, top: VmdkDisk): void {
+  const tables = Math.ceil(top.capacityBytes / (top.info().grainSizeBytes * GTES_PER_GT));
+  if (tables > EAGER_CHECK_MAX_GTS) {
+    throw new FerryError('DISK_TOO_LARGE', `VM ${name}: a live consolidate of a disk of ${tables} grain tables (more than ${EAGER_CHECK_MAX_GTS}) is not supported; stop the VM to consolidate it`, { tables });
   }
 }
 
