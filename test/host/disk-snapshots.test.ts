@@ -17,6 +17,9 @@ import { qemuImgOk } from '../helpers/vmdk.js';
 import { FerryError } from '../../src/lib/errors.js';
 import { MiB } from '../../src/lib/units.js';
 import type { HostClient } from '../../src/api/host-client.js';
+import { LocalDatastore } from '../../src/storage/local-datastore.js';
+import { openDatastoreChain } from '../../src/storage/vmdk/chain-ops.js';
+import { Consolidation, JOURNAL_SUFFIX, copyRanges, ownRanges } from '../../src/storage/vmdk/consolidate.js';
 
 const DISK_BYTES = 16 * MiB;
 /** 2000 records/s of 64 bytes, flushed every 64: a flush line every ~32 ms, the log far from full for the whole test. */
@@ -211,6 +214,35 @@ describe('disk snapshots of a running kvlog VM', { timeout: TEST_TIMEOUT_MS * 5 
     assert.equal((await client().diskChain(VM)).chain.length, levels.length - 2);
     assert.ok(await rebootVerifies() > 0);
     noIoErrors();
+  });
+
+  it('a consolidate interrupted after it wrote into the parent is finished when the host attaches the disk again', async () => {
+    const snap = await client().snapshotVm(VM);
+    await nextFlush();
+    await nextFlush();
+    await client().stopVm(VM);
+    await h().agent.close();
+    // What a kill -9 mid-copy leaves: the journal, half of the delta's grains in the parent (its CID changed).
+    const ds = await LocalDatastore.mount('ds1', dsDir, { owner: { hostName: 'crashed', hostId: '00000000000000dd' } });
+    const c = await Consolidation.begin(ds, snap.top.path, snap.snapshot.path);
+    const source = await openDatastoreChain(ds, snap.top.path, { readOnly: true });
+    const ranges = await ownRanges(source);
+    assert.ok(ranges.length > 0);
+    await copyRanges(source, c.parent, ranges.slice(0, Math.ceil(ranges.length / 2)));
+    await c.flush();
+    await c.abandon();
+    await source.close();
+    await assert.rejects(openDatastoreChain(ds, snap.top.path, { readOnly: true }), { code: 'DISK_CHAIN_MISMATCH' }, 'the delta\'s chain no longer opens by itself');
+
+    host = await startHost();
+    assert.equal((await client().vm(VM)).disk?.path, snap.snapshot.path, 'the parent is the top now, and recorded');
+    assert.ok(!(await filesOnDatastore()).includes(snap.top.path), 'the merged delta is removed');
+    assert.ok(!(await readdir(dsDir)).some((n) => n.endsWith(JOURNAL_SUFFIX)), 'and its journal');
+    const booted = nextLine(BOOT_VERIFIED);
+    await client().startVm(VM);
+    assert.ok(Number((await booted)[1]) > 0);
+    assert.equal((await client().verifyVm(VM)).selfcheck, 0);
+    assert.ok(await rebootVerifies() > 0);
   });
 
   it('refuses: a VM without a disk, an unknown snapshot, a chain of one, a VM being migrated (BUSY)', async () => {
