@@ -12,10 +12,13 @@ import {
   type CreateVmRequest, type DatastoreView, type HostInfo, type IncomingStatus, type MigrateRequest, type MigrationEvent, type MigrationStatus,
   type PauseResultView, type TicketView, type VerifyResult, type VmView,
 } from './host-v1.js';
+import type { ConsolidateResultView, DiskChainView, RevertResultView, SnapshotResultView } from './disk-v1.js';
 import { readSse } from './sse.js';
 
 /** Ordinary requests time out; streams (console follow, migration events) do not. */
 export const API_TIMEOUT_MS = 30_000;
+/** A revert copies nothing but may boot the VM again (a large RAM takes a while to instrument and start). */
+export const DISK_OPERATION_TIMEOUT_MS = 120_000;
 /** While following a migration whose event stream broke, its status is polled this often. */
 export const MIGRATION_POLL_MS = 100;
 
@@ -100,6 +103,13 @@ export class HostClient {
     }
     throw new FerryError('HOST_ERROR', `"${text}" did not appear on the console of VM ${name} within ${timeoutMs} ms`);
   }
+
+  snapshotVm(name: string): Promise<SnapshotResultView> { return this.json(routes.snapshotVm, { name }, 201); }
+  diskChain(name: string): Promise<DiskChainView> { return this.json(routes.diskChain, { name }, 200); }
+  /** Back to snapshot `to` (a chain level's path; default: the newest). A running VM boots again on it. */
+  revertVm(name: string, to?: string): Promise<RevertResultView> { return this.json(routes.revertVm, { name }, 200, { body: to !== undefined ? { to } : {}, timeoutMs: DISK_OPERATION_TIMEOUT_MS }); }
+  /** Answers when the merge is done, however long that takes; its progress is in diskChain(name).operation meanwhile. */
+  consolidateVm(name: string): Promise<ConsolidateResultView> { return this.json(routes.consolidateVm, { name }, 200, { timeoutMs: 0 }); }
 
   migrate(name: string, req: MigrateRequest): Promise<MigrationStatus> { return this.json(routes.migrateVm, { name }, 202, { body: req }); }
   migration(id: string): Promise<MigrationStatus> { return this.json(routes.getMigration, { id }, 200); }

@@ -12,6 +12,9 @@ import { migrationOptionsSchema } from '../migration/options.js';
 import { migrationJobStatusSchema, migrationProgressSchema, migrationRecordSchema, type MigrationJobStatus } from '../migration/record.js';
 import { incomingOutcomeSchema } from '../migration/peer.js';
 import { MAX_HANG_TIMEOUT_MS, MIN_HANG_TIMEOUT_MS } from '../vmm/config.js';
+import {
+  consolidateResultSchema, diskChainSchema, revertRequestSchema, revertResultSchema, snapshotResultSchema,
+} from './disk-v1.js';
 import { MAX_DATASTORE_PATH_BYTES, MAX_IMAGE_BYTES, VM_NAME_PATTERN, cmdlineSchema, granularitySchema, vcpusSchema, vmNameSchema as limitVmNameSchema } from '../lib/limits.js';
 
 export const HOST_API_VERSION = 'v1';
@@ -238,6 +241,23 @@ export const routes = {
   getIncoming: createRoute({
     method: 'get', path: '/v1/migrations/incoming/{id}', summary: 'what became of an incoming migration (answers an error, never "unknown", when its record cannot be read)',
     request: { params: migrationParams }, responses: { 200: json(incomingStatusSchema, 'outcome'), ...errors(400, 401, 500) },
+  }),
+  // Disk snapshots (./disk-v1.ts, docs/design/disk-snapshots.md).
+  snapshotVm: createRoute({
+    method: 'post', path: '/v1/vms/{name}/snapshots', summary: 'snapshot the VM\'s disk: the top becomes read-only, a new delta takes the writes (a running VM pauses briefly)',
+    request: { params: vmParams }, responses: { 201: json(snapshotResultSchema, 'snapshot taken'), ...errors(400, 401, 404, 409, 500) },
+  }),
+  diskChain: createRoute({
+    method: 'get', path: '/v1/vms/{name}/disk/chain', summary: 'the VM\'s disk chain, top first, with CIDs, and the disk operation running on it',
+    request: { params: vmParams }, responses: { 200: json(diskChainSchema, 'the chain'), ...errors(400, 401, 404, 409, 500) },
+  }),
+  revertVm: createRoute({
+    method: 'post', path: '/v1/vms/{name}/revert', summary: 'go back to a snapshot (default: the newest); a running VM is restarted on it',
+    request: { params: vmParams, ...body(revertRequestSchema) }, responses: { 200: json(revertResultSchema, 'reverted'), ...errors(400, 401, 404, 409, 500) },
+  }),
+  consolidateVm: createRoute({
+    method: 'post', path: '/v1/vms/{name}/consolidate', summary: 'merge the top delta into its parent (live if the VM runs); answers when done',
+    request: { params: vmParams }, responses: { 200: json(consolidateResultSchema, 'consolidated'), ...errors(400, 401, 404, 409, 500) },
   }),
 } as const;
 

@@ -201,7 +201,8 @@ async function importDisk(inPath: string, outPath: string): Promise<{ kind: stri
   }
 }
 
-export function addDiskCommands(program: Command): void {
+/** Adds `ferry disk …`; returns the `disk` command (the host-backed `disk chain` joins it, ./snapshot-commands.ts). */
+export function addDiskCommands(program: Command): Command {
   const disk = program.command('disk').description('create, inspect, export, import and check VMDK disk files on this machine');
 
   disk.command('create')
@@ -266,4 +267,5 @@ export function addDiskCommands(program: Command): void {
       await withDisk(path, (d) => d.check());
       process.stdout.write(`${path}: no problems found\n`);
     });
+  return disk;
 }

@@ -1,7 +1,7 @@
 /**
  * CLI commands that talk to host agents: `ferry host` (run an agent) and the `ferry vm` verbs
  * that take `--host URL` (create, start, stop, pause, resume, delete, list, status, console,
- * verify, migrate).
+ * verify, migrate; the disk snapshot verbs are in ./snapshot-commands.ts).
  */
 import { Option, type Command } from 'commander';
 import { readFile } from 'node:fs/promises';
@@ -21,19 +21,19 @@ import type { CreateVmRequest } from '../api/host-v1.js';
 import { durationOption, parseIntegerOption, sizeOption } from './args.js';
 import { compact } from './status.js';
 
-interface ClientOpts { host: string; tokenFile?: string }
+export interface ClientOpts { host: string; tokenFile?: string }
 
-async function client(o: ClientOpts): Promise<HostClient> {
+export async function client(o: ClientOpts): Promise<HostClient> {
   return new HostClient(o.host, await loadToken(o.tokenFile));
 }
 
-function withClientOptions(cmd: Command): Command {
+export function withClientOptions(cmd: Command): Command {
   return cmd
     .requiredOption('--host <url>', 'host agent URL, e.g. http://127.0.0.1:7000')
     .option('--token-file <file>', 'file holding the API token (default: $FERRY_TOKEN)');
 }
 
-function print(obj: unknown): void {
+export function print(obj: unknown): void {
   process.stdout.write(`${JSON.stringify(obj, null, 2)}\n`);
 }
 

@@ -20,6 +20,7 @@ import { runSession } from './run-vm.js';
 import { openRawDisk, type OpenedDisk } from './disk.js';
 import { addHostCommands } from './host-commands.js';
 import { addDiskCommands } from './disk-commands.js';
+import { addSnapshotCommands } from './snapshot-commands.js';
 import { runDemo } from './demo.js';
 
 const DEFAULT_MEMORY = '256MiB';
@@ -161,7 +162,7 @@ export function buildProgram(): Command {
     });
 
   addHostCommands(program, vm);
-  addDiskCommands(program);
+  addSnapshotCommands(vm, addDiskCommands(program));
 
   program.command('demo')
     .description('two local host agents and a demo VM (the multi-vCPU dirtier) live-migrated back and forth until Ctrl-C')

@@ -21,6 +21,7 @@ import { OperationsRegistry } from './operations.js';
 import { IncomingVmDisk, prepareIncomingDisk } from './migration-disks.js';
 import { VmService } from './vm-service.js';
 import { MigrationService } from './migration-service.js';
+import { DiskSnapshots } from './disk-snapshots.js';
 import { HostDatastores, type DatastoreMount } from './datastores.js';
 import type { LeaseTiming } from '../storage/lease.js';
 
@@ -57,6 +58,7 @@ export class HostAgent {
   readonly vms: VmService;
   readonly operations = new OperationsRegistry();
   private readonly migrations: MigrationService;
+  readonly disks: DiskSnapshots;
   private readonly receiver: MigrationReceiver;
   private readonly server: Server;
   private readonly memoryLimitBytes: number;
@@ -73,6 +75,7 @@ export class HostAgent {
     const transport = options.transport ?? tcpTransport;
     this.vms = new VmService({ hostName: this.name, store: this.store, operations: this.operations, memoryLimitBytes: this.memoryLimitBytes, datastores, log: this.log });
     this.migrations = new MigrationService({ hostName: this.name, token: options.token, vms: this.vms, operations: this.operations, datastores, transport, log: this.log });
+    this.disks = new DiskSnapshots({ hostName: this.name, vms: this.vms, operations: this.operations, datastores, log: this.log });
     this.receiver = new MigrationReceiver({
       admit: (vm) => { this.vms.admit(vm.name, vm.memoryBytes); },
       adopt: (vm, imageBytes, disk) => this.vms.adopt(vm, imageBytes, disk instanceof IncomingVmDisk ? disk.vmDisk : null),
@@ -83,7 +86,7 @@ export class HostAgent {
       log: this.log,
     }, transport, { host: options.listenHost, port: options.migrationPort ?? 0 });
     const app = buildHostApp({
-      token: options.token, vms: this.vms, migrations: this.migrations, hostInfo: () => this.hostInfo(), listDatastores: () => this.datastores.list(),
+      token: options.token, vms: this.vms, migrations: this.migrations, disks: this.disks, hostInfo: () => this.hostInfo(), listDatastores: () => this.datastores.list(),
       issueTicket: () => this.receiver.issueTicket(), incomingOutcome: (id) => this.receiver.outcome(id),
     });
     this.server = createAdaptorServer({ fetch: app.fetch }) as Server;
@@ -143,6 +146,8 @@ export class HostAgent {
     this.closing = true;
     this.vms.closing = true;
     await this.migrations.cancelAll('host shutting down');
+    // A disk operation is not cut off between its steps: it ends (they are bounded) before VMs are saved.
+    await this.disks.drain();
     const report = await this.vms.saveAll();
     await this.receiver.close();
     await new Promise<void>((resolve) => { this.server.close(() => { resolve(); }); this.server.closeAllConnections(); });

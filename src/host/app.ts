@@ -25,12 +25,14 @@ import type { IncomingOutcome } from '../migration/peer.js';
 import { bearerMatches } from './auth.js';
 import type { VmService } from './vm-service.js';
 import type { MigrationService } from './migration-service.js';
+import type { DiskSnapshots } from './disk-snapshots.js';
 import type { VmSlot } from './vm-slot.js';
 
 export interface HostAppDeps {
   readonly token: string;
   readonly vms: VmService;
   readonly migrations: MigrationService;
+  readonly disks: DiskSnapshots;
   readonly hostInfo: () => HostInfo;
   readonly listDatastores: () => Promise<DatastoreView[]>;
   readonly issueTicket: () => TicketView;
@@ -117,6 +119,11 @@ export function buildHostApp(d: HostAppDeps): OpenAPIHono {
     const status: IncomingStatus = { migrationId: id, outcome: await d.incomingOutcome(id) };
     return c.json(status, 200);
   });
+
+  app.openapi(routes.snapshotVm, async (c) => c.json(await d.disks.snapshot(c.req.valid('param').name), 201));
+  app.openapi(routes.diskChain, async (c) => c.json(await d.disks.chain(c.req.valid('param').name), 200));
+  app.openapi(routes.revertVm, async (c) => c.json(await d.disks.revert(c.req.valid('param').name, c.req.valid('json').to), 200));
+  app.openapi(routes.consolidateVm, async (c) => c.json(await d.disks.consolidate(c.req.valid('param').name), 200));
 
   app.doc(OPENAPI_PATH, { openapi: '3.0.3', info: { ...OPENAPI_INFO } });
   return app;

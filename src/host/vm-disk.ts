@@ -10,12 +10,12 @@
  * to changed-block trackers *before* they are issued (./../storage/changed-blocks.ts explains why
  * that order is what makes copy rounds lose nothing).
  */
-import { posix } from 'node:path';
 import { FerryError } from '../lib/errors.js';
 import { VmdkDisk } from '../storage/vmdk/disk.js';
-import type { BlockFile } from '../storage/block-file.js';
 import { ChangedBlocks } from '../storage/changed-blocks.js';
-import type { Datastore, DatastoreFile } from '../storage/datastore.js';
+import type { DatastoreFile } from '../storage/datastore.js';
+import { openDatastoreChain } from '../storage/vmdk/chain-ops.js';
+import { recoverChain, type RecoveredChain } from '../storage/vmdk/consolidate.js';
 import { checkDiskCapacity, type BlockBackend } from '../vmm/devices/block.js';
 import type { HostDatastores } from './datastores.js';
 
@@ -28,22 +28,9 @@ export interface DiskSpec {
 /** Most changed-block trackers at once (a migration, a consolidate): each costs a bitmap and a mark per write. */
 export const MAX_DISK_TRACKERS = 4;
 
-/** Parents of a delta are opened read-only relative to the directory of the child that names them. */
-function parentOpener(ds: Datastore, topPath: string): (hint: string, childName: string) => Promise<BlockFile> {
-  const dirs = new Map<string, string>([[`${ds.name}:${topPath}`, posix.dirname(topPath)]]);
-  return async (hint, childName) => {
-    const path = posix.join(dirs.get(childName) ?? posix.dirname(topPath), hint);
-    const file = await ds.open(path, { readOnly: true });
-    dirs.set(file.name, posix.dirname(path));
-    return file;
-  };
-}
-
 /** Opens the chain whose top is `spec` for writing: DISK_LOCKED when another host holds its lease. */
 export async function openDiskChain(datastores: HostDatastores, spec: DiskSpec): Promise<VmdkDisk> {
-  const ds = datastores.get(spec.datastore);
-  // VmdkDisk closes the file itself when the open fails.
-  return VmdkDisk.open(await ds.open(spec.path), { openParent: parentOpener(ds, spec.path) });
+  return openDatastoreChain(datastores.get(spec.datastore), spec.path);
 }
 
 /** Creates a new sparse disk of `sizeBytes` at `spec` — never over an existing file — and opens it. */
@@ -73,6 +60,9 @@ export class VmDisk {
   private readonly trackers = new Set<ChangedBlocks>();
   private closing: Promise<void> | null = null;
 
+  /** What a recovery at attach left to tidy once the owner has recorded `spec` (see settleRecovery). */
+  private unsettled: (() => Promise<void>) | null = null;
+
   private constructor(private readonly datastores: HostDatastores, private specNow: DiskSpec, disk: VmdkDisk | null, capacityBytes: number) {
     this.current = disk;
     checkDiskCapacity(capacityBytes);
@@ -89,10 +79,27 @@ export class VmDisk {
     };
   }
 
-  /** Opens the disk at `spec`, or creates a new one of `sizeBytes` there, and holds it for a VM. */
+  /**
+   * Opens the disk at `spec`, or creates a new one of `sizeBytes` there, and holds it for a VM.
+   * An existing disk is first recovered (src/storage/vmdk/consolidate.ts): an interrupted
+   * consolidate is finished, so the chain's top may then be the delta's parent — `spec` of the
+   * result says where it is; the owner records that, then calls settleRecovery().
+   */
   static async attach(datastores: HostDatastores, spec: DiskSpec, sizeBytes?: number): Promise<VmDisk> {
-    const disk = sizeBytes !== undefined ? await createDisk(datastores, spec, sizeBytes) : await openDiskChain(datastores, spec);
-    return new VmDisk(datastores, spec, disk, disk.capacityBytes);
+    if (sizeBytes !== undefined) {
+      const created = await createDisk(datastores, spec, sizeBytes);
+      return new VmDisk(datastores, spec, created, created.capacityBytes);
+    }
+    const ds = datastores.get(spec.datastore);
+    // The top's lease first: a chain another host is writing is not recovered from here.
+    const guard = await ds.open(spec.path);
+    let recovered: RecoveredChain;
+    try { recovered = await recoverChain(ds, spec.path); } finally { await guard.close(); }
+    const at = { datastore: spec.datastore, path: recovered.topPath };
+    const disk = await openDiskChain(datastores, at);
+    const vmDisk = new VmDisk(datastores, at, disk, disk.capacityBytes);
+    vmDisk.unsettled = () => recovered.settle();
+    return vmDisk;
   }
 
   /**
@@ -101,6 +108,13 @@ export class VmDisk {
    */
   static pending(datastores: HostDatastores, spec: DiskSpec, capacityBytes: number): VmDisk {
     return new VmDisk(datastores, spec, null, capacityBytes);
+  }
+
+  /** Tidies what a consolidate finished at attach left behind (its delta, its journal), once `spec` is recorded. */
+  async settleRecovery(): Promise<void> {
+    const settle = this.unsettled;
+    this.unsettled = null;
+    await settle?.();
   }
 
   get spec(): DiskSpec { return this.specNow; }

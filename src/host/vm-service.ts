@@ -6,7 +6,7 @@
  */
 import { FerryError, errorMessage } from '../lib/errors.js';
 import { formatBytes } from '../lib/units.js';
-import { normalizeConfig, type VmConfigInput } from '../vmm/config.js';
+import { normalizeConfig, type VmConfig, type VmConfigInput } from '../vmm/config.js';
 import { Vm } from '../vmm/vm.js';
 import { restoreVm, saveVm } from '../vmm/persist.js';
 import { instrumentImage } from '../vmm/instrument.js';
@@ -86,12 +86,14 @@ export class VmService {
     const slot = new VmSlot(config, image, disk);
     this.slots.set(slot.name, slot);
     try {
-      await this.o.store.saveVm(config, image, false, spec);
+      // disk.spec, not spec: attaching may have finished an interrupted consolidate, moving the top.
+      await this.o.store.saveVm(config, image, false, disk?.spec ?? null);
     } catch (err) {
       this.slots.delete(slot.name);
       await disk?.close();
       throw err;
     }
+    if (disk !== null) await this.settle(config.name, disk);
     if (d.start === true) return this.start(slot.name);
     return this.describe(slot);
   }
@@ -191,7 +193,7 @@ export class VmService {
     const { vms, problems } = await this.o.store.loadAll();
     for (const p of problems) this.o.log(`host ${this.o.hostName}: ${p}`);
     for (const stored of vms) {
-      const { disk, problem } = await this.reattach(stored.config.name, stored.disk);
+      const { disk, problem } = await this.reattach(stored.config, stored.runningAtShutdown, stored.disk);
       const slot = new VmSlot(stored.config, stored.image, disk);
       slot.diskProblem = problem;
       this.slots.set(slot.name, slot);
@@ -237,15 +239,40 @@ export class VmService {
   }
 
   /** The disk a stored definition names, opened again; a problem (locked, gone) is kept, not thrown. */
-  private async reattach(vm: string, spec: DiskSpec | undefined): Promise<{ disk: VmDisk | null; problem: string | null }> {
+  private async reattach(config: VmConfig, runningAtShutdown: boolean, spec: DiskSpec | undefined): Promise<{ disk: VmDisk | null; problem: string | null }> {
     if (spec === undefined) return { disk: null, problem: null };
+    let disk: VmDisk | null = null;
     try {
-      return { disk: await VmDisk.attach(this.o.datastores, spec), problem: null };
+      disk = await VmDisk.attach(this.o.datastores, spec);
+      if (disk.spec.path !== spec.path) {
+        // An interrupted consolidate was finished: its parent is the top now; recorded before the delta goes.
+        await this.o.store.saveVm(config, null, runningAtShutdown, disk.spec);
+        this.o.log(`host ${this.o.hostName}: VM ${config.name}: finished an interrupted consolidate of ${spec.path} into ${disk.spec.path}`);
+      }
+      await this.settle(config.name, disk);
+      return { disk, problem: null };
     } catch (err) {
+      await disk?.close();
       const problem = `${spec.datastore}:${spec.path}: ${errorMessage(err)}`;
-      this.o.log(`host ${this.o.hostName}: VM ${vm}: cannot attach its disk ${problem}`);
+      this.o.log(`host ${this.o.hostName}: VM ${config.name}: cannot attach its disk ${problem}`);
       return { disk: null, problem };
     }
+  }
+
+  /** Leftovers of a consolidate finished at attach are tidied; failing to is reported, not fatal (the chain is sound). */
+  private async settle(vm: string, disk: VmDisk): Promise<void> {
+    await disk.settleRecovery().catch((err: unknown) => {
+      this.o.log(`host ${this.o.hostName}: VM ${vm}: cannot remove what a finished consolidate left: ${errorMessage(err)}`);
+    });
+  }
+
+  /**
+   * Records durably that VM `name`'s disk is now at `spec` (a snapshot, revert or consolidate
+   * moved the chain's top), in turn with the VM's other store writes.
+   */
+  saveDiskSpec(name: string, spec: DiskSpec): Promise<void> {
+    const slot = this.slot(name);
+    return this.persist(name, () => this.o.store.saveVm(slot.config, null, false, spec));
   }
 
   /** Store writes of one VM run one after another (a delete must not race a save). */

@@ -37,6 +37,7 @@ const VALID_BODY: Partial<Record<RouteKey, unknown>> = {
   createVm: { name: 'unused', imageBase64: 'AGFzbQEAAAA=', memoryBytes: MiB },
   migrateVm: { to: 'http://127.0.0.1:9' },
   createTicket: {},
+  revertVm: {},
 };
 
 function pathParams(route: Route): string[] {
@@ -565,6 +566,7 @@ describe('OpenAPI document: every route the app answers is documented, every doc
     const app = buildHostApp({
       token: AGENT_TOKEN, vms: agent.vms, hostInfo: () => agent.hostInfo(), listDatastores: () => agent.datastores.list(),
       migrations: new MigrationService({ hostName: 'doc', token: AGENT_TOKEN, vms: agent.vms, operations: agent.operations, datastores: agent.datastores, transport: tcpTransport, log: () => {} }),
+      disks: agent.disks,
       issueTicket: () => { throw new FerryError('INTERNAL', 'not called'); },
       incomingOutcome: () => Promise.reject(new FerryError('INTERNAL', 'not called')),
     });

@@ -35,6 +35,12 @@ export type OpenParent = (hint: string, childName: string) => Promise<BlockFile>
 export interface OpenDiskOptions {
   /** Needed when the disk is a delta; a delta opened without one is refused. */
   readonly openParent?: OpenParent;
+  /**
+   * Open a delta (read-only) without its parent chain: only the grains it holds itself can be read,
+   * anything else is refused. What finishing an interrupted consolidate needs, when the parent was
+   * already written and the chain no longer opens (its CID check fails by design).
+   */
+  readonly withoutParent?: boolean;
 }
 
 export interface DiskInfo {
@@ -60,7 +66,8 @@ export class VmdkDisk {
   private queue: Promise<unknown> = Promise.resolve();
   private closed = false;
 
-  private constructor(private readonly extent: GrainExtent, readonly parent: VmdkDisk | undefined) {}
+  /** `detached`: a delta opened withoutParent (reads below its own grains are refused, not zeros). */
+  private constructor(private readonly extent: GrainExtent, readonly parent: VmdkDisk | undefined, private readonly detached = false) {}
 
   get name(): string { return this.extent.name; }
   get capacityBytes(): number { return this.extent.capacityBytes; }
@@ -92,9 +99,16 @@ export class VmdkDisk {
    * the file is closed, and so is every parent opened on the way.
    */
   static async open(file: BlockFile, opts: OpenDiskOptions = {}): Promise<VmdkDisk> {
+    if (opts.withoutParent === true) return closeOnFailure([file], () => VmdkDisk.openDetached(file));
     // openChain adds each parent it opens, so that a failure further down closes it too.
     const opened: BlockFile[] = [file];
     return closeOnFailure(opened, () => VmdkDisk.openChain(file, opts, [], opened));
+  }
+
+  private static async openDetached(file: BlockFile): Promise<VmdkDisk> {
+    if (!file.readOnly) throw new FerryError('INVALID_ARGUMENT', `${file.name}: a delta opened without its parent must be opened read-only`);
+    const extent = await openExtent(file);
+    return new VmdkDisk(extent, undefined, extent.descriptor.parentCid !== CID_NO_PARENT);
   }
 
   private static async openChain(file: BlockFile, opts: OpenDiskOptions, seen: string[], opened: BlockFile[]): Promise<VmdkDisk> {
@@ -153,6 +167,14 @@ export class VmdkDisk {
    */
   async forEachAllocatedRange(fn: (offsetBytes: number, lengthBytes: number) => void): Promise<void> {
     await this.parent?.forEachAllocatedRange(fn);
+    await this.forEachOwnAllocatedRange(fn);
+  }
+
+  /**
+   * Calls `fn(offsetBytes, lengthBytes)` for every grain this disk holds itself (not its parents),
+   * ascending, clipped to the capacity: what a consolidate merges into the parent.
+   */
+  async forEachOwnAllocatedRange(fn: (offsetBytes: number, lengthBytes: number) => void): Promise<void> {
     const grainBytes = this.extent.grainBytes;
     await this.serial(() => this.extent.forEachAllocatedGrain((g) => {
       const at = g * grainBytes;
@@ -199,6 +221,9 @@ export class VmdkDisk {
 
   /** What the chain below this disk shows at `offsetBytes` (zeros past the parent's end, or with no parent). */
   private async readBelow(offsetBytes: number, buf: Uint8Array): Promise<void> {
+    if (this.detached) {
+      throw new FerryError('DISK_CHAIN_INVALID', `${this.name} was opened without its parent: ${buf.length} bytes at ${offsetBytes} are not held by this delta`);
+    }
     const parent = this.parent;
     const inParent = parent === undefined ? 0 : Math.max(0, Math.min(buf.length, parent.capacityBytes - offsetBytes));
     if (parent !== undefined && inParent > 0) await parent.readNow(offsetBytes, buf.subarray(0, inParent));
