@@ -2,9 +2,19 @@
 # The system packages Ferry's tests need, installed when missing (npm test runs this first; .ci/run
 # too). As root it installs them with apt-get; otherwise it stops and prints the one command to run.
 #   qemu-img and qemu-io (qemu-utils): the reference the VMDK code is checked against.
+#   initdb and pg_ctl (postgresql): the center store's tests start a throwaway PostgreSQL cluster
+#   (test/helpers/postgres.ts); Debian keeps them in /usr/lib/postgresql/<version>/bin, off PATH.
 set -euo pipefail
 need=()
 { command -v qemu-img && command -v qemu-io; } >/dev/null 2>&1 || need+=(qemu-utils)
+has_postgres_server() {
+  local d
+  for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && return 0
+  done
+  return 1
+}
+has_postgres_server || need+=(postgresql)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "ferry: the tests need these system packages: ${need[*]}" >&2

@@ -41,6 +41,14 @@ export const FERRY_ERROR_CODES = [
   'HOST_ERROR',
   'INTERNAL',
   'STORE_IO',
+  // the center's store (src/center/store): the database cannot be reached (or the store is closed)
+  'STORE_UNAVAILABLE',
+  // the database was migrated by a newer Ferry: this one does not know its schema
+  'STORE_SCHEMA_VERSION',
+  // center tasks: a worker acts on a task it no longer holds (re-queued, taken over, finished): stop
+  'TASK_NOT_CLAIMED',
+  // center tasks: the task's state does not allow the action
+  'TASK_STATE',
   // migration
   'MIGRATION_REFUSED',
   'MIGRATION_FAILED',

@@ -1,0 +1,621 @@
+/**
+ * The one implementation of CenterStore, over Kysely: every query is written once and compiled for
+ * SQLite or PostgreSQL. What the two backends do differently is in BackendHooks (row locks, error
+ * translation); docs/design/center-store.md says why each difference is safe.
+ *
+ * Every public method validates its input (./model.ts) before touching the database, runs through
+ * `run` (a closed store refuses, a driver error becomes a FerryError with a stable code), and checks
+ * every row it reads back (a row this code cannot understand is STORE_IO, never a guess).
+ */
+import { sql, type Kysely, type Selectable, type Transaction } from 'kysely';
+import { FerryError, isFerryErrorCode } from '../../lib/errors.js';
+import {
+  FINISHED_TASK_STATES, HOST_STATES, MAX_EVENT_PAYLOAD_BYTES, MAX_JSON_BYTES, MAX_REQUEUE_BATCH, TASK_STATES, VM_STATES,
+  actorSchema, claimKindsSchema, datastoreIdSchema, datastoreInputSchema, datastoreListSchema, dutyNameSchema, encodeJson,
+  eventIdSchema, eventInputSchema, eventsLimitSchema, heartbeatAtSchema, heartbeatInputSchema, hostInputSchema, hostListSchema,
+  hostStateSchema, leaseMsSchema, mountsInputSchema, nameListSchema, nameSchema, outcomeSchema, parseInput, siteInputSchema,
+  taskIdSchema, taskInputSchema, taskListSchema, vmInputSchema, vmListSchema, vmStateSchema, waitingReasonSchema, workerIdSchema,
+  type Datastore, type DatastoreInput, type DutyLease, type EventInput, type Host, type HostDatastore, type HostInput,
+  type HostListOptions, type HostState, type JsonValue, type ListOptions, type MountInput, type Site, type SiteInput,
+  type StoredEvent, type Task, type TaskHeartbeat, type TaskInput, type TaskListOptions, type TaskOutcome, type TaskState,
+  type Vm, type VmInput, type VmListOptions, type VmState,
+} from './model.js';
+import { vmNameSchema } from '../../lib/limits.js';
+import type { CenterStore, Clock, StoreBackend } from './store.js';
+import type { StoreDatabase, TasksTable } from './tables.js';
+import { appliedMigrations, schemaVersionOf } from './migrate.js';
+
+/** What differs between the backends, beyond the SQL Kysely compiles for each. */
+export interface BackendHooks {
+  readonly backend: StoreBackend;
+  /**
+   * PostgreSQL: claims lock their candidate rows with FOR UPDATE SKIP LOCKED, so that concurrent
+   * claimers in other centers pass over a row another transaction holds instead of waiting for it.
+   * SQLite has no row locks: its write transactions (BEGIN IMMEDIATE) are serialised whole.
+   */
+  readonly rowLocks: boolean;
+  /** A driver error as a FerryError (constraint → ALREADY_EXISTS/NOT_FOUND, lost connection → STORE_UNAVAILABLE, …). */
+  translateError(err: unknown, what: string): FerryError;
+}
+
+type Db = Kysely<StoreDatabase>;
+type Tx = Transaction<StoreDatabase>;
+type TaskRow = Selectable<TasksTable>;
+
+/** A claim or cancel that lost a race re-reads and tries again, this many times at most. */
+const MAX_STATE_RETRIES = 3;
+
+function notFound(what: string, name: string | number): FerryError {
+  return new FerryError('NOT_FOUND', `${what} ${JSON.stringify(name)} does not exist`, { [what]: name });
+}
+
+function corrupt(what: string, detail: string): FerryError {
+  return new FerryError('STORE_IO', `the database holds a ${what} this Ferry cannot read: ${detail}`);
+}
+
+function decodeJson(text: string, what: string): JsonValue {
+  try {
+    return JSON.parse(text) as JsonValue;
+  } catch {
+    throw corrupt(what, 'not JSON');
+  }
+}
+
+function oneOf<T extends string>(values: readonly T[], value: string, what: string): T {
+  const found = values.find((v) => v === value);
+  if (found === undefined) throw corrupt(what, `unknown state ${JSON.stringify(value)}`);
+  return found;
+}
+
+function toTask(r: TaskRow): Task {
+  let error: Task['error'] = null;
+  if (r.error_code !== null) {
+    if (!isFerryErrorCode(r.error_code)) throw corrupt('task', `unknown error code ${JSON.stringify(r.error_code)}`);
+    error = { code: r.error_code, message: r.error_message ?? '' };
+  }
+  return {
+    id: r.id, kind: r.kind, target: r.target, state: oneOf(TASK_STATES, r.state, 'task'), phase: r.phase, progress: r.progress,
+    waitingReason: r.waiting_reason, requestedBy: r.requested_by, params: decodeJson(r.params_json, 'task'),
+    createdAtMs: r.created_at_ms, startedAtMs: r.started_at_ms, endedAtMs: r.ended_at_ms,
+    result: r.result_json === null ? null : decodeJson(r.result_json, 'task'), error,
+    claimedBy: r.claimed_by, claimExpiresAtMs: r.claim_expires_at_ms, attempts: r.attempts, cancelRequested: r.cancel_requested === 1,
+  };
+}
+
+function toHost(r: Selectable<StoreDatabase['hosts']>): Host {
+  return {
+    name: r.name, site: r.site, url: r.url, state: oneOf(HOST_STATES, r.state, 'host'),
+    capacity: { memoryBytes: r.memory_bytes, vcpus: r.vcpus }, lastHeartbeatAtMs: r.last_heartbeat_at_ms,
+    createdAtMs: r.created_at_ms, updatedAtMs: r.updated_at_ms,
+  };
+}
+
+function toVm(r: Selectable<StoreDatabase['vms']>): Vm {
+  return {
+    name: r.name, host: r.host, state: oneOf(VM_STATES, r.state, 'VM'), config: decodeJson(r.config_json, 'VM'),
+    disks: decodeJson(r.disks_json, 'VM'), createdAtMs: r.created_at_ms, updatedAtMs: r.updated_at_ms,
+  };
+}
+
+function toEvent(r: Selectable<StoreDatabase['events']>): StoredEvent {
+  return { id: r.id, atMs: r.at_ms, kind: r.kind, subject: r.subject, payload: decodeJson(r.payload_json, 'event') };
+}
+
+const toSite = (r: Selectable<StoreDatabase['sites']>): Site => ({ name: r.name, description: r.description, createdAtMs: r.created_at_ms });
+const toDatastore = (r: Selectable<StoreDatabase['datastores']>): Datastore => ({ id: r.id, name: r.name, shared: r.shared === 1, createdAtMs: r.created_at_ms });
+const toMount = (r: Selectable<StoreDatabase['host_datastores']>): HostDatastore => ({ host: r.host, datastoreId: r.datastore_id, mountName: r.mount_name });
+
+/** What a task event carries: enough for a progress bar and a task list without a second read. */
+function taskPayload(t: Task): JsonValue {
+  return { id: t.id, kind: t.kind, target: t.target, state: t.state, phase: t.phase, progress: t.progress, waitingReason: t.waitingReason, attempts: t.attempts, cancelRequested: t.cancelRequested, error: t.error === null ? null : { ...t.error } };
+}
+
+export class KyselyCenterStore implements CenterStore {
+  readonly backend: StoreBackend;
+  #closed = false;
+
+  constructor(private readonly db: Db, private readonly hooks: BackendHooks, private readonly clock: Clock) {
+    this.backend = hooks.backend;
+  }
+
+  /** Every public operation: refused once closed; driver errors translated. */
+  private async run<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    if (this.#closed) throw new FerryError('STORE_UNAVAILABLE', `the center's store is closed (${what})`);
+    try {
+      return await fn();
+    } catch (err) {
+      throw this.hooks.translateError(err, what);
+    }
+  }
+
+  private now(): number {
+    return this.clock();
+  }
+
+  async schemaVersion(): Promise<number> {
+    return this.run('schema version', async () => schemaVersionOf(await appliedMigrations(this.db as unknown as Kysely<unknown>)));
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Sites
+
+  async upsertSite(input: SiteInput): Promise<Site> {
+    const s = parseInput(siteInputSchema, input, 'site');
+    return this.run('upsert site', async () => {
+      const row = await this.db.insertInto('sites')
+        .values({ name: s.name, description: s.description ?? '', created_at_ms: this.now() })
+        // No description given: keep the one it has (a no-op update still returns the row).
+        .onConflict((oc) => oc.column('name').doUpdateSet((eb) => ({ description: s.description === undefined ? eb.ref('sites.description') : eb.ref('excluded.description') })))
+        .returningAll().executeTakeFirstOrThrow();
+      return toSite(row);
+    });
+  }
+
+  async getSite(name: string): Promise<Site> {
+    const n = parseInput(nameSchema(), name, 'site name');
+    return this.getOne('site', n, () => this.db.selectFrom('sites').selectAll().where('name', '=', n).executeTakeFirst(), toSite);
+  }
+
+  async listSites(options: ListOptions<string> = {}): Promise<readonly Site[]> {
+    const o = parseInput(nameListSchema, options, 'site list');
+    return this.run('list sites', async () => {
+      const rows = await this.db.selectFrom('sites').selectAll()
+        .$if(o.after !== undefined, (q) => q.where('name', '>', o.after ?? ''))
+        .orderBy('name').limit(o.limit).execute();
+      return rows.map(toSite);
+    });
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Hosts
+
+  async upsertHost(input: HostInput): Promise<Host> {
+    const h = parseInput(hostInputSchema, input, 'host');
+    return this.run('upsert host', () => this.db.transaction().execute(async (tx) => {
+      await this.requireSite(tx, h.site);
+      const now = this.now();
+      const row = await tx.insertInto('hosts')
+        .values({
+          name: h.name, site: h.site, url: h.url, state: h.state ?? 'joining', memory_bytes: h.capacity.memoryBytes,
+          vcpus: h.capacity.vcpus, last_heartbeat_at_ms: null, created_at_ms: now, updated_at_ms: now,
+        })
+        .onConflict((oc) => oc.column('name').doUpdateSet((eb) => ({
+          site: eb.ref('excluded.site'), url: eb.ref('excluded.url'), memory_bytes: eb.ref('excluded.memory_bytes'),
+          vcpus: eb.ref('excluded.vcpus'), updated_at_ms: eb.ref('excluded.updated_at_ms'),
+          state: h.state === undefined ? eb.ref('hosts.state') : eb.ref('excluded.state'),
+        })))
+        .returningAll().executeTakeFirstOrThrow();
+      return toHost(row);
+    }));
+  }
+
+  async getHost(name: string): Promise<Host> {
+    const n = parseInput(nameSchema(), name, 'host name');
+    return this.getOne('host', n, () => this.db.selectFrom('hosts').selectAll().where('name', '=', n).executeTakeFirst(), toHost);
+  }
+
+  async listHosts(options: HostListOptions = {}): Promise<readonly Host[]> {
+    const o = parseInput(hostListSchema, options, 'host list');
+    return this.run('list hosts', async () => {
+      const rows = await this.db.selectFrom('hosts').selectAll()
+        .$if(o.after !== undefined, (q) => q.where('name', '>', o.after ?? ''))
+        .$if(o.site !== undefined, (q) => q.where('site', '=', o.site ?? ''))
+        .$if(o.state !== undefined, (q) => q.where('state', '=', o.state ?? ''))
+        .orderBy('name').limit(o.limit).execute();
+      return rows.map(toHost);
+    });
+  }
+
+  async setHostState(name: string, state: HostState): Promise<Host> {
+    const n = parseInput(nameSchema(), name, 'host name');
+    const s = parseInput(hostStateSchema, state, 'host state');
+    return this.run('set host state', async () => {
+      const row = await this.db.updateTable('hosts').set({ state: s, updated_at_ms: this.now() }).where('name', '=', n).returningAll().executeTakeFirst();
+      if (row === undefined) throw notFound('host', n);
+      return toHost(row);
+    });
+  }
+
+  async recordHostHeartbeat(name: string, atMs: number): Promise<Host> {
+    const n = parseInput(nameSchema(), name, 'host name');
+    const at = parseInput(heartbeatAtSchema, atMs, 'heartbeat time');
+    return this.run('record heartbeat', async () => {
+      // Heartbeats can arrive out of order (two connections, a retry): the last one seen never moves back.
+      const row = await this.db.updateTable('hosts')
+        .set({ last_heartbeat_at_ms: sql<number>`case when last_heartbeat_at_ms is null or last_heartbeat_at_ms < ${at} then ${at} else last_heartbeat_at_ms end` })
+        .where('name', '=', n).returningAll().executeTakeFirst();
+      if (row === undefined) throw notFound('host', n);
+      return toHost(row);
+    });
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Datastores
+
+  async upsertDatastore(input: DatastoreInput): Promise<Datastore> {
+    const d = parseInput(datastoreInputSchema, input, 'datastore');
+    return this.run('upsert datastore', async () => {
+      const row = await this.db.insertInto('datastores')
+        .values({ id: d.id, name: d.name, shared: d.shared ? 1 : 0, created_at_ms: this.now() })
+        .onConflict((oc) => oc.column('id').doUpdateSet((eb) => ({ name: eb.ref('excluded.name'), shared: eb.ref('excluded.shared') })))
+        .returningAll().executeTakeFirstOrThrow();
+      return toDatastore(row);
+    });
+  }
+
+  async getDatastore(id: string): Promise<Datastore> {
+    const i = parseInput(datastoreIdSchema(), id, 'datastore id');
+    return this.getOne('datastore', i, () => this.db.selectFrom('datastores').selectAll().where('id', '=', i).executeTakeFirst(), toDatastore);
+  }
+
+  async listDatastores(options: ListOptions<string> = {}): Promise<readonly Datastore[]> {
+    const o = parseInput(datastoreListSchema, options, 'datastore list');
+    return this.run('list datastores', async () => {
+      const rows = await this.db.selectFrom('datastores').selectAll()
+        .$if(o.after !== undefined, (q) => q.where('id', '>', o.after ?? ''))
+        .orderBy('id').limit(o.limit).execute();
+      return rows.map(toDatastore);
+    });
+  }
+
+  async setHostDatastores(host: string, mounts: readonly MountInput[]): Promise<readonly HostDatastore[]> {
+    const h = parseInput(nameSchema(), host, 'host name');
+    const m = parseInput(mountsInputSchema, mounts, 'mounts');
+    const twice = (key: (x: MountInput) => string): string | undefined => {
+      const seen = new Set<string>();
+      for (const x of m) { if (seen.has(key(x))) return key(x); seen.add(key(x)); }
+      return undefined;
+    };
+    const dupId = twice((x) => x.datastoreId);
+    const dupName = twice((x) => x.mountName);
+    if (dupId !== undefined) throw new FerryError('INVALID_ARGUMENT', `datastore ${dupId} is listed twice for host ${h}`);
+    if (dupName !== undefined) throw new FerryError('INVALID_ARGUMENT', `mount name ${JSON.stringify(dupName)} is listed twice for host ${h}`);
+    return this.run('set host datastores', () => this.db.transaction().execute(async (tx) => {
+      if (await tx.selectFrom('hosts').select('name').where('name', '=', h).executeTakeFirst() === undefined) throw notFound('host', h);
+      if (m.length > 0) {
+        const known = new Set((await tx.selectFrom('datastores').select('id').where('id', 'in', m.map((x) => x.datastoreId)).execute()).map((r) => r.id));
+        const missing = m.find((x) => !known.has(x.datastoreId));
+        if (missing !== undefined) throw notFound('datastore', missing.datastoreId);
+      }
+      await tx.deleteFrom('host_datastores').where('host', '=', h).execute();
+      if (m.length > 0) await tx.insertInto('host_datastores').values(m.map((x) => ({ host: h, datastore_id: x.datastoreId, mount_name: x.mountName }))).execute();
+      return (await tx.selectFrom('host_datastores').selectAll().where('host', '=', h).orderBy('mount_name').execute()).map(toMount);
+    }));
+  }
+
+  async listHostDatastores(host: string): Promise<readonly HostDatastore[]> {
+    const h = parseInput(nameSchema(), host, 'host name');
+    return this.run('list host datastores', async () =>
+      // Bounded by MAX_MOUNTS_PER_HOST: setHostDatastores is the only writer.
+      (await this.db.selectFrom('host_datastores').selectAll().where('host', '=', h).orderBy('mount_name').execute()).map(toMount));
+  }
+
+  async listDatastoreHosts(datastoreId: string): Promise<readonly HostDatastore[]> {
+    const d = parseInput(datastoreIdSchema(), datastoreId, 'datastore id');
+    return this.run('list datastore hosts', async () =>
+      (await this.db.selectFrom('host_datastores').selectAll().where('datastore_id', '=', d).orderBy('host').limit(parseInput(nameListSchema, {}, 'list').limit).execute()).map(toMount));
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // VMs
+
+  async upsertVm(input: VmInput): Promise<Vm> {
+    return this.writeVm(input, 'upsert');
+  }
+
+  async createVm(input: VmInput): Promise<Vm> {
+    return this.writeVm(input, 'create');
+  }
+
+  private async writeVm(input: VmInput, mode: 'upsert' | 'create'): Promise<Vm> {
+    const v = parseInput(vmInputSchema, input, 'VM');
+    const config = encodeJson(v.config, MAX_JSON_BYTES, 'VM config');
+    const disks = encodeJson(v.disks, MAX_JSON_BYTES, 'VM disks');
+    return this.run(`${mode} VM`, () => this.db.transaction().execute(async (tx) => {
+      if (v.host !== null && await tx.selectFrom('hosts').select('name').where('name', '=', v.host).executeTakeFirst() === undefined) throw notFound('host', v.host);
+      const now = this.now();
+      const insert = tx.insertInto('vms').values({ name: v.name, host: v.host, state: v.state, config_json: config, disks_json: disks, created_at_ms: now, updated_at_ms: now });
+      // create: a name taken (also by a concurrent create in another center) is the primary key's
+      // unique violation, which translateError answers as ALREADY_EXISTS.
+      const row = mode === 'create'
+        ? await insert.returningAll().executeTakeFirstOrThrow()
+        : await insert.onConflict((oc) => oc.column('name').doUpdateSet((eb) => ({
+          host: eb.ref('excluded.host'), state: eb.ref('excluded.state'), config_json: eb.ref('excluded.config_json'),
+          disks_json: eb.ref('excluded.disks_json'), updated_at_ms: eb.ref('excluded.updated_at_ms'),
+        }))).returningAll().executeTakeFirstOrThrow();
+      return toVm(row);
+    }));
+  }
+
+  async getVm(name: string): Promise<Vm> {
+    const n = parseInput(vmNameSchema(), name, 'VM name');
+    return this.getOne('VM', n, () => this.db.selectFrom('vms').selectAll().where('name', '=', n).executeTakeFirst(), toVm);
+  }
+
+  async listVms(options: VmListOptions = {}): Promise<readonly Vm[]> {
+    const o = parseInput(vmListSchema, options, 'VM list');
+    return this.run('list VMs', async () => {
+      const rows = await this.db.selectFrom('vms').selectAll()
+        .$if(o.after !== undefined, (q) => q.where('name', '>', o.after ?? ''))
+        .$if(o.host !== undefined, (q) => q.where('host', '=', o.host ?? ''))
+        .$if(o.state !== undefined, (q) => q.where('state', '=', o.state ?? ''))
+        .orderBy('name').limit(o.limit).execute();
+      return rows.map(toVm);
+    });
+  }
+
+  async deleteVm(name: string): Promise<void> {
+    const n = parseInput(vmNameSchema(), name, 'VM name');
+    return this.run('delete VM', async () => {
+      const r = await this.db.deleteFrom('vms').where('name', '=', n).executeTakeFirst();
+      if (r.numDeletedRows === 0n) throw notFound('VM', n);
+    });
+  }
+
+  async setVmStatesOnHost(host: string, state: VmState): Promise<number> {
+    const h = parseInput(nameSchema(), host, 'host name');
+    const s = parseInput(vmStateSchema, state, 'VM state');
+    return this.run('set VM states', async () => {
+      const r = await this.db.updateTable('vms').set({ state: s, updated_at_ms: this.now() }).where('host', '=', h).executeTakeFirst();
+      return Number(r.numUpdatedRows);
+    });
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Tasks
+
+  async enqueueTask(input: TaskInput): Promise<Task> {
+    const t = parseInput(taskInputSchema, input, 'task');
+    const params = encodeJson(t.params ?? null, MAX_JSON_BYTES, 'task params');
+    return this.run('enqueue task', () => this.db.transaction().execute(async (tx) => {
+      const row = await tx.insertInto('tasks').values({
+        kind: t.kind, target: t.target, state: 'queued', phase: '', progress: 0, waiting_reason: t.waitingReason ?? null,
+        requested_by: t.requestedBy, params_json: params, created_at_ms: this.now(), started_at_ms: null, ended_at_ms: null,
+        result_json: null, error_code: null, error_message: null, claimed_by: null, claim_expires_at_ms: null, attempts: 0, cancel_requested: 0,
+      }).returningAll().executeTakeFirstOrThrow();
+      return this.taskChanged(tx, row);
+    }));
+  }
+
+  async getTask(id: number): Promise<Task> {
+    const i = parseInput(taskIdSchema, id, 'task id');
+    return this.run('get task', async () => toTask(await this.requireTask(this.db, i)));
+  }
+
+  async listTasks(options: TaskListOptions = {}): Promise<readonly Task[]> {
+    const o = parseInput(taskListSchema, options, 'task list');
+    return this.run('list tasks', async () => {
+      const rows = await this.db.selectFrom('tasks').selectAll()
+        .$if(o.after !== undefined, (q) => q.where('id', '>', o.after ?? 0))
+        .$if(o.state !== undefined, (q) => q.where('state', '=', o.state ?? ''))
+        .$if(o.kind !== undefined, (q) => q.where('kind', '=', o.kind ?? ''))
+        .$if(o.target !== undefined, (q) => q.where('target', '=', o.target ?? ''))
+        .orderBy('id').limit(o.limit).execute();
+      return rows.map(toTask);
+    });
+  }
+
+  async setTaskWaiting(id: number, reason: string | null): Promise<Task> {
+    const i = parseInput(taskIdSchema, id, 'task id');
+    const r = parseInput(waitingReasonSchema, reason, 'waiting reason');
+    return this.run('set task waiting', () => this.db.transaction().execute(async (tx) => {
+      const row = await tx.updateTable('tasks').set({ waiting_reason: r }).where('id', '=', i).where('state', '=', 'queued').returningAll().executeTakeFirst();
+      if (row === undefined) throw this.stateError(await this.requireTask(tx, i), 'set a waiting reason', ['queued']);
+      return this.taskChanged(tx, row);
+    }));
+  }
+
+  async claimNextTask(workerId: string, kinds: readonly string[], leaseMs: number): Promise<Task | null> {
+    const w = parseInput(workerIdSchema(), workerId, 'worker id');
+    const k = parseInput(claimKindsSchema, kinds, 'task kinds');
+    const lease = parseInput(leaseMsSchema(), leaseMs, 'lease');
+    return this.run('claim task', () => this.db.transaction().execute(async (tx) => {
+      for (let attempt = 0; attempt < MAX_STATE_RETRIES; attempt++) {
+        // PostgreSQL: the candidate row is locked until commit and other claimers skip it (they take
+        // the next one, or none). SQLite: this whole transaction holds the database's write lock.
+        const candidate = await tx.selectFrom('tasks').select('id').where('state', '=', 'queued').where('kind', 'in', k)
+          .orderBy('id').limit(1)
+          .$if(this.hooks.rowLocks, (q) => q.forUpdate().skipLocked())
+          .executeTakeFirst();
+        if (candidate === undefined) return null;
+        const now = this.now();
+        // The state guard makes the claim conditional even if a backend's locking were weaker than
+        // assumed: a row that is no longer queued is not claimed twice, it is passed over.
+        const row = await tx.updateTable('tasks').set({
+          state: 'running', claimed_by: w, claim_expires_at_ms: now + lease, waiting_reason: null,
+          started_at_ms: sql<number>`coalesce(started_at_ms, ${now})`, attempts: sql<number>`attempts + 1`,
+        }).where('id', '=', candidate.id).where('state', '=', 'queued').returningAll().executeTakeFirst();
+        if (row !== undefined) return this.taskChanged(tx, row);
+      }
+      return null;
+    }));
+  }
+
+  async heartbeatTask(id: number, workerId: string, heartbeat: TaskHeartbeat): Promise<Task> {
+    const i = parseInput(taskIdSchema, id, 'task id');
+    const w = parseInput(workerIdSchema(), workerId, 'worker id');
+    const hb = parseInput(heartbeatInputSchema, heartbeat, 'heartbeat');
+    return this.run('heartbeat task', () => this.db.transaction().execute(async (tx) => {
+      const p = hb.progress;
+      const row = await tx.updateTable('tasks').set({
+        claim_expires_at_ms: this.now() + hb.leaseMs,
+        // Progress never runs backwards, whatever order reports arrive in: the store keeps the highest.
+        ...(p === undefined ? {} : { progress: sql<number>`case when progress < ${p} then ${p} else progress end` }),
+        ...(hb.phase === undefined ? {} : { phase: hb.phase }),
+      }).where('id', '=', i).where('state', '=', 'running').where('claimed_by', '=', w).returningAll().executeTakeFirst();
+      if (row === undefined) throw this.claimError(await this.requireTask(tx, i), w);
+      // A bare lease renewal is not news; progress or a new phase is.
+      return p === undefined && hb.phase === undefined ? toTask(row) : this.taskChanged(tx, row);
+    }));
+  }
+
+  async finishTask(id: number, workerId: string, outcome: TaskOutcome): Promise<Task> {
+    const i = parseInput(taskIdSchema, id, 'task id');
+    const w = parseInput(workerIdSchema(), workerId, 'worker id');
+    const o = parseInput(outcomeSchema, outcome, 'task outcome');
+    const result = o.result === undefined ? null : encodeJson(o.result, MAX_JSON_BYTES, 'task result');
+    const error = o.state === 'failed' ? o.error : o.state === 'cancelled' ? { code: 'CANCELLED' as const, message: 'cancelled while running' } : null;
+    return this.run('finish task', () => this.db.transaction().execute(async (tx) => {
+      const row = await tx.updateTable('tasks').set({
+        state: o.state, ended_at_ms: this.now(), result_json: result, error_code: error?.code ?? null, error_message: error?.message ?? null,
+        claim_expires_at_ms: null, ...(o.state === 'succeeded' ? { progress: 1 } : {}),
+      }).where('id', '=', i).where('state', '=', 'running').where('claimed_by', '=', w).returningAll().executeTakeFirst();
+      if (row === undefined) throw this.claimError(await this.requireTask(tx, i), w);
+      return this.taskChanged(tx, row);
+    }));
+  }
+
+  async cancelTask(id: number, by: string): Promise<Task> {
+    const i = parseInput(taskIdSchema, id, 'task id');
+    const who = parseInput(actorSchema(), by, 'cancelled by');
+    return this.run('cancel task', () => this.db.transaction().execute(async (tx) => {
+      for (let attempt = 0; attempt < MAX_STATE_RETRIES; attempt++) {
+        const task = toTask(await this.requireTask(tx, i));
+        if (FINISHED_TASK_STATES.includes(task.state) || task.cancelRequested) return task;
+        // Each update is guarded by the state just read: a task claimed (or finished) in between is
+        // read again and handled in its new state.
+        const row = task.state === 'queued'
+          ? await tx.updateTable('tasks').set({ state: 'cancelled', ended_at_ms: this.now(), error_code: 'CANCELLED', error_message: `cancelled by ${who} before it started` })
+            .where('id', '=', i).where('state', '=', 'queued').returningAll().executeTakeFirst()
+          : await tx.updateTable('tasks').set({ cancel_requested: 1 }).where('id', '=', i).where('state', '=', 'running').returningAll().executeTakeFirst();
+        if (row !== undefined) return this.taskChanged(tx, row);
+      }
+      throw new FerryError('BUSY', `task ${i} kept changing state while being cancelled; try again`);
+    }));
+  }
+
+  async requeueExpiredClaims(): Promise<readonly Task[]> {
+    return this.run('requeue expired claims', () => this.db.transaction().execute(async (tx) => {
+      const now = this.now();
+      const ids = (await tx.selectFrom('tasks').select('id').where('state', '=', 'running').where('claim_expires_at_ms', '<=', now)
+        .orderBy('claim_expires_at_ms').limit(MAX_REQUEUE_BATCH)
+        .$if(this.hooks.rowLocks, (q) => q.forUpdate().skipLocked())
+        .execute()).map((r) => r.id);
+      if (ids.length === 0) return [];
+      // Progress stays (it never runs backwards); the next claimer reconciles with what really happened.
+      const rows = await tx.updateTable('tasks').set({
+        state: 'queued', claimed_by: null, claim_expires_at_ms: null,
+        phase: sql<string>`'re-queued: the claim of ' || claimed_by || ' expired'`,
+      }).where('id', 'in', ids).where('state', '=', 'running').where('claim_expires_at_ms', '<=', now).returningAll().execute();
+      const out: Task[] = [];
+      for (const row of rows.sort((a, b) => a.id - b.id)) out.push(await this.taskChanged(tx, row));
+      return out;
+    }));
+  }
+
+  /** One row by its key, as a record, or NOT_FOUND. */
+  private async getOne<R, T>(what: string, key: string, fetch: () => Promise<R | undefined>, map: (row: R) => T): Promise<T> {
+    return this.run(`get ${what}`, async () => {
+      const row = await fetch();
+      if (row === undefined) throw notFound(what, key);
+      return map(row);
+    });
+  }
+
+  private async requireTask(db: Db | Tx, id: number): Promise<TaskRow> {
+    const row = await db.selectFrom('tasks').selectAll().where('id', '=', id).executeTakeFirst();
+    if (row === undefined) throw notFound('task', id);
+    return row;
+  }
+
+  private async requireSite(tx: Tx, name: string): Promise<void> {
+    if (await tx.selectFrom('sites').select('name').where('name', '=', name).executeTakeFirst() === undefined) throw notFound('site', name);
+  }
+
+  private claimError(row: TaskRow, workerId: string): FerryError {
+    const t = toTask(row);
+    const held = t.state === 'running' ? `claimed by ${t.claimedBy ?? 'nobody'}` : t.state;
+    return new FerryError('TASK_NOT_CLAIMED', `task ${t.id} is not claimed by ${workerId} (it is ${held}): stop working on it`, { state: t.state, claimedBy: t.claimedBy });
+  }
+
+  private stateError(row: TaskRow, action: string, allowed: readonly TaskState[]): FerryError {
+    return new FerryError('TASK_STATE', `cannot ${action} for task ${row.id}: it is ${row.state}, not ${allowed.join(' or ')}`, { state: row.state });
+  }
+
+  /** Record a task's new state as an event in the same transaction: a reader never sees one without the other. */
+  private async taskChanged(tx: Tx, row: TaskRow): Promise<Task> {
+    const t = toTask(row);
+    await this.insertEvent(tx, { kind: `task.${t.state}`, subject: `task:${t.id}`, payload: taskPayload(t) });
+    return t;
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Events
+
+  async appendEvent(input: EventInput): Promise<StoredEvent> {
+    const e = parseInput(eventInputSchema, input, 'event');
+    return this.run('append event', () => this.db.transaction().execute((tx) => this.insertEvent(tx, { kind: e.kind, subject: e.subject, payload: e.payload ?? null })));
+  }
+
+  /**
+   * Event ids come from a counter row, incremented in the inserting transaction — not from a sequence.
+   * A sequence hands out ids at insert time, so a transaction holding id 5 may commit after one holding
+   * id 6; a reader that saw 6 and resumes "after 6" would never see 5. The counter row is locked from
+   * the increment to commit, so ids become visible in order and without gaps (a rolled-back increment
+   * is undone). That serialises event writers; each holds the row only for its last statements.
+   * Callers therefore append the event last in their transaction.
+   */
+  private async insertEvent(tx: Tx, e: { kind: string; subject: string; payload: JsonValue }): Promise<StoredEvent> {
+    const payload = encodeJson(e.payload, MAX_EVENT_PAYLOAD_BYTES, 'event payload');
+    const counter = await tx.updateTable('counters').set({ value: sql<number>`value + 1` }).where('name', '=', 'events').returning('value').executeTakeFirst();
+    if (counter === undefined) throw corrupt('event counter', 'the counters row "events" is missing');
+    const row = await tx.insertInto('events').values({ id: counter.value, at_ms: this.now(), kind: e.kind, subject: e.subject, payload_json: payload }).returningAll().executeTakeFirstOrThrow();
+    return toEvent(row);
+  }
+
+  async eventsSince(afterId: number, limit: number): Promise<readonly StoredEvent[]> {
+    const a = parseInput(eventIdSchema, afterId, 'event id');
+    const l = parseInput(eventsLimitSchema, limit, 'event limit');
+    return this.run('read events', async () =>
+      (await this.db.selectFrom('events').selectAll().where('id', '>', a).orderBy('id').limit(l).execute()).map(toEvent));
+  }
+
+  async latestEventId(): Promise<number> {
+    return this.run('latest event id', async () => {
+      const row = await this.db.selectFrom('counters').select('value').where('name', '=', 'events').executeTakeFirst();
+      if (row === undefined) throw corrupt('event counter', 'the counters row "events" is missing');
+      return row.value;
+    });
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Duties
+
+  async tryAcquireDuty(name: string, holder: string, leaseMs: number): Promise<DutyLease> {
+    const n = parseInput(dutyNameSchema(), name, 'duty name');
+    const h = parseInput(workerIdSchema(), holder, 'duty holder');
+    const lease = parseInput(leaseMsSchema(), leaseMs, 'lease');
+    return this.run('acquire duty', async () => {
+      const now = this.now();
+      // One statement, atomic on both backends: insert the lease, or take over the row only if it is
+      // this holder's already or expired. PostgreSQL locks the conflicting row and evaluates the WHERE
+      // on its newest version, so of two centers racing for an expired duty exactly one gets it.
+      const row = await this.db.insertInto('duties').values({ name: n, holder: h, expires_at_ms: now + lease, epoch: 1 })
+        .onConflict((oc) => oc.column('name').doUpdateSet((eb) => ({
+          holder: eb.ref('excluded.holder'), expires_at_ms: eb.ref('excluded.expires_at_ms'),
+          epoch: sql<number>`case when duties.holder = excluded.holder then duties.epoch else duties.epoch + 1 end`,
+        })).where((eb) => eb.or([eb('duties.holder', '=', eb.ref('excluded.holder')), eb('duties.expires_at_ms', '<=', now)])))
+        .returningAll().executeTakeFirst();
+      if (row !== undefined) return { name: n, holder: row.holder, acquired: true, expiresAtMs: row.expires_at_ms, epoch: row.epoch };
+      const current = await this.db.selectFrom('duties').selectAll().where('name', '=', n).executeTakeFirstOrThrow();
+      return { name: n, holder: current.holder, acquired: false, expiresAtMs: current.expires_at_ms, epoch: current.epoch };
+    });
+  }
+
+  async releaseDuty(name: string, holder: string): Promise<boolean> {
+    const n = parseInput(dutyNameSchema(), name, 'duty name');
+    const h = parseInput(workerIdSchema(), holder, 'duty holder');
+    return this.run('release duty', async () => {
+      // Expire rather than delete: the row keeps its epoch, so the next holder's epoch is still higher.
+      const r = await this.db.updateTable('duties').set({ expires_at_ms: 0 }).where('name', '=', n).where('holder', '=', h).where('expires_at_ms', '>', this.now()).executeTakeFirst();
+      return r.numUpdatedRows > 0n;
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    // Kysely's destroy ends the pg pool (every connection) or closes the SQLite file.
+    await this.db.destroy();
+  }
+}

@@ -1,0 +1,10 @@
+/**
+ * Every migration, oldest first. Listed by static import rather than read from the directory at run
+ * time: the compiled layout (dist/…) and a bundled CLI find them the same way, and a migration that
+ * fails to compile fails the build, not a center's start.
+ */
+import type { StoreMigration } from './migration.js';
+import { migration0001 } from './0001-inventory.js';
+import { migration0002 } from './0002-tasks-events.js';
+
+export const MIGRATIONS: readonly StoreMigration[] = [migration0001, migration0002];

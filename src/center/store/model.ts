@@ -1,0 +1,329 @@
+/**
+ * The center's inventory, tasks, events and duties as the rest of the center sees them: the record
+ * types the store returns, the zod schemas every input is checked against at the store's boundary,
+ * and the bounds. The store is the last line before durable state, so it trusts no caller (the REST
+ * layer, the host protocol, the scheduler): each string, number and JSON document is bounded here.
+ */
+import { z } from 'zod';
+import { FERRY_ERROR_CODES, FerryError, type FerryErrorCode } from '../../lib/errors.js';
+import { KiB } from '../../lib/units.js';
+import { vmNameSchema } from '../../lib/limits.js';
+import { DATASTORE_ID_PATTERN } from '../../storage/datastore.js';
+import { vmStateSchema as hostVmStateSchema } from '../../api/host-v1.js';
+
+// ---------------------------------------------------------------------------------------------
+// Bounds (private to the store; the VM name rule is the host's own, src/lib/limits.ts)
+
+/**
+ * Largest page any list returns. The fleet goal is 1,000 hosts and 10,000 VMs: a caller pages
+ * through them (`after`), and no single query reads or serialises an unbounded table.
+ */
+export const MAX_LIST_LIMIT = 1000;
+/** Largest page of events for an SSE replay; a client that is further behind asks again. */
+export const MAX_EVENTS_PAGE = 1000;
+/** Kinds a claimer may ask for in one claimNextTask call (an IN list, bounded like any other input). */
+export const MAX_CLAIM_KINDS = 64;
+/** Tasks one requeueExpiredClaims call re-queues; the sweeper runs again for the rest. */
+export const MAX_REQUEUE_BATCH = 500;
+/** Host, site and mount names: the VM name's shape (filesystem- and URL-safe), the same length. */
+export const MAX_NAME_CHARS = 64;
+/** Task kinds and event kinds: dotted lowercase words ("vm.migrate", "task.progress"). */
+export const MAX_KIND_CHARS = 64;
+/** A task's target and an event's subject ("vm:web", "host:a"): a kind prefix and a name or two. */
+export const MAX_SUBJECT_CHARS = 256;
+/** Who asked for a task: a user, a token name, or "center:<id>" for the center's own duties. */
+export const MAX_ACTOR_CHARS = 128;
+/** A worker or duty holder id ("center-<hostname>-<pid>-<random>"). */
+export const MAX_HOLDER_CHARS = 128;
+/** A phase line ("round 3: 120 MiB dirty") or a waiting reason ("host a: 2 of 2 outbound migrations running"). */
+export const MAX_PHASE_CHARS = 512;
+/** A task's error message: an error's gist, as the host API's messages are. */
+export const MAX_ERROR_MESSAGE_CHARS = 4096;
+/** A host's control URL. */
+export const MAX_URL_CHARS = 2048;
+/**
+ * A VM's configuration or disk list, a task's parameters or result, as JSON text. A VM's config is a
+ * few hundred bytes; 64 KiB leaves room for what later issues add and still keeps a list of 1,000 VMs
+ * bounded (what is listed is bounded by rows × this).
+ */
+export const MAX_JSON_BYTES = 64 * KiB;
+/**
+ * An event's payload as JSON text. PostgreSQL's NOTIFY payload must stay under 8,000 bytes; 7 KiB
+ * leaves room for the envelope, so an event can travel whole in one NOTIFY when events are fanned out
+ * to every center.
+ */
+export const MAX_EVENT_PAYLOAD_BYTES = 7 * KiB;
+/** Shortest claim or duty lease: shorter would expire between two heartbeats of a healthy worker. */
+export const MIN_LEASE_MS = 10;
+/** Longest lease: a dead worker's task or a dead center's duty waits at most this long to be taken over. */
+export const MAX_LEASE_MS = 10 * 60_000;
+/** Largest capacity a host may report: far beyond real hosts, and exact in a double. */
+export const MAX_HOST_MEMORY_BYTES = 2 ** 50; // 1 PiB
+export const MAX_HOST_VCPUS = 4096;
+
+// ---------------------------------------------------------------------------------------------
+// Shared schemas
+
+/** JSON as stored: any JSON value (zod checks it is one: no undefined, NaN, Date, cycles). */
+export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
+
+const NAME_PATTERN = new RegExp(`^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,${MAX_NAME_CHARS}}$`);
+export const nameSchema = (): z.ZodString => z.string().regex(NAME_PATTERN, `must be 1-${MAX_NAME_CHARS} characters of letters, digits, '.', '_' or '-', other than "." and ".."`);
+const KIND_PATTERN = new RegExp(`^[a-z][a-z0-9]*(?:[.-][a-z0-9]+)*$`);
+const kindSchema = (): z.ZodString => z.string().max(MAX_KIND_CHARS).regex(KIND_PATTERN, 'must be lowercase words joined by "." or "-"');
+/** Free text shown to people: printable (no control characters: it ends up on terminals and in logs). */
+const textSchema = (max: number): z.ZodString => z.string().max(max).regex(/^[^\p{Cc}]*$/u, 'must not contain control characters');
+const idTextSchema = (max: number): z.ZodString => textSchema(max).min(1);
+const timeMsSchema = (): z.ZodNumber => z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+export const leaseMsSchema = (): z.ZodNumber => z.number().int().min(MIN_LEASE_MS).max(MAX_LEASE_MS);
+export const datastoreIdSchema = (): z.ZodString => z.string().regex(DATASTORE_ID_PATTERN, 'must be 32 lowercase hex digits (the datastore identity hosts report)');
+const errorCodeSchema = z.enum(FERRY_ERROR_CODES);
+
+/** JSON documents are stored as text: the bound is on that text, in UTF-8 bytes. */
+export function encodeJson(value: unknown, maxBytes: number, what: string): string {
+  let text: string;
+  try {
+    const checked = z.json().safeParse(value);
+    if (!checked.success) throw new Error('not a JSON value');
+    text = JSON.stringify(checked.data);
+  } catch (err) {
+    // A RangeError (nesting too deep for the stack) is as much a hostile input as a non-JSON value.
+    throw new FerryError('INVALID_ARGUMENT', `${what} must be a JSON value`, { reason: err instanceof Error ? err.message : String(err) });
+  }
+  const bytes = Buffer.byteLength(text, 'utf8');
+  if (bytes > maxBytes) throw new FerryError('INVALID_ARGUMENT', `${what} is ${bytes} bytes of JSON; at most ${maxBytes} are stored`, { bytes, maxBytes });
+  return text;
+}
+
+/** Parse an input or throw INVALID_ARGUMENT naming the first bad field (the REST layer passes it on as is). */
+export function parseInput<S extends z.ZodType>(schema: S, input: unknown, what: string): z.output<S> {
+  let result: z.ZodSafeParseResult<z.output<S>>;
+  try {
+    result = schema.safeParse(input);
+  } catch (err) {
+    // zod recurses into nested JSON: a document nested deeper than the stack is refused like any bad input.
+    if (err instanceof RangeError) throw new FerryError('INVALID_ARGUMENT', `invalid ${what}: nested too deeply`);
+    throw err;
+  }
+  if (result.success) return result.data;
+  const issue = result.error.issues[0];
+  const path = issue === undefined || issue.path.length === 0 ? '' : ` (${issue.path.map(String).join('.')})`;
+  throw new FerryError('INVALID_ARGUMENT', `invalid ${what}${path}: ${issue?.message ?? 'rejected'}`, { issues: result.error.issues.slice(0, 5).map((i) => ({ path: i.path.map(String), message: i.message })) });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inventory
+
+export const HOST_STATES = ['joining', 'connected', 'disconnected', 'entering-maintenance', 'in-maintenance'] as const;
+export type HostState = (typeof HOST_STATES)[number];
+
+/** A VM's state as its host reports it, or `unknown` while its host is silent (not lost, not deleted). */
+export const VM_STATES = [...hostVmStateSchema.options, 'unknown'] as const;
+export type VmState = (typeof VM_STATES)[number];
+
+export interface Site {
+  readonly name: string;
+  readonly description: string;
+  readonly createdAtMs: number;
+}
+export const siteInputSchema = z.object({
+  name: nameSchema(),
+  description: textSchema(MAX_PHASE_CHARS).optional(),
+}).strict();
+export type SiteInput = z.input<typeof siteInputSchema>;
+
+export interface HostCapacity {
+  readonly memoryBytes: number;
+  readonly vcpus: number;
+}
+export interface Host {
+  readonly name: string;
+  readonly site: string;
+  readonly url: string;
+  readonly state: HostState;
+  readonly capacity: HostCapacity;
+  /** Last heartbeat the center received, or null before the first. */
+  readonly lastHeartbeatAtMs: number | null;
+  readonly createdAtMs: number;
+  readonly updatedAtMs: number;
+}
+const capacitySchema = z.object({
+  memoryBytes: z.number().int().min(0).max(MAX_HOST_MEMORY_BYTES),
+  vcpus: z.number().int().min(0).max(MAX_HOST_VCPUS),
+}).strict();
+const hostUrlSchema = z.string().max(MAX_URL_CHARS).refine((s) => {
+  try { const u = new URL(s); return (u.protocol === 'https:' || u.protocol === 'http:') && u.username === '' && u.password === ''; } catch { return false; }
+}, 'must be an http(s) URL without credentials');
+export const hostInputSchema = z.object({
+  name: nameSchema(),
+  site: nameSchema(),
+  url: hostUrlSchema,
+  capacity: capacitySchema,
+  /** A new host starts as `joining` unless given; an existing host keeps its state unless given. */
+  state: z.enum(HOST_STATES).optional(),
+}).strict();
+export type HostInput = z.input<typeof hostInputSchema>;
+export const hostStateSchema = z.enum(HOST_STATES);
+export const heartbeatAtSchema = timeMsSchema();
+
+export interface Datastore {
+  /** The identity every host that mounts it reports (DATASTORE_ID_FILE at its root). */
+  readonly id: string;
+  readonly name: string;
+  readonly shared: boolean;
+  readonly createdAtMs: number;
+}
+export const datastoreInputSchema = z.object({
+  id: datastoreIdSchema(),
+  name: nameSchema(),
+  shared: z.boolean(),
+}).strict();
+export type DatastoreInput = z.input<typeof datastoreInputSchema>;
+
+/** One host's mount of one datastore, under the host's own name for it. */
+export interface HostDatastore {
+  readonly host: string;
+  readonly datastoreId: string;
+  readonly mountName: string;
+}
+/** The most datastores one host reports (each a directory it mounts). */
+export const MAX_MOUNTS_PER_HOST = 256;
+export const mountsInputSchema = z.array(z.object({ datastoreId: datastoreIdSchema(), mountName: nameSchema() }).strict()).max(MAX_MOUNTS_PER_HOST);
+export type MountInput = z.input<typeof mountsInputSchema>[number];
+
+export interface Vm {
+  readonly name: string;
+  /** Where it runs or is defined; null while it is nowhere (not yet placed). A VM is in one place by construction. */
+  readonly host: string | null;
+  readonly state: VmState;
+  readonly config: JsonValue;
+  readonly disks: JsonValue;
+  readonly createdAtMs: number;
+  readonly updatedAtMs: number;
+}
+export const vmInputSchema = z.object({
+  name: vmNameSchema(),
+  host: nameSchema().nullable(),
+  state: z.enum(VM_STATES),
+  config: z.json(),
+  disks: z.json(),
+}).strict();
+export type VmInput = z.input<typeof vmInputSchema>;
+export const vmStateSchema = z.enum(VM_STATES);
+
+// ---------------------------------------------------------------------------------------------
+// Tasks
+
+export const TASK_STATES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const;
+export type TaskState = (typeof TASK_STATES)[number];
+export const FINISHED_TASK_STATES: readonly TaskState[] = ['succeeded', 'failed', 'cancelled'];
+
+export interface TaskError {
+  readonly code: FerryErrorCode;
+  readonly message: string;
+}
+export interface Task {
+  readonly id: number;
+  readonly kind: string;
+  readonly target: string;
+  readonly state: TaskState;
+  readonly phase: string;
+  /** 0..1, never lower than any value it had before (the store keeps the highest). */
+  readonly progress: number;
+  /** Why a queued task waits ("host a: 2 of 2 outbound migrations running"), or null. */
+  readonly waitingReason: string | null;
+  readonly requestedBy: string;
+  readonly params: JsonValue;
+  readonly createdAtMs: number;
+  readonly startedAtMs: number | null;
+  readonly endedAtMs: number | null;
+  readonly result: JsonValue | null;
+  readonly error: TaskError | null;
+  /** The worker that holds it while running, and until when unless renewed. */
+  readonly claimedBy: string | null;
+  readonly claimExpiresAtMs: number | null;
+  /** How many times it was claimed: above 1, a worker died or lost its claim and another took over. */
+  readonly attempts: number;
+  /** Cancel was asked while it ran: its worker stops it and finishes it (cancelled, or the truth if too late). */
+  readonly cancelRequested: boolean;
+}
+export const taskInputSchema = z.object({
+  kind: kindSchema(),
+  target: idTextSchema(MAX_SUBJECT_CHARS),
+  requestedBy: idTextSchema(MAX_ACTOR_CHARS),
+  params: z.json().optional(),
+  waitingReason: textSchema(MAX_PHASE_CHARS).optional(),
+}).strict();
+export type TaskInput = z.input<typeof taskInputSchema>;
+export const workerIdSchema = (): z.ZodString => idTextSchema(MAX_HOLDER_CHARS);
+export const claimKindsSchema = z.array(kindSchema()).min(1).max(MAX_CLAIM_KINDS);
+export const heartbeatInputSchema = z.object({
+  leaseMs: leaseMsSchema(),
+  progress: z.number().min(0).max(1).optional(),
+  phase: textSchema(MAX_PHASE_CHARS).optional(),
+}).strict();
+export type TaskHeartbeat = z.input<typeof heartbeatInputSchema>;
+export const outcomeSchema = z.discriminatedUnion('state', [
+  z.object({ state: z.literal('succeeded'), result: z.json().optional() }).strict(),
+  z.object({ state: z.literal('failed'), error: z.object({ code: errorCodeSchema, message: textSchema(MAX_ERROR_MESSAGE_CHARS) }).strict(), result: z.json().optional() }).strict(),
+  z.object({ state: z.literal('cancelled'), result: z.json().optional() }).strict(),
+]);
+export type TaskOutcome = z.input<typeof outcomeSchema>;
+export const waitingReasonSchema = textSchema(MAX_PHASE_CHARS).nullable();
+export const actorSchema = (): z.ZodString => idTextSchema(MAX_ACTOR_CHARS);
+export const taskIdSchema = z.number().int().min(1).max(Number.MAX_SAFE_INTEGER);
+
+// ---------------------------------------------------------------------------------------------
+// Events and duties
+
+export interface StoredEvent {
+  /** Monotonic and gap-free: every committed event has the next id, in commit order. */
+  readonly id: number;
+  readonly atMs: number;
+  readonly kind: string;
+  readonly subject: string;
+  readonly payload: JsonValue;
+}
+export const eventInputSchema = z.object({
+  kind: kindSchema(),
+  subject: idTextSchema(MAX_SUBJECT_CHARS),
+  payload: z.json().optional(),
+}).strict();
+export type EventInput = z.input<typeof eventInputSchema>;
+export const eventIdSchema = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+export const eventsLimitSchema = z.number().int().min(1).max(MAX_EVENTS_PAGE);
+
+/** What tryAcquireDuty answers: who holds the duty now, until when, and its fencing epoch. */
+export interface DutyLease {
+  readonly name: string;
+  readonly holder: string;
+  readonly acquired: boolean;
+  readonly expiresAtMs: number;
+  /** Incremented each time the duty changes holder: a holder stamps its writes with it to fence a stale predecessor. */
+  readonly epoch: number;
+}
+export const dutyNameSchema = (): z.ZodString => kindSchema();
+
+// ---------------------------------------------------------------------------------------------
+// Lists
+
+/** Keyset paging: rows after `after` (a name or id), at most `limit` (default and bound MAX_LIST_LIMIT). */
+export interface ListOptions<K> {
+  readonly after?: K;
+  readonly limit?: number;
+}
+export const listLimitSchema = z.number().int().min(1).max(MAX_LIST_LIMIT).default(MAX_LIST_LIMIT);
+export const hostListSchema = z.object({ after: nameSchema().optional(), limit: listLimitSchema, site: nameSchema().optional(), state: hostStateSchema.optional() }).strict();
+export type HostListOptions = z.input<typeof hostListSchema>;
+export const vmListSchema = z.object({ after: vmNameSchema().optional(), limit: listLimitSchema, host: nameSchema().optional(), state: vmStateSchema.optional() }).strict();
+export type VmListOptions = z.input<typeof vmListSchema>;
+export const nameListSchema = z.object({ after: nameSchema().optional(), limit: listLimitSchema }).strict();
+export const datastoreListSchema = z.object({ after: datastoreIdSchema().optional(), limit: listLimitSchema }).strict();
+export const taskListSchema = z.object({
+  after: taskIdSchema.optional(),
+  limit: listLimitSchema,
+  state: z.enum(TASK_STATES).optional(),
+  kind: kindSchema().optional(),
+  target: idTextSchema(MAX_SUBJECT_CHARS).optional(),
+}).strict();
+export type TaskListOptions = z.input<typeof taskListSchema>;

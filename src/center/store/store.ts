@@ -1,0 +1,105 @@
+/**
+ * The center's store: the one interface the rest of the center uses for durable state, whichever
+ * backend holds it (embedded SQLite by default, PostgreSQL for fleets and for several centers sharing
+ * the work). Both backends pass the same contract suite (test/center/store/contract.ts); what differs
+ * between them is said where it matters (claiming, duties) in docs/design/center-store.md.
+ *
+ * Errors are FerryErrors: INVALID_ARGUMENT (an input the schemas of ./model.ts refuse), NOT_FOUND,
+ * ALREADY_EXISTS, TASK_NOT_CLAIMED (a worker acts on a task it no longer holds), TASK_STATE (an action
+ * the task's state does not allow), BUSY (a write lost a race too often; retry), STORE_UNAVAILABLE (the
+ * database cannot be reached, or the store is closed), STORE_SCHEMA_VERSION (the database was migrated
+ * by a newer Ferry), STORE_IO (the database failed or holds a row this code cannot read).
+ */
+import type {
+  Datastore, DatastoreInput, DutyLease, EventInput, Host, HostDatastore, HostInput, HostListOptions, HostState,
+  ListOptions, MountInput, Site, SiteInput, StoredEvent, Task, TaskHeartbeat, TaskInput, TaskListOptions,
+  TaskOutcome, Vm, VmInput, VmListOptions, VmState,
+} from './model.js';
+
+export type StoreBackend = 'sqlite' | 'postgres';
+
+/** Milliseconds since the epoch. Injected so that leases can be tested without sleeping. */
+export type Clock = () => number;
+
+export interface CenterStore {
+  readonly backend: StoreBackend;
+
+  /** The schema version of the database (the number of the last migration applied). */
+  schemaVersion(): Promise<number>;
+
+  // -- sites
+  upsertSite(input: SiteInput): Promise<Site>;
+  getSite(name: string): Promise<Site>;
+  listSites(options?: ListOptions<string>): Promise<readonly Site[]>;
+
+  // -- hosts
+  /** Insert, or update every given field of an existing host (a new host is `joining` unless a state is given). */
+  upsertHost(input: HostInput): Promise<Host>;
+  getHost(name: string): Promise<Host>;
+  listHosts(options?: HostListOptions): Promise<readonly Host[]>;
+  setHostState(name: string, state: HostState): Promise<Host>;
+  recordHostHeartbeat(name: string, atMs: number): Promise<Host>;
+
+  // -- datastores and mounts
+  upsertDatastore(input: DatastoreInput): Promise<Datastore>;
+  getDatastore(id: string): Promise<Datastore>;
+  listDatastores(options?: ListOptions<string>): Promise<readonly Datastore[]>;
+  /** Replace the set of datastores a host mounts with what it reports (each datastore must exist). */
+  setHostDatastores(host: string, mounts: readonly MountInput[]): Promise<readonly HostDatastore[]>;
+  listHostDatastores(host: string): Promise<readonly HostDatastore[]>;
+  /** The hosts that mount a datastore (the candidates for a migration that moves no disk data). */
+  listDatastoreHosts(datastoreId: string): Promise<readonly HostDatastore[]>;
+
+  // -- VMs
+  /** Insert, or replace an existing VM's host, state, config and disks (registration and reconciliation). */
+  upsertVm(input: VmInput): Promise<Vm>;
+  /** A new VM (the center's own create): ALREADY_EXISTS if the name is taken, also by a concurrent create elsewhere. */
+  createVm(input: VmInput): Promise<Vm>;
+  getVm(name: string): Promise<Vm>;
+  listVms(options?: VmListOptions): Promise<readonly Vm[]>;
+  deleteVm(name: string): Promise<void>;
+  /** Set the state of every VM a host holds (a silent host's VMs become `unknown`); answers how many. */
+  setVmStatesOnHost(host: string, state: VmState): Promise<number>;
+
+  // -- tasks
+  enqueueTask(input: TaskInput): Promise<Task>;
+  getTask(id: number): Promise<Task>;
+  listTasks(options?: TaskListOptions): Promise<readonly Task[]>;
+  /** A queued task's reason to wait (null: it does not wait for anything). */
+  setTaskWaiting(id: number, reason: string | null): Promise<Task>;
+  /**
+   * Claim the oldest queued task of one of `kinds` for `workerId`, until now + leaseMs unless renewed;
+   * null if none is queued. However many claimers race (in this process or in other centers on the same
+   * database), each task goes to exactly one of them.
+   */
+  claimNextTask(workerId: string, kinds: readonly string[], leaseMs: number): Promise<Task | null>;
+  /** Renew the claim and report progress (never lowered: a lower value leaves the stored one) and phase. */
+  heartbeatTask(id: number, workerId: string, heartbeat: TaskHeartbeat): Promise<Task>;
+  finishTask(id: number, workerId: string, outcome: TaskOutcome): Promise<Task>;
+  /**
+   * Cancel in every state: a queued task ends `cancelled` now; a running one is marked
+   * cancelRequested for its worker to stop and finish; a finished one is answered as it is.
+   */
+  cancelTask(id: number, by: string): Promise<Task>;
+  /** Re-queue running tasks whose claim expired (their worker died or lost the database); answers them. */
+  requeueExpiredClaims(): Promise<readonly Task[]>;
+
+  // -- events
+  appendEvent(input: EventInput): Promise<StoredEvent>;
+  /** Events with id > afterId, in id order, at most `limit` (≤ MAX_EVENTS_PAGE): a replay from Last-Event-ID. */
+  eventsSince(afterId: number, limit: number): Promise<readonly StoredEvent[]>;
+  /** The id of the newest event (0 before the first). */
+  latestEventId(): Promise<number>;
+
+  // -- one-per-fleet duties
+  /**
+   * Take or renew the duty `name` for `holder` until now + leaseMs: acquired when it was free, expired,
+   * or already this holder's; otherwise the current holder is answered with acquired = false.
+   */
+  tryAcquireDuty(name: string, holder: string, leaseMs: number): Promise<DutyLease>;
+  /** Give a duty up (only its holder can); answers whether it was held. */
+  releaseDuty(name: string, holder: string): Promise<boolean>;
+
+  /** Close the database connections; every later call fails with STORE_UNAVAILABLE. Idempotent. */
+  close(): Promise<void>;
+}

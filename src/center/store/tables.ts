@@ -1,0 +1,103 @@
+/**
+ * The tables as Kysely sees them (what migrations/ create). Shared by both backends, so each column
+ * has a type both hold the same way: times are integer milliseconds since the epoch (`bigint`, read
+ * back as numbers), flags are 0/1 integers (SQLite has no boolean, better-sqlite3 binds none), JSON is
+ * text (SQLite has no JSON type and no query looks inside a document; the store parses and checks it).
+ */
+import type { Generated } from 'kysely';
+
+export interface SitesTable {
+  name: string;
+  description: string;
+  created_at_ms: number;
+}
+
+export interface HostsTable {
+  name: string;
+  site: string;
+  url: string;
+  state: string;
+  memory_bytes: number;
+  vcpus: number;
+  last_heartbeat_at_ms: number | null;
+  created_at_ms: number;
+  updated_at_ms: number;
+}
+
+export interface DatastoresTable {
+  id: string;
+  name: string;
+  shared: number;
+  created_at_ms: number;
+}
+
+export interface HostDatastoresTable {
+  host: string;
+  datastore_id: string;
+  mount_name: string;
+}
+
+export interface VmsTable {
+  name: string;
+  host: string | null;
+  state: string;
+  config_json: string;
+  disks_json: string;
+  created_at_ms: number;
+  updated_at_ms: number;
+}
+
+export interface TasksTable {
+  id: Generated<number>;
+  kind: string;
+  target: string;
+  state: string;
+  phase: string;
+  progress: number;
+  waiting_reason: string | null;
+  requested_by: string;
+  params_json: string;
+  created_at_ms: number;
+  started_at_ms: number | null;
+  ended_at_ms: number | null;
+  result_json: string | null;
+  error_code: string | null;
+  error_message: string | null;
+  claimed_by: string | null;
+  claim_expires_at_ms: number | null;
+  attempts: number;
+  cancel_requested: number;
+}
+
+export interface EventsTable {
+  id: number;
+  at_ms: number;
+  kind: string;
+  subject: string;
+  payload_json: string;
+}
+
+/** Named counters: `events` hands out event ids (see appendEvent in ./kysely-store.ts for why not a sequence). */
+export interface CountersTable {
+  name: string;
+  value: number;
+}
+
+export interface DutiesTable {
+  name: string;
+  holder: string;
+  expires_at_ms: number;
+  epoch: number;
+}
+
+export interface StoreDatabase {
+  sites: SitesTable;
+  hosts: HostsTable;
+  datastores: DatastoresTable;
+  host_datastores: HostDatastoresTable;
+  vms: VmsTable;
+  tasks: TasksTable;
+  events: EventsTable;
+  counters: CountersTable;
+  duties: DutiesTable;
+}

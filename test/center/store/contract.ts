@@ -1,0 +1,459 @@
+/**
+ * The store's contract: one suite, run against every backend (sqlite.test.ts, postgres.test.ts) so
+ * that what the center relies on holds the same way on both. Each test gets a fresh, empty database;
+ * the concurrency tests open two store instances on it (two connections; for PostgreSQL the same as
+ * two centers).
+ */
+import { afterEach, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { openCenterStore, type OpenStoreOptions, type StoreLocation } from '../../../src/center/store/open.js';
+import { MIGRATIONS } from '../../../src/center/store/migrations/index.js';
+import type { CenterStore } from '../../../src/center/store/store.js';
+import {
+  MAX_EVENT_PAYLOAD_BYTES, MAX_EVENTS_PAGE, MAX_JSON_BYTES, MAX_LIST_LIMIT, MAX_NAME_CHARS, type Task,
+} from '../../../src/center/store/model.js';
+
+export interface StoreBackendUnderTest {
+  readonly name: string;
+  /** A fresh, empty database. */
+  freshDatabase(): Promise<StoreLocation>;
+  /**
+   * Whether one process may open several stores on one database (PostgreSQL: as several centers do).
+   * SQLite: one store per file per process (src/center/store/sqlite.ts), so its concurrent claimers and
+   * appenders share that store's connection — the single-writer case the design relies on.
+   */
+  readonly severalStoresPerProcess: boolean;
+}
+
+const DS1 = 'a'.repeat(32);
+const DS2 = 'b'.repeat(32);
+const START_MS = 1_800_000_000_000;
+
+/** A clock a test moves by hand: leases expire when the test says so, without sleeping. */
+function manualClock(): { now: () => number; advance: (ms: number) => void } {
+  let t = START_MS;
+  return { now: () => t, advance: (ms) => { t += ms; } };
+}
+
+const host = (name: string, site = 's1'): { name: string; site: string; url: string; capacity: { memoryBytes: number; vcpus: number } } =>
+  ({ name, site, url: `https://${name}.example:7001`, capacity: { memoryBytes: 8 * 2 ** 30, vcpus: 4 } });
+
+export function storeContract(backend: StoreBackendUnderTest): void {
+  describe(`center store contract: ${backend.name}`, () => {
+    const open: CenterStore[] = [];
+    const openStore = async (location: StoreLocation, options: OpenStoreOptions = {}): Promise<CenterStore> => {
+      const s = await openCenterStore(location, options);
+      open.push(s);
+      return s;
+    };
+    const fresh = async (options: OpenStoreOptions = {}): Promise<{ store: CenterStore; location: StoreLocation }> => {
+      const location = await backend.freshDatabase();
+      return { store: await openStore(location, options), location };
+    };
+    /** `count` stores on one fresh database: separate connections where the backend allows, else one shared. */
+    const onOneDatabase = async (count: number): Promise<CenterStore[]> => {
+      const location = await backend.freshDatabase();
+      if (!backend.severalStoresPerProcess) {
+        const s = await openStore(location);
+        return Array.from({ length: count }, () => s);
+      }
+      const stores: CenterStore[] = [];
+      for (let i = 0; i < count; i++) stores.push(await openStore(location));
+      return stores;
+    };
+    afterEach(async () => {
+      await Promise.all([...new Set(open.splice(0))].map((s) => s.close()));
+    });
+
+    describe('schema migrations', () => {
+      it('migrates an empty database to the latest version; re-running is a no-op that keeps the data', async () => {
+        const { store, location } = await fresh();
+        assert.equal(await store.schemaVersion(), MIGRATIONS.length);
+        await store.upsertSite({ name: 's1' });
+        await store.close();
+        const again = await openStore(location);
+        assert.equal(await again.schemaVersion(), MIGRATIONS.length);
+        assert.equal((await again.getSite('s1')).name, 's1');
+        await again.close();
+        const third = await openStore(location);
+        assert.equal((await third.listSites()).length, 1);
+      });
+
+      it('refuses a database a newer Ferry migrated (STORE_SCHEMA_VERSION), and leaves it as it was', async () => {
+        const future = [...MIGRATIONS, { name: '0099-from-the-future', up: async () => {} }];
+        const { store, location } = await fresh({ migrations: future });
+        assert.equal(await store.schemaVersion(), 99);
+        await store.upsertSite({ name: 'kept' });
+        await store.close();
+        await assert.rejects(openCenterStore(location), (err: Error & { code?: string }) => {
+          assert.equal(err.code, 'STORE_SCHEMA_VERSION');
+          assert.match(err.message, /schema version 99.*0099-from-the-future.*newer than this Ferry knows \(2\)/);
+          return true;
+        });
+        const newer = await openStore(location, { migrations: future });
+        assert.equal((await newer.getSite('kept')).name, 'kept');
+      });
+    });
+
+    describe('inventory', () => {
+      it('sites, hosts, datastores and mounts: upsert, get, list; what does not exist is NOT_FOUND', async () => {
+        const { store } = await fresh();
+        await assert.rejects(store.upsertHost(host('h1')), { code: 'NOT_FOUND' }, 'a host in a site that does not exist');
+        await store.upsertSite({ name: 's1', description: 'lab' });
+        assert.equal((await store.upsertSite({ name: 's1' })).description, 'lab', 'an upsert without a description keeps it');
+        const h1 = await store.upsertHost(host('h1'));
+        assert.equal(h1.state, 'joining');
+        assert.equal(h1.lastHeartbeatAtMs, null);
+        await store.setHostState('h1', 'connected');
+        const moved = await store.upsertHost({ ...host('h1'), url: 'https://h1.example:8443', capacity: { memoryBytes: 1024, vcpus: 2 } });
+        assert.equal(moved.state, 'connected', 'an upsert without a state keeps it');
+        assert.equal(moved.url, 'https://h1.example:8443');
+        assert.deepEqual(moved.capacity, { memoryBytes: 1024, vcpus: 2 });
+        assert.equal(moved.createdAtMs, h1.createdAtMs);
+        await store.upsertHost({ ...host('h2'), state: 'connected' });
+        assert.deepEqual((await store.listHosts({ state: 'connected' })).map((h) => h.name), ['h1', 'h2']);
+        await assert.rejects(store.getHost('nope'), { code: 'NOT_FOUND' });
+        await assert.rejects(store.setHostState('nope', 'connected'), { code: 'NOT_FOUND' });
+
+        const t = Date.now();
+        await store.recordHostHeartbeat('h1', t);
+        assert.equal((await store.recordHostHeartbeat('h1', t - 5000)).lastHeartbeatAtMs, t, 'a late heartbeat does not move it back');
+
+        await assert.rejects(store.setHostDatastores('h1', [{ datastoreId: DS1, mountName: 'ds' }]), { code: 'NOT_FOUND' }, 'an unknown datastore');
+        await store.upsertDatastore({ id: DS1, name: 'shared', shared: true });
+        await store.upsertDatastore({ id: DS2, name: 'local', shared: false });
+        assert.equal((await store.upsertDatastore({ id: DS2, name: 'local2', shared: false })).name, 'local2');
+        assert.deepEqual((await store.listDatastores()).map((d) => [d.id, d.shared]), [[DS1, true], [DS2, false]]);
+        await store.setHostDatastores('h1', [{ datastoreId: DS1, mountName: 'shared' }, { datastoreId: DS2, mountName: 'fast' }]);
+        await store.setHostDatastores('h2', [{ datastoreId: DS1, mountName: 'other-name' }]);
+        assert.deepEqual((await store.listDatastoreHosts(DS1)).map((m) => [m.host, m.mountName]), [['h1', 'shared'], ['h2', 'other-name']]);
+        const replaced = await store.setHostDatastores('h1', [{ datastoreId: DS2, mountName: 'fast' }]);
+        assert.deepEqual(replaced, [{ host: 'h1', datastoreId: DS2, mountName: 'fast' }], 'the reported set replaces the old one');
+        assert.deepEqual(await store.listHostDatastores('h1'), replaced);
+        await assert.rejects(store.setHostDatastores('h1', [{ datastoreId: DS1, mountName: 'x' }, { datastoreId: DS2, mountName: 'x' }]), { code: 'INVALID_ARGUMENT' });
+        await assert.rejects(store.setHostDatastores('ghost', []), { code: 'NOT_FOUND' });
+        await assert.rejects(store.getDatastore('c'.repeat(32)), { code: 'NOT_FOUND' });
+      });
+
+      it('VMs: one place each, create refuses a taken name, a silent host\'s VMs become unknown', async () => {
+        const { store } = await fresh();
+        await store.upsertSite({ name: 's1' });
+        await store.upsertHost(host('h1'));
+        await store.upsertHost(host('h2'));
+        const vm = { name: 'web', host: 'h1', state: 'running' as const, config: { memoryBytes: 65536, vcpus: 2, cmdline: 'a "quoted" ünïcode' }, disks: [{ datastore: DS1, path: 'web.vmdk' }] };
+        const created = await store.createVm(vm);
+        assert.deepEqual(created.config, vm.config);
+        await assert.rejects(store.createVm(vm), { code: 'ALREADY_EXISTS' });
+        const moved = await store.upsertVm({ ...vm, host: 'h2' });
+        assert.equal(moved.host, 'h2');
+        assert.equal(moved.createdAtMs, created.createdAtMs);
+        await store.upsertVm({ name: 'db', host: 'h2', state: 'paused', config: {}, disks: [] });
+        await store.upsertVm({ name: 'spare', host: null, state: 'defined', config: {}, disks: [] });
+        await assert.rejects(store.upsertVm({ ...vm, name: 'x', host: 'ghost' }), { code: 'NOT_FOUND' });
+        assert.equal(await store.setVmStatesOnHost('h2', 'unknown'), 2);
+        assert.deepEqual((await store.listVms({ host: 'h2' })).map((v) => [v.name, v.state]), [['db', 'unknown'], ['web', 'unknown']]);
+        assert.equal((await store.getVm('spare')).state, 'defined', 'a VM elsewhere is untouched');
+        await store.deleteVm('spare');
+        await assert.rejects(store.getVm('spare'), { code: 'NOT_FOUND' });
+        await assert.rejects(store.deleteVm('spare'), { code: 'NOT_FOUND' });
+      });
+
+      it('lists are bounded and page by key', async () => {
+        const { store } = await fresh();
+        await store.upsertSite({ name: 's1' });
+        await store.upsertHost(host('h1'));
+        for (let i = 0; i < 25; i++) await store.upsertVm({ name: `vm-${String(i).padStart(2, '0')}`, host: 'h1', state: 'stopped', config: {}, disks: [] });
+        const seen: string[] = [];
+        let after: string | undefined;
+        for (;;) {
+          const page = await store.listVms({ limit: 10, ...(after === undefined ? {} : { after }) });
+          if (page.length === 0) break;
+          assert.ok(page.length <= 10);
+          seen.push(...page.map((v) => v.name));
+          after = page.at(-1)?.name;
+        }
+        assert.equal(seen.length, 25);
+        assert.deepEqual(seen, [...seen].sort());
+        assert.equal((await store.listVms()).length, 25, 'the default limit is MAX_LIST_LIMIT');
+        for (const limit of [0, -1, MAX_LIST_LIMIT + 1, 1.5, Number.NaN]) {
+          await assert.rejects(store.listVms({ limit }), { code: 'INVALID_ARGUMENT' }, `limit ${limit}`);
+          await assert.rejects(store.listTasks({ limit }), { code: 'INVALID_ARGUMENT' }, `limit ${limit}`);
+          await assert.rejects(store.listHosts({ limit }), { code: 'INVALID_ARGUMENT' }, `limit ${limit}`);
+        }
+      });
+    });
+
+    describe('tasks', () => {
+      it('queued → running → succeeded, oldest first, only the asked kinds; each transition is an event', async () => {
+        const { store } = await fresh();
+        const a = await store.enqueueTask({ kind: 'vm.migrate', target: 'vm:web', requestedBy: 'alice', params: { to: 'h2' } });
+        const b = await store.enqueueTask({ kind: 'vm.create', target: 'vm:db', requestedBy: 'bob', waitingReason: 'no host has 4 GiB free' });
+        assert.equal(a.state, 'queued');
+        assert.equal(b.waitingReason, 'no host has 4 GiB free');
+        assert.equal(await store.claimNextTask('w1', ['host.evacuate'], 1000), null, 'no task of that kind');
+        const claimed = await store.claimNextTask('w1', ['vm.create', 'vm.migrate'], 1000);
+        assert.equal(claimed?.id, a.id, 'oldest first');
+        assert.equal(claimed.state, 'running');
+        assert.equal(claimed.claimedBy, 'w1');
+        assert.equal(claimed.attempts, 1);
+        assert.ok(claimed.startedAtMs !== null);
+        assert.deepEqual(claimed.params, { to: 'h2' });
+        await store.heartbeatTask(a.id, 'w1', { leaseMs: 1000, progress: 0.4, phase: 'round 2' });
+        const done = await store.finishTask(a.id, 'w1', { state: 'succeeded', result: { host: 'h2' } });
+        assert.equal(done.state, 'succeeded');
+        assert.equal(done.progress, 1);
+        assert.deepEqual(done.result, { host: 'h2' });
+        assert.ok(done.endedAtMs !== null && done.endedAtMs >= (claimed.startedAtMs ?? 0));
+        await assert.rejects(store.finishTask(a.id, 'w1', { state: 'succeeded' }), { code: 'TASK_NOT_CLAIMED' }, 'finished once');
+        const failed = await store.finishTask((await store.claimNextTask('w1', ['vm.create'], 1000))?.id ?? 0, 'w1', { state: 'failed', error: { code: 'CAPACITY', message: 'no host fits' } });
+        assert.deepEqual(failed.error, { code: 'CAPACITY', message: 'no host fits' });
+        const kinds = (await store.eventsSince(0, MAX_EVENTS_PAGE)).filter((e) => e.subject === `task:${a.id}`).map((e) => e.kind);
+        assert.deepEqual(kinds, ['task.queued', 'task.running', 'task.running', 'task.succeeded']);
+        assert.deepEqual((await store.listTasks({ state: 'failed' })).map((t) => t.id), [b.id]);
+        await assert.rejects(store.getTask(9999), { code: 'NOT_FOUND' });
+      });
+
+      it('progress never runs backwards, whatever order reports arrive in', async () => {
+        const { store } = await fresh();
+        const t = await store.enqueueTask({ kind: 'vm.migrate', target: 'vm:web', requestedBy: 'alice' });
+        await store.claimNextTask('w1', ['vm.migrate'], 1000);
+        const seen: number[] = [];
+        for (const p of [0.1, 0.5, 0.3, 0.5, 0.2, 0.9, 0, 0.95]) seen.push((await store.heartbeatTask(t.id, 'w1', { leaseMs: 1000, progress: p })).progress);
+        assert.deepEqual(seen, [0.1, 0.5, 0.5, 0.5, 0.5, 0.9, 0.9, 0.95]);
+        const events = (await store.eventsSince(0, MAX_EVENTS_PAGE)).filter((e) => e.kind === 'task.running');
+        const progress = events.map((e) => (e.payload as { progress: number }).progress);
+        assert.deepEqual(progress, [...progress].sort((x, y) => x - y), 'nor in the events');
+        // A failure keeps the highest progress reached (it says how far it got).
+        assert.equal((await store.finishTask(t.id, 'w1', { state: 'failed', error: { code: 'MIGRATION_FAILED', message: 'x' } })).progress, 0.95);
+      });
+
+      it('a worker that lost its claim is told so (TASK_NOT_CLAIMED); waiting reasons only on queued tasks', async () => {
+        const { store } = await fresh();
+        const t = await store.enqueueTask({ kind: 'vm.start', target: 'vm:web', requestedBy: 'alice' });
+        assert.equal((await store.setTaskWaiting(t.id, 'host h1: 2 of 2 operations running')).waitingReason, 'host h1: 2 of 2 operations running');
+        await store.claimNextTask('w1', ['vm.start'], 1000);
+        assert.equal((await store.getTask(t.id)).waitingReason, null, 'a running task waits for nothing');
+        await assert.rejects(store.setTaskWaiting(t.id, 'x'), { code: 'TASK_STATE' });
+        await assert.rejects(store.heartbeatTask(t.id, 'w2', { leaseMs: 1000 }), { code: 'TASK_NOT_CLAIMED' });
+        await assert.rejects(store.finishTask(t.id, 'w2', { state: 'succeeded' }), { code: 'TASK_NOT_CLAIMED' });
+        await assert.rejects(store.heartbeatTask(424242, 'w1', { leaseMs: 1000 }), { code: 'NOT_FOUND' });
+      });
+
+      it('cancel works in every state', async () => {
+        const { store } = await fresh();
+        const queued = await store.enqueueTask({ kind: 'vm.stop', target: 'vm:a', requestedBy: 'alice' });
+        const c1 = await store.cancelTask(queued.id, 'alice');
+        assert.equal(c1.state, 'cancelled');
+        assert.equal(c1.error?.code, 'CANCELLED');
+        assert.equal(await store.claimNextTask('w1', ['vm.stop'], 1000), null, 'a cancelled task is never claimed');
+
+        const running = await store.enqueueTask({ kind: 'vm.stop', target: 'vm:b', requestedBy: 'alice' });
+        await store.claimNextTask('w1', ['vm.stop'], 1000);
+        const c2 = await store.cancelTask(running.id, 'bob');
+        assert.equal(c2.state, 'running', 'its worker stops it');
+        assert.equal(c2.cancelRequested, true);
+        assert.equal((await store.heartbeatTask(running.id, 'w1', { leaseMs: 1000 })).cancelRequested, true, 'the worker learns it at its next heartbeat');
+        assert.equal((await store.finishTask(running.id, 'w1', { state: 'cancelled' })).state, 'cancelled');
+
+        const finished = await store.cancelTask(running.id, 'bob');
+        assert.equal(finished.state, 'cancelled', 'a finished task is answered as it is');
+        const ok = await store.enqueueTask({ kind: 'vm.stop', target: 'vm:c', requestedBy: 'alice' });
+        await store.claimNextTask('w1', ['vm.stop'], 1000);
+        await store.finishTask(ok.id, 'w1', { state: 'succeeded' });
+        assert.equal((await store.cancelTask(ok.id, 'bob')).state, 'succeeded');
+        await assert.rejects(store.cancelTask(777, 'bob'), { code: 'NOT_FOUND' });
+      });
+
+      it('a dead claimer\'s task is re-queued after its lease, and taken by another worker', async () => {
+        const clock = manualClock();
+        const { store } = await fresh({ clock: clock.now });
+        const t = await store.enqueueTask({ kind: 'vm.migrate', target: 'vm:web', requestedBy: 'alice' });
+        await store.claimNextTask('dead', ['vm.migrate'], 5000);
+        await store.heartbeatTask(t.id, 'dead', { leaseMs: 5000, progress: 0.3 });
+        clock.advance(4999);
+        assert.deepEqual(await store.requeueExpiredClaims(), [], 'not before the lease ends');
+        clock.advance(1);
+        const requeued = await store.requeueExpiredClaims();
+        assert.deepEqual(requeued.map((x) => [x.id, x.state, x.claimedBy]), [[t.id, 'queued', null]]);
+        assert.match(requeued[0]?.phase ?? '', /claim of dead expired/);
+        await assert.rejects(store.heartbeatTask(t.id, 'dead', { leaseMs: 5000 }), { code: 'TASK_NOT_CLAIMED' }, 'the dead worker, back, is told to stop');
+        const again = await store.claimNextTask('alive', ['vm.migrate'], 5000);
+        assert.equal(again?.id, t.id);
+        assert.equal(again.attempts, 2);
+        assert.equal(again.progress, 0.3, 'progress kept: it never runs backwards');
+        assert.equal(again.startedAtMs, START_MS, 'started when it first started');
+        await assert.rejects(store.finishTask(t.id, 'dead', { state: 'succeeded' }), { code: 'TASK_NOT_CLAIMED' });
+        clock.advance(4000);
+        await store.heartbeatTask(t.id, 'alive', { leaseMs: 5000 });
+        clock.advance(4000);
+        assert.deepEqual(await store.requeueExpiredClaims(), [], 'a renewed claim does not expire');
+      });
+
+      it('concurrent claimers on two connections execute each of 20 tasks exactly once', async () => {
+        const stores = await onOneDatabase(2);
+        const TASKS = 20;
+        const WORKERS_PER_STORE = 4;
+        const first = stores[0];
+        assert.ok(first !== undefined);
+        const ids = new Set<number>();
+        for (let i = 0; i < TASKS; i++) ids.add((await first.enqueueTask({ kind: 'vm.migrate', target: `vm:v${i}`, requestedBy: 'load' })).id);
+        const executed: { id: number; worker: string }[] = [];
+        const worker = async (store: CenterStore, name: string): Promise<void> => {
+          for (;;) {
+            const t: Task | null = await store.claimNextTask(name, ['vm.migrate'], 30_000);
+            if (t === null) return;
+            executed.push({ id: t.id, worker: name });
+            await store.heartbeatTask(t.id, name, { leaseMs: 30_000, progress: 0.5 });
+            await store.finishTask(t.id, name, { state: 'succeeded', result: { by: name } });
+          }
+        };
+        await Promise.all(stores.flatMap((s, si) => Array.from({ length: WORKERS_PER_STORE }, (_, wi) => worker(s, `c${si}-w${wi}`))));
+        assert.equal(executed.length, TASKS, 'each claimed once');
+        assert.deepEqual(new Set(executed.map((e) => e.id)), ids);
+        const tasks = await first.listTasks();
+        assert.ok(tasks.every((t) => t.state === 'succeeded' && t.attempts === 1), 'each finished once, by its claimer');
+        for (const t of tasks) assert.deepEqual(t.result, { by: executed.find((e) => e.id === t.id)?.worker });
+      });
+    });
+
+    describe('events', () => {
+      it('since an id: in order, no gaps, bounded pages', async () => {
+        const { store } = await fresh();
+        assert.equal(await store.latestEventId(), 0);
+        for (let i = 0; i < 25; i++) await store.appendEvent({ kind: 'vm.state', subject: `vm:v${i}`, payload: { i } });
+        assert.equal(await store.latestEventId(), 25);
+        const page = await store.eventsSince(0, 10);
+        assert.deepEqual(page.map((e) => e.id), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        assert.deepEqual(page[3]?.payload, { i: 3 });
+        assert.deepEqual((await store.eventsSince(20, 10)).map((e) => e.id), [21, 22, 23, 24, 25]);
+        assert.deepEqual(await store.eventsSince(25, 10), []);
+        await assert.rejects(store.eventsSince(0, MAX_EVENTS_PAGE + 1), { code: 'INVALID_ARGUMENT' });
+        await assert.rejects(store.eventsSince(-1, 10), { code: 'INVALID_ARGUMENT' });
+        await assert.rejects(store.eventsSince(0, 0), { code: 'INVALID_ARGUMENT' });
+      });
+
+      it('a reader polling while two connections append sees every event once, in id order', async () => {
+        const [w1, w2, reader] = await onOneDatabase(3);
+        assert.ok(w1 !== undefined && w2 !== undefined && reader !== undefined);
+        const PER_WRITER = 40;
+        let writing = true;
+        const seen: number[] = [];
+        const read = async (): Promise<void> => {
+          for (;;) {
+            const done = !writing;
+            const page = await reader.eventsSince(seen.at(-1) ?? 0, 7);
+            seen.push(...page.map((e) => e.id));
+            if (done && page.length === 0) return;
+          }
+        };
+        const write = async (s: CenterStore, who: string): Promise<void> => {
+          await Promise.all(Array.from({ length: PER_WRITER }, (_, i) => s.appendEvent({ kind: 'test.tick', subject: who, payload: { i } })));
+        };
+        const readerDone = read();
+        await Promise.all([write(w1, 'a'), write(w2, 'b')]);
+        writing = false;
+        await readerDone;
+        assert.deepEqual(seen, Array.from({ length: 2 * PER_WRITER }, (_, i) => i + 1), 'every id once, in order, no gaps');
+      });
+    });
+
+    describe('duties', () => {
+      it('held by one holder at a time, renewed by it, taken over after expiry with a higher epoch', async () => {
+        const clock = manualClock();
+        const { store } = await fresh({ clock: clock.now });
+        const a = await store.tryAcquireDuty('scheduler', 'center-a', 10_000);
+        assert.deepEqual([a.acquired, a.holder, a.epoch], [true, 'center-a', 1]);
+        const b = await store.tryAcquireDuty('scheduler', 'center-b', 10_000);
+        assert.deepEqual([b.acquired, b.holder], [false, 'center-a']);
+        clock.advance(9000);
+        const renewed = await store.tryAcquireDuty('scheduler', 'center-a', 10_000);
+        assert.deepEqual([renewed.acquired, renewed.epoch, renewed.expiresAtMs], [true, 1, START_MS + 19_000]);
+        assert.equal((await store.tryAcquireDuty('sweeper', 'center-b', 10_000)).acquired, true, 'duties are independent');
+        clock.advance(9999);
+        assert.equal((await store.tryAcquireDuty('scheduler', 'center-b', 10_000)).acquired, false, 'not before expiry');
+        clock.advance(1);
+        const taken = await store.tryAcquireDuty('scheduler', 'center-b', 10_000);
+        assert.deepEqual([taken.acquired, taken.holder, taken.epoch], [true, 'center-b', 2]);
+        assert.equal((await store.tryAcquireDuty('scheduler', 'center-a', 10_000)).acquired, false, 'the old holder, back, does not get it');
+        assert.equal(await store.releaseDuty('scheduler', 'center-a'), false, 'only the holder releases');
+        assert.equal(await store.releaseDuty('scheduler', 'center-b'), true);
+        const back = await store.tryAcquireDuty('scheduler', 'center-a', 10_000);
+        assert.deepEqual([back.acquired, back.epoch], [true, 3], 'a release keeps the epoch rising');
+      });
+
+      it('of many racing for it on two connections, exactly one gets it', async () => {
+        const [a, b] = await onOneDatabase(2);
+        assert.ok(a !== undefined && b !== undefined);
+        const results = await Promise.all(Array.from({ length: 16 }, (_, i) => (i % 2 === 0 ? a : b).tryAcquireDuty('sweeper', `holder-${i}`, 60_000)));
+        const winners = results.filter((r) => r.acquired);
+        assert.equal(winners.length, 1);
+        assert.ok(results.every((r) => r.holder === winners[0]?.holder), 'every loser is told who holds it');
+      });
+    });
+
+    describe('hostile and oversized inputs', () => {
+      it('are refused with INVALID_ARGUMENT before they reach the database', async () => {
+        const { store } = await fresh();
+        await store.upsertSite({ name: 's1' });
+        await store.upsertHost(host('h1'));
+        const deep: unknown[] = [];
+        let cur = deep;
+        for (let i = 0; i < 100_000; i++) { const next: unknown[] = []; cur.push(next); cur = next; }
+        const cyclic: Record<string, unknown> = {};
+        cyclic.self = cyclic;
+        const bad: [string, () => Promise<unknown>][] = [
+          ['a name with a slash', () => store.upsertSite({ name: 'a/b' })],
+          ['the name ..', () => store.upsertSite({ name: '..' })],
+          ['an empty name', () => store.upsertSite({ name: '' })],
+          ['a name too long', () => store.upsertSite({ name: 'x'.repeat(MAX_NAME_CHARS + 1) })],
+          ['SQL in a name', () => store.getHost("h1' or '1'='1")],
+          ['an unknown field', () => store.upsertSite({ name: 's2', evil: true } as never)],
+          ['a URL with credentials', () => store.upsertHost({ ...host('h2'), url: 'https://u:p@h2.example' })],
+          ['a javascript: URL', () => store.upsertHost({ ...host('h2'), url: 'javascript:alert(1)' })],
+          ['a negative capacity', () => store.upsertHost({ ...host('h2'), capacity: { memoryBytes: -1, vcpus: 1 } })],
+          ['an unknown host state', () => store.setHostState('h1', 'exploded' as never)],
+          ['a heartbeat at NaN', () => store.recordHostHeartbeat('h1', Number.NaN)],
+          ['a datastore id that is not 32 hex', () => store.upsertDatastore({ id: 'A'.repeat(32), name: 'd', shared: false })],
+          ['a VM config too large', () => store.upsertVm({ name: 'v', host: 'h1', state: 'stopped', config: { pad: 'x'.repeat(MAX_JSON_BYTES) }, disks: [] })],
+          ['a VM config nested 100,000 deep', () => store.upsertVm({ name: 'v', host: 'h1', state: 'stopped', config: deep as never, disks: [] })],
+          ['a cyclic VM config', () => store.upsertVm({ name: 'v', host: 'h1', state: 'stopped', config: cyclic as never, disks: [] })],
+          ['a VM config with a BigInt', () => store.upsertVm({ name: 'v', host: 'h1', state: 'stopped', config: { n: 1n } as never, disks: [] })],
+          ['a VM config with undefined', () => store.upsertVm({ name: 'v', host: 'h1', state: 'stopped', config: { n: undefined } as never, disks: [] })],
+          ['a VM name the host would refuse', () => store.upsertVm({ name: 'v m', host: 'h1', state: 'stopped', config: {}, disks: [] })],
+          ['a task kind with spaces', () => store.enqueueTask({ kind: 'vm migrate', target: 'x', requestedBy: 'a' })],
+          ['a task target with a newline', () => store.enqueueTask({ kind: 'vm.migrate', target: 'vm:a\nFAKE LOG LINE', requestedBy: 'a' })],
+          ['an empty requester', () => store.enqueueTask({ kind: 'vm.migrate', target: 'x', requestedBy: '' })],
+          ['task params too large', () => store.enqueueTask({ kind: 'vm.migrate', target: 'x', requestedBy: 'a', params: 'x'.repeat(MAX_JSON_BYTES + 1) })],
+          ['no kinds to claim', () => store.claimNextTask('w', [], 1000)],
+          ['65 kinds to claim', () => store.claimNextTask('w', Array.from({ length: 65 }, (_, i) => `k${i}`), 1000)],
+          ['a lease of 0', () => store.claimNextTask('w', ['vm.migrate'], 0)],
+          ['a lease of a day', () => store.claimNextTask('w', ['vm.migrate'], 86_400_000)],
+          ['a task id of -1', () => store.getTask(-1)],
+          ['a task id of 1.5', () => store.getTask(1.5)],
+          ['progress above 1', () => store.heartbeatTask(1, 'w', { leaseMs: 1000, progress: 1.5 })],
+          ['progress NaN', () => store.heartbeatTask(1, 'w', { leaseMs: 1000, progress: Number.NaN })],
+          ['an error code Ferry does not have', () => store.finishTask(1, 'w', { state: 'failed', error: { code: 'OOPS' as never, message: 'x' } })],
+          ['an outcome state that is not final', () => store.finishTask(1, 'w', { state: 'running' } as never)],
+          ['an event payload too large', () => store.appendEvent({ kind: 'x', subject: 'y', payload: 'x'.repeat(MAX_EVENT_PAYLOAD_BYTES) })],
+          ['a duty name with SQL', () => store.tryAcquireDuty("x'; drop table duties; --", 'h', 1000)],
+          ['a holder too long', () => store.tryAcquireDuty('scheduler', 'h'.repeat(200), 1000)],
+          ['257 mounts', () => store.setHostDatastores('h1', Array.from({ length: 257 }, (_, i) => ({ datastoreId: DS1, mountName: `m${i}` })))],
+        ];
+        for (const [what, call] of bad) await assert.rejects(call(), { code: 'INVALID_ARGUMENT' }, what);
+        // Quotes and SQL-looking text are data where free text is allowed: stored and read back verbatim.
+        const sqlText = "vm:x'); drop table tasks; --";
+        const t = await store.enqueueTask({ kind: 'vm.migrate', target: sqlText, requestedBy: 'Robert"); --' });
+        assert.equal((await store.getTask(t.id)).target, sqlText);
+        assert.deepEqual((await store.listTasks({ target: sqlText })).map((x) => x.id), [t.id]);
+      });
+    });
+
+    it('closes: every later call is STORE_UNAVAILABLE, and closing twice is fine', async () => {
+      const { store } = await fresh();
+      await store.close();
+      await store.close();
+      await assert.rejects(store.listSites(), { code: 'STORE_UNAVAILABLE' });
+      await assert.rejects(store.enqueueTask({ kind: 'vm.start', target: 'x', requestedBy: 'a' }), { code: 'STORE_UNAVAILABLE' });
+    });
+  });
+}
