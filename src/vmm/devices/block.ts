@@ -6,7 +6,8 @@
  *     descriptor fields, sets the status word to PENDING, posts the copy to the main thread; returns
  *   main thread (BlockService): validates the copy, does the I/O on the BlockBackend asynchronously,
  *     copies read data into guest RAM and fires its write traces, then publishes the completion with
- *     an atomic store (+ notify) to the status word, which the guest polls
+ *     an atomic store (+ notify) to the status word, which the guest polls, and ends the idle sleep
+ *     of the vCPUs (Control.wakeIdle: a notify only when one is asleep)
  *
  * The vCPU never waits for file I/O: submit costs a few loads, one CAS and one postMessage. The
  * queue bound and the pause drain use one shared in-flight counter, incremented by the worker
@@ -231,6 +232,11 @@ export interface BlockServiceOptions {
   readonly ramBytes: number;
   readonly bitmap: TraceBitmap;
   readonly shared: SharedArrayBuffer;
+  /**
+   * Called after each completion is published: ends the idle sleep of the vCPUs (Control.wakeIdle)
+   * so a guest waiting for this completion runs again now rather than at its next idle tick.
+   */
+  readonly wakeIdle?: () => void;
 }
 
 /** Performs a VM's block requests on its backend, asynchronously, and publishes their completions. */
@@ -320,6 +326,8 @@ export class BlockService {
     Atomics.notify(this.i32, statusPtr >>> 2);
     if (status !== BLOCK_STATUS_OK) Atomics.add(this.words, W_FAILED, 1);
     Atomics.add(this.words, W_COMPLETED, 1);
+    // After the status store: a vCPU woken by this sees the completion in its next step.
+    this.opts.wakeIdle?.();
     // Decremented last: a drain that sees 0 sees every completion published.
     if (Atomics.sub(this.words, W_IN_FLIGHT, 1) === 1) {
       const waiters = this.drainWaiters;
