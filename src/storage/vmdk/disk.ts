@@ -13,6 +13,21 @@
  * opens a path itself. The disk owns every file of its chain: close() closes them all. open() and
  * create() own the file they are given from the call on: on failure the file is closed, so a caller
  * has nothing to clean up but what it made itself (a created path to remove).
+ *
+ * Concurrency and ordering (./io-order.ts). Operations run concurrently: reads, and writes into
+ * grains the disk already holds, go to the file at once, with many in flight. What must not
+ * interleave is serialized where it happens, in the extent: choosing the sector of a new grain, the
+ * CID renewal of the first write, a flush's table writes (./sparse-extent.ts). The guarantees the
+ * rest of the code relies on:
+ *  - per byte, operations run in the order they were issued: a read waits for the writes that
+ *    overlap it issued before it (so a read issued after a write sees it — what the changed-block
+ *    contract of ../changed-blocks.ts needs: a copier that takes the set and then reads gets the
+ *    new data or finds the block marked again), and a write waits for the reads and writes it
+ *    overlaps issued before it (the last write issued wins; a read never sees a later write);
+ *  - every write issued before a flush is durable when the flush resolves (flushes run one at a time);
+ *  - crash consistency is the extent's: grain data durable before the table entry that points to it,
+ *    the redundant table copy before the primary one;
+ *  - check(), allocatedBytes(), forEachAllocatedRange() (and `serial` in general) run alone.
  */
 import { posix } from 'node:path';
 import { FerryError } from '../../lib/errors.js';
@@ -22,6 +37,7 @@ import type { GrainExtent } from './extent.js';
 import { FLAG_COMPRESSED, HEADER_BYTES, parseHeader } from './header.js';
 import { type CreateSparseOptions, SparseExtent } from './sparse-extent.js';
 import { StreamOptimizedExtent } from './stream-optimized.js';
+import { type IoKind, IoOrder } from './io-order.js';
 
 /** Deepest parent chain Ferry opens: far above real snapshot chains, low enough to stop a hostile one. */
 export const MAX_CHAIN_DEPTH = 32;
@@ -56,8 +72,8 @@ export interface CreateDiskOptions {
 }
 
 export class VmdkDisk {
-  /** Every operation runs alone: allocation and the grain cache are not safe to interleave. */
-  private queue: Promise<unknown> = Promise.resolve();
+  /** Runs operations concurrently, in issue order per grain (see the header). */
+  private readonly order = new IoOrder();
   private closed = false;
 
   private constructor(private readonly extent: GrainExtent, readonly parent: VmdkDisk | undefined) {}
@@ -162,29 +178,29 @@ export class VmdkDisk {
 
   async read(offsetBytes: number, buf: Uint8Array): Promise<void> {
     this.checkRange(offsetBytes, buf.length);
-    return this.serial(() => this.readNow(offsetBytes, buf));
+    return this.ordered('read', offsetBytes, buf.length, () => this.readNow(offsetBytes, buf));
   }
 
   async write(offsetBytes: number, data: Uint8Array): Promise<void> {
     this.checkRange(offsetBytes, data.length);
     const extent = this.extent;
     if (!(extent instanceof SparseExtent) || !extent.writable) throw new FerryError('DISK_READ_ONLY', `${this.name} is read-only`);
-    return this.serial(async () => {
+    return this.ordered('write', offsetBytes, data.length, async () => {
       const grainBytes = extent.grainBytes;
       await eachGrain(offsetBytes, data.length, grainBytes, (grainIndex, inGrain, from, to) =>
         extent.writeGrain(grainIndex, inGrain, data.subarray(from, to), (g, grain) => this.readBelow(g * grainBytes, grain)));
     });
   }
 
-  /** Every write acknowledged before this call is durable when it resolves. */
+  /** Every write issued before this call is durable when it resolves. */
   flush(): Promise<void> {
     const extent = this.extent;
-    return this.serial(async () => { if (extent instanceof SparseExtent) await extent.flush(); });
+    return this.order.run('flush', 0, 0, async () => { if (extent instanceof SparseExtent) await extent.flush(); });
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
-    await this.queue.catch(() => undefined);
+    await this.order.idle();
     this.closed = true;
     await this.extent.close();
     await this.parent?.close();
@@ -212,10 +228,14 @@ export class VmdkDisk {
     }
   }
 
+  /** Runs `op` alone: after every operation issued before it, and before every one issued after. */
   private serial<T>(op: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(op, op);
-    this.queue = run.catch(() => undefined);
-    return run;
+    return this.order.run('exclusive', 0, 0, op);
+  }
+
+  /** Runs a read or write of [offsetBytes, offsetBytes + length) in issue order with those it overlaps. */
+  private ordered<T>(kind: IoKind, offsetBytes: number, length: number, op: () => Promise<T>): Promise<T> {
+    return this.order.run(kind, offsetBytes, offsetBytes + length, op);
   }
 }
 

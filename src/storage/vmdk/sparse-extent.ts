@@ -6,12 +6,17 @@
  *  1. the first write after open rewrites the descriptor with a new CID and flushes it, before any data;
  *  2. a write into an allocated grain overwrites it in place; a write into an unallocated grain
  *     appends a whole new grain at the end of the file (copied up from the parent, or zeros) and
- *     records its entry in memory only;
- *  3. flush() makes the data durable (fsync), only then writes the changed grain-table sectors (the
- *     redundant copy, then the primary) and fsyncs again. The directories never change: every table
+ *     records its entry in memory only, once that write resolved;
+ *  3. flush() takes the changed grain-table sectors, makes the data durable (fsync), only then
+ *     writes the sectors it took (the redundant copy, then the primary) and fsyncs again. The directories never change: every table
  *     is allocated at create, as qemu-img and VMware do.
  * So a table entry on disk never points at a grain that is not durable, and a kill at any point
  * leaves either the old entry (the grain is leaked, which is harmless) or the new one.
+ *
+ * Concurrency: writes of different grains may run at once (VmdkDisk never runs two operations on
+ * one grain at once, nor two flushes): the new grain's sector is reserved before any await, every
+ * first write waits for the one CID renewal, and a flush writes only entries whose grains had been
+ * written when it took them.
  */
 import { FerryError } from '../../lib/errors.js';
 import type { BlockFile } from '../block-file.js';
@@ -46,7 +51,15 @@ export class SparseExtent implements GrainExtent {
   readonly grainBytes: number;
   readonly capacityBytes: number;
   private cidWritten = false;
+  /** The CID renewal in progress: concurrent first writes all wait for the one renewal. */
+  private cidRenewal: Promise<void> | null = null;
   private nextFreeSector: number;
+  /**
+   * Grains being allocated now → the allocation: a write into the same grain (VmdkDisk runs writes
+   * of disjoint bytes of one grain at once) waits for it and then writes in place, so one grain is
+   * never allocated twice.
+   */
+  private readonly allocating = new Map<number, Promise<void>>();
 
   private constructor(
     private readonly file: BlockFile,
@@ -173,28 +186,53 @@ export class SparseExtent implements GrainExtent {
   async writeGrain(grainIndex: number, offsetInGrainBytes: number, data: Uint8Array, base: GrainBase): Promise<void> {
     if (!this.writable) throw new FerryError('DISK_READ_ONLY', `${this.name} is open read-only`);
     await this.renewCid();
-    const e = await this.tables.entry(grainIndex);
-    const zero = this.isZeroEntry(e);
-    if (e !== 0 && !zero) {
-      await this.file.write(e * SECTOR_BYTES + offsetInGrainBytes, data);
-      return;
+    let zero: boolean;
+    for (;;) {
+      const e = await this.tables.entry(grainIndex);
+      zero = this.isZeroEntry(e);
+      if (e !== 0 && !zero) {
+        await this.file.write(e * SECTOR_BYTES + offsetInGrainBytes, data);
+        return;
+      }
+      const other = this.allocating.get(grainIndex);
+      if (other === undefined) break;
+      await other.catch(() => undefined); // its failure is its own; then this one allocates
     }
+    // No await between the check above and this: the map is how the next write of the grain knows.
+    const allocation = this.allocate(grainIndex, zero, offsetInGrainBytes, data, base);
+    this.allocating.set(grainIndex, allocation);
+    try {
+      await allocation;
+    } finally {
+      this.allocating.delete(grainIndex);
+    }
+  }
+
+  /**
+   * Writes `data` into a new grain for grain `grainIndex`, which holds no data here (`zero`: its
+   * entry says "zeros", so there is nothing to copy up), and records the entry in memory.
+   */
+  private async allocate(grainIndex: number, zero: boolean, offsetInGrainBytes: number, data: Uint8Array, base: GrainBase): Promise<void> {
+    // Reserved before any await: concurrent allocations get distinct sectors.
+    const at = this.nextFreeSector;
+    this.nextFreeSector += this.header.grainSizeSectors;
     const grain = new Uint8Array(this.grainBytes);
     if (!zero && !(offsetInGrainBytes === 0 && data.length === this.grainBytes)) await base(grainIndex, grain);
     grain.set(data, offsetInGrainBytes);
-    const at = this.nextFreeSector;
     await this.file.write(at * SECTOR_BYTES, grain);
-    this.nextFreeSector += this.header.grainSizeSectors;
+    // Only once the grain's write resolved: a flush that takes this entry fsyncs after taking it.
     await this.tables.setEntry(grainIndex, at);
   }
 
-  /** Every write before this call is durable, and the tables that point to new grains too (in that order). */
+  /**
+   * Every write that resolved before this call is durable, and the tables that point to new grains
+   * too (in that order). One at a time (VmdkDisk orders flushes); writes may run meanwhile.
+   */
   async flush(): Promise<void> {
     if (!this.writable) return;
-    await this.file.flush();
-    if (!this.tables.hasDirty) return;
-    await this.tables.writeDirty();
-    await this.file.flush();
+    // The changed table sectors are taken before the fsync, so every grain they point to is durable
+    // before they are written; grains allocated meanwhile wait for the next flush.
+    if (await this.tables.writeDirty(() => this.file.flush())) await this.file.flush();
   }
 
   async allocatedBytes(): Promise<number> {
@@ -211,8 +249,14 @@ export class SparseExtent implements GrainExtent {
   }
 
   /** The CID rule: the first write after open gives the disk a new content ID, durable before the data. */
-  private async renewCid(): Promise<void> {
-    if (this.cidWritten) return;
+  private renewCid(): Promise<void> {
+    if (this.cidWritten) return Promise.resolve();
+    // Cleared when done: after a failure the next write tries again.
+    this.cidRenewal ??= this.writeNewCid().finally(() => { this.cidRenewal = null; });
+    return this.cidRenewal;
+  }
+
+  private async writeNewCid(): Promise<void> {
     const next: Descriptor = { ...this.desc, cid: newCid(this.desc.cid) };
     const bytes = encodeDescriptor(next, this.header.descriptorSizeSectors * SECTOR_BYTES);
     await this.file.write(this.header.descriptorOffsetSectors * SECTOR_BYTES, bytes);
