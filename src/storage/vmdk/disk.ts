@@ -35,7 +35,7 @@ import type { BlockFile } from '../block-file.js';
 import { type CreateType, CID_NO_PARENT, formatCid } from './descriptor.js';
 import type { GrainExtent } from './extent.js';
 import { FLAG_COMPRESSED, HEADER_BYTES, parseHeader } from './header.js';
-import { type CreateSparseOptions, SparseExtent } from './sparse-extent.js';
+import { type CreateSparseOptions, type GrainBase, SparseExtent } from './sparse-extent.js';
 import { StreamOptimizedExtent } from './stream-optimized.js';
 import { type IoKind, IoOrder } from './io-order.js';
 
@@ -187,8 +187,9 @@ export class VmdkDisk {
     if (!(extent instanceof SparseExtent) || !extent.writable) throw new FerryError('DISK_READ_ONLY', `${this.name} is read-only`);
     return this.ordered('write', offsetBytes, data.length, async () => {
       const grainBytes = extent.grainBytes;
+      const base: GrainBase = { holdsData: (g) => this.belowHoldsData(g), fill: (g, grain) => this.readBelow(g * grainBytes, grain) };
       await eachGrain(offsetBytes, data.length, grainBytes, (grainIndex, inGrain, from, to) =>
-        extent.writeGrain(grainIndex, inGrain, data.subarray(from, to), (g, grain) => this.readBelow(g * grainBytes, grain)));
+        extent.writeGrain(grainIndex, inGrain, data.subarray(from, to), base));
     });
   }
 
@@ -211,6 +212,29 @@ export class VmdkDisk {
       const part = buf.subarray(from, to);
       if (!(await this.extent.readGrain(grainIndex, inGrain, part))) await this.readBelow(offsetBytes + from, part);
     });
+  }
+
+  /**
+   * Whether a disk below this one holds data (not zeros) anywhere in this disk's grain `grainIndex`:
+   * table lookups only. A parent's grains may be of another size, so its grains over the range count.
+   */
+  private async belowHoldsData(grainIndex: number): Promise<boolean> {
+    const from = grainIndex * this.extent.grainBytes;
+    const to = Math.min(from + this.extent.grainBytes, this.capacityBytes);
+    return this.parent?.holdsData(from, to) ?? false;
+  }
+
+  /** Whether this disk's chain holds data in [fromBytes, toBytes) — the first level that has a grain answers for it. */
+  private async holdsData(fromBytes: number, toBytes: number): Promise<boolean> {
+    const grainBytes = this.extent.grainBytes;
+    for (let g = Math.floor(fromBytes / grainBytes); g * grainBytes < toBytes; g++) {
+      const state = await this.extent.grainState(g);
+      if (state === 'data') return true;
+      if (state === 'absent' && this.parent !== undefined) {
+        if (await this.parent.holdsData(Math.max(fromBytes, g * grainBytes), Math.min(toBytes, (g + 1) * grainBytes))) return true;
+      }
+    }
+    return false;
   }
 
   /** What the chain below this disk shows at `offsetBytes` (zeros past the parent's end, or with no parent). */

@@ -218,10 +218,8 @@ export class GrainTables {
     }
     try {
       await first();
-      for (const w of writes) {
-        if (this.rgd !== undefined) await this.file.write(((this.rgd[w.gtIndex] as number) + w.sector) * SECTOR_BYTES, w.bytes);
-        await this.file.write(((this.gd[w.gtIndex] as number) + w.sector) * SECTOR_BYTES, w.bytes);
-      }
+      if (this.rgd !== undefined) await this.writeRuns(writes, this.rgd);
+      await this.writeRuns(writes, this.gd);
     } catch (err) {
       for (const [gtIndex, sectors] of taken) for (const sector of sectors) this.markDirty(gtIndex, sector);
       throw err;
@@ -232,6 +230,22 @@ export class GrainTables {
       }
     }
     return writes.length > 0;
+  }
+
+  /**
+   * Writes the taken sectors into the copy of the tables that `dir` places, each run of sectors
+   * that lie back to back in the file in one write (tables are laid out contiguously, so the
+   * sectors a flush changed are often neighbours), all runs at once.
+   */
+  private async writeRuns(writes: readonly { gtIndex: number; sector: number; bytes: Uint8Array }[], dir: Uint32Array): Promise<void> {
+    const placed = writes.map((w) => ({ at: (dir[w.gtIndex] as number) + w.sector, bytes: w.bytes })).sort((a, b) => a.at - b.at);
+    const runs: { at: number; parts: Uint8Array[] }[] = [];
+    for (const p of placed) {
+      const last = runs[runs.length - 1];
+      if (last !== undefined && last.at + last.parts.length === p.at) last.parts.push(p.bytes);
+      else runs.push({ at: p.at, parts: [p.bytes] });
+    }
+    await Promise.all(runs.map((r) => this.file.write(r.at * SECTOR_BYTES, r.parts.length === 1 ? r.parts[0] as Uint8Array : Buffer.concat(r.parts))));
   }
 
   private markDirty(gtIndex: number, sector: number): void {

@@ -5,8 +5,9 @@
  * Crash consistency — the order of every write:
  *  1. the first write after open rewrites the descriptor with a new CID and flushes it, before any data;
  *  2. a write into an allocated grain overwrites it in place; a write into an unallocated grain
- *     appends a whole new grain at the end of the file (copied up from the parent, or zeros) and
- *     records its entry in memory only, once that write resolved;
+ *     appends a new grain at the end of the file — copied up from the parent and written whole, or,
+ *     when nothing below holds the grain, the file extended over it and only the data written (the
+ *     rest is a hole: zeros) — and records its entry in memory only, once that write resolved;
  *  3. flush() takes the changed grain-table sectors, makes the data durable (fsync), only then
  *     writes the sectors it took (the redundant copy, then the primary) and fsyncs again. The directories never change: every table
  *     is allocated at create, as qemu-img and VMware do.
@@ -21,7 +22,7 @@
 import { FerryError } from '../../lib/errors.js';
 import type { BlockFile } from '../block-file.js';
 import { type Descriptor, CID_NO_PARENT, defaultDdb, encodeDescriptor, newCid, readDescriptor } from './descriptor.js';
-import type { GrainExtent } from './extent.js';
+import type { GrainExtent, GrainState } from './extent.js';
 import { GT_SECTORS, GrainTables, gdSectors } from './grain-tables.js';
 import {
   type SparseHeader, COMPRESS_NONE, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NEWLINE_DETECTION, FLAG_REDUNDANT_GD, FLAG_ZEROED_GRAIN,
@@ -44,8 +45,13 @@ export interface CreateSparseOptions {
   readonly parent?: { readonly cid: number; readonly fileNameHint: string };
 }
 
-/** Fills a whole grain buffer with what the disk shows there before this extent has it (the parent, or zeros). */
-export type GrainBase = (grainIndex: number, grain: Uint8Array) => Promise<void>;
+/** What the disk shows below this extent (the parent chain, or zeros): what a new grain starts from. */
+export interface GrainBase {
+  /** Whether anything below holds data for the grain (false: it reads as zeros there). Table lookups only. */
+  holdsData(grainIndex: number): Promise<boolean>;
+  /** Fills a whole grain buffer with what the disk shows there before this extent has it. */
+  fill(grainIndex: number, grain: Uint8Array): Promise<void>;
+}
 
 export class SparseExtent implements GrainExtent {
   readonly grainBytes: number;
@@ -60,6 +66,13 @@ export class SparseExtent implements GrainExtent {
    * never allocated twice.
    */
   private readonly allocating = new Map<number, Promise<void>>();
+  /**
+   * How far the file is known to reach. A new grain written only in part (nothing below it to copy
+   * up) is first covered by extending the file, so its entry never points past the end of the file.
+   */
+  private coveredBytes: number;
+  /** The file extension in progress: one truncate covers every grain reserved when it started. */
+  private extending: Promise<void> | null = null;
 
   private constructor(
     private readonly file: BlockFile,
@@ -71,6 +84,7 @@ export class SparseExtent implements GrainExtent {
     this.grainBytes = header.grainSizeSectors * SECTOR_BYTES;
     this.capacityBytes = header.capacitySectors * SECTOR_BYTES;
     this.nextFreeSector = Math.max(header.overHeadSectors, Math.ceil(fileBytes / SECTOR_BYTES));
+    this.coveredBytes = fileBytes;
   }
 
   get name(): string { return this.file.name; }
@@ -171,6 +185,11 @@ export class SparseExtent implements GrainExtent {
     return entry !== 0 && !this.isZeroEntry(entry);
   }
 
+  async grainState(grainIndex: number): Promise<GrainState> {
+    const e = await this.tables.entry(grainIndex);
+    return e === 0 ? 'absent' : this.isZeroEntry(e) ? 'zeros' : 'data';
+  }
+
   async readGrain(grainIndex: number, offsetInGrainBytes: number, buf: Uint8Array): Promise<boolean> {
     const e = await this.tables.entry(grainIndex);
     if (e === 0) return false;
@@ -180,8 +199,8 @@ export class SparseExtent implements GrainExtent {
   }
 
   /**
-   * Writes `data` at `offsetInGrainBytes` of grain `grainIndex`. A grain not yet here is first
-   * filled whole by `base` (copy-up from the parent) and appended; its entry is written at flush().
+   * Writes `data` at `offsetInGrainBytes` of grain `grainIndex`. A grain not yet here is appended
+   * (see allocate: copied up from `base` when it holds data); its entry is written at flush().
    */
   async writeGrain(grainIndex: number, offsetInGrainBytes: number, data: Uint8Array, base: GrainBase): Promise<void> {
     if (!this.writable) throw new FerryError('DISK_READ_ONLY', `${this.name} is open read-only`);
@@ -210,18 +229,60 @@ export class SparseExtent implements GrainExtent {
 
   /**
    * Writes `data` into a new grain for grain `grainIndex`, which holds no data here (`zero`: its
-   * entry says "zeros", so there is nothing to copy up), and records the entry in memory.
+   * entry says "zeros", so nothing below shows), and records the entry in memory. Three ways:
+   *  - `data` is the whole grain: written as it is;
+   *  - nothing below holds data (no parent, a parent without the grain, or a zero entry): the file is
+   *    extended over the grain and only `data` is written — the rest is a hole of the sparse file,
+   *    which reads as zeros (a 4 KiB write costs 4 KiB, not a 64 KiB grain of mostly zeros);
+   *  - otherwise the grain is copied up from below and written whole.
    */
   private async allocate(grainIndex: number, zero: boolean, offsetInGrainBytes: number, data: Uint8Array, base: GrainBase): Promise<void> {
     // Reserved before any await: concurrent allocations get distinct sectors.
     const at = this.nextFreeSector;
     this.nextFreeSector += this.header.grainSizeSectors;
-    const grain = new Uint8Array(this.grainBytes);
-    if (!zero && !(offsetInGrainBytes === 0 && data.length === this.grainBytes)) await base(grainIndex, grain);
-    grain.set(data, offsetInGrainBytes);
-    await this.file.write(at * SECTOR_BYTES, grain);
+    const atBytes = at * SECTOR_BYTES;
+    const endBytes = atBytes + this.grainBytes;
+    if (offsetInGrainBytes === 0 && data.length === this.grainBytes) {
+      await this.writeGrainAt(atBytes, data);
+    } else if (zero || !(await base.holdsData(grainIndex))) {
+      await this.coverFile(endBytes);
+      await this.file.write(atBytes + offsetInGrainBytes, data);
+    } else {
+      const grain = new Uint8Array(this.grainBytes);
+      await base.fill(grainIndex, grain);
+      grain.set(data, offsetInGrainBytes);
+      await this.writeGrainAt(atBytes, grain);
+    }
     // Only once the grain's write resolved: a flush that takes this entry fsyncs after taking it.
     await this.tables.setEntry(grainIndex, at);
+  }
+
+  /**
+   * Writes a whole new grain, which extends the file by itself. Not while an extension runs: that
+   * truncate was sized before this grain was reserved and would cut the grain off if it landed after
+   * this write. (A truncate started later is sized to every grain reserved by then, this one included.)
+   */
+  private async writeGrainAt(atBytes: number, grain: Uint8Array): Promise<void> {
+    if (this.extending !== null) await this.extending.catch(() => undefined);
+    await this.file.write(atBytes, grain);
+    this.coveredBytes = Math.max(this.coveredBytes, atBytes + grain.length);
+  }
+
+  /**
+   * Resolves once the file reaches at least `endBytes`. Concurrent callers share one truncate, to
+   * the end of every grain reserved when it starts: it never shortens the file, since no grain
+   * reserved later is written until it finished (writeGrainAt waits for it, this loops).
+   */
+  private async coverFile(endBytes: number): Promise<void> {
+    while (this.coveredBytes < endBytes) {
+      if (this.extending === null) {
+        const target = this.nextFreeSector * SECTOR_BYTES;
+        this.extending = this.file.truncate(target)
+          .then(() => { this.coveredBytes = Math.max(this.coveredBytes, target); })
+          .finally(() => { this.extending = null; });
+      }
+      await this.extending;
+    }
   }
 
   /**
