@@ -66,7 +66,7 @@ function flushConsole(): void {
 
 const cmdlineBytes = new TextEncoder().encode(data.cmdline);
 const block = new BlockSubmitter(data.block, {
-  memory, ramBytes: data.ramBytes, bitmap, post: (request) => { post({ kind: 'block', vcpu, request }); },
+  memory, ramBytes: data.ramBytes, bitmap, post: (requests) => { post({ kind: 'block', vcpu, requests }); },
 });
 const imports: WebAssembly.Imports = {
   ferry_rt: {
@@ -273,10 +273,14 @@ function run(): void {
     try {
       status = step(vcpu, budget);
     } catch (err) {
+      block.postAccepted(); // counted in flight: they must reach the service, or a drain would wait for them
       const c = classify(err);
       crash(c.reason, c.message);
       return;
     }
+    // The step's block requests, in one message (before the ack: a pause that sees the step
+    // finished finds them counted and on their way).
+    block.postAccepted();
     const stepMs = performance.now() - t0;
     Atomics.add(i32, idx(V_ACK), 1);
     Atomics.store(i32, idx(V_IN_STEP), 0);
