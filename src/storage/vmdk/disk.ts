@@ -72,7 +72,7 @@ export interface CreateDiskOptions {
 }
 
 export class VmdkDisk {
-  /** Runs operations concurrently, in issue order per grain (see the header). */
+  /** Runs operations concurrently, in issue order wherever they overlap (see the header). */
   private readonly order = new IoOrder();
   private closed = false;
 

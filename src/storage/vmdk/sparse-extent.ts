@@ -9,15 +9,16 @@
  *     when nothing below holds the grain, the file extended over it and only the data written (the
  *     rest is a hole: zeros) — and records its entry in memory only, once that write resolved;
  *  3. flush() takes the changed grain-table sectors, makes the data durable (fsync), only then
- *     writes the sectors it took (the redundant copy, then the primary) and fsyncs again. The directories never change: every table
- *     is allocated at create, as qemu-img and VMware do.
+ *     writes the sectors it took (the redundant copy, then the primary) and fsyncs again. The
+ *     directories never change: every table is allocated at create, as qemu-img and VMware do.
  * So a table entry on disk never points at a grain that is not durable, and a kill at any point
  * leaves either the old entry (the grain is leaked, which is harmless) or the new one.
  *
- * Concurrency: writes of different grains may run at once (VmdkDisk never runs two operations on
- * one grain at once, nor two flushes): the new grain's sector is reserved before any await, every
- * first write waits for the one CID renewal, and a flush writes only entries whose grains had been
- * written when it took them.
+ * Concurrency: writes may run at once, into one grain too (VmdkDisk keeps only overlapping bytes
+ * apart, and runs one flush at a time): the new grain's sector is reserved before any await, two
+ * writes into one grain not yet here take turns (the first allocates, the other then writes in
+ * place), every first write waits for the one CID renewal, the file is extended without ever being
+ * shortened, and a flush writes only entries whose grains had been written when it took them.
  */
 import { FerryError } from '../../lib/errors.js';
 import type { BlockFile } from '../block-file.js';
@@ -223,7 +224,7 @@ export class SparseExtent implements GrainExtent {
     try {
       await allocation;
     } finally {
-      this.allocating.delete(grainIndex);
+      if (this.allocating.get(grainIndex) === allocation) this.allocating.delete(grainIndex);
     }
   }
 
