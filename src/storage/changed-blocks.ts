@@ -5,7 +5,8 @@
  *
  * Ordering contract (what makes the rounds lose nothing): the writer marks a block *before* it
  * hands the write to the disk, and the disk runs operations in the order they were issued
- * (VmdkDisk serializes them). A copier that takes the set and then issues its reads therefore
+ * wherever they overlap (VmdkDisk: a read waits for the earlier writes it overlaps, see
+ * ./vmdk/io-order.ts). A copier that takes the set and then issues its reads therefore
  * either reads the new data, or finds the block marked again in its next take().
  */
 import { FerryError } from '../lib/errors.js';

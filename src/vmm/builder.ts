@@ -67,13 +67,14 @@ export function buildVm(imageBytes: Uint8Array, input: VmConfigInput, restore: R
   const image = instrumentGuest(imageBytes, config, faultInjection);
   const memory = sharedMemory(image.layout);
   const bitmap = traceBitmap(memory, image.layout, config.granularityBytes);
+  const control = Control.create(config.vcpus, Math.max(1, image.globals.length), regionCount(image.layout.ramBytes, MIN_GRANULARITY_BYTES));
   const parts: VmParts = {
     config, imageBytes, image, memory,
     ram: new Uint8Array(memory.buffer, 0, image.layout.ramBytes),
     bitmap,
     claimedPagesWord: new Int32Array(memory.buffer, image.layout.controlOffset + CONTROL_CLAIMED_PAGES_OFFSET, 1),
-    control: Control.create(config.vcpus, Math.max(1, image.globals.length), regionCount(image.layout.ramBytes, MIN_GRANULARITY_BYTES)),
-    block: input.disk === undefined ? null : blockDevice(input.disk, memory, image.layout.ramBytes, bitmap),
+    control,
+    block: input.disk === undefined ? null : blockDevice(input.disk, memory, image.layout.ramBytes, bitmap, control),
     restore,
   };
   Atomics.store(parts.claimedPagesWord, 0, image.initialPages);
@@ -113,12 +114,13 @@ function traceBitmap(memory: WebAssembly.Memory, layout: MemoryLayout, granulari
 /**
  * The block device: a service on the main thread doing the I/O on `backend`, and the in-flight
  * counter it shares with every vCPU's BlockSubmitter (src/vmm/devices/block.ts). A restored VM
- * starts with none in flight: a pause (so every save and switch-over) drains them first.
+ * starts with none in flight: a pause (so every save and switch-over) drains them first. Each
+ * completion wakes the idle vCPUs (the guest may be waiting for it).
  */
-function blockDevice(backend: BlockBackend, memory: WebAssembly.Memory, ramBytes: number, bitmap: TraceBitmap): BlockDevice {
+function blockDevice(backend: BlockBackend, memory: WebAssembly.Memory, ramBytes: number, bitmap: TraceBitmap, control: Control): BlockDevice {
   checkDiskCapacity(backend.capacityBytes);
   const shared = createBlockShared();
-  return { service: new BlockService({ backend, memory, ramBytes, bitmap, shared }), shared };
+  return { service: new BlockService({ backend, memory, ramBytes, bitmap, shared, wakeIdle: () => { control.wakeIdle(); } }), shared };
 }
 
 /** What vCPU `vcpu`'s worker thread is handed: the guest, the memory, the control block, the devices. */

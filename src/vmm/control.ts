@@ -47,6 +47,15 @@ export const W_INSTALL_DONE = 10;
  * the new Install (ABA). The sequence number never repeats (in practice: 2^32 changes).
  */
 export const W_REQUEST_SEQ = 11;
+/**
+ * Idle wake-up: an IDLE vCPU sleeps on this sequence (its tick as the timeout), and nothing else
+ * does, so bumping it ends idle sleeps only — never a throttle sleep or a park. Bumped by every
+ * request change (so an idle sleep never delays a pause) and by a device after it publishes a
+ * completion the guest may be waiting for (`wakeIdle`).
+ */
+export const W_IDLE_WAKE_SEQ = 12;
+/** vCPUs inside an idle sleep: `wakeIdle` pays for a notify only while this is above 0. */
+export const W_IDLE_SLEEPERS = 13;
 const GLOBAL_WORDS = 16;
 
 // Per-vCPU words.
@@ -135,6 +144,36 @@ export class Control {
     Atomics.store(this.i32, W_REQUEST, req);
     Atomics.add(this.i32, W_REQUEST_SEQ, 1);
     Atomics.notify(this.i32, W_REQUEST_SEQ);
+    Atomics.add(this.i32, W_IDLE_WAKE_SEQ, 1);
+    Atomics.notify(this.i32, W_IDLE_WAKE_SEQ);
+  }
+
+  /** Read by a vCPU *before* its step, then passed to idleSleep(): a wake during the step is not missed. */
+  idleWakeSeq(): number { return Atomics.load(this.i32, W_IDLE_WAKE_SEQ); }
+
+  /**
+   * Ends every idle sleep now, and makes a vCPU about to sleep not sleep (any thread). The bump is
+   * unconditional (one atomic add); the notify only happens when some vCPU is asleep. Pairs with
+   * idleSleep: the sleeper increments W_IDLE_SLEEPERS and then waits on the sequence it read before
+   * its step, this bumps the sequence and then reads the sleepers (all seq-cst) — so either this
+   * sees the sleeper and notifies, or the sleeper's wait sees the new sequence and returns at once.
+   */
+  wakeIdle(): void {
+    Atomics.add(this.i32, W_IDLE_WAKE_SEQ, 1);
+    if (Atomics.load(this.i32, W_IDLE_SLEEPERS) > 0) Atomics.notify(this.i32, W_IDLE_WAKE_SEQ);
+  }
+
+  /**
+   * Blocks (worker threads only) for up to `timeoutMs`, or until wakeIdle() or a request change
+   * after `seq` was read (idleWakeSeq(), before the step that returned IDLE).
+   */
+  idleSleep(seq: number, timeoutMs: number): void {
+    Atomics.add(this.i32, W_IDLE_SLEEPERS, 1);
+    try {
+      Atomics.wait(this.i32, W_IDLE_WAKE_SEQ, seq, timeoutMs);
+    } finally {
+      Atomics.sub(this.i32, W_IDLE_SLEEPERS, 1);
+    }
   }
   /** Blocks (worker threads only) until the request changes after `seq` was read, or `timeoutMs`. */
   waitRequestChange(seq: number, timeoutMs = Infinity): void {

@@ -234,7 +234,9 @@ export class Vm extends EventEmitter<VmEvents> {
       this.control.setRequest(RunRequest.Stop);
       await this.threads.exit(STOP_GRACE_MS);
     }
-    // The owner closes the disk after stop: no request may still be using it then.
+    // The owner closes the disk after stop: no request may still be using it then. Requests a
+    // terminated vCPU accepted but never posted (they go out when a step ends) are not waited for.
+    if (this.threads.allExited) this.parts.block?.service.abandonUnposted();
     await this.drainBlock().catch(() => undefined);
     if (this.vmState !== 'crashed') this.setState('stopped'); // any --stop--> stopped (a crash stays a crash)
   }
@@ -281,7 +283,7 @@ export class Vm extends EventEmitter<VmEvents> {
       case 'crash': this.onCrash({ reason: msg.reason, vcpu: msg.vcpu, message: msg.message }); break;
       case 'block':
         // A worker only posts requests when the VM has a disk (BlockSubmitter refuses otherwise).
-        if (this.parts.block !== null) this.parts.block.service.handle(msg.request);
+        if (this.parts.block !== null) for (const r of msg.requests) this.parts.block.service.handle(r);
         break;
       case 'exit': break;
     }

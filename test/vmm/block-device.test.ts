@@ -17,7 +17,7 @@ import { KiB, MiB } from '../../src/lib/units.js';
 import { LocalFile } from '../../src/storage/local-file.js';
 import type { BlockFile } from '../../src/storage/block-file.js';
 import {
-  BLOCK_DESCRIPTOR_BYTES, BLOCK_E_ALIGN, BLOCK_E_BAD_DESCRIPTOR, BLOCK_E_BAD_OP, BLOCK_E_DISK_RANGE, BLOCK_E_IO, BLOCK_E_LENGTH,
+  BLOCK_DESCRIPTOR_BYTES, BLOCK_DRAIN_TIMEOUT_MS, BLOCK_E_ALIGN, BLOCK_E_BAD_DESCRIPTOR, BLOCK_E_BAD_OP, BLOCK_E_DISK_RANGE, BLOCK_E_IO, BLOCK_E_LENGTH,
   BLOCK_E_NO_DISK, BLOCK_E_QUEUE_FULL, BLOCK_E_RAM_RANGE, BLOCK_MAX_IN_FLIGHT, BLOCK_MAX_REQUEST_BYTES, BLOCK_OP_FLUSH, BLOCK_OP_READ,
   BLOCK_OP_WRITE, BLOCK_STATUS_OK, BLOCK_STATUS_PENDING, blockBackend, type BlockBackend,
 } from '../../src/vmm/devices/block.js';
@@ -283,6 +283,34 @@ describe('block device', () => {
     await until(() => statusOf(vm, 1) !== BLOCK_STATUS_PENDING, 'the flush');
     assert.deepEqual([statusOf(vm, 0), statusOf(vm, 1)], [BLOCK_STATUS_OK, BLOCK_STATUS_OK]);
     assert.deepEqual(order, ['write', 'flush']);
+  });
+
+  it('a guest that hangs in the step that submitted: the VM crashes hung and stop() does not wait for the request', async () => {
+    // Requests are posted when their step ends; this step never ends, so the request never reaches
+    // the service and stop() must not wait BLOCK_DRAIN_TIMEOUT_MS for it.
+    const { backend } = await diskFile();
+    const guest = guestWat({
+      imports: '(import "ferry" "block_submit" (func $submit (param i32) (result i32)))',
+      memory: '16',
+      step: `(if (i32.eqz (i32.atomic.load (i32.const ${BELL_PTR}))) (then (return (i32.const 1))))
+        (drop (call $submit (i32.atomic.load (i32.const ${BELL_PTR}))))
+        (loop $forever (br $forever)) (i32.const 0)`,
+    });
+    const vm = Vm.create(await wat2wasm(guest), { memoryBytes: RAM_BYTES, vcpus: 1, hangTimeoutMs: 200, disk: backend });
+    vms.push(vm);
+    await vm.start();
+    const d = new DataView(new ArrayBuffer(BLOCK_DESCRIPTOR_BYTES));
+    d.setUint32(0, BLOCK_OP_READ, true);
+    d.setUint32(16, 512, true);
+    d.setUint32(20, BUF_AT, true);
+    vm.hostWrite(DESC_AT, new Uint8Array(d.buffer));
+    Atomics.store(words(vm), BELL_PTR / 4, DESC_AT);
+    await until(() => vm.state === 'crashed', 'the hang to be detected');
+    assert.equal(vm.crash?.reason, 'hung');
+    const t0 = Date.now();
+    await vm.stop();
+    assert.ok(Date.now() - t0 < BLOCK_DRAIN_TIMEOUT_MS / 2, `stop took ${Date.now() - t0} ms`);
+    assert.equal(vm.blockStats()?.inFlight, 0);
   });
 
   it('the queue bound holds for the whole VM when 4 vCPUs submit at once', async () => {

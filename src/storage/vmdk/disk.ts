@@ -13,6 +13,21 @@
  * opens a path itself. The disk owns every file of its chain: close() closes them all. open() and
  * create() own the file they are given from the call on: on failure the file is closed, so a caller
  * has nothing to clean up but what it made itself (a created path to remove).
+ *
+ * Concurrency and ordering (./io-order.ts). Operations run concurrently: reads, and writes into
+ * grains the disk already holds, go to the file at once, with many in flight. What must not
+ * interleave is serialized where it happens, in the extent: choosing the sector of a new grain, the
+ * CID renewal of the first write, a flush's table writes (./sparse-extent.ts). The guarantees the
+ * rest of the code relies on:
+ *  - per byte, operations run in the order they were issued: a read waits for the writes that
+ *    overlap it issued before it (so a read issued after a write sees it — what the changed-block
+ *    contract of ../changed-blocks.ts needs: a copier that takes the set and then reads gets the
+ *    new data or finds the block marked again), and a write waits for the reads and writes it
+ *    overlaps issued before it (the last write issued wins; a read never sees a later write);
+ *  - every write issued before a flush is durable when the flush resolves (flushes run one at a time);
+ *  - crash consistency is the extent's: grain data durable before the table entry that points to it,
+ *    the redundant table copy before the primary one;
+ *  - check(), allocatedBytes(), forEachAllocatedRange() (and `serial` in general) run alone.
  */
 import { posix } from 'node:path';
 import { FerryError } from '../../lib/errors.js';
@@ -20,8 +35,9 @@ import type { BlockFile } from '../block-file.js';
 import { type CreateType, CID_NO_PARENT, formatCid } from './descriptor.js';
 import type { GrainExtent } from './extent.js';
 import { FLAG_COMPRESSED, HEADER_BYTES, parseHeader } from './header.js';
-import { type CreateSparseOptions, SparseExtent } from './sparse-extent.js';
+import { type CreateSparseOptions, type GrainBase, SparseExtent } from './sparse-extent.js';
 import { StreamOptimizedExtent } from './stream-optimized.js';
+import { type IoKind, IoOrder } from './io-order.js';
 
 /** Deepest parent chain Ferry opens: far above real snapshot chains, low enough to stop a hostile one. */
 export const MAX_CHAIN_DEPTH = 32;
@@ -62,8 +78,8 @@ export interface CreateDiskOptions {
 }
 
 export class VmdkDisk {
-  /** Every operation runs alone: allocation and the grain cache are not safe to interleave. */
-  private queue: Promise<unknown> = Promise.resolve();
+  /** Runs operations concurrently, in issue order wherever they overlap (see the header). */
+  private readonly order = new IoOrder();
   private closed = false;
 
   /** `detached`: a delta opened withoutParent (reads below its own grains are refused, not zeros). */
@@ -184,29 +200,30 @@ export class VmdkDisk {
 
   async read(offsetBytes: number, buf: Uint8Array): Promise<void> {
     this.checkRange(offsetBytes, buf.length);
-    return this.serial(() => this.readNow(offsetBytes, buf));
+    return this.ordered('read', offsetBytes, buf.length, () => this.readNow(offsetBytes, buf));
   }
 
   async write(offsetBytes: number, data: Uint8Array): Promise<void> {
     this.checkRange(offsetBytes, data.length);
     const extent = this.extent;
     if (!(extent instanceof SparseExtent) || !extent.writable) throw new FerryError('DISK_READ_ONLY', `${this.name} is read-only`);
-    return this.serial(async () => {
+    return this.ordered('write', offsetBytes, data.length, async () => {
       const grainBytes = extent.grainBytes;
+      const base: GrainBase = { holdsData: (g) => this.belowHoldsData(g), fill: (g, grain) => this.readBelow(g * grainBytes, grain) };
       await eachGrain(offsetBytes, data.length, grainBytes, (grainIndex, inGrain, from, to) =>
-        extent.writeGrain(grainIndex, inGrain, data.subarray(from, to), (g, grain) => this.readBelow(g * grainBytes, grain)));
+        extent.writeGrain(grainIndex, inGrain, data.subarray(from, to), base));
     });
   }
 
-  /** Every write acknowledged before this call is durable when it resolves. */
+  /** Every write issued before this call is durable when it resolves. */
   flush(): Promise<void> {
     const extent = this.extent;
-    return this.serial(async () => { if (extent instanceof SparseExtent) await extent.flush(); });
+    return this.order.run('flush', 0, 0, async () => { if (extent instanceof SparseExtent) await extent.flush(); });
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
-    await this.queue.catch(() => undefined);
+    await this.order.idle();
     this.closed = true;
     await this.extent.close();
     await this.parent?.close();
@@ -217,6 +234,29 @@ export class VmdkDisk {
       const part = buf.subarray(from, to);
       if (!(await this.extent.readGrain(grainIndex, inGrain, part))) await this.readBelow(offsetBytes + from, part);
     });
+  }
+
+  /**
+   * Whether a disk below this one holds data (not zeros) anywhere in this disk's grain `grainIndex`:
+   * table lookups only. A parent's grains may be of another size, so its grains over the range count.
+   */
+  private async belowHoldsData(grainIndex: number): Promise<boolean> {
+    const from = grainIndex * this.extent.grainBytes;
+    const to = Math.min(from + this.extent.grainBytes, this.capacityBytes);
+    return this.parent?.holdsData(from, to) ?? false;
+  }
+
+  /** Whether this disk's chain holds data in [fromBytes, toBytes) — the first level that has a grain answers for it. */
+  private async holdsData(fromBytes: number, toBytes: number): Promise<boolean> {
+    const grainBytes = this.extent.grainBytes;
+    for (let g = Math.floor(fromBytes / grainBytes); g * grainBytes < toBytes; g++) {
+      const state = await this.extent.grainState(g);
+      if (state === 'data') return true;
+      if (state === 'absent' && this.parent !== undefined) {
+        if (await this.parent.holdsData(Math.max(fromBytes, g * grainBytes), Math.min(toBytes, (g + 1) * grainBytes))) return true;
+      }
+    }
+    return false;
   }
 
   /** What the chain below this disk shows at `offsetBytes` (zeros past the parent's end, or with no parent). */
@@ -237,10 +277,14 @@ export class VmdkDisk {
     }
   }
 
+  /** Runs `op` alone: after every operation issued before it, and before every one issued after. */
   private serial<T>(op: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(op, op);
-    this.queue = run.catch(() => undefined);
-    return run;
+    return this.order.run('exclusive', 0, 0, op);
+  }
+
+  /** Runs a read or write of [offsetBytes, offsetBytes + length) in issue order with those it overlaps. */
+  private ordered<T>(kind: IoKind, offsetBytes: number, length: number, op: () => Promise<T>): Promise<T> {
+    return this.order.run(kind, offsetBytes, offsetBytes + length, op);
   }
 }
 

@@ -6,6 +6,8 @@
 import type { Descriptor } from './descriptor.js';
 import type { SparseHeader } from './header.js';
 
+export type GrainState = 'data' | 'zeros' | 'absent';
+
 export interface GrainExtent {
   readonly name: string;
   readonly header: SparseHeader;
@@ -17,6 +19,11 @@ export interface GrainExtent {
    * grain's end). Resolves false, with `buf` untouched, when this extent holds no data for the grain.
    */
   readGrain(grainIndex: number, offsetInGrainBytes: number, buf: Uint8Array): Promise<boolean>;
+  /**
+   * What this extent holds for the grain, from its table alone (no grain is read): 'data', 'zeros'
+   * (an explicit zero grain: what is below does not show) or 'absent' (what is below shows).
+   */
+  grainState(grainIndex: number): Promise<GrainState>;
   /** Reads and checks all of this extent's metadata (every table; for streamOptimized every grain too). */
   check(): Promise<void>;
   /** Bytes of grains this extent holds (walks every grain table). */

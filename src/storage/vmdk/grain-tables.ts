@@ -55,10 +55,21 @@ async function readU32s(file: BlockFile, offsetSectors: number, count: number): 
   return out;
 }
 
+/**
+ * Safe under concurrent callers (VmdkDisk runs reads and writes concurrently): a table is read from
+ * the file once however many misses wait for it (two reads racing would let the second replace a
+ * table the first had already changed); a table with unwritten changes, or whose changes a flush
+ * is writing, is never evicted (only clean tables are: they equal the file, so one that a caller
+ * still holds is never stale); writeDirty writes the sectors as they were when it started.
+ */
 export class GrainTables {
   private readonly cache = new Map<number, Uint32Array>();
   /** GT index → the indices of its sectors that hold entries not yet written. */
-  private readonly dirty = new Map<number, Set<number>>();
+  private dirty = new Map<number, Set<number>>();
+  /** Tables being read from the file: every miss on one of them waits for the same read. */
+  private readonly loading = new Map<number, Promise<Uint32Array | undefined>>();
+  /** GT index → writeDirty calls writing its sectors now: pinned in the cache until they finish. */
+  private readonly pinned = new Map<number, number>();
 
   private constructor(
     private readonly file: BlockFile,
@@ -174,33 +185,73 @@ export class GrainTables {
   /** Sets an entry in memory; it reaches the file (both copies) at the next writeDirty(). */
   async setEntry(grainIndex: number, value: number): Promise<void> {
     const gtIndex = Math.floor(grainIndex / GTES_PER_GT);
-    const gt = await this.table(gtIndex);
-    if (gt === undefined) {
+    const loaded = await this.table(gtIndex);
+    if (loaded === undefined) {
       throw new FerryError('DISK_UNSUPPORTED', `${this.opts.name}: grain ${grainIndex} has no grain table (Ferry writes only disks whose tables are all allocated, as qemu-img and VMware make them)`);
     }
+    // Evicted while this waited (it was clean: the file holds what it held)? Then it goes back in,
+    // and the entry is set in the copy the cache holds, which writeDirty writes.
+    let gt = this.cache.get(gtIndex);
+    if (gt === undefined) { gt = loaded; this.cache.set(gtIndex, gt); }
     gt[grainIndex % GTES_PER_GT] = value;
-    const within = grainIndex % GTES_PER_GT;
-    let set = this.dirty.get(gtIndex);
-    if (set === undefined) this.dirty.set(gtIndex, (set = new Set()));
-    set.add(Math.floor((within * GTE_BYTES) / SECTOR_BYTES));
+    this.markDirty(gtIndex, Math.floor(((grainIndex % GTES_PER_GT) * GTE_BYTES) / SECTOR_BYTES));
   }
 
   get hasDirty(): boolean { return this.dirty.size > 0; }
 
-  /** Writes every changed table sector to the redundant copy, then to the primary one. */
-  async writeDirty(): Promise<void> {
-    for (const [gtIndex, sectors] of this.dirty) {
+  /**
+   * Takes the changed table sectors as they are now, runs `first` (the fsync that makes every grain
+   * they point to durable: each entry was set after its grain's write resolved), then writes them to
+   * the redundant copy and then to the primary one. Entries set meanwhile stay changed for the next
+   * call; if `first` or a write fails, the taken sectors are changed again. Callers run one at a
+   * time (a flush after another must not resolve before the other's table writes). False when
+   * nothing had changed (`first` still ran).
+   */
+  async writeDirty(first: () => Promise<void>): Promise<boolean> {
+    const taken = this.dirty;
+    this.dirty = new Map();
+    const writes: { gtIndex: number; sector: number; bytes: Uint8Array }[] = [];
+    for (const [gtIndex, sectors] of taken) {
       const gt = this.cache.get(gtIndex) as Uint32Array;
-      for (const s of sectors) {
-        const bytes = new Uint8Array(SECTOR_BYTES);
-        const view = new DataView(bytes.buffer);
-        const perSector = SECTOR_BYTES / GTE_BYTES;
-        for (let i = 0; i < perSector; i++) view.setUint32(i * GTE_BYTES, gt[s * perSector + i] as number, true);
-        if (this.rgd !== undefined) await this.file.write(((this.rgd[gtIndex] as number) + s) * SECTOR_BYTES, bytes);
-        await this.file.write(((this.gd[gtIndex] as number) + s) * SECTOR_BYTES, bytes);
+      this.pinned.set(gtIndex, (this.pinned.get(gtIndex) ?? 0) + 1);
+      for (const sector of sectors) writes.push({ gtIndex, sector, bytes: encodeSector(gt, sector) });
+    }
+    try {
+      await first();
+      if (this.rgd !== undefined) await this.writeRuns(writes, this.rgd);
+      await this.writeRuns(writes, this.gd);
+    } catch (err) {
+      for (const [gtIndex, sectors] of taken) for (const sector of sectors) this.markDirty(gtIndex, sector);
+      throw err;
+    } finally {
+      for (const gtIndex of taken.keys()) {
+        const n = (this.pinned.get(gtIndex) ?? 1) - 1;
+        if (n === 0) this.pinned.delete(gtIndex); else this.pinned.set(gtIndex, n);
       }
     }
-    this.dirty.clear();
+    return writes.length > 0;
+  }
+
+  /**
+   * Writes the taken sectors into the copy of the tables that `dir` places, each run of sectors
+   * that lie back to back in the file in one write (tables are laid out contiguously, so the
+   * sectors a flush changed are often neighbours), all runs at once.
+   */
+  private async writeRuns(writes: readonly { gtIndex: number; sector: number; bytes: Uint8Array }[], dir: Uint32Array): Promise<void> {
+    const placed = writes.map((w) => ({ at: (dir[w.gtIndex] as number) + w.sector, bytes: w.bytes })).sort((a, b) => a.at - b.at);
+    const runs: { at: number; parts: Uint8Array[] }[] = [];
+    for (const p of placed) {
+      const last = runs[runs.length - 1];
+      if (last !== undefined && last.at + last.parts.length === p.at) last.parts.push(p.bytes);
+      else runs.push({ at: p.at, parts: [p.bytes] });
+    }
+    await Promise.all(runs.map((r) => this.file.write(r.at * SECTOR_BYTES, r.parts.length === 1 ? r.parts[0] as Uint8Array : Buffer.concat(r.parts))));
+  }
+
+  private markDirty(gtIndex: number, sector: number): void {
+    let set = this.dirty.get(gtIndex);
+    if (set === undefined) this.dirty.set(gtIndex, (set = new Set()));
+    set.add(sector);
   }
 
   private checkTable(gtIndex: number, gt: Uint32Array): void {
@@ -213,6 +264,15 @@ export class GrainTables {
   private async table(gtIndex: number): Promise<Uint32Array | undefined> {
     const cached = this.cache.get(gtIndex);
     if (cached !== undefined) return cached;
+    let loading = this.loading.get(gtIndex);
+    if (loading === undefined) {
+      loading = this.load(gtIndex).finally(() => { this.loading.delete(gtIndex); });
+      this.loading.set(gtIndex, loading);
+    }
+    return loading;
+  }
+
+  private async load(gtIndex: number): Promise<Uint32Array | undefined> {
     const sector = this.gd[gtIndex];
     if (sector === undefined) throw new FerryError('DISK_OUT_OF_RANGE', `${this.opts.name}: grain table ${gtIndex} is beyond the directory`);
     if (sector === 0) return undefined;
@@ -220,10 +280,19 @@ export class GrainTables {
     this.checkTable(gtIndex, gt);
     if (this.cache.size >= MAX_CACHED_GTS) {
       for (const k of this.cache.keys()) {
-        if (!this.dirty.has(k)) { this.cache.delete(k); break; }
+        if (!this.dirty.has(k) && !this.pinned.has(k)) { this.cache.delete(k); break; }
       }
     }
     this.cache.set(gtIndex, gt);
     return gt;
   }
+}
+
+/** Sector `sector` of table `gt`, as it lies in the file. */
+function encodeSector(gt: Uint32Array, sector: number): Uint8Array {
+  const bytes = new Uint8Array(SECTOR_BYTES);
+  const view = new DataView(bytes.buffer);
+  const perSector = SECTOR_BYTES / GTE_BYTES;
+  for (let i = 0; i < perSector; i++) view.setUint32(i * GTE_BYTES, gt[sector * perSector + i] as number, true);
+  return bytes;
 }

@@ -5,18 +5,25 @@
  * Crash consistency — the order of every write:
  *  1. the first write after open rewrites the descriptor with a new CID and flushes it, before any data;
  *  2. a write into an allocated grain overwrites it in place; a write into an unallocated grain
- *     appends a whole new grain at the end of the file (copied up from the parent, or zeros) and
- *     records its entry in memory only;
- *  3. flush() makes the data durable (fsync), only then writes the changed grain-table sectors (the
- *     redundant copy, then the primary) and fsyncs again. The directories never change: every table
- *     is allocated at create, as qemu-img and VMware do.
+ *     appends a new grain at the end of the file — copied up from the parent and written whole, or,
+ *     when nothing below holds the grain, the file extended over it and only the data written (the
+ *     rest is a hole: zeros) — and records its entry in memory only, once that write resolved;
+ *  3. flush() takes the changed grain-table sectors, makes the data durable (fsync), only then
+ *     writes the sectors it took (the redundant copy, then the primary) and fsyncs again. The
+ *     directories never change: every table is allocated at create, as qemu-img and VMware do.
  * So a table entry on disk never points at a grain that is not durable, and a kill at any point
  * leaves either the old entry (the grain is leaked, which is harmless) or the new one.
+ *
+ * Concurrency: writes may run at once, into one grain too (VmdkDisk keeps only overlapping bytes
+ * apart, and runs one flush at a time): the new grain's sector is reserved before any await, two
+ * writes into one grain not yet here take turns (the first allocates, the other then writes in
+ * place), every first write waits for the one CID renewal, the file is extended without ever being
+ * shortened, and a flush writes only entries whose grains had been written when it took them.
  */
 import { FerryError } from '../../lib/errors.js';
 import type { BlockFile } from '../block-file.js';
 import { type Descriptor, CID_NO_PARENT, defaultDdb, encodeDescriptor, newCid, readDescriptor } from './descriptor.js';
-import type { GrainExtent } from './extent.js';
+import type { GrainExtent, GrainState } from './extent.js';
 import { GT_SECTORS, GrainTables, gdSectors } from './grain-tables.js';
 import {
   type SparseHeader, COMPRESS_NONE, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NEWLINE_DETECTION, FLAG_REDUNDANT_GD, FLAG_ZEROED_GRAIN,
@@ -39,14 +46,34 @@ export interface CreateSparseOptions {
   readonly parent?: { readonly cid: number; readonly fileNameHint: string };
 }
 
-/** Fills a whole grain buffer with what the disk shows there before this extent has it (the parent, or zeros). */
-export type GrainBase = (grainIndex: number, grain: Uint8Array) => Promise<void>;
+/** What the disk shows below this extent (the parent chain, or zeros): what a new grain starts from. */
+export interface GrainBase {
+  /** Whether anything below holds data for the grain (false: it reads as zeros there). Table lookups only. */
+  holdsData(grainIndex: number): Promise<boolean>;
+  /** Fills a whole grain buffer with what the disk shows there before this extent has it. */
+  fill(grainIndex: number, grain: Uint8Array): Promise<void>;
+}
 
 export class SparseExtent implements GrainExtent {
   readonly grainBytes: number;
   readonly capacityBytes: number;
   private cidWritten = false;
+  /** The CID renewal in progress: concurrent first writes all wait for the one renewal. */
+  private cidRenewal: Promise<void> | null = null;
   private nextFreeSector: number;
+  /**
+   * Grains being allocated now → the allocation: a write into the same grain (VmdkDisk runs writes
+   * of disjoint bytes of one grain at once) waits for it and then writes in place, so one grain is
+   * never allocated twice.
+   */
+  private readonly allocating = new Map<number, Promise<void>>();
+  /**
+   * How far the file is known to reach. A new grain written only in part (nothing below it to copy
+   * up) is first covered by extending the file, so its entry never points past the end of the file.
+   */
+  private coveredBytes: number;
+  /** The file extension in progress: one truncate covers every grain reserved when it started. */
+  private extending: Promise<void> | null = null;
 
   private constructor(
     private readonly file: BlockFile,
@@ -58,6 +85,7 @@ export class SparseExtent implements GrainExtent {
     this.grainBytes = header.grainSizeSectors * SECTOR_BYTES;
     this.capacityBytes = header.capacitySectors * SECTOR_BYTES;
     this.nextFreeSector = Math.max(header.overHeadSectors, Math.ceil(fileBytes / SECTOR_BYTES));
+    this.coveredBytes = fileBytes;
   }
 
   get name(): string { return this.file.name; }
@@ -158,6 +186,11 @@ export class SparseExtent implements GrainExtent {
     return entry !== 0 && !this.isZeroEntry(entry);
   }
 
+  async grainState(grainIndex: number): Promise<GrainState> {
+    const e = await this.tables.entry(grainIndex);
+    return e === 0 ? 'absent' : this.isZeroEntry(e) ? 'zeros' : 'data';
+  }
+
   async readGrain(grainIndex: number, offsetInGrainBytes: number, buf: Uint8Array): Promise<boolean> {
     const e = await this.tables.entry(grainIndex);
     if (e === 0) return false;
@@ -167,34 +200,101 @@ export class SparseExtent implements GrainExtent {
   }
 
   /**
-   * Writes `data` at `offsetInGrainBytes` of grain `grainIndex`. A grain not yet here is first
-   * filled whole by `base` (copy-up from the parent) and appended; its entry is written at flush().
+   * Writes `data` at `offsetInGrainBytes` of grain `grainIndex`. A grain not yet here is appended
+   * (see allocate: copied up from `base` when it holds data); its entry is written at flush().
    */
   async writeGrain(grainIndex: number, offsetInGrainBytes: number, data: Uint8Array, base: GrainBase): Promise<void> {
     if (!this.writable) throw new FerryError('DISK_READ_ONLY', `${this.name} is open read-only`);
     await this.renewCid();
-    const e = await this.tables.entry(grainIndex);
-    const zero = this.isZeroEntry(e);
-    if (e !== 0 && !zero) {
-      await this.file.write(e * SECTOR_BYTES + offsetInGrainBytes, data);
-      return;
+    let zero: boolean;
+    for (;;) {
+      const e = await this.tables.entry(grainIndex);
+      zero = this.isZeroEntry(e);
+      if (e !== 0 && !zero) {
+        await this.file.write(e * SECTOR_BYTES + offsetInGrainBytes, data);
+        return;
+      }
+      const other = this.allocating.get(grainIndex);
+      if (other === undefined) break;
+      await other.catch(() => undefined); // its failure is its own; then this one allocates
     }
-    const grain = new Uint8Array(this.grainBytes);
-    if (!zero && !(offsetInGrainBytes === 0 && data.length === this.grainBytes)) await base(grainIndex, grain);
-    grain.set(data, offsetInGrainBytes);
+    // No await between the check above and this: the map is how the next write of the grain knows.
+    const allocation = this.allocate(grainIndex, zero, offsetInGrainBytes, data, base);
+    this.allocating.set(grainIndex, allocation);
+    try {
+      await allocation;
+    } finally {
+      if (this.allocating.get(grainIndex) === allocation) this.allocating.delete(grainIndex);
+    }
+  }
+
+  /**
+   * Writes `data` into a new grain for grain `grainIndex`, which holds no data here (`zero`: its
+   * entry says "zeros", so nothing below shows), and records the entry in memory. Three ways:
+   *  - `data` is the whole grain: written as it is;
+   *  - nothing below holds data (no parent, a parent without the grain, or a zero entry): the file is
+   *    extended over the grain and only `data` is written — the rest is a hole of the sparse file,
+   *    which reads as zeros (a 4 KiB write costs 4 KiB, not a 64 KiB grain of mostly zeros);
+   *  - otherwise the grain is copied up from below and written whole.
+   */
+  private async allocate(grainIndex: number, zero: boolean, offsetInGrainBytes: number, data: Uint8Array, base: GrainBase): Promise<void> {
+    // Reserved before any await: concurrent allocations get distinct sectors.
     const at = this.nextFreeSector;
-    await this.file.write(at * SECTOR_BYTES, grain);
     this.nextFreeSector += this.header.grainSizeSectors;
+    const atBytes = at * SECTOR_BYTES;
+    const endBytes = atBytes + this.grainBytes;
+    if (offsetInGrainBytes === 0 && data.length === this.grainBytes) {
+      await this.writeGrainAt(atBytes, data);
+    } else if (zero || !(await base.holdsData(grainIndex))) {
+      await this.coverFile(endBytes);
+      await this.file.write(atBytes + offsetInGrainBytes, data);
+    } else {
+      const grain = new Uint8Array(this.grainBytes);
+      await base.fill(grainIndex, grain);
+      grain.set(data, offsetInGrainBytes);
+      await this.writeGrainAt(atBytes, grain);
+    }
+    // Only once the grain's write resolved: a flush that takes this entry fsyncs after taking it.
     await this.tables.setEntry(grainIndex, at);
   }
 
-  /** Every write before this call is durable, and the tables that point to new grains too (in that order). */
+  /**
+   * Writes a whole new grain, which extends the file by itself. Not while an extension runs: that
+   * truncate was sized before this grain was reserved and would cut the grain off if it landed after
+   * this write. (A truncate started later is sized to every grain reserved by then, this one included.)
+   */
+  private async writeGrainAt(atBytes: number, grain: Uint8Array): Promise<void> {
+    if (this.extending !== null) await this.extending.catch(() => undefined);
+    await this.file.write(atBytes, grain);
+    this.coveredBytes = Math.max(this.coveredBytes, atBytes + grain.length);
+  }
+
+  /**
+   * Resolves once the file reaches at least `endBytes`. Concurrent callers share one truncate, to
+   * the end of every grain reserved when it starts: it never shortens the file, since no grain
+   * reserved later is written until it finished (writeGrainAt waits for it, this loops).
+   */
+  private async coverFile(endBytes: number): Promise<void> {
+    while (this.coveredBytes < endBytes) {
+      if (this.extending === null) {
+        const target = this.nextFreeSector * SECTOR_BYTES;
+        this.extending = this.file.truncate(target)
+          .then(() => { this.coveredBytes = Math.max(this.coveredBytes, target); })
+          .finally(() => { this.extending = null; });
+      }
+      await this.extending;
+    }
+  }
+
+  /**
+   * Every write that resolved before this call is durable, and the tables that point to new grains
+   * too (in that order). One at a time (VmdkDisk orders flushes); writes may run meanwhile.
+   */
   async flush(): Promise<void> {
     if (!this.writable) return;
-    await this.file.flush();
-    if (!this.tables.hasDirty) return;
-    await this.tables.writeDirty();
-    await this.file.flush();
+    // The changed table sectors are taken before the fsync, so every grain they point to is durable
+    // before they are written; grains allocated meanwhile wait for the next flush.
+    if (await this.tables.writeDirty(() => this.file.flush())) await this.file.flush();
   }
 
   async allocatedBytes(): Promise<number> {
@@ -211,8 +311,14 @@ export class SparseExtent implements GrainExtent {
   }
 
   /** The CID rule: the first write after open gives the disk a new content ID, durable before the data. */
-  private async renewCid(): Promise<void> {
-    if (this.cidWritten) return;
+  private renewCid(): Promise<void> {
+    if (this.cidWritten) return Promise.resolve();
+    // Cleared when done: after a failure the next write tries again.
+    this.cidRenewal ??= this.writeNewCid().finally(() => { this.cidRenewal = null; });
+    return this.cidRenewal;
+  }
+
+  private async writeNewCid(): Promise<void> {
     const next: Descriptor = { ...this.desc, cid: newCid(this.desc.cid) };
     const bytes = encodeDescriptor(next, this.header.descriptorSizeSectors * SECTOR_BYTES);
     await this.file.write(this.header.descriptorOffsetSectors * SECTOR_BYTES, bytes);

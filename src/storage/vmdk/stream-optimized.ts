@@ -9,7 +9,7 @@ import { inflateSync } from 'node:zlib';
 import { FerryError } from '../../lib/errors.js';
 import type { BlockFile } from '../block-file.js';
 import { readDescriptor, type Descriptor } from './descriptor.js';
-import type { GrainExtent } from './extent.js';
+import type { GrainExtent, GrainState } from './extent.js';
 import { GrainTables } from './grain-tables.js';
 import { type SparseHeader, FLAG_COMPRESSED, FLAG_MARKERS, HEADER_BYTES, SECTOR_BYTES, gdEntries, parseHeader } from './header.js';
 
@@ -95,6 +95,10 @@ export class StreamOptimizedExtent implements GrainExtent {
     if (grain === undefined) return false;
     buf.set(grain.subarray(offsetInGrainBytes, offsetInGrainBytes + buf.length));
     return true;
+  }
+
+  async grainState(grainIndex: number): Promise<GrainState> {
+    return (await this.tables.entry(grainIndex)) === 0 ? 'absent' : 'data';
   }
 
   async check(): Promise<void> {

@@ -3,12 +3,15 @@
  *
  *   guest: fills a 32-byte descriptor in its RAM, calls ferry.block_submit(desc) -> 0 (queued) | <0
  *   vCPU worker (BlockSubmitter): checks the descriptor pointer and the queue bound, copies the
- *     descriptor fields, sets the status word to PENDING, posts the copy to the main thread; returns
+ *     descriptor fields, sets the status word to PENDING, returns; after the step the worker posts
+ *     the step's copies to the main thread in one message
  *   main thread (BlockService): validates the copy, does the I/O on the BlockBackend asynchronously,
  *     copies read data into guest RAM and fires its write traces, then publishes the completion with
- *     an atomic store (+ notify) to the status word, which the guest polls
+ *     an atomic store (+ notify) to the status word, which the guest polls, and ends the idle sleep
+ *     of the vCPUs (Control.wakeIdle: a notify only when one is asleep)
  *
- * The vCPU never waits for file I/O: submit costs a few loads, one CAS and one postMessage. The
+ * The vCPU never waits for file I/O: submit costs a few loads and one CAS; a step that submitted
+ * anything costs one postMessage. The
  * queue bound and the pause drain use one shared in-flight counter, incremented by the worker
  * *before* its message is posted and decremented by the service *after* the completion is
  * published, so "counter is 0" means every submitted request has completed and is visible in RAM,
@@ -83,7 +86,9 @@ const W_IN_FLIGHT = 0;
 const W_SUBMITTED = 1;
 const W_COMPLETED = 2;
 const W_FAILED = 3;
-const SHARED_WORDS = 4;
+/** Accepted by a submitter and not yet posted (they are posted when the step ends). */
+const W_UNPOSTED = 4;
+const SHARED_WORDS = 5;
 
 /**
  * What the device reads and writes: a disk of a fixed size. A src/storage BlockFile (positional
@@ -163,7 +168,8 @@ export interface BlockSubmitterHost {
   readonly memory: WebAssembly.Memory;
   readonly ramBytes: number;
   readonly bitmap: TraceBitmap;
-  post(req: BlockRequest): void;
+  /** Sends requests to the main thread's BlockService (one postMessage). */
+  post(reqs: readonly BlockRequest[]): void;
 }
 
 /** The guest-facing half of the device, one per vCPU worker. */
@@ -171,6 +177,8 @@ export class BlockSubmitter {
   private readonly words: Int32Array | null;
   private readonly view: DataView;
   private readonly i32: Int32Array;
+  /** Accepted in the current step, not yet posted. */
+  private accepted: BlockRequest[] = [];
 
   constructor(private readonly disk: BlockWorkerData | null, private readonly host: BlockSubmitterHost) {
     this.words = disk === null ? null : new Int32Array(disk.shared);
@@ -195,6 +203,7 @@ export class BlockSubmitter {
       if (Atomics.compareExchange(words, W_IN_FLIGHT, n, n + 1) === n) break;
     }
     Atomics.add(words, W_SUBMITTED, 1);
+    Atomics.add(words, W_UNPOSTED, 1);
     const v = this.view;
     const req: BlockRequest = {
       descPtr,
@@ -207,8 +216,21 @@ export class BlockSubmitter {
     const statusPtr = descPtr + BLOCK_DESC_STATUS_OFFSET;
     Atomics.store(this.i32, statusPtr >>> 2, BLOCK_STATUS_PENDING);
     this.host.bitmap.markRange(statusPtr, 4);
-    this.host.post(req);
+    this.accepted.push(req);
     return 0;
+  }
+
+  /**
+   * Posts the requests accepted since the last call, in one message. The worker calls it after
+   * every step (also one that trapped): a guest that queues 32 requests in a step costs one
+   * postMessage and one main-thread message event, not 32. The guest polls its status words in
+   * later steps anyway, so holding them until the step ends delays nothing it can observe.
+   */
+  postAccepted(): void {
+    if (this.accepted.length === 0 || this.words === null) return;
+    this.host.post(this.accepted);
+    Atomics.sub(this.words, W_UNPOSTED, this.accepted.length);
+    this.accepted = [];
   }
 }
 
@@ -231,6 +253,11 @@ export interface BlockServiceOptions {
   readonly ramBytes: number;
   readonly bitmap: TraceBitmap;
   readonly shared: SharedArrayBuffer;
+  /**
+   * Called after each completion is published: ends the idle sleep of the vCPUs (Control.wakeIdle)
+   * so a guest waiting for this completion runs again now rather than at its next idle tick.
+   */
+  readonly wakeIdle?: () => void;
 }
 
 /** Performs a VM's block requests on its backend, asynchronously, and publishes their completions. */
@@ -281,6 +308,24 @@ export class BlockService {
     });
   }
 
+  /**
+   * Once every vCPU thread has ended: the requests accepted in a step that never finished (its
+   * thread was terminated, e.g. a hung guest) were never posted and never will be. They leave the
+   * in-flight count so a drain (Vm.stop) does not wait for them, and count as failed.
+   */
+  abandonUnposted(): void {
+    const n = Atomics.exchange(this.words, W_UNPOSTED, 0);
+    if (n === 0) return;
+    Atomics.add(this.words, W_FAILED, n);
+    if (Atomics.sub(this.words, W_IN_FLIGHT, n) === n) this.drained();
+  }
+
+  private drained(): void {
+    const waiters = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const w of waiters) w();
+  }
+
   private async perform(req: BlockRequest): Promise<number> {
     const { backend } = this.opts;
     const position = Number(req.diskOffset); // validated: below MAX_DISK_CAPACITY_BYTES, exact
@@ -320,11 +365,9 @@ export class BlockService {
     Atomics.notify(this.i32, statusPtr >>> 2);
     if (status !== BLOCK_STATUS_OK) Atomics.add(this.words, W_FAILED, 1);
     Atomics.add(this.words, W_COMPLETED, 1);
+    // After the status store: a vCPU woken by this sees the completion in its next step.
+    this.opts.wakeIdle?.();
     // Decremented last: a drain that sees 0 sees every completion published.
-    if (Atomics.sub(this.words, W_IN_FLIGHT, 1) === 1) {
-      const waiters = this.drainWaiters;
-      this.drainWaiters = [];
-      for (const w of waiters) w();
-    }
+    if (Atomics.sub(this.words, W_IN_FLIGHT, 1) === 1) this.drained();
   }
 }

@@ -41,5 +41,5 @@ export type VcpuWorkerMessage =
   | { readonly kind: 'console'; readonly vcpu: number; readonly text: string }
   | { readonly kind: 'crash'; readonly vcpu: number; readonly reason: CrashReason; readonly message: string }
   | { readonly kind: 'exit'; readonly vcpu: number }
-  /** A block request accepted by ferry.block_submit, for the main thread's BlockService. */
-  | { readonly kind: 'block'; readonly vcpu: number; readonly request: BlockRequest };
+  /** The block requests ferry.block_submit accepted during one step, for the main thread's BlockService. */
+  | { readonly kind: 'block'; readonly vcpu: number; readonly requests: readonly BlockRequest[] };

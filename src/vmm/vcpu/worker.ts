@@ -4,7 +4,7 @@
  *
  *   Running: step -> ack -> (throttle sleep) -> Running
  *   Running --request=Pause--> Parked (globals published) --request=Run--> Running
- *   Running --step returns IDLE--> Idle (sleep one tick or until woken) --> Running
+ *   Running --step returns IDLE--> Idle (sleep one tick, or until a block completion or a request change) --> Running
  *   Running --step returns HALT--> Halted (until Stop)
  *   any --trap/panic/bad status--> Crashed (message posted)    any --request=Stop--> Exited
  *
@@ -66,7 +66,7 @@ function flushConsole(): void {
 
 const cmdlineBytes = new TextEncoder().encode(data.cmdline);
 const block = new BlockSubmitter(data.block, {
-  memory, ramBytes: data.ramBytes, bitmap, post: (request) => { post({ kind: 'block', vcpu, request }); },
+  memory, ramBytes: data.ramBytes, bitmap, post: (requests) => { post({ kind: 'block', vcpu, requests }); },
 });
 const imports: WebAssembly.Imports = {
   ferry_rt: {
@@ -166,11 +166,26 @@ function installShare(): void {
   Atomics.notify(i32, W_INSTALL_DONE);
 }
 
+/** The throttle sleep. */
 function sleep(ms: number): void {
-  // Wakes early when the VM changes the request (pause/stop), so sleeping never delays a pause.
+  // Wakes early when the VM changes the request (pause/stop), so sleeping never delays a pause;
+  // nothing else ends it (a block completion wakes idle sleeps only: see idleSleep).
   const seq = control.requestSeq();
   if (control.request() !== RunRequest.Run) return;
   control.waitRequestChange(seq, ms);
+}
+
+/**
+ * The IDLE sleep: one tick at most, ended early by a request change (pause/stop) and by a block
+ * completion (BlockService calls Control.wakeIdle), so a guest waiting for I/O runs again as soon
+ * as the I/O is done instead of at the next tick. `seq` was read before the step: anything that
+ * happened since — a completion the guest had not seen yet when it decided it was idle — makes the
+ * sleep return at once (at worst one extra step that finds nothing new). A throttle sleep waits on
+ * the request sequence instead, which completions never touch: I/O cannot cut auto-converge short.
+ */
+function idleSleep(seq: number): void {
+  if (control.request() !== RunRequest.Run) return;
+  control.idleSleep(seq, IDLE_TICK_MS);
 }
 
 function run(): void {
@@ -250,6 +265,7 @@ function run(): void {
     // Start time first, then the flag: the watchdog reads the flag (seq-cst) and then the time, so
     // it never pairs "in a step" with a stale time — on the first step that time was 0, and a
     // preemption between the two stores once made a healthy VM look hung for 56 years.
+    const wakeSeq = control.idleWakeSeq();
     const t0 = performance.now();
     control.f64[st(S_STEP_START_MS)] = performance.timeOrigin + t0;
     Atomics.store(i32, idx(V_IN_STEP), 1);
@@ -257,10 +273,14 @@ function run(): void {
     try {
       status = step(vcpu, budget);
     } catch (err) {
+      block.postAccepted(); // counted in flight: they must reach the service, or a drain would wait for them
       const c = classify(err);
       crash(c.reason, c.message);
       return;
     }
+    // The step's block requests, in one message (before the ack: a pause that sees the step
+    // finished finds them counted and on their way).
+    block.postAccepted();
     const stepMs = performance.now() - t0;
     Atomics.add(i32, idx(V_ACK), 1);
     Atomics.store(i32, idx(V_IN_STEP), 0);
@@ -285,7 +305,7 @@ function run(): void {
       Atomics.store(i32, idx(V_BUDGET), budget);
     } else if (status === STEP_STATUS_IDLE) {
       setState(VcpuState.Idle);
-      sleep(IDLE_TICK_MS);
+      idleSleep(wakeSeq);
       setState(VcpuState.Running);
     } else if (status === STEP_STATUS_HALT) {
       halted = true;
