@@ -327,3 +327,39 @@ export const taskListSchema = z.object({
   target: idTextSchema(MAX_SUBJECT_CHARS).optional(),
 }).strict();
 export type TaskListOptions = z.input<typeof taskListSchema>;
+
+// ---------------------------------------------------------------------------------------------
+// Credentials
+
+/**
+ * `api`: a client's bearer token (the CLI, the UI); `join`: a one-time token a new host presents once;
+ * `host`: the credential a joined host presents on every call after.
+ */
+export const CREDENTIAL_KINDS = ['api', 'join', 'host'] as const;
+export type CredentialKind = (typeof CREDENTIAL_KINDS)[number];
+
+/** A credential as stored: never its secret, only the hash (src/center/auth.ts makes both). */
+export interface Credential {
+  /** Public id: shown in lists and logs, used to revoke; not a secret. */
+  readonly id: string;
+  readonly kind: CredentialKind;
+  /** An API token's name, a join token's creator, a host credential's host. */
+  readonly subject: string;
+  readonly createdAtMs: number;
+  readonly expiresAtMs: number | null;
+  /** A join token's one use; null while unspent (and always for other kinds). */
+  readonly spentAtMs: number | null;
+  readonly revokedAtMs: number | null;
+}
+/** Credential ids: 16 lowercase hex digits (64 random bits: unique without coordination). */
+export const credentialIdSchema = (): z.ZodString => z.string().regex(/^[0-9a-f]{16}$/, 'must be 16 lowercase hex digits');
+/** SHA-256 of the secret, in hex. */
+export const secretHashSchema = (): z.ZodString => z.string().regex(/^[0-9a-f]{64}$/, 'must be a SHA-256 in hex');
+export const credentialInputSchema = z.object({
+  id: credentialIdSchema(),
+  kind: z.enum(CREDENTIAL_KINDS),
+  subject: idTextSchema(MAX_ACTOR_CHARS),
+  secretHash: secretHashSchema(),
+  expiresAtMs: timeMsSchema().nullable().optional(),
+}).strict();
+export type CredentialInput = z.input<typeof credentialInputSchema>;
