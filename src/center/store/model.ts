@@ -9,7 +9,7 @@ import { FERRY_ERROR_CODES, FerryError, type FerryErrorCode } from '../../lib/er
 import { KiB } from '../../lib/units.js';
 import { vmNameSchema } from '../../lib/limits.js';
 import { DATASTORE_ID_PATTERN } from '../../storage/datastore.js';
-import { vmStateSchema as hostVmStateSchema } from '../../api/host-v1.js';
+import { CENTER_VM_STATES, HOST_STATES, TASK_STATES } from '../../api/center-v1.js';
 
 // ---------------------------------------------------------------------------------------------
 // Bounds (private to the store; the VM name rule is the host's own, src/lib/limits.ts)
@@ -114,11 +114,12 @@ export function parseInput<S extends z.ZodType>(schema: S, input: unknown, what:
 // ---------------------------------------------------------------------------------------------
 // Inventory
 
-export const HOST_STATES = ['joining', 'connected', 'disconnected', 'entering-maintenance', 'in-maintenance'] as const;
+/** The states are the API's (src/api/center-v1.ts): one list, so the store and the API cannot disagree. */
+export { HOST_STATES, TASK_STATES };
 export type HostState = (typeof HOST_STATES)[number];
 
 /** A VM's state as its host reports it, or `unknown` while its host is silent (not lost, not deleted). */
-export const VM_STATES = [...hostVmStateSchema.options, 'unknown'] as const;
+export const VM_STATES = CENTER_VM_STATES;
 export type VmState = (typeof VM_STATES)[number];
 
 export interface Site {
@@ -214,7 +215,6 @@ export const vmStateSchema = z.enum(VM_STATES);
 // ---------------------------------------------------------------------------------------------
 // Tasks
 
-export const TASK_STATES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const;
 export type TaskState = (typeof TASK_STATES)[number];
 export const FINISHED_TASK_STATES: readonly TaskState[] = ['succeeded', 'failed', 'cancelled'];
 
