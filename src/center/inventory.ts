@@ -70,10 +70,11 @@ export class Inventory {
     const before = await store.getHost(name);
     const keep = MAINTENANCE_STATES.includes(before.state);
     const host = await store.upsertHost({ name, site: before.site, url: hb.url, capacity: hb.capacity, ...(keep ? {} : { state: 'connected' as const }) });
-    if (host.state !== before.state) await this.event('host.connected', `host:${name}`, { host: name, from: before.state });
     await this.applyDatastores(name, hb.datastores);
     await this.applyVms(name, hb.vms);
     await store.recordHostHeartbeat(name, this.d.clock());
+    // Last: a client that sees the host (re)connected finds its datastores and VMs already reconciled.
+    if (host.state !== before.state) await this.event('host.connected', `host:${name}`, { host: name, from: before.state });
     return host.state;
   }
 

@@ -23,12 +23,12 @@ export interface TestCenter {
   close(): Promise<void>;
 }
 
-export async function startTestCenter(opts: Partial<Omit<CenterOptions, 'listenHost' | 'listenPort'>> = {}): Promise<TestCenter> {
+export async function startTestCenter(opts: Partial<Omit<CenterOptions, 'listenHost'>> = {}): Promise<TestCenter> {
   const owned = opts.dataDir === undefined;
   const dataDir = opts.dataDir ?? await mkdtemp(join(tmpdir(), 'ferry-center-'));
   const center = await Center.start({
     heartbeatIntervalMs: TEST_HEARTBEAT_MS, sweepIntervalMs: TEST_SWEEP_MS, missedHeartbeats: TEST_MISSED_HEARTBEATS, eventPollMs: 100, log: () => {},
-    ...opts, dataDir, listenHost: '127.0.0.1', listenPort: 0,
+    ...opts, dataDir, listenHost: '127.0.0.1', listenPort: opts.listenPort ?? 0,
   });
   return {
     center, url: center.url, admin: new CenterClient(center.url, center.adminToken), dataDir,
