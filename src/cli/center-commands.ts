@@ -81,11 +81,8 @@ export function addCenterCommands(program: Command, host: Command): void {
       process.on('unhandledRejection', (reason) => {
         process.stderr.write(`center: INTERNAL ERROR (unhandled rejection, please report): ${reason instanceof Error ? (reason.stack ?? reason.message) : String(reason)}\n`);
       });
-      // The token is shown once, when it is made; afterwards only where it is.
-      if (c.adminTokenCreated) process.stdout.write(`admin token (shown once; also in ${c.adminTokenFile}): ${c.adminToken}\n`);
-      // One machine-readable line for scripts and tests.
-      process.stdout.write(`ferry center ready url=${c.url} admin-token-file=${c.adminTokenFile}\n`);
-      await new Promise<void>((resolve) => {
+      // Signal handlers before the ready line: whoever reads it may signal at once.
+      const stopped = new Promise<void>((resolve) => {
         const stop = (signal: string): void => {
           process.stderr.write(`center: ${signal}: shutting down\n`);
           void c.close().then(resolve, (err: unknown) => { process.stderr.write(`center: shutdown: ${errorMessage(err)}\n`); resolve(); });
@@ -93,6 +90,11 @@ export function addCenterCommands(program: Command, host: Command): void {
         process.once('SIGTERM', () => { stop('SIGTERM'); });
         process.once('SIGINT', () => { stop('SIGINT'); });
       });
+      // The token is shown once, when it is made; afterwards only where it is.
+      if (c.adminTokenCreated) process.stdout.write(`admin token (shown once; also in ${c.adminTokenFile}): ${c.adminToken}\n`);
+      // One machine-readable line for scripts and tests.
+      process.stdout.write(`ferry center ready url=${c.url} admin-token-file=${c.adminTokenFile}\n`);
+      await stopped;
     });
 
   withCenterOptions(center.command('join-token')
