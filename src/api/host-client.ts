@@ -42,7 +42,7 @@ export interface FollowOptions {
  * them as they are and a URL resolves them as path steps (/v1/vms/.. is /v1/), so the request
  * would reach another route, whose "no route" 404 would read as "no such VM".
  */
-export function pathOf(route: Pick<Route, 'path'>, params: Readonly<Record<string, string>> = {}): string {
+export function pathOf(route: { readonly path: string }, params: Readonly<Record<string, string>> = {}): string {
   return route.path.replace(/\{(\w+)\}/g, (_m, key: string) => {
     const v = params[key];
     if (v === undefined) throw new FerryError('INVALID_ARGUMENT', `missing path parameter ${key} for ${route.path}`);
@@ -209,24 +209,25 @@ type ResponseOf<R extends Route, S extends number> = R['responses'] extends { [K
   ? (Z extends z.ZodType ? z.output<Z> : never)
   : never;
 
-function responseSchema(route: Route, status: number): z.ZodType {
+/** The JSON schema a route declares for one status (shared by the center's client). */
+export function responseSchema(route: { readonly path: string; readonly responses: unknown }, status: number): z.ZodType {
   const r = (route.responses as Record<number, { content?: { 'application/json'?: { schema: z.ZodType } } }>)[status];
   const schema = r?.content?.['application/json']?.schema;
   if (schema === undefined) throw new FerryError('INTERNAL', `route ${route.path} declares no JSON body for status ${status}`);
   return schema;
 }
 
-/** The error body of a refused request, as a FerryError with the host's own code. */
-async function errorOf(res: Response, baseUrl: string): Promise<FerryError> {
+/** The error body of a refused request, as a FerryError with the peer's own code (a host's, or the center's). */
+export async function errorOf(res: Response, baseUrl: string, peer: { readonly what: string; readonly fallback: 'HOST_ERROR' | 'CENTER_ERROR' } = { what: 'host', fallback: 'HOST_ERROR' }): Promise<FerryError> {
   const text = await res.text().catch(() => '');
   let payload: unknown = null;
   try { payload = JSON.parse(text); } catch { /* not JSON: reported below */ }
   const parsed = errorBodySchema.safeParse(payload);
   if (!parsed.success) {
-    return new FerryError('HOST_ERROR', `host ${baseUrl} answered ${res.status} ${res.statusText} without a Ferry error body${text !== '' ? `: ${text.slice(0, 200)}` : ''}`, { status: res.status }, { origin: 'remote' });
+    return new FerryError(peer.fallback, `${peer.what} ${baseUrl} answered ${res.status} ${res.statusText} without a Ferry error body${text !== '' ? `: ${text.slice(0, 200)}` : ''}`, { status: res.status }, { origin: 'remote' });
   }
   const e = parsed.data.error;
-  return FerryError.fromRemote(e.code, e.message, 'HOST_ERROR', { ...(e.details ?? {}), status: res.status });
+  return FerryError.fromRemote(e.code, e.message, peer.fallback, { ...(e.details ?? {}), status: res.status });
 }
 
 function bodyOf(res: Response): AsyncIterable<Uint8Array> {

@@ -8,7 +8,7 @@ import { readFile } from 'node:fs/promises';
 import cliProgress from 'cli-progress';
 import { FerryError, errorMessage } from '../lib/errors.js';
 import { formatBytes, parseSizeBytes } from '../lib/units.js';
-import { HostAgent } from '../host/agent.js';
+import { HostAgent, type HostOptions } from '../host/agent.js';
 import type { DatastoreMount } from '../host/datastores.js';
 import { loadToken } from '../host/auth.js';
 import { DEFAULT_GRANULARITY_BYTES } from '../vmm/layout.js';
@@ -63,23 +63,47 @@ function parseDatastoreFlag(text: string): DatastoreMount {
   return { name, path };
 }
 
-export function addHostCommands(program: Command, vm: Command): void {
-  program.command('host')
+/** The environment variable a join token may come in (a command line shows in `ps`). */
+export const JOIN_TOKEN_ENV = 'FERRY_JOIN_TOKEN';
+
+function centerLinkOptions(o: { center?: string; joinToken?: string; centerCredentialFile?: string }): HostOptions['center'] {
+  const joinToken = o.joinToken ?? (process.env[JOIN_TOKEN_ENV] !== '' ? process.env[JOIN_TOKEN_ENV] : undefined);
+  if (o.center === undefined) {
+    if (o.joinToken !== undefined || o.centerCredentialFile !== undefined) throw new FerryError('INVALID_ARGUMENT', '--join-token and --center-credential-file need --center <url>');
+    return undefined;
+  }
+  return { centerUrl: o.center, ...(joinToken !== undefined ? { joinToken } : {}), ...(o.centerCredentialFile !== undefined ? { credentialFile: o.centerCredentialFile } : {}) };
+}
+
+export function addHostCommands(program: Command, vm: Command): Command {
+  const host = program.command('host')
+    // Its own options stop at a subcommand: `ferry host list --center URL` is list's --center, not the agent's.
+    .enablePositionalOptions()
     .description('run a host agent: VMs, an authenticated control API and a migration endpoint; SIGTERM saves running VMs')
-    .requiredOption('--name <name>', 'host name')
-    .requiredOption('--data-dir <dir>', 'where VM definitions and shutdown snapshots are kept')
+    // Checked in the action, not as required options: commander checks a parent's required options for
+    // its subcommands too, and `ferry host list` needs neither.
+    .option('--name <name>', 'host name (required)')
+    .option('--data-dir <dir>', 'where VM definitions and shutdown snapshots are kept (required)')
     .option('--listen <host:port>', 'control API address (port 0: any free port)', '127.0.0.1:7000')
     .option('--migration-port <port>', 'migration endpoint port (default: any free port)')
     .option('--token-file <file>', 'file holding the API token (default: $FERRY_TOKEN)')
     .addOption(new Option('--memory-limit <size>', 'memory the host may commit to VMs').argParser(sizeOption('--memory-limit')))
     .option('--datastore <name=path>', 'mount a directory as datastore <name> (repeatable; two hosts may mount one shared directory)', (v: string, all: string[]) => [...all, v], [])
-    .action(async (o: { name: string; dataDir: string; listen: string; migrationPort?: string; tokenFile?: string; memoryLimit?: number; datastore: string[] }) => {
+    .option('--center <url>', 'join this center and heartbeat to it (capacity, datastores, VMs)')
+    .option('--join-token <token>', `with --center: the one-time join token for the first start (default: $${JOIN_TOKEN_ENV}); later starts use the stored credential`)
+    .option('--center-credential-file <file>', 'with --center: where the host\'s center credential is kept (default: <data-dir>/center-credential)')
+    .action(async (given: { name?: string; dataDir?: string; listen: string; migrationPort?: string; tokenFile?: string; memoryLimit?: number; datastore: string[]; center?: string; joinToken?: string; centerCredentialFile?: string }) => {
+      const { name, dataDir } = given;
+      if (name === undefined || dataDir === undefined) throw new FerryError('INVALID_ARGUMENT', 'ferry host needs --name <name> and --data-dir <dir>');
+      const o = { ...given, name, dataDir };
       const listen = parseListen(o.listen);
+      const center = centerLinkOptions(o);
       const datastores = o.datastore.map(parseDatastoreFlag);
       const agent = await HostAgent.start({
         name: o.name, dataDir: o.dataDir, listenHost: listen.host, listenPort: listen.port, token: await loadToken(o.tokenFile),
         ...(o.memoryLimit !== undefined ? { memoryLimitBytes: o.memoryLimit } : {}),
         datastores,
+        ...(center !== undefined ? { center } : {}),
         ...(o.migrationPort !== undefined ? { migrationPort: parseIntegerOption(o.migrationPort, '--migration-port', 0, 65535) } : {}),
       });
       // A host must outlive a bug in one request or one migration: report it loudly, keep serving.
@@ -200,6 +224,7 @@ export function addHostCommands(program: Command, vm: Command): void {
       else process.stderr.write(`${summarize(record)}\n`);
       if (record.outcome !== 'succeeded') process.exitCode = record.outcome === 'in-doubt' ? 4 : 1;
     });
+  return host;
 }
 
 /** Follows a migration with a progress bar; Ctrl-C cancels it. Returns the final record. */

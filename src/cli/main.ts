@@ -19,6 +19,7 @@ import { durationOption, parseIntegerOption, sizeOption } from './args.js';
 import { runSession } from './run-vm.js';
 import { openRawDisk, type OpenedDisk } from './disk.js';
 import { addHostCommands } from './host-commands.js';
+import { addCenterCommands } from './center-commands.js';
 import { addDiskCommands } from './disk-commands.js';
 import { addSnapshotCommands } from './snapshot-commands.js';
 import { runDemo } from './demo.js';
@@ -98,6 +99,8 @@ export function buildProgram(): Command {
   const program = new Command('ferry')
     .description('Ferry: a VM host and VM mobility platform (WebAssembly guests, multi-vCPU, write traces)')
     .showHelpAfterError()
+    // Subcommands with options of their own under commands with options (`ferry host list --center`).
+    .enablePositionalOptions()
     .exitOverride();
 
   const vm = program.command('vm').description('run, save and restore VMs on this machine');
@@ -161,7 +164,7 @@ export function buildProgram(): Command {
       }
     });
 
-  addHostCommands(program, vm);
+  addCenterCommands(program, addHostCommands(program, vm));
   addSnapshotCommands(vm, addDiskCommands(program));
 
   program.command('demo')

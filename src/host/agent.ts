@@ -24,6 +24,9 @@ import { MigrationService } from './migration-service.js';
 import { DiskSnapshots } from './disk-snapshots.js';
 import { HostDatastores, type DatastoreMount } from './datastores.js';
 import type { LeaseTiming } from '../storage/lease.js';
+import { availableParallelism } from 'node:os';
+import type { HeartbeatRequest } from '../api/center-v1.js';
+import { CenterLink, type CenterLinkOptions } from './center-link.js';
 
 /** Default memory the host lends to VMs in all (an operator sets it to what the machine can spare). */
 export const DEFAULT_MEMORY_LIMIT_BYTES = 16 * GiB;
@@ -44,6 +47,8 @@ export interface HostOptions {
   readonly datastores?: readonly DatastoreMount[];
   /** Lease duration and heartbeat of the disks this host writes (default: src/storage/lease.ts; tests shorten them). */
   readonly leaseTiming?: LeaseTiming;
+  /** The center to join and heartbeat to (`--center`); without it the host stands alone. */
+  readonly center?: Omit<CenterLinkOptions, 'hostName' | 'dataDir' | 'report' | 'log'>;
 }
 
 /** Random per run of a host: written into its disk leases, so that a restarted host never takes a lease of its previous run for its own. */
@@ -65,6 +70,8 @@ export class HostAgent {
   private readonly log: (line: string) => void;
   private closing = false;
   private port = 0;
+  /** The link to the center, if the host was started with one. */
+  centerLink: CenterLink | null = null;
 
   private constructor(private readonly options: HostOptions, hostId: string, readonly datastores: HostDatastores) {
     this.name = options.name;
@@ -120,6 +127,10 @@ export class HostAgent {
     agent.log(`host ${agent.name}: instrumenter and switch-over codecs warmed up in ${(performance.now() - tw).toFixed(0)} ms`);
     agent.log(`host ${agent.name}: control API on ${agent.url}, migration endpoint on ${options.listenHost}:${agent.receiver.port}, data in ${options.dataDir}, host id ${hostId}`);
     for (const ds of datastores.names) agent.log(`host ${agent.name}: datastore ${ds} mounted at ${datastores.get(ds).location}`);
+    if (options.center !== undefined) {
+      agent.centerLink = new CenterLink({ ...options.center, hostName: agent.name, dataDir: options.dataDir, report: () => agent.centerReport(), log: agent.log });
+      agent.centerLink.start();
+    }
     return agent;
   }
 
@@ -137,6 +148,16 @@ export class HostAgent {
     };
   }
 
+  /** What a heartbeat tells the center: capacity, datastores with their identities and space, VMs. */
+  async centerReport(): Promise<HeartbeatRequest> {
+    const datastores = (await this.datastores.list()).map((d) => ({ name: d.name, id: d.id, spaceLeftBytes: d.spaceLeftBytes, totalBytes: d.totalBytes }));
+    const vms = this.vms.list().map((v) => ({
+      name: v.name, state: v.state, memoryBytes: v.config.memoryBytes, vcpus: v.config.vcpus,
+      disk: v.disk === null ? null : { datastore: v.disk.datastore, path: v.disk.path, capacityBytes: v.disk.capacityBytes },
+    }));
+    return { url: this.url, capacity: { memoryBytes: this.memoryLimitBytes, vcpus: availableParallelism() }, datastores, vms };
+  }
+
   /**
    * Clean shutdown: migrations are cancelled (their VMs resume here), running VMs are paused and
    * saved to the data directory, every thread and socket is closed. Returns what happened per VM.
@@ -144,6 +165,8 @@ export class HostAgent {
   async close(): Promise<string[]> {
     if (this.closing) return [];
     this.closing = true;
+    // The center learns of the shutdown by silence: the host's VMs show unknown until it is back.
+    await this.centerLink?.close();
     this.vms.closing = true;
     await this.migrations.cancelAll('host shutting down');
     // A disk operation is not cut off between its steps: it ends (they are bounded) before VMs are saved.

@@ -5,19 +5,17 @@
  * is refused before its body is read; every error leaves as `{ error: { code, message, details? } }`
  * with the status of src/api/http-status.ts.
  */
-import { OpenAPIHono, type Hook } from '@hono/zod-openapi';
-import { bodyLimit } from 'hono/body-limit';
+import { OpenAPIHono } from '@hono/zod-openapi';
 import { except } from 'hono/combine';
 import { stream } from 'hono/streaming';
-import { HTTPException } from 'hono/http-exception';
 import type { Context } from 'hono';
 import type { BlankEnv } from 'hono/types';
-import { FerryError, errorMessage, isFerryError } from '../lib/errors.js';
+import { FerryError } from '../lib/errors.js';
+import { limitBody, onAppError, sendError, validationHook } from '../api/http-errors.js';
 import {
   HOST_API_VERSION, MAX_CREATE_BODY_BYTES, MAX_SMALL_BODY_BYTES, OPENAPI_INFO, OPENAPI_PATH, routes,
-  type DatastoreView, type ErrorBody, type HostInfo, type IncomingStatus, type TicketView,
+  type DatastoreView, type HostInfo, type IncomingStatus, type TicketView,
 } from '../api/host-v1.js';
-import { httpStatusFor } from '../api/http-status.js';
 import { encodeSse } from '../api/sse.js';
 import type { MigrationJob } from '../migration/source/job.js';
 import type { MigrationRecord, MigrationProgress } from '../migration/record.js';
@@ -39,41 +37,10 @@ export interface HostAppDeps {
   readonly incomingOutcome: (id: string) => Promise<IncomingOutcome>;
 }
 
-function errorBody(err: unknown): { status: number; body: ErrorBody } {
-  if (isFerryError(err)) {
-    const details = Object.keys(err.details).length > 0 ? { details: { ...err.details } } : {};
-    return { status: httpStatusFor(err.code), body: { error: { code: err.code, message: err.message, ...details } } };
-  }
-  return { status: 500, body: { error: { code: 'INTERNAL', message: `internal error: ${errorMessage(err)}` } } };
-}
-
-/** Only the JSON writer of a context: hono's middleware contexts carry `any` input types. */
-type JsonWriter = Pick<Context, 'json'>;
-
-function sendError(c: JsonWriter, err: unknown): Response {
-  const { status, body } = errorBody(err);
-  return c.json(body, status as 400);
-}
-
-/** Validation failures of path, query or body: BAD_REQUEST with every issue, field by field. */
-const validationHook: Hook<unknown, BlankEnv, string, unknown> = (result, c) => {
-  if (result.success) return undefined;
-  const issues = result.error.issues.map((i) => ({ path: i.path.join('.'), message: i.message }));
-  const where = result.target === 'json' ? 'request body' : result.target === 'param' ? 'path' : result.target;
-  return sendError(c, new FerryError('BAD_REQUEST', `invalid ${where}: ${issues.map((i) => `${i.path === '' ? '(root)' : i.path}: ${i.message}`).join('; ')}`, { issues }));
-};
-
 export function buildHostApp(d: HostAppDeps): OpenAPIHono {
   const app = new OpenAPIHono<BlankEnv>({ defaultHook: validationHook });
 
-  app.onError((err, c) => {
-    // Hono's own refusals (malformed JSON, wrong content type) become Ferry error bodies too.
-    if (err instanceof HTTPException) {
-      const why = err.status === 415 ? 'the request body must be JSON, sent with Content-Type: application/json' : (err.message || 'bad request');
-      return sendError(c, new FerryError('BAD_REQUEST', why));
-    }
-    return sendError(c, err);
-  });
+  app.onError(onAppError);
   // details.route false: "no such route", as a client or test tells it from "no such VM" without reading the message.
   app.notFound((c) => sendError(c, new FerryError('NOT_FOUND', `no route ${c.req.method} ${c.req.path}; the API is under /${HOST_API_VERSION}/ (see ${OPENAPI_PATH})`, { route: false })));
 
@@ -85,12 +52,8 @@ export function buildHostApp(d: HostAppDeps): OpenAPIHono {
     await next();
     return undefined;
   });
-  const limit = (maxSize: number) => bodyLimit({
-    maxSize,
-    onError: (c) => sendError(c, new FerryError('REQUEST_TOO_LARGE', `request body exceeds the ${maxSize}-byte limit of ${c.req.method} ${c.req.path}`)),
-  });
-  const big = limit(MAX_CREATE_BODY_BYTES);
-  const small = limit(MAX_SMALL_BODY_BYTES);
+  const big = limitBody(MAX_CREATE_BODY_BYTES);
+  const small = limitBody(MAX_SMALL_BODY_BYTES);
   // A guest image travels in POST /v1/vms; everything else is small.
   app.use(routes.createVm.path, big);
   app.use('*', except(routes.createVm.path, small));

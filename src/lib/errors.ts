@@ -45,6 +45,9 @@ export const FERRY_ERROR_CODES = [
   'STORE_UNAVAILABLE',
   // the database was migrated by a newer Ferry: this one does not know its schema
   'STORE_SCHEMA_VERSION',
+  // the center cannot be reached, or answered something that is not its API (the client's side)
+  'CENTER_UNREACHABLE',
+  'CENTER_ERROR',
   // center tasks: a worker acts on a task it no longer holds (re-queued, taken over, finished): stop
   'TASK_NOT_CLAIMED',
   // center tasks: the task's state does not allow the action

@@ -5,7 +5,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { HostAgent } from '../../src/host/agent.js';
+import { HostAgent, type HostOptions } from '../../src/host/agent.js';
 import { HostClient } from '../../src/api/host-client.js';
 import type { DatastoreMount } from '../../src/host/datastores.js';
 
@@ -19,7 +19,7 @@ export interface TestAgent {
 }
 
 /** With `dataDir` the caller owns the directory (a restart reuses it) and close() leaves it. */
-export async function startAgent(name: string, opts: { memoryLimitBytes?: number; datastores?: readonly DatastoreMount[]; dataDir?: string } = {}): Promise<TestAgent> {
+export async function startAgent(name: string, opts: { memoryLimitBytes?: number; datastores?: readonly DatastoreMount[]; dataDir?: string; center?: HostOptions['center'] } = {}): Promise<TestAgent> {
   const owned = opts.dataDir === undefined;
   const dataDir = opts.dataDir ?? await mkdtemp(join(tmpdir(), `ferry-agent-${name}-`));
   let agent: HostAgent;
@@ -28,6 +28,7 @@ export async function startAgent(name: string, opts: { memoryLimitBytes?: number
       name, dataDir, listenHost: '127.0.0.1', listenPort: 0, token: AGENT_TOKEN, log: () => {},
       ...(opts.memoryLimitBytes !== undefined ? { memoryLimitBytes: opts.memoryLimitBytes } : {}),
       ...(opts.datastores !== undefined ? { datastores: opts.datastores } : {}),
+      ...(opts.center !== undefined ? { center: opts.center } : {}),
     });
   } catch (err) {
     if (owned) await rm(dataDir, { recursive: true, force: true });

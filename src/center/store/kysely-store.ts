@@ -7,9 +7,11 @@
  * `run` (a closed store refuses, a driver error becomes a FerryError with a stable code), and checks
  * every row it reads back (a row this code cannot understand is STORE_IO, never a guess).
  */
+import type { z } from 'zod';
 import { sql, type Kysely, type Selectable, type Transaction } from 'kysely';
 import { FerryError, isFerryErrorCode } from '../../lib/errors.js';
 import {
+  CREDENTIAL_KINDS, credentialIdSchema, credentialInputSchema, secretHashSchema, type Credential, type CredentialInput,
   FINISHED_TASK_STATES, HOST_STATES, MAX_EVENT_PAYLOAD_BYTES, MAX_JSON_BYTES, MAX_REQUEUE_BATCH, TASK_STATES, VM_STATES,
   actorSchema, claimKindsSchema, datastoreIdSchema, datastoreInputSchema, datastoreListSchema, dutyNameSchema, encodeJson,
   eventIdSchema, eventInputSchema, eventsLimitSchema, heartbeatAtSchema, heartbeatInputSchema, hostInputSchema, hostListSchema,
@@ -99,6 +101,13 @@ function toVm(r: Selectable<StoreDatabase['vms']>): Vm {
 
 function toEvent(r: Selectable<StoreDatabase['events']>): StoredEvent {
   return { id: r.id, atMs: r.at_ms, kind: r.kind, subject: r.subject, payload: decodeJson(r.payload_json, 'event') };
+}
+
+function toCredential(r: Selectable<StoreDatabase['credentials']>): Credential {
+  return {
+    id: r.id, kind: oneOf(CREDENTIAL_KINDS, r.kind, 'credential'), subject: r.subject, createdAtMs: r.created_at_ms,
+    expiresAtMs: r.expires_at_ms, spentAtMs: r.spent_at_ms, revokedAtMs: r.revoked_at_ms,
+  };
 }
 
 const toSite = (r: Selectable<StoreDatabase['sites']>): Site => ({ name: r.name, description: r.description, createdAtMs: r.created_at_ms });
@@ -609,6 +618,58 @@ export class KyselyCenterStore implements CenterStore {
       // Expire rather than delete: the row keeps its epoch, so the next holder's epoch is still higher.
       const r = await this.db.updateTable('duties').set({ expires_at_ms: 0 }).where('name', '=', n).where('holder', '=', h).where('expires_at_ms', '>', this.now()).executeTakeFirst();
       return r.numUpdatedRows > 0n;
+    });
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Credentials
+
+  async createCredential(input: CredentialInput): Promise<Credential> {
+    const c = parseInput(credentialInputSchema, input, 'credential');
+    return this.run('create credential', async () => toCredential(await this.insertCredential(this.db, c)));
+  }
+
+  private async insertCredential(db: Db | Tx, c: z.output<typeof credentialInputSchema>): Promise<Selectable<StoreDatabase['credentials']>> {
+    return db.insertInto('credentials').values({
+      id: c.id, kind: c.kind, subject: c.subject, secret_hash: c.secretHash, created_at_ms: this.now(),
+      expires_at_ms: c.expiresAtMs ?? null, spent_at_ms: null, revoked_at_ms: null,
+    }).returningAll().executeTakeFirstOrThrow();
+  }
+
+  async findCredential(secretHash: string): Promise<Credential | null> {
+    const h = parseInput(secretHashSchema(), secretHash, 'secret hash');
+    return this.run('find credential', async () => {
+      const row = await this.db.selectFrom('credentials').selectAll().where('secret_hash', '=', h).executeTakeFirst();
+      return row === undefined ? null : toCredential(row);
+    });
+  }
+
+  async spendJoinToken(tokenHash: string, hostCredential: CredentialInput): Promise<Credential | null> {
+    const h = parseInput(secretHashSchema(), tokenHash, 'join token hash');
+    const c = parseInput(credentialInputSchema, hostCredential, 'host credential');
+    if (c.kind !== 'host') throw new FerryError('INVALID_ARGUMENT', `a join token is spent for a host credential, not a ${c.kind} one`);
+    return this.run('spend join token', () => this.db.transaction().execute(async (tx) => {
+      const now = this.now();
+      // One guarded update: of two joins racing with one token, the second finds it spent (PostgreSQL
+      // re-checks the WHERE on the row's newest version; SQLite serialises the transactions).
+      const spent = await tx.updateTable('credentials').set({ spent_at_ms: now })
+        .where('secret_hash', '=', h).where('kind', '=', 'join').where('spent_at_ms', 'is', null).where('revoked_at_ms', 'is', null)
+        .where((eb) => eb.or([eb('expires_at_ms', 'is', null), eb('expires_at_ms', '>', now)]))
+        .returning('id').executeTakeFirst();
+      if (spent === undefined) return null;
+      await tx.updateTable('credentials').set({ revoked_at_ms: now })
+        .where('kind', '=', 'host').where('subject', '=', c.subject).where('revoked_at_ms', 'is', null).execute();
+      return toCredential(await this.insertCredential(tx, c));
+    }));
+  }
+
+  async revokeCredential(id: string): Promise<Credential> {
+    const i = parseInput(credentialIdSchema(), id, 'credential id');
+    return this.run('revoke credential', async () => {
+      await this.db.updateTable('credentials').set({ revoked_at_ms: this.now() }).where('id', '=', i).where('revoked_at_ms', 'is', null).execute();
+      const row = await this.db.selectFrom('credentials').selectAll().where('id', '=', i).executeTakeFirst();
+      if (row === undefined) throw notFound('credential', i);
+      return toCredential(row);
     });
   }
 

@@ -9,7 +9,7 @@ import { FERRY_ERROR_CODES, FerryError, type FerryErrorCode } from '../../lib/er
 import { KiB } from '../../lib/units.js';
 import { vmNameSchema } from '../../lib/limits.js';
 import { DATASTORE_ID_PATTERN } from '../../storage/datastore.js';
-import { vmStateSchema as hostVmStateSchema } from '../../api/host-v1.js';
+import { CENTER_VM_STATES, HOST_STATES, TASK_STATES } from '../../api/center-v1.js';
 
 // ---------------------------------------------------------------------------------------------
 // Bounds (private to the store; the VM name rule is the host's own, src/lib/limits.ts)
@@ -114,11 +114,12 @@ export function parseInput<S extends z.ZodType>(schema: S, input: unknown, what:
 // ---------------------------------------------------------------------------------------------
 // Inventory
 
-export const HOST_STATES = ['joining', 'connected', 'disconnected', 'entering-maintenance', 'in-maintenance'] as const;
+/** The states are the API's (src/api/center-v1.ts): one list, so the store and the API cannot disagree. */
+export { HOST_STATES, TASK_STATES };
 export type HostState = (typeof HOST_STATES)[number];
 
 /** A VM's state as its host reports it, or `unknown` while its host is silent (not lost, not deleted). */
-export const VM_STATES = [...hostVmStateSchema.options, 'unknown'] as const;
+export const VM_STATES = CENTER_VM_STATES;
 export type VmState = (typeof VM_STATES)[number];
 
 export interface Site {
@@ -214,7 +215,6 @@ export const vmStateSchema = z.enum(VM_STATES);
 // ---------------------------------------------------------------------------------------------
 // Tasks
 
-export const TASK_STATES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const;
 export type TaskState = (typeof TASK_STATES)[number];
 export const FINISHED_TASK_STATES: readonly TaskState[] = ['succeeded', 'failed', 'cancelled'];
 
@@ -327,3 +327,39 @@ export const taskListSchema = z.object({
   target: idTextSchema(MAX_SUBJECT_CHARS).optional(),
 }).strict();
 export type TaskListOptions = z.input<typeof taskListSchema>;
+
+// ---------------------------------------------------------------------------------------------
+// Credentials
+
+/**
+ * `api`: a client's bearer token (the CLI, the UI); `join`: a one-time token a new host presents once;
+ * `host`: the credential a joined host presents on every call after.
+ */
+export const CREDENTIAL_KINDS = ['api', 'join', 'host'] as const;
+export type CredentialKind = (typeof CREDENTIAL_KINDS)[number];
+
+/** A credential as stored: never its secret, only the hash (src/center/auth.ts makes both). */
+export interface Credential {
+  /** Public id: shown in lists and logs, used to revoke; not a secret. */
+  readonly id: string;
+  readonly kind: CredentialKind;
+  /** An API token's name, a join token's creator, a host credential's host. */
+  readonly subject: string;
+  readonly createdAtMs: number;
+  readonly expiresAtMs: number | null;
+  /** A join token's one use; null while unspent (and always for other kinds). */
+  readonly spentAtMs: number | null;
+  readonly revokedAtMs: number | null;
+}
+/** Credential ids: 16 lowercase hex digits (64 random bits: unique without coordination). */
+export const credentialIdSchema = (): z.ZodString => z.string().regex(/^[0-9a-f]{16}$/, 'must be 16 lowercase hex digits');
+/** SHA-256 of the secret, in hex. */
+export const secretHashSchema = (): z.ZodString => z.string().regex(/^[0-9a-f]{64}$/, 'must be a SHA-256 in hex');
+export const credentialInputSchema = z.object({
+  id: credentialIdSchema(),
+  kind: z.enum(CREDENTIAL_KINDS),
+  subject: idTextSchema(MAX_ACTOR_CHARS),
+  secretHash: secretHashSchema(),
+  expiresAtMs: timeMsSchema().nullable().optional(),
+}).strict();
+export type CredentialInput = z.input<typeof credentialInputSchema>;

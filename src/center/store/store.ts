@@ -11,7 +11,7 @@
  * by a newer Ferry), STORE_IO (the database failed or holds a row this code cannot read).
  */
 import type {
-  Datastore, DatastoreInput, DutyLease, EventInput, Host, HostDatastore, HostInput, HostListOptions, HostState,
+  Credential, CredentialInput, Datastore, DatastoreInput, DutyLease, EventInput, Host, HostDatastore, HostInput, HostListOptions, HostState,
   ListOptions, MountInput, Site, SiteInput, StoredEvent, Task, TaskHeartbeat, TaskInput, TaskListOptions,
   TaskOutcome, Vm, VmInput, VmListOptions, VmState,
 } from './model.js';
@@ -99,6 +99,19 @@ export interface CenterStore {
   tryAcquireDuty(name: string, holder: string, leaseMs: number): Promise<DutyLease>;
   /** Give a duty up (only its holder can); answers whether it was held. */
   releaseDuty(name: string, holder: string): Promise<boolean>;
+
+  // -- credentials (secrets are never stored, only their hashes: src/center/auth.ts)
+  createCredential(input: CredentialInput): Promise<Credential>;
+  /** The credential whose secret has this hash (also a revoked, spent or expired one: the caller decides), or null. */
+  findCredential(secretHash: string): Promise<Credential | null>;
+  /**
+   * Spend a join token and issue the host credential in one transaction: the token must be an unspent,
+   * unrevoked, unexpired join token; the host's earlier credentials are revoked (a re-joined host has one).
+   * Null if the token is not usable — however many hosts race with one token, exactly one gets a credential.
+   */
+  spendJoinToken(tokenHash: string, hostCredential: CredentialInput): Promise<Credential | null>;
+  /** Revoke a credential by id (idempotent: a revoked one is answered as it is). */
+  revokeCredential(id: string): Promise<Credential>;
 
   /** Close the database connections; every later call fails with STORE_UNAVAILABLE. Idempotent. */
   close(): Promise<void>;

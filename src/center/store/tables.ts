@@ -90,6 +90,18 @@ export interface DutiesTable {
   epoch: number;
 }
 
+/** API tokens, join tokens and host credentials: only a hash of each secret (see ../auth.ts). */
+export interface CredentialsTable {
+  id: string;
+  kind: string;
+  subject: string;
+  secret_hash: string;
+  created_at_ms: number;
+  expires_at_ms: number | null;
+  spent_at_ms: number | null;
+  revoked_at_ms: number | null;
+}
+
 export interface StoreDatabase {
   sites: SitesTable;
   hosts: HostsTable;
@@ -100,4 +112,5 @@ export interface StoreDatabase {
   events: EventsTable;
   counters: CountersTable;
   duties: DutiesTable;
+  credentials: CredentialsTable;
 }

@@ -87,7 +87,7 @@ export function storeContract(backend: StoreBackendUnderTest): void {
         await store.close();
         await assert.rejects(openCenterStore(location), (err: Error & { code?: string }) => {
           assert.equal(err.code, 'STORE_SCHEMA_VERSION');
-          assert.match(err.message, /schema version 99.*0099-from-the-future.*newer than this Ferry knows \(2\)/);
+          assert.match(err.message, new RegExp(`schema version 99.*0099-from-the-future.*newer than this Ferry knows \\(${MIGRATIONS.length}\\)`));
           return true;
         });
         const newer = await openStore(location, { migrations: future });
@@ -445,6 +445,56 @@ export function storeContract(backend: StoreBackendUnderTest): void {
         const t = await store.enqueueTask({ kind: 'vm.migrate', target: sqlText, requestedBy: 'Robert"); --' });
         assert.equal((await store.getTask(t.id)).target, sqlText);
         assert.deepEqual((await store.listTasks({ target: sqlText })).map((x) => x.id), [t.id]);
+      });
+    });
+
+    describe('credentials', () => {
+      const hash = (c: string): string => c.repeat(64);
+      const cred = (id: string, kind: 'api' | 'join' | 'host', subject: string, secretHash: string, expiresAtMs?: number) =>
+        ({ id: id.padStart(16, '0'), kind, subject, secretHash, ...(expiresAtMs !== undefined ? { expiresAtMs } : {}) });
+
+      it('stores hashes, finds by hash, revokes; a hash is unique', async () => {
+        const { store } = await fresh();
+        const api = await store.createCredential(cred('1', 'api', 'admin', hash('a')));
+        assert.deepEqual([api.kind, api.subject, api.revokedAtMs, api.spentAtMs], ['api', 'admin', null, null]);
+        assert.deepEqual(await store.findCredential(hash('a')), api);
+        assert.equal(await store.findCredential(hash('b')), null);
+        await assert.rejects(store.createCredential(cred('2', 'api', 'other', hash('a'))), { code: 'ALREADY_EXISTS' });
+        const revoked = await store.revokeCredential(api.id);
+        assert.ok(revoked.revokedAtMs !== null);
+        assert.deepEqual(await store.revokeCredential(api.id), revoked, 'revoking again keeps the first time');
+        assert.deepEqual(await store.findCredential(hash('a')), revoked, 'a revoked credential is found: the caller refuses it');
+        await assert.rejects(store.revokeCredential('f'.repeat(16)), { code: 'NOT_FOUND' });
+        await assert.rejects(store.createCredential({ ...cred('3', 'api', 'x', 'not-a-hash') }), { code: 'INVALID_ARGUMENT' });
+      });
+
+      it('a join token is spent exactly once, even by racing joins; expired or revoked ones are refused; re-joining revokes the old host credential', async () => {
+        const clock = manualClock();
+        const { store } = await fresh({ clock: clock.now });
+        await store.createCredential(cred('10', 'join', 'admin', hash('1'), START_MS + 60_000));
+        const results = await Promise.all(['2', '3', '4', '5'].map((c, i) => store.spendJoinToken(hash('1'), cred(`2${i}`, 'host', 'h1', hash(c)))));
+        const won = results.filter((r) => r !== null);
+        assert.equal(won.length, 1, 'one join wins the token');
+        assert.equal(won[0]?.kind, 'host');
+        assert.equal((await store.findCredential(hash('1')))?.spentAtMs, START_MS);
+        assert.equal(await store.spendJoinToken(hash('1'), cred('30', 'host', 'h1', hash('6'))), null, 'spent');
+
+        await store.createCredential(cred('11', 'join', 'admin', hash('7'), START_MS + 1000));
+        clock.advance(1000);
+        assert.equal(await store.spendJoinToken(hash('7'), cred('31', 'host', 'h2', hash('8'))), null, 'expired');
+        const j = await store.createCredential(cred('12', 'join', 'admin', hash('9')));
+        await store.revokeCredential(j.id);
+        assert.equal(await store.spendJoinToken(hash('9'), cred('32', 'host', 'h2', hash('c'))), null, 'revoked');
+        await store.createCredential(cred('13', 'api', 'admin', hash('d')));
+        assert.equal(await store.spendJoinToken(hash('d'), cred('33', 'host', 'h2', hash('e'))), null, 'an API token is no join token');
+
+        await store.createCredential(cred('14', 'join', 'admin', hash('f')));
+        const again = await store.spendJoinToken(hash('f'), cred('34', 'host', 'h1', hash('0')));
+        assert.ok(again !== null);
+        const old = won[0];
+        assert.ok(old !== undefined && old !== null);
+        assert.ok((await store.findCredential(hash(['2', '3', '4', '5'][results.indexOf(old)] ?? '')))?.revokedAtMs !== null, 'the old host credential is revoked');
+        assert.equal((await store.findCredential(hash('0')))?.revokedAtMs, null);
       });
     });
 

@@ -1,0 +1,133 @@
+/**
+ * The one typed client of the center's API (./center-v1.ts): used by the CLI, a host's center link,
+ * the tests and (later) the UI's server side. URLs come from the route declarations, every answer is
+ * checked against its schema; an error answer becomes a FerryError with the center's own code (origin
+ * 'remote'), a center that cannot be reached a local CENTER_UNREACHABLE.
+ *
+ * The bearer is whichever secret the caller holds: an API token (clients) or a host credential (a
+ * host's heartbeats). Join presents its token in the body and sends no bearer.
+ */
+import type { z } from 'zod';
+import { FerryError, errorMessage } from '../lib/errors.js';
+import {
+  CENTER_OPENAPI_PATH, centerEventSchema, centerRoutes,
+  type CenterEvent, type CenterHostDetail, type CenterRoute, type CenterTaskView, type CenterVmView, type HeartbeatRequest,
+  type HeartbeatResult, type JoinRequest, type JoinResult, type JoinTokenView,
+} from './center-v1.js';
+import { errorOf, pathOf, responseSchema } from './host-client.js';
+import { readSse } from './sse.js';
+
+/** Ordinary requests time out; the event stream does not. */
+export const CENTER_TIMEOUT_MS = 30_000;
+
+interface RequestOptions {
+  readonly body?: unknown;
+  readonly query?: Readonly<Record<string, string | number | undefined>>;
+  readonly headers?: Readonly<Record<string, string>>;
+  readonly timeoutMs?: number;
+  readonly signal?: AbortSignal;
+  /** false: send no bearer (join). */
+  readonly auth?: boolean;
+}
+
+export interface PageOptions<K> { readonly after?: K; readonly limit?: number }
+
+type ResponseOf<R extends CenterRoute, S extends number> = R['responses'] extends { [K in S]: { content: { 'application/json': { schema: infer Z } } } }
+  ? (Z extends z.ZodType ? z.output<Z> : never)
+  : never;
+
+const PEER = { what: 'center', fallback: 'CENTER_ERROR' } as const;
+
+export class CenterClient {
+  readonly baseUrl: string;
+
+  /** `secret`: an API token or a host credential; null for the calls that need none (health, join). */
+  constructor(baseUrl: string, private readonly secret: string | null) {
+    let u: URL;
+    try {
+      u = new URL(baseUrl);
+    } catch (err) {
+      throw new FerryError('INVALID_ARGUMENT', `"${baseUrl}" is not a center URL like http://127.0.0.1:7100 (${errorMessage(err)})`);
+    }
+    // https arrives with the center's own CA (the rest of issue 9); until then the center speaks http.
+    if (u.protocol !== 'http:') throw new FerryError('INVALID_ARGUMENT', `"${baseUrl}" is not a center URL like http://127.0.0.1:7100 (only http:// is supported yet)`);
+    this.baseUrl = u.origin;
+  }
+
+  health(): Promise<ResponseOf<typeof centerRoutes.health, 200>> { return this.json(centerRoutes.health, {}, 200, { auth: false }); }
+  listHosts(o: PageOptions<string> & { state?: CenterHostDetail['state'] } = {}): Promise<ResponseOf<typeof centerRoutes.listHosts, 200>> {
+    return this.json(centerRoutes.listHosts, {}, 200, { query: { ...o } });
+  }
+  host(name: string): Promise<CenterHostDetail> { return this.json(centerRoutes.getHost, { name }, 200); }
+  listVms(o: PageOptions<string> & { host?: string; state?: CenterVmView['state'] } = {}): Promise<ResponseOf<typeof centerRoutes.listVms, 200>> {
+    return this.json(centerRoutes.listVms, {}, 200, { query: { ...o } });
+  }
+  vm(name: string): Promise<CenterVmView> { return this.json(centerRoutes.getVm, { name }, 200); }
+  listTasks(o: PageOptions<number> & { state?: CenterTaskView['state'] } = {}): Promise<ResponseOf<typeof centerRoutes.listTasks, 200>> {
+    return this.json(centerRoutes.listTasks, {}, 200, { query: { ...o } });
+  }
+  task(id: number): Promise<CenterTaskView> { return this.json(centerRoutes.getTask, { id: String(id) }, 200); }
+  cancelTask(id: number): Promise<CenterTaskView> { return this.json(centerRoutes.cancelTask, { id: String(id) }, 200); }
+  createJoinToken(ttlMs?: number): Promise<JoinTokenView> { return this.json(centerRoutes.createJoinToken, {}, 201, { body: ttlMs !== undefined ? { ttlMs } : {} }); }
+  join(req: JoinRequest): Promise<JoinResult> { return this.json(centerRoutes.joinHost, {}, 201, { body: req, auth: false }); }
+  heartbeat(name: string, hb: HeartbeatRequest): Promise<HeartbeatResult> { return this.json(centerRoutes.heartbeat, { name }, 200, { body: hb }); }
+  openApi(): Promise<unknown> { return this.raw('GET', CENTER_OPENAPI_PATH, { token: null }).then((r) => r.json()); }
+
+  /**
+   * The event stream: every event after `afterId` (replayed from the store), then live ones, until
+   * `signal` aborts or the stream ends. A caller that reconnects passes the last id it saw.
+   */
+  async *events(afterId: number, signal?: AbortSignal): AsyncGenerator<CenterEvent> {
+    const res = await this.send(centerRoutes.events, {}, { headers: { 'last-event-id': String(afterId) }, timeoutMs: 0, ...(signal !== undefined ? { signal } : {}) });
+    if (res.body === null) return;
+    for await (const { data } of readSse(res.body)) {
+      const parsed = centerEventSchema.safeParse(data);
+      if (!parsed.success) throw new FerryError('CENTER_ERROR', `center ${this.baseUrl} sent a malformed event: ${parsed.error.issues[0]?.message ?? ''}`);
+      yield parsed.data;
+    }
+  }
+
+  /** A request outside the declared routes (tests of the negative space). `token: null` sends no bearer. */
+  raw(method: string, path: string, init: { body?: string; headers?: Record<string, string>; token?: string | null } = {}): Promise<Response> {
+    const headers: Record<string, string> = { 'content-type': 'application/json', ...(init.headers ?? {}) };
+    const token = init.token === undefined ? this.secret : init.token;
+    if (token !== null) headers.authorization = `Bearer ${token}`;
+    return fetch(new URL(path, this.baseUrl), { method, headers, ...(init.body !== undefined ? { body: init.body } : {}), signal: AbortSignal.timeout(CENTER_TIMEOUT_MS) });
+  }
+
+  private async json<R extends CenterRoute, S extends number>(route: R, params: Record<string, string>, status: S, opts: RequestOptions = {}): Promise<ResponseOf<R, S>> {
+    const res = await this.send(route, params, opts);
+    let payload: unknown;
+    try { payload = await res.json(); } catch (err) {
+      throw new FerryError('CENTER_ERROR', `center ${this.baseUrl} answered ${route.method.toUpperCase()} ${route.path} with a body that is not JSON: ${errorMessage(err)}`);
+    }
+    const parsed = responseSchema(route, status).safeParse(payload);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      throw new FerryError('CENTER_ERROR', `center ${this.baseUrl} answered ${route.method.toUpperCase()} ${route.path} with an unexpected body (${issue?.path.join('.') ?? ''}: ${issue?.message ?? ''})`);
+    }
+    return parsed.data as ResponseOf<R, S>;
+  }
+
+  private async send(route: CenterRoute, params: Record<string, string>, opts: RequestOptions): Promise<Response> {
+    const method = route.method.toUpperCase();
+    const timeoutMs = opts.timeoutMs ?? CENTER_TIMEOUT_MS;
+    const signals = [...(opts.signal !== undefined ? [opts.signal] : []), ...(timeoutMs > 0 ? [AbortSignal.timeout(timeoutMs)] : [])];
+    const url = new URL(pathOf(route, params), this.baseUrl);
+    for (const [k, v] of Object.entries(opts.query ?? {})) if (v !== undefined) url.searchParams.set(k, String(v));
+    const headers: Record<string, string> = { 'content-type': 'application/json', ...(opts.headers ?? {}) };
+    if (opts.auth !== false && this.secret !== null) headers.authorization = `Bearer ${this.secret}`;
+    let res: Response;
+    try {
+      res = await fetch(url, {
+        method, headers,
+        ...(opts.body !== undefined ? { body: JSON.stringify(opts.body) } : {}),
+        ...(signals.length > 0 ? { signal: signals.length === 1 ? signals[0] : AbortSignal.any(signals) } : {}),
+      });
+    } catch (err) {
+      throw new FerryError('CENTER_UNREACHABLE', `center ${this.baseUrl} is unreachable (${method} ${route.path}): ${errorMessage(err)}`);
+    }
+    if (!res.ok) throw await errorOf(res, this.baseUrl, PEER);
+    return res;
+  }
+}

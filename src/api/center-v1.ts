@@ -1,0 +1,251 @@
+/**
+ * The center's REST API, version 1: every route, request and response declared once, like the host's
+ * (./host-v1.ts). The center's app (src/center/app.ts) serves exactly these routes and validates with
+ * these schemas, the OpenAPI document (GET /api/v1/openapi.json) is generated from them, and the one
+ * typed client (./center-client.ts) builds its URLs from them and checks every answer against them.
+ *
+ * Who may call what:
+ * - `GET /api/v1/health` and the OpenAPI document: anyone (a load balancer, `ferry up` waiting for it);
+ * - `POST /api/v1/hosts/join`: a host presenting a one-time join token in the body;
+ * - `POST /api/v1/hosts/{name}/heartbeat`: that host's own credential (bearer);
+ * - everything else: an API token (bearer).
+ * Errors are `{ error: { code, message, details? } }` with the stable codes of src/lib/errors.ts.
+ */
+import { createRoute, z } from '@hono/zod-openapi';
+import { vmNameSchema as limitVmNameSchema } from '../lib/limits.js';
+import { KiB, MiB } from '../lib/units.js';
+import { DATASTORE_ID_PATTERN } from '../storage/datastore.js';
+import { errorBodySchema, vmStateSchema as hostVmStateSchema } from './host-v1.js';
+
+export const CENTER_API_VERSION = 'v1';
+export const CENTER_API_PREFIX = `/api/${CENTER_API_VERSION}`;
+export const CENTER_OPENAPI_PATH = `${CENTER_API_PREFIX}/openapi.json`;
+export const CENTER_OPENAPI_INFO = { title: 'Ferry center API', version: CENTER_API_VERSION } as const;
+
+// ---- bounds ---------------------------------------------------------------------------------
+
+/** Every request but a heartbeat is a few fields. */
+export const MAX_CENTER_BODY_BYTES = 64 * KiB;
+/** A heartbeat lists the host's VMs (a few hundred bytes each) and datastores. */
+export const MAX_HEARTBEAT_BODY_BYTES = 1 * MiB;
+/** VMs one heartbeat may report: 10× the fleet goal's average (10,000 VMs on 1,000 hosts), within the body bound. */
+export const MAX_HEARTBEAT_VMS = 1000;
+/** Datastores one heartbeat may report: the store's MAX_MOUNTS_PER_HOST. */
+export const MAX_HEARTBEAT_DATASTORES = 256;
+/** Largest page of a list (the store's MAX_LIST_LIMIT); a client pages with `after`. */
+export const MAX_PAGE_LIMIT = 1000;
+/** A join token lives an hour unless asked otherwise, at most a week: an unspent token is a standing invitation. */
+export const DEFAULT_JOIN_TOKEN_TTL_MS = 60 * 60_000;
+export const MIN_JOIN_TOKEN_TTL_MS = 1000;
+export const MAX_JOIN_TOKEN_TTL_MS = 7 * 24 * 60 * 60_000;
+/** URLs a host reports for itself. */
+export const MAX_URL_CHARS = 2048;
+
+/**
+ * Secrets the center issues: `ferry-<kind>-<43 base64url chars>` (32 random bytes). The kind prefix
+ * lets a person, a log scrubber or a secret scanner tell an API token from a host credential.
+ */
+export const SECRET_KINDS = ['api', 'join', 'host'] as const;
+export type SecretKind = (typeof SECRET_KINDS)[number];
+export const SECRET_PATTERN = /^ferry-(api|join|host)-[A-Za-z0-9_-]{43}$/;
+export const secretSchema = z.string().regex(SECRET_PATTERN, 'must be a Ferry secret (ferry-<kind>-<43 characters>)');
+
+// ---- states (the store validates against these too: one list) ------------------------------
+
+export const HOST_STATES = ['joining', 'connected', 'disconnected', 'entering-maintenance', 'in-maintenance'] as const;
+/** A VM's state as its host reports it, or `unknown` while its host is silent (not lost, not deleted). */
+export const CENTER_VM_STATES = [...hostVmStateSchema.options, 'unknown'] as const;
+export const TASK_STATES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const;
+
+// ---- shared pieces --------------------------------------------------------------------------
+
+export const nameSchema = limitVmNameSchema();
+export const datastoreIdSchema = z.string().regex(DATASTORE_ID_PATTERN, 'must be 32 lowercase hex digits');
+const httpUrlSchema = z.string().max(MAX_URL_CHARS).refine((s) => {
+  try { const u = new URL(s); return (u.protocol === 'http:' || u.protocol === 'https:') && u.username === '' && u.password === ''; } catch { return false; }
+}, 'must be an http(s) URL without credentials');
+const jsonValueSchema = z.unknown().openapi({ description: 'a JSON value' });
+const bytesSchema = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+
+export const capacitySchema = z.object({
+  memoryBytes: bytesSchema,
+  vcpus: z.number().int().min(0).max(4096),
+}).strict();
+
+export const hostViewSchema = z.object({
+  name: z.string(),
+  site: z.string(),
+  url: z.string(),
+  state: z.enum(HOST_STATES),
+  capacity: z.object({ memoryBytes: z.number(), vcpus: z.number() }),
+  lastHeartbeatAtMs: z.number().nullable(),
+  createdAtMs: z.number(),
+  updatedAtMs: z.number(),
+}).openapi('CenterHost');
+export type CenterHostView = z.infer<typeof hostViewSchema>;
+
+export const hostDetailSchema = hostViewSchema.extend({
+  /** The datastores it mounts, under its own name for each. */
+  datastores: z.array(z.object({ id: z.string(), mountName: z.string(), shared: z.boolean() })),
+}).openapi('CenterHostDetail');
+export type CenterHostDetail = z.infer<typeof hostDetailSchema>;
+
+export const vmViewSchema = z.object({
+  name: z.string(),
+  host: z.string().nullable(),
+  state: z.enum(CENTER_VM_STATES),
+  config: jsonValueSchema,
+  disks: jsonValueSchema,
+  createdAtMs: z.number(),
+  updatedAtMs: z.number(),
+}).openapi('CenterVm');
+export type CenterVmView = z.infer<typeof vmViewSchema>;
+
+export const taskViewSchema = z.object({
+  id: z.number().int(),
+  kind: z.string(),
+  target: z.string(),
+  state: z.enum(TASK_STATES),
+  phase: z.string(),
+  progress: z.number(),
+  waitingReason: z.string().nullable(),
+  requestedBy: z.string(),
+  params: jsonValueSchema,
+  createdAtMs: z.number(),
+  startedAtMs: z.number().nullable(),
+  endedAtMs: z.number().nullable(),
+  result: jsonValueSchema,
+  error: z.object({ code: z.string(), message: z.string() }).nullable(),
+  attempts: z.number().int(),
+  cancelRequested: z.boolean(),
+}).openapi('CenterTask');
+export type CenterTaskView = z.infer<typeof taskViewSchema>;
+
+export const centerEventSchema = z.object({
+  /** Gap-free, in commit order: resume with Last-Event-ID = the last id seen. */
+  id: z.number().int(),
+  atMs: z.number(),
+  kind: z.string(),
+  subject: z.string(),
+  payload: jsonValueSchema,
+}).openapi('CenterEvent');
+export type CenterEvent = z.infer<typeof centerEventSchema>;
+
+export const healthSchema = z.object({ ok: z.literal(true), api: z.literal(CENTER_API_VERSION) }).openapi('Health');
+
+export const joinTokenRequestSchema = z.object({
+  ttlMs: z.number().int().min(MIN_JOIN_TOKEN_TTL_MS).max(MAX_JOIN_TOKEN_TTL_MS).optional(),
+}).strict().openapi('JoinTokenRequest');
+export const joinTokenSchema = z.object({
+  id: z.string(),
+  /** Shown once: the center keeps only its hash. */
+  token: z.string(),
+  expiresAtMs: z.number(),
+}).openapi('JoinToken');
+export type JoinTokenView = z.infer<typeof joinTokenSchema>;
+
+export const joinRequestSchema = z.object({
+  joinToken: secretSchema,
+  name: nameSchema,
+  /** The host's control API, as the center should reach it. */
+  url: httpUrlSchema,
+  site: nameSchema.optional(),
+}).strict().openapi('JoinRequest');
+export type JoinRequest = z.infer<typeof joinRequestSchema>;
+export const joinResultSchema = z.object({
+  name: z.string(),
+  /** The host's own credential, shown once; it presents it as a bearer token from now on. */
+  credential: z.string(),
+  heartbeatIntervalMs: z.number().int(),
+}).openapi('JoinResult');
+export type JoinResult = z.infer<typeof joinResultSchema>;
+
+export const heartbeatRequestSchema = z.object({
+  url: httpUrlSchema,
+  capacity: capacitySchema,
+  datastores: z.array(z.object({
+    name: nameSchema,
+    id: datastoreIdSchema,
+    spaceLeftBytes: bytesSchema,
+    totalBytes: bytesSchema,
+  }).strict()).max(MAX_HEARTBEAT_DATASTORES),
+  vms: z.array(z.object({
+    name: nameSchema,
+    state: hostVmStateSchema,
+    memoryBytes: bytesSchema,
+    vcpus: z.number().int().min(1).max(4096),
+    /** The VM's disk, if it has one: on which of the reported datastores, where, how large. */
+    disk: z.object({ datastore: nameSchema, path: z.string().min(1).max(4096), capacityBytes: bytesSchema }).strict().nullable(),
+  }).strict()).max(MAX_HEARTBEAT_VMS),
+}).strict().openapi('Heartbeat');
+export type HeartbeatRequest = z.infer<typeof heartbeatRequestSchema>;
+export const heartbeatResultSchema = z.object({
+  state: z.enum(HOST_STATES),
+  /** How often the center wants heartbeats: it marks a host disconnected after a few missed ones. */
+  heartbeatIntervalMs: z.number().int(),
+}).openapi('HeartbeatResult');
+export type HeartbeatResult = z.infer<typeof heartbeatResultSchema>;
+
+const limitQuery = z.coerce.number().int().min(1).max(MAX_PAGE_LIMIT).optional();
+export const hostListQuerySchema = z.object({ after: nameSchema.optional(), limit: limitQuery, state: z.enum(HOST_STATES).optional() }).strict();
+export const vmListQuerySchema = z.object({ after: nameSchema.optional(), limit: limitQuery, host: nameSchema.optional(), state: z.enum(CENTER_VM_STATES).optional() }).strict();
+const taskIdSchema = z.coerce.number().int().min(1).max(Number.MAX_SAFE_INTEGER);
+export const taskListQuerySchema = z.object({ after: taskIdSchema.optional(), limit: limitQuery, state: z.enum(TASK_STATES).optional() }).strict();
+const eventIdText = z.string().regex(/^\d{1,15}$/, 'must be an event id (a non-negative integer)');
+export const eventsQuerySchema = z.object({
+  /** Same as the Last-Event-ID header (a browser's EventSource cannot set headers on its first connection). */
+  after: eventIdText.optional(),
+}).strict();
+export const eventsHeadersSchema = z.object({ 'last-event-id': eventIdText.optional() });
+
+export const hostListSchema = z.object({ hosts: z.array(hostViewSchema), next: z.string().nullable() });
+export const vmListSchema = z.object({ vms: z.array(vmViewSchema), next: z.string().nullable() });
+export const taskListSchema = z.object({ tasks: z.array(taskViewSchema), next: z.number().int().nullable() });
+
+// ---- routes ---------------------------------------------------------------------------------
+
+const json = <S extends z.ZodType>(schema: S, description: string) => ({ content: { 'application/json': { schema } }, description });
+const body = <S extends z.ZodType>(schema: S) => ({ body: { content: { 'application/json': { schema } }, required: true } });
+const ERROR_DESCRIPTIONS = {
+  400: 'invalid request', 401: 'missing, wrong, revoked or expired token or credential', 404: 'no such host, VM, task or route',
+  409: 'conflicts with the current state', 413: 'request body too large', 500: 'internal or store error', 503: 'store unavailable',
+} as const;
+const errors = (...statuses: (keyof typeof ERROR_DESCRIPTIONS)[]) =>
+  Object.fromEntries(statuses.map((s) => [s, json(errorBodySchema, ERROR_DESCRIPTIONS[s])])) as Record<number, ReturnType<typeof json<typeof errorBodySchema>>>;
+const hostParams = z.object({ name: nameSchema.openapi({ param: { name: 'name', in: 'path' } }) });
+const taskParams = z.object({ id: taskIdSchema.openapi({ param: { name: 'id', in: 'path' }, type: 'integer' }) });
+const P = CENTER_API_PREFIX;
+
+export const centerRoutes = {
+  health: createRoute({ method: 'get', path: `${P}/health`, summary: 'liveness (no token needed)', responses: { 200: json(healthSchema, 'alive'), ...errors(503) } }),
+  listHosts: createRoute({ method: 'get', path: `${P}/hosts`, request: { query: hostListQuerySchema }, responses: { 200: json(hostListSchema, 'a page of hosts'), ...errors(400, 401, 503) } }),
+  getHost: createRoute({ method: 'get', path: `${P}/hosts/{name}`, request: { params: hostParams }, responses: { 200: json(hostDetailSchema, 'the host'), ...errors(400, 401, 404, 503) } }),
+  listVms: createRoute({ method: 'get', path: `${P}/vms`, request: { query: vmListQuerySchema }, responses: { 200: json(vmListSchema, 'a page of VMs'), ...errors(400, 401, 503) } }),
+  getVm: createRoute({ method: 'get', path: `${P}/vms/{name}`, request: { params: hostParams }, responses: { 200: json(vmViewSchema, 'the VM'), ...errors(400, 401, 404, 503) } }),
+  listTasks: createRoute({ method: 'get', path: `${P}/tasks`, summary: 'oldest first (page on with after = the last id)', request: { query: taskListQuerySchema }, responses: { 200: json(taskListSchema, 'a page of tasks'), ...errors(400, 401, 503) } }),
+  getTask: createRoute({ method: 'get', path: `${P}/tasks/{id}`, request: { params: taskParams }, responses: { 200: json(taskViewSchema, 'the task'), ...errors(400, 401, 404, 503) } }),
+  cancelTask: createRoute({
+    method: 'post', path: `${P}/tasks/{id}/cancel`, summary: 'cancel in any state (a running task stops at its next step; a finished one is answered as it is)',
+    request: { params: taskParams }, responses: { 200: json(taskViewSchema, 'the task'), ...errors(400, 401, 404, 503) },
+  }),
+  events: createRoute({
+    method: 'get', path: `${P}/events`, summary: 'server-sent events: replay after Last-Event-ID, then live',
+    request: { query: eventsQuerySchema, headers: eventsHeadersSchema },
+    responses: { 200: { content: { 'text/event-stream': { schema: z.string() } }, description: 'event stream; each event\'s data is a CenterEvent' }, ...errors(400, 401, 503) },
+  }),
+  createJoinToken: createRoute({
+    method: 'post', path: `${P}/join-tokens`, summary: 'a one-time token a new host joins with', request: body(joinTokenRequestSchema),
+    responses: { 201: json(joinTokenSchema, 'the token (shown once)'), ...errors(400, 401, 413, 503) },
+  }),
+  joinHost: createRoute({
+    method: 'post', path: `${P}/hosts/join`, summary: 'a host presents a join token (spent by this call) and receives its own credential', request: body(joinRequestSchema),
+    responses: { 201: json(joinResultSchema, 'joined'), ...errors(400, 401, 413, 503) },
+  }),
+  heartbeat: createRoute({
+    method: 'post', path: `${P}/hosts/{name}/heartbeat`, summary: 'a host reports its capacity, datastores and VMs (its own credential only)',
+    request: { params: hostParams, ...body(heartbeatRequestSchema) },
+    responses: { 200: json(heartbeatResultSchema, 'recorded'), ...errors(400, 401, 404, 413, 503) },
+  }),
+} as const;
+
+export type CenterRoute = (typeof centerRoutes)[keyof typeof centerRoutes];

@@ -1,0 +1,206 @@
+/**
+ * The center's HTTP app: the routes of src/api/center-v1.ts over the store, the auth checks and the
+ * inventory. A `(Request) => Response` function (Hono): tests may call it without sockets, the center
+ * serves it on node:http (./center.ts).
+ *
+ * Every request is authenticated before its body is read (an API token; a host credential on the
+ * heartbeat route, for that host only), except health, the OpenAPI document and join (whose token is
+ * in the body). Bodies are bounded before they are read, every input is validated by the route's
+ * schemas, every list is a bounded page, and every error leaves as `{ error: { code, message } }`.
+ */
+import { OpenAPIHono } from '@hono/zod-openapi';
+import { except } from 'hono/combine';
+import { stream } from 'hono/streaming';
+import type { Context } from 'hono';
+import { FerryError } from '../lib/errors.js';
+import {
+  CENTER_API_VERSION, CENTER_OPENAPI_INFO, CENTER_OPENAPI_PATH, DEFAULT_JOIN_TOKEN_TTL_MS, MAX_CENTER_BODY_BYTES, MAX_HEARTBEAT_BODY_BYTES,
+  MAX_PAGE_LIMIT, centerRoutes, type CenterEvent, type CenterHostView, type CenterTaskView, type CenterVmView,
+} from '../api/center-v1.js';
+import { limitBody, onAppError, sendError, validationHook } from '../api/http-errors.js';
+import { encodeSseWithId } from '../api/sse.js';
+import { MAX_EVENTS_PAGE, type Host, type StoredEvent, type Task, type Vm } from './store/model.js';
+import type { CenterStore } from './store/store.js';
+import type { CenterAuth } from './auth.js';
+import type { EventWakeups } from './events.js';
+import type { Inventory } from './inventory.js';
+
+/** Concurrent event streams one center serves: each holds a connection and polls the store. */
+export const MAX_EVENT_STREAMS = 256;
+/** A stream with nothing to say sends a comment this often, so a dead client is noticed and proxies keep it open. */
+export const SSE_KEEPALIVE_MS = 15_000;
+/** Default fallback poll of an event stream for events written elsewhere (another center, a task worker). */
+export const DEFAULT_EVENT_POLL_MS = 1000;
+
+export interface CenterAppDeps {
+  readonly store: CenterStore;
+  readonly auth: CenterAuth;
+  readonly inventory: Inventory;
+  readonly wakeups: EventWakeups;
+  readonly heartbeatIntervalMs: number;
+  readonly eventPollMs?: number;
+  /** Aborted when the center shuts down: event streams end. */
+  readonly shutdown: AbortSignal;
+}
+
+const P = `/api/${CENTER_API_VERSION}`;
+const OPEN_PATHS: ReadonlySet<string> = new Set([centerRoutes.health.path, CENTER_OPENAPI_PATH, centerRoutes.joinHost.path]);
+const HEARTBEAT_PATH = /^\/api\/v1\/hosts\/([^/]+)\/heartbeat$/;
+
+const hostView = (h: Host): CenterHostView => ({
+  name: h.name, site: h.site, url: h.url, state: h.state, capacity: { ...h.capacity }, lastHeartbeatAtMs: h.lastHeartbeatAtMs,
+  createdAtMs: h.createdAtMs, updatedAtMs: h.updatedAtMs,
+});
+const vmView = (v: Vm): CenterVmView => ({ name: v.name, host: v.host, state: v.state, config: v.config, disks: v.disks, createdAtMs: v.createdAtMs, updatedAtMs: v.updatedAtMs });
+const taskView = (t: Task): CenterTaskView => ({
+  id: t.id, kind: t.kind, target: t.target, state: t.state, phase: t.phase, progress: t.progress, waitingReason: t.waitingReason,
+  requestedBy: t.requestedBy, params: t.params, createdAtMs: t.createdAtMs, startedAtMs: t.startedAtMs, endedAtMs: t.endedAtMs,
+  result: t.result, error: t.error === null ? null : { ...t.error }, attempts: t.attempts, cancelRequested: t.cancelRequested,
+});
+const eventView = (e: StoredEvent): CenterEvent => ({ id: e.id, atMs: e.atMs, kind: e.kind, subject: e.subject, payload: e.payload });
+
+/** The cursor for the next page: the last key of a full page, null when there is no more. */
+function nextKey<T, K>(page: readonly T[], limit: number, key: (x: T) => K): K | null {
+  const last = page[page.length - 1];
+  return page.length === limit && last !== undefined ? key(last) : null;
+}
+
+export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
+  const app = new OpenAPIHono({ defaultHook: validationHook });
+  const pollMs = d.eventPollMs ?? DEFAULT_EVENT_POLL_MS;
+  // Who made each request ("token:admin"): recorded on what it asks for (cancel now, tasks later).
+  const actors = new WeakMap<Request, string>();
+  let streams = 0;
+
+  app.onError(onAppError);
+  // details.route false: "no such route", told apart from "no such host" without reading the message.
+  app.notFound((c) => sendError(c, new FerryError('NOT_FOUND', `no route ${c.req.method} ${c.req.path}; the API is under ${P}/ (see ${CENTER_OPENAPI_PATH})`, { route: false })));
+
+  app.use('*', async (c, next) => {
+    const path = c.req.path;
+    if (!OPEN_PATHS.has(path)) {
+      const header = c.req.header('authorization');
+      const hb = c.req.method === 'POST' ? HEARTBEAT_PATH.exec(path) : null;
+      if (hb !== null) {
+        let host: string;
+        try { host = decodeURIComponent(hb[1] ?? ''); } catch { throw new FerryError('UNAUTHORIZED', 'malformed host name in the heartbeat path'); }
+        await d.auth.authenticateHost(header, host);
+      } else {
+        const credential = await d.auth.authenticate(header, 'api');
+        actors.set(c.req.raw, `token:${credential.subject}`);
+      }
+    }
+    await next();
+  });
+  app.use(centerRoutes.heartbeat.path.replace('{name}', ':name'), limitBody(MAX_HEARTBEAT_BODY_BYTES));
+  app.use('*', except(centerRoutes.heartbeat.path.replace('{name}', ':name'), limitBody(MAX_CENTER_BODY_BYTES)));
+
+  app.openapi(centerRoutes.health, (c) => c.json({ ok: true as const, api: CENTER_API_VERSION }, 200));
+
+  app.openapi(centerRoutes.listHosts, async (c) => {
+    const q = c.req.valid('query');
+    const limit = q.limit ?? MAX_PAGE_LIMIT;
+    const page = await d.store.listHosts({ limit, ...(q.after !== undefined ? { after: q.after } : {}), ...(q.state !== undefined ? { state: q.state } : {}) });
+    return c.json({ hosts: page.map(hostView), next: nextKey(page, limit, (h) => h.name) }, 200);
+  });
+  app.openapi(centerRoutes.getHost, async (c) => {
+    const name = c.req.valid('param').name;
+    const host = await d.store.getHost(name);
+    const mounts = await d.store.listHostDatastores(name);
+    const datastores = await Promise.all(mounts.map(async (m) => ({ id: m.datastoreId, mountName: m.mountName, shared: (await d.store.getDatastore(m.datastoreId)).shared })));
+    return c.json({ ...hostView(host), datastores }, 200);
+  });
+  app.openapi(centerRoutes.listVms, async (c) => {
+    const q = c.req.valid('query');
+    const limit = q.limit ?? MAX_PAGE_LIMIT;
+    const page = await d.store.listVms({
+      limit, ...(q.after !== undefined ? { after: q.after } : {}), ...(q.host !== undefined ? { host: q.host } : {}), ...(q.state !== undefined ? { state: q.state } : {}),
+    });
+    return c.json({ vms: page.map(vmView), next: nextKey(page, limit, (v) => v.name) }, 200);
+  });
+  app.openapi(centerRoutes.getVm, async (c) => c.json(vmView(await d.store.getVm(c.req.valid('param').name)), 200));
+
+  app.openapi(centerRoutes.listTasks, async (c) => {
+    const q = c.req.valid('query');
+    const limit = q.limit ?? MAX_PAGE_LIMIT;
+    const page = await d.store.listTasks({ limit, ...(q.after !== undefined ? { after: q.after } : {}), ...(q.state !== undefined ? { state: q.state } : {}) });
+    return c.json({ tasks: page.map(taskView), next: nextKey(page, limit, (t) => t.id) }, 200);
+  });
+  app.openapi(centerRoutes.getTask, async (c) => c.json(taskView(await d.store.getTask(c.req.valid('param').id)), 200));
+  app.openapi(centerRoutes.cancelTask, async (c) => {
+    const task = await d.store.cancelTask(c.req.valid('param').id, actors.get(c.req.raw) ?? 'token:unknown');
+    d.wakeups.poke();
+    return c.json(taskView(task), 200);
+  });
+
+  app.openapi(centerRoutes.createJoinToken, async (c) => {
+    const t = await d.auth.issueJoinToken(actors.get(c.req.raw) ?? 'token:unknown', c.req.valid('json').ttlMs ?? DEFAULT_JOIN_TOKEN_TTL_MS);
+    return c.json(t, 201);
+  });
+  app.openapi(centerRoutes.joinHost, async (c) => {
+    const req = c.req.valid('json');
+    const credential = await d.auth.join(req.joinToken, req.name);
+    await d.inventory.recordJoin(req.name, req.url, req.site);
+    return c.json({ name: req.name, credential, heartbeatIntervalMs: d.heartbeatIntervalMs }, 201);
+  });
+  app.openapi(centerRoutes.heartbeat, async (c) => {
+    const state = await d.inventory.applyHeartbeat(c.req.valid('param').name, c.req.valid('json'));
+    return c.json({ state, heartbeatIntervalMs: d.heartbeatIntervalMs }, 200);
+  });
+
+  // Streams are plain Responses; hono's typed responses describe JSON bodies only.
+  app.openapi(centerRoutes.events, async (c) => {
+    const fromHeader = c.req.valid('header')['last-event-id'];
+    const fromQuery = c.req.valid('query').after;
+    const given = fromHeader ?? fromQuery;
+    // Without a Last-Event-ID a client wants what happens from now on; with one, everything after it.
+    const start = given !== undefined ? Number(given) : await d.store.latestEventId();
+    if (streams >= MAX_EVENT_STREAMS) throw new FerryError('BUSY', `this center serves at most ${MAX_EVENT_STREAMS} event streams at once; retry later`);
+    return eventStream(c, d, start, pollMs, () => { streams++; return () => { streams--; }; });
+  });
+
+  app.doc(CENTER_OPENAPI_PATH, { openapi: '3.0.3', info: { ...CENTER_OPENAPI_INFO } });
+  return app;
+}
+
+/**
+ * One loop for replay and live: read the store after the cursor, send, and wait for a wakeup (a poke
+ * from this center's writers) or the fallback poll. Since the store's event ids are gap-free and in
+ * commit order, reading "after the last id sent" can neither skip nor repeat an event.
+ */
+function eventStream(c: Context, d: CenterAppDeps, start: number, pollMs: number, open: () => () => void): Response {
+  c.header('content-type', 'text/event-stream');
+  c.header('cache-control', 'no-cache');
+  return stream(c, async (s) => {
+    const close = open();
+    const gone = new AbortController();
+    s.onAbort(() => { gone.abort(); });
+    const signal = AbortSignal.any([gone.signal, d.shutdown]);
+    let cursor = start;
+    let lastWriteMs = performance.now();
+    try {
+      // The first bytes tell the client the stream is open (its fetch resolves) before any event exists.
+      await s.write(': ferry center events\n\n');
+      while (!signal.aborted) {
+        const generation = d.wakeups.generation;
+        const page = await d.store.eventsSince(cursor, MAX_EVENTS_PAGE);
+        for (const e of page) {
+          await s.write(encodeSseWithId(e.id, e.kind, eventView(e)));
+          cursor = e.id;
+        }
+        if (page.length > 0) lastWriteMs = performance.now();
+        if (page.length === MAX_EVENTS_PAGE) continue;
+        if (performance.now() - lastWriteMs >= SSE_KEEPALIVE_MS) {
+          await s.write(': keepalive\n\n');
+          lastWriteMs = performance.now();
+        }
+        await d.wakeups.wait(generation, pollMs, signal);
+      }
+    } catch {
+      // The client went away or the store closed (the center is stopping): the stream ends; the
+      // client reconnects with its Last-Event-ID and misses nothing.
+    } finally {
+      close();
+    }
+  });
+}

@@ -1,0 +1,148 @@
+/**
+ * The `ferry center` process, wired: the store (SQLite in the data directory, or PostgreSQL), the admin
+ * token, the HTTP app on `--listen`, and the one-per-fleet heartbeat sweeper. close() stops the sweeper
+ * (releasing its duty so another center takes over at once), ends event streams, closes the server and
+ * then the store — in that order, so no request runs against a closed store.
+ *
+ * Seams for the rest of issue 9: TLS with the center's own CA goes where the server is created; task
+ * workers and the scheduler are further duties next to the sweeper; LISTEN/NOTIFY pokes `wakeups`.
+ */
+import { createAdaptorServer } from '@hono/node-server';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { hostname } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import { FerryError, errorMessage } from '../lib/errors.js';
+import { buildCenterApp } from './app.js';
+import { CenterAuth } from './auth.js';
+import { EventWakeups } from './events.js';
+import { DEFAULT_SITE, Inventory } from './inventory.js';
+import { openCenterStore, storeLocation } from './store/open.js';
+import type { CenterStore, Clock } from './store/store.js';
+
+/** Hosts heartbeat this often unless the center says otherwise (it tells them in every answer). */
+export const DEFAULT_HEARTBEAT_INTERVAL_MS = 5000;
+/** A host that missed this many heartbeats in a row is `disconnected`: one lost packet is not a dead host. */
+export const DEFAULT_MISSED_HEARTBEATS = 3;
+/** The sweeper looks this often; a silent host is marked within missed × interval + this. */
+export const DEFAULT_SWEEP_INTERVAL_MS = 1000;
+/** The sweeper's duty name (one center at a time sweeps). */
+export const HEARTBEAT_SWEEP_DUTY = 'heartbeat-sweep';
+/** The duty's lease, in sweep intervals: renewed every sweep, so a dead center's duty is free after a few. */
+const SWEEP_LEASE_INTERVALS = 3;
+/** Shortest lease the store accepts is 10 ms; a sweep interval below this makes a lease too short to renew. */
+const MIN_SWEEP_INTERVAL_MS = 10;
+
+export interface CenterOptions {
+  readonly dataDir: string;
+  readonly listenHost: string;
+  readonly listenPort: number;
+  /** postgres://… ; default: SQLite in the data directory. */
+  readonly db?: string;
+  readonly heartbeatIntervalMs?: number;
+  readonly missedHeartbeats?: number;
+  readonly sweepIntervalMs?: number;
+  readonly eventPollMs?: number;
+  readonly clock?: Clock;
+  readonly log?: (line: string) => void;
+}
+
+export class Center {
+  readonly #shutdown = new AbortController();
+  #sweeper: NodeJS.Timeout | null = null;
+  #sweeping: Promise<void> = Promise.resolve();
+  #closed = false;
+
+  private constructor(
+    readonly store: CenterStore,
+    readonly id: string,
+    readonly adminTokenFile: string,
+    /** The admin token: printed once at first start (by the CLI), kept here for tests and `ferry up`. */
+    readonly adminToken: string,
+    readonly adminTokenCreated: boolean,
+    private readonly server: Server,
+    private readonly inventory: Inventory,
+    private readonly options: CenterOptions,
+    private readonly log: (line: string) => void,
+  ) {}
+
+  static async start(options: CenterOptions): Promise<Center> {
+    const heartbeatIntervalMs = options.heartbeatIntervalMs ?? DEFAULT_HEARTBEAT_INTERVAL_MS;
+    const sweepIntervalMs = options.sweepIntervalMs ?? DEFAULT_SWEEP_INTERVAL_MS;
+    const missed = options.missedHeartbeats ?? DEFAULT_MISSED_HEARTBEATS;
+    if (!Number.isInteger(heartbeatIntervalMs) || heartbeatIntervalMs < 1) throw new FerryError('INVALID_ARGUMENT', 'the heartbeat interval must be a positive number of milliseconds');
+    if (!Number.isInteger(sweepIntervalMs) || sweepIntervalMs < MIN_SWEEP_INTERVAL_MS) throw new FerryError('INVALID_ARGUMENT', `the sweep interval must be at least ${MIN_SWEEP_INTERVAL_MS} ms`);
+    if (!Number.isInteger(missed) || missed < 1) throw new FerryError('INVALID_ARGUMENT', 'missed heartbeats must be a positive integer');
+    const clock = options.clock ?? Date.now;
+    const log = options.log ?? ((line) => { process.stderr.write(`${line}\n`); });
+    const store = await openCenterStore(storeLocation(options.dataDir, options.db), { clock });
+    try {
+      const id = `center-${hostname()}-${process.pid}-${randomBytes(4).toString('hex')}`;
+      const auth = new CenterAuth(store, clock);
+      const admin = await auth.ensureAdminToken(options.dataDir);
+      await store.upsertSite({ name: DEFAULT_SITE });
+      const wakeups = new EventWakeups();
+      const inventory = new Inventory({ store, wakeups, clock });
+      const shutdownHolder = new AbortController();
+      const app = buildCenterApp({
+        store, auth, inventory, wakeups, heartbeatIntervalMs, shutdown: shutdownHolder.signal,
+        ...(options.eventPollMs !== undefined ? { eventPollMs: options.eventPollMs } : {}),
+      });
+      const server = createAdaptorServer({ fetch: app.fetch }) as Server;
+      await new Promise<void>((resolve, reject) => {
+        const onError = (err: Error): void => { reject(new FerryError('INVALID_ARGUMENT', `cannot listen on ${options.listenHost}:${options.listenPort}: ${errorMessage(err)}`)); };
+        server.once('error', onError);
+        server.listen(options.listenPort, options.listenHost, () => { server.off('error', onError); resolve(); });
+      });
+      const center = new Center(store, id, admin.file, admin.token, admin.created, server, inventory, options, log);
+      // The app's shutdown signal is the center's: ending it ends every event stream.
+      center.#shutdown.signal.addEventListener('abort', () => { shutdownHolder.abort(); }, { once: true });
+      center.startSweeper(sweepIntervalMs, heartbeatIntervalMs * missed);
+      log(`center ${id}: API on ${center.url}, store ${store.backend}, heartbeats every ${heartbeatIntervalMs} ms, disconnected after ${missed} missed`);
+      return center;
+    } catch (err) {
+      await store.close().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  get url(): string {
+    const h = this.options.listenHost;
+    const port = (this.server.address() as AddressInfo).port;
+    return `http://${h.includes(':') ? `[${h}]` : h}:${port}`;
+  }
+
+  /** One sweep now (also what the timer runs); answers the hosts it marked disconnected, or null without the duty. */
+  async sweepOnce(silentAfterMs: number, leaseMs: number): Promise<string[] | null> {
+    const lease = await this.store.tryAcquireDuty(HEARTBEAT_SWEEP_DUTY, this.id, leaseMs);
+    if (!lease.acquired) return null;
+    const marked = await this.inventory.sweep(silentAfterMs);
+    for (const h of marked) this.log(`center ${this.id}: host ${h} missed its heartbeats: disconnected, its VMs unknown`);
+    return marked;
+  }
+
+  private startSweeper(intervalMs: number, silentAfterMs: number): void {
+    const leaseMs = intervalMs * SWEEP_LEASE_INTERVALS;
+    const tick = (): void => {
+      // One sweep at a time: a slow store makes the next tick wait, not pile up.
+      this.#sweeping = this.sweepOnce(silentAfterMs, leaseMs).then(() => undefined, (err: unknown) => {
+        if (!this.#closed) this.log(`center ${this.id}: heartbeat sweep failed (retrying): ${errorMessage(err)}`);
+      }).finally(() => {
+        if (!this.#closed) this.#sweeper = setTimeout(tick, intervalMs);
+      });
+    };
+    this.#sweeper = setTimeout(tick, intervalMs);
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#sweeper !== null) clearTimeout(this.#sweeper);
+    await this.#sweeping;
+    // Hand the duty over now rather than after its lease: another center sweeps at its next tick.
+    await this.store.releaseDuty(HEARTBEAT_SWEEP_DUTY, this.id).catch(() => false);
+    this.#shutdown.abort();
+    await new Promise<void>((resolve) => { this.server.close(() => { resolve(); }); this.server.closeAllConnections(); });
+    await this.store.close();
+  }
+}

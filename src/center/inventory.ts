@@ -1,0 +1,162 @@
+/**
+ * The inventory's writers for what hosts tell the center: a join, each heartbeat (capacity, datastores
+ * and mounts, the VMs the host runs), and the sweep that marks silent hosts `disconnected`.
+ *
+ * The rules (issue 9): a VM is in one place — the host that reports it running there is where it is;
+ * a VM recorded on a host that no longer reports it becomes `unknown`, never deleted (it may be on a
+ * disk nobody mounts now, or its host may have lost it; people decide, not a heartbeat); a silent
+ * host's VMs become `unknown` too, and its next heartbeat reconciles them with what it really runs.
+ *
+ * Heartbeats write only what changed (a steady fleet's heartbeat is three reads and one write), and
+ * every change appends an event for the event streams.
+ */
+import { FerryError, isFerryError } from '../lib/errors.js';
+import type { HeartbeatRequest } from '../api/center-v1.js';
+import { MAX_LIST_LIMIT, type Datastore, type Host, type HostState, type JsonValue, type Vm } from './store/model.js';
+import type { CenterStore, Clock } from './store/store.js';
+import type { EventWakeups } from './events.js';
+
+/** A new host's site unless it names one. */
+export const DEFAULT_SITE = 'default';
+
+/** States the center sets from heartbeats; maintenance states are the orchestrator's and a heartbeat keeps them. */
+const MAINTENANCE_STATES: readonly HostState[] = ['entering-maintenance', 'in-maintenance'];
+/** Hosts the sweep watches: those expected to heartbeat (a joined host that never did counts from its join). */
+const SWEPT_STATES: readonly HostState[] = ['joining', 'connected', 'entering-maintenance', 'in-maintenance'];
+
+export interface InventoryDeps {
+  readonly store: CenterStore;
+  readonly wakeups: EventWakeups;
+  readonly clock: Clock;
+}
+
+type ReportedVm = HeartbeatRequest['vms'][number];
+
+function vmConfig(v: ReportedVm): JsonValue {
+  return { memoryBytes: v.memoryBytes, vcpus: v.vcpus };
+}
+function vmDisks(v: ReportedVm): JsonValue {
+  return v.disk === null ? [] : [{ datastore: v.disk.datastore, path: v.disk.path, capacityBytes: v.disk.capacityBytes }];
+}
+const sameJson = (a: JsonValue, b: JsonValue): boolean => JSON.stringify(a) === JSON.stringify(b);
+
+async function orNull<T>(p: Promise<T>): Promise<T | null> {
+  try { return await p; } catch (err) {
+    if (isFerryError(err) && err.code === 'NOT_FOUND') return null;
+    throw err;
+  }
+}
+
+export class Inventory {
+  constructor(private readonly d: InventoryDeps) {}
+
+  private async event(kind: string, subject: string, payload: JsonValue): Promise<void> {
+    await this.d.store.appendEvent({ kind, subject, payload });
+    this.d.wakeups.poke();
+  }
+
+  /** A host that spent a join token: recorded as `joining` until its first heartbeat (a re-join keeps its state). */
+  async recordJoin(name: string, url: string, site: string = DEFAULT_SITE): Promise<Host> {
+    await this.d.store.upsertSite({ name: site });
+    const existing = await orNull(this.d.store.getHost(name));
+    const host = await this.d.store.upsertHost({ name, site, url, capacity: existing?.capacity ?? { memoryBytes: 0, vcpus: 0 } });
+    await this.event('host.joined', `host:${name}`, { host: name, site, url, rejoined: existing !== null });
+    return host;
+  }
+
+  /** Apply one heartbeat; answers the host's state after it. */
+  async applyHeartbeat(name: string, hb: HeartbeatRequest): Promise<HostState> {
+    const { store } = this.d;
+    const before = await store.getHost(name);
+    const keep = MAINTENANCE_STATES.includes(before.state);
+    const host = await store.upsertHost({ name, site: before.site, url: hb.url, capacity: hb.capacity, ...(keep ? {} : { state: 'connected' as const }) });
+    await this.applyDatastores(name, hb.datastores);
+    await this.applyVms(name, hb.vms);
+    await store.recordHostHeartbeat(name, this.d.clock());
+    // Last: a client that sees the host (re)connected finds its datastores and VMs already reconciled.
+    if (host.state !== before.state) await this.event('host.connected', `host:${name}`, { host: name, from: before.state });
+    return host.state;
+  }
+
+  private async applyDatastores(host: string, reported: HeartbeatRequest['datastores']): Promise<void> {
+    const { store } = this.d;
+    const ids = new Set(reported.map((d) => d.id));
+    if (ids.size !== reported.length) throw new FerryError('BAD_REQUEST', `host ${host} reported one datastore id twice`);
+    const mounts = await store.listHostDatastores(host);
+    const unchanged = mounts.length === reported.length && reported.every((r) => mounts.some((m) => m.datastoreId === r.id && m.mountName === r.name));
+    if (unchanged) return;
+    for (const r of reported) {
+      const existing: Datastore | null = await orNull(store.getDatastore(r.id));
+      // Shared: another host mounts the same identity. Once seen shared, it stays so (it is the storage's nature).
+      const shared = existing?.shared === true || (await store.listDatastoreHosts(r.id)).some((m) => m.host !== host);
+      if (existing === null || existing.shared !== shared) await store.upsertDatastore({ id: r.id, name: existing?.name ?? r.name, shared });
+    }
+    await store.setHostDatastores(host, reported.map((r) => ({ datastoreId: r.id, mountName: r.name })));
+    await this.event('host.datastores', `host:${host}`, { host, datastores: reported.map((r) => ({ id: r.id, name: r.name })) });
+  }
+
+  private async applyVms(host: string, reported: HeartbeatRequest['vms']): Promise<void> {
+    const { store } = this.d;
+    const recorded = new Map((await this.vmsOn(host)).map((v) => [v.name, v]));
+    const seen = new Set<string>();
+    for (const r of reported) {
+      if (seen.has(r.name)) throw new FerryError('BAD_REQUEST', `host ${host} reported VM ${r.name} twice`);
+      seen.add(r.name);
+      const config = vmConfig(r);
+      const disks = vmDisks(r);
+      const was = recorded.get(r.name) ?? await orNull(store.getVm(r.name));
+      if (was !== null && was.host === host && was.state === r.state && sameJson(was.config, config) && sameJson(was.disks, disks)) continue;
+      // The host that reports a VM is where it is (one place by construction: one row per VM). Two hosts
+      // reporting one VM mid-migration is for the migration orchestrator to settle (the rest of issue 9).
+      await store.upsertVm({ name: r.name, host, state: r.state, config, disks });
+      await this.event('vm.changed', `vm:${r.name}`, { vm: r.name, host, state: r.state, from: was === null ? null : { host: was.host, state: was.state } });
+    }
+    for (const v of recorded.values()) {
+      if (seen.has(v.name) || v.state === 'unknown') continue;
+      await store.upsertVm({ name: v.name, host, state: 'unknown', config: v.config, disks: v.disks });
+      await this.event('vm.changed', `vm:${v.name}`, { vm: v.name, host, state: 'unknown', from: { host, state: v.state }, reason: 'not reported by its host' });
+    }
+  }
+
+  /** Every VM recorded on a host, page by page (bounded per page; a host holds at most a heartbeat's worth). */
+  private async vmsOn(host: string): Promise<Vm[]> {
+    const all: Vm[] = [];
+    for (let after: string | undefined; ;) {
+      const page = await this.d.store.listVms({ host, limit: MAX_LIST_LIMIT, ...(after !== undefined ? { after } : {}) });
+      all.push(...page);
+      if (page.length < MAX_LIST_LIMIT) return all;
+      after = page[page.length - 1]?.name;
+    }
+  }
+
+  /**
+   * Mark every host silent for longer than `silentAfterMs` `disconnected` and its VMs `unknown`.
+   * Answers the hosts marked. Run by one center at a time (the heartbeat-sweep duty).
+   */
+  async sweep(silentAfterMs: number): Promise<string[]> {
+    const { store } = this.d;
+    const marked: string[] = [];
+    for (const state of SWEPT_STATES) {
+      for (let after: string | undefined; ;) {
+        const page = await store.listHosts({ state, limit: MAX_LIST_LIMIT, ...(after !== undefined ? { after } : {}) });
+        for (const h of page) if (await this.markIfSilent(h, silentAfterMs)) marked.push(h.name);
+        if (page.length < MAX_LIST_LIMIT) break;
+        after = page[page.length - 1]?.name;
+      }
+    }
+    return marked;
+  }
+
+  private async markIfSilent(listed: Host, silentAfterMs: number): Promise<boolean> {
+    const silent = (h: Host): boolean => (h.lastHeartbeatAtMs ?? h.updatedAtMs) < this.d.clock() - silentAfterMs;
+    if (!silent(listed)) return false;
+    // Read again just before marking: a heartbeat that landed since the list wins. One landing after
+    // this read is undone by the host's next heartbeat, which reconnects and reconciles.
+    const h = await this.d.store.getHost(listed.name);
+    if (!SWEPT_STATES.includes(h.state) || !silent(h)) return false;
+    await this.d.store.setHostState(h.name, 'disconnected');
+    const vms = await this.d.store.setVmStatesOnHost(h.name, 'unknown');
+    await this.event('host.disconnected', `host:${h.name}`, { host: h.name, from: h.state, lastHeartbeatAtMs: h.lastHeartbeatAtMs, vmsUnknown: vms });
+    return true;
+  }
+}

@@ -1,0 +1,81 @@
+/**
+ * `ferry center` as a child process and the CLI verbs that talk to it: the ready line and the admin
+ * token shown once, `center join-token`, a real host joining with it, `host list --json`,
+ * `task list --json`, a missing token refused, and a clean SIGTERM.
+ */
+import { after, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { ChildProcess } from 'node:child_process';
+import { runFerry, startFerry } from '../helpers/cli.js';
+import { removeHostData, startHost, stopHost, type TestHost } from '../helpers/hosts.js';
+
+/** Resolves with the center's URL and token file once its ready line is out. */
+function ready(child: ChildProcess, stdout: () => string): Promise<{ url: string; tokenFile: string }> {
+  return new Promise((resolve, reject) => {
+    const check = (): void => {
+      const m = /ferry center ready url=(\S+) admin-token-file=(\S+)\n/.exec(stdout());
+      if (m !== null) { child.stdout?.off('data', check); resolve({ url: m[1] ?? '', tokenFile: m[2] ?? '' }); }
+    };
+    child.stdout?.on('data', check);
+    child.once('exit', () => { reject(new Error(`ferry center exited before it was ready:\n${stdout()}`)); });
+    check();
+  });
+}
+
+describe('ferry center (CLI)', () => {
+  const dirs: string[] = [];
+  const hosts: TestHost[] = [];
+  after(async () => {
+    for (const h of hosts) { await stopHost(h, 'SIGKILL').catch(() => undefined); await removeHostData(h); }
+    for (const d of dirs) await rm(d, { recursive: true, force: true });
+  });
+
+  it('runs, issues a join token, lists the host that joined and its tasks, and stops cleanly on SIGTERM', async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), 'ferry-center-cli-'));
+    dirs.push(dataDir);
+    const args = ['center', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--heartbeat-interval', '200ms', '--sweep-interval', '50ms'];
+    const first = startFerry(args);
+    const { url, tokenFile } = await ready(first.child, first.stdout);
+    assert.equal(tokenFile, join(dataDir, 'admin.token'));
+    const adminToken = (await readFile(tokenFile, 'utf8')).trim();
+    assert.ok(first.stdout().includes(`admin token (shown once; also in ${tokenFile}): ${adminToken}`), 'shown at first start');
+
+    const jt = await runFerry(['center', 'join-token', '--center', url, '--token-file', tokenFile]);
+    assert.equal(jt.code, 0, jt.stderr);
+    const token = jt.stdout.trim();
+    assert.match(token, /^ferry-join-/);
+
+    const h = await startHost('cli1', { args: ['--center', url, '--join-token', token] });
+    hosts.push(h);
+    await h.waitForLog('linked to center');
+    const list = await runFerry(['host', 'list', '--center', url, '--token-file', tokenFile, '--json']);
+    assert.equal(list.code, 0, list.stderr);
+    const listed = JSON.parse(list.stdout) as { name: string; state: string; url: string }[];
+    assert.deepEqual(listed.map((x) => [x.name, x.state, x.url]), [['cli1', 'connected', h.url]]);
+    const text = await runFerry(['host', 'list', '--center', url, '--token-file', tokenFile]);
+    assert.match(text.stdout, /^cli1\tconnected\t/);
+
+    const tasks = await runFerry(['task', 'list', '--center', url, '--token-file', tokenFile, '--json']);
+    assert.equal(tasks.code, 0, tasks.stderr);
+    assert.deepEqual(JSON.parse(tasks.stdout), []);
+
+    const anon = await runFerry(['host', 'list', '--center', url]);
+    assert.equal(anon.code, 1);
+    assert.match(anon.stderr, /\[UNAUTHORIZED\]/);
+
+    first.child.kill('SIGTERM');
+    const stopped = await first.done;
+    assert.equal(stopped.code, 0, `${stopped.signal ?? ''} ${stopped.stderr}`);
+
+    // A restart keeps the token and does not show it again.
+    const second = startFerry(args);
+    await ready(second.child, second.stdout);
+    assert.ok(!second.stdout().includes('admin token (shown once'), 'shown once only');
+    assert.equal((await readFile(tokenFile, 'utf8')).trim(), adminToken);
+    second.child.kill('SIGTERM');
+    assert.equal((await second.done).code, 0);
+  });
+});
