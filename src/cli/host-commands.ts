@@ -10,6 +10,7 @@ import { FerryError, errorMessage } from '../lib/errors.js';
 import { formatBytes, parseSizeBytes } from '../lib/units.js';
 import { HostAgent } from '../host/agent.js';
 import type { DatastoreMount } from '../host/datastores.js';
+import { DEFAULT_LEASE_TIMING, checkLeaseTiming } from '../storage/lease.js';
 import { loadToken } from '../host/auth.js';
 import { DEFAULT_GRANULARITY_BYTES } from '../vmm/layout.js';
 import { MAX_DATA_CHANNELS, MAX_VCPUS, MIN_DATA_CHANNELS, MIN_VCPUS } from '../lib/limits.js';
@@ -73,13 +74,18 @@ export function addHostCommands(program: Command, vm: Command): void {
     .option('--token-file <file>', 'file holding the API token (default: $FERRY_TOKEN)')
     .addOption(new Option('--memory-limit <size>', 'memory the host may commit to VMs').argParser(sizeOption('--memory-limit')))
     .option('--datastore <name=path>', 'mount a directory as datastore <name> (repeatable; two hosts may mount one shared directory)', (v: string, all: string[]) => [...all, v], [])
-    .action(async (o: { name: string; dataDir: string; listen: string; migrationPort?: string; tokenFile?: string; memoryLimit?: number; datastore: string[] }) => {
+    // Every host mounting one datastore must use the same lease timing. Shorter leases make a dead host's disks free sooner (tests use them).
+    .addOption(new Option('--lease-duration <duration>', 'how long a disk lease lasts without renewal').argParser(durationOption('--lease-duration')).default(DEFAULT_LEASE_TIMING.durationMs, `${DEFAULT_LEASE_TIMING.durationMs}ms`))
+    .addOption(new Option('--lease-renew <duration>', 'disk lease heartbeat period (at most half the duration)').argParser(durationOption('--lease-renew')).default(DEFAULT_LEASE_TIMING.renewIntervalMs, `${DEFAULT_LEASE_TIMING.renewIntervalMs}ms`))
+    .addOption(new Option('--lease-clock-skew <duration>', 'how far the hosts\' clocks may disagree; a stale lease is broken this long after its expiry').argParser(durationOption('--lease-clock-skew')).default(DEFAULT_LEASE_TIMING.clockSkewMs, `${DEFAULT_LEASE_TIMING.clockSkewMs}ms`))
+    .action(async (o: { name: string; dataDir: string; listen: string; migrationPort?: string; tokenFile?: string; memoryLimit?: number; datastore: string[]; leaseDuration: number; leaseRenew: number; leaseClockSkew: number }) => {
       const listen = parseListen(o.listen);
       const datastores = o.datastore.map(parseDatastoreFlag);
+      const leaseTiming = checkLeaseTiming({ durationMs: o.leaseDuration, renewIntervalMs: o.leaseRenew, clockSkewMs: o.leaseClockSkew });
       const agent = await HostAgent.start({
         name: o.name, dataDir: o.dataDir, listenHost: listen.host, listenPort: listen.port, token: await loadToken(o.tokenFile),
         ...(o.memoryLimit !== undefined ? { memoryLimitBytes: o.memoryLimit } : {}),
-        datastores,
+        datastores, leaseTiming,
         ...(o.migrationPort !== undefined ? { migrationPort: parseIntegerOption(o.migrationPort, '--migration-port', 0, 65535) } : {}),
       });
       // A host must outlive a bug in one request or one migration: report it loudly, keep serving.
