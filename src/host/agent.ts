@@ -94,6 +94,14 @@ export class HostAgent {
     const datastores = await HostDatastores.mount(options.datastores ?? [], { hostName: options.name, hostId }, options.leaseTiming);
     const agent = new HostAgent(options, hostId, datastores);
     await agent.store.init();
+    // Warm binaryen up before the first VM arrives (its first run is several times slower). Before
+    // the saved VMs' disks are attached: the warm-up blocks the event loop — for seconds on a
+    // loaded machine — and with it the heartbeat of every lease already held.
+    const tw = performance.now();
+    warmUpInstrumenter();
+    // ...and the switch-over's message codecs, which otherwise run cold with the guest stunned.
+    warmUpSwitchoverCodecs();
+    agent.log(`host ${agent.name}: instrumenter and switch-over codecs warmed up in ${(performance.now() - tw).toFixed(0)} ms`);
     await agent.vms.load();
     try {
       await agent.receiver.listen();
@@ -109,12 +117,6 @@ export class HostAgent {
       throw err;
     }
     agent.port = (agent.server.address() as AddressInfo).port;
-    // Warm binaryen up before the first VM arrives (its first run is several times slower).
-    const tw = performance.now();
-    warmUpInstrumenter();
-    // ...and the switch-over's message codecs, which otherwise run cold with the guest stunned.
-    warmUpSwitchoverCodecs();
-    agent.log(`host ${agent.name}: instrumenter and switch-over codecs warmed up in ${(performance.now() - tw).toFixed(0)} ms`);
     agent.log(`host ${agent.name}: control API on ${agent.url}, migration endpoint on ${options.listenHost}:${agent.receiver.port}, data in ${options.dataDir}, host id ${hostId}`);
     for (const ds of datastores.names) agent.log(`host ${agent.name}: datastore ${ds} mounted at ${datastores.get(ds).location}`);
     return agent;
