@@ -81,7 +81,14 @@ export class IncomingVmDisk implements IncomingDisk {
   flush(): Promise<void> { return this.vmDisk.disk.flush(); }
 
   async activate(): Promise<void> {
-    if (!this.copied) await this.vmDisk.reacquire();
+    if (this.discarded) throw new FerryError('MIGRATION_FAILED', `${this.vmDisk.spec.datastore}:${this.vmDisk.spec.path}: the incoming disk was discarded (the migration was aborted)`);
+    if (this.copied) return;
+    await this.vmDisk.reacquire();
+    // A discard while the lease was being taken found no chain open to close: give the lease up now.
+    if (this.discarded) {
+      await this.vmDisk.release();
+      throw new FerryError('MIGRATION_FAILED', `${this.vmDisk.spec.datastore}:${this.vmDisk.spec.path}: the incoming disk was discarded while its lease was being taken`);
+    }
   }
 
   async discard(): Promise<void> {
