@@ -9,6 +9,7 @@ import type { Server } from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { createAdaptorServer } from '@hono/node-server';
 import { GiB } from '../lib/units.js';
+import { errorMessage } from '../lib/errors.js';
 import { warmUpInstrumenter } from '../vmm/instrument.js';
 import { warmUpSwitchoverCodecs } from '../migration/protocol/messages.js';
 import { MigrationReceiver } from '../migration/target/receiver.js';
@@ -18,11 +19,11 @@ import { HOST_API_VERSION, type HostInfo } from '../api/host-v1.js';
 import { buildHostApp } from './app.js';
 import { HostStore } from './store.js';
 import { OperationsRegistry } from './operations.js';
-import { IncomingVmDisk, prepareIncomingDisk } from './migration-disks.js';
+import { IncomingVmDisk, prepareIncomingDisk, sweepIncomingCopies } from './migration-disks.js';
 import { VmService } from './vm-service.js';
 import { MigrationService } from './migration-service.js';
 import { HostDatastores, type DatastoreMount } from './datastores.js';
-import type { LeaseTiming } from '../storage/lease.js';
+import { DEFAULT_LEASE_TIMING, type LeaseTiming } from '../storage/lease.js';
 
 /** Default memory the host lends to VMs in all (an operator sets it to what the machine can spare). */
 export const DEFAULT_MEMORY_LIMIT_BYTES = 16 * GiB;
@@ -75,8 +76,13 @@ export class HostAgent {
     this.migrations = new MigrationService({ hostName: this.name, token: options.token, vms: this.vms, operations: this.operations, datastores, transport, log: this.log });
     this.receiver = new MigrationReceiver({
       admit: (vm) => { this.vms.admit(vm.name, vm.memoryBytes); },
-      adopt: (vm, imageBytes, disk) => this.vms.adopt(vm, imageBytes, disk instanceof IncomingVmDisk ? disk.vmDisk : null),
-      prepareDisk: (vmName, plan) => prepareIncomingDisk(datastores, vmName, plan),
+      adopt: (vm, imageBytes, disk) => {
+        const saved = this.vms.adopt(vm, imageBytes, disk instanceof IncomingVmDisk ? disk.vmDisk : null);
+        return disk instanceof IncomingVmDisk ? saved.then(() => disk.kept()) : saved;
+      },
+      prepareDisk: (id, vmName, plan) => prepareIncomingDisk(datastores, vmName, plan, {
+        note: (spec) => this.store.writeIncomingCopy(id, spec), forget: () => this.store.removeIncomingCopy(id),
+      }),
       // Synchronous underneath (see HostStore.writeMigrationOutcome); an I/O error rejects.
       recordOutcome: (id, outcome, vmName) => new Promise<void>((resolve) => { this.store.writeMigrationOutcome(id, outcome, vmName); resolve(); }),
       storedOutcome: (id) => this.store.readMigrationOutcome(id),
@@ -103,6 +109,10 @@ export class HostAgent {
     warmUpSwitchoverCodecs();
     agent.log(`host ${agent.name}: instrumenter and switch-over codecs warmed up in ${(performance.now() - tw).toFixed(0)} ms`);
     await agent.vms.load();
+    // Copies left by a crash mid-migration: in the background, as each one's stale lease expires.
+    const timing = options.leaseTiming ?? DEFAULT_LEASE_TIMING;
+    void sweepIncomingCopies(agent.store, datastores, 2 * timing.durationMs + timing.clockSkewMs, agent.log, () => agent.closing)
+      .catch((err: unknown) => { agent.log(`host ${agent.name}: cannot sweep incoming disk copies: ${errorMessage(err)}`); });
     try {
       await agent.receiver.listen();
       await new Promise<void>((resolve, reject) => {

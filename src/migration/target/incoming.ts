@@ -172,7 +172,7 @@ export class IncomingMigration {
       throw new FerryError('MIGRATION_REFUSED', `target refuses VM ${body.vm.name}: ${errorMessage(err)}`);
     }
     const image = new Uint8Array(body.image); // the frame payload is transient
-    const disk = body.disk !== undefined ? await this.hooks.prepareDisk(body.vm.name, body.disk) : null;
+    const disk = body.disk !== undefined ? await this.hooks.prepareDisk(this.id, body.vm.name, body.disk) : null;
     let vm: Vm;
     try {
       if (this.ended) throw new FerryError('MIGRATION_FAILED', `migration ${this.id} ended while its disk was being prepared`);
