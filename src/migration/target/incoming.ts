@@ -271,6 +271,8 @@ export class IncomingMigration {
     }
     await failpoint('target.disk-activate');
     await disk.activate();
+    // Fault tests: the target dies holding the shared disk's lease, before its commit record.
+    await failpoint('target.after-disk-activate');
   }
 
   /** The largest gap any vCPU saw between its last clock read on the source and its first here. */
