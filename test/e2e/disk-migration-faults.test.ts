@@ -30,11 +30,12 @@ type Mode = 'shared' | 'copy';
 const MODES: readonly Mode[] = ['shared', 'copy'];
 
 /**
- * Short leases: a dead host's lease is broken ~5.5 s after its last heartbeat. Not shorter: a host
- * instruments a guest image synchronously (a second or more on a loaded machine), and its
- * heartbeat must still renew in time; 10 heartbeats per lease.
+ * Short leases: a dead host's lease is broken ~8.5 s after its last heartbeat. Not shorter: a host
+ * instruments a guest image synchronously with the disk's lease held (a restarted host's first
+ * start of a VM), which on a loaded 2-core machine blocked the heartbeat for over 4.5 s; 16
+ * heartbeats per lease.
  */
-const LEASE: LeaseTiming = { durationMs: 5_000, renewIntervalMs: 500, clockSkewMs: 500 };
+const LEASE: LeaseTiming = { durationMs: 8_000, renewIntervalMs: 500, clockSkewMs: 500 };
 const LEASE_ARGS = ['--lease-duration', `${LEASE.durationMs}ms`, '--lease-renew', `${LEASE.renewIntervalMs}ms`, '--lease-clock-skew', `${LEASE.clockSkewMs}ms`];
 /** Kill and drop faults fail a request at once; the timeouts are generous so a loaded machine does not turn slowness into another failure. */
 const FAULT_OPTS: MigrationOptions = { requestTimeoutMs: 10_000, inDoubtTimeoutMs: 30_000 };
@@ -43,8 +44,8 @@ const DISK_BYTES = 32 * MiB;
 /** kvlog appends 5000 records/s and flushes every 64; 2048 flushed records fill the first disk blocks for good (see the corrupt-block case). */
 const KV = { memoryBytes: 8 * MiB, vcpus: 1, cmdline: 'max=100000 flush=64 rate=5000' };
 const FLUSHED_BEFORE_MIGRATING = 2048;
-/** Bound on waiting for a VM's boot-time scan, a lease to change hands, a copy to be removed. */
-const WAIT_MS = 20_000;
+/** Bound on waiting for a VM's boot-time scan, a lease to change hands (a lease duration and more), a copy to be removed. */
+const WAIT_MS = 30_000;
 
 /**
  * One test's world: a source A and a target B, each a real `ferry host` process. Shared mode: both
