@@ -10,6 +10,7 @@ import { FerryError, errorMessage } from '../lib/errors.js';
 import { formatBytes, parseSizeBytes } from '../lib/units.js';
 import { HostAgent, type HostOptions } from '../host/agent.js';
 import type { DatastoreMount } from '../host/datastores.js';
+import { DEFAULT_LEASE_TIMING, checkLeaseTiming } from '../storage/lease.js';
 import { loadToken } from '../host/auth.js';
 import { DEFAULT_GRANULARITY_BYTES } from '../vmm/layout.js';
 import { MAX_DATA_CHANNELS, MAX_VCPUS, MIN_DATA_CHANNELS, MIN_VCPUS } from '../lib/limits.js';
@@ -92,17 +93,22 @@ export function addHostCommands(program: Command, vm: Command): Command {
     .option('--center <url>', 'join this center and heartbeat to it (capacity, datastores, VMs)')
     .option('--join-token <token>', `with --center: the one-time join token for the first start (default: $${JOIN_TOKEN_ENV}); later starts use the stored credential`)
     .option('--center-credential-file <file>', 'with --center: where the host\'s center credential is kept (default: <data-dir>/center-credential)')
-    .action(async (given: { name?: string; dataDir?: string; listen: string; migrationPort?: string; tokenFile?: string; memoryLimit?: number; datastore: string[]; center?: string; joinToken?: string; centerCredentialFile?: string }) => {
+    // Every host mounting one datastore must use the same lease timing. Shorter leases make a dead host's disks free sooner (tests use them).
+    .addOption(new Option('--lease-duration <duration>', 'how long a disk lease lasts without renewal').argParser(durationOption('--lease-duration')).default(DEFAULT_LEASE_TIMING.durationMs, `${DEFAULT_LEASE_TIMING.durationMs}ms`))
+    .addOption(new Option('--lease-renew <duration>', 'disk lease heartbeat period (at most half the duration)').argParser(durationOption('--lease-renew')).default(DEFAULT_LEASE_TIMING.renewIntervalMs, `${DEFAULT_LEASE_TIMING.renewIntervalMs}ms`))
+    .addOption(new Option('--lease-clock-skew <duration>', 'how far the hosts\' clocks may disagree; a stale lease is broken this long after its expiry').argParser(durationOption('--lease-clock-skew')).default(DEFAULT_LEASE_TIMING.clockSkewMs, `${DEFAULT_LEASE_TIMING.clockSkewMs}ms`))
+    .action(async (given: { name?: string; dataDir?: string; listen: string; migrationPort?: string; tokenFile?: string; memoryLimit?: number; datastore: string[]; center?: string; joinToken?: string; centerCredentialFile?: string; leaseDuration: number; leaseRenew: number; leaseClockSkew: number }) => {
       const { name, dataDir } = given;
       if (name === undefined || dataDir === undefined) throw new FerryError('INVALID_ARGUMENT', 'ferry host needs --name <name> and --data-dir <dir>');
       const o = { ...given, name, dataDir };
       const listen = parseListen(o.listen);
       const center = centerLinkOptions(o);
       const datastores = o.datastore.map(parseDatastoreFlag);
+      const leaseTiming = checkLeaseTiming({ durationMs: o.leaseDuration, renewIntervalMs: o.leaseRenew, clockSkewMs: o.leaseClockSkew });
       const agent = await HostAgent.start({
         name: o.name, dataDir: o.dataDir, listenHost: listen.host, listenPort: listen.port, token: await loadToken(o.tokenFile),
         ...(o.memoryLimit !== undefined ? { memoryLimitBytes: o.memoryLimit } : {}),
-        datastores,
+        datastores, leaseTiming,
         ...(center !== undefined ? { center } : {}),
         ...(o.migrationPort !== undefined ? { migrationPort: parseIntegerOption(o.migrationPort, '--migration-port', 0, 65535) } : {}),
       });

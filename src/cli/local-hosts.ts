@@ -71,7 +71,11 @@ export async function spawnHost(name: string, dataDir: string, token: string, op
   });
   // The ready line is "ferry host <name> ready url=<url> migration-port=<port>": waiting for the
   // field after the URL means the URL has arrived whole.
-  await waitForLog(' migration-port=', HOST_READY_TIMEOUT_MS).catch(() => { throw new FerryError('HOST_ERROR', `host ${name} did not start:\n${out}`); });
+  await waitForLog(' migration-port=', HOST_READY_TIMEOUT_MS).catch(async () => {
+    // Never left running unseen: the caller gets no handle to stop it with.
+    if (child.exitCode === null && child.signalCode === null) { child.kill('SIGKILL'); await exited; }
+    throw new FerryError('HOST_ERROR', `host ${name} did not start within ${HOST_READY_TIMEOUT_MS} ms:\n${out}`);
+  });
   const url = /ready url=(\S+)/.exec(out)?.[1] ?? '';
   return { name, child, url, port: Number(new URL(url).port), client: new HostClient(url, token), log: () => out, exited, waitForLog };
 }

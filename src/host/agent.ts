@@ -9,6 +9,7 @@ import type { Server } from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { createAdaptorServer } from '@hono/node-server';
 import { GiB } from '../lib/units.js';
+import { errorMessage } from '../lib/errors.js';
 import { warmUpInstrumenter } from '../vmm/instrument.js';
 import { warmUpSwitchoverCodecs } from '../migration/protocol/messages.js';
 import { MigrationReceiver } from '../migration/target/receiver.js';
@@ -18,12 +19,12 @@ import { HOST_API_VERSION, type HostInfo } from '../api/host-v1.js';
 import { buildHostApp } from './app.js';
 import { HostStore } from './store.js';
 import { OperationsRegistry } from './operations.js';
-import { IncomingVmDisk, prepareIncomingDisk } from './migration-disks.js';
+import { IncomingVmDisk, prepareIncomingDisk, sweepIncomingCopies } from './migration-disks.js';
 import { VmService } from './vm-service.js';
 import { MigrationService } from './migration-service.js';
 import { DiskSnapshots } from './disk-snapshots.js';
 import { HostDatastores, type DatastoreMount } from './datastores.js';
-import type { LeaseTiming } from '../storage/lease.js';
+import { DEFAULT_LEASE_TIMING, type LeaseTiming } from '../storage/lease.js';
 import { availableParallelism } from 'node:os';
 import type { HeartbeatRequest } from '../api/center-v1.js';
 import { CenterLink, type CenterLinkOptions } from './center-link.js';
@@ -85,8 +86,13 @@ export class HostAgent {
     this.disks = new DiskSnapshots({ hostName: this.name, vms: this.vms, operations: this.operations, datastores, log: this.log });
     this.receiver = new MigrationReceiver({
       admit: (vm) => { this.vms.admit(vm.name, vm.memoryBytes); },
-      adopt: (vm, imageBytes, disk) => this.vms.adopt(vm, imageBytes, disk instanceof IncomingVmDisk ? disk.vmDisk : null),
-      prepareDisk: (vmName, plan) => prepareIncomingDisk(datastores, vmName, plan),
+      adopt: (vm, imageBytes, disk) => {
+        const saved = this.vms.adopt(vm, imageBytes, disk instanceof IncomingVmDisk ? disk.vmDisk : null);
+        return disk instanceof IncomingVmDisk ? saved.then(() => disk.kept()) : saved;
+      },
+      prepareDisk: (id, vmName, plan) => prepareIncomingDisk(datastores, vmName, plan, {
+        note: (spec) => this.store.writeIncomingCopy(id, spec), forget: () => this.store.removeIncomingCopy(id),
+      }),
       // Synchronous underneath (see HostStore.writeMigrationOutcome); an I/O error rejects.
       recordOutcome: (id, outcome, vmName) => new Promise<void>((resolve) => { this.store.writeMigrationOutcome(id, outcome, vmName); resolve(); }),
       storedOutcome: (id) => this.store.readMigrationOutcome(id),
@@ -104,7 +110,19 @@ export class HostAgent {
     const datastores = await HostDatastores.mount(options.datastores ?? [], { hostName: options.name, hostId }, options.leaseTiming);
     const agent = new HostAgent(options, hostId, datastores);
     await agent.store.init();
+    // Warm binaryen up before the first VM arrives (its first run is several times slower). Before
+    // the saved VMs' disks are attached: the warm-up blocks the event loop — for seconds on a
+    // loaded machine — and with it the heartbeat of every lease already held.
+    const tw = performance.now();
+    warmUpInstrumenter();
+    // ...and the switch-over's message codecs, which otherwise run cold with the guest stunned.
+    warmUpSwitchoverCodecs();
+    agent.log(`host ${agent.name}: instrumenter and switch-over codecs warmed up in ${(performance.now() - tw).toFixed(0)} ms`);
     await agent.vms.load();
+    // Copies left by a crash mid-migration: in the background, as each one's stale lease expires.
+    const timing = options.leaseTiming ?? DEFAULT_LEASE_TIMING;
+    void sweepIncomingCopies(agent.store, datastores, 2 * timing.durationMs + timing.clockSkewMs, agent.log, () => agent.closing)
+      .catch((err: unknown) => { agent.log(`host ${agent.name}: cannot sweep incoming disk copies: ${errorMessage(err)}`); });
     try {
       await agent.receiver.listen();
       await new Promise<void>((resolve, reject) => {
@@ -119,12 +137,6 @@ export class HostAgent {
       throw err;
     }
     agent.port = (agent.server.address() as AddressInfo).port;
-    // Warm binaryen up before the first VM arrives (its first run is several times slower).
-    const tw = performance.now();
-    warmUpInstrumenter();
-    // ...and the switch-over's message codecs, which otherwise run cold with the guest stunned.
-    warmUpSwitchoverCodecs();
-    agent.log(`host ${agent.name}: instrumenter and switch-over codecs warmed up in ${(performance.now() - tw).toFixed(0)} ms`);
     agent.log(`host ${agent.name}: control API on ${agent.url}, migration endpoint on ${options.listenHost}:${agent.receiver.port}, data in ${options.dataDir}, host id ${hostId}`);
     for (const ds of datastores.names) agent.log(`host ${agent.name}: datastore ${ds} mounted at ${datastores.get(ds).location}`);
     if (options.center !== undefined) {

@@ -4,11 +4,13 @@
  * disk handle, and the disk an incoming VM gets (`prepareIncomingDisk`).
  */
 import { posix } from 'node:path';
-import { FerryError, isFerryError } from '../lib/errors.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { FerryError, errorMessage, isFerryError } from '../lib/errors.js';
 import { changedBlockBytesFor } from '../storage/changed-blocks.js';
 import type { MigrationSourceDisk, IncomingDisk, PrepareDisk } from '../migration/disk.js';
 import type { DatastoreView } from '../api/host-v1.js';
 import type { HostDatastores } from './datastores.js';
+import type { HostStore } from './store.js';
 import { VmDisk, type DiskSpec } from './vm-disk.js';
 
 /** How long a rollback keeps trying to take a shared disk's lease back (a dead target's lease must expire first). */
@@ -69,11 +71,26 @@ async function reacquireWaiting(disk: VmDisk): Promise<void> {
   }
 }
 
+/**
+ * Where a host notes the disk copies incoming migrations create (HostStore): noted before the copy
+ * exists, forgotten once it is removed or its VM is saved here, so that a host restarted after a
+ * crash removes every copy that never committed (sweepIncomingCopies).
+ */
+export interface CopyNotes {
+  note(spec: DiskSpec): Promise<void>;
+  forget(): Promise<void>;
+}
+
 /** The disk an incoming VM runs on; the host adopts `vmDisk` with the VM at commit. */
 export class IncomingVmDisk implements IncomingDisk {
   private discarded = false;
 
-  constructor(readonly vmDisk: VmDisk, private readonly copied: boolean, private readonly datastores: HostDatastores) {}
+  constructor(readonly vmDisk: VmDisk, private readonly copied: boolean, private readonly datastores: HostDatastores, private readonly notes: CopyNotes | null = null) {}
+
+  /** The VM committed and is saved here with this disk: a copy is the VM's own now, no longer a leftover to sweep. */
+  async kept(): Promise<void> {
+    await this.notes?.forget();
+  }
 
   get backend(): IncomingDisk['backend'] { return this.vmDisk.backend; }
 
@@ -81,7 +98,14 @@ export class IncomingVmDisk implements IncomingDisk {
   flush(): Promise<void> { return this.vmDisk.disk.flush(); }
 
   async activate(): Promise<void> {
-    if (!this.copied) await this.vmDisk.reacquire();
+    if (this.discarded) throw new FerryError('MIGRATION_FAILED', `${this.vmDisk.spec.datastore}:${this.vmDisk.spec.path}: the incoming disk was discarded (the migration was aborted)`);
+    if (this.copied) return;
+    await this.vmDisk.reacquire();
+    // A discard while the lease was being taken found no chain open to close: give the lease up now.
+    if (this.discarded) {
+      await this.vmDisk.release();
+      throw new FerryError('MIGRATION_FAILED', `${this.vmDisk.spec.datastore}:${this.vmDisk.spec.path}: the incoming disk was discarded while its lease was being taken`);
+    }
   }
 
   async discard(): Promise<void> {
@@ -89,7 +113,9 @@ export class IncomingVmDisk implements IncomingDisk {
     this.discarded = true;
     await this.vmDisk.close();
     // A copy that did not commit is incomplete: it goes. A shared disk is the source's: it stays.
-    if (this.copied) await this.datastores.get(this.vmDisk.spec.datastore).remove(this.vmDisk.spec.path);
+    if (!this.copied) return;
+    await this.datastores.get(this.vmDisk.spec.datastore).remove(this.vmDisk.spec.path);
+    await this.notes?.forget();
   }
 }
 
@@ -99,7 +125,7 @@ export class IncomingVmDisk implements IncomingDisk {
  * named datastore, never over an existing file. Throws MIGRATION_REFUSED (or the datastore's
  * error) to refuse the migration.
  */
-export async function prepareIncomingDisk(datastores: HostDatastores, vmName: string, plan: PrepareDisk): Promise<IncomingVmDisk> {
+export async function prepareIncomingDisk(datastores: HostDatastores, vmName: string, plan: PrepareDisk, notes: CopyNotes | null = null): Promise<IncomingVmDisk> {
   if (plan.mode === 'shared') {
     const ds = datastores.byId(plan.datastoreId);
     if (ds === undefined) throw new FerryError('MIGRATION_REFUSED', `VM ${vmName}'s disk is on a datastore this host does not mount (id ${plan.datastoreId.slice(0, 8)}…)`);
@@ -111,6 +137,67 @@ export async function prepareIncomingDisk(datastores: HostDatastores, vmName: st
   const spec: DiskSpec = { datastore: plan.datastore, path: plan.path };
   const dir = posix.dirname(plan.path);
   if (dir !== '.') await datastores.get(plan.datastore).mkdir(dir);
+  // Noted before it exists: a crash at any point after this leaves a note for the next start.
+  await notes?.note(spec);
+  let disk: VmDisk;
+  try {
+    disk = await VmDisk.attach(datastores, spec, plan.capacityBytes);
+  } catch (err) {
+    // Nothing was created (an existing file is never opened as a copy): nothing to sweep.
+    await notes?.forget();
+    throw err;
+  }
   // A datastore that fills up during the copy fails its writes: the migration fails, the VM stays on the source and the partial copy is removed.
-  return new IncomingVmDisk(await VmDisk.attach(datastores, spec, plan.capacityBytes), true, datastores);
+  return new IncomingVmDisk(disk, true, datastores, notes);
+}
+
+/** How often a sweep tries again to remove a copy whose lease (this host's previous run's) has not expired yet. */
+const SWEEP_RETRY_MS = 250;
+
+/**
+ * At host start: every disk copy an incoming migration noted and did not settle (the host was
+ * killed mid-migration). A committed one is kept (the disk of a VM that committed here); any other
+ * is removed — once this host's previous run's lease on it has expired, so in the background,
+ * within `withinMs`. An unreadable commit record keeps the copy (it may have committed).
+ */
+export async function sweepIncomingCopies(store: HostStore, datastores: HostDatastores, withinMs: number, log: (line: string) => void, stopped: () => boolean): Promise<void> {
+  const { copies, problems } = await store.incomingCopies();
+  for (const p of problems) log(p);
+  const removals: Promise<void>[] = [];
+  for (const { id, spec } of copies) {
+    const label = `incoming migration ${id.slice(0, 8)}: disk copy ${spec.datastore}:${spec.path}`;
+    let outcome;
+    try {
+      outcome = await store.readMigrationOutcome(id);
+    } catch (err) {
+      log(`${label}: kept, its commit record cannot be read (${errorMessage(err)})`);
+      continue;
+    }
+    if (outcome === 'committed') {
+      log(`${label}: kept (the migration committed)`);
+      await store.removeIncomingCopy(id);
+      continue;
+    }
+    removals.push(removeWhenFree(datastores, spec, performance.now() + withinMs, stopped).then(async (done) => {
+      if (!done) { log(`${label}: NOT removed: still locked; the next start tries again`); return; }
+      await store.removeIncomingCopy(id);
+      log(`${label}: removed (the migration never committed)`);
+    }, (err: unknown) => { log(`${label}: NOT removed: ${errorMessage(err)}`); }));
+  }
+  await Promise.all(removals);
+}
+
+/** Removes the copy (already gone counts); false if its lease stayed live until `deadline`. */
+async function removeWhenFree(datastores: HostDatastores, spec: DiskSpec, deadline: number, stopped: () => boolean): Promise<boolean> {
+  for (;;) {
+    try {
+      await datastores.get(spec.datastore).remove(spec.path);
+      return true;
+    } catch (err) {
+      if (isFerryError(err, 'NOT_FOUND')) return true;
+      if (!isFerryError(err, 'DISK_LOCKED')) throw err;
+    }
+    if (stopped() || performance.now() >= deadline) return false;
+    await sleep(SWEEP_RETRY_MS, undefined, { ref: false });
+  }
 }

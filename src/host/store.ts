@@ -6,6 +6,8 @@
  *   <data>/vms/<name>/image.wasm    the original guest image
  *   <data>/vms/<name>/shutdown.snap snapshot saved on SIGTERM; consumed (deleted) by the next start
  *   <data>/migrations/<id>.json     incoming migration outcome: committed | aborted
+ *   <data>/migrations/<id>.copy.json an incoming migration's disk copy (datastore + path), from before
+ *                                   it is created until it is removed or its VM is saved here
  */
 import { mkdir, readFile, readdir, rename, rm, writeFile, open } from 'node:fs/promises';
 import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
@@ -65,6 +67,8 @@ function writeAtomicSync(path: string, data: string): void {
 }
 
 const outcomeRecordSchema = z.object({ outcome: z.enum(['committed', 'aborted']) }).loose();
+const copyRecordSchema = z.object({ datastore: z.string().min(1).max(MAX_DISK_FIELD_CHARS), path: z.string().min(1).max(MAX_DISK_FIELD_CHARS) }).strict();
+const COPY_RECORD = /^([0-9a-f]{32})\.copy\.json$/;
 
 /** Not a migration id (those are 32 hex digits), so never mistaken for a commit record. */
 const WRITE_PROBE_ID = 'write-probe';
@@ -139,6 +143,36 @@ export class HostStore {
    */
   writeMigrationOutcome(id: string, outcome: MigrationOutcome, vmName: string): void {
     writeAtomicSync(join(this.dataDir, 'migrations', `${id}.json`), JSON.stringify({ id, outcome, vmName, at: new Date().toISOString() }));
+  }
+
+  /** Notes, durably, the disk copy incoming migration `id` is about to create. */
+  async writeIncomingCopy(id: string, spec: DiskSpec): Promise<void> {
+    try {
+      await writeAtomic(join(this.dataDir, 'migrations', `${id}.copy.json`), JSON.stringify({ datastore: spec.datastore, path: spec.path }));
+    } catch (err) {
+      throw new FerryError('STORE_IO', `cannot note the disk copy of migration ${id}: ${errorMessage(err)}`);
+    }
+  }
+
+  async removeIncomingCopy(id: string): Promise<void> {
+    await rm(join(this.dataDir, 'migrations', `${id}.copy.json`), { force: true });
+  }
+
+  /** Disk copies noted and not yet forgotten (a crash left them); a malformed note is a problem, not a copy. */
+  async incomingCopies(): Promise<{ copies: { id: string; spec: DiskSpec }[]; problems: string[] }> {
+    const copies: { id: string; spec: DiskSpec }[] = [];
+    const problems: string[] = [];
+    const dir = join(this.dataDir, 'migrations');
+    for (const f of (await readdir(dir).catch(() => [] as string[])).sort()) {
+      const id = COPY_RECORD.exec(f)?.[1];
+      if (id === undefined) continue;
+      try {
+        copies.push({ id, spec: copyRecordSchema.parse(JSON.parse(await readFile(join(dir, f), 'utf8'))) });
+      } catch (err) {
+        problems.push(`the disk copy note ${join(dir, f)} cannot be read: ${errorMessage(err)}`);
+      }
+    }
+    return { copies, problems };
   }
 
   /**

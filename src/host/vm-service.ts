@@ -104,7 +104,11 @@ export class VmService {
     if (slot.vm !== null && (slot.vm.state === 'running' || slot.vm.state === 'paused' || slot.vm.state === 'halted')) {
       throw new FerryError('VM_STATE', `VM ${name} is already ${slot.vm.state}`);
     }
-    if (slot.diskProblem !== null) throw new FerryError('VM_STATE', `VM ${name} cannot start: its disk is not attached (${slot.diskProblem})`);
+    if (slot.diskProblem !== null) {
+      // Still locked or gone: the attach's own error (DISK_LOCKED names the holder and the expiry).
+      slot.disk = await VmDisk.attach(this.o.datastores, slot.diskProblem.spec);
+      slot.diskProblem = null;
+    }
     const vm = slot.vm !== null && slot.vm.state === 'created' ? slot.vm : Vm.create(slot.imageBytes, withDisk(slot));
     if (slot.vm !== vm) slot.attach(vm);
     await vm.start();
@@ -195,7 +199,7 @@ export class VmService {
     for (const stored of vms) {
       const { disk, problem } = await this.reattach(stored.config, stored.runningAtShutdown, stored.disk);
       const slot = new VmSlot(stored.config, stored.image, disk);
-      slot.diskProblem = problem;
+      slot.diskProblem = problem !== null && stored.disk !== undefined ? { spec: stored.disk, message: problem } : null;
       this.slots.set(slot.name, slot);
       if (stored.snapshotPath === null || problem !== null) continue;
       try {

@@ -7,7 +7,7 @@ import type { MigrationRecord } from '../migration/record.js';
 import type { VmConfig } from '../vmm/config.js';
 import type { Vm, VmState } from '../vmm/vm.js';
 import { ConsoleLog } from './console-log.js';
-import type { VmDisk } from './vm-disk.js';
+import type { DiskSpec, VmDisk } from './vm-disk.js';
 import { FerryError } from '../lib/errors.js';
 
 export type SlotState = VmState | 'defined';
@@ -17,10 +17,13 @@ export class VmSlot {
   readonly console = new ConsoleLog();
   /** Summary of the last migration that involved this VM on this host. */
   lastMigration: MigrationRecord | null = null;
-  /** Why the disk the definition names could not be attached at the last host start (the VM cannot start). */
-  diskProblem: string | null = null;
+  /**
+   * The disk the definition names that could not be attached at the last host start (locked, gone),
+   * and why: start() tries again (a lease left by this host's own previous run expires by itself).
+   */
+  diskProblem: { readonly spec: DiskSpec; readonly message: string } | null = null;
 
-  constructor(readonly config: VmConfig, readonly imageBytes: Uint8Array, readonly disk: VmDisk | null = null) {}
+  constructor(readonly config: VmConfig, readonly imageBytes: Uint8Array, public disk: VmDisk | null = null) {}
 
   get name(): string { return this.config.name; }
   get state(): SlotState { return this.vm?.state ?? 'defined'; }

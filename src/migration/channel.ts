@@ -62,7 +62,8 @@ export class ClientChannel {
     return reply;
   }
 
-  private throwIfFailed(): void {
+  /** Throws the channel's failure, if it failed: a request made now would not be written at all. */
+  throwIfFailed(): void {
     const failure: FerryError | null = this.failure;
     if (failure !== null) throw failure;
   }

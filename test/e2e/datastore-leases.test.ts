@@ -149,4 +149,14 @@ describe('ferry host --datastore', () => {
       assert.match(r.stderr, /error \[DATASTORE_INVALID\]/, flags.join(' '));
     }
   });
+
+  it('--lease-duration/--lease-renew/--lease-clock-skew: a heartbeat that could not keep the lease is refused (INVALID_ARGUMENT, exit 1)', async () => {
+    const tokenFile = join(base, 'token');
+    await writeFile(tokenFile, TEST_TOKEN);
+    for (const flags of [['--lease-duration', '1s', '--lease-renew', '600ms'], ['--lease-renew', '0ms'], ['--lease-clock-skew', 'soon']]) {
+      const r = await runFerry(['host', '--name', 'bad', '--data-dir', join(base, 'data'), '--listen', '127.0.0.1:0', '--token-file', tokenFile, ...flags]);
+      assert.equal(r.code, 1, `${flags.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, /error \[(INVALID_ARGUMENT|INVALID_DURATION)\]/, flags.join(' '));
+    }
+  });
 });

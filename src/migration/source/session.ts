@@ -113,6 +113,10 @@ export class Session {
   }
 
   async commit(digest: string, diskDigest?: string): Promise<void> {
+    // A control connection that already failed (the target died while the VM was stunned) never
+    // carries this COMMIT: a definite "not committed", to roll back at once rather than be in doubt.
+    // request() writes synchronously after the same check, so nothing can fail in between unseen.
+    this.control.throwIfFailed();
     this.commitWasSent = true;
     await this.control.request('COMMIT', (id) => encodeCommit(id, { digest, ...(diskDigest !== undefined ? { diskDigest } : {}) }), this.ctx.options.requestTimeoutMs ?? COMMIT_TIMEOUT_MS);
   }

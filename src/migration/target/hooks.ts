@@ -13,9 +13,10 @@ export interface ReceiverHooks {
   /**
    * The disk PREPARE announced, checked and made ready: shared mode checks this host mounts the
    * datastore (by id) and the disk is there; copy mode creates it (never over an existing file).
-   * Throws to refuse the migration.
+   * Throws to refuse the migration. A copy is noted durably under `migrationId` first, so that a
+   * host restarted after a crash removes a copy that never committed.
    */
-  prepareDisk(vmName: string, plan: PrepareDisk): Promise<IncomingDisk>;
+  prepareDisk(migrationId: string, vmName: string, plan: PrepareDisk): Promise<IncomingDisk>;
   recordOutcome(id: string, outcome: StoredOutcome, vmName: string): Promise<void>;
   /** The durable record; null only when there is none. Rejects when it cannot be read (never "none" for that). */
   storedOutcome(id: string): Promise<StoredOutcome | null>;

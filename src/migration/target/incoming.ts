@@ -174,7 +174,7 @@ export class IncomingMigration {
       throw new FerryError('MIGRATION_REFUSED', `target refuses VM ${body.vm.name}: ${errorMessage(err)}`);
     }
     const image = new Uint8Array(body.image); // the frame payload is transient
-    const disk = body.disk !== undefined ? await this.hooks.prepareDisk(body.vm.name, body.disk) : null;
+    const disk = body.disk !== undefined ? await this.hooks.prepareDisk(this.id, body.vm.name, body.disk) : null;
     let vm: Vm;
     try {
       if (this.ended) throw new FerryError('MIGRATION_FAILED', `migration ${this.id} ended while its disk was being prepared`);
@@ -211,7 +211,16 @@ export class IncomingMigration {
       // The ERROR reply goes out first; closing the connection then aborts (discards) the VM.
       throw new FerryError('DIGEST_MISMATCH', `memory digest mismatch: source ${sourceDigest}, target ${ours}; the VM was not resumed here`);
     }
-    await this.commitDisk(body.diskDigest);
+    // The disk's part awaits real I/O (a flush, the lease): a connection that closed meanwhile
+    // aborted this migration — the VM was stopped, the disk discarded, "aborted" recorded, and the
+    // source may already run the VM again. Committing now would record the opposite.
+    try {
+      await this.commitDisk(body.diskDigest);
+    } catch (err) {
+      if (this.ended) this.abortedWhileCommitting();
+      throw err;
+    }
+    if (this.ended) this.abortedWhileCommitting();
     // Durable before the VM runs: a restarted target must still answer "committed".
     const t0 = performance.now();
     try {
@@ -221,12 +230,14 @@ export class IncomingMigration {
       await this.disk?.discard();
       throw err;
     }
-    const recordedAt = performance.now();
-    await failpoint('target.after-commit-record');
+    // Committed from here, whatever happens to the connections: an abort now would undo a commit
+    // that a restarted target reports (and that the source may already have learned).
     this.ended = true;
     clearTimeout(this.idleTimer);
     this.outcome = { state: 'committed', vm: vm.config.name, guestDowntimeMs: null };
     this.onEnd(this.outcome, true); // recorded above
+    const recordedAt = performance.now();
+    await failpoint('target.after-commit-record');
     await vm.start();
     const startedAt = performance.now();
     // The host registers the VM before the reply (adopt does that synchronously); persisting its
@@ -236,6 +247,11 @@ export class IncomingMigration {
     this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: committed; VM ${vm.config.name} runs here (commit record ${(recordedAt - t0).toFixed(1)} ms, resume ${(startedAt - recordedAt).toFixed(1)} ms)`);
     void this.measureGuestDowntime(vm);
     return { resumed: true };
+  }
+
+  private abortedWhileCommitting(): never {
+    this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: aborted while it was committing; not resumed, not recorded as committed`);
+    throw new FerryError('MIGRATION_FAILED', `migration ${this.id} was aborted while it was committing`);
   }
 
   /**
@@ -257,6 +273,8 @@ export class IncomingMigration {
     }
     await failpoint('target.disk-activate');
     await disk.activate();
+    // Fault tests: the target dies holding the shared disk's lease, before its commit record.
+    await failpoint('target.after-disk-activate');
   }
 
   /** The largest gap any vCPU saw between its last clock read on the source and its first here. */

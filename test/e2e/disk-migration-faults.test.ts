@@ -1,0 +1,504 @@
+/**
+ * Fault tests for live migration of VMs with disks, both modes (src/migration/disk.ts), with real
+ * host processes and the kvlog guest writing its checksummed log all the time: kill -9 of the target
+ * and of the source in each phase, a dropped connection, a disk block corrupted on the wire.
+ *
+ * Each case ends with the VM running in exactly one place (or, where its own host was killed, in
+ * none, until that host is restarted from its data directory), never two writers of the disk (at
+ * most one live lease, at most one host with the disk attached), the disk consistent (qemu-img
+ * check, and the guest's boot-time scan finds every record flushed before the fault), and no
+ * uncommitted copy left on the target's datastore. Faults land by failpoints (the hit line on
+ * stderr is the proof), never by pace; leases are short (host flags) so that waiting out a dead
+ * host's lease takes a couple of seconds.
+ */
+import { afterEach, describe, it, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { removeHostData, startHost, stopHost, until, waitMigration, waitPhase, type TestHost } from '../helpers/hosts.js';
+import { vmRequest } from '../helpers/guests.js';
+import { qemuImgOk } from '../helpers/vmdk.js';
+import { failpointHitLine } from '../../src/lib/failpoints.js';
+import { isFerryError } from '../../src/lib/errors.js';
+import { MiB } from '../../src/lib/units.js';
+import { readLease, type LeaseRecord, type LeaseTiming } from '../../src/storage/lease.js';
+import type { MigrationPhase, MigrationRecord } from '../../src/migration/record.js';
+import type { MigrationOptions } from '../../src/migration/options.js';
+
+type Mode = 'shared' | 'copy';
+const MODES: readonly Mode[] = ['shared', 'copy'];
+
+/**
+ * Short leases: a dead host's lease is broken ~8.5 s after its last heartbeat. Not shorter: a host
+ * instruments a guest image synchronously with the disk's lease held (a restarted host's first
+ * start of a VM), which on a loaded 2-core machine blocked the heartbeat for over 4.5 s; 16
+ * heartbeats per lease.
+ */
+const LEASE: LeaseTiming = { durationMs: 8_000, renewIntervalMs: 500, clockSkewMs: 500 };
+const LEASE_ARGS = ['--lease-duration', `${LEASE.durationMs}ms`, '--lease-renew', `${LEASE.renewIntervalMs}ms`, '--lease-clock-skew', `${LEASE.clockSkewMs}ms`];
+/** Kill and drop faults fail a request at once; the timeouts are generous so a loaded machine does not turn slowness into another failure. */
+const FAULT_OPTS: MigrationOptions = { requestTimeoutMs: 10_000, inDoubtTimeoutMs: 30_000 };
+const DISK = 'v.vmdk';
+const DISK_BYTES = 32 * MiB;
+/** kvlog appends 5000 records/s and flushes every 64; 2048 flushed records fill the first disk blocks for good (see the corrupt-block case). */
+const KV = { memoryBytes: 8 * MiB, vcpus: 1, cmdline: 'max=100000 flush=64 rate=5000' };
+const FLUSHED_BEFORE_MIGRATING = 2048;
+/** Bound on waiting for a VM's boot-time scan, a lease to change hands (a lease duration and more), a copy to be removed. */
+const WAIT_MS = 30_000;
+
+/**
+ * One test's world: a source A and a target B, each a real `ferry host` process. Shared mode: both
+ * mount one directory (B under another name: the datastore's id makes it shared). Copy mode: each
+ * has its own directory named ds1, and the disk is copied to B's.
+ */
+interface Rig {
+  readonly mode: Mode;
+  readonly base: string;
+  /** A's datastore directory: the VM's disk (in shared mode also B's). */
+  readonly dsA: string;
+  /** B's datastore directory (the same as dsA in shared mode). */
+  readonly dsB: string;
+  readonly hosts: TestHost[];
+  a: TestHost;
+  b: TestHost;
+}
+
+const rigs = new Map<string, Rig>();
+afterEach(async (t) => {
+  const r = rigs.get(t.name);
+  rigs.delete(t.name);
+  if (r === undefined) return;
+  // Debugging a failure: FERRY_TEST_HOST_LOGS=1 prints what every host of the test printed.
+  if (process.env.FERRY_TEST_HOST_LOGS === '1') for (const h of r.hosts) process.stderr.write(`--- ${t.name}: host ${h.name}\n${h.log()}\n`);
+  for (const h of r.hosts) { await stopHost(h, 'SIGKILL'); await removeHostData(h); }
+  await rm(r.base, { recursive: true, force: true });
+});
+
+function hostArgs(r: Pick<Rig, 'mode' | 'dsA' | 'dsB'>, name: 'a' | 'b'): string[] {
+  const ds = name === 'a' ? ['--datastore', `ds1=${r.dsA}`] : r.mode === 'shared' ? ['--datastore', `san=${r.dsA}`] : ['--datastore', `ds1=${r.dsB}`];
+  return [...ds, ...LEASE_ARGS];
+}
+
+/** Starts A and B (with their failpoints), creates VM v with a new disk on A and waits until the guest has flushed FLUSHED_BEFORE_MIGRATING records. */
+async function rig(t: TestContext, mode: Mode, failpoints: { a?: string; b?: string } = {}): Promise<Rig> {
+  const base = await mkdtemp(join(tmpdir(), 'ferry-disk-faults-'));
+  const dsA = await mkdtemp(join(base, 'dsA-'));
+  const dsB = mode === 'shared' ? dsA : await mkdtemp(join(base, 'dsB-'));
+  const hosts: TestHost[] = [];
+  const partial = { mode, base, dsA, dsB, hosts };
+  // Registered before any host starts: afterEach cleans up whatever got started.
+  rigs.set(t.name, partial as Rig);
+  const start = async (name: 'a' | 'b'): Promise<TestHost> => {
+    const fp = failpoints[name];
+    const h = await startHost(name, { args: hostArgs(partial, name), ...(fp !== undefined ? { failpoints: fp } : {}) });
+    hosts.push(h);
+    return h;
+  };
+  const [a, b] = await Promise.all([start('a'), start('b')]);
+  const r: Rig = Object.assign(partial, { a, b });
+  rigs.set(t.name, r);
+  await a.client.createVm(await vmRequest('v', 'kvlog', { ...KV, disk: { datastore: 'ds1', path: DISK, sizeBytes: DISK_BYTES }, start: true }));
+  await until(async () => await flushed(a) >= FLUSHED_BEFORE_MIGRATING, `${FLUSHED_BEFORE_MIGRATING} records flushed on a`, WAIT_MS);
+  return r;
+}
+
+/** Restarts a killed host on its data directory and port (the source's in-doubt poll finds it there). */
+async function restart(r: Rig, h: TestHost): Promise<TestHost> {
+  assert.ok(isDead(h), `${h.name} is down before it is restarted`);
+  const again = await startHost(h.name, { dataDir: h.dataDir, port: h.port, args: hostArgs(r, h.name as 'a' | 'b') });
+  r.hosts.push(again);
+  if (h === r.a) r.a = again; else r.b = again;
+  return again;
+}
+
+async function kill(h: TestHost): Promise<void> {
+  await stopHost(h, 'SIGKILL');
+}
+
+function isDead(h: TestHost): boolean {
+  return h.child.exitCode !== null || h.child.signalCode !== null;
+}
+
+/**
+ * Waits for failpoint `name` to be hit on `h` — the proof that the fault lands where it names —
+ * and fails at once, with the migration's outcome, if the migration ended without reaching it.
+ */
+async function hit(r: Rig, id: string, h: TestHost, name: string, kind: string): Promise<void> {
+  const line = failpointHitLine(name, kind);
+  await until(async () => {
+    if (h.log().includes(line)) return true;
+    // The source may be the one that was hit (and is dying): one that does not answer has not ended the migration.
+    const ended: MigrationRecord | null = isDead(r.a) ? null : await r.a.client.migration(id).then((m) => m.record, () => null);
+    if (ended !== null && !h.log().includes(line)) assert.fail(`the migration ended (${ended.outcome}: ${ended.error?.code ?? ''} ${ended.error?.message ?? ''}) before failpoint ${name} was hit`);
+    return false;
+  }, `failpoint ${name} on ${h.name}`, 60_000);
+}
+
+async function migrate(r: Rig, options: MigrationOptions = {}): Promise<string> {
+  const req = { to: r.b.url, options: { ...FAULT_OPTS, ...options }, ...(r.mode === 'copy' ? { disk: { datastore: 'ds1' } } : {}) };
+  return (await r.a.client.migrate('v', req)).migrationId;
+}
+
+async function consoleText(h: TestHost, vm = 'v'): Promise<string> {
+  let text = '';
+  const decoder = new TextDecoder();
+  for await (const chunk of await h.client.console(vm)) text += decoder.decode(chunk, { stream: true });
+  return text;
+}
+
+/** Records the guest last said were flushed (durable on its disk). */
+async function flushed(h: TestHost, vm = 'v'): Promise<number> {
+  return Number([...(await consoleText(h, vm)).matchAll(/kvlog: flushed (\d+) records/g)].at(-1)?.[1] ?? 0);
+}
+
+/** Boots (or reboots) the VM and returns how many records its boot-time scan found and verified on disk. */
+async function bootAndCount(h: TestHost, vm = 'v'): Promise<number> {
+  const scans = (text: string): string[] => [...text.matchAll(/kvlog: found (\d+) records, all verified/g)].map((m) => m[1] ?? '');
+  const before = scans(await consoleText(h, vm)).length;
+  if ((await h.client.vm(vm)).state !== 'defined') await h.client.stopVm(vm);
+  await startWhenDiskFree(h, vm);
+  let found: string | undefined;
+  await until(async () => { found = scans(await consoleText(h, vm))[before]; return found !== undefined; }, `the boot-time scan of ${vm} on ${h.name}`, WAIT_MS);
+  return Number(found);
+}
+
+/**
+ * Starts a defined VM. A host restarted after kill -9 finds its previous run's lease on the disk
+ * (another host id) still live for up to a lease duration: DISK_LOCKED until it expires, then the
+ * start takes it over.
+ */
+async function startWhenDiskFree(h: TestHost, vm: string): Promise<void> {
+  await until(async () => {
+    try {
+      await h.client.startVm(vm);
+      return true;
+    } catch (err) {
+      if (!isFerryError(err, 'DISK_LOCKED')) throw err;
+      return false;
+    }
+  }, `${vm} on ${h.name} to start once its disk's lease is free`, WAIT_MS);
+}
+
+/** The disk holds at least `atLeast` verified records after a reboot and passes qemu-img check (the VM is left stopped). */
+async function assertDiskIntact(h: TestHost, file: string, atLeast: number, vm = 'v'): Promise<void> {
+  const found = await bootAndCount(h, vm);
+  assert.ok(found >= atLeast, `the guest's boot-time scan found ${found} verified records, at least the ${atLeast} flushed before the fault`);
+  await h.client.stopVm(vm);
+  assert.match(await qemuImgOk('check', file), /No errors were found/);
+}
+
+function liveLease(rec: LeaseRecord | null): LeaseRecord | null {
+  return rec !== null && Date.now() <= rec.expiresAtMs + LEASE.clockSkewMs ? rec : null;
+}
+
+/**
+ * Never two writers: the disk's lock names `owner` (null: nobody holds a live lease), and of the
+ * hosts that mount the file and are up, only `owner` has a VM with it attached.
+ */
+async function assertWriter(r: Rig, file: string, owner: TestHost | null): Promise<void> {
+  const lease = liveLease(await readLease(file, LEASE));
+  assert.equal(lease?.hostName ?? null, owner?.name ?? null, `the live lease of ${file}`);
+  const mounting = r.mode === 'shared' ? [r.a, r.b] : file.startsWith(r.dsA) ? [r.a] : [r.b];
+  for (const h of mounting) {
+    if (isDead(h)) continue;
+    const attached = (await h.client.listVms()).filter((v) => v.disk?.attached === true && v.disk.path === DISK);
+    assert.equal(attached.length, h === owner ? 1 : 0, `${h.name} has the disk attached ${h === owner ? 'once' : 'nowhere'}`);
+  }
+}
+
+/** The VM runs, intact and with its disk attached, on `on`; no other host has it in its VM list or data directory. */
+async function assertRunsOnlyOn(r: Rig, on: TestHost): Promise<void> {
+  const check = await on.client.verifyVm('v');
+  assert.equal(check.state, 'running', `v runs on ${on.name}`);
+  assert.equal(check.selfcheck, 0, `v is intact on ${on.name}`);
+  assert.equal((await on.client.vm('v')).disk?.attached, true, `v's disk is attached on ${on.name}`);
+  for (const h of [r.a, r.b].filter((x) => x !== on)) assertNotOn(h, await vmsOf(h));
+}
+
+async function vmsOf(h: TestHost): Promise<string[]> {
+  const listed = isDead(h) ? [] : (await h.client.listVms()).map((v) => v.name);
+  const stored = await readdir(join(h.dataDir, 'vms')).catch(() => [] as string[]);
+  return [...listed, ...stored].filter((n) => n === 'v');
+}
+
+function assertNotOn(h: TestHost, vms: string[]): void {
+  assert.deepEqual(vms, [], `no copy of v on ${h.name} (VM list or data directory)`);
+}
+
+/**
+ * The copy and its lock on B's datastore. (Not a killed host's half-written lease renewal,
+ * `<disk>.lck.<lease>.<generation>.tmp`: litter of any kill -9 mid-heartbeat, no lock, no disk.)
+ */
+async function copyLeft(r: Rig): Promise<string[]> {
+  return (await readdir(r.dsB)).filter((f) => f === DISK || f === `${DISK}.lck`);
+}
+
+/** Copy mode: nothing of an uncommitted copy is left on B's datastore. */
+async function assertNoCopy(r: Rig): Promise<void> {
+  if (r.mode !== 'copy') return;
+  assert.deepEqual(await copyLeft(r), [], `the uncommitted copy was removed from ${r.b.name}'s datastore`);
+}
+
+/** Copy mode, target killed: the restarted target removes the copy it never committed (its lease, from the dead run, first has to expire). */
+async function assertCopyRemovedAfterRestart(r: Rig, existed: boolean): Promise<void> {
+  if (r.mode !== 'copy') return;
+  // Its log line comes once the copy and its note are gone.
+  if (existed) await r.b.waitForLog('disk copy ds1:v.vmdk: removed (the migration never committed)', WAIT_MS);
+  await assertNoCopy(r);
+}
+
+function assertFailedIn(rec: MigrationRecord, phase: MigrationPhase): void {
+  const phases = rec.phases.map((p) => p.phase);
+  assert.equal(phases.at(-1), 'rollback', `rolled back (phases ${phases.join(' > ')})`);
+  assert.equal(phases.at(-2), phase, `the fault landed in ${phase} (phases ${phases.join(' > ')})`);
+}
+
+/**
+ * The target dies (its own `crash` failpoint) at or after COMMIT: the commit reply is lost, so the
+ * source is in doubt — it asks the target and keeps the VM paused meanwhile. Returns the migration
+ * and the records flushed before the switch-over (the VM is stunned: that count is final).
+ */
+async function targetDiesAtCommit(r: Rig, failpoint: string): Promise<{ id: string; before: number }> {
+  const id = await migrate(r);
+  await hit(r, id, r.b, failpoint, 'crash');
+  await r.b.exited;
+  await waitPhase(r.a, id, 'resolve');
+  assert.equal((await r.a.client.vm('v')).state, 'paused', 'in doubt: paused on the source');
+  return { id, before: await flushed(r.a) };
+}
+
+/** The target is held (`delay` failpoint) at a commit step and the source dies meanwhile; returns the records flushed before (the VM was stunned). */
+async function sourceDiesWhileTargetAt(r: Rig, failpoint: string): Promise<number> {
+  const id = await migrate(r);
+  await hit(r, id, r.b, failpoint, 'delay');
+  const before = await flushed(r.a);
+  await kill(r.a);
+  return before;
+}
+
+/**
+ * A failure the target saw (a dropped connection, a refused COMMIT) and survived: the VM runs on the
+ * source with its disk, the target discarded its part (a copy is removed: after its ERROR reply the
+ * connection drops), and the disk holds every record the guest flushed.
+ */
+async function assertStaysOnSource(r: Rig): Promise<void> {
+  await assertRunsOnlyOn(r, r.a);
+  await assertWriter(r, sourceFile(r), r.a);
+  await r.b.waitForLog('partial VM discarded');
+  await assertNoCopy(r);
+  await assertDiskIntact(r.a, sourceFile(r), await flushed(r.a));
+}
+
+function sourceFile(r: Rig): string { return join(r.dsA, DISK); }
+
+/** Failpoints on the target that hold it in each phase before any commit step; copy mode holds pre-copy in the middle of the disk blocks. */
+function holdIn(mode: Mode, phase: 'prepare' | 'precopy' | 'switchover'): string {
+  if (phase === 'prepare') return 'target.prepare';
+  if (phase === 'precopy') return mode === 'copy' ? 'target.disk' : 'target.round';
+  return 'target.state';
+}
+
+describe('disk migration faults: one running VM, one writer, an intact disk', { concurrency: 2 }, () => {
+  for (const mode of MODES) {
+    for (const phase of ['prepare', 'precopy', 'switchover'] as const) {
+      const fp = holdIn(mode, phase);
+      it(`${mode}: kill -9 of the target in ${phase} (${fp}): rollback, the VM keeps running on the source with its disk`, async (t) => {
+        const r = await rig(t, mode, { b: `${fp}=hang` });
+        const id = await migrate(r);
+        await hit(r, id, r.b, fp, 'hang');
+        assert.equal((await r.a.client.migration(id)).phase, phase, `the source is in ${phase}`);
+        await kill(r.b);
+        const rec = await waitMigration(r.a, id);
+        assert.equal(rec.outcome, 'failed', rec.error?.message);
+        assertFailedIn(rec, phase);
+        await assertRunsOnlyOn(r, r.a);
+        // Shared: the source never gave the lease up (that happens after STATE was answered).
+        await assertWriter(r, sourceFile(r), r.a);
+        if (mode === 'copy') {
+          // Held before PREPARE was handled there is no copy yet; later the dead target leaves its partial copy behind...
+          assert.equal((await copyLeft(r)).includes(DISK), phase !== 'prepare', 'the dead target left a partial copy');
+          // ...which it removes itself once it is back.
+          await restart(r, r.b);
+          assertNotOn(r.b, await vmsOf(r.b));
+          await assertCopyRemovedAfterRestart(r, phase !== 'prepare');
+        }
+        await assertDiskIntact(r.a, sourceFile(r), await flushed(r.a));
+      });
+    }
+
+    it(`${mode}: kill -9 of the target at its disk activation (COMMIT received, lease not taken): in doubt, the restarted target says unknown, the source resumes`, async (t) => {
+      const r = await rig(t, mode, { b: 'target.disk-activate=crash' });
+      const { id, before } = await targetDiesAtCommit(r, 'target.disk-activate');
+      // Shared: the source gave the lease up before COMMIT and the target died before taking it: nobody writes.
+      await assertWriter(r, sourceFile(r), mode === 'shared' ? null : r.a);
+      await restart(r, r.b);
+      const rec = await waitMigration(r.a, id);
+      assert.equal(rec.outcome, 'failed', rec.error?.message);
+      assert.deepEqual(rec.phases.map((p) => p.phase).slice(-2), ['resolve', 'rollback']);
+      await assertRunsOnlyOn(r, r.a);
+      await assertWriter(r, sourceFile(r), r.a);
+      await assertCopyRemovedAfterRestart(r, true);
+      await assertDiskIntact(r.a, sourceFile(r), Math.max(before, await flushed(r.a)));
+    });
+
+    it(`${mode}: kill -9 of the target after it recorded the commit: the source stays paused in doubt, the restarted target says committed; the VM is in none, its disk intact`, async (t) => {
+      const r = await rig(t, mode, { b: 'target.after-commit-record=crash' });
+      const { id, before } = await targetDiesAtCommit(r, 'target.after-commit-record');
+      const copyFile = join(r.dsB, DISK);
+      // Shared: the target took the lease at COMMIT, before its record; it died holding it. Copy: the source keeps its own disk.
+      if (mode === 'shared') assert.equal((await readLease(copyFile, LEASE))?.hostName, 'b', 'the dead target holds the lease');
+      else await assertWriter(r, sourceFile(r), r.a);
+      await restart(r, r.b);
+      const rec = await waitMigration(r.a, id);
+      assert.equal(rec.outcome, 'succeeded', 'the target committed: the source released its copy');
+      // The source forgets the VM as the job ends: its definition goes once its disk is closed.
+      await until(async () => (await vmsOf(r.a)).length === 0, 'the source to forget v', WAIT_MS);
+      // The target died between its commit record and adopting the VM: the VM runs nowhere (its RAM is gone), never in two.
+      for (const h of [r.a, r.b]) assertNotOn(h, await vmsOf(h));
+      // The committed disk is whole: the source's (shared) or the flushed copy (copy), kept by the restarted target.
+      // A VM defined on it (once the dead run's lease has expired) finds every record flushed before the switch-over.
+      await defineOnDisk(r.b, mode === 'shared' ? 'san' : 'ds1');
+      await assertDiskIntact(r.b, copyFile, before, 'w');
+    });
+  }
+
+  it('shared: kill -9 of the target after the source released the lease: COMMIT cannot be sent, rollback at once, the source takes the lease back', async (t) => {
+    // The source waits with the lease given up; the target dies meanwhile; the COMMIT that follows finds its connection closed.
+    const r = await rig(t, 'shared', { a: 'source.after-disk-release=delay:3000' });
+    const id = await migrate(r);
+    await hit(r, id, r.a, 'source.after-disk-release', 'delay');
+    await assertWriter(r, sourceFile(r), null);
+    const before = await flushed(r.a);
+    await kill(r.b);
+    const rec = await waitMigration(r.a, id);
+    assert.equal(rec.outcome, 'failed', rec.error?.message);
+    // COMMIT never left the source: a definite "not committed", nothing to resolve.
+    assertFailedIn(rec, 'switchover');
+    await assertRunsOnlyOn(r, r.a);
+    await assertWriter(r, sourceFile(r), r.a);
+    await assertDiskIntact(r.a, sourceFile(r), Math.max(before, await flushed(r.a)));
+  });
+
+  it('shared: kill -9 of the target after it took the lease, before its commit record: the restarted target says unknown; the source waits out the dead target\'s lease, takes it back and resumes', async (t) => {
+    const r = await rig(t, 'shared', { b: 'target.after-disk-activate=crash' });
+    const { id, before } = await targetDiesAtCommit(r, 'target.after-disk-activate');
+    const deadLease = await readLease(sourceFile(r), LEASE);
+    assert.equal(deadLease?.hostName, 'b', 'the dead target holds the lease');
+    await restart(r, r.b);
+    const rec = await waitMigration(r.a, id);
+    // The rollback could end only once it had the lease again, and that only past the dead target's expiry (+ the skew allowance).
+    assert.ok(deadLease !== null && Date.now() > deadLease.expiresAtMs + LEASE.clockSkewMs, 'the source resumed only after the dead target\'s lease had expired');
+    assert.equal(rec.outcome, 'failed', rec.error?.message);
+    assert.deepEqual(rec.phases.map((p) => p.phase).slice(-2), ['resolve', 'rollback']);
+    await assertRunsOnlyOn(r, r.a);
+    await assertWriter(r, sourceFile(r), r.a);
+    await assertDiskIntact(r.a, sourceFile(r), Math.max(before, await flushed(r.a)));
+  });
+
+  for (const mode of MODES) {
+    for (const phase of ['prepare', 'precopy', 'switchover'] as const) {
+      const fp = holdIn(mode, phase);
+      it(`${mode}: kill -9 of the source in ${phase} (${fp}): the target discards its part; the restarted source brings the VM back from its data directory`, async (t) => {
+        const r = await rig(t, mode, { b: `${fp}=hang` });
+        const id = await migrate(r);
+        await hit(r, id, r.b, fp, 'hang');
+        assert.equal((await r.a.client.migration(id)).phase, phase, `the source is in ${phase}`);
+        const before = await flushed(r.a);
+        await kill(r.a);
+        await r.b.waitForLog('partial VM discarded');
+        assertNotOn(r.b, await vmsOf(r.b));
+        await assertNoCopy(r);
+        await sourceComesBack(r, before);
+      });
+    }
+
+    it(`${mode}: kill -9 of the source while the target activates the disk at COMMIT: the target aborts, never resumes the VM nor keeps the disk; the restarted source brings it back`, async (t) => {
+      // The target is held at its disk activation; the source dies meanwhile; the target then goes on with a migration that was aborted under it.
+      const r = await rig(t, mode, { b: 'target.disk-activate=delay:3000' });
+      const before = await sourceDiesWhileTargetAt(r, 'target.disk-activate');
+      await r.b.waitForLog('partial VM discarded');
+      // Past the delay: the commit that was under way must not run the VM, record "committed" or take the lease.
+      await r.b.waitForLog('aborted while it was committing');
+      assertNotOn(r.b, await vmsOf(r.b));
+      await assertNoCopy(r);
+      assert.equal(liveLease(await readLease(sourceFile(r), LEASE))?.hostName === 'b', false, 'the target does not hold the lease');
+      await sourceComesBack(r, before);
+    });
+  }
+
+  it('shared: kill -9 of the source after it released the lease, before COMMIT: nobody holds the disk; the restarted source takes it and brings the VM back', async (t) => {
+    const r = await rig(t, 'shared', { a: 'source.after-disk-release=crash' });
+    const id = await migrate(r);
+    await hit(r, id, r.a, 'source.after-disk-release', 'crash');
+    await r.a.exited;
+    await r.b.waitForLog('partial VM discarded');
+    assertNotOn(r.b, await vmsOf(r.b));
+    // The VM stunned, the disk flushed and released: every flushed record is on disk, and no lock at all.
+    assert.equal(await readLease(sourceFile(r), LEASE), null, 'the released lease is gone');
+    await sourceComesBack(r, FLUSHED_BEFORE_MIGRATING);
+  });
+
+  for (const mode of MODES) {
+    it(`${mode}: kill -9 of the source after the target recorded the commit: the VM runs on the target only; the restarted source cannot run its stale definition`, async (t) => {
+      const r = await rig(t, mode, { b: 'target.after-commit-record=delay:3000' });
+      const before = await sourceDiesWhileTargetAt(r, 'target.after-commit-record');
+      await r.b.waitForLog('committed; VM v runs here');
+      await until(async () => (await r.b.client.vm('v')).state === 'running', 'v to run on b', WAIT_MS);
+      const a2 = await restart(r, r.a);
+      // The source died before it learned of the commit: its data directory still defines v. It must not run it beside the target's.
+      const stale = (await a2.client.listVms()).find((v) => v.name === 'v');
+      assert.notEqual(stale?.state, 'running', 'the stale definition on the restarted source is not running');
+      assert.equal((await r.b.client.verifyVm('v')).selfcheck, 0, 'v is intact on the target');
+      const targetFile = join(r.dsB, DISK);
+      await assertWriter(r, targetFile, r.b);
+      if (mode === 'shared') await assert.rejects(a2.client.startVm('v'), { code: /VM_STATE|DISK_LOCKED/ }, 'the source cannot start it: the target holds the disk');
+      await assertDiskIntact(r.b, targetFile, before);
+    });
+  }
+
+  for (const mode of MODES) {
+    it(`${mode}: a connection dropped mid-round: rollback, the VM keeps running on the source`, async (t) => {
+      const r = await rig(t, mode, { b: 'target.memory.drop=drop:1' });
+      const rec = await waitMigration(r.a, await migrate(r));
+      assert.ok(r.b.log().includes(failpointHitLine('target.memory.drop', 'drop')), 'the drop happened');
+      assert.equal(rec.outcome, 'failed');
+      assertFailedIn(rec, 'precopy');
+      await assertStaysOnSource(r);
+    });
+  }
+
+  it('copy: a disk block corrupted on the wire: the disk digest refuses COMMIT, rollback, the copy is removed', async (t) => {
+    // The first block round 1 sends: after 2048 flushed records the guest never writes it again, so no later round repairs it.
+    const r = await rig(t, 'copy');
+    const rec = await waitMigration(r.a, await migrate(r, { corruptDiskBlockInRound: 1 }));
+    assert.equal(rec.outcome, 'failed');
+    assert.equal(rec.error?.code, 'DIGEST_MISMATCH');
+    assert.match(rec.error?.message ?? '', /disk digest mismatch/);
+    assertFailedIn(rec, 'switchover');
+    await assertStaysOnSource(r);
+  });
+});
+
+/** The killed source restarted on its data directory: v is defined there (not running), starts on its disk and finds every record flushed before the fault. */
+async function sourceComesBack(r: Rig, flushedBefore: number): Promise<void> {
+  const a2 = await restart(r, r.a);
+  const view = (await a2.client.listVms()).find((v) => v.name === 'v');
+  assert.equal(view?.state, 'defined', 'the restarted source has v defined (a crash loses the running state, not the VM)');
+  assertNotOn(r.b, await vmsOf(r.b));
+  await assertDiskIntact(a2, sourceFile(r), flushedBefore);
+  await assertWriter(r, sourceFile(r), a2);
+}
+
+/** Defines VM w on the committed disk on `h` once the dead run's lease on it has expired. */
+async function defineOnDisk(h: TestHost, datastore: string): Promise<void> {
+  await until(async () => {
+    try {
+      await h.client.createVm(await vmRequest('w', 'kvlog', { ...KV, disk: { datastore, path: DISK } }));
+      return true;
+    } catch (err) {
+      if (isFerryError(err, 'DISK_LOCKED')) return false;
+      throw err;
+    }
+  }, `a VM on ${datastore}:${DISK} on ${h.name} once the lease is free`, WAIT_MS);
+}
