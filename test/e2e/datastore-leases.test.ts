@@ -20,8 +20,8 @@ import { TEST_TOKEN, removeHostData, startHost, stopHost, type TestHost } from '
 import { runFerry } from '../helpers/cli.js';
 
 const HELPER = fileURLToPath(new URL('../helpers/datastore-host.js', import.meta.url));
-/** Short, so that a takeover is seconds; 6 heartbeats per lease so a loaded machine still renews in time. */
-const TIMING: LeaseTiming = { durationMs: 1_500, renewIntervalMs: 250, clockSkewMs: 200 };
+/** Short, so that a takeover is seconds; 8 heartbeats per lease and 4 s of slack, so a loaded CI machine (load 25 seen, 1.5 s was lost there) still renews in time. */
+const TIMING: LeaseTiming = { durationMs: 4_000, renewIntervalMs: 500, clockSkewMs: 200 };
 /** Upper bound for any one wait (a host start includes the instrumenter warm-up). */
 const WAIT_MS = 30_000;
 const DISK = 'vm1/disk.raw';
