@@ -23,7 +23,6 @@ import { promisify } from 'node:util';
 import { MiB, formatBytes } from '../src/lib/units.js';
 import { randomToken } from '../src/host/agent.js';
 import { spawnHost, stopHosts, type LocalHost } from '../src/cli/local-hosts.js';
-import type { HostClient } from '../src/api/host-client.js';
 import { LocalFile } from '../src/storage/local-file.js';
 import { VmdkDisk } from '../src/storage/vmdk/disk.js';
 import { rawBaseline } from './raw-socket.js';
@@ -92,13 +91,6 @@ async function sameContent(pathA: string, pathB: string, fromBytes: number, capa
   }
 }
 
-async function consoleText(client: HostClient, name: string): Promise<string> {
-  let text = '';
-  const decoder = new TextDecoder();
-  for await (const chunk of await client.console(name)) text += decoder.decode(chunk, { stream: true });
-  return text;
-}
-
 function lastNumber(text: string, re: RegExp): number {
   return Number([...text.matchAll(re)].at(-1)?.[1] ?? -1);
 }
@@ -129,13 +121,13 @@ export async function runMigratePart(opts: MigratePartOptions, workDir: string, 
     const movedBytes = record.transferredBytes + (record.disk?.sentBytes ?? 0);
 
     // The checks, with both copies at rest.
-    const flushed = lastNumber(await consoleText(b.client, 'bench'), /kvlog: flushed (\d+) records/g);
+    const flushed = lastNumber(await b.client.consoleText('bench'), /kvlog: flushed (\d+) records/g);
     await b.client.stopVm('bench');
     const compare = await sameContent(join(dirs.dsA, 'bench.vmdk'), join(dirs.dsB, 'bench.vmdk'), KVLOG_MAX_RECORDS * KVLOG_RECORD_BYTES, opts.diskBytes);
     const check = await run('qemu-img', ['check', join(dirs.dsB, 'bench.vmdk')]).then(() => true, () => false);
     await b.client.startVm('bench');
     await b.client.waitForConsole('bench', 'records, all verified', BOOT_TIMEOUT_MS);
-    const found = lastNumber(await consoleText(b.client, 'bench'), /kvlog: found (\d+) records, all verified/g);
+    const found = lastNumber(await b.client.consoleText('bench'), /kvlog: found (\d+) records, all verified/g);
     await b.client.stopVm('bench');
     const verified = record.verified && compare && check && found >= flushed && flushed > 0;
 

@@ -83,6 +83,14 @@ export class HostClient {
     return bodyOf(res);
   }
 
+  /** The console text so far, decoded (UTF-8). */
+  async consoleText(name: string): Promise<string> {
+    let text = '';
+    const decoder = new TextDecoder();
+    for await (const chunk of await this.console(name)) text += decoder.decode(chunk, { stream: true });
+    return text + decoder.decode();
+  }
+
   /** Follows the console until `text` appears in it (e.g. a guest's boot line); HOST_ERROR after `timeoutMs`. */
   async waitForConsole(name: string, text: string, timeoutMs: number = API_TIMEOUT_MS): Promise<void> {
     const ac = new AbortController();

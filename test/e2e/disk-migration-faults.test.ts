@@ -140,26 +140,19 @@ async function migrate(r: Rig, options: MigrationOptions = {}): Promise<string> 
   return (await r.a.client.migrate('v', req)).migrationId;
 }
 
-async function consoleText(h: TestHost, vm = 'v'): Promise<string> {
-  let text = '';
-  const decoder = new TextDecoder();
-  for await (const chunk of await h.client.console(vm)) text += decoder.decode(chunk, { stream: true });
-  return text;
-}
-
 /** Records the guest last said were flushed (durable on its disk). */
 async function flushed(h: TestHost, vm = 'v'): Promise<number> {
-  return Number([...(await consoleText(h, vm)).matchAll(/kvlog: flushed (\d+) records/g)].at(-1)?.[1] ?? 0);
+  return Number([...(await h.client.consoleText(vm)).matchAll(/kvlog: flushed (\d+) records/g)].at(-1)?.[1] ?? 0);
 }
 
 /** Boots (or reboots) the VM and returns how many records its boot-time scan found and verified on disk. */
 async function bootAndCount(h: TestHost, vm = 'v'): Promise<number> {
   const scans = (text: string): string[] => [...text.matchAll(/kvlog: found (\d+) records, all verified/g)].map((m) => m[1] ?? '');
-  const before = scans(await consoleText(h, vm)).length;
+  const before = scans(await h.client.consoleText(vm)).length;
   if ((await h.client.vm(vm)).state !== 'defined') await h.client.stopVm(vm);
   await startWhenDiskFree(h, vm);
   let found: string | undefined;
-  await until(async () => { found = scans(await consoleText(h, vm))[before]; return found !== undefined; }, `the boot-time scan of ${vm} on ${h.name}`, WAIT_MS);
+  await until(async () => { found = scans(await h.client.consoleText(vm))[before]; return found !== undefined; }, `the boot-time scan of ${vm} on ${h.name}`, WAIT_MS);
   return Number(found);
 }
 

@@ -40,19 +40,12 @@ after(async () => {
   await rm(base, { recursive: true, force: true });
 });
 
-async function consoleText(client: HostClient, name: string): Promise<string> {
-  let text = '';
-  const decoder = new TextDecoder();
-  for await (const chunk of await client.console(name)) text += decoder.decode(chunk, { stream: true });
-  return text;
-}
-
 /** Records the guest found and verified on its disk at its last boot. */
 async function rebootAndCount(client: HostClient, name: string): Promise<number> {
   await client.stopVm(name);
   await client.startVm(name);
   await client.waitForConsole(name, 'records, all verified');
-  const found = [...(await consoleText(client, name)).matchAll(/kvlog: found (\d+) records, all verified/g)].at(-1)?.[1];
+  const found = [...(await client.consoleText(name)).matchAll(/kvlog: found (\d+) records, all verified/g)].at(-1)?.[1];
   assert.ok(found !== undefined, 'the guest reports what it found');
   return Number(found);
 }
@@ -85,7 +78,7 @@ async function waitFlushed(client: HostClient, name: string, records: number): P
 
 /** The number of records the guest said were flushed, last. */
 async function flushedSoFar(client: HostClient, name: string): Promise<number> {
-  const last = [...(await consoleText(client, name)).matchAll(/kvlog: flushed (\d+) records/g)].at(-1)?.[1];
+  const last = [...(await client.consoleText(name)).matchAll(/kvlog: flushed (\d+) records/g)].at(-1)?.[1];
   return Number(last ?? 0);
 }
 
