@@ -16,7 +16,7 @@ import {
   actorSchema, claimKindsSchema, datastoreIdSchema, datastoreInputSchema, datastoreListSchema, dutyNameSchema, encodeJson,
   eventIdSchema, eventInputSchema, eventsLimitSchema, heartbeatAtSchema, heartbeatInputSchema, hostInputSchema, hostListSchema,
   hostStateSchema, leaseMsSchema, mountsInputSchema, nameListSchema, nameSchema, outcomeSchema, parseInput, siteInputSchema,
-  taskIdSchema, taskInputSchema, taskListSchema, vmInputSchema, vmListSchema, vmStateSchema, waitingReasonSchema, workerIdSchema,
+  secretNameSchema, secretValueSchema, taskIdSchema, taskInputSchema, taskListSchema, vmInputSchema, vmListSchema, vmStateSchema, waitingReasonSchema, workerIdSchema,
   type Datastore, type DatastoreInput, type DutyLease, type EventInput, type Host, type HostDatastore, type HostInput,
   type HostListOptions, type HostState, type JsonValue, type ListOptions, type MountInput, type Site, type SiteInput,
   type StoredEvent, type Task, type TaskHeartbeat, type TaskInput, type TaskListOptions, type TaskOutcome, type TaskState,
@@ -81,6 +81,8 @@ function toTask(r: TaskRow): Task {
     createdAtMs: r.created_at_ms, startedAtMs: r.started_at_ms, endedAtMs: r.ended_at_ms,
     result: r.result_json === null ? null : decodeJson(r.result_json, 'task'), error,
     claimedBy: r.claimed_by, claimExpiresAtMs: r.claim_expires_at_ms, attempts: r.attempts, cancelRequested: r.cancel_requested === 1,
+    admitted: r.admitted === 1, plan: r.plan_json === null ? null : decodeJson(r.plan_json, 'task'),
+    checkpoint: r.checkpoint_json === null ? null : decodeJson(r.checkpoint_json, 'task'),
   };
 }
 
@@ -381,6 +383,7 @@ export class KyselyCenterStore implements CenterStore {
         kind: t.kind, target: t.target, state: 'queued', phase: '', progress: 0, waiting_reason: t.waitingReason ?? null,
         requested_by: t.requestedBy, params_json: params, created_at_ms: this.now(), started_at_ms: null, ended_at_ms: null,
         result_json: null, error_code: null, error_message: null, claimed_by: null, claim_expires_at_ms: null, attempts: 0, cancel_requested: 0,
+        admitted: t.admitted === false ? 0 : 1, plan_json: null, checkpoint_json: null,
       }).returningAll().executeTakeFirstOrThrow();
       return this.taskChanged(tx, row);
     }));
@@ -399,6 +402,7 @@ export class KyselyCenterStore implements CenterStore {
         .$if(o.state !== undefined, (q) => q.where('state', '=', o.state ?? ''))
         .$if(o.kind !== undefined, (q) => q.where('kind', '=', o.kind ?? ''))
         .$if(o.target !== undefined, (q) => q.where('target', '=', o.target ?? ''))
+        .$if(o.admitted !== undefined, (q) => q.where('admitted', '=', o.admitted === true ? 1 : 0))
         .orderBy('id').limit(o.limit).execute();
       return rows.map(toTask);
     });
@@ -422,7 +426,7 @@ export class KyselyCenterStore implements CenterStore {
       for (let attempt = 0; attempt < MAX_STATE_RETRIES; attempt++) {
         // PostgreSQL: the candidate row is locked until commit and other claimers skip it (they take
         // the next one, or none). SQLite: this whole transaction holds the database's write lock.
-        const candidate = await tx.selectFrom('tasks').select('id').where('state', '=', 'queued').where('kind', 'in', k)
+        const candidate = await tx.selectFrom('tasks').select('id').where('state', '=', 'queued').where('admitted', '=', 1).where('kind', 'in', k)
           .orderBy('id').limit(1)
           .$if(this.hooks.rowLocks, (q) => q.forUpdate().skipLocked())
           .executeTakeFirst();
@@ -433,7 +437,7 @@ export class KyselyCenterStore implements CenterStore {
         const row = await tx.updateTable('tasks').set({
           state: 'running', claimed_by: w, claim_expires_at_ms: now + lease, waiting_reason: null,
           started_at_ms: sql<number>`coalesce(started_at_ms, ${now})`, attempts: sql<number>`attempts + 1`,
-        }).where('id', '=', candidate.id).where('state', '=', 'queued').returningAll().executeTakeFirst();
+        }).where('id', '=', candidate.id).where('state', '=', 'queued').where('admitted', '=', 1).returningAll().executeTakeFirst();
         if (row !== undefined) return this.taskChanged(tx, row);
       }
       return null;
@@ -490,6 +494,34 @@ export class KyselyCenterStore implements CenterStore {
         if (row !== undefined) return this.taskChanged(tx, row);
       }
       throw new FerryError('BUSY', `task ${i} kept changing state while being cancelled; try again`);
+    }));
+  }
+
+  async admitTask(id: number, plan: JsonValue | null): Promise<Task> {
+    const i = parseInput(taskIdSchema, id, 'task id');
+    const p = plan === null ? null : encodeJson(plan, MAX_JSON_BYTES, 'task plan');
+    return this.run('admit task', () => this.db.transaction().execute(async (tx) => {
+      const row = await tx.updateTable('tasks').set({ admitted: 1, plan_json: p, waiting_reason: null })
+        .where('id', '=', i).where('state', '=', 'queued').where('admitted', '=', 0).returningAll().executeTakeFirst();
+      if (row === undefined) {
+        const t = await this.requireTask(tx, i);
+        if (t.state === 'queued') throw new FerryError('TASK_STATE', `task ${i} is already admitted`, { state: t.state });
+        throw this.stateError(t, 'admit', ['queued']);
+      }
+      return this.taskChanged(tx, row);
+    }));
+  }
+
+  async checkpointTask(id: number, workerId: string, checkpoint: JsonValue): Promise<Task> {
+    const i = parseInput(taskIdSchema, id, 'task id');
+    const w = parseInput(workerIdSchema(), workerId, 'worker id');
+    const c = encodeJson(checkpoint, MAX_JSON_BYTES, 'task checkpoint');
+    return this.run('checkpoint task', () => this.db.transaction().execute(async (tx) => {
+      const row = await tx.updateTable('tasks').set({ checkpoint_json: c })
+        .where('id', '=', i).where('state', '=', 'running').where('claimed_by', '=', w).returningAll().executeTakeFirst();
+      if (row === undefined) throw this.claimError(await this.requireTask(tx, i), w);
+      // Not an event: a checkpoint is the worker's note to its successor, not news for clients.
+      return toTask(row);
     }));
   }
 
@@ -671,6 +703,21 @@ export class KyselyCenterStore implements CenterStore {
       if (row === undefined) throw notFound('credential', i);
       return toCredential(row);
     });
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Shared secrets
+
+  async ensureSecret(name: string, value: string): Promise<string> {
+    const n = parseInput(secretNameSchema(), name, 'secret name');
+    const v = parseInput(secretValueSchema(), value, 'secret value');
+    return this.run('ensure secret', () => this.db.transaction().execute(async (tx) => {
+      // Insert-if-absent, then read: of centers racing at first start, every one reads the winner's value.
+      await tx.insertInto('center_secrets').values({ name: n, value: v, created_at_ms: this.now() })
+        .onConflict((oc) => oc.column('name').doNothing()).execute();
+      const row = await tx.selectFrom('center_secrets').select('value').where('name', '=', n).executeTakeFirstOrThrow();
+      return parseInput(secretValueSchema(), row.value, 'stored secret');
+    }));
   }
 
   async close(): Promise<void> {

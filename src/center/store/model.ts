@@ -246,6 +246,12 @@ export interface Task {
   readonly attempts: number;
   /** Cancel was asked while it ran: its worker stops it and finishes it (cancelled, or the truth if too late). */
   readonly cancelRequested: boolean;
+  /** Only admitted tasks are claimed; a task that costs against budgets waits unadmitted for the scheduler. */
+  readonly admitted: boolean;
+  /** What the scheduler decided at admission (e.g. the hosts a migration runs between), or null. */
+  readonly plan: JsonValue | null;
+  /** What a worker recorded before an irreversible step, for whoever takes the task over; or null. */
+  readonly checkpoint: JsonValue | null;
 }
 export const taskInputSchema = z.object({
   kind: kindSchema(),
@@ -253,6 +259,8 @@ export const taskInputSchema = z.object({
   requestedBy: idTextSchema(MAX_ACTOR_CHARS),
   params: z.json().optional(),
   waitingReason: textSchema(MAX_PHASE_CHARS).optional(),
+  /** Default true: claimable at once. False: it waits for the scheduler's admitTask. */
+  admitted: z.boolean().optional(),
 }).strict();
 export type TaskInput = z.input<typeof taskInputSchema>;
 export const workerIdSchema = (): z.ZodString => idTextSchema(MAX_HOLDER_CHARS);
@@ -290,6 +298,11 @@ export const eventInputSchema = z.object({
   payload: z.json().optional(),
 }).strict();
 export type EventInput = z.input<typeof eventInputSchema>;
+/** Names of the secrets centers share (kind-like words). */
+export const secretNameSchema = (): z.ZodString => kindSchema();
+/** A shared secret's value: printable, bounded (a key in hex or base64url). */
+export const secretValueSchema = (): z.ZodString => z.string().regex(/^[A-Za-z0-9_-]{16,256}$/, 'must be 16-256 characters of letters, digits, "_" or "-"');
+
 export const eventIdSchema = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
 export const eventsLimitSchema = z.number().int().min(1).max(MAX_EVENTS_PAGE);
 
@@ -325,6 +338,7 @@ export const taskListSchema = z.object({
   state: z.enum(TASK_STATES).optional(),
   kind: kindSchema().optional(),
   target: idTextSchema(MAX_SUBJECT_CHARS).optional(),
+  admitted: z.boolean().optional(),
 }).strict();
 export type TaskListOptions = z.input<typeof taskListSchema>;
 

@@ -11,7 +11,7 @@
  * by a newer Ferry), STORE_IO (the database failed or holds a row this code cannot read).
  */
 import type {
-  Credential, CredentialInput, Datastore, DatastoreInput, DutyLease, EventInput, Host, HostDatastore, HostInput, HostListOptions, HostState,
+  Credential, CredentialInput, Datastore, JsonValue, DatastoreInput, DutyLease, EventInput, Host, HostDatastore, HostInput, HostListOptions, HostState,
   ListOptions, MountInput, Site, SiteInput, StoredEvent, Task, TaskHeartbeat, TaskInput, TaskListOptions,
   TaskOutcome, Vm, VmInput, VmListOptions, VmState,
 } from './model.js';
@@ -81,6 +81,13 @@ export interface CenterStore {
    * cancelRequested for its worker to stop and finish; a finished one is answered as it is.
    */
   cancelTask(id: number, by: string): Promise<Task>;
+  /**
+   * Admit a queued, unadmitted task with the scheduler's plan (its waiting reason is cleared): from now
+   * on it may be claimed. TASK_STATE if it is not queued or already admitted.
+   */
+  admitTask(id: number, plan: JsonValue | null): Promise<Task>;
+  /** Record a checkpoint of the task's work (its claimer only; TASK_NOT_CLAIMED otherwise). */
+  checkpointTask(id: number, workerId: string, checkpoint: JsonValue): Promise<Task>;
   /** Re-queue running tasks whose claim expired (their worker died or lost the database); answers them. */
   requeueExpiredClaims(): Promise<readonly Task[]>;
 
@@ -112,6 +119,10 @@ export interface CenterStore {
   spendJoinToken(tokenHash: string, hostCredential: CredentialInput): Promise<Credential | null>;
   /** Revoke a credential by id (idempotent: a revoked one is answered as it is). */
   revokeCredential(id: string): Promise<Credential>;
+
+  // -- secrets every center of one database shares
+  /** The secret `name`: the stored one if any, else `value`, stored now (the first center to ask wins). */
+  ensureSecret(name: string, value: string): Promise<string>;
 
   /** Close the database connections; every later call fails with STORE_UNAVAILABLE. Idempotent. */
   close(): Promise<void>;

@@ -67,6 +67,10 @@ export interface TasksTable {
   claim_expires_at_ms: number | null;
   attempts: number;
   cancel_requested: number;
+  /** 0 until the scheduler admits it (schema 4); tasks that cost nothing are enqueued admitted. */
+  admitted: Generated<number>;
+  plan_json: string | null;
+  checkpoint_json: string | null;
 }
 
 export interface EventsTable {
@@ -102,6 +106,13 @@ export interface CredentialsTable {
   revoked_at_ms: number | null;
 }
 
+/** Secrets all centers of one database share (schema 4). */
+export interface CenterSecretsTable {
+  name: string;
+  value: string;
+  created_at_ms: number;
+}
+
 export interface StoreDatabase {
   sites: SitesTable;
   hosts: HostsTable;
@@ -113,4 +124,5 @@ export interface StoreDatabase {
   counters: CountersTable;
   duties: DutiesTable;
   credentials: CredentialsTable;
+  center_secrets: CenterSecretsTable;
 }

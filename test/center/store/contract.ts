@@ -239,6 +239,46 @@ export function storeContract(backend: StoreBackendUnderTest): void {
         await assert.rejects(store.heartbeatTask(424242, 'w1', { leaseMs: 1000 }), { code: 'NOT_FOUND' });
       });
 
+      it('an unadmitted task is not claimed until the scheduler admits it with a plan; a checkpoint is its claimer\'s alone', async () => {
+        const clock = manualClock();
+        const { store } = await fresh({ clock: clock.now });
+        const m = await store.enqueueTask({ kind: 'vm.migrate', target: 'vm:web', requestedBy: 'alice', admitted: false, waitingReason: 'waiting for the scheduler' });
+        const c = await store.enqueueTask({ kind: 'vm.start', target: 'vm:db', requestedBy: 'alice' });
+        assert.equal(m.admitted, false);
+        assert.equal(c.admitted, true, 'admitted unless told otherwise');
+        assert.deepEqual((await store.listTasks({ state: 'queued', admitted: false })).map((t) => t.id), [m.id]);
+        assert.equal((await store.claimNextTask('w1', ['vm.migrate'], 1000)), null, 'an unadmitted task is never claimed');
+        const admitted = await store.admitTask(m.id, { from: 'h1', to: 'h2' });
+        assert.equal(admitted.admitted, true);
+        assert.equal(admitted.waitingReason, null, 'admission clears the reason to wait');
+        assert.deepEqual(admitted.plan, { from: 'h1', to: 'h2' });
+        await assert.rejects(store.admitTask(m.id, null), { code: 'TASK_STATE' }, 'admitted once');
+        await assert.rejects(store.admitTask(c.id, null), { code: 'TASK_STATE' }, 'an admitted task');
+        const claimed = await store.claimNextTask('w1', ['vm.migrate'], 1000);
+        assert.equal(claimed?.id, m.id);
+        assert.deepEqual(claimed.plan, { from: 'h1', to: 'h2' });
+        await assert.rejects(store.admitTask(m.id, null), { code: 'TASK_STATE' }, 'a running task');
+        assert.deepEqual((await store.checkpointTask(m.id, 'w1', { migrationId: 'ab' })).checkpoint, { migrationId: 'ab' });
+        await assert.rejects(store.checkpointTask(m.id, 'w2', { migrationId: 'cd' }), { code: 'TASK_NOT_CLAIMED' });
+        // A worker that takes the task over after the claim expired finds the plan and the checkpoint, still admitted.
+        clock.advance(1001);
+        await store.requeueExpiredClaims();
+        const again = await store.claimNextTask('w2', ['vm.migrate'], 1000);
+        assert.equal(again?.id, m.id);
+        assert.deepEqual([again.admitted, again.plan, again.checkpoint, again.attempts], [true, { from: 'h1', to: 'h2' }, { migrationId: 'ab' }, 2]);
+        await assert.rejects(store.checkpointTask(m.id, 'w2', { big: 'x'.repeat(MAX_JSON_BYTES) }), { code: 'INVALID_ARGUMENT' });
+      });
+
+      it('a shared secret is created once: every later ensure answers the first value', async () => {
+        const stores = await onOneDatabase(2);
+        const [s1, s2] = stores as [CenterStore, CenterStore];
+        const values = await Promise.all([s1.ensureSecret('host-control-key', 'a'.repeat(43)), s2.ensureSecret('host-control-key', 'b'.repeat(43))]);
+        assert.equal(values[0], values[1], 'racing centers agree');
+        assert.equal(await s2.ensureSecret('host-control-key', 'c'.repeat(43)), values[0]);
+        await assert.rejects(s1.ensureSecret('host-control-key', 'short'), { code: 'INVALID_ARGUMENT' });
+        await assert.rejects(s1.ensureSecret('Bad Name', 'a'.repeat(43)), { code: 'INVALID_ARGUMENT' });
+      });
+
       it('cancel works in every state', async () => {
         const { store } = await fresh();
         const queued = await store.enqueueTask({ kind: 'vm.stop', target: 'vm:a', requestedBy: 'alice' });
