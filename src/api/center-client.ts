@@ -12,13 +12,15 @@ import { FerryError, errorMessage } from '../lib/errors.js';
 import {
   CENTER_OPENAPI_PATH, centerEventSchema, centerRoutes,
   type CenterEvent, type CenterHostDetail, type CenterRoute, type CenterTaskView, type CenterVmView, type HeartbeatRequest,
-  type HeartbeatResult, type JoinRequest, type JoinResult, type JoinTokenView,
+  type HeartbeatResult, type JoinRequest, type JoinResult, type JoinTokenView, type CenterCreateVmRequest, type CenterMigrateRequest, type MaintenanceRequest,
 } from './center-v1.js';
 import { errorOf, pathOf, responseSchema } from './host-client.js';
 import { readSse } from './sse.js';
 
 /** Ordinary requests time out; the event stream does not. */
 export const CENTER_TIMEOUT_MS = 30_000;
+/** A task follower re-reads the task at least this often, whatever the event stream says. */
+const TASK_WAIT_SLICE_MS = 1000;
 
 interface RequestOptions {
   readonly body?: unknown;
@@ -63,11 +65,48 @@ export class CenterClient {
     return this.json(centerRoutes.listVms, {}, 200, { query: { ...o } });
   }
   vm(name: string): Promise<CenterVmView> { return this.json(centerRoutes.getVm, { name }, 200); }
-  listTasks(o: PageOptions<number> & { state?: CenterTaskView['state'] } = {}): Promise<ResponseOf<typeof centerRoutes.listTasks, 200>> {
+  listTasks(o: PageOptions<number> & { state?: CenterTaskView['state']; kind?: string; target?: string } = {}): Promise<ResponseOf<typeof centerRoutes.listTasks, 200>> {
     return this.json(centerRoutes.listTasks, {}, 200, { query: { ...o } });
   }
   task(id: number): Promise<CenterTaskView> { return this.json(centerRoutes.getTask, { id: String(id) }, 200); }
   cancelTask(id: number): Promise<CenterTaskView> { return this.json(centerRoutes.cancelTask, { id: String(id) }, 200); }
+  createVm(req: CenterCreateVmRequest): Promise<CenterTaskView> { return this.json(centerRoutes.createVm, {}, 202, { body: req }); }
+  startVm(name: string): Promise<CenterTaskView> { return this.json(centerRoutes.startVm, { name }, 202); }
+  stopVm(name: string): Promise<CenterTaskView> { return this.json(centerRoutes.stopVm, { name }, 202); }
+  deleteVm(name: string): Promise<CenterTaskView> { return this.json(centerRoutes.deleteVm, { name }, 202); }
+  migrateVm(name: string, req: CenterMigrateRequest = {}): Promise<CenterTaskView> { return this.json(centerRoutes.migrateVm, { name }, 202, { body: req }); }
+  maintenance(host: string, action: MaintenanceRequest['action']): Promise<CenterTaskView> { return this.json(centerRoutes.maintenance, { name: host }, 202, { body: { action } }); }
+
+  /**
+   * Waits for a task to finish and answers it as it ended: follows the event stream (every change to
+   * `onChange`), re-reading the task after each of its events so nothing between two is missed; a
+   * broken stream is resumed from the last event id seen.
+   */
+  async waitForTask(id: number, opts: { onChange?: (t: CenterTaskView) => void; signal?: AbortSignal; timeoutMs?: number } = {}): Promise<CenterTaskView> {
+    const deadline = opts.timeoutMs !== undefined ? performance.now() + opts.timeoutMs : Infinity;
+    const subject = `task:${id}`;
+    for (;;) {
+      const t = await this.task(id);
+      opts.onChange?.(t);
+      if (t.state === 'succeeded' || t.state === 'failed' || t.state === 'cancelled') return t;
+      if (performance.now() > deadline) throw new FerryError('CENTER_ERROR', `task ${id} did not end within ${opts.timeoutMs ?? 0} ms (it is ${t.state}: ${t.phase})`);
+      const ac = new AbortController();
+      const timer = setTimeout(() => { ac.abort(); }, Math.min(TASK_WAIT_SLICE_MS, Math.max(1, deadline - performance.now())));
+      const signal = opts.signal !== undefined ? AbortSignal.any([ac.signal, opts.signal]) : ac.signal;
+      try {
+        // Events only make the wait short: the task is read again after each slice, so one that
+        // changed between the read and the stream's start costs at most a slice, never a miss.
+        for await (const e of this.events(null, signal)) if (e.subject === subject) break;
+      } catch (err) {
+        if (opts.signal?.aborted === true) throw new FerryError('CANCELLED', `stopped waiting for task ${id}`);
+        if (!ac.signal.aborted && !(err instanceof FerryError)) throw err;
+      } finally {
+        clearTimeout(timer);
+        ac.abort();
+      }
+    }
+  }
+
   createJoinToken(ttlMs?: number): Promise<JoinTokenView> { return this.json(centerRoutes.createJoinToken, {}, 201, { body: ttlMs !== undefined ? { ttlMs } : {} }); }
   join(req: JoinRequest): Promise<JoinResult> { return this.json(centerRoutes.joinHost, {}, 201, { body: req, auth: false }); }
   heartbeat(name: string, hb: HeartbeatRequest): Promise<HeartbeatResult> { return this.json(centerRoutes.heartbeat, { name }, 200, { body: hb }); }
@@ -77,8 +116,8 @@ export class CenterClient {
    * The event stream: every event after `afterId` (replayed from the store), then live ones, until
    * `signal` aborts or the stream ends. A caller that reconnects passes the last id it saw.
    */
-  async *events(afterId: number, signal?: AbortSignal): AsyncGenerator<CenterEvent> {
-    const res = await this.send(centerRoutes.events, {}, { headers: { 'last-event-id': String(afterId) }, timeoutMs: 0, ...(signal !== undefined ? { signal } : {}) });
+  async *events(afterId: number | null, signal?: AbortSignal): AsyncGenerator<CenterEvent> {
+    const res = await this.send(centerRoutes.events, {}, { headers: afterId === null ? {} : { 'last-event-id': String(afterId) }, timeoutMs: 0, ...(signal !== undefined ? { signal } : {}) });
     if (res.body === null) return;
     for await (const { data } of readSse(res.body)) {
       const parsed = centerEventSchema.safeParse(data);

@@ -12,9 +12,10 @@
  * Errors are `{ error: { code, message, details? } }` with the stable codes of src/lib/errors.ts.
  */
 import { createRoute, z } from '@hono/zod-openapi';
-import { vmNameSchema as limitVmNameSchema } from '../lib/limits.js';
 import { KiB, MiB } from '../lib/units.js';
 import { DATASTORE_ID_PATTERN } from '../storage/datastore.js';
+import { MAX_DATASTORE_PATH_BYTES, VM_NAME_PATTERN, cmdlineSchema, granularitySchema, vcpusSchema, vmNameSchema as limitVmNameSchema } from '../lib/limits.js';
+import { migrationOptionsSchema } from '../migration/options.js';
 import { errorBodySchema, vmStateSchema as hostVmStateSchema } from './host-v1.js';
 
 export const CENTER_API_VERSION = 'v1';
@@ -118,6 +119,8 @@ export const taskViewSchema = z.object({
   error: z.object({ code: z.string(), message: z.string() }).nullable(),
   attempts: z.number().int(),
   cancelRequested: z.boolean(),
+  /** What the scheduler decided when it admitted the task (a migration: its hosts), or null while it waits. */
+  plan: jsonValueSchema,
 }).openapi('CenterTask');
 export type CenterTaskView = z.infer<typeof taskViewSchema>;
 
@@ -183,6 +186,8 @@ export const heartbeatResultSchema = z.object({
   state: z.enum(HOST_STATES),
   /** How often the center wants heartbeats: it marks a host disconnected after a few missed ones. */
   heartbeatIntervalMs: z.number().int(),
+  /** The credential the center presents to this host's control API (the host accepts it beside its own token). */
+  controlToken: z.string().min(16).max(256),
 }).openapi('HeartbeatResult');
 export type HeartbeatResult = z.infer<typeof heartbeatResultSchema>;
 
@@ -190,7 +195,10 @@ const limitQuery = z.coerce.number().int().min(1).max(MAX_PAGE_LIMIT).optional()
 export const hostListQuerySchema = z.object({ after: nameSchema.optional(), limit: limitQuery, state: z.enum(HOST_STATES).optional() }).strict();
 export const vmListQuerySchema = z.object({ after: nameSchema.optional(), limit: limitQuery, host: nameSchema.optional(), state: z.enum(CENTER_VM_STATES).optional() }).strict();
 const taskIdSchema = z.coerce.number().int().min(1).max(Number.MAX_SAFE_INTEGER);
-export const taskListQuerySchema = z.object({ after: taskIdSchema.optional(), limit: limitQuery, state: z.enum(TASK_STATES).optional() }).strict();
+export const taskListQuerySchema = z.object({
+  after: taskIdSchema.optional(), limit: limitQuery, state: z.enum(TASK_STATES).optional(),
+  kind: z.string().max(64).regex(/^[a-z][a-z0-9.-]*$/).optional(), target: z.string().min(1).max(256).optional(),
+}).strict();
 const eventIdText = z.string().regex(/^\d{1,15}$/, 'must be an event id (a non-negative integer)');
 export const eventsQuerySchema = z.object({
   /** Same as the Last-Event-ID header (a browser's EventSource cannot set headers on its first connection). */
@@ -201,6 +209,46 @@ export const eventsHeadersSchema = z.object({ 'last-event-id': eventIdText.optio
 export const hostListSchema = z.object({ hosts: z.array(hostViewSchema), next: z.string().nullable() });
 export const vmListSchema = z.object({ vms: z.array(vmViewSchema), next: z.string().nullable() });
 export const taskListSchema = z.object({ tasks: z.array(taskViewSchema), next: z.number().int().nullable() });
+
+// ---- operations (each answers the task that carries it out) --------------------------------
+
+/**
+ * A guest image travels in the request (bounded by the task's stored parameters) or is one of the
+ * images built with Ferry (`dirtier`, `kvlog`, …), read by the center from its own installation.
+ */
+export const MAX_CENTER_IMAGE_BYTES = 40 * KiB;
+export const BUILTIN_IMAGE_PATTERN = /^[a-z][a-z0-9-]{0,63}$/;
+export const centerCreateVmRequestSchema = z.object({
+  name: nameSchema,
+  /** Where to create it; without, the center places it (most free memory among compatible hosts). */
+  host: nameSchema.optional(),
+  image: z.string().regex(BUILTIN_IMAGE_PATTERN, 'must be the name of an image built with Ferry').optional(),
+  imageBase64: z.string().min(8).max(Math.ceil(MAX_CENTER_IMAGE_BYTES / 3) * 4).optional(),
+  memoryBytes: z.number().int().positive().max(Number.MAX_SAFE_INTEGER),
+  vcpus: vcpusSchema().optional(),
+  granularityBytes: granularitySchema().optional(),
+  cmdline: cmdlineSchema().optional(),
+  disk: z.object({
+    datastore: z.string().regex(VM_NAME_PATTERN), path: z.string().min(1).max(MAX_DATASTORE_PATH_BYTES),
+    sizeBytes: z.number().int().positive().multipleOf(512).max(Number.MAX_SAFE_INTEGER).optional(),
+  }).strict().optional(),
+  /** Start it once created (default true). */
+  start: z.boolean().optional(),
+}).strict().refine((r) => (r.image === undefined) !== (r.imageBase64 === undefined), 'give exactly one of image and imageBase64').openapi('CenterCreateVm');
+export type CenterCreateVmRequest = z.infer<typeof centerCreateVmRequestSchema>;
+
+export const centerMigrateRequestSchema = z.object({
+  /** The target host; without, the center picks a compatible one (most free memory, fewest migrations). */
+  to: nameSchema.optional(),
+  options: migrationOptionsSchema.optional(),
+  /** Copy the disk live to this datastore of the target (as `ferry vm migrate --disk-datastore`). */
+  disk: z.object({ datastore: z.string().regex(VM_NAME_PATTERN), path: z.string().min(1).max(MAX_DATASTORE_PATH_BYTES).optional() }).strict().optional(),
+}).strict().openapi('CenterMigrate');
+export type CenterMigrateRequest = z.infer<typeof centerMigrateRequestSchema>;
+
+export const maintenanceRequestSchema = z.object({ action: z.enum(['enter', 'exit']) }).strict().openapi('Maintenance');
+export type MaintenanceRequest = z.infer<typeof maintenanceRequestSchema>;
+export const emptyBodySchema = z.object({}).strict();
 
 // ---- routes ---------------------------------------------------------------------------------
 
@@ -240,6 +288,32 @@ export const centerRoutes = {
   joinHost: createRoute({
     method: 'post', path: `${P}/hosts/join`, summary: 'a host presents a join token (spent by this call) and receives its own credential', request: body(joinRequestSchema),
     responses: { 201: json(joinResultSchema, 'joined'), ...errors(400, 401, 413, 503) },
+  }),
+  createVm: createRoute({
+    method: 'post', path: `${P}/vms`, summary: 'create a VM (on a chosen host or one the center places): answers its task', request: body(centerCreateVmRequestSchema),
+    responses: { 202: json(taskViewSchema, 'the task creating it'), ...errors(400, 401, 409, 413, 503) },
+  }),
+  startVm: createRoute({
+    method: 'post', path: `${P}/vms/{name}/start`, summary: 'start a VM: answers its task', request: { params: hostParams },
+    responses: { 202: json(taskViewSchema, 'the task'), ...errors(400, 401, 404, 503) },
+  }),
+  stopVm: createRoute({
+    method: 'post', path: `${P}/vms/{name}/stop`, summary: 'stop a VM: answers its task', request: { params: hostParams },
+    responses: { 202: json(taskViewSchema, 'the task'), ...errors(400, 401, 404, 503) },
+  }),
+  deleteVm: createRoute({
+    method: 'delete', path: `${P}/vms/{name}`, summary: 'stop and remove a VM from its host and the inventory: answers its task', request: { params: hostParams },
+    responses: { 202: json(taskViewSchema, 'the task'), ...errors(400, 401, 404, 503) },
+  }),
+  migrateVm: createRoute({
+    method: 'post', path: `${P}/vms/{name}/migrate`, summary: 'live-migrate a VM (queued while budgets are spent): answers its task',
+    request: { params: hostParams, ...body(centerMigrateRequestSchema) },
+    responses: { 202: json(taskViewSchema, 'the task'), ...errors(400, 401, 404, 413, 503) },
+  }),
+  maintenance: createRoute({
+    method: 'post', path: `${P}/hosts/{name}/maintenance`, summary: 'enter (evacuate every running VM by live migration) or exit maintenance: answers the task',
+    request: { params: hostParams, ...body(maintenanceRequestSchema) },
+    responses: { 202: json(taskViewSchema, 'the task'), ...errors(400, 401, 404, 409, 503) },
   }),
   heartbeat: createRoute({
     method: 'post', path: `${P}/hosts/{name}/heartbeat`, summary: 'a host reports its capacity, datastores and VMs (its own credential only)',

@@ -154,6 +154,12 @@ export const migrateRequestSchema = z.object({
    * it, a VM with a disk migrates only to a host that mounts the same datastore (by id).
    */
   disk: z.object({ datastore: z.string().regex(VM_NAME_PATTERN), path: z.string().min(1).max(MAX_DATASTORE_PATH_BYTES).optional() }).strict().optional(),
+  /**
+   * The caller's id for the migration (32 hex digits): asking again with the id of a migration this host
+   * knows answers that migration's status instead of starting another — a center that died after
+   * asking finds out what became of it.
+   */
+  migrationId: z.string().regex(/^[0-9a-f]{32}$/, 'must be 32 lowercase hex digits').optional(),
 }).strict().openapi('MigrateRequest');
 export type MigrateRequest = z.infer<typeof migrateRequestSchema>;
 

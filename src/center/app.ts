@@ -19,11 +19,13 @@ import {
 } from '../api/center-v1.js';
 import { limitBody, onAppError, sendError, validationHook } from '../api/http-errors.js';
 import { encodeSseWithId } from '../api/sse.js';
-import { MAX_EVENTS_PAGE, type Host, type StoredEvent, type Task, type Vm } from './store/model.js';
+import { MAX_EVENTS_PAGE, type Host, type JsonValue, type StoredEvent, type Task, type Vm } from './store/model.js';
 import type { CenterStore } from './store/store.js';
 import type { CenterAuth } from './auth.js';
 import type { EventWakeups } from './events.js';
 import type { Inventory } from './inventory.js';
+import type { HostControl } from './host-control.js';
+import { TASK_KINDS, hostSubject, vmSubject } from './tasks/kinds.js';
 
 /** Concurrent event streams one center serves: each holds a connection and polls the store. */
 export const MAX_EVENT_STREAMS = 256;
@@ -38,6 +40,7 @@ export interface CenterAppDeps {
   readonly inventory: Inventory;
   readonly wakeups: EventWakeups;
   readonly heartbeatIntervalMs: number;
+  readonly hostControl: HostControl;
   readonly eventPollMs?: number;
   /** Aborted when the center shuts down: event streams end. */
   readonly shutdown: AbortSignal;
@@ -55,9 +58,12 @@ const vmView = (v: Vm): CenterVmView => ({ name: v.name, host: v.host, state: v.
 const taskView = (t: Task): CenterTaskView => ({
   id: t.id, kind: t.kind, target: t.target, state: t.state, phase: t.phase, progress: t.progress, waitingReason: t.waitingReason,
   requestedBy: t.requestedBy, params: t.params, createdAtMs: t.createdAtMs, startedAtMs: t.startedAtMs, endedAtMs: t.endedAtMs,
-  result: t.result, error: t.error === null ? null : { ...t.error }, attempts: t.attempts, cancelRequested: t.cancelRequested,
+  result: t.result, error: t.error === null ? null : { ...t.error }, attempts: t.attempts, cancelRequested: t.cancelRequested, plan: t.plan,
 });
 const eventView = (e: StoredEvent): CenterEvent => ({ id: e.id, atMs: e.atMs, kind: e.kind, subject: e.subject, payload: e.payload });
+
+/** A validated request as stored JSON (optional fields that are absent are left out). */
+const asJson = (value: object): JsonValue => JSON.parse(JSON.stringify(value)) as JsonValue;
 
 /** The cursor for the next page: the last key of a full page, null when there is no more. */
 function nextKey<T, K>(page: readonly T[], limit: number, key: (x: T) => K): K | null {
@@ -123,7 +129,10 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
   app.openapi(centerRoutes.listTasks, async (c) => {
     const q = c.req.valid('query');
     const limit = q.limit ?? MAX_PAGE_LIMIT;
-    const page = await d.store.listTasks({ limit, ...(q.after !== undefined ? { after: q.after } : {}), ...(q.state !== undefined ? { state: q.state } : {}) });
+    const page = await d.store.listTasks({
+      limit, ...(q.after !== undefined ? { after: q.after } : {}), ...(q.state !== undefined ? { state: q.state } : {}),
+      ...(q.kind !== undefined ? { kind: q.kind } : {}), ...(q.target !== undefined ? { target: q.target } : {}),
+    });
     return c.json({ tasks: page.map(taskView), next: nextKey(page, limit, (t) => t.id) }, 200);
   });
   app.openapi(centerRoutes.getTask, async (c) => c.json(taskView(await d.store.getTask(c.req.valid('param').id)), 200));
@@ -131,6 +140,46 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
     const task = await d.store.cancelTask(c.req.valid('param').id, actors.get(c.req.raw) ?? 'token:unknown');
     d.wakeups.poke();
     return c.json(taskView(task), 200);
+  });
+
+  const actor = (c: Context): string => actors.get(c.req.raw) ?? 'token:unknown';
+  const enqueue = async (input: Parameters<CenterStore['enqueueTask']>[0]): Promise<CenterTaskView> => {
+    const task = await d.store.enqueueTask(input);
+    d.wakeups.poke();
+    return taskView(task);
+  };
+  app.openapi(centerRoutes.createVm, async (c) => {
+    const req = c.req.valid('json');
+    if (req.host !== undefined) await d.store.getHost(req.host);
+    // The name is reserved now (a row on no host): a second create of it is refused here, not in a task.
+    await d.store.createVm({ name: req.name, host: null, state: 'defined', config: { memoryBytes: req.memoryBytes, vcpus: req.vcpus ?? 1 }, disks: [] });
+    try {
+      return c.json(await enqueue({ kind: TASK_KINDS.createVm, target: vmSubject(req.name), requestedBy: actor(c), params: asJson(req) }), 202);
+    } catch (err) {
+      await d.store.deleteVm(req.name).catch(() => undefined);
+      throw err;
+    }
+  });
+  for (const [route, kind] of [[centerRoutes.startVm, TASK_KINDS.startVm], [centerRoutes.stopVm, TASK_KINDS.stopVm], [centerRoutes.deleteVm, TASK_KINDS.deleteVm]] as const) {
+    app.openapi(route, async (c) => {
+      const vm = await d.store.getVm(c.req.valid('param').name);
+      return c.json(await enqueue({ kind, target: vmSubject(vm.name), requestedBy: actor(c), params: { vm: vm.name } }), 202);
+    });
+  }
+  app.openapi(centerRoutes.migrateVm, async (c) => {
+    const vm = await d.store.getVm(c.req.valid('param').name);
+    const request = c.req.valid('json');
+    if (request.to !== undefined) await d.store.getHost(request.to);
+    return c.json(await enqueue({
+      kind: TASK_KINDS.migrateVm, target: vmSubject(vm.name), requestedBy: actor(c), admitted: false,
+      params: asJson({ vm: vm.name, request }), waitingReason: 'waiting for the scheduler',
+    }), 202);
+  });
+  app.openapi(centerRoutes.maintenance, async (c) => {
+    const host = await d.store.getHost(c.req.valid('param').name);
+    const { action } = c.req.valid('json');
+    const kind = action === 'enter' ? TASK_KINDS.enterMaintenance : TASK_KINDS.exitMaintenance;
+    return c.json(await enqueue({ kind, target: hostSubject(host.name), requestedBy: actor(c), params: { host: host.name } }), 202);
   });
 
   app.openapi(centerRoutes.createJoinToken, async (c) => {
@@ -144,8 +193,9 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
     return c.json({ name: req.name, credential, heartbeatIntervalMs: d.heartbeatIntervalMs }, 201);
   });
   app.openapi(centerRoutes.heartbeat, async (c) => {
-    const state = await d.inventory.applyHeartbeat(c.req.valid('param').name, c.req.valid('json'));
-    return c.json({ state, heartbeatIntervalMs: d.heartbeatIntervalMs }, 200);
+    const name = c.req.valid('param').name;
+    const state = await d.inventory.applyHeartbeat(name, c.req.valid('json'));
+    return c.json({ state, heartbeatIntervalMs: d.heartbeatIntervalMs, controlToken: d.hostControl.tokenFor(name) }, 200);
   });
 
   // Streams are plain Responses; hono's typed responses describe JSON bodies only.

@@ -16,6 +16,11 @@ import { FerryError, errorMessage } from '../lib/errors.js';
 import { buildCenterApp } from './app.js';
 import { CenterAuth } from './auth.js';
 import { EventWakeups } from './events.js';
+import { HostControl } from './host-control.js';
+import { DEFAULT_BUDGETS, budgetLimitsSchema, type BudgetLimits } from './budgets.js';
+import { SCHEDULER_DUTY, Scheduler } from './scheduler.js';
+import type { TaskWorkers } from './tasks/workers.js';
+import { buildWorkers } from './tasks/handlers.js';
 import { DEFAULT_SITE, Inventory } from './inventory.js';
 import { openCenterStore, storeLocation } from './store/open.js';
 import type { CenterStore, Clock } from './store/store.js';
@@ -30,6 +35,10 @@ export const DEFAULT_SWEEP_INTERVAL_MS = 1000;
 export const HEARTBEAT_SWEEP_DUTY = 'heartbeat-sweep';
 /** The duty's lease, in sweep intervals: renewed every sweep, so a dead center's duty is free after a few. */
 const SWEEP_LEASE_INTERVALS = 3;
+/** The scheduler looks this often even when nothing woke it (work enqueued by other centers). */
+export const DEFAULT_SCHEDULER_INTERVAL_MS = 500;
+/** The scheduler duty outlives a few passes: a pass may take a while on a large queue. */
+const MIN_SCHEDULER_LEASE_MS = 5000;
 /** Shortest lease the store accepts is 10 ms; a sweep interval below this makes a lease too short to renew. */
 const MIN_SWEEP_INTERVAL_MS = 10;
 
@@ -43,6 +52,13 @@ export interface CenterOptions {
   readonly missedHeartbeats?: number;
   readonly sweepIntervalMs?: number;
   readonly eventPollMs?: number;
+  /** Budgets of admission (defaults: ./budgets.ts). */
+  readonly budgets?: Partial<BudgetLimits>;
+  readonly taskConcurrency?: number;
+  /** A task's claim lease: a killed center's tasks are taken over after about this long. */
+  readonly taskLeaseMs?: number;
+  /** How often the scheduler (one center at a time) admits queued work. */
+  readonly schedulerIntervalMs?: number;
   readonly clock?: Clock;
   readonly log?: (line: string) => void;
 }
@@ -50,6 +66,8 @@ export interface CenterOptions {
 export class Center {
   readonly #shutdown = new AbortController();
   #sweeper: NodeJS.Timeout | null = null;
+  #scheduling: Promise<void> = Promise.resolve();
+  #workers: TaskWorkers | null = null;
   #sweeping: Promise<void> = Promise.resolve();
   #closed = false;
 
@@ -84,8 +102,9 @@ export class Center {
       const wakeups = new EventWakeups();
       const inventory = new Inventory({ store, wakeups, clock });
       const shutdownHolder = new AbortController();
+      const hostControl = await HostControl.open(store);
       const app = buildCenterApp({
-        store, auth, inventory, wakeups, heartbeatIntervalMs, shutdown: shutdownHolder.signal,
+        store, auth, inventory, wakeups, heartbeatIntervalMs, hostControl, shutdown: shutdownHolder.signal,
         ...(options.eventPollMs !== undefined ? { eventPollMs: options.eventPollMs } : {}),
       });
       const server = createAdaptorServer({ fetch: app.fetch }) as Server;
@@ -95,6 +114,10 @@ export class Center {
         server.listen(options.listenPort, options.listenHost, () => { server.off('error', onError); resolve(); });
       });
       const center = new Center(store, id, admin.file, admin.token, admin.created, server, inventory, options, log);
+      center.#workers = buildWorkers({ store, wakeups, hostControl, centerId: id, log, options });
+      center.#workers.start();
+      const limits = budgetLimitsSchema.parse({ ...DEFAULT_BUDGETS, ...(options.budgets ?? {}) });
+      center.startScheduler(new Scheduler(store, limits, log), wakeups, options.schedulerIntervalMs ?? DEFAULT_SCHEDULER_INTERVAL_MS);
       // The app's shutdown signal is the center's: ending it ends every event stream.
       center.#shutdown.signal.addEventListener('abort', () => { shutdownHolder.abort(); }, { once: true });
       center.startSweeper(sweepIntervalMs, heartbeatIntervalMs * missed);
@@ -121,6 +144,27 @@ export class Center {
     return marked;
   }
 
+  /** The scheduler duty: admit queued work, re-queue dead workers' tasks; woken by enqueues and finishes. */
+  private startScheduler(scheduler: Scheduler, wakeups: EventWakeups, intervalMs: number): void {
+    const leaseMs = Math.max(intervalMs * SWEEP_LEASE_INTERVALS, MIN_SCHEDULER_LEASE_MS);
+    const tick = async (): Promise<void> => {
+      while (!this.#closed) {
+        const generation = wakeups.generation;
+        try {
+          const lease = await this.store.tryAcquireDuty(SCHEDULER_DUTY, this.id, leaseMs);
+          if (lease.acquired) {
+            const r = await scheduler.pass();
+            if (r.admitted > 0 || r.requeued > 0) wakeups.poke();
+          }
+        } catch (err) {
+          if (!this.#closed) this.log(`center ${this.id}: scheduler pass failed (retrying): ${errorMessage(err)}`);
+        }
+        await wakeups.wait(generation, intervalMs, this.#shutdown.signal);
+      }
+    };
+    this.#scheduling = tick();
+  }
+
   private startSweeper(intervalMs: number, silentAfterMs: number): void {
     const leaseMs = intervalMs * SWEEP_LEASE_INTERVALS;
     const tick = (): void => {
@@ -139,6 +183,10 @@ export class Center {
     this.#closed = true;
     if (this.#sweeper !== null) clearTimeout(this.#sweeper);
     await this.#sweeping;
+    this.#shutdown.abort();
+    await this.#scheduling;
+    await this.#workers?.close();
+    await this.store.releaseDuty(SCHEDULER_DUTY, this.id).catch(() => false);
     // Hand the duty over now rather than after its lease: another center sweeps at its next tick.
     await this.store.releaseDuty(HEARTBEAT_SWEEP_DUTY, this.id).catch(() => false);
     this.#shutdown.abort();

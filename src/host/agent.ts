@@ -99,7 +99,7 @@ export class HostAgent {
       log: this.log,
     }, transport, { host: options.listenHost, port: options.migrationPort ?? 0 });
     const app = buildHostApp({
-      token: options.token, vms: this.vms, migrations: this.migrations, disks: this.disks, hostInfo: () => this.hostInfo(), listDatastores: () => this.datastores.list(),
+      token: options.token, centerToken: () => this.centerLink?.controlToken ?? null, vms: this.vms, migrations: this.migrations, disks: this.disks, hostInfo: () => this.hostInfo(), listDatastores: () => this.datastores.list(),
       issueTicket: () => this.receiver.issueTicket(), incomingOutcome: (id) => this.receiver.outcome(id),
     });
     this.server = createAdaptorServer({ fetch: app.fetch }) as Server;

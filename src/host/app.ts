@@ -28,6 +28,8 @@ import type { VmSlot } from './vm-slot.js';
 
 export interface HostAppDeps {
   readonly token: string;
+  /** A second accepted token: the center's control credential for this host, once the center told it. */
+  readonly centerToken?: () => string | null;
   readonly vms: VmService;
   readonly migrations: MigrationService;
   readonly disks: DiskSnapshots;
@@ -46,7 +48,9 @@ export function buildHostApp(d: HostAppDeps): OpenAPIHono {
 
   app.use('*', async (c, next) => {
     // Refused before anything else happens, including reading the body.
-    if (c.req.path !== OPENAPI_PATH && !bearerMatches(c.req.header('authorization'), d.token)) {
+    const header = c.req.header('authorization');
+    const center = d.centerToken?.() ?? null;
+    if (c.req.path !== OPENAPI_PATH && !bearerMatches(header, d.token) && (center === null || !bearerMatches(header, center))) {
       return sendError(c, new FerryError('UNAUTHORIZED', 'missing or wrong API token (send Authorization: Bearer <token>)'));
     }
     await next();

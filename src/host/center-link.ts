@@ -48,6 +48,7 @@ export class CenterLink {
   #intervalMs = DEFAULT_LINK_HEARTBEAT_MS;
   #state: LinkState = 'joining';
   #lastError: string | null = null;
+  #controlToken: string | null = null;
   readonly credentialFile: string;
 
   constructor(private readonly o: CenterLinkOptions) {
@@ -58,6 +59,8 @@ export class CenterLink {
 
   get state(): LinkState { return this.#state; }
   get lastError(): string | null { return this.#lastError; }
+  /** The credential the center acts on this host with (from its last heartbeat answer), or null before one. */
+  get controlToken(): string | null { return this.#controlToken; }
 
   /** Starts the loop: the first attempt now, in the background. */
   start(): void {
@@ -90,6 +93,7 @@ export class CenterLink {
       this.#failures = 0;
       this.#lastError = null;
       this.#intervalMs = answer.heartbeatIntervalMs;
+      this.#controlToken = answer.controlToken;
       this.schedule(this.#intervalMs);
     } catch (err) {
       if (this.#state === 'closed') return;

@@ -43,6 +43,13 @@ export class MigrationService {
   status(id: string): MigrationStatus { return this.job(id).status(); }
 
   async start(name: string, req: MigrateRequest): Promise<MigrationStatus> {
+    if (req.migrationId !== undefined) {
+      const known = this.jobs.get(req.migrationId);
+      if (known !== undefined) {
+        if (known.status().vm !== name) throw new FerryError('ALREADY_EXISTS', `migration ${req.migrationId} on host ${this.o.hostName} is of VM ${known.status().vm}, not ${name}`);
+        return known.status();
+      }
+    }
     const slot = this.o.vms.slot(name);
     this.o.operations.requireFree(name, 'migrate');
     const vm = slot.requireVm('migrate');
@@ -55,7 +62,7 @@ export class MigrationService {
     // Asked again: the VM may have been claimed while the target was being asked about datastores.
     this.o.operations.requireFree(name, 'migrate');
     const peer = new HostApiTargetPeer(req.to, token);
-    const job = new MigrationJob(vm, slot.imageBytes, peer, this.o.transport, req.options ?? {}, disk, this.o.log);
+    const job = new MigrationJob(vm, slot.imageBytes, peer, this.o.transport, req.options ?? {}, disk, this.o.log, ...(req.migrationId !== undefined ? [req.migrationId] : []));
     const claim = this.o.operations.claim(name, `migration ${job.id}`, 'migrate');
     this.jobs.set(job.id, job);
     this.trim();

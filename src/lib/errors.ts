@@ -52,6 +52,10 @@ export const FERRY_ERROR_CODES = [
   'TASK_NOT_CLAIMED',
   // center tasks: the task's state does not allow the action
   'TASK_STATE',
+  // center orchestration: no host can take the VM (each host's reason is in the message)
+  'NO_COMPATIBLE_HOST',
+  // center orchestration: the host's state does not allow the action (disconnected, in maintenance)
+  'HOST_STATE',
   // migration
   'MIGRATION_REFUSED',
   'MIGRATION_FAILED',

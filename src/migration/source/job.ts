@@ -52,9 +52,11 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     options: MigrationOptions,
     disk: MigrationSourceDisk | null,
     log: (line: string) => void = () => undefined,
+    /** The caller's id for it (a center that must find it again after a restart), else a random one. */
+    id: string = randomBytes(16).toString('hex'),
   ) {
     super();
-    this.id = randomBytes(16).toString('hex');
+    this.id = id;
     this.done = new Promise((resolve) => { this.resolveDone = resolve; });
     const record = new RecordBuilder(tracePlan(options, vm.granularityBytes));
     if (disk !== null) record.disk = { mode: disk.plan.mode, capacityBytes: disk.plan.capacityBytes, sentBytes: 0, digest: null, releaseMs: null };

@@ -1,0 +1,44 @@
+/**
+ * The one place a center's task workers are wired: every task kind with its handler and what the
+ * handlers need (the store, the hosts' clients, the event log).
+ */
+import type { CenterStore } from '../store/store.js';
+import type { JsonValue } from '../store/model.js';
+import type { EventWakeups } from '../events.js';
+import type { HostControl } from '../host-control.js';
+import { TASK_KINDS } from './kinds.js';
+import { migrateTask } from './migrate-task.js';
+import { evacuateTask, exitMaintenanceTask } from './maintenance-tasks.js';
+import { createVmTask, deleteVmTask, powerTask } from './vm-tasks.js';
+import { TaskWorkers, type TaskHandler } from './workers.js';
+
+export interface WorkersDeps {
+  readonly store: CenterStore;
+  readonly wakeups: EventWakeups;
+  readonly hostControl: HostControl;
+  readonly centerId: string;
+  readonly log: (line: string) => void;
+  readonly options: { readonly taskConcurrency?: number; readonly taskLeaseMs?: number };
+}
+
+export function buildWorkers(w: WorkersDeps): TaskWorkers {
+  const event = async (kind: string, subject: string, payload: JsonValue): Promise<void> => {
+    await w.store.appendEvent({ kind, subject, payload });
+    w.wakeups.poke();
+  };
+  const d = { store: w.store, hosts: w.hostControl, wakeups: w.wakeups, event };
+  const handlers = new Map<string, TaskHandler>([
+    [TASK_KINDS.createVm, createVmTask(d)],
+    [TASK_KINDS.startVm, powerTask(d, 'start')],
+    [TASK_KINDS.stopVm, powerTask(d, 'stop')],
+    [TASK_KINDS.deleteVm, deleteVmTask(d)],
+    [TASK_KINDS.migrateVm, migrateTask(d)],
+    [TASK_KINDS.enterMaintenance, evacuateTask(d)],
+    [TASK_KINDS.exitMaintenance, exitMaintenanceTask(d)],
+  ]);
+  return new TaskWorkers({
+    store: w.store, wakeups: w.wakeups, centerId: w.centerId, handlers, log: w.log,
+    ...(w.options.taskConcurrency !== undefined ? { concurrency: w.options.taskConcurrency } : {}),
+    ...(w.options.taskLeaseMs !== undefined ? { leaseMs: w.options.taskLeaseMs } : {}),
+  });
+}
