@@ -19,8 +19,8 @@ import type { EventWakeups } from './events.js';
 /** A new host's site unless it names one. */
 export const DEFAULT_SITE = 'default';
 
-/** States the center sets from heartbeats; maintenance states are the orchestrator's and a heartbeat keeps them. */
-const MAINTENANCE_STATES: readonly HostState[] = ['entering-maintenance', 'in-maintenance'];
+/** States a heartbeat ends (the host is connected again); maintenance states are the orchestrator's and a heartbeat keeps them. */
+const RECONNECTING_STATES: readonly HostState[] = ['joining', 'disconnected'];
 /** Hosts the sweep watches: those expected to heartbeat (a joined host that never did counts from its join). */
 const SWEPT_STATES: readonly HostState[] = ['joining', 'connected', 'entering-maintenance', 'in-maintenance'];
 
@@ -68,11 +68,13 @@ export class Inventory {
   async applyHeartbeat(name: string, hb: HeartbeatRequest): Promise<HostState> {
     const { store } = this.d;
     const before = await store.getHost(name);
-    const keep = MAINTENANCE_STATES.includes(before.state);
-    const host = await store.upsertHost({ name, site: before.site, url: hb.url, capacity: hb.capacity, ...(keep ? {} : { state: 'connected' as const }) });
+    await store.upsertHost({ name, site: before.site, url: hb.url, capacity: hb.capacity });
     await this.applyDatastores(name, hb.datastores);
     await this.applyVms(name, hb.vms);
     await store.recordHostHeartbeat(name, this.d.clock());
+    // Compare-and-set: only a joining or disconnected host becomes connected; maintenance states are the
+    // orchestrator's and stay, even when it set one between this heartbeat's read and write.
+    const host = await store.setHostState(name, 'connected', RECONNECTING_STATES);
     // Last: a client that sees the host (re)connected finds its datastores and VMs already reconciled.
     if (host.state !== before.state) await this.event('host.connected', `host:${name}`, { host: name, from: before.state });
     return host.state;
@@ -106,8 +108,11 @@ export class Inventory {
       const disks = vmDisks(r);
       const was = recorded.get(r.name) ?? await orNull(store.getVm(r.name));
       if (was !== null && was.host === host && was.state === r.state && sameJson(was.config, config) && sameJson(was.disks, disks)) continue;
-      // The host that reports a VM is where it is (one place by construction: one row per VM). Two hosts
-      // reporting one VM mid-migration is for the migration orchestrator to settle (the rest of issue 9).
+      // Recorded on another host that still reports it: the report is stale (a heartbeat built before a
+      // migration moved the VM) or the two hosts overlap mid-migration. The row stays; it moves when the
+      // migration task records the outcome, or when the other host stops reporting it (its row turns
+      // unknown) — so the inventory never flips a VM back to where it was.
+      if (was !== null && was.host !== null && was.host !== host && was.state !== 'unknown') continue;
       await store.upsertVm({ name: r.name, host, state: r.state, config, disks });
       await this.event('vm.changed', `vm:${r.name}`, { vm: r.name, host, state: r.state, from: was === null ? null : { host: was.host, state: was.state } });
     }
@@ -154,7 +159,8 @@ export class Inventory {
     // this read is undone by the host's next heartbeat, which reconnects and reconciles.
     const h = await this.d.store.getHost(listed.name);
     if (!SWEPT_STATES.includes(h.state) || !silent(h)) return false;
-    await this.d.store.setHostState(h.name, 'disconnected');
+    const now = await this.d.store.setHostState(h.name, 'disconnected', [h.state]);
+    if (now.state !== 'disconnected') return false;
     const vms = await this.d.store.setVmStatesOnHost(h.name, 'unknown');
     await this.event('host.disconnected', `host:${h.name}`, { host: h.name, from: h.state, lastHeartbeatAtMs: h.lastHeartbeatAtMs, vmsUnknown: vms });
     return true;

@@ -123,15 +123,20 @@ describe('center API', () => {
     assert.deepEqual((await tc.admin.listVms({ host: 'silent' })).vms.map((v) => [v.name, v.state]), [['s-db', 'unknown'], ['s-web', 'running']]);
   });
 
-  it('a VM reported by another host is recorded there: one place, never two', async () => {
+  it('a VM reported by two hosts stays where it is recorded until that host stops reporting it: one place, never flipping back', async () => {
     const a = await joinHost('move-a');
     const b = await joinHost('move-b');
     await a.heartbeat('move-a', report([vm('mover')]));
     await b.heartbeat('move-b', report([vm('mover')]));
-    assert.equal((await tc.admin.vm('mover')).host, 'move-b');
+    assert.equal((await tc.admin.vm('mover')).host, 'move-a', 'a second report (stale, or mid-migration) does not move it');
     await a.heartbeat('move-a', report([]));
+    const lost = await tc.admin.vm('mover');
+    assert.deepEqual([lost.host, lost.state], ['move-a', 'unknown'], 'its host lost it');
+    await b.heartbeat('move-b', report([vm('mover')]));
     const v = await tc.admin.vm('mover');
-    assert.deepEqual([v.host, v.state], ['move-b', 'running'], 'the old host no longer reporting it does not make it unknown');
+    assert.deepEqual([v.host, v.state], ['move-b', 'running'], 'the host that reports it now has it');
+    await a.heartbeat('move-a', report([vm('mover')]));
+    assert.equal((await tc.admin.vm('mover')).host, 'move-b', 'and a late report of the old host does not take it back');
   });
 
   it('SSE: a client that reconnects with Last-Event-ID misses nothing, then gets live events', async () => {

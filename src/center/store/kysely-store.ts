@@ -217,13 +217,19 @@ export class KyselyCenterStore implements CenterStore {
     });
   }
 
-  async setHostState(name: string, state: HostState): Promise<Host> {
+  async setHostState(name: string, state: HostState, onlyFrom?: readonly HostState[]): Promise<Host> {
     const n = parseInput(nameSchema(), name, 'host name');
     const s = parseInput(hostStateSchema, state, 'host state');
+    const from = onlyFrom === undefined ? undefined : parseInput(hostStateSchema.array().min(1), onlyFrom, 'host states');
     return this.run('set host state', async () => {
-      const row = await this.db.updateTable('hosts').set({ state: s, updated_at_ms: this.now() }).where('name', '=', n).returningAll().executeTakeFirst();
-      if (row === undefined) throw notFound('host', n);
-      return toHost(row);
+      const row = await this.db.updateTable('hosts').set({ state: s, updated_at_ms: this.now() }).where('name', '=', n)
+        .$if(from !== undefined, (q) => q.where('state', 'in', from ?? []))
+        .returningAll().executeTakeFirst();
+      if (row !== undefined) return toHost(row);
+      // Not in one of the states it may leave: answered as it is (the caller compares).
+      const current = await this.db.selectFrom('hosts').selectAll().where('name', '=', n).executeTakeFirst();
+      if (current === undefined) throw notFound('host', n);
+      return toHost(current);
     });
   }
 

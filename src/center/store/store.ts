@@ -37,7 +37,11 @@ export interface CenterStore {
   upsertHost(input: HostInput): Promise<Host>;
   getHost(name: string): Promise<Host>;
   listHosts(options?: HostListOptions): Promise<readonly Host[]>;
-  setHostState(name: string, state: HostState): Promise<Host>;
+  /**
+   * Set a host's state; with `onlyFrom`, only if it is in one of those now (a compare-and-set: a heartbeat
+   * racing an operator's maintenance request cannot undo it). Answers the host as it is after.
+   */
+  setHostState(name: string, state: HostState, onlyFrom?: readonly HostState[]): Promise<Host>;
   recordHostHeartbeat(name: string, atMs: number): Promise<Host>;
 
   // -- datastores and mounts

@@ -32,7 +32,8 @@ export interface MaintenanceTaskDeps {
 async function setState(d: MaintenanceTaskDeps, host: string, state: 'connected' | 'entering-maintenance' | 'in-maintenance', why: string): Promise<void> {
   const before = await d.store.getHost(host);
   if (before.state === state) return;
-  await d.store.setHostState(host, state);
+  const after = await d.store.setHostState(host, state, [before.state]);
+  if (after.state !== state) throw new FerryError('HOST_STATE', `host ${host} changed from ${before.state} to ${after.state} meanwhile; it is not set ${state}`);
   await d.event('host.state', hostSubject(host), { host, state, from: before.state, reason: why });
 }
 

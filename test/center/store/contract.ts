@@ -269,6 +269,17 @@ export function storeContract(backend: StoreBackendUnderTest): void {
         await assert.rejects(store.checkpointTask(m.id, 'w2', { big: 'x'.repeat(MAX_JSON_BYTES) }), { code: 'INVALID_ARGUMENT' });
       });
 
+      it('a host state changes only from the states a caller allows (compare-and-set)', async () => {
+        const { store } = await fresh();
+        await store.upsertSite({ name: 's1' });
+        await store.upsertHost({ ...host('h1'), state: 'connected' });
+        assert.equal((await store.setHostState('h1', 'entering-maintenance', ['connected'])).state, 'entering-maintenance');
+        assert.equal((await store.setHostState('h1', 'connected', ['joining', 'disconnected'])).state, 'entering-maintenance', 'a heartbeat does not undo maintenance');
+        assert.equal((await store.setHostState('h1', 'connected')).state, 'connected', 'unconditional');
+        await assert.rejects(store.setHostState('nope', 'connected', ['joining']), { code: 'NOT_FOUND' });
+        await assert.rejects(store.setHostState('h1', 'connected', []), { code: 'INVALID_ARGUMENT' });
+      });
+
       it('a shared secret is created once: every later ensure answers the first value', async () => {
         const stores = await onOneDatabase(2);
         const [s1, s2] = stores as [CenterStore, CenterStore];
