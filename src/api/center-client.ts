@@ -74,6 +74,13 @@ export class CenterClient {
   startVm(name: string): Promise<CenterTaskView> { return this.json(centerRoutes.startVm, { name }, 202); }
   stopVm(name: string): Promise<CenterTaskView> { return this.json(centerRoutes.stopVm, { name }, 202); }
   deleteVm(name: string): Promise<CenterTaskView> { return this.json(centerRoutes.deleteVm, { name }, 202); }
+  /** The VM's console from its host, through the center; with `follow`, a stream until `signal` aborts. */
+  async console(name: string, opts: { follow?: boolean; signal?: AbortSignal } = {}): Promise<AsyncIterable<Uint8Array>> {
+    const res = await this.send(centerRoutes.vmConsole, { name }, { query: opts.follow === true ? { follow: '1' } : {}, timeoutMs: opts.follow === true ? 0 : CENTER_TIMEOUT_MS, ...(opts.signal !== undefined ? { signal: opts.signal } : {}) });
+    const body = res.body;
+    if (body === null) return (async function* () { /* empty */ })();
+    return body as AsyncIterable<Uint8Array>;
+  }
   migrateVm(name: string, req: CenterMigrateRequest = {}): Promise<CenterTaskView> { return this.json(centerRoutes.migrateVm, { name }, 202, { body: req }); }
   maintenance(host: string, action: MaintenanceRequest['action']): Promise<CenterTaskView> { return this.json(centerRoutes.maintenance, { name: host }, 202, { body: { action } }); }
 

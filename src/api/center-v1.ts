@@ -305,6 +305,10 @@ export const centerRoutes = {
     method: 'delete', path: `${P}/vms/{name}`, summary: 'stop and remove a VM from its host and the inventory: answers its task', request: { params: hostParams },
     responses: { 202: json(taskViewSchema, 'the task'), ...errors(400, 401, 404, 503) },
   }),
+  vmConsole: createRoute({
+    method: 'get', path: `${P}/vms/{name}/console`, summary: 'the VM\'s console text, from its host; follow=1 streams it', request: { params: hostParams, query: z.object({ follow: z.enum(['0', '1']).optional() }).strict() },
+    responses: { 200: { content: { 'text/plain': { schema: z.string() } }, description: 'console text' }, ...errors(400, 401, 404, 409, 503) },
+  }),
   migrateVm: createRoute({
     method: 'post', path: `${P}/vms/{name}/migrate`, summary: 'live-migrate a VM (queued while budgets are spent): answers its task',
     request: { params: hostParams, ...body(centerMigrateRequestSchema) },

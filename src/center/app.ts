@@ -166,6 +166,7 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
       return c.json(await enqueue({ kind, target: vmSubject(vm.name), requestedBy: actor(c), params: { vm: vm.name } }), 202);
     });
   }
+  app.openapi(centerRoutes.vmConsole, (c) => relayConsole(c, d) as never);
   app.openapi(centerRoutes.migrateVm, async (c) => {
     const vm = await d.store.getVm(c.req.valid('param').name);
     const request = c.req.valid('json');
@@ -211,6 +212,23 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
 
   app.doc(CENTER_OPENAPI_PATH, { openapi: '3.0.3', info: { ...CENTER_OPENAPI_INFO } });
   return app;
+}
+
+/** The VM's console, relayed from its host (the CLI and UI need no host token). */
+async function relayConsole(c: Context, d: CenterAppDeps): Promise<Response> {
+  const vm = await d.store.getVm(c.req.param('name') ?? '');
+  if (vm.host === null) throw new FerryError('VM_STATE', `VM ${vm.name} is on no host yet`);
+  const host = await d.store.getHost(vm.host);
+  const follow = c.req.query('follow') === '1';
+  const gone = new AbortController();
+  const source = await d.hostControl.client(host).console(vm.name, { follow, signal: AbortSignal.any([gone.signal, d.shutdown]) });
+  c.header('content-type', 'text/plain; charset=utf-8');
+  c.header('cache-control', 'no-cache');
+  // Relayed as it comes: the center holds no console text, it only passes the host's stream on.
+  return stream(c, async (s) => {
+    s.onAbort(() => { gone.abort(); });
+    try { for await (const chunk of source) await s.write(chunk); } catch { /* the host or the client went away */ } finally { gone.abort(); }
+  });
 }
 
 /**

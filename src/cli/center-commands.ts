@@ -3,60 +3,16 @@
  * listings that talk to a center: `ferry host list`, `ferry task list` (each with --json).
  */
 import { Option, type Command } from 'commander';
-import { readFile } from 'node:fs/promises';
 import { FerryError, errorMessage } from '../lib/errors.js';
 import { formatBytes } from '../lib/units.js';
-import { CenterClient } from '../api/center-client.js';
-import { MAX_JOIN_TOKEN_TTL_MS, MIN_JOIN_TOKEN_TTL_MS, SECRET_PATTERN } from '../api/center-v1.js';
+import { MAX_JOIN_TOKEN_TTL_MS, MIN_JOIN_TOKEN_TTL_MS } from '../api/center-v1.js';
 import { Center } from '../center/center.js';
 import { durationOption, parseIntegerOption } from './args.js';
 import { parseListen, print } from './host-commands.js';
+import { CLI_PAGE, allPages, centerClient, withCenterOptions, type CenterClientOpts } from './center-access.js';
 
-/** Where a client's API token comes from unless --token-file says. */
-export const CENTER_TOKEN_ENV = 'FERRY_CENTER_TOKEN';
 /** The default listen address of a center. */
 export const DEFAULT_CENTER_LISTEN = '127.0.0.1:7100';
-/** Largest page the CLI asks for; it pages on until the list ends. */
-const CLI_PAGE = 1000;
-
-interface CenterClientOpts { center: string; tokenFile?: string }
-
-async function centerToken(tokenFile: string | undefined): Promise<string> {
-  let text: string | undefined;
-  let source: string;
-  if (tokenFile !== undefined) {
-    source = tokenFile;
-    try { text = await readFile(tokenFile, 'utf8'); } catch (err) { throw new FerryError('UNAUTHORIZED', `cannot read the API token file ${tokenFile}: ${errorMessage(err)}`); }
-  } else {
-    source = `$${CENTER_TOKEN_ENV}`;
-    text = process.env[CENTER_TOKEN_ENV];
-  }
-  const t = text?.trim() ?? '';
-  if (t === '') throw new FerryError('UNAUTHORIZED', `no API token: pass --token-file <file> (a center's admin token is <data-dir>/admin.token) or set ${CENTER_TOKEN_ENV}`);
-  if (!SECRET_PATTERN.test(t)) throw new FerryError('UNAUTHORIZED', `${source} does not hold a Ferry API token`);
-  return t;
-}
-
-/** Every page of a keyset-paged list, in order (a listing shows the whole list). */
-async function allPages<T, K>(fetchPage: (after: K | undefined) => Promise<{ items: readonly T[]; next: K | null }>): Promise<T[]> {
-  const all: T[] = [];
-  for (let after: K | undefined; ;) {
-    const page = await fetchPage(after);
-    all.push(...page.items);
-    if (page.next === null) return all;
-    after = page.next;
-  }
-}
-
-async function centerClient(o: CenterClientOpts): Promise<CenterClient> {
-  return new CenterClient(o.center, await centerToken(o.tokenFile));
-}
-
-function withCenterOptions(cmd: Command): Command {
-  return cmd
-    .requiredOption('--center <url>', 'center URL, e.g. http://127.0.0.1:7100')
-    .option('--token-file <file>', `file holding an API token (default: $${CENTER_TOKEN_ENV})`);
-}
 
 export function addCenterCommands(program: Command, host: Command): void {
   const center = program.command('center')
