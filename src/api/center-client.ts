@@ -104,9 +104,10 @@ export class CenterClient {
         // Events only make the wait short: the task is read again after each slice, so one that
         // changed between the read and the stream's start costs at most a slice, never a miss.
         for await (const e of this.events(null, signal)) if (e.subject === subject) break;
-      } catch (err) {
+      } catch {
+        // A stream that broke (the center restarted, a proxy cut it) only ends this slice: the task is
+        // read again at the top, and that read fails loudly if the center is really gone.
         if (opts.signal?.aborted === true) throw new FerryError('CANCELLED', `stopped waiting for task ${id}`);
-        if (!ac.signal.aborted && !(err instanceof FerryError)) throw err;
       } finally {
         clearTimeout(timer);
         ac.abort();

@@ -5,14 +5,22 @@
 import { Option, type Command } from 'commander';
 import { FerryError, errorMessage } from '../lib/errors.js';
 import { formatBytes } from '../lib/units.js';
-import { MAX_JOIN_TOKEN_TTL_MS, MIN_JOIN_TOKEN_TTL_MS } from '../api/center-v1.js';
+import { MAX_JOIN_TOKEN_TTL_MS, MIN_JOIN_TOKEN_TTL_MS, TASK_STATES } from '../api/center-v1.js';
 import { Center } from '../center/center.js';
+import { DEFAULT_BUDGETS, MAX_BUDGET } from '../center/budgets.js';
 import { durationOption, parseIntegerOption } from './args.js';
 import { parseListen, print } from './host-commands.js';
 import { CLI_PAGE, allPages, centerClient, withCenterOptions, type CenterClientOpts } from './center-access.js';
+import { describeTask, followTask, taskExitCode } from './center-tasks.js';
 
 /** The default listen address of a center. */
 export const DEFAULT_CENTER_LISTEN = '127.0.0.1:7100';
+
+function parseTaskId(text: string): number {
+  const id = Number(text);
+  if (!/^\d{1,15}$/.test(text) || !Number.isSafeInteger(id) || id < 1) throw new FerryError('INVALID_ARGUMENT', `"${text}" is not a task id (a positive integer, as ferry task list shows)`);
+  return id;
+}
 
 export function addCenterCommands(program: Command, host: Command): void {
   const center = program.command('center')
@@ -24,7 +32,16 @@ export function addCenterCommands(program: Command, host: Command): void {
     .addOption(new Option('--heartbeat-interval <duration>', 'how often hosts heartbeat').argParser(durationOption('--heartbeat-interval')))
     .addOption(new Option('--missed-heartbeats <n>', 'a host is disconnected after this many missed heartbeats').argParser((v) => parseIntegerOption(v, '--missed-heartbeats', 1, 1000)))
     .addOption(new Option('--sweep-interval <duration>', 'how often silent hosts are looked for').argParser(durationOption('--sweep-interval')))
-    .action(async (o: { dataDir?: string; listen: string; db?: string; heartbeatInterval?: number; missedHeartbeats?: number; sweepInterval?: number }) => {
+    .addOption(new Option('--task-lease <duration>', 'a task\'s claim: a dead center\'s tasks are taken over after about this long').argParser(durationOption('--task-lease')))
+    .addOption(new Option('--task-concurrency <n>', 'tasks this center runs at once').argParser((v) => parseIntegerOption(v, '--task-concurrency', 1, 1000)))
+    .addOption(new Option('--max-migrations-per-host <n>', `concurrent migrations a host takes part in (default ${DEFAULT_BUDGETS.hostMigrations}, as vCenter on 10 GbE)`).argParser((v) => parseIntegerOption(v, '--max-migrations-per-host', 1, MAX_BUDGET)))
+    .addOption(new Option('--max-outbound-per-host <n>', `concurrent migrations out of one host (default ${DEFAULT_BUDGETS.hostOutboundMigrations}, as KubeVirt)`).argParser((v) => parseIntegerOption(v, '--max-outbound-per-host', 1, MAX_BUDGET)))
+    .addOption(new Option('--max-migrations-per-datastore <n>', `concurrent migrations touching one datastore (default ${DEFAULT_BUDGETS.datastoreMigrations}, as vCenter)`).argParser((v) => parseIntegerOption(v, '--max-migrations-per-datastore', 1, MAX_BUDGET)))
+    .addOption(new Option('--max-migrations <n>', `concurrent migrations in the fleet (default ${DEFAULT_BUDGETS.fleetMigrations}, as KubeVirt)`).argParser((v) => parseIntegerOption(v, '--max-migrations', 1, MAX_BUDGET)))
+    .action(async (o: {
+      dataDir?: string; listen: string; db?: string; heartbeatInterval?: number; missedHeartbeats?: number; sweepInterval?: number; taskLease?: number; taskConcurrency?: number;
+      maxMigrationsPerHost?: number; maxOutboundPerHost?: number; maxMigrationsPerDatastore?: number; maxMigrations?: number;
+    }) => {
       if (o.dataDir === undefined) throw new FerryError('INVALID_ARGUMENT', 'ferry center needs --data-dir <dir>');
       const listen = parseListen(o.listen);
       const c = await Center.start({
@@ -33,6 +50,14 @@ export function addCenterCommands(program: Command, host: Command): void {
         ...(o.heartbeatInterval !== undefined ? { heartbeatIntervalMs: o.heartbeatInterval } : {}),
         ...(o.missedHeartbeats !== undefined ? { missedHeartbeats: o.missedHeartbeats } : {}),
         ...(o.sweepInterval !== undefined ? { sweepIntervalMs: o.sweepInterval } : {}),
+        ...(o.taskLease !== undefined ? { taskLeaseMs: o.taskLease } : {}),
+        ...(o.taskConcurrency !== undefined ? { taskConcurrency: o.taskConcurrency } : {}),
+        budgets: {
+          ...(o.maxMigrationsPerHost !== undefined ? { hostMigrations: o.maxMigrationsPerHost } : {}),
+          ...(o.maxOutboundPerHost !== undefined ? { hostOutboundMigrations: o.maxOutboundPerHost } : {}),
+          ...(o.maxMigrationsPerDatastore !== undefined ? { datastoreMigrations: o.maxMigrationsPerDatastore } : {}),
+          ...(o.maxMigrations !== undefined ? { fleetMigrations: o.maxMigrations } : {}),
+        },
       });
       process.on('unhandledRejection', (reason) => {
         process.stderr.write(`center: INTERNAL ERROR (unhandled rejection, please report): ${reason instanceof Error ? (reason.stack ?? reason.message) : String(reason)}\n`);
@@ -80,12 +105,53 @@ export function addCenterCommands(program: Command, host: Command): void {
       }
     });
 
+  const maintenance = host.command('maintenance').description('take a host out of service (its running VMs leave by live migration) or back');
+  for (const action of ['enter', 'exit'] as const) {
+    withCenterOptions(maintenance.command(action)
+      .description(action === 'enter' ? 'evacuate every running VM (within the budgets), then in-maintenance; a VM that cannot move is reported' : 'cancel an evacuation in progress and return the host to service')
+      .argument('<host>', 'host name')
+      .option('--no-wait', 'answer the task at once instead of following it')
+      .option('--json', 'print the task as JSON', false))
+      .action(async (name: string, o: CenterClientOpts & { wait: boolean; json: boolean }) => {
+        const client = await centerClient(o);
+        const task = await client.maintenance(name, action);
+        if (!o.wait) { if (o.json) print(task); else process.stdout.write(`${task.id}\n`); return; }
+        // Ctrl-C leaves an evacuation running: cancelling it is `ferry host maintenance exit`.
+        const done = await followTask(client, task, { quiet: o.json, detachOnSigint: true });
+        if (o.json) print(done);
+        else process.stderr.write(`${describeTask(done)}\n`);
+        if (done.state !== 'succeeded' && done.state !== 'running' && done.state !== 'queued') process.exitCode = 1;
+      });
+  }
+
   const task = program.command('task').description('tasks of a center');
-  withCenterOptions(task.command('list').description('list a center\'s tasks, oldest first').option('--json', 'print as JSON', false))
-    .action(async (o: CenterClientOpts & { json: boolean }) => {
+  withCenterOptions(task.command('watch').description('follow a task to its end with a progress bar (Ctrl-C stops watching, the task goes on)')
+    .argument('<id>', 'task id').option('--json', 'print the final task as JSON', false))
+    .action(async (id: string, o: CenterClientOpts & { json: boolean }) => {
+      const client = await centerClient(o);
+      const done = await followTask(client, await client.task(parseTaskId(id)), { quiet: o.json, detachOnSigint: true });
+      if (o.json) print(done);
+      else process.stderr.write(`${describeTask(done)}\n`);
+      process.exitCode = taskExitCode(done);
+    });
+  withCenterOptions(task.command('cancel').description('cancel a task in any state (a running one stops at its next step)')
+    .argument('<id>', 'task id').option('--json', 'print the task as JSON', false))
+    .action(async (id: string, o: CenterClientOpts & { json: boolean }) => {
+      const t = await (await centerClient(o)).cancelTask(parseTaskId(id));
+      if (o.json) print(t);
+      else process.stdout.write(`${describeTask(t)}${t.cancelRequested ? ' (cancel requested)' : ''}\n`);
+    });
+  withCenterOptions(task.command('list').description('list a center\'s tasks, oldest first').option('--json', 'print as JSON', false)
+    .addOption(new Option('--state <state>', 'only tasks in this state').choices(TASK_STATES))
+    .option('--kind <kind>', 'only tasks of this kind (vm.create, vm.migrate, host.evacuate, ...)')
+    .option('--vm <name>', 'only tasks of this VM'))
+    .action(async (o: CenterClientOpts & { json: boolean; state?: (typeof TASK_STATES)[number]; kind?: string; vm?: string }) => {
       const client = await centerClient(o);
       const tasks = await allPages(async (after: number | undefined) => {
-        const page = await client.listTasks({ limit: CLI_PAGE, ...(after !== undefined ? { after } : {}) });
+        const page = await client.listTasks({
+          limit: CLI_PAGE, ...(after !== undefined ? { after } : {}), ...(o.state !== undefined ? { state: o.state } : {}),
+          ...(o.kind !== undefined ? { kind: o.kind } : {}), ...(o.vm !== undefined ? { target: `vm:${o.vm}` } : {}),
+        });
         return { items: page.tasks, next: page.next };
       });
       if (o.json) { print(tasks); return; }

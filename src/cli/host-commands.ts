@@ -19,19 +19,43 @@ import type { MigrationProgress, MigrationRecord } from '../migration/record.js'
 import type { MigrationOptions } from '../migration/options.js';
 import { HostClient } from '../api/host-client.js';
 import type { CreateVmRequest } from '../api/host-v1.js';
+import type { CenterClient } from '../api/center-client.js';
+import { BUILTIN_IMAGE_PATTERN, type CenterTaskView } from '../api/center-v1.js';
 import { durationOption, parseIntegerOption, sizeOption } from './args.js';
+import { CENTER_TOKEN_ENV, CLI_PAGE, allPages, centerClient } from './center-access.js';
+import { describeTask, followTask } from './center-tasks.js';
 import { compact } from './status.js';
 
-export interface ClientOpts { host: string; tokenFile?: string }
+export interface ClientOpts { host?: string; center?: string; tokenFile?: string }
 
+/** The host named by --host (a verb only a host does refuses --center with a clear error). */
 export async function client(o: ClientOpts): Promise<HostClient> {
+  if (o.host === undefined) {
+    throw new FerryError('INVALID_ARGUMENT', o.center !== undefined ? 'this verb talks to a host: pass --host <url> instead of --center' : 'pass --host <url> (a host agent) or --center <url> (a center)');
+  }
   return new HostClient(o.host, await loadToken(o.tokenFile));
+}
+
+/** The center named by --center, or null when the verb is for a host (--host). */
+async function centerOf(o: ClientOpts): Promise<CenterClient | null> {
+  if (o.center === undefined) return null;
+  if (o.host !== undefined) throw new FerryError('INVALID_ARGUMENT', 'pass --host or --center, not both');
+  return centerClient({ center: o.center, ...(o.tokenFile !== undefined ? { tokenFile: o.tokenFile } : {}) });
 }
 
 export function withClientOptions(cmd: Command): Command {
   return cmd
-    .requiredOption('--host <url>', 'host agent URL, e.g. http://127.0.0.1:7000')
-    .option('--token-file <file>', 'file holding the API token (default: $FERRY_TOKEN)');
+    .option('--host <url>', 'host agent URL, e.g. http://127.0.0.1:7000')
+    .option('--center <url>', 'or a center URL, e.g. http://127.0.0.1:7100 (it picks the host)')
+    .option('--token-file <file>', `file holding the API token (default: $FERRY_TOKEN for a host, $${CENTER_TOKEN_ENV} for a center)`);
+}
+
+/** Runs a center task to its end (progress bar, Ctrl-C cancels) and prints how it ended; sets the exit code. */
+async function runTask(start: Promise<CenterTaskView>, c: CenterClient, json: boolean, detach = false): Promise<void> {
+  const done = await followTask(c, await start, { quiet: json, detachOnSigint: detach });
+  if (json) print(done);
+  else process.stderr.write(`${describeTask(done)}\n`);
+  if (done.state === 'failed' || done.state === 'cancelled') process.exitCode = 1;
 }
 
 export function print(obj: unknown): void {
@@ -140,8 +164,24 @@ export function addHostCommands(program: Command, vm: Command): Command {
     .addOption(new Option('--trace-granularity <size>', 'write-trace region size').argParser(sizeOption('--trace-granularity')).default(DEFAULT_GRANULARITY_BYTES, '4KiB'))
     .option('--cmdline <text>', 'guest command line', '')
     .addOption(new Option('--disk <ds:path[,size=N]>', 'a VMDK on one of the host\'s datastores; with size=, a new disk of that size').argParser(parseDiskOption))
-    .option('--start', 'start it right away', false))
-    .action(async (name: string, o: ClientOpts & { image: string; memory: number; vcpus: number; traceGranularity: number; cmdline: string; start: boolean; disk?: DiskOption }) => {
+    .option('--start', 'start it right away', false)
+    .option('--on <host>', 'through a center: on this host (default: the center places it)')
+    .option('--json', 'print as JSON', false))
+    .action(async (name: string, o: ClientOpts & { image: string; memory: number; vcpus: number; traceGranularity: number; cmdline: string; start: boolean; disk?: DiskOption; on?: string; json: boolean }) => {
+      const center = await centerOf(o);
+      if (center !== null) {
+        // A bare name (no path, no .wasm) is an image built with Ferry; anything else is a file sent along.
+        const builtin = BUILTIN_IMAGE_PATTERN.test(o.image);
+        let imageBase64: string | undefined;
+        if (!builtin) {
+          try { imageBase64 = (await readFile(o.image)).toString('base64'); } catch (err) { throw new FerryError('INVALID_ARGUMENT', `cannot read guest image ${o.image}: ${errorMessage(err)}`); }
+        }
+        await runTask(center.createVm({
+          name, memoryBytes: o.memory, vcpus: o.vcpus, granularityBytes: o.traceGranularity, cmdline: o.cmdline, start: o.start,
+          ...(builtin ? { image: o.image } : { imageBase64: imageBase64 ?? '' }), ...(o.on !== undefined ? { host: o.on } : {}), ...(o.disk !== undefined ? { disk: o.disk } : {}),
+        }), center, o.json);
+        return;
+      }
       let image: Buffer;
       try { image = await readFile(o.image); } catch (err) { throw new FerryError('INVALID_ARGUMENT', `cannot read guest image ${o.image}: ${errorMessage(err)}`); }
       print(await (await client(o)).createVm({
@@ -159,14 +199,39 @@ export function addHostCommands(program: Command, vm: Command): Command {
     ['delete', 'remove a stopped VM and its definition', (c, n) => c.deleteVm(n)],
     ['status', 'show a VM\'s state, vCPU statistics and last migration', (c, n) => c.vm(n)],
   ];
+  // Through a center these are tasks (followed to their end); status is the center's view of the VM.
+  const centerVerbs: Readonly<Record<string, (c: CenterClient, name: string) => Promise<CenterTaskView>>> = {
+    start: (c, n) => c.startVm(n), stop: (c, n) => c.stopVm(n), delete: (c, n) => c.deleteVm(n),
+  };
   for (const [verb, description, call] of verbs) {
-    withClientOptions(vm.command(verb).description(description).argument('<name>', 'VM name'))
-      .action(async (name: string, o: ClientOpts) => { print(await call(await client(o), name)); });
+    withClientOptions(vm.command(verb).description(description).argument('<name>', 'VM name').option('--json', 'through a center: print the task as JSON', false))
+      .action(async (name: string, o: ClientOpts & { json: boolean }) => {
+        const center = await centerOf(o);
+        const viaCenter = centerVerbs[verb];
+        if (center !== null && viaCenter !== undefined) { await runTask(viaCenter(center, name), center, o.json); return; }
+        if (center !== null && verb === 'status') { print(await center.vm(name)); return; }
+        print(await call(await client(o), name));
+      });
   }
 
-  withClientOptions(vm.command('list').description('list the VMs of a host'))
-    .action(async (o: ClientOpts) => {
-      for (const v of await (await client(o)).listVms()) process.stdout.write(`${v.name}\t${v.state}\t${v.config.vcpus} vCPU\t${formatBytes(v.config.memoryBytes)}${v.owner !== null ? `\t(${v.owner})` : ''}\n`);
+  withClientOptions(vm.command('list').description('list the VMs of a host, or of every host a center knows').option('--json', 'print as JSON', false))
+    .action(async (o: ClientOpts & { json: boolean }) => {
+      const center = await centerOf(o);
+      if (center !== null) {
+        const vms = await allPages(async (after: string | undefined) => {
+          const page = await center.listVms({ limit: CLI_PAGE, ...(after !== undefined ? { after } : {}) });
+          return { items: page.vms, next: page.next };
+        });
+        if (o.json) { print(vms); return; }
+        for (const v of vms) {
+          const memory = (v.config as { memoryBytes?: number } | null)?.memoryBytes;
+          process.stdout.write(`${v.name}\t${v.state}\t${v.host ?? '(no host)'}\t${memory !== undefined ? formatBytes(memory) : ''}\n`);
+        }
+        return;
+      }
+      const vms = await (await client(o)).listVms();
+      if (o.json) { print(vms); return; }
+      for (const v of vms) process.stdout.write(`${v.name}\t${v.state}\t${v.config.vcpus} vCPU\t${formatBytes(v.config.memoryBytes)}${v.owner !== null ? `\t(${v.owner})` : ''}\n`);
     });
 
   withClientOptions(vm.command('console').description(`print a VM's console (the last ${formatBytes(CONSOLE_LOG_BYTES)}); --follow streams it`)
@@ -174,7 +239,8 @@ export function addHostCommands(program: Command, vm: Command): Command {
     .action(async (name: string, o: ClientOpts & { follow: boolean }) => {
       const ac = new AbortController();
       process.once('SIGINT', () => { ac.abort(); });
-      const text = await (await client(o)).console(name, { follow: o.follow, signal: ac.signal });
+      const center = await centerOf(o);
+      const text = center !== null ? await center.console(name, { follow: o.follow, signal: ac.signal }) : await (await client(o)).console(name, { follow: o.follow, signal: ac.signal });
       try {
         for await (const chunk of text) process.stdout.write(chunk);
       } catch (err) {
@@ -185,7 +251,7 @@ export function addHostCommands(program: Command, vm: Command): Command {
   withClientOptions(vm.command('migrate')
     .description('live-migrate a VM to another host, with a progress bar; Ctrl-C cancels (the VM keeps running here)')
     .argument('<name>', 'VM name')
-    .option('--to <url>', 'target host URL')
+    .option('--to <url|host>', 'target host URL (through a center: a host name, or leave it out and the center picks one)')
     .option('--cancel <migrationId>', 'cancel a running migration instead')
     .option('--target-token-file <file>', 'token of the target host, if it differs')
     .addOption(new Option('--downtime <duration>', 'downtime target for the switch-over').argParser(durationOption('--downtime')))
@@ -206,9 +272,6 @@ export function addHostCommands(program: Command, vm: Command): Command {
       compress: boolean; maxRounds?: number; onLimit?: 'force' | 'abort'; autoConverge: boolean; json: boolean;
       traceInstall?: 'single' | 'stop-all'; traceGranularity?: number; traceAdaptive: boolean; diskDatastore?: string; diskPath?: string;
     }) => {
-      const c = await client(o);
-      if (o.cancel !== undefined) { print(await c.cancelMigration(o.cancel)); return; }
-      if (o.to === undefined) throw new FerryError('INVALID_ARGUMENT', 'ferry vm migrate needs --to <target host URL> (or --cancel <id>)');
       const options: MigrationOptions = {
         ...(o.downtime !== undefined ? { downtimeTargetMs: o.downtime } : {}),
         ...(o.channels !== undefined ? { dataChannels: o.channels } : {}),
@@ -221,9 +284,19 @@ export function addHostCommands(program: Command, vm: Command): Command {
         ...(o.traceGranularity !== undefined ? { traceGranularityBytes: o.traceGranularity } : {}),
         ...(o.traceAdaptive ? { traceAdaptive: true } : {}),
       };
-      const token = o.targetTokenFile !== undefined ? await loadToken(o.targetTokenFile) : undefined;
       if (o.diskPath !== undefined && o.diskDatastore === undefined) throw new FerryError('INVALID_ARGUMENT', '--disk-path needs --disk-datastore');
       const disk = o.diskDatastore !== undefined ? { datastore: o.diskDatastore, ...(o.diskPath !== undefined ? { path: o.diskPath } : {}) } : undefined;
+      const center = await centerOf(o);
+      if (center !== null) {
+        if (o.cancel !== undefined) throw new FerryError('INVALID_ARGUMENT', 'through a center, cancel the migration\'s task: ferry task cancel <id>');
+        if (o.targetTokenFile !== undefined) throw new FerryError('INVALID_ARGUMENT', '--target-token-file is for host-to-host migrations; a center reaches every host itself');
+        await runTask(center.migrateVm(name, { options, ...(o.to !== undefined ? { to: o.to } : {}), ...(disk !== undefined ? { disk } : {}) }), center, o.json);
+        return;
+      }
+      const c = await client(o);
+      if (o.cancel !== undefined) { print(await c.cancelMigration(o.cancel)); return; }
+      if (o.to === undefined) throw new FerryError('INVALID_ARGUMENT', 'ferry vm migrate needs --to <target host URL> (or --cancel <id>)');
+      const token = o.targetTokenFile !== undefined ? await loadToken(o.targetTokenFile) : undefined;
       const started = await c.migrate(name, { to: o.to, options, ...(token !== undefined ? { token } : {}), ...(disk !== undefined ? { disk } : {}) });
       const record = await followMigration(c, started.migrationId, o.json);
       if (o.json) print(record);

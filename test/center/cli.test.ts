@@ -8,22 +8,8 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { ChildProcess } from 'node:child_process';
-import { runFerry, startFerry } from '../helpers/cli.js';
+import { centerReady as ready, runFerry, startFerry } from '../helpers/cli.js';
 import { removeHostData, startHost, stopHost, type TestHost } from '../helpers/hosts.js';
-
-/** Resolves with the center's URL and token file once its ready line is out. */
-function ready(child: ChildProcess, stdout: () => string): Promise<{ url: string; tokenFile: string }> {
-  return new Promise((resolve, reject) => {
-    const check = (): void => {
-      const m = /ferry center ready url=(\S+) admin-token-file=(\S+)\n/.exec(stdout());
-      if (m !== null) { child.stdout?.off('data', check); resolve({ url: m[1] ?? '', tokenFile: m[2] ?? '' }); }
-    };
-    child.stdout?.on('data', check);
-    child.once('exit', () => { reject(new Error(`ferry center exited before it was ready:\n${stdout()}`)); });
-    check();
-  });
-}
 
 describe('ferry center (CLI)', () => {
   const dirs: string[] = [];

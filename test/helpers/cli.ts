@@ -30,3 +30,16 @@ export function startFerry(args: readonly string[]): { child: ChildProcess; done
 export function runFerry(args: readonly string[]): Promise<CliResult> {
   return startFerry(args).done;
 }
+
+/** Resolves with the center's URL and token file once its ready line is out. */
+export function centerReady(child: ChildProcess, stdout: () => string): Promise<{ url: string; tokenFile: string }> {
+  return new Promise((resolve, reject) => {
+    const check = (): void => {
+      const m = /ferry center ready url=(\S+) admin-token-file=(\S+)\n/.exec(stdout());
+      if (m !== null) { child.stdout?.off('data', check); resolve({ url: m[1] ?? '', tokenFile: m[2] ?? '' }); }
+    };
+    child.stdout?.on('data', check);
+    child.once('exit', () => { reject(new Error(`ferry center exited before it was ready:\n${stdout()}`)); });
+    check();
+  });
+}

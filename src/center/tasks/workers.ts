@@ -10,7 +10,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { FerryError, errorMessage, isFerryError } from '../../lib/errors.js';
-import type { JsonValue, Task } from '../store/model.js';
+import { MAX_LEASE_MS, type JsonValue, type Task } from '../store/model.js';
 import type { CenterStore } from '../store/store.js';
 import type { EventWakeups } from '../events.js';
 
@@ -18,6 +18,8 @@ import type { EventWakeups } from '../events.js';
 export const DEFAULT_TASK_CONCURRENCY = 16;
 /** A claim lasts this long unless renewed: a dead center's task is taken over after about this long. */
 export const DEFAULT_TASK_LEASE_MS = 10_000;
+/** Shorter, and a store round trip on a loaded machine outlasts a renewal interval: claims would be lost while healthy. */
+export const MIN_TASK_LEASE_MS = 300;
 /** Renewals per lease: two may be lost before the claim expires. */
 const RENEWALS_PER_LEASE = 3;
 /** An idle worker looks for tasks enqueued by other centers this often (a local enqueue wakes it at once). */
@@ -66,6 +68,9 @@ export class TaskWorkers {
     this.#leaseMs = o.leaseMs ?? DEFAULT_TASK_LEASE_MS;
     this.#pollMs = o.pollMs ?? DEFAULT_TASK_POLL_MS;
     if (!Number.isInteger(this.#concurrency) || this.#concurrency < 1) throw new FerryError('INVALID_ARGUMENT', 'task concurrency must be a positive integer');
+    if (!Number.isInteger(this.#leaseMs) || this.#leaseMs < MIN_TASK_LEASE_MS || this.#leaseMs > MAX_LEASE_MS) {
+      throw new FerryError('INVALID_ARGUMENT', `a task lease must be ${MIN_TASK_LEASE_MS} ms to ${MAX_LEASE_MS / 60_000} min`);
+    }
   }
 
   get running(): number { return this.#running.size; }
