@@ -168,6 +168,10 @@ export const ticketSchema = z.object({
 }).openapi('Ticket');
 export type TicketView = z.infer<typeof ticketSchema>;
 
+/** Asking for a ticket: the source may say its own id of the migration, so that the target's log lines carry it too. */
+export const ticketRequestSchema = z.object({ sourceMigrationId: migrationIdSchema.optional() }).strict().openapi('TicketRequest');
+export type TicketRequest = z.infer<typeof ticketRequestSchema>;
+
 export const incomingStatusSchema = z.object({ migrationId: z.string(), outcome: incomingOutcomeSchema }).openapi('IncomingMigration');
 export type IncomingStatus = z.infer<typeof incomingStatusSchema>;
 
@@ -235,7 +239,7 @@ export const routes = {
     responses: { 202: json(migrationStatusSchema, 'cancelling'), ...errors(400, 401, 404) },
   }),
   createTicket: createRoute({
-    method: 'post', path: '/v1/migrations/incoming', summary: 'expect an incoming migration: a one-time ticket and the port to dial', request: body(z.object({}).strict()),
+    method: 'post', path: '/v1/migrations/incoming', summary: 'expect an incoming migration: a one-time ticket and the port to dial', request: body(ticketRequestSchema),
     responses: { 201: json(ticketSchema, 'ticket'), ...errors(400, 401, 409) },
   }),
   getIncoming: createRoute({

@@ -19,6 +19,7 @@ import { EventWakeups } from './events.js';
 import { DEFAULT_SITE, Inventory } from './inventory.js';
 import { openCenterStore, storeLocation } from './store/open.js';
 import type { CenterStore, Clock } from './store/store.js';
+import { createLogger, loggerFromLines, type Logger } from '../lib/logger.js';
 
 /** Hosts heartbeat this often unless the center says otherwise (it tells them in every answer). */
 export const DEFAULT_HEARTBEAT_INTERVAL_MS = 5000;
@@ -44,6 +45,12 @@ export interface CenterOptions {
   readonly sweepIntervalMs?: number;
   readonly eventPollMs?: number;
   readonly clock?: Clock;
+  /**
+   * Where the center logs (default: JSON lines on stderr, pretty on a terminal); every line is bound to
+   * the center's id. Task workers log through `center.logger.child({ taskId })`.
+   */
+  readonly logger?: Logger;
+  /** An older form of `logger`: each line's message only. Ignored when `logger` is given. */
   readonly log?: (line: string) => void;
 }
 
@@ -63,7 +70,8 @@ export class Center {
     private readonly server: Server,
     private readonly inventory: Inventory,
     private readonly options: CenterOptions,
-    private readonly log: (line: string) => void,
+    /** The center's logger, bound to its id. */
+    readonly logger: Logger,
   ) {}
 
   static async start(options: CenterOptions): Promise<Center> {
@@ -74,7 +82,6 @@ export class Center {
     if (!Number.isInteger(sweepIntervalMs) || sweepIntervalMs < MIN_SWEEP_INTERVAL_MS) throw new FerryError('INVALID_ARGUMENT', `the sweep interval must be at least ${MIN_SWEEP_INTERVAL_MS} ms`);
     if (!Number.isInteger(missed) || missed < 1) throw new FerryError('INVALID_ARGUMENT', 'missed heartbeats must be a positive integer');
     const clock = options.clock ?? Date.now;
-    const log = options.log ?? ((line) => { process.stderr.write(`${line}\n`); });
     const store = await openCenterStore(storeLocation(options.dataDir, options.db), { clock });
     try {
       const id = `center-${hostname()}-${process.pid}-${randomBytes(4).toString('hex')}`;
@@ -94,11 +101,12 @@ export class Center {
         server.once('error', onError);
         server.listen(options.listenPort, options.listenHost, () => { server.off('error', onError); resolve(); });
       });
-      const center = new Center(store, id, admin.file, admin.token, admin.created, server, inventory, options, log);
+      const base = options.logger ?? (options.log !== undefined ? loggerFromLines(options.log) : createLogger());
+      const center = new Center(store, id, admin.file, admin.token, admin.created, server, inventory, options, base.child({ center: id }));
       // The app's shutdown signal is the center's: ending it ends every event stream.
       center.#shutdown.signal.addEventListener('abort', () => { shutdownHolder.abort(); }, { once: true });
       center.startSweeper(sweepIntervalMs, heartbeatIntervalMs * missed);
-      log(`center ${id}: API on ${center.url}, store ${store.backend}, heartbeats every ${heartbeatIntervalMs} ms, disconnected after ${missed} missed`);
+      center.logger.info(`center ${id}: API on ${center.url}, store ${store.backend}, heartbeats every ${heartbeatIntervalMs} ms, disconnected after ${missed} missed`);
       return center;
     } catch (err) {
       await store.close().catch(() => undefined);
@@ -117,7 +125,7 @@ export class Center {
     const lease = await this.store.tryAcquireDuty(HEARTBEAT_SWEEP_DUTY, this.id, leaseMs);
     if (!lease.acquired) return null;
     const marked = await this.inventory.sweep(silentAfterMs);
-    for (const h of marked) this.log(`center ${this.id}: host ${h} missed its heartbeats: disconnected, its VMs unknown`);
+    for (const h of marked) this.logger.warn(`center ${this.id}: host ${h} missed its heartbeats: disconnected, its VMs unknown`, { host: h });
     return marked;
   }
 
@@ -126,7 +134,7 @@ export class Center {
     const tick = (): void => {
       // One sweep at a time: a slow store makes the next tick wait, not pile up.
       this.#sweeping = this.sweepOnce(silentAfterMs, leaseMs).then(() => undefined, (err: unknown) => {
-        if (!this.#closed) this.log(`center ${this.id}: heartbeat sweep failed (retrying): ${errorMessage(err)}`);
+        if (!this.#closed) this.logger.warn(`center ${this.id}: heartbeat sweep failed (retrying): ${errorMessage(err)}`);
       }).finally(() => {
         if (!this.#closed) this.#sweeper = setTimeout(tick, intervalMs);
       });

@@ -11,6 +11,7 @@ import { MAX_JOIN_TOKEN_TTL_MS, MIN_JOIN_TOKEN_TTL_MS, SECRET_PATTERN } from '..
 import { Center } from '../center/center.js';
 import { durationOption, parseIntegerOption } from './args.js';
 import { parseListen, print } from './host-commands.js';
+import { loggerFor, withLogOptions, type LogOptions } from './log-options.js';
 
 /** Where a client's API token comes from unless --token-file says. */
 export const CENTER_TOKEN_ENV = 'FERRY_CENTER_TOKEN';
@@ -59,7 +60,7 @@ function withCenterOptions(cmd: Command): Command {
 }
 
 export function addCenterCommands(program: Command, host: Command): void {
-  const center = program.command('center')
+  const center = withLogOptions(program.command('center'))
     .description('run the management server: inventory of hosts, datastores and VMs, tasks, events, REST API')
     .enablePositionalOptions()
     .option('--data-dir <dir>', 'where the store (SQLite) and the admin token live')
@@ -68,24 +69,25 @@ export function addCenterCommands(program: Command, host: Command): void {
     .addOption(new Option('--heartbeat-interval <duration>', 'how often hosts heartbeat').argParser(durationOption('--heartbeat-interval')))
     .addOption(new Option('--missed-heartbeats <n>', 'a host is disconnected after this many missed heartbeats').argParser((v) => parseIntegerOption(v, '--missed-heartbeats', 1, 1000)))
     .addOption(new Option('--sweep-interval <duration>', 'how often silent hosts are looked for').argParser(durationOption('--sweep-interval')))
-    .action(async (o: { dataDir?: string; listen: string; db?: string; heartbeatInterval?: number; missedHeartbeats?: number; sweepInterval?: number }) => {
+    .action(async (o: { dataDir?: string; listen: string; db?: string; heartbeatInterval?: number; missedHeartbeats?: number; sweepInterval?: number } & LogOptions) => {
       if (o.dataDir === undefined) throw new FerryError('INVALID_ARGUMENT', 'ferry center needs --data-dir <dir>');
       const listen = parseListen(o.listen);
+      const logger = loggerFor(o);
       const c = await Center.start({
-        dataDir: o.dataDir, listenHost: listen.host, listenPort: listen.port,
+        logger, dataDir: o.dataDir, listenHost: listen.host, listenPort: listen.port,
         ...(o.db !== undefined ? { db: o.db } : {}),
         ...(o.heartbeatInterval !== undefined ? { heartbeatIntervalMs: o.heartbeatInterval } : {}),
         ...(o.missedHeartbeats !== undefined ? { missedHeartbeats: o.missedHeartbeats } : {}),
         ...(o.sweepInterval !== undefined ? { sweepIntervalMs: o.sweepInterval } : {}),
       });
       process.on('unhandledRejection', (reason) => {
-        process.stderr.write(`center: INTERNAL ERROR (unhandled rejection, please report): ${reason instanceof Error ? (reason.stack ?? reason.message) : String(reason)}\n`);
+        c.logger.error(`center: INTERNAL ERROR (unhandled rejection, please report): ${reason instanceof Error ? (reason.stack ?? reason.message) : String(reason)}`);
       });
       // Signal handlers before the ready line: whoever reads it may signal at once.
       const stopped = new Promise<void>((resolve) => {
         const stop = (signal: string): void => {
-          process.stderr.write(`center: ${signal}: shutting down\n`);
-          void c.close().then(resolve, (err: unknown) => { process.stderr.write(`center: shutdown: ${errorMessage(err)}\n`); resolve(); });
+          c.logger.info(`center: ${signal}: shutting down`);
+          void c.close().then(resolve, (err: unknown) => { c.logger.error(`center: shutdown: ${errorMessage(err)}`); resolve(); });
         };
         process.once('SIGTERM', () => { stop('SIGTERM'); });
         process.once('SIGINT', () => { stop('SIGINT'); });

@@ -33,7 +33,7 @@ export interface HostAppDeps {
   readonly disks: DiskSnapshots;
   readonly hostInfo: () => HostInfo;
   readonly listDatastores: () => Promise<DatastoreView[]>;
-  readonly issueTicket: () => TicketView;
+  readonly issueTicket: (sourceMigrationId?: string) => TicketView;
   readonly incomingOutcome: (id: string) => Promise<IncomingOutcome>;
 }
 
@@ -76,7 +76,7 @@ export function buildHostApp(d: HostAppDeps): OpenAPIHono {
   app.openapi(routes.getMigration, (c) => c.json(d.migrations.status(c.req.valid('param').id), 200));
   app.openapi(routes.migrationEvents, (c) => eventStream(c, d.migrations.job(c.req.valid('param').id)) as never);
   app.openapi(routes.cancelMigration, (c) => c.json(d.migrations.cancel(c.req.valid('param').id), 202));
-  app.openapi(routes.createTicket, (c) => c.json(d.issueTicket(), 201));
+  app.openapi(routes.createTicket, (c) => c.json(d.issueTicket(c.req.valid('json').sourceMigrationId), 201));
   app.openapi(routes.getIncoming, async (c) => {
     const id = c.req.valid('param').id;
     const status: IncomingStatus = { migrationId: id, outcome: await d.incomingOutcome(id) };
