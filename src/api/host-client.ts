@@ -83,6 +83,9 @@ export class HostClient {
     return bodyOf(res);
   }
 
+  /** The host's Prometheus metrics, in the text exposition format. */
+  async metrics(): Promise<string> { return (await this.send(routes.metrics, {}, {})).text(); }
+
   /** The console text so far, decoded (UTF-8). */
   async consoleText(name: string): Promise<string> {
     let text = '';

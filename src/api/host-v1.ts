@@ -246,6 +246,10 @@ export const routes = {
     method: 'get', path: '/v1/migrations/incoming/{id}', summary: 'what became of an incoming migration (answers an error, never "unknown", when its record cannot be read)',
     request: { params: migrationParams }, responses: { 200: json(incomingStatusSchema, 'outcome'), ...errors(400, 401, 500) },
   }),
+  metrics: createRoute({
+    method: 'get', path: '/metrics', summary: 'Prometheus metrics (text exposition format 0.0.4; the token is needed here too)',
+    responses: { 200: { content: { 'text/plain': { schema: z.string() } }, description: 'metrics' }, ...errors(401) },
+  }),
   // Disk snapshots (./disk-v1.ts, docs/design/disk-snapshots.md).
   snapshotVm: createRoute({
     method: 'post', path: '/v1/vms/{name}/snapshots', summary: 'snapshot the VM\'s disk: the top becomes read-only, a new delta takes the writes (a running VM pauses briefly)',

@@ -29,6 +29,7 @@ import { availableParallelism } from 'node:os';
 import type { HeartbeatRequest } from '../api/center-v1.js';
 import { CenterLink, type CenterLinkOptions } from './center-link.js';
 import { createLogger, lineLog, loggerFromLines, type Logger } from '../lib/logger.js';
+import { HostMetrics } from './metrics.js';
 
 /** Default memory the host lends to VMs in all (an operator sets it to what the machine can spare). */
 export const DEFAULT_MEMORY_LIMIT_BYTES = 16 * GiB;
@@ -75,6 +76,7 @@ export class HostAgent {
   /** The host's logger (bound to its name). */
   readonly logger: Logger;
   private readonly log: (line: string) => void;
+  readonly metrics: HostMetrics;
   private closing = false;
   private port = 0;
   /** The link to the center, if the host was started with one. */
@@ -90,7 +92,8 @@ export class HostAgent {
     this.log = lineLog(this.logger);
     const transport = options.transport ?? tcpTransport;
     this.vms = new VmService({ hostName: this.name, store: this.store, operations: this.operations, memoryLimitBytes: this.memoryLimitBytes, datastores, log: this.log });
-    this.migrations = new MigrationService({ hostName: this.name, token: options.token, vms: this.vms, operations: this.operations, datastores, transport, logger: this.logger });
+    this.metrics = new HostMetrics(() => this.vms.list().map((v) => v.state));
+    this.migrations = new MigrationService({ hostName: this.name, token: options.token, vms: this.vms, operations: this.operations, datastores, transport, logger: this.logger, metrics: this.metrics });
     this.disks = new DiskSnapshots({ hostName: this.name, vms: this.vms, operations: this.operations, datastores, log: this.log });
     this.receiver = new MigrationReceiver({
       admit: (vm) => { this.vms.admit(vm.name, vm.memoryBytes); },
@@ -106,10 +109,11 @@ export class HostAgent {
       storedOutcome: (id) => this.store.readMigrationOutcome(id),
       log: this.log,
       logFor: (ids) => lineLog(this.logger.child({ migrationId: ids.migrationId, incomingId: ids.incomingId, role: 'target' })),
+      observer: this.metrics.incoming,
     }, transport, { host: options.listenHost, port: options.migrationPort ?? 0 });
     const app = buildHostApp({
       token: options.token, vms: this.vms, migrations: this.migrations, disks: this.disks, hostInfo: () => this.hostInfo(), listDatastores: () => this.datastores.list(),
-      issueTicket: (source) => this.receiver.issueTicket(source), incomingOutcome: (id) => this.receiver.outcome(id),
+      issueTicket: (source) => this.receiver.issueTicket(source), incomingOutcome: (id) => this.receiver.outcome(id), metrics: this.metrics,
     });
     this.server = createAdaptorServer({ fetch: app.fetch }) as Server;
   }

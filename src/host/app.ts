@@ -25,6 +25,8 @@ import type { VmService } from './vm-service.js';
 import type { MigrationService } from './migration-service.js';
 import type { DiskSnapshots } from './disk-snapshots.js';
 import type { VmSlot } from './vm-slot.js';
+import type { HostMetrics } from './metrics.js';
+import { countRequests } from '../api/http-metrics.js';
 
 export interface HostAppDeps {
   readonly token: string;
@@ -35,6 +37,7 @@ export interface HostAppDeps {
   readonly listDatastores: () => Promise<DatastoreView[]>;
   readonly issueTicket: (sourceMigrationId?: string) => TicketView;
   readonly incomingOutcome: (id: string) => Promise<IncomingOutcome>;
+  readonly metrics: HostMetrics;
 }
 
 export function buildHostApp(d: HostAppDeps): OpenAPIHono {
@@ -44,6 +47,8 @@ export function buildHostApp(d: HostAppDeps): OpenAPIHono {
   // details.route false: "no such route", as a client or test tells it from "no such VM" without reading the message.
   app.notFound((c) => sendError(c, new FerryError('NOT_FOUND', `no route ${c.req.method} ${c.req.path}; the API is under /${HOST_API_VERSION}/ (see ${OPENAPI_PATH})`, { route: false })));
 
+  // First: it counts what the token check refuses too.
+  app.use('*', countRequests(d.metrics.httpRequests));
   app.use('*', async (c, next) => {
     // Refused before anything else happens, including reading the body.
     if (c.req.path !== OPENAPI_PATH && !bearerMatches(c.req.header('authorization'), d.token)) {
@@ -87,6 +92,9 @@ export function buildHostApp(d: HostAppDeps): OpenAPIHono {
   app.openapi(routes.diskChain, async (c) => c.json(await d.disks.chain(c.req.valid('param').name), 200));
   app.openapi(routes.revertVm, async (c) => c.json(await d.disks.revert(c.req.valid('param').name, c.req.valid('json').to), 200));
   app.openapi(routes.consolidateVm, async (c) => c.json(await d.disks.consolidate(c.req.valid('param').name), 200));
+
+  // Text, not JSON: the Prometheus exposition format.
+  app.openapi(routes.metrics, async (c) => c.body(await d.metrics.text(), 200, { 'content-type': d.metrics.contentType }) as never);
 
   app.doc(OPENAPI_PATH, { openapi: '3.0.3', info: { ...OPENAPI_INFO } });
   return app;

@@ -16,6 +16,7 @@ import type { OperationsRegistry } from './operations.js';
 import type { VmService } from './vm-service.js';
 import { HostApiTargetPeer } from './target-peer.js';
 import { lineLog, type Logger } from '../lib/logger.js';
+import type { HostMetrics } from './metrics.js';
 
 /** Finished migration jobs remembered for status queries; the oldest finished go first. */
 export const MAX_FINISHED_JOBS = 100;
@@ -29,6 +30,7 @@ export interface MigrationServiceOptions {
   readonly transport: Transport;
   /** The host's logger: each migration logs through a child bound to its id and VM. */
   readonly logger: Logger;
+  readonly metrics?: HostMetrics;
 }
 
 export class MigrationService {
@@ -64,7 +66,9 @@ export class MigrationService {
     const claim = this.o.operations.claim(name, `migration ${job.id}`, 'migrate');
     this.jobs.set(job.id, job);
     this.trim();
+    this.o.metrics?.outgoingStarted();
     void job.run().then(async (record) => {
+      this.o.metrics?.outgoingEnded(record);
       claim.release();
       slot.lastMigration = record;
       if (record.outcome === 'succeeded') await this.o.vms.departed(name);

@@ -22,6 +22,7 @@ import { MAX_OPEN_TICKETS } from '../../src/migration/target/receiver.js';
 import { tcpTransport } from '../../src/dataplane/tcp.js';
 import { buildHostApp } from '../../src/host/app.js';
 import { MigrationService } from '../../src/host/migration-service.js';
+import { HostMetrics } from '../../src/host/metrics.js';
 import { silentLogger } from '../../src/lib/logger.js';
 import { AGENT_TOKEN, startAgent, type TestAgent } from '../helpers/agents.js';
 import { vmRequest } from '../helpers/guests.js';
@@ -570,6 +571,7 @@ describe('OpenAPI document: every route the app answers is documented, every doc
       disks: agent.disks,
       issueTicket: () => { throw new FerryError('INTERNAL', 'not called'); },
       incomingOutcome: () => Promise.reject(new FerryError('INTERNAL', 'not called')),
+      metrics: new HostMetrics(() => []),
     });
     const answered = [...new Set(app.routes
       .filter((r) => r.method !== 'ALL')
