@@ -20,6 +20,7 @@ import { DEFAULT_SITE, Inventory } from './inventory.js';
 import { openCenterStore, storeLocation } from './store/open.js';
 import type { CenterStore, Clock } from './store/store.js';
 import { createLogger, loggerFromLines, type Logger } from '../lib/logger.js';
+import { CenterMetrics, measuredStore } from './metrics.js';
 
 /** Hosts heartbeat this often unless the center says otherwise (it tells them in every answer). */
 export const DEFAULT_HEARTBEAT_INTERVAL_MS = 5000;
@@ -72,6 +73,8 @@ export class Center {
     private readonly options: CenterOptions,
     /** The center's logger, bound to its id. */
     readonly logger: Logger,
+    /** Its metrics; the task engine reports waits with `metrics.observeTaskWait`. */
+    readonly metrics: CenterMetrics,
   ) {}
 
   static async start(options: CenterOptions): Promise<Center> {
@@ -82,7 +85,10 @@ export class Center {
     if (!Number.isInteger(sweepIntervalMs) || sweepIntervalMs < MIN_SWEEP_INTERVAL_MS) throw new FerryError('INVALID_ARGUMENT', `the sweep interval must be at least ${MIN_SWEEP_INTERVAL_MS} ms`);
     if (!Number.isInteger(missed) || missed < 1) throw new FerryError('INVALID_ARGUMENT', 'missed heartbeats must be a positive integer');
     const clock = options.clock ?? Date.now;
-    const store = await openCenterStore(storeLocation(options.dataDir, options.db), { clock });
+    const metrics = new CenterMetrics();
+    // Every store call the center makes is timed (ferry_center_store_op_seconds).
+    const store = measuredStore(await openCenterStore(storeLocation(options.dataDir, options.db), { clock }), metrics.storeOps);
+    metrics.readFrom(store, clock);
     try {
       const id = `center-${hostname()}-${process.pid}-${randomBytes(4).toString('hex')}`;
       const auth = new CenterAuth(store, clock);
@@ -92,7 +98,7 @@ export class Center {
       const inventory = new Inventory({ store, wakeups, clock });
       const shutdownHolder = new AbortController();
       const app = buildCenterApp({
-        store, auth, inventory, wakeups, heartbeatIntervalMs, shutdown: shutdownHolder.signal,
+        store, auth, inventory, wakeups, heartbeatIntervalMs, shutdown: shutdownHolder.signal, metrics,
         ...(options.eventPollMs !== undefined ? { eventPollMs: options.eventPollMs } : {}),
       });
       const server = createAdaptorServer({ fetch: app.fetch }) as Server;
@@ -102,7 +108,7 @@ export class Center {
         server.listen(options.listenPort, options.listenHost, () => { server.off('error', onError); resolve(); });
       });
       const base = options.logger ?? (options.log !== undefined ? loggerFromLines(options.log) : createLogger());
-      const center = new Center(store, id, admin.file, admin.token, admin.created, server, inventory, options, base.child({ center: id }));
+      const center = new Center(store, id, admin.file, admin.token, admin.created, server, inventory, options, base.child({ center: id }), metrics);
       // The app's shutdown signal is the center's: ending it ends every event stream.
       center.#shutdown.signal.addEventListener('abort', () => { shutdownHolder.abort(); }, { once: true });
       center.startSweeper(sweepIntervalMs, heartbeatIntervalMs * missed);
