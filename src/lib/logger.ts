@@ -142,9 +142,17 @@ const LEVEL_COLORS: Readonly<Record<string, string>> = { fatal: '\x1b[35m', erro
 const RESET = '\x1b[0m';
 const DIM = '\x1b[2m';
 
-const pairs = (kv: [string, unknown][]): string => kv.map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`).join(' ');
+/** Ids shown shortened on a terminal, as the messages name migrations (the JSON keeps them whole). */
+const SHORT_IDS: ReadonlySet<string> = new Set(['migrationId', 'incomingId']);
+/** How many leading characters of such an id a terminal shows. */
+const SHORT_ID_CHARS = 8;
 
-/** `12:03:04.567 INFO  host=a migrationId=… the message bytes=123`: time of day, level, bindings, message, other fields. */
+const pairs = (kv: [string, unknown][]): string => kv.map(([k, v]) => {
+  const text = typeof v === 'string' ? v : JSON.stringify(v);
+  return `${k}=${SHORT_IDS.has(k) ? text.slice(0, SHORT_ID_CHARS) : text}`;
+}).join(' ');
+
+/** `12:03:04.567 INFO  host=a migrationId=6dae5135 the message bytes=123`: time of day, level, bindings (ids shortened), message, other fields. */
 export function formatPretty(json: string, color = false): string {
   const l = parseLine(json);
   const clock = /T(\d\d:\d\d:\d\d\.\d+)/.exec(l.time)?.[1] ?? l.time;
