@@ -6,7 +6,8 @@
  * What is read from the store is read at scrape time, by bounded queries; every label takes a bounded
  * set of values (the constants below say how many and why).
  */
-import { Gauge, Histogram, Registry, collectDefaultMetrics, type Counter } from 'prom-client';
+import { Gauge, Histogram, Registry, type Counter } from 'prom-client';
+import { metricsText } from '../lib/process-metrics.js';
 import { httpRequestCounter, type HttpRequestLabels } from '../api/http-metrics.js';
 import type { CenterStore, Clock } from './store/store.js';
 
@@ -53,7 +54,6 @@ export class CenterMetrics {
 
   constructor() {
     const registers = [this.registry];
-    collectDefaultMetrics({ register: this.registry });
     this.httpRequests = httpRequestCounter(this.registry, 'ferry_center');
     this.storeOps = new Histogram({
       name: 'ferry_center_store_op_seconds', help: 'store operations, by operation (the CenterStore method), successful or not',
@@ -99,7 +99,7 @@ export class CenterMetrics {
   };
 
   /** The text exposition format (version 0.0.4), and its content type. */
-  text(): Promise<string> { return this.registry.metrics(); }
+  text(): Promise<string> { return metricsText(this.registry); }
   get contentType(): string { return this.registry.contentType; }
 }
 

@@ -1,10 +1,11 @@
 /**
  * A host's Prometheus metrics (`GET /metrics`, docs/design/observability.md): migrations in flight and
  * finished by role and outcome, bytes moved, downtime and duration, VMs by state, HTTP requests, and
- * the process's own (CPU, memory, event loop lag, GC). Each host has its own Registry, never the
- * global one: several hosts in one process (tests, the demo) each count only their own.
+ * the process's own (CPU, memory, event loop lag, GC; src/lib/process-metrics.ts). Each host has its own
+ * Registry, never the global one: several hosts in one process (tests, the demo) each count only their own.
  */
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { metricsText } from '../lib/process-metrics.js';
 import type { MigrationRecord } from '../migration/record.js';
 import type { IncomingIds, IncomingObserver } from '../migration/target/hooks.js';
 import { vmStateSchema } from '../api/host-v1.js';
@@ -34,7 +35,6 @@ export class HostMetrics {
   /** `vmStates`: the state of every VM on the host now (read at each scrape). */
   constructor(vmStates: () => Iterable<string>) {
     const registers = [this.registry];
-    collectDefaultMetrics({ register: this.registry });
     this.inFlight = new Gauge({ name: 'ferry_migrations_in_flight', help: 'migrations running now, by role (source or target)', labelNames: ['role'], registers });
     this.finished = new Counter({
       name: 'ferry_migrations_total', help: 'migrations ended, by role and outcome (source: succeeded, failed, cancelled, in-doubt; target: succeeded, aborted)',
@@ -86,6 +86,6 @@ export class HostMetrics {
   };
 
   /** The text exposition format (version 0.0.4), and its content type. */
-  text(): Promise<string> { return this.registry.metrics(); }
+  text(): Promise<string> { return metricsText(this.registry); }
   get contentType(): string { return this.registry.contentType; }
 }
