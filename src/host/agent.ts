@@ -108,7 +108,7 @@ export class HostAgent {
       recordOutcome: (id, outcome, vmName) => new Promise<void>((resolve) => { this.store.writeMigrationOutcome(id, outcome, vmName); resolve(); }),
       storedOutcome: (id) => this.store.readMigrationOutcome(id),
       log: this.log,
-      logFor: (ids) => lineLog(this.logger.child({ migrationId: ids.migrationId, incomingId: ids.incomingId, role: 'target' })),
+      logFor: (ids) => lineLog(this.logger.child({ migrationId: ids.migrationId, incomingId: ids.incomingId, role: 'target', ...(ids.vm !== undefined ? { vm: ids.vm } : {}) })),
       observer: this.metrics.incoming,
     }, transport, { host: options.listenHost, port: options.migrationPort ?? 0 });
     const app = buildHostApp({

@@ -85,7 +85,7 @@ describe('host metrics and logs of a migration', () => {
     assert.ok(onB.length >= 2, `target lines: ${onB.length}`);
     for (const l of onA) assert.deepEqual([l.migrationId, l.role, l.vm, l.host], [id, 'source', 'm', 'a'], JSON.stringify(l));
     for (const l of onB) {
-      assert.deepEqual([l.migrationId, l.role, l.host], [id, 'target', 'b'], JSON.stringify(l));
+      assert.deepEqual([l.migrationId, l.role, l.host, l.vm], [id, 'target', 'b', 'm'], JSON.stringify(l));
       assert.match(String(l.incomingId), /^[0-9a-f]{32}$/);
     }
     assert.ok(onA.some((l) => String(l.msg).endsWith(': succeeded')));

@@ -6,6 +6,8 @@ import type { IncomingDisk, PrepareDisk } from '../disk.js';
 export interface IncomingIds {
   readonly migrationId: string;
   readonly incomingId: string;
+  /** The VM, once PREPARE has named it. */
+  readonly vm?: string;
 }
 
 /** Told what incoming migrations do (the host's metrics); every call is cheap and never throws. */

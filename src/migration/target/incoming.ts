@@ -66,10 +66,14 @@ export class IncomingMigration {
   private idleTimer: NodeJS.Timeout;
   private outcome: IncomingOutcome = { state: 'pending' };
 
-  private readonly log: (line: string) => void;
+  private log: (line: string) => void;
 
-  constructor(readonly id: string, private readonly hooks: ReceiverHooks, private readonly onEnd: (o: IncomingOutcome, durable: boolean) => void, log?: (line: string) => void) {
-    this.log = log ?? ((line) => { hooks.log(line); });
+  /** `logFor`: this migration's log, given the VM's name once PREPARE said it (default: the hooks' log). */
+  constructor(
+    readonly id: string, private readonly hooks: ReceiverHooks, private readonly onEnd: (o: IncomingOutcome, durable: boolean) => void,
+    private readonly logFor: (vm: string | null) => (line: string) => void = () => (line) => { hooks.log(line); },
+  ) {
+    this.log = logFor(null);
     this.idleTimer = this.armIdle();
   }
 
@@ -176,6 +180,8 @@ export class IncomingMigration {
     } catch (err) {
       throw new FerryError('MIGRATION_REFUSED', `target refuses VM ${body.vm.name}: ${errorMessage(err)}`);
     }
+    // From here its lines name the VM too.
+    this.log = this.logFor(body.vm.name);
     const image = new Uint8Array(body.image); // the frame payload is transient
     const disk = body.disk !== undefined ? await this.hooks.prepareDisk(this.id, body.vm.name, body.disk) : null;
     let vm: Vm;

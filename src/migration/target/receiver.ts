@@ -134,7 +134,9 @@ export class MigrationReceiver {
     if (role === 'control') {
       if (ticket.incoming !== null) throw new FerryError('TICKET_INVALID', 'this migration ticket is already in use');
       const ids = idsOf(ticket);
-      ticket.incoming = new IncomingMigration(ticket.migrationId, this.hooks, (outcome, durable) => { this.finish(ticket, outcome, durable); }, this.hooks.logFor?.(ids));
+      const hooks = this.hooks;
+      const logFor = (vm: string | null): ((line: string) => void) => hooks.logFor?.({ ...ids, ...(vm !== null ? { vm } : {}) }) ?? ((line) => { hooks.log(line); });
+      ticket.incoming = new IncomingMigration(ticket.migrationId, hooks, (outcome, durable) => { this.finish(ticket, outcome, durable); }, logFor);
       ticket.startedAt = performance.now();
       this.live.add(ticket.incoming);
       this.hooks.observer?.started(ids);
