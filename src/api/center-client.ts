@@ -118,6 +118,8 @@ export class CenterClient {
   createJoinToken(ttlMs?: number): Promise<JoinTokenView> { return this.json(centerRoutes.createJoinToken, {}, 201, { body: ttlMs !== undefined ? { ttlMs } : {} }); }
   join(req: JoinRequest): Promise<JoinResult> { return this.json(centerRoutes.joinHost, {}, 201, { body: req, auth: false }); }
   heartbeat(name: string, hb: HeartbeatRequest): Promise<HeartbeatResult> { return this.json(centerRoutes.heartbeat, { name }, 200, { body: hb }); }
+  /** The center's Prometheus metrics, in the text exposition format. */
+  async metrics(): Promise<string> { return (await this.send(centerRoutes.metrics, {}, {})).text(); }
   openApi(): Promise<unknown> { return this.raw('GET', CENTER_OPENAPI_PATH, { token: null }).then((r) => r.json()); }
 
   /**

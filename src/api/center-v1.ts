@@ -276,6 +276,10 @@ export const centerRoutes = {
     method: 'post', path: `${P}/tasks/{id}/cancel`, summary: 'cancel in any state (a running task stops at its next step; a finished one is answered as it is)',
     request: { params: taskParams }, responses: { 200: json(taskViewSchema, 'the task'), ...errors(400, 401, 404, 503) },
   }),
+  metrics: createRoute({
+    method: 'get', path: '/metrics', summary: 'Prometheus metrics (text exposition format 0.0.4; an API token is needed here too)',
+    responses: { 200: { content: { 'text/plain': { schema: z.string() } }, description: 'metrics' }, ...errors(401, 500, 503) },
+  }),
   events: createRoute({
     method: 'get', path: `${P}/events`, summary: 'server-sent events: replay after Last-Event-ID, then live',
     request: { query: eventsQuerySchema, headers: eventsHeadersSchema },

@@ -10,7 +10,7 @@ import type { MigrationProgress, MigrationRecord } from '../migration/record.js'
 import {
   errorBodySchema, migrationEventSchemas, routes, OPENAPI_PATH,
   type CreateVmRequest, type DatastoreView, type HostInfo, type IncomingStatus, type MigrateRequest, type MigrationEvent, type MigrationStatus,
-  type PauseResultView, type TicketView, type VerifyResult, type VmView,
+  type PauseResultView, type TicketRequest, type TicketView, type VerifyResult, type VmView,
 } from './host-v1.js';
 import type { ConsolidateResultView, DiskChainView, RevertResultView, SnapshotResultView } from './disk-v1.js';
 import { readSse } from './sse.js';
@@ -83,6 +83,9 @@ export class HostClient {
     return bodyOf(res);
   }
 
+  /** The host's Prometheus metrics, in the text exposition format. */
+  async metrics(): Promise<string> { return (await this.send(routes.metrics, {}, {})).text(); }
+
   /** The console text so far, decoded (UTF-8). */
   async consoleText(name: string): Promise<string> {
     let text = '';
@@ -122,7 +125,9 @@ export class HostClient {
   migrate(name: string, req: MigrateRequest): Promise<MigrationStatus> { return this.json(routes.migrateVm, { name }, 202, { body: req }); }
   migration(id: string): Promise<MigrationStatus> { return this.json(routes.getMigration, { id }, 200); }
   cancelMigration(id: string): Promise<MigrationStatus> { return this.json(routes.cancelMigration, { id }, 202); }
-  createTicket(timeoutMs?: number): Promise<TicketView> { return this.json(routes.createTicket, {}, 201, { body: {}, ...(timeoutMs !== undefined ? { timeoutMs } : {}) }); }
+  createTicket(timeoutMs?: number, req: TicketRequest = {}): Promise<TicketView> {
+    return this.json(routes.createTicket, {}, 201, { body: req, ...(timeoutMs !== undefined ? { timeoutMs } : {}) });
+  }
   incoming(id: string, timeoutMs?: number): Promise<IncomingStatus> { return this.json(routes.getIncoming, { id }, 200, timeoutMs !== undefined ? { timeoutMs } : {}); }
   openApi(): Promise<unknown> { return this.raw('GET', OPENAPI_PATH).then((r) => r.json()); }
 

@@ -174,6 +174,10 @@ export const ticketSchema = z.object({
 }).openapi('Ticket');
 export type TicketView = z.infer<typeof ticketSchema>;
 
+/** Asking for a ticket: the source may say its own id of the migration, so that the target's log lines carry it too. */
+export const ticketRequestSchema = z.object({ sourceMigrationId: migrationIdSchema.optional() }).strict().openapi('TicketRequest');
+export type TicketRequest = z.infer<typeof ticketRequestSchema>;
+
 export const incomingStatusSchema = z.object({ migrationId: z.string(), outcome: incomingOutcomeSchema }).openapi('IncomingMigration');
 export type IncomingStatus = z.infer<typeof incomingStatusSchema>;
 
@@ -241,12 +245,16 @@ export const routes = {
     responses: { 202: json(migrationStatusSchema, 'cancelling'), ...errors(400, 401, 404) },
   }),
   createTicket: createRoute({
-    method: 'post', path: '/v1/migrations/incoming', summary: 'expect an incoming migration: a one-time ticket and the port to dial', request: body(z.object({}).strict()),
+    method: 'post', path: '/v1/migrations/incoming', summary: 'expect an incoming migration: a one-time ticket and the port to dial', request: body(ticketRequestSchema),
     responses: { 201: json(ticketSchema, 'ticket'), ...errors(400, 401, 409) },
   }),
   getIncoming: createRoute({
     method: 'get', path: '/v1/migrations/incoming/{id}', summary: 'what became of an incoming migration (answers an error, never "unknown", when its record cannot be read)',
     request: { params: migrationParams }, responses: { 200: json(incomingStatusSchema, 'outcome'), ...errors(400, 401, 500) },
+  }),
+  metrics: createRoute({
+    method: 'get', path: '/metrics', summary: 'Prometheus metrics (text exposition format 0.0.4; the token is needed here too)',
+    responses: { 200: { content: { 'text/plain': { schema: z.string() } }, description: 'metrics' }, ...errors(401) },
   }),
   // Disk snapshots (./disk-v1.ts, docs/design/disk-snapshots.md).
   snapshotVm: createRoute({

@@ -26,6 +26,8 @@ import type { EventWakeups } from './events.js';
 import type { Inventory } from './inventory.js';
 import type { HostControl } from './host-control.js';
 import { TASK_KINDS, hostSubject, vmSubject } from './tasks/kinds.js';
+import type { CenterMetrics } from './metrics.js';
+import { countRequests } from '../api/http-metrics.js';
 
 /** Concurrent event streams one center serves: each holds a connection and polls the store. */
 export const MAX_EVENT_STREAMS = 256;
@@ -44,6 +46,7 @@ export interface CenterAppDeps {
   readonly eventPollMs?: number;
   /** Aborted when the center shuts down: event streams end. */
   readonly shutdown: AbortSignal;
+  readonly metrics: CenterMetrics;
 }
 
 const P = `/api/${CENTER_API_VERSION}`;
@@ -82,6 +85,8 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
   // details.route false: "no such route", told apart from "no such host" without reading the message.
   app.notFound((c) => sendError(c, new FerryError('NOT_FOUND', `no route ${c.req.method} ${c.req.path}; the API is under ${P}/ (see ${CENTER_OPENAPI_PATH})`, { route: false })));
 
+  // First: it counts what the auth check refuses too.
+  app.use('*', countRequests(d.metrics.httpRequests));
   app.use('*', async (c, next) => {
     const path = c.req.path;
     if (!OPEN_PATHS.has(path)) {
@@ -209,6 +214,9 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
     if (streams >= MAX_EVENT_STREAMS) throw new FerryError('BUSY', `this center serves at most ${MAX_EVENT_STREAMS} event streams at once; retry later`);
     return eventStream(c, d, start, pollMs, () => { streams++; return () => { streams--; }; });
   });
+
+  // Text, not JSON: the Prometheus exposition format.
+  app.openapi(centerRoutes.metrics, async (c) => c.body(await d.metrics.text(), 200, { 'content-type': d.metrics.contentType }) as never);
 
   app.doc(CENTER_OPENAPI_PATH, { openapi: '3.0.3', info: { ...CENTER_OPENAPI_INFO } });
   return app;

@@ -24,6 +24,8 @@ import { buildWorkers } from './tasks/handlers.js';
 import { DEFAULT_SITE, Inventory } from './inventory.js';
 import { openCenterStore, storeLocation } from './store/open.js';
 import type { CenterStore, Clock } from './store/store.js';
+import { createLogger, lineLog, loggerFromLines, type Logger } from '../lib/logger.js';
+import { CenterMetrics, measuredStore } from './metrics.js';
 
 /** Hosts heartbeat this often unless the center says otherwise (it tells them in every answer). */
 export const DEFAULT_HEARTBEAT_INTERVAL_MS = 5000;
@@ -60,6 +62,12 @@ export interface CenterOptions {
   /** How often the scheduler (one center at a time) admits queued work. */
   readonly schedulerIntervalMs?: number;
   readonly clock?: Clock;
+  /**
+   * Where the center logs (default: JSON lines on stderr, pretty on a terminal); every line is bound to
+   * the center's id. Task workers log through `center.logger.child({ taskId })`.
+   */
+  readonly logger?: Logger;
+  /** An older form of `logger`: each line's message only. Ignored when `logger` is given. */
   readonly log?: (line: string) => void;
 }
 
@@ -81,7 +89,10 @@ export class Center {
     private readonly server: Server,
     private readonly inventory: Inventory,
     private readonly options: CenterOptions,
-    private readonly log: (line: string) => void,
+    /** The center's logger, bound to its id. */
+    readonly logger: Logger,
+    /** Its metrics; the task engine reports waits with `metrics.observeTaskWait`. */
+    readonly metrics: CenterMetrics,
   ) {}
 
   static async start(options: CenterOptions): Promise<Center> {
@@ -92,8 +103,10 @@ export class Center {
     if (!Number.isInteger(sweepIntervalMs) || sweepIntervalMs < MIN_SWEEP_INTERVAL_MS) throw new FerryError('INVALID_ARGUMENT', `the sweep interval must be at least ${MIN_SWEEP_INTERVAL_MS} ms`);
     if (!Number.isInteger(missed) || missed < 1) throw new FerryError('INVALID_ARGUMENT', 'missed heartbeats must be a positive integer');
     const clock = options.clock ?? Date.now;
-    const log = options.log ?? ((line) => { process.stderr.write(`${line}\n`); });
-    const store = await openCenterStore(storeLocation(options.dataDir, options.db), { clock });
+    const metrics = new CenterMetrics();
+    // Every store call the center makes is timed (ferry_center_store_op_seconds).
+    const store = measuredStore(await openCenterStore(storeLocation(options.dataDir, options.db), { clock }), metrics.storeOps);
+    metrics.readFrom(store, clock);
     try {
       const id = `center-${hostname()}-${process.pid}-${randomBytes(4).toString('hex')}`;
       const auth = new CenterAuth(store, clock);
@@ -104,7 +117,7 @@ export class Center {
       const shutdownHolder = new AbortController();
       const hostControl = await HostControl.open(store);
       const app = buildCenterApp({
-        store, auth, inventory, wakeups, heartbeatIntervalMs, hostControl, shutdown: shutdownHolder.signal,
+        store, auth, inventory, wakeups, heartbeatIntervalMs, hostControl, shutdown: shutdownHolder.signal, metrics,
         ...(options.eventPollMs !== undefined ? { eventPollMs: options.eventPollMs } : {}),
       });
       const server = createAdaptorServer({ fetch: app.fetch }) as Server;
@@ -113,15 +126,16 @@ export class Center {
         server.once('error', onError);
         server.listen(options.listenPort, options.listenHost, () => { server.off('error', onError); resolve(); });
       });
-      const center = new Center(store, id, admin.file, admin.token, admin.created, server, inventory, options, log);
-      center.#workers = buildWorkers({ store, wakeups, hostControl, centerId: id, log, options });
+      const base = options.logger ?? (options.log !== undefined ? loggerFromLines(options.log) : createLogger());
+      const center = new Center(store, id, admin.file, admin.token, admin.created, server, inventory, options, base.child({ center: id }), metrics);
+      center.#workers = buildWorkers({ store, wakeups, hostControl, centerId: id, logger: center.logger, observeWait: metrics.observeTaskWait, options });
       center.#workers.start();
       const limits = budgetLimitsSchema.parse({ ...DEFAULT_BUDGETS, ...(options.budgets ?? {}) });
-      center.startScheduler(new Scheduler(store, limits, log), wakeups, options.schedulerIntervalMs ?? DEFAULT_SCHEDULER_INTERVAL_MS);
+      center.startScheduler(new Scheduler(store, limits, lineLog(center.logger)), wakeups, options.schedulerIntervalMs ?? DEFAULT_SCHEDULER_INTERVAL_MS);
       // The app's shutdown signal is the center's: ending it ends every event stream.
       center.#shutdown.signal.addEventListener('abort', () => { shutdownHolder.abort(); }, { once: true });
       center.startSweeper(sweepIntervalMs, heartbeatIntervalMs * missed);
-      log(`center ${id}: API on ${center.url}, store ${store.backend}, heartbeats every ${heartbeatIntervalMs} ms, disconnected after ${missed} missed`);
+      center.logger.info(`center ${id}: API on ${center.url}, store ${store.backend}, heartbeats every ${heartbeatIntervalMs} ms, disconnected after ${missed} missed`);
       return center;
     } catch (err) {
       await store.close().catch(() => undefined);
@@ -140,7 +154,7 @@ export class Center {
     const lease = await this.store.tryAcquireDuty(HEARTBEAT_SWEEP_DUTY, this.id, leaseMs);
     if (!lease.acquired) return null;
     const marked = await this.inventory.sweep(silentAfterMs);
-    for (const h of marked) this.log(`center ${this.id}: host ${h} missed its heartbeats: disconnected, its VMs unknown`);
+    for (const h of marked) this.logger.warn(`center ${this.id}: host ${h} missed its heartbeats: disconnected, its VMs unknown`, { host: h });
     return marked;
   }
 
@@ -157,7 +171,7 @@ export class Center {
             if (r.admitted > 0 || r.requeued > 0) wakeups.poke();
           }
         } catch (err) {
-          if (!this.#closed) this.log(`center ${this.id}: scheduler pass failed (retrying): ${errorMessage(err)}`);
+          if (!this.#closed) this.logger.warn(`center ${this.id}: scheduler pass failed (retrying): ${errorMessage(err)}`);
         }
         await wakeups.wait(generation, intervalMs, this.#shutdown.signal);
       }
@@ -170,7 +184,7 @@ export class Center {
     const tick = (): void => {
       // One sweep at a time: a slow store makes the next tick wait, not pile up.
       this.#sweeping = this.sweepOnce(silentAfterMs, leaseMs).then(() => undefined, (err: unknown) => {
-        if (!this.#closed) this.log(`center ${this.id}: heartbeat sweep failed (retrying): ${errorMessage(err)}`);
+        if (!this.#closed) this.logger.warn(`center ${this.id}: heartbeat sweep failed (retrying): ${errorMessage(err)}`);
       }).finally(() => {
         if (!this.#closed) this.#sweeper = setTimeout(tick, intervalMs);
       });

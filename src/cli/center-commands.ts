@@ -12,6 +12,7 @@ import { durationOption, parseIntegerOption } from './args.js';
 import { parseListen, print } from './host-commands.js';
 import { CLI_PAGE, allPages, centerClient, withCenterOptions, type CenterClientOpts } from './center-access.js';
 import { describeTask, followTask, taskExitCode } from './center-tasks.js';
+import { loggerFor, withLogOptions, type LogOptions } from './log-options.js';
 
 /** The default listen address of a center. */
 export const DEFAULT_CENTER_LISTEN = '127.0.0.1:7100';
@@ -23,7 +24,7 @@ function parseTaskId(text: string): number {
 }
 
 export function addCenterCommands(program: Command, host: Command): void {
-  const center = program.command('center')
+  const center = withLogOptions(program.command('center'))
     .description('run the management server: inventory of hosts, datastores and VMs, tasks, events, REST API')
     .enablePositionalOptions()
     .option('--data-dir <dir>', 'where the store (SQLite) and the admin token live')
@@ -41,11 +42,12 @@ export function addCenterCommands(program: Command, host: Command): void {
     .action(async (o: {
       dataDir?: string; listen: string; db?: string; heartbeatInterval?: number; missedHeartbeats?: number; sweepInterval?: number; taskLease?: number; taskConcurrency?: number;
       maxMigrationsPerHost?: number; maxOutboundPerHost?: number; maxMigrationsPerDatastore?: number; maxMigrations?: number;
-    }) => {
+    } & LogOptions) => {
       if (o.dataDir === undefined) throw new FerryError('INVALID_ARGUMENT', 'ferry center needs --data-dir <dir>');
       const listen = parseListen(o.listen);
+      const logger = loggerFor(o);
       const c = await Center.start({
-        dataDir: o.dataDir, listenHost: listen.host, listenPort: listen.port,
+        logger, dataDir: o.dataDir, listenHost: listen.host, listenPort: listen.port,
         ...(o.db !== undefined ? { db: o.db } : {}),
         ...(o.heartbeatInterval !== undefined ? { heartbeatIntervalMs: o.heartbeatInterval } : {}),
         ...(o.missedHeartbeats !== undefined ? { missedHeartbeats: o.missedHeartbeats } : {}),
@@ -60,13 +62,13 @@ export function addCenterCommands(program: Command, host: Command): void {
         },
       });
       process.on('unhandledRejection', (reason) => {
-        process.stderr.write(`center: INTERNAL ERROR (unhandled rejection, please report): ${reason instanceof Error ? (reason.stack ?? reason.message) : String(reason)}\n`);
+        c.logger.error(`center: INTERNAL ERROR (unhandled rejection, please report): ${reason instanceof Error ? (reason.stack ?? reason.message) : String(reason)}`);
       });
       // Signal handlers before the ready line: whoever reads it may signal at once.
       const stopped = new Promise<void>((resolve) => {
         const stop = (signal: string): void => {
-          process.stderr.write(`center: ${signal}: shutting down\n`);
-          void c.close().then(resolve, (err: unknown) => { process.stderr.write(`center: shutdown: ${errorMessage(err)}\n`); resolve(); });
+          c.logger.info(`center: ${signal}: shutting down`);
+          void c.close().then(resolve, (err: unknown) => { c.logger.error(`center: shutdown: ${errorMessage(err)}`); resolve(); });
         };
         process.once('SIGTERM', () => { stop('SIGTERM'); });
         process.once('SIGINT', () => { stop('SIGINT'); });

@@ -25,6 +25,7 @@ import { durationOption, parseIntegerOption, sizeOption } from './args.js';
 import { CENTER_TOKEN_ENV, CLI_PAGE, allPages, centerClient } from './center-access.js';
 import { describeTask, followTask } from './center-tasks.js';
 import { compact } from './status.js';
+import { loggerFor, withLogOptions, type LogOptions } from './log-options.js';
 
 export interface ClientOpts { host?: string; center?: string; tokenFile?: string }
 
@@ -101,7 +102,7 @@ function centerLinkOptions(o: { center?: string; joinToken?: string; centerCrede
 }
 
 export function addHostCommands(program: Command, vm: Command): Command {
-  const host = program.command('host')
+  const host = withLogOptions(program.command('host'))
     // Its own options stop at a subcommand: `ferry host list --center URL` is list's --center, not the agent's.
     .enablePositionalOptions()
     .description('run a host agent: VMs, an authenticated control API and a migration endpoint; SIGTERM saves running VMs')
@@ -121,7 +122,7 @@ export function addHostCommands(program: Command, vm: Command): Command {
     .addOption(new Option('--lease-duration <duration>', 'how long a disk lease lasts without renewal').argParser(durationOption('--lease-duration')).default(DEFAULT_LEASE_TIMING.durationMs, `${DEFAULT_LEASE_TIMING.durationMs}ms`))
     .addOption(new Option('--lease-renew <duration>', 'disk lease heartbeat period (at most half the duration)').argParser(durationOption('--lease-renew')).default(DEFAULT_LEASE_TIMING.renewIntervalMs, `${DEFAULT_LEASE_TIMING.renewIntervalMs}ms`))
     .addOption(new Option('--lease-clock-skew <duration>', 'how far the hosts\' clocks may disagree; a stale lease is broken this long after its expiry').argParser(durationOption('--lease-clock-skew')).default(DEFAULT_LEASE_TIMING.clockSkewMs, `${DEFAULT_LEASE_TIMING.clockSkewMs}ms`))
-    .action(async (given: { name?: string; dataDir?: string; listen: string; migrationPort?: string; tokenFile?: string; memoryLimit?: number; datastore: string[]; center?: string; joinToken?: string; centerCredentialFile?: string; leaseDuration: number; leaseRenew: number; leaseClockSkew: number }) => {
+    .action(async (given: { name?: string; dataDir?: string; listen: string; migrationPort?: string; tokenFile?: string; memoryLimit?: number; datastore: string[]; center?: string; joinToken?: string; centerCredentialFile?: string; leaseDuration: number; leaseRenew: number; leaseClockSkew: number } & LogOptions) => {
       const { name, dataDir } = given;
       if (name === undefined || dataDir === undefined) throw new FerryError('INVALID_ARGUMENT', 'ferry host needs --name <name> and --data-dir <dir>');
       const o = { ...given, name, dataDir };
@@ -130,7 +131,7 @@ export function addHostCommands(program: Command, vm: Command): Command {
       const datastores = o.datastore.map(parseDatastoreFlag);
       const leaseTiming = checkLeaseTiming({ durationMs: o.leaseDuration, renewIntervalMs: o.leaseRenew, clockSkewMs: o.leaseClockSkew });
       const agent = await HostAgent.start({
-        name: o.name, dataDir: o.dataDir, listenHost: listen.host, listenPort: listen.port, token: await loadToken(o.tokenFile),
+        logger: loggerFor(o), name: o.name, dataDir: o.dataDir, listenHost: listen.host, listenPort: listen.port, token: await loadToken(o.tokenFile),
         ...(o.memoryLimit !== undefined ? { memoryLimitBytes: o.memoryLimit } : {}),
         datastores, leaseTiming,
         ...(center !== undefined ? { center } : {}),
@@ -138,15 +139,15 @@ export function addHostCommands(program: Command, vm: Command): Command {
       });
       // A host must outlive a bug in one request or one migration: report it loudly, keep serving.
       process.on('unhandledRejection', (reason) => {
-        process.stderr.write(`host ${agent.name}: INTERNAL ERROR (unhandled rejection, please report): ${reason instanceof Error ? (reason.stack ?? reason.message) : String(reason)}\n`);
+        agent.logger.error(`host ${agent.name}: INTERNAL ERROR (unhandled rejection, please report): ${reason instanceof Error ? (reason.stack ?? reason.message) : String(reason)}`);
       });
       // One machine-readable line for scripts and tests.
       process.stdout.write(`ferry host ${agent.name} ready url=${agent.url} migration-port=${agent.migrationPort}\n`);
       await new Promise<void>((resolve) => {
         const stop = (signal: string): void => {
-          process.stderr.write(`host ${agent.name}: ${signal}: shutting down\n`);
+          agent.logger.info(`host ${agent.name}: ${signal}: shutting down`);
           void agent.close().then((report) => {
-            for (const line of report) process.stderr.write(`host ${agent.name}: ${line}\n`);
+            for (const line of report) agent.logger.info(`host ${agent.name}: ${line}`);
             resolve();
           });
         };

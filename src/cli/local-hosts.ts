@@ -28,7 +28,7 @@ export interface LocalHost {
 const LOG_WAIT_TIMEOUT_MS = 30_000;
 
 export interface SpawnOptions {
-  /** Echo the host's stderr, prefixed with its name. */
+  /** Echo the host's stderr, prefixed with its name (its log then in the human-readable form, unless `args` choose). */
   readonly echo?: boolean;
   /** Control API port (0: any free port). */
   readonly port?: number;
@@ -41,7 +41,9 @@ export interface SpawnOptions {
 /** Spawns `ferry host` on 127.0.0.1 and waits for its ready line. */
 export async function spawnHost(name: string, dataDir: string, token: string, opts: SpawnOptions = {}): Promise<LocalHost> {
   const cli = fileURLToPath(new URL('./main.js', import.meta.url));
-  const child = spawn(process.execPath, [cli, 'host', '--name', name, '--data-dir', dataDir, '--listen', `127.0.0.1:${opts.port ?? 0}`, ...(opts.args ?? [])], {
+  const args = opts.args ?? [];
+  const format = opts.echo === true && !args.includes('--log-format') ? ['--log-format', 'pretty'] : [];
+  const child = spawn(process.execPath, [cli, 'host', '--name', name, '--data-dir', dataDir, '--listen', `127.0.0.1:${opts.port ?? 0}`, ...format, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FERRY_TOKEN: token, ...(opts.env ?? {}) },
   });
   let out = '';

@@ -28,6 +28,8 @@ import { DEFAULT_LEASE_TIMING, type LeaseTiming } from '../storage/lease.js';
 import { availableParallelism } from 'node:os';
 import type { HeartbeatRequest } from '../api/center-v1.js';
 import { CenterLink, type CenterLinkOptions } from './center-link.js';
+import { createLogger, lineLog, loggerFromLines, type Logger } from '../lib/logger.js';
+import { HostMetrics } from './metrics.js';
 
 /** Default memory the host lends to VMs in all (an operator sets it to what the machine can spare). */
 export const DEFAULT_MEMORY_LIMIT_BYTES = 16 * GiB;
@@ -43,6 +45,9 @@ export interface HostOptions {
   readonly migrationPort?: number;
   /** What carries migration streams (default: plain TCP). */
   readonly transport?: Transport;
+  /** Where the host logs (default: JSON lines on stderr, pretty on a terminal); every line is bound to `host`. */
+  readonly logger?: Logger;
+  /** An older form of `logger`: each line's message only. Ignored when `logger` is given. */
   readonly log?: (line: string) => void;
   /** Datastores to mount (`--datastore name=path`); checked before the host listens. */
   readonly datastores?: readonly DatastoreMount[];
@@ -68,7 +73,10 @@ export class HostAgent {
   private readonly receiver: MigrationReceiver;
   private readonly server: Server;
   private readonly memoryLimitBytes: number;
+  /** The host's logger (bound to its name). */
+  readonly logger: Logger;
   private readonly log: (line: string) => void;
+  readonly metrics: HostMetrics;
   private closing = false;
   private port = 0;
   /** The link to the center, if the host was started with one. */
@@ -79,10 +87,13 @@ export class HostAgent {
     this.hostId = hostId;
     this.store = new HostStore(options.dataDir);
     this.memoryLimitBytes = options.memoryLimitBytes ?? DEFAULT_MEMORY_LIMIT_BYTES;
-    this.log = options.log ?? ((line) => { process.stderr.write(`${line}\n`); });
+    const base = options.logger ?? (options.log !== undefined ? loggerFromLines(options.log) : createLogger());
+    this.logger = base.child({ host: this.name });
+    this.log = lineLog(this.logger);
     const transport = options.transport ?? tcpTransport;
     this.vms = new VmService({ hostName: this.name, store: this.store, operations: this.operations, memoryLimitBytes: this.memoryLimitBytes, datastores, log: this.log });
-    this.migrations = new MigrationService({ hostName: this.name, token: options.token, vms: this.vms, operations: this.operations, datastores, transport, log: this.log });
+    this.metrics = new HostMetrics(() => this.vms.list().map((v) => v.state));
+    this.migrations = new MigrationService({ hostName: this.name, token: options.token, vms: this.vms, operations: this.operations, datastores, transport, logger: this.logger, metrics: this.metrics });
     this.disks = new DiskSnapshots({ hostName: this.name, vms: this.vms, operations: this.operations, datastores, log: this.log });
     this.receiver = new MigrationReceiver({
       admit: (vm) => { this.vms.admit(vm.name, vm.memoryBytes); },
@@ -97,10 +108,12 @@ export class HostAgent {
       recordOutcome: (id, outcome, vmName) => new Promise<void>((resolve) => { this.store.writeMigrationOutcome(id, outcome, vmName); resolve(); }),
       storedOutcome: (id) => this.store.readMigrationOutcome(id),
       log: this.log,
+      logFor: (ids) => lineLog(this.logger.child({ migrationId: ids.migrationId, incomingId: ids.incomingId, role: 'target', ...(ids.vm !== undefined ? { vm: ids.vm } : {}) })),
+      observer: this.metrics.incoming,
     }, transport, { host: options.listenHost, port: options.migrationPort ?? 0 });
     const app = buildHostApp({
       token: options.token, centerToken: () => this.centerLink?.controlToken ?? null, vms: this.vms, migrations: this.migrations, disks: this.disks, hostInfo: () => this.hostInfo(), listDatastores: () => this.datastores.list(),
-      issueTicket: () => this.receiver.issueTicket(), incomingOutcome: (id) => this.receiver.outcome(id),
+      issueTicket: (source) => this.receiver.issueTicket(source), incomingOutcome: (id) => this.receiver.outcome(id), metrics: this.metrics,
     });
     this.server = createAdaptorServer({ fetch: app.fetch }) as Server;
   }
@@ -140,7 +153,7 @@ export class HostAgent {
     agent.log(`host ${agent.name}: control API on ${agent.url}, migration endpoint on ${options.listenHost}:${agent.receiver.port}, data in ${options.dataDir}, host id ${hostId}`);
     for (const ds of datastores.names) agent.log(`host ${agent.name}: datastore ${ds} mounted at ${datastores.get(ds).location}`);
     if (options.center !== undefined) {
-      agent.centerLink = new CenterLink({ ...options.center, hostName: agent.name, dataDir: options.dataDir, report: () => agent.centerReport(), log: agent.log });
+      agent.centerLink = new CenterLink({ ...options.center, hostName: agent.name, dataDir: options.dataDir, report: () => agent.centerReport(), log: lineLog(agent.logger.child({ component: 'center-link' })) });
       agent.centerLink.start();
     }
     return agent;

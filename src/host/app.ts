@@ -25,6 +25,8 @@ import type { VmService } from './vm-service.js';
 import type { MigrationService } from './migration-service.js';
 import type { DiskSnapshots } from './disk-snapshots.js';
 import type { VmSlot } from './vm-slot.js';
+import type { HostMetrics } from './metrics.js';
+import { countRequests } from '../api/http-metrics.js';
 
 export interface HostAppDeps {
   readonly token: string;
@@ -35,8 +37,9 @@ export interface HostAppDeps {
   readonly disks: DiskSnapshots;
   readonly hostInfo: () => HostInfo;
   readonly listDatastores: () => Promise<DatastoreView[]>;
-  readonly issueTicket: () => TicketView;
+  readonly issueTicket: (sourceMigrationId?: string) => TicketView;
   readonly incomingOutcome: (id: string) => Promise<IncomingOutcome>;
+  readonly metrics: HostMetrics;
 }
 
 export function buildHostApp(d: HostAppDeps): OpenAPIHono {
@@ -46,6 +49,8 @@ export function buildHostApp(d: HostAppDeps): OpenAPIHono {
   // details.route false: "no such route", as a client or test tells it from "no such VM" without reading the message.
   app.notFound((c) => sendError(c, new FerryError('NOT_FOUND', `no route ${c.req.method} ${c.req.path}; the API is under /${HOST_API_VERSION}/ (see ${OPENAPI_PATH})`, { route: false })));
 
+  // First: it counts what the token check refuses too.
+  app.use('*', countRequests(d.metrics.httpRequests));
   app.use('*', async (c, next) => {
     // Refused before anything else happens, including reading the body.
     const header = c.req.header('authorization');
@@ -80,7 +85,7 @@ export function buildHostApp(d: HostAppDeps): OpenAPIHono {
   app.openapi(routes.getMigration, (c) => c.json(d.migrations.status(c.req.valid('param').id), 200));
   app.openapi(routes.migrationEvents, (c) => eventStream(c, d.migrations.job(c.req.valid('param').id)) as never);
   app.openapi(routes.cancelMigration, (c) => c.json(d.migrations.cancel(c.req.valid('param').id), 202));
-  app.openapi(routes.createTicket, (c) => c.json(d.issueTicket(), 201));
+  app.openapi(routes.createTicket, (c) => c.json(d.issueTicket(c.req.valid('json').sourceMigrationId), 201));
   app.openapi(routes.getIncoming, async (c) => {
     const id = c.req.valid('param').id;
     const status: IncomingStatus = { migrationId: id, outcome: await d.incomingOutcome(id) };
@@ -91,6 +96,9 @@ export function buildHostApp(d: HostAppDeps): OpenAPIHono {
   app.openapi(routes.diskChain, async (c) => c.json(await d.disks.chain(c.req.valid('param').name), 200));
   app.openapi(routes.revertVm, async (c) => c.json(await d.disks.revert(c.req.valid('param').name, c.req.valid('json').to), 200));
   app.openapi(routes.consolidateVm, async (c) => c.json(await d.disks.consolidate(c.req.valid('param').name), 200));
+
+  // Text, not JSON: the Prometheus exposition format.
+  app.openapi(routes.metrics, async (c) => c.body(await d.metrics.text(), 200, { 'content-type': d.metrics.contentType }) as never);
 
   app.doc(OPENAPI_PATH, { openapi: '3.0.3', info: { ...OPENAPI_INFO } });
   return app;

@@ -15,6 +15,8 @@ import type { DatastoreView, MigrateRequest, MigrationStatus } from '../api/host
 import type { OperationsRegistry } from './operations.js';
 import type { VmService } from './vm-service.js';
 import { HostApiTargetPeer } from './target-peer.js';
+import { lineLog, type Logger } from '../lib/logger.js';
+import type { HostMetrics } from './metrics.js';
 
 /** Finished migration jobs remembered for status queries; the oldest finished go first. */
 export const MAX_FINISHED_JOBS = 100;
@@ -26,7 +28,9 @@ export interface MigrationServiceOptions {
   readonly operations: OperationsRegistry;
   readonly datastores: HostDatastores;
   readonly transport: Transport;
-  readonly log: (line: string) => void;
+  /** The host's logger: each migration logs through a child bound to its id and VM. */
+  readonly logger: Logger;
+  readonly metrics?: HostMetrics;
 }
 
 export class MigrationService {
@@ -62,11 +66,16 @@ export class MigrationService {
     // Asked again: the VM may have been claimed while the target was being asked about datastores.
     this.o.operations.requireFree(name, 'migrate');
     const peer = new HostApiTargetPeer(req.to, token);
-    const job = new MigrationJob(vm, slot.imageBytes, peer, this.o.transport, req.options ?? {}, disk, this.o.log, ...(req.migrationId !== undefined ? [req.migrationId] : []));
+    // The job makes its id; its lines are bound to it from the first (the constructor logs nothing).
+    let log = lineLog(this.o.logger);
+    const job = new MigrationJob(vm, slot.imageBytes, peer, this.o.transport, req.options ?? {}, disk, (line) => { log(line); }, ...(req.migrationId !== undefined ? [req.migrationId] : []));
+    log = lineLog(this.o.logger.child({ migrationId: job.id, role: 'source', vm: name }));
     const claim = this.o.operations.claim(name, `migration ${job.id}`, 'migrate');
     this.jobs.set(job.id, job);
     this.trim();
+    this.o.metrics?.outgoingStarted();
     void job.run().then(async (record) => {
+      this.o.metrics?.outgoingEnded(record);
       claim.release();
       slot.lastMigration = record;
       if (record.outcome === 'succeeded') await this.o.vms.departed(name);

@@ -14,8 +14,8 @@ export class HostApiTargetPeer implements MigrationTargetPeer {
     this.host = new URL(this.client.baseUrl).hostname.replace(/^\[|\]$/g, '');
   }
 
-  async requestTicket(timeoutMs: number): Promise<IncomingTicket> {
-    const t = await this.client.createTicket(timeoutMs);
+  async requestTicket(timeoutMs: number, sourceMigrationId?: string): Promise<IncomingTicket> {
+    const t = await this.client.createTicket(timeoutMs, sourceMigrationId !== undefined ? { sourceMigrationId } : {});
     return { migrationId: t.migrationId, ticket: t.ticket, address: { host: this.host, port: t.port }, expiresInMs: t.expiresInMs };
   }
 

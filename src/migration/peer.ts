@@ -36,9 +36,10 @@ export interface MigrationTargetPeer {
   readonly label: string;
   /**
    * Asks the target to expect a migration. A refusal rejects with the target's FerryError
-   * (origin 'remote', its own code); an unreachable target with a local one.
+   * (origin 'remote', its own code); an unreachable target with a local one. `sourceMigrationId`, the
+   * source's id of the migration, is told to the target so that its log lines carry the same id.
    */
-  requestTicket(timeoutMs: number): Promise<IncomingTicket>;
+  requestTicket(timeoutMs: number, sourceMigrationId?: string): Promise<IncomingTicket>;
   /** What the target recorded for this migration. Rejects when the target cannot answer (never "unknown" for that). */
   incomingOutcome(migrationId: string, timeoutMs: number): Promise<IncomingOutcome>;
 }

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { HostAgent, type HostOptions } from '../../src/host/agent.js';
 import { HostClient } from '../../src/api/host-client.js';
 import type { DatastoreMount } from '../../src/host/datastores.js';
+import type { Logger } from '../../src/lib/logger.js';
 
 export const AGENT_TOKEN = 'agent-test-token-0123456789abcdef';
 
@@ -19,13 +20,13 @@ export interface TestAgent {
 }
 
 /** With `dataDir` the caller owns the directory (a restart reuses it) and close() leaves it. */
-export async function startAgent(name: string, opts: { memoryLimitBytes?: number; datastores?: readonly DatastoreMount[]; dataDir?: string; center?: HostOptions['center'] } = {}): Promise<TestAgent> {
+export async function startAgent(name: string, opts: { memoryLimitBytes?: number; datastores?: readonly DatastoreMount[]; dataDir?: string; center?: HostOptions['center']; logger?: Logger } = {}): Promise<TestAgent> {
   const owned = opts.dataDir === undefined;
   const dataDir = opts.dataDir ?? await mkdtemp(join(tmpdir(), `ferry-agent-${name}-`));
   let agent: HostAgent;
   try {
     agent = await HostAgent.start({
-      name, dataDir, listenHost: '127.0.0.1', listenPort: 0, token: AGENT_TOKEN, log: () => {},
+      name, dataDir, listenHost: '127.0.0.1', listenPort: 0, token: AGENT_TOKEN, ...(opts.logger !== undefined ? { logger: opts.logger } : { log: () => {} }),
       ...(opts.memoryLimitBytes !== undefined ? { memoryLimitBytes: opts.memoryLimitBytes } : {}),
       ...(opts.datastores !== undefined ? { datastores: opts.datastores } : {}),
       ...(opts.center !== undefined ? { center: opts.center } : {}),

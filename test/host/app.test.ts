@@ -22,6 +22,8 @@ import { MAX_OPEN_TICKETS } from '../../src/migration/target/receiver.js';
 import { tcpTransport } from '../../src/dataplane/tcp.js';
 import { buildHostApp } from '../../src/host/app.js';
 import { MigrationService } from '../../src/host/migration-service.js';
+import { HostMetrics } from '../../src/host/metrics.js';
+import { silentLogger } from '../../src/lib/logger.js';
 import { AGENT_TOKEN, startAgent, type TestAgent } from '../helpers/agents.js';
 import { vmRequest } from '../helpers/guests.js';
 
@@ -565,10 +567,11 @@ describe('OpenAPI document: every route the app answers is documented, every doc
     const agent = h.agent;
     const app = buildHostApp({
       token: AGENT_TOKEN, vms: agent.vms, hostInfo: () => agent.hostInfo(), listDatastores: () => agent.datastores.list(),
-      migrations: new MigrationService({ hostName: 'doc', token: AGENT_TOKEN, vms: agent.vms, operations: agent.operations, datastores: agent.datastores, transport: tcpTransport, log: () => {} }),
+      migrations: new MigrationService({ hostName: 'doc', token: AGENT_TOKEN, vms: agent.vms, operations: agent.operations, datastores: agent.datastores, transport: tcpTransport, logger: silentLogger() }),
       disks: agent.disks,
       issueTicket: () => { throw new FerryError('INTERNAL', 'not called'); },
       incomingOutcome: () => Promise.reject(new FerryError('INTERNAL', 'not called')),
+      metrics: new HostMetrics(() => []),
     });
     const answered = [...new Set(app.routes
       .filter((r) => r.method !== 'ALL')

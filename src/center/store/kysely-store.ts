@@ -12,14 +12,14 @@ import { sql, type Kysely, type Selectable, type Transaction } from 'kysely';
 import { FerryError, isFerryErrorCode } from '../../lib/errors.js';
 import {
   CREDENTIAL_KINDS, credentialIdSchema, credentialInputSchema, secretHashSchema, type Credential, type CredentialInput,
-  FINISHED_TASK_STATES, HOST_STATES, MAX_EVENT_PAYLOAD_BYTES, MAX_JSON_BYTES, MAX_REQUEUE_BATCH, TASK_STATES, VM_STATES,
+  FINISHED_TASK_STATES, HOST_STATES, MAX_EVENT_PAYLOAD_BYTES, MAX_JSON_BYTES, MAX_REQUEUE_BATCH, MAX_TASK_COUNT_GROUPS, TASK_STATES, VM_STATES,
   actorSchema, claimKindsSchema, datastoreIdSchema, datastoreInputSchema, datastoreListSchema, dutyNameSchema, encodeJson,
   eventIdSchema, eventInputSchema, eventsLimitSchema, heartbeatAtSchema, heartbeatInputSchema, hostInputSchema, hostListSchema,
   hostStateSchema, leaseMsSchema, mountsInputSchema, nameListSchema, nameSchema, outcomeSchema, parseInput, siteInputSchema,
   secretNameSchema, secretValueSchema, taskIdSchema, taskInputSchema, taskListSchema, vmInputSchema, vmListSchema, vmStateSchema, waitingReasonSchema, workerIdSchema,
   type Datastore, type DatastoreInput, type DutyLease, type EventInput, type Host, type HostDatastore, type HostInput,
   type HostListOptions, type HostState, type JsonValue, type ListOptions, type MountInput, type Site, type SiteInput,
-  type StoredEvent, type Task, type TaskHeartbeat, type TaskInput, type TaskListOptions, type TaskOutcome, type TaskState,
+  type StoredEvent, type Task, type TaskCount, type TaskHeartbeat, type TaskInput, type TaskListOptions, type TaskOutcome, type TaskState,
   type Vm, type VmInput, type VmListOptions, type VmState,
 } from './model.js';
 import { vmNameSchema } from '../../lib/limits.js';
@@ -411,6 +411,17 @@ export class KyselyCenterStore implements CenterStore {
         .$if(o.admitted !== undefined, (q) => q.where('admitted', '=', o.admitted === true ? 1 : 0))
         .orderBy('id').limit(o.limit).execute();
       return rows.map(toTask);
+    });
+  }
+
+  async countTasksByState(): Promise<readonly TaskCount[]> {
+    const unfinished = TASK_STATES.filter((s) => !FINISHED_TASK_STATES.includes(s));
+    return this.run('count tasks', async () => {
+      // On the (state, kind, id) index: only the unfinished part of the table is read.
+      const rows = await this.db.selectFrom('tasks')
+        .select((eb) => ['state', 'kind', eb.fn.countAll<number | string | bigint>().as('count')])
+        .where('state', 'in', unfinished).groupBy(['state', 'kind']).orderBy('state').orderBy('kind').limit(MAX_TASK_COUNT_GROUPS).execute();
+      return rows.map((r) => ({ state: oneOf(TASK_STATES, r.state, 'task count'), kind: r.kind, count: Number(r.count) }));
     });
   }
 

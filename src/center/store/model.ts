@@ -222,6 +222,19 @@ export interface TaskError {
   readonly code: FerryErrorCode;
   readonly message: string;
 }
+/** How many unfinished tasks of one kind are in one state (queue depth: state queued). */
+export interface TaskCount {
+  readonly state: TaskState;
+  readonly kind: string;
+  readonly count: number;
+}
+/**
+ * Most (state, kind) groups countTasksByState answers: unfinished states × the kinds a center runs are a
+ * few dozen; kinds are validated names but not a closed list, so the answer (read at every metrics
+ * scrape) is cut here rather than grow with whatever kinds were ever enqueued.
+ */
+export const MAX_TASK_COUNT_GROUPS = 1024;
+
 export interface Task {
   readonly id: number;
   readonly kind: string;

@@ -12,7 +12,7 @@
  */
 import type {
   Credential, CredentialInput, Datastore, JsonValue, DatastoreInput, DutyLease, EventInput, Host, HostDatastore, HostInput, HostListOptions, HostState,
-  ListOptions, MountInput, Site, SiteInput, StoredEvent, Task, TaskHeartbeat, TaskInput, TaskListOptions,
+  ListOptions, MountInput, Site, SiteInput, StoredEvent, Task, TaskCount, TaskHeartbeat, TaskInput, TaskListOptions,
   TaskOutcome, Vm, VmInput, VmListOptions, VmState,
 } from './model.js';
 
@@ -69,6 +69,12 @@ export interface CenterStore {
   enqueueTask(input: TaskInput): Promise<Task>;
   getTask(id: number): Promise<Task>;
   listTasks(options?: TaskListOptions): Promise<readonly Task[]>;
+  /**
+   * Unfinished (queued, running) tasks counted by state and kind, in that order, at most
+   * MAX_TASK_COUNT_GROUPS groups: the metrics' queue depth. Finished tasks are not counted (their number
+   * only grows: counting them would make every scrape scan the whole history).
+   */
+  countTasksByState(): Promise<readonly TaskCount[]>;
   /** A queued task's reason to wait (null: it does not wait for anything). */
   setTaskWaiting(id: number, reason: string | null): Promise<Task>;
   /**

@@ -6,6 +6,8 @@ import type { CenterStore } from '../store/store.js';
 import type { JsonValue } from '../store/model.js';
 import type { EventWakeups } from '../events.js';
 import type { HostControl } from '../host-control.js';
+import type { Logger } from '../../lib/logger.js';
+import type { ObserveTaskWait } from '../metrics.js';
 import { TASK_KINDS } from './kinds.js';
 import { migrateTask } from './migrate-task.js';
 import { evacuateTask, exitMaintenanceTask } from './maintenance-tasks.js';
@@ -17,7 +19,8 @@ export interface WorkersDeps {
   readonly wakeups: EventWakeups;
   readonly hostControl: HostControl;
   readonly centerId: string;
-  readonly log: (line: string) => void;
+  readonly logger: Logger;
+  readonly observeWait?: ObserveTaskWait;
   readonly options: { readonly taskConcurrency?: number; readonly taskLeaseMs?: number };
 }
 
@@ -37,7 +40,8 @@ export function buildWorkers(w: WorkersDeps): TaskWorkers {
     [TASK_KINDS.exitMaintenance, exitMaintenanceTask(d)],
   ]);
   return new TaskWorkers({
-    store: w.store, wakeups: w.wakeups, centerId: w.centerId, handlers, log: w.log,
+    store: w.store, wakeups: w.wakeups, centerId: w.centerId, handlers, logger: w.logger,
+    ...(w.observeWait !== undefined ? { observeWait: w.observeWait } : {}),
     ...(w.options.taskConcurrency !== undefined ? { concurrency: w.options.taskConcurrency } : {}),
     ...(w.options.taskLeaseMs !== undefined ? { leaseMs: w.options.taskLeaseMs } : {}),
   });

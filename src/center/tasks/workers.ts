@@ -13,6 +13,7 @@ import { FerryError, errorMessage, isFerryError } from '../../lib/errors.js';
 import { MAX_LEASE_MS, type JsonValue, type Task } from '../store/model.js';
 import type { CenterStore } from '../store/store.js';
 import type { EventWakeups } from '../events.js';
+import type { Logger } from '../../lib/logger.js';
 
 /** Tasks one center runs at once: each holds a few connections and, for a migration, a host's attention. */
 export const DEFAULT_TASK_CONCURRENCY = 16;
@@ -50,7 +51,10 @@ export interface TaskWorkersOptions {
   readonly concurrency?: number;
   readonly leaseMs?: number;
   readonly pollMs?: number;
-  readonly log: (line: string) => void;
+  /** Every line of a task carries its id, kind and subject (and the center's id, from this logger's bindings). */
+  readonly logger: Logger;
+  /** Called when a task is claimed: how long it waited, and why in a word (`admission`, `queue`, `takeover`). */
+  readonly observeWait?: (kind: string, reason: string, seconds: number) => void;
 }
 
 export class TaskWorkers {
@@ -90,7 +94,7 @@ export class TaskWorkers {
           const task = await this.o.store.claimNextTask(this.workerId, kinds, this.#leaseMs);
           if (task !== null && !signal.aborted) { claimed = true; this.launch(task); }
         } catch (err) {
-          if (!signal.aborted) this.o.log(`center ${this.o.centerId}: cannot claim tasks (retrying): ${errorMessage(err)}`);
+          if (!signal.aborted) this.o.logger.warn(`center ${this.o.centerId}: cannot claim tasks (retrying): ${errorMessage(err)}`);
         }
       }
       // Claim again at once after a claim (more may be queued); else wait for a poke, a slot, or the poll.
@@ -114,7 +118,10 @@ export class TaskWorkers {
     const stopFor = (r: StopReason): void => { if (reason === null) { reason = r; stop.abort(new FerryError('CANCELLED', `task ${task.id}: ${r}`)); } };
     const onShutdown = (): void => { stopFor('shutdown'); };
     this.#shutdown.signal.addEventListener('abort', onShutdown, { once: true });
-    const log = (line: string): void => { this.o.log(`task ${task.id} (${task.kind} ${task.target}): ${line}`); };
+    const logger = this.o.logger.child({ taskId: task.id, ...(task.target.startsWith('vm:') ? { vm: task.target.slice(3) } : {}) });
+    const log = (line: string): void => { logger.info(`task ${task.id} (${task.kind} ${task.target}): ${line}`); };
+    const waited = task.attempts > 1 ? 'takeover' : task.plan !== null ? 'admission' : 'queue';
+    this.o.observeWait?.(task.kind, waited, Math.max(0, ((task.startedAtMs ?? task.createdAtMs) - task.createdAtMs) / 1000));
     const renew = async (hb: { progress?: number; phase?: string } = {}): Promise<void> => {
       if (reason === 'lost') return;
       try {

@@ -54,7 +54,7 @@ export class Session {
 
   private async requestTicket(): Promise<IncomingTicket> {
     try {
-      return await this.ctx.target.requestTicket(CONNECT_TIMEOUT_MS);
+      return await this.ctx.target.requestTicket(CONNECT_TIMEOUT_MS, this.ctx.id);
     } catch (err) {
       // An answer other than the ticket is the target refusing (a wrong token stays UNAUTHORIZED).
       if (isFerryError(err) && err.origin === 'remote' && err.code !== 'UNAUTHORIZED') {

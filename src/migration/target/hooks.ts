@@ -2,6 +2,22 @@
 import type { Vm } from '../../vmm/vm.js';
 import type { IncomingDisk, PrepareDisk } from '../disk.js';
 
+/** The ids of one incoming migration: the source's (the one the operator and the center know; the target's own when the source did not say it) and this host's. */
+export interface IncomingIds {
+  readonly migrationId: string;
+  readonly incomingId: string;
+  /** The VM, once PREPARE has named it. */
+  readonly vm?: string;
+}
+
+/** Told what incoming migrations do (the host's metrics); every call is cheap and never throws. */
+export interface IncomingObserver {
+  started(ids: IncomingIds): void;
+  /** Bytes of MEMORY or DISK payload applied. */
+  received(kind: 'memory' | 'disk', bytes: number): void;
+  ended(ids: IncomingIds, outcome: 'committed' | 'aborted', durationMs: number): void;
+}
+
 /** What the host's store keeps per incoming migration (the commit record). */
 export type StoredOutcome = 'committed' | 'aborted';
 
@@ -21,4 +37,7 @@ export interface ReceiverHooks {
   /** The durable record; null only when there is none. Rejects when it cannot be read (never "none" for that). */
   storedOutcome(id: string): Promise<StoredOutcome | null>;
   log(line: string): void;
+  /** The log of one incoming migration (default: log): the host binds the migration's ids to every line of it. */
+  logFor?(ids: IncomingIds): (line: string) => void;
+  observer?: IncomingObserver;
 }

@@ -66,7 +66,14 @@ export class IncomingMigration {
   private idleTimer: NodeJS.Timeout;
   private outcome: IncomingOutcome = { state: 'pending' };
 
-  constructor(readonly id: string, private readonly hooks: ReceiverHooks, private readonly onEnd: (o: IncomingOutcome, durable: boolean) => void) {
+  private log: (line: string) => void;
+
+  /** `logFor`: this migration's log, given the VM's name once PREPARE said it (default: the hooks' log). */
+  constructor(
+    readonly id: string, private readonly hooks: ReceiverHooks, private readonly onEnd: (o: IncomingOutcome, durable: boolean) => void,
+    private readonly logFor: (vm: string | null) => (line: string) => void = () => (line) => { hooks.log(line); },
+  ) {
+    this.log = logFor(null);
     this.idleTimer = this.armIdle();
   }
 
@@ -173,6 +180,8 @@ export class IncomingMigration {
     } catch (err) {
       throw new FerryError('MIGRATION_REFUSED', `target refuses VM ${body.vm.name}: ${errorMessage(err)}`);
     }
+    // From here its lines name the VM too.
+    this.log = this.logFor(body.vm.name);
     const image = new Uint8Array(body.image); // the frame payload is transient
     const disk = body.disk !== undefined ? await this.hooks.prepareDisk(this.id, body.vm.name, body.disk) : null;
     let vm: Vm;
@@ -198,7 +207,7 @@ export class IncomingMigration {
     const t1 = performance.now();
     // Threads and instances now, so that the resume at switch-over is only a wake-up.
     await vm.spawn();
-    this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: prepared VM ${body.vm.name} (${body.vm.vcpus} vCPUs, ${body.vm.memoryBytes} bytes) in ${(performance.now() - t0).toFixed(0)} ms (instrument ${(t1 - t0).toFixed(0)} ms)`);
+    this.log(`incoming migration ${this.id.slice(0, 8)}: prepared VM ${body.vm.name} (${body.vm.vcpus} vCPUs, ${body.vm.memoryBytes} bytes) in ${(performance.now() - t0).toFixed(0)} ms (instrument ${(t1 - t0).toFixed(0)} ms)`);
     return { accepted: true };
   }
 
@@ -243,14 +252,14 @@ export class IncomingMigration {
     // The host registers the VM before the reply (adopt does that synchronously); persisting its
     // definition finishes after the reply: it is not on the downtime path (the commit record
     // above is what a restarted host needs).
-    void this.hooks.adopt(vm, this.image ?? new Uint8Array(), this.disk).catch((err: unknown) => { this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: cannot record VM ${vm.config.name}: ${errorMessage(err)}`); });
-    this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: committed; VM ${vm.config.name} runs here (commit record ${(recordedAt - t0).toFixed(1)} ms, resume ${(startedAt - recordedAt).toFixed(1)} ms)`);
+    void this.hooks.adopt(vm, this.image ?? new Uint8Array(), this.disk).catch((err: unknown) => { this.log(`incoming migration ${this.id.slice(0, 8)}: cannot record VM ${vm.config.name}: ${errorMessage(err)}`); });
+    this.log(`incoming migration ${this.id.slice(0, 8)}: committed; VM ${vm.config.name} runs here (commit record ${(recordedAt - t0).toFixed(1)} ms, resume ${(startedAt - recordedAt).toFixed(1)} ms)`);
     void this.measureGuestDowntime(vm);
     return { resumed: true };
   }
 
   private abortedWhileCommitting(): never {
-    this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: aborted while it was committing; not resumed, not recorded as committed`);
+    this.log(`incoming migration ${this.id.slice(0, 8)}: aborted while it was committing; not resumed, not recorded as committed`);
     throw new FerryError('MIGRATION_FAILED', `migration ${this.id} was aborted while it was committing`);
   }
 
@@ -313,15 +322,15 @@ export class IncomingMigration {
     await vm?.stop();
     const disk = this.disk;
     this.disk = null;
-    await disk?.discard().catch((err: unknown) => { this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: cannot discard the disk: ${errorMessage(err)}`); });
+    await disk?.discard().catch((err: unknown) => { this.log(`incoming migration ${this.id.slice(0, 8)}: cannot discard the disk: ${errorMessage(err)}`); });
     try {
       await this.hooks.recordOutcome(this.id, 'aborted', vm?.config.name ?? '');
       this.onEnd(this.outcome, true);
     } catch (err) {
       // Kept in memory (never evicted) instead; a restart would answer "unknown", which means the same to a source.
-      this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: cannot record the abort: ${errorMessage(err)}`);
+      this.log(`incoming migration ${this.id.slice(0, 8)}: cannot record the abort: ${errorMessage(err)}`);
     }
-    this.hooks.log(`incoming migration ${this.id.slice(0, 8)}: aborted (${reason}); partial VM discarded`);
+    this.log(`incoming migration ${this.id.slice(0, 8)}: aborted (${reason}); partial VM discarded`);
   }
 }
 

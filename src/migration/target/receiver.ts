@@ -12,7 +12,7 @@ import { decodeMessage, type ConnectionRole, type OkBody } from '../protocol/mes
 import { ConnectionState } from '../protocol/session-state.js';
 import type { ByteStream, Listener, Transport, TransportAddress } from '../../dataplane/transport.js';
 import type { IncomingOutcome } from '../peer.js';
-import type { ReceiverHooks, StoredOutcome } from './hooks.js';
+import type { IncomingIds, ReceiverHooks, StoredOutcome } from './hooks.js';
 import { IncomingMigration } from './incoming.js';
 import { MAX_REMEMBERED_OUTCOMES, RememberedOutcomes } from './outcomes.js';
 
@@ -23,8 +23,16 @@ export const HELLO_TIMEOUT_MS = 10_000;
 
 interface Ticket {
   readonly migrationId: string;
+  /** The source's id of the migration, if it said it when it asked for the ticket. */
+  readonly sourceMigrationId: string | null;
   readonly expiresAt: number;
   incoming: IncomingMigration | null;
+  /** When the control connection arrived (performance.now()), for the duration the observer is told. */
+  startedAt: number;
+}
+
+function idsOf(ticket: Ticket): IncomingIds {
+  return { migrationId: ticket.sourceMigrationId ?? ticket.migrationId, incomingId: ticket.migrationId };
 }
 
 export class MigrationReceiver {
@@ -42,7 +50,7 @@ export class MigrationReceiver {
     return this.listener.address;
   }
 
-  issueTicket(): { migrationId: string; ticket: string; port: number; expiresInMs: number } {
+  issueTicket(sourceMigrationId?: string): { migrationId: string; ticket: string; port: number; expiresInMs: number } {
     this.expireTickets();
     if (this.tickets.size >= MAX_OPEN_TICKETS) throw new FerryError('BUSY', `too many migrations being set up (${MAX_OPEN_TICKETS}); try again shortly`);
     if (this.outcomes.full) {
@@ -50,7 +58,7 @@ export class MigrationReceiver {
     }
     const ticket = randomBytes(32).toString('hex');
     const migrationId = randomBytes(16).toString('hex');
-    this.tickets.set(ticket, { migrationId, expiresAt: Date.now() + TICKET_TTL_MS, incoming: null });
+    this.tickets.set(ticket, { migrationId, sourceMigrationId: sourceMigrationId ?? null, expiresAt: Date.now() + TICKET_TTL_MS, incoming: null, startedAt: 0 });
     this.outcomes.addPending(migrationId);
     return { migrationId, ticket, port: this.port, expiresInMs: TICKET_TTL_MS };
   }
@@ -107,6 +115,7 @@ export class MigrationReceiver {
       if (incoming === null) throw new FerryError('PROTOCOL_OUT_OF_ORDER', 'HELLO first');
       const result = await incoming.handle(frame);
       if (frame.command === Command.PREPARE) incoming.markPrepared();
+      if (frame.command === Command.MEMORY || frame.command === Command.DISK) this.hooks.observer?.received(frame.command === Command.MEMORY ? 'memory' : 'disk', frame.payload.byteLength);
       return result;
     }, (reason) => { incoming?.connectionClosed(channel, reason); });
   }
@@ -124,8 +133,13 @@ export class MigrationReceiver {
   private incomingFor(ticket: Ticket, role: ConnectionRole): IncomingMigration {
     if (role === 'control') {
       if (ticket.incoming !== null) throw new FerryError('TICKET_INVALID', 'this migration ticket is already in use');
-      ticket.incoming = new IncomingMigration(ticket.migrationId, this.hooks, (outcome, durable) => { this.finish(ticket, outcome, durable); });
+      const ids = idsOf(ticket);
+      const hooks = this.hooks;
+      const logFor = (vm: string | null): ((line: string) => void) => hooks.logFor?.({ ...ids, ...(vm !== null ? { vm } : {}) }) ?? ((line) => { hooks.log(line); });
+      ticket.incoming = new IncomingMigration(ticket.migrationId, hooks, (outcome, durable) => { this.finish(ticket, outcome, durable); }, logFor);
+      ticket.startedAt = performance.now();
       this.live.add(ticket.incoming);
+      this.hooks.observer?.started(ids);
     } else if (ticket.incoming === null) {
       throw new FerryError('PROTOCOL_OUT_OF_ORDER', 'a data connection arrived before the control connection');
     }
@@ -135,7 +149,10 @@ export class MigrationReceiver {
   private finish(ticket: Ticket, outcome: IncomingOutcome, durable: boolean): void {
     this.outcomes.remember(ticket.migrationId, outcome, durable);
     for (const [k, t] of this.tickets) if (t === ticket) this.tickets.delete(k);
-    if (ticket.incoming !== null) this.live.delete(ticket.incoming);
+    // Told once: an outcome is reported again when it has been recorded durably.
+    if (ticket.incoming !== null && this.live.delete(ticket.incoming)) {
+      this.hooks.observer?.ended(idsOf(ticket), outcome.state === 'committed' ? 'committed' : 'aborted', performance.now() - ticket.startedAt);
+    }
   }
 
   /** Stops accepting; aborts every migration that has not committed. */

@@ -213,6 +213,22 @@ export function storeContract(backend: StoreBackendUnderTest): void {
         await assert.rejects(store.getTask(9999), { code: 'NOT_FOUND' });
       });
 
+      it('counts unfinished tasks by state and kind (queue depth), never the finished ones', async () => {
+        const { store } = await fresh();
+        assert.deepEqual(await store.countTasksByState(), []);
+        const enqueue = (kind: string): Promise<Task> => store.enqueueTask({ kind, target: 'vm:web', requestedBy: 'alice' });
+        for (const kind of ['vm.migrate', 'vm.migrate', 'vm.migrate', 'vm.start', 'vm.stop']) await enqueue(kind);
+        await store.claimNextTask('w1', ['vm.migrate'], 1000);
+        const stop = await store.claimNextTask('w1', ['vm.stop'], 1000);
+        await store.finishTask(stop?.id ?? 0, 'w1', { state: 'succeeded' });
+        await store.cancelTask((await enqueue('vm.start')).id, 'alice');
+        assert.deepEqual(await store.countTasksByState(), [
+          { state: 'queued', kind: 'vm.migrate', count: 2 },
+          { state: 'queued', kind: 'vm.start', count: 1 },
+          { state: 'running', kind: 'vm.migrate', count: 1 },
+        ]);
+      });
+
       it('progress never runs backwards, whatever order reports arrive in', async () => {
         const { store } = await fresh();
         const t = await store.enqueueTask({ kind: 'vm.migrate', target: 'vm:web', requestedBy: 'alice' });
