@@ -113,12 +113,14 @@ export class Inventory {
       // migration task records the outcome, or when the other host stops reporting it (its row turns
       // unknown) — so the inventory never flips a VM back to where it was.
       if (was !== null && was.host !== null && was.host !== host && was.state !== 'unknown') continue;
-      await store.upsertVm({ name: r.name, host, state: r.state, config, disks });
+      const now = await store.upsertVm({ name: r.name, host, state: r.state, config, disks }, was === null ? null : was.host);
+      if (now.host !== host || now.state !== r.state) continue;
       await this.event('vm.changed', `vm:${r.name}`, { vm: r.name, host, state: r.state, from: was === null ? null : { host: was.host, state: was.state } });
     }
     for (const v of recorded.values()) {
       if (seen.has(v.name) || v.state === 'unknown') continue;
-      await store.upsertVm({ name: v.name, host, state: 'unknown', config: v.config, disks: v.disks });
+      const now = await store.upsertVm({ name: v.name, host, state: 'unknown', config: v.config, disks: v.disks }, host);
+      if (now.host !== host) continue;
       await this.event('vm.changed', `vm:${v.name}`, { vm: v.name, host, state: 'unknown', from: { host, state: v.state }, reason: 'not reported by its host' });
     }
   }

@@ -78,12 +78,13 @@ describe('center metrics', () => {
 
   it('unfinished tasks by state and kind (the queue depth); task waits by kind and reason, with bounded labels', async () => {
     const store = tc.center.store;
-    for (const kind of ['vm.migrate', 'vm.migrate', 'vm.start']) await store.enqueueTask({ kind, target: 'vm:x', requestedBy: 'test' });
-    await store.claimNextTask('w1', ['vm.start'], 60_000);
+    // Kinds no worker of the center runs (its own workers would run vm.* tasks at once).
+    for (const kind of ['test.wait', 'test.wait', 'test.run']) await store.enqueueTask({ kind, target: 'vm:x', requestedBy: 'test' });
+    await store.claimNextTask('w1', ['test.run'], 60_000);
     const text = await tc.admin.metrics();
-    assert.equal(sampleValue(text, 'ferry_center_tasks', { state: 'queued', kind: 'vm.migrate' }), 2);
-    assert.equal(sampleValue(text, 'ferry_center_tasks', { state: 'running', kind: 'vm.start' }), 1);
-    assert.equal(sampleValue(text, 'ferry_center_tasks', { state: 'queued', kind: 'vm.start' }), undefined, 'none queued: no series');
+    assert.equal(sampleValue(text, 'ferry_center_tasks', { state: 'queued', kind: 'test.wait' }), 2);
+    assert.equal(sampleValue(text, 'ferry_center_tasks', { state: 'running', kind: 'test.run' }), 1);
+    assert.equal(sampleValue(text, 'ferry_center_tasks', { state: 'queued', kind: 'test.run' }), undefined, 'none queued: no series');
 
     const observe = tc.center.metrics.observeTaskWait;
     observe('vm.migrate', 'capacity', 1.5);

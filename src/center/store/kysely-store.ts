@@ -316,15 +316,16 @@ export class KyselyCenterStore implements CenterStore {
   // ------------------------------------------------------------------------------------------
   // VMs
 
-  async upsertVm(input: VmInput): Promise<Vm> {
-    return this.writeVm(input, 'upsert');
+  async upsertVm(input: VmInput, onlyIfHost?: string | null): Promise<Vm> {
+    const expected = onlyIfHost === undefined || onlyIfHost === null ? onlyIfHost : parseInput(nameSchema(), onlyIfHost, 'expected host');
+    return this.writeVm(input, 'upsert', expected);
   }
 
   async createVm(input: VmInput): Promise<Vm> {
     return this.writeVm(input, 'create');
   }
 
-  private async writeVm(input: VmInput, mode: 'upsert' | 'create'): Promise<Vm> {
+  private async writeVm(input: VmInput, mode: 'upsert' | 'create', onlyIfHost?: string | null): Promise<Vm> {
     const v = parseInput(vmInputSchema, input, 'VM');
     const config = encodeJson(v.config, MAX_JSON_BYTES, 'VM config');
     const disks = encodeJson(v.disks, MAX_JSON_BYTES, 'VM disks');
@@ -336,11 +337,18 @@ export class KyselyCenterStore implements CenterStore {
       // unique violation, which translateError answers as ALREADY_EXISTS.
       const row = mode === 'create'
         ? await insert.returningAll().executeTakeFirstOrThrow()
-        : await insert.onConflict((oc) => oc.column('name').doUpdateSet((eb) => ({
-          host: eb.ref('excluded.host'), state: eb.ref('excluded.state'), config_json: eb.ref('excluded.config_json'),
-          disks_json: eb.ref('excluded.disks_json'), updated_at_ms: eb.ref('excluded.updated_at_ms'),
-        }))).returningAll().executeTakeFirstOrThrow();
-      return toVm(row);
+        : await insert.onConflict((oc) => {
+          const update = oc.column('name').doUpdateSet((eb) => ({
+            host: eb.ref('excluded.host'), state: eb.ref('excluded.state'), config_json: eb.ref('excluded.config_json'),
+            disks_json: eb.ref('excluded.disks_json'), updated_at_ms: eb.ref('excluded.updated_at_ms'),
+          }));
+          // Compare-and-set on where the row says the VM is: a writer that read it before another moved it changes nothing.
+          if (onlyIfHost === undefined) return update;
+          return onlyIfHost === null ? update.where('vms.host', 'is', null) : update.where('vms.host', '=', onlyIfHost);
+        }).returningAll().executeTakeFirst();
+      if (row !== undefined) return toVm(row);
+      const current = await tx.selectFrom('vms').selectAll().where('name', '=', v.name).executeTakeFirstOrThrow();
+      return toVm(current);
     }));
   }
 

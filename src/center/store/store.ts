@@ -56,7 +56,12 @@ export interface CenterStore {
 
   // -- VMs
   /** Insert, or replace an existing VM's host, state, config and disks (registration and reconciliation). */
-  upsertVm(input: VmInput): Promise<Vm>;
+  /**
+   * With `onlyIfHost` (a host name, or null for "on no host"), an existing row is replaced only if it is
+   * still recorded there — a compare-and-set, so a writer that read the row before another moved the VM
+   * changes nothing. Answers the row as it is after.
+   */
+  upsertVm(input: VmInput, onlyIfHost?: string | null): Promise<Vm>;
   /** A new VM (the center's own create): ALREADY_EXISTS if the name is taken, also by a concurrent create elsewhere. */
   createVm(input: VmInput): Promise<Vm>;
   getVm(name: string): Promise<Vm>;

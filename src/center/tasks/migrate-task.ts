@@ -121,7 +121,7 @@ async function finishWith(d: MigrateTaskDeps, ctx: TaskContext, record: Migratio
 async function moveRow(d: MigrateTaskDeps, vm: string, target: string): Promise<void> {
   const row = await d.store.getVm(vm);
   if (row.host === target) return;
-  await d.store.upsertVm({ name: vm, host: target, state: row.state === 'paused' ? 'paused' : 'running', config: row.config, disks: row.disks });
+  await d.store.upsertVm({ name: vm, host: target, state: row.state === 'paused' ? 'paused' : 'running', config: row.config, disks: row.disks }, row.host);
   await d.event('vm.changed', `vm:${vm}`, { vm, host: target, state: 'running', from: { host: row.host, state: row.state }, reason: 'migrated' });
 }
 

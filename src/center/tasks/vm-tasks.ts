@@ -14,12 +14,17 @@ import { FerryError, errorMessage, isFerryError } from '../../lib/errors.js';
 import type { CreateVmRequest, VmView } from '../../api/host-v1.js';
 import { BUILTIN_IMAGE_PATTERN, MAX_CENTER_IMAGE_BYTES } from '../../api/center-v1.js';
 import type { HostControl } from '../host-control.js';
+import type { HostClient } from '../../api/host-client.js';
 import { best, fits, noFitReason } from '../placement.js';
 import type { CenterStore } from '../store/store.js';
 import type { JsonValue, VmState } from '../store/model.js';
 import { createVmParamsSchema, readStored, vmParamsSchema } from './kinds.js';
 import type { TaskContext, TaskHandler } from './workers.js';
 
+/** A started VM is running within this (its image instrumented, its vCPUs spawned) on a loaded host. */
+const BOOT_WAIT_MS = 30_000;
+/** How often the host is asked whether the VM has booted. */
+const BOOT_POLL_MS = 50;
 const createCheckpointSchema = z.object({ host: z.string() }).strict();
 /** Images built with Ferry, as the center's installation holds them (dist/guests). */
 const BUILTIN_IMAGES_DIR = new URL('../../../guests/', import.meta.url);
@@ -79,7 +84,10 @@ export function createVmTask(d: VmTaskDeps): TaskHandler {
         if (!(stored.success && isFerryError(err) && err.code === 'ALREADY_EXISTS')) throw err;
         view = await client.vm(p.name);
       }
+      // Started: the task ends when the VM runs (or could not), not while it is still booting.
+      if (req.start === true) view = await settled(client, view, ctx);
       await recordVm(d, hostName, view, 'created');
+      if (view.state === 'crashed') throw new FerryError('VM_CRASHED', `VM ${p.name} crashed while starting on ${hostName}: ${view.crash?.message ?? 'no reason given'}`);
       return { vm: p.name, host: hostName, state: view.state };
     } catch (err) {
       // Nothing was created where the inventory could not see it: release the reserved name. (A host
@@ -89,6 +97,17 @@ export function createVmTask(d: VmTaskDeps): TaskHandler {
       throw err;
     }
   };
+}
+
+/** The host's view of a VM once it has left `created` (booting), within BOOT_WAIT_MS. */
+async function settled(client: HostClient, view: VmView, ctx: TaskContext): Promise<VmView> {
+  const deadline = performance.now() + BOOT_WAIT_MS;
+  let v = view;
+  while (v.state === 'created' && performance.now() < deadline && !ctx.signal.aborted) {
+    await new Promise((resolve) => setTimeout(resolve, BOOT_POLL_MS));
+    v = await client.vm(v.name);
+  }
+  return v;
 }
 
 async function place(d: VmTaskDeps, ctx: TaskContext, asked: string | undefined, memoryBytes: number, diskDatastore: string | null): Promise<string> {

@@ -285,6 +285,20 @@ export function storeContract(backend: StoreBackendUnderTest): void {
         await assert.rejects(store.checkpointTask(m.id, 'w2', { big: 'x'.repeat(MAX_JSON_BYTES) }), { code: 'INVALID_ARGUMENT' });
       });
 
+      it('a VM row is replaced only where the writer expects it (compare-and-set on its host)', async () => {
+        const { store } = await fresh();
+        await store.upsertSite({ name: 's1' });
+        await store.upsertHost(host('h1'));
+        await store.upsertHost(host('h2'));
+        const vmRow = (h: string | null, state: 'running' | 'unknown' = 'running') => ({ name: 'cas', host: h, state, config: {}, disks: [] });
+        assert.equal((await store.upsertVm(vmRow('h1'), null)).host, 'h1', 'a new row is inserted');
+        assert.equal((await store.upsertVm(vmRow('h2'), null)).host, 'h1', 'not on no host any more: unchanged');
+        assert.equal((await store.upsertVm(vmRow('h2'), 'h1')).host, 'h2', 'moved by the writer who saw it on h1');
+        const stale = await store.upsertVm(vmRow('h1', 'unknown'), 'h1');
+        assert.deepEqual([stale.host, stale.state], ['h2', 'running'], 'a writer that read it on h1 before the move changes nothing');
+        assert.equal((await store.upsertVm(vmRow('h1'))).host, 'h1', 'unconditional');
+      });
+
       it('a host state changes only from the states a caller allows (compare-and-set)', async () => {
         const { store } = await fresh();
         await store.upsertSite({ name: 's1' });
