@@ -1,9 +1,14 @@
 /**
- * CLI commands of the center: `ferry center` (run one), `ferry center join-token`, and the first
- * listings that talk to a center: `ferry host list`, `ferry task list` (each with --json).
+ * CLI commands of the center: `ferry center` (run one), `ferry center join-token`, `ferry login`
+ * (trust a center's CA by its fingerprint and keep URL, token and CA in the client config), and the
+ * first listings that talk to a center: `ferry host list`, `ferry task list` (each with --json).
+ *
+ * A command that talks to a center takes --center, --token-file and --ca-file, each overriding the
+ * client config (./client-config.ts) that `ferry login` wrote.
  */
 import { Option, type Command } from 'commander';
 import { readFile } from 'node:fs/promises';
+import { createInterface } from 'node:readline/promises';
 import { FerryError, errorMessage } from '../lib/errors.js';
 import { formatBytes } from '../lib/units.js';
 import { CenterClient } from '../api/center-client.js';
@@ -11,6 +16,8 @@ import { MAX_JOIN_TOKEN_TTL_MS, MIN_JOIN_TOKEN_TTL_MS, SECRET_PATTERN } from '..
 import { Center } from '../center/center.js';
 import { durationOption, parseIntegerOption } from './args.js';
 import { parseListen, print } from './host-commands.js';
+import { clientConfigPath, readClientConfig, writeClientConfig } from './client-config.js';
+import { fingerprintOf, normalizeFingerprint } from '../lib/fingerprint.js';
 
 /** Where a client's API token comes from unless --token-file says. */
 export const CENTER_TOKEN_ENV = 'FERRY_CENTER_TOKEN';
@@ -19,20 +26,25 @@ export const DEFAULT_CENTER_LISTEN = '127.0.0.1:7100';
 /** Largest page the CLI asks for; it pages on until the list ends. */
 const CLI_PAGE = 1000;
 
-interface CenterClientOpts { center: string; tokenFile?: string }
+interface CenterClientOpts { center?: string; tokenFile?: string; caFile?: string }
 
-async function centerToken(tokenFile: string | undefined): Promise<string> {
+/** The API token of --token-file, else $FERRY_CENTER_TOKEN, else the client config's (`fallback`). */
+async function centerToken(tokenFile: string | undefined, fallback?: string): Promise<string> {
   let text: string | undefined;
   let source: string;
+  const fromEnv = process.env[CENTER_TOKEN_ENV];
   if (tokenFile !== undefined) {
     source = tokenFile;
     try { text = await readFile(tokenFile, 'utf8'); } catch (err) { throw new FerryError('UNAUTHORIZED', `cannot read the API token file ${tokenFile}: ${errorMessage(err)}`); }
-  } else {
+  } else if (fromEnv !== undefined && fromEnv !== '') {
     source = `$${CENTER_TOKEN_ENV}`;
-    text = process.env[CENTER_TOKEN_ENV];
+    text = fromEnv;
+  } else {
+    source = clientConfigPath();
+    text = fallback;
   }
   const t = text?.trim() ?? '';
-  if (t === '') throw new FerryError('UNAUTHORIZED', `no API token: pass --token-file <file> (a center's admin token is <data-dir>/admin.token) or set ${CENTER_TOKEN_ENV}`);
+  if (t === '') throw new FerryError('UNAUTHORIZED', `no API token: pass --token-file <file> (a center's admin token is <data-dir>/admin.token), set ${CENTER_TOKEN_ENV} or run ferry login`);
   if (!SECRET_PATTERN.test(t)) throw new FerryError('UNAUTHORIZED', `${source} does not hold a Ferry API token`);
   return t;
 }
@@ -48,14 +60,33 @@ async function allPages<T, K>(fetchPage: (after: K | undefined) => Promise<{ ite
   }
 }
 
+async function readCaFile(file: string): Promise<string> {
+  let pem: string;
+  try { pem = await readFile(file, 'utf8'); } catch (err) { throw new FerryError('INVALID_ARGUMENT', `cannot read the CA file ${file}: ${errorMessage(err)}`); }
+  fingerprintOf(pem);
+  return pem;
+}
+
+/** A client of the center the flags name, else the client config's; trusting --ca-file, else the config's CA. */
 async function centerClient(o: CenterClientOpts): Promise<CenterClient> {
-  return new CenterClient(o.center, await centerToken(o.tokenFile));
+  const config = await readClientConfig();
+  const center = o.center ?? config?.center;
+  if (center === undefined) throw new FerryError('INVALID_ARGUMENT', `no center: pass --center <url> or run ferry login (no client config in ${clientConfigPath()})`);
+  const caPem = o.caFile !== undefined ? await readCaFile(o.caFile) : config?.caPem;
+  return new CenterClient(center, await centerToken(o.tokenFile, config?.token), caPem !== undefined ? { caPem } : {});
 }
 
 function withCenterOptions(cmd: Command): Command {
   return cmd
-    .requiredOption('--center <url>', 'center URL, e.g. http://127.0.0.1:7100')
-    .option('--token-file <file>', `file holding an API token (default: $${CENTER_TOKEN_ENV})`);
+    .option('--center <url>', 'center URL, e.g. https://127.0.0.1:7100 (default: the client config\'s, see ferry login)')
+    .option('--token-file <file>', `file holding an API token (default: $${CENTER_TOKEN_ENV}, else the client config's)`)
+    .option('--ca-file <pem>', 'the center\'s CA certificate to trust (default: the client config\'s)');
+}
+
+/** Ask a person on a terminal; false for anything but yes. */
+async function confirm(question: string): Promise<boolean> {
+  const rl = createInterface({ input: process.stdin, output: process.stderr });
+  try { return /^y(es)?$/i.test((await rl.question(question)).trim()); } finally { rl.close(); }
 }
 
 export function addCenterCommands(program: Command, host: Command): void {
@@ -90,6 +121,8 @@ export function addCenterCommands(program: Command, host: Command): void {
         process.once('SIGTERM', () => { stop('SIGTERM'); });
         process.once('SIGINT', () => { stop('SIGINT'); });
       });
+      // Every start: an operator compares it with what ferry login and a joining host are shown.
+      process.stdout.write(`ferry center ca-fingerprint=${c.ca.fingerprint}${c.caCreated ? ' (CA created now)' : ''}\n`);
       // The token is shown once, when it is made; afterwards only where it is.
       if (c.adminTokenCreated) process.stdout.write(`admin token (shown once; also in ${c.adminTokenFile}): ${c.adminToken}\n`);
       // One machine-readable line for scripts and tests.
@@ -105,9 +138,40 @@ export function addCenterCommands(program: Command, host: Command): void {
       if (o.ttl !== undefined && (o.ttl < MIN_JOIN_TOKEN_TTL_MS || o.ttl > MAX_JOIN_TOKEN_TTL_MS)) {
         throw new FerryError('INVALID_ARGUMENT', `--ttl must be between ${MIN_JOIN_TOKEN_TTL_MS} ms and ${MAX_JOIN_TOKEN_TTL_MS / 86_400_000} days`);
       }
-      const t = await (await centerClient(o)).createJoinToken(o.ttl);
+      const client = await centerClient(o);
+      const t = await client.createJoinToken(o.ttl);
       if (o.json) print(t);
-      else process.stdout.write(`${t.token}\n`);
+      else {
+        process.stdout.write(`${t.token}\n`);
+        process.stderr.write(`join a host with: ferry host … --center ${client.baseUrl} --join-token <the token> --center-ca-fingerprint ${t.caFingerprint}\n`);
+      }
+    });
+
+  program.command('login')
+    .description('trust a center\'s CA (by its fingerprint) and keep its URL, an API token and the CA in the client config')
+    .requiredOption('--center <url>', 'center URL, e.g. https://127.0.0.1:7100')
+    .option('--token-file <file>', `file holding an API token (default: $${CENTER_TOKEN_ENV})`)
+    .option('--ca-fingerprint <sha256>', 'the CA fingerprint ferry center printed; without it a terminal asks, a script is refused')
+    .action(async (o: { center: string; tokenFile?: string; caFingerprint?: string }) => {
+      const token = await centerToken(o.tokenFile);
+      const expected = o.caFingerprint !== undefined ? normalizeFingerprint(o.caFingerprint) : undefined;
+      const ca = await CenterClient.readCa(o.center);
+      process.stderr.write(`center ${o.center}: CA fingerprint (SHA-256) ${ca.fingerprint}\n`);
+      if (expected !== undefined) {
+        if (ca.fingerprint !== expected) {
+          throw new FerryError('TLS_UNTRUSTED', `the center's CA fingerprint is ${ca.fingerprint}, not the given ${expected}: not trusted, nothing written (another server, or a man in the middle)`, { fingerprint: ca.fingerprint, expected });
+        }
+      } else if (process.stdin.isTTY && process.stderr.isTTY) {
+        if (!await confirm('compare it with the one ferry center printed; trust this CA? [y/N] ')) throw new FerryError('TLS_UNTRUSTED', 'the CA was not trusted: nothing written');
+      } else {
+        throw new FerryError('TLS_UNTRUSTED', `not on a terminal, so nobody can compare the fingerprint: pass --ca-fingerprint ${ca.fingerprint} if it is the one ferry center printed (nothing written)`, { fingerprint: ca.fingerprint });
+      }
+      // The token is checked before it is kept: over TLS verified with the CA just trusted.
+      const client = new CenterClient(o.center, token, { caPem: ca.certificate });
+      try { await client.listHosts({ limit: 1 }); } finally { await client.close(); }
+      const path = clientConfigPath();
+      await writeClientConfig({ center: client.baseUrl, token, caPem: ca.certificate, caFingerprint: ca.fingerprint }, path);
+      process.stdout.write(`logged in to ${client.baseUrl} (CA ${ca.fingerprint}); client config in ${path}\n`);
     });
 
   withCenterOptions(host.command('list').description('list the hosts a center knows').option('--json', 'print as JSON', false))

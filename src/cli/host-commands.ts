@@ -7,6 +7,7 @@ import { Option, type Command } from 'commander';
 import { readFile } from 'node:fs/promises';
 import cliProgress from 'cli-progress';
 import { FerryError, errorMessage } from '../lib/errors.js';
+import { normalizeFingerprint } from '../lib/fingerprint.js';
 import { formatBytes, parseSizeBytes } from '../lib/units.js';
 import { HostAgent, type HostOptions } from '../host/agent.js';
 import type { DatastoreMount } from '../host/datastores.js';
@@ -67,13 +68,18 @@ function parseDatastoreFlag(text: string): DatastoreMount {
 /** The environment variable a join token may come in (a command line shows in `ps`). */
 export const JOIN_TOKEN_ENV = 'FERRY_JOIN_TOKEN';
 
-function centerLinkOptions(o: { center?: string; joinToken?: string; centerCredentialFile?: string }): HostOptions['center'] {
+function centerLinkOptions(o: { center?: string; joinToken?: string; centerCredentialFile?: string; centerCaFingerprint?: string }): HostOptions['center'] {
   const joinToken = o.joinToken ?? (process.env[JOIN_TOKEN_ENV] !== '' ? process.env[JOIN_TOKEN_ENV] : undefined);
   if (o.center === undefined) {
-    if (o.joinToken !== undefined || o.centerCredentialFile !== undefined) throw new FerryError('INVALID_ARGUMENT', '--join-token and --center-credential-file need --center <url>');
+    if (o.joinToken !== undefined || o.centerCredentialFile !== undefined || o.centerCaFingerprint !== undefined) {
+      throw new FerryError('INVALID_ARGUMENT', '--join-token, --center-ca-fingerprint and --center-credential-file need --center <url>');
+    }
     return undefined;
   }
-  return { centerUrl: o.center, ...(joinToken !== undefined ? { joinToken } : {}), ...(o.centerCredentialFile !== undefined ? { credentialFile: o.centerCredentialFile } : {}) };
+  return {
+    centerUrl: o.center, ...(joinToken !== undefined ? { joinToken } : {}), ...(o.centerCredentialFile !== undefined ? { credentialFile: o.centerCredentialFile } : {}),
+    ...(o.centerCaFingerprint !== undefined ? { caFingerprint: normalizeFingerprint(o.centerCaFingerprint) } : {}),
+  };
 }
 
 export function addHostCommands(program: Command, vm: Command): Command {
@@ -92,12 +98,13 @@ export function addHostCommands(program: Command, vm: Command): Command {
     .option('--datastore <name=path>', 'mount a directory as datastore <name> (repeatable; two hosts may mount one shared directory)', (v: string, all: string[]) => [...all, v], [])
     .option('--center <url>', 'join this center and heartbeat to it (capacity, datastores, VMs)')
     .option('--join-token <token>', `with --center: the one-time join token for the first start (default: $${JOIN_TOKEN_ENV}); later starts use the stored credential`)
-    .option('--center-credential-file <file>', 'with --center: where the host\'s center credential is kept (default: <data-dir>/center-credential)')
+    .option('--center-ca-fingerprint <sha256>', 'with --center: the SHA-256 fingerprint of the center\'s CA, to trust it at the first join (printed by ferry center and ferry center join-token)')
+    .option('--center-credential-file <file>', 'with --center: where the host\'s center credential is kept (default: <data-dir>/center-credential; its key, certificate and the CA beside it)')
     // Every host mounting one datastore must use the same lease timing. Shorter leases make a dead host's disks free sooner (tests use them).
     .addOption(new Option('--lease-duration <duration>', 'how long a disk lease lasts without renewal').argParser(durationOption('--lease-duration')).default(DEFAULT_LEASE_TIMING.durationMs, `${DEFAULT_LEASE_TIMING.durationMs}ms`))
     .addOption(new Option('--lease-renew <duration>', 'disk lease heartbeat period (at most half the duration)').argParser(durationOption('--lease-renew')).default(DEFAULT_LEASE_TIMING.renewIntervalMs, `${DEFAULT_LEASE_TIMING.renewIntervalMs}ms`))
     .addOption(new Option('--lease-clock-skew <duration>', 'how far the hosts\' clocks may disagree; a stale lease is broken this long after its expiry').argParser(durationOption('--lease-clock-skew')).default(DEFAULT_LEASE_TIMING.clockSkewMs, `${DEFAULT_LEASE_TIMING.clockSkewMs}ms`))
-    .action(async (given: { name?: string; dataDir?: string; listen: string; migrationPort?: string; tokenFile?: string; memoryLimit?: number; datastore: string[]; center?: string; joinToken?: string; centerCredentialFile?: string; leaseDuration: number; leaseRenew: number; leaseClockSkew: number }) => {
+    .action(async (given: { name?: string; dataDir?: string; listen: string; migrationPort?: string; tokenFile?: string; memoryLimit?: number; datastore: string[]; center?: string; joinToken?: string; centerCredentialFile?: string; centerCaFingerprint?: string; leaseDuration: number; leaseRenew: number; leaseClockSkew: number }) => {
       const { name, dataDir } = given;
       if (name === undefined || dataDir === undefined) throw new FerryError('INVALID_ARGUMENT', 'ferry host needs --name <name> and --data-dir <dir>');
       const o = { ...given, name, dataDir };

@@ -14,8 +14,9 @@ export interface CliResult {
 /** Upper bound for any one CLI run in tests: a hung child is killed and the test fails. */
 const CLI_TIMEOUT_MS = 60_000;
 
-export function startFerry(args: readonly string[]): { child: ChildProcess; done: Promise<CliResult>; stdout: () => string } {
-  const child = spawn(process.execPath, [FERRY_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+/** `env`: added to this process's environment (e.g. FERRY_CONFIG, so no test reads a person's client config). */
+export function startFerry(args: readonly string[], o: { env?: NodeJS.ProcessEnv } = {}): { child: ChildProcess; done: Promise<CliResult>; stdout: () => string } {
+  const child = spawn(process.execPath, [FERRY_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...(o.env ?? {}) } });
   let stdout = '';
   let stderr = '';
   child.stdout?.on('data', (d: Buffer) => { stdout += d.toString(); });
@@ -27,6 +28,6 @@ export function startFerry(args: readonly string[]): { child: ChildProcess; done
   return { child, done, stdout: () => stdout };
 }
 
-export function runFerry(args: readonly string[]): Promise<CliResult> {
-  return startFerry(args).done;
+export function runFerry(args: readonly string[], o: { env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
+  return startFerry(args, o).done;
 }

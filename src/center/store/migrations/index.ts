@@ -7,5 +7,6 @@ import type { StoreMigration } from './migration.js';
 import { migration0001 } from './0001-inventory.js';
 import { migration0002 } from './0002-tasks-events.js';
 import { migration0003 } from './0003-credentials.js';
+import { migration0005 } from './0005-tls.js';
 
-export const MIGRATIONS: readonly StoreMigration[] = [migration0001, migration0002, migration0003];
+export const MIGRATIONS: readonly StoreMigration[] = [migration0001, migration0002, migration0003, migration0005];
