@@ -500,6 +500,36 @@ export function storeContract(backend: StoreBackendUnderTest): void {
       });
     });
 
+    describe('the CA and host certificates', () => {
+      const pem = (label: string, body: string): string => `-----BEGIN ${label}-----\n${body}\n-----END ${label}-----\n`;
+      const FP1 = Array.from({ length: 32 }, () => 'AB').join(':');
+      const FP2 = Array.from({ length: 32 }, () => 'CD').join(':');
+
+      it('one CA per database: of two centers racing to make it, both keep the first; PEM only', async () => {
+        const [a, b] = await onOneDatabase(2);
+        assert.ok(a !== undefined && b !== undefined);
+        assert.equal(await a.getCenterCa(), null);
+        const [ra, rb] = await Promise.all([
+          a.createCenterCa({ certPem: pem('CERTIFICATE', 'one'), keyPem: pem('PRIVATE KEY', 'k1') }),
+          b.createCenterCa({ certPem: pem('CERTIFICATE', 'two'), keyPem: pem('PRIVATE KEY', 'k2') }),
+        ]);
+        assert.deepEqual(ra, rb, 'both answer the one kept');
+        assert.deepEqual(await a.getCenterCa(), ra);
+        assert.deepEqual(await b.createCenterCa({ certPem: pem('CERTIFICATE', 'three'), keyPem: pem('PRIVATE KEY', 'k3') }), ra, 'a later one does not replace it');
+        await assert.rejects(a.createCenterCa({ certPem: 'not pem', keyPem: pem('PRIVATE KEY', 'k') }), { code: 'INVALID_ARGUMENT' });
+      });
+
+      it('records issued certificates by fingerprint, with their host and credential', async () => {
+        const { store } = await fresh();
+        const c = await store.recordHostCertificate({ fingerprint: FP1, host: 'h1', credentialId: '00000000000000c1', serial: '0a1b', notAfterMs: START_MS });
+        assert.deepEqual([c.host, c.credentialId, c.serial, c.notAfterMs], ['h1', '00000000000000c1', '0a1b', START_MS]);
+        assert.deepEqual(await store.findHostCertificate(FP1), c);
+        assert.equal(await store.findHostCertificate(FP2), null);
+        await assert.rejects(store.recordHostCertificate({ fingerprint: FP1, host: 'h2', credentialId: '00000000000000c2', serial: '01', notAfterMs: START_MS }), { code: 'ALREADY_EXISTS' });
+        await assert.rejects(store.findHostCertificate('ab:cd'), { code: 'INVALID_ARGUMENT' });
+      });
+    });
+
     it('closes: every later call is STORE_UNAVAILABLE, and closing twice is fine', async () => {
       const { store } = await fresh();
       await store.close();
