@@ -22,17 +22,28 @@ import { HostClient } from '../api/host-client.js';
 import type { CreateVmRequest } from '../api/host-v1.js';
 import { durationOption, parseIntegerOption, sizeOption } from './args.js';
 import { compact } from './status.js';
+import { readClientConfig } from './client-config.js';
 
-export interface ClientOpts { host: string; tokenFile?: string }
+export interface ClientOpts { host: string; tokenFile?: string; caFile?: string }
 
+/** A host's client; an https:// host (ferry host --tls) is trusted by --ca-file, else by the client config's CA (ferry login). */
 export async function client(o: ClientOpts): Promise<HostClient> {
-  return new HostClient(o.host, await loadToken(o.tokenFile));
+  const token = await loadToken(o.tokenFile);
+  if (!o.host.startsWith('https:')) return new HostClient(o.host, token);
+  let caPem: string | undefined;
+  if (o.caFile !== undefined) {
+    try { caPem = await readFile(o.caFile, 'utf8'); } catch (err) { throw new FerryError('INVALID_ARGUMENT', `cannot read the CA file ${o.caFile}: ${errorMessage(err)}`); }
+  } else {
+    caPem = (await readClientConfig())?.caPem;
+  }
+  return new HostClient(o.host, token, caPem !== undefined ? { caPem } : {});
 }
 
 export function withClientOptions(cmd: Command): Command {
   return cmd
     .requiredOption('--host <url>', 'host agent URL, e.g. http://127.0.0.1:7000')
-    .option('--token-file <file>', 'file holding the API token (default: $FERRY_TOKEN)');
+    .option('--token-file <file>', 'file holding the API token (default: $FERRY_TOKEN)')
+    .option('--ca-file <pem>', 'for an https:// host: the CA to trust (default: the center CA of the client config, see ferry login)');
 }
 
 export function print(obj: unknown): void {
@@ -99,12 +110,13 @@ export function addHostCommands(program: Command, vm: Command): Command {
     .option('--center <url>', 'join this center and heartbeat to it (capacity, datastores, VMs)')
     .option('--join-token <token>', `with --center: the one-time join token for the first start (default: $${JOIN_TOKEN_ENV}); later starts use the stored credential`)
     .option('--center-ca-fingerprint <sha256>', 'with --center: the SHA-256 fingerprint of the center\'s CA, to trust it at the first join (printed by ferry center and ferry center join-token)')
+    .option('--tls', 'with --center: serve the control API over HTTPS with the certificate the center signed (clients trust the center\'s CA)', false)
     .option('--center-credential-file <file>', 'with --center: where the host\'s center credential is kept (default: <data-dir>/center-credential; its key, certificate and the CA beside it)')
     // Every host mounting one datastore must use the same lease timing. Shorter leases make a dead host's disks free sooner (tests use them).
     .addOption(new Option('--lease-duration <duration>', 'how long a disk lease lasts without renewal').argParser(durationOption('--lease-duration')).default(DEFAULT_LEASE_TIMING.durationMs, `${DEFAULT_LEASE_TIMING.durationMs}ms`))
     .addOption(new Option('--lease-renew <duration>', 'disk lease heartbeat period (at most half the duration)').argParser(durationOption('--lease-renew')).default(DEFAULT_LEASE_TIMING.renewIntervalMs, `${DEFAULT_LEASE_TIMING.renewIntervalMs}ms`))
     .addOption(new Option('--lease-clock-skew <duration>', 'how far the hosts\' clocks may disagree; a stale lease is broken this long after its expiry').argParser(durationOption('--lease-clock-skew')).default(DEFAULT_LEASE_TIMING.clockSkewMs, `${DEFAULT_LEASE_TIMING.clockSkewMs}ms`))
-    .action(async (given: { name?: string; dataDir?: string; listen: string; migrationPort?: string; tokenFile?: string; memoryLimit?: number; datastore: string[]; center?: string; joinToken?: string; centerCredentialFile?: string; centerCaFingerprint?: string; leaseDuration: number; leaseRenew: number; leaseClockSkew: number }) => {
+    .action(async (given: { name?: string; dataDir?: string; listen: string; migrationPort?: string; tokenFile?: string; memoryLimit?: number; datastore: string[]; center?: string; joinToken?: string; centerCredentialFile?: string; centerCaFingerprint?: string; tls: boolean; leaseDuration: number; leaseRenew: number; leaseClockSkew: number }) => {
       const { name, dataDir } = given;
       if (name === undefined || dataDir === undefined) throw new FerryError('INVALID_ARGUMENT', 'ferry host needs --name <name> and --data-dir <dir>');
       const o = { ...given, name, dataDir };
@@ -117,6 +129,7 @@ export function addHostCommands(program: Command, vm: Command): Command {
         ...(o.memoryLimit !== undefined ? { memoryLimitBytes: o.memoryLimit } : {}),
         datastores, leaseTiming,
         ...(center !== undefined ? { center } : {}),
+        ...(o.tls ? { tls: true } : {}),
         ...(o.migrationPort !== undefined ? { migrationPort: parseIntegerOption(o.migrationPort, '--migration-port', 0, 65535) } : {}),
       });
       // A host must outlive a bug in one request or one migration: report it loudly, keep serving.

@@ -48,6 +48,8 @@ export interface CenterLinkOptions {
   /** The host's current report (capacity, datastores, VMs) and control URL. */
   readonly report: () => Promise<HeartbeatRequest>;
   readonly log: (line: string) => void;
+  /** Told the host's TLS identity whenever the link has one (read from its files or new from a join): a host serving HTTPS uses it. */
+  readonly onIdentity?: (tls: HostTlsIdentity) => void;
   /** Tests shorten the backoff. */
   readonly backoffInitialMs?: number;
   readonly backoffMaxMs?: number;
@@ -55,14 +57,18 @@ export interface CenterLinkOptions {
 
 export type LinkState = 'joining' | 'linked' | 'failing' | 'closed';
 
+/** A joined host's certificate and key (PEM), and the center's CA it trusts. */
+export type HostTlsIdentity = Required<Pick<TlsClientOptions, 'caPem' | 'certPem' | 'keyPem'>>;
+
 /** What a joined host holds: its credential and its TLS identity and trust. */
 interface Identity {
   readonly credential: string;
-  readonly tls: Required<Pick<TlsClientOptions, 'caPem' | 'certPem' | 'keyPem'>>;
+  readonly tls: HostTlsIdentity;
 }
 
 export class CenterLink {
   #client: CenterClient | null = null;
+  #identity: Identity | null = null;
   #timer: NodeJS.Timeout | null = null;
   #running: Promise<void> = Promise.resolve();
   #failures = 0;
@@ -85,6 +91,23 @@ export class CenterLink {
   }
 
   get state(): LinkState { return this.#state; }
+  /** The host's TLS identity once it has one (after a join, or from its files). */
+  get tls(): HostTlsIdentity | null { return this.#identity?.tls ?? null; }
+
+  /** Reads a stored identity now (a host serving HTTPS needs its certificate before it listens); null if it has not joined yet. */
+  async loadStored(): Promise<HostTlsIdentity | null> {
+    const credential = await this.readCredential();
+    const tls = credential !== null ? await this.readTls() : null;
+    if (credential === null || tls === null) return null;
+    this.adopt({ credential, tls });
+    return tls;
+  }
+
+  private adopt(id: Identity): void {
+    const changed = this.#identity?.tls.certPem !== id.tls.certPem;
+    this.#identity = id;
+    if (changed) this.o.onIdentity?.(id.tls);
+  }
   get lastError(): string | null { return this.#lastError; }
 
   /** Starts the loop: the first attempt now, in the background. */
@@ -114,6 +137,8 @@ export class CenterLink {
     try {
       if (this.#client === null) {
         const id = await this.obtainIdentity();
+        if (this.#state === 'closed') return;
+        this.adopt(id);
         this.#client = new CenterClient(this.o.centerUrl, id.credential, id.tls);
       }
       const client = this.#client;
@@ -123,6 +148,8 @@ export class CenterLink {
       }
       const bounded = { ...report, vms: report.vms.slice(0, MAX_HEARTBEAT_VMS) };
       const answer = await client.heartbeat(this.o.hostName, bounded);
+      // Closed while the heartbeat was in flight: stay closed (no "linked", no next heartbeat).
+      if (this.#state === 'closed') return;
       if (this.#state !== 'linked') this.o.log(`host ${this.o.hostName}: linked to center ${this.o.centerUrl} (state ${answer.state})`);
       this.#state = 'linked';
       this.#failures = 0;
@@ -163,7 +190,7 @@ export class CenterLink {
     if (this.o.caFingerprint === undefined) {
       throw new FerryError('INVALID_ARGUMENT', `joining center ${this.o.centerUrl} needs its CA fingerprint to trust it: add --center-ca-fingerprint <sha256> (printed by ferry center and ferry center join-token)`);
     }
-    this.#state = 'joining';
+    if (this.#state !== 'closed') this.#state = 'joining';
     // Trust first: the CA is accepted only by the fingerprint the operator gave, then the join is verified TLS.
     const ca = await CenterClient.readCa(this.o.centerUrl, this.o.caFingerprint);
     // Loaded when needed: only a joining host makes keys, and the certificate library is not small.

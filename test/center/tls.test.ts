@@ -14,7 +14,11 @@ import { CenterClient } from '../../src/api/center-client.js';
 import type { HeartbeatRequest } from '../../src/api/center-v1.js';
 import { GiB } from '../../src/lib/units.js';
 import { createCsr, generateKeyPair } from '../../src/lib/x509.js';
-import { joinTestHost, startTestCenter, type TestCenter } from '../helpers/center.js';
+import { joinTestHost, startTestCenter, waitForEvent, type TestCenter } from '../helpers/center.js';
+import { AGENT_TOKEN, startAgent } from '../helpers/agents.js';
+import { HostClient } from '../../src/api/host-client.js';
+import { vmRequest } from '../helpers/guests.js';
+import { MiB } from '../../src/lib/units.js';
 import { runFerry } from '../helpers/cli.js';
 
 const report: HeartbeatRequest = { url: 'http://127.0.0.1:1', capacity: { memoryBytes: GiB, vcpus: 1 }, datastores: [], vms: [] };
@@ -149,5 +153,72 @@ describe('center TLS', () => {
     const elsewhere = await runFerry(['host', 'list', '--center', other.url], { env });
     assert.equal(elsewhere.code, 1);
     assert.match(elsewhere.stderr, /\[TLS_UNTRUSTED\]/);
+  });
+});
+
+describe('a joined host serving HTTPS (--tls)', () => {
+  it('serves its control API with the center-signed certificate, reports an https URL, and refuses a client without the CA', async () => {
+    const tc = await startTestCenter();
+    const dataDir = await mkdtemp(join(tmpdir(), 'ferry-tls-host-'));
+    try {
+      const { token } = await tc.admin.createJoinToken();
+      const from = await tc.center.store.latestEventId();
+      const agent = await startAgent('tls1', { tls: true, dataDir, center: { centerUrl: tc.url, joinToken: token, caFingerprint: tc.caFingerprint } });
+      try {
+        await waitForEvent(tc.admin, from, (e) => e.kind === 'host.connected' && e.subject === 'host:tls1');
+        assert.match(agent.agent.url, /^https:\/\//);
+        assert.equal((await tc.admin.host('tls1')).url, agent.agent.url, 'the center reaches it over https');
+        const trusting = new HostClient(agent.agent.url, AGENT_TOKEN, { caPem: tc.caPem });
+        assert.equal((await trusting.host()).name, 'tls1');
+        await trusting.close();
+        assert.equal(await refusal(new HostClient(agent.agent.url, AGENT_TOKEN).host()), 'TLS_UNTRUSTED');
+        // The bearer token is still required over TLS.
+        assert.equal(await refusal(new HostClient(agent.agent.url, 'wrong-token-0123456789', { caPem: tc.caPem }).host()), 'UNAUTHORIZED');
+      } finally {
+        await agent.close();
+      }
+      // Restarted, it serves HTTPS from its stored certificate before it talks to the center.
+      const again = await startAgent('tls1', { tls: true, dataDir, center: { centerUrl: tc.url } });
+      try {
+        const c = new HostClient(again.agent.url, AGENT_TOKEN, { caPem: tc.caPem });
+        assert.equal((await c.host()).name, 'tls1');
+        await c.close();
+      } finally {
+        await again.close();
+      }
+    } finally {
+      await tc.close();
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('two joined hosts serving HTTPS', () => {
+  it('live-migrate a VM: the source reaches the target over TLS with the center\'s CA', async () => {
+    const tc = await startTestCenter();
+    const agents: Awaited<ReturnType<typeof startAgent>>[] = [];
+    const clients: HostClient[] = [];
+    try {
+      for (const name of ['tls-src', 'tls-dst']) {
+        const { token } = await tc.admin.createJoinToken();
+        const from = await tc.center.store.latestEventId();
+        agents.push(await startAgent(name, { tls: true, center: { centerUrl: tc.url, joinToken: token, caFingerprint: tc.caFingerprint } }));
+        await waitForEvent(tc.admin, from, (e) => e.kind === 'host.connected' && e.subject === `host:${name}`);
+      }
+      const [src, dst] = agents;
+      assert.ok(src !== undefined && dst !== undefined);
+      const a = new HostClient(src.agent.url, AGENT_TOKEN, { caPem: tc.caPem });
+      const b = new HostClient(dst.agent.url, AGENT_TOKEN, { caPem: tc.caPem });
+      clients.push(a, b);
+      await a.createVm(await vmRequest('tls-mover', 'dirtier', { memoryBytes: 16 * MiB, vcpus: 1, cmdline: 'hot=1MiB rate=200', start: true }));
+      const { migrationId } = await a.migrate('tls-mover', { to: dst.agent.url });
+      const record = await a.waitForMigration(migrationId, { timeoutMs: 60_000 });
+      assert.equal(record.outcome, 'succeeded', JSON.stringify(record.error));
+      assert.equal((await b.vm('tls-mover')).state, 'running');
+    } finally {
+      for (const c of clients) await c.close();
+      for (const x of agents) await x.close();
+      await tc.close();
+    }
   });
 });
