@@ -6,16 +6,22 @@
  *
  * The bearer is whichever secret the caller holds: an API token (clients) or a host credential (a
  * host's heartbeats). Join presents its token in the body and sends no bearer.
+ *
+ * The center speaks HTTPS with its own CA: a client is given that CA's certificate to trust (./tls.ts;
+ * `ferry login` keeps it in the client config), a host also its own certificate. A center whose
+ * certificate the client does not trust is TLS_UNTRUSTED, never silently accepted.
  */
 import type { z } from 'zod';
 import { FerryError, errorMessage } from '../lib/errors.js';
 import {
   CENTER_OPENAPI_PATH, centerEventSchema, centerRoutes,
-  type CenterEvent, type CenterHostDetail, type CenterRoute, type CenterTaskView, type CenterVmView, type HeartbeatRequest,
+  type CenterCaView, type CenterEvent, type CenterHostDetail, type CenterRoute, type CenterTaskView, type CenterVmView, type HeartbeatRequest,
   type HeartbeatResult, type JoinRequest, type JoinResult, type JoinTokenView, type CenterCreateVmRequest, type CenterMigrateRequest, type MaintenanceRequest,
 } from './center-v1.js';
 import { errorOf, pathOf, responseSchema } from './host-client.js';
 import { readSse } from './sse.js';
+import { TlsFetch, transportError, type TlsClientOptions } from './tls.js';
+import { fingerprintOf, normalizeFingerprint } from '../lib/fingerprint.js';
 
 /** Ordinary requests time out; the event stream does not. */
 export const CENTER_TIMEOUT_MS = 30_000;
@@ -42,21 +48,41 @@ const PEER = { what: 'center', fallback: 'CENTER_ERROR' } as const;
 
 export class CenterClient {
   readonly baseUrl: string;
+  readonly #tls: TlsFetch;
 
-  /** `secret`: an API token or a host credential; null for the calls that need none (health, join). */
-  constructor(baseUrl: string, private readonly secret: string | null) {
-    let u: URL;
-    try {
-      u = new URL(baseUrl);
-    } catch (err) {
-      throw new FerryError('INVALID_ARGUMENT', `"${baseUrl}" is not a center URL like http://127.0.0.1:7100 (${errorMessage(err)})`);
-    }
-    // https arrives with the center's own CA (the rest of issue 9); until then the center speaks http.
-    if (u.protocol !== 'http:') throw new FerryError('INVALID_ARGUMENT', `"${baseUrl}" is not a center URL like http://127.0.0.1:7100 (only http:// is supported yet)`);
-    this.baseUrl = u.origin;
+  /**
+   * `secret`: an API token or a host credential; null for the calls that need none (health, CA, join).
+   * `tls`: the center's CA to trust (default: the system's CAs, which do not know a center's own CA) and
+   * a host's client certificate.
+   */
+  constructor(baseUrl: string, private readonly secret: string | null, tls: TlsClientOptions = {}) {
+    this.baseUrl = centerOrigin(baseUrl);
+    this.#tls = new TlsFetch(tls);
   }
 
+  /**
+   * The CA certificate a center presents at GET /api/v1/ca, read without trusting the center yet, and
+   * accepted only if its fingerprint is `expected` (else TLS_UNTRUSTED); without `expected`, answered
+   * for the caller to show a person, who decides. The CA is then what the caller trusts.
+   */
+  static async readCa(baseUrl: string, expected?: string): Promise<CenterCaView> {
+    const want = expected === undefined ? undefined : normalizeFingerprint(expected);
+    const probe = new CenterClient(baseUrl, null, { insecureReadCaOnly: true });
+    let ca: CenterCaView;
+    try { ca = await probe.json(centerRoutes.ca, {}, 200, { auth: false }); } finally { await probe.close(); }
+    // Computed here, not taken from the answer: whoever answered may lie about the fingerprint.
+    const fingerprint = fingerprintOf(ca.certificate);
+    if (want !== undefined && fingerprint !== want) {
+      throw new FerryError('TLS_UNTRUSTED', `center ${probe.baseUrl} presents a CA with fingerprint ${fingerprint}, not the expected ${want}: not trusted (another server, or a man in the middle)`, { fingerprint, expected: want });
+    }
+    return { certificate: ca.certificate, fingerprint };
+  }
+
+  /** Ends this client's pooled TLS connections. */
+  close(): Promise<void> { return this.#tls.close(); }
+
   health(): Promise<ResponseOf<typeof centerRoutes.health, 200>> { return this.json(centerRoutes.health, {}, 200, { auth: false }); }
+  ca(): Promise<CenterCaView> { return this.json(centerRoutes.ca, {}, 200, { auth: false }); }
   listHosts(o: PageOptions<string> & { state?: CenterHostDetail['state'] } = {}): Promise<ResponseOf<typeof centerRoutes.listHosts, 200>> {
     return this.json(centerRoutes.listHosts, {}, 200, { query: { ...o } });
   }
@@ -137,11 +163,11 @@ export class CenterClient {
   }
 
   /** A request outside the declared routes (tests of the negative space). `token: null` sends no bearer. */
-  raw(method: string, path: string, init: { body?: string; headers?: Record<string, string>; token?: string | null } = {}): Promise<Response> {
+  raw(method: string, path: string, init: { body?: string; headers?: Record<string, string>; token?: string | null; signal?: AbortSignal } = {}): Promise<Response> {
     const headers: Record<string, string> = { 'content-type': 'application/json', ...(init.headers ?? {}) };
     const token = init.token === undefined ? this.secret : init.token;
     if (token !== null) headers.authorization = `Bearer ${token}`;
-    return fetch(new URL(path, this.baseUrl), { method, headers, ...(init.body !== undefined ? { body: init.body } : {}), signal: AbortSignal.timeout(CENTER_TIMEOUT_MS) });
+    return this.#tls.fetch(new URL(path, this.baseUrl), { method, headers, ...(init.body !== undefined ? { body: init.body } : {}), signal: init.signal ?? AbortSignal.timeout(CENTER_TIMEOUT_MS) });
   }
 
   private async json<R extends CenterRoute, S extends number>(route: R, params: Record<string, string>, status: S, opts: RequestOptions = {}): Promise<ResponseOf<R, S>> {
@@ -168,15 +194,27 @@ export class CenterClient {
     if (opts.auth !== false && this.secret !== null) headers.authorization = `Bearer ${this.secret}`;
     let res: Response;
     try {
-      res = await fetch(url, {
+      res = await this.#tls.fetch(url, {
         method, headers,
         ...(opts.body !== undefined ? { body: JSON.stringify(opts.body) } : {}),
         ...(signals.length > 0 ? { signal: signals.length === 1 ? signals[0] : AbortSignal.any(signals) } : {}),
       });
     } catch (err) {
-      throw new FerryError('CENTER_UNREACHABLE', `center ${this.baseUrl} is unreachable (${method} ${route.path}): ${errorMessage(err)}`);
+      throw transportError(err, `center ${this.baseUrl}`, `${method} ${route.path}`, 'CENTER_UNREACHABLE');
     }
     if (!res.ok) throw await errorOf(res, this.baseUrl, PEER);
     return res;
   }
+}
+
+/** The origin of a center URL; INVALID_ARGUMENT unless it is https:// (a center serves nothing else). */
+export function centerOrigin(baseUrl: string): string {
+  let u: URL;
+  try {
+    u = new URL(baseUrl);
+  } catch (err) {
+    throw new FerryError('INVALID_ARGUMENT', `"${baseUrl}" is not a center URL like https://127.0.0.1:7100 (${errorMessage(err)})`);
+  }
+  if (u.protocol !== 'https:') throw new FerryError('INVALID_ARGUMENT', `"${baseUrl}" is not a center URL like https://127.0.0.1:7100 (a center serves HTTPS only)`);
+  return u.origin;
 }

@@ -5,16 +5,18 @@
  * typed client (./center-client.ts) builds its URLs from them and checks every answer against them.
  *
  * Who may call what:
- * - `GET /api/v1/health` and the OpenAPI document: anyone (a load balancer, `ferry up` waiting for it);
+ * - `GET /api/v1/health`, `GET /api/v1/ca` and the OpenAPI document: anyone (a load balancer, `ferry up`
+ *   waiting for it, `ferry login` and a joining host reading the CA to compare its fingerprint);
  * - `POST /api/v1/hosts/join`: a host presenting a one-time join token in the body;
- * - `POST /api/v1/hosts/{name}/heartbeat`: that host's own credential (bearer);
+ * - `POST /api/v1/hosts/{name}/heartbeat`: that host's own credential (bearer) and its own certificate
+ *   (TLS client certificate, signed by the center's CA, issued with that credential);
  * - everything else: an API token (bearer).
  * Errors are `{ error: { code, message, details? } }` with the stable codes of src/lib/errors.ts.
  */
 import { createRoute, z } from '@hono/zod-openapi';
 import { KiB, MiB } from '../lib/units.js';
 import { DATASTORE_ID_PATTERN } from '../storage/datastore.js';
-import { MAX_DATASTORE_PATH_BYTES, VM_NAME_PATTERN, cmdlineSchema, granularitySchema, vcpusSchema, vmNameSchema as limitVmNameSchema } from '../lib/limits.js';
+import { MAX_DATASTORE_PATH_BYTES, MAX_PEM_CHARS, VM_NAME_PATTERN, cmdlineSchema, granularitySchema, vcpusSchema, vmNameSchema as limitVmNameSchema } from '../lib/limits.js';
 import { migrationOptionsSchema } from '../migration/options.js';
 import { errorBodySchema, vmStateSchema as hostVmStateSchema } from './host-v1.js';
 
@@ -134,6 +136,14 @@ export const centerEventSchema = z.object({
 }).openapi('CenterEvent');
 export type CenterEvent = z.infer<typeof centerEventSchema>;
 
+export const caSchema = z.object({
+  /** The center's CA certificate, PEM. */
+  certificate: z.string(),
+  /** SHA-256 of its DER, `AB:CD:…` (as `openssl x509 -fingerprint -sha256` shows it). */
+  fingerprint: z.string(),
+}).openapi('CenterCa');
+export type CenterCaView = z.infer<typeof caSchema>;
+
 export const healthSchema = z.object({ ok: z.literal(true), api: z.literal(CENTER_API_VERSION) }).openapi('Health');
 
 export const joinTokenRequestSchema = z.object({
@@ -144,6 +154,8 @@ export const joinTokenSchema = z.object({
   /** Shown once: the center keeps only its hash. */
   token: z.string(),
   expiresAtMs: z.number(),
+  /** The SHA-256 fingerprint of the center's CA: the joining host checks the center against it. */
+  caFingerprint: z.string(),
 }).openapi('JoinToken');
 export type JoinTokenView = z.infer<typeof joinTokenSchema>;
 
@@ -153,12 +165,18 @@ export const joinRequestSchema = z.object({
   /** The host's control API, as the center should reach it. */
   url: httpUrlSchema,
   site: nameSchema.optional(),
+  /** A PKCS#10 request (PEM) for a certificate named CN=<name>, made with a key that stays on the host. */
+  csr: z.string().min(1).max(MAX_PEM_CHARS),
 }).strict().openapi('JoinRequest');
 export type JoinRequest = z.infer<typeof joinRequestSchema>;
 export const joinResultSchema = z.object({
   name: z.string(),
   /** The host's own credential, shown once; it presents it as a bearer token from now on. */
   credential: z.string(),
+  /** The host's certificate (PEM) signed by the center's CA: its TLS identity towards the center and as a server. */
+  certificate: z.string(),
+  /** The center's CA certificate (PEM): what the host verifies the center with from now on. */
+  caCertificate: z.string(),
   heartbeatIntervalMs: z.number().int(),
 }).openapi('JoinResult');
 export type JoinResult = z.infer<typeof joinResultSchema>;
@@ -255,7 +273,7 @@ export const emptyBodySchema = z.object({}).strict();
 const json = <S extends z.ZodType>(schema: S, description: string) => ({ content: { 'application/json': { schema } }, description });
 const body = <S extends z.ZodType>(schema: S) => ({ body: { content: { 'application/json': { schema } }, required: true } });
 const ERROR_DESCRIPTIONS = {
-  400: 'invalid request', 401: 'missing, wrong, revoked or expired token or credential', 404: 'no such host, VM, task or route',
+  400: 'invalid request', 401: 'missing, wrong, revoked or expired token, credential or client certificate', 404: 'no such host, VM, task or route',
   409: 'conflicts with the current state', 413: 'request body too large', 500: 'internal or store error', 503: 'store unavailable',
 } as const;
 const errors = (...statuses: (keyof typeof ERROR_DESCRIPTIONS)[]) =>
@@ -266,6 +284,10 @@ const P = CENTER_API_PREFIX;
 
 export const centerRoutes = {
   health: createRoute({ method: 'get', path: `${P}/health`, summary: 'liveness (no token needed)', responses: { 200: json(healthSchema, 'alive'), ...errors(503) } }),
+  ca: createRoute({
+    method: 'get', path: `${P}/ca`, summary: 'the center\'s CA certificate (no token needed: compare its fingerprint before trusting it)',
+    responses: { 200: json(caSchema, 'the CA'), ...errors(503) },
+  }),
   listHosts: createRoute({ method: 'get', path: `${P}/hosts`, request: { query: hostListQuerySchema }, responses: { 200: json(hostListSchema, 'a page of hosts'), ...errors(400, 401, 503) } }),
   getHost: createRoute({ method: 'get', path: `${P}/hosts/{name}`, request: { params: hostParams }, responses: { 200: json(hostDetailSchema, 'the host'), ...errors(400, 401, 404, 503) } }),
   listVms: createRoute({ method: 'get', path: `${P}/vms`, request: { query: vmListQuerySchema }, responses: { 200: json(vmListSchema, 'a page of VMs'), ...errors(400, 401, 503) } }),
@@ -290,7 +312,7 @@ export const centerRoutes = {
     responses: { 201: json(joinTokenSchema, 'the token (shown once)'), ...errors(400, 401, 413, 503) },
   }),
   joinHost: createRoute({
-    method: 'post', path: `${P}/hosts/join`, summary: 'a host presents a join token (spent by this call) and receives its own credential', request: body(joinRequestSchema),
+    method: 'post', path: `${P}/hosts/join`, summary: 'a host presents a join token (spent by this call) and a CSR, and receives its own credential and certificate', request: body(joinRequestSchema),
     responses: { 201: json(joinResultSchema, 'joined'), ...errors(400, 401, 413, 503) },
   }),
   createVm: createRoute({
@@ -324,7 +346,7 @@ export const centerRoutes = {
     responses: { 202: json(taskViewSchema, 'the task'), ...errors(400, 401, 404, 409, 503) },
   }),
   heartbeat: createRoute({
-    method: 'post', path: `${P}/hosts/{name}/heartbeat`, summary: 'a host reports its capacity, datastores and VMs (its own credential only)',
+    method: 'post', path: `${P}/hosts/{name}/heartbeat`, summary: 'a host reports its capacity, datastores and VMs (its own credential and client certificate only)',
     request: { params: hostParams, ...body(heartbeatRequestSchema) },
     responses: { 200: json(heartbeatResultSchema, 'recorded'), ...errors(400, 401, 404, 413, 503) },
   }),

@@ -3,6 +3,10 @@
  * the tests and a migration source asking its target. URLs come from the route declarations and
  * every answer is validated against its schema; an error answer becomes a FerryError with the
  * host's own code (origin 'remote'), a host that cannot be reached a local HOST_UNREACHABLE.
+ *
+ * A host joined to a center may serve HTTPS with its CA-signed certificate (`ferry host --tls`): the
+ * client is then given the center's CA to trust and, for the center's own calls, a client certificate
+ * (./tls.ts); a host whose certificate it does not trust is TLS_UNTRUSTED.
  */
 import type { z } from 'zod';
 import { FerryError, errorMessage } from '../lib/errors.js';
@@ -14,6 +18,7 @@ import {
 } from './host-v1.js';
 import type { ConsolidateResultView, DiskChainView, RevertResultView, SnapshotResultView } from './disk-v1.js';
 import { readSse } from './sse.js';
+import { TlsFetch, transportError, type TlsClientOptions } from './tls.js';
 
 /** Ordinary requests time out; streams (console follow, migration events) do not. */
 export const API_TIMEOUT_MS = 30_000;
@@ -53,17 +58,23 @@ export function pathOf(route: { readonly path: string }, params: Readonly<Record
 
 export class HostClient {
   readonly baseUrl: string;
+  readonly #tls: TlsFetch;
 
-  constructor(baseUrl: string, private readonly token: string) {
+  /** `tls`: for an https:// host, the CA to trust (the center's) and an optional client certificate. */
+  constructor(baseUrl: string, private readonly token: string, tls: TlsClientOptions = {}) {
     let u: URL;
     try {
       u = new URL(baseUrl);
     } catch (err) {
       throw new FerryError('INVALID_ARGUMENT', `"${baseUrl}" is not a host URL like http://127.0.0.1:7000 (${errorMessage(err)})`);
     }
-    if (u.protocol !== 'http:') throw new FerryError('INVALID_ARGUMENT', `"${baseUrl}" is not a host URL like http://127.0.0.1:7000 (only http:// is supported)`);
+    if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new FerryError('INVALID_ARGUMENT', `"${baseUrl}" is not a host URL like http://127.0.0.1:7000 (only http:// and https:// are supported)`);
     this.baseUrl = u.origin;
+    this.#tls = new TlsFetch(tls);
   }
+
+  /** Ends this client's pooled TLS connections (a client without TLS options holds none). */
+  close(): Promise<void> { return this.#tls.close(); }
 
   host(): Promise<HostInfo> { return this.json(routes.getHost, {}, 200); }
   async listDatastores(): Promise<DatastoreView[]> { return (await this.json(routes.listDatastores, {}, 200)).datastores; }
@@ -177,7 +188,7 @@ export class HostClient {
     const headers: Record<string, string> = { 'content-type': 'application/json', ...(init.headers ?? {}) };
     const token = init.token === undefined ? this.token : init.token;
     if (token !== null) headers.authorization = `Bearer ${token}`;
-    return fetch(new URL(path, this.baseUrl), { method, headers, ...(init.body !== undefined ? { body: init.body } : {}), signal: AbortSignal.timeout(API_TIMEOUT_MS) });
+    return this.#tls.fetch(new URL(path, this.baseUrl), { method, headers, ...(init.body !== undefined ? { body: init.body } : {}), signal: AbortSignal.timeout(API_TIMEOUT_MS) });
   }
 
   private async json<R extends Route, S extends number>(route: R, params: Record<string, string>, status: S, opts: RequestOptions = {}): Promise<ResponseOf<R, S>> {
@@ -203,14 +214,14 @@ export class HostClient {
     const url = new URL(pathOf(route, params) + query, this.baseUrl);
     let res: Response;
     try {
-      res = await fetch(url, {
+      res = await this.#tls.fetch(url, {
         method,
         headers: { authorization: `Bearer ${this.token}`, 'content-type': 'application/json' },
         ...(opts.body !== undefined ? { body: JSON.stringify(opts.body) } : {}),
         ...(signals.length > 0 ? { signal: signals.length === 1 ? signals[0] : AbortSignal.any(signals) } : {}),
       });
     } catch (err) {
-      throw new FerryError('HOST_UNREACHABLE', `host ${this.baseUrl} is unreachable (${method} ${route.path}): ${errorMessage(err)}`);
+      throw transportError(err, `host ${this.baseUrl}`, `${method} ${route.path}`, 'HOST_UNREACHABLE');
     }
     if (!res.ok) throw await errorOf(res, this.baseUrl);
     return res;

@@ -3,15 +3,17 @@
  * inventory. A `(Request) => Response` function (Hono): tests may call it without sockets, the center
  * serves it on node:http (./center.ts).
  *
- * Every request is authenticated before its body is read (an API token; a host credential on the
- * heartbeat route, for that host only), except health, the OpenAPI document and join (whose token is
- * in the body). Bodies are bounded before they are read, every input is validated by the route's
+ * Every request is authenticated before its body is read (an API token; on the heartbeat route a host
+ * credential and the TLS client certificate issued with it, for that host only), except health, the
+ * CA certificate, the OpenAPI document and join (whose token is in the body). Bodies are bounded before they are read, every input is validated by the route's
  * schemas, every list is a bounded page, and every error leaves as `{ error: { code, message } }`.
  */
 import { OpenAPIHono } from '@hono/zod-openapi';
 import { except } from 'hono/combine';
 import { stream } from 'hono/streaming';
 import type { Context } from 'hono';
+import { IncomingMessage } from 'node:http';
+import { TLSSocket } from 'node:tls';
 import { FerryError } from '../lib/errors.js';
 import {
   CENTER_API_VERSION, CENTER_OPENAPI_INFO, CENTER_OPENAPI_PATH, DEFAULT_JOIN_TOKEN_TTL_MS, MAX_CENTER_BODY_BYTES, MAX_HEARTBEAT_BODY_BYTES,
@@ -21,7 +23,8 @@ import { limitBody, onAppError, sendError, validationHook } from '../api/http-er
 import { encodeSseWithId } from '../api/sse.js';
 import { MAX_EVENTS_PAGE, type Host, type JsonValue, type StoredEvent, type Task, type Vm } from './store/model.js';
 import type { CenterStore } from './store/store.js';
-import type { CenterAuth } from './auth.js';
+import type { CenterAuth, PeerCertificate } from './auth.js';
+import type { CenterCa } from './ca.js';
 import type { EventWakeups } from './events.js';
 import type { Inventory } from './inventory.js';
 import type { HostControl } from './host-control.js';
@@ -39,6 +42,7 @@ export const DEFAULT_EVENT_POLL_MS = 1000;
 export interface CenterAppDeps {
   readonly store: CenterStore;
   readonly auth: CenterAuth;
+  readonly ca: CenterCa;
   readonly inventory: Inventory;
   readonly wakeups: EventWakeups;
   readonly heartbeatIntervalMs: number;
@@ -50,7 +54,27 @@ export interface CenterAppDeps {
 }
 
 const P = `/api/${CENTER_API_VERSION}`;
-const OPEN_PATHS: ReadonlySet<string> = new Set([centerRoutes.health.path, CENTER_OPENAPI_PATH, centerRoutes.joinHost.path]);
+const OPEN_PATHS: ReadonlySet<string> = new Set([centerRoutes.health.path, centerRoutes.ca.path, CENTER_OPENAPI_PATH, centerRoutes.joinHost.path]);
+const NO_PEER: PeerCertificate = { presented: false, authorized: false, authorizationError: null, subject: '', fingerprint: '' };
+
+/**
+ * The TLS client certificate of a request, read off its socket (served by @hono/node-server, the
+ * request's IncomingMessage is in the context's env); none when the app is called without TLS.
+ */
+function peerOf(c: { readonly env: unknown }): PeerCertificate {
+  const env: unknown = c.env;
+  const incoming: unknown = typeof env === 'object' && env !== null && 'incoming' in env ? env.incoming : undefined;
+  const socket = incoming instanceof IncomingMessage ? incoming.socket : undefined;
+  if (!(socket instanceof TLSSocket)) return NO_PEER;
+  const cert = socket.getPeerX509Certificate();
+  if (cert === undefined) return NO_PEER;
+  // node:tls types it as an Error; at run time it is the OpenSSL verdict's code, as a string.
+  const why: unknown = socket.authorizationError;
+  return {
+    presented: true, authorized: socket.authorized, authorizationError: typeof why === 'string' ? why : why instanceof Error ? why.message : null,
+    subject: cert.subject, fingerprint: cert.fingerprint256,
+  };
+}
 const HEARTBEAT_PATH = /^\/api\/v1\/hosts\/([^/]+)\/heartbeat$/;
 
 const hostView = (h: Host): CenterHostView => ({
@@ -95,7 +119,8 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
       if (hb !== null) {
         let host: string;
         try { host = decodeURIComponent(hb[1] ?? ''); } catch { throw new FerryError('UNAUTHORIZED', 'malformed host name in the heartbeat path'); }
-        await d.auth.authenticateHost(header, host);
+        const credential = await d.auth.authenticateHost(header, host);
+        await d.auth.authenticateHostCertificate(peerOf(c), host, credential);
       } else {
         const credential = await d.auth.authenticate(header, 'api');
         actors.set(c.req.raw, `token:${credential.subject}`);
@@ -107,6 +132,7 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
   app.use('*', except(centerRoutes.heartbeat.path.replace('{name}', ':name'), limitBody(MAX_CENTER_BODY_BYTES)));
 
   app.openapi(centerRoutes.health, (c) => c.json({ ok: true as const, api: CENTER_API_VERSION }, 200));
+  app.openapi(centerRoutes.ca, (c) => c.json({ certificate: d.ca.certPem, fingerprint: d.ca.fingerprint }, 200));
 
   app.openapi(centerRoutes.listHosts, async (c) => {
     const q = c.req.valid('query');
@@ -194,9 +220,9 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
   });
   app.openapi(centerRoutes.joinHost, async (c) => {
     const req = c.req.valid('json');
-    const credential = await d.auth.join(req.joinToken, req.name);
+    const { credential, certificate } = await d.auth.join(req.joinToken, req.name, req.csr, req.url);
     await d.inventory.recordJoin(req.name, req.url, req.site);
-    return c.json({ name: req.name, credential, heartbeatIntervalMs: d.heartbeatIntervalMs }, 201);
+    return c.json({ name: req.name, credential, certificate, caCertificate: d.ca.certPem, heartbeatIntervalMs: d.heartbeatIntervalMs }, 201);
   });
   app.openapi(centerRoutes.heartbeat, async (c) => {
     const name = c.req.valid('param').name;

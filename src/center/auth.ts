@@ -13,8 +13,10 @@ import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FerryError, errorMessage } from '../lib/errors.js';
 import { DEFAULT_JOIN_TOKEN_TTL_MS, SECRET_PATTERN, type SecretKind } from '../api/center-v1.js';
+import { commonNameOf } from '../lib/fingerprint.js';
 import type { Credential } from './store/model.js';
 import type { CenterStore, Clock } from './store/store.js';
+import type { CenterCa } from './ca.js';
 
 /** The admin API token, created at first start in the data directory (mode 0600) and printed once. */
 export const ADMIN_TOKEN_FILE = 'admin.token';
@@ -45,10 +47,21 @@ function bearerSecret(header: string | undefined): string | null {
   return SECRET_PATTERN.test(s) ? s : null;
 }
 
+/** What TLS told about the client of one request (src/center/app.ts reads it off the socket). */
+export interface PeerCertificate {
+  /** The client sent a certificate. */
+  readonly presented: boolean;
+  /** It chains to the center's CA and is within its validity (node:tls's verdict). */
+  readonly authorized: boolean;
+  readonly authorizationError: string | null;
+  readonly subject: string;
+  readonly fingerprint: string;
+}
+
 export type Principal = { readonly kind: 'api'; readonly credential: Credential } | { readonly kind: 'host'; readonly host: string; readonly credential: Credential };
 
 export class CenterAuth {
-  constructor(private readonly store: CenterStore, private readonly clock: Clock) {}
+  constructor(private readonly store: CenterStore, private readonly clock: Clock, private readonly ca: CenterCa) {}
 
   /** The credential behind a bearer header, if it is a live one of `kind`; UNAUTHORIZED otherwise. */
   async authenticate(header: string | undefined, kind: 'api' | 'host'): Promise<Credential> {
@@ -69,19 +82,41 @@ export class CenterAuth {
     return c;
   }
 
-  async issueJoinToken(by: string, ttlMs: number = DEFAULT_JOIN_TOKEN_TTL_MS): Promise<{ id: string; token: string; expiresAtMs: number }> {
+  /**
+   * A host's TLS client certificate, on top of its credential: it must be signed by this center's CA,
+   * name `host`, and be the certificate issued together with `credential` (the host's live one). So a
+   * certificate dies with its credential: a re-join (which revokes the old credential) revokes it too.
+   */
+  async authenticateHostCertificate(peer: PeerCertificate, host: string, credential: Credential): Promise<void> {
+    if (!peer.presented) throw unauthorized(`host ${host} sent no client certificate: a host heartbeats with the certificate it received when it joined`);
+    if (!peer.authorized) throw unauthorized(`the client certificate is not one of this center's CA (${peer.authorizationError ?? 'unverified'})`);
+    const cn = commonNameOf(peer.subject);
+    if (cn !== host) throw unauthorized(`the client certificate is ${cn === null ? 'nameless' : `host ${cn}'s`}, not host ${host}'s`);
+    const issued = await this.store.findHostCertificate(peer.fingerprint);
+    if (issued === null || issued.host !== host) throw unauthorized(`the client certificate ${peer.fingerprint} was not issued to host ${host} by this center`);
+    if (issued.credentialId !== credential.id) throw unauthorized(`the client certificate ${peer.fingerprint} was issued with an earlier credential of host ${host}, since revoked (the host joined again)`);
+  }
+
+  async issueJoinToken(by: string, ttlMs: number = DEFAULT_JOIN_TOKEN_TTL_MS): Promise<{ id: string; token: string; expiresAtMs: number; caFingerprint: string }> {
     const token = newSecret('join');
     const expiresAtMs = this.clock() + ttlMs;
     const c = await this.store.createCredential({ id: newCredentialId(), kind: 'join', subject: by, secretHash: hashSecret(token), expiresAtMs });
-    return { id: c.id, token, expiresAtMs };
+    return { id: c.id, token, expiresAtMs, caFingerprint: this.ca.fingerprint };
   }
 
-  /** Spend a join token for `host`: its new credential (shown once), or UNAUTHORIZED. */
-  async join(joinToken: string, host: string): Promise<string> {
+  /**
+   * Spend a join token for `host`: its new credential (shown once) and its certificate from `csr`, or
+   * UNAUTHORIZED (the token) or BAD_REQUEST (the CSR: checked first, so a bad one does not spend the token).
+   */
+  async join(joinToken: string, host: string, csr: string, hostUrl: string): Promise<{ credential: string; certificate: string }> {
+    const cert = await this.ca.signHostCsr(csr, host, hostUrl);
     const credential = newSecret('host');
     const issued = await this.store.spendJoinToken(hashSecret(joinToken), { id: newCredentialId(), kind: 'host', subject: host, secretHash: hashSecret(credential) });
     if (issued === null) throw unauthorized('the join token is unknown, already used, revoked or expired: ask for a new one (ferry center join-token)');
-    return credential;
+    // After the spend: a certificate is only ever recorded for a credential that exists. A center that
+    // dies between the two leaves a host whose join answer never arrived; it joins again with a new token.
+    await this.store.recordHostCertificate({ fingerprint: cert.fingerprint, host, credentialId: issued.id, serial: cert.serial, notAfterMs: cert.notAfterMs });
+    return { credential, certificate: cert.certPem };
   }
 
   /**

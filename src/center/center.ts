@@ -4,17 +4,21 @@
  * (releasing its duty so another center takes over at once), ends event streams, closes the server and
  * then the store — in that order, so no request runs against a closed store.
  *
- * Seams for the rest of issue 9: TLS with the center's own CA goes where the server is created; task
- * workers and the scheduler are further duties next to the sweeper; LISTEN/NOTIFY pokes `wakeups`.
+ * The API is HTTPS only, with a server certificate made at each start and signed by the fleet's CA
+ * (./ca.ts, kept in the store). It asks every client for a certificate but admits one without (API-token
+ * clients have none): the heartbeat route checks the host's (./auth.ts), the others need none.
+ *
+ * Seams for the rest of issue 9: task workers and the scheduler are further duties next to the sweeper; LISTEN/NOTIFY pokes `wakeups`.
  */
 import { createAdaptorServer } from '@hono/node-server';
-import type { Server } from 'node:http';
+import { createServer as createHttpsServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { FerryError, errorMessage } from '../lib/errors.js';
 import { buildCenterApp } from './app.js';
 import { CenterAuth } from './auth.js';
+import { CenterCa } from './ca.js';
 import { EventWakeups } from './events.js';
 import { HostControl } from './host-control.js';
 import { DEFAULT_BUDGETS, budgetLimitsSchema, type BudgetLimits } from './budgets.js';
@@ -87,6 +91,10 @@ export class Center {
     readonly adminToken: string,
     readonly adminTokenCreated: boolean,
     private readonly server: Server,
+    /** The fleet's CA: clients and hosts trust its certificate (fingerprint shown at start). */
+    readonly ca: CenterCa,
+    /** Whether this start made the CA (the fleet's first center on an empty store). */
+    readonly caCreated: boolean,
     private readonly inventory: Inventory,
     private readonly options: CenterOptions,
     /** The center's logger, bound to its id. */
@@ -109,25 +117,34 @@ export class Center {
     metrics.readFrom(store, clock);
     try {
       const id = `center-${hostname()}-${process.pid}-${randomBytes(4).toString('hex')}`;
-      const auth = new CenterAuth(store, clock);
+      const { ca, created: caCreated } = await CenterCa.ensure(store);
+      const serverCert = await ca.serverCertificate(options.listenHost);
+      const auth = new CenterAuth(store, clock, ca);
       const admin = await auth.ensureAdminToken(options.dataDir);
       await store.upsertSite({ name: DEFAULT_SITE });
       const wakeups = new EventWakeups();
       const inventory = new Inventory({ store, wakeups, clock });
       const shutdownHolder = new AbortController();
-      const hostControl = await HostControl.open(store);
+      const hostControl = await HostControl.open(store, ca.certPem);
       const app = buildCenterApp({
-        store, auth, inventory, wakeups, heartbeatIntervalMs, hostControl, shutdown: shutdownHolder.signal, metrics,
+        store, auth, ca, inventory, wakeups, heartbeatIntervalMs, hostControl, shutdown: shutdownHolder.signal, metrics,
         ...(options.eventPollMs !== undefined ? { eventPollMs: options.eventPollMs } : {}),
       });
-      const server = createAdaptorServer({ fetch: app.fetch }) as Server;
+      const server = createAdaptorServer({
+        fetch: app.fetch, createServer: createHttpsServer,
+        serverOptions: {
+          key: serverCert.keyPem, cert: serverCert.certPem, ca: [ca.certPem],
+          // Ask for a client certificate, admit a client without one: each route decides (./app.ts).
+          requestCert: true, rejectUnauthorized: false,
+        },
+      }) as Server;
       await new Promise<void>((resolve, reject) => {
         const onError = (err: Error): void => { reject(new FerryError('INVALID_ARGUMENT', `cannot listen on ${options.listenHost}:${options.listenPort}: ${errorMessage(err)}`)); };
         server.once('error', onError);
         server.listen(options.listenPort, options.listenHost, () => { server.off('error', onError); resolve(); });
       });
       const base = options.logger ?? (options.log !== undefined ? loggerFromLines(options.log) : createLogger());
-      const center = new Center(store, id, admin.file, admin.token, admin.created, server, inventory, options, base.child({ center: id }), metrics);
+      const center = new Center(store, id, admin.file, admin.token, admin.created, server, ca, caCreated, inventory, options, base.child({ center: id }), metrics);
       center.#workers = buildWorkers({ store, wakeups, hostControl, centerId: id, logger: center.logger, observeWait: metrics.observeTaskWait, options });
       center.#workers.start();
       const limits = budgetLimitsSchema.parse({ ...DEFAULT_BUDGETS, ...(options.budgets ?? {}) });
@@ -135,7 +152,7 @@ export class Center {
       // The app's shutdown signal is the center's: ending it ends every event stream.
       center.#shutdown.signal.addEventListener('abort', () => { shutdownHolder.abort(); }, { once: true });
       center.startSweeper(sweepIntervalMs, heartbeatIntervalMs * missed);
-      center.logger.info(`center ${id}: API on ${center.url}, store ${store.backend}, heartbeats every ${heartbeatIntervalMs} ms, disconnected after ${missed} missed`);
+      center.logger.info(`center ${id}: API on ${center.url}, CA ${caCreated ? 'created' : 'loaded'}, fingerprint ${ca.fingerprint}, store ${store.backend}, heartbeats every ${heartbeatIntervalMs} ms, disconnected after ${missed} missed`);
       return center;
     } catch (err) {
       await store.close().catch(() => undefined);
@@ -146,7 +163,7 @@ export class Center {
   get url(): string {
     const h = this.options.listenHost;
     const port = (this.server.address() as AddressInfo).port;
-    return `http://${h.includes(':') ? `[${h}]` : h}:${port}`;
+    return `https://${h.includes(':') ? `[${h}]` : h}:${port}`;
   }
 
   /** One sweep now (also what the timer runs); answers the hosts it marked disconnected, or null without the duty. */

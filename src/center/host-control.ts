@@ -20,11 +20,12 @@ export const CONTROL_TOKEN_PREFIX = 'ferry-ctl-';
 const KEY_BYTES = 32;
 
 export class HostControl {
-  private constructor(private readonly key: Buffer) {}
+  private constructor(private readonly key: Buffer, private readonly caPem: string) {}
 
-  static async open(store: CenterStore): Promise<HostControl> {
+  /** `caPem`: the fleet's CA, which signed the certificates of hosts that serve HTTPS (ferry host --tls). */
+  static async open(store: CenterStore, caPem: string): Promise<HostControl> {
     const key = await store.ensureSecret(HOST_CONTROL_KEY, randomBytes(KEY_BYTES).toString('base64url'));
-    return new HostControl(Buffer.from(key, 'base64url'));
+    return new HostControl(Buffer.from(key, 'base64url'), caPem);
   }
 
   /** The bearer token the center presents to host `name` (and that a migration's source presents to its target). */
@@ -33,6 +34,6 @@ export class HostControl {
   }
 
   client(host: Pick<Host, 'name' | 'url'>): HostClient {
-    return new HostClient(host.url, this.tokenFor(host.name));
+    return new HostClient(host.url, this.tokenFor(host.name), host.url.startsWith('https:') ? { caPem: this.caPem } : {});
   }
 }

@@ -7,26 +7,33 @@ import { readFile } from 'node:fs/promises';
 import { FerryError, errorMessage } from '../lib/errors.js';
 import { CenterClient } from '../api/center-client.js';
 import { SECRET_PATTERN } from '../api/center-v1.js';
+import { fingerprintOf } from '../lib/fingerprint.js';
+import { clientConfigPath, readClientConfig } from './client-config.js';
 
 /** Where a client's API token comes from unless --token-file says. */
 export const CENTER_TOKEN_ENV = 'FERRY_CENTER_TOKEN';
 /** Largest page the CLI asks for; it pages on until the list ends. */
 export const CLI_PAGE = 1000;
 
-export interface CenterClientOpts { center: string; tokenFile?: string }
+export interface CenterClientOpts { center?: string; tokenFile?: string; caFile?: string }
 
-async function centerToken(tokenFile: string | undefined): Promise<string> {
+/** The API token of --token-file, else $FERRY_CENTER_TOKEN, else the client config's (`fallback`). */
+export async function centerToken(tokenFile: string | undefined, fallback?: string): Promise<string> {
   let text: string | undefined;
   let source: string;
+  const fromEnv = process.env[CENTER_TOKEN_ENV];
   if (tokenFile !== undefined) {
     source = tokenFile;
     try { text = await readFile(tokenFile, 'utf8'); } catch (err) { throw new FerryError('UNAUTHORIZED', `cannot read the API token file ${tokenFile}: ${errorMessage(err)}`); }
-  } else {
+  } else if (fromEnv !== undefined && fromEnv !== '') {
     source = `$${CENTER_TOKEN_ENV}`;
-    text = process.env[CENTER_TOKEN_ENV];
+    text = fromEnv;
+  } else {
+    source = clientConfigPath();
+    text = fallback;
   }
   const t = text?.trim() ?? '';
-  if (t === '') throw new FerryError('UNAUTHORIZED', `no API token: pass --token-file <file> (a center's admin token is <data-dir>/admin.token) or set ${CENTER_TOKEN_ENV}`);
+  if (t === '') throw new FerryError('UNAUTHORIZED', `no API token: pass --token-file <file> (a center's admin token is <data-dir>/admin.token), set ${CENTER_TOKEN_ENV} or run ferry login`);
   if (!SECRET_PATTERN.test(t)) throw new FerryError('UNAUTHORIZED', `${source} does not hold a Ferry API token`);
   return t;
 }
@@ -42,13 +49,25 @@ export async function allPages<T, K>(fetchPage: (after: K | undefined) => Promis
   }
 }
 
+export async function readCaFile(file: string): Promise<string> {
+  let pem: string;
+  try { pem = await readFile(file, 'utf8'); } catch (err) { throw new FerryError('INVALID_ARGUMENT', `cannot read the CA file ${file}: ${errorMessage(err)}`); }
+  fingerprintOf(pem);
+  return pem;
+}
+
+/** A client of the center the flags name, else the client config's; trusting --ca-file, else the config's CA. */
 export async function centerClient(o: CenterClientOpts): Promise<CenterClient> {
-  return new CenterClient(o.center, await centerToken(o.tokenFile));
+  const config = await readClientConfig();
+  const center = o.center ?? config?.center;
+  if (center === undefined) throw new FerryError('INVALID_ARGUMENT', `no center: pass --center <url> or run ferry login (no client config in ${clientConfigPath()})`);
+  const caPem = o.caFile !== undefined ? await readCaFile(o.caFile) : config?.caPem;
+  return new CenterClient(center, await centerToken(o.tokenFile, config?.token), caPem !== undefined ? { caPem } : {});
 }
 
 export function withCenterOptions(cmd: Command): Command {
   return cmd
-    .requiredOption('--center <url>', 'center URL, e.g. http://127.0.0.1:7100')
-    .option('--token-file <file>', `file holding an API token (default: $${CENTER_TOKEN_ENV})`);
+    .option('--center <url>', 'center URL, e.g. https://127.0.0.1:7100 (default: the client config\'s, see ferry login)')
+    .option('--token-file <file>', `file holding an API token (default: $${CENTER_TOKEN_ENV}, else the client config's)`)
+    .option('--ca-file <pem>', 'the center\'s CA certificate to trust (default: the client config\'s)');
 }
-

@@ -1,8 +1,13 @@
 /**
- * CLI commands of the center: `ferry center` (run one), `ferry center join-token`, and the first
- * listings that talk to a center: `ferry host list`, `ferry task list` (each with --json).
+ * CLI commands of the center: `ferry center` (run one), `ferry center join-token`, `ferry login`
+ * (trust a center's CA by its fingerprint and keep URL, token and CA in the client config), and the
+ * first listings that talk to a center: `ferry host list`, `ferry task list` (each with --json).
+ *
+ * A command that talks to a center takes --center, --token-file and --ca-file, each overriding the
+ * client config (./client-config.ts) that `ferry login` wrote.
  */
 import { Option, type Command } from 'commander';
+import { createInterface } from 'node:readline/promises';
 import { FerryError, errorMessage } from '../lib/errors.js';
 import { formatBytes } from '../lib/units.js';
 import { MAX_JOIN_TOKEN_TTL_MS, MIN_JOIN_TOKEN_TTL_MS, TASK_STATES } from '../api/center-v1.js';
@@ -10,9 +15,12 @@ import { Center } from '../center/center.js';
 import { DEFAULT_BUDGETS, MAX_BUDGET } from '../center/budgets.js';
 import { durationOption, parseIntegerOption } from './args.js';
 import { parseListen, print } from './host-commands.js';
-import { CLI_PAGE, allPages, centerClient, withCenterOptions, type CenterClientOpts } from './center-access.js';
+import { CENTER_TOKEN_ENV, CLI_PAGE, allPages, centerClient, centerToken, withCenterOptions, type CenterClientOpts } from './center-access.js';
 import { describeTask, followTask, taskExitCode } from './center-tasks.js';
 import { loggerFor, withLogOptions, type LogOptions } from './log-options.js';
+import { clientConfigPath, writeClientConfig } from './client-config.js';
+import { normalizeFingerprint } from '../lib/fingerprint.js';
+import { CenterClient } from '../api/center-client.js';
 
 /** The default listen address of a center. */
 export const DEFAULT_CENTER_LISTEN = '127.0.0.1:7100';
@@ -21,6 +29,12 @@ function parseTaskId(text: string): number {
   const id = Number(text);
   if (!/^\d{1,15}$/.test(text) || !Number.isSafeInteger(id) || id < 1) throw new FerryError('INVALID_ARGUMENT', `"${text}" is not a task id (a positive integer, as ferry task list shows)`);
   return id;
+}
+
+/** Ask a person on a terminal; false for anything but yes. */
+async function confirm(question: string): Promise<boolean> {
+  const rl = createInterface({ input: process.stdin, output: process.stderr });
+  try { return /^y(es)?$/i.test((await rl.question(question)).trim()); } finally { rl.close(); }
 }
 
 export function addCenterCommands(program: Command, host: Command): void {
@@ -73,6 +87,8 @@ export function addCenterCommands(program: Command, host: Command): void {
         process.once('SIGTERM', () => { stop('SIGTERM'); });
         process.once('SIGINT', () => { stop('SIGINT'); });
       });
+      // Every start: an operator compares it with what ferry login and a joining host are shown.
+      process.stdout.write(`ferry center ca-fingerprint=${c.ca.fingerprint}${c.caCreated ? ' (CA created now)' : ''}\n`);
       // The token is shown once, when it is made; afterwards only where it is.
       if (c.adminTokenCreated) process.stdout.write(`admin token (shown once; also in ${c.adminTokenFile}): ${c.adminToken}\n`);
       // One machine-readable line for scripts and tests.
@@ -88,9 +104,40 @@ export function addCenterCommands(program: Command, host: Command): void {
       if (o.ttl !== undefined && (o.ttl < MIN_JOIN_TOKEN_TTL_MS || o.ttl > MAX_JOIN_TOKEN_TTL_MS)) {
         throw new FerryError('INVALID_ARGUMENT', `--ttl must be between ${MIN_JOIN_TOKEN_TTL_MS} ms and ${MAX_JOIN_TOKEN_TTL_MS / 86_400_000} days`);
       }
-      const t = await (await centerClient(o)).createJoinToken(o.ttl);
+      const client = await centerClient(o);
+      const t = await client.createJoinToken(o.ttl);
       if (o.json) print(t);
-      else process.stdout.write(`${t.token}\n`);
+      else {
+        process.stdout.write(`${t.token}\n`);
+        process.stderr.write(`join a host with: ferry host … --center ${client.baseUrl} --join-token <the token> --center-ca-fingerprint ${t.caFingerprint}\n`);
+      }
+    });
+
+  program.command('login')
+    .description('trust a center\'s CA (by its fingerprint) and keep its URL, an API token and the CA in the client config')
+    .requiredOption('--center <url>', 'center URL, e.g. https://127.0.0.1:7100')
+    .option('--token-file <file>', `file holding an API token (default: $${CENTER_TOKEN_ENV})`)
+    .option('--ca-fingerprint <sha256>', 'the CA fingerprint ferry center printed; without it a terminal asks, a script is refused')
+    .action(async (o: { center: string; tokenFile?: string; caFingerprint?: string }) => {
+      const token = await centerToken(o.tokenFile);
+      const expected = o.caFingerprint !== undefined ? normalizeFingerprint(o.caFingerprint) : undefined;
+      const ca = await CenterClient.readCa(o.center);
+      process.stderr.write(`center ${o.center}: CA fingerprint (SHA-256) ${ca.fingerprint}\n`);
+      if (expected !== undefined) {
+        if (ca.fingerprint !== expected) {
+          throw new FerryError('TLS_UNTRUSTED', `the center's CA fingerprint is ${ca.fingerprint}, not the given ${expected}: not trusted, nothing written (another server, or a man in the middle)`, { fingerprint: ca.fingerprint, expected });
+        }
+      } else if (process.stdin.isTTY && process.stderr.isTTY) {
+        if (!await confirm('compare it with the one ferry center printed; trust this CA? [y/N] ')) throw new FerryError('TLS_UNTRUSTED', 'the CA was not trusted: nothing written');
+      } else {
+        throw new FerryError('TLS_UNTRUSTED', `not on a terminal, so nobody can compare the fingerprint: pass --ca-fingerprint ${ca.fingerprint} if it is the one ferry center printed (nothing written)`, { fingerprint: ca.fingerprint });
+      }
+      // The token is checked before it is kept: over TLS verified with the CA just trusted.
+      const client = new CenterClient(o.center, token, { caPem: ca.certificate });
+      try { await client.listHosts({ limit: 1 }); } finally { await client.close(); }
+      const path = clientConfigPath();
+      await writeClientConfig({ center: client.baseUrl, token, caPem: ca.certificate, caFingerprint: ca.fingerprint }, path);
+      process.stdout.write(`logged in to ${client.baseUrl} (CA ${ca.fingerprint}); client config in ${path}\n`);
     });
 
   withCenterOptions(host.command('list').description('list the hosts a center knows').option('--json', 'print as JSON', false))

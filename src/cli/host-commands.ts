@@ -7,6 +7,7 @@ import { Option, type Command } from 'commander';
 import { readFile } from 'node:fs/promises';
 import cliProgress from 'cli-progress';
 import { FerryError, errorMessage } from '../lib/errors.js';
+import { normalizeFingerprint } from '../lib/fingerprint.js';
 import { formatBytes, parseSizeBytes } from '../lib/units.js';
 import { HostAgent, type HostOptions } from '../host/agent.js';
 import type { DatastoreMount } from '../host/datastores.js';
@@ -26,29 +27,42 @@ import { CENTER_TOKEN_ENV, CLI_PAGE, allPages, centerClient } from './center-acc
 import { describeTask, followTask } from './center-tasks.js';
 import { compact } from './status.js';
 import { loggerFor, withLogOptions, type LogOptions } from './log-options.js';
+import { readClientConfig } from './client-config.js';
 
-export interface ClientOpts { host?: string; center?: string; tokenFile?: string }
+export interface ClientOpts { host?: string; center?: string; tokenFile?: string; caFile?: string }
 
-/** The host named by --host (a verb only a host does refuses --center with a clear error). */
+/**
+ * The host named by --host (a verb only a host does refuses --center with a clear error); an https://
+ * host (ferry host --tls) is trusted by --ca-file, else by the client config's CA (ferry login).
+ */
 export async function client(o: ClientOpts): Promise<HostClient> {
   if (o.host === undefined) {
     throw new FerryError('INVALID_ARGUMENT', o.center !== undefined ? 'this verb talks to a host: pass --host <url> instead of --center' : 'pass --host <url> (a host agent) or --center <url> (a center)');
   }
-  return new HostClient(o.host, await loadToken(o.tokenFile));
+  const token = await loadToken(o.tokenFile);
+  if (!o.host.startsWith('https:')) return new HostClient(o.host, token);
+  let caPem: string | undefined;
+  if (o.caFile !== undefined) {
+    try { caPem = await readFile(o.caFile, 'utf8'); } catch (err) { throw new FerryError('INVALID_ARGUMENT', `cannot read the CA file ${o.caFile}: ${errorMessage(err)}`); }
+  } else {
+    caPem = (await readClientConfig())?.caPem;
+  }
+  return new HostClient(o.host, token, caPem !== undefined ? { caPem } : {});
 }
 
 /** The center named by --center, or null when the verb is for a host (--host). */
 async function centerOf(o: ClientOpts): Promise<CenterClient | null> {
   if (o.center === undefined) return null;
   if (o.host !== undefined) throw new FerryError('INVALID_ARGUMENT', 'pass --host or --center, not both');
-  return centerClient({ center: o.center, ...(o.tokenFile !== undefined ? { tokenFile: o.tokenFile } : {}) });
+  return centerClient({ center: o.center, ...(o.tokenFile !== undefined ? { tokenFile: o.tokenFile } : {}), ...(o.caFile !== undefined ? { caFile: o.caFile } : {}) });
 }
 
 export function withClientOptions(cmd: Command): Command {
   return cmd
     .option('--host <url>', 'host agent URL, e.g. http://127.0.0.1:7000')
-    .option('--center <url>', 'or a center URL, e.g. http://127.0.0.1:7100 (it picks the host)')
-    .option('--token-file <file>', `file holding the API token (default: $FERRY_TOKEN for a host, $${CENTER_TOKEN_ENV} for a center)`);
+    .option('--center <url>', 'or a center URL, e.g. https://127.0.0.1:7100 (it picks the host)')
+    .option('--token-file <file>', `file holding the API token (default: $FERRY_TOKEN for a host, $${CENTER_TOKEN_ENV} for a center)`)
+    .option('--ca-file <pem>', 'for an https:// host or a center: the CA to trust (default: the center CA of the client config, see ferry login)');
 }
 
 /** Runs a center task to its end (progress bar, Ctrl-C cancels) and prints how it ended; sets the exit code. */
@@ -92,13 +106,18 @@ function parseDatastoreFlag(text: string): DatastoreMount {
 /** The environment variable a join token may come in (a command line shows in `ps`). */
 export const JOIN_TOKEN_ENV = 'FERRY_JOIN_TOKEN';
 
-function centerLinkOptions(o: { center?: string; joinToken?: string; centerCredentialFile?: string }): HostOptions['center'] {
+function centerLinkOptions(o: { center?: string; joinToken?: string; centerCredentialFile?: string; centerCaFingerprint?: string }): HostOptions['center'] {
   const joinToken = o.joinToken ?? (process.env[JOIN_TOKEN_ENV] !== '' ? process.env[JOIN_TOKEN_ENV] : undefined);
   if (o.center === undefined) {
-    if (o.joinToken !== undefined || o.centerCredentialFile !== undefined) throw new FerryError('INVALID_ARGUMENT', '--join-token and --center-credential-file need --center <url>');
+    if (o.joinToken !== undefined || o.centerCredentialFile !== undefined || o.centerCaFingerprint !== undefined) {
+      throw new FerryError('INVALID_ARGUMENT', '--join-token, --center-ca-fingerprint and --center-credential-file need --center <url>');
+    }
     return undefined;
   }
-  return { centerUrl: o.center, ...(joinToken !== undefined ? { joinToken } : {}), ...(o.centerCredentialFile !== undefined ? { credentialFile: o.centerCredentialFile } : {}) };
+  return {
+    centerUrl: o.center, ...(joinToken !== undefined ? { joinToken } : {}), ...(o.centerCredentialFile !== undefined ? { credentialFile: o.centerCredentialFile } : {}),
+    ...(o.centerCaFingerprint !== undefined ? { caFingerprint: normalizeFingerprint(o.centerCaFingerprint) } : {}),
+  };
 }
 
 export function addHostCommands(program: Command, vm: Command): Command {
@@ -117,12 +136,14 @@ export function addHostCommands(program: Command, vm: Command): Command {
     .option('--datastore <name=path>', 'mount a directory as datastore <name> (repeatable; two hosts may mount one shared directory)', (v: string, all: string[]) => [...all, v], [])
     .option('--center <url>', 'join this center and heartbeat to it (capacity, datastores, VMs)')
     .option('--join-token <token>', `with --center: the one-time join token for the first start (default: $${JOIN_TOKEN_ENV}); later starts use the stored credential`)
-    .option('--center-credential-file <file>', 'with --center: where the host\'s center credential is kept (default: <data-dir>/center-credential)')
+    .option('--center-ca-fingerprint <sha256>', 'with --center: the SHA-256 fingerprint of the center\'s CA, to trust it at the first join (printed by ferry center and ferry center join-token)')
+    .option('--tls', 'with --center: serve the control API over HTTPS with the certificate the center signed (clients trust the center\'s CA)', false)
+    .option('--center-credential-file <file>', 'with --center: where the host\'s center credential is kept (default: <data-dir>/center-credential; its key, certificate and the CA beside it)')
     // Every host mounting one datastore must use the same lease timing. Shorter leases make a dead host's disks free sooner (tests use them).
     .addOption(new Option('--lease-duration <duration>', 'how long a disk lease lasts without renewal').argParser(durationOption('--lease-duration')).default(DEFAULT_LEASE_TIMING.durationMs, `${DEFAULT_LEASE_TIMING.durationMs}ms`))
     .addOption(new Option('--lease-renew <duration>', 'disk lease heartbeat period (at most half the duration)').argParser(durationOption('--lease-renew')).default(DEFAULT_LEASE_TIMING.renewIntervalMs, `${DEFAULT_LEASE_TIMING.renewIntervalMs}ms`))
     .addOption(new Option('--lease-clock-skew <duration>', 'how far the hosts\' clocks may disagree; a stale lease is broken this long after its expiry').argParser(durationOption('--lease-clock-skew')).default(DEFAULT_LEASE_TIMING.clockSkewMs, `${DEFAULT_LEASE_TIMING.clockSkewMs}ms`))
-    .action(async (given: { name?: string; dataDir?: string; listen: string; migrationPort?: string; tokenFile?: string; memoryLimit?: number; datastore: string[]; center?: string; joinToken?: string; centerCredentialFile?: string; leaseDuration: number; leaseRenew: number; leaseClockSkew: number } & LogOptions) => {
+    .action(async (given: { name?: string; dataDir?: string; listen: string; migrationPort?: string; tokenFile?: string; memoryLimit?: number; datastore: string[]; center?: string; joinToken?: string; centerCredentialFile?: string; centerCaFingerprint?: string; tls: boolean; leaseDuration: number; leaseRenew: number; leaseClockSkew: number } & LogOptions) => {
       const { name, dataDir } = given;
       if (name === undefined || dataDir === undefined) throw new FerryError('INVALID_ARGUMENT', 'ferry host needs --name <name> and --data-dir <dir>');
       const o = { ...given, name, dataDir };
@@ -135,6 +156,7 @@ export function addHostCommands(program: Command, vm: Command): Command {
         ...(o.memoryLimit !== undefined ? { memoryLimitBytes: o.memoryLimit } : {}),
         datastores, leaseTiming,
         ...(center !== undefined ? { center } : {}),
+        ...(o.tls ? { tls: true } : {}),
         ...(o.migrationPort !== undefined ? { migrationPort: parseIntegerOption(o.migrationPort, '--migration-port', 0, 65535) } : {}),
       });
       // A host must outlive a bug in one request or one migration: report it loudly, keep serving.

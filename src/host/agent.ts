@@ -6,10 +6,11 @@
  */
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import { randomBytes } from 'node:crypto';
 import { createAdaptorServer } from '@hono/node-server';
 import { GiB } from '../lib/units.js';
-import { errorMessage } from '../lib/errors.js';
+import { FerryError, errorMessage } from '../lib/errors.js';
 import { warmUpInstrumenter } from '../vmm/instrument.js';
 import { warmUpSwitchoverCodecs } from '../migration/protocol/messages.js';
 import { MigrationReceiver } from '../migration/target/receiver.js';
@@ -27,7 +28,7 @@ import { HostDatastores, type DatastoreMount } from './datastores.js';
 import { DEFAULT_LEASE_TIMING, type LeaseTiming } from '../storage/lease.js';
 import { availableParallelism } from 'node:os';
 import type { HeartbeatRequest } from '../api/center-v1.js';
-import { CenterLink, type CenterLinkOptions } from './center-link.js';
+import { CenterLink, type CenterLinkOptions, type HostTlsIdentity } from './center-link.js';
 import { createLogger, lineLog, loggerFromLines, type Logger } from '../lib/logger.js';
 import { HostMetrics } from './metrics.js';
 
@@ -54,7 +55,13 @@ export interface HostOptions {
   /** Lease duration and heartbeat of the disks this host writes (default: src/storage/lease.ts; tests shorten them). */
   readonly leaseTiming?: LeaseTiming;
   /** The center to join and heartbeat to (`--center`); without it the host stands alone. */
-  readonly center?: Omit<CenterLinkOptions, 'hostName' | 'dataDir' | 'report' | 'log'>;
+  readonly center?: Omit<CenterLinkOptions, 'hostName' | 'dataDir' | 'report' | 'log' | 'onIdentity'>;
+  /**
+   * Serve the control API over HTTPS with the certificate the center signed (`--tls`; needs `center`).
+   * Until the first join gives it one, the API refuses every TLS handshake (nobody trusts the host
+   * before that anyway); a joined host has it from its files before it listens.
+   */
+  readonly tls?: boolean;
 }
 
 /** Random per run of a host: written into its disk leases, so that a restarted host never takes a lease of its previous run for its own. */
@@ -71,7 +78,7 @@ export class HostAgent {
   private readonly migrations: MigrationService;
   readonly disks: DiskSnapshots;
   private readonly receiver: MigrationReceiver;
-  private readonly server: Server;
+  private readonly server: Server | HttpsServer;
   private readonly memoryLimitBytes: number;
   /** The host's logger (bound to its name). */
   readonly logger: Logger;
@@ -93,7 +100,11 @@ export class HostAgent {
     const transport = options.transport ?? tcpTransport;
     this.vms = new VmService({ hostName: this.name, store: this.store, operations: this.operations, memoryLimitBytes: this.memoryLimitBytes, datastores, log: this.log });
     this.metrics = new HostMetrics(() => this.vms.list().map((v) => v.state));
-    this.migrations = new MigrationService({ hostName: this.name, token: options.token, vms: this.vms, operations: this.operations, datastores, transport, logger: this.logger, metrics: this.metrics });
+    this.migrations = new MigrationService({
+      hostName: this.name, token: options.token, vms: this.vms, operations: this.operations, datastores, transport, logger: this.logger, metrics: this.metrics,
+      // Once joined: this host's certificate and the center's CA, for targets that serve HTTPS.
+      peerTls: () => this.centerLink?.tls ?? {},
+    });
     this.disks = new DiskSnapshots({ hostName: this.name, vms: this.vms, operations: this.operations, datastores, log: this.log });
     this.receiver = new MigrationReceiver({
       admit: (vm) => { this.vms.admit(vm.name, vm.memoryBytes); },
@@ -111,11 +122,15 @@ export class HostAgent {
       logFor: (ids) => lineLog(this.logger.child({ migrationId: ids.migrationId, incomingId: ids.incomingId, role: 'target', ...(ids.vm !== undefined ? { vm: ids.vm } : {}) })),
       observer: this.metrics.incoming,
     }, transport, { host: options.listenHost, port: options.migrationPort ?? 0 });
+    if (options.tls === true && options.center === undefined) throw new FerryError('INVALID_ARGUMENT', 'a host serves HTTPS with the certificate of its center: --tls needs --center');
     const app = buildHostApp({
       token: options.token, centerToken: () => this.centerLink?.controlToken ?? null, vms: this.vms, migrations: this.migrations, disks: this.disks, hostInfo: () => this.hostInfo(), listDatastores: () => this.datastores.list(),
       issueTicket: (source) => this.receiver.issueTicket(source), incomingOutcome: (id) => this.receiver.outcome(id), metrics: this.metrics,
     });
-    this.server = createAdaptorServer({ fetch: app.fetch }) as Server;
+    // An HTTPS server without a certificate yet: setSecureContext gives it the center-signed one (./center-link.ts).
+    this.server = options.tls === true
+      ? createAdaptorServer({ fetch: app.fetch, createServer: createHttpsServer, serverOptions: {} }) as HttpsServer
+      : createAdaptorServer({ fetch: app.fetch }) as Server;
   }
 
   static async start(options: HostOptions): Promise<HostAgent> {
@@ -136,7 +151,15 @@ export class HostAgent {
     const timing = options.leaseTiming ?? DEFAULT_LEASE_TIMING;
     void sweepIncomingCopies(agent.store, datastores, 2 * timing.durationMs + timing.clockSkewMs, agent.log, () => agent.closing)
       .catch((err: unknown) => { agent.log(`host ${agent.name}: cannot sweep incoming disk copies: ${errorMessage(err)}`); });
+    if (options.center !== undefined) {
+      agent.centerLink = new CenterLink({
+        ...options.center, hostName: agent.name, dataDir: options.dataDir, report: () => agent.centerReport(), log: lineLog(agent.logger.child({ component: 'center-link' })),
+        ...(options.tls === true ? { onIdentity: (tls: HostTlsIdentity) => { agent.useCertificate(tls); } } : {}),
+      });
+    }
     try {
+      // A joined host serving HTTPS has its certificate before its first connection.
+      if (options.tls === true) await agent.centerLink?.loadStored();
       await agent.receiver.listen();
       await new Promise<void>((resolve, reject) => {
         const onError = (err: Error): void => { reject(listenError(err, `${options.listenHost}:${options.listenPort}`)); };
@@ -152,16 +175,20 @@ export class HostAgent {
     agent.port = (agent.server.address() as AddressInfo).port;
     agent.log(`host ${agent.name}: control API on ${agent.url}, migration endpoint on ${options.listenHost}:${agent.receiver.port}, data in ${options.dataDir}, host id ${hostId}`);
     for (const ds of datastores.names) agent.log(`host ${agent.name}: datastore ${ds} mounted at ${datastores.get(ds).location}`);
-    if (options.center !== undefined) {
-      agent.centerLink = new CenterLink({ ...options.center, hostName: agent.name, dataDir: options.dataDir, report: () => agent.centerReport(), log: lineLog(agent.logger.child({ component: 'center-link' })) });
-      agent.centerLink.start();
-    }
+    agent.centerLink?.start();
     return agent;
   }
 
   get url(): string {
     const h = this.options.listenHost;
-    return `http://${h.includes(':') ? `[${h}]` : h}:${this.port}`;
+    return `${this.options.tls === true ? 'https' : 'http'}://${h.includes(':') ? `[${h}]` : h}:${this.port}`;
+  }
+
+  /** Serve HTTPS with this certificate from now on (new connections; open ones keep theirs). */
+  private useCertificate(tls: HostTlsIdentity): void {
+    if (!('setSecureContext' in this.server)) return;
+    this.server.setSecureContext({ key: tls.keyPem, cert: tls.certPem });
+    this.log(`host ${this.name}: control API serves HTTPS with the certificate from the center`);
   }
 
   get migrationPort(): number { return this.receiver.port; }

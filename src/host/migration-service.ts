@@ -5,6 +5,7 @@
  */
 import { FerryError, isFerryError } from '../lib/errors.js';
 import { HostClient } from '../api/host-client.js';
+import type { TlsClientOptions } from '../api/tls.js';
 import type { MigrationSourceDisk } from '../migration/disk.js';
 import type { HostDatastores } from './datastores.js';
 import { planDisk, sourceDisk } from './migration-disks.js';
@@ -31,6 +32,8 @@ export interface MigrationServiceOptions {
   /** The host's logger: each migration logs through a child bound to its id and VM. */
   readonly logger: Logger;
   readonly metrics?: HostMetrics;
+  /** What this host presents and trusts when it calls a target host (a joined host: its certificate and the center's CA). */
+  readonly peerTls?: () => TlsClientOptions;
 }
 
 export class MigrationService {
@@ -65,7 +68,7 @@ export class MigrationService {
     const disk = slot.disk !== null ? await this.diskFor(slot.disk, req, token) : null;
     // Asked again: the VM may have been claimed while the target was being asked about datastores.
     this.o.operations.requireFree(name, 'migrate');
-    const peer = new HostApiTargetPeer(req.to, token);
+    const peer = new HostApiTargetPeer(req.to, token, this.o.peerTls?.() ?? {});
     // The job makes its id; its lines are bound to it from the first (the constructor logs nothing).
     let log = lineLog(this.o.logger);
     const job = new MigrationJob(vm, slot.imageBytes, peer, this.o.transport, req.options ?? {}, disk, (line) => { log(line); }, ...(req.migrationId !== undefined ? [req.migrationId] : []));
@@ -88,7 +91,8 @@ export class MigrationService {
     if (!disk.attached) throw new FerryError('VM_STATE', `the VM's disk ${disk.spec.datastore}:${disk.spec.path} is not attached here`);
     let targetDatastores: DatastoreView[];
     try {
-      targetDatastores = await new HostClient(req.to, token).listDatastores();
+      const client = new HostClient(req.to, token, this.o.peerTls?.() ?? {});
+      try { targetDatastores = await client.listDatastores(); } finally { await client.close(); }
     } catch (err) {
       if (isFerryError(err) && err.origin === 'remote') throw new FerryError('MIGRATION_REFUSED', `target ${req.to} would not list its datastores: ${err.message}`, { remoteCode: err.code });
       throw err;

@@ -1,5 +1,6 @@
 /** A migration target reached through its host agent's API: the engine's MigrationTargetPeer over the typed client. */
 import { HostClient } from '../api/host-client.js';
+import type { TlsClientOptions } from '../api/tls.js';
 import type { IncomingOutcome, IncomingTicket, MigrationTargetPeer } from '../migration/peer.js';
 
 export class HostApiTargetPeer implements MigrationTargetPeer {
@@ -7,8 +8,9 @@ export class HostApiTargetPeer implements MigrationTargetPeer {
   private readonly client: HostClient;
   private readonly host: string;
 
-  constructor(url: string, token: string) {
-    this.client = new HostClient(url, token);
+  /** `tls`: for an https:// target, the CA to trust and this host's certificate. */
+  constructor(url: string, token: string, tls: TlsClientOptions = {}) {
+    this.client = new HostClient(url, token, tls);
     this.label = this.client.baseUrl;
     // The migration endpoint listens on the same address as the control API.
     this.host = new URL(this.client.baseUrl).hostname.replace(/^\[|\]$/g, '');

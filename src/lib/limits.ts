@@ -13,6 +13,9 @@ import { GiB, KiB, MiB, formatBytes } from './units.js';
 // ---------------------------------------------------------------------------------------------
 // vCPUs
 
+/** A PEM certificate, key or CSR (P-256: about 1 KiB); larger input is refused unread. */
+export const MAX_PEM_CHARS = 16 * KiB;
+
 export const MIN_VCPUS = 1;
 /**
  * Each vCPU is a worker thread over the one shared memory and every pause barrier waits for all

@@ -5,12 +5,13 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { request } from 'node:http';
-import { CenterClient } from '../../src/api/center-client.js';
+import { request } from 'node:https';
+import type { CenterClient } from '../../src/api/center-client.js';
 import { MAX_HEARTBEAT_BODY_BYTES, MAX_HEARTBEAT_VMS, centerRoutes, type HeartbeatRequest } from '../../src/api/center-v1.js';
 import { hashSecret } from '../../src/center/auth.js';
 import { GiB, MiB } from '../../src/lib/units.js';
-import { collectEvents, startTestCenter, waitForEvent, type TestCenter } from '../helpers/center.js';
+import { createCsr, generateKeyPair } from '../../src/lib/x509.js';
+import { collectEvents, joinTestHost, startTestCenter, waitForEvent, type TestCenter } from '../helpers/center.js';
 
 const DS1 = 'a'.repeat(32);
 const DS2 = 'b'.repeat(32);
@@ -24,31 +25,33 @@ let tc: TestCenter;
 before(async () => { tc = await startTestCenter(); });
 after(async () => { await tc.close(); });
 
-/** A host that joined: its own client (bearer = its credential). */
+/** A host that joined: its own client (bearer = its credential, client certificate = its certificate). */
 async function joinHost(name: string): Promise<CenterClient> {
-  const { token } = await tc.admin.createJoinToken();
-  const joined = await new CenterClient(tc.url, null).join({ joinToken: token, name, url: 'http://127.0.0.1:1' });
-  assert.equal(joined.name, name);
-  const client = new CenterClient(tc.url, joined.credential);
-  credentials.set(client, joined.credential);
-  return client;
+  const j = await joinTestHost(tc, name);
+  assert.equal(j.joined.name, name);
+  joinedHosts.set(j.client, j);
+  return j.client;
 }
 
-const credentials = new WeakMap<CenterClient, string>();
-/** The credential a host client of joinHost sends. */
-function credentialOf(c: CenterClient): string {
-  const s = credentials.get(c);
-  assert.ok(s !== undefined);
-  return s;
+const joinedHosts = new WeakMap<CenterClient, Awaited<ReturnType<typeof joinTestHost>>>();
+/** The credential and TLS identity a host client of joinHost presents. */
+function joinedOf(c: CenterClient): Awaited<ReturnType<typeof joinTestHost>> {
+  const j = joinedHosts.get(c);
+  assert.ok(j !== undefined);
+  return j;
 }
 
 /**
  * POST a body larger than the server reads: the server answers 413 and closes while the body is still
  * being sent, which fetch reports as a failed request; node:http lets the answer be read anyway.
  */
-function postLarge(path: string, bearer: string, body: string): Promise<[number, string]> {
+function postLarge(path: string, host: CenterClient, body: string): Promise<[number, string]> {
+  const j = joinedOf(host);
   return new Promise((resolve, reject) => {
-    const req = request(new URL(path, tc.url), { method: 'POST', headers: { authorization: `Bearer ${bearer}`, 'content-type': 'application/json' } }, (res) => {
+    const req = request(new URL(path, tc.url), {
+      method: 'POST', headers: { authorization: `Bearer ${j.joined.credential}`, 'content-type': 'application/json' },
+      ca: tc.caPem, cert: j.joined.certificate, key: j.keyPem,
+    }, (res) => {
       let text = '';
       res.on('data', (d: Buffer) => { text += d.toString(); });
       res.on('end', () => { resolve([res.statusCode ?? 0, ((JSON.parse(text) as { error: { code: string } }).error.code)]); });
@@ -67,20 +70,20 @@ async function refusal(p: Promise<unknown>): Promise<string> {
 
 describe('center API', () => {
   it('health needs no token; everything else does', async () => {
-    assert.deepEqual(await new CenterClient(tc.url, null).health(), { ok: true, api: 'v1' });
-    assert.equal(await refusal(new CenterClient(tc.url, null).listHosts()), 'UNAUTHORIZED');
+    assert.deepEqual(await tc.client(null).health(), { ok: true, api: 'v1' });
+    assert.equal((await tc.client(null).ca()).fingerprint, tc.caFingerprint, 'the CA needs no token either');
+    assert.equal(await refusal(tc.client(null).listHosts()), 'UNAUTHORIZED');
   });
 
   it('a host joins with a one-time token (a second use is refused), heartbeats, and appears with its datastores and VMs', async () => {
     const { token } = await tc.admin.createJoinToken();
-    const anon = new CenterClient(tc.url, null);
-    const joined = await anon.join({ joinToken: token, name: 'j1', url: 'http://127.0.0.1:7001' });
-    assert.match(joined.credential, /^ferry-host-/);
-    assert.equal(await refusal(anon.join({ joinToken: token, name: 'j1', url: 'http://127.0.0.1:7001' })), 'UNAUTHORIZED', 'the token is spent');
-    assert.equal(await refusal(anon.join({ joinToken: token, name: 'other', url: 'http://127.0.0.1:7001' })), 'UNAUTHORIZED', 'also for another host');
+    const first = await joinTestHost(tc, 'j1', { joinToken: token, url: 'http://127.0.0.1:7001' });
+    assert.match(first.joined.credential, /^ferry-host-/);
+    assert.equal(await refusal(joinTestHost(tc, 'j1', { joinToken: token, url: 'http://127.0.0.1:7001' })), 'UNAUTHORIZED', 'the token is spent');
+    assert.equal(await refusal(joinTestHost(tc, 'other', { joinToken: token, url: 'http://127.0.0.1:7001' })), 'UNAUTHORIZED', 'also for another host');
     assert.equal((await tc.admin.host('j1')).state, 'joining');
 
-    const j1 = new CenterClient(tc.url, joined.credential);
+    const j1 = first.client;
     const answer = await j1.heartbeat('j1', report([vm('j1-web'), vm('j1-db', 'paused')]));
     assert.equal(answer.state, 'connected');
     const h = await tc.admin.host('j1');
@@ -103,9 +106,9 @@ describe('center API', () => {
     assert.equal(await refusal(tc.admin.heartbeat('j1', report([]))), 'UNAUTHORIZED', 'an API token is no host credential');
     // Re-joining with a new token replaces the host's credential: the old one is refused.
     const { token: again } = await tc.admin.createJoinToken();
-    const rejoined = await anon.join({ joinToken: again, name: 'j1', url: 'http://127.0.0.1:7001' });
+    const rejoined = await joinTestHost(tc, 'j1', { joinToken: again, url: 'http://127.0.0.1:7001' });
     assert.equal(await refusal(j1.heartbeat('j1', report([]))), 'UNAUTHORIZED');
-    assert.equal((await new CenterClient(tc.url, rejoined.credential).heartbeat('j1', report([vm('j1-web'), vm('j1-db', 'paused')]))).state, 'connected');
+    assert.equal((await rejoined.client.heartbeat('j1', report([vm('j1-web'), vm('j1-db', 'paused')]))).state, 'connected');
   });
 
   it('a host that stops heartbeating becomes disconnected and its VMs unknown (kept); coming back reconciles', async () => {
@@ -180,9 +183,9 @@ describe('center API', () => {
     // A revoked API token.
     const extra = `ferry-api-${'B'.repeat(43)}`;
     const c = await tc.center.store.createCredential({ id: '00000000000000aa', kind: 'api', subject: 'ops', secretHash: hashSecret(extra) });
-    assert.equal((await new CenterClient(tc.url, extra).listHosts()).hosts.length > 0, true);
+    assert.equal((await tc.client(extra).listHosts()).hosts.length > 0, true);
     await tc.center.store.revokeCredential(c.id);
-    assert.equal(await refusal(new CenterClient(tc.url, extra).listHosts()), 'UNAUTHORIZED');
+    assert.equal(await refusal(tc.client(extra).listHosts()), 'UNAUTHORIZED');
 
     const jt = centerRoutes.createJoinToken.path;
     assert.deepEqual(await codeOf(await tc.admin.raw('POST', jt, { body: '{not json' })), [400, 'BAD_REQUEST']);
@@ -199,7 +202,8 @@ describe('center API', () => {
     // Join: a malformed token is BAD_REQUEST, a well-formed unknown one UNAUTHORIZED.
     const join = centerRoutes.joinHost.path;
     assert.deepEqual(await codeOf(await tc.admin.raw('POST', join, { token: null, body: JSON.stringify({ joinToken: 'x', name: 'h', url: 'http://a' }) })), [400, 'BAD_REQUEST']);
-    assert.deepEqual(await codeOf(await tc.admin.raw('POST', join, { token: null, body: JSON.stringify({ joinToken: `ferry-join-${'C'.repeat(43)}`, name: 'h', url: 'http://a' }) })), [401, 'UNAUTHORIZED']);
+    const csr = await createCsr('h', await generateKeyPair());
+    assert.deepEqual(await codeOf(await tc.admin.raw('POST', join, { token: null, body: JSON.stringify({ joinToken: `ferry-join-${'C'.repeat(43)}`, name: 'h', url: 'http://a', csr }) })), [401, 'UNAUTHORIZED']);
     assert.deepEqual(await codeOf(await tc.admin.raw('POST', join, { token: null, body: JSON.stringify({ joinToken: `ferry-join-${'C'.repeat(43)}`, name: 'h', url: 'ftp://user:pw@a' }) })), [400, 'BAD_REQUEST']);
 
     // Heartbeats: refused before the body is read without the host's credential; bounded when with it.
@@ -208,7 +212,7 @@ describe('center API', () => {
     const huge = JSON.stringify({ ...report([]), pad: 'x'.repeat(MAX_HEARTBEAT_BODY_BYTES) });
     // (A malformed body: were it read before the credential is checked, the answer would be BAD_REQUEST.)
     assert.deepEqual(await codeOf(await tc.admin.raw('POST', hb, { token: null, body: '{not json' })), [401, 'UNAUTHORIZED']);
-    assert.deepEqual(await postLarge(hb, credentialOf(h), huge), [413, 'REQUEST_TOO_LARGE']);
+    assert.deepEqual(await postLarge(hb, h, huge), [413, 'REQUEST_TOO_LARGE']);
     const tooMany = report(Array.from({ length: MAX_HEARTBEAT_VMS + 1 }, (_, i) => vm(`v${i}`)));
     assert.deepEqual(await codeOf(await h.raw('POST', hb, { body: JSON.stringify(tooMany) })), [400, 'BAD_REQUEST']);
     assert.deepEqual(await codeOf(await h.raw('POST', hb, { body: JSON.stringify(report([vm('twice'), vm('twice')])) })), [400, 'BAD_REQUEST']);
@@ -224,10 +228,7 @@ describe('center API', () => {
     for (const r of Object.values(centerRoutes)) {
       const path = r.path.replace('{name}', 'probe').replace('{id}', '1');
       const ac = new AbortController();
-      const res = await fetch(new URL(path, tc.url), {
-        method: r.method.toUpperCase(), headers: { authorization: `Bearer ${tc.center.adminToken}`, 'content-type': 'application/json' },
-        ...(r.method === 'post' ? { body: '{}' } : {}), signal: ac.signal,
-      });
+      const res = await tc.admin.raw(r.method.toUpperCase(), path, { ...(r.method === 'post' ? { body: '{}' } : {}), signal: ac.signal });
       if (res.status === 404) assert.notEqual(((await res.json()) as { error: { details?: { route?: boolean } } }).error.details?.route, false, `${r.method} ${r.path} is answered`);
       ac.abort();
     }

@@ -7,7 +7,7 @@
  */
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CenterClient } from '../../src/api/center-client.js';
@@ -32,12 +32,15 @@ describe('a center killed mid-migration (child processes, CLI)', () => {
     const centerArgs = (listen: string): string[] => ['center', '--data-dir', dataDir, '--listen', listen, '--heartbeat-interval', '200ms', '--sweep-interval', '100ms', '--task-lease', '1s'];
     const first = startFerry(centerArgs('127.0.0.1:0'));
     centers.push(first);
-    const { url, tokenFile } = await centerReady(first.child, first.stdout);
-    const admin = new CenterClient(url, (await readFile(tokenFile, 'utf8')).trim());
-    const cli = (args: readonly string[]): ReturnType<typeof runFerry> => runFerry([...args, '--center', url, '--token-file', tokenFile]);
+    const { url, tokenFile, fingerprint } = await centerReady(first.child, first.stdout);
+    const caPem = (await CenterClient.readCa(url)).certificate;
+    const caFile = join(dataDir, 'ca.pem');
+    await writeFile(caFile, caPem);
+    const admin = new CenterClient(url, (await readFile(tokenFile, 'utf8')).trim(), { caPem });
+    const cli = (args: readonly string[]): ReturnType<typeof runFerry> => runFerry([...args, '--center', url, '--token-file', tokenFile, '--ca-file', caFile]);
     for (const name of ['ka', 'kb']) {
       const { token } = await admin.createJoinToken();
-      const h = await startHost(name, { args: ['--center', url, '--join-token', token] });
+      const h = await startHost(name, { args: ['--center', url, '--join-token', token, '--center-ca-fingerprint', fingerprint] });
       hosts.push(h);
       await h.waitForLog('linked to center');
     }

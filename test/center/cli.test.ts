@@ -1,14 +1,14 @@
 /**
- * `ferry center` as a child process and the CLI verbs that talk to it: the ready line and the admin
- * token shown once, `center join-token`, a real host joining with it, `host list --json`,
- * `task list --json`, a missing token refused, and a clean SIGTERM.
+ * `ferry center` as a child process and the CLI verbs that talk to it: the ready line, the CA
+ * fingerprint and the admin token shown once, `ferry login`, `center join-token`, a real host joining
+ * with it, `host list --json`, `task list --json`, a missing token refused, and a clean SIGTERM.
  */
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { centerReady as ready, runFerry, startFerry } from '../helpers/cli.js';
+import { centerReady as ready, runFerry as runFerryIn, startFerry } from '../helpers/cli.js';
 import { removeHostData, startHost, stopHost, type TestHost } from '../helpers/hosts.js';
 
 describe('ferry center (CLI)', () => {
@@ -23,18 +23,29 @@ describe('ferry center (CLI)', () => {
     const dataDir = await mkdtemp(join(tmpdir(), 'ferry-center-cli-'));
     dirs.push(dataDir);
     const args = ['center', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--heartbeat-interval', '200ms', '--sweep-interval', '50ms'];
+    // Every CLI run with its own client config, never a person's.
+    const env = { FERRY_CONFIG: join(dataDir, 'client', 'config.json') };
+    const runFerry = (a: readonly string[]): ReturnType<typeof runFerryIn> => runFerryIn(a, { env });
     const first = startFerry(args);
-    const { url, tokenFile } = await ready(first.child, first.stdout);
+    const { url, tokenFile, fingerprint } = await ready(first.child, first.stdout);
+    assert.match(url, /^https:\/\//);
     assert.equal(tokenFile, join(dataDir, 'admin.token'));
     const adminToken = (await readFile(tokenFile, 'utf8')).trim();
     assert.ok(first.stdout().includes(`admin token (shown once; also in ${tokenFile}): ${adminToken}`), 'shown at first start');
 
+    // Without the CA trusted, a command is refused with TLS_UNTRUSTED; ferry login trusts it by its fingerprint.
+    const untrusted = await runFerry(['center', 'join-token', '--center', url, '--token-file', tokenFile]);
+    assert.equal(untrusted.code, 1);
+    assert.match(untrusted.stderr, /\[TLS_UNTRUSTED\]/);
+    const login = await runFerry(['login', '--center', url, '--token-file', tokenFile, '--ca-fingerprint', fingerprint]);
+    assert.equal(login.code, 0, login.stderr);
     const jt = await runFerry(['center', 'join-token', '--center', url, '--token-file', tokenFile]);
     assert.equal(jt.code, 0, jt.stderr);
     const token = jt.stdout.trim();
     assert.match(token, /^ferry-join-/);
 
-    const h = await startHost('cli1', { args: ['--center', url, '--join-token', token] });
+    assert.ok(jt.stderr.includes(`--center-ca-fingerprint ${fingerprint}`), 'join-token tells how a host joins');
+    const h = await startHost('cli1', { args: ['--center', url, '--join-token', token, '--center-ca-fingerprint', fingerprint] });
     hosts.push(h);
     await h.waitForLog('linked to center');
     const list = await runFerry(['host', 'list', '--center', url, '--token-file', tokenFile, '--json']);
@@ -48,7 +59,7 @@ describe('ferry center (CLI)', () => {
     assert.equal(tasks.code, 0, tasks.stderr);
     assert.deepEqual(JSON.parse(tasks.stdout), []);
 
-    const anon = await runFerry(['host', 'list', '--center', url]);
+    const anon = await runFerryIn(['host', 'list', '--center', url], { env: { FERRY_CONFIG: join(dataDir, 'none.json') } });
     assert.equal(anon.code, 1);
     assert.match(anon.stderr, /\[UNAUTHORIZED\]/);
 

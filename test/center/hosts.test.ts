@@ -27,7 +27,7 @@ describe('hosts joined to a center (child processes, SQLite)', () => {
   it('joins once, reports its VMs; killed it is disconnected and its VMs unknown; restarted with its stored credential it reconciles', async () => {
     const { token } = await tc.admin.createJoinToken();
     let from = await tc.center.store.latestEventId();
-    const h1 = await startHost('c1', { args: ['--center', tc.url, '--join-token', token] });
+    const h1 = await startHost('c1', { args: tc.hostArgs(token) });
     hosts.push(h1);
     await waitForEvent(tc.admin, from, (e) => e.kind === 'host.connected' && e.subject === 'host:c1');
     const credential = join(h1.dataDir, CENTER_CREDENTIAL_FILE);
@@ -42,7 +42,7 @@ describe('hosts joined to a center (child processes, SQLite)', () => {
     assert.deepEqual([v.host, v.state, v.config], ['c1', 'running', { memoryBytes: 32 * MiB, vcpus: 1 }]);
 
     // The token was spent: a second host presenting it is refused, logs why and keeps running.
-    const h2 = await startHost('c2', { args: ['--center', tc.url, '--join-token', token] });
+    const h2 = await startHost('c2', { args: tc.hostArgs(token) });
     hosts.push(h2);
     await h2.waitForLog('[UNAUTHORIZED]');
     assert.equal(h2.child.exitCode, null, 'a refused join does not stop the host');
@@ -56,7 +56,7 @@ describe('hosts joined to a center (child processes, SQLite)', () => {
 
     // Back without a join token: the stored credential is enough. The center takes what the host really runs.
     from = await tc.center.store.latestEventId();
-    const again = await startHost('c1', { dataDir: h1.dataDir, args: ['--center', tc.url] });
+    const again = await startHost('c1', { dataDir: h1.dataDir, args: tc.hostArgs() });
     hosts.push(again);
     await waitForEvent(tc.admin, from, (e) => e.kind === 'host.connected' && e.subject === 'host:c1');
     const onHost = await again.client.listVms();
@@ -76,8 +76,9 @@ describe('hosts joined to a center (child processes, SQLite)', () => {
       const late = await startTestCenter({ dataDir });
       const url = late.url;
       const { token } = await late.admin.createJoinToken();
+      const args = late.hostArgs(token);
       await late.close();
-      const h = await startHost('late', { args: ['--center', url, '--join-token', token] });
+      const h = await startHost('late', { args });
       hosts.push(h);
       await h.waitForLog('[CENTER_UNREACHABLE]');
       // The same center (same store), back on the same port.
@@ -104,7 +105,7 @@ describe('a host joined to a center on PostgreSQL (in-process agent)', () => {
     const dsDir = await mkdtemp(join(tmpdir(), 'ferry-center-ds-'));
     try {
       const { token } = await tc.admin.createJoinToken();
-      const agent = await startAgent('pg1', { datastores: [{ name: 'ds1', path: dsDir }], center: { centerUrl: tc.url, joinToken: token } });
+      const agent = await startAgent('pg1', { datastores: [{ name: 'ds1', path: dsDir }], center: { centerUrl: tc.url, joinToken: token, caFingerprint: tc.caFingerprint } });
       let closed = false;
       try {
         await waitForEvent(tc.admin, 0, (e) => e.kind === 'host.connected' && e.subject === 'host:pg1');

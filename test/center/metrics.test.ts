@@ -34,7 +34,7 @@ before(async () => {
   tc = await startTestCenter({ logger: createLogger({ format: 'json', destination: { write: (s) => { lines.push(JSON.parse(s) as Record<string, unknown>); } } }) });
   const { token } = await tc.admin.createJoinToken();
   const from = await tc.center.store.latestEventId();
-  host = await startAgent('mh1', { center: { centerUrl: tc.url, joinToken: token } });
+  host = await startAgent('mh1', { center: { centerUrl: tc.url, joinToken: token, caFingerprint: tc.caFingerprint } });
   await waitForEvent(tc.admin, from, (e) => e.kind === 'host.connected' && e.subject === 'host:mh1');
 });
 after(async () => {

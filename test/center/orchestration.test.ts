@@ -30,7 +30,7 @@ describe('orchestration through the center (real host processes, SQLite)', () =>
     for (const name of ['oa', 'ob', 'oc']) {
       const { token } = await tc.admin.createJoinToken();
       const from = await tc.center.store.latestEventId();
-      const h = await startHost(name, { args: ['--center', tc.url, '--join-token', token, '--memory-limit', name === 'oa' ? '512MiB' : '256MiB'] });
+      const h = await startHost(name, { args: [...tc.hostArgs(token), '--memory-limit', name === 'oa' ? '512MiB' : '256MiB'] });
       hosts.push(h);
       await waitForEvent(tc.admin, from, (e) => e.kind === 'host.connected' && e.subject === `host:${name}`);
     }

@@ -48,20 +48,22 @@ describe('two centers on one PostgreSQL (child processes)', () => {
   it('20 queued migrations are each executed exactly once, also when one center is killed mid-way', async () => {
     assert.ok(cluster !== undefined);
     const db = await cluster.createDatabase();
-    const start = async (name: string): Promise<{ client: CenterClient; proc: ReturnType<typeof startFerry> }> => {
+    const start = async (name: string): Promise<{ client: CenterClient; proc: ReturnType<typeof startFerry>; fingerprint: string }> => {
       const dataDir = await mkdtemp(join(tmpdir(), `ferry-center-${name}-`));
       dirs.push(dataDir);
       const proc = startFerry(['center', '--data-dir', dataDir, '--db', db, '--listen', '127.0.0.1:0', '--heartbeat-interval', '500ms', '--missed-heartbeats', '8', '--sweep-interval', '100ms', '--task-lease', '1s', '--max-migrations', '4']);
       centers.push(proc);
-      const { url, tokenFile } = await centerReady(proc.child, proc.stdout);
-      return { client: new CenterClient(url, (await readFile(tokenFile, 'utf8')).trim()), proc };
+      const { url, tokenFile, fingerprint } = await centerReady(proc.child, proc.stdout);
+      const caPem = (await CenterClient.readCa(url)).certificate;
+      return { client: new CenterClient(url, (await readFile(tokenFile, 'utf8')).trim(), { caPem }), proc, fingerprint };
     };
     const a = await start('a');
     const b = await start('b');
     // The hosts heartbeat to B, the center that stays: A's death must not look like theirs.
     for (const name of ['ta', 'tb']) {
       const { token } = await a.client.createJoinToken();
-      const h = await startHost(name, { args: ['--center', b.client.baseUrl, '--join-token', token] });
+      assert.equal(a.fingerprint, b.fingerprint, 'one CA for the fleet');
+      const h = await startHost(name, { args: ['--center', b.client.baseUrl, '--join-token', token, '--center-ca-fingerprint', b.fingerprint] });
       hosts.push(h);
       await waitForEvent(b.client, 0, (e) => e.kind === 'host.connected' && e.subject === `host:${name}`);
     }

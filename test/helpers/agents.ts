@@ -1,6 +1,7 @@
 /**
  * In-process host agents for API tests: a real HostAgent on 127.0.0.1 port 0 (real sockets), a
- * fresh data directory, the real HostClient. `close` stops the agent and removes its directory.
+ * fresh data directory, the real HostClient (for an agent serving HTTPS, a client trusting its
+ * center's CA is the test's to make). `close` stops the agent and removes its directory.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -20,7 +21,7 @@ export interface TestAgent {
 }
 
 /** With `dataDir` the caller owns the directory (a restart reuses it) and close() leaves it. */
-export async function startAgent(name: string, opts: { memoryLimitBytes?: number; datastores?: readonly DatastoreMount[]; dataDir?: string; center?: HostOptions['center']; logger?: Logger } = {}): Promise<TestAgent> {
+export async function startAgent(name: string, opts: { memoryLimitBytes?: number; datastores?: readonly DatastoreMount[]; dataDir?: string; center?: HostOptions['center']; logger?: Logger; tls?: boolean } = {}): Promise<TestAgent> {
   const owned = opts.dataDir === undefined;
   const dataDir = opts.dataDir ?? await mkdtemp(join(tmpdir(), `ferry-agent-${name}-`));
   let agent: HostAgent;
@@ -30,6 +31,7 @@ export async function startAgent(name: string, opts: { memoryLimitBytes?: number
       ...(opts.memoryLimitBytes !== undefined ? { memoryLimitBytes: opts.memoryLimitBytes } : {}),
       ...(opts.datastores !== undefined ? { datastores: opts.datastores } : {}),
       ...(opts.center !== undefined ? { center: opts.center } : {}),
+      ...(opts.tls === true ? { tls: true } : {}),
     });
   } catch (err) {
     if (owned) await rm(dataDir, { recursive: true, force: true });

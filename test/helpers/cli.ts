@@ -14,8 +14,9 @@ export interface CliResult {
 /** Upper bound for any one CLI run in tests: a hung child is killed and the test fails. */
 const CLI_TIMEOUT_MS = 60_000;
 
-export function startFerry(args: readonly string[]): { child: ChildProcess; done: Promise<CliResult>; stdout: () => string } {
-  const child = spawn(process.execPath, [FERRY_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+/** `env`: added to this process's environment (e.g. FERRY_CONFIG, so no test reads a person's client config). */
+export function startFerry(args: readonly string[], o: { env?: NodeJS.ProcessEnv } = {}): { child: ChildProcess; done: Promise<CliResult>; stdout: () => string } {
+  const child = spawn(process.execPath, [FERRY_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...(o.env ?? {}) } });
   let stdout = '';
   let stderr = '';
   child.stdout?.on('data', (d: Buffer) => { stdout += d.toString(); });
@@ -27,16 +28,17 @@ export function startFerry(args: readonly string[]): { child: ChildProcess; done
   return { child, done, stdout: () => stdout };
 }
 
-export function runFerry(args: readonly string[]): Promise<CliResult> {
-  return startFerry(args).done;
+export function runFerry(args: readonly string[], o: { env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
+  return startFerry(args, o).done;
 }
 
-/** Resolves with the center's URL and token file once its ready line is out. */
-export function centerReady(child: ChildProcess, stdout: () => string): Promise<{ url: string; tokenFile: string }> {
+/** Resolves with the center's URL, token file and CA fingerprint once its ready line is out. */
+export function centerReady(child: ChildProcess, stdout: () => string): Promise<{ url: string; tokenFile: string; fingerprint: string }> {
   return new Promise((resolve, reject) => {
     const check = (): void => {
       const m = /ferry center ready url=(\S+) admin-token-file=(\S+)\n/.exec(stdout());
-      if (m !== null) { child.stdout?.off('data', check); resolve({ url: m[1] ?? '', tokenFile: m[2] ?? '' }); }
+      const f = /ferry center ca-fingerprint=(\S+)/.exec(stdout());
+      if (m !== null && f !== null) { child.stdout?.off('data', check); resolve({ url: m[1] ?? '', tokenFile: m[2] ?? '', fingerprint: f[1] ?? '' }); }
     };
     child.stdout?.on('data', check);
     child.once('exit', () => { reject(new Error(`ferry center exited before it was ready:\n${stdout()}`)); });

@@ -11,6 +11,7 @@ import type { z } from 'zod';
 import { sql, type Kysely, type Selectable, type Transaction } from 'kysely';
 import { FerryError, isFerryErrorCode } from '../../lib/errors.js';
 import {
+  centerCaInputSchema, fingerprintSchema, hostCertificateInputSchema, type CenterCaInput, type CenterCaRecord, type HostCertificate, type HostCertificateInput,
   CREDENTIAL_KINDS, credentialIdSchema, credentialInputSchema, secretHashSchema, type Credential, type CredentialInput,
   FINISHED_TASK_STATES, HOST_STATES, MAX_EVENT_PAYLOAD_BYTES, MAX_JSON_BYTES, MAX_REQUEUE_BATCH, MAX_TASK_COUNT_GROUPS, TASK_STATES, VM_STATES,
   actorSchema, claimKindsSchema, datastoreIdSchema, datastoreInputSchema, datastoreListSchema, dutyNameSchema, encodeJson,
@@ -112,6 +113,9 @@ function toCredential(r: Selectable<StoreDatabase['credentials']>): Credential {
   };
 }
 
+const toHostCertificate = (r: Selectable<StoreDatabase['host_certificates']>): HostCertificate => ({
+  fingerprint: r.fingerprint, host: r.host, credentialId: r.credential_id, serial: r.serial, createdAtMs: r.created_at_ms, notAfterMs: r.not_after_ms,
+});
 const toSite = (r: Selectable<StoreDatabase['sites']>): Site => ({ name: r.name, description: r.description, createdAtMs: r.created_at_ms });
 const toDatastore = (r: Selectable<StoreDatabase['datastores']>): Datastore => ({ id: r.id, name: r.name, shared: r.shared === 1, createdAtMs: r.created_at_ms });
 const toMount = (r: Selectable<StoreDatabase['host_datastores']>): HostDatastore => ({ host: r.host, datastoreId: r.datastore_id, mountName: r.mount_name });
@@ -743,6 +747,41 @@ export class KyselyCenterStore implements CenterStore {
       const row = await tx.selectFrom('center_secrets').select('value').where('name', '=', n).executeTakeFirstOrThrow();
       return parseInput(secretValueSchema(), row.value, 'stored secret');
     }));
+  }
+
+  // The CA and host certificates
+
+  async getCenterCa(): Promise<CenterCaRecord | null> {
+    return this.run('get center CA', async () => {
+      const row = await this.db.selectFrom('center_ca').selectAll().where('id', '=', 'ca').executeTakeFirst();
+      return row === undefined ? null : { certPem: row.cert_pem, keyPem: row.key_pem, createdAtMs: row.created_at_ms };
+    });
+  }
+
+  async createCenterCa(ca: CenterCaInput): Promise<CenterCaRecord> {
+    const c = parseInput(centerCaInputSchema, ca, 'center CA');
+    return this.run('create center CA', async () => {
+      // Insert-or-keep: of two centers starting on one empty database, both answer the first's CA.
+      await this.db.insertInto('center_ca').values({ id: 'ca', cert_pem: c.certPem, key_pem: c.keyPem, created_at_ms: this.now() })
+        .onConflict((oc) => oc.column('id').doNothing()).execute();
+      const row = await this.db.selectFrom('center_ca').selectAll().where('id', '=', 'ca').executeTakeFirstOrThrow();
+      return { certPem: row.cert_pem, keyPem: row.key_pem, createdAtMs: row.created_at_ms };
+    });
+  }
+
+  async recordHostCertificate(input: HostCertificateInput): Promise<HostCertificate> {
+    const c = parseInput(hostCertificateInputSchema, input, 'host certificate');
+    return this.run('record host certificate', async () => toHostCertificate(await this.db.insertInto('host_certificates').values({
+      fingerprint: c.fingerprint, host: c.host, credential_id: c.credentialId, serial: c.serial, created_at_ms: this.now(), not_after_ms: c.notAfterMs,
+    }).returningAll().executeTakeFirstOrThrow()));
+  }
+
+  async findHostCertificate(fingerprint: string): Promise<HostCertificate | null> {
+    const f = parseInput(fingerprintSchema(), fingerprint, 'certificate fingerprint');
+    return this.run('find host certificate', async () => {
+      const row = await this.db.selectFrom('host_certificates').selectAll().where('fingerprint', '=', f).executeTakeFirst();
+      return row === undefined ? null : toHostCertificate(row);
+    });
   }
 
   async close(): Promise<void> {

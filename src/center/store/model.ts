@@ -7,7 +7,7 @@
 import { z } from 'zod';
 import { FERRY_ERROR_CODES, FerryError, type FerryErrorCode } from '../../lib/errors.js';
 import { KiB } from '../../lib/units.js';
-import { vmNameSchema } from '../../lib/limits.js';
+import { MAX_PEM_CHARS, vmNameSchema } from '../../lib/limits.js';
 import { DATASTORE_ID_PATTERN } from '../../storage/datastore.js';
 import { CENTER_VM_STATES, HOST_STATES, TASK_STATES } from '../../api/center-v1.js';
 
@@ -390,3 +390,30 @@ export const credentialInputSchema = z.object({
   expiresAtMs: timeMsSchema().nullable().optional(),
 }).strict();
 export type CredentialInput = z.input<typeof credentialInputSchema>;
+
+// ---------------------------------------------------------------------------------------------
+// The CA and host certificates (src/center/ca.ts makes them; the store keeps them)
+
+const pemSchema = (label: string): z.ZodString => z.string().max(MAX_PEM_CHARS).refine((s) => s.startsWith(`-----BEGIN ${label}-----`), `must be a PEM ${label.toLowerCase()}`);
+export const centerCaInputSchema = z.object({ certPem: pemSchema('CERTIFICATE'), keyPem: pemSchema('PRIVATE KEY') }).strict();
+export type CenterCaInput = z.input<typeof centerCaInputSchema>;
+export interface CenterCaRecord { readonly certPem: string; readonly keyPem: string; readonly createdAtMs: number }
+
+/** `AB:CD:…`: the SHA-256 of a certificate's DER (src/lib/x509.ts fingerprintOf). */
+export const fingerprintSchema = (): z.ZodString => z.string().regex(/^([0-9A-F]{2}:){31}[0-9A-F]{2}$/, 'must be a SHA-256 fingerprint AB:CD:…');
+export const hostCertificateInputSchema = z.object({
+  fingerprint: fingerprintSchema(),
+  host: nameSchema(),
+  credentialId: credentialIdSchema(),
+  serial: z.string().regex(/^[0-9a-f]{1,40}$/, 'must be a serial number in lowercase hex'),
+  notAfterMs: timeMsSchema(),
+}).strict();
+export type HostCertificateInput = z.input<typeof hostCertificateInputSchema>;
+export interface HostCertificate {
+  readonly fingerprint: string;
+  readonly host: string;
+  readonly credentialId: string;
+  readonly serial: string;
+  readonly createdAtMs: number;
+  readonly notAfterMs: number;
+}

@@ -11,6 +11,7 @@
  * by a newer Ferry), STORE_IO (the database failed or holds a row this code cannot read).
  */
 import type {
+  CenterCaInput, CenterCaRecord, HostCertificate, HostCertificateInput,
   Credential, CredentialInput, Datastore, JsonValue, DatastoreInput, DutyLease, EventInput, Host, HostDatastore, HostInput, HostListOptions, HostState,
   ListOptions, MountInput, Site, SiteInput, StoredEvent, Task, TaskCount, TaskHeartbeat, TaskInput, TaskListOptions,
   TaskOutcome, Vm, VmInput, VmListOptions, VmState,
@@ -138,6 +139,15 @@ export interface CenterStore {
   // -- secrets every center of one database shares
   /** The secret `name`: the stored one if any, else `value`, stored now (the first center to ask wins). */
   ensureSecret(name: string, value: string): Promise<string>;
+
+  // -- the CA and the certificates it issued (src/center/ca.ts)
+  /** The fleet's CA, or null before the first center made it. */
+  getCenterCa(): Promise<CenterCaRecord | null>;
+  /** Keep `ca` as the fleet's CA unless one exists already; answers the one kept (of racing centers, the first's). */
+  createCenterCa(ca: CenterCaInput): Promise<CenterCaRecord>;
+  recordHostCertificate(input: HostCertificateInput): Promise<HostCertificate>;
+  /** The issued certificate with this fingerprint, or null. */
+  findHostCertificate(fingerprint: string): Promise<HostCertificate | null>;
 
   /** Close the database connections; every later call fails with STORE_UNAVAILABLE. Idempotent. */
   close(): Promise<void>;

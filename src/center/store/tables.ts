@@ -113,6 +113,24 @@ export interface CenterSecretsTable {
   created_at_ms: number;
 }
 
+/** The fleet's CA (one row, id 'ca'; see migrations/0005-tls.ts). */
+export interface CenterCaTable {
+  id: string;
+  cert_pem: string;
+  key_pem: string;
+  created_at_ms: number;
+}
+
+/** Certificates issued to hosts, each tied to the host credential issued with it. */
+export interface HostCertificatesTable {
+  fingerprint: string;
+  host: string;
+  credential_id: string;
+  serial: string;
+  created_at_ms: number;
+  not_after_ms: number;
+}
+
 export interface StoreDatabase {
   sites: SitesTable;
   hosts: HostsTable;
@@ -125,4 +143,6 @@ export interface StoreDatabase {
   duties: DutiesTable;
   credentials: CredentialsTable;
   center_secrets: CenterSecretsTable;
+  center_ca: CenterCaTable;
+  host_certificates: HostCertificatesTable;
 }

@@ -25,6 +25,8 @@ export interface StoreBackendUnderTest {
   readonly severalStoresPerProcess: boolean;
 }
 
+/** The schema version this code brings a database to: its newest migration's number (numbers may skip one, see migrations/index.ts). */
+const CODE_VERSION = Number(MIGRATIONS[MIGRATIONS.length - 1]?.name.slice(0, 4));
 const DS1 = 'a'.repeat(32);
 const DS2 = 'b'.repeat(32);
 const START_MS = 1_800_000_000_000;
@@ -68,11 +70,11 @@ export function storeContract(backend: StoreBackendUnderTest): void {
     describe('schema migrations', () => {
       it('migrates an empty database to the latest version; re-running is a no-op that keeps the data', async () => {
         const { store, location } = await fresh();
-        assert.equal(await store.schemaVersion(), MIGRATIONS.length);
+        assert.equal(await store.schemaVersion(), CODE_VERSION);
         await store.upsertSite({ name: 's1' });
         await store.close();
         const again = await openStore(location);
-        assert.equal(await again.schemaVersion(), MIGRATIONS.length);
+        assert.equal(await again.schemaVersion(), CODE_VERSION);
         assert.equal((await again.getSite('s1')).name, 's1');
         await again.close();
         const third = await openStore(location);
@@ -87,7 +89,7 @@ export function storeContract(backend: StoreBackendUnderTest): void {
         await store.close();
         await assert.rejects(openCenterStore(location), (err: Error & { code?: string }) => {
           assert.equal(err.code, 'STORE_SCHEMA_VERSION');
-          assert.match(err.message, new RegExp(`schema version 99.*0099-from-the-future.*newer than this Ferry knows \\(${MIGRATIONS.length}\\)`));
+          assert.match(err.message, new RegExp(`schema version 99.*0099-from-the-future.*newer than this Ferry knows \\(${CODE_VERSION}\\)`));
           return true;
         });
         const newer = await openStore(location, { migrations: future });
@@ -576,6 +578,36 @@ export function storeContract(backend: StoreBackendUnderTest): void {
         assert.ok(old !== undefined && old !== null);
         assert.ok((await store.findCredential(hash(['2', '3', '4', '5'][results.indexOf(old)] ?? '')))?.revokedAtMs !== null, 'the old host credential is revoked');
         assert.equal((await store.findCredential(hash('0')))?.revokedAtMs, null);
+      });
+    });
+
+    describe('the CA and host certificates', () => {
+      const pem = (label: string, body: string): string => `-----BEGIN ${label}-----\n${body}\n-----END ${label}-----\n`;
+      const FP1 = Array.from({ length: 32 }, () => 'AB').join(':');
+      const FP2 = Array.from({ length: 32 }, () => 'CD').join(':');
+
+      it('one CA per database: of two centers racing to make it, both keep the first; PEM only', async () => {
+        const [a, b] = await onOneDatabase(2);
+        assert.ok(a !== undefined && b !== undefined);
+        assert.equal(await a.getCenterCa(), null);
+        const [ra, rb] = await Promise.all([
+          a.createCenterCa({ certPem: pem('CERTIFICATE', 'one'), keyPem: pem('PRIVATE KEY', 'k1') }),
+          b.createCenterCa({ certPem: pem('CERTIFICATE', 'two'), keyPem: pem('PRIVATE KEY', 'k2') }),
+        ]);
+        assert.deepEqual(ra, rb, 'both answer the one kept');
+        assert.deepEqual(await a.getCenterCa(), ra);
+        assert.deepEqual(await b.createCenterCa({ certPem: pem('CERTIFICATE', 'three'), keyPem: pem('PRIVATE KEY', 'k3') }), ra, 'a later one does not replace it');
+        await assert.rejects(a.createCenterCa({ certPem: 'not pem', keyPem: pem('PRIVATE KEY', 'k') }), { code: 'INVALID_ARGUMENT' });
+      });
+
+      it('records issued certificates by fingerprint, with their host and credential', async () => {
+        const { store } = await fresh();
+        const c = await store.recordHostCertificate({ fingerprint: FP1, host: 'h1', credentialId: '00000000000000c1', serial: '0a1b', notAfterMs: START_MS });
+        assert.deepEqual([c.host, c.credentialId, c.serial, c.notAfterMs], ['h1', '00000000000000c1', '0a1b', START_MS]);
+        assert.deepEqual(await store.findHostCertificate(FP1), c);
+        assert.equal(await store.findHostCertificate(FP2), null);
+        await assert.rejects(store.recordHostCertificate({ fingerprint: FP1, host: 'h2', credentialId: '00000000000000c2', serial: '01', notAfterMs: START_MS }), { code: 'ALREADY_EXISTS' });
+        await assert.rejects(store.findHostCertificate('ab:cd'), { code: 'INVALID_ARGUMENT' });
       });
     });
 

@@ -8,5 +8,6 @@ import { migration0001 } from './0001-inventory.js';
 import { migration0002 } from './0002-tasks-events.js';
 import { migration0003 } from './0003-credentials.js';
 import { migration0004 } from './0004-task-admission.js';
+import { migration0005 } from './0005-tls.js';
 
-export const MIGRATIONS: readonly StoreMigration[] = [migration0001, migration0002, migration0003, migration0004];
+export const MIGRATIONS: readonly StoreMigration[] = [migration0001, migration0002, migration0003, migration0004, migration0005];
