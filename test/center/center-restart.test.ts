@@ -29,7 +29,7 @@ describe('a center killed mid-migration (child processes, CLI)', () => {
   it('is restarted, takes its task over and ends it with where the VM really is', async () => {
     const dataDir = await mkdtemp(join(tmpdir(), 'ferry-center-kill-'));
     dirs.push(dataDir);
-    const centerArgs = (listen: string): string[] => ['center', '--data-dir', dataDir, '--listen', listen, '--heartbeat-interval', '200ms', '--sweep-interval', '100ms', '--task-lease', '1s'];
+    const centerArgs = (listen: string): string[] => ['center', '--data-dir', dataDir, '--listen', listen, '--heartbeat-interval', '500ms', '--missed-heartbeats', '20', '--sweep-interval', '100ms', '--task-lease', '1s'];
     const first = startFerry(centerArgs('127.0.0.1:0'));
     centers.push(first);
     const { url, tokenFile, fingerprint } = await centerReady(first.child, first.stdout);

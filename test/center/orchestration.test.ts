@@ -26,7 +26,8 @@ describe('orchestration through the center (real host processes, SQLite)', () =>
   };
 
   before(async () => {
-    tc = await startTestCenter({ budgets: { hostOutboundMigrations: 1 }, taskLeaseMs: 3000 });
+    // Hosts busy booting VMs (instrumenting is synchronous) may be silent for seconds on a loaded machine: 10 s before a host counts as disconnected.
+    tc = await startTestCenter({ budgets: { hostOutboundMigrations: 1 }, taskLeaseMs: 3000, heartbeatIntervalMs: 500, missedHeartbeats: 20 });
     for (const name of ['oa', 'ob', 'oc']) {
       const { token } = await tc.admin.createJoinToken();
       const from = await tc.center.store.latestEventId();
@@ -128,5 +129,26 @@ describe('orchestration through the center (real host processes, SQLite)', () =>
     await succeeded(await tc.admin.maintenance('oc', 'exit'));
     await succeeded(await tc.admin.maintenance('oa', 'exit'));
     assert.equal((await tc.admin.host('oc')).state, 'connected');
+  });
+
+  it('cancel: a running migration rolls back (the VM stays, running, on its source), a queued one ends at once', async () => {
+    await succeeded(await tc.admin.createVm({ name: 'o-c1', host: 'ob', image: 'dirtier', memoryBytes: 48 * MiB, cmdline: 'hot=40MiB rate=200 fill=1' }));
+    await succeeded(await tc.admin.createVm({ name: 'o-c2', host: 'ob', image: 'dirtier', memoryBytes: 16 * MiB, cmdline: 'hot=1MiB' }));
+    const from = await tc.center.store.latestEventId();
+    // 40 MiB at 2 MiB/s: running for long enough to be cancelled in the middle.
+    const running = await tc.admin.migrateVm('o-c1', { to: 'oc', options: { bandwidthBytesPerSec: 2 * MiB } });
+    const queued = await tc.admin.migrateVm('o-c2', { to: 'oc' });
+    await waitForEvent(tc.admin, from, (e) => e.kind === 'migration.started' && e.subject === 'vm:o-c1');
+    await waitForEvent(tc.admin, from, (e) => e.subject === `task:${queued.id}` && /outbound/.test(String((e.payload as { waitingReason: unknown }).waitingReason)));
+    const c2 = await tc.admin.cancelTask(queued.id);
+    assert.equal(c2.state, 'cancelled', 'a queued task ends cancelled at once');
+    assert.equal((await tc.admin.cancelTask(running.id)).cancelRequested, true);
+    const c1 = await wait(running);
+    assert.deepEqual([c1.state, c1.error?.code], ['cancelled', 'CANCELLED']);
+    const vm = await tc.admin.vm('o-c1');
+    assert.deepEqual([vm.host, vm.state], ['ob', 'running']);
+    assert.equal((await hosts[1]?.client.vm('o-c1'))?.state, 'running', 'the source runs it');
+    assert.equal((await hosts[2]?.client.listVms())?.some((v) => v.name === 'o-c1'), false, 'the target has no copy');
+    assert.equal((await tc.admin.cancelTask(running.id)).state, 'cancelled', 'cancelling a finished task answers it as it is');
   });
 });

@@ -51,7 +51,7 @@ describe('two centers on one PostgreSQL (child processes)', () => {
     const start = async (name: string): Promise<{ client: CenterClient; proc: ReturnType<typeof startFerry>; fingerprint: string }> => {
       const dataDir = await mkdtemp(join(tmpdir(), `ferry-center-${name}-`));
       dirs.push(dataDir);
-      const proc = startFerry(['center', '--data-dir', dataDir, '--db', db, '--listen', '127.0.0.1:0', '--heartbeat-interval', '500ms', '--missed-heartbeats', '8', '--sweep-interval', '100ms', '--task-lease', '1s', '--max-migrations', '4']);
+      const proc = startFerry(['center', '--data-dir', dataDir, '--db', db, '--listen', '127.0.0.1:0', '--heartbeat-interval', '500ms', '--missed-heartbeats', '20', '--sweep-interval', '100ms', '--task-lease', '1s', '--max-migrations', '4']);
       centers.push(proc);
       const { url, tokenFile, fingerprint } = await centerReady(proc.child, proc.stdout);
       const caPem = (await CenterClient.readCa(url)).certificate;
