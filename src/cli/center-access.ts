@@ -1,32 +1,39 @@
 /**
- * How the CLI reaches a center: its URL and an API token (from --token-file or $FERRY_CENTER_TOKEN),
- * the one typed client, and paging through a whole list.
+ * How the CLI reaches a center: its URL (--center, else the client config file that `ferry up` and
+ * `ferry login` write) and an API token (--token-file, else $FERRY_CENTER_TOKEN, else the config
+ * file's — only for the center the file names), the one typed client, and paging through a whole list.
  */
 import type { Command } from 'commander';
 import { readFile } from 'node:fs/promises';
 import { FerryError, errorMessage } from '../lib/errors.js';
 import { CenterClient } from '../api/center-client.js';
 import { SECRET_PATTERN } from '../api/center-v1.js';
+import { clientConfigPath, readClientConfig, type ClientConfig } from './client-config.js';
 
 /** Where a client's API token comes from unless --token-file says. */
 export const CENTER_TOKEN_ENV = 'FERRY_CENTER_TOKEN';
 /** Largest page the CLI asks for; it pages on until the list ends. */
 export const CLI_PAGE = 1000;
 
-export interface CenterClientOpts { center: string; tokenFile?: string }
+export interface CenterClientOpts { center?: string; tokenFile?: string }
 
-async function centerToken(tokenFile: string | undefined): Promise<string> {
+/** `config`: the config file's content when it names the center being reached (its token is a fallback). */
+async function centerToken(tokenFile: string | undefined, config: ClientConfig | null): Promise<string> {
   let text: string | undefined;
   let source: string;
+  const fromEnv = process.env[CENTER_TOKEN_ENV];
   if (tokenFile !== undefined) {
     source = tokenFile;
     try { text = await readFile(tokenFile, 'utf8'); } catch (err) { throw new FerryError('UNAUTHORIZED', `cannot read the API token file ${tokenFile}: ${errorMessage(err)}`); }
-  } else {
+  } else if ((fromEnv !== undefined && fromEnv.trim() !== '') || config === null) {
     source = `$${CENTER_TOKEN_ENV}`;
-    text = process.env[CENTER_TOKEN_ENV];
+    text = fromEnv;
+  } else {
+    source = clientConfigPath();
+    text = config.token;
   }
   const t = text?.trim() ?? '';
-  if (t === '') throw new FerryError('UNAUTHORIZED', `no API token: pass --token-file <file> (a center's admin token is <data-dir>/admin.token) or set ${CENTER_TOKEN_ENV}`);
+  if (t === '') throw new FerryError('UNAUTHORIZED', `no API token: pass --token-file <file> (a center's admin token is <data-dir>/admin.token), set ${CENTER_TOKEN_ENV}, or run ferry up / ferry login`);
   if (!SECRET_PATTERN.test(t)) throw new FerryError('UNAUTHORIZED', `${source} does not hold a Ferry API token`);
   return t;
 }
@@ -42,13 +49,21 @@ export async function allPages<T, K>(fetchPage: (after: K | undefined) => Promis
   }
 }
 
+/** Same origin: the config file's token is only ever sent to the center it was issued by. */
+function sameCenter(a: string, b: string): boolean {
+  try { return new URL(a).origin === new URL(b).origin; } catch { return false; }
+}
+
 export async function centerClient(o: CenterClientOpts): Promise<CenterClient> {
-  return new CenterClient(o.center, await centerToken(o.tokenFile));
+  const config = await readClientConfig();
+  const url = o.center ?? config?.center;
+  if (url === undefined) throw new FerryError('INVALID_ARGUMENT', `no center: pass --center <url>, or run ferry up / ferry login (they write ${clientConfigPath()})`);
+  return new CenterClient(url, await centerToken(o.tokenFile, config !== null && sameCenter(config.center, url) ? config : null));
 }
 
 export function withCenterOptions(cmd: Command): Command {
   return cmd
-    .requiredOption('--center <url>', 'center URL, e.g. http://127.0.0.1:7100')
-    .option('--token-file <file>', `file holding an API token (default: $${CENTER_TOKEN_ENV})`);
+    .option('--center <url>', 'center URL, e.g. http://127.0.0.1:7100 (default: the one in the config file ferry up / ferry login write)')
+    .option('--token-file <file>', `file holding an API token (default: $${CENTER_TOKEN_ENV}, else the config file's)`);
 }
 

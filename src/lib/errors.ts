@@ -48,6 +48,8 @@ export const FERRY_ERROR_CODES = [
   // the center cannot be reached, or answered something that is not its API (the client's side)
   'CENTER_UNREACHABLE',
   'CENTER_ERROR',
+  // the CLI's client config file (ferry up, ferry login) is unreadable or not a config
+  'CONFIG_INVALID',
   // center tasks: a worker acts on a task it no longer holds (re-queued, taken over, finished): stop
   'TASK_NOT_CLAIMED',
   // center tasks: the task's state does not allow the action
