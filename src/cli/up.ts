@@ -213,7 +213,7 @@ export async function runUp(o: UpOptions): Promise<number> {
     void c.exited.then((code) => {
       if (ended.why !== null) return;
       ended.why = { died: c, code };
-      progress(`${c.name} exited unexpectedly (code ${code ?? `signal ${c.child.signalCode ?? '?'}`}); its last log lines:\n${c.tail().trimEnd()}`);
+      progress(`${c.name} exited unexpectedly (${code !== null ? `exit code ${code}` : `signal ${c.child.signalCode ?? '?'}`}); its last log lines:\n${c.tail().trimEnd()}`);
       stop.abort();
     });
   };

@@ -14,21 +14,28 @@ export interface CliResult {
 /** Upper bound for any one CLI run in tests: a hung child is killed and the test fails. */
 const CLI_TIMEOUT_MS = 60_000;
 
-export function startFerry(args: readonly string[]): { child: ChildProcess; done: Promise<CliResult>; stdout: () => string } {
-  const child = spawn(process.execPath, [FERRY_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+export interface StartOptions {
+  /** The child's whole environment (default: this process's). */
+  readonly env?: NodeJS.ProcessEnv;
+  /** Killed after this long (default CLI_TIMEOUT_MS). */
+  readonly timeoutMs?: number;
+}
+
+export function startFerry(args: readonly string[], opts: StartOptions = {}): { child: ChildProcess; done: Promise<CliResult>; stdout: () => string; stderr: () => string } {
+  const child = spawn(process.execPath, [FERRY_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...(opts.env !== undefined ? { env: opts.env } : {}) });
   let stdout = '';
   let stderr = '';
   child.stdout?.on('data', (d: Buffer) => { stdout += d.toString(); });
   child.stderr?.on('data', (d: Buffer) => { stderr += d.toString(); });
-  const timer = setTimeout(() => { child.kill('SIGKILL'); }, CLI_TIMEOUT_MS);
+  const timer = setTimeout(() => { child.kill('SIGKILL'); }, opts.timeoutMs ?? CLI_TIMEOUT_MS);
   const done = new Promise<CliResult>((resolve) => {
     child.on('close', (code, signal) => { clearTimeout(timer); resolve({ code, signal, stdout, stderr }); });
   });
-  return { child, done, stdout: () => stdout };
+  return { child, done, stdout: () => stdout, stderr: () => stderr };
 }
 
-export function runFerry(args: readonly string[]): Promise<CliResult> {
-  return startFerry(args).done;
+export function runFerry(args: readonly string[], opts: StartOptions = {}): Promise<CliResult> {
+  return startFerry(args, opts).done;
 }
 
 /** Resolves with the center's URL and token file once its ready line is out. */
