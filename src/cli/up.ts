@@ -105,8 +105,9 @@ async function spawnCenter(dataDir: string, listen: string, log: ReturnType<type
   let stdout = '';
   child.stderr?.on('data', (d: Buffer) => { log.write(d.toString()); });
   const fc = { name: 'center', child, exited, tail: log.tail };
+  let timedOut = false;
   const ready = await new Promise<{ url: string; tokenFile: string } | null>((done) => {
-    const timer = setTimeout(() => { done(null); }, CENTER_READY_TIMEOUT_MS);
+    const timer = setTimeout(() => { timedOut = true; done(null); }, CENTER_READY_TIMEOUT_MS);
     const check = (): void => {
       const m = /ferry center ready url=(\S+) admin-token-file=(\S+)\n/.exec(stdout);
       if (m !== null) { clearTimeout(timer); done({ url: m[1] ?? '', tokenFile: m[2] ?? '' }); }
@@ -117,7 +118,8 @@ async function spawnCenter(dataDir: string, listen: string, log: ReturnType<type
   });
   if (ready === null) {
     if (running(child)) { child.kill('SIGKILL'); await exited; }
-    throw new FerryError('CENTER_ERROR', `the center did not start (within ${CENTER_READY_TIMEOUT_MS} ms):\n${log.tail().trimEnd()}`);
+    const how = timedOut ? `was not ready within ${CENTER_READY_TIMEOUT_MS} ms` : `exited before it was ready (exit code ${child.exitCode ?? `signal ${child.signalCode ?? '?'}`})`;
+    throw new FerryError('CENTER_ERROR', `the center ${how}; its last log lines:\n${log.tail().trimEnd()}`);
   }
   return { ...fc, ...ready };
 }

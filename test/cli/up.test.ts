@@ -3,13 +3,14 @@
  * writes lets the printed commands run as printed (no flags), `ferry vm migrate demo` moves the VM to
  * the other host, and SIGTERM stops everything (exit 0, no process left, temp data and config gone).
  * With someone else's config file it leaves the file alone and prints the commands with flags; with
- * --data-dir a second run resumes the fleet. Bad --hosts is a usage error; a corrupt config file is
- * an error naming it.
+ * --data-dir a second run resumes the fleet. A dead host or a failed start-up stops everything (exit 1).
+ * Bad --hosts is a usage error; a corrupt config file is an error naming it.
  */
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -199,6 +200,22 @@ describe('ferry up (child processes)', () => {
     assert.match(done.stderr, /host beta exited unexpectedly \(signal SIGKILL\)/);
     assert.deepEqual(pids.filter(alive), [], 'the others are stopped');
     assert.equal(existsSync(r.dataDir), false);
+  });
+
+  it('a start-up step that fails (the center\'s port is taken) stops what was started, with a clear error and exit code 1', async () => {
+    const holder = createServer();
+    await new Promise<void>((resolve) => { holder.listen(0, '127.0.0.1', resolve); });
+    try {
+      const port = (holder.address() as AddressInfo).port;
+      const dir = await mkdtemp(join(tmpdir(), 'ferry-up-test-'));
+      dirs.push(dir);
+      const r = await runFerry(['up', '--hosts', '1', '--listen', `127.0.0.1:${port}`], { env: envWith(join(dir, 'config.json')) });
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stderr, /start-up failed: \[CENTER_ERROR\] the center exited before it was ready \(exit code 1\)(.|\n)*EADDRINUSE(.|\n)*stopped, temporary data removed/);
+      assert.equal(existsSync(join(dir, 'config.json')), false, 'no config written');
+    } finally {
+      holder.close();
+    }
   });
 
   it('refuses --hosts 0 and --hosts 99 as usage errors; a corrupt config file is an error naming it', async () => {
