@@ -18,7 +18,7 @@ import { parseListen, print } from './host-commands.js';
 import { CENTER_TOKEN_ENV, CLI_PAGE, allPages, centerClient, centerToken, withCenterOptions, type CenterClientOpts } from './center-access.js';
 import { describeTask, followTask, taskExitCode } from './center-tasks.js';
 import { loggerFor, withLogOptions, type LogOptions } from './log-options.js';
-import { clientConfigPath, writeClientConfig } from './client-config.js';
+import { WRITTEN_BY_LOGIN, clientConfigPath, writeClientConfig } from './client-config.js';
 import { normalizeFingerprint } from '../lib/fingerprint.js';
 import { CenterClient } from '../api/center-client.js';
 
@@ -119,7 +119,7 @@ export function addCenterCommands(program: Command, host: Command): void {
     .option('--token-file <file>', `file holding an API token (default: $${CENTER_TOKEN_ENV})`)
     .option('--ca-fingerprint <sha256>', 'the CA fingerprint ferry center printed; without it a terminal asks, a script is refused')
     .action(async (o: { center: string; tokenFile?: string; caFingerprint?: string }) => {
-      const token = await centerToken(o.tokenFile);
+      const token = await centerToken(o.tokenFile, null);
       const expected = o.caFingerprint !== undefined ? normalizeFingerprint(o.caFingerprint) : undefined;
       const ca = await CenterClient.readCa(o.center);
       process.stderr.write(`center ${o.center}: CA fingerprint (SHA-256) ${ca.fingerprint}\n`);
@@ -136,7 +136,7 @@ export function addCenterCommands(program: Command, host: Command): void {
       const client = new CenterClient(o.center, token, { caPem: ca.certificate });
       try { await client.listHosts({ limit: 1 }); } finally { await client.close(); }
       const path = clientConfigPath();
-      await writeClientConfig({ center: client.baseUrl, token, caPem: ca.certificate, caFingerprint: ca.fingerprint }, path);
+      await writeClientConfig({ center: client.baseUrl, token, caPem: ca.certificate, caFingerprint: ca.fingerprint, writtenBy: WRITTEN_BY_LOGIN }, path);
       process.stdout.write(`logged in to ${client.baseUrl} (CA ${ca.fingerprint}); client config in ${path}\n`);
     });
 

@@ -24,10 +24,10 @@ import type { CenterClient } from '../api/center-client.js';
 import { BUILTIN_IMAGE_PATTERN, type CenterTaskView } from '../api/center-v1.js';
 import { durationOption, parseIntegerOption, sizeOption } from './args.js';
 import { CENTER_TOKEN_ENV, CLI_PAGE, allPages, centerClient } from './center-access.js';
+import { readClientConfig } from './client-config.js';
 import { describeTask, followTask } from './center-tasks.js';
 import { compact } from './status.js';
 import { loggerFor, withLogOptions, type LogOptions } from './log-options.js';
-import { readClientConfig } from './client-config.js';
 
 export interface ClientOpts { host?: string; center?: string; tokenFile?: string; caFile?: string }
 
@@ -37,7 +37,7 @@ export interface ClientOpts { host?: string; center?: string; tokenFile?: string
  */
 export async function client(o: ClientOpts): Promise<HostClient> {
   if (o.host === undefined) {
-    throw new FerryError('INVALID_ARGUMENT', o.center !== undefined ? 'this verb talks to a host: pass --host <url> instead of --center' : 'pass --host <url> (a host agent) or --center <url> (a center)');
+    throw new FerryError('INVALID_ARGUMENT', o.center !== undefined ? 'this verb talks to a host: pass --host <url> instead of --center' : 'pass --host <url> (a host agent) or --center <url> (a center; or run ferry up / ferry login, which write a config file naming one)');
   }
   const token = await loadToken(o.tokenFile);
   if (!o.host.startsWith('https:')) return new HostClient(o.host, token);
@@ -50,9 +50,15 @@ export async function client(o: ClientOpts): Promise<HostClient> {
   return new HostClient(o.host, token, caPem !== undefined ? { caPem } : {});
 }
 
-/** The center named by --center, or null when the verb is for a host (--host). */
+/**
+ * The center named by --center, or with neither --host nor --center the one of the client config file
+ * (ferry up, ferry login); null when the verb is for a host (--host, or no config either).
+ */
 async function centerOf(o: ClientOpts): Promise<CenterClient | null> {
-  if (o.center === undefined) return null;
+  if (o.center === undefined) {
+    if (o.host !== undefined || await readClientConfig() === null) return null;
+    return centerClient(o.tokenFile !== undefined ? { tokenFile: o.tokenFile } : {});
+  }
   if (o.host !== undefined) throw new FerryError('INVALID_ARGUMENT', 'pass --host or --center, not both');
   return centerClient({ center: o.center, ...(o.tokenFile !== undefined ? { tokenFile: o.tokenFile } : {}), ...(o.caFile !== undefined ? { caFile: o.caFile } : {}) });
 }
@@ -60,9 +66,9 @@ async function centerOf(o: ClientOpts): Promise<CenterClient | null> {
 export function withClientOptions(cmd: Command): Command {
   return cmd
     .option('--host <url>', 'host agent URL, e.g. http://127.0.0.1:7000')
-    .option('--center <url>', 'or a center URL, e.g. https://127.0.0.1:7100 (it picks the host)')
+    .option('--center <url>', 'or a center URL, e.g. https://127.0.0.1:7100 (it picks the host; with neither: the config file of ferry login / ferry up)')
     .option('--token-file <file>', `file holding the API token (default: $FERRY_TOKEN for a host, $${CENTER_TOKEN_ENV} for a center)`)
-    .option('--ca-file <pem>', 'for an https:// host or a center: the CA to trust (default: the center CA of the client config, see ferry login)');
+    .option('--ca-file <pem>', 'for an https:// host or a center: the CA to trust (default: the center CA of the config file)');
 }
 
 /** Runs a center task to its end (progress bar, Ctrl-C cancels) and prints how it ended; sets the exit code. */

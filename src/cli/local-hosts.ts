@@ -36,6 +36,10 @@ export interface SpawnOptions {
   readonly env?: Readonly<Record<string, string>>;
   /** Extra `ferry host` arguments (e.g. --datastore name=path). */
   readonly args?: readonly string[];
+  /** Every chunk the host writes (stdout and stderr), as it comes (e.g. to a log file). */
+  readonly onOutput?: (text: string) => void;
+  /** In a process group of its own: a terminal's Ctrl-C reaches only the parent, which stops it in order. */
+  readonly detached?: boolean;
 }
 
 /** Spawns `ferry host` on 127.0.0.1 and waits for its ready line. */
@@ -44,12 +48,13 @@ export async function spawnHost(name: string, dataDir: string, token: string, op
   const args = opts.args ?? [];
   const format = opts.echo === true && !args.includes('--log-format') ? ['--log-format', 'pretty'] : [];
   const child = spawn(process.execPath, [cli, 'host', '--name', name, '--data-dir', dataDir, '--listen', `127.0.0.1:${opts.port ?? 0}`, ...format, ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FERRY_TOKEN: token, ...(opts.env ?? {}) },
+    stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FERRY_TOKEN: token, ...(opts.env ?? {}) }, detached: opts.detached === true,
   });
   let out = '';
-  child.stdout?.on('data', (d: Buffer) => { out += d.toString(); });
+  child.stdout?.on('data', (d: Buffer) => { out += d.toString(); opts.onOutput?.(d.toString()); });
   child.stderr?.on('data', (d: Buffer) => {
     out += d.toString();
+    opts.onOutput?.(d.toString());
     if (opts.echo === true) process.stderr.write(`  [${name}] ${d.toString().trimEnd().replace(/\n/g, `\n  [${name}] `)}\n`);
   });
   const exited = new Promise<number | null>((resolve) => { child.on('exit', (code) => { resolve(code); }); });

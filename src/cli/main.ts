@@ -3,7 +3,7 @@
  * The `ferry` command. Exit codes: 0 ok, 1 operating error (printed with its stable code),
  * 2 usage error, 3 the guest crashed.
  */
-import { Command, CommanderError, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { basename } from 'node:path';
@@ -23,6 +23,7 @@ import { addCenterCommands } from './center-commands.js';
 import { addDiskCommands } from './disk-commands.js';
 import { addSnapshotCommands } from './snapshot-commands.js';
 import { runDemo } from './demo.js';
+import { DEFAULT_UP_HOSTS, MAX_UP_HOSTS, MIN_UP_HOSTS, runUp } from './up.js';
 
 const DEFAULT_MEMORY = '256MiB';
 /** The demo: the multi-vCPU dirtier on a random 64 MiB working set. */
@@ -92,6 +93,15 @@ async function withDisk<T>(o: { disk?: string; diskSize?: number }, session: (di
     return await session(disk);
   } finally {
     await disk.close();
+  }
+}
+
+/** `ferry up --hosts`: out of range is a usage error (exit 2), said the way commander says its own. */
+function hostsOption(text: string): number {
+  try {
+    return parseIntegerOption(text, '--hosts', MIN_UP_HOSTS, MAX_UP_HOSTS);
+  } catch (err) {
+    throw new InvalidArgumentError(errorMessage(err));
   }
 }
 
@@ -175,6 +185,16 @@ export function buildProgram(): Command {
     .addOption(new Option('--migrations <n>', 'stop after this many migrations').argParser((v) => parseIntegerOption(v, '--migrations', 1, 1_000_000)))
     .action(async (o: { vcpus: number; memory: number; cmdline: string; migrations?: number }) => {
       process.exitCode = await runDemo({ vcpus: o.vcpus, memoryBytes: o.memory, cmdline: o.cmdline, ...(o.migrations !== undefined ? { migrations: o.migrations } : {}) });
+    });
+
+  program.command('up')
+    .description('a center, hosts sharing one datastore and a demo VM on loopback (what npm start runs); writes the client config; Ctrl-C stops all')
+    .addOption(new Option('--hosts <n>', `number of hosts (${MIN_UP_HOSTS}-${MAX_UP_HOSTS})`).argParser(hostsOption).default(DEFAULT_UP_HOSTS))
+    .option('--data-dir <dir>', 'keep the fleet here (a later ferry up --data-dir resumes it); default: a temporary directory removed at exit')
+    .option('--listen <host:port>', 'the center\'s address (default 127.0.0.1:7100, or any free port if it is taken)')
+    .option('--no-demo', 'create no demo VM')
+    .action(async (o: { hosts: number; dataDir?: string; listen?: string; demo: boolean }) => {
+      process.exitCode = await runUp({ hosts: o.hosts, demo: o.demo, ...(o.dataDir !== undefined ? { dataDir: o.dataDir } : {}), ...(o.listen !== undefined ? { listen: o.listen } : {}) });
     });
 
   return program;

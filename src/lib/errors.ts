@@ -50,6 +50,8 @@ export const FERRY_ERROR_CODES = [
   'CENTER_ERROR',
   // TLS: the peer's certificate is not signed by the CA this side trusts (or its CA is not the expected one)
   'TLS_UNTRUSTED',
+  // the CLI's client config file (ferry up, ferry login) is unreadable or not a config
+  'CONFIG_INVALID',
   // center tasks: a worker acts on a task it no longer holds (re-queued, taken over, finished): stop
   'TASK_NOT_CLAIMED',
   // center tasks: the task's state does not allow the action

@@ -14,22 +14,28 @@ export interface CliResult {
 /** Upper bound for any one CLI run in tests: a hung child is killed and the test fails. */
 const CLI_TIMEOUT_MS = 60_000;
 
-/** `env`: added to this process's environment (e.g. FERRY_CONFIG, so no test reads a person's client config). */
-export function startFerry(args: readonly string[], o: { env?: NodeJS.ProcessEnv } = {}): { child: ChildProcess; done: Promise<CliResult>; stdout: () => string } {
-  const child = spawn(process.execPath, [FERRY_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...(o.env ?? {}) } });
+export interface StartOptions {
+  /** Added to this process's environment (e.g. FERRY_CONFIG, so no test reads a person's client config). */
+  readonly env?: NodeJS.ProcessEnv;
+  /** Killed after this long (default CLI_TIMEOUT_MS). */
+  readonly timeoutMs?: number;
+}
+
+export function startFerry(args: readonly string[], opts: StartOptions = {}): { child: ChildProcess; done: Promise<CliResult>; stdout: () => string; stderr: () => string } {
+  const child = spawn(process.execPath, [FERRY_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...(opts.env ?? {}) } });
   let stdout = '';
   let stderr = '';
   child.stdout?.on('data', (d: Buffer) => { stdout += d.toString(); });
   child.stderr?.on('data', (d: Buffer) => { stderr += d.toString(); });
-  const timer = setTimeout(() => { child.kill('SIGKILL'); }, CLI_TIMEOUT_MS);
+  const timer = setTimeout(() => { child.kill('SIGKILL'); }, opts.timeoutMs ?? CLI_TIMEOUT_MS);
   const done = new Promise<CliResult>((resolve) => {
     child.on('close', (code, signal) => { clearTimeout(timer); resolve({ code, signal, stdout, stderr }); });
   });
-  return { child, done, stdout: () => stdout };
+  return { child, done, stdout: () => stdout, stderr: () => stderr };
 }
 
-export function runFerry(args: readonly string[], o: { env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
-  return startFerry(args, o).done;
+export function runFerry(args: readonly string[], opts: StartOptions = {}): Promise<CliResult> {
+  return startFerry(args, opts).done;
 }
 
 /** Resolves with the center's URL, token file and CA fingerprint once its ready line is out. */
