@@ -7,7 +7,8 @@
  * disk nobody mounts now, or its host may have lost it; people decide, not a heartbeat); a silent
  * host's VMs become `unknown` too, and its next heartbeat reconciles them with what it really runs.
  *
- * Heartbeats write only what changed (a steady fleet's heartbeat is three reads and one write), and
+ * Heartbeats write only what changed (a steady fleet's heartbeat is four reads — the credential, the
+ * host, its mounts, its VMs — and one write, the heartbeat time), and
  * every change appends an event for the event streams.
  */
 import { FerryError, isFerryError } from '../lib/errors.js';
@@ -69,13 +70,17 @@ export class Inventory {
     const { store } = this.d;
     const before = await store.getHost(name);
     const keep = MAINTENANCE_STATES.includes(before.state);
-    const host = await store.upsertHost({ name, site: before.site, url: hb.url, capacity: hb.capacity, ...(keep ? {} : { state: 'connected' as const }) });
+    const state = keep ? before.state : 'connected';
+    // A steady host (same URL, capacity and state) costs no host write here: only the heartbeat time below.
+    const unchanged = before.url === hb.url && before.state === state
+      && before.capacity.memoryBytes === hb.capacity.memoryBytes && before.capacity.vcpus === hb.capacity.vcpus;
+    if (!unchanged) await store.upsertHost({ name, site: before.site, url: hb.url, capacity: hb.capacity, ...(keep ? {} : { state }) });
     await this.applyDatastores(name, hb.datastores);
     await this.applyVms(name, hb.vms);
     await store.recordHostHeartbeat(name, this.d.clock());
     // Last: a client that sees the host (re)connected finds its datastores and VMs already reconciled.
-    if (host.state !== before.state) await this.event('host.connected', `host:${name}`, { host: name, from: before.state });
-    return host.state;
+    if (state !== before.state) await this.event('host.connected', `host:${name}`, { host: name, from: before.state });
+    return state;
   }
 
   private async applyDatastores(host: string, reported: HeartbeatRequest['datastores']): Promise<void> {
