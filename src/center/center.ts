@@ -4,8 +4,12 @@
  * (releasing its duty so another center takes over at once), ends event streams, closes the server and
  * then the store — in that order, so no request runs against a closed store.
  *
+ * Event streams are woken by the store (`onEventsCommitted`): this center's commits, and on PostgreSQL
+ * every other center's (LISTEN/NOTIFY). The event log is bounded: one center at a time (the event-prune
+ * duty) deletes events older than the retention or beyond the newest maximum count, in bounded batches.
+ *
  * Seams for the rest of issue 9: TLS with the center's own CA goes where the server is created; task
- * workers and the scheduler are further duties next to the sweeper; LISTEN/NOTIFY pokes `wakeups`.
+ * workers and the scheduler are further duties next to the sweeper.
  */
 import { createAdaptorServer } from '@hono/node-server';
 import type { Server } from 'node:http';
@@ -18,6 +22,7 @@ import { CenterAuth } from './auth.js';
 import { EventWakeups } from './events.js';
 import { DEFAULT_SITE, Inventory } from './inventory.js';
 import { openCenterStore, storeLocation } from './store/open.js';
+import { MAX_LEASE_MS, type EventRetention } from './store/model.js';
 import type { CenterStore, Clock } from './store/store.js';
 
 /** Hosts heartbeat this often unless the center says otherwise (it tells them in every answer). */
@@ -30,8 +35,29 @@ export const DEFAULT_SWEEP_INTERVAL_MS = 1000;
 export const HEARTBEAT_SWEEP_DUTY = 'heartbeat-sweep';
 /** The duty's lease, in sweep intervals: renewed every sweep, so a dead center's duty is free after a few. */
 const SWEEP_LEASE_INTERVALS = 3;
-/** Shortest lease the store accepts is 10 ms; a sweep interval below this makes a lease too short to renew. */
-const MIN_SWEEP_INTERVAL_MS = 10;
+/** Shortest lease the store accepts is 10 ms; a duty's interval below this makes a lease too short to renew. */
+const MIN_DUTY_INTERVAL_MS = 10;
+
+/**
+ * Events are kept a week by default: a client (a UI left open, `ferry task watch`) that reconnects within
+ * it misses nothing; one older is told events were lost (docs/design/center-api.md) and refetches.
+ */
+export const DEFAULT_EVENT_RETENTION_MS = 7 * 24 * 60 * 60_000;
+/**
+ * And at most this many (the newest): a busy fleet's log stays bounded in rows as well as in time —
+ * 100,000 events of at most 7 KiB (MAX_EVENT_PAYLOAD_BYTES) is under 700 MiB, a few tens of MiB typically.
+ */
+export const DEFAULT_EVENT_RETENTION_MAX_EVENTS = 100_000;
+/** The pruner looks this often: the log overshoots its bounds by at most a minute's worth of events. */
+export const DEFAULT_EVENT_PRUNE_INTERVAL_MS = 60_000;
+/** The pruner's duty name (one center at a time prunes). */
+export const EVENT_PRUNE_DUTY = 'event-prune';
+/** Events one prune statement deletes: short statements, so readers and writers never wait long for it. */
+export const EVENT_PRUNE_BATCH = 1000;
+/** Batches one prune run deletes at most: a huge backlog is worked off over several runs, each bounded. */
+const MAX_PRUNE_BATCHES_PER_RUN = 20;
+/** The pruner's lease in intervals (renewed at every run, like the sweeper's). */
+const PRUNE_LEASE_INTERVALS = 3;
 
 export interface CenterOptions {
   readonly dataDir: string;
@@ -43,14 +69,25 @@ export interface CenterOptions {
   readonly missedHeartbeats?: number;
   readonly sweepIntervalMs?: number;
   readonly eventPollMs?: number;
+  /** Events older than this are pruned (default DEFAULT_EVENT_RETENTION_MS). */
+  readonly eventRetentionMs?: number;
+  /** At most this many events are kept, the newest (default DEFAULT_EVENT_RETENTION_MAX_EVENTS). */
+  readonly eventRetentionMaxEvents?: number;
+  readonly eventPruneIntervalMs?: number;
   readonly clock?: Clock;
   readonly log?: (line: string) => void;
 }
 
+/** A duty run on a timer: one run at a time (a slow store makes the next wait, not pile up). */
+interface DutyLoop {
+  timer: NodeJS.Timeout | null;
+  running: Promise<void>;
+}
+
 export class Center {
   readonly #shutdown = new AbortController();
-  #sweeper: NodeJS.Timeout | null = null;
-  #sweeping: Promise<void> = Promise.resolve();
+  readonly #duties: DutyLoop[] = [];
+  #unsubscribeEvents: () => void = () => undefined;
   #closed = false;
 
   private constructor(
@@ -71,18 +108,24 @@ export class Center {
     const sweepIntervalMs = options.sweepIntervalMs ?? DEFAULT_SWEEP_INTERVAL_MS;
     const missed = options.missedHeartbeats ?? DEFAULT_MISSED_HEARTBEATS;
     if (!Number.isInteger(heartbeatIntervalMs) || heartbeatIntervalMs < 1) throw new FerryError('INVALID_ARGUMENT', 'the heartbeat interval must be a positive number of milliseconds');
-    if (!Number.isInteger(sweepIntervalMs) || sweepIntervalMs < MIN_SWEEP_INTERVAL_MS) throw new FerryError('INVALID_ARGUMENT', `the sweep interval must be at least ${MIN_SWEEP_INTERVAL_MS} ms`);
+    const pruneIntervalMs = options.eventPruneIntervalMs ?? DEFAULT_EVENT_PRUNE_INTERVAL_MS;
+    const retentionMs = options.eventRetentionMs ?? DEFAULT_EVENT_RETENTION_MS;
+    const retentionMax = options.eventRetentionMaxEvents ?? DEFAULT_EVENT_RETENTION_MAX_EVENTS;
+    if (!Number.isInteger(sweepIntervalMs) || sweepIntervalMs < MIN_DUTY_INTERVAL_MS) throw new FerryError('INVALID_ARGUMENT', `the sweep interval must be at least ${MIN_DUTY_INTERVAL_MS} ms`);
     if (!Number.isInteger(missed) || missed < 1) throw new FerryError('INVALID_ARGUMENT', 'missed heartbeats must be a positive integer');
+    if (!Number.isInteger(pruneIntervalMs) || pruneIntervalMs < MIN_DUTY_INTERVAL_MS) throw new FerryError('INVALID_ARGUMENT', `the event prune interval must be at least ${MIN_DUTY_INTERVAL_MS} ms`);
+    if (!Number.isSafeInteger(retentionMs) || retentionMs < 1) throw new FerryError('INVALID_ARGUMENT', 'the event retention must be a positive number of milliseconds');
+    if (!Number.isSafeInteger(retentionMax) || retentionMax < 1) throw new FerryError('INVALID_ARGUMENT', 'the most events kept must be a positive integer');
     const clock = options.clock ?? Date.now;
     const log = options.log ?? ((line) => { process.stderr.write(`${line}\n`); });
-    const store = await openCenterStore(storeLocation(options.dataDir, options.db), { clock });
+    const store = await openCenterStore(storeLocation(options.dataDir, options.db), { clock, log });
     try {
       const id = `center-${hostname()}-${process.pid}-${randomBytes(4).toString('hex')}`;
       const auth = new CenterAuth(store, clock);
       const admin = await auth.ensureAdminToken(options.dataDir);
       await store.upsertSite({ name: DEFAULT_SITE });
       const wakeups = new EventWakeups();
-      const inventory = new Inventory({ store, wakeups, clock });
+      const inventory = new Inventory({ store, clock });
       const shutdownHolder = new AbortController();
       const app = buildCenterApp({
         store, auth, inventory, wakeups, heartbeatIntervalMs, shutdown: shutdownHolder.signal,
@@ -97,7 +140,12 @@ export class Center {
       const center = new Center(store, id, admin.file, admin.token, admin.created, server, inventory, options, log);
       // The app's shutdown signal is the center's: ending it ends every event stream.
       center.#shutdown.signal.addEventListener('abort', () => { shutdownHolder.abort(); }, { once: true });
-      center.startSweeper(sweepIntervalMs, heartbeatIntervalMs * missed);
+      // Every commit of an event, this center's or (PostgreSQL) another's, wakes the streams.
+      center.#unsubscribeEvents = store.onEventsCommitted(() => { wakeups.poke(); });
+      const silentAfterMs = heartbeatIntervalMs * missed;
+      center.startDuty('heartbeat sweep', sweepIntervalMs, () => center.sweepOnce(silentAfterMs, sweepIntervalMs * SWEEP_LEASE_INTERVALS));
+      const retention = { maxAgeMs: retentionMs, maxEvents: retentionMax, batch: EVENT_PRUNE_BATCH };
+      center.startDuty('event prune', pruneIntervalMs, () => center.pruneEventsOnce(retention, Math.min(pruneIntervalMs * PRUNE_LEASE_INTERVALS, MAX_LEASE_MS)));
       log(`center ${id}: API on ${center.url}, store ${store.backend}, heartbeats every ${heartbeatIntervalMs} ms, disconnected after ${missed} missed`);
       return center;
     } catch (err) {
@@ -121,26 +169,43 @@ export class Center {
     return marked;
   }
 
-  private startSweeper(intervalMs: number, silentAfterMs: number): void {
-    const leaseMs = intervalMs * SWEEP_LEASE_INTERVALS;
+  /**
+   * One prune run now (also what the timer runs): deletes events beyond the retention, batch by batch,
+   * at most MAX_PRUNE_BATCHES_PER_RUN batches; answers how many, or null without the duty.
+   */
+  async pruneEventsOnce(retention: EventRetention, leaseMs: number): Promise<number | null> {
+    const lease = await this.store.tryAcquireDuty(EVENT_PRUNE_DUTY, this.id, leaseMs);
+    if (!lease.acquired) return null;
+    let pruned = 0;
+    for (let i = 0; i < MAX_PRUNE_BATCHES_PER_RUN && !this.#closed; i++) {
+      const n = await this.store.pruneEvents(retention);
+      pruned += n;
+      if (n < retention.batch) break;
+    }
+    return pruned;
+  }
+
+  private startDuty(what: string, intervalMs: number, run: () => Promise<unknown>): void {
+    const loop: DutyLoop = { timer: null, running: Promise.resolve() };
     const tick = (): void => {
-      // One sweep at a time: a slow store makes the next tick wait, not pile up.
-      this.#sweeping = this.sweepOnce(silentAfterMs, leaseMs).then(() => undefined, (err: unknown) => {
-        if (!this.#closed) this.log(`center ${this.id}: heartbeat sweep failed (retrying): ${errorMessage(err)}`);
+      loop.running = run().then(() => undefined, (err: unknown) => {
+        if (!this.#closed) this.log(`center ${this.id}: ${what} failed (retrying): ${errorMessage(err)}`);
       }).finally(() => {
-        if (!this.#closed) this.#sweeper = setTimeout(tick, intervalMs);
+        if (!this.#closed) loop.timer = setTimeout(tick, intervalMs);
       });
     };
-    this.#sweeper = setTimeout(tick, intervalMs);
+    loop.timer = setTimeout(tick, intervalMs);
+    this.#duties.push(loop);
   }
 
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    if (this.#sweeper !== null) clearTimeout(this.#sweeper);
-    await this.#sweeping;
-    // Hand the duty over now rather than after its lease: another center sweeps at its next tick.
-    await this.store.releaseDuty(HEARTBEAT_SWEEP_DUTY, this.id).catch(() => false);
+    for (const d of this.#duties) if (d.timer !== null) clearTimeout(d.timer);
+    await Promise.all(this.#duties.map((d) => d.running));
+    // Hand the duties over now rather than after their leases: another center takes them at its next tick.
+    for (const duty of [HEARTBEAT_SWEEP_DUTY, EVENT_PRUNE_DUTY]) await this.store.releaseDuty(duty, this.id).catch(() => false);
+    this.#unsubscribeEvents();
     this.#shutdown.abort();
     await new Promise<void>((resolve) => { this.server.close(() => { resolve(); }); this.server.closeAllConnections(); });
     await this.store.close();

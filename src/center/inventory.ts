@@ -15,7 +15,6 @@ import { FerryError, isFerryError } from '../lib/errors.js';
 import type { HeartbeatRequest } from '../api/center-v1.js';
 import { MAX_LIST_LIMIT, type Datastore, type Host, type HostState, type JsonValue, type Vm } from './store/model.js';
 import type { CenterStore, Clock } from './store/store.js';
-import type { EventWakeups } from './events.js';
 
 /** A new host's site unless it names one. */
 export const DEFAULT_SITE = 'default';
@@ -27,7 +26,6 @@ const SWEPT_STATES: readonly HostState[] = ['joining', 'connected', 'entering-ma
 
 export interface InventoryDeps {
   readonly store: CenterStore;
-  readonly wakeups: EventWakeups;
   readonly clock: Clock;
 }
 
@@ -51,9 +49,9 @@ async function orNull<T>(p: Promise<T>): Promise<T | null> {
 export class Inventory {
   constructor(private readonly d: InventoryDeps) {}
 
+  /** Event streams hear of it from the store (onEventsCommitted), here and in every other center. */
   private async event(kind: string, subject: string, payload: JsonValue): Promise<void> {
     await this.d.store.appendEvent({ kind, subject, payload });
-    this.d.wakeups.poke();
   }
 
   /** A host that spent a join token: recorded as `joining` until its first heartbeat (a re-join keeps its state). */

@@ -8,7 +8,7 @@ import { FerryError, errorMessage } from '../lib/errors.js';
 import { formatBytes } from '../lib/units.js';
 import { CenterClient } from '../api/center-client.js';
 import { MAX_JOIN_TOKEN_TTL_MS, MIN_JOIN_TOKEN_TTL_MS, SECRET_PATTERN } from '../api/center-v1.js';
-import { Center } from '../center/center.js';
+import { Center, DEFAULT_EVENT_RETENTION_MAX_EVENTS } from '../center/center.js';
 import { durationOption, parseIntegerOption } from './args.js';
 import { parseListen, print } from './host-commands.js';
 
@@ -68,7 +68,10 @@ export function addCenterCommands(program: Command, host: Command): void {
     .addOption(new Option('--heartbeat-interval <duration>', 'how often hosts heartbeat').argParser(durationOption('--heartbeat-interval')))
     .addOption(new Option('--missed-heartbeats <n>', 'a host is disconnected after this many missed heartbeats').argParser((v) => parseIntegerOption(v, '--missed-heartbeats', 1, 1000)))
     .addOption(new Option('--sweep-interval <duration>', 'how often silent hosts are looked for').argParser(durationOption('--sweep-interval')))
-    .action(async (o: { dataDir?: string; listen: string; db?: string; heartbeatInterval?: number; missedHeartbeats?: number; sweepInterval?: number }) => {
+    .addOption(new Option('--event-retention <duration>', 'events older than this are pruned (default 7d)').argParser(durationOption('--event-retention')))
+    .addOption(new Option('--event-retention-count <n>', `at most this many events are kept, the newest (default ${DEFAULT_EVENT_RETENTION_MAX_EVENTS})`)
+      .argParser((v) => parseIntegerOption(v, '--event-retention-count', 1, Number.MAX_SAFE_INTEGER)))
+    .action(async (o: { dataDir?: string; listen: string; db?: string; heartbeatInterval?: number; missedHeartbeats?: number; sweepInterval?: number; eventRetention?: number; eventRetentionCount?: number }) => {
       if (o.dataDir === undefined) throw new FerryError('INVALID_ARGUMENT', 'ferry center needs --data-dir <dir>');
       const listen = parseListen(o.listen);
       const c = await Center.start({
@@ -77,6 +80,8 @@ export function addCenterCommands(program: Command, host: Command): void {
         ...(o.heartbeatInterval !== undefined ? { heartbeatIntervalMs: o.heartbeatInterval } : {}),
         ...(o.missedHeartbeats !== undefined ? { missedHeartbeats: o.missedHeartbeats } : {}),
         ...(o.sweepInterval !== undefined ? { sweepIntervalMs: o.sweepInterval } : {}),
+        ...(o.eventRetention !== undefined ? { eventRetentionMs: o.eventRetention } : {}),
+        ...(o.eventRetentionCount !== undefined ? { eventRetentionMaxEvents: o.eventRetentionCount } : {}),
       });
       process.on('unhandledRejection', (reason) => {
         process.stderr.write(`center: INTERNAL ERROR (unhandled rejection, please report): ${reason instanceof Error ? (reason.stack ?? reason.message) : String(reason)}\n`);

@@ -291,6 +291,23 @@ export const eventInputSchema = z.object({
 }).strict();
 export type EventInput = z.input<typeof eventInputSchema>;
 export const eventIdSchema = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+/**
+ * Events one pruneEvents call deletes at most: one short statement, so pruning a long backlog (a
+ * retention just lowered, a center that was off) never holds the table for long; the pruner calls again.
+ */
+export const MAX_EVENT_PRUNE_BATCH = 10_000;
+/** What the event log keeps: events younger than maxAgeMs, and at most the newest maxEvents (both bound it). */
+export interface EventRetention {
+  readonly maxAgeMs: number;
+  readonly maxEvents: number;
+  /** At most this many are deleted by one call (≤ MAX_EVENT_PRUNE_BATCH). */
+  readonly batch: number;
+}
+export const eventRetentionSchema = z.object({
+  maxAgeMs: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  maxEvents: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  batch: z.number().int().min(1).max(MAX_EVENT_PRUNE_BATCH),
+}).strict();
 export const eventsLimitSchema = z.number().int().min(1).max(MAX_EVENTS_PAGE);
 
 /** What tryAcquireDuty answers: who holds the duty now, until when, and its fencing epoch. */
