@@ -85,6 +85,9 @@ export class CenterLink {
       }
       const bounded = { ...report, vms: report.vms.slice(0, MAX_HEARTBEAT_VMS) };
       const answer = await new CenterClient(this.o.centerUrl, credential).heartbeat(this.o.hostName, bounded);
+      // Closed while this heartbeat was in flight: stay closed (setting 'linked' would schedule the next
+      // one, and a closed host would go on heartbeating — never disconnected, its process never exiting).
+      if (this.#state === 'closed') return;
       if (this.#state !== 'linked') this.o.log(`host ${this.o.hostName}: linked to center ${this.o.centerUrl} (state ${answer.state})`);
       this.#state = 'linked';
       this.#failures = 0;
@@ -120,6 +123,7 @@ export class CenterLink {
     if (this.o.joinToken === undefined) {
       throw new FerryError('UNAUTHORIZED', `no center credential in ${this.credentialFile} and no join token: start the host with --join-token <token> (ferry center join-token)`);
     }
+    if (this.#state === 'closed') throw new FerryError('CANCELLED', 'the center link is closed');
     this.#state = 'joining';
     const { report } = this.o;
     const { url } = await report();
