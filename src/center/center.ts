@@ -20,7 +20,7 @@ import { FerryError, errorMessage } from '../lib/errors.js';
 import { buildCenterApp } from './app.js';
 import { CenterAuth } from './auth.js';
 import { EventWakeups } from './events.js';
-import { DEFAULT_SITE, Inventory } from './inventory.js';
+import { DEFAULT_SITE, HEARTBEAT_FLUSH_MAX_MS, Inventory } from './inventory.js';
 import { openCenterStore, storeLocation } from './store/open.js';
 import { MAX_LEASE_MS, type EventRetention } from './store/model.js';
 import type { CenterStore, Clock } from './store/store.js';
@@ -125,7 +125,9 @@ export class Center {
       const admin = await auth.ensureAdminToken(options.dataDir);
       await store.upsertSite({ name: DEFAULT_SITE });
       const wakeups = new EventWakeups();
-      const inventory = new Inventory({ store, clock });
+      // Steady heartbeats are written in batches, a quarter of the silence that disconnects a host at most
+      // (tests' intervals are short), so that another center's sweeper never mistakes one for silence.
+      const inventory = new Inventory({ store, clock, heartbeatFlushMs: Math.max(1, Math.min(HEARTBEAT_FLUSH_MAX_MS, Math.floor((heartbeatIntervalMs * missed) / 4))) });
       const shutdownHolder = new AbortController();
       const app = buildCenterApp({
         store, auth, inventory, wakeups, heartbeatIntervalMs, shutdown: shutdownHolder.signal,
@@ -208,6 +210,8 @@ export class Center {
     this.#unsubscribeEvents();
     this.#shutdown.abort();
     await new Promise<void>((resolve) => { this.server.close(() => { resolve(); }); this.server.closeAllConnections(); });
+    // No heartbeat arrives any more: write the pending times, then close the store.
+    await this.inventory.close();
     await this.store.close();
   }
 }

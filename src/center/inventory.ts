@@ -8,12 +8,12 @@
  * host's VMs become `unknown` too, and its next heartbeat reconciles them with what it really runs.
  *
  * Heartbeats write only what changed (a steady fleet's heartbeat is four reads — the credential, the
- * host, its mounts, its VMs — and one write, the heartbeat time), and
+ * host, its mounts, its VMs — and its time, written with the other hosts' in one batch a second), and
  * every change appends an event for the event streams.
  */
 import { FerryError, isFerryError } from '../lib/errors.js';
 import type { HeartbeatRequest } from '../api/center-v1.js';
-import { MAX_LIST_LIMIT, type Datastore, type Host, type HostState, type JsonValue, type Vm } from './store/model.js';
+import { MAX_HEARTBEAT_BATCH, MAX_LIST_LIMIT, type Datastore, type Host, type HostState, type JsonValue, type Vm } from './store/model.js';
 import type { CenterStore, Clock } from './store/store.js';
 
 /** A new host's site unless it names one. */
@@ -24,9 +24,22 @@ const MAINTENANCE_STATES: readonly HostState[] = ['entering-maintenance', 'in-ma
 /** Hosts the sweep watches: those expected to heartbeat (a joined host that never did counts from its join). */
 const SWEPT_STATES: readonly HostState[] = ['joining', 'connected', 'entering-maintenance', 'in-maintenance'];
 
+/**
+ * Steady heartbeats' times are written together, at most this long after they arrived: one commit per
+ * flush instead of one per heartbeat (on SQLite each commit is a sync to disk that holds the event loop:
+ * at 200 heartbeats/s that alone took half the center's time, docs/benchmarks.md "Fleet"). A crash loses
+ * at most this much of heartbeat times, which the hosts' next heartbeats restore.
+ */
+export const HEARTBEAT_FLUSH_MAX_MS = 1000;
+
 export interface InventoryDeps {
   readonly store: CenterStore;
   readonly clock: Clock;
+  /**
+   * How long a steady heartbeat's time may wait to be written (default HEARTBEAT_FLUSH_MAX_MS). Well
+   * below the silence that disconnects a host: another center's sweeper sees the time this late.
+   */
+  readonly heartbeatFlushMs?: number;
 }
 
 type ReportedVm = HeartbeatRequest['vms'][number];
@@ -47,7 +60,52 @@ async function orNull<T>(p: Promise<T>): Promise<T | null> {
 }
 
 export class Inventory {
+  /** Steady heartbeats not yet written: host → newest time. */
+  readonly #pendingBeats = new Map<string, number>();
+  #flushTimer: NodeJS.Timeout | null = null;
+  #flushing: Promise<void> = Promise.resolve();
+  #closed = false;
+
   constructor(private readonly d: InventoryDeps) {}
+
+  private queueBeat(name: string, atMs: number): void {
+    this.#pendingBeats.set(name, Math.max(atMs, this.#pendingBeats.get(name) ?? 0));
+    if (this.#flushTimer !== null || this.#closed) return;
+    this.#flushTimer = setTimeout(() => { this.#flushTimer = null; void this.flushHeartbeats().catch(() => undefined); }, this.d.heartbeatFlushMs ?? HEARTBEAT_FLUSH_MAX_MS);
+  }
+
+  /**
+   * Write the pending heartbeat times now (the timer does it; the sweep first; close last). A failed
+   * write puts them back for the next flush, unless a newer time arrived meanwhile.
+   */
+  async flushHeartbeats(): Promise<void> {
+    const run = this.#flushing.then(async () => {
+      const beats = [...this.#pendingBeats].map(([name, atMs]) => ({ name, atMs }));
+      this.#pendingBeats.clear();
+      for (let i = 0; i < beats.length; i += MAX_HEARTBEAT_BATCH) {
+        const chunk = beats.slice(i, i + MAX_HEARTBEAT_BATCH);
+        try {
+          await this.d.store.recordHostHeartbeats(chunk);
+        } catch (err) {
+          for (const b of beats.slice(i)) if (!this.#pendingBeats.has(b.name)) this.#pendingBeats.set(b.name, b.atMs);
+          if (!this.#closed && this.#flushTimer === null && this.#pendingBeats.size > 0) {
+            this.#flushTimer = setTimeout(() => { this.#flushTimer = null; void this.flushHeartbeats().catch(() => undefined); }, this.d.heartbeatFlushMs ?? HEARTBEAT_FLUSH_MAX_MS);
+          }
+          throw err;
+        }
+      }
+    });
+    this.#flushing = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Stop the flush timer and write what is pending (the center closes the store after this). */
+  async close(): Promise<void> {
+    this.#closed = true;
+    if (this.#flushTimer !== null) clearTimeout(this.#flushTimer);
+    this.#flushTimer = null;
+    await this.flushHeartbeats().catch(() => undefined);
+  }
 
   /** Event streams hear of it from the store (onEventsCommitted), here and in every other center. */
   private async event(kind: string, subject: string, payload: JsonValue): Promise<void> {
@@ -75,7 +133,10 @@ export class Inventory {
     if (!unchanged) await store.upsertHost({ name, site: before.site, url: hb.url, capacity: hb.capacity, ...(keep ? {} : { state }) });
     await this.applyDatastores(name, hb.datastores);
     await this.applyVms(name, hb.vms);
-    await store.recordHostHeartbeat(name, this.d.clock());
+    // A host that changed (its first heartbeat, a reconnection) has its time written now, before its
+    // event; a steady one's joins the next flush (one commit for all of them).
+    if (unchanged) this.queueBeat(name, this.d.clock());
+    else await store.recordHostHeartbeat(name, this.d.clock());
     // Last: a client that sees the host (re)connected finds its datastores and VMs already reconciled.
     if (state !== before.state) await this.event('host.connected', `host:${name}`, { host: name, from: before.state });
     return state;
@@ -139,6 +200,8 @@ export class Inventory {
   async sweep(silentAfterMs: number): Promise<string[]> {
     const { store } = this.d;
     const marked: string[] = [];
+    // This center's own pending heartbeats first: a host it heard from is not silent.
+    await this.flushHeartbeats();
     for (const state of SWEPT_STATES) {
       for (let after: string | undefined; ;) {
         const page = await store.listHosts({ state, limit: MAX_LIST_LIMIT, ...(after !== undefined ? { after } : {}) });
@@ -156,7 +219,7 @@ export class Inventory {
     // Read again just before marking: a heartbeat that landed since the list wins. One landing after
     // this read is undone by the host's next heartbeat, which reconnects and reconciles.
     const h = await this.d.store.getHost(listed.name);
-    if (!SWEPT_STATES.includes(h.state) || !silent(h)) return false;
+    if (!SWEPT_STATES.includes(h.state) || !silent(h) || this.#pendingBeats.has(h.name)) return false;
     await this.d.store.setHostState(h.name, 'disconnected');
     const vms = await this.d.store.setVmStatesOnHost(h.name, 'unknown');
     await this.event('host.disconnected', `host:${h.name}`, { host: h.name, from: h.state, lastHeartbeatAtMs: h.lastHeartbeatAtMs, vmsUnknown: vms });

@@ -17,9 +17,9 @@ import {
   FINISHED_TASK_STATES, HOST_STATES, MAX_EVENT_PAYLOAD_BYTES, MAX_JSON_BYTES, MAX_REQUEUE_BATCH, TASK_STATES, VM_STATES,
   actorSchema, claimKindsSchema, datastoreIdSchema, datastoreInputSchema, datastoreListSchema, dutyNameSchema, encodeJson,
   eventIdSchema, eventInputSchema, eventRetentionSchema, eventsLimitSchema, heartbeatAtSchema, heartbeatInputSchema, hostInputSchema, hostListSchema,
-  hostStateSchema, leaseMsSchema, mountsInputSchema, nameListSchema, nameSchema, outcomeSchema, parseInput, siteInputSchema,
+  hostHeartbeatsSchema, hostStateSchema, leaseMsSchema, mountsInputSchema, nameListSchema, nameSchema, outcomeSchema, parseInput, siteInputSchema,
   taskIdSchema, taskInputSchema, taskListSchema, vmInputSchema, vmListSchema, vmStateSchema, waitingReasonSchema, workerIdSchema,
-  type Datastore, type DatastoreInput, type DutyLease, type EventInput, type Host, type HostDatastore, type HostInput,
+  type Datastore, type DatastoreInput, type DutyLease, type EventInput, type Host, type HostDatastore, type HostHeartbeat, type HostInput,
   type HostListOptions, type HostState, type JsonValue, type ListOptions, type MountInput, type Site, type SiteInput,
   type StoredEvent, type Task, type TaskHeartbeat, type TaskInput, type TaskListOptions, type TaskOutcome, type TaskState,
   type Vm, type VmInput, type VmListOptions, type VmState,
@@ -284,6 +284,21 @@ export class KyselyCenterStore implements CenterStore {
       if (row === undefined) throw notFound('host', n);
       return toHost(row);
     });
+  }
+
+  async recordHostHeartbeats(beats: readonly HostHeartbeat[]): Promise<number> {
+    const b = parseInput(hostHeartbeatsSchema, beats, 'heartbeats');
+    if (b.length === 0) return 0;
+    return this.run('record heartbeats', () => this.db.transaction().execute(async (tx) => {
+      let recorded = 0;
+      for (const { name, atMs } of b) {
+        const r = await tx.updateTable('hosts')
+          .set({ last_heartbeat_at_ms: sql<number>`case when last_heartbeat_at_ms is null or last_heartbeat_at_ms < ${atMs} then ${atMs} else last_heartbeat_at_ms end` })
+          .where('name', '=', name).executeTakeFirst();
+        recorded += Number(r.numUpdatedRows);
+      }
+      return recorded;
+    }));
   }
 
   // ------------------------------------------------------------------------------------------

@@ -166,6 +166,13 @@ export const hostInputSchema = z.object({
 export type HostInput = z.input<typeof hostInputSchema>;
 export const hostStateSchema = z.enum(HOST_STATES);
 export const heartbeatAtSchema = timeMsSchema();
+/** Heartbeat times one recordHostHeartbeats call writes: a second's worth of a 5,000-host fleet, one short transaction. */
+export const MAX_HEARTBEAT_BATCH = 1000;
+export interface HostHeartbeat {
+  readonly name: string;
+  readonly atMs: number;
+}
+export const hostHeartbeatsSchema = z.array(z.object({ name: nameSchema(), atMs: timeMsSchema() }).strict()).max(MAX_HEARTBEAT_BATCH);
 
 export interface Datastore {
   /** The identity every host that mounts it reports (DATASTORE_ID_FILE at its root). */

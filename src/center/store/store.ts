@@ -11,7 +11,7 @@
  * by a newer Ferry), STORE_IO (the database failed or holds a row this code cannot read).
  */
 import type {
-  Credential, CredentialInput, Datastore, DatastoreInput, DutyLease, EventInput, EventRetention, Host, HostDatastore, HostInput, HostListOptions, HostState,
+  Credential, CredentialInput, Datastore, DatastoreInput, DutyLease, EventInput, EventRetention, Host, HostHeartbeat, HostDatastore, HostInput, HostListOptions, HostState,
   ListOptions, MountInput, Site, SiteInput, StoredEvent, Task, TaskHeartbeat, TaskInput, TaskListOptions,
   TaskOutcome, Vm, VmInput, VmListOptions, VmState,
 } from './model.js';
@@ -48,6 +48,12 @@ export interface CenterStore {
   listHosts(options?: HostListOptions): Promise<readonly Host[]>;
   setHostState(name: string, state: HostState): Promise<Host>;
   recordHostHeartbeat(name: string, atMs: number): Promise<Host>;
+  /**
+   * Record many hosts' heartbeat times in one transaction (one commit: on SQLite one sync to disk, not
+   * one per host), at most MAX_HEARTBEAT_BATCH; a host that no longer exists is skipped. Answers how many
+   * were recorded. Never moves a time back, like recordHostHeartbeat.
+   */
+  recordHostHeartbeats(beats: readonly HostHeartbeat[]): Promise<number>;
 
   // -- datastores and mounts
   upsertDatastore(input: DatastoreInput): Promise<Datastore>;

@@ -10,7 +10,7 @@ import { openCenterStore, type OpenStoreOptions, type StoreLocation } from '../.
 import { MIGRATIONS } from '../../../src/center/store/migrations/index.js';
 import type { CenterStore } from '../../../src/center/store/store.js';
 import {
-  MAX_EVENT_PAYLOAD_BYTES, MAX_EVENT_PRUNE_BATCH, MAX_EVENTS_PAGE, MAX_JSON_BYTES, MAX_LIST_LIMIT, MAX_NAME_CHARS, type Task,
+  MAX_EVENT_PAYLOAD_BYTES, MAX_EVENT_PRUNE_BATCH, MAX_EVENTS_PAGE, MAX_HEARTBEAT_BATCH, MAX_JSON_BYTES, MAX_LIST_LIMIT, MAX_NAME_CHARS, type Task,
 } from '../../../src/center/store/model.js';
 
 export interface StoreBackendUnderTest {
@@ -120,6 +120,13 @@ export function storeContract(backend: StoreBackendUnderTest): void {
         const t = Date.now();
         await store.recordHostHeartbeat('h1', t);
         assert.equal((await store.recordHostHeartbeat('h1', t - 5000)).lastHeartbeatAtMs, t, 'a late heartbeat does not move it back');
+        // In a batch: the same rule, and a host that is gone is skipped.
+        assert.equal(await store.recordHostHeartbeats([{ name: 'h1', atMs: t + 1000 }, { name: 'gone', atMs: t }]), 1);
+        assert.equal((await store.getHost('h1')).lastHeartbeatAtMs, t + 1000);
+        assert.equal(await store.recordHostHeartbeats([{ name: 'h1', atMs: t }]), 1);
+        assert.equal((await store.getHost('h1')).lastHeartbeatAtMs, t + 1000, 'a late one in a batch does not move it back');
+        assert.equal(await store.recordHostHeartbeats([]), 0);
+        await assert.rejects(store.recordHostHeartbeats(Array.from({ length: MAX_HEARTBEAT_BATCH + 1 }, () => ({ name: 'h1', atMs: t }))), { code: 'INVALID_ARGUMENT' });
 
         await assert.rejects(store.setHostDatastores('h1', [{ datastoreId: DS1, mountName: 'ds' }]), { code: 'NOT_FOUND' }, 'an unknown datastore');
         await store.upsertDatastore({ id: DS1, name: 'shared', shared: true });
