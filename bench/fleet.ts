@@ -18,6 +18,7 @@
  * Last stdout line: {"sqlite":{"hosts","vms","listP50Ms","listP99Ms","getP99Ms","heartbeatsPerSec",…},"postgres":{…}}
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { setMaxListeners } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
@@ -196,6 +197,11 @@ class Pacer {
   readonly #loops: Promise<void>[] = [];
   sink: number[] = [];
   failure: unknown = null;
+
+  constructor() {
+    // Every host's loop sleeps on this one signal: 1,000 listeners are the design, not a leak.
+    setMaxListeners(0, this.#stop.signal);
+  }
 
   add(h: SimHost): void {
     const signal = this.#stop.signal;
