@@ -143,6 +143,21 @@ export const caSchema = z.object({
   fingerprint: z.string(),
 }).openapi('CenterCa');
 export type CenterCaView = z.infer<typeof caSchema>;
+/**
+ * The kind of the one event the center makes up rather than stores: a stream resumed after an id older
+ * than the oldest event kept (the log is pruned: retention) starts with it, and so does a stream that
+ * fell behind the pruner. Its id is the last id lost (the stream goes on after it, so a reconnect does
+ * not hear it again); its payload says from where to where (`EventsLostPayload`). A client that gets it
+ * refetches what it shows (hosts, VMs, tasks), since changes in between are not in the stream.
+ */
+export const EVENTS_LOST_KIND = 'events.lost';
+export interface EventsLostPayload {
+  /** The id the client resumed after. */
+  readonly afterId: number;
+  /** The stream goes on after this one: events afterId + 1 .. resumeAfterId are gone. */
+  readonly resumeAfterId: number;
+  readonly reason: string;
+}
 
 export const healthSchema = z.object({ ok: z.literal(true), api: z.literal(CENTER_API_VERSION) }).openapi('Health');
 

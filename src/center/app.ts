@@ -17,7 +17,7 @@ import { TLSSocket } from 'node:tls';
 import { FerryError } from '../lib/errors.js';
 import {
   CENTER_API_VERSION, CENTER_OPENAPI_INFO, CENTER_OPENAPI_PATH, DEFAULT_JOIN_TOKEN_TTL_MS, MAX_CENTER_BODY_BYTES, MAX_HEARTBEAT_BODY_BYTES,
-  MAX_PAGE_LIMIT, centerRoutes, type CenterEvent, type CenterHostView, type CenterTaskView, type CenterVmView,
+  EVENTS_LOST_KIND, MAX_PAGE_LIMIT, centerRoutes, type CenterEvent, type EventsLostPayload, type CenterHostView, type CenterTaskView, type CenterVmView,
 } from '../api/center-v1.js';
 import { limitBody, onAppError, sendError, validationHook } from '../api/http-errors.js';
 import { encodeSseWithId } from '../api/sse.js';
@@ -169,7 +169,6 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
   app.openapi(centerRoutes.getTask, async (c) => c.json(taskView(await d.store.getTask(c.req.valid('param').id)), 200));
   app.openapi(centerRoutes.cancelTask, async (c) => {
     const task = await d.store.cancelTask(c.req.valid('param').id, actors.get(c.req.raw) ?? 'token:unknown');
-    d.wakeups.poke();
     return c.json(taskView(task), 200);
   });
 
@@ -238,7 +237,7 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
     // Without a Last-Event-ID a client wants what happens from now on; with one, everything after it.
     const start = given !== undefined ? Number(given) : await d.store.latestEventId();
     if (streams >= MAX_EVENT_STREAMS) throw new FerryError('BUSY', `this center serves at most ${MAX_EVENT_STREAMS} event streams at once; retry later`);
-    return eventStream(c, d, start, pollMs, () => { streams++; return () => { streams--; }; });
+    return eventStream(c, d, start, given !== undefined, pollMs, () => { streams++; return () => { streams--; }; });
   });
 
   // Text, not JSON: the Prometheus exposition format.
@@ -266,11 +265,12 @@ async function relayConsole(c: Context, d: CenterAppDeps): Promise<Response> {
 }
 
 /**
- * One loop for replay and live: read the store after the cursor, send, and wait for a wakeup (a poke
- * from this center's writers) or the fallback poll. Since the store's event ids are gap-free and in
- * commit order, reading "after the last id sent" can neither skip nor repeat an event.
+ * One loop for replay and live: read the store after the cursor, send, and wait for a wakeup (the store
+ * says events were committed, here or in another center) or the fallback poll. Since the store's event
+ * ids are gap-free and in commit order, reading "after the last id sent" can neither skip nor repeat an
+ * event — unless the pruner deleted some first, which the stream says with one EVENTS_LOST_KIND event.
  */
-function eventStream(c: Context, d: CenterAppDeps, start: number, pollMs: number, open: () => () => void): Response {
+function eventStream(c: Context, d: CenterAppDeps, start: number, resumed: boolean, pollMs: number, open: () => () => void): Response {
   c.header('content-type', 'text/event-stream');
   c.header('cache-control', 'no-cache');
   return stream(c, async (s) => {
@@ -280,12 +280,28 @@ function eventStream(c: Context, d: CenterAppDeps, start: number, pollMs: number
     const signal = AbortSignal.any([gone.signal, d.shutdown]);
     let cursor = start;
     let lastWriteMs = performance.now();
+    // A resumed stream checks, on its first read, whether what it asks for was pruned altogether.
+    let checkPruned = resumed;
     try {
       // The first bytes tell the client the stream is open (its fetch resolves) before any event exists.
       await s.write(': ferry center events\n\n');
       while (!signal.aborted) {
         const generation = d.wakeups.generation;
+        // The newest id read before the page: an id up to it that the page lacks was committed and then
+        // pruned, not still in flight.
+        const latest = checkPruned ? await d.store.latestEventId() : cursor;
+        checkPruned = false;
         const page = await d.store.eventsSince(cursor, MAX_EVENTS_PAGE);
+        // Ids are gap-free: a page that does not start right after the cursor means the pruner took the rest.
+        const resumeAfter = page[0] !== undefined ? page[0].id - 1 : latest;
+        if (resumeAfter > cursor) {
+          const lost: EventsLostPayload = {
+            afterId: cursor, resumeAfterId: resumeAfter,
+            reason: `events ${cursor + 1}..${resumeAfter} are older than this center keeps (its event retention): refetch the state, then follow the stream`,
+          };
+          await s.write(encodeSseWithId(resumeAfter, EVENTS_LOST_KIND, { id: resumeAfter, atMs: Date.now(), kind: EVENTS_LOST_KIND, subject: 'center', payload: lost }));
+          cursor = resumeAfter;
+        }
         for (const e of page) {
           await s.write(encodeSseWithId(e.id, e.kind, eventView(e)));
           cursor = e.id;

@@ -8,7 +8,10 @@
  * (./ca.ts, kept in the store). It asks every client for a certificate but admits one without (API-token
  * clients have none): the heartbeat route checks the host's (./auth.ts), the others need none.
  *
- * Seams for the rest of issue 9: task workers and the scheduler are further duties next to the sweeper; LISTEN/NOTIFY pokes `wakeups`.
+ * Event streams are woken by the store (`onEventsCommitted`): this center's commits, and on PostgreSQL
+ * every other center's (LISTEN/NOTIFY). The event log is bounded: one center at a time (the event-prune
+ * duty) deletes events older than the retention or beyond the newest maximum count, in bounded batches.
+ * Task workers claim tasks of any center; the scheduler duty admits them (docs/design/orchestration.md).
  */
 import { createAdaptorServer } from '@hono/node-server';
 import { createServer as createHttpsServer, type Server } from 'node:https';
@@ -25,8 +28,9 @@ import { DEFAULT_BUDGETS, budgetLimitsSchema, type BudgetLimits } from './budget
 import { SCHEDULER_DUTY, Scheduler } from './scheduler.js';
 import type { TaskWorkers } from './tasks/workers.js';
 import { buildWorkers } from './tasks/handlers.js';
-import { DEFAULT_SITE, Inventory } from './inventory.js';
+import { DEFAULT_SITE, HEARTBEAT_FLUSH_MAX_MS, Inventory } from './inventory.js';
 import { openCenterStore, storeLocation } from './store/open.js';
+import { MAX_LEASE_MS, type EventRetention } from './store/model.js';
 import type { CenterStore, Clock } from './store/store.js';
 import { createLogger, lineLog, loggerFromLines, type Logger } from '../lib/logger.js';
 import { CenterMetrics, measuredStore } from './metrics.js';
@@ -45,8 +49,29 @@ const SWEEP_LEASE_INTERVALS = 3;
 export const DEFAULT_SCHEDULER_INTERVAL_MS = 500;
 /** The scheduler duty outlives a few passes: a pass may take a while on a large queue. */
 const MIN_SCHEDULER_LEASE_MS = 5000;
-/** Shortest lease the store accepts is 10 ms; a sweep interval below this makes a lease too short to renew. */
-const MIN_SWEEP_INTERVAL_MS = 10;
+/** Shortest lease the store accepts is 10 ms; a duty's interval below this makes a lease too short to renew. */
+const MIN_DUTY_INTERVAL_MS = 10;
+
+/**
+ * Events are kept a week by default: a client (a UI left open, `ferry task watch`) that reconnects within
+ * it misses nothing; one older is told events were lost (docs/design/center-api.md) and refetches.
+ */
+export const DEFAULT_EVENT_RETENTION_MS = 7 * 24 * 60 * 60_000;
+/**
+ * And at most this many (the newest): a busy fleet's log stays bounded in rows as well as in time —
+ * 100,000 events of at most 7 KiB (MAX_EVENT_PAYLOAD_BYTES) is under 700 MiB, a few tens of MiB typically.
+ */
+export const DEFAULT_EVENT_RETENTION_MAX_EVENTS = 100_000;
+/** The pruner looks this often: the log overshoots its bounds by at most a minute's worth of events. */
+export const DEFAULT_EVENT_PRUNE_INTERVAL_MS = 60_000;
+/** The pruner's duty name (one center at a time prunes). */
+export const EVENT_PRUNE_DUTY = 'event-prune';
+/** Events one prune statement deletes: short statements, so readers and writers never wait long for it. */
+export const EVENT_PRUNE_BATCH = 1000;
+/** Batches one prune run deletes at most: a huge backlog is worked off over several runs, each bounded. */
+const MAX_PRUNE_BATCHES_PER_RUN = 20;
+/** The pruner's lease in intervals (renewed at every run, like the sweeper's). */
+const PRUNE_LEASE_INTERVALS = 3;
 
 export interface CenterOptions {
   readonly dataDir: string;
@@ -65,6 +90,11 @@ export interface CenterOptions {
   readonly taskLeaseMs?: number;
   /** How often the scheduler (one center at a time) admits queued work. */
   readonly schedulerIntervalMs?: number;
+  /** Events older than this are pruned (default DEFAULT_EVENT_RETENTION_MS). */
+  readonly eventRetentionMs?: number;
+  /** At most this many events are kept, the newest (default DEFAULT_EVENT_RETENTION_MAX_EVENTS). */
+  readonly eventRetentionMaxEvents?: number;
+  readonly eventPruneIntervalMs?: number;
   readonly clock?: Clock;
   /**
    * Where the center logs (default: JSON lines on stderr, pretty on a terminal); every line is bound to
@@ -75,12 +105,18 @@ export interface CenterOptions {
   readonly log?: (line: string) => void;
 }
 
+/** A duty run on a timer: one run at a time (a slow store makes the next wait, not pile up). */
+interface DutyLoop {
+  timer: NodeJS.Timeout | null;
+  running: Promise<void>;
+}
+
 export class Center {
   readonly #shutdown = new AbortController();
-  #sweeper: NodeJS.Timeout | null = null;
+  readonly #duties: DutyLoop[] = [];
+  #unsubscribeEvents: () => void = () => undefined;
   #scheduling: Promise<void> = Promise.resolve();
   #workers: TaskWorkers | null = null;
-  #sweeping: Promise<void> = Promise.resolve();
   #closed = false;
 
   private constructor(
@@ -108,12 +144,19 @@ export class Center {
     const sweepIntervalMs = options.sweepIntervalMs ?? DEFAULT_SWEEP_INTERVAL_MS;
     const missed = options.missedHeartbeats ?? DEFAULT_MISSED_HEARTBEATS;
     if (!Number.isInteger(heartbeatIntervalMs) || heartbeatIntervalMs < 1) throw new FerryError('INVALID_ARGUMENT', 'the heartbeat interval must be a positive number of milliseconds');
-    if (!Number.isInteger(sweepIntervalMs) || sweepIntervalMs < MIN_SWEEP_INTERVAL_MS) throw new FerryError('INVALID_ARGUMENT', `the sweep interval must be at least ${MIN_SWEEP_INTERVAL_MS} ms`);
+    if (!Number.isInteger(sweepIntervalMs) || sweepIntervalMs < MIN_DUTY_INTERVAL_MS) throw new FerryError('INVALID_ARGUMENT', `the sweep interval must be at least ${MIN_DUTY_INTERVAL_MS} ms`);
     if (!Number.isInteger(missed) || missed < 1) throw new FerryError('INVALID_ARGUMENT', 'missed heartbeats must be a positive integer');
+    const pruneIntervalMs = options.eventPruneIntervalMs ?? DEFAULT_EVENT_PRUNE_INTERVAL_MS;
+    const retentionMs = options.eventRetentionMs ?? DEFAULT_EVENT_RETENTION_MS;
+    const retentionMax = options.eventRetentionMaxEvents ?? DEFAULT_EVENT_RETENTION_MAX_EVENTS;
+    if (!Number.isInteger(pruneIntervalMs) || pruneIntervalMs < MIN_DUTY_INTERVAL_MS) throw new FerryError('INVALID_ARGUMENT', `the event prune interval must be at least ${MIN_DUTY_INTERVAL_MS} ms`);
+    if (!Number.isSafeInteger(retentionMs) || retentionMs < 1) throw new FerryError('INVALID_ARGUMENT', 'the event retention must be a positive number of milliseconds');
+    if (!Number.isSafeInteger(retentionMax) || retentionMax < 1) throw new FerryError('INVALID_ARGUMENT', 'the most events kept must be a positive integer');
     const clock = options.clock ?? Date.now;
     const metrics = new CenterMetrics();
+    const base = options.logger ?? (options.log !== undefined ? loggerFromLines(options.log) : createLogger());
     // Every store call the center makes is timed (ferry_center_store_op_seconds).
-    const store = measuredStore(await openCenterStore(storeLocation(options.dataDir, options.db), { clock }), metrics.storeOps);
+    const store = measuredStore(await openCenterStore(storeLocation(options.dataDir, options.db), { clock, log: lineLog(base) }), metrics.storeOps);
     metrics.readFrom(store, clock);
     try {
       const id = `center-${hostname()}-${process.pid}-${randomBytes(4).toString('hex')}`;
@@ -123,7 +166,9 @@ export class Center {
       const admin = await auth.ensureAdminToken(options.dataDir);
       await store.upsertSite({ name: DEFAULT_SITE });
       const wakeups = new EventWakeups();
-      const inventory = new Inventory({ store, wakeups, clock });
+      // Steady heartbeats are written in batches, a quarter of the silence that disconnects a host at most
+      // (tests' intervals are short), so that another center's sweeper never mistakes one for silence.
+      const inventory = new Inventory({ store, clock, heartbeatFlushMs: Math.max(1, Math.min(HEARTBEAT_FLUSH_MAX_MS, Math.floor((heartbeatIntervalMs * missed) / 4))) });
       const shutdownHolder = new AbortController();
       const hostControl = await HostControl.open(store, ca.certPem);
       const app = buildCenterApp({
@@ -143,7 +188,6 @@ export class Center {
         server.once('error', onError);
         server.listen(options.listenPort, options.listenHost, () => { server.off('error', onError); resolve(); });
       });
-      const base = options.logger ?? (options.log !== undefined ? loggerFromLines(options.log) : createLogger());
       const center = new Center(store, id, admin.file, admin.token, admin.created, server, ca, caCreated, inventory, options, base.child({ center: id }), metrics);
       center.#workers = buildWorkers({ store, wakeups, hostControl, centerId: id, logger: center.logger, observeWait: metrics.observeTaskWait, options });
       center.#workers.start();
@@ -151,7 +195,12 @@ export class Center {
       center.startScheduler(new Scheduler(store, limits, lineLog(center.logger)), wakeups, options.schedulerIntervalMs ?? DEFAULT_SCHEDULER_INTERVAL_MS);
       // The app's shutdown signal is the center's: ending it ends every event stream.
       center.#shutdown.signal.addEventListener('abort', () => { shutdownHolder.abort(); }, { once: true });
-      center.startSweeper(sweepIntervalMs, heartbeatIntervalMs * missed);
+      // Every commit of an event, this center's or (PostgreSQL) another's, wakes the streams.
+      center.#unsubscribeEvents = store.onEventsCommitted(() => { wakeups.poke(); });
+      const silentAfterMs = heartbeatIntervalMs * missed;
+      center.startDuty('heartbeat sweep', sweepIntervalMs, () => center.sweepOnce(silentAfterMs, sweepIntervalMs * SWEEP_LEASE_INTERVALS));
+      const retention = { maxAgeMs: retentionMs, maxEvents: retentionMax, batch: EVENT_PRUNE_BATCH };
+      center.startDuty('event prune', pruneIntervalMs, () => center.pruneEventsOnce(retention, Math.min(pruneIntervalMs * PRUNE_LEASE_INTERVALS, MAX_LEASE_MS)));
       center.logger.info(`center ${id}: API on ${center.url}, CA ${caCreated ? 'created' : 'loaded'}, fingerprint ${ca.fingerprint}, store ${store.backend}, heartbeats every ${heartbeatIntervalMs} ms, disconnected after ${missed} missed`);
       return center;
     } catch (err) {
@@ -196,32 +245,49 @@ export class Center {
     this.#scheduling = tick();
   }
 
-  private startSweeper(intervalMs: number, silentAfterMs: number): void {
-    const leaseMs = intervalMs * SWEEP_LEASE_INTERVALS;
+  /**
+   * One prune run now (also what the timer runs): deletes events beyond the retention, batch by batch,
+   * at most MAX_PRUNE_BATCHES_PER_RUN batches; answers how many, or null without the duty.
+   */
+  async pruneEventsOnce(retention: EventRetention, leaseMs: number): Promise<number | null> {
+    const lease = await this.store.tryAcquireDuty(EVENT_PRUNE_DUTY, this.id, leaseMs);
+    if (!lease.acquired) return null;
+    let pruned = 0;
+    for (let i = 0; i < MAX_PRUNE_BATCHES_PER_RUN && !this.#closed; i++) {
+      const n = await this.store.pruneEvents(retention);
+      pruned += n;
+      if (n < retention.batch) break;
+    }
+    return pruned;
+  }
+
+  private startDuty(what: string, intervalMs: number, run: () => Promise<unknown>): void {
+    const loop: DutyLoop = { timer: null, running: Promise.resolve() };
     const tick = (): void => {
-      // One sweep at a time: a slow store makes the next tick wait, not pile up.
-      this.#sweeping = this.sweepOnce(silentAfterMs, leaseMs).then(() => undefined, (err: unknown) => {
-        if (!this.#closed) this.logger.warn(`center ${this.id}: heartbeat sweep failed (retrying): ${errorMessage(err)}`);
+      loop.running = run().then(() => undefined, (err: unknown) => {
+        if (!this.#closed) this.logger.warn(`center ${this.id}: ${what} failed (retrying): ${errorMessage(err)}`);
       }).finally(() => {
-        if (!this.#closed) this.#sweeper = setTimeout(tick, intervalMs);
+        if (!this.#closed) loop.timer = setTimeout(tick, intervalMs);
       });
     };
-    this.#sweeper = setTimeout(tick, intervalMs);
+    loop.timer = setTimeout(tick, intervalMs);
+    this.#duties.push(loop);
   }
 
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    if (this.#sweeper !== null) clearTimeout(this.#sweeper);
-    await this.#sweeping;
+    for (const d of this.#duties) if (d.timer !== null) clearTimeout(d.timer);
+    await Promise.all(this.#duties.map((d) => d.running));
     this.#shutdown.abort();
     await this.#scheduling;
     await this.#workers?.close();
-    await this.store.releaseDuty(SCHEDULER_DUTY, this.id).catch(() => false);
-    // Hand the duty over now rather than after its lease: another center sweeps at its next tick.
-    await this.store.releaseDuty(HEARTBEAT_SWEEP_DUTY, this.id).catch(() => false);
-    this.#shutdown.abort();
+    // Hand the duties over now rather than after their leases: another center takes them at its next tick.
+    for (const duty of [SCHEDULER_DUTY, HEARTBEAT_SWEEP_DUTY, EVENT_PRUNE_DUTY]) await this.store.releaseDuty(duty, this.id).catch(() => false);
+    this.#unsubscribeEvents();
     await new Promise<void>((resolve) => { this.server.close(() => { resolve(); }); this.server.closeAllConnections(); });
+    // No heartbeat arrives any more: write the pending times, then close the store.
+    await this.inventory.close();
     await this.store.close();
   }
 }

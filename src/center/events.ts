@@ -1,9 +1,9 @@
 /**
  * Wakes the center's event streams when there may be new events. The store's event log is the truth
  * (a stream always reads it: replay and live are the same loop, so nothing falls between them); this
- * only says "look now". This center's own writers poke it; writers elsewhere (another center on the
- * same PostgreSQL, a task worker) are caught by each stream's fallback poll — the seam where
- * LISTEN/NOTIFY will poke it instead (the rest of issue 9).
+ * only says "look now". The store pokes it (CenterStore.onEventsCommitted, wired in ./center.ts) after
+ * each commit of this center's and, on PostgreSQL, of every other center's (LISTEN/NOTIFY); each
+ * stream's fallback poll covers what a lost listening connection missed before it is back.
  */
 export class EventWakeups {
   #waiters = new Set<() => void>();

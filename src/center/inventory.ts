@@ -7,14 +7,14 @@
  * disk nobody mounts now, or its host may have lost it; people decide, not a heartbeat); a silent
  * host's VMs become `unknown` too, and its next heartbeat reconciles them with what it really runs.
  *
- * Heartbeats write only what changed (a steady fleet's heartbeat is three reads and one write), and
+ * Heartbeats write only what changed (a steady fleet's heartbeat is four reads — the credential, the
+ * host, its mounts, its VMs — and its time, written with the other hosts' in one batch a second), and
  * every change appends an event for the event streams.
  */
 import { FerryError, isFerryError } from '../lib/errors.js';
 import type { HeartbeatRequest } from '../api/center-v1.js';
-import { MAX_LIST_LIMIT, type Datastore, type Host, type HostState, type JsonValue, type Vm } from './store/model.js';
+import { MAX_HEARTBEAT_BATCH, MAX_LIST_LIMIT, type Datastore, type Host, type HostState, type JsonValue, type Vm } from './store/model.js';
 import type { CenterStore, Clock } from './store/store.js';
-import type { EventWakeups } from './events.js';
 
 /** A new host's site unless it names one. */
 export const DEFAULT_SITE = 'default';
@@ -24,10 +24,22 @@ const RECONNECTING_STATES: readonly HostState[] = ['joining', 'disconnected'];
 /** Hosts the sweep watches: those expected to heartbeat (a joined host that never did counts from its join). */
 const SWEPT_STATES: readonly HostState[] = ['joining', 'connected', 'entering-maintenance', 'in-maintenance'];
 
+/**
+ * Steady heartbeats' times are written together, at most this long after they arrived: one commit per
+ * flush instead of one per heartbeat (on SQLite each commit is a sync to disk that holds the event loop:
+ * at 200 heartbeats/s that alone took half the center's time, docs/benchmarks.md "Fleet"). A crash loses
+ * at most this much of heartbeat times, which the hosts' next heartbeats restore.
+ */
+export const HEARTBEAT_FLUSH_MAX_MS = 1000;
+
 export interface InventoryDeps {
   readonly store: CenterStore;
-  readonly wakeups: EventWakeups;
   readonly clock: Clock;
+  /**
+   * How long a steady heartbeat's time may wait to be written (default HEARTBEAT_FLUSH_MAX_MS). Well
+   * below the silence that disconnects a host: another center's sweeper sees the time this late.
+   */
+  readonly heartbeatFlushMs?: number;
 }
 
 type ReportedVm = HeartbeatRequest['vms'][number];
@@ -48,11 +60,56 @@ async function orNull<T>(p: Promise<T>): Promise<T | null> {
 }
 
 export class Inventory {
+  /** Steady heartbeats not yet written: host → newest time. */
+  readonly #pendingBeats = new Map<string, number>();
+  #flushTimer: NodeJS.Timeout | null = null;
+  #flushing: Promise<void> = Promise.resolve();
+  #closed = false;
+
   constructor(private readonly d: InventoryDeps) {}
 
+  private queueBeat(name: string, atMs: number): void {
+    this.#pendingBeats.set(name, Math.max(atMs, this.#pendingBeats.get(name) ?? 0));
+    if (this.#flushTimer !== null || this.#closed) return;
+    this.#flushTimer = setTimeout(() => { this.#flushTimer = null; void this.flushHeartbeats().catch(() => undefined); }, this.d.heartbeatFlushMs ?? HEARTBEAT_FLUSH_MAX_MS);
+  }
+
+  /**
+   * Write the pending heartbeat times now (the timer does it; the sweep first; close last). A failed
+   * write puts them back for the next flush, unless a newer time arrived meanwhile.
+   */
+  async flushHeartbeats(): Promise<void> {
+    const run = this.#flushing.then(async () => {
+      const beats = [...this.#pendingBeats].map(([name, atMs]) => ({ name, atMs }));
+      this.#pendingBeats.clear();
+      for (let i = 0; i < beats.length; i += MAX_HEARTBEAT_BATCH) {
+        const chunk = beats.slice(i, i + MAX_HEARTBEAT_BATCH);
+        try {
+          await this.d.store.recordHostHeartbeats(chunk);
+        } catch (err) {
+          for (const b of beats.slice(i)) if (!this.#pendingBeats.has(b.name)) this.#pendingBeats.set(b.name, b.atMs);
+          if (!this.#closed && this.#flushTimer === null && this.#pendingBeats.size > 0) {
+            this.#flushTimer = setTimeout(() => { this.#flushTimer = null; void this.flushHeartbeats().catch(() => undefined); }, this.d.heartbeatFlushMs ?? HEARTBEAT_FLUSH_MAX_MS);
+          }
+          throw err;
+        }
+      }
+    });
+    this.#flushing = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Stop the flush timer and write what is pending (the center closes the store after this). */
+  async close(): Promise<void> {
+    this.#closed = true;
+    if (this.#flushTimer !== null) clearTimeout(this.#flushTimer);
+    this.#flushTimer = null;
+    await this.flushHeartbeats().catch(() => undefined);
+  }
+
+  /** Event streams hear of it from the store (onEventsCommitted), here and in every other center. */
   private async event(kind: string, subject: string, payload: JsonValue): Promise<void> {
     await this.d.store.appendEvent({ kind, subject, payload });
-    this.d.wakeups.poke();
   }
 
   /** A host that spent a join token: recorded as `joining` until its first heartbeat (a re-join keeps its state). */
@@ -68,16 +125,21 @@ export class Inventory {
   async applyHeartbeat(name: string, hb: HeartbeatRequest): Promise<HostState> {
     const { store } = this.d;
     const before = await store.getHost(name);
-    await store.upsertHost({ name, site: before.site, url: hb.url, capacity: hb.capacity });
+    // A steady host (connected or in a maintenance state, same URL and capacity) costs no host write
+    // here: only the heartbeat time, in the next flush (one commit for all of them).
+    const unchanged = !RECONNECTING_STATES.includes(before.state) && before.url === hb.url
+      && before.capacity.memoryBytes === hb.capacity.memoryBytes && before.capacity.vcpus === hb.capacity.vcpus;
+    if (!unchanged) await store.upsertHost({ name, site: before.site, url: hb.url, capacity: hb.capacity });
     await this.applyDatastores(name, hb.datastores);
     await this.applyVms(name, hb.vms);
-    await store.recordHostHeartbeat(name, this.d.clock());
+    if (unchanged) this.queueBeat(name, this.d.clock());
+    else await store.recordHostHeartbeat(name, this.d.clock());
     // Compare-and-set: only a joining or disconnected host becomes connected; maintenance states are the
     // orchestrator's and stay, even when it set one between this heartbeat's read and write.
-    const host = await store.setHostState(name, 'connected', RECONNECTING_STATES);
+    const state = unchanged ? before.state : (await store.setHostState(name, 'connected', RECONNECTING_STATES)).state;
     // Last: a client that sees the host (re)connected finds its datastores and VMs already reconciled.
-    if (host.state !== before.state) await this.event('host.connected', `host:${name}`, { host: name, from: before.state });
-    return host.state;
+    if (state !== before.state) await this.event('host.connected', `host:${name}`, { host: name, from: before.state });
+    return state;
   }
 
   private async applyDatastores(host: string, reported: HeartbeatRequest['datastores']): Promise<void> {
@@ -143,6 +205,8 @@ export class Inventory {
   async sweep(silentAfterMs: number): Promise<string[]> {
     const { store } = this.d;
     const marked: string[] = [];
+    // This center's own pending heartbeats first: a host it heard from is not silent.
+    await this.flushHeartbeats();
     for (const state of SWEPT_STATES) {
       for (let after: string | undefined; ;) {
         const page = await store.listHosts({ state, limit: MAX_LIST_LIMIT, ...(after !== undefined ? { after } : {}) });
@@ -160,7 +224,7 @@ export class Inventory {
     // Read again just before marking: a heartbeat that landed since the list wins. One landing after
     // this read is undone by the host's next heartbeat, which reconnects and reconciles.
     const h = await this.d.store.getHost(listed.name);
-    if (!SWEPT_STATES.includes(h.state) || !silent(h)) return false;
+    if (!SWEPT_STATES.includes(h.state) || !silent(h) || this.#pendingBeats.has(h.name)) return false;
     const now = await this.d.store.setHostState(h.name, 'disconnected', [h.state]);
     if (now.state !== 'disconnected') return false;
     const vms = await this.d.store.setVmStatesOnHost(h.name, 'unknown');

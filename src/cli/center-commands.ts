@@ -11,7 +11,7 @@ import { createInterface } from 'node:readline/promises';
 import { FerryError, errorMessage } from '../lib/errors.js';
 import { formatBytes } from '../lib/units.js';
 import { MAX_JOIN_TOKEN_TTL_MS, MIN_JOIN_TOKEN_TTL_MS, TASK_STATES } from '../api/center-v1.js';
-import { Center } from '../center/center.js';
+import { Center, DEFAULT_EVENT_RETENTION_MAX_EVENTS } from '../center/center.js';
 import { DEFAULT_BUDGETS, MAX_BUDGET } from '../center/budgets.js';
 import { durationOption, parseIntegerOption } from './args.js';
 import { parseListen, print } from './host-commands.js';
@@ -53,9 +53,12 @@ export function addCenterCommands(program: Command, host: Command): void {
     .addOption(new Option('--max-outbound-per-host <n>', `concurrent migrations out of one host (default ${DEFAULT_BUDGETS.hostOutboundMigrations}, as KubeVirt)`).argParser((v) => parseIntegerOption(v, '--max-outbound-per-host', 1, MAX_BUDGET)))
     .addOption(new Option('--max-migrations-per-datastore <n>', `concurrent migrations touching one datastore (default ${DEFAULT_BUDGETS.datastoreMigrations}, as vCenter)`).argParser((v) => parseIntegerOption(v, '--max-migrations-per-datastore', 1, MAX_BUDGET)))
     .addOption(new Option('--max-migrations <n>', `concurrent migrations in the fleet (default ${DEFAULT_BUDGETS.fleetMigrations}, as KubeVirt)`).argParser((v) => parseIntegerOption(v, '--max-migrations', 1, MAX_BUDGET)))
+    .addOption(new Option('--event-retention <duration>', 'events older than this are pruned (default 7d)').argParser(durationOption('--event-retention')))
+    .addOption(new Option('--event-retention-count <n>', `at most this many events are kept, the newest (default ${DEFAULT_EVENT_RETENTION_MAX_EVENTS})`)
+      .argParser((v) => parseIntegerOption(v, '--event-retention-count', 1, Number.MAX_SAFE_INTEGER)))
     .action(async (o: {
       dataDir?: string; listen: string; db?: string; heartbeatInterval?: number; missedHeartbeats?: number; sweepInterval?: number; taskLease?: number; taskConcurrency?: number;
-      maxMigrationsPerHost?: number; maxOutboundPerHost?: number; maxMigrationsPerDatastore?: number; maxMigrations?: number;
+      maxMigrationsPerHost?: number; maxOutboundPerHost?: number; maxMigrationsPerDatastore?: number; maxMigrations?: number; eventRetention?: number; eventRetentionCount?: number;
     } & LogOptions) => {
       if (o.dataDir === undefined) throw new FerryError('INVALID_ARGUMENT', 'ferry center needs --data-dir <dir>');
       const listen = parseListen(o.listen);
@@ -74,6 +77,8 @@ export function addCenterCommands(program: Command, host: Command): void {
           ...(o.maxMigrationsPerDatastore !== undefined ? { datastoreMigrations: o.maxMigrationsPerDatastore } : {}),
           ...(o.maxMigrations !== undefined ? { fleetMigrations: o.maxMigrations } : {}),
         },
+        ...(o.eventRetention !== undefined ? { eventRetentionMs: o.eventRetention } : {}),
+        ...(o.eventRetentionCount !== undefined ? { eventRetentionMaxEvents: o.eventRetentionCount } : {}),
       });
       process.on('unhandledRejection', (reason) => {
         c.logger.error(`center: INTERNAL ERROR (unhandled rejection, please report): ${reason instanceof Error ? (reason.stack ?? reason.message) : String(reason)}`);

@@ -149,10 +149,13 @@ describe('center TLS', () => {
     const list = await runFerry(['host', 'list', '--json'], { env });
     assert.equal(list.code, 0, list.stderr);
     assert.ok((JSON.parse(list.stdout) as { name: string }[]).some((h) => h.name === 'listed'));
-    // A flag overrides the config: another center, which the config's CA does not vouch for.
+    // A flag overrides the config: another center gets neither the config's token nor its CA's trust.
     const elsewhere = await runFerry(['host', 'list', '--center', other.url], { env });
     assert.equal(elsewhere.code, 1);
-    assert.match(elsewhere.stderr, /\[TLS_UNTRUSTED\]/);
+    assert.match(elsewhere.stderr, /\[UNAUTHORIZED\]/, 'the token is only for its own center');
+    const untrusted = await runFerry(['host', 'list', '--center', other.url, '--token-file', tokenFile], { env });
+    assert.equal(untrusted.code, 1);
+    assert.match(untrusted.stderr, /\[TLS_UNTRUSTED\]/);
   });
 });
 

@@ -7,6 +7,8 @@
  * `run` (a closed store refuses, a driver error becomes a FerryError with a stable code), and checks
  * every row it reads back (a row this code cannot understand is STORE_IO, never a guess).
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { randomBytes } from 'node:crypto';
 import type { z } from 'zod';
 import { sql, type Kysely, type Selectable, type Transaction } from 'kysely';
 import { FerryError, isFerryErrorCode } from '../../lib/errors.js';
@@ -15,18 +17,19 @@ import {
   CREDENTIAL_KINDS, credentialIdSchema, credentialInputSchema, secretHashSchema, type Credential, type CredentialInput,
   FINISHED_TASK_STATES, HOST_STATES, MAX_EVENT_PAYLOAD_BYTES, MAX_JSON_BYTES, MAX_REQUEUE_BATCH, MAX_TASK_COUNT_GROUPS, TASK_STATES, VM_STATES,
   actorSchema, claimKindsSchema, datastoreIdSchema, datastoreInputSchema, datastoreListSchema, dutyNameSchema, encodeJson,
-  eventIdSchema, eventInputSchema, eventsLimitSchema, heartbeatAtSchema, heartbeatInputSchema, hostInputSchema, hostListSchema,
-  hostStateSchema, leaseMsSchema, mountsInputSchema, nameListSchema, nameSchema, outcomeSchema, parseInput, siteInputSchema,
+  eventIdSchema, eventInputSchema, eventRetentionSchema, eventsLimitSchema, heartbeatAtSchema, heartbeatInputSchema, hostInputSchema, hostListSchema,
+  hostHeartbeatsSchema, hostStateSchema, leaseMsSchema, mountsInputSchema, nameListSchema, nameSchema, outcomeSchema, parseInput, siteInputSchema,
   secretNameSchema, secretValueSchema, taskIdSchema, taskInputSchema, taskListSchema, vmInputSchema, vmListSchema, vmStateSchema, waitingReasonSchema, workerIdSchema,
-  type Datastore, type DatastoreInput, type DutyLease, type EventInput, type Host, type HostDatastore, type HostInput,
+  type Datastore, type DatastoreInput, type DutyLease, type EventInput, type Host, type HostDatastore, type HostHeartbeat, type HostInput,
   type HostListOptions, type HostState, type JsonValue, type ListOptions, type MountInput, type Site, type SiteInput,
   type StoredEvent, type Task, type TaskCount, type TaskHeartbeat, type TaskInput, type TaskListOptions, type TaskOutcome, type TaskState,
   type Vm, type VmInput, type VmListOptions, type VmState,
 } from './model.js';
 import { vmNameSchema } from '../../lib/limits.js';
-import type { CenterStore, Clock, StoreBackend } from './store.js';
+import type { CenterStore, Clock, EventsCommittedListener, EventRetention, StoreBackend } from './store.js';
 import type { StoreDatabase, TasksTable } from './tables.js';
 import { appliedMigrations, schemaVersionOf } from './migrate.js';
+import { EVENTS_CHANNEL } from './pg-listen.js';
 
 /** What differs between the backends, beyond the SQL Kysely compiles for each. */
 export interface BackendHooks {
@@ -39,7 +42,15 @@ export interface BackendHooks {
   readonly rowLocks: boolean;
   /** A driver error as a FerryError (constraint → ALREADY_EXISTS/NOT_FOUND, lost connection → STORE_UNAVAILABLE, …). */
   translateError(err: unknown, what: string): FerryError;
+  /**
+   * PostgreSQL: each appended event is also `pg_notify`'d in its transaction (delivered at commit, to
+   * every center's listener). SQLite has one process per file: its own commits are all there is.
+   */
+  readonly notifiesEvents: boolean;
 }
+
+/** What a backend opens to hear of events other processes commit (PostgreSQL: ./pg-listen.ts). */
+export type EventSource = (onNotify: (payload: string) => void, onResync: () => void) => { close(): Promise<void> };
 
 type Db = Kysely<StoreDatabase>;
 type Tx = Transaction<StoreDatabase>;
@@ -125,22 +136,59 @@ function taskPayload(t: Task): JsonValue {
   return { id: t.id, kind: t.kind, target: t.target, state: t.state, phase: t.phase, progress: t.progress, waitingReason: t.waitingReason, attempts: t.attempts, cancelRequested: t.cancelRequested, error: t.error === null ? null : { ...t.error } };
 }
 
+/** Per store call: the newest event it appended (0: none), set by insertEvent. */
+interface CallScope { lastEventId: number }
+
 export class KyselyCenterStore implements CenterStore {
   readonly backend: StoreBackend;
   #closed = false;
+  /** Tells this store's own notifications from other processes' (they are delivered to every listener, the sender's too). */
+  readonly #origin = randomBytes(8).toString('hex');
+  readonly #scope = new AsyncLocalStorage<CallScope>();
+  readonly #listeners = new Set<EventsCommittedListener>();
+  #eventSource: { close(): Promise<void> } | null = null;
 
-  constructor(private readonly db: Db, private readonly hooks: BackendHooks, private readonly clock: Clock) {
+  constructor(private readonly db: Db, private readonly hooks: BackendHooks, private readonly clock: Clock, private readonly openEventSource?: EventSource) {
     this.backend = hooks.backend;
   }
 
-  /** Every public operation: refused once closed; driver errors translated. */
+  /**
+   * Every public operation: refused once closed; driver errors translated. A call that appended events
+   * tells this store's listeners once it has returned — its transaction committed — never before.
+   */
   private async run<T>(what: string, fn: () => Promise<T>): Promise<T> {
     if (this.#closed) throw new FerryError('STORE_UNAVAILABLE', `the center's store is closed (${what})`);
+    const scope: CallScope = { lastEventId: 0 };
+    let out: T;
     try {
-      return await fn();
+      out = await this.#scope.run(scope, fn);
     } catch (err) {
       throw this.hooks.translateError(err, what);
     }
+    if (scope.lastEventId > 0) this.emitCommitted(scope.lastEventId);
+    return out;
+  }
+
+  private emitCommitted(latestId: number | null): void {
+    for (const l of [...this.#listeners]) {
+      // A listener's failure is its own: the commit happened, and the other listeners hear of it.
+      try { l(latestId); } catch { /* ignored */ }
+    }
+  }
+
+  onEventsCommitted(listener: EventsCommittedListener): () => void {
+    if (this.#closed) throw new FerryError('STORE_UNAVAILABLE', "the center's store is closed (listen for events)");
+    this.#listeners.add(listener);
+    // The first listener opens the backend's source of other processes' events; the store keeps it until closed.
+    if (this.#eventSource === null && this.openEventSource !== undefined) {
+      this.#eventSource = this.openEventSource((payload) => {
+        const sep = payload.indexOf(':');
+        if (payload.slice(0, sep) === this.#origin) return; // heard already, at its commit
+        const id = Number(payload.slice(sep + 1));
+        this.emitCommitted(Number.isSafeInteger(id) && id > 0 ? id : null);
+      }, () => { this.emitCommitted(null); });
+    }
+    return () => { this.#listeners.delete(listener); };
   }
 
   private now(): number {
@@ -248,6 +296,21 @@ export class KyselyCenterStore implements CenterStore {
       if (row === undefined) throw notFound('host', n);
       return toHost(row);
     });
+  }
+
+  async recordHostHeartbeats(beats: readonly HostHeartbeat[]): Promise<number> {
+    const b = parseInput(hostHeartbeatsSchema, beats, 'heartbeats');
+    if (b.length === 0) return 0;
+    return this.run('record heartbeats', () => this.db.transaction().execute(async (tx) => {
+      let recorded = 0;
+      for (const { name, atMs } of b) {
+        const r = await tx.updateTable('hosts')
+          .set({ last_heartbeat_at_ms: sql<number>`case when last_heartbeat_at_ms is null or last_heartbeat_at_ms < ${atMs} then ${atMs} else last_heartbeat_at_ms end` })
+          .where('name', '=', name).executeTakeFirst();
+        recorded += Number(r.numUpdatedRows);
+      }
+      return recorded;
+    }));
   }
 
   // ------------------------------------------------------------------------------------------
@@ -630,6 +693,10 @@ export class KyselyCenterStore implements CenterStore {
     const counter = await tx.updateTable('counters').set({ value: sql<number>`value + 1` }).where('name', '=', 'events').returning('value').executeTakeFirst();
     if (counter === undefined) throw corrupt('event counter', 'the counters row "events" is missing');
     const row = await tx.insertInto('events').values({ id: counter.value, at_ms: this.now(), kind: e.kind, subject: e.subject, payload_json: payload }).returningAll().executeTakeFirstOrThrow();
+    // Delivered by PostgreSQL at commit (never for a rolled-back append), to every center listening.
+    if (this.hooks.notifiesEvents) await sql`select pg_notify(${EVENTS_CHANNEL}, ${`${this.#origin}:${row.id}`})`.execute(tx);
+    const scope = this.#scope.getStore();
+    if (scope !== undefined) scope.lastEventId = Math.max(scope.lastEventId, row.id);
     return toEvent(row);
   }
 
@@ -638,6 +705,33 @@ export class KyselyCenterStore implements CenterStore {
     const l = parseInput(eventsLimitSchema, limit, 'event limit');
     return this.run('read events', async () =>
       (await this.db.selectFrom('events').selectAll().where('id', '>', a).orderBy('id').limit(l).execute()).map(toEvent));
+  }
+
+  async oldestEventId(): Promise<number | null> {
+    return this.run('oldest event id', async () => {
+      const row = await this.db.selectFrom('events').select('id').orderBy('id').limit(1).executeTakeFirst();
+      return row?.id ?? null;
+    });
+  }
+
+  async pruneEvents(retention: EventRetention): Promise<number> {
+    const r = parseInput(eventRetentionSchema, retention, 'event retention');
+    return this.run('prune events', async () => {
+      const oldest = await this.db.selectFrom('events').select('id').orderBy('id').limit(1).executeTakeFirst();
+      if (oldest === undefined) return 0;
+      const latest = await this.db.selectFrom('counters').select('value').where('name', '=', 'events').executeTakeFirst();
+      if (latest === undefined) throw corrupt('event counter', 'the counters row "events" is missing');
+      // The newest event too old to keep (events_by_time): everything up to it goes, so what is kept
+      // stays one unbroken run of ids (a reader that finds the first id it wants missing knows all
+      // before it went). Times come from each writer's clock, so "too old" is as exact as the clocks.
+      const tooOld = await this.db.selectFrom('events').select('id').where('at_ms', '<', this.now() - r.maxAgeMs).orderBy('at_ms', 'desc').orderBy('id', 'desc').limit(1).executeTakeFirst();
+      const upTo = Math.max(latest.value - r.maxEvents, tooOld?.id ?? 0);
+      // Ids are gap-free from the oldest kept on, so this range holds at most `batch` rows.
+      const last = Math.min(upTo, oldest.id + r.batch - 1);
+      if (last < oldest.id) return 0;
+      const deleted = await this.db.deleteFrom('events').where('id', '<=', last).executeTakeFirst();
+      return Number(deleted.numDeletedRows);
+    });
   }
 
   async latestEventId(): Promise<number> {
@@ -787,6 +881,9 @@ export class KyselyCenterStore implements CenterStore {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#listeners.clear();
+    await this.#eventSource?.close();
+    this.#eventSource = null;
     // Kysely's destroy ends the pg pool (every connection) or closes the SQLite file.
     await this.db.destroy();
   }

@@ -166,6 +166,13 @@ export const hostInputSchema = z.object({
 export type HostInput = z.input<typeof hostInputSchema>;
 export const hostStateSchema = z.enum(HOST_STATES);
 export const heartbeatAtSchema = timeMsSchema();
+/** Heartbeat times one recordHostHeartbeats call writes: a second's worth of a 5,000-host fleet, one short transaction. */
+export const MAX_HEARTBEAT_BATCH = 1000;
+export interface HostHeartbeat {
+  readonly name: string;
+  readonly atMs: number;
+}
+export const hostHeartbeatsSchema = z.array(z.object({ name: nameSchema(), atMs: timeMsSchema() }).strict()).max(MAX_HEARTBEAT_BATCH);
 
 export interface Datastore {
   /** The identity every host that mounts it reports (DATASTORE_ID_FILE at its root). */
@@ -317,6 +324,23 @@ export const secretNameSchema = (): z.ZodString => kindSchema();
 export const secretValueSchema = (): z.ZodString => z.string().regex(/^[A-Za-z0-9_-]{16,256}$/, 'must be 16-256 characters of letters, digits, "_" or "-"');
 
 export const eventIdSchema = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+/**
+ * Events one pruneEvents call deletes at most: one short statement, so pruning a long backlog (a
+ * retention just lowered, a center that was off) never holds the table for long; the pruner calls again.
+ */
+export const MAX_EVENT_PRUNE_BATCH = 10_000;
+/** What the event log keeps: events younger than maxAgeMs, and at most the newest maxEvents (both bound it). */
+export interface EventRetention {
+  readonly maxAgeMs: number;
+  readonly maxEvents: number;
+  /** At most this many are deleted by one call (≤ MAX_EVENT_PRUNE_BATCH). */
+  readonly batch: number;
+}
+export const eventRetentionSchema = z.object({
+  maxAgeMs: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  maxEvents: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  batch: z.number().int().min(1).max(MAX_EVENT_PRUNE_BATCH),
+}).strict();
 export const eventsLimitSchema = z.number().int().min(1).max(MAX_EVENTS_PAGE);
 
 /** What tryAcquireDuty answers: who holds the duty now, until when, and its fencing epoch. */

@@ -6,7 +6,8 @@
 import { join } from 'node:path';
 import type { Kysely } from 'kysely';
 import { FerryError } from '../../lib/errors.js';
-import { KyselyCenterStore, type BackendHooks } from './kysely-store.js';
+import { KyselyCenterStore, type BackendHooks, type EventSource } from './kysely-store.js';
+import { listenForEvents } from './pg-listen.js';
 import { migrateToLatest } from './migrate.js';
 import { MIGRATIONS } from './migrations/index.js';
 import type { StoreMigration } from './migrations/migration.js';
@@ -31,6 +32,8 @@ export interface OpenStoreOptions {
   readonly clock?: Clock;
   /** The migrations to apply: the code's own unless a test simulates another version of Ferry. */
   readonly migrations?: readonly StoreMigration[];
+  /** Where the store says what it does in the background (the event listener's connection trouble). */
+  readonly log?: (line: string) => void;
 }
 
 export async function openCenterStore(location: StoreLocation, options: OpenStoreOptions = {}): Promise<CenterStore> {
@@ -43,5 +46,9 @@ export async function openCenterStore(location: StoreLocation, options: OpenStor
     await db.destroy().catch(() => undefined);
     throw hooks.translateError(err, `opening the center's database ${where}`);
   }
-  return new KyselyCenterStore(db, hooks, options.clock ?? Date.now);
+  // PostgreSQL: other centers' events arrive on a LISTEN connection, opened when the first listener subscribes.
+  const eventSource: EventSource | undefined = location.backend === 'postgres'
+    ? (onNotify, onResync) => listenForEvents({ url: location.url, onNotify, onResync, ...(options.log !== undefined ? { log: options.log } : {}) })
+    : undefined;
+  return new KyselyCenterStore(db, hooks, options.clock ?? Date.now, eventSource);
 }

@@ -64,7 +64,7 @@ function translatePgError(err: unknown, what: string): FerryError {
   return new FerryError('STORE_IO', message, {}, { cause: err });
 }
 
-export const postgresHooks: BackendHooks = { backend: 'postgres', rowLocks: true, translateError: translatePgError };
+export const postgresHooks: BackendHooks = { backend: 'postgres', rowLocks: true, notifiesEvents: true, translateError: translatePgError };
 
 export function isPostgresUrl(url: string): boolean {
   return /^postgres(ql)?:\/\//.test(url);

@@ -72,7 +72,7 @@ function translateSqliteError(err: unknown, what: string): FerryError {
   return new FerryError('STORE_IO', message, {}, { cause: err });
 }
 
-export const sqliteHooks: BackendHooks = { backend: 'sqlite', rowLocks: false, translateError: translateSqliteError };
+export const sqliteHooks: BackendHooks = { backend: 'sqlite', rowLocks: false, notifiesEvents: false, translateError: translateSqliteError };
 
 /** Open (creating it and its directory if needed) the SQLite file; not yet migrated. */
 export function openSqliteDatabase(file: string): Kysely<StoreDatabase> {

@@ -12,7 +12,7 @@
  */
 import type {
   CenterCaInput, CenterCaRecord, HostCertificate, HostCertificateInput,
-  Credential, CredentialInput, Datastore, JsonValue, DatastoreInput, DutyLease, EventInput, Host, HostDatastore, HostInput, HostListOptions, HostState,
+  Credential, CredentialInput, Datastore, JsonValue, DatastoreInput, DutyLease, EventInput, EventRetention, Host, HostHeartbeat, HostDatastore, HostInput, HostListOptions, HostState,
   ListOptions, MountInput, Site, SiteInput, StoredEvent, Task, TaskCount, TaskHeartbeat, TaskInput, TaskListOptions,
   TaskOutcome, Vm, VmInput, VmListOptions, VmState,
 } from './model.js';
@@ -21,6 +21,15 @@ export type StoreBackend = 'sqlite' | 'postgres';
 
 /** Milliseconds since the epoch. Injected so that leases can be tested without sleeping. */
 export type Clock = () => number;
+
+/**
+ * Told that events were committed: the newest id known, or null when it is not known (after the
+ * backend's listening connection came back: events may have been committed meanwhile). A hint to read
+ * the store, never the events themselves.
+ */
+export type EventsCommittedListener = (latestId: number | null) => void;
+
+export type { EventRetention };
 
 export interface CenterStore {
   readonly backend: StoreBackend;
@@ -44,6 +53,12 @@ export interface CenterStore {
    */
   setHostState(name: string, state: HostState, onlyFrom?: readonly HostState[]): Promise<Host>;
   recordHostHeartbeat(name: string, atMs: number): Promise<Host>;
+  /**
+   * Record many hosts' heartbeat times in one transaction (one commit: on SQLite one sync to disk, not
+   * one per host), at most MAX_HEARTBEAT_BATCH; a host that no longer exists is skipped. Answers how many
+   * were recorded. Never moves a time back, like recordHostHeartbeat.
+   */
+  recordHostHeartbeats(beats: readonly HostHeartbeat[]): Promise<number>;
 
   // -- datastores and mounts
   upsertDatastore(input: DatastoreInput): Promise<Datastore>;
@@ -113,6 +128,19 @@ export interface CenterStore {
   eventsSince(afterId: number, limit: number): Promise<readonly StoredEvent[]>;
   /** The id of the newest event (0 before the first). */
   latestEventId(): Promise<number>;
+  /** The id of the oldest event kept (null when none is): every id from it to the newest is there. */
+  oldestEventId(): Promise<number | null>;
+  /**
+   * Delete the oldest events beyond the retention, at most `retention.batch` of them; answers how many
+   * went (a full batch: call again). What is kept stays one unbroken run of ids up to the newest.
+   */
+  pruneEvents(retention: EventRetention): Promise<number>;
+  /**
+   * Call `listener` whenever events are committed: by this store (after its call returned: committed),
+   * and on PostgreSQL by every other process on the database too (LISTEN/NOTIFY; after a lost listening
+   * connection comes back, once with null). Answers the unsubscribe function. SQLite: this store's own.
+   */
+  onEventsCommitted(listener: EventsCommittedListener): () => void;
 
   // -- one-per-fleet duties
   /**

@@ -10,7 +10,7 @@ import { openCenterStore, type OpenStoreOptions, type StoreLocation } from '../.
 import { MIGRATIONS } from '../../../src/center/store/migrations/index.js';
 import type { CenterStore } from '../../../src/center/store/store.js';
 import {
-  MAX_EVENT_PAYLOAD_BYTES, MAX_EVENTS_PAGE, MAX_JSON_BYTES, MAX_LIST_LIMIT, MAX_NAME_CHARS, type Task,
+  MAX_EVENT_PAYLOAD_BYTES, MAX_EVENT_PRUNE_BATCH, MAX_EVENTS_PAGE, MAX_HEARTBEAT_BATCH, MAX_JSON_BYTES, MAX_LIST_LIMIT, MAX_NAME_CHARS, type Task,
 } from '../../../src/center/store/model.js';
 
 export interface StoreBackendUnderTest {
@@ -30,6 +30,8 @@ const CODE_VERSION = Number(MIGRATIONS[MIGRATIONS.length - 1]?.name.slice(0, 4))
 const DS1 = 'a'.repeat(32);
 const DS2 = 'b'.repeat(32);
 const START_MS = 1_800_000_000_000;
+/** A notification through a real PostgreSQL arrives in milliseconds; this bounds a loaded machine's worst. */
+const LISTEN_WAIT_MS = 10_000;
 
 /** A clock a test moves by hand: leases expire when the test says so, without sleeping. */
 function manualClock(): { now: () => number; advance: (ms: number) => void } {
@@ -120,6 +122,13 @@ export function storeContract(backend: StoreBackendUnderTest): void {
         const t = Date.now();
         await store.recordHostHeartbeat('h1', t);
         assert.equal((await store.recordHostHeartbeat('h1', t - 5000)).lastHeartbeatAtMs, t, 'a late heartbeat does not move it back');
+        // In a batch: the same rule, and a host that is gone is skipped.
+        assert.equal(await store.recordHostHeartbeats([{ name: 'h1', atMs: t + 1000 }, { name: 'gone', atMs: t }]), 1);
+        assert.equal((await store.getHost('h1')).lastHeartbeatAtMs, t + 1000);
+        assert.equal(await store.recordHostHeartbeats([{ name: 'h1', atMs: t }]), 1);
+        assert.equal((await store.getHost('h1')).lastHeartbeatAtMs, t + 1000, 'a late one in a batch does not move it back');
+        assert.equal(await store.recordHostHeartbeats([]), 0);
+        await assert.rejects(store.recordHostHeartbeats(Array.from({ length: MAX_HEARTBEAT_BATCH + 1 }, () => ({ name: 'h1', atMs: t }))), { code: 'INVALID_ARGUMENT' });
 
         await assert.rejects(store.setHostDatastores('h1', [{ datastoreId: DS1, mountName: 'ds' }]), { code: 'NOT_FOUND' }, 'an unknown datastore');
         await store.upsertDatastore({ id: DS1, name: 'shared', shared: true });
@@ -437,6 +446,79 @@ export function storeContract(backend: StoreBackendUnderTest): void {
         writing = false;
         await readerDone;
         assert.deepEqual(seen, Array.from({ length: 2 * PER_WRITER }, (_, i) => i + 1), 'every id once, in order, no gaps');
+      });
+
+      it('tells its listeners of its own appends once they committed, and of nothing that failed', async () => {
+        const { store } = await fresh();
+        // null (PostgreSQL: its listening connection is up, read once) may come at any time; ids come after commit.
+        const heard: (number | null)[] = [];
+        const reads: Promise<readonly number[]>[] = [];
+        const unsubscribe = store.onEventsCommitted((id) => {
+          heard.push(id);
+          // Committed by the time it is heard: a read started now finds it.
+          if (id !== null) reads.push(store.eventsSince(id - 1, 1).then((page) => page.map((x) => x.id)));
+        });
+        const e = await store.appendEvent({ kind: 'test.tick', subject: 'a' });
+        const t = await store.enqueueTask({ kind: 'vm.migrate', target: 'vm:v1', requestedBy: 'test' });
+        const tasked = await store.latestEventId();
+        await assert.rejects(store.finishTask(t.id, 'nobody', { state: 'succeeded' }), { code: 'TASK_NOT_CLAIMED' });
+        await assert.rejects(store.appendEvent({ kind: 'NOT A KIND', subject: 'a' }), { code: 'INVALID_ARGUMENT' });
+        assert.deepEqual(heard.filter((id) => id !== null), [e.id, tasked], 'one call per committing call, with its newest id');
+        assert.deepEqual(await Promise.all(reads), [[e.id], [tasked]], 'readable when heard');
+        assert.deepEqual((await store.eventsSince(0, 10)).map((x) => x.id), [e.id, tasked]);
+        unsubscribe();
+        await store.appendEvent({ kind: 'test.tick', subject: 'b' });
+        assert.equal(heard.filter((id) => id !== null).length, 2, 'not after unsubscribing');
+      });
+
+      if (backend.severalStoresPerProcess) {
+        it("a listener hears of another connection's (another center's) commits", async () => {
+          const [writer, listener] = await onOneDatabase(2);
+          assert.ok(writer !== undefined && listener !== undefined);
+          const heard: (number | null)[] = [];
+          let wake = (): void => undefined;
+          const until = (what: string, done: () => boolean): Promise<void> => new Promise((resolve, reject) => {
+            const timer = setTimeout(() => { reject(new Error(`${what}: not heard within ${LISTEN_WAIT_MS} ms (heard ${JSON.stringify(heard)})`)); }, LISTEN_WAIT_MS);
+            wake = () => { if (done()) { clearTimeout(timer); resolve(); } };
+            wake();
+          });
+          listener.onEventsCommitted((id) => { heard.push(id); wake(); });
+          // The first subscriber opens the listening connection; once it listens, it has the store read once (null).
+          await until('the resync after LISTEN', () => heard.includes(null));
+          const e = await writer.appendEvent({ kind: 'test.tick', subject: 'x' });
+          await until(`event ${e.id}`, () => heard.includes(e.id));
+          const t = await writer.enqueueTask({ kind: 'vm.migrate', target: 'vm:v1', requestedBy: 'test' });
+          const id = await writer.latestEventId();
+          await until(`the event of task ${t.id}`, () => heard.includes(id));
+        });
+      }
+
+      it('pruned by count and by age, oldest first, in bounded batches; what is kept is one unbroken run up to the newest', async () => {
+        const clock = manualClock();
+        const { store } = await fresh({ clock: clock.now });
+        assert.equal(await store.oldestEventId(), null);
+        assert.equal(await store.pruneEvents({ maxAgeMs: 0, maxEvents: 0, batch: 10 }), 0, 'nothing to prune');
+        for (let i = 0; i < 30; i++) {
+          await store.appendEvent({ kind: 'test.tick', subject: 's', payload: { i } });
+          clock.advance(1000);
+        }
+        // Now = start + 30 s; event i (id i + 1) is 30 - i seconds old.
+        const forever = 10 ** 12;
+        assert.equal(await store.pruneEvents({ maxAgeMs: forever, maxEvents: 100, batch: 10 }), 0, 'within both bounds: kept');
+        assert.equal(await store.pruneEvents({ maxAgeMs: forever, maxEvents: 20, batch: 4 }), 4, 'a batch at most');
+        assert.equal(await store.oldestEventId(), 5);
+        assert.equal(await store.pruneEvents({ maxAgeMs: forever, maxEvents: 20, batch: 100 }), 6, 'then the rest beyond the newest 20');
+        assert.equal(await store.oldestEventId(), 11);
+        // Older than 15 s: ids 11..15 (id 15 is 16 s old; id 16 is exactly 15 s old, and kept).
+        assert.equal(await store.pruneEvents({ maxAgeMs: 15_000, maxEvents: 100, batch: 100 }), 5);
+        assert.equal(await store.oldestEventId(), 16);
+        assert.deepEqual((await store.eventsSince(0, 100)).map((e) => e.id), Array.from({ length: 15 }, (_, i) => i + 16));
+        assert.equal(await store.latestEventId(), 30, 'the newest id stays');
+        assert.equal(await store.pruneEvents({ maxAgeMs: 0, maxEvents: 100, batch: 100 }), 15, 'an age of 0 keeps nothing older than now');
+        assert.equal(await store.oldestEventId(), null);
+        assert.equal((await store.appendEvent({ kind: 'test.tick', subject: 's' })).id, 31, 'numbering goes on after a full prune');
+        await assert.rejects(store.pruneEvents({ maxAgeMs: 1, maxEvents: 1, batch: MAX_EVENT_PRUNE_BATCH + 1 }), { code: 'INVALID_ARGUMENT' });
+        await assert.rejects(store.pruneEvents({ maxAgeMs: -1, maxEvents: 1, batch: 1 }), { code: 'INVALID_ARGUMENT' });
       });
     });
 
