@@ -85,6 +85,8 @@ export class Scheduler {
     const vm = await this.store.getVm(params.vm).catch(() => null);
     if (vm === null) return refuse('NOT_FOUND', `VM ${params.vm} is not in the inventory`);
     if (vm.host === null) return refuse('VM_STATE', `VM ${vm.name} is on no host`);
+    // Booting is a moment (its host's heartbeat may also report it a little late): worth waiting for.
+    if (vm.state === 'created') return { wait: `VM ${vm.name} is still booting on ${vm.host}` };
     if (vm.state !== 'running' && vm.state !== 'paused') return refuse('VM_STATE', `VM ${vm.name} is ${vm.state}; only a running or paused VM is live-migrated`);
     if (params.evacuating !== undefined && vm.host !== params.evacuating) return refuse('VM_STATE', `VM ${vm.name} is no longer on ${params.evacuating} (it is on ${vm.host})`);
     const source = await this.store.getHost(vm.host);
