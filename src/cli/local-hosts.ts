@@ -42,12 +42,30 @@ export interface SpawnOptions {
   readonly detached?: boolean;
 }
 
+/**
+ * Node options for the host processes, from $FERRY_HOST_NODE_ARGS (space-separated), e.g.
+ * `--cpu-prof --cpu-prof-dir=/tmp/prof` to profile both hosts of a benchmark: Node refuses --cpu-prof
+ * in NODE_OPTIONS, and a benchmark's hosts are its children.
+ */
+export const HOST_NODE_ARGS_ENV = 'FERRY_HOST_NODE_ARGS';
+/** Options a host may be started with this way: profiling and diagnostics only, never the program's own arguments. */
+const ALLOWED_HOST_NODE_ARG = /^--(cpu-prof|cpu-prof-dir=[^\s]+|cpu-prof-interval=\d+|heap-prof|heap-prof-dir=[^\s]+|trace-gc|max-old-space-size=\d+)$/;
+
+export function hostNodeArgs(env: NodeJS.ProcessEnv = process.env): string[] {
+  const text = env[HOST_NODE_ARGS_ENV]?.trim() ?? '';
+  if (text === '') return [];
+  const args = text.split(/\s+/);
+  const bad = args.find((a) => !ALLOWED_HOST_NODE_ARG.test(a));
+  if (bad !== undefined) throw new FerryError('INVALID_ARGUMENT', `$${HOST_NODE_ARGS_ENV}: "${bad}" is not a profiling or diagnostics option (--cpu-prof, --cpu-prof-dir=…, --heap-prof, --trace-gc, …)`);
+  return args;
+}
+
 /** Spawns `ferry host` on 127.0.0.1 and waits for its ready line. */
 export async function spawnHost(name: string, dataDir: string, token: string, opts: SpawnOptions = {}): Promise<LocalHost> {
   const cli = fileURLToPath(new URL('./main.js', import.meta.url));
   const args = opts.args ?? [];
   const format = opts.echo === true && !args.includes('--log-format') ? ['--log-format', 'pretty'] : [];
-  const child = spawn(process.execPath, [cli, 'host', '--name', name, '--data-dir', dataDir, '--listen', `127.0.0.1:${opts.port ?? 0}`, ...format, ...args], {
+  const child = spawn(process.execPath, [...hostNodeArgs(), cli, 'host', '--name', name, '--data-dir', dataDir, '--listen', `127.0.0.1:${opts.port ?? 0}`, ...format, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FERRY_TOKEN: token, ...(opts.env ?? {}) }, detached: opts.detached === true,
   });
   let out = '';
