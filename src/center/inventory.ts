@@ -15,6 +15,7 @@ import { FerryError, isFerryError } from '../lib/errors.js';
 import type { HeartbeatRequest } from '../api/center-v1.js';
 import { MAX_HEARTBEAT_BATCH, MAX_LIST_LIMIT, type Datastore, type Host, type HostState, type JsonValue, type Vm } from './store/model.js';
 import type { CenterStore, Clock } from './store/store.js';
+import { everyPage } from './store/pages.js';
 
 /** A new host's site unless it names one. */
 export const DEFAULT_SITE = 'default';
@@ -42,13 +43,19 @@ export interface InventoryDeps {
   readonly heartbeatFlushMs?: number;
 }
 
-type ReportedVm = HeartbeatRequest['vms'][number];
-
-function vmConfig(v: ReportedVm): JsonValue {
-  return { memoryBytes: v.memoryBytes, vcpus: v.vcpus };
+/** What a host says of one VM that its inventory row keeps (a heartbeat's report, or a host API's answer). */
+export interface VmFacts {
+  readonly memoryBytes: number;
+  readonly vcpus: number;
+  readonly disk: { readonly datastore: string; readonly path: string; readonly capacityBytes: number } | null;
 }
-function vmDisks(v: ReportedVm): JsonValue {
-  return v.disk === null ? [] : [{ datastore: v.disk.datastore, path: v.disk.path, capacityBytes: v.disk.capacityBytes }];
+
+/** The row's config and disks, written the one way (placement reads them back: ./placement.ts). */
+export function vmRecord(v: VmFacts): { config: JsonValue; disks: JsonValue } {
+  return {
+    config: { memoryBytes: v.memoryBytes, vcpus: v.vcpus },
+    disks: v.disk === null ? [] : [{ datastore: v.disk.datastore, path: v.disk.path, capacityBytes: v.disk.capacityBytes }],
+  };
 }
 const sameJson = (a: JsonValue, b: JsonValue): boolean => JSON.stringify(a) === JSON.stringify(b);
 
@@ -166,8 +173,7 @@ export class Inventory {
     for (const r of reported) {
       if (seen.has(r.name)) throw new FerryError('BAD_REQUEST', `host ${host} reported VM ${r.name} twice`);
       seen.add(r.name);
-      const config = vmConfig(r);
-      const disks = vmDisks(r);
+      const { config, disks } = vmRecord(r);
       const was = recorded.get(r.name) ?? await orNull(store.getVm(r.name));
       if (was !== null && was.host === host && was.state === r.state && sameJson(was.config, config) && sameJson(was.disks, disks)) continue;
       // Recorded on another host that still reports it: the report is stale (a heartbeat built before a
@@ -188,14 +194,8 @@ export class Inventory {
   }
 
   /** Every VM recorded on a host, page by page (bounded per page; a host holds at most a heartbeat's worth). */
-  private async vmsOn(host: string): Promise<Vm[]> {
-    const all: Vm[] = [];
-    for (let after: string | undefined; ;) {
-      const page = await this.d.store.listVms({ host, limit: MAX_LIST_LIMIT, ...(after !== undefined ? { after } : {}) });
-      all.push(...page);
-      if (page.length < MAX_LIST_LIMIT) return all;
-      after = page[page.length - 1]?.name;
-    }
+  private vmsOn(host: string): Promise<Vm[]> {
+    return everyPage((after: string | undefined, limit) => this.d.store.listVms({ host, limit, ...(after !== undefined ? { after } : {}) }), (v) => v.name);
   }
 
   /**

@@ -10,7 +10,7 @@
  */
 import { FerryError } from '../lib/errors.js';
 import type { Host, HostDatastore, JsonValue, Vm } from './store/model.js';
-import { MAX_LIST_LIMIT } from './store/model.js';
+import { everyPage } from './store/pages.js';
 import type { CenterStore } from './store/store.js';
 
 /** What the placement needs to know of a VM. */
@@ -47,17 +47,6 @@ export function vmDisk(disks: JsonValue): { datastore: string; path: string } | 
   return typeof d.datastore === 'string' && typeof d.path === 'string' ? { datastore: d.datastore, path: d.path } : null;
 }
 
-async function allPages<T>(page: (after: string | undefined) => Promise<readonly T[]>, key: (t: T) => string): Promise<T[]> {
-  const all: T[] = [];
-  for (let after: string | undefined; ;) {
-    const p = await page(after);
-    all.push(...p);
-    const last = p[p.length - 1];
-    if (p.length < MAX_LIST_LIMIT || last === undefined) return all;
-    after = key(last);
-  }
-}
-
 /** What a VM needs of a target, from its inventory row (its disk's datastore resolved to an identity through its host's mounts). */
 export async function needsOf(store: CenterStore, vm: Vm, diskDestination: string | null): Promise<VmNeeds> {
   const disk = vmDisk(vm.disks);
@@ -75,11 +64,11 @@ export async function needsOf(store: CenterStore, vm: Vm, diskDestination: strin
  * migrations (name → bytes); `exclude` are hosts that may not be chosen (the VM's own).
  */
 export async function fits(store: CenterStore, needs: VmNeeds, inbound: ReadonlyMap<string, number>, exclude: ReadonlySet<string>): Promise<HostFit[]> {
-  const hosts = await allPages((after) => store.listHosts({ limit: MAX_LIST_LIMIT, ...(after !== undefined ? { after } : {}) }), (h) => h.name);
+  const hosts = await everyPage((after: string | undefined, limit) => store.listHosts({ limit, ...(after !== undefined ? { after } : {}) }), (h) => h.name);
   const out: HostFit[] = [];
   for (const host of hosts) {
     if (exclude.has(host.name)) continue;
-    const vms = await allPages((after) => store.listVms({ host: host.name, limit: MAX_LIST_LIMIT, ...(after !== undefined ? { after } : {}) }), (v) => v.name);
+    const vms = await everyPage((after: string | undefined, limit) => store.listVms({ host: host.name, limit, ...(after !== undefined ? { after } : {}) }), (v) => v.name);
     const used = vms.reduce((sum, v) => sum + vmMemoryBytes(v.config), 0) + (inbound.get(host.name) ?? 0);
     const freeMemoryBytes = Math.max(0, host.capacity.memoryBytes - used);
     const mounts = await store.listHostDatastores(host.name);

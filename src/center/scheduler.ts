@@ -11,7 +11,8 @@
 import { errorMessage, isFerryError } from '../lib/errors.js';
 import { BudgetUsage, type BudgetLimits, type OperationCost } from './budgets.js';
 import { best, fits, needsOf, noFitReason, vmMemoryBytes, type VmNeeds } from './placement.js';
-import { MAX_LIST_LIMIT, type Task } from './store/model.js';
+import type { Task } from './store/model.js';
+import { everyPage } from './store/pages.js';
 import type { CenterStore } from './store/store.js';
 import { TASK_KINDS, migrateParamsSchema, migratePlanSchema, readStored, type MigratePlan } from './tasks/kinds.js';
 
@@ -62,17 +63,14 @@ export class Scheduler {
     const usage = new BudgetUsage(this.limits);
     const inbound = new Map<string, number>();
     for (const state of ['running', 'queued'] as const) {
-      for (let after: number | undefined; ;) {
-        const page = await this.store.listTasks({ state, kind: TASK_KINDS.migrateVm, limit: MAX_LIST_LIMIT, ...(state === 'queued' ? { admitted: true } : {}), ...(after !== undefined ? { after } : {}) });
-        for (const t of page) {
-          const plan = migratePlanSchema.safeParse(t.plan);
-          if (!plan.success || plan.data.decision !== 'run') continue;
-          usage.add(costOf(plan.data));
-          inbound.set(plan.data.target, (inbound.get(plan.data.target) ?? 0) + plan.data.memoryBytes);
-        }
-        const last = page[page.length - 1];
-        if (page.length < MAX_LIST_LIMIT || last === undefined) break;
-        after = last.id;
+      const tasks = await everyPage((after: number | undefined, limit) => this.store.listTasks({
+        state, kind: TASK_KINDS.migrateVm, limit, ...(state === 'queued' ? { admitted: true } : {}), ...(after !== undefined ? { after } : {}),
+      }), (t) => t.id);
+      for (const t of tasks) {
+        const plan = migratePlanSchema.safeParse(t.plan);
+        if (!plan.success || plan.data.decision !== 'run') continue;
+        usage.add(costOf(plan.data));
+        inbound.set(plan.data.target, (inbound.get(plan.data.target) ?? 0) + plan.data.memoryBytes);
       }
     }
     return { usage, inbound };

@@ -14,10 +14,11 @@ import { FerryError, errorMessage, isFerryError } from '../../lib/errors.js';
 import type { CreateVmRequest, VmView } from '../../api/host-v1.js';
 import { BUILTIN_IMAGE_PATTERN, MAX_CENTER_IMAGE_BYTES } from '../../api/center-v1.js';
 import type { HostControl } from '../host-control.js';
+import { vmRecord } from '../inventory.js';
 import type { HostClient } from '../../api/host-client.js';
 import { best, fits, noFitReason } from '../placement.js';
 import type { CenterStore } from '../store/store.js';
-import type { JsonValue, VmState } from '../store/model.js';
+import type { JsonValue } from '../store/model.js';
 import { createVmParamsSchema, readStored, vmParamsSchema } from './kinds.js';
 import type { TaskContext, TaskHandler } from './workers.js';
 
@@ -48,15 +49,10 @@ export async function builtinImage(name: string): Promise<Buffer> {
   }
 }
 
-function hostVmState(v: VmView): VmState {
-  return v.state;
-}
-
 async function recordVm(d: VmTaskDeps, host: string, v: VmView, reason: string): Promise<void> {
-  const config = { memoryBytes: v.config.memoryBytes, vcpus: v.config.vcpus };
-  const disks = v.disk === null ? [] : [{ datastore: v.disk.datastore, path: v.disk.path, capacityBytes: v.disk.capacityBytes }];
+  const { config, disks } = vmRecord({ memoryBytes: v.config.memoryBytes, vcpus: v.config.vcpus, disk: v.disk });
   const before = await d.store.getVm(v.name).catch(() => null);
-  await d.store.upsertVm({ name: v.name, host, state: hostVmState(v), config, disks });
+  await d.store.upsertVm({ name: v.name, host, state: v.state, config, disks });
   await d.event('vm.changed', `vm:${v.name}`, { vm: v.name, host, state: v.state, from: before === null ? null : { host: before.host, state: before.state }, reason });
 }
 
