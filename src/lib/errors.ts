@@ -105,6 +105,12 @@ export const FERRY_ERROR_CODES = [
   'DISK_CHAIN_MISMATCH',
   // a parent chain that loops, is too deep, or names no parent
   'DISK_CHAIN_INVALID',
+  // a stream asked of an operation's virtual path outside what it grants (another address, a port out of range, an ended path)
+  'PATH_REFUSED',
+  // a virtual path could not be set up (a driver this host lacks or cannot use, an interface that would not come up)
+  'PATH_SETUP_FAILED',
+  // a site's virtual subnet has no free address (or no free operation number) for one more operation
+  'ADDRESS_EXHAUSTED',
 ] as const;
 
 export type FerryErrorCode = (typeof FERRY_ERROR_CODES)[number];
