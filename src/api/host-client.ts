@@ -14,10 +14,11 @@ import type { MigrationProgress, MigrationRecord } from '../migration/record.js'
 import {
   errorBodySchema, migrationEventSchemas, routes, OPENAPI_PATH,
   type CreateVmRequest, type DatastoreView, type HostInfo, type IncomingStatus, type MigrateRequest, type MigrationEvent, type MigrationStatus,
-  type PauseResultView, type TicketRequest, type TicketView, type VerifyResult, type VmView,
+  type PathListView, type PauseResultView, type TicketRequest, type TicketView, type VerifyResult, type VmView,
 } from './host-v1.js';
 import type { ConsolidateResultView, DiskChainView, RevertResultView, SnapshotResultView } from './disk-v1.js';
 import { readSse } from './sse.js';
+import type { PathSpec, PathView } from '../dataplane/path/spec.js';
 import { TlsFetch, transportError, type TlsClientOptions } from './tls.js';
 
 /** Ordinary requests time out; streams (console follow, migration events) do not. */
@@ -140,6 +141,9 @@ export class HostClient {
     return this.json(routes.createTicket, {}, 201, { body: req, ...(timeoutMs !== undefined ? { timeoutMs } : {}) });
   }
   incoming(id: string, timeoutMs?: number): Promise<IncomingStatus> { return this.json(routes.getIncoming, { id }, 200, timeoutMs !== undefined ? { timeoutMs } : {}); }
+  listPaths(): Promise<PathListView> { return this.json(routes.listPaths, {}, 200); }
+  putPath(spec: PathSpec): Promise<PathView> { return this.json(routes.putPath, { id: spec.pathId }, 200, { body: spec }); }
+  deletePath(pathId: string): Promise<{ pathId: string; removed: boolean }> { return this.json(routes.deletePath, { id: pathId }, 200); }
   openApi(): Promise<unknown> { return this.raw('GET', OPENAPI_PATH).then((r) => r.json()); }
 
   /** A migration's events as they happen: one status, progress…, done. Ends when the stream does. */

@@ -11,6 +11,7 @@ import { createRoute, z } from '@hono/zod-openapi';
 import { migrationOptionsSchema } from '../migration/options.js';
 import { migrationJobStatusSchema, migrationProgressSchema, migrationRecordSchema, type MigrationJobStatus } from '../migration/record.js';
 import { incomingOutcomeSchema } from '../migration/peer.js';
+import { PATH_DRIVER_KINDS, PATH_ID_PATTERN, pathSpecSchema } from '../dataplane/path/spec.js';
 import { MAX_HANG_TIMEOUT_MS, MIN_HANG_TIMEOUT_MS } from '../vmm/config.js';
 import {
   consolidateResultSchema, diskChainSchema, revertRequestSchema, revertResultSchema, snapshotResultSchema,
@@ -42,6 +43,8 @@ export const migrationIdSchema = z.string().regex(/^[0-9a-f]{32}$/, 'must be 32 
 
 const vmParams = z.object({ name: vmNameSchema.openapi({ param: { name: 'name', in: 'path' } }) });
 const migrationParams = z.object({ id: migrationIdSchema.openapi({ param: { name: 'id', in: 'path' } }) });
+export const pathIdSchema = z.string().regex(PATH_ID_PATTERN, 'must be 32 lowercase hex digits');
+const pathParams = z.object({ id: pathIdSchema.openapi({ param: { name: 'id', in: 'path' } }) });
 
 export const vmStateSchema = z.enum(['defined', 'created', 'running', 'paused', 'halted', 'crashed', 'stopped']);
 
@@ -143,8 +146,36 @@ export type VerifyResult = z.infer<typeof verifyResultSchema>;
 
 export const deleteResultSchema = z.object({ name: z.string(), deleted: z.literal(true) });
 
+export const ticketSchema = z.object({
+  migrationId: migrationIdSchema,
+  ticket: z.string().regex(/^[0-9a-f]{64}$/),
+  port: z.number().int().min(1).max(65535),
+  expiresInMs: z.number().int().positive(),
+}).openapi('Ticket');
+export type TicketView = z.infer<typeof ticketSchema>;
+
+/** Datastores of a target the center lists for a source, at most (a host mounts a handful). */
+export const MAX_TARGET_DATASTORES = 256;
+
+/**
+ * A migration over the operation's virtual path (ARCHITECTURE.md §1.4), brokered by the center: the
+ * source learns the target only by name and virtual address. The center asked the target for the
+ * ticket (its port is on the target's virtual address) and for its datastores; the source asks the
+ * center, not the target, what became of the migration when in doubt.
+ */
+export const isolatedMigrationSchema = z.object({
+  pathId: pathIdSchema,
+  /** The target host's name (for logs and the record). */
+  target: limitVmNameSchema(),
+  ticket: ticketSchema,
+  targetDatastores: z.array(datastoreViewSchema).max(MAX_TARGET_DATASTORES),
+}).strict().openapi('IsolatedMigration');
+export type IsolatedMigration = z.infer<typeof isolatedMigrationSchema>;
+
 export const migrateRequestSchema = z.object({
-  to: z.url().openapi({ description: 'target host URL' }),
+  /** The target host's control API (a direct migration); a migration over a virtual path has `isolated` instead. */
+  to: z.url().optional().openapi({ description: 'target host URL (direct migrations)' }),
+  isolated: isolatedMigrationSchema.optional(),
   /** Token of the target host, if it differs from this host's. */
   token: z.string().optional(),
   options: migrationOptionsSchema.optional(),
@@ -160,26 +191,39 @@ export const migrateRequestSchema = z.object({
    * asking finds out what became of it.
    */
   migrationId: z.string().regex(/^[0-9a-f]{32}$/, 'must be 32 lowercase hex digits').optional(),
-}).strict().openapi('MigrateRequest');
+}).strict().refine((r) => (r.to === undefined) !== (r.isolated === undefined), 'give exactly one of "to" (a direct migration) and "isolated" (over a virtual path)')
+  .openapi('MigrateRequest');
 export type MigrateRequest = z.infer<typeof migrateRequestSchema>;
 
 export const migrationStatusSchema = migrationJobStatusSchema.openapi('MigrationStatus');
 export type MigrationStatus = MigrationJobStatus;
 
-export const ticketSchema = z.object({
-  migrationId: migrationIdSchema,
-  ticket: z.string().regex(/^[0-9a-f]{64}$/),
-  port: z.number().int().min(1).max(65535),
-  expiresInMs: z.number().int().positive(),
-}).openapi('Ticket');
-export type TicketView = z.infer<typeof ticketSchema>;
 
 /** Asking for a ticket: the source may say its own id of the migration, so that the target's log lines carry it too. */
-export const ticketRequestSchema = z.object({ sourceMigrationId: migrationIdSchema.optional() }).strict().openapi('TicketRequest');
+export const ticketRequestSchema = z.object({
+  sourceMigrationId: migrationIdSchema.optional(),
+  /** The operation's virtual path (this host's target end): the migration streams come through it, to its virtual address. */
+  pathId: pathIdSchema.optional(),
+}).strict().openapi('TicketRequest');
 export type TicketRequest = z.infer<typeof ticketRequestSchema>;
 
 export const incomingStatusSchema = z.object({ migrationId: z.string(), outcome: incomingOutcomeSchema }).openapi('IncomingMigration');
 export type IncomingStatus = z.infer<typeof incomingStatusSchema>;
+
+export const pathViewSchema = z.object({
+  pathId: z.string(), side: z.enum(['source', 'target']), driver: z.enum(PATH_DRIVER_KINDS),
+  localAddress: z.string(), peerAddress: z.string(), firstPort: z.number().int(), portCount: z.number().int(),
+  expiresAtMs: z.number(), openStreams: z.number().int(),
+}).openapi('Path');
+export const pathDriverReportSchema = z.object({
+  kind: z.enum(PATH_DRIVER_KINDS),
+  /** Where peers' drivers reach this host's end of a path (its underlay address; never given to an operation). */
+  endpoint: z.object({ host: z.string(), port: z.number().int() }),
+}).openapi('PathDriver');
+export const pathListSchema = z.object({ drivers: z.array(pathDriverReportSchema), paths: z.array(pathViewSchema) }).openapi('Paths');
+export type PathListView = z.infer<typeof pathListSchema>;
+export const pathRemovedSchema = z.object({ pathId: z.string(), removed: z.boolean() }).openapi('PathRemoved');
+export { pathSpecSchema };
 
 export const consoleQuerySchema = z.object({ follow: z.enum(['0', '1']).optional() });
 
@@ -251,6 +295,18 @@ export const routes = {
   getIncoming: createRoute({
     method: 'get', path: '/v1/migrations/incoming/{id}', summary: 'what became of an incoming migration (answers an error, never "unknown", when its record cannot be read)',
     request: { params: migrationParams }, responses: { 200: json(incomingStatusSchema, 'outcome'), ...errors(400, 401, 500) },
+  }),
+  listPaths: createRoute({
+    method: 'get', path: '/v1/paths', summary: 'this host\'s path drivers and the virtual paths open now (no secrets, no underlay addresses of peers)',
+    responses: { 200: json(pathListSchema, 'drivers and paths'), ...errors(401) },
+  }),
+  putPath: createRoute({
+    method: 'put', path: '/v1/paths/{id}', summary: 'open (or renew) the virtual path of one mobility operation; sent by the center',
+    request: { params: pathParams, ...body(pathSpecSchema) }, responses: { 200: json(pathViewSchema, 'open'), ...errors(400, 401, 409, 500) },
+  }),
+  deletePath: createRoute({
+    method: 'delete', path: '/v1/paths/{id}', summary: 'remove a virtual path and everything it made (idempotent)',
+    request: { params: pathParams }, responses: { 200: json(pathRemovedSchema, 'removed, or was not open'), ...errors(400, 401, 500) },
   }),
   metrics: createRoute({
     method: 'get', path: '/metrics', summary: 'Prometheus metrics (text exposition format 0.0.4; the token is needed here too)',

@@ -31,6 +31,10 @@ import type { HeartbeatRequest } from '../api/center-v1.js';
 import { CenterLink, type CenterLinkOptions, type HostTlsIdentity } from './center-link.js';
 import { createLogger, lineLog, loggerFromLines, type Logger } from '../lib/logger.js';
 import { HostMetrics } from './metrics.js';
+import { HostPaths } from './paths.js';
+import { openPathDrivers, type PathDriverChoice } from './path-drivers.js';
+import type { PathDriver } from '../dataplane/path/driver.js';
+import type { TicketRequest, TicketView } from '../api/host-v1.js';
 
 /** Default memory the host lends to VMs in all (an operator sets it to what the machine can spare). */
 export const DEFAULT_MEMORY_LIMIT_BYTES = 16 * GiB;
@@ -62,6 +66,11 @@ export interface HostOptions {
    * before that anyway); a joined host has it from its files before it listens.
    */
   readonly tls?: boolean;
+  /**
+   * The virtual-path drivers this host offers, in its order of preference (default: portable only) and
+   * where their tunnel endpoint is (default: the control API's address, any free port).
+   */
+  readonly pathDrivers?: PathDriverChoice;
 }
 
 /** Random per run of a host: written into its disk leases, so that a restarted host never takes a lease of its previous run for its own. */
@@ -84,12 +93,14 @@ export class HostAgent {
   readonly logger: Logger;
   private readonly log: (line: string) => void;
   readonly metrics: HostMetrics;
+  /** The virtual paths of the mobility operations this host takes part in. */
+  readonly paths: HostPaths;
   private closing = false;
   private port = 0;
   /** The link to the center, if the host was started with one. */
   centerLink: CenterLink | null = null;
 
-  private constructor(private readonly options: HostOptions, hostId: string, readonly datastores: HostDatastores) {
+  private constructor(private readonly options: HostOptions, hostId: string, readonly datastores: HostDatastores, pathDrivers: readonly PathDriver[]) {
     this.name = options.name;
     this.hostId = hostId;
     this.store = new HostStore(options.dataDir);
@@ -100,7 +111,14 @@ export class HostAgent {
     const transport = options.transport ?? tcpTransport;
     this.vms = new VmService({ hostName: this.name, store: this.store, operations: this.operations, memoryLimitBytes: this.memoryLimitBytes, datastores, log: this.log });
     this.metrics = new HostMetrics(() => this.vms.list().map((v) => v.state));
+    this.paths = new HostPaths({ store: this.store, drivers: pathDrivers, logger: this.logger.child({ component: 'paths' }) });
     this.migrations = new MigrationService({
+      paths: this.paths,
+      brokeredOutcome: (pathId, id, timeoutMs) => {
+        const link = this.centerLink;
+        if (link === null) return Promise.reject(new FerryError('CENTER_UNREACHABLE', 'a migration over a virtual path asks its center what the target recorded, and this host has no center'));
+        return link.brokeredOutcome(pathId, id, timeoutMs);
+      },
       hostName: this.name, token: options.token, vms: this.vms, operations: this.operations, datastores, transport, logger: this.logger, metrics: this.metrics,
       // Once joined: this host's certificate and the center's CA, for targets that serve HTTPS.
       peerTls: () => this.centerLink?.tls ?? {},
@@ -125,7 +143,7 @@ export class HostAgent {
     if (options.tls === true && options.center === undefined) throw new FerryError('INVALID_ARGUMENT', 'a host serves HTTPS with the certificate of its center: --tls needs --center');
     const app = buildHostApp({
       token: options.token, centerToken: () => this.centerLink?.controlToken ?? null, vms: this.vms, migrations: this.migrations, disks: this.disks, hostInfo: () => this.hostInfo(), listDatastores: () => this.datastores.list(),
-      issueTicket: (source) => this.receiver.issueTicket(source), incomingOutcome: (id) => this.receiver.outcome(id), metrics: this.metrics,
+      paths: this.paths, issueTicket: (req) => this.issueTicket(req), incomingOutcome: (id) => this.receiver.outcome(id), metrics: this.metrics,
     });
     // An HTTPS server without a certificate yet: setSecureContext gives it the center-signed one (./center-link.ts).
     this.server = options.tls === true
@@ -136,8 +154,11 @@ export class HostAgent {
   static async start(options: HostOptions): Promise<HostAgent> {
     const hostId = newHostId();
     const datastores = await HostDatastores.mount(options.datastores ?? [], { hostName: options.name, hostId }, options.leaseTiming);
-    const agent = new HostAgent(options, hostId, datastores);
+    const drivers = await openPathDrivers(options.pathDrivers ?? {}, options.listenHost);
+    const agent = new HostAgent(options, hostId, datastores, drivers);
     await agent.store.init();
+    // What a crashed run's paths left (interfaces, routes) goes before anything new is set up.
+    await agent.paths.start();
     // Warm binaryen up before the first VM arrives (its first run is several times slower). Before
     // the saved VMs' disks are attached: the warm-up blocks the event loop — for seconds on a
     // loaded machine — and with it the heartbeat of every lease already held.
@@ -170,6 +191,7 @@ export class HostAgent {
       // Nothing of a host that could not start stays behind: VMs saved, disks' leases released, ports closed.
       await agent.vms.saveAll().catch(() => undefined);
       await agent.receiver.close().catch(() => undefined);
+      await agent.paths.close().catch(() => undefined);
       throw err;
     }
     agent.port = (agent.server.address() as AddressInfo).port;
@@ -193,6 +215,18 @@ export class HostAgent {
 
   get migrationPort(): number { return this.receiver.port; }
 
+  /** A ticket for an incoming migration; with a path id, the migration comes through that operation's path to this host's virtual address. */
+  private async issueTicket(req: TicketRequest): Promise<TicketView> {
+    if (req.pathId === undefined) return this.receiver.issueTicket(req.sourceMigrationId);
+    const pathId = req.pathId;
+    const path = this.paths.transport(pathId, 'target');
+    return this.receiver.issueTicket(req.sourceMigrationId, {
+      transport: path, at: { host: path.spec.localAddress, port: path.spec.firstPort },
+      // The target's part ended: its end of the path goes once the last reply is flushed.
+      ended: () => { this.paths.removeWhenIdle(pathId, 'the incoming migration ended'); },
+    });
+  }
+
   hostInfo(): HostInfo {
     return {
       name: this.name, hostId: this.hostId, api: HOST_API_VERSION, migrationPort: this.receiver.port,
@@ -207,7 +241,7 @@ export class HostAgent {
       name: v.name, state: v.state, memoryBytes: v.config.memoryBytes, vcpus: v.config.vcpus,
       disk: v.disk === null ? null : { datastore: v.disk.datastore, path: v.disk.path, capacityBytes: v.disk.capacityBytes },
     }));
-    return { url: this.url, capacity: { memoryBytes: this.memoryLimitBytes, vcpus: availableParallelism() }, datastores, vms };
+    return { url: this.url, capacity: { memoryBytes: this.memoryLimitBytes, vcpus: availableParallelism() }, datastores, vms, dataPlane: { drivers: this.paths.drivers() } };
   }
 
   /**
@@ -225,6 +259,7 @@ export class HostAgent {
     await this.disks.drain();
     const report = await this.vms.saveAll();
     await this.receiver.close();
+    await this.paths.close();
     await new Promise<void>((resolve) => { this.server.close(() => { resolve(); }); this.server.closeAllConnections(); });
     return report;
   }

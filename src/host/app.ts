@@ -14,7 +14,7 @@ import { FerryError } from '../lib/errors.js';
 import { limitBody, onAppError, sendError, validationHook } from '../api/http-errors.js';
 import {
   HOST_API_VERSION, MAX_CREATE_BODY_BYTES, MAX_SMALL_BODY_BYTES, OPENAPI_INFO, OPENAPI_PATH, routes,
-  type DatastoreView, type HostInfo, type IncomingStatus, type TicketView,
+  type DatastoreView, type HostInfo, type IncomingStatus, type TicketRequest, type TicketView,
 } from '../api/host-v1.js';
 import { encodeSse } from '../api/sse.js';
 import type { MigrationJob } from '../migration/source/job.js';
@@ -26,6 +26,7 @@ import type { MigrationService } from './migration-service.js';
 import type { DiskSnapshots } from './disk-snapshots.js';
 import type { VmSlot } from './vm-slot.js';
 import type { HostMetrics } from './metrics.js';
+import type { HostPaths } from './paths.js';
 import { countRequests } from '../api/http-metrics.js';
 
 export interface HostAppDeps {
@@ -37,7 +38,8 @@ export interface HostAppDeps {
   readonly disks: DiskSnapshots;
   readonly hostInfo: () => HostInfo;
   readonly listDatastores: () => Promise<DatastoreView[]>;
-  readonly issueTicket: (sourceMigrationId?: string) => TicketView;
+  readonly issueTicket: (req: TicketRequest) => Promise<TicketView>;
+  readonly paths: HostPaths;
   readonly incomingOutcome: (id: string) => Promise<IncomingOutcome>;
   readonly metrics: HostMetrics;
 }
@@ -85,7 +87,17 @@ export function buildHostApp(d: HostAppDeps): OpenAPIHono {
   app.openapi(routes.getMigration, (c) => c.json(d.migrations.status(c.req.valid('param').id), 200));
   app.openapi(routes.migrationEvents, (c) => eventStream(c, d.migrations.job(c.req.valid('param').id)) as never);
   app.openapi(routes.cancelMigration, (c) => c.json(d.migrations.cancel(c.req.valid('param').id), 202));
-  app.openapi(routes.createTicket, (c) => c.json(d.issueTicket(c.req.valid('json').sourceMigrationId), 201));
+  app.openapi(routes.createTicket, async (c) => c.json(await d.issueTicket(c.req.valid('json')), 201));
+  app.openapi(routes.listPaths, (c) => c.json({ drivers: d.paths.drivers(), paths: d.paths.list() }, 200));
+  app.openapi(routes.putPath, async (c) => {
+    const spec = c.req.valid('json');
+    if (spec.pathId !== c.req.valid('param').id) throw new FerryError('INVALID_ARGUMENT', `the body is path ${spec.pathId.slice(0, 8)}, the URL path ${c.req.valid('param').id.slice(0, 8)}`);
+    return c.json(await d.paths.put(spec), 200);
+  });
+  app.openapi(routes.deletePath, async (c) => {
+    const id = c.req.valid('param').id;
+    return c.json({ pathId: id, removed: await d.paths.remove(id, 'removed by the center') }, 200);
+  });
   app.openapi(routes.getIncoming, async (c) => {
     const id = c.req.valid('param').id;
     const status: IncomingStatus = { migrationId: id, outcome: await d.incomingOutcome(id) };

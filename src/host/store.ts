@@ -18,6 +18,7 @@ import { FerryError, errnoCode, errorMessage } from '../lib/errors.js';
 import { cmdlineSchema, granularitySchema, ramBytesSchema, vcpusSchema, vmNameSchema } from '../lib/limits.js';
 import { MAX_HANG_TIMEOUT_MS, MAX_STEP_TARGET_US, MIN_HANG_TIMEOUT_MS, MIN_STEP_TARGET_US, type VmConfig } from '../vmm/config.js';
 import type { StoredOutcome as MigrationOutcome } from '../migration/target/hooks.js';
+import { pathRecordSchema, type PathRecord } from '../dataplane/path/spec.js';
 
 // The VM bounds are the runtime's own (src/lib/limits.ts): a config the runtime accepted is one the
 // store reloads, and a hand-edited one the runtime would refuse is caught here, at load.
@@ -83,6 +84,7 @@ export class HostStore {
     try {
       await mkdir(join(this.dataDir, 'vms'), { recursive: true });
       await mkdir(join(this.dataDir, 'migrations'), { recursive: true });
+      await mkdir(join(this.dataDir, 'paths'), { recursive: true });
       // A durable write now, where an incoming migration's commit record will go: a read-only or
       // full data directory fails at start-up rather than mid-migration, and the write path (run
       // once per migration, with the guest stunned) is not cold the first time it matters.
@@ -156,6 +158,40 @@ export class HostStore {
 
   async removeIncomingCopy(id: string): Promise<void> {
     await rm(join(this.dataDir, 'migrations', `${id}.copy.json`), { force: true });
+  }
+
+  /**
+   * Notes, durably and before anything is created, a virtual path this host is about to open (no
+   * secret in it: only what removing its parts needs), so that a host restarted after a crash removes
+   * what the path left behind (src/host/paths.ts).
+   */
+  async writePathRecord(record: PathRecord): Promise<void> {
+    try {
+      await writeAtomic(join(this.dataDir, 'paths', `${record.pathId}.json`), JSON.stringify(record));
+    } catch (err) {
+      throw new FerryError('STORE_IO', `cannot note virtual path ${record.pathId.slice(0, 8)}: ${errorMessage(err)}`);
+    }
+  }
+
+  async removePathRecord(pathId: string): Promise<void> {
+    await rm(join(this.dataDir, 'paths', `${pathId}.json`), { force: true });
+  }
+
+  /** Paths noted and not removed (a crash left them); a malformed note is a problem (and is removed: it names nothing usable). */
+  async pathRecords(): Promise<{ records: PathRecord[]; problems: string[] }> {
+    const records: PathRecord[] = [];
+    const problems: string[] = [];
+    const dir = join(this.dataDir, 'paths');
+    for (const f of (await readdir(dir).catch(() => [] as string[])).sort()) {
+      if (!f.endsWith('.json')) continue;
+      try {
+        records.push(pathRecordSchema.parse(JSON.parse(await readFile(join(dir, f), 'utf8'))));
+      } catch (err) {
+        problems.push(`the path note ${join(dir, f)} cannot be read (removed): ${errorMessage(err)}`);
+        await rm(join(dir, f), { force: true });
+      }
+    }
+    return { records, problems };
   }
 
   /** Disk copies noted and not yet forgotten (a crash left them); a malformed note is a problem, not a copy. */

@@ -28,6 +28,8 @@ export interface LogBindings {
   readonly migrationId?: string;
   /** The target host's own id of an incoming migration (its ticket; what the source asks the outcome of). */
   readonly incomingId?: string;
+  /** A mobility operation's virtual path (its first 8 hex digits: enough to find it, not a secret). */
+  readonly pathId?: string;
   /** Which side of a migration this host is. */
   readonly role?: 'source' | 'target';
   /** A center task's id. */

@@ -569,7 +569,8 @@ describe('OpenAPI document: every route the app answers is documented, every doc
       token: AGENT_TOKEN, vms: agent.vms, hostInfo: () => agent.hostInfo(), listDatastores: () => agent.datastores.list(),
       migrations: new MigrationService({ hostName: 'doc', token: AGENT_TOKEN, vms: agent.vms, operations: agent.operations, datastores: agent.datastores, transport: tcpTransport, logger: silentLogger() }),
       disks: agent.disks,
-      issueTicket: () => { throw new FerryError('INTERNAL', 'not called'); },
+      issueTicket: () => Promise.reject(new FerryError('INTERNAL', 'not called')),
+      paths: agent.paths,
       incomingOutcome: () => Promise.reject(new FerryError('INTERNAL', 'not called')),
       metrics: new HostMetrics(() => []),
     });

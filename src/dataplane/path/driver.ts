@@ -9,7 +9,7 @@
  */
 import type { Logger } from '../../lib/logger.js';
 import type { ByteStream, TransportAddress } from '../transport.js';
-import type { PathDriverKind, PathEndpoint, PathSpec } from './spec.js';
+import type { PathDriverKind, PathEndpoint, PathRecord, PathSpec } from './spec.js';
 
 /** A driver's raw carrying of streams for one open path; virtual-path.ts adds the checks and the bookkeeping. */
 export interface PathCarrier {
@@ -27,8 +27,8 @@ export interface PathDriver {
   readonly endpoint: PathEndpoint;
   /** Sets up what the path needs on this host. Rejects with PATH_SETUP_FAILED and leaves nothing behind. */
   open(spec: PathSpec, log: Logger): Promise<PathCarrier>;
-  /** At host start: removes what paths of a host that died left behind (their specs are the durable records). */
-  removeLeftovers(specs: readonly PathSpec[], log: Logger): Promise<void>;
+  /** At host start: removes what paths of a host that died left behind (from the durable records, which hold no secret). */
+  removeLeftovers(records: readonly PathRecord[], log: Logger): Promise<void>;
   /** Stops the driver's own listeners (the host is stopping; open paths were closed first). */
   close(): Promise<void>;
 }

@@ -36,7 +36,7 @@ const portSchema = z.number().int().min(1).max(65535);
 export const pathEndpointSchema = z.object({ host: hostSchema, port: portSchema }).strict();
 export type PathEndpoint = z.infer<typeof pathEndpointSchema>;
 
-export const pathSpecSchema = z.object({
+const pathSpecFields = z.object({
   pathId: z.string().regex(PATH_ID_PATTERN, 'must be 32 lowercase hex digits'),
   /** Which end of the operation this host is (the source dials, the target listens). */
   side: z.enum(['source', 'target']),
@@ -56,9 +56,21 @@ export const pathSpecSchema = z.object({
   secret: z.string().regex(/^[A-Za-z0-9_-]{43}$/, 'must be 32 bytes as base64url'),
   /** Wall-clock time (ms since the epoch) after which the host removes the path by itself. */
   expiresAtMs: z.number().int().min(0),
-}).strict().refine((s) => s.firstPort + s.portCount - 1 <= 65535, 'the port range runs past 65535')
+}).strict();
+
+export const pathSpecSchema = pathSpecFields
+  .refine((s) => s.firstPort + s.portCount - 1 <= 65535, 'the port range runs past 65535')
   .refine((s) => s.localAddress !== s.peerAddress, 'the two ends of a path need different virtual addresses');
 export type PathSpec = z.infer<typeof pathSpecSchema>;
+
+/** What a host notes durably of a path it opens: the spec without its secret (enough to remove its parts). */
+export const pathRecordSchema = pathSpecFields.omit({ secret: true });
+export type PathRecord = z.infer<typeof pathRecordSchema>;
+
+export function pathRecord(spec: PathSpec): PathRecord {
+  const { secret: _secret, ...record } = spec;
+  return record;
+}
 
 /** What a path shows of itself (host API, logs): no secret and no underlay address. */
 export interface PathView {

@@ -18,14 +18,24 @@ export class VirtualPath implements Transport {
   private readonly streams = new Set<ByteStream>();
   private readonly listeners = new Set<{ close(): Promise<void> }>();
   private closing: Promise<void> | null = null;
+  private expiresAtMs: number;
 
   constructor(readonly spec: PathSpec, private readonly carrier: PathCarrier, private readonly now: () => number = Date.now) {
     this.kind = `vpath/${spec.driver}`;
+    this.expiresAtMs = spec.expiresAtMs;
   }
+
+  /** Streams open now. */
+  get openStreams(): number { return this.streams.size; }
+
+  /** A renewal by the center: the path lives until then (never shortened below now: that is a removal). */
+  renew(expiresAtMs: number): void { this.expiresAtMs = expiresAtMs; }
+
+  get expiresAt(): number { return this.expiresAtMs; }
 
   get closed(): boolean { return this.closing !== null; }
 
-  view(): PathView { return pathView(this.spec, this.streams.size); }
+  view(): PathView { return { ...pathView(this.spec, this.streams.size), expiresAtMs: this.expiresAtMs }; }
 
   async dial(to: TransportAddress, options: DialOptions): Promise<ByteStream> {
     this.check('dial', to, this.spec.peerAddress);
@@ -62,7 +72,7 @@ export class VirtualPath implements Transport {
     return this.closing;
   }
 
-  expired(): boolean { return this.now() >= this.spec.expiresAtMs; }
+  expired(): boolean { return this.now() >= this.expiresAtMs; }
 
   private get short(): string { return this.spec.pathId.slice(0, 8); }
 

@@ -27,6 +27,10 @@ interface Ticket {
   readonly sourceMigrationId: string | null;
   readonly expiresAt: number;
   incoming: IncomingMigration | null;
+  /** The listener of a ticket to be used through an operation's own path (closed with the ticket); null: the host's endpoint. */
+  listener: Listener | null;
+  /** Told once when the ticket's migration ended (or the ticket expired unused): the path's owner removes it then. */
+  ended: (() => void) | null;
   /** When the control connection arrived (performance.now()), for the duration the observer is told. */
   startedAt: number;
 }
@@ -50,17 +54,22 @@ export class MigrationReceiver {
     return this.listener.address;
   }
 
-  issueTicket(sourceMigrationId?: string): { migrationId: string; ticket: string; port: number; expiresInMs: number } {
+  /**
+   * A one-time ticket. `via`: the migration comes through the operation's own transport (its virtual
+   * path) to that address, listened on for this ticket only — not the host's migration endpoint.
+   */
+  async issueTicket(sourceMigrationId?: string, via?: { transport: Transport; at: TransportAddress; ended?: () => void }): Promise<{ migrationId: string; ticket: string; port: number; expiresInMs: number }> {
     this.expireTickets();
     if (this.tickets.size >= MAX_OPEN_TICKETS) throw new FerryError('BUSY', `too many migrations being set up (${MAX_OPEN_TICKETS}); try again shortly`);
     if (this.outcomes.full) {
       throw new FerryError('BUSY', `${MAX_REMEMBERED_OUTCOMES} incoming migrations have outcomes not yet recorded durably; try again shortly`);
     }
+    const listener = via !== undefined ? await via.transport.listen(via.at, (stream) => { this.onConnection(stream); }) : null;
     const ticket = randomBytes(32).toString('hex');
     const migrationId = randomBytes(16).toString('hex');
-    this.tickets.set(ticket, { migrationId, sourceMigrationId: sourceMigrationId ?? null, expiresAt: Date.now() + TICKET_TTL_MS, incoming: null, startedAt: 0 });
+    this.tickets.set(ticket, { migrationId, sourceMigrationId: sourceMigrationId ?? null, expiresAt: Date.now() + TICKET_TTL_MS, incoming: null, listener, ended: via?.ended ?? null, startedAt: 0 });
     this.outcomes.addPending(migrationId);
-    return { migrationId, ticket, port: this.port, expiresInMs: TICKET_TTL_MS };
+    return { migrationId, ticket, port: listener?.address.port ?? this.port, expiresInMs: TICKET_TTL_MS };
   }
 
   /**
@@ -90,6 +99,7 @@ export class MigrationReceiver {
     for (const [k, t] of this.tickets) {
       if (t.incoming === null && t.expiresAt < now) {
         this.tickets.delete(k);
+        this.release(t);
         // No source ever connected with it, so none can be in doubt about it: nothing to keep durably.
         this.outcomes.remember(t.migrationId, { state: 'aborted', reason: 'ticket expired unused' }, true);
       }
@@ -149,15 +159,25 @@ export class MigrationReceiver {
   private finish(ticket: Ticket, outcome: IncomingOutcome, durable: boolean): void {
     this.outcomes.remember(ticket.migrationId, outcome, durable);
     for (const [k, t] of this.tickets) if (t === ticket) this.tickets.delete(k);
+    this.release(ticket);
     // Told once: an outcome is reported again when it has been recorded durably.
     if (ticket.incoming !== null && this.live.delete(ticket.incoming)) {
       this.hooks.observer?.ended(idsOf(ticket), outcome.state === 'committed' ? 'committed' : 'aborted', performance.now() - ticket.startedAt);
     }
   }
 
+  /** The ticket's own listener stops taking streams (accepted ones stay their migration's); its owner is told, once. */
+  private release(ticket: Ticket): void {
+    void ticket.listener?.close();
+    const ended = ticket.ended;
+    ticket.ended = null;
+    ended?.();
+  }
+
   /** Stops accepting; aborts every migration that has not committed. */
   async close(): Promise<void> {
     for (const m of this.live) await m.abort('target host shutting down');
+    for (const t of this.tickets.values()) await t.listener?.close();
     await this.listener?.close();
   }
 }

@@ -44,7 +44,7 @@ class Harness {
   /** One migration that the source abandons right after HELLO; resolves when its abort was recorded (or failed to be). */
   async abandonedMigration(): Promise<string> {
     assert.ok(this.address !== null);
-    const t = this.receiver.issueTicket();
+    const t = await this.receiver.issueTicket();
     const recorded = new Promise<void>((resolve) => { this.recorded.set(t.migrationId, resolve); });
     const channel = new ClientChannel(await tcpTransport.dial(this.address, { timeoutMs: 5000 }), 'test control');
     await channel.request('hello', (rid) => encodeHello(rid, { protocol: PROTOCOL_VERSION, ticket: t.ticket, role: 'control', channel: 0 }), 5000);
@@ -96,7 +96,7 @@ describe('MigrationReceiver remembered outcomes', () => {
       assert.ok(h.receiver.rememberedOutcomes <= MAX_REMEMBERED_OUTCOMES);
     }
     assert.equal(h.receiver.rememberedOutcomes, MAX_REMEMBERED_OUTCOMES);
-    const err = (() => { try { h.receiver.issueTicket(); return null; } catch (e) { return e; } })();
+    const err = await h.receiver.issueTicket().then(() => null, (e: unknown) => e);
     assert.ok(err instanceof FerryError);
     assert.equal(err.code, 'BUSY');
     assert.equal(h.receiver.rememberedOutcomes, MAX_REMEMBERED_OUTCOMES, 'the refused ticket added nothing');

@@ -1,0 +1,44 @@
+/**
+ * Which virtual-path drivers a host offers (`ferry host --path-drivers kernel,portable`) and where
+ * their tunnel endpoint listens (`--tunnel-listen host:port`). The portable driver needs nothing;
+ * the kernel driver needs network privileges in the host's namespace and is refused at start, with
+ * the reason, when the probe says it cannot work here — never discovered mid-migration.
+ */
+import { FerryError } from '../lib/errors.js';
+import type { PathDriver } from '../dataplane/path/driver.js';
+import type { PathDriverKind } from '../dataplane/path/spec.js';
+import { createPortableDriver } from '../dataplane/path/portable-driver.js';
+import { createKernelDriver, kernelDriverSupport } from '../dataplane/path/kernel-driver.js';
+
+/** Without --path-drivers: the portable driver only (no privileges; what `npm start` uses). */
+export const DEFAULT_PATH_DRIVERS: readonly PathDriverKind[] = ['portable'];
+
+export interface PathDriverChoice {
+  /** In order of preference; empty: the host takes part in no isolated operation (the center falls back, and says so). */
+  readonly kinds?: readonly PathDriverKind[];
+  /** The underlay address peers reach this host's tunnel endpoint at (default: the control API's listen address). */
+  readonly tunnelHost?: string;
+  /** The portable driver's port (default 0: any free one; the center learns it from heartbeats). */
+  readonly tunnelPort?: number;
+}
+
+export async function openPathDrivers(choice: PathDriverChoice, listenHost: string): Promise<PathDriver[]> {
+  const kinds = choice.kinds ?? DEFAULT_PATH_DRIVERS;
+  if (new Set(kinds).size !== kinds.length) throw new FerryError('INVALID_ARGUMENT', `--path-drivers names a driver twice: ${kinds.join(',')}`);
+  const host = choice.tunnelHost ?? listenHost;
+  const drivers: PathDriver[] = [];
+  try {
+    for (const kind of kinds) drivers.push(await openDriver(kind, host, choice.tunnelPort ?? 0));
+  } catch (err) {
+    await Promise.allSettled(drivers.map((d) => d.close()));
+    throw err;
+  }
+  return drivers;
+}
+
+async function openDriver(kind: PathDriverKind, host: string, port: number): Promise<PathDriver> {
+  if (kind === 'portable') return createPortableDriver({ listen: { host, port } });
+  const support = await kernelDriverSupport();
+  if (!support.supported) throw new FerryError('PATH_SETUP_FAILED', `the kernel path driver cannot work on this host: ${support.reason}; start the host without it (--path-drivers portable)`);
+  return createKernelDriver({ underlayAddress: host });
+}
