@@ -19,6 +19,7 @@ import {
   type HeartbeatResult, type JoinRequest, type JoinResult, type JoinTokenView, type CenterCreateVmRequest, type CenterMigrateRequest, type MaintenanceRequest,
 } from './center-v1.js';
 import { errorOf, pathOf, responseSchema } from './host-client.js';
+import type { IncomingStatus } from './host-v1.js';
 import { readSse } from './sse.js';
 import { TlsFetch, transportError, type TlsClientOptions } from './tls.js';
 import { fingerprintOf, normalizeFingerprint } from '../lib/fingerprint.js';
@@ -144,6 +145,10 @@ export class CenterClient {
   createJoinToken(ttlMs?: number): Promise<JoinTokenView> { return this.json(centerRoutes.createJoinToken, {}, 201, { body: ttlMs !== undefined ? { ttlMs } : {} }); }
   join(req: JoinRequest): Promise<JoinResult> { return this.json(centerRoutes.joinHost, {}, 201, { body: req, auth: false }); }
   heartbeat(name: string, hb: HeartbeatRequest): Promise<HeartbeatResult> { return this.json(centerRoutes.heartbeat, { name }, 200, { body: hb }); }
+  /** Host `name`, the source of the migration over path `pathId`, asks what the target recorded for incoming migration `id`. */
+  brokeredIncoming(name: string, pathId: string, id: string, timeoutMs?: number): Promise<IncomingStatus> {
+    return this.json(centerRoutes.brokeredIncoming, { name, path: pathId, id }, 200, timeoutMs !== undefined ? { timeoutMs } : {});
+  }
   /** The center's Prometheus metrics, in the text exposition format. */
   async metrics(): Promise<string> { return (await this.send(centerRoutes.metrics, {}, {})).text(); }
   openApi(): Promise<unknown> { return this.raw('GET', CENTER_OPENAPI_PATH, { token: null }).then((r) => r.json()); }

@@ -8,8 +8,9 @@
  * - `GET /api/v1/health`, `GET /api/v1/ca` and the OpenAPI document: anyone (a load balancer, `ferry up`
  *   waiting for it, `ferry login` and a joining host reading the CA to compare its fingerprint);
  * - `POST /api/v1/hosts/join`: a host presenting a one-time join token in the body;
- * - `POST /api/v1/hosts/{name}/heartbeat`: that host's own credential (bearer) and its own certificate
- *   (TLS client certificate, signed by the center's CA, issued with that credential);
+ * - `POST /api/v1/hosts/{name}/heartbeat` and `GET /api/v1/hosts/{name}/paths/{path}/incoming/{id}` (the
+ *   host-link routes): that host's own credential (bearer) and its own certificate (TLS client
+ *   certificate, signed by the center's CA, issued with that credential);
  * - everything else: an API token (bearer).
  * Errors are `{ error: { code, message, details? } }` with the stable codes of src/lib/errors.ts.
  */
@@ -18,7 +19,8 @@ import { KiB, MiB } from '../lib/units.js';
 import { DATASTORE_ID_PATTERN } from '../storage/datastore.js';
 import { MAX_DATASTORE_PATH_BYTES, MAX_PEM_CHARS, VM_NAME_PATTERN, cmdlineSchema, granularitySchema, vcpusSchema, vmNameSchema as limitVmNameSchema } from '../lib/limits.js';
 import { migrationOptionsSchema } from '../migration/options.js';
-import { errorBodySchema, vmStateSchema as hostVmStateSchema } from './host-v1.js';
+import { errorBodySchema, incomingStatusSchema, pathDriverReportSchema, pathIdSchema, migrationIdSchema, vmStateSchema as hostVmStateSchema } from './host-v1.js';
+import { PATH_DRIVER_KINDS } from '../dataplane/path/spec.js';
 
 export const CENTER_API_VERSION = 'v1';
 export const CENTER_API_PREFIX = `/api/${CENTER_API_VERSION}`;
@@ -213,6 +215,8 @@ export const heartbeatRequestSchema = z.object({
     /** The VM's disk, if it has one: on which of the reported datastores, where, how large. */
     disk: z.object({ datastore: nameSchema, path: z.string().min(1).max(4096), capacityBytes: bytesSchema }).strict().nullable(),
   }).strict()).max(MAX_HEARTBEAT_VMS),
+  /** The host's virtual-path drivers (in its order of preference) and their tunnel endpoints; absent from hosts older than paths. */
+  dataPlane: z.object({ drivers: z.array(pathDriverReportSchema).max(PATH_DRIVER_KINDS.length) }).strict().optional(),
 }).strict().openapi('Heartbeat');
 export type HeartbeatRequest = z.infer<typeof heartbeatRequestSchema>;
 export const heartbeatResultSchema = z.object({
@@ -274,6 +278,12 @@ export const centerMigrateRequestSchema = z.object({
   /** The target host; without, the center picks a compatible one (most free memory, fewest migrations). */
   to: nameSchema.optional(),
   options: migrationOptionsSchema.optional(),
+  /**
+   * false: connect the two hosts directly (plain TCP between their physical addresses) instead of over
+   * the operation's own virtual path; the task's result says so. Also what happens, said in the result,
+   * when the two hosts share no path driver.
+   */
+  isolation: z.boolean().optional(),
   /** Copy the disk live to this datastore of the target (as `ferry vm migrate --disk-datastore`). */
   disk: z.object({ datastore: z.string().regex(VM_NAME_PATTERN), path: z.string().min(1).max(MAX_DATASTORE_PATH_BYTES).optional() }).strict().optional(),
 }).strict().openapi('CenterMigrate');
@@ -294,6 +304,10 @@ const ERROR_DESCRIPTIONS = {
 const errors = (...statuses: (keyof typeof ERROR_DESCRIPTIONS)[]) =>
   Object.fromEntries(statuses.map((s) => [s, json(errorBodySchema, ERROR_DESCRIPTIONS[s])])) as Record<number, ReturnType<typeof json<typeof errorBodySchema>>>;
 const hostParams = z.object({ name: nameSchema.openapi({ param: { name: 'name', in: 'path' } }) });
+const brokeredIncomingParams = hostParams.extend({
+  path: pathIdSchema.openapi({ param: { name: 'path', in: 'path' } }),
+  id: migrationIdSchema.openapi({ param: { name: 'id', in: 'path' } }),
+});
 const taskParams = z.object({ id: taskIdSchema.openapi({ param: { name: 'id', in: 'path' }, type: 'integer' }) });
 const P = CENTER_API_PREFIX;
 
@@ -359,6 +373,11 @@ export const centerRoutes = {
     method: 'post', path: `${P}/hosts/{name}/maintenance`, summary: 'enter (evacuate every running VM by live migration) or exit maintenance: answers the task',
     request: { params: hostParams, ...body(maintenanceRequestSchema) },
     responses: { 202: json(taskViewSchema, 'the task'), ...errors(400, 401, 404, 409, 503) },
+  }),
+  brokeredIncoming: createRoute({
+    method: 'get', path: `${P}/hosts/{name}/paths/{path}/incoming/{id}`,
+    summary: 'the source host of a migration over a virtual path asks what its target recorded (the center asks the target); host credential and certificate only',
+    request: { params: brokeredIncomingParams }, responses: { 200: json(incomingStatusSchema, 'what the target recorded'), ...errors(400, 401, 404, 503) },
   }),
   heartbeat: createRoute({
     method: 'post', path: `${P}/hosts/{name}/heartbeat`, summary: 'a host reports its capacity, datastores and VMs (its own credential and client certificate only)',

@@ -22,6 +22,7 @@ import { fingerprintOf } from '../lib/fingerprint.js';
 import { CenterClient, centerOrigin } from '../api/center-client.js';
 import type { TlsClientOptions } from '../api/tls.js';
 import { MAX_HEARTBEAT_VMS, SECRET_PATTERN, type HeartbeatRequest, type JoinResult } from '../api/center-v1.js';
+import type { IncomingOutcome } from '../migration/peer.js';
 
 /** Where a joined host keeps its center credential unless told otherwise. */
 export const CENTER_CREDENTIAL_FILE = 'center-credential';
@@ -112,6 +113,16 @@ export class CenterLink {
   get lastError(): string | null { return this.#lastError; }
   /** The credential the center acts on this host with (from its last heartbeat answer), or null before one. */
   get controlToken(): string | null { return this.#controlToken; }
+
+  /**
+   * Asks the center what the target of this host's migration over path `pathId` recorded for incoming
+   * migration `id` (an in-doubt source; see ./brokered-peer.ts). Rejects when the center cannot answer.
+   */
+  async brokeredOutcome(pathId: string, id: string, timeoutMs: number): Promise<IncomingOutcome> {
+    const client = this.#client;
+    if (client === null) throw new FerryError('CENTER_UNREACHABLE', `host ${this.o.hostName} is not linked to its center (${this.#lastError ?? 'not joined yet'})`);
+    return (await client.brokeredIncoming(this.o.hostName, pathId, id, timeoutMs)).outcome;
+  }
 
   /** Starts the loop: the first attempt now, in the background. */
   start(): void {

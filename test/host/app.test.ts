@@ -567,7 +567,10 @@ describe('OpenAPI document: every route the app answers is documented, every doc
     const agent = h.agent;
     const app = buildHostApp({
       token: AGENT_TOKEN, vms: agent.vms, hostInfo: () => agent.hostInfo(), listDatastores: () => agent.datastores.list(),
-      migrations: new MigrationService({ hostName: 'doc', token: AGENT_TOKEN, vms: agent.vms, operations: agent.operations, datastores: agent.datastores, transport: tcpTransport, logger: silentLogger() }),
+      migrations: new MigrationService({
+        hostName: 'doc', token: AGENT_TOKEN, vms: agent.vms, operations: agent.operations, datastores: agent.datastores, transport: tcpTransport, logger: silentLogger(),
+        paths: agent.paths, brokeredOutcome: () => Promise.reject(new FerryError('INTERNAL', 'not called')),
+      }),
       disks: agent.disks,
       issueTicket: () => Promise.reject(new FerryError('INTERNAL', 'not called')),
       paths: agent.paths,
