@@ -11,6 +11,8 @@ import { normalizeFingerprint } from '../lib/fingerprint.js';
 import { formatBytes, parseSizeBytes } from '../lib/units.js';
 import { HostAgent, type HostOptions } from '../host/agent.js';
 import type { DatastoreMount } from '../host/datastores.js';
+import { DEFAULT_PATH_DRIVERS } from '../host/path-drivers.js';
+import { PATH_DRIVER_KINDS, type PathDriverKind } from '../dataplane/path/spec.js';
 import { DEFAULT_LEASE_TIMING, checkLeaseTiming } from '../storage/lease.js';
 import { loadToken } from '../host/auth.js';
 import { DEFAULT_GRANULARITY_BYTES } from '../vmm/layout.js';
@@ -93,11 +95,22 @@ function parseDiskOption(text: string): DiskOption {
   return { datastore, path, ...(size !== undefined ? { sizeBytes: parseSizeBytes(size, '--disk size') } : {}) };
 }
 
-export function parseListen(text: string): { host: string; port: number } {
+export function parseListen(text: string, flag = '--listen'): { host: string; port: number } {
   const m = /^(\d{1,3}(?:\.\d{1,3}){3}|localhost|\[[0-9a-fA-F:]+\]):(\d{1,5})$/.exec(text.trim());
   const port = Number(m?.[2]);
-  if (!m || port > 65535) throw new FerryError('INVALID_ARGUMENT', `--listen: "${text}" is not host:port (e.g. 127.0.0.1:7000, port 0 = any free port)`);
+  if (!m || port > 65535) throw new FerryError('INVALID_ARGUMENT', `${flag}: "${text}" is not host:port (e.g. 127.0.0.1:7000, port 0 = any free port)`);
   return { host: (m[1] ?? '').replace(/^\[|\]$/g, ''), port };
+}
+
+/** `--path-drivers kernel,portable` (or `none`): known kinds, each once. */
+function parsePathDrivers(text: string): readonly PathDriverKind[] {
+  if (text.trim() === 'none') return [];
+  const kinds = text.split(',').map((k) => k.trim());
+  for (const k of kinds) {
+    if (!(PATH_DRIVER_KINDS as readonly string[]).includes(k)) throw new FerryError('INVALID_ARGUMENT', `--path-drivers: "${k}" is not a path driver (${PATH_DRIVER_KINDS.join(', ')}, or none)`);
+  }
+  if (new Set(kinds).size !== kinds.length) throw new FerryError('INVALID_ARGUMENT', `--path-drivers names a driver twice: ${text}`);
+  return kinds as PathDriverKind[];
 }
 
 /** `--datastore name=path`: the name before the first "=", the path after it (checked when the host mounts it). */
@@ -145,11 +158,13 @@ export function addHostCommands(program: Command, vm: Command): Command {
     .option('--center-ca-fingerprint <sha256>', 'with --center: the SHA-256 fingerprint of the center\'s CA, to trust it at the first join (printed by ferry center and ferry center join-token)')
     .option('--tls', 'with --center: serve the control API over HTTPS with the certificate the center signed (clients trust the center\'s CA)', false)
     .option('--center-credential-file <file>', 'with --center: where the host\'s center credential is kept (default: <data-dir>/center-credential; its key, certificate and the CA beside it)')
+    .addOption(new Option('--path-drivers <list>', 'virtual-path drivers this host offers for mobility operations, in order of preference: portable (no privileges), kernel (per-operation VXLAN interfaces; needs CAP_NET_ADMIN); "none" for no isolated operations').argParser(parsePathDrivers).default(DEFAULT_PATH_DRIVERS, DEFAULT_PATH_DRIVERS.join(',')))
+    .option('--tunnel-listen <host:port>', 'where the path drivers\' tunnel endpoint is (the host\'s underlay address; port 0: any free one; default: the --listen address, any port)')
     // Every host mounting one datastore must use the same lease timing. Shorter leases make a dead host's disks free sooner (tests use them).
     .addOption(new Option('--lease-duration <duration>', 'how long a disk lease lasts without renewal').argParser(durationOption('--lease-duration')).default(DEFAULT_LEASE_TIMING.durationMs, `${DEFAULT_LEASE_TIMING.durationMs}ms`))
     .addOption(new Option('--lease-renew <duration>', 'disk lease heartbeat period (at most half the duration)').argParser(durationOption('--lease-renew')).default(DEFAULT_LEASE_TIMING.renewIntervalMs, `${DEFAULT_LEASE_TIMING.renewIntervalMs}ms`))
     .addOption(new Option('--lease-clock-skew <duration>', 'how far the hosts\' clocks may disagree; a stale lease is broken this long after its expiry').argParser(durationOption('--lease-clock-skew')).default(DEFAULT_LEASE_TIMING.clockSkewMs, `${DEFAULT_LEASE_TIMING.clockSkewMs}ms`))
-    .action(async (given: { name?: string; dataDir?: string; listen: string; migrationPort?: string; tokenFile?: string; memoryLimit?: number; datastore: string[]; center?: string; joinToken?: string; centerCredentialFile?: string; centerCaFingerprint?: string; tls: boolean; leaseDuration: number; leaseRenew: number; leaseClockSkew: number } & LogOptions) => {
+    .action(async (given: { name?: string; dataDir?: string; listen: string; migrationPort?: string; tokenFile?: string; memoryLimit?: number; datastore: string[]; center?: string; joinToken?: string; centerCredentialFile?: string; centerCaFingerprint?: string; tls: boolean; leaseDuration: number; leaseRenew: number; leaseClockSkew: number; pathDrivers: readonly PathDriverKind[]; tunnelListen?: string } & LogOptions) => {
       const { name, dataDir } = given;
       if (name === undefined || dataDir === undefined) throw new FerryError('INVALID_ARGUMENT', 'ferry host needs --name <name> and --data-dir <dir>');
       const o = { ...given, name, dataDir };
@@ -157,7 +172,9 @@ export function addHostCommands(program: Command, vm: Command): Command {
       const center = centerLinkOptions(o);
       const datastores = o.datastore.map(parseDatastoreFlag);
       const leaseTiming = checkLeaseTiming({ durationMs: o.leaseDuration, renewIntervalMs: o.leaseRenew, clockSkewMs: o.leaseClockSkew });
+      const tunnel = o.tunnelListen !== undefined ? parseListen(o.tunnelListen, '--tunnel-listen') : undefined;
       const agent = await HostAgent.start({
+        pathDrivers: { kinds: o.pathDrivers, ...(tunnel !== undefined ? { tunnelHost: tunnel.host, tunnelPort: tunnel.port } : {}) },
         logger: loggerFor(o), name: o.name, dataDir: o.dataDir, listenHost: listen.host, listenPort: listen.port, token: await loadToken(o.tokenFile),
         ...(o.memoryLimit !== undefined ? { memoryLimitBytes: o.memoryLimit } : {}),
         datastores, leaseTiming,
@@ -295,11 +312,12 @@ export function addHostCommands(program: Command, vm: Command): Command {
     .option('--trace-adaptive', 'start with coarse write traces (2 MiB unless --trace-granularity) and refine where little changed', false)
     .option('--disk-datastore <name>', "copy the VM's disk live to this datastore of the target (needed when the target does not mount the disk's datastore)")
     .option('--disk-path <path>', 'path of the copied disk on that datastore (default: the same path as here)')
+    .option('--no-isolation', 'through a center: connect the two hosts directly instead of over the migration\'s own virtual path (the task says so)')
     .option('--json', 'print the final record as JSON', false))
     .action(async (name: string, o: ClientOpts & {
       to?: string; cancel?: string; targetTokenFile?: string; downtime?: number; channels?: number; bandwidth?: number;
       compress: boolean; maxRounds?: number; onLimit?: 'force' | 'abort'; autoConverge: boolean; json: boolean;
-      traceInstall?: 'single' | 'stop-all'; traceGranularity?: number; traceAdaptive: boolean; diskDatastore?: string; diskPath?: string;
+      traceInstall?: 'single' | 'stop-all'; traceGranularity?: number; traceAdaptive: boolean; diskDatastore?: string; diskPath?: string; isolation: boolean;
     }) => {
       const options: MigrationOptions = {
         ...(o.downtime !== undefined ? { downtimeTargetMs: o.downtime } : {}),
@@ -319,9 +337,10 @@ export function addHostCommands(program: Command, vm: Command): Command {
       if (center !== null) {
         if (o.cancel !== undefined) throw new FerryError('INVALID_ARGUMENT', 'through a center, cancel the migration\'s task: ferry task cancel <id>');
         if (o.targetTokenFile !== undefined) throw new FerryError('INVALID_ARGUMENT', '--target-token-file is for host-to-host migrations; a center reaches every host itself');
-        await runTask(center.migrateVm(name, { options, ...(o.to !== undefined ? { to: o.to } : {}), ...(disk !== undefined ? { disk } : {}) }), center, o.json);
+        await runTask(center.migrateVm(name, { options, ...(o.to !== undefined ? { to: o.to } : {}), ...(disk !== undefined ? { disk } : {}), ...(o.isolation ? {} : { isolation: false }) }), center, o.json);
         return;
       }
+      if (!o.isolation) throw new FerryError('INVALID_ARGUMENT', '--no-isolation is for migrations through a center; host to host, a migration always connects directly');
       const c = await client(o);
       if (o.cancel !== undefined) { print(await c.cancelMigration(o.cancel)); return; }
       if (o.to === undefined) throw new FerryError('INVALID_ARGUMENT', 'ferry vm migrate needs --to <target host URL> (or --cancel <id>)');

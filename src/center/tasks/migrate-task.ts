@@ -20,6 +20,7 @@ import type { CenterStore } from '../store/store.js';
 import type { JsonValue } from '../store/model.js';
 import { migrateParamsSchema, migratePlanSchema, readStored } from './kinds.js';
 import type { TaskContext, TaskHandler } from './workers.js';
+import { isolationJson, routeMigration, type MigrationRoute, type MobilityPaths } from './migration-path.js';
 
 const checkpointSchema = z.object({ migrationId: z.string().regex(/^[0-9a-f]{32}$/) }).strict();
 /** Between two attempts to reach a host that does not answer. */
@@ -33,6 +34,9 @@ export interface MigrateTaskDeps {
   readonly store: CenterStore;
   readonly hosts: HostControl;
   readonly event: (kind: string, subject: string, payload: JsonValue) => Promise<void>;
+  /** The mobility manager: each migration's own virtual path. */
+  readonly paths: MobilityPaths;
+  readonly pathTtlMs: number;
 }
 
 /** 0..1 for the task from the engine's progress: round 1 is most of a migration's bytes. */
@@ -54,60 +58,80 @@ export function migrateTask(d: MigrateTaskDeps): TaskHandler {
     const stored = checkpointSchema.safeParse(ctx.task.checkpoint);
     const migrationId = stored.success ? stored.data.migrationId : randomBytes(16).toString('hex');
     if (!stored.success) await ctx.checkpoint({ migrationId });
-    const subject = `vm:${params.vm}`;
     await ctx.progress(0.01, `${params.vm}: ${plan.source} -> ${plan.target}${ctx.task.attempts > 1 ? ' (taken over: reconciling)' : ''}`);
 
-    const request = {
-      to: target.url, token: d.hosts.tokenFor(target.name), migrationId,
-      ...(params.request.options !== undefined ? { options: params.request.options } : {}),
-      ...(params.request.disk !== undefined ? { disk: params.request.disk } : {}),
-    };
-    const started = await withRetries(ctx, `ask ${plan.source} to migrate`, async () => {
-      try {
-        return await src.migrate(params.vm, request);
-      } catch (err) {
-        // The source no longer has the VM (and remembers no migration of it): maybe it already moved.
-        if (ctx.task.attempts > 1 && isFerryError(err) && err.code === 'NOT_FOUND') return null;
-        throw err;
-      }
-    });
-    if (started === null) return settleByLocation(d, ctx, params.vm, plan.source, plan.target, src, dst, migrationId);
-    await d.event('migration.started', subject, { vm: params.vm, from: plan.source, to: plan.target, migrationId, taskId: ctx.task.id });
-
-    let cancelAsked = false;
-    let lastEventMs = 0;
-    let lastRound = 0;
-    const askCancel = (): void => {
-      if (cancelAsked || ctx.stopReason() !== 'cancel') return;
-      cancelAsked = true;
-      void src.cancelMigration(migrationId).catch((err: unknown) => { ctx.log(`cannot cancel migration ${migrationId}: ${errorMessage(err)}`); });
-    };
-    ctx.signal.addEventListener('abort', askCancel, { once: true });
-    askCancel();
-    // Following stops only when this center stops or loses the task; a cancel is the source's to carry out.
-    const follow = new AbortController();
-    const stopFollowing = (): void => { if (ctx.stopReason() === 'lost' || ctx.stopReason() === 'shutdown') follow.abort(); };
-    ctx.signal.addEventListener('abort', stopFollowing, { once: true });
-    const record: MigrationRecord = await withRetries(ctx, `follow migration ${migrationId}`, () => src.waitForMigration(migrationId, {
-      signal: follow.signal,
-      onProgress: (p) => {
-        void ctx.progress(fraction(p), `${params.vm}: ${p.phase}, round ${p.round}${p.etaMs !== null ? `, ~${Math.ceil(p.etaMs / 1000)} s left` : ''}`);
-        const now = performance.now();
-        if (p.round !== lastRound || now - lastEventMs >= PROGRESS_EVENT_MS) {
-          lastRound = p.round;
-          lastEventMs = now;
-          void d.event('migration.progress', subject, { ...p, vm: params.vm, taskId: ctx.task.id }).catch(() => undefined);
-        }
-      },
-    }));
-    return finishWith(d, ctx, record, params.vm, plan.source, plan.target);
+    const route = await routeMigration({ paths: d.paths, ttlMs: d.pathTtlMs, tokenFor: (h) => d.hosts.tokenFor(h) }, ctx, params.request.isolation !== false, source, target, src, dst, migrationId);
+    try {
+      return await runMigration(d, ctx, { params, plan, src, dst, migrationId, route });
+    } finally {
+      await route.close('the migration task ended');
+    }
   };
 }
 
-async function finishWith(d: MigrateTaskDeps, ctx: TaskContext, record: MigrationRecord, vm: string, source: string, target: string): Promise<JsonValue> {
+/** One migration task's run, its hosts and route decided. */
+interface Run {
+  readonly params: z.infer<typeof migrateParamsSchema>;
+  readonly plan: { readonly source: string; readonly target: string };
+  readonly src: HostClient;
+  readonly dst: HostClient;
+  readonly migrationId: string;
+  readonly route: MigrationRoute;
+}
+
+async function runMigration(d: MigrateTaskDeps, ctx: TaskContext, run: Run): Promise<JsonValue> {
+  const { params, plan, src, dst, migrationId, route } = run;
+  const subject = `vm:${params.vm}`;
+  const request = {
+    ...route.request, migrationId,
+    ...(params.request.options !== undefined ? { options: params.request.options } : {}),
+    ...(params.request.disk !== undefined ? { disk: params.request.disk } : {}),
+  };
+  const started = await withRetries(ctx, `ask ${plan.source} to migrate`, async () => {
+    try {
+      return await src.migrate(params.vm, request);
+    } catch (err) {
+      // The source no longer has the VM (and remembers no migration of it): maybe it already moved.
+      if (ctx.task.attempts > 1 && isFerryError(err) && err.code === 'NOT_FOUND') return null;
+      throw err;
+    }
+  });
+  if (started === null) return settleByLocation(d, ctx, params.vm, plan.source, plan.target, src, dst, migrationId);
+  await d.event('migration.started', subject, { vm: params.vm, from: plan.source, to: plan.target, migrationId, taskId: ctx.task.id, isolation: isolationJson(route.isolation) });
+
+  let cancelAsked = false;
+  let lastEventMs = 0;
+  let lastRound = 0;
+  const askCancel = (): void => {
+    if (cancelAsked || ctx.stopReason() !== 'cancel') return;
+    cancelAsked = true;
+    void src.cancelMigration(migrationId).catch((err: unknown) => { ctx.log(`cannot cancel migration ${migrationId}: ${errorMessage(err)}`); });
+  };
+  ctx.signal.addEventListener('abort', askCancel, { once: true });
+  askCancel();
+  // Following stops only when this center stops or loses the task; a cancel is the source's to carry out.
+  const follow = new AbortController();
+  const stopFollowing = (): void => { if (ctx.stopReason() === 'lost' || ctx.stopReason() === 'shutdown') follow.abort(); };
+  ctx.signal.addEventListener('abort', stopFollowing, { once: true });
+  const record: MigrationRecord = await withRetries(ctx, `follow migration ${migrationId}`, () => src.waitForMigration(migrationId, {
+    signal: follow.signal,
+    onProgress: (p) => {
+      void ctx.progress(fraction(p), `${params.vm}: ${p.phase}, round ${p.round}${p.etaMs !== null ? `, ~${Math.ceil(p.etaMs / 1000)} s left` : ''}`);
+      const now = performance.now();
+      if (p.round !== lastRound || now - lastEventMs >= PROGRESS_EVENT_MS) {
+        lastRound = p.round;
+        lastEventMs = now;
+        void d.event('migration.progress', subject, { ...p, vm: params.vm, taskId: ctx.task.id }).catch(() => undefined);
+      }
+    },
+  }));
+  return finishWith(d, ctx, record, params.vm, plan.source, plan.target, route);
+}
+
+async function finishWith(d: MigrateTaskDeps, ctx: TaskContext, record: MigrationRecord, vm: string, source: string, target: string, route: MigrationRoute): Promise<JsonValue> {
   const subject = `vm:${vm}`;
   await d.event('migration.finished', subject, { vm, from: source, to: target, migrationId: record.migrationId, outcome: record.outcome, taskId: ctx.task.id, engineDowntimeMs: record.engineDowntimeMs, guestDowntimeMs: record.guestDowntimeMs, totalMs: record.totalMs });
-  const summary = { migrationId: record.migrationId, from: source, to: target, outcome: record.outcome, engineDowntimeMs: record.engineDowntimeMs, guestDowntimeMs: record.guestDowntimeMs, totalMs: record.totalMs, transferredBytes: record.transferredBytes, rounds: record.rounds.length };
+  const summary = { migrationId: record.migrationId, from: source, to: target, outcome: record.outcome, engineDowntimeMs: record.engineDowntimeMs, guestDowntimeMs: record.guestDowntimeMs, totalMs: record.totalMs, transferredBytes: record.transferredBytes, rounds: record.rounds.length, isolation: isolationJson(route.isolation) };
   if (record.outcome === 'succeeded') {
     await moveRow(d, vm, target);
     return summary;
