@@ -51,7 +51,12 @@ export interface CenterAppDeps {
   /** Aborted when the center shuts down: event streams end. */
   readonly shutdown: AbortSignal;
   readonly metrics: CenterMetrics;
+  /** Which hosts a mobility operation's path joins (the broker answers only the path's source host). */
+  readonly pathHosts: (pathId: string) => Promise<{ readonly source: string; readonly target: string } | null>;
 }
+
+/** How long the broker waits for a target's answer about an incoming migration (the source asks again). */
+export const BROKER_TIMEOUT_MS = 5_000;
 
 const P = `/api/${CENTER_API_VERSION}`;
 const OPEN_PATHS: ReadonlySet<string> = new Set([centerRoutes.health.path, centerRoutes.ca.path, CENTER_OPENAPI_PATH, centerRoutes.joinHost.path]);
@@ -75,7 +80,8 @@ function peerOf(c: { readonly env: unknown }): PeerCertificate {
     subject: cert.subject, fingerprint: cert.fingerprint256,
   };
 }
-const HEARTBEAT_PATH = /^\/api\/v1\/hosts\/([^/]+)\/heartbeat$/;
+/** Routes a host calls with its own credential and certificate: heartbeats (POST) and the migration broker (GET). */
+const HOST_LINK_PATHS = { POST: /^\/api\/v1\/hosts\/([^/]+)\/heartbeat$/, GET: /^\/api\/v1\/hosts\/([^/]+)\/paths\/[^/]+\/incoming\/[^/]+$/ } as const;
 
 const hostView = (h: Host): CenterHostView => ({
   name: h.name, site: h.site, url: h.url, state: h.state, capacity: { ...h.capacity }, lastHeartbeatAtMs: h.lastHeartbeatAtMs,
@@ -115,10 +121,11 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
     const path = c.req.path;
     if (!OPEN_PATHS.has(path)) {
       const header = c.req.header('authorization');
-      const hb = c.req.method === 'POST' ? HEARTBEAT_PATH.exec(path) : null;
+      const method = c.req.method;
+      const hb = method === 'POST' || method === 'GET' ? HOST_LINK_PATHS[method].exec(path) : null;
       if (hb !== null) {
         let host: string;
-        try { host = decodeURIComponent(hb[1] ?? ''); } catch { throw new FerryError('UNAUTHORIZED', 'malformed host name in the heartbeat path'); }
+        try { host = decodeURIComponent(hb[1] ?? ''); } catch { throw new FerryError('UNAUTHORIZED', 'malformed host name in the path'); }
         const credential = await d.auth.authenticateHost(header, host);
         await d.auth.authenticateHostCertificate(peerOf(c), host, credential);
       } else {
@@ -227,6 +234,14 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
     const name = c.req.valid('param').name;
     const state = await d.inventory.applyHeartbeat(name, c.req.valid('json'));
     return c.json({ state, heartbeatIntervalMs: d.heartbeatIntervalMs, controlToken: d.hostControl.tokenFor(name) }, 200);
+  });
+
+  app.openapi(centerRoutes.brokeredIncoming, async (c) => {
+    const { name, path, id } = c.req.valid('param');
+    const hosts = await d.pathHosts(path);
+    if (hosts?.source !== name) throw new FerryError('NOT_FOUND', `host ${name} is not the source of a migration over path ${path.slice(0, 8)}`);
+    const target = await d.store.getHost(hosts.target);
+    return c.json(await d.hostControl.client(target).incoming(id, BROKER_TIMEOUT_MS), 200);
   });
 
   // Streams are plain Responses; hono's typed responses describe JSON bodies only.
