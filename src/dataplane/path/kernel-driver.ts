@@ -114,8 +114,9 @@ interface SetupStep {
 /**
  * What open() runs, in order. ARP: each end's MAC is derived from the path (pathMac), the peer's is
  * a permanent neighbour entry and ARP is off on the link — with /32 addresses and no subnet, ARP
- * would need the kernel to answer for an address "off-link" (arp_ignore/rp_filter settings of the
- * host decide that), and a static entry needs no round trip before the first packet. `nolearning`
+ * needs the peer to answer for an address "off-link" (its arp_ignore/rp_filter settings decide), and
+ * a static entry needs no round trip before the first packet. `arp off` without the entry does not
+ * work: frames are then addressed to the link's own MAC and the peer drops them. `nolearning`
  * plus `remote` sends every frame to the one peer: the VXLAN's default forwarding entry.
  */
 function setupSteps(spec: PathSpec, underlay: string, mtu: number): SetupStep[] {
