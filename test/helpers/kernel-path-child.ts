@@ -5,7 +5,8 @@
  * one JSON request per line on stdin ({ id, op, … }) and answers one JSON line on stdout
  * ({ id, ok: true, … } or { id, ok: false, code, message }); it prints { ready: true } first.
  *
- * Listeners echo every byte back; a dialler sends `bytes` random bytes and checks the echo.
+ * The carrier is used as the host does, through a VirtualPath. Listeners echo every byte back; a
+ * dialler sends `bytes` random bytes and checks the echo.
  */
 import { randomBytes } from 'node:crypto';
 import { connect as netConnect, createServer as netCreateServer, type Server } from 'node:net';
@@ -13,10 +14,10 @@ import { createInterface } from 'node:readline';
 import { connect as tlsConnect } from 'node:tls';
 import { errnoCode, errorMessage, isFerryError } from '../../src/lib/errors.js';
 import { silentLogger } from '../../src/lib/logger.js';
-import type { PathCarrier } from '../../src/dataplane/path/driver.js';
 import { createKernelDriver, kernelDriverSupport, sweepPathLinks } from '../../src/dataplane/path/kernel-driver.js';
 import { pskClientOptions } from '../../src/dataplane/path/psk.js';
 import type { PathSpec } from '../../src/dataplane/path/spec.js';
+import { VirtualPath } from '../../src/dataplane/path/virtual-path.js';
 import type { ByteStream } from '../../src/dataplane/transport.js';
 
 /** A dial or raw connect the test asks for gives up after this long. */
@@ -38,13 +39,13 @@ export type ChildRequest =
 const log = silentLogger();
 const driver = createKernelDriver({ underlayAddress: process.argv[2] ?? '' });
 let spec: PathSpec | null = null;
-let carrier: PathCarrier | null = null;
+let path: VirtualPath | null = null;
 const held = new Map<string, ByteStream>();
 const servers: Server[] = [];
 
-function opened(): { spec: PathSpec; carrier: PathCarrier } {
-  if (spec === null || carrier === null) throw new Error('no path is open');
-  return { spec, carrier };
+function opened(): { spec: PathSpec; path: VirtualPath } {
+  if (spec === null || path === null) throw new Error('no path is open');
+  return { spec, path };
 }
 
 /** Writes `bytes` random bytes and resolves true when the same bytes came back. */
@@ -100,13 +101,13 @@ async function handle(req: ChildRequest): Promise<Record<string, unknown>> {
     case 'support': return { ...await kernelDriverSupport() };
     case 'open':
       spec = req.spec;
-      carrier = await driver.open(req.spec, log);
+      path = new VirtualPath(req.spec, await driver.open(req.spec, log));
       return {};
     case 'listen':
-      await opened().carrier.listen(req.port, echo);
+      await opened().path.listen({ host: opened().spec.localAddress, port: req.port }, echo);
       return {};
     case 'dial': {
-      const stream = await opened().carrier.dial(req.port, { timeoutMs: CHILD_DIAL_TIMEOUT_MS });
+      const stream = await opened().path.dial({ host: opened().spec.peerAddress, port: req.port }, { timeoutMs: CHILD_DIAL_TIMEOUT_MS });
       const same = await roundTrip(stream, req.bytes);
       if (req.hold !== undefined) held.set(req.hold, stream); else stream.destroy();
       return { same };
@@ -125,8 +126,8 @@ async function handle(req: ChildRequest): Promise<Record<string, unknown>> {
       return {};
     }
     case 'close':
-      await opened().carrier.close();
-      await opened().carrier.close(); // idempotent: a second close does nothing and does not throw
+      await opened().path.close();
+      await opened().path.close(); // idempotent: a second close does nothing and does not throw
       return {};
     case 'remove-leftovers':
       await driver.removeLeftovers([req.spec], log);

@@ -95,9 +95,9 @@ async function assertNothingLeft(net: Topology, ns: string, spec: PathSpec): Pro
   }
 }
 
-/** `ss -tnH` lines inside a namespace (TCP sockets other than listeners). */
+/** `ss -tnoH` lines inside a namespace (TCP sockets other than listeners, with their timers). */
 async function tcpSockets(net: Topology, ns: string): Promise<string[]> {
-  return (await net.exec(ns, 'ss', ['-tnH'])).split('\n').filter((l) => l.trim() !== '');
+  return (await net.exec(ns, 'ss', ['-tnoH'])).split('\n').filter((l) => l.trim() !== '');
 }
 
 const skip = await netnsUnavailable();
@@ -141,13 +141,14 @@ describe('kernel path driver (network namespaces)', { skip: skip ?? false }, () 
     assert.equal(a['same'], true);
   });
 
-  it('ss inside the namespaces shows the stream between virtual addresses only', async () => {
+  it('ss inside the namespaces shows the stream between virtual addresses only, with keep-alive', async () => {
     for (const end of ends) {
       const lines = await tcpSockets(topology(), end.host.ns);
       assert.ok(lines.length > 0, `no TCP socket in ${end.host.ns}`);
       for (const line of lines) {
         assert.ok(line.includes(`${specs[0].localAddress}:`) && line.includes(`${specs[1].localAddress}:`), `not between the virtual addresses: ${line}`);
         for (const h of topology().hosts) assert.ok(!line.includes(h.address), `an underlay address in: ${line}`);
+        assert.ok(line.includes('keepalive'), `no keep-alive on: ${line}`);
       }
     }
   });
