@@ -27,7 +27,7 @@ export type ChildRequest =
   | { id: number; op: 'support' }
   | { id: number; op: 'open'; spec: PathSpec }
   | { id: number; op: 'listen'; port: number }
-  | { id: number; op: 'dial'; port: number; bytes: number; hold?: string }
+  | { id: number; op: 'dial'; port: number; bytes: number; hold?: string; timeoutMs?: number; abort?: boolean }
   | { id: number; op: 'echo'; hold: string; bytes: number }
   | { id: number; op: 'dial-secret'; port: number; secret: string }
   | { id: number; op: 'connect'; host: string; port: number; fromVirtual: boolean }
@@ -107,7 +107,10 @@ async function handle(req: ChildRequest): Promise<Record<string, unknown>> {
       await opened().path.listen({ host: opened().spec.localAddress, port: req.port }, echo);
       return {};
     case 'dial': {
-      const stream = await opened().path.dial({ host: opened().spec.peerAddress, port: req.port }, { timeoutMs: CHILD_DIAL_TIMEOUT_MS });
+      const ac = new AbortController();
+      const dialling = opened().path.dial({ host: opened().spec.peerAddress, port: req.port }, { timeoutMs: req.timeoutMs ?? CHILD_DIAL_TIMEOUT_MS, signal: ac.signal });
+      if (req.abort === true) ac.abort();
+      const stream = await dialling;
       const same = await roundTrip(stream, req.bytes);
       if (req.hold !== undefined) held.set(req.hold, stream); else stream.destroy();
       return { same };

@@ -23,6 +23,8 @@ const FIRST_PORT = 7000;
 const TRANSFER_BYTES = 1024 * 1024;
 /** The veth MTU of the test topology (the kernel's default for veth). */
 const VETH_MTU = 1500;
+/** A dial the test expects to time out waits this long. */
+const DIAL_TIMEOUT_MS = 300;
 
 type Answer = Record<string, unknown> & { ok: boolean };
 type Request = ChildRequest extends infer R ? R extends { id: number } ? Omit<R, 'id'> : never : never;
@@ -192,7 +194,7 @@ describe('kernel path driver (network namespaces)', { skip: skip ?? false }, () 
     assert.ok(!listening.includes(specs[1].localAddress), `still listening: ${listening}`);
   });
 
-  it('ends whose secrets differ: the driver\'s dial fails PATH_REFUSED, naming no underlay address', async () => {
+  it('the driver\'s dial: PATH_REFUSED when the secrets differ, HOST_UNREACHABLE, CONNECT_TIMEOUT, CANCELLED, naming no underlay address', async () => {
     const [ha, hb] = topology().hosts;
     assert.ok(ha !== undefined && hb !== undefined);
     const [s0, s1] = specPair(ha, hb);
@@ -205,11 +207,18 @@ describe('kernel path driver (network namespaces)', { skip: skip ?? false }, () 
     assert.equal(refused['code'], 'PATH_REFUSED', String(refused['message']));
     const nobody = await dialer.ask({ op: 'dial', port: FIRST_PORT + 2, bytes: 1 });
     assert.equal(nobody['code'], 'HOST_UNREACHABLE', String(nobody['message']));
-    for (const m of [refused['message'], nobody['message']]) {
+    // The listener's end goes silent (its interface down: the SYN is dropped there): a dial times out, or is cancelled.
+    await topology().exec(hb.ns, 'ip', ['link', 'set', pathLinkName(s1.pathId), 'down']);
+    const late = await dialer.ask({ op: 'dial', port: FIRST_PORT, bytes: 1, timeoutMs: DIAL_TIMEOUT_MS });
+    assert.equal(late['code'], 'CONNECT_TIMEOUT', String(late['message']));
+    const cancelled = await dialer.ask({ op: 'dial', port: FIRST_PORT, bytes: 1, abort: true });
+    assert.equal(cancelled['code'], 'CANCELLED', String(cancelled['message']));
+    for (const m of [refused['message'], nobody['message'], late['message'], cancelled['message']]) {
       for (const h of topology().hosts) assert.ok(!String(m).includes(h.address), `an underlay address in: ${String(m)}`);
     }
     await dialer.must({ op: 'close' });
     await listener.must({ op: 'close' });
+    await assertNothingLeft(topology(), hb.ns, s1);
   });
 
   it('removeLeftovers after a SIGKILL removes everything the dead process made', async () => {
