@@ -12,7 +12,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { MAX_VNI, type PathSpec } from '../../../src/dataplane/path/spec.js';
 import { PATH_TABLE_BASE, VXLAN_OVERHEAD_BYTES, VXLAN_PORT, pathLinkName } from '../../../src/dataplane/path/kernel-driver.js';
-import { createTopology, netnsUnavailable, type Topology, type TopologyHost } from '../../helpers/netns.js';
+import { createTopology, netnsUnavailable, run, type Topology, type TopologyHost } from '../../helpers/netns.js';
 import type { ChildRequest } from '../../helpers/kernel-path-child.js';
 
 const CHILD_SCRIPT = fileURLToPath(new URL('../../helpers/kernel-path-child.js', import.meta.url));
@@ -262,5 +262,28 @@ describe('kernel path driver (network namespaces)', { skip: skip ?? false }, () 
     const second = await sweeper.must({ op: 'sweep', specs: [], all: true });
     assert.deepEqual(second['removed'], [pathLinkName(stranger.pathId)]);
     await assertNothingLeft(topology(), ha.ns, stranger);
+  });
+});
+
+describe('network-namespace topology (test/helpers/netns.ts)', { skip: skip ?? false }, () => {
+  it('hosts reach the center address in the wan namespace; destroy() removes every namespace, and may be called again', async () => {
+    const net = await createTopology({ hosts: 3 });
+    try {
+      const center = net.spawnNode(net.wan, '-e', [
+        `require('node:net').createServer((s) => s.end('center')).listen(${FIRST_PORT}, '${net.centerAddress}', () => console.log('up'))`,
+      ]);
+      await new Promise((resolve) => { center.stdout?.once('data', resolve); });
+      for (const host of net.hosts) {
+        const out = await net.exec(host.ns, process.execPath, ['-e',
+          `require('node:net').connect(${FIRST_PORT}, '${net.centerAddress}').on('data', (d) => { process.stdout.write(d); process.exit(0); })`]);
+        assert.equal(out, 'center', `${host.ns} did not reach the center`);
+      }
+    } finally {
+      await net.destroy();
+      await net.destroy();
+    }
+    const names = [net.wan, ...net.hosts.map((h) => h.ns)];
+    const list = await run('ip', ['netns', 'list']);
+    for (const name of names) assert.ok(!list.includes(name), `${name} is still there`);
   });
 });
