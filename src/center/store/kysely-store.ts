@@ -34,7 +34,7 @@ import {
   MAX_ALLOCATION_ATTEMPTS, MAX_LIST_LIMIT, MAX_LIVE_PATHS, PATH_STATES, cidrTextSchema, hostDataPlaneSchema, pathAllocationSchema, pathIdSchema, pathLimitSchema, pathListSchema, pathTimeSchema, releaseReasonSchema,
   type HostDataPlane, type MobilityPath, type PathAllocationInput, type PathListOptions,
 } from './model.js';
-import { MAX_PATH_TTL_MS, MAX_VNI, PATH_DRIVER_KINDS } from '../../dataplane/path/spec.js';
+import { MAX_PATH_TTL_MS, PATH_DRIVER_KINDS } from '../../dataplane/path/spec.js';
 import {
   DEFAULT_SITE_PREFIX_LENGTH, VIRTUAL_SPACE, cidrsOverlap, formatCidr, lowestFreeDefaultSubnet, nthUsableAddress, parseCidr, parseSiteSubnet,
   usableAddressCount, usableIndexOf, type Cidr,
@@ -69,7 +69,10 @@ type TaskRow = Selectable<TasksTable>;
 const MAX_STATE_RETRIES = 3;
 /** The counters row whose lock serialises path allocations and subnet changes (migrations/0006-mobility-paths.ts). */
 const MOBILITY_LOCK = 'mobility';
-/** Site subnets one overlap check or default assignment reads, at most: as many as default /24s fit in 100.64.0.0/10. */
+/**
+ * Sites that may have a virtual subnet, at most (as many as default /24s fit in 100.64.0.0/10): each
+ * overlap check reads every site's subnet, so this bounds that read and makes it complete.
+ */
 const MAX_SITE_SUBNETS = 16_384;
 
 function notFound(what: string, name: string | number): FerryError {
@@ -952,7 +955,8 @@ export class KyselyCenterStore implements CenterStore {
       if (current.virtual_subnet === formatCidr(c)) return toSite(current);
       const live = await tx.selectFrom('mobility_addresses').select('address').where('site', '=', n).limit(1).executeTakeFirst();
       if (live !== undefined) throw new FerryError('BUSY', `site ${n} has live paths (${live.address} is held): its subnet can change once they are released`, { site: n });
-      const clash = (await this.siteSubnets(tx)).find((o) => o.site !== n && cidrsOverlap(o.cidr, c));
+      const others = current.virtual_subnet === null ? await this.siteSubnetsBeforeOneMore(tx, n) : await this.siteSubnets(tx);
+      const clash = others.find((o) => o.site !== n && cidrsOverlap(o.cidr, c));
       if (clash !== undefined) throw new FerryError('ALREADY_EXISTS', `${formatCidr(c)} overlaps site ${clash.site}'s subnet ${formatCidr(clash.cidr)}: choose a subnet no other site uses`, { site: n, otherSite: clash.site });
       return toSite(await tx.updateTable('sites').set({ virtual_subnet: formatCidr(c) }).where('name', '=', n).returningAll().executeTakeFirstOrThrow());
     }));
@@ -1016,7 +1020,8 @@ export class KyselyCenterStore implements CenterStore {
       if (i !== null) taken.add(i);
     }
     for (let i = 0; i < usableAddressCount(subnet); i++) {
-      if (!taken.has(i)) return nthUsableAddress(subnet, i) ?? '';
+      const address = nthUsableAddress(subnet, i);
+      if (address !== null && !taken.has(i)) return address;
     }
     throw new FerryError('ADDRESS_EXHAUSTED', `site ${site}'s virtual subnet ${formatCidr(subnet)} has no free address: all ${usableAddressCount(subnet)} usable addresses are held by live paths; wait for operations to end, release stale paths, or give the site a wider subnet once it has none live`, { site, subnet: formatCidr(subnet) });
   }
@@ -1030,8 +1035,8 @@ export class KyselyCenterStore implements CenterStore {
       if (r.vni > vni) break;
       vni = r.vni + 1;
     }
-    // Below MAX_VNI by construction: fewer live paths than VNIs.
-    return Math.min(vni, MAX_VNI);
+    // At most MAX_LIVE_PATHS, so far below MAX_VNI: never a number the wire cannot carry.
+    return vni;
   }
 
   /** Serialise allocations and subnet changes across centers (a row lock held to commit on PostgreSQL). */
@@ -1045,10 +1050,17 @@ export class KyselyCenterStore implements CenterStore {
     const row = await tx.selectFrom('sites').select('virtual_subnet').where('name', '=', site).executeTakeFirst();
     if (row === undefined) throw notFound('site', site);
     if (row.virtual_subnet !== null) return storedCidr(row.virtual_subnet);
-    const free = lowestFreeDefaultSubnet((await this.siteSubnets(tx)).map((s) => s.cidr));
+    const free = lowestFreeDefaultSubnet((await this.siteSubnetsBeforeOneMore(tx, site)).map((s) => s.cidr));
     if (free === null) throw new FerryError('ADDRESS_EXHAUSTED', `every /${DEFAULT_SITE_PREFIX_LENGTH} of ${formatCidr(VIRTUAL_SPACE)} overlaps another site's subnet: give site ${site} a subnet by hand`, { site });
     await tx.updateTable('sites').set({ virtual_subnet: formatCidr(free) }).where('name', '=', site).execute();
     return free;
+  }
+
+  /** Every site subnet, before one more site gets one: refused at MAX_SITE_SUBNETS, so siteSubnets always reads them all. */
+  private async siteSubnetsBeforeOneMore(tx: Tx, site: string): Promise<{ site: string; cidr: Cidr }[]> {
+    const all = await this.siteSubnets(tx);
+    if (all.length >= MAX_SITE_SUBNETS) throw new FerryError('ADDRESS_EXHAUSTED', `${MAX_SITE_SUBNETS} sites have virtual subnets, the most a fleet has: site ${site} cannot get one`, { site });
+    return all;
   }
 
   private async siteSubnets(tx: Tx): Promise<{ site: string; cidr: Cidr }[]> {
