@@ -711,6 +711,21 @@ export function storeContract(backend: StoreBackendUnderTest): void {
         for (const h of [host('a1'), host('a2'), host('b1', 's2')]) await store.upsertHost(h);
       };
 
+      it('a database of schema 5 migrates to 6 with its data: an existing site gets a subnet when first needed', async () => {
+        // Only the site is written at schema 5: this code reads host rows of schema 6 only (it always migrates first).
+        const schema5 = MIGRATIONS.filter((m) => m.name < '0006');
+        const { store: old, location } = await fresh({ migrations: schema5 });
+        assert.equal(await old.schemaVersion(), 5);
+        await old.upsertSite({ name: 'default', description: 'kept' });
+        await old.close();
+        const store = await openStore(location);
+        assert.equal(await store.schemaVersion(), CODE_VERSION);
+        assert.deepEqual([(await store.getSite('default')).description, (await store.getSite('default')).virtualSubnet], ['kept', null]);
+        assert.equal((await store.upsertHost(host('h1', 'default'))).dataPlane, null);
+        assert.equal(await store.siteSubnet('default'), '100.64.0.0/24');
+        assert.equal((await store.allocatePath(pathInput(1, 'h1', 'h1'))).sourceAddress, '100.64.0.1');
+      });
+
       it('gives concurrent live paths distinct addresses and VNIs, from each site\'s subnet, also with two stores racing', async () => {
         const [a, b] = await onOneDatabase(2);
         assert.ok(a !== undefined && b !== undefined);
