@@ -30,6 +30,15 @@ import type { CenterStore, Clock, EventsCommittedListener, EventRetention, Store
 import type { StoreDatabase, TasksTable } from './tables.js';
 import { appliedMigrations, schemaVersionOf } from './migrate.js';
 import { EVENTS_CHANNEL } from './pg-listen.js';
+import {
+  MAX_ALLOCATION_ATTEMPTS, MAX_LIST_LIMIT, MAX_LIVE_PATHS, PATH_STATES, cidrTextSchema, hostDataPlaneSchema, pathAllocationSchema, pathIdSchema, pathLimitSchema, pathListSchema, pathTimeSchema, releaseReasonSchema,
+  type HostDataPlane, type MobilityPath, type PathAllocationInput, type PathListOptions,
+} from './model.js';
+import { MAX_PATH_TTL_MS, PATH_DRIVER_KINDS } from '../../dataplane/path/spec.js';
+import {
+  DEFAULT_SITE_PREFIX_LENGTH, VIRTUAL_SPACE, cidrsOverlap, formatCidr, lowestFreeDefaultSubnet, nthUsableAddress, parseCidr, parseSiteSubnet,
+  usableAddressCount, usableIndexOf, type Cidr,
+} from '../mobility/subnets.js';
 
 /** What differs between the backends, beyond the SQL Kysely compiles for each. */
 export interface BackendHooks {
@@ -58,6 +67,13 @@ type TaskRow = Selectable<TasksTable>;
 
 /** A claim or cancel that lost a race re-reads and tries again, this many times at most. */
 const MAX_STATE_RETRIES = 3;
+/** The counters row whose lock serialises path allocations and subnet changes (migrations/0006-mobility-paths.ts). */
+const MOBILITY_LOCK = 'mobility';
+/**
+ * Sites that may have a virtual subnet, at most (as many as default /24s fit in 100.64.0.0/10): each
+ * overlap check reads every site's subnet, so this bounds that read and makes it complete.
+ */
+const MAX_SITE_SUBNETS = 16_384;
 
 function notFound(what: string, name: string | number): FerryError {
   return new FerryError('NOT_FOUND', `${what} ${JSON.stringify(name)} does not exist`, { [what]: name });
@@ -102,8 +118,33 @@ function toHost(r: Selectable<StoreDatabase['hosts']>): Host {
   return {
     name: r.name, site: r.site, url: r.url, state: oneOf(HOST_STATES, r.state, 'host'),
     capacity: { memoryBytes: r.memory_bytes, vcpus: r.vcpus }, lastHeartbeatAtMs: r.last_heartbeat_at_ms,
-    createdAtMs: r.created_at_ms, updatedAtMs: r.updated_at_ms,
+    createdAtMs: r.created_at_ms, updatedAtMs: r.updated_at_ms, dataPlane: r.data_plane === null ? null : toDataPlane(r.data_plane),
   };
+}
+
+function toDataPlane(text: string): HostDataPlane {
+  const checked = hostDataPlaneSchema.safeParse(decodeJson(text, 'host data plane'));
+  if (!checked.success) throw corrupt('host data plane', checked.error.issues[0]?.message ?? 'rejected');
+  return checked.data;
+}
+
+function toPath(r: Selectable<StoreDatabase['mobility_paths']>): MobilityPath {
+  return {
+    pathId: r.path_id, taskId: r.task_id, kind: r.kind, sourceHost: r.source_host, targetHost: r.target_host,
+    sourceSite: r.source_site, targetSite: r.target_site, sourceAddress: r.source_address, targetAddress: r.target_address,
+    vni: r.vni, firstPort: r.first_port, portCount: r.port_count, driver: oneOf(PATH_DRIVER_KINDS, r.driver, 'path'), secret: r.secret,
+    state: oneOf(PATH_STATES, r.state, 'path'), createdAtMs: r.created_at_ms, expiresAtMs: r.expires_at_ms,
+    releasedAtMs: r.released_at_ms, releaseReason: r.release_reason,
+  };
+}
+
+/** A subnet read back from the database: written canonical by this store, anything else is a corrupt row. */
+function storedCidr(text: string): Cidr {
+  try {
+    return parseCidr(text);
+  } catch {
+    throw corrupt('site subnet', `${JSON.stringify(text)} is not a CIDR`);
+  }
 }
 
 function toVm(r: Selectable<StoreDatabase['vms']>): Vm {
@@ -127,7 +168,7 @@ function toCredential(r: Selectable<StoreDatabase['credentials']>): Credential {
 const toHostCertificate = (r: Selectable<StoreDatabase['host_certificates']>): HostCertificate => ({
   fingerprint: r.fingerprint, host: r.host, credentialId: r.credential_id, serial: r.serial, createdAtMs: r.created_at_ms, notAfterMs: r.not_after_ms,
 });
-const toSite = (r: Selectable<StoreDatabase['sites']>): Site => ({ name: r.name, description: r.description, createdAtMs: r.created_at_ms });
+const toSite = (r: Selectable<StoreDatabase['sites']>): Site => ({ name: r.name, description: r.description, createdAtMs: r.created_at_ms, virtualSubnet: r.virtual_subnet });
 const toDatastore = (r: Selectable<StoreDatabase['datastores']>): Datastore => ({ id: r.id, name: r.name, shared: r.shared === 1, createdAtMs: r.created_at_ms });
 const toMount = (r: Selectable<StoreDatabase['host_datastores']>): HostDatastore => ({ host: r.host, datastoreId: r.datastore_id, mountName: r.mount_name });
 
@@ -876,6 +917,222 @@ export class KyselyCenterStore implements CenterStore {
       const row = await this.db.selectFrom('host_certificates').selectAll().where('fingerprint', '=', f).executeTakeFirst();
       return row === undefined ? null : toHostCertificate(row);
     });
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Mobility: sites' virtual subnets, hosts' data planes, operations' paths
+
+  async setHostDataPlane(host: string, dataPlane: HostDataPlane | null): Promise<Host> {
+    const n = parseInput(nameSchema(), host, 'host name');
+    const d = parseInput(hostDataPlaneSchema.nullable(), dataPlane, 'host data plane');
+    return this.run('set host data plane', async () => {
+      const row = await this.db.updateTable('hosts').set({ data_plane: d === null ? null : JSON.stringify(d) }).where('name', '=', n).returningAll().executeTakeFirst();
+      if (row === undefined) throw notFound('host', n);
+      return toHost(row);
+    });
+  }
+
+  async siteSubnet(site: string): Promise<string> {
+    const n = parseInput(nameSchema(), site, 'site name');
+    return this.run('site subnet', async () => {
+      const row = await this.db.selectFrom('sites').select('virtual_subnet').where('name', '=', n).executeTakeFirst();
+      if (row === undefined) throw notFound('site', n);
+      if (row.virtual_subnet !== null) return row.virtual_subnet;
+      return this.db.transaction().execute(async (tx) => {
+        await this.lockMobility(tx);
+        return formatCidr(await this.subnetOf(tx, n));
+      });
+    });
+  }
+
+  async setSiteSubnet(site: string, cidr: string): Promise<Site> {
+    const n = parseInput(nameSchema(), site, 'site name');
+    const c = parseSiteSubnet(parseInput(cidrTextSchema(), cidr, 'site subnet'));
+    return this.run('set site subnet', () => this.db.transaction().execute(async (tx) => {
+      await this.lockMobility(tx);
+      const current = await tx.selectFrom('sites').selectAll().where('name', '=', n).executeTakeFirst();
+      if (current === undefined) throw notFound('site', n);
+      if (current.virtual_subnet === formatCidr(c)) return toSite(current);
+      const live = await tx.selectFrom('mobility_addresses').select('address').where('site', '=', n).limit(1).executeTakeFirst();
+      if (live !== undefined) throw new FerryError('BUSY', `site ${n} has live paths (${live.address} is held): its subnet can change once they are released`, { site: n });
+      const others = current.virtual_subnet === null ? await this.siteSubnetsBeforeOneMore(tx, n) : await this.siteSubnets(tx);
+      const clash = others.find((o) => o.site !== n && cidrsOverlap(o.cidr, c));
+      if (clash !== undefined) throw new FerryError('ALREADY_EXISTS', `${formatCidr(c)} overlaps site ${clash.site}'s subnet ${formatCidr(clash.cidr)}: choose a subnet no other site uses`, { site: n, otherSite: clash.site });
+      return toSite(await tx.updateTable('sites').set({ virtual_subnet: formatCidr(c) }).where('name', '=', n).returningAll().executeTakeFirstOrThrow());
+    }));
+  }
+
+  async allocatePath(input: PathAllocationInput): Promise<MobilityPath> {
+    const a = parseInput(pathAllocationSchema, input, 'path allocation');
+    return this.run('allocate path', async () => {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return await this.db.transaction().execute((tx) => this.insertPath(tx, a));
+        } catch (err) {
+          // A driver's unique violation: another center took the address or VNI between our read and
+          // insert (the lock makes this rare). Our own FerryErrors (a used path id, exhaustion) are final.
+          const lostRace = !(err instanceof FerryError) && this.hooks.translateError(err, 'allocate path').code === 'ALREADY_EXISTS';
+          if (!lostRace) throw err;
+          if (attempt >= MAX_ALLOCATION_ATTEMPTS) throw new FerryError('BUSY', `allocating path ${a.pathId} lost the race for an address ${attempt} times: retry`, { pathId: a.pathId }, { cause: err });
+        }
+      }
+    });
+  }
+
+  private async insertPath(tx: Tx, a: z.output<typeof pathAllocationSchema>): Promise<MobilityPath> {
+    await this.lockMobility(tx);
+    if (await tx.selectFrom('mobility_paths').select('path_id').where('path_id', '=', a.pathId).executeTakeFirst() !== undefined) {
+      throw new FerryError('ALREADY_EXISTS', `path ${a.pathId} exists already: every operation's path needs a new random id`, { pathId: a.pathId });
+    }
+    if (a.taskId !== undefined && a.taskId !== null) await this.requireTask(tx, a.taskId);
+    const source = await this.requireHostSite(tx, a.sourceHost);
+    const target = await this.requireHostSite(tx, a.targetHost);
+    const sourceAddress = await this.freeAddress(tx, source, null);
+    const targetAddress = await this.freeAddress(tx, target, sourceAddress);
+    const now = this.now();
+    const row = await tx.insertInto('mobility_paths').values({
+      path_id: a.pathId, task_id: a.taskId ?? null, kind: a.kind, source_host: a.sourceHost, target_host: a.targetHost,
+      source_site: source, target_site: target, source_address: sourceAddress, target_address: targetAddress, vni: await this.freeVni(tx),
+      first_port: a.firstPort, port_count: a.portCount, driver: a.driver, secret: a.secret, state: 'live',
+      created_at_ms: now, expires_at_ms: now + a.ttlMs, released_at_ms: null, release_reason: null,
+    }).returningAll().executeTakeFirstOrThrow();
+    // The guarantee itself: each address a live path holds is one primary key (see the migration).
+    await tx.insertInto('mobility_addresses').values([
+      { address: sourceAddress, path_id: a.pathId, site: source },
+      { address: targetAddress, path_id: a.pathId, site: target },
+    ]).execute();
+    return toPath(row);
+  }
+
+  private async requireHostSite(tx: Tx, host: string): Promise<string> {
+    const row = await tx.selectFrom('hosts').select('site').where('name', '=', host).executeTakeFirst();
+    if (row === undefined) throw notFound('host', host);
+    return row.site;
+  }
+
+  /** The lowest usable address of the site's subnet that no live path holds (and that is not `alsoTaken`). */
+  private async freeAddress(tx: Tx, site: string, alsoTaken: string | null): Promise<string> {
+    const subnet = await this.subnetOf(tx, site);
+    const held = await tx.selectFrom('mobility_addresses').select('address').where('site', '=', site).limit(usableAddressCount(subnet)).execute();
+    const taken = new Set<number>();
+    for (const address of [...held.map((h) => h.address), ...(alsoTaken === null ? [] : [alsoTaken])]) {
+      const i = usableIndexOf(subnet, address);
+      if (i !== null) taken.add(i);
+    }
+    for (let i = 0; i < usableAddressCount(subnet); i++) {
+      const address = nthUsableAddress(subnet, i);
+      if (address !== null && !taken.has(i)) return address;
+    }
+    throw new FerryError('ADDRESS_EXHAUSTED', `site ${site}'s virtual subnet ${formatCidr(subnet)} has no free address: all ${usableAddressCount(subnet)} usable addresses are held by live paths; wait for operations to end, release stale paths, or give the site a wider subnet once it has none live`, { site, subnet: formatCidr(subnet) });
+  }
+
+  /** The lowest operation number (VNI) no live path holds. */
+  private async freeVni(tx: Tx): Promise<number> {
+    const rows = await tx.selectFrom('mobility_paths').select('vni').where('state', '=', 'live').orderBy('vni').limit(MAX_LIVE_PATHS).execute();
+    if (rows.length >= MAX_LIVE_PATHS) throw new FerryError('ADDRESS_EXHAUSTED', `the fleet holds ${MAX_LIVE_PATHS} live paths, the most it allows: wait for operations to end or release stale paths`);
+    let vni = 1;
+    for (const r of rows) {
+      if (r.vni > vni) break;
+      vni = r.vni + 1;
+    }
+    // At most MAX_LIVE_PATHS, so far below MAX_VNI: never a number the wire cannot carry.
+    return vni;
+  }
+
+  /** Serialise allocations and subnet changes across centers (a row lock held to commit on PostgreSQL). */
+  private async lockMobility(tx: Tx): Promise<void> {
+    const r = await tx.updateTable('counters').set({ value: sql<number>`value + 1` }).where('name', '=', MOBILITY_LOCK).executeTakeFirst();
+    if (r.numUpdatedRows === 0n) throw corrupt('mobility lock', `the counters row "${MOBILITY_LOCK}" is missing`);
+  }
+
+  /** The site's subnet, first giving it the lowest free default /24 if it has none. Call with the mobility lock held. */
+  private async subnetOf(tx: Tx, site: string): Promise<Cidr> {
+    const row = await tx.selectFrom('sites').select('virtual_subnet').where('name', '=', site).executeTakeFirst();
+    if (row === undefined) throw notFound('site', site);
+    if (row.virtual_subnet !== null) return storedCidr(row.virtual_subnet);
+    const free = lowestFreeDefaultSubnet((await this.siteSubnetsBeforeOneMore(tx, site)).map((s) => s.cidr));
+    if (free === null) throw new FerryError('ADDRESS_EXHAUSTED', `every /${DEFAULT_SITE_PREFIX_LENGTH} of ${formatCidr(VIRTUAL_SPACE)} overlaps another site's subnet: give site ${site} a subnet by hand`, { site });
+    await tx.updateTable('sites').set({ virtual_subnet: formatCidr(free) }).where('name', '=', site).execute();
+    return free;
+  }
+
+  /** Every site subnet, before one more site gets one: refused at MAX_SITE_SUBNETS, so siteSubnets always reads them all. */
+  private async siteSubnetsBeforeOneMore(tx: Tx, site: string): Promise<{ site: string; cidr: Cidr }[]> {
+    const all = await this.siteSubnets(tx);
+    if (all.length >= MAX_SITE_SUBNETS) throw new FerryError('ADDRESS_EXHAUSTED', `${MAX_SITE_SUBNETS} sites have virtual subnets, the most a fleet has: site ${site} cannot get one`, { site });
+    return all;
+  }
+
+  private async siteSubnets(tx: Tx): Promise<{ site: string; cidr: Cidr }[]> {
+    const rows = await tx.selectFrom('sites').select(['name', 'virtual_subnet']).where('virtual_subnet', 'is not', null).orderBy('name').limit(MAX_SITE_SUBNETS).execute();
+    return rows.map((r) => ({ site: r.name, cidr: storedCidr(r.virtual_subnet ?? '') }));
+  }
+
+  async releasePath(pathId: string, reason: string): Promise<boolean> {
+    const id = parseInput(pathIdSchema(), pathId, 'path id');
+    const why = parseInput(releaseReasonSchema(), reason, 'release reason');
+    return this.run('release path', () => this.db.transaction().execute(async (tx) => {
+      // Guarded by state: of two releases racing (two centers, a sweeper and a task), one releases.
+      const r = await tx.updateTable('mobility_paths').set({ state: 'released', released_at_ms: this.now(), release_reason: why })
+        .where('path_id', '=', id).where('state', '=', 'live').executeTakeFirst();
+      if (r.numUpdatedRows === 0n) {
+        if (await tx.selectFrom('mobility_paths').select('path_id').where('path_id', '=', id).executeTakeFirst() === undefined) throw notFound('path', id);
+        return false;
+      }
+      await tx.deleteFrom('mobility_addresses').where('path_id', '=', id).execute();
+      return true;
+    }));
+  }
+
+  async getPath(pathId: string): Promise<MobilityPath> {
+    const id = parseInput(pathIdSchema(), pathId, 'path id');
+    return this.getOne('path', id, () => this.db.selectFrom('mobility_paths').selectAll().where('path_id', '=', id).executeTakeFirst(), toPath);
+  }
+
+  async listPaths(options: PathListOptions = {}): Promise<readonly MobilityPath[]> {
+    const o = parseInput(pathListSchema, options, 'path list');
+    return this.run('list paths', async () => {
+      const rows = await this.db.selectFrom('mobility_paths').selectAll()
+        .$if(o.after !== undefined, (q) => q.where('path_id', '>', o.after ?? ''))
+        .$if(o.state !== undefined, (q) => q.where('state', '=', o.state ?? ''))
+        .$if(o.taskId !== undefined, (q) => q.where('task_id', '=', o.taskId ?? 0))
+        .$if(o.host !== undefined, (q) => q.where((eb) => eb.or([eb('source_host', '=', o.host ?? ''), eb('target_host', '=', o.host ?? '')])))
+        .orderBy('path_id').limit(o.limit).execute();
+      return rows.map(toPath);
+    });
+  }
+
+  async pathsOfTask(taskId: number): Promise<readonly MobilityPath[]> {
+    const id = parseInput(taskIdSchema, taskId, 'task id');
+    return this.run('paths of task', async () =>
+      (await this.db.selectFrom('mobility_paths').selectAll().where('task_id', '=', id).orderBy('created_at_ms').orderBy('path_id').limit(MAX_LIST_LIMIT).execute()).map(toPath));
+  }
+
+  async renewPath(pathId: string, expiresAtMs: number): Promise<MobilityPath> {
+    const id = parseInput(pathIdSchema(), pathId, 'path id');
+    const until = parseInput(pathTimeSchema, expiresAtMs, 'path expiry');
+    return this.run('renew path', async () => {
+      const now = this.now();
+      if (until <= now || until > now + MAX_PATH_TTL_MS) {
+        throw new FerryError('INVALID_ARGUMENT', `a path is renewed to a time after now and at most ${MAX_PATH_TTL_MS} ms ahead (to end it, release it)`, { expiresAtMs: until, nowMs: now });
+      }
+      // Only a live path that has not expired: at expiry the hosts removed it by themselves.
+      const row = await this.db.updateTable('mobility_paths').set({ expires_at_ms: until })
+        .where('path_id', '=', id).where('state', '=', 'live').where('expires_at_ms', '>', now).returningAll().executeTakeFirst();
+      if (row !== undefined) return toPath(row);
+      const current = await this.db.selectFrom('mobility_paths').selectAll().where('path_id', '=', id).executeTakeFirst();
+      if (current === undefined) throw notFound('path', id);
+      const why = current.state === 'live' ? 'expired' : `released (${current.release_reason ?? 'no reason'})`;
+      throw new FerryError('PATH_REFUSED', `path ${id} is ${why}: it cannot be renewed; allocate a new path`, { pathId: id, state: current.state });
+    });
+  }
+
+  async expiredLivePaths(nowMs: number, limit: number): Promise<readonly MobilityPath[]> {
+    const now = parseInput(pathTimeSchema, nowMs, 'time');
+    const l = parseInput(pathLimitSchema, limit, 'path limit');
+    return this.run('expired paths', async () =>
+      (await this.db.selectFrom('mobility_paths').selectAll().where('state', '=', 'live').where('expires_at_ms', '<=', now)
+        .orderBy('expires_at_ms').orderBy('path_id').limit(l).execute()).map(toPath));
   }
 
   async close(): Promise<void> {

@@ -10,6 +10,10 @@ import { KiB } from '../../lib/units.js';
 import { MAX_PEM_CHARS, vmNameSchema } from '../../lib/limits.js';
 import { DATASTORE_ID_PATTERN } from '../../storage/datastore.js';
 import { CENTER_VM_STATES, HOST_STATES, TASK_STATES } from '../../api/center-v1.js';
+import {
+  MAX_PATH_PORTS, MAX_PATH_TTL_MS, MIN_PATH_PORT, PATH_DRIVER_KINDS, PATH_ID_PATTERN, pathEndpointSchema, pathSpecSchema,
+  type PathDriverKind, type PathEndpoint,
+} from '../../dataplane/path/spec.js';
 
 // ---------------------------------------------------------------------------------------------
 // Bounds (private to the store; the VM name rule is the host's own, src/lib/limits.ts)
@@ -126,6 +130,8 @@ export interface Site {
   readonly name: string;
   readonly description: string;
   readonly createdAtMs: number;
+  /** The site's virtual subnet (canonical CIDR), or null until first needed (siteSubnet assigns one). */
+  readonly virtualSubnet: string | null;
 }
 export const siteInputSchema = z.object({
   name: nameSchema(),
@@ -147,6 +153,8 @@ export interface Host {
   readonly lastHeartbeatAtMs: number | null;
   readonly createdAtMs: number;
   readonly updatedAtMs: number;
+  /** The path drivers the host reported (setHostDataPlane), or null before it did. */
+  readonly dataPlane: HostDataPlane | null;
 }
 const capacitySchema = z.object({
   memoryBytes: z.number().int().min(0).max(MAX_HOST_MEMORY_BYTES),
@@ -441,3 +449,98 @@ export interface HostCertificate {
   readonly createdAtMs: number;
   readonly notAfterMs: number;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Mobility: hosts' path drivers, operations' virtual paths (src/center/mobility, ARCHITECTURE.md §1.4)
+
+/** Drivers one host reports, at most: there are two kinds today; the bound leaves room and keeps a host row small. */
+export const MAX_DATA_PLANE_DRIVERS = 4;
+/** Shortest path lifetime: shorter would expire before both hosts set it up. */
+export const MIN_PATH_TTL_MS = 1000;
+/**
+ * Live paths the whole fleet holds at once, at most: bounds what one allocation reads to pick a free
+ * operation number (and is far below the 2^24 VNIs). Each operation holds one path.
+ */
+export const MAX_LIVE_PATHS = 65_536;
+/** Times one allocation is tried again after losing a race for an address or VNI to another center. */
+export const MAX_ALLOCATION_ATTEMPTS = 4;
+
+export interface HostDataPlaneDriver {
+  readonly kind: PathDriverKind;
+  /** The host's tunnel endpoint for this driver (underlay): given only to the peer's driver. */
+  readonly endpoint: PathEndpoint;
+}
+/** What a host reported about its path drivers, in its order of preference. */
+export interface HostDataPlane {
+  readonly drivers: readonly HostDataPlaneDriver[];
+}
+export const hostDataPlaneSchema = z.object({
+  drivers: z.array(z.object({ kind: z.enum(PATH_DRIVER_KINDS), endpoint: pathEndpointSchema }).strict()).max(MAX_DATA_PLANE_DRIVERS)
+    .refine((ds) => new Set(ds.map((d) => d.kind)).size === ds.length, 'each driver kind is reported once'),
+}).strict();
+
+export const PATH_STATES = ['live', 'released'] as const;
+export type PathState = (typeof PATH_STATES)[number];
+
+/**
+ * One operation's virtual path as stored. It holds the secret: the store's callers (the mobility
+ * manager) push it to the two hosts; it is never shown by the API or written to events or logs.
+ */
+export interface MobilityPath {
+  readonly pathId: string;
+  readonly taskId: number | null;
+  /** What the operation is ("migration"; later "copy", "cross-site-migration"). */
+  readonly kind: string;
+  readonly sourceHost: string;
+  readonly targetHost: string;
+  readonly sourceSite: string;
+  readonly targetSite: string;
+  /** Virtual IPv4 addresses from each site's subnet: held by no other live path while this one is live. */
+  readonly sourceAddress: string;
+  readonly targetAddress: string;
+  readonly vni: number;
+  readonly firstPort: number;
+  readonly portCount: number;
+  readonly driver: PathDriverKind;
+  /** 32 bytes, base64url (PathSpec.secret). */
+  readonly secret: string;
+  readonly state: PathState;
+  readonly createdAtMs: number;
+  readonly expiresAtMs: number;
+  readonly releasedAtMs: number | null;
+  readonly releaseReason: string | null;
+}
+
+export const pathIdSchema = (): z.ZodString => z.string().regex(PATH_ID_PATTERN, 'must be 32 lowercase hex digits');
+const pathSecretSchema = pathSpecSchema.shape.secret;
+const pathPortSchema = z.number().int().min(MIN_PATH_PORT).max(65535);
+/** What allocatePath takes: the sites are the hosts' own (read from the store), the rest is chosen here. */
+export const pathAllocationSchema = z.object({
+  /** Made by the caller (random, node:crypto): the store generates nothing random, so it is testable. */
+  pathId: pathIdSchema(),
+  taskId: taskIdSchema.nullable().optional(),
+  kind: kindSchema(),
+  sourceHost: nameSchema(),
+  targetHost: nameSchema(),
+  driver: z.enum(PATH_DRIVER_KINDS),
+  firstPort: pathPortSchema,
+  portCount: z.number().int().min(1).max(MAX_PATH_PORTS),
+  ttlMs: z.number().int().min(MIN_PATH_TTL_MS).max(MAX_PATH_TTL_MS),
+  secret: pathSecretSchema,
+}).strict().refine((a) => a.firstPort + a.portCount - 1 <= 65535, 'the port range runs past 65535');
+export type PathAllocationInput = z.input<typeof pathAllocationSchema>;
+export const releaseReasonSchema = (): z.ZodString => idTextSchema(MAX_PHASE_CHARS);
+export const pathTimeSchema = timeMsSchema();
+export const pathListSchema = z.object({
+  after: pathIdSchema().optional(),
+  limit: listLimitSchema,
+  state: z.enum(PATH_STATES).optional(),
+  /** Paths with this host at either end. */
+  host: nameSchema().optional(),
+  taskId: taskIdSchema.optional(),
+}).strict();
+export type PathListOptions = z.input<typeof pathListSchema>;
+/** `255.255.255.255/32`: the longest IPv4 CIDR text. */
+export const MAX_CIDR_CHARS = 18;
+export const cidrTextSchema = (): z.ZodString => z.string().min(1).max(MAX_CIDR_CHARS);
+export const pathLimitSchema = z.number().int().min(1).max(MAX_LIST_LIMIT);

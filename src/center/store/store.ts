@@ -8,12 +8,14 @@
  * ALREADY_EXISTS, TASK_NOT_CLAIMED (a worker acts on a task it no longer holds), TASK_STATE (an action
  * the task's state does not allow), BUSY (a write lost a race too often; retry), STORE_UNAVAILABLE (the
  * database cannot be reached, or the store is closed), STORE_SCHEMA_VERSION (the database was migrated
- * by a newer Ferry), STORE_IO (the database failed or holds a row this code cannot read).
+ * by a newer Ferry), STORE_IO (the database failed or holds a row this code cannot read); for the
+ * mobility paths also ADDRESS_EXHAUSTED (a site's subnet, or the fleet's operation numbers, are full)
+ * and PATH_REFUSED (renewing a path that is released or already expired).
  */
 import type {
   CenterCaInput, CenterCaRecord, HostCertificate, HostCertificateInput,
   Credential, CredentialInput, Datastore, JsonValue, DatastoreInput, DutyLease, EventInput, EventRetention, Host, HostHeartbeat, HostDatastore, HostInput, HostListOptions, HostState,
-  ListOptions, MountInput, Site, SiteInput, StoredEvent, Task, TaskCount, TaskHeartbeat, TaskInput, TaskListOptions,
+  HostDataPlane, ListOptions, MobilityPath, MountInput, PathAllocationInput, PathListOptions, Site, SiteInput, StoredEvent, Task, TaskCount, TaskHeartbeat, TaskInput, TaskListOptions,
   TaskOutcome, Vm, VmInput, VmListOptions, VmState,
 } from './model.js';
 
@@ -176,6 +178,39 @@ export interface CenterStore {
   recordHostCertificate(input: HostCertificateInput): Promise<HostCertificate>;
   /** The issued certificate with this fingerprint, or null. */
   findHostCertificate(fingerprint: string): Promise<HostCertificate | null>;
+
+  // -- mobility: sites' virtual subnets, hosts' path drivers, operations' virtual paths (src/center/mobility)
+  /**
+   * The site's virtual subnet (canonical CIDR). A site that has none gets one now: the lowest /24 of
+   * 100.64.0.0/10 that overlaps no other site's (ADDRESS_EXHAUSTED if none is left).
+   */
+  siteSubnet(site: string): Promise<string>;
+  /**
+   * Give a site its virtual subnet: a /16../29 inside 100.64.0.0/10 (INVALID_ARGUMENT otherwise).
+   * ALREADY_EXISTS if it overlaps another site's; BUSY while the site has live paths (their addresses
+   * would fall outside it): release them first.
+   */
+  setSiteSubnet(site: string, cidr: string): Promise<Site>;
+  /** Record what a host reported about its path drivers (null: it reported none). */
+  setHostDataPlane(host: string, dataPlane: HostDataPlane | null): Promise<Host>;
+  /**
+   * A live path between two hosts: a free virtual address in each host's site's subnet (never one any
+   * live path holds, also against other centers racing: a database constraint), a free operation
+   * number (VNI), expiring ttlMs from now. ADDRESS_EXHAUSTED when a subnet (or the VNIs) are full;
+   * ALREADY_EXISTS if the path id was used before; NOT_FOUND for a host or task that does not exist.
+   */
+  allocatePath(input: PathAllocationInput): Promise<MobilityPath>;
+  /** Release a path and free its addresses and VNI. Idempotent: answers whether it was live (NOT_FOUND if it never existed). */
+  releasePath(pathId: string, reason: string): Promise<boolean>;
+  getPath(pathId: string): Promise<MobilityPath>;
+  /** Paths by id, after `after`, at most `limit` (≤ MAX_LIST_LIMIT), optionally of one state, host (either end) or task. */
+  listPaths(options?: PathListOptions): Promise<readonly MobilityPath[]>;
+  /** A task's paths, oldest first (at most MAX_LIST_LIMIT). */
+  pathsOfTask(taskId: number): Promise<readonly MobilityPath[]>;
+  /** Move a live, unexpired path's expiry (at most MAX_PATH_TTL_MS ahead); PATH_REFUSED if it is released or expired. */
+  renewPath(pathId: string, expiresAtMs: number): Promise<MobilityPath>;
+  /** Live paths whose expiry is at or before nowMs, soonest first, at most `limit`: the sweeper releases them. */
+  expiredLivePaths(nowMs: number, limit: number): Promise<readonly MobilityPath[]>;
 
   /** Close the database connections; every later call fails with STORE_UNAVAILABLE. Idempotent. */
   close(): Promise<void>;

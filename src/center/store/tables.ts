@@ -10,6 +10,8 @@ export interface SitesTable {
   name: string;
   description: string;
   created_at_ms: number;
+  /** Canonical CIDR text (schema 6); null until first needed (migrations/0006-mobility-paths.ts). */
+  virtual_subnet: string | null;
 }
 
 export interface HostsTable {
@@ -22,6 +24,8 @@ export interface HostsTable {
   last_heartbeat_at_ms: number | null;
   created_at_ms: number;
   updated_at_ms: number;
+  /** JSON text: the path drivers the host reported (schema 6), null until it does. */
+  data_plane: string | null;
 }
 
 export interface DatastoresTable {
@@ -131,6 +135,36 @@ export interface HostCertificatesTable {
   not_after_ms: number;
 }
 
+/** One operation's virtual path (schema 6). `secret` is stored so any center can re-push or release it. */
+export interface MobilityPathsTable {
+  path_id: string;
+  task_id: number | null;
+  kind: string;
+  source_host: string;
+  target_host: string;
+  source_site: string;
+  target_site: string;
+  source_address: string;
+  target_address: string;
+  vni: number;
+  first_port: number;
+  port_count: number;
+  driver: string;
+  secret: string;
+  state: string;
+  created_at_ms: number;
+  expires_at_ms: number;
+  released_at_ms: number | null;
+  release_reason: string | null;
+}
+
+/** Each address a live path holds, once: the database's guarantee that no two live paths share one. */
+export interface MobilityAddressesTable {
+  address: string;
+  path_id: string;
+  site: string;
+}
+
 export interface StoreDatabase {
   sites: SitesTable;
   hosts: HostsTable;
@@ -145,4 +179,6 @@ export interface StoreDatabase {
   center_secrets: CenterSecretsTable;
   center_ca: CenterCaTable;
   host_certificates: HostCertificatesTable;
+  mobility_paths: MobilityPathsTable;
+  mobility_addresses: MobilityAddressesTable;
 }

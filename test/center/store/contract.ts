@@ -9,7 +9,10 @@ import assert from 'node:assert/strict';
 import { openCenterStore, type OpenStoreOptions, type StoreLocation } from '../../../src/center/store/open.js';
 import { MIGRATIONS } from '../../../src/center/store/migrations/index.js';
 import type { CenterStore } from '../../../src/center/store/store.js';
+import { MAX_PATH_TTL_MS } from '../../../src/dataplane/path/spec.js';
+import { addressInCidr, parseCidr } from '../../../src/center/mobility/subnets.js';
 import {
+  MAX_DATA_PLANE_DRIVERS, type MobilityPath, type PathAllocationInput,
   MAX_EVENT_PAYLOAD_BYTES, MAX_EVENT_PRUNE_BATCH, MAX_EVENTS_PAGE, MAX_HEARTBEAT_BATCH, MAX_JSON_BYTES, MAX_LIST_LIMIT, MAX_NAME_CHARS, type Task,
 } from '../../../src/center/store/model.js';
 
@@ -41,6 +44,13 @@ function manualClock(): { now: () => number; advance: (ms: number) => void } {
 
 const host = (name: string, site = 's1'): { name: string; site: string; url: string; capacity: { memoryBytes: number; vcpus: number } } =>
   ({ name, site, url: `https://${name}.example:7001`, capacity: { memoryBytes: 8 * 2 ** 30, vcpus: 4 } });
+
+const pathIdOf = (i: number): string => i.toString(16).padStart(32, '0');
+const secretOf = (i: number): string => Buffer.alloc(32, i % 256).toString('base64url');
+const pathInput = (i: number, sourceHost: string, targetHost: string, extra: Partial<PathAllocationInput> = {}): PathAllocationInput =>
+  ({ pathId: pathIdOf(i), kind: 'migration', sourceHost, targetHost, driver: 'portable', firstPort: 7100, portCount: 1, ttlMs: 60_000, secret: secretOf(i), ...extra });
+/** Every address of these paths (sources and targets together). */
+const addressesOf = (paths: readonly MobilityPath[]): string[] => paths.flatMap((p) => [p.sourceAddress, p.targetAddress]);
 
 export function storeContract(backend: StoreBackendUnderTest): void {
   describe(`center store contract: ${backend.name}`, () => {
@@ -690,6 +700,204 @@ export function storeContract(backend: StoreBackendUnderTest): void {
         assert.equal(await store.findHostCertificate(FP2), null);
         await assert.rejects(store.recordHostCertificate({ fingerprint: FP1, host: 'h2', credentialId: '00000000000000c2', serial: '01', notAfterMs: START_MS }), { code: 'ALREADY_EXISTS' });
         await assert.rejects(store.findHostCertificate('ab:cd'), { code: 'INVALID_ARGUMENT' });
+      });
+    });
+
+    describe('mobility paths', () => {
+      /** Sites s1 and s2; hosts a1, a2 in s1 and b1 in s2. */
+      const fleet = async (store: CenterStore): Promise<void> => {
+        await store.upsertSite({ name: 's1' });
+        await store.upsertSite({ name: 's2' });
+        for (const h of [host('a1'), host('a2'), host('b1', 's2')]) await store.upsertHost(h);
+      };
+
+      it('a database of schema 5 migrates to 6 with its data: an existing site gets a subnet when first needed', async () => {
+        // Only the site is written at schema 5: this code reads host rows of schema 6 only (it always migrates first).
+        const schema5 = MIGRATIONS.filter((m) => m.name < '0006');
+        const { store: old, location } = await fresh({ migrations: schema5 });
+        assert.equal(await old.schemaVersion(), 5);
+        await old.upsertSite({ name: 'default', description: 'kept' });
+        await old.close();
+        const store = await openStore(location);
+        assert.equal(await store.schemaVersion(), CODE_VERSION);
+        assert.deepEqual([(await store.getSite('default')).description, (await store.getSite('default')).virtualSubnet], ['kept', null]);
+        assert.equal((await store.upsertHost(host('h1', 'default'))).dataPlane, null);
+        assert.equal(await store.siteSubnet('default'), '100.64.0.0/24');
+        assert.equal((await store.allocatePath(pathInput(1, 'h1', 'h1'))).sourceAddress, '100.64.0.1');
+      });
+
+      it('gives concurrent live paths distinct addresses and VNIs, from each site\'s subnet, also with two stores racing', async () => {
+        const [a, b] = await onOneDatabase(2);
+        assert.ok(a !== undefined && b !== undefined);
+        await fleet(a);
+        const paths = await Promise.all(Array.from({ length: 50 }, (_, i) =>
+          (i % 2 === 0 ? a : b).allocatePath(pathInput(i + 1, 'a1', i % 4 < 2 ? 'a2' : 'b1'))));
+        const addresses = addressesOf(paths);
+        assert.equal(new Set(addresses).size, addresses.length, 'no address is held twice');
+        assert.equal(new Set(paths.map((p) => p.vni)).size, paths.length, 'no VNI is held twice');
+        const s1 = parseCidr(await a.siteSubnet('s1'));
+        const s2 = parseCidr(await b.siteSubnet('s2'));
+        assert.notDeepEqual(s1, s2);
+        for (const p of paths) {
+          assert.equal(p.state, 'live');
+          assert.ok(addressInCidr(s1, p.sourceAddress), p.sourceAddress);
+          assert.ok(addressInCidr(p.targetSite === 's1' ? s1 : s2, p.targetAddress), p.targetAddress);
+          assert.equal(p.targetSite, p.targetHost === 'b1' ? 's2' : 's1');
+        }
+        assert.equal((await a.listPaths({ state: 'live' })).length, 50);
+      });
+
+      it('release frees the addresses and VNI for reuse; releasing twice is fine; the record stays', async () => {
+        const { store } = await fresh({ clock: manualClock().now });
+        await fleet(store);
+        const p1 = await store.allocatePath(pathInput(1, 'a1', 'a2'));
+        assert.deepEqual([p1.sourceAddress, p1.targetAddress, p1.vni], ['100.64.0.1', '100.64.0.2', 1], 'the lowest usable addresses of the first default /24');
+        assert.equal(await store.releasePath(p1.pathId, 'migration succeeded'), true);
+        assert.equal(await store.releasePath(p1.pathId, 'again'), false);
+        const released = await store.getPath(p1.pathId);
+        assert.deepEqual([released.state, released.releaseReason, released.releasedAtMs], ['released', 'migration succeeded', START_MS]);
+        const p2 = await store.allocatePath(pathInput(2, 'a1', 'a2'));
+        assert.deepEqual([p2.sourceAddress, p2.targetAddress, p2.vni], [p1.sourceAddress, p1.targetAddress, p1.vni]);
+        await assert.rejects(store.releasePath(pathIdOf(99), 'x'), { code: 'NOT_FOUND' });
+        await assert.rejects(store.releasePath('not-a-path', 'x'), { code: 'INVALID_ARGUMENT' });
+        await assert.rejects(store.releasePath(p2.pathId, ''), { code: 'INVALID_ARGUMENT' });
+      });
+
+      it('a full subnet is ADDRESS_EXHAUSTED and leaves nothing behind; a release makes room', async () => {
+        const { store } = await fresh();
+        await fleet(store);
+        await store.setSiteSubnet('s1', '100.64.9.0/29');
+        const live = [];
+        for (let i = 1; i <= 3; i++) live.push(await store.allocatePath(pathInput(i, 'a1', 'a2')));
+        assert.deepEqual(addressesOf(live), ['100.64.9.1', '100.64.9.2', '100.64.9.3', '100.64.9.4', '100.64.9.5', '100.64.9.6']);
+        await assert.rejects(store.allocatePath(pathInput(4, 'a1', 'a2')), { code: 'ADDRESS_EXHAUSTED' });
+        await assert.rejects(store.allocatePath(pathInput(5, 'a1', 'b1')), { code: 'ADDRESS_EXHAUSTED' }, 'the source side is full too');
+        await assert.rejects(store.getPath(pathIdOf(4)), { code: 'NOT_FOUND' });
+        assert.equal((await store.listPaths({ state: 'live' })).length, 3);
+        assert.equal((await store.allocatePath(pathInput(6, 'b1', 'b1'))).sourceSite, 's2', 'another site is not affected');
+        await store.releasePath(pathIdOf(2), 'cancelled');
+        const again = await store.allocatePath(pathInput(7, 'a2', 'a1'));
+        assert.deepEqual([again.sourceAddress, again.targetAddress], ['100.64.9.3', '100.64.9.4']);
+      });
+
+      it('site subnets: lazily the lowest free /24; set by hand only if valid, not overlapping, and with no live paths', async () => {
+        const { store } = await fresh();
+        await fleet(store);
+        assert.equal((await store.getSite('s1')).virtualSubnet, null);
+        assert.equal((await store.setSiteSubnet('s1', '100.64.0.0/23')).virtualSubnet, '100.64.0.0/23');
+        assert.equal(await store.siteSubnet('s2'), '100.64.2.0/24', 'the lowest /24 overlapping no other site');
+        assert.equal((await store.getSite('s2')).virtualSubnet, '100.64.2.0/24', 'and kept');
+        await assert.rejects(store.setSiteSubnet('s2', '100.64.1.0/24'), { code: 'ALREADY_EXISTS' });
+        await assert.rejects(store.setSiteSubnet('s2', '100.64.0.0/16'), { code: 'ALREADY_EXISTS' });
+        for (const bad of ['10.0.0.0/24', '192.168.0.0/24', '100.64.3.1/24', '100.64.3.0/30', '100.64.0.0/12', 'junk', '', 'x'.repeat(100), '100.64.3.0/24 ']) {
+          await assert.rejects(store.setSiteSubnet('s2', bad), { code: 'INVALID_ARGUMENT' }, bad);
+        }
+        await assert.rejects(store.setSiteSubnet('nowhere', '100.64.8.0/24'), { code: 'NOT_FOUND' });
+        await assert.rejects(store.siteSubnet('nowhere'), { code: 'NOT_FOUND' });
+        const p = await store.allocatePath(pathInput(1, 'b1', 'b1'));
+        assert.equal(p.sourceAddress, '100.64.2.1');
+        await assert.rejects(store.setSiteSubnet('s2', '100.64.8.0/24'), { code: 'BUSY' });
+        assert.equal((await store.setSiteSubnet('s2', '100.64.2.0/24')).virtualSubnet, '100.64.2.0/24', 'setting the subnet it has is a no-op');
+        await store.releasePath(p.pathId, 'done');
+        assert.equal((await store.setSiteSubnet('s2', '100.64.8.0/24')).virtualSubnet, '100.64.8.0/24');
+      });
+
+      it('renews only a live, unexpired path, at most MAX_PATH_TTL_MS ahead', async () => {
+        const clock = manualClock();
+        const { store } = await fresh({ clock: clock.now });
+        await fleet(store);
+        const p = await store.allocatePath(pathInput(1, 'a1', 'b1', { ttlMs: 10_000 }));
+        assert.equal(p.expiresAtMs, START_MS + 10_000);
+        assert.equal((await store.renewPath(p.pathId, START_MS + 20_000)).expiresAtMs, START_MS + 20_000);
+        await assert.rejects(store.renewPath(p.pathId, START_MS + MAX_PATH_TTL_MS + 1), { code: 'INVALID_ARGUMENT' });
+        await assert.rejects(store.renewPath(p.pathId, START_MS), { code: 'INVALID_ARGUMENT' });
+        clock.advance(20_000);
+        await assert.rejects(store.renewPath(p.pathId, START_MS + 30_000), { code: 'PATH_REFUSED' }, 'expired: the hosts removed it');
+        const q = await store.allocatePath(pathInput(2, 'a1', 'b1'));
+        await store.releasePath(q.pathId, 'failed');
+        await assert.rejects(store.renewPath(q.pathId, START_MS + 40_000), { code: 'PATH_REFUSED' });
+        await assert.rejects(store.renewPath(pathIdOf(3), START_MS + 40_000), { code: 'NOT_FOUND' });
+      });
+
+      it('answers the expired live paths, soonest first, at most `limit`', async () => {
+        const { store } = await fresh({ clock: manualClock().now });
+        await fleet(store);
+        for (const [i, ttlMs] of [[1, 3000], [2, 1000], [3, 2000], [4, 9000]] as const) await store.allocatePath(pathInput(i, 'a1', 'b1', { ttlMs }));
+        await store.releasePath(pathIdOf(3), 'done');
+        assert.deepEqual((await store.expiredLivePaths(START_MS + 3000, 10)).map((p) => p.pathId), [pathIdOf(2), pathIdOf(1)]);
+        assert.deepEqual((await store.expiredLivePaths(START_MS + 9000, 2)).map((p) => p.pathId), [pathIdOf(2), pathIdOf(1)]);
+        assert.deepEqual(await store.expiredLivePaths(START_MS + 999, 10), []);
+        await assert.rejects(store.expiredLivePaths(START_MS, MAX_LIST_LIMIT + 1), { code: 'INVALID_ARGUMENT' });
+        await assert.rejects(store.expiredLivePaths(-1, 1), { code: 'INVALID_ARGUMENT' });
+      });
+
+      it('lists paths by state, host and task, paged; a task\'s paths oldest first', async () => {
+        const clock = manualClock();
+        const { store } = await fresh({ clock: clock.now });
+        await fleet(store);
+        const t = await store.enqueueTask({ kind: 'vm.migrate', target: 'vm:web', requestedBy: 'alice' });
+        await store.allocatePath(pathInput(3, 'a1', 'b1', { taskId: t.id }));
+        clock.advance(1);
+        await store.allocatePath(pathInput(1, 'a2', 'a1', { taskId: t.id }));
+        await store.allocatePath(pathInput(2, 'a2', 'b1'));
+        await store.releasePath(pathIdOf(3), 'retried');
+        assert.deepEqual((await store.pathsOfTask(t.id)).map((p) => p.pathId), [pathIdOf(3), pathIdOf(1)]);
+        assert.deepEqual((await store.listPaths({ taskId: t.id, state: 'live' })).map((p) => p.pathId), [pathIdOf(1)]);
+        assert.deepEqual((await store.listPaths({ host: 'b1' })).map((p) => p.pathId), [pathIdOf(2), pathIdOf(3)]);
+        assert.deepEqual((await store.listPaths({ host: 'a2', limit: 1 })).map((p) => p.pathId), [pathIdOf(1)]);
+        assert.deepEqual((await store.listPaths({ host: 'a2', after: pathIdOf(1) })).map((p) => p.pathId), [pathIdOf(2)]);
+        assert.deepEqual(await store.pathsOfTask(t.id + 1), []);
+        await assert.rejects(store.listPaths({ limit: MAX_LIST_LIMIT + 1 }), { code: 'INVALID_ARGUMENT' });
+        await assert.rejects(store.listPaths({ state: 'gone' as 'live' }), { code: 'INVALID_ARGUMENT' });
+        const p = await store.getPath(pathIdOf(1));
+        assert.deepEqual([p.taskId, p.sourceHost, p.targetHost, p.driver, p.secret, p.firstPort, p.portCount], [t.id, 'a2', 'a1', 'portable', secretOf(1), 7100, 1]);
+      });
+
+      it('refuses hostile allocations: bad ids, secrets, ports, lifetimes; a used path id; hosts and tasks that do not exist', async () => {
+        const { store } = await fresh();
+        await fleet(store);
+        const bad: Partial<PathAllocationInput>[] = [
+          { pathId: 'A'.repeat(32) }, { pathId: '0'.repeat(31) }, { secret: 'short' }, { secret: `${secretOf(1)}=` }, { firstPort: 80 },
+          { firstPort: 65535, portCount: 2 }, { portCount: 0 }, { portCount: 17 }, { ttlMs: 0 }, { ttlMs: MAX_PATH_TTL_MS + 1 },
+          { driver: 'wireguard' as 'portable' }, { kind: 'Migration!' }, { taskId: -1 },
+        ];
+        for (const extra of bad) await assert.rejects(store.allocatePath(pathInput(1, 'a1', 'b1', extra)), { code: 'INVALID_ARGUMENT' }, JSON.stringify(extra));
+        await assert.rejects(store.allocatePath({ ...pathInput(1, 'a1', 'b1'), extra: 1 } as PathAllocationInput), { code: 'INVALID_ARGUMENT' });
+        await assert.rejects(store.allocatePath(pathInput(1, 'a1', 'ghost')), { code: 'NOT_FOUND' });
+        await assert.rejects(store.allocatePath(pathInput(1, 'a1', 'b1', { taskId: 12345 })), { code: 'NOT_FOUND' });
+        const p = await store.allocatePath(pathInput(1, 'a1', 'b1'));
+        await assert.rejects(store.allocatePath(pathInput(1, 'a1', 'b1')), { code: 'ALREADY_EXISTS' });
+        await store.releasePath(p.pathId, 'done');
+        await assert.rejects(store.allocatePath(pathInput(1, 'a1', 'b1')), { code: 'ALREADY_EXISTS' }, 'a released path id is not reused either');
+        assert.equal((await store.listPaths()).length, 1);
+      });
+
+      it('hosts\' data planes: a round trip, kept by upserts, cleared by null; hostile reports refused', async () => {
+        const { store } = await fresh();
+        await fleet(store);
+        assert.equal((await store.getHost('a1')).dataPlane, null);
+        const dp = { drivers: [{ kind: 'kernel' as const, endpoint: { host: '192.0.2.10', port: 4789 } }, { kind: 'portable' as const, endpoint: { host: 'a1.example', port: 7443 } }] };
+        assert.deepEqual((await store.setHostDataPlane('a1', dp)).dataPlane, dp);
+        assert.deepEqual((await store.getHost('a1')).dataPlane, dp);
+        assert.deepEqual((await store.upsertHost(host('a1'))).dataPlane, dp, 'an upsert keeps it');
+        assert.deepEqual((await store.listHosts({ site: 's1' })).map((h) => h.dataPlane), [dp, null]);
+        const ep = { host: '192.0.2.1', port: 1 };
+        const hostile: unknown[] = [
+          { drivers: Array.from({ length: MAX_DATA_PLANE_DRIVERS + 1 }, () => ({ kind: 'portable', endpoint: ep })) },
+          { drivers: [{ kind: 'portable', endpoint: ep }, { kind: 'portable', endpoint: ep }] },
+          { drivers: [{ kind: 'wireguard', endpoint: ep }] },
+          { drivers: [{ kind: 'portable', endpoint: { host: 'a b', port: 1 } }] },
+          { drivers: [{ kind: 'portable', endpoint: { host: 'x'.repeat(10_000), port: 1 } }] },
+          { drivers: [{ kind: 'portable', endpoint: { host: 'h', port: 0 } }] },
+          { drivers: [{ kind: 'portable', endpoint: { host: 'h', port: 70_000 } }] },
+          { drivers: [{ kind: 'portable', endpoint: ep, extra: true }] },
+          { drivers: [], more: 1 }, { drivers: 'portable' }, 'portable', 42, [],
+        ];
+        for (const h of hostile) await assert.rejects(store.setHostDataPlane('a2', h as typeof dp), { code: 'INVALID_ARGUMENT' }, JSON.stringify(h).slice(0, 80));
+        assert.equal((await store.getHost('a2')).dataPlane, null, 'nothing was stored');
+        assert.equal((await store.setHostDataPlane('a1', null)).dataPlane, null);
+        assert.deepEqual((await store.setHostDataPlane('a1', { drivers: [] })).dataPlane, { drivers: [] });
+        await assert.rejects(store.setHostDataPlane('ghost', dp), { code: 'NOT_FOUND' });
       });
     });
 

@@ -9,5 +9,6 @@ import { migration0002 } from './0002-tasks-events.js';
 import { migration0003 } from './0003-credentials.js';
 import { migration0004 } from './0004-task-admission.js';
 import { migration0005 } from './0005-tls.js';
+import { migration0006 } from './0006-mobility-paths.js';
 
-export const MIGRATIONS: readonly StoreMigration[] = [migration0001, migration0002, migration0003, migration0004, migration0005];
+export const MIGRATIONS: readonly StoreMigration[] = [migration0001, migration0002, migration0003, migration0004, migration0005, migration0006];
