@@ -18,7 +18,11 @@ import { createServer as createHttpsServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
-import { FerryError, errorMessage } from '../lib/errors.js';
+import { FerryError, errorMessage, isFerryError } from '../lib/errors.js';
+import { MobilityManager } from './mobility/paths.js';
+import { releaseExpiredPaths } from './mobility/expiry.js';
+import { MIN_PATH_TTL_MS, mobilityPaths } from './tasks/migration-path.js';
+import { MAX_PATH_TTL_MS } from '../dataplane/path/spec.js';
 import { buildCenterApp } from './app.js';
 import { CenterAuth } from './auth.js';
 import { CenterCa } from './ca.js';
@@ -96,6 +100,8 @@ export interface CenterOptions {
   readonly eventRetentionMaxEvents?: number;
   readonly eventPruneIntervalMs?: number;
   readonly clock?: Clock;
+  /** How long a mobility operation's virtual path lives unless renewed (default DEFAULT_MIGRATION_PATH_TTL_MS; renewed every third of it). */
+  readonly pathTtlMs?: number;
   /**
    * Where the center logs (default: JSON lines on stderr, pretty on a terminal); every line is bound to
    * the center's id. Task workers log through `center.logger.child({ taskId })`.
@@ -117,6 +123,7 @@ export class Center {
   #unsubscribeEvents: () => void = () => undefined;
   #scheduling: Promise<void> = Promise.resolve();
   #workers: TaskWorkers | null = null;
+  #hostControl: HostControl | null = null;
   #closed = false;
 
   private constructor(
@@ -153,6 +160,9 @@ export class Center {
     if (!Number.isSafeInteger(retentionMs) || retentionMs < 1) throw new FerryError('INVALID_ARGUMENT', 'the event retention must be a positive number of milliseconds');
     if (!Number.isSafeInteger(retentionMax) || retentionMax < 1) throw new FerryError('INVALID_ARGUMENT', 'the most events kept must be a positive integer');
     const clock = options.clock ?? Date.now;
+    if (options.pathTtlMs !== undefined && (!Number.isSafeInteger(options.pathTtlMs) || options.pathTtlMs < MIN_PATH_TTL_MS || options.pathTtlMs > MAX_PATH_TTL_MS)) {
+      throw new FerryError('INVALID_ARGUMENT', `a path's time to live must be ${MIN_PATH_TTL_MS} ms to ${MAX_PATH_TTL_MS} ms (it is renewed every third of it)`);
+    }
     const metrics = new CenterMetrics();
     const base = options.logger ?? (options.log !== undefined ? loggerFromLines(options.log) : createLogger());
     // Every store call the center makes is timed (ferry_center_store_op_seconds).
@@ -173,6 +183,10 @@ export class Center {
       const hostControl = await HostControl.open(store, ca.certPem);
       const app = buildCenterApp({
         store, auth, ca, inventory, wakeups, heartbeatIntervalMs, hostControl, shutdown: shutdownHolder.signal, metrics,
+        pathHosts: async (pathId) => {
+          const row = await store.getPath(pathId).catch((err: unknown) => { if (isFerryError(err, 'NOT_FOUND')) return null; throw err; });
+          return row === null ? null : { source: row.sourceHost, target: row.targetHost };
+        },
         ...(options.eventPollMs !== undefined ? { eventPollMs: options.eventPollMs } : {}),
       });
       const server = createAdaptorServer({
@@ -189,7 +203,9 @@ export class Center {
         server.listen(options.listenPort, options.listenHost, () => { server.off('error', onError); resolve(); });
       });
       const center = new Center(store, id, admin.file, admin.token, admin.created, server, ca, caCreated, inventory, options, base.child({ center: id }), metrics);
-      center.#workers = buildWorkers({ store, wakeups, hostControl, centerId: id, logger: center.logger, observeWait: metrics.observeTaskWait, options });
+      center.#hostControl = hostControl;
+      const paths = mobilityPaths(store, new MobilityManager(store));
+      center.#workers = buildWorkers({ store, wakeups, hostControl, paths, centerId: id, logger: center.logger, observeWait: metrics.observeTaskWait, options });
       center.#workers.start();
       const limits = budgetLimitsSchema.parse({ ...DEFAULT_BUDGETS, ...(options.budgets ?? {}) });
       center.startScheduler(new Scheduler(store, limits, lineLog(center.logger)), wakeups, options.schedulerIntervalMs ?? DEFAULT_SCHEDULER_INTERVAL_MS);
@@ -221,6 +237,7 @@ export class Center {
     if (!lease.acquired) return null;
     const marked = await this.inventory.sweep(silentAfterMs);
     for (const h of marked) this.logger.warn(`center ${this.id}: host ${h} missed its heartbeats: disconnected, its VMs unknown`, { host: h });
+    if (this.#hostControl !== null) await releaseExpiredPaths(this.store, this.#hostControl, (this.options.clock ?? Date.now)(), lineLog(this.logger));
     return marked;
   }
 

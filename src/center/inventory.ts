@@ -13,7 +13,7 @@
  */
 import { FerryError, isFerryError } from '../lib/errors.js';
 import type { HeartbeatRequest } from '../api/center-v1.js';
-import { MAX_HEARTBEAT_BATCH, MAX_LIST_LIMIT, type Datastore, type Host, type HostState, type JsonValue, type Vm } from './store/model.js';
+import { MAX_HEARTBEAT_BATCH, MAX_LIST_LIMIT, type Datastore, type Host, type HostDataPlane, type HostState, type JsonValue, type Vm } from './store/model.js';
 import type { CenterStore, Clock } from './store/store.js';
 import { everyPage } from './store/pages.js';
 
@@ -137,6 +137,7 @@ export class Inventory {
     const unchanged = !RECONNECTING_STATES.includes(before.state) && before.url === hb.url
       && before.capacity.memoryBytes === hb.capacity.memoryBytes && before.capacity.vcpus === hb.capacity.vcpus;
     if (!unchanged) await store.upsertHost({ name, site: before.site, url: hb.url, capacity: hb.capacity });
+    await this.applyDataPlane(before, hb.dataPlane ?? null);
     await this.applyDatastores(name, hb.datastores);
     await this.applyVms(name, hb.vms);
     if (unchanged) this.queueBeat(name, this.d.clock());
@@ -147,6 +148,12 @@ export class Inventory {
     // Last: a client that sees the host (re)connected finds its datastores and VMs already reconciled.
     if (state !== before.state) await this.event('host.connected', `host:${name}`, { host: name, from: before.state });
     return state;
+  }
+
+  /** The host's path drivers and tunnel endpoints, written when they change (a restarted host may listen on another port). */
+  private async applyDataPlane(before: Host, reported: HostDataPlane | null): Promise<void> {
+    if (JSON.stringify(before.dataPlane) === JSON.stringify(reported)) return;
+    await this.d.store.setHostDataPlane(before.name, reported);
   }
 
   private async applyDatastores(host: string, reported: HeartbeatRequest['datastores']): Promise<void> {

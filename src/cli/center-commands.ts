@@ -47,6 +47,7 @@ export function addCenterCommands(program: Command, host: Command): void {
     .addOption(new Option('--heartbeat-interval <duration>', 'how often hosts heartbeat').argParser(durationOption('--heartbeat-interval')))
     .addOption(new Option('--missed-heartbeats <n>', 'a host is disconnected after this many missed heartbeats').argParser((v) => parseIntegerOption(v, '--missed-heartbeats', 1, 1000)))
     .addOption(new Option('--sweep-interval <duration>', 'how often silent hosts are looked for').argParser(durationOption('--sweep-interval')))
+    .addOption(new Option('--path-ttl <duration>', 'how long a mobility operation\'s virtual path lives unless renewed (renewed every third of it while the operation runs)').argParser(durationOption('--path-ttl')))
     .addOption(new Option('--task-lease <duration>', 'a task\'s claim: a dead center\'s tasks are taken over after about this long').argParser(durationOption('--task-lease')))
     .addOption(new Option('--task-concurrency <n>', 'tasks this center runs at once').argParser((v) => parseIntegerOption(v, '--task-concurrency', 1, 1000)))
     .addOption(new Option('--max-migrations-per-host <n>', `concurrent migrations a host takes part in (default ${DEFAULT_BUDGETS.hostMigrations}, as vCenter on 10 GbE)`).argParser((v) => parseIntegerOption(v, '--max-migrations-per-host', 1, MAX_BUDGET)))
@@ -57,7 +58,7 @@ export function addCenterCommands(program: Command, host: Command): void {
     .addOption(new Option('--event-retention-count <n>', `at most this many events are kept, the newest (default ${DEFAULT_EVENT_RETENTION_MAX_EVENTS})`)
       .argParser((v) => parseIntegerOption(v, '--event-retention-count', 1, Number.MAX_SAFE_INTEGER)))
     .action(async (o: {
-      dataDir?: string; listen: string; db?: string; heartbeatInterval?: number; missedHeartbeats?: number; sweepInterval?: number; taskLease?: number; taskConcurrency?: number;
+      dataDir?: string; listen: string; db?: string; heartbeatInterval?: number; missedHeartbeats?: number; sweepInterval?: number; taskLease?: number; taskConcurrency?: number; pathTtl?: number;
       maxMigrationsPerHost?: number; maxOutboundPerHost?: number; maxMigrationsPerDatastore?: number; maxMigrations?: number; eventRetention?: number; eventRetentionCount?: number;
     } & LogOptions) => {
       if (o.dataDir === undefined) throw new FerryError('INVALID_ARGUMENT', 'ferry center needs --data-dir <dir>');
@@ -70,6 +71,7 @@ export function addCenterCommands(program: Command, host: Command): void {
         ...(o.missedHeartbeats !== undefined ? { missedHeartbeats: o.missedHeartbeats } : {}),
         ...(o.sweepInterval !== undefined ? { sweepIntervalMs: o.sweepInterval } : {}),
         ...(o.taskLease !== undefined ? { taskLeaseMs: o.taskLease } : {}),
+        ...(o.pathTtl !== undefined ? { pathTtlMs: o.pathTtl } : {}),
         ...(o.taskConcurrency !== undefined ? { taskConcurrency: o.taskConcurrency } : {}),
         budgets: {
           ...(o.maxMigrationsPerHost !== undefined ? { hostMigrations: o.maxMigrationsPerHost } : {}),

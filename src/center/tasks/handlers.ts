@@ -10,6 +10,7 @@ import type { Logger } from '../../lib/logger.js';
 import type { ObserveTaskWait } from '../metrics.js';
 import { TASK_KINDS } from './kinds.js';
 import { migrateTask } from './migrate-task.js';
+import { DEFAULT_MIGRATION_PATH_TTL_MS, type MobilityPaths } from './migration-path.js';
 import { evacuateTask, exitMaintenanceTask } from './maintenance-tasks.js';
 import { createVmTask, deleteVmTask, powerTask } from './vm-tasks.js';
 import { TaskWorkers, type TaskHandler } from './workers.js';
@@ -21,7 +22,8 @@ export interface WorkersDeps {
   readonly centerId: string;
   readonly logger: Logger;
   readonly observeWait?: ObserveTaskWait;
-  readonly options: { readonly taskConcurrency?: number; readonly taskLeaseMs?: number };
+  readonly options: { readonly taskConcurrency?: number; readonly taskLeaseMs?: number; readonly pathTtlMs?: number };
+  readonly paths: MobilityPaths;
 }
 
 export function buildWorkers(w: WorkersDeps): TaskWorkers {
@@ -29,7 +31,7 @@ export function buildWorkers(w: WorkersDeps): TaskWorkers {
     await w.store.appendEvent({ kind, subject, payload });
     w.wakeups.poke();
   };
-  const d = { store: w.store, hosts: w.hostControl, wakeups: w.wakeups, event };
+  const d = { store: w.store, hosts: w.hostControl, wakeups: w.wakeups, event, paths: w.paths, pathTtlMs: w.options.pathTtlMs ?? DEFAULT_MIGRATION_PATH_TTL_MS };
   const handlers = new Map<string, TaskHandler>([
     [TASK_KINDS.createVm, createVmTask(d)],
     [TASK_KINDS.startVm, powerTask(d, 'start')],

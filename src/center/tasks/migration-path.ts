@@ -12,7 +12,9 @@
  */
 import type { DatastoreView, MigrateRequest, TicketView } from '../../api/host-v1.js';
 import type { HostClient } from '../../api/host-client.js';
-import { errorMessage } from '../../lib/errors.js';
+import { errorMessage, isFerryError } from '../../lib/errors.js';
+import type { CenterStore } from '../store/store.js';
+import { chooseDriver, pathSpecs, type MobilityManager } from '../mobility/paths.js';
 import type { PathDriverKind, PathSpec } from '../../dataplane/path/spec.js';
 import type { Host, JsonValue } from '../store/model.js';
 import type { TaskContext } from './workers.js';
@@ -23,6 +25,8 @@ export const MIGRATION_PATH_PORTS = 4;
 export const MIGRATION_PATH_FIRST_PORT = 7300;
 /** A migration's path lives this long unless renewed (a center that died cannot leave it open for ever). */
 export const DEFAULT_MIGRATION_PATH_TTL_MS = 10 * 60_000;
+/** Shorter lives would be renewed more than once a second (tests of expiry use the minimum). */
+export const MIN_PATH_TTL_MS = 3_000;
 
 /** The center's mobility manager as the migrate task needs it. */
 export interface MobilityPaths {
@@ -33,6 +37,28 @@ export interface MobilityPaths {
   renew(pathId: string, expiresAtMs: number): Promise<PathPair | null>;
   /** Idempotent; true when it was live. */
   release(pathId: string, reason: string): Promise<boolean>;
+}
+
+/** The migrate task's view of the mobility manager (src/center/mobility/paths.ts) and the store. */
+export function mobilityPaths(store: CenterStore, manager: MobilityManager): MobilityPaths {
+  return {
+    chooseDriver: (source, target) => chooseDriver(source.dataPlane, target.dataPlane),
+    allocate: async (req) => {
+      const a = await manager.allocate({ ...req, kind: 'migration' });
+      return { pathId: a.row.pathId, sourceSpec: a.sourceSpec, targetSpec: a.targetSpec };
+    },
+    renew: async (pathId, expiresAtMs) => {
+      let row;
+      try { row = await store.renewPath(pathId, expiresAtMs); } catch (err) {
+        // Released or expired meanwhile: nothing to renew (the operation is ending).
+        if (isFerryError(err, 'PATH_REFUSED')) return null;
+        throw err;
+      }
+      const [source, target] = await Promise.all([store.getHost(row.sourceHost), store.getHost(row.targetHost)]);
+      return { pathId, ...pathSpecs(row, source, target) };
+    },
+    release: (pathId, reason) => manager.release(pathId, reason),
+  };
 }
 
 export interface PathPair {
