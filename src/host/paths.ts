@@ -58,13 +58,19 @@ export class HostPaths {
     for (const driver of this.o.drivers) {
       const mine = records.filter((r) => r.driver === driver.kind);
       if (mine.length === 0) continue;
-      await driver.removeLeftovers(mine, this.o.logger);
+      try {
+        await driver.removeLeftovers(mine, this.o.logger);
+      } catch (err) {
+        // Loud, not fatal: the host serves; the records stay, so the next start tries again.
+        this.o.logger.error(`cannot remove what ${mine.length} ${driver.kind} path(s) of the previous run left (their records are kept for the next start): ${errorMessage(err)}`);
+        continue;
+      }
+      for (const r of mine) await this.o.store.removePathRecord(r.pathId);
       this.o.logger.info(`removed what ${mine.length} ${driver.kind} path(s) of the previous run left`, { driver: driver.kind, paths: mine.length });
     }
     // A record of a driver this run does not offer cannot be acted on: say so, keep it for a run that can.
     for (const r of records) {
-      if (this.o.drivers.some((d) => d.kind === r.driver)) await this.o.store.removePathRecord(r.pathId);
-      else this.o.logger.warn(`path ${r.pathId.slice(0, 8)} of the previous run used the ${r.driver} driver, which this run does not offer: its leftovers stay until a run with it starts`);
+      if (!this.o.drivers.some((d) => d.kind === r.driver)) this.o.logger.warn(`path ${r.pathId.slice(0, 8)} of the previous run used the ${r.driver} driver, which this run does not offer: its leftovers stay until a run with it starts`);
     }
     this.timer = setInterval(() => { void this.sweep(); }, PATH_EXPIRY_CHECK_MS);
     this.timer.unref();
