@@ -58,7 +58,7 @@ describe('migrations over their own virtual path (portable driver, real host pro
   it('migrates over a path: the source knows the target by name and virtual address only; afterwards nothing of the path is left', async () => {
     const listed: PathListView = await host('ia').client.listPaths();
     assert.deepEqual(listed.drivers.map((d) => d.kind), ['portable'], 'the host reports its driver');
-    await succeeded(await tc.admin.createVm({ name: 'i-web', host: 'ia', image: 'dirtier', memoryBytes: 32 * MiB, cmdline: 'hot=1MiB rate=200' }));
+    await succeeded(await tc.admin.createVm({ name: 'i-web', host: 'ia', image: 'dirtier', memoryBytes: 32 * MiB, cmdline: 'hot=1MiB rate=200 fill=1 claim=all' }));
     const from = await tc.center.store.latestEventId();
     const done = await succeeded(await tc.admin.migrateVm('i-web', { to: 'ib' }));
     const result = done.result as { migrationId: string; isolation: PathIsolation };
@@ -85,7 +85,7 @@ describe('migrations over their own virtual path (portable driver, real host pro
   });
 
   it('a cancelled migration rolls back and removes the path on both hosts', async () => {
-    await succeeded(await tc.admin.createVm({ name: 'i-cancel', host: 'ia', image: 'dirtier', memoryBytes: 32 * MiB, cmdline: 'hot=1MiB rate=200' }));
+    await succeeded(await tc.admin.createVm({ name: 'i-cancel', host: 'ia', image: 'dirtier', memoryBytes: 32 * MiB, cmdline: 'hot=1MiB rate=200 fill=1 claim=all' }));
     const from = await tc.center.store.latestEventId();
     const task = await tc.admin.migrateVm('i-cancel', { to: 'ib', options: SLOW });
     await waitForEvent(tc.admin, from, (e) => e.kind === 'migration.progress' && (e.payload as { taskId?: number }).taskId === task.id);
@@ -99,7 +99,7 @@ describe('migrations over their own virtual path (portable driver, real host pro
   });
 
   it('a third party with the path id and addresses but not the secret is refused; the migration is unharmed', async () => {
-    await succeeded(await tc.admin.createVm({ name: 'i-third', host: 'ia', image: 'dirtier', memoryBytes: 32 * MiB, cmdline: 'hot=1MiB rate=200' }));
+    await succeeded(await tc.admin.createVm({ name: 'i-third', host: 'ia', image: 'dirtier', memoryBytes: 32 * MiB, cmdline: 'hot=1MiB rate=200 fill=1 claim=all' }));
     const from = await tc.center.store.latestEventId();
     const task = await tc.admin.migrateVm('i-third', { to: 'ib', options: SLOW });
     await waitForEvent(tc.admin, from, (e) => e.kind === 'migration.progress' && (e.payload as { taskId?: number }).taskId === task.id);
@@ -126,7 +126,7 @@ describe('migrations over their own virtual path (portable driver, real host pro
   });
 
   it('isolation: false, and a host without path drivers, connect directly and say why', async () => {
-    await succeeded(await tc.admin.createVm({ name: 'i-direct', host: 'ia', image: 'dirtier', memoryBytes: 32 * MiB, cmdline: 'hot=1MiB rate=200' }));
+    await succeeded(await tc.admin.createVm({ name: 'i-direct', host: 'ia', image: 'dirtier', memoryBytes: 32 * MiB, cmdline: 'hot=1MiB rate=200 fill=1 claim=all' }));
     const asked = await succeeded(await tc.admin.migrateVm('i-direct', { to: 'ib', isolation: false }));
     assert.deepEqual((asked.result as { isolation: unknown }).isolation, { mode: 'direct', reason: 'isolation was turned off for this migration' });
     const none = await succeeded(await tc.admin.migrateVm('i-direct', { to: 'ic' }));

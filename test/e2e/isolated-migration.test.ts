@@ -95,7 +95,7 @@ describe('isolated migration through the center, hosts in network namespaces (ke
     }
   };
   const createVm = async (name: string, on: string): Promise<void> => {
-    const t = await wait(await admin.createVm({ name, host: on, image: 'dirtier', memoryBytes: VM_MEMORY_BYTES, cmdline: 'hot=1MiB rate=200' }));
+    const t = await wait(await admin.createVm({ name, host: on, image: 'dirtier', memoryBytes: VM_MEMORY_BYTES, cmdline: 'hot=1MiB rate=200 fill=1 claim=all' }));
     assert.equal(t.state, 'succeeded', JSON.stringify(t.error));
   };
   /** Resolves once the task's migration sends pages (its path is up and carrying). */

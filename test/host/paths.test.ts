@@ -5,7 +5,7 @@
  * stream, a transport is given only for the right side, and a restarted host removes a crashed run's
  * records. Bounds and refusals carry their codes.
  */
-import { after, before, describe, it } from 'node:test';
+import { after, afterEach, beforeEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -33,9 +33,10 @@ describe('host path registry (portable drivers, real data directories)', () => {
   };
   const specs = (o: { expiresAtMs?: number } = {}) => pathSpecPair({ sourceEndpoint: drivers.a.endpoint, targetEndpoint: drivers.b.endpoint, ...(o.expiresAtMs !== undefined ? { expiresAtMs: o.expiresAtMs } : {}) });
 
-  before(async () => { drivers = await twoPortableDrivers(); });
+  // Each test's drivers are fresh: a registry closes its drivers when it closes (the host owns them through it).
+  beforeEach(async () => { drivers = await twoPortableDrivers(); });
+  afterEach(async () => { await drivers.close(); });
   after(async () => {
-    await drivers.close();
     for (const d of dirs) await rm(d, { recursive: true, force: true });
   });
 
@@ -83,7 +84,7 @@ describe('host path registry (portable drivers, real data directories)', () => {
     const short = specs({ expiresAtMs: clock + 1000 }).source;
     await reg.paths.put(short);
     clock += 2000;
-    assert.throws(() => reg.paths.transport(short.pathId, 'source').dial({ host: short.peerAddress, port: short.firstPort }, { timeoutMs: 1000 }), { code: 'PATH_REFUSED' });
+    await assert.rejects(reg.paths.transport(short.pathId, 'source').dial({ host: short.peerAddress, port: short.firstPort }, { timeoutMs: 1000 }), { code: 'PATH_REFUSED' });
     const deadline = Date.now() + 10_000;
     while (reg.paths.list().length > 0) {
       assert.ok(Date.now() < deadline, 'the sweep removed the expired path');
