@@ -198,8 +198,8 @@ describe('kernel path driver (network namespaces)', { skip: skip ?? false }, () 
     const [ha, hb] = topology().hosts;
     assert.ok(ha !== undefined && hb !== undefined);
     const [s0, s1] = specPair(ha, hb);
-    const [dialer, listener] = [await startEnd(topology(), ha), await startEnd(topology(), hb)];
-    ends.push(dialer, listener);
+    // The first path is closed: its two children open this one (a child holds one path at a time).
+    const [dialer, listener] = [source, target];
     await dialer.must({ op: 'open', spec: s0 });
     await listener.must({ op: 'open', spec: { ...s1, secret: randomBytes(32).toString('base64url') } });
     await listener.must({ op: 'listen', port: FIRST_PORT });
