@@ -24,16 +24,14 @@ import {
   type HostListOptions, type HostState, type JsonValue, type ListOptions, type MountInput, type Site, type SiteInput,
   type StoredEvent, type Task, type TaskCount, type TaskHeartbeat, type TaskInput, type TaskListOptions, type TaskOutcome, type TaskState,
   type Vm, type VmInput, type VmListOptions, type VmState,
+  MAX_ALLOCATION_ATTEMPTS, MAX_LIST_LIMIT, MAX_LIVE_PATHS, PATH_STATES, cidrTextSchema, hostDataPlaneSchema, pathAllocationSchema, pathIdSchema,
+  pathLimitSchema, pathListSchema, pathTimeSchema, releaseReasonSchema, type HostDataPlane, type MobilityPath, type PathAllocationInput, type PathListOptions,
 } from './model.js';
 import { vmNameSchema } from '../../lib/limits.js';
 import type { CenterStore, Clock, EventsCommittedListener, EventRetention, StoreBackend } from './store.js';
 import type { StoreDatabase, TasksTable } from './tables.js';
 import { appliedMigrations, schemaVersionOf } from './migrate.js';
 import { EVENTS_CHANNEL } from './pg-listen.js';
-import {
-  MAX_ALLOCATION_ATTEMPTS, MAX_LIST_LIMIT, MAX_LIVE_PATHS, PATH_STATES, cidrTextSchema, hostDataPlaneSchema, pathAllocationSchema, pathIdSchema, pathLimitSchema, pathListSchema, pathTimeSchema, releaseReasonSchema,
-  type HostDataPlane, type MobilityPath, type PathAllocationInput, type PathListOptions,
-} from './model.js';
 import { MAX_PATH_TTL_MS, PATH_DRIVER_KINDS } from '../../dataplane/path/spec.js';
 import {
   DEFAULT_SITE_PREFIX_LENGTH, VIRTUAL_SPACE, cidrsOverlap, formatCidr, lowestFreeDefaultSubnet, nthUsableAddress, parseCidr, parseSiteSubnet,
