@@ -10,7 +10,7 @@
  * Every `ip` call goes through ip-command.ts; the peer's underlay address is redacted from every error
  * and never logged: messages name the path by its short id and its virtual addresses only.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, randomBytes, randomInt } from 'node:crypto';
 import { connect as netConnect, isIPv4, type Socket } from 'node:net';
 import { connect as tlsConnect, createServer as tlsCreateServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import { FerryError, errnoCode, errorMessage } from '../../lib/errors.js';
@@ -50,6 +50,11 @@ export const PATH_HANDSHAKE_TIMEOUT_MS = 10_000;
 /** Prefix of the throw-away interface kernelDriverSupport() creates (not PATH_LINK_PREFIX: a sweep must not race it). */
 const PROBE_LINK_PREFIX = 'fyq';
 const PROBE_LINK_HEX = 8;
+/**
+ * The probe's UDP port: not VXLAN_PORT, because a VXLAN device is unique by (VNI, port) in a namespace
+ * and a path left by a crashed run (being removed right after the probe) may hold any VNI on VXLAN_PORT.
+ */
+const PROBE_PORT = VXLAN_PORT + 1;
 
 /** The names of what a path owns on this host: derived from its spec alone, so a dead host's leftovers can be found. */
 export interface KernelPathParts {
@@ -332,7 +337,8 @@ export async function kernelDriverSupport(): Promise<KernelSupport> {
   const probe = `${PROBE_LINK_PREFIX}${randomBytes(PROBE_LINK_HEX / 2).toString('hex')}`;
   try {
     // Down and without a remote, the link opens no socket and carries nothing; it exists for a few ms.
-    await runIp(['link', 'add', probe, 'type', 'vxlan', 'id', '1', 'dstport', String(VXLAN_PORT), 'local', '127.0.0.1']);
+    // A random VNI: two hosts of one namespace probing at once do not collide either.
+    await runIp(['link', 'add', probe, 'type', 'vxlan', 'id', String(randomInt(1, MAX_VNI + 1)), 'dstport', String(PROBE_PORT), 'local', '127.0.0.1']);
   } catch (err) {
     return { supported: false, reason: `cannot create a VXLAN interface (needs iproute2, CAP_NET_ADMIN and the vxlan module): ${errorMessage(err)}` };
   }
