@@ -10,7 +10,7 @@
  * the path: the identity names the path, the key proves knowledge of its secret.
  */
 import { constants as cryptoConstants, hkdfSync } from 'node:crypto';
-import type { ConnectionOptions, TlsOptions } from 'node:tls';
+import type { ConnectionOptions, TLSSocket, TlsOptions } from 'node:tls';
 import { FerryError } from '../../lib/errors.js';
 import { PATH_ID_PATTERN, type PathSpec } from './spec.js';
 
@@ -40,15 +40,16 @@ export function pathIdOfIdentity(identity: string): { pathId: string; side: Path
 }
 
 /**
- * Server options: `keyFor(pathId, side)` answers the key of a live path whose peer end is `side`, or
- * null (unknown, ended or expired path: the handshake fails).
+ * Server options: `keyFor(pathId, side, socket)` answers the key of a live path whose peer end is
+ * `side`, or null (unknown, ended or expired path: the handshake fails). `socket` is the connection
+ * asking, for a driver that routes the stream by the path its handshake named.
  */
-export function pskServerOptions(keyFor: (pathId: string, peerSide: PathSpec['side']) => Buffer | null): TlsOptions {
+export function pskServerOptions(keyFor: (pathId: string, peerSide: PathSpec['side'], socket: TLSSocket) => Buffer | null): TlsOptions {
   return {
     minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3', ciphers: PATH_CIPHERS,
-    pskCallback: (_socket, identity) => {
+    pskCallback: (socket, identity) => {
       const id = pathIdOfIdentity(identity);
-      return id === null ? null : keyFor(id.pathId, id.side);
+      return id === null ? null : keyFor(id.pathId, id.side, socket);
     },
     // No certificates: the PSK authenticates both ends.
     // No session tickets: a client holding a ticket from an earlier stream would resume without the
