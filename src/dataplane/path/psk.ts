@@ -9,8 +9,8 @@
  * Each end presents its own identity (`ferry-path-1:<pathId>:<side>`) and both derive the same key for
  * the path: the identity names the path, the key proves knowledge of its secret.
  */
-import { hkdfSync } from 'node:crypto';
-import type { ConnectionOptions, TlsOptions } from 'node:tls';
+import { constants as cryptoConstants, hkdfSync } from 'node:crypto';
+import type { ConnectionOptions, TLSSocket, TlsOptions } from 'node:tls';
 import { FerryError } from '../../lib/errors.js';
 import { PATH_ID_PATTERN, type PathSpec } from './spec.js';
 
@@ -32,23 +32,30 @@ export function pskIdentity(pathId: string, side: PathSpec['side']): string {
 /** The path id an identity names, or null for one that is not a path identity (refused unread). */
 export function pathIdOfIdentity(identity: string): { pathId: string; side: PathSpec['side'] } | null {
   if (!identity.startsWith(IDENTITY_PREFIX) || identity.length > IDENTITY_PREFIX.length + 40) return null;
-  const [pathId, side] = identity.slice(IDENTITY_PREFIX.length).split(':');
+  const parts = identity.slice(IDENTITY_PREFIX.length).split(':');
+  if (parts.length !== 2) return null; // "…:source:" or "…:source:x" is not an identity of ours
+  const [pathId, side] = parts;
   if (pathId === undefined || !PATH_ID_PATTERN.test(pathId) || (side !== 'source' && side !== 'target')) return null;
   return { pathId, side };
 }
 
 /**
- * Server options: `keyFor(pathId, side)` answers the key of a live path whose peer end is `side`, or
- * null (unknown, ended or expired path: the handshake fails).
+ * Server options: `keyFor(pathId, side, socket)` answers the key of a live path whose peer end is
+ * `side`, or null (unknown, ended or expired path: the handshake fails). `socket` is the connection
+ * asking, for a driver that routes the stream by the path its handshake named.
  */
-export function pskServerOptions(keyFor: (pathId: string, peerSide: PathSpec['side']) => Buffer | null): TlsOptions {
+export function pskServerOptions(keyFor: (pathId: string, peerSide: PathSpec['side'], socket: TLSSocket) => Buffer | null): TlsOptions {
   return {
     minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3', ciphers: PATH_CIPHERS,
-    pskCallback: (_socket, identity) => {
+    pskCallback: (socket, identity) => {
       const id = pathIdOfIdentity(identity);
-      return id === null ? null : keyFor(id.pathId, id.side);
+      return id === null ? null : keyFor(id.pathId, id.side, socket);
     },
     // No certificates: the PSK authenticates both ends.
+    // No session tickets: a client holding a ticket from an earlier stream would resume without the
+    // pskCallback being asked (measured on Node 20: it resumed after the path's key was withdrawn), so
+    // a closed or expired path could still be entered. Without tickets every stream is a full PSK handshake.
+    secureOptions: cryptoConstants.SSL_OP_NO_TICKET,
   };
 }
 
