@@ -158,9 +158,7 @@ export class HostPaths {
   }
 
   private renew(path: VirtualPath, spec: PathSpec): PathView {
-    const { expiresAtMs: _a, ...asked } = spec;
-    const { expiresAtMs: _b, ...open } = path.spec;
-    if (JSON.stringify(asked) !== JSON.stringify(open)) {
+    if (JSON.stringify({ ...spec, expiresAtMs: 0 }) !== JSON.stringify({ ...path.spec, expiresAtMs: 0 })) {
       throw new FerryError('ALREADY_EXISTS', `path ${short(spec.pathId)} is open here with other addresses, ports or keys; a path never changes under its operation`, { pathId: spec.pathId });
     }
     if (spec.expiresAtMs > path.expiresAt) path.renew(spec.expiresAtMs);

@@ -68,8 +68,7 @@ export const pathRecordSchema = pathSpecFields.omit({ secret: true });
 export type PathRecord = z.infer<typeof pathRecordSchema>;
 
 export function pathRecord(spec: PathSpec): PathRecord {
-  const { secret: _secret, ...record } = spec;
-  return record;
+  return pathRecordSchema.parse(Object.fromEntries(Object.entries(spec).filter(([k]) => k !== 'secret')));
 }
 
 /** What a path shows of itself (host API, logs): no secret and no underlay address. */
