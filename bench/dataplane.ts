@@ -13,9 +13,12 @@
  *             pushes to the two hosts would be, only faster).
  * Throughput is timed by the receiver from its first byte to its last (MB = 10^6 bytes).
  *
- * Flags: --bytes=1GiB --ops=100. Progress and the table go to stderr; the last stdout line is one JSON
- * object: plainMBps, pathMBps, path2StreamsMBps, setupRollbackP50Ms, setupRollbackP99Ms, and
- * migrateViaPathMs / migrateDirectMs (null here: a migration through the path is measured by another part).
+ *   migrate   bench:migrate's workload migrated directly and through a portable path, alternately,
+ *             twice each (./path-migration.ts); the medians of their total times.
+ *
+ * Flags: --bytes=1GiB --ops=100 --migrate-memory=1GiB (0: no migration part) --hot=64MiB. Progress and the
+ * table go to stderr; the last stdout line is one JSON object: plainMBps, pathMBps, path2StreamsMBps,
+ * setupRollbackP50Ms, setupRollbackP99Ms, migrateViaPathMs, migrateDirectMs (null without the migration part).
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -32,6 +35,7 @@ import { silentLogger } from '../src/lib/logger.js';
 import { GiB, MiB, parseSizeBytes } from '../src/lib/units.js';
 import { pathSpecPair } from '../test/helpers/path-specs.js';
 import { runBench, writeStdout } from './process.js';
+import { migrateDirectAndViaPath } from './path-migration.js';
 import { cpuSnapshot, fmtInterference, interference, round, summarize, type Interference } from './stats.js';
 
 const WRITE_BYTES = 1 * MiB;
@@ -225,18 +229,26 @@ class Child {
   }
 }
 
-interface Options { readonly bytes: number; readonly ops: number }
+interface Options { readonly bytes: number; readonly ops: number; readonly migrateMemoryBytes: number; readonly hot: string }
 
 function parseOptions(argv: readonly string[]): Options {
-  let bytes = 1 * GiB, ops = 100;
+  let bytes = 1 * GiB, ops = 100, migrateMemoryBytes = 1 * GiB, hot = '64MiB';
   for (const arg of argv) {
     const [key, value] = arg.split('=', 2);
     if (key === '--bytes' && value !== undefined) bytes = parseSizeBytes(value, '--bytes');
     else if (key === '--ops' && value !== undefined && Number.isInteger(Number(value)) && Number(value) > 0) ops = Number(value);
-    else throw new Error(`bad option "${arg}"; options: --bytes=SIZE (1GiB) --ops=N (100)`);
+    else if (key === '--migrate-memory' && value !== undefined) migrateMemoryBytes = value === '0' ? 0 : parseSizeBytes(value, '--migrate-memory');
+    else if (key === '--hot' && value !== undefined) hot = value;
+    else throw new Error(`bad option "${arg}"; options: --bytes=SIZE (1GiB) --ops=N (100) --migrate-memory=SIZE (1GiB; 0: none) --hot=SIZE (64MiB)`);
   }
-  return { bytes, ops };
+  return { bytes, ops, migrateMemoryBytes, hot };
 }
+
+const median = (xs: readonly number[]): number => {
+  const s = [...xs].sort((x, y) => x - y);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? (s[mid] ?? NaN) : ((s[mid - 1] ?? NaN) + (s[mid] ?? NaN)) / 2;
+};
 
 const mbps = (bytes: number, ms: number): number => round(bytes / 1e6 / (ms / 1000), 0);
 
@@ -291,6 +303,9 @@ async function parentMain(): Promise<number> {
     const path2StreamsMBps = await timed('path2', () => throughput(a, b, bEndpoint, aEndpoint, 2, opts.bytes));
     log(`path set-up + rollback, ${opts.ops} operations...`);
     const setup = summarize(await timed('setup', () => setupRollback(a, b, aEndpoint, bEndpoint, opts.ops)));
+    const migration = opts.migrateMemoryBytes > 0 ? await timed('migrate', () => migrateDirectAndViaPath(opts.migrateMemoryBytes, opts.hot, log)) : null;
+    const migrateDirectMs = migration !== null ? median(migration.directMs) : null;
+    const migrateViaPathMs = migration !== null ? median(migration.viaPathMs) : null;
 
     log('');
     log('part                          result');
@@ -298,17 +313,21 @@ async function parentMain(): Promise<number> {
     log(`portable path, 1 stream       ${pathMBps} MB/s (${round(pathMBps / plainMBps, 2)} x plain)`);
     log(`portable path, 2 streams      ${path2StreamsMBps} MB/s summed`);
     log(`set-up + rollback             p50 ${round(setup.p50, 2)} ms, p99 ${round(setup.p99, 2)} ms (n=${setup.n}, max ${round(setup.max, 2)} ms)`);
+    if (migrateDirectMs !== null && migrateViaPathMs !== null) {
+      log(`migration (median of ${migration?.directMs.length ?? 0}) direct ${migrateDirectMs} ms, via path ${migrateViaPathMs} ms (${round(migrateViaPathMs / migrateDirectMs, 2)} x direct)`);
+    }
     log('CPU per part ("other processes" include the two children, which do the work: ~2 cores is the machine full):');
     for (const [name, i] of Object.entries(cpu)) log(`  ${name}: ${fmtInterference(i)}`);
 
     const result = {
       plainMBps, pathMBps, path2StreamsMBps,
       setupRollbackP50Ms: round(setup.p50, 3), setupRollbackP99Ms: round(setup.p99, 3),
-      // Filled by the migration part (bench:migrate through a path and direct) when it exists.
-      migrateViaPathMs: null, migrateDirectMs: null,
+      migrateViaPathMs, migrateDirectMs,
+      migrateViaPathVsDirect: migrateViaPathMs !== null && migrateDirectMs !== null ? round(migrateViaPathMs / migrateDirectMs, 3) : null,
+      migration,
       setupRollback: setup,
       interference: cpu,
-      config: { bytes: opts.bytes, ops: opts.ops, echoBytes: ECHO_BYTES, writeBytes: WRITE_BYTES },
+      config: { bytes: opts.bytes, ops: opts.ops, echoBytes: ECHO_BYTES, writeBytes: WRITE_BYTES, migrateMemoryBytes: opts.migrateMemoryBytes, hot: opts.hot },
       machine: { cpu: cpus()[0]?.model ?? 'unknown', cores: cpus().length, node: process.version },
       benchMs: Math.round(performance.now() - t0),
     };
