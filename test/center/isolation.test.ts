@@ -82,6 +82,22 @@ describe('migrations over their own virtual path (portable driver, real host pro
     await noPaths('ia', 'ib');
     const row = await tc.center.store.getPath(result.isolation.pathId);
     assert.equal(row.state, 'released', 'the store released the addresses');
+
+    // The ended operation's own secret (read from the store) no longer opens anything on the target.
+    const endpoint = (await host('ib').client.listPaths()).drivers[0]?.endpoint;
+    assert.ok(endpoint !== undefined);
+    const stale: PathSpec = {
+      pathId: row.pathId, side: 'source', driver: 'portable', localAddress: row.sourceAddress, peerAddress: row.targetAddress, peerEndpoint: endpoint,
+      firstPort: row.firstPort, portCount: row.portCount, vni: row.vni, secret: row.secret, expiresAtMs: Date.now() + 60_000,
+    };
+    const driver = await createPortableDriver({ listen: { host: '127.0.0.1', port: 0 } });
+    try {
+      const path = new VirtualPath(stale, await driver.open(stale, silentLogger()));
+      await assert.rejects(path.dial({ host: row.targetAddress, port: row.firstPort }, { timeoutMs: 5000 }), { code: 'PATH_REFUSED' }, 'the old secret is refused');
+      await path.close();
+    } finally {
+      await driver.close();
+    }
   });
 
   it('a cancelled migration rolls back and removes the path on both hosts', async () => {
