@@ -197,10 +197,10 @@ export class HostAgent {
     agent.port = (agent.server.address() as AddressInfo).port;
     agent.log(`host ${agent.name}: control API on ${agent.url}, migration endpoint on ${options.listenHost}:${agent.receiver.port}, data in ${options.dataDir}, host id ${hostId}`);
     for (const ds of datastores.names) agent.log(`host ${agent.name}: datastore ${ds} mounted at ${datastores.get(ds).location}`);
-    const drivers = agent.paths.drivers();
-    agent.log(drivers.length === 0
+    const offered = agent.paths.drivers();
+    agent.log(offered.length === 0
       ? `host ${agent.name}: no virtual-path drivers (--path-drivers none): the center connects its migrations directly`
-      : `host ${agent.name}: virtual-path drivers ${drivers.map((d) => `${d.kind} (tunnel endpoint ${d.endpoint.host}:${d.endpoint.port})`).join(', ')}`);
+      : `host ${agent.name}: virtual-path drivers ${offered.map((d) => `${d.kind} (tunnel endpoint ${d.endpoint.host}:${d.endpoint.port})`).join(', ')}`);
     agent.centerLink?.start();
     return agent;
   }
