@@ -13,7 +13,10 @@
  *             pushes to the two hosts would be, only faster).
  * Throughput is timed by the receiver from its first byte to its last (MB = 10^6 bytes).
  *
- * Flags: --bytes=1GiB --ops=100. Progress and the table go to stderr; the last stdout line is one JSON
+ * The three throughput parts run interleaved over `--rounds` rounds in a rotating order; each figure
+ * is the median of its rounds (every sample is in the JSON's samplesMBps).
+ *
+ * Flags: --bytes=1GiB --ops=100 --rounds=3. Progress and the table go to stderr; the last stdout line is one JSON
  * object: plainMBps, pathMBps, path2StreamsMBps, setupRollbackP50Ms, setupRollbackP99Ms, and
  * migrateViaPathMs / migrateDirectMs (null here: a migration through the path is measured by another part).
  */
@@ -32,7 +35,7 @@ import { silentLogger } from '../src/lib/logger.js';
 import { GiB, MiB, parseSizeBytes } from '../src/lib/units.js';
 import { pathSpecPair } from '../test/helpers/path-specs.js';
 import { runBench, writeStdout } from './process.js';
-import { cpuSnapshot, fmtInterference, interference, round, summarize, type Interference } from './stats.js';
+import { cpuSnapshot, fmtInterference, interference, median, round, summarize, type Interference } from './stats.js';
 
 const WRITE_BYTES = 1 * MiB;
 const ECHO_BYTES = 64;
@@ -225,17 +228,27 @@ class Child {
   }
 }
 
-interface Options { readonly bytes: number; readonly ops: number }
+interface Options { readonly bytes: number; readonly ops: number; readonly rounds: number }
+
+const THROUGHPUT_PARTS = ['plain', 'path', 'path2'] as const;
+type ThroughputPart = (typeof THROUGHPUT_PARTS)[number];
+
+function positiveInt(arg: string, value: string | undefined): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`bad option "${arg}": expected a positive integer`);
+  return n;
+}
 
 function parseOptions(argv: readonly string[]): Options {
-  let bytes = 1 * GiB, ops = 100;
+  let bytes = 1 * GiB, ops = 100, rounds = 3;
   for (const arg of argv) {
     const [key, value] = arg.split('=', 2);
     if (key === '--bytes' && value !== undefined) bytes = parseSizeBytes(value, '--bytes');
-    else if (key === '--ops' && value !== undefined && Number.isInteger(Number(value)) && Number(value) > 0) ops = Number(value);
-    else throw new Error(`bad option "${arg}"; options: --bytes=SIZE (1GiB) --ops=N (100)`);
+    else if (key === '--ops') ops = positiveInt(arg, value);
+    else if (key === '--rounds') rounds = positiveInt(arg, value);
+    else throw new Error(`bad option "${arg}"; options: --bytes=SIZE (1GiB) --ops=N (100) --rounds=N (3)`);
   }
-  return { bytes, ops };
+  return { bytes, ops, rounds };
 }
 
 const mbps = (bytes: number, ms: number): number => round(bytes / 1e6 / (ms / 1000), 0);
@@ -279,21 +292,34 @@ async function parentMain(): Promise<number> {
       return out;
     };
 
-    log(`plain TCP, one stream, ${opts.bytes / MiB} MiB...`);
-    const plainMBps = await timed('plain', async () => {
-      const { port } = await b.ask({ cmd: 'listenPlain', bytes: opts.bytes });
-      await a.ask({ cmd: 'sendPlain', port: port ?? 0, bytes: opts.bytes });
-      return mbps(opts.bytes, (await b.ask({ cmd: 'waitReceived' })).ms ?? NaN);
-    });
-    log(`portable path, one stream...`);
-    const pathMBps = await timed('path', () => throughput(a, b, bEndpoint, aEndpoint, 1, opts.bytes));
-    log(`portable path, two streams at once...`);
-    const path2StreamsMBps = await timed('path2', () => throughput(a, b, bEndpoint, aEndpoint, 2, opts.bytes));
+    // The three throughput parts run interleaved, in an order that rotates every round, and each
+    // figure is the median over rounds: a shared machine's drift hits all three alike.
+    const parts: Record<ThroughputPart, () => Promise<number>> = {
+      plain: async () => {
+        const { port } = await b.ask({ cmd: 'listenPlain', bytes: opts.bytes });
+        await a.ask({ cmd: 'sendPlain', port: port ?? 0, bytes: opts.bytes });
+        return mbps(opts.bytes, (await b.ask({ cmd: 'waitReceived' })).ms ?? NaN);
+      },
+      path: () => throughput(a, b, bEndpoint, aEndpoint, 1, opts.bytes),
+      path2: () => throughput(a, b, bEndpoint, aEndpoint, 2, opts.bytes),
+    };
+    const samples: Record<ThroughputPart, number[]> = { plain: [], path: [], path2: [] };
+    for (let r = 0; r < opts.rounds; r++) {
+      for (let k = 0; k < THROUGHPUT_PARTS.length; k++) {
+        const part = THROUGHPUT_PARTS[(r + k) % THROUGHPUT_PARTS.length] ?? 'plain';
+        const value = await timed(`${part}#${r + 1}`, parts[part]);
+        samples[part].push(value);
+        log(`round ${r + 1}: ${part} ${value} MB/s`);
+      }
+    }
+    const plainMBps = median(samples.plain);
+    const pathMBps = median(samples.path);
+    const path2StreamsMBps = median(samples.path2);
     log(`path set-up + rollback, ${opts.ops} operations...`);
     const setup = summarize(await timed('setup', () => setupRollback(a, b, aEndpoint, bEndpoint, opts.ops)));
 
     log('');
-    log('part                          result');
+    log(`part                          result (throughput: median of ${opts.rounds} rounds)`);
     log(`plain TCP, 1 stream           ${plainMBps} MB/s`);
     log(`portable path, 1 stream       ${pathMBps} MB/s (${round(pathMBps / plainMBps, 2)} x plain)`);
     log(`portable path, 2 streams      ${path2StreamsMBps} MB/s summed`);
@@ -307,8 +333,9 @@ async function parentMain(): Promise<number> {
       // Filled by the migration part (bench:migrate through a path and direct) when it exists.
       migrateViaPathMs: null, migrateDirectMs: null,
       setupRollback: setup,
+      samplesMBps: samples,
       interference: cpu,
-      config: { bytes: opts.bytes, ops: opts.ops, echoBytes: ECHO_BYTES, writeBytes: WRITE_BYTES },
+      config: { bytes: opts.bytes, ops: opts.ops, rounds: opts.rounds, echoBytes: ECHO_BYTES, writeBytes: WRITE_BYTES },
       machine: { cpu: cpus()[0]?.model ?? 'unknown', cores: cpus().length, node: process.version },
       benchMs: Math.round(performance.now() - t0),
     };
