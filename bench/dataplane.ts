@@ -35,7 +35,7 @@ import { silentLogger } from '../src/lib/logger.js';
 import { GiB, MiB, parseSizeBytes } from '../src/lib/units.js';
 import { pathSpecPair } from '../test/helpers/path-specs.js';
 import { runBench, writeStdout } from './process.js';
-import { cpuSnapshot, fmtInterference, interference, median, round, summarize, type Interference } from './stats.js';
+import { cpuSnapshot, interference, median, round, summarize } from './stats.js';
 
 const WRITE_BYTES = 1 * MiB;
 const ECHO_BYTES = 64;
@@ -56,10 +56,11 @@ type Command =
   | { readonly cmd: 'openEcho'; readonly spec: PathSpec }
   | { readonly cmd: 'roundTrip'; readonly spec: PathSpec }
   | { readonly cmd: 'closePath'; readonly pathId: string }
-  | { readonly cmd: 'waitReceived' };
+  | { readonly cmd: 'waitReceived' }
+  | { readonly cmd: 'cpuMs' };
 
 type Reply =
-  | { readonly ok: true; readonly port?: number; readonly endpoint?: PathEndpoint; readonly ms?: number }
+  | { readonly ok: true; readonly port?: number; readonly endpoint?: PathEndpoint; readonly ms?: number; readonly cpuMs?: number }
   | { readonly ok: false; readonly error: string };
 
 // ---------------------------------------------------------------------------------------------
@@ -174,6 +175,7 @@ async function handle(state: ChildState, c: Command): Promise<Reply> {
     case 'openEcho': await openEcho(state, c.spec); return { ok: true };
     case 'roundTrip': await roundTrip(state, c.spec); return { ok: true };
     case 'closePath': await closePath(state, c.pathId); return { ok: true };
+    case 'cpuMs': { const u = process.cpuUsage(); return { ok: true, cpuMs: (u.user + u.system) / 1000 }; }
     case 'waitReceived': {
       const ms = await (state.received ?? Promise.reject(new Error('nothing is being received')));
       state.received = null;
@@ -227,6 +229,9 @@ class Child {
     });
   }
 }
+
+/** What a part cost: the two host processes' cores, and what the rest of the machine used meanwhile. */
+interface PartCpu { readonly sourceCores: number; readonly targetCores: number; readonly otherCores: number | null }
 
 interface Options { readonly bytes: number; readonly ops: number; readonly rounds: number }
 
@@ -284,11 +289,22 @@ async function parentMain(): Promise<number> {
     const aEndpoint = (await a.ask({ cmd: 'startDriver' })).endpoint;
     const bEndpoint = (await b.ask({ cmd: 'startDriver' })).endpoint;
     if (aEndpoint === undefined || bEndpoint === undefined) throw new Error('a child did not say its endpoint');
-    const cpu: Record<string, Interference> = {};
+    const cpu: Record<string, PartCpu> = {};
+    const childCpuMs = async (): Promise<[number, number]> => [(await a.ask({ cmd: 'cpuMs' })).cpuMs ?? NaN, (await b.ask({ cmd: 'cpuMs' })).cpuMs ?? NaN];
     const timed = async <T>(name: string, part: () => Promise<T>): Promise<T> => {
+      const [aBefore, bBefore] = await childCpuMs();
       const before = cpuSnapshot();
       const out = await part();
-      cpu[name] = interference(before, cpuSnapshot());
+      const after = cpuSnapshot();
+      const [aAfter, bAfter] = await childCpuMs();
+      const wallMs = after.wallMs - before.wallMs;
+      // The machine's other load: busy time less the children's and this process's own.
+      const machine = interference(before, after);
+      const children = (aAfter - aBefore + bAfter - bBefore) / wallMs;
+      cpu[name] = {
+        sourceCores: round((aAfter - aBefore) / wallMs, 2), targetCores: round((bAfter - bBefore) / wallMs, 2),
+        otherCores: machine.otherCores === null ? null : round(Math.max(0, machine.otherCores - children), 2),
+      };
       return out;
     };
 
@@ -324,8 +340,8 @@ async function parentMain(): Promise<number> {
     log(`portable path, 1 stream       ${pathMBps} MB/s (${round(pathMBps / plainMBps, 2)} x plain)`);
     log(`portable path, 2 streams      ${path2StreamsMBps} MB/s summed`);
     log(`set-up + rollback             p50 ${round(setup.p50, 2)} ms, p99 ${round(setup.p99, 2)} ms (n=${setup.n}, max ${round(setup.max, 2)} ms)`);
-    log('CPU per part ("other processes" include the two children, which do the work: ~2 cores is the machine full):');
-    for (const [name, i] of Object.entries(cpu)) log(`  ${name}: ${fmtInterference(i)}`);
+    log('CPU per part, in cores (the part\'s CPU time over its wall time; "other" is the rest of the machine):');
+    for (const [name, c] of Object.entries(cpu)) log(`  ${name}: source ${c.sourceCores}, target ${c.targetCores}, other ${c.otherCores ?? '?'}`);
 
     const result = {
       plainMBps, pathMBps, path2StreamsMBps,
