@@ -13,12 +13,16 @@
  *             pushes to the two hosts would be, only faster).
  * Throughput is timed by the receiver from its first byte to its last (MB = 10^6 bytes).
  *
+ * The three throughput parts run interleaved over `--rounds` rounds in a rotating order; each figure
+ * is the median of its rounds (every sample is in the JSON's samplesMBps).
+ *
  *   migrate   bench:migrate's workload migrated directly and through a portable path, alternately,
  *             twice each (./path-migration.ts); the medians of their total times.
  *
- * Flags: --bytes=1GiB --ops=100 --migrate-memory=1GiB (0: no migration part) --hot=64MiB. Progress and the
- * table go to stderr; the last stdout line is one JSON object: plainMBps, pathMBps, path2StreamsMBps,
- * setupRollbackP50Ms, setupRollbackP99Ms, migrateViaPathMs, migrateDirectMs (null without the migration part).
+ * Flags: --bytes=1GiB --ops=100 --rounds=3 --migrate-memory=1GiB (0: no migration part) --hot=64MiB.
+ * Progress and the table go to stderr; the last stdout line is one JSON object: plainMBps, pathMBps,
+ * path2StreamsMBps, setupRollbackP50Ms, setupRollbackP99Ms, migrateViaPathMs, migrateDirectMs (null
+ * without the migration part), migrateViaPathVsDirect.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -36,7 +40,7 @@ import { GiB, MiB, parseSizeBytes } from '../src/lib/units.js';
 import { pathSpecPair } from '../test/helpers/path-specs.js';
 import { runBench, writeStdout } from './process.js';
 import { migrateDirectAndViaPath } from './path-migration.js';
-import { cpuSnapshot, fmtInterference, interference, round, summarize, type Interference } from './stats.js';
+import { cpuSnapshot, interference, median, round, summarize } from './stats.js';
 
 const WRITE_BYTES = 1 * MiB;
 const ECHO_BYTES = 64;
@@ -57,10 +61,11 @@ type Command =
   | { readonly cmd: 'openEcho'; readonly spec: PathSpec }
   | { readonly cmd: 'roundTrip'; readonly spec: PathSpec }
   | { readonly cmd: 'closePath'; readonly pathId: string }
-  | { readonly cmd: 'waitReceived' };
+  | { readonly cmd: 'waitReceived' }
+  | { readonly cmd: 'cpuMs' };
 
 type Reply =
-  | { readonly ok: true; readonly port?: number; readonly endpoint?: PathEndpoint; readonly ms?: number }
+  | { readonly ok: true; readonly port?: number; readonly endpoint?: PathEndpoint; readonly ms?: number; readonly cpuMs?: number }
   | { readonly ok: false; readonly error: string };
 
 // ---------------------------------------------------------------------------------------------
@@ -175,6 +180,7 @@ async function handle(state: ChildState, c: Command): Promise<Reply> {
     case 'openEcho': await openEcho(state, c.spec); return { ok: true };
     case 'roundTrip': await roundTrip(state, c.spec); return { ok: true };
     case 'closePath': await closePath(state, c.pathId); return { ok: true };
+    case 'cpuMs': { const u = process.cpuUsage(); return { ok: true, cpuMs: (u.user + u.system) / 1000 }; }
     case 'waitReceived': {
       const ms = await (state.received ?? Promise.reject(new Error('nothing is being received')));
       state.received = null;
@@ -229,26 +235,33 @@ class Child {
   }
 }
 
-interface Options { readonly bytes: number; readonly ops: number; readonly migrateMemoryBytes: number; readonly hot: string }
+/** What a part cost: the two host processes' cores, and what the rest of the machine used meanwhile. */
+interface PartCpu { readonly sourceCores: number; readonly targetCores: number; readonly otherCores: number | null }
+
+interface Options { readonly bytes: number; readonly ops: number; readonly rounds: number; readonly migrateMemoryBytes: number; readonly hot: string }
+
+const THROUGHPUT_PARTS = ['plain', 'path', 'path2'] as const;
+type ThroughputPart = (typeof THROUGHPUT_PARTS)[number];
+
+function positiveInt(arg: string, value: string | undefined): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`bad option "${arg}": expected a positive integer`);
+  return n;
+}
 
 function parseOptions(argv: readonly string[]): Options {
-  let bytes = 1 * GiB, ops = 100, migrateMemoryBytes = 1 * GiB, hot = '64MiB';
+  let bytes = 1 * GiB, ops = 100, rounds = 3, migrateMemoryBytes = 1 * GiB, hot = '64MiB';
   for (const arg of argv) {
     const [key, value] = arg.split('=', 2);
     if (key === '--bytes' && value !== undefined) bytes = parseSizeBytes(value, '--bytes');
-    else if (key === '--ops' && value !== undefined && Number.isInteger(Number(value)) && Number(value) > 0) ops = Number(value);
+    else if (key === '--ops') ops = positiveInt(arg, value);
+    else if (key === '--rounds') rounds = positiveInt(arg, value);
     else if (key === '--migrate-memory' && value !== undefined) migrateMemoryBytes = value === '0' ? 0 : parseSizeBytes(value, '--migrate-memory');
     else if (key === '--hot' && value !== undefined) hot = value;
-    else throw new Error(`bad option "${arg}"; options: --bytes=SIZE (1GiB) --ops=N (100) --migrate-memory=SIZE (1GiB; 0: none) --hot=SIZE (64MiB)`);
+    else throw new Error(`bad option "${arg}"; options: --bytes=SIZE (1GiB) --ops=N (100) --rounds=N (3) --migrate-memory=SIZE (1GiB; 0: none) --hot=SIZE (64MiB)`);
   }
-  return { bytes, ops, migrateMemoryBytes, hot };
+  return { bytes, ops, rounds, migrateMemoryBytes, hot };
 }
-
-const median = (xs: readonly number[]): number => {
-  const s = [...xs].sort((x, y) => x - y);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? (s[mid] ?? NaN) : ((s[mid - 1] ?? NaN) + (s[mid] ?? NaN)) / 2;
-};
 
 const mbps = (bytes: number, ms: number): number => round(bytes / 1e6 / (ms / 1000), 0);
 
@@ -283,32 +296,56 @@ async function parentMain(): Promise<number> {
     const aEndpoint = (await a.ask({ cmd: 'startDriver' })).endpoint;
     const bEndpoint = (await b.ask({ cmd: 'startDriver' })).endpoint;
     if (aEndpoint === undefined || bEndpoint === undefined) throw new Error('a child did not say its endpoint');
-    const cpu: Record<string, Interference> = {};
+    const cpu: Record<string, PartCpu> = {};
+    const childCpuMs = async (): Promise<[number, number]> => [(await a.ask({ cmd: 'cpuMs' })).cpuMs ?? NaN, (await b.ask({ cmd: 'cpuMs' })).cpuMs ?? NaN];
     const timed = async <T>(name: string, part: () => Promise<T>): Promise<T> => {
+      const [aBefore, bBefore] = await childCpuMs();
       const before = cpuSnapshot();
       const out = await part();
-      cpu[name] = interference(before, cpuSnapshot());
+      const after = cpuSnapshot();
+      const [aAfter, bAfter] = await childCpuMs();
+      const wallMs = after.wallMs - before.wallMs;
+      // The machine's other load: busy time less the children's and this process's own.
+      const machine = interference(before, after);
+      const children = (aAfter - aBefore + bAfter - bBefore) / wallMs;
+      cpu[name] = {
+        sourceCores: round((aAfter - aBefore) / wallMs, 2), targetCores: round((bAfter - bBefore) / wallMs, 2),
+        otherCores: machine.otherCores === null ? null : round(Math.max(0, machine.otherCores - children), 2),
+      };
       return out;
     };
 
-    log(`plain TCP, one stream, ${opts.bytes / MiB} MiB...`);
-    const plainMBps = await timed('plain', async () => {
-      const { port } = await b.ask({ cmd: 'listenPlain', bytes: opts.bytes });
-      await a.ask({ cmd: 'sendPlain', port: port ?? 0, bytes: opts.bytes });
-      return mbps(opts.bytes, (await b.ask({ cmd: 'waitReceived' })).ms ?? NaN);
-    });
-    log(`portable path, one stream...`);
-    const pathMBps = await timed('path', () => throughput(a, b, bEndpoint, aEndpoint, 1, opts.bytes));
-    log(`portable path, two streams at once...`);
-    const path2StreamsMBps = await timed('path2', () => throughput(a, b, bEndpoint, aEndpoint, 2, opts.bytes));
+    // The three throughput parts run interleaved, in an order that rotates every round, and each
+    // figure is the median over rounds: a shared machine's drift hits all three alike.
+    const parts: Record<ThroughputPart, () => Promise<number>> = {
+      plain: async () => {
+        const { port } = await b.ask({ cmd: 'listenPlain', bytes: opts.bytes });
+        await a.ask({ cmd: 'sendPlain', port: port ?? 0, bytes: opts.bytes });
+        return mbps(opts.bytes, (await b.ask({ cmd: 'waitReceived' })).ms ?? NaN);
+      },
+      path: () => throughput(a, b, bEndpoint, aEndpoint, 1, opts.bytes),
+      path2: () => throughput(a, b, bEndpoint, aEndpoint, 2, opts.bytes),
+    };
+    const samples: Record<ThroughputPart, number[]> = { plain: [], path: [], path2: [] };
+    for (let r = 0; r < opts.rounds; r++) {
+      for (let k = 0; k < THROUGHPUT_PARTS.length; k++) {
+        const part = THROUGHPUT_PARTS[(r + k) % THROUGHPUT_PARTS.length] ?? 'plain';
+        const value = await timed(`${part}#${r + 1}`, parts[part]);
+        samples[part].push(value);
+        log(`round ${r + 1}: ${part} ${value} MB/s`);
+      }
+    }
+    const plainMBps = median(samples.plain);
+    const pathMBps = median(samples.path);
+    const path2StreamsMBps = median(samples.path2);
     log(`path set-up + rollback, ${opts.ops} operations...`);
     const setup = summarize(await timed('setup', () => setupRollback(a, b, aEndpoint, bEndpoint, opts.ops)));
-    const migration = opts.migrateMemoryBytes > 0 ? await timed('migrate', () => migrateDirectAndViaPath(opts.migrateMemoryBytes, opts.hot, log)) : null;
+    const migration = opts.migrateMemoryBytes > 0 ? await migrateDirectAndViaPath(opts.migrateMemoryBytes, opts.hot, log) : null;
     const migrateDirectMs = migration !== null ? median(migration.directMs) : null;
     const migrateViaPathMs = migration !== null ? median(migration.viaPathMs) : null;
 
     log('');
-    log('part                          result');
+    log(`part                          result (throughput: median of ${opts.rounds} rounds)`);
     log(`plain TCP, 1 stream           ${plainMBps} MB/s`);
     log(`portable path, 1 stream       ${pathMBps} MB/s (${round(pathMBps / plainMBps, 2)} x plain)`);
     log(`portable path, 2 streams      ${path2StreamsMBps} MB/s summed`);
@@ -316,8 +353,8 @@ async function parentMain(): Promise<number> {
     if (migrateDirectMs !== null && migrateViaPathMs !== null) {
       log(`migration (median of ${migration?.directMs.length ?? 0}) direct ${migrateDirectMs} ms, via path ${migrateViaPathMs} ms (${round(migrateViaPathMs / migrateDirectMs, 2)} x direct)`);
     }
-    log('CPU per part ("other processes" include the two children, which do the work: ~2 cores is the machine full):');
-    for (const [name, i] of Object.entries(cpu)) log(`  ${name}: ${fmtInterference(i)}`);
+    log('CPU per part, in cores (the part\'s CPU time over its wall time; "other" is the rest of the machine):');
+    for (const [name, c] of Object.entries(cpu)) log(`  ${name}: source ${c.sourceCores}, target ${c.targetCores}, other ${c.otherCores ?? '?'}`);
 
     const result = {
       plainMBps, pathMBps, path2StreamsMBps,
@@ -326,8 +363,9 @@ async function parentMain(): Promise<number> {
       migrateViaPathVsDirect: migrateViaPathMs !== null && migrateDirectMs !== null ? round(migrateViaPathMs / migrateDirectMs, 3) : null,
       migration,
       setupRollback: setup,
+      samplesMBps: samples,
       interference: cpu,
-      config: { bytes: opts.bytes, ops: opts.ops, echoBytes: ECHO_BYTES, writeBytes: WRITE_BYTES, migrateMemoryBytes: opts.migrateMemoryBytes, hot: opts.hot },
+      config: { bytes: opts.bytes, ops: opts.ops, rounds: opts.rounds, echoBytes: ECHO_BYTES, writeBytes: WRITE_BYTES, migrateMemoryBytes: opts.migrateMemoryBytes, hot: opts.hot },
       machine: { cpu: cpus()[0]?.model ?? 'unknown', cores: cpus().length, node: process.version },
       benchMs: Math.round(performance.now() - t0),
     };

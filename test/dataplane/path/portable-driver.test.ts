@@ -450,6 +450,23 @@ describe('portable path driver: dial errors and bounds', () => {
     }
   });
 
+  it('an expired path\'s key answers no handshake (the driver\'s clock is injected)', async () => {
+    let nowMs = Date.now();
+    const hosts = await twoPortableDrivers({ now: () => nowMs });
+    const specs = pathSpecPair({ sourceEndpoint: hosts.a.endpoint, targetEndpoint: hosts.b.endpoint });
+    const target = await hosts.b.open(specs.target, silentLogger());
+    try {
+      await target.listen(specs.target.firstPort, (s) => { s.destroy(); });
+      const live = rawTlsClient(hosts.b.endpoint, specs.source);
+      await secured(live);
+      live.destroy();
+      nowMs = specs.target.expiresAtMs;
+      const late = rawTlsClient(hosts.b.endpoint, specs.source);
+      await assert.rejects(secured(late));
+      late.destroy();
+    } finally { await target.close(); await hosts.close(); }
+  });
+
   it('removeLeftovers has nothing to remove', async () => {
     const driver = await createPortableDriver({ listen: { host: '127.0.0.1', port: 0 } });
     try {
