@@ -191,7 +191,7 @@ export const migrateRequestSchema = z.object({
    * asking finds out what became of it.
    */
   migrationId: z.string().regex(/^[0-9a-f]{32}$/, 'must be 32 lowercase hex digits').optional(),
-}).strict().refine((r) => (r.to === undefined) !== (r.isolated === undefined), 'give exactly one of "to" (a direct migration) and "isolated" (over a virtual path)')
+}).strict().refine((r) => (r.to === undefined) !== (r.isolated === undefined), { path: ['to'], message: 'give exactly one of "to" (a direct migration) and "isolated" (over a virtual path)' })
   .openapi('MigrateRequest');
 export type MigrateRequest = z.infer<typeof migrateRequestSchema>;
 

@@ -20,6 +20,7 @@ import type { ChildProcess } from 'node:child_process';
 import { MiB } from '../../src/lib/units.js';
 import { Center } from '../../src/center/center.js';
 import { CenterClient } from '../../src/api/center-client.js';
+import { HostClient } from '../../src/api/host-client.js';
 import type { CenterTaskView } from '../../src/api/center-v1.js';
 import { PATH_LINK_PREFIX, PATH_RULE_PRIORITY } from '../../src/dataplane/path/kernel-driver.js';
 import { FERRY_BIN } from '../helpers/cli.js';
@@ -69,6 +70,11 @@ describe('isolated migration through the center, hosts in network namespaces (ke
     await until(() => Promise.resolve(/ferry host \S+ ready/.test(started.log) || child.exitCode !== null), `host ${h.name} ready`, 30_000);
     assert.equal(child.exitCode, null, `host ${h.name} exited:\n${started.log}`);
     return started;
+  };
+  const hostUrl = (h: NsHost): string => {
+    const m = /ferry host \S+ ready url=(\S+)/.exec(h.log);
+    assert.ok(m?.[1] !== undefined, `host ${h.name} printed its URL`);
+    return m[1];
   };
   const kill = async (h: NsHost): Promise<void> => {
     if (h.child.exitCode !== null || h.child.signalCode !== null) return;
@@ -152,11 +158,16 @@ describe('isolated migration through the center, hosts in network namespaces (ke
     assert.equal(done.state, 'succeeded', JSON.stringify(done.error));
     const result = done.result as { migrationId: string; isolation: { mode: string; driver: string; pathId: string } };
     assert.deepEqual([result.isolation.mode, result.isolation.driver], ['path', 'kernel']);
-    const record = JSON.stringify((await new CenterClient(center.url, center.adminToken, { caPem: center.ca.certPem }).task(task.id)).result);
+    const taskResult = JSON.stringify((await admin.task(task.id)).result);
+    // The record the source host keeps of the migration (its API, reached over the center's veth).
+    const source = new HostClient(hostUrl(a), TEST_TOKEN);
+    const record = JSON.stringify((await source.migration(result.migrationId)).record);
+    await source.close();
+    assert.match(record, new RegExp(`host ${b.name} \\(virtual path [0-9a-f]{8}\\)`), 'the record names the target and its path');
     const events = JSON.stringify(await collectEvents(admin, from, await center.store.latestEventId()));
     const lines = hosts.flatMap((h) => h.log.split('\n')).filter((l) => l.includes(result.migrationId) || l.includes(result.isolation.pathId.slice(0, 8))).join('\n');
     assert.ok(lines.length > 0);
-    for (const [what, text] of [['task result', record], ['events', events], ['log lines', lines]] as const) {
+    for (const [what, text] of [['record', record], ['task result', taskResult], ['events', events], ['log lines', lines]] as const) {
       for (const addr of [a.net.address, b.net.address]) assert.ok(!text.includes(addr), `the migration's ${what} mention no physical address (${addr})`);
     }
     await clean(a, b);

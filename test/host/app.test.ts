@@ -195,6 +195,9 @@ describe('host API v1 on a real socket', () => {
         assert.deepEqual(await expectOk(res, key), { migrationId: NO_MIGRATION, outcome: { state: 'unknown' } });
         continue;
       }
+      // Paths are the center's to push and remove: removing an unknown one is fine (idempotent); a push needs its spec (tests/host/paths, center/isolation).
+      if (key === 'deletePath') { assert.deepEqual(await expectOk(res, key), { pathId: NO_MIGRATION, removed: false }); continue; }
+      if (key === 'putPath') { await expectError(res, 'BAD_REQUEST'); continue; }
       const err = await expectError(res, 'NOT_FOUND');
       assert.equal(err.details?.route, undefined, `${key}: no such VM or migration, not "no route"`);
     }
