@@ -351,6 +351,19 @@ export function addHostCommands(program: Command, vm: Command): Command {
       else process.stderr.write(`${summarize(record)}\n`);
       if (record.outcome !== 'succeeded') process.exitCode = record.outcome === 'in-doubt' ? 4 : 1;
     });
+  withClientOptions(host.command('paths').description('a host\'s virtual-path drivers and the paths open on it now (no secrets, no peer underlay addresses)').option('--json', 'print as JSON', false))
+    .action(async (o: ClientOpts & { json: boolean }) => {
+      if (o.center !== undefined) throw new FerryError('INVALID_ARGUMENT', 'ferry host paths asks one host: give --host <url>');
+      const c = await client(o);
+      const listed = await c.listPaths();
+      if (o.json) { print(listed); return; }
+      for (const d of listed.drivers) process.stdout.write(`driver ${d.kind}\ttunnel endpoint ${d.endpoint.host}:${d.endpoint.port}\n`);
+      if (listed.drivers.length === 0) process.stdout.write('no path drivers (--path-drivers none)\n');
+      for (const p of listed.paths) {
+        const left = Math.max(0, Math.round((p.expiresAtMs - Date.now()) / 1000));
+        process.stdout.write(`path ${p.pathId.slice(0, 8)}\t${p.side}\t${p.driver}\t${p.localAddress} <-> ${p.peerAddress}\tports ${p.firstPort}-${p.firstPort + p.portCount - 1}\t${p.openStreams} streams\texpires in ${left} s\n`);
+      }
+    });
   return host;
 }
 

@@ -16,7 +16,9 @@ import { createPortableDriver } from '../../src/dataplane/path/portable-driver.j
 import { VirtualPath } from '../../src/dataplane/path/virtual-path.js';
 import type { PathSpec } from '../../src/dataplane/path/spec.js';
 import { silentLogger } from '../../src/lib/logger.js';
-import { removeHostData, startHost, stopHost, until, type TestHost } from '../helpers/hosts.js';
+import { TEST_TOKEN, removeHostData, startHost, stopHost, until, type TestHost } from '../helpers/hosts.js';
+import { runFerry } from '../helpers/cli.js';
+import { join } from 'node:path';
 import { collectEvents, startTestCenter, waitForEvent, type TestCenter } from '../helpers/center.js';
 
 const TASK_TIMEOUT_MS = 90_000;
@@ -107,6 +109,10 @@ describe('migrations over their own virtual path (portable driver, real host pro
     await waitForEvent(tc.admin, from, (e) => e.kind === 'migration.progress' && (e.payload as { taskId?: number }).taskId === task.id);
     const open = (await host('ib').client.listPaths()).paths;
     assert.equal(open.length, 1, 'the target has the path while the migration runs');
+    const cli = await runFerry(['host', 'paths', '--host', host('ib').url], { env: { FERRY_TOKEN: TEST_TOKEN, FERRY_CONFIG: join(tc.dataDir, 'no-client-config.json') } });
+    assert.equal(cli.code, 0, cli.stderr);
+    assert.match(cli.stdout, /^driver portable\ttunnel endpoint /m);
+    assert.match(cli.stdout, new RegExp(`^path ${open[0]?.pathId.slice(0, 8) ?? '-'}\ttarget\tportable\t100\\.`, 'm'), 'ferry host paths shows the open path');
     await tc.admin.cancelTask(task.id);
     const done = await wait(task);
     assert.equal(done.state, 'cancelled');
