@@ -57,24 +57,29 @@ export function transportError(err: unknown, peer: string, what: string, unreach
 }
 
 /** One client's fetch: the global one, or undici's over an Agent with the given trust and identity. */
+/**
+ * Idle keep-alive connections: a client drops its own after HTTP_CLIENT_IDLE_MS, long before a server
+ * closes one (HTTP_SERVER_IDLE_MS). With the defaults (client about 4 s, server 5 s) a request sent on a
+ * connection the server is just closing fails with "other side closed" — seen under load, when timers
+ * fire late — and a POST is not retried. The client also ignores a longer timeout the server advertises.
+ */
+export const HTTP_CLIENT_IDLE_MS = 4_000;
+export const HTTP_SERVER_IDLE_MS = 30_000;
+
 export class TlsFetch {
-  readonly #agent: Agent | null;
+  readonly #agent: Agent;
   readonly fetch: Fetch;
 
   constructor(o: TlsClientOptions = {}) {
     const any = o.caPem !== undefined || o.certPem !== undefined || o.insecureReadCaOnly === true;
     if ((o.certPem === undefined) !== (o.keyPem === undefined)) throw new FerryError('INVALID_ARGUMENT', 'a client certificate needs its key, and a key its certificate');
-    if (!any) {
-      this.#agent = null;
-      this.fetch = (url, init) => fetch(url, init);
-      return;
-    }
     const agent = new Agent({
-      connect: {
+      keepAliveTimeout: HTTP_CLIENT_IDLE_MS, keepAliveMaxTimeout: HTTP_CLIENT_IDLE_MS,
+      connect: any ? {
         ...(o.caPem !== undefined ? { ca: o.caPem } : {}),
         ...(o.certPem !== undefined && o.keyPem !== undefined ? { cert: o.certPem, key: o.keyPem } : {}),
         rejectUnauthorized: o.insecureReadCaOnly !== true,
-      },
+      } : {},
     });
     this.#agent = agent;
     // undici's Request/Response are the ones Node's fetch is built from; only their declared types differ.
@@ -83,6 +88,6 @@ export class TlsFetch {
 
   /** Ends the pooled connections (idle ones also end by themselves after undici's keep-alive timeout). */
   async close(): Promise<void> {
-    await this.#agent?.close();
+    await this.#agent.close();
   }
 }

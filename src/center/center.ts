@@ -19,6 +19,7 @@ import type { AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { FerryError, errorMessage, isFerryError } from '../lib/errors.js';
+import { HTTP_SERVER_IDLE_MS } from '../api/tls.js';
 import { MobilityManager } from './mobility/paths.js';
 import { releaseExpiredPaths } from './mobility/expiry.js';
 import { MIN_PATH_TTL_MS, mobilityPaths } from './tasks/migration-path.js';
@@ -197,6 +198,7 @@ export class Center {
           requestCert: true, rejectUnauthorized: false,
         },
       }) as Server;
+      server.keepAliveTimeout = HTTP_SERVER_IDLE_MS;
       await new Promise<void>((resolve, reject) => {
         const onError = (err: Error): void => { reject(new FerryError('INVALID_ARGUMENT', `cannot listen on ${options.listenHost}:${options.listenPort}: ${errorMessage(err)}`)); };
         server.once('error', onError);

@@ -31,6 +31,7 @@ import type { HeartbeatRequest } from '../api/center-v1.js';
 import { CenterLink, type CenterLinkOptions, type HostTlsIdentity } from './center-link.js';
 import { createLogger, lineLog, loggerFromLines, type Logger } from '../lib/logger.js';
 import { HostMetrics } from './metrics.js';
+import { HTTP_SERVER_IDLE_MS } from '../api/tls.js';
 import { HostPaths } from './paths.js';
 import { openPathDrivers, type PathDriverChoice } from './path-drivers.js';
 import type { PathDriver } from '../dataplane/path/driver.js';
@@ -149,6 +150,8 @@ export class HostAgent {
     this.server = options.tls === true
       ? createAdaptorServer({ fetch: app.fetch, createServer: createHttpsServer, serverOptions: {} }) as HttpsServer
       : createAdaptorServer({ fetch: app.fetch }) as Server;
+    // Clients drop idle connections first (see HTTP_SERVER_IDLE_MS): no request lands on one being closed.
+    this.server.keepAliveTimeout = HTTP_SERVER_IDLE_MS;
   }
 
   static async start(options: HostOptions): Promise<HostAgent> {
