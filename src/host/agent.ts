@@ -10,7 +10,7 @@ import { createServer as createHttpsServer, type Server as HttpsServer } from 'n
 import { randomBytes } from 'node:crypto';
 import { createAdaptorServer } from '@hono/node-server';
 import { GiB } from '../lib/units.js';
-import { FerryError, errorMessage } from '../lib/errors.js';
+import { FerryError, errorMessage, isFerryError } from '../lib/errors.js';
 import { warmUpInstrumenter } from '../vmm/instrument.js';
 import { warmUpSwitchoverCodecs } from '../migration/protocol/messages.js';
 import { MigrationReceiver } from '../migration/target/receiver.js';
@@ -227,11 +227,22 @@ export class HostAgent {
     if (req.pathId === undefined) return this.receiver.issueTicket(req.sourceMigrationId);
     const pathId = req.pathId;
     const path = this.paths.transport(pathId, 'target');
-    return this.receiver.issueTicket(req.sourceMigrationId, {
-      transport: path, at: { host: path.spec.localAddress, port: path.spec.firstPort },
-      // The target's part ended: its end of the path goes once the last reply is flushed.
-      ended: () => { this.paths.removeWhenIdle(pathId, 'the incoming migration ended'); },
-    });
+    // The first free port of the grant: a ticket asked again (a center that took the task over) must
+    // not collide with the listener of an earlier one, whose migration may still run.
+    let release: (() => void) | null = null;
+    // The target's part ended: its end of the path goes once the last reply is flushed (and no other ticket holds it).
+    const ended = (): void => { release?.(); };
+    for (let port = path.spec.firstPort; port < path.spec.firstPort + path.spec.portCount; port++) {
+      try {
+        const ticket = await this.receiver.issueTicket(req.sourceMigrationId, { transport: path, at: { host: path.spec.localAddress, port }, ended });
+        release = this.paths.hold(pathId, 'the incoming migration ended');
+        return ticket;
+      } catch (err) {
+        const taken = isFerryError(err, 'ALREADY_EXISTS') || (isFerryError(err, 'INVALID_ARGUMENT') && err.details['errno'] === 'EADDRINUSE');
+        if (!taken) throw err;
+      }
+    }
+    throw new FerryError('BUSY', `every port of path ${pathId.slice(0, 8)} has a migration ticket listening; try again when one ends`, { pathId });
   }
 
   hostInfo(): HostInfo {

@@ -43,6 +43,8 @@ export class HostPaths {
   private readonly paths = new Map<string, VirtualPath>();
   /** Opens and removals in progress, so two requests for one path id never race. */
   private readonly pending = new Map<string, Promise<unknown>>();
+  /** Incoming migrations (tickets) per path on this host: the last to end removes its target end. */
+  private readonly holds = new Map<string, number>();
   private timer: NodeJS.Timeout | null = null;
   private readonly now: () => number;
   private closed = false;
@@ -125,6 +127,7 @@ export class HostPaths {
       const path = this.paths.get(pathId);
       if (path === undefined) return false;
       this.paths.delete(pathId);
+      this.holds.delete(pathId);
       try {
         await path.close();
       } finally {
@@ -134,6 +137,25 @@ export class HostPaths {
       this.o.logger.info(`virtual path ${short(pathId)} removed: ${reason}`, { pathId, reason });
       return true;
     });
+  }
+
+  /**
+   * An incoming migration holds the path while its ticket lives: when the last holder lets go (its
+   * migration ended, or its ticket expired unused), the path is removed once idle. A second ticket on
+   * one path (a center that took the task over asked again) keeps it open for the first one's migration.
+   */
+  hold(pathId: string, reason: string): () => void {
+    if (!this.paths.has(pathId)) throw new FerryError('NOT_FOUND', `this host has no virtual path ${short(pathId)}`, { pathId });
+    this.holds.set(pathId, (this.holds.get(pathId) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const left = (this.holds.get(pathId) ?? 1) - 1;
+      if (left > 0) { this.holds.set(pathId, left); return; }
+      this.holds.delete(pathId);
+      this.removeWhenIdle(pathId, reason);
+    };
   }
 
   /** Removes the path once none of its streams is open (or after PATH_IDLE_GRACE_MS): a target whose part ended, its last reply in flight. */

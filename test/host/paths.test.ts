@@ -93,6 +93,25 @@ describe('host path registry (portable drivers, real data directories)', () => {
     await reg.paths.close();
   });
 
+  it('holds: the path goes when the last incoming migration holding it ends, not before', async () => {
+    const reg = await registry(drivers.b);
+    const spec = specs().target;
+    await reg.paths.put(spec);
+    const first = reg.paths.hold(spec.pathId, 'test');
+    const second = reg.paths.hold(spec.pathId, 'test');
+    first();
+    first(); // twice: counted once
+    assert.equal(reg.paths.list().length, 1, 'the second ticket still holds it');
+    second();
+    const deadline = Date.now() + 10_000;
+    while (reg.paths.list().length > 0) {
+      assert.ok(Date.now() < deadline, 'removed once the last holder let go');
+      await new Promise<void>((resolve) => { setImmediate(resolve); });
+    }
+    assert.throws(() => reg.paths.hold(spec.pathId, 'test'), { code: 'NOT_FOUND' });
+    await reg.paths.close();
+  });
+
   it('a restarted host removes the records a crashed run left (and a malformed one)', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'ferry-paths-crash-'));
     dirs.push(dir);

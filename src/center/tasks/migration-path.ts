@@ -35,6 +35,8 @@ export interface MobilityPaths {
   /** A new path for task `taskId` (or the task's live one again after a takeover). */
   allocate(req: { taskId: number; source: Host; target: Host; driver: PathDriverKind; ttlMs: number; firstPort: number; portCount: number }): Promise<PathPair>;
   renew(pathId: string, expiresAtMs: number): Promise<PathPair | null>;
+  /** The task's live path, if a worker before this one (a center that died) allocated it. */
+  liveOfTask(taskId: number): Promise<string | null>;
   /** Idempotent; true when it was live. */
   release(pathId: string, reason: string): Promise<boolean>;
 }
@@ -58,6 +60,7 @@ export function mobilityPaths(store: CenterStore, manager: MobilityManager): Mob
       return { pathId, ...pathSpecs(row, source, target) };
     },
     release: (pathId, reason) => manager.release(pathId, reason),
+    liveOfTask: async (taskId) => (await store.pathsOfTask(taskId)).find((p) => p.state === 'live')?.pathId ?? null,
   };
 }
 
@@ -92,7 +95,7 @@ export async function routeMigration(d: RouteDeps, ctx: TaskContext, wanted: boo
     ctx.log(`migration ${migrationId.slice(0, 8)} connects the hosts directly: ${reason}`);
     return { request: { to: target.url, token: d.tokenFor(target.name) }, isolation: { mode: 'direct', reason }, close: () => Promise.resolve() };
   }
-  const pair = await d.paths.allocate({ taskId: ctx.task.id, source, target, driver, ttlMs: d.ttlMs, firstPort: MIGRATION_PATH_FIRST_PORT, portCount: MIGRATION_PATH_PORTS });
+  const pair = await takenOver(d, ctx) ?? await d.paths.allocate({ taskId: ctx.task.id, source, target, driver, ttlMs: d.ttlMs, firstPort: MIGRATION_PATH_FIRST_PORT, portCount: MIGRATION_PATH_PORTS });
   const close = async (reason: string): Promise<void> => {
     renewal.stop();
     await d.paths.release(pair.pathId, reason).catch((err: unknown) => { ctx.log(`cannot release path ${pair.pathId.slice(0, 8)} in the store: ${errorMessage(err)}`); });
@@ -112,6 +115,19 @@ export async function routeMigration(d: RouteDeps, ctx: TaskContext, wanted: boo
     await close(`setting it up failed: ${errorMessage(err)}`);
     throw err;
   }
+}
+
+/**
+ * A task taken over keeps its live path (renewed now): the migration the first worker started may still
+ * run on it, and a new path would leave that one to expire under it.
+ */
+async function takenOver(d: RouteDeps, ctx: TaskContext): Promise<PathPair | null> {
+  if (ctx.task.attempts <= 1) return null;
+  const pathId = await d.paths.liveOfTask(ctx.task.id);
+  if (pathId === null) return null;
+  const pair = await d.paths.renew(pathId, Date.now() + d.ttlMs);
+  if (pair !== null) ctx.log(`taken over: migration keeps its path ${pathId.slice(0, 8)}`);
+  return pair;
 }
 
 /** Renews the path in the store and on both hosts every third of its life while the migration runs. */
