@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { randomToken } from '../src/host/agent.js';
-import { spawnHost, stopHosts, type LocalHost } from '../src/cli/local-hosts.js';
+import { HOST_NODE_ARGS_ENV, spawnHost, stopHosts, type LocalHost } from '../src/cli/local-hosts.js';
 import type { MigrationRecord } from '../src/migration/record.js';
 import { MiB } from '../src/lib/units.js';
 import { pathSpecPair } from '../test/helpers/path-specs.js';
@@ -81,7 +81,8 @@ export async function migrateDirectAndViaPath(memoryBytes: number, hot: string, 
     }
     return out;
   } finally {
-    await stopHosts(hosts, 'SIGKILL');
+    // Profiled hosts (FERRY_HOST_NODE_ARGS, as bench:migrate) must exit cleanly to write their profiles.
+    await stopHosts(hosts, process.env[HOST_NODE_ARGS_ENV] !== undefined ? 'SIGTERM' : 'SIGKILL');
     for (const d of dirs) await rm(d, { recursive: true, force: true });
   }
 }
