@@ -63,8 +63,9 @@ describe('migrations over their own virtual path (portable driver, real host pro
     await succeeded(await tc.admin.createVm({ name: 'i-web', host: 'ia', image: 'dirtier', memoryBytes: 32 * MiB, cmdline: 'hot=1MiB rate=200 fill=1 claim=all' }));
     const from = await tc.center.store.latestEventId();
     const done = await succeeded(await tc.admin.migrateVm('i-web', { to: 'ib' }));
-    const result = done.result as { migrationId: string; isolation: PathIsolation };
+    const result = done.result as { migrationId: string; isolation: PathIsolation; guestDowntimeMs: number | null };
     assert.equal(result.isolation.mode, 'path');
+    assert.equal(typeof result.guestDowntimeMs, 'number', 'the guest-observed downtime came back through the center\'s broker');
     assert.equal(result.isolation.driver, 'portable');
     assert.match(result.isolation.sourceAddress, /^100\.(6[4-9]|[7-9]\d|1[01]\d|12[0-7])\./, 'a virtual address of 100.64.0.0/10');
     assert.notEqual(result.isolation.sourceAddress, result.isolation.targetAddress);
