@@ -84,6 +84,12 @@ export class CenterClient {
 
   health(): Promise<ResponseOf<typeof centerRoutes.health, 200>> { return this.json(centerRoutes.health, {}, 200, { auth: false }); }
   ca(): Promise<CenterCaView> { return this.json(centerRoutes.ca, {}, 200, { auth: false }); }
+  listSites(o: PageOptions<string> = {}): Promise<ResponseOf<typeof centerRoutes.listSites, 200>> {
+    return this.json(centerRoutes.listSites, {}, 200, { query: { ...(o.after !== undefined ? { after: o.after } : {}), ...(o.limit !== undefined ? { limit: o.limit } : {}) } });
+  }
+  setSiteSubnet(site: string, virtualSubnet: string): Promise<ResponseOf<typeof centerRoutes.setSiteSubnet, 200>> {
+    return this.json(centerRoutes.setSiteSubnet, { name: site }, 200, { body: { virtualSubnet } });
+  }
   listHosts(o: PageOptions<string> & { state?: CenterHostDetail['state'] } = {}): Promise<ResponseOf<typeof centerRoutes.listHosts, 200>> {
     return this.json(centerRoutes.listHosts, {}, 200, { query: { ...o } });
   }

@@ -229,6 +229,7 @@ export const heartbeatResultSchema = z.object({
 export type HeartbeatResult = z.infer<typeof heartbeatResultSchema>;
 
 const limitQuery = z.coerce.number().int().min(1).max(MAX_PAGE_LIMIT).optional();
+export const siteListQuerySchema = z.object({ after: nameSchema.optional(), limit: limitQuery }).strict();
 export const hostListQuerySchema = z.object({ after: nameSchema.optional(), limit: limitQuery, state: z.enum(HOST_STATES).optional() }).strict();
 export const vmListQuerySchema = z.object({ after: nameSchema.optional(), limit: limitQuery, host: nameSchema.optional(), state: z.enum(CENTER_VM_STATES).optional() }).strict();
 const taskIdSchema = z.coerce.number().int().min(1).max(Number.MAX_SAFE_INTEGER);
@@ -244,6 +245,17 @@ export const eventsQuerySchema = z.object({
 export const eventsHeadersSchema = z.object({ 'last-event-id': eventIdText.optional() });
 
 export const hostListSchema = z.object({ hosts: z.array(hostViewSchema), next: z.string().nullable() });
+export const siteViewSchema = z.object({
+  name: z.string(),
+  description: z.string(),
+  /** The site's virtual subnet for mobility operations' paths; null until first needed (the lowest free /24 of 100.64.0.0/10 is given then). */
+  virtualSubnet: z.string().nullable(),
+}).openapi('Site');
+export const siteListSchema = z.object({ sites: z.array(siteViewSchema), next: z.string().nullable() });
+export const siteSubnetRequestSchema = z.object({
+  /** An IPv4 CIDR of /16 to /29 inside 100.64.0.0/10, overlapping no other site's. */
+  virtualSubnet: z.string().min(9).max(18),
+}).strict().openapi('SiteSubnet');
 export const vmListSchema = z.object({ vms: z.array(vmViewSchema), next: z.string().nullable() });
 export const taskListSchema = z.object({ tasks: z.array(taskViewSchema), next: z.number().int().nullable() });
 
@@ -316,6 +328,11 @@ export const centerRoutes = {
   ca: createRoute({
     method: 'get', path: `${P}/ca`, summary: 'the center\'s CA certificate (no token needed: compare its fingerprint before trusting it)',
     responses: { 200: json(caSchema, 'the CA'), ...errors(503) },
+  }),
+  listSites: createRoute({ method: 'get', path: `${P}/sites`, request: { query: siteListQuerySchema }, responses: { 200: json(siteListSchema, 'a page of sites'), ...errors(400, 401, 503) } }),
+  setSiteSubnet: createRoute({
+    method: 'put', path: `${P}/sites/{name}/subnet`, summary: 'set the virtual subnet the site\'s hosts take their path addresses from (refused while the site has live paths)',
+    request: { params: hostParams, ...body(siteSubnetRequestSchema) }, responses: { 200: json(siteViewSchema, 'the site'), ...errors(400, 401, 404, 409, 503) },
   }),
   listHosts: createRoute({ method: 'get', path: `${P}/hosts`, request: { query: hostListQuerySchema }, responses: { 200: json(hostListSchema, 'a page of hosts'), ...errors(400, 401, 503) } }),
   getHost: createRoute({ method: 'get', path: `${P}/hosts/{name}`, request: { params: hostParams }, responses: { 200: json(hostDetailSchema, 'the host'), ...errors(400, 401, 404, 503) } }),

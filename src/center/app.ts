@@ -21,7 +21,7 @@ import {
 } from '../api/center-v1.js';
 import { limitBody, onAppError, sendError, validationHook } from '../api/http-errors.js';
 import { encodeSseWithId } from '../api/sse.js';
-import { MAX_EVENTS_PAGE, type Host, type JsonValue, type StoredEvent, type Task, type Vm } from './store/model.js';
+import { MAX_EVENTS_PAGE, type Host, type JsonValue, type Site, type StoredEvent, type Task, type Vm } from './store/model.js';
 import type { CenterStore } from './store/store.js';
 import type { CenterAuth, PeerCertificate } from './auth.js';
 import type { CenterCa } from './ca.js';
@@ -59,6 +59,7 @@ export interface CenterAppDeps {
 export const BROKER_TIMEOUT_MS = 5_000;
 
 const P = `/api/${CENTER_API_VERSION}`;
+const siteView = (s: Site): { name: string; description: string; virtualSubnet: string | null } => ({ name: s.name, description: s.description, virtualSubnet: s.virtualSubnet });
 const OPEN_PATHS: ReadonlySet<string> = new Set([centerRoutes.health.path, centerRoutes.ca.path, CENTER_OPENAPI_PATH, centerRoutes.joinHost.path]);
 const NO_PEER: PeerCertificate = { presented: false, authorized: false, authorizationError: null, subject: '', fingerprint: '' };
 
@@ -141,6 +142,17 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
   app.openapi(centerRoutes.health, (c) => c.json({ ok: true as const, api: CENTER_API_VERSION }, 200));
   app.openapi(centerRoutes.ca, (c) => c.json({ certificate: d.ca.certPem, fingerprint: d.ca.fingerprint }, 200));
 
+  app.openapi(centerRoutes.listSites, async (c) => {
+    const q = c.req.valid('query');
+    const limit = q.limit ?? MAX_PAGE_LIMIT;
+    const page = await d.store.listSites({ limit, ...(q.after !== undefined ? { after: q.after } : {}) });
+    return c.json({ sites: page.map(siteView), next: nextKey(page, limit, (s) => s.name) }, 200);
+  });
+  app.openapi(centerRoutes.setSiteSubnet, async (c) => {
+    const name = c.req.valid('param').name;
+    await d.store.getSite(name);
+    return c.json(siteView(await d.store.setSiteSubnet(name, c.req.valid('json').virtualSubnet)), 200);
+  });
   app.openapi(centerRoutes.listHosts, async (c) => {
     const q = c.req.valid('query');
     const limit = q.limit ?? MAX_PAGE_LIMIT;

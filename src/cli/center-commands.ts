@@ -161,6 +161,25 @@ export function addCenterCommands(program: Command, host: Command): void {
       }
     });
 
+  const site = program.command('site').description('sites of a center: each has the virtual subnet its hosts\' mobility operations take addresses from');
+  withCenterOptions(site.command('list').description('list the sites and their virtual subnets').option('--json', 'print as JSON', false))
+    .action(async (o: CenterClientOpts & { json: boolean }) => {
+      const client = await centerClient(o);
+      const sites = await allPages(async (after: string | undefined) => {
+        const page = await client.listSites({ limit: CLI_PAGE, ...(after !== undefined ? { after } : {}) });
+        return { items: page.sites, next: page.next };
+      });
+      if (o.json) { print(sites); return; }
+      for (const x of sites) process.stdout.write(`${x.name}\t${x.virtualSubnet ?? '(the lowest free /24 of 100.64.0.0/10, given at first use)'}\n`);
+    });
+  withCenterOptions(site.command('subnet').description('set a site\'s virtual subnet (/16../29 inside 100.64.0.0/10; refused while the site has live paths)')
+    .argument('<site>', 'site name').argument('<cidr>', 'e.g. 100.64.10.0/24').option('--json', 'print as JSON', false))
+    .action(async (name: string, cidr: string, o: CenterClientOpts & { json: boolean }) => {
+      const updated = await (await centerClient(o)).setSiteSubnet(name, cidr);
+      if (o.json) print(updated);
+      else process.stdout.write(`${updated.name}\t${updated.virtualSubnet ?? ''}\n`);
+    });
+
   const maintenance = host.command('maintenance').description('take a host out of service (its running VMs leave by live migration) or back');
   for (const action of ['enter', 'exit'] as const) {
     withCenterOptions(maintenance.command(action)

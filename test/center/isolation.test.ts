@@ -49,6 +49,12 @@ describe('migrations over their own virtual path (portable driver, real host pro
       hosts.set(name, await startHost(name, { args: [...tc.hostArgs(token), ...args] }));
       await waitForEvent(tc.admin, from, (e) => e.kind === 'host.connected' && e.subject === `host:${name}`);
     }
+    // The operator's subnet for the site (validated at the API), which every path then takes its addresses from.
+    await assert.rejects(tc.admin.setSiteSubnet('default', '10.0.0.0/24'), { code: 'INVALID_ARGUMENT' });
+    await assert.rejects(tc.admin.setSiteSubnet('default', '100.64.200.7/24'), { code: 'INVALID_ARGUMENT' });
+    await assert.rejects(tc.admin.setSiteSubnet('nowhere', '100.64.200.0/24'), { code: 'NOT_FOUND' });
+    assert.equal((await tc.admin.setSiteSubnet('default', '100.64.200.0/24')).virtualSubnet, '100.64.200.0/24');
+    assert.deepEqual((await tc.admin.listSites()).sites.map((x) => [x.name, x.virtualSubnet]), [['default', '100.64.200.0/24']]);
     // The data plane of each host is known from its heartbeats before a migration is planned.
     await until(async () => (await tc.center.store.getHost('ib')).dataPlane !== null, 'ib reported its path drivers');
   });
@@ -67,7 +73,8 @@ describe('migrations over their own virtual path (portable driver, real host pro
     assert.equal(result.isolation.mode, 'path');
     assert.equal(typeof result.guestDowntimeMs, 'number', 'the guest-observed downtime came back through the center\'s broker');
     assert.equal(result.isolation.driver, 'portable');
-    assert.match(result.isolation.sourceAddress, /^100\.(6[4-9]|[7-9]\d|1[01]\d|12[0-7])\./, 'a virtual address of 100.64.0.0/10');
+    assert.match(result.isolation.sourceAddress, /^100\.64\.200\.\d+$/, 'a virtual address of the site\'s subnet');
+    assert.match(result.isolation.targetAddress, /^100\.64\.200\.\d+$/);
     assert.notEqual(result.isolation.sourceAddress, result.isolation.targetAddress);
     assert.equal((await host('ib').client.vm('i-web')).state, 'running');
 
@@ -110,6 +117,7 @@ describe('migrations over their own virtual path (portable driver, real host pro
     await waitForEvent(tc.admin, from, (e) => e.kind === 'migration.progress' && (e.payload as { taskId?: number }).taskId === task.id);
     const open = (await host('ib').client.listPaths()).paths;
     assert.equal(open.length, 1, 'the target has the path while the migration runs');
+    await assert.rejects(tc.admin.setSiteSubnet('default', '100.64.201.0/24'), { code: 'BUSY' }, 'no renumbering under a live path');
     const cli = await runFerry(['host', 'paths', '--host', host('ib').url], { env: { FERRY_TOKEN: TEST_TOKEN, FERRY_CONFIG: join(tc.dataDir, 'no-client-config.json') } });
     assert.equal(cli.code, 0, cli.stderr);
     assert.match(cli.stdout, /^driver portable\ttunnel endpoint /m);
