@@ -22,7 +22,7 @@ import { FerryError, errorMessage, isFerryError } from '../lib/errors.js';
 import { HTTP_SERVER_IDLE_MS } from '../api/tls.js';
 import { MobilityManager } from './mobility/paths.js';
 import { releaseExpiredPaths } from './mobility/expiry.js';
-import { MIN_PATH_TTL_MS, mobilityPaths } from './tasks/migration-path.js';
+import { MIN_MIGRATION_PATH_TTL_MS, mobilityPaths } from './tasks/migration-path.js';
 import { MAX_PATH_TTL_MS } from '../dataplane/path/spec.js';
 import { buildCenterApp } from './app.js';
 import { CenterAuth } from './auth.js';
@@ -161,8 +161,8 @@ export class Center {
     if (!Number.isSafeInteger(retentionMs) || retentionMs < 1) throw new FerryError('INVALID_ARGUMENT', 'the event retention must be a positive number of milliseconds');
     if (!Number.isSafeInteger(retentionMax) || retentionMax < 1) throw new FerryError('INVALID_ARGUMENT', 'the most events kept must be a positive integer');
     const clock = options.clock ?? Date.now;
-    if (options.pathTtlMs !== undefined && (!Number.isSafeInteger(options.pathTtlMs) || options.pathTtlMs < MIN_PATH_TTL_MS || options.pathTtlMs > MAX_PATH_TTL_MS)) {
-      throw new FerryError('INVALID_ARGUMENT', `a path's time to live must be ${MIN_PATH_TTL_MS} ms to ${MAX_PATH_TTL_MS} ms (it is renewed every third of it)`);
+    if (options.pathTtlMs !== undefined && (!Number.isSafeInteger(options.pathTtlMs) || options.pathTtlMs < MIN_MIGRATION_PATH_TTL_MS || options.pathTtlMs > MAX_PATH_TTL_MS)) {
+      throw new FerryError('INVALID_ARGUMENT', `a path's time to live must be ${MIN_MIGRATION_PATH_TTL_MS} ms to ${MAX_PATH_TTL_MS} ms (it is renewed every third of it)`);
     }
     const metrics = new CenterMetrics();
     const base = options.logger ?? (options.log !== undefined ? loggerFromLines(options.log) : createLogger());

@@ -13,6 +13,7 @@ import { MiB } from '../../src/lib/units.js';
 import type { CenterTaskView } from '../../src/api/center-v1.js';
 import type { PathListView } from '../../src/api/host-v1.js';
 import { createPortableDriver } from '../../src/dataplane/path/portable-driver.js';
+import { MobilityManager } from '../../src/center/mobility/paths.js';
 import { VirtualPath } from '../../src/dataplane/path/virtual-path.js';
 import type { PathSpec } from '../../src/dataplane/path/spec.js';
 import { silentLogger } from '../../src/lib/logger.js';
@@ -153,6 +154,17 @@ describe('migrations over their own virtual path (portable driver, real host pro
     }
     await succeeded(task);
     assert.equal((await host('ib').client.vm('i-third')).state, 'running');
+    await noPaths('ia', 'ib');
+  });
+
+  it('a path nobody releases (its center gone) expires: released in the store by the sweep, removed by both hosts', async () => {
+    const [source, target] = await Promise.all([tc.center.store.getHost('ia'), tc.center.store.getHost('ib')]);
+    const made = await new MobilityManager(tc.center.store).allocate({ taskId: null, kind: 'test', source, target, driver: 'portable', ttlMs: 3000, firstPort: 7300, portCount: 1 });
+    await host('ib').client.putPath(made.targetSpec);
+    await host('ia').client.putPath(made.sourceSpec);
+    assert.equal((await host('ia').client.listPaths()).paths.length, 1);
+    await until(async () => (await tc.center.store.getPath(made.row.pathId)).state === 'released', 'the center released the expired path', 15_000);
+    assert.equal((await tc.center.store.getPath(made.row.pathId)).releaseReason, 'expired');
     await noPaths('ia', 'ib');
   });
 

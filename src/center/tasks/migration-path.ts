@@ -26,7 +26,7 @@ export const MIGRATION_PATH_FIRST_PORT = 7300;
 /** A migration's path lives this long unless renewed (a center that died cannot leave it open for ever). */
 export const DEFAULT_MIGRATION_PATH_TTL_MS = 10 * 60_000;
 /** Shorter lives would be renewed more than once a second (tests of expiry use the minimum). */
-export const MIN_PATH_TTL_MS = 3_000;
+export const MIN_MIGRATION_PATH_TTL_MS = 3_000;
 
 /** The center's mobility manager as the migrate task needs it. */
 export interface MobilityPaths {
