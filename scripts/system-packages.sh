@@ -4,9 +4,12 @@
 #   qemu-img and qemu-io (qemu-utils): the reference the VMDK code is checked against.
 #   initdb and pg_ctl (postgresql): the center store's tests start a throwaway PostgreSQL cluster
 #   (test/helpers/postgres.ts); Debian keeps them in /usr/lib/postgresql/<version>/bin, off PATH.
+#   ip and ss (iproute2): the data-plane tests build network namespaces, VXLAN links and routes, and read
+#   sockets (test/helpers/netns.ts); those tests need root, as .ci/run has.
 set -euo pipefail
 need=()
 { command -v qemu-img && command -v qemu-io; } >/dev/null 2>&1 || need+=(qemu-utils)
+{ command -v ip && command -v ss; } >/dev/null 2>&1 || need+=(iproute2)
 has_postgres_server() {
   local d
   for d in /usr/lib/postgresql/*/bin; do
