@@ -13,6 +13,9 @@ import { createKernelDriver, kernelDriverSupport } from '../dataplane/path/kerne
 /** Without --path-drivers: the portable driver only (no privileges; what `npm start` uses). */
 export const DEFAULT_PATH_DRIVERS: readonly PathDriverKind[] = ['portable'];
 
+/** Addresses that mean "every interface": fine to listen on, useless to tell a peer. */
+const WILDCARD_ADDRESSES: ReadonlySet<string> = new Set(['0.0.0.0', '::', '[::]']);
+
 export interface PathDriverChoice {
   /** In order of preference; empty: the host takes part in no isolated operation (the center falls back, and says so). */
   readonly kinds?: readonly PathDriverKind[];
@@ -26,6 +29,10 @@ export async function openPathDrivers(choice: PathDriverChoice, listenHost: stri
   const kinds = choice.kinds ?? DEFAULT_PATH_DRIVERS;
   if (new Set(kinds).size !== kinds.length) throw new FerryError('INVALID_ARGUMENT', `--path-drivers names a driver twice: ${kinds.join(',')}`);
   const host = choice.tunnelHost ?? listenHost;
+  // Peers are told this address: a wildcard tells them nothing they can reach.
+  if (kinds.length > 0 && WILDCARD_ADDRESSES.has(host)) {
+    throw new FerryError('INVALID_ARGUMENT', `the path drivers' tunnel endpoint would be ${host}, which peers cannot dial: give --tunnel-listen <this host's underlay address>:0 (or --path-drivers none)`);
+  }
   const drivers: PathDriver[] = [];
   try {
     for (const kind of kinds) drivers.push(await openDriver(kind, host, choice.tunnelPort ?? 0));
