@@ -4,6 +4,7 @@
  * the kernel driver needs network privileges in the host's namespace and is refused at start, with
  * the reason, when the probe says it cannot work here — never discovered mid-migration.
  */
+import { isIPv4 } from 'node:net';
 import { FerryError } from '../lib/errors.js';
 import type { PathDriver } from '../dataplane/path/driver.js';
 import type { PathDriverKind } from '../dataplane/path/spec.js';
@@ -45,6 +46,8 @@ export async function openPathDrivers(choice: PathDriverChoice, listenHost: stri
 
 async function openDriver(kind: PathDriverKind, host: string, port: number): Promise<PathDriver> {
   if (kind === 'portable') return createPortableDriver({ listen: { host, port } });
+  // The VXLAN's local and remote ends are addresses (ip takes no names): say so now, not at the first migration.
+  if (!isIPv4(host)) throw new FerryError('INVALID_ARGUMENT', `the kernel path driver needs an IPv4 underlay address, not "${host}": give --tunnel-listen <IPv4>:0`);
   const support = await kernelDriverSupport();
   if (!support.supported) throw new FerryError('PATH_SETUP_FAILED', `the kernel path driver cannot work on this host: ${support.reason}; start the host without it (--path-drivers portable)`);
   return createKernelDriver({ underlayAddress: host });

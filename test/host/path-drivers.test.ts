@@ -21,6 +21,7 @@ describe('a host\'s path drivers at start', () => {
     for (const wildcard of ['0.0.0.0', '::']) {
       await assert.rejects(openPathDrivers({}, wildcard), (err: Error & { code?: string }) => err.code === 'INVALID_ARGUMENT' && /--tunnel-listen/.test(err.message));
     }
+    await assert.rejects(openPathDrivers({ kinds: ['kernel'] }, 'localhost'), { code: 'INVALID_ARGUMENT' }, 'the kernel driver needs an IPv4 underlay address');
     const given = await openPathDrivers({ tunnelHost: '127.0.0.1' }, '0.0.0.0');
     assert.equal(given[0]?.endpoint.host, '127.0.0.1', '--tunnel-listen names the address peers reach');
     await Promise.all(given.map((d) => d.close()));
