@@ -111,7 +111,8 @@ export class HostAgent {
     this.log = lineLog(this.logger);
     const transport = options.transport ?? tcpTransport;
     this.vms = new VmService({ hostName: this.name, store: this.store, operations: this.operations, memoryLimitBytes: this.memoryLimitBytes, datastores, log: this.log });
-    this.metrics = new HostMetrics(() => this.vms.list().map((v) => v.state));
+    // Read at scrape time: the path registry is made just below.
+    this.metrics = new HostMetrics(() => this.vms.list().map((v) => v.state), () => this.paths.list().map((p) => p.driver));
     this.paths = new HostPaths({ store: this.store, drivers: pathDrivers, logger: this.logger.child({ component: 'paths' }) });
     this.migrations = new MigrationService({
       paths: this.paths,

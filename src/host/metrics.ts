@@ -5,6 +5,7 @@
  * Registry, never the global one: several hosts in one process (tests, the demo) each count only their own.
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { PATH_DRIVER_KINDS } from '../dataplane/path/spec.js';
 import { metricsText } from '../lib/process-metrics.js';
 import type { MigrationRecord } from '../migration/record.js';
 import type { IncomingIds, IncomingObserver } from '../migration/target/hooks.js';
@@ -32,8 +33,8 @@ export class HostMetrics {
   private readonly duration: Histogram<'role' | 'outcome'>;
   readonly httpRequests: Counter<HttpRequestLabels>;
 
-  /** `vmStates`: the state of every VM on the host now (read at each scrape). */
-  constructor(vmStates: () => Iterable<string>) {
+  /** `vmStates`: the state of every VM on the host now; `pathDrivers`: the driver of every virtual path open now (both read at each scrape). */
+  constructor(vmStates: () => Iterable<string>, pathDrivers: () => Iterable<string> = () => []) {
     const registers = [this.registry];
     this.inFlight = new Gauge({ name: 'ferry_migrations_in_flight', help: 'migrations running now, by role (source or target)', labelNames: ['role'], registers });
     this.finished = new Counter({
@@ -56,6 +57,14 @@ export class HostMetrics {
         const counts = new Map<string, number>(vmStateSchema.options.map((s) => [s, 0]));
         for (const s of vmStates()) counts.set(s, (counts.get(s) ?? 0) + 1);
         for (const [state, n] of counts) this.set({ state }, n);
+      },
+    });
+    new Gauge({
+      name: 'ferry_paths_open', help: 'virtual paths of mobility operations open on this host now, by driver (portable, kernel)', labelNames: ['driver'], registers,
+      collect() {
+        const counts = new Map<string, number>(PATH_DRIVER_KINDS.map((k) => [k, 0]));
+        for (const d of pathDrivers()) counts.set(d, (counts.get(d) ?? 0) + 1);
+        for (const [driver, n] of counts) this.set({ driver }, n);
       },
     });
     this.httpRequests = httpRequestCounter(this.registry, 'ferry');

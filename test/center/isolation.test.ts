@@ -19,6 +19,7 @@ import type { PathSpec } from '../../src/dataplane/path/spec.js';
 import { silentLogger } from '../../src/lib/logger.js';
 import { TEST_TOKEN, removeHostData, startHost, stopHost, until, type TestHost } from '../helpers/hosts.js';
 import { runFerry } from '../helpers/cli.js';
+import { sampleValue } from '../helpers/metrics.js';
 import { join } from 'node:path';
 import { collectEvents, startTestCenter, waitForEvent, type TestCenter } from '../helpers/center.js';
 
@@ -119,6 +120,7 @@ describe('migrations over their own virtual path (portable driver, real host pro
     const open = (await host('ib').client.listPaths()).paths;
     assert.equal(open.length, 1, 'the target has the path while the migration runs');
     await assert.rejects(tc.admin.setSiteSubnet('default', '100.64.201.0/24'), { code: 'BUSY' }, 'no renumbering under a live path');
+    assert.equal(sampleValue(await host('ib').client.metrics(), 'ferry_paths_open', { driver: 'portable' }), 1, 'the open path is counted');
     const cli = await runFerry(['host', 'paths', '--host', host('ib').url], { env: { FERRY_TOKEN: TEST_TOKEN, FERRY_CONFIG: join(tc.dataDir, 'no-client-config.json') } });
     assert.equal(cli.code, 0, cli.stderr);
     assert.match(cli.stdout, /^driver portable\ttunnel endpoint /m);
@@ -128,6 +130,7 @@ describe('migrations over their own virtual path (portable driver, real host pro
     assert.equal(done.state, 'cancelled');
     assert.equal((await host('ia').client.vm('i-cancel')).state, 'running', 'the VM still runs on its source');
     await noPaths('ia', 'ib');
+    assert.equal(sampleValue(await host('ib').client.metrics(), 'ferry_paths_open', { driver: 'portable' }), 0);
   });
 
   it('a third party with the path id and addresses but not the secret is refused; the migration is unharmed', async () => {
