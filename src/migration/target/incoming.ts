@@ -60,7 +60,7 @@ export class IncomingMigration {
   private diskDigest: MemoryDigest | null = null;
   private diskBytes: number | undefined;
   private prepared = false;
-  /** The vCPU threads being made: started at PREPARE, awaited before STATE is applied. */
+  /** The vCPU threads being made: started at PREPARE, awaited at the end of each round and before STATE. */
   private spawned: Promise<void> | null = null;
   private ended = false;
   private state: StateBody | null = null;
@@ -112,7 +112,8 @@ export class IncomingMigration {
       case Command.DISK: return this.applyDisk(msg.body);
       // A copied disk is flushed at the end of each round, while the guest still runs on the source:
       // COMMIT's flush then covers only the last round's blocks (it is inside the downtime).
-      case Command.ROUND: if (this.diskDigest !== null) await this.disk?.flush(); return {};
+      // The vCPU threads started at PREPARE must be ready by then: waiting for them is pre-copy's, never the downtime's.
+      case Command.ROUND: await this.spawned; if (this.diskDigest !== null) await this.disk?.flush(); return {};
       case Command.STATE: return this.applyState(msg.body);
       case Command.COMMIT: return this.commit(msg.body);
       case Command.ABORT:
@@ -212,7 +213,7 @@ export class IncomingMigration {
     // Threads and instances now, so that the resume at switch-over is only a wake-up; made while
     // round 1 arrives (not before PREPARE's reply: that cost the migration their start-up time).
     this.spawned = vm.spawn().then(() => { this.log(`incoming migration ${this.id.slice(0, 8)}: vCPUs ready ${(performance.now() - t1).toFixed(0)} ms after prepare`); });
-    this.spawned.catch(() => undefined); // a failure is the STATE request's (awaited there)
+    this.spawned.catch(() => undefined); // a failure is the first ROUND's (or STATE's) ERROR reply
     return { accepted: true };
   }
 
