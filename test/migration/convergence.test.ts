@@ -1,6 +1,6 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { DEFAULT_POLICY, SWITCHOVER_OVERHEAD_MS, decideConvergence, rateThrottlePermille, type RoundObservation } from '../../src/migration/convergence.js';
+import { DEFAULT_POLICY, SWITCHOVER_OVERHEAD_MS, decideConvergence, rateThrottlePermille, RATE_THROTTLE_TO_MAX_ABOVE_PERMILLE, type RoundObservation } from '../../src/migration/convergence.js';
 
 const GBps = 1e9;
 const obs = (o: Partial<RoundObservation>): RoundObservation => ({
@@ -65,6 +65,14 @@ describe('convergence policy', () => {
     // A faster guest gets the maximum at once, instead of after rounds that each re-send the hot set.
     const fast = decideConvergence(obs({ round: 1, dirtyBytes: 64e6, dirtyRateBytesPerSec: 1000 * GBps }), DEFAULT_POLICY);
     assert.equal(fast.action === 'continue' ? fast.throttlePermille : null, DEFAULT_POLICY.maxThrottlePermille);
+  });
+
+  it('a rate that needs a near-total throttle gets the maximum (the measured rate is a lower bound)', () => {
+    // At 4 GB/s: 1 - 18/256 = 930 permille by the rate alone.
+    const o = obs({ round: 1, dirtyBytes: 64e6, dirtyRateBytesPerSec: 4 * GBps });
+    assert.ok(rateThrottlePermille(o, DEFAULT_POLICY) > RATE_THROTTLE_TO_MAX_ABOVE_PERMILLE);
+    const d = decideConvergence(o, DEFAULT_POLICY);
+    assert.equal(d.action === 'continue' ? d.throttlePermille : null, DEFAULT_POLICY.maxThrottlePermille);
   });
 
   it('a measured rate is scaled by the throttle it was measured under, and never lowers the throttle', () => {
