@@ -23,10 +23,35 @@ import { rawBaseline } from './raw-socket.js';
 
 /** Booting a 1 GiB dirtier with fill=1 (every page written) takes seconds on a slow-faulting day. */
 const VM_BOOT_TIMEOUT_MS = 120_000;
+/** The guest's throughput before the migration is measured over this window (the hot set is being dirtied). */
+const GUEST_RATE_WINDOW_MS = 1_000;
+
+/** The system's monotonic clock in µs: the clock V8 stamps CPU profile samples with (for profile-summary --window). */
+function monotonicUs(): number {
+  return Number(process.hrtime.bigint() / 1000n);
+}
+
+/** Guest work units per second over `windowMs` (all vCPUs), from the host's VM view. */
+async function guestUnitsPerSec(host: LocalHost, vm: string, windowMs: number): Promise<number> {
+  const units = async (): Promise<number> => (await host.client.vm(vm)).vcpus.reduce((a, v) => a + v.units, 0);
+  const u0 = await units();
+  const t0 = performance.now();
+  await sleep(windowMs);
+  return ((await units()) - u0) * 1000 / (performance.now() - t0);
+}
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 ? (process.argv[i + 1] ?? fallback) : fallback;
+}
+
+/**
+ * The migration's and round 1's windows on the monotonic clock, for `profile-summary DIR --window FROM-TO`.
+ * Round 1 starts at the precopy phase (the record's clock starts within a request of `startedUs`).
+ */
+function logProfileWindows(log: (s: string) => void, startedUs: number, endedUs: number, phases: readonly { phase: string; atMs: number }[], round1Ms: number): void {
+  const precopyAtUs = startedUs + Math.round((phases.find((p) => p.phase === 'precopy')?.atMs ?? 0) * 1000);
+  log(`  profile windows (monotonic µs): migration ${startedUs}-${endedUs}, round 1 ${precopyAtUs}-${precopyAtUs + Math.round(round1Ms * 1000)}`);
 }
 
 async function main(): Promise<void> {
@@ -59,15 +84,20 @@ async function main(): Promise<void> {
     await a.client.createVm({ name: 'bench', imageBase64: image.toString('base64'), memoryBytes, vcpus, cmdline, start: true });
     // Boot (the fill) is done when the guest's boot line is on its console.
     await a.client.waitForConsole('bench', 'dirtier:', VM_BOOT_TIMEOUT_MS);
-    await sleep(1000); // the hot set is being dirtied continuously now
+    // The hot set is being dirtied continuously now: the guest's own rate, to compare pre-copy's with.
+    const guestUnitsPerSecBefore = await guestUnitsPerSec(a, 'bench', GUEST_RATE_WINDOW_MS);
     log('migrating a -> b...');
+    const startedUs = monotonicUs();
     const { migrationId } = await a.client.migrate('bench', { to: b.url, options: { dataChannels: channels } });
     const record = await a.client.waitForMigration(migrationId);
+    const endedUs = monotonicUs();
     const check = record.outcome === 'succeeded'
       ? await b.client.verifyVm('bench')
       : { selfcheck: null, guestMaxClockGapMs: null };
     log(`  phases: ${record.phases.map((p) => `${p.phase}@${p.atMs.toFixed(0)}ms`).join(' ')}`);
+    logProfileWindows(log, startedUs, endedUs, record.phases, record.rounds[0]?.durationMs ?? 0);
     for (const r of record.rounds) log(`  round ${r.round}: ${(r.bytes / MiB).toFixed(1)} MiB in ${r.durationMs.toFixed(0)} ms (${(r.throughputBytesPerSec / 1e6).toFixed(0)} MB/s), dirty after ${(r.dirtyBytesAfter / MiB).toFixed(1)} MiB, throttle ${r.throttlePermille / 10}%`);
+    const duringPrecopy = record.traces.guestUnitsPerSecDuringPrecopy;
     const result = {
       totalMs: Math.round(record.totalMs),
       engineDowntimeMs: record.engineDowntimeMs,
@@ -86,6 +116,10 @@ async function main(): Promise<void> {
       outcome: record.outcome,
       maxThrottlePermille: record.maxThrottlePermille,
       pauseLatencyMs: record.pauseLatencyMs,
+      // What pre-copy (tracing, throttling, the hosts' CPU) left the guest, against its rate just before.
+      guestUnitsPerSecBefore: Math.round(guestUnitsPerSecBefore),
+      guestUnitsPerSecDuringPrecopy: duringPrecopy === null ? null : Math.round(duringPrecopy),
+      guestThroughputRatio: duringPrecopy === null || guestUnitsPerSecBefore <= 0 ? null : Number((duringPrecopy / guestUnitsPerSecBefore).toFixed(3)),
       totalVsRawBound: Number((record.totalMs / rawMs).toFixed(2)),
       targets: { totalVsRawBound: 1.5, guestDowntimeMs: 20 },
       config: { memoryBytes, hot, vcpus, channels, pattern },

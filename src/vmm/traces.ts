@@ -163,6 +163,25 @@ export class DirtyTracker {
     return { regions, pages, scanMs: t1 - t0, barrierMs: performance.now() - t1, stallMs: 0 };
   }
 
+  /**
+   * Bytes whose traces fired since they were last armed, read without re-arming anything (the
+   * next collect still returns them): an estimate of the guest's dirtying while it runs.
+   */
+  firedBytesNow(): number {
+    const bm = this.bitmap.bytes;
+    const armed = this.armed;
+    let regions = 0;
+    for (let r = 0; r < this.regionCount; r++) if (armed[r] === 1 && bm[r] === 0) regions++;
+    let pages = 0;
+    const fine = this.bitmap.fine;
+    const perRegion = this.granularityBytes / MIN_GRANULARITY_BYTES;
+    for (const r of this.splitList) {
+      const end = Math.min((r + 1) * perRegion, fine.length);
+      for (let p = r * perRegion; p < end; p++) if (fine[p] === 0) pages++;
+    }
+    return regions * this.granularityBytes + pages * MIN_GRANULARITY_BYTES;
+  }
+
   /** Collect while every vCPU is parked (the final round): no barrier is needed. */
   collectPaused(): CollectResult {
     const t0 = performance.now();

@@ -1,6 +1,6 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { DEFAULT_POLICY, SWITCHOVER_OVERHEAD_MS, decideConvergence, type RoundObservation } from '../../src/migration/convergence.js';
+import { DEFAULT_POLICY, SWITCHOVER_OVERHEAD_MS, decideConvergence, rateThrottlePermille, RATE_THROTTLE_TO_MAX_ABOVE_PERMILLE, type RoundObservation } from '../../src/migration/convergence.js';
 
 const GBps = 1e9;
 const obs = (o: Partial<RoundObservation>): RoundObservation => ({
@@ -55,6 +55,39 @@ describe('convergence policy', () => {
     assert.equal(aborted.action, 'abort');
     assert.match(aborted.action === 'abort' ? aborted.reason : '', /did not converge within 60 rounds/);
     assert.equal(decideConvergence(obs({ elapsedMs: 1e9, dirtyBytes: 500e6 }), { ...DEFAULT_POLICY, onLimit: 'abort' }).action, 'abort');
+  });
+
+  it('with a measured dirty rate, throttles after round 1 as much as the next round needs to fit the target', () => {
+    // 64 MB dirty at 1 GB/s: the next round takes 64 ms; the switch-over can move (20 - 2) ms x 1 GB/s = 18 MB.
+    // Dirtying at 1 GB/s the guest would redirty 64 MB in it: it must run at most 18/64 of the time.
+    const d = decideConvergence(obs({ round: 1, dirtyBytes: 64e6, dirtyRateBytesPerSec: GBps }), DEFAULT_POLICY);
+    assert.equal(d.action === 'continue' ? d.throttlePermille : null, Math.ceil(1000 * (1 - 18 / 64)));
+    // A faster guest gets the maximum at once, instead of after rounds that each re-send the hot set.
+    const fast = decideConvergence(obs({ round: 1, dirtyBytes: 64e6, dirtyRateBytesPerSec: 1000 * GBps }), DEFAULT_POLICY);
+    assert.equal(fast.action === 'continue' ? fast.throttlePermille : null, DEFAULT_POLICY.maxThrottlePermille);
+  });
+
+  it('a rate that needs a near-total throttle gets the maximum (the measured rate is a lower bound)', () => {
+    // At 4 GB/s: 1 - 18/256 = 930 permille by the rate alone.
+    const o = obs({ round: 1, dirtyBytes: 64e6, dirtyRateBytesPerSec: 4 * GBps });
+    assert.ok(rateThrottlePermille(o, DEFAULT_POLICY) > RATE_THROTTLE_TO_MAX_ABOVE_PERMILLE);
+    const d = decideConvergence(o, DEFAULT_POLICY);
+    assert.equal(d.action === 'continue' ? d.throttlePermille : null, DEFAULT_POLICY.maxThrottlePermille);
+  });
+
+  it('a measured rate is scaled by the throttle it was measured under, and never lowers the throttle', () => {
+    // Measured at 50 % throttle: unthrottled it is twice that.
+    assert.equal(rateThrottlePermille(obs({ dirtyBytes: 64e6, dirtyRateBytesPerSec: 0.5 * GBps, throttlePermille: 500 }), DEFAULT_POLICY),
+      Math.ceil(1000 * (1 - 18 / 64)));
+    const d = decideConvergence(obs({ round: 4, dirtyBytes: 64e6, previousDirtyBytes: 64e6, dirtyRateBytesPerSec: 1, throttlePermille: 400 }), DEFAULT_POLICY);
+    assert.equal(d.action === 'continue' ? d.throttlePermille : null, 400 + 2 * DEFAULT_POLICY.throttleStepPermille, 'the escalation still applies');
+  });
+
+  it('a slow measured rate, or auto-converge off, adds no throttle', () => {
+    // 64 MB dirty, the next round 64 ms; at 100 MB/s the guest dirties 6.4 MB in it: below the 18 MB the switch-over moves.
+    assert.equal(rateThrottlePermille(obs({ dirtyBytes: 64e6, dirtyRateBytesPerSec: 100e6 }), DEFAULT_POLICY), 0);
+    const off = { ...DEFAULT_POLICY, autoConverge: false };
+    assert.equal((decideConvergence(obs({ round: 1, dirtyBytes: 64e6, dirtyRateBytesPerSec: 100 * GBps }), off) as { throttlePermille: number }).throttlePermille, 0);
   });
 
   it('a zero or unknown throughput never switches over on a non-empty dirty set', () => {

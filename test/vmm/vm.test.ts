@@ -155,6 +155,20 @@ describe('vm lifecycle', () => {
     assert.ok(regions.includes(2), 'the cmdline device write fired region 2 (8 KiB)');
   });
 
+  it('firedBytesNow counts what fired without re-arming: the next collect still returns it', async () => {
+    const vm = await boot(guestWat({
+      step: '(i32.store (i32.const 81920) (i32.const 1)) (i32.store (i32.const 86016) (i32.const 1)) (i32.store (i32.const 163840) (i32.const 1)) (i32.const 2)',
+    }), { granularityBytes: 4 * KiB });
+    await vm.tracker.armAll();
+    await vm.start();
+    await until(() => vm.state === 'halted', 'halt');
+    const fired = vm.tracker.firedBytesNow();
+    assert.equal(fired, 3 * 4 * KiB, 'pages 20, 21 and 40');
+    assert.equal(vm.tracker.firedBytesNow(), fired, 'reading re-armed nothing');
+    assert.deepEqual([...vm.tracker.collectPaused().regions].filter((r) => r >= 20), [20, 21, 40]);
+    assert.equal(vm.tracker.firedBytesNow(), 0);
+  });
+
   it('memory.size/grow work across vCPUs over the shared claimed size', async () => {
     const vm = await boot(guestWat({
       memory: '1',

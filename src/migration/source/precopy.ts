@@ -4,10 +4,11 @@
  * another round (possibly with a stronger vCPU throttle: auto-converge), or give up. Adaptive
  * tracing splits regions that keep firing with mostly unchanged pages to per-page tracing.
  */
+import { setTimeout as delay } from 'node:timers/promises';
 import { FerryError } from '../../lib/errors.js';
 import type { DirtyTracker } from '../../vmm/traces.js';
 import type { Vm } from '../../vmm/vm.js';
-import { DEFAULT_POLICY, decideConvergence, type ConvergenceDecision, type ConvergencePolicy } from '../convergence.js';
+import { DEFAULT_POLICY, decideConvergence, expectedDowntimeMs, type ConvergenceDecision, type ConvergencePolicy } from '../convergence.js';
 import { DIGEST_PAGE_BYTES } from '../digest.js';
 import type { MigrationOptions } from '../options.js';
 import { checkCancelled, type JobContext } from './context.js';
@@ -21,6 +22,12 @@ import type { Session } from './session.js';
 export const ADAPTIVE_START_GRANULARITY_BYTES = 2 * 1024 * 1024;
 /** Split a region that fired again when more than this share of its pages had not changed. */
 export const REFINE_UNCHANGED_FRACTION = 0.5;
+/**
+ * How long after a round's collect the guest's dirtying is sampled (read-only) for the throttle
+ * decision: short, so a hot set that is rewritten within a round is not yet all fired (the rate is
+ * a lower bound either way), and a small cost per round that does not converge by itself.
+ */
+export const DIRTY_RATE_PROBE_MS = 2;
 
 /** The tracing a migration uses: its options, else the VM's own granularity. */
 export function tracePlan(options: MigrationOptions, vmGranularityBytes: number): TracePlan {
@@ -109,13 +116,17 @@ export class PreCopy {
     const durationMs = performance.now() - startedMs;
     const moved = bytes + diskBytes;
     const throughput = moved > 0 && durationMs > 0 ? (moved * 1000) / durationMs : (record.rounds.at(-1)?.throughputBytesPerSec ?? 0);
+    // Before the collect re-arms: the probe's window then covers all it counts (its rate stays a lower bound).
+    const rearmedBy = performance.now();
     const collected = await this.collect(tracker);
     // Taken after memory's collect: either order is safe (each tracker's own contract), this one keeps the two close.
     const diskBlocks = this.disk?.take() ?? [];
     const dirtyBytes = this.estimateNextBytes(work, bytes, collected, round) + (this.disk?.bytesOf(diskBlocks) ?? 0);
+    const dirtyRate = await this.probeDirtyRate(tracker, rearmedBy, dirtyBytes, throughput);
     const decision = decideConvergence({
       round, dirtyBytes, previousDirtyBytes: this.previousDirty, throughputBytesPerSec: throughput,
       elapsedMs: record.elapsedMs(), throttlePermille: record.throttle,
+      ...(dirtyRate !== null ? { dirtyRateBytesPerSec: dirtyRate } : {}),
     }, this.policy);
     this.previousDirty = dirtyBytes;
     record.rounds.push({
@@ -131,6 +142,19 @@ export class PreCopy {
     const result = this.ctx.vm.state === 'running' ? await tracker.collect() : tracker.collectPaused();
     this.ctx.record.noteInstall(result);
     return { regions: result.regions, pages: result.pages };
+  }
+
+  /**
+   * The guest's dirty rate just after the collect (bytes fired since, per second), when the
+   * policy can use it: the guest runs, auto-converge is on and the dirty set would not fit the
+   * downtime target now. Reading the bitmap re-arms nothing: the next collect still sees all of it.
+   */
+  private async probeDirtyRate(tracker: DirtyTracker, rearmedBy: number, dirtyBytes: number, throughput: number): Promise<number | null> {
+    if (!this.policy.autoConverge || this.ctx.vm.state !== 'running') return null;
+    if (expectedDowntimeMs(dirtyBytes, throughput) <= this.policy.downtimeTargetMs) return null;
+    await delay(DIRTY_RATE_PROBE_MS);
+    const fired = tracker.firedBytesNow();
+    return (fired * 1000) / Math.max(DIRTY_RATE_PROBE_MS, performance.now() - rearmedBy);
   }
 
   /**

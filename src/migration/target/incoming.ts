@@ -60,6 +60,8 @@ export class IncomingMigration {
   private diskDigest: MemoryDigest | null = null;
   private diskBytes: number | undefined;
   private prepared = false;
+  /** The vCPU threads being made: started at PREPARE, awaited at the end of each round and before STATE. */
+  private spawned: Promise<void> | null = null;
   private ended = false;
   private state: StateBody | null = null;
   private readonly channels = new Set<ServerChannel>();
@@ -110,7 +112,8 @@ export class IncomingMigration {
       case Command.DISK: return this.applyDisk(msg.body);
       // A copied disk is flushed at the end of each round, while the guest still runs on the source:
       // COMMIT's flush then covers only the last round's blocks (it is inside the downtime).
-      case Command.ROUND: if (this.diskDigest !== null) await this.disk?.flush(); return {};
+      // The vCPU threads started at PREPARE must be ready by then: waiting for them is pre-copy's, never the downtime's.
+      case Command.ROUND: await this.spawned; if (this.diskDigest !== null) await this.disk?.flush(); return {};
       case Command.STATE: return this.applyState(msg.body);
       case Command.COMMIT: return this.commit(msg.body);
       case Command.ABORT:
@@ -154,8 +157,9 @@ export class IncomingMigration {
     return {};
   }
 
-  private applyState(body: StateBody): OkBody {
+  private async applyState(body: StateBody): Promise<OkBody> {
     const vm = this.requireVm();
+    await this.spawned;
     this.state = body;
     vm.setRestoreState({
       claimedPages: body.claimedPages, clockNs: body.clockNs, clockWallMs: body.clockWallMs,
@@ -205,9 +209,11 @@ export class IncomingMigration {
     this.image = image;
     this.digest = new MemoryDigest(body.vm.memoryBytes);
     const t1 = performance.now();
-    // Threads and instances now, so that the resume at switch-over is only a wake-up.
-    await vm.spawn();
-    this.log(`incoming migration ${this.id.slice(0, 8)}: prepared VM ${body.vm.name} (${body.vm.vcpus} vCPUs, ${body.vm.memoryBytes} bytes) in ${(performance.now() - t0).toFixed(0)} ms (instrument ${(t1 - t0).toFixed(0)} ms)`);
+    this.log(`incoming migration ${this.id.slice(0, 8)}: prepared VM ${body.vm.name} (${body.vm.vcpus} vCPUs, ${body.vm.memoryBytes} bytes) in ${(t1 - t0).toFixed(0)} ms`);
+    // Threads and instances now, so that the resume at switch-over is only a wake-up; made while
+    // round 1 arrives (not before PREPARE's reply: that cost the migration their start-up time).
+    this.spawned = vm.spawn().then(() => { this.log(`incoming migration ${this.id.slice(0, 8)}: vCPUs ready ${(performance.now() - t1).toFixed(0)} ms after prepare`); });
+    this.spawned.catch(() => undefined); // a failure is the first ROUND's (or STATE's) ERROR reply
     return { accepted: true };
   }
 
