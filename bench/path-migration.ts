@@ -59,7 +59,7 @@ export async function migrateDirectAndViaPath(memoryBytes: number, hot: string, 
         const t0 = performance.now();
         const task = await done(tc.admin.waitForTask((await tc.admin.migrateVm(VM_NAME, { to, ...(isolated ? {} : { isolation: false }) })).id, { timeoutMs: TASK_TIMEOUT_MS }));
         const taskMs = performance.now() - t0;
-        const r = task.result as unknown as MigrateSummary;
+        const r = task.result as MigrateSummary;
         if ((r.isolation.mode === 'path') !== isolated) throw new Error(`asked ${isolated ? 'a path' : 'a direct migration'}, got ${r.isolation.mode}`);
         (isolated ? out.viaPathMs : out.directMs).push(Math.round(r.totalMs));
         (isolated ? out.viaPathGuestDowntimeMs : out.directGuestDowntimeMs).push(r.guestDowntimeMs);
