@@ -7,6 +7,9 @@ const obs = (o: Partial<RoundObservation>): RoundObservation => ({
   round: 3, dirtyBytes: 0, previousDirtyBytes: null, throughputBytesPerSec: GBps, elapsedMs: 100, throttlePermille: 0, ...o,
 });
 
+/** MB the switch-over can move within the default target at 1 GB/s. */
+const SWITCHABLE_MB = DEFAULT_POLICY.downtimeTargetMs - SWITCHOVER_OVERHEAD_MS;
+
 describe('convergence policy', () => {
   it('switches over when the remaining dirty set fits the downtime target at the measured rate', () => {
     const d = decideConvergence(obs({ dirtyBytes: 10e6 }), DEFAULT_POLICY); // 10 ms + overhead
@@ -58,17 +61,17 @@ describe('convergence policy', () => {
   });
 
   it('with a measured dirty rate, throttles after round 1 as much as the next round needs to fit the target', () => {
-    // 64 MB dirty at 1 GB/s: the next round takes 64 ms; the switch-over can move (20 - 2) ms x 1 GB/s = 18 MB.
-    // Dirtying at 1 GB/s the guest would redirty 64 MB in it: it must run at most 18/64 of the time.
+    // 64 MB dirty at 1 GB/s: the next round takes 64 ms; the switch-over can move (20 - overhead) ms x 1 GB/s.
+    // Dirtying at 1 GB/s the guest would redirty 64 MB in it: it must run at most that share of the time.
     const d = decideConvergence(obs({ round: 1, dirtyBytes: 64e6, dirtyRateBytesPerSec: GBps }), DEFAULT_POLICY);
-    assert.equal(d.action === 'continue' ? d.throttlePermille : null, Math.ceil(1000 * (1 - 18 / 64)));
+    assert.equal(d.action === 'continue' ? d.throttlePermille : null, Math.ceil(1000 * (1 - SWITCHABLE_MB / 64)));
     // A faster guest gets the maximum at once, instead of after rounds that each re-send the hot set.
     const fast = decideConvergence(obs({ round: 1, dirtyBytes: 64e6, dirtyRateBytesPerSec: 1000 * GBps }), DEFAULT_POLICY);
     assert.equal(fast.action === 'continue' ? fast.throttlePermille : null, DEFAULT_POLICY.maxThrottlePermille);
   });
 
   it('a rate that needs a near-total throttle gets the maximum (the measured rate is a lower bound)', () => {
-    // At 4 GB/s: 1 - 18/256 = 930 permille by the rate alone.
+    // At 4 GB/s: 1 - 14/256 = 945 permille by the rate alone.
     const o = obs({ round: 1, dirtyBytes: 64e6, dirtyRateBytesPerSec: 4 * GBps });
     assert.ok(rateThrottlePermille(o, DEFAULT_POLICY) > RATE_THROTTLE_TO_MAX_ABOVE_PERMILLE);
     const d = decideConvergence(o, DEFAULT_POLICY);
@@ -78,7 +81,7 @@ describe('convergence policy', () => {
   it('a measured rate is scaled by the throttle it was measured under, and never lowers the throttle', () => {
     // Measured at 50 % throttle: unthrottled it is twice that.
     assert.equal(rateThrottlePermille(obs({ dirtyBytes: 64e6, dirtyRateBytesPerSec: 0.5 * GBps, throttlePermille: 500 }), DEFAULT_POLICY),
-      Math.ceil(1000 * (1 - 18 / 64)));
+      Math.ceil(1000 * (1 - SWITCHABLE_MB / 64)));
     const d = decideConvergence(obs({ round: 4, dirtyBytes: 64e6, previousDirtyBytes: 64e6, dirtyRateBytesPerSec: 1, throttlePermille: 400 }), DEFAULT_POLICY);
     assert.equal(d.action === 'continue' ? d.throttlePermille : null, 400 + 2 * DEFAULT_POLICY.throttleStepPermille, 'the escalation still applies');
   });
