@@ -7,7 +7,8 @@ import { formatAddress, type ByteStream, type DialOptions, type Listener, type T
 /** Keep-alive probes start after this much silence: a vanished peer is noticed within minutes, not hours. */
 export const TCP_KEEPALIVE_DELAY_MS = 10_000;
 
-function tune(socket: Socket): void {
+/** Every mobility byte stream's socket options (plain TCP here, the TCP under a path's TLS in ./path/). */
+export function tuneSocket(socket: Socket): void {
   socket.setNoDelay(true);
   // Node exposes no SO_SNDBUF/SO_RCVBUF setter; the high-water mark bounds what is queued in user space.
   socket.setKeepAlive(true, TCP_KEEPALIVE_DELAY_MS);
@@ -27,7 +28,7 @@ function dial(to: TransportAddress, options: DialOptions): Promise<ByteStream> {
     const cleanup = (): void => { clearTimeout(timer); options.signal?.removeEventListener('abort', onAbort); socket.off('error', onError); };
     options.signal?.addEventListener('abort', onAbort, { once: true });
     socket.once('error', onError);
-    socket.once('connect', () => { cleanup(); tune(socket); resolve(socket); });
+    socket.once('connect', () => { cleanup(); tuneSocket(socket); resolve(socket); });
   });
 }
 
@@ -41,7 +42,7 @@ export function listenError(err: unknown, where: string): FerryError {
 }
 
 async function listen(at: TransportAddress, onStream: (stream: ByteStream) => void): Promise<Listener> {
-  const server = createServer((socket) => { tune(socket); onStream(socket); });
+  const server = createServer((socket) => { tuneSocket(socket); onStream(socket); });
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err) => { reject(listenError(err, formatAddress(at))); });
     server.listen(at.port, at.host, () => { server.removeAllListeners('error'); resolve(); });

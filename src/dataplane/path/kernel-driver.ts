@@ -11,11 +11,11 @@
  * and never logged: messages name the path by its short id and its virtual addresses only.
  */
 import { createHash, randomBytes, randomInt } from 'node:crypto';
-import { connect as netConnect, isIPv4, type Socket } from 'node:net';
+import { connect as netConnect, isIPv4 } from 'node:net';
 import { connect as tlsConnect, createServer as tlsCreateServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import { FerryError, errnoCode, errorMessage } from '../../lib/errors.js';
 import { silentLogger, type Logger } from '../../lib/logger.js';
-import { TCP_KEEPALIVE_DELAY_MS, listenError } from '../tcp.js';
+import { listenError, tuneSocket } from '../tcp.js';
 import type { ByteStream } from '../transport.js';
 import type { PathCarrier, PathDriver } from './driver.js';
 import { ipJson, runIp, runIpDelete, type IpOptions } from './ip-command.js';
@@ -93,11 +93,6 @@ export interface KernelDriverOptions {
 
 function shortId(spec: Pick<PathSpec, 'pathId'>): string {
   return spec.pathId.slice(0, 8);
-}
-
-function tune(socket: Socket): void {
-  socket.setNoDelay(true);
-  socket.setKeepAlive(true, TCP_KEEPALIVE_DELAY_MS);
 }
 
 /** The MTU of the underlay towards the peer: that of the device the route to it leaves by. */
@@ -213,7 +208,7 @@ class KernelCarrier implements PathCarrier {
       socket.once('error', onError);
       tcp.once('error', onError);
       tcp.once('connect', () => { connected = true; });
-      socket.once('secureConnect', () => { cleanup(); tune(socket); this.track(socket); resolve(socket); });
+      socket.once('secureConnect', () => { cleanup(); tuneSocket(socket); this.track(socket); resolve(socket); });
     });
   }
 
@@ -223,7 +218,7 @@ class KernelCarrier implements PathCarrier {
     const server = tlsCreateServer({
       ...pskServerOptions((pathId, side) => (pathId === this.spec.pathId && side === peerSide ? this.key : null)),
       handshakeTimeout: PATH_HANDSHAKE_TIMEOUT_MS,
-    }, (socket) => { tune(socket); this.track(socket); onStream(socket); });
+    }, (socket) => { tuneSocket(socket); this.track(socket); onStream(socket); });
     server.on('tlsClientError', (err, socket) => {
       // A peer without this path's key (or a scanner): dropped. No address in the line: it may be anyone's.
       socket.destroy();

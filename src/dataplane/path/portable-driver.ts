@@ -24,7 +24,7 @@ import { createServer, type AddressInfo, type Server, type Socket } from 'node:n
 import { connect as tlsConnect, createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import { FerryError, errnoCode } from '../../lib/errors.js';
 import { silentLogger, type Logger } from '../../lib/logger.js';
-import { TCP_KEEPALIVE_DELAY_MS, listenError } from '../tcp.js';
+import { listenError, tuneSocket } from '../tcp.js';
 import { formatAddress, type ByteStream, type DialOptions } from '../transport.js';
 import type { PathCarrier, PathDriver } from './driver.js';
 import { otherSide, pathKey, pskClientOptions, pskServerOptions } from './psk.js';
@@ -78,11 +78,6 @@ export async function createPortableDriver(options: PortableDriverOptions): Prom
   return driver;
 }
 
-function tune(socket: Socket | TLSSocket): void {
-  socket.setNoDelay(true);
-  socket.setKeepAlive(true, TCP_KEEPALIVE_DELAY_MS);
-}
-
 function shortId(pathId: string): string {
   return pathId.slice(0, 8);
 }
@@ -129,7 +124,7 @@ class PortablePath implements PathCarrier {
       throw err;
     }
     if (this.closed) { socket.destroy(); throw this.refusal('it was closed while the stream was being set up'); }
-    tune(socket);
+    tuneSocket(socket);
     socket.write(encodeStreamHeader(port));
     return socket;
   }
@@ -325,7 +320,7 @@ class PortableDriver implements PathDriver {
       this.refused(this.closing !== null ? 'closing' : `${MAX_PENDING_STREAMS} connections pending`, null);
       return;
     }
-    tune(raw);
+    tuneSocket(raw);
     this.connections.add(raw);
     raw.once('close', () => { this.connections.delete(raw); });
     this.tlsServer.emit('connection', raw);
