@@ -36,6 +36,7 @@ import { HostPaths } from './paths.js';
 import { openPathDrivers, type PathDriverChoice } from './path-drivers.js';
 import type { PathDriver } from '../dataplane/path/driver.js';
 import type { TicketRequest, TicketView } from '../api/host-v1.js';
+import { shortPathId } from '../dataplane/path/spec.js';
 
 /** Default memory the host lends to VMs in all (an operator sets it to what the machine can spare). */
 export const DEFAULT_MEMORY_LIMIT_BYTES = 16 * GiB;
@@ -243,7 +244,7 @@ export class HostAgent {
         if (!taken) throw err;
       }
     }
-    throw new FerryError('BUSY', `every port of path ${pathId.slice(0, 8)} has a migration ticket listening; try again when one ends`, { pathId });
+    throw new FerryError('BUSY', `every port of path ${shortPathId(pathId)} has a migration ticket listening; try again when one ends`, { pathId });
   }
 
   hostInfo(): HostInfo {

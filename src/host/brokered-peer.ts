@@ -8,6 +8,7 @@
 import { FerryError } from '../lib/errors.js';
 import type { TicketView } from '../api/host-v1.js';
 import type { IncomingOutcome, IncomingTicket, MigrationTargetPeer } from '../migration/peer.js';
+import { shortPathId } from '../dataplane/path/spec.js';
 
 /** Asks the center what the target recorded for incoming migration `incomingId` of path `pathId`. */
 export type BrokeredOutcome = (pathId: string, incomingId: string, timeoutMs: number) => Promise<IncomingOutcome>;
@@ -18,7 +19,7 @@ export class BrokeredTargetPeer implements MigrationTargetPeer {
 
   /** `targetAddress`: the target's virtual address on the path (the only address the migration dials). */
   constructor(targetName: string, private readonly pathId: string, private readonly ticket: TicketView, private readonly targetAddress: string, private readonly ask: BrokeredOutcome) {
-    this.label = `host ${targetName} (virtual path ${pathId.slice(0, 8)})`;
+    this.label = `host ${targetName} (virtual path ${shortPathId(pathId)})`;
   }
 
   requestTicket(): Promise<IncomingTicket> {

@@ -14,7 +14,7 @@
 import { FerryError, errorMessage } from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
 import type { PathDriver } from '../dataplane/path/driver.js';
-import { pathRecord, type PathDriverKind, type PathSpec, type PathView } from '../dataplane/path/spec.js';
+import { shortPathId, pathRecord, type PathDriverKind, type PathSpec, type PathView } from '../dataplane/path/spec.js';
 import { VirtualPath } from '../dataplane/path/virtual-path.js';
 import type { HostStore } from './store.js';
 
@@ -72,7 +72,7 @@ export class HostPaths {
     }
     // A record of a driver this run does not offer cannot be acted on: say so, keep it for a run that can.
     for (const r of records) {
-      if (!this.o.drivers.some((d) => d.kind === r.driver)) this.o.logger.warn(`path ${r.pathId.slice(0, 8)} of the previous run used the ${r.driver} driver, which this run does not offer: its leftovers stay until a run with it starts`);
+      if (!this.o.drivers.some((d) => d.kind === r.driver)) this.o.logger.warn(`path ${shortPathId(r.pathId)} of the previous run used the ${r.driver} driver, which this run does not offer: its leftovers stay until a run with it starts`);
     }
     this.timer = setInterval(() => { void this.sweep(); }, PATH_EXPIRY_CHECK_MS);
     this.timer.unref();
@@ -93,7 +93,7 @@ export class HostPaths {
       if (this.closed) throw new FerryError('BUSY', 'the host is shutting down; it opens no path');
       const known = this.paths.get(spec.pathId);
       if (known !== undefined) return this.renew(known, spec);
-      if (spec.expiresAtMs <= this.now()) throw new FerryError('PATH_REFUSED', `path ${short(spec.pathId)} has already expired`, { pathId: spec.pathId });
+      if (spec.expiresAtMs <= this.now()) throw new FerryError('PATH_REFUSED', `path ${shortPathId(spec.pathId)} has already expired`, { pathId: spec.pathId });
       if (this.paths.size >= MAX_LIVE_PATHS) throw new FerryError('BUSY', `host has ${MAX_LIVE_PATHS} virtual paths open; try again when an operation ends`);
       const driver = this.o.drivers.find((d) => d.kind === spec.driver);
       if (driver === undefined) {
@@ -102,13 +102,13 @@ export class HostPaths {
       await this.o.store.writePathRecord(pathRecord(spec));
       let path: VirtualPath;
       try {
-        path = new VirtualPath(spec, await driver.open(spec, this.o.logger.child({ pathId: short(spec.pathId) })), this.now);
+        path = new VirtualPath(spec, await driver.open(spec, this.o.logger.child({ pathId: shortPathId(spec.pathId) })), this.now);
       } catch (err) {
         await this.o.store.removePathRecord(spec.pathId);
         throw err;
       }
       this.paths.set(spec.pathId, path);
-      this.o.logger.info(`virtual path ${short(spec.pathId)} open: ${spec.side}, ${spec.driver}, ${spec.localAddress} <-> ${spec.peerAddress}`, { pathId: spec.pathId, side: spec.side, driver: spec.driver });
+      this.o.logger.info(`virtual path ${shortPathId(spec.pathId)} open: ${spec.side}, ${spec.driver}, ${spec.localAddress} <-> ${spec.peerAddress}`, { pathId: spec.pathId, side: spec.side, driver: spec.driver });
       return path.view();
     });
   }
@@ -116,8 +116,8 @@ export class HostPaths {
   /** The operation's transport. NOT_FOUND for a path this host does not have; PATH_REFUSED for one of the other side. */
   transport(pathId: string, side: PathSpec['side']): VirtualPath {
     const path = this.paths.get(pathId);
-    if (path === undefined) throw new FerryError('NOT_FOUND', `this host has no virtual path ${short(pathId)} (never pushed, ended or expired)`, { pathId });
-    if (path.spec.side !== side) throw new FerryError('PATH_REFUSED', `path ${short(pathId)} is this host's ${path.spec.side} end, not its ${side} end`, { pathId });
+    if (path === undefined) throw new FerryError('NOT_FOUND', `this host has no virtual path ${shortPathId(pathId)} (never pushed, ended or expired)`, { pathId });
+    if (path.spec.side !== side) throw new FerryError('PATH_REFUSED', `path ${shortPathId(pathId)} is this host's ${path.spec.side} end, not its ${side} end`, { pathId });
     return path;
   }
 
@@ -134,7 +134,7 @@ export class HostPaths {
         // The record stays only if the driver failed to remove its parts: the next start tries again.
         await this.o.store.removePathRecord(pathId).catch(() => undefined);
       }
-      this.o.logger.info(`virtual path ${short(pathId)} removed: ${reason}`, { pathId, reason });
+      this.o.logger.info(`virtual path ${shortPathId(pathId)} removed: ${reason}`, { pathId, reason });
       return true;
     });
   }
@@ -145,7 +145,7 @@ export class HostPaths {
    * one path (a center that took the task over asked again) keeps it open for the first one's migration.
    */
   hold(pathId: string, reason: string): () => void {
-    if (!this.paths.has(pathId)) throw new FerryError('NOT_FOUND', `this host has no virtual path ${short(pathId)}`, { pathId });
+    if (!this.paths.has(pathId)) throw new FerryError('NOT_FOUND', `this host has no virtual path ${shortPathId(pathId)}`, { pathId });
     this.holds.set(pathId, (this.holds.get(pathId) ?? 0) + 1);
     let released = false;
     return () => {
@@ -166,7 +166,7 @@ export class HostPaths {
     const check = (): void => {
       if (this.paths.get(pathId) !== path) return;
       if (path.openStreams > 0 && this.now() < deadline && !this.closed) { setTimeout(check, 100).unref(); return; }
-      void this.remove(pathId, reason).catch((err: unknown) => { this.o.logger.warn(`cannot remove path ${short(pathId)}: ${errorMessage(err)}`); });
+      void this.remove(pathId, reason).catch((err: unknown) => { this.o.logger.warn(`cannot remove path ${shortPathId(pathId)}: ${errorMessage(err)}`); });
     };
     check();
   }
@@ -181,7 +181,7 @@ export class HostPaths {
 
   private renew(path: VirtualPath, spec: PathSpec): PathView {
     if (JSON.stringify({ ...spec, expiresAtMs: 0 }) !== JSON.stringify({ ...path.spec, expiresAtMs: 0 })) {
-      throw new FerryError('ALREADY_EXISTS', `path ${short(spec.pathId)} is open here with other addresses, ports or keys; a path never changes under its operation`, { pathId: spec.pathId });
+      throw new FerryError('ALREADY_EXISTS', `path ${shortPathId(spec.pathId)} is open here with other addresses, ports or keys; a path never changes under its operation`, { pathId: spec.pathId });
     }
     if (spec.expiresAtMs > path.expiresAt) path.renew(spec.expiresAtMs);
     return path.view();
@@ -189,7 +189,7 @@ export class HostPaths {
 
   private async sweep(): Promise<void> {
     for (const [id, path] of this.paths) {
-      if (path.expired()) await this.remove(id, 'expired').catch((err: unknown) => { this.o.logger.warn(`cannot remove expired path ${short(id)}: ${errorMessage(err)}`); });
+      if (path.expired()) await this.remove(id, 'expired').catch((err: unknown) => { this.o.logger.warn(`cannot remove expired path ${shortPathId(id)}: ${errorMessage(err)}`); });
     }
   }
 
@@ -203,4 +203,3 @@ export class HostPaths {
   }
 }
 
-function short(pathId: string): string { return pathId.slice(0, 8); }

@@ -6,6 +6,7 @@
 import { errorMessage } from '../../lib/errors.js';
 import type { HostControl } from '../host-control.js';
 import type { CenterStore } from '../store/store.js';
+import { shortPathId } from '../../dataplane/path/spec.js';
 
 /** Expired paths released per sweep, at most (the next sweep takes the rest). */
 export const EXPIRED_PATHS_PER_SWEEP = 100;
@@ -14,12 +15,12 @@ export async function releaseExpiredPaths(store: CenterStore, hosts: HostControl
   const expired = await store.expiredLivePaths(nowMs, EXPIRED_PATHS_PER_SWEEP);
   for (const p of expired) {
     if (!await store.releasePath(p.pathId, 'expired')) continue;
-    log(`path ${p.pathId.slice(0, 8)} (${p.sourceHost} -> ${p.targetHost}) expired: released`);
+    log(`path ${shortPathId(p.pathId)} (${p.sourceHost} -> ${p.targetHost}) expired: released`);
     for (const name of [p.sourceHost, p.targetHost]) {
       try {
         await hosts.client(await store.getHost(name)).deletePath(p.pathId);
       } catch (err) {
-        log(`cannot remove expired path ${p.pathId.slice(0, 8)} from host ${name} (it removes it by itself): ${errorMessage(err)}`);
+        log(`cannot remove expired path ${shortPathId(p.pathId)} from host ${name} (it removes it by itself): ${errorMessage(err)}`);
       }
     }
   }

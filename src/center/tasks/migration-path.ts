@@ -15,7 +15,7 @@ import type { HostClient } from '../../api/host-client.js';
 import { errorMessage, isFerryError } from '../../lib/errors.js';
 import type { CenterStore } from '../store/store.js';
 import { chooseDriver, pathSpecs, type MobilityManager } from '../mobility/paths.js';
-import type { PathDriverKind, PathSpec } from '../../dataplane/path/spec.js';
+import { shortPathId, type PathDriverKind, type PathSpec } from '../../dataplane/path/spec.js';
 import type { Host, JsonValue } from '../store/model.js';
 import type { TaskContext } from './workers.js';
 
@@ -98,9 +98,9 @@ export async function routeMigration(d: RouteDeps, ctx: TaskContext, wanted: boo
   const pair = await takenOver(d, ctx) ?? await d.paths.allocate({ taskId: ctx.task.id, source, target, driver, ttlMs: d.ttlMs, firstPort: MIGRATION_PATH_FIRST_PORT, portCount: MIGRATION_PATH_PORTS });
   const close = async (reason: string): Promise<void> => {
     renewal.stop();
-    await d.paths.release(pair.pathId, reason).catch((err: unknown) => { ctx.log(`cannot release path ${pair.pathId.slice(0, 8)} in the store: ${errorMessage(err)}`); });
+    await d.paths.release(pair.pathId, reason).catch((err: unknown) => { ctx.log(`cannot release path ${shortPathId(pair.pathId)} in the store: ${errorMessage(err)}`); });
     // Best effort: a host that does not answer removes its end when the path expires.
-    await Promise.all([dst.deletePath(pair.pathId), src.deletePath(pair.pathId)].map((p) => p.catch((err: unknown) => { ctx.log(`cannot remove path ${pair.pathId.slice(0, 8)} from a host: ${errorMessage(err)}`); })));
+    await Promise.all([dst.deletePath(pair.pathId), src.deletePath(pair.pathId)].map((p) => p.catch((err: unknown) => { ctx.log(`cannot remove path ${shortPathId(pair.pathId)} from a host: ${errorMessage(err)}`); })));
   };
   const renewal = renewLoop(d, ctx, pair, src, dst);
   try {
@@ -126,7 +126,7 @@ async function takenOver(d: RouteDeps, ctx: TaskContext): Promise<PathPair | nul
   const pathId = await d.paths.liveOfTask(ctx.task.id);
   if (pathId === null) return null;
   const pair = await d.paths.renew(pathId, Date.now() + d.ttlMs);
-  if (pair !== null) ctx.log(`taken over: migration keeps its path ${pathId.slice(0, 8)}`);
+  if (pair !== null) ctx.log(`taken over: migration keeps its path ${shortPathId(pathId)}`);
   return pair;
 }
 
@@ -137,7 +137,7 @@ function renewLoop(d: RouteDeps, ctx: TaskContext, pair: PathPair, src: HostClie
       const renewed = await d.paths.renew(pair.pathId, Date.now() + d.ttlMs);
       if (renewed === null) return;
       await Promise.all([dst.putPath(renewed.targetSpec), src.putPath(renewed.sourceSpec)]);
-    })().catch((err: unknown) => { ctx.log(`cannot renew path ${pair.pathId.slice(0, 8)}: ${errorMessage(err)}`); });
+    })().catch((err: unknown) => { ctx.log(`cannot renew path ${shortPathId(pair.pathId)}: ${errorMessage(err)}`); });
   }, Math.max(1000, Math.floor(d.ttlMs / 3)));
   timer.unref();
   return { stop: () => { clearInterval(timer); } };

@@ -20,7 +20,7 @@ import type { ByteStream } from '../transport.js';
 import type { PathCarrier, PathDriver } from './driver.js';
 import { ipJson, runIp, runIpDelete, type IpOptions } from './ip-command.js';
 import { otherSide, pathKey, pskClientOptions, pskServerOptions } from './psk.js';
-import { MAX_VNI, type PathSpec } from './spec.js';
+import { shortPathId, MAX_VNI, type PathSpec } from './spec.js';
 
 /** The IANA VXLAN port: the peer sends this path's frames to our underlay address at it. */
 export const VXLAN_PORT = 4789;
@@ -89,10 +89,6 @@ export interface KernelDriverOptions {
   /** This host's underlay (physical) IPv4 address: the local end of every VXLAN and the endpoint peers are told. */
   readonly underlayAddress: string;
   readonly log?: Logger;
-}
-
-function shortId(spec: Pick<PathSpec, 'pathId'>): string {
-  return spec.pathId.slice(0, 8);
 }
 
 /** The MTU of the underlay towards the peer: that of the device the route to it leaves by. */
@@ -170,7 +166,7 @@ async function runSteps(spec: PathSpec, steps: readonly SetupStep[], ip: IpOptio
     // Undo only what this call made: a link that already existed (EEXIST) belongs to someone else.
     for (const undo of undos) await runIpDelete(undo, ip).catch(() => undefined);
     const why = errorMessage(err);
-    throw new FerryError('PATH_SETUP_FAILED', `cannot set up kernel path ${shortId(spec)} (${spec.localAddress} → ${spec.peerAddress}): ${why}`, { pathId: spec.pathId }, { cause: err });
+    throw new FerryError('PATH_SETUP_FAILED', `cannot set up kernel path ${shortPathId(spec.pathId)} (${spec.localAddress} → ${spec.peerAddress}): ${why}`, { pathId: spec.pathId }, { cause: err });
   }
 }
 
@@ -195,7 +191,7 @@ class KernelCarrier implements PathCarrier {
       const socket = tlsConnect({ socket: tcp, ...pskClientOptions(this.spec) });
       const fail = (err: FerryError): void => { cleanup(); socket.destroy(); tcp.destroy(); reject(err); };
       const timer = setTimeout(() => {
-        fail(new FerryError('CONNECT_TIMEOUT', `kernel path ${shortId(this.spec)}: connecting to ${where} timed out after ${options.timeoutMs} ms`));
+        fail(new FerryError('CONNECT_TIMEOUT', `kernel path ${shortPathId(this.spec.pathId)}: connecting to ${where} timed out after ${options.timeoutMs} ms`));
       }, options.timeoutMs);
       const onAbort = (): void => { fail(this.cancelled(where, options.signal)); };
       const onError = (err: Error): void => { fail(this.dialError(where, err, connected)); };
@@ -222,7 +218,7 @@ class KernelCarrier implements PathCarrier {
     server.on('tlsClientError', (err, socket) => {
       // A peer without this path's key (or a scanner): dropped. No address in the line: it may be anyone's.
       socket.destroy();
-      this.log.debug('kernel path: a stream failed the TLS handshake', { path: shortId(this.spec), reason: errnoCode(err) ?? errorMessage(err) });
+      this.log.debug('kernel path: a stream failed the TLS handshake', { path: shortPathId(this.spec.pathId), reason: errnoCode(err) ?? errorMessage(err) });
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err) => { reject(listenError(err, `${this.spec.localAddress}:${port}`)); });
@@ -238,7 +234,7 @@ class KernelCarrier implements PathCarrier {
       for (const socket of this.sockets) socket.destroy();
       this.sockets.clear();
       await removeKernelPathParts(kernelPathParts(this.spec), this.ip);
-      this.log.info('kernel path closed', { path: shortId(this.spec) });
+      this.log.info('kernel path closed', { path: shortPathId(this.spec.pathId) });
     })();
     return this.closing;
   }
@@ -261,16 +257,16 @@ class KernelCarrier implements PathCarrier {
       return this.refused(`the peer at ${where} did not accept the path's key (${code ?? errorMessage(err)})`);
     }
     // errno codes only: Node's messages of a failed connect repeat addresses, and a code says enough.
-    return new FerryError('HOST_UNREACHABLE', `kernel path ${shortId(this.spec)}: cannot connect to ${where} (${code})`, { pathId: this.spec.pathId, errno: code });
+    return new FerryError('HOST_UNREACHABLE', `kernel path ${shortPathId(this.spec.pathId)}: cannot connect to ${where} (${code})`, { pathId: this.spec.pathId, errno: code });
   }
 
   private cancelled(where: string, signal: AbortSignal | undefined): FerryError {
     const reason: unknown = signal?.reason;
-    return reason instanceof FerryError ? reason : new FerryError('CANCELLED', `kernel path ${shortId(this.spec)}: connecting to ${where} was cancelled`);
+    return reason instanceof FerryError ? reason : new FerryError('CANCELLED', `kernel path ${shortPathId(this.spec.pathId)}: connecting to ${where} was cancelled`);
   }
 
   private refused(why: string): FerryError {
-    return new FerryError('PATH_REFUSED', `kernel path ${shortId(this.spec)} refused: ${why}`, { pathId: this.spec.pathId });
+    return new FerryError('PATH_REFUSED', `kernel path ${shortPathId(this.spec.pathId)} refused: ${why}`, { pathId: this.spec.pathId });
   }
 }
 
@@ -342,9 +338,9 @@ export async function kernelDriverSupport(): Promise<KernelSupport> {
 }
 
 function checkSpec(spec: PathSpec): void {
-  if (spec.driver !== 'kernel') throw new FerryError('PATH_SETUP_FAILED', `path ${shortId(spec)} is for the ${spec.driver} driver, not the kernel one`);
+  if (spec.driver !== 'kernel') throw new FerryError('PATH_SETUP_FAILED', `path ${shortPathId(spec.pathId)} is for the ${spec.driver} driver, not the kernel one`);
   // The VXLAN's remote must be an address: a name would need a resolver, and `ip` takes none.
-  if (!isIPv4(spec.peerEndpoint.host)) throw new FerryError('PATH_SETUP_FAILED', `kernel path ${shortId(spec)}: the peer's tunnel endpoint must be an IPv4 address`);
+  if (!isIPv4(spec.peerEndpoint.host)) throw new FerryError('PATH_SETUP_FAILED', `kernel path ${shortPathId(spec.pathId)}: the peer's tunnel endpoint must be an IPv4 address`);
 }
 
 export function createKernelDriver(options: KernelDriverOptions): PathDriver {
@@ -358,9 +354,9 @@ export function createKernelDriver(options: KernelDriverOptions): PathDriver {
       checkSpec(spec);
       const ip: IpOptions = { redact: [spec.peerEndpoint.host] };
       const mtu = await underlayMtu(underlayAddress, spec.peerEndpoint.host, ip)
-        .catch((err: unknown) => { throw new FerryError('PATH_SETUP_FAILED', `kernel path ${shortId(spec)}: no route to the peer's tunnel endpoint: ${errorMessage(err)}`); });
+        .catch((err: unknown) => { throw new FerryError('PATH_SETUP_FAILED', `kernel path ${shortPathId(spec.pathId)}: no route to the peer's tunnel endpoint: ${errorMessage(err)}`); });
       await runSteps(spec, setupSteps(spec, underlayAddress, mtu - VXLAN_OVERHEAD_BYTES), ip);
-      log.info('kernel path open', { path: shortId(spec), localAddress: spec.localAddress, peerAddress: spec.peerAddress, mtu: mtu - VXLAN_OVERHEAD_BYTES });
+      log.info('kernel path open', { path: shortPathId(spec.pathId), localAddress: spec.localAddress, peerAddress: spec.peerAddress, mtu: mtu - VXLAN_OVERHEAD_BYTES });
       return new KernelCarrier(spec, log, ip);
     },
     async removeLeftovers(specs, log) {
@@ -370,7 +366,7 @@ export function createKernelDriver(options: KernelDriverOptions): PathDriver {
           await removeKernelPathParts(kernelPathParts(spec), { redact: [spec.peerEndpoint.host] });
         } catch (err) {
           failures.push(err);
-          log.warn('kernel path: could not remove what a previous run left', { path: shortId(spec), error: errorMessage(err) });
+          log.warn('kernel path: could not remove what a previous run left', { path: shortPathId(spec.pathId), error: errorMessage(err) });
         }
       }
       if (failures.length > 0) throw failures[0];

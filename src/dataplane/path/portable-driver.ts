@@ -28,7 +28,7 @@ import { listenError, tuneSocket } from '../tcp.js';
 import { formatAddress, type ByteStream, type DialOptions } from '../transport.js';
 import type { PathCarrier, PathDriver } from './driver.js';
 import { otherSide, pathKey, pskClientOptions, pskServerOptions } from './psk.js';
-import { pathGrantsPort, pathSpecSchema, type PathEndpoint, type PathSpec } from './spec.js';
+import { shortPathId, pathGrantsPort, pathSpecSchema, type PathEndpoint, type PathSpec } from './spec.js';
 
 /** "FRYP": the first 4 bytes of every stream header (a stray client speaking something else is told apart at once). */
 export const STREAM_HEADER_MAGIC = 0x4652_5950;
@@ -78,10 +78,6 @@ export async function createPortableDriver(options: PortableDriverOptions): Prom
   return driver;
 }
 
-function shortId(pathId: string): string {
-  return pathId.slice(0, 8);
-}
-
 /** One open path's part on this driver: its key (while it is registered), its listeners and its streams. */
 class PortablePath implements PathCarrier {
   readonly key: Buffer;
@@ -94,7 +90,7 @@ class PortablePath implements PathCarrier {
     this.key = pathKey(spec);
   }
 
-  get short(): string { return shortId(this.spec.pathId); }
+  get short(): string { return shortPathId(this.spec.pathId); }
 
   /** Open and not expired: only then does its key answer a handshake. */
   live(): boolean { return !this.closed && this.now() < this.spec.expiresAtMs; }
@@ -271,7 +267,7 @@ class PortableDriver implements PathDriver {
       : this.paths.has(key) ? 'it is already open on this host'
       : this.paths.size >= MAX_PORTABLE_PATHS ? `${MAX_PORTABLE_PATHS} paths are open already`
       : null;
-    if (why !== null) return Promise.reject(new FerryError('PATH_SETUP_FAILED', `virtual path ${shortId(spec.pathId)} cannot be set up: ${why}`, { pathId: spec.pathId }));
+    if (why !== null) return Promise.reject(new FerryError('PATH_SETUP_FAILED', `virtual path ${shortPathId(spec.pathId)} cannot be set up: ${why}`, { pathId: spec.pathId }));
     const path = new PortablePath(spec, pathLog, this.now, (p) => { this.unregister(key, p); });
     this.paths.set(key, path);
     pathLog.debug('virtual path registered on the tunnel endpoint', { pathId: spec.pathId, side: spec.side });

@@ -18,6 +18,13 @@ export type PathDriverKind = (typeof PATH_DRIVER_KINDS)[number];
 
 /** An operation's path id: the same on both hosts, and the TLS PSK identity's subject. */
 export const PATH_ID_PATTERN = /^[0-9a-f]{32}$/;
+/** Hex digits of a path id shown in logs and messages: enough to find it, the whole id stays in details. */
+export const SHORT_PATH_ID_CHARS = 8;
+
+export function shortPathId(pathId: string): string {
+  return pathId.slice(0, SHORT_PATH_ID_CHARS);
+}
+
 /** Bytes of a path secret (256 bits, as base64url in the spec). */
 export const PATH_SECRET_BYTES = 32;
 /** Ports an operation may be granted on its virtual address, at most (a migration uses one; a copy a few). */

@@ -8,7 +8,7 @@
 import { FerryError } from '../../lib/errors.js';
 import { formatAddress, type ByteStream, type DialOptions, type Listener, type Transport, type TransportAddress } from '../transport.js';
 import type { PathCarrier } from './driver.js';
-import { pathGrantsPort, pathView, type PathSpec, type PathView } from './spec.js';
+import { shortPathId, pathGrantsPort, pathView, type PathSpec, type PathView } from './spec.js';
 
 /** Streams open on one path at once, at most (a migration uses 1 + its data channels; a copy a few). */
 export const MAX_PATH_STREAMS = 64;
@@ -74,7 +74,7 @@ export class VirtualPath implements Transport {
 
   expired(): boolean { return this.now() >= this.expiresAtMs; }
 
-  private get short(): string { return this.spec.pathId.slice(0, 8); }
+  private get short(): string { return shortPathId(this.spec.pathId); }
 
   private track(stream: ByteStream): void {
     this.streams.add(stream);
