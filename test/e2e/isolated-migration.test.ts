@@ -104,9 +104,16 @@ describe('isolated migration through the center, hosts in network namespaces (ke
     const t = await wait(await admin.createVm({ name, host: on, image: 'dirtier', memoryBytes: VM_MEMORY_BYTES, cmdline: 'hot=1MiB rate=200 fill=1 claim=all' }));
     assert.equal(t.state, 'succeeded', JSON.stringify(t.error));
   };
-  /** Resolves once the task's migration sends pages (its path is up and carrying). */
-  const copying = async (task: CenterTaskView, from: number): Promise<void> => {
-    await waitForEvent(admin, from, (e) => e.kind === 'migration.progress' && (e.payload as { taskId?: number; round?: number }).taskId === task.id, 60_000);
+  /**
+   * A VM created on `from` and its slow migration to `to`, once it sends pages (its path is up and
+   * carrying); `fromEventId` is the last event before the migration was asked for.
+   */
+  const migrating = async (vm: string, from: NsHost, to: NsHost): Promise<{ task: CenterTaskView; fromEventId: number }> => {
+    await createVm(vm, from.name);
+    const fromEventId = await center.store.latestEventId();
+    const task = await admin.migrateVm(vm, { to: to.name, options: SLOW });
+    await waitForEvent(admin, fromEventId, (e) => e.kind === 'migration.progress' && (e.payload as { taskId?: number }).taskId === task.id, 60_000);
+    return { task, fromEventId };
   };
 
   before(async () => {
@@ -143,10 +150,7 @@ describe('isolated migration through the center, hosts in network namespaces (ke
 
   it('sockets show virtual addresses only, no physical address in record, events or logs; nothing left after success', async () => {
     const [a, b] = [host(0), host(1)];
-    await createVm('iso-ok', a.name);
-    const from = await center.store.latestEventId();
-    const task = await admin.migrateVm('iso-ok', { to: b.name, options: SLOW });
-    await copying(task, from);
+    const { task, fromEventId: from } = await migrating('iso-ok', a, b);
     for (const h of [a, b]) {
       const sockets = (await net.exec(h.net.ns, 'ss', ['-tnpH'])).split('\n').filter((l) => l.includes(`:${MIGRATION_PORT}`));
       assert.ok(sockets.length >= 2, `${h.name}: the migration's control and data streams are open: ${sockets.join(' | ')}`);
@@ -175,10 +179,7 @@ describe('isolated migration through the center, hosts in network namespaces (ke
 
   it('a socket bound to the virtual address cannot reach the peer\'s physical address', async () => {
     const [a, b] = [host(0), host(1)];
-    await createVm('iso-reach', a.name);
-    const from = await center.store.latestEventId();
-    const task = await admin.migrateVm('iso-reach', { to: b.name, options: SLOW });
-    await copying(task, from);
+    const { task } = await migrating('iso-reach', a, b);
     const addrs = (await net.ipJson(a.net.ns, ['addr', 'show'])) as { addr_info: { local: string }[] }[];
     const virtual = addrs.flatMap((x) => x.addr_info.map((i) => i.local)).find((x) => x.startsWith('100.'));
     assert.ok(virtual !== undefined, 'the source has its virtual address');
@@ -192,10 +193,7 @@ describe('isolated migration through the center, hosts in network namespaces (ke
 
   it('a cancelled migration leaves nothing on either host and the VM on its source', async () => {
     const [a, b] = [host(0), host(1)];
-    await createVm('iso-cancel', a.name);
-    const from = await center.store.latestEventId();
-    const task = await admin.migrateVm('iso-cancel', { to: b.name, options: SLOW });
-    await copying(task, from);
+    const { task } = await migrating('iso-cancel', a, b);
     await admin.cancelTask(task.id);
     assert.equal((await wait(task)).state, 'cancelled');
     assert.equal((await admin.vm('iso-cancel')).host, a.name);
@@ -204,10 +202,7 @@ describe('isolated migration through the center, hosts in network namespaces (ke
 
   it('kill -9 of the target mid-copy: the VM stays on the source, the source removes its end, the restarted target its leftovers', async () => {
     const [a, b] = [host(0), host(1)];
-    await createVm('iso-kt', a.name);
-    const from = await center.store.latestEventId();
-    const task = await admin.migrateVm('iso-kt', { to: b.name, options: SLOW });
-    await copying(task, from);
+    const { task } = await migrating('iso-kt', a, b);
     await kill(b);
     const done = await wait(task);
     assert.equal(done.state, 'failed');
@@ -220,10 +215,7 @@ describe('isolated migration through the center, hosts in network namespaces (ke
 
   it('kill -9 of the source mid-copy: the center removes the target\'s end; the restarted source removes its leftovers', async () => {
     const [a, b] = [host(0), host(1)];
-    await createVm('iso-ks', a.name);
-    const from = await center.store.latestEventId();
-    const task = await admin.migrateVm('iso-ks', { to: b.name, options: SLOW });
-    await copying(task, from);
+    await migrating('iso-ks', a, b);
     await kill(a);
     await clean(b);
     hosts[0] = await startHost(a);
