@@ -29,6 +29,21 @@ const SLOW = { bandwidthBytesPerSec: 4 * MiB };
 
 interface PathIsolation { mode: 'path'; pathId: string; driver: string; sourceAddress: string; targetAddress: string }
 
+/** Dials the spec's peer at its first port from a tunnel endpoint of this process, as a host holding that spec would. */
+async function dialAs(spec: PathSpec): Promise<void> {
+  const driver = await createPortableDriver({ listen: { host: '127.0.0.1', port: 0 } });
+  try {
+    const path = new VirtualPath(spec, await driver.open(spec, silentLogger()));
+    try {
+      (await path.dial({ host: spec.peerAddress, port: spec.firstPort }, { timeoutMs: 5000 })).destroy();
+    } finally {
+      await path.close();
+    }
+  } finally {
+    await driver.close();
+  }
+}
+
 describe('migrations over their own virtual path (portable driver, real host processes)', () => {
   let tc: TestCenter;
   const hosts = new Map<string, TestHost>();
@@ -102,14 +117,7 @@ describe('migrations over their own virtual path (portable driver, real host pro
       pathId: row.pathId, side: 'source', driver: 'portable', localAddress: row.sourceAddress, peerAddress: row.targetAddress, peerEndpoint: endpoint,
       firstPort: row.firstPort, portCount: row.portCount, vni: row.vni, secret: row.secret, expiresAtMs: Date.now() + 60_000,
     };
-    const driver = await createPortableDriver({ listen: { host: '127.0.0.1', port: 0 } });
-    try {
-      const path = new VirtualPath(stale, await driver.open(stale, silentLogger()));
-      await assert.rejects(path.dial({ host: row.targetAddress, port: row.firstPort }, { timeoutMs: 5000 }), { code: 'PATH_REFUSED' }, 'the old secret is refused');
-      await path.close();
-    } finally {
-      await driver.close();
-    }
+    await assert.rejects(dialAs(stale), { code: 'PATH_REFUSED' }, 'the old secret is refused');
   });
 
   it('a cancelled migration rolls back and removes the path on both hosts', async () => {
@@ -147,14 +155,7 @@ describe('migrations over their own virtual path (portable driver, real host pro
       pathId: view.pathId, side: 'source', driver: 'portable', localAddress: view.peerAddress, peerAddress: view.localAddress, peerEndpoint: endpoint,
       firstPort: view.firstPort, portCount: view.portCount, vni: 1, secret: randomBytes(32).toString('base64url'), expiresAtMs: Date.now() + 60_000,
     };
-    const driver = await createPortableDriver({ listen: { host: '127.0.0.1', port: 0 } });
-    try {
-      const path = new VirtualPath(forged, await driver.open(forged, silentLogger()));
-      await assert.rejects(path.dial({ host: view.localAddress, port: view.firstPort }, { timeoutMs: 5000 }), { code: 'PATH_REFUSED' });
-      await path.close();
-    } finally {
-      await driver.close();
-    }
+    await assert.rejects(dialAs(forged), { code: 'PATH_REFUSED' });
     await succeeded(task);
     assert.equal((await host('ib').client.vm('i-third')).state, 'running');
     await noPaths('ia', 'ib');
