@@ -16,6 +16,10 @@ import {
   type CreateVmRequest, type DatastoreView, type HostInfo, type IncomingStatus, type MigrateRequest, type MigrationEvent, type MigrationStatus,
   type PathListView, type PauseResultView, type TicketRequest, type TicketView, type VerifyResult, type VmView,
 } from './host-v1.js';
+import {
+  copyEventSchemas, type CopyEvent, type CopyJournalView, type CopyTicket, type CopyTicketRequest, type StartCopyRequest,
+} from './copy-v1.js';
+import type { CopyJobRecord, CopyJobStatus, CopyProgress } from '../nfc/plan.js';
 import type { ConsolidateResultView, DiskChainView, RevertResultView, SnapshotResultView } from './disk-v1.js';
 import { readSse } from './sse.js';
 import type { PathSpec, PathView } from '../dataplane/path/spec.js';
@@ -187,6 +191,51 @@ export class HostClient {
     }
   }
 
+  // Network file copies (./copy-v1.ts).
+  startCopy(req: StartCopyRequest): Promise<CopyJobStatus> { return this.json(routes.startCopy, {}, 202, { body: req }); }
+  copy(id: string): Promise<CopyJobStatus> { return this.json(routes.getCopy, { id }, 200); }
+  stopCopy(id: string): Promise<CopyJobStatus> { return this.json(routes.stopCopy, { id }, 202); }
+  cancelCopy(id: string): Promise<CopyJobStatus> { return this.json(routes.cancelCopy, { id }, 202); }
+  createCopyTicket(req: CopyTicketRequest): Promise<CopyTicket> { return this.json(routes.createCopyTicket, {}, 201, { body: req }); }
+  copyJournal(id: string, datastore: string): Promise<CopyJournalView> {
+    return this.jsonQuery(routes.getCopyJournal, { id }, 200, `?datastore=${encodeURIComponent(datastore)}`);
+  }
+  discardCopyJournal(id: string, datastore: string): Promise<CopyJournalView> {
+    return this.jsonQuery(routes.discardCopyJournal, { id }, 200, `?datastore=${encodeURIComponent(datastore)}`);
+  }
+
+  /** A copy's events as they happen: one status, progress…, done. Ends when the stream does. */
+  async *copyEvents(id: string, signal?: AbortSignal): AsyncGenerator<CopyEvent> {
+    const res = await this.send(routes.copyEvents, { id }, { ...(signal !== undefined ? { signal } : {}), timeoutMs: 0 });
+    for await (const { event, data } of readSse(bodyOf(res))) {
+      if (event !== 'status' && event !== 'progress' && event !== 'done') continue;
+      const parsed = copyEventSchemas[event].safeParse(data);
+      if (!parsed.success) throw new FerryError('HOST_ERROR', `host ${this.baseUrl} sent a malformed ${event} event for copy ${id}: ${parsed.error.issues[0]?.message ?? ''}`);
+      yield { event, data: parsed.data } as CopyEvent;
+    }
+  }
+
+  /** Waits for this host's part of a copy to end (events, else polling its status, as waitForMigration). */
+  async waitForCopy(id: string, opts: { readonly onProgress?: (p: CopyProgress) => void; readonly signal?: AbortSignal } = {}): Promise<CopyJobRecord> {
+    try {
+      for await (const e of this.copyEvents(id, opts.signal)) {
+        if (e.event === 'progress') opts.onProgress?.(e.data);
+        else if (e.event === 'done') return e.data;
+        else if (e.data.record !== null) return e.data.record;
+      }
+    } catch (err) {
+      if (err instanceof FerryError && err.origin === 'remote') throw err;
+      if (opts.signal?.aborted === true) throw err;
+    }
+    for (;;) {
+      const s = await this.copy(id);
+      if (s.record !== null) return s.record;
+      if (opts.signal?.aborted === true) throw new FerryError('CANCELLED', `stopped waiting for copy ${id}`);
+      if (s.progress !== null) opts.onProgress?.(s.progress);
+      await new Promise((resolve) => setTimeout(resolve, MIGRATION_POLL_MS));
+    }
+  }
+
   /** A request outside the declared routes (tests of the negative space: unknown paths, bad bodies). */
   raw(method: string, path: string, init: { body?: string; headers?: Record<string, string>; token?: string | null } = {}): Promise<Response> {
     const headers: Record<string, string> = { 'content-type': 'application/json', ...(init.headers ?? {}) };
@@ -207,6 +256,13 @@ export class HostClient {
       const issue = parsed.error.issues[0];
       throw new FerryError('HOST_ERROR', `host ${this.baseUrl} answered ${route.method.toUpperCase()} ${route.path} with an unexpected body (${issue?.path.join('.') ?? ''}: ${issue?.message ?? ''}); is it a Ferry host of API ${routes.getHost.path.split('/')[1] ?? ''}?`);
     }
+    return parsed.data as ResponseOf<R, S>;
+  }
+
+  private async jsonQuery<R extends Route, S extends number>(route: R, params: Record<string, string>, status: S, query: string): Promise<ResponseOf<R, S>> {
+    const res = await this.send(route, params, {}, query);
+    const parsed = responseSchema(route, status).safeParse(await res.json().catch(() => undefined));
+    if (!parsed.success) throw new FerryError('HOST_ERROR', `host ${this.baseUrl} answered ${route.method.toUpperCase()} ${route.path} with an unexpected body`);
     return parsed.data as ResponseOf<R, S>;
   }
 

@@ -16,6 +16,9 @@ import { MAX_HANG_TIMEOUT_MS, MIN_HANG_TIMEOUT_MS } from '../vmm/config.js';
 import {
   consolidateResultSchema, diskChainSchema, revertRequestSchema, revertResultSchema, snapshotResultSchema,
 } from './disk-v1.js';
+import {
+  copyJournalQuerySchema, copyJournalViewSchema, copyParams, copyStatusSchema, copyTicketRequestSchema, copyTicketSchema, startCopyRequestSchema,
+} from './copy-v1.js';
 import { MAX_DATASTORE_PATH_BYTES, MAX_IMAGE_BYTES, VM_NAME_PATTERN, cmdlineSchema, granularitySchema, vcpusSchema, vmNameSchema as limitVmNameSchema } from '../lib/limits.js';
 
 export const HOST_API_VERSION = 'v1';
@@ -311,6 +314,36 @@ export const routes = {
   metrics: createRoute({
     method: 'get', path: '/metrics', summary: 'Prometheus metrics (text exposition format 0.0.4; the token is needed here too)',
     responses: { 200: { content: { 'text/plain': { schema: z.string() } }, description: 'metrics' }, ...errors(401) },
+  }),
+  // Network file copies (./copy-v1.ts, docs/design/nfc.md).
+  startCopy: createRoute({
+    method: 'post', path: '/v1/copies', summary: 'copy files from a datastore of this host, from the target\'s durable boundary on (asking again with the same copy id and epoch answers its status)',
+    request: body(startCopyRequestSchema), responses: { 202: json(copyStatusSchema, 'started'), ...errors(400, 401, 404, 409, 500, 507) },
+  }),
+  getCopy: createRoute({ method: 'get', path: '/v1/copies/{id}', summary: 'this host\'s part of a copy', request: { params: copyParams }, responses: { 200: json(copyStatusSchema, 'status'), ...errors(400, 401, 404) } }),
+  copyEvents: createRoute({
+    method: 'get', path: '/v1/copies/{id}/events', summary: 'server-sent events: status, progress…, done', request: { params: copyParams },
+    responses: { 200: { content: { 'text/event-stream': { schema: z.string() } }, description: 'event stream' }, ...errors(400, 401, 404) },
+  }),
+  stopCopy: createRoute({
+    method: 'post', path: '/v1/copies/{id}/stop', summary: 'hand-off: stop at the next boundary the target acknowledges (the record says which)', request: { params: copyParams },
+    responses: { 202: json(copyStatusSchema, 'stopping'), ...errors(400, 401, 404) },
+  }),
+  cancelCopy: createRoute({
+    method: 'delete', path: '/v1/copies/{id}', summary: 'stop at once (the target keeps its journal: the copy can still resume)', request: { params: copyParams },
+    responses: { 202: json(copyStatusSchema, 'cancelling'), ...errors(400, 401, 404) },
+  }),
+  createCopyTicket: createRoute({
+    method: 'post', path: '/v1/copies/incoming', summary: 'remote form: receive a copy into a datastore of this host (a ticket and the port to dial)',
+    request: body(copyTicketRequestSchema), responses: { 201: json(copyTicketSchema, 'ticket'), ...errors(400, 401, 404, 409, 507) },
+  }),
+  getCopyJournal: createRoute({
+    method: 'get', path: '/v1/copies/{id}/journal', summary: 'the durable boundary a target datastore of this host holds for a copy',
+    request: { params: copyParams, query: copyJournalQuerySchema }, responses: { 200: json(copyJournalViewSchema, 'journal'), ...errors(400, 401, 404, 500) },
+  }),
+  discardCopyJournal: createRoute({
+    method: 'delete', path: '/v1/copies/{id}/journal', summary: 'give a copy up on a target datastore of this host: staging files and journal removed (finished files stay)',
+    request: { params: copyParams, query: copyJournalQuerySchema }, responses: { 200: json(copyJournalViewSchema, 'discarded'), ...errors(400, 401, 404, 409, 500) },
   }),
   // Disk snapshots (./disk-v1.ts, docs/design/disk-snapshots.md).
   snapshotVm: createRoute({
