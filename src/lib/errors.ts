@@ -111,6 +111,17 @@ export const FERRY_ERROR_CODES = [
   'PATH_SETUP_FAILED',
   // a site's virtual subnet has no free address (or no free operation number) for one more operation
   'ADDRESS_EXHAUSTED',
+  // network file copy (docs/design/nfc.md)
+  // a copy's part under an older epoch, after a later one opened the target's journal (a hand-off fenced it out)
+  'COPY_FENCED',
+  // a copy id whose journal on the target holds another plan (other files, sizes or times)
+  'COPY_CONFLICT',
+  // a chunk whose checksum did not match on arrival (sent again) or too many times (the copy fails)
+  'CHUNK_CORRUPT',
+  // a source file whose size or modification time is not what the copy planned (it changed under its lease)
+  'SOURCE_CHANGED',
+  // a finished file read back did not match the source's checksums: it is not renamed into place
+  'COPY_VERIFY_FAILED',
 ] as const;
 
 export type FerryErrorCode = (typeof FERRY_ERROR_CODES)[number];
