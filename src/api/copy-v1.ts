@@ -7,7 +7,7 @@ import { z } from '@hono/zod-openapi';
 import { PATH_ID_PATTERN } from '../dataplane/path/spec.js';
 import {
   MAX_COPY_STREAMS, boundarySchema, copyFileSchema, copyIdSchema, copyJobRecordSchema, copyJobStatusSchema, copyProgressSchema,
-  datastoreNameSchema, MAX_COPY_FILES,
+  datastoreNameSchema, MAX_COPY_FILES, copyJournalViewSchema as nfcCopyJournalViewSchema, type CopyJournalView,
 } from '../nfc/plan.js';
 import { MIN_RATE_BYTES_PER_SEC } from '../dataplane/rate-limiter.js';
 import { VM_NAME_PATTERN } from '../lib/limits.js';
@@ -60,15 +60,8 @@ export const startCopyRequestSchema = z.object({
 }).strict().openapi('StartCopyRequest');
 export type StartCopyRequest = z.infer<typeof startCopyRequestSchema>;
 
-/** What a target datastore's journal says about a copy (GET /v1/copies/{id}/journal?datastore=…). */
-export const copyJournalViewSchema = z.object({
-  copyId: copyIdSchema,
-  /** Null: no journal (the copy never wrote here, or it was discarded). */
-  boundary: boundarySchema.nullable(),
-  epoch: z.number().int().min(0),
-  complete: z.boolean(),
-}).strict().openapi('CopyJournal');
-export type CopyJournalView = z.infer<typeof copyJournalViewSchema>;
+export const copyJournalViewSchema = nfcCopyJournalViewSchema.openapi('CopyJournal');
+export type { CopyJournalView };
 
 export const copyJournalQuerySchema = z.object({ datastore: datastoreNameSchema });
 export const copyParams = z.object({ id: copyIdSchema });

@@ -169,3 +169,14 @@ export const copyJobStatusSchema = z.object({
   record: copyJobRecordSchema.nullable(),
 }).strict();
 export type CopyJobStatus = z.infer<typeof copyJobStatusSchema>;
+
+/** What a target datastore's journal says about a copy (the durable truth a hand-off resumes from). */
+export const copyJournalViewSchema = z.object({
+  copyId: copyIdSchema,
+  /** Null: no journal (the copy never wrote here, or it was discarded). */
+  boundary: boundarySchema.nullable(),
+  /** The latest epoch that opened it (0 without a journal). */
+  epoch: z.number().int().min(0),
+  complete: z.boolean(),
+}).strict();
+export type CopyJournalView = z.infer<typeof copyJournalViewSchema>;
