@@ -7,8 +7,44 @@
  * `label` names the payload in messages: the command ("HELLO"), so an operator reads
  * "HELLO payload: ticket must be 64 lowercase hex digits".
  */
-import type { z } from 'zod';
+import { z } from 'zod';
 import { FerryError, errorMessage } from './errors.js';
+
+/** Reply to a request: a JSON object (its shape is the request's business). */
+export type OkBody = Readonly<Record<string, unknown>>;
+
+/** An ERROR reply: `code` is a stable code of ./errors.ts, so the peer can rethrow it as itself. */
+export interface ErrorBody {
+  readonly code: string;
+  readonly message: string;
+}
+
+/** Longest code an ERROR may carry (the stable codes of ./errors.ts are far shorter). */
+export const MAX_ERROR_CODE_CHARS = 64;
+/** Longest ERROR message: room for a path, an address and what to do; a longer one is clipped (clipMessage). */
+export const MAX_ERROR_MESSAGE_CHARS = 4096;
+
+export const errorBodySchema = z.object({
+  code: z.string().min(1).max(MAX_ERROR_CODE_CHARS),
+  message: z.string().max(MAX_ERROR_MESSAGE_CHARS),
+}).strict();
+
+/** The ERROR body for a thrown value: a FerryError keeps its stable code, anything else is INTERNAL; the message clipped to its bound. */
+export function errorBodyOf(err: unknown): ErrorBody {
+  return { code: err instanceof FerryError ? err.code : 'INTERNAL', message: errorMessage(err) };
+}
+
+/** An ERROR body as UTF-8 JSON; a message longer than the bound is shortened (with an ellipsis) rather than refused. */
+export function encodeErrorPayload(label: string, body: ErrorBody, details: Record<string, unknown> = {}): Buffer {
+  return encodeJsonPayload(label, errorBodySchema, { code: body.code, message: clipMessage(body.message, MAX_ERROR_MESSAGE_CHARS) }, details);
+}
+
+/** A decoded message: its command, the requestId it carried, its typed body. */
+export interface Envelope<C extends number, B> {
+  readonly command: C;
+  readonly requestId: number;
+  readonly body: B;
+}
 
 /** The first few zod issues as one line ("path message; …"). */
 export function describeIssues(error: z.ZodError): string {

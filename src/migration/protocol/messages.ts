@@ -13,10 +13,13 @@
  * bits are not preserved).
  */
 import { z } from 'zod';
-import { FerryError, errorMessage } from '../../lib/errors.js';
+import { FerryError } from '../../lib/errors.js';
 import {
-  badPayload as libBadPayload, cannotEncode as libCannotEncode, clipMessage, decodeJsonPayload, encodeJsonPayload, encodeObjectPayload,
+  badPayload as libBadPayload, cannotEncode as libCannotEncode, decodeJsonPayload, encodeJsonPayload, encodeObjectPayload,
+  errorBodyOf, errorBodySchema, encodeErrorPayload, type Envelope, type ErrorBody, type OkBody,
 } from '../../lib/wire-json.js';
+
+export { MAX_ERROR_CODE_CHARS, MAX_ERROR_MESSAGE_CHARS } from '../../lib/wire-json.js';
 import { KiB } from '../../lib/units.js';
 import {
   MAX_ABORT_REASON_CHARS, MAX_CHANGED_BLOCK_BYTES, MAX_DATASTORE_PATH_BYTES, MAX_DISK_CAPACITY_BYTES, MIN_CHANGED_BLOCK_BYTES, MAX_DATA_CHANNELS, MAX_GLOBALS_PER_VCPU, MAX_IMAGE_BYTES, MAX_RAM_BYTES, MAX_VCPUS, MIN_DATA_CHANNELS,
@@ -38,8 +41,6 @@ export const MAX_PREPARE_JSON_BYTES = 64 * KiB - 4;
 export const PREPARE_JSON_LENGTH_BYTES = 4;
 /** claimedPages is in wasm pages and cannot exceed the largest RAM. */
 export const MAX_CLAIMED_PAGES = MAX_RAM_BYTES / WASM_PAGE_BYTES;
-export const MAX_ERROR_CODE_CHARS = 64;
-export const MAX_ERROR_MESSAGE_CHARS = 4096;
 
 const U32_MAX = 2 ** 32 - 1;
 
@@ -127,19 +128,7 @@ export interface AbortBody {
   readonly reason: string;
 }
 
-/** Reply to a request: any JSON object (may be empty). */
-export type OkBody = Readonly<Record<string, unknown>>;
-
-export interface ErrorBody {
-  readonly code: string;
-  readonly message: string;
-}
-
-interface Envelope<C extends FrameCommand, B> {
-  readonly command: C;
-  readonly requestId: number;
-  readonly body: B;
-}
+export type { OkBody, ErrorBody };
 
 export type HelloMessage = Envelope<typeof Command.HELLO, HelloBody>;
 export type PrepareMessage = Envelope<typeof Command.PREPARE, PrepareBody>;
@@ -238,10 +227,7 @@ export const abortSchema = z.object({ reason: z.string().max(MAX_ABORT_REASON_CH
 
 export const okSchema = z.record(z.string(), z.unknown());
 
-export const errorSchema = z.object({
-  code: z.string().min(1).max(MAX_ERROR_CODE_CHARS),
-  message: z.string().max(MAX_ERROR_MESSAGE_CHARS),
-}).strict();
+export const errorSchema = errorBodySchema;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -459,14 +445,12 @@ export function encodeOk(requestId: number, body: OkBody = {}): Buffer {
 
 /** ERROR reply; a message longer than the bound is shortened (with an ellipsis) rather than refused. */
 export function encodeError(requestId: number, body: ErrorBody): Buffer {
-  const wire = { code: body.code, message: clipMessage(body.message, MAX_ERROR_MESSAGE_CHARS) };
-  return encodeFrame(Command.ERROR, requestId, encodeJson(Command.ERROR, errorSchema, wire));
+  return encodeFrame(Command.ERROR, requestId, encodeErrorPayload(commandName(Command.ERROR), body, { command: Command.ERROR }));
 }
 
-/** ERROR reply for a thrown value: a FerryError keeps its code, anything else becomes INTERNAL. */
+/** ERROR reply for a thrown value: a FerryError keeps its stable code, anything else becomes INTERNAL. */
 export function encodeErrorFor(requestId: number, err: unknown): Buffer {
-  const code = err instanceof FerryError ? err.code : 'INTERNAL';
-  return encodeError(requestId, { code, message: errorMessage(err) });
+  return encodeError(requestId, errorBodyOf(err));
 }
 
 /** Encodes any message (MEMORY from its decoded form, so decode → encode round-trips). */
