@@ -4,12 +4,11 @@
  * that produce complete frames, the schemas of each request's OK reply, and `decodeMessage`, which turns
  * a frame into a `Message` discriminated by `command`.
  *
- * What a chunk may be is the plan's business: a DATA or HOLE that is not a chunk (or run of chunks) of
- * the plan the receiver holds is PROTOCOL_BAD_PAYLOAD, so a confused or hostile sender cannot write
+ * What a chunk may be is the plan's business: a DATA or HOLE that is not a whole chunk of the plan
+ * the receiver holds is PROTOCOL_BAD_PAYLOAD, so a confused or hostile sender cannot write
  * outside the files it was given. The CRC-32 of a DATA is not checked by the decoder (a damaged chunk
  * is a valid message carrying damaged bytes): `checkDataCrc` says CHUNK_CORRUPT, and the sender resends.
  */
-import { createHash } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import { z } from 'zod';
 import { FerryError } from '../../lib/errors.js';
@@ -43,7 +42,7 @@ export interface HelloBody {
   /** This stream's index, 0..streams-1. */
   readonly stream: number;
   readonly streams: number;
-  /** planDigest() of the sender's plan: the receiver refuses (COPY_CONFLICT) if its own differs. */
+  /** The digest of the sender's plan as the target's journal keeps it (src/nfc/journal.ts): the receiver refuses (COPY_CONFLICT) another. */
   readonly planDigest: string;
 }
 
@@ -116,7 +115,7 @@ export const helloSchema = z.object({
 export const holeSchema = z.object({
   fileIndex: fileIndexSchema,
   offsetBytes: intIn(0, MAX_COPY_FILE_BYTES),
-  lengthBytes: intIn(1, MAX_COPY_FILE_BYTES),
+  lengthBytes: intIn(1, NFC_CHUNK_BYTES),
 }).strict();
 
 export const emptySchema = z.object({}).strict();
@@ -160,15 +159,6 @@ function encodeJson(command: FrameCommand, schema: z.ZodTypeAny, wire: unknown):
   return encodeJsonPayload(commandName(command), schema, wire, { command });
 }
 
-/**
- * The plan's identity as both ends compute it: SHA-256 (lowercase hex) of the JSON of its copy id and
- * each file's path, size and modification time, in plan order.
- */
-export function planDigest(plan: CopyPlan): string {
-  const canonical = JSON.stringify([plan.copyId, plan.files.map((f) => [f.path, f.sizeBytes, f.modifiedMs])]);
-  return createHash('sha256').update(canonical, 'utf8').digest('hex');
-}
-
 function planFile(command: FrameCommand, plan: Pick<CopyPlan, 'files'>, fileIndex: number): { readonly sizeBytes: number } {
   const file = plan.files[fileIndex];
   if (file === undefined) throw badPayload(command, `file ${fileIndex} is not in the plan (${plan.files.length} files)`, { fileIndex });
@@ -177,8 +167,8 @@ function planFile(command: FrameCommand, plan: Pick<CopyPlan, 'files'>, fileInde
 
 /**
  * Throws PROTOCOL_BAD_PAYLOAD unless [offsetBytes, offsetBytes + lengthBytes) of file `fileIndex` is one
- * whole chunk of the plan (DATA: a chunk starts at a multiple of NFC_CHUNK_BYTES and is NFC_CHUNK_BYTES
- * long, the file's last one shorter) or, for a HOLE, a run of whole chunks.
+ * whole chunk of the plan: it starts at a multiple of NFC_CHUNK_BYTES inside the file and is
+ * NFC_CHUNK_BYTES long, the file's last one shorter (a DATA's bytes, or a HOLE's zeros).
  */
 export function checkChunkInPlan(command: typeof Command.DATA | typeof Command.HOLE, plan: Pick<CopyPlan, 'files'>,
   fileIndex: number, offsetBytes: number, lengthBytes: number): void {
@@ -188,11 +178,7 @@ export function checkChunkInPlan(command: typeof Command.DATA | typeof Command.H
   if (offsetBytes % NFC_CHUNK_BYTES !== 0 || offsetBytes >= sizeBytes) {
     throw badPayload(command, `${range} does not start at a chunk of the file (chunks are ${NFC_CHUNK_BYTES} bytes)`, where);
   }
-  const end = offsetBytes + lengthBytes;
-  const whole = command === Command.DATA
-    ? lengthBytes === Math.min(NFC_CHUNK_BYTES, sizeBytes - offsetBytes)
-    : lengthBytes > 0 && end <= sizeBytes && (lengthBytes % NFC_CHUNK_BYTES === 0 || end === sizeBytes);
-  if (!whole) throw badPayload(command, `${range} is not ${command === Command.DATA ? 'one whole chunk' : 'a run of whole chunks'} of the plan`, where);
+  if (lengthBytes !== Math.min(NFC_CHUNK_BYTES, sizeBytes - offsetBytes)) throw badPayload(command, `${range} is not one whole chunk of the plan`, where);
 }
 
 /** The CRC-32 a DATA carries (zlib's, over the chunk's bytes): both ends compute it the same way. */

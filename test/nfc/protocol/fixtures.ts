@@ -4,9 +4,10 @@ import { createHash } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import type { CopyPlan } from '../../../src/nfc/plan.js';
 import {
-  encodeData, encodeEmpty, encodeFinishFile, encodeHello, encodeHole, planDigest, type DataBody, type HelloBody,
+  encodeData, encodeEmpty, encodeFinishFile, encodeHello, encodeHole, type DataBody, type HelloBody,
 } from '../../../src/nfc/protocol/messages.js';
 import { Command } from '../../../src/nfc/protocol/frame.js';
+import { planDigestOf } from '../../../src/nfc/journal.js';
 import { rawHeader as migrationRawHeader } from '../../migration/protocol/fixtures.js';
 
 export { throwsCode } from '../../migration/protocol/fixtures.js';
@@ -64,7 +65,7 @@ export function jsonFrame(command: number, value: unknown, requestId = 0): Buffe
 }
 
 export function helloBody(stream = 0, streams = 1): HelloBody {
-  return { protocol: 1, ticket: TICKET, copyId: COPY_ID, epoch: 1, session: SESSION, stream, streams, planDigest: planDigest(PLAN) };
+  return { protocol: 1, ticket: TICKET, copyId: COPY_ID, epoch: 1, session: SESSION, stream, streams, planDigest: planDigestOf(PLAN) };
 }
 
 /** Deterministic bytes of a chunk (different per file and offset). */
@@ -91,15 +92,16 @@ export function docDataPayload(fields: { fileIndex: number; offsetBytes: bigint;
 }
 
 /**
- * A complete valid conversation on one stream over PLAN, small enough to fuzz: HELLO, HOLE over file 0's
- * two whole chunks, DATA of its last, FINISH_FILE×3, DATA, SYNC, COMPLETE, CLOSE.
+ * A complete valid conversation on one stream over PLAN, small enough to fuzz: HELLO, HOLE×2 (file 0's
+ * two whole chunks), DATA of its last, FINISH_FILE×3, DATA, SYNC, COMPLETE, CLOSE.
  */
 export function copyStream(): Buffer {
   let id = 1;
   const data = (fileIndex: number, offset: number, n: number): Buffer => encodeData(id++, dataBody(fileIndex, offset, chunkBytes(fileIndex, offset, n)));
   return Buffer.concat([
     encodeHello(id++, helloBody()),
-    encodeHole(id++, { fileIndex: 0, offsetBytes: 0, lengthBytes: 2 * MiB }),
+    encodeHole(id++, { fileIndex: 0, offsetBytes: 0, lengthBytes: MiB }),
+    encodeHole(id++, { fileIndex: 0, offsetBytes: MiB, lengthBytes: MiB }),
     data(0, 2 * MiB, 300),
     encodeFinishFile(id++, { fileIndex: 0 }),
     encodeFinishFile(id++, { fileIndex: 1 }),
