@@ -3,7 +3,7 @@
  * (./receiver.ts) on the target's host, which runs the local sink there. It opens `streams` connections
  * (one session: they share the receiver's sink) and
  *
- * - spreads writes over them: each chunk goes on the stream with the fewest requests in flight (at most
+ * - spreads writes (and holes) over them: each goes on the stream with the fewest requests in flight (at most
  *   MAX_IN_FLIGHT_PER_STREAM each, preferring one not busy finishing a file), with its CRC-32, and is sent
  *   again — at most MAX_CHUNK_RESENDS times — when the receiver says it arrived damaged (CHUNK_CORRUPT);
  * - orders sync(), finishFile() and complete() after the reply of every write made before them;
@@ -220,7 +220,7 @@ class RemoteSink implements RemoteCopySink {
 
   hole(fileIndex: number, offsetBytes: number, lengthBytes: number): Promise<void> {
     return this.track((async () => {
-      const stream = await this.pick(false);
+      const stream = await this.pick(true);
       await stream.request(`HOLE at ${offsetBytes} of file ${fileIndex}`, (id) => [encodeHole(id, { fileIndex, offsetBytes, lengthBytes })], REQUEST_TIMEOUT_MS);
     })());
   }
