@@ -53,6 +53,8 @@ export interface RemoteSinkOptions {
   readonly signal?: AbortSignal;
   readonly log?: (line: string) => void;
   readonly connectTimeoutMs?: number;
+  /** How long a request may wait for its reply once at the head of its stream (REQUEST_TIMEOUT_MS unless a test needs less). */
+  readonly requestTimeoutMs?: number;
 }
 
 /** The remote sink: a CopySink, and what it resent. */
@@ -200,8 +202,12 @@ class RemoteSink implements RemoteCopySink {
     this.fail(reason instanceof FerryError ? reason : new FerryError('CANCELLED', `${this.where}: cancelled`));
   };
 
+  private readonly timeoutMs: number;
+
   constructor(private readonly o: RemoteSinkOptions, readonly resumeAt: Boundary, private readonly streams: readonly SenderStream[], private readonly where: string) {
+    this.timeoutMs = o.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
     o.signal?.addEventListener('abort', this.onAbort, { once: true });
+    if (o.signal?.aborted === true) this.onAbort();
   }
 
   /** A stream failed: so does the sink (the receiver's session cannot go on with a stream missing) — unless the session is ending. */
@@ -221,14 +227,14 @@ class RemoteSink implements RemoteCopySink {
   hole(fileIndex: number, offsetBytes: number, lengthBytes: number): Promise<void> {
     return this.track((async () => {
       const stream = await this.pick(true);
-      await stream.request(`HOLE at ${offsetBytes} of file ${fileIndex}`, (id) => [encodeHole(id, { fileIndex, offsetBytes, lengthBytes })], REQUEST_TIMEOUT_MS);
+      await stream.request(`HOLE at ${offsetBytes} of file ${fileIndex}`, (id) => [encodeHole(id, { fileIndex, offsetBytes, lengthBytes })], this.timeoutMs);
     })());
   }
 
   async sync(): Promise<Boundary> {
     await this.barrier();
     const stream = await this.pick(false);
-    const body = await stream.request('SYNC', (id) => [encodeEmpty(Command.SYNC, id)], REQUEST_TIMEOUT_MS);
+    const body = await stream.request('SYNC', (id) => [encodeEmpty(Command.SYNC, id)], this.timeoutMs);
     return parseReply(Command.SYNC, syncReplySchema, body).boundary;
   }
 
@@ -237,7 +243,7 @@ class RemoteSink implements RemoteCopySink {
     if (sizeBytes === undefined) throw new FerryError('INVALID_ARGUMENT', `the copy has no file ${fileIndex}`);
     await this.barrier();
     const stream = await this.pick(false);
-    const timeoutMs = REQUEST_TIMEOUT_MS + Math.ceil((sizeBytes / MIN_VERIFY_BYTES_PER_SEC) * 1000);
+    const timeoutMs = this.timeoutMs + Math.ceil((sizeBytes / MIN_VERIFY_BYTES_PER_SEC) * 1000);
     const body = await stream.request(`FINISH_FILE ${fileIndex}`, (id) => [encodeFinishFile(id, { fileIndex })], timeoutMs, true);
     const reply = parseReply(Command.FINISH_FILE, finishFileReplySchema, body);
     if (reply.file.index !== fileIndex) throw this.badReply(Command.FINISH_FILE, `it answers file ${reply.file.index}, not ${fileIndex}`);
@@ -247,7 +253,7 @@ class RemoteSink implements RemoteCopySink {
   async complete(): Promise<readonly CopiedFile[]> {
     await this.barrier();
     const stream = await this.pick(false);
-    const body = await stream.request('COMPLETE', (id) => [encodeEmpty(Command.COMPLETE, id)], REQUEST_TIMEOUT_MS);
+    const body = await stream.request('COMPLETE', (id) => [encodeEmpty(Command.COMPLETE, id)], this.timeoutMs);
     const reply = parseReply(Command.COMPLETE, completeReplySchema, body);
     if (reply.files.length !== this.o.plan.files.length || reply.files.some((f, i) => f.index !== i)) {
       throw this.badReply(Command.COMPLETE, `it lists ${reply.files.length} files, not the plan's ${this.o.plan.files.length} in order`);
@@ -263,7 +269,7 @@ class RemoteSink implements RemoteCopySink {
           await this.barrier();
           const stream = await this.pick(false);
           this.endingOn = stream;
-          await stream.request('CLOSE', (id) => [encodeEmpty(Command.CLOSE, id)], REQUEST_TIMEOUT_MS);
+          await stream.request('CLOSE', (id) => [encodeEmpty(Command.CLOSE, id)], this.timeoutMs);
         }
       } catch (err) {
         this.log(`closing the session: ${errorMessage(err)}`);
@@ -279,7 +285,7 @@ class RemoteSink implements RemoteCopySink {
     const stream = await this.pick(false);
     this.endingOn = stream;
     try {
-      await stream.request('ABORT', (id) => [encodeAbort(id, { reason: 'the copy is given up' })], REQUEST_TIMEOUT_MS);
+      await stream.request('ABORT', (id) => [encodeAbort(id, { reason: 'the copy is given up' })], this.timeoutMs);
     } finally {
       this.fail(new FerryError('INVALID_ARGUMENT', `${this.where}: the copy was discarded`), true);
     }
@@ -303,7 +309,7 @@ class RemoteSink implements RemoteCopySink {
       // A test's failpoint damages this chunk on the way, after its CRC-32 was computed: the receiver must notice.
       const payload = failpointDrop(CORRUPT_FAILPOINT) ? corrupted(data) : data;
       try {
-        await stream.request(what, (id) => [encodeDataHead(id, { fileIndex, offsetBytes, lengthBytes: data.byteLength, crc32, sha256 }), payload], REQUEST_TIMEOUT_MS);
+        await stream.request(what, (id) => [encodeDataHead(id, { fileIndex, offsetBytes, lengthBytes: data.byteLength, crc32, sha256 }), payload], this.timeoutMs);
         return;
       } catch (err) {
         if (!isFerryError(err, 'CHUNK_CORRUPT') || this.failure !== null) throw err;
@@ -408,7 +414,7 @@ export async function openRemoteSink(o: RemoteSinkOptions): Promise<RemoteCopySi
   try {
     const replies = await Promise.all(streams.map((s, i) => s.request(`HELLO (stream ${i})`, (id) => [encodeHello(id, {
       protocol: 1, ticket: o.ticket, copyId: o.plan.copyId, epoch: o.epoch, session, stream: i, streams: o.streams, planDigest,
-    })], REQUEST_TIMEOUT_MS)));
+    })], o.requestTimeoutMs ?? REQUEST_TIMEOUT_MS)));
     const first = replies[0];
     if (first === undefined) throw new FerryError('INTERNAL', 'no stream');
     const { resumeAt } = parseReply(Command.HELLO, helloReplySchema, first);

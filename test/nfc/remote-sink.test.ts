@@ -14,13 +14,13 @@ import { readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { tcpTransport } from '../../src/dataplane/tcp.js';
-import type { ByteStream, Listener } from '../../src/dataplane/transport.js';
+import type { ByteStream, Listener, TransportAddress } from '../../src/dataplane/transport.js';
 import { FerryError, isFerryError } from '../../src/lib/errors.js';
 import { FAILPOINTS_ENV, failpointHitLine } from '../../src/lib/failpoints.js';
 import { MiB } from '../../src/lib/units.js';
 import { openLocalSink, readCopyJournal } from '../../src/nfc/local-sink.js';
 import { MAX_COPY_STREAMS, NFC_CHUNK_BYTES, compareBoundaries, type CopyJobRecord, type CopyPlan } from '../../src/nfc/plan.js';
-import { Command, MAX_CHUNK_RESENDS } from '../../src/nfc/protocol/frame.js';
+import { Command, MAX_CHUNK_RESENDS, type Frame } from '../../src/nfc/protocol/frame.js';
 import { encodeError, encodeOk } from '../../src/nfc/protocol/messages.js';
 import { FrameReader } from '../../src/nfc/protocol/reader.js';
 import { CORRUPT_FAILPOINT, openRemoteSink } from '../../src/nfc/remote-sink.js';
@@ -47,6 +47,20 @@ const BIG_BYTES = 72 * MiB + 4321;
 const FOUR_PATH = 'vm/four.raw';
 /** Paced so that time-based syncs (SYNC_EVERY_MS) land inside BIG_PATH with most of it still to go. */
 const PACED_BYTES_PER_SEC = 24 * MiB;
+
+/** A receiver that speaks only as `answer` says (one frame at a time): for what a real one never does. */
+async function fakeReceiver(answer: (frame: Frame, socket: ByteStream) => boolean): Promise<{ readonly address: TransportAddress; close(): Promise<void> }> {
+  const sockets: ByteStream[] = [];
+  const listener: Listener = await tcpTransport.listen(LOOPBACK, (socket) => {
+    sockets.push(socket);
+    const reader = new FrameReader();
+    socket.on('data', (chunk: Buffer) => { for (const f of reader.push(chunk)) answer(f, socket); });
+  });
+  return {
+    address: listener.address,
+    close: async () => { for (const s of sockets) s.destroy(); await listener.close(); },
+  };
+}
 
 async function checkCopied(dirs: NfcDirs, plan: CopyPlan, record: CopyJobRecord): Promise<void> {
   assert.equal(record.outcome, 'completed', JSON.stringify(record.error));
@@ -237,19 +251,11 @@ describe('remote sink ↔ receiver (remote form over TCP)', () => {
 
   it(`a link that damages every send: the chunk is sent ${MAX_CHUNK_RESENDS} times more, then the write fails with CHUNK_CORRUPT`, async () => {
     r = await startReceiver(dst);
-    // A receiver that answers HELLO and refuses every DATA as damaged.
     let datas = 0;
-    const sockets: ByteStream[] = [];
-    const fake: Listener = await tcpTransport.listen(LOOPBACK, (socket) => {
-      sockets.push(socket);
-      const reader = new FrameReader();
-      socket.on('data', (chunk: Buffer) => {
-        for (const f of reader.push(chunk)) {
-          if (f.command === Command.HELLO) socket.write(encodeOk(f.requestId, { resumeAt: { fileIndex: 0, offsetBytes: 0 } }));
-          else if (f.command === Command.DATA) { datas++; socket.write(encodeError(f.requestId, { code: 'CHUNK_CORRUPT', message: 'damaged' })); }
-          else socket.write(encodeOk(f.requestId));
-        }
-      });
+    const fake = await fakeReceiver((f, socket) => {
+      if (f.command !== Command.DATA) return socket.write(encodeOk(f.requestId, f.command === Command.HELLO ? { resumeAt: { fileIndex: 0, offsetBytes: 0 } } : {}));
+      datas++;
+      return socket.write(encodeError(f.requestId, { code: 'CHUNK_CORRUPT', message: 'damaged' }));
     });
     try {
       const plan = await planOf(src, newCopyId(), [SHAPES[0].path]);
@@ -257,10 +263,25 @@ describe('remote sink ↔ receiver (remote form over TCP)', () => {
       const data = Buffer.alloc(NFC_CHUNK_BYTES, 9);
       await assert.rejects(sink.write(0, 0, data, createHash('sha256').update(data).digest()), (err: unknown) => isFerryError(err, 'CHUNK_CORRUPT') && /4 times/.test(err.message));
       assert.equal(datas, 1 + MAX_CHUNK_RESENDS);
-      assert.equal((sink as { resentBytes?: number }).resentBytes, MAX_CHUNK_RESENDS * NFC_CHUNK_BYTES);
+      assert.equal(sink.resentBytes, MAX_CHUNK_RESENDS * NFC_CHUNK_BYTES);
       await sink.close();
     } finally {
-      for (const s of sockets) s.destroy();
+      await fake.close();
+    }
+  });
+
+  it('a receiver that stops answering fails the waiting call, and every later one, with HOST_UNREACHABLE: no hang', async () => {
+    r = await startReceiver(dst);
+    const fake = await fakeReceiver((f, socket) => (f.command === Command.HELLO ? socket.write(encodeOk(f.requestId, { resumeAt: { fileIndex: 0, offsetBytes: 0 } })) : true));
+    try {
+      const plan = await planOf(src, newCopyId(), [SHAPES[0].path]);
+      const sink = await openRemoteSink({ ...remoteSinkOptions(r, plan, await r.ticket(plan)), address: fake.address, streams: 1, requestTimeoutMs: 300 });
+      const data = Buffer.alloc(NFC_CHUNK_BYTES, 9);
+      await assert.rejects(sink.write(0, 0, data, createHash('sha256').update(data).digest()),
+        (err: unknown) => isFerryError(err, 'HOST_UNREACHABLE') && /no reply to DATA at 0 of file 0 within 300 ms/.test(err.message) && err.message.includes(`127.0.0.1:${fake.address.port}`));
+      await assert.rejects(sink.complete(), { code: 'HOST_UNREACHABLE' });
+      await sink.close();
+    } finally {
       await fake.close();
     }
   });
