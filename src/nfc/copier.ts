@@ -22,7 +22,7 @@ import { performance } from 'node:perf_hooks';
 import { FerryError, errorMessage } from '../lib/errors.js';
 import { MiB } from '../lib/units.js';
 import { RateLimiter } from '../dataplane/rate-limiter.js';
-import { isZeroChunk, chunkSha256, chunkLength } from './chunk-hash.js';
+import { chunkBuffer, chunkLength, chunkSha256, isZeroChunk } from './chunk-hash.js';
 import {
   COPY_START, DEFAULT_COPY_STREAMS, MAX_COPY_STREAMS, NFC_CHUNK_BYTES, bytesBefore, compareBoundaries, formatBoundary, planBytes,
   type Boundary, type CopiedFile, type CopyJobPhase, type CopyJobRecord, type CopyJobStatus, type CopyOutcome, type CopyPlan, type CopyProgress,
@@ -81,7 +81,7 @@ class ChunkBuffers {
       if (signal.aborted) return null;
       const b = this.free.pop();
       if (b !== undefined) return b;
-      if (this.made < this.capacity) { this.made++; return Buffer.allocUnsafeSlow(NFC_CHUNK_BYTES); }
+      if (this.made < this.capacity) { this.made++; return chunkBuffer(); }
       await new Promise<void>((resolve) => {
         const wake = (): void => { signal.removeEventListener('abort', wake); this.waiter = null; resolve(); };
         this.waiter = wake;
@@ -135,6 +135,9 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
   private started = false;
   private phase: CopyJobPhase = 'opening';
   private stopRequested = false;
+  private resolveStopped!: () => void;
+  /** Resolves at stop(). */
+  private readonly stopped = new Promise<void>((resolve) => { this.resolveStopped = resolve; });
   private cancelReason: string | null = null;
   private error: unknown = null;
   private record: CopyJobRecord | null = null;
@@ -185,6 +188,7 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
   stop(): void {
     if (this.record !== null || this.stopRequested) return;
     this.stopRequested = true;
+    this.resolveStopped();
     this.halt.abort(new FerryError('CANCELLED', `copy ${this.copyId} stopping`));
     if (this.phase === 'copying') this.phase = 'stopping';
     this.log(`stop requested at ${formatBoundary(this.boundary)}`);
@@ -254,7 +258,8 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
     await Promise.all(Array.from({ length: this.streams }, () => this.reader(deal)));
     await Promise.all(this.tasks);
     if (this.abort.signal.aborted) return 'cancelled';
-    await this.finishing;
+    // A stop does not wait for a finish under way (it reads a whole file back): the sink, closed, drops it.
+    await Promise.race([this.finishing, this.stopped]);
     await this.syncing;
     if (this.error !== null) return 'failed';
     if (this.boundary.fileIndex === this.plan.files.length) {

@@ -22,7 +22,7 @@
 import { FerryError, isFerryError } from '../lib/errors.js';
 import { failpoint } from '../lib/failpoints.js';
 import { COPY_AREA_DIR, DATASTORE_ROOT, type CopyArea, type Datastore, type DatastoreFile } from '../storage/datastore.js';
-import { CHUNK_SHA256_BYTES, FileDigest, chunkCount, chunkLength, chunkSha256, isZeroChunk, zeroChunkSha256 } from './chunk-hash.js';
+import { CHUNK_SHA256_BYTES, FileDigest, chunkBuffer, chunkCount, chunkLength, chunkSha256, isZeroChunk, zeroChunkSha256 } from './chunk-hash.js';
 import {
   type CopyJournal, copyJournalPath, copyLockPath, copySumsDir, copySumsPath, endOfFile, journalView, newJournal, planDigestOf,
   readJournal, stagingPathOf, writeJournal,
@@ -88,7 +88,7 @@ async function verifyFile(file: DatastoreFile, sums: DatastoreFile, sizeBytes: n
   }
   const source = new FileDigest();
   const target = new FileDigest();
-  const buffers = Array.from({ length: Math.min(VERIFY_INFLIGHT_CHUNKS, Math.max(1, n)) }, () => Buffer.allocUnsafe(NFC_CHUNK_BYTES));
+  const buffers = Array.from({ length: Math.min(VERIFY_INFLIGHT_CHUNKS, Math.max(1, n)) }, chunkBuffer);
   for (let first = 0; first < n; first += SUMS_BATCH_CHUNKS) {
     const count = Math.min(SUMS_BATCH_CHUNKS, n - first);
     const expected = Buffer.allocUnsafe(count * CHUNK_SHA256_BYTES);
@@ -189,15 +189,7 @@ class LocalSink implements CopySink {
     if (this.finishing.has(fileIndex)) throw new FerryError('INVALID_ARGUMENT', `file ${fileIndex} is being finished already`);
     this.finishing.add(fileIndex);
     try {
-      const digests = await this.verifyAndPlace(fileIndex, planned.path, planned.sizeBytes);
-      await this.exclusive(async () => {
-        this.usable();
-        await this.checkEpoch();
-        const files = this.journal.files.map((f) => (f.index === fileIndex ? { ...f, done: true, ...digests } : f));
-        await this.saveJournal({ ...this.journal, files, boundary: { fileIndex: fileIndex + 1, offsetBytes: 0 } });
-        this.frontier = { fileIndex: fileIndex + 1, offsetBytes: 0 };
-        this.advance();
-      });
+      await this.verifyAndPlace(fileIndex, planned.path, planned.sizeBytes);
       return this.copied(fileIndex);
     } finally {
       this.finishing.delete(fileIndex);
@@ -301,17 +293,31 @@ class LocalSink implements CopySink {
     if (f === undefined) throw new FerryError('INVALID_ARGUMENT', `the copy has no file ${fileIndex}`);
     const parent = parentOf(f.path);
     if (parent !== DATASTORE_ROOT) await this.area.mkdir(parent);
-    const staging = await openWritable(this.area, stagingPathOf(f.path, this.plan.copyId), f.sizeBytes);
+    // Both at once: each takes a lease (a small fsync), and the file system commits the two together.
+    const [staging, sums] = await Promise.allSettled([
+      openWritable(this.area, stagingPathOf(f.path, this.plan.copyId), f.sizeBytes),
+      openWritable(this.area, copySumsPath(this.plan.copyId, fileIndex), null),
+    ]);
     try {
-      const size = await staging.size();
+      if (staging.status === 'rejected') throw staging.reason;
+      if (sums.status === 'rejected') throw sums.reason;
+      const size = await staging.value.size();
       if (size !== f.sizeBytes) {
-        throw new FerryError('COPY_JOURNAL_INVALID', `${staging.name}: the staging file is ${size} bytes, not the ${f.sizeBytes} of the plan`, { copyId: this.plan.copyId, reason: 'staging' });
+        throw new FerryError('COPY_JOURNAL_INVALID', `${staging.value.name}: the staging file is ${size} bytes, not the ${f.sizeBytes} of the plan`, { copyId: this.plan.copyId, reason: 'staging' });
       }
-      return { staging, sums: await openWritable(this.area, copySumsPath(this.plan.copyId, fileIndex), null) };
+      return { staging: staging.value, sums: sums.value };
     } catch (err) {
-      await staging.close();
+      await Promise.all([staging, sums].flatMap((r) => (r.status === 'fulfilled' ? [r.value.close()] : [])));
       throw err;
     }
+  }
+
+  /** Opens the file the copy resumes in (its leases taken) now, when it has begun or is to begin with a chunk. */
+  async openResumeFile(): Promise<void> {
+    const { fileIndex, offsetBytes } = this.frontier;
+    const f = this.plan.files[fileIndex];
+    if (f === undefined || f.sizeBytes === 0) return;
+    if (offsetBytes === 0 || await exists(this.area, stagingPathOf(f.path, this.plan.copyId))) await this.file(fileIndex);
   }
 
   private async closeFile(fileIndex: number): Promise<void> {
@@ -328,7 +334,7 @@ class LocalSink implements CopySink {
    * path taken (a crash between its link and unlink), the file at the path is verified instead — it
    * is then byte for byte what the copy would put there, else ALREADY_EXISTS.
    */
-  private async verifyAndPlace(fileIndex: number, path: string, sizeBytes: number): Promise<{ sourceDigest: string; targetDigest: string }> {
+  private async verifyAndPlace(fileIndex: number, path: string, sizeBytes: number): Promise<void> {
     const staging = stagingPathOf(path, this.plan.copyId);
     // An empty file has no chunk that would have made its staging file: it is made here.
     const begun = this.open.has(fileIndex) || await exists(this.area, staging) || (sizeBytes === 0 && !(await exists(this.area, path)));
@@ -336,24 +342,40 @@ class LocalSink implements CopySink {
       const f = await this.file(fileIndex);
       await Promise.all([f.staging.flush(), f.sums.flush()]);
       const digests = await verifyFile(f.staging, f.sums, sizeBytes, fileIndex);
-      // Closed between syncs: a sync flushes every open file, and must not find this one closed under it.
-      await this.exclusive(() => this.closeFile(fileIndex));
-      try {
-        await this.area.rename(staging, path);
-      } catch (err) {
-        if (!isFerryError(err, 'ALREADY_EXISTS')) throw err;
-        await this.verifyInPlace(fileIndex, path, sizeBytes);
-        await this.area.remove(staging);
-      }
-      await this.area.syncDirectory(parentOf(path));
-      return digests;
+      // Placed between syncs (a sync flushes every open file: this one must not close under it), and
+      // not once the sink is closing: a copier that stopped does not wait for a finish it began — the
+      // next host finishes the file again — while close() waits for a placement under way, so that the
+      // next host never finds it half done.
+      await this.exclusive(async () => {
+        this.usable();
+        await this.closeFile(fileIndex);
+        try {
+          await this.area.rename(staging, path);
+        } catch (err) {
+          if (!isFerryError(err, 'ALREADY_EXISTS')) throw err;
+          await this.verifyInPlace(fileIndex, path, sizeBytes);
+          await this.area.remove(staging);
+        }
+        await this.placed(fileIndex, path, digests);
+      });
+      return;
     }
     if (await exists(this.area, path)) {
       const digests = await this.verifyInPlace(fileIndex, path, sizeBytes);
-      await this.area.syncDirectory(parentOf(path));
-      return digests;
+      await this.exclusive(async () => { this.usable(); await this.placed(fileIndex, path, digests); });
+      return;
     }
     throw new FerryError('COPY_JOURNAL_INVALID', `copy ${this.plan.copyId}: the staging file of file ${fileIndex} (${staging}) is missing`, { copyId: this.plan.copyId, reason: 'staging' });
+  }
+
+  /** File `fileIndex` is at its path, verified: its directory is made durable, then the journal says it is done. */
+  private async placed(fileIndex: number, path: string, digests: { sourceDigest: string; targetDigest: string }): Promise<void> {
+    await this.area.syncDirectory(parentOf(path));
+    await this.checkEpoch();
+    const files = this.journal.files.map((f) => (f.index === fileIndex ? { ...f, done: true, ...digests } : f));
+    await this.saveJournal({ ...this.journal, files, boundary: { fileIndex: fileIndex + 1, offsetBytes: 0 } });
+    this.frontier = { fileIndex: fileIndex + 1, offsetBytes: 0 };
+    this.advance();
   }
 
   private async verifyInPlace(fileIndex: number, path: string, sizeBytes: number): Promise<{ sourceDigest: string; targetDigest: string }> {
@@ -377,6 +399,11 @@ class LocalSink implements CopySink {
     const f = this.journal.files[fileIndex];
     if (f?.done !== true || f.sourceDigest === undefined || f.targetDigest === undefined) throw new FerryError('INTERNAL', `file ${fileIndex} is not finished`);
     return { path: f.path, sizeBytes: f.sizeBytes, sourceDigest: f.sourceDigest, targetDigest: f.targetDigest };
+  }
+
+  /** Writes this sink's (later) epoch into the journal: from now on, sinks of earlier epochs are fenced. */
+  takeEpoch(): Promise<void> {
+    return this.exclusive(() => this.saveJournal({ ...this.journal, epoch: this.epoch }));
   }
 
   /** LEASE_LOST if the copy's lock is lost; COPY_FENCED (from now on) if a later epoch opened the journal. */
@@ -459,8 +486,9 @@ export async function openLocalSink(datastore: Datastore, open: CopySinkOpen): P
   if (!Number.isInteger(open.epoch) || open.epoch < 1 || open.epoch > MAX_COPY_EPOCHS) throw new FerryError('INVALID_ARGUMENT', `epoch ${open.epoch} is not 1..${MAX_COPY_EPOCHS}`);
   const area = datastore.copyArea();
   const lock = await takeLock(area, plan.copyId);
+  let journal: CopyJournal | null;
   try {
-    let journal = await readJournal(area, plan.copyId);
+    journal = await readJournal(area, plan.copyId);
     if (journal === null) {
       for (const f of plan.files) {
         if (await exists(area, f.path)) throw new FerryError('ALREADY_EXISTS', `${datastore.name}:${f.path} already exists; a copy does not overwrite a file`, { path: f.path });
@@ -476,16 +504,23 @@ export async function openLocalSink(datastore: Datastore, open: CopySinkOpen): P
         throw new FerryError('COPY_FENCED', `copy ${plan.copyId}: its journal was opened under epoch ${journal.epoch}, after this part's epoch ${open.epoch}`, { copyId: plan.copyId, epoch: open.epoch, journalEpoch: journal.epoch });
       }
       if (!journal.complete) await checkResumable(area, journal);
-      if (journal.epoch < open.epoch) {
-        journal = { ...journal, epoch: open.epoch };
-        await writeJournal(area, journal);
-      }
     }
-    return new LocalSink(datastore, area, plan, open.epoch, journal, lock);
   } catch (err) {
     await lock.close();
     throw err;
   }
+  const sink = new LocalSink(datastore, area, plan, open.epoch, journal, lock);
+  try {
+    // The resume file's leases and the new epoch at once: their small fsyncs are committed together.
+    const epochWritten = journal.epoch < open.epoch ? sink.takeEpoch() : Promise.resolve();
+    const [opened, written] = await Promise.allSettled([journal.complete ? Promise.resolve() : sink.openResumeFile(), epochWritten]);
+    if (written.status === 'rejected') throw written.reason;
+    if (opened.status === 'rejected') throw opened.reason;
+  } catch (err) {
+    await sink.close();
+    throw err;
+  }
+  return sink;
 }
 
 /**
