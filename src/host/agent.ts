@@ -10,7 +10,7 @@ import { createServer as createHttpsServer, type Server as HttpsServer } from 'n
 import { randomBytes } from 'node:crypto';
 import { createAdaptorServer } from '@hono/node-server';
 import { GiB } from '../lib/units.js';
-import { FerryError, errorMessage, isFerryError } from '../lib/errors.js';
+import { FerryError, errorMessage } from '../lib/errors.js';
 import { warmUpInstrumenter } from '../vmm/instrument.js';
 import { warmUpSwitchoverCodecs } from '../migration/protocol/messages.js';
 import { MigrationReceiver } from '../migration/target/receiver.js';
@@ -36,7 +36,7 @@ import { HostPaths } from './paths.js';
 import { openPathDrivers, type PathDriverChoice } from './path-drivers.js';
 import type { PathDriver } from '../dataplane/path/driver.js';
 import type { TicketRequest, TicketView } from '../api/host-v1.js';
-import { shortPathId } from '../dataplane/path/spec.js';
+import { ticketOnPath } from './path-tickets.js';
 
 /** Default memory the host lends to VMs in all (an operator sets it to what the machine can spare). */
 export const DEFAULT_MEMORY_LIMIT_BYTES = 16 * GiB;
@@ -227,24 +227,8 @@ export class HostAgent {
   /** A ticket for an incoming migration; with a path id, the migration comes through that operation's path to this host's virtual address. */
   private async issueTicket(req: TicketRequest): Promise<TicketView> {
     if (req.pathId === undefined) return this.receiver.issueTicket(req.sourceMigrationId);
-    const pathId = req.pathId;
-    const path = this.paths.transport(pathId, 'target');
-    // The first free port of the grant: a ticket asked again (a center that took the task over) must
-    // not collide with the listener of an earlier one, whose migration may still run.
-    let release: (() => void) | null = null;
-    // The target's part ended: its end of the path goes once the last reply is flushed (and no other ticket holds it).
-    const ended = (): void => { release?.(); };
-    for (let port = path.spec.firstPort; port < path.spec.firstPort + path.spec.portCount; port++) {
-      try {
-        const ticket = await this.receiver.issueTicket(req.sourceMigrationId, { transport: path, at: { host: path.spec.localAddress, port }, ended });
-        release = this.paths.hold(pathId, 'the incoming migration ended');
-        return ticket;
-      } catch (err) {
-        const taken = isFerryError(err, 'ALREADY_EXISTS') || (isFerryError(err, 'INVALID_ARGUMENT') && err.details['errno'] === 'EADDRINUSE');
-        if (!taken) throw err;
-      }
-    }
-    throw new FerryError('BUSY', `every port of path ${shortPathId(pathId)} has a migration ticket listening; try again when one ends`, { pathId });
+    const from = req.sourceMigrationId;
+    return ticketOnPath(this.paths, req.pathId, 'migration', (via) => this.receiver.issueTicket(from, via));
   }
 
   hostInfo(): HostInfo {
