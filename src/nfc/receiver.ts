@@ -99,6 +99,7 @@ export class CopyReceiver {
   private readonly fenced = new Map<string, { readonly copyId: string; readonly epoch: number; readonly newerEpoch: number }>();
   private readonly connections = new Set<ReceiverStream>();
   private pendingConnections = 0;
+  private issuing: Promise<unknown> = Promise.resolve();
   private listener: Listener | null = null;
   private closed = false;
   /** Warm payload buffers for DATA frames (fresh 1 MiB buffers would page-fault on every chunk). */
@@ -126,7 +127,14 @@ export class CopyReceiver {
    * sessions come through that transport to that address (a virtual path's), listened on for this ticket
    * only; `ended` is told once when the copy's sessions are over.
    */
-  async issueTicket(req: CopyTicketRequest, via?: TicketVia): Promise<CopyTicketInfo> {
+  issueTicket(req: CopyTicketRequest, via?: TicketVia): Promise<CopyTicketInfo> {
+    // One at a time: a ticket's own listener is awaited, and two requests for one copy must not both make one.
+    const run = this.issuing.then(() => this.issue(req, via));
+    this.issuing = run.catch(() => undefined);
+    return run;
+  }
+
+  private async issue(req: CopyTicketRequest, via?: TicketVia): Promise<CopyTicketInfo> {
     if (this.closed) throw new FerryError('HOST_STATE', 'the copy receiver is shut down');
     const plan = copyPlanSchema.safeParse(req.plan);
     if (!plan.success || req.plan.copyId !== req.copyId) {

@@ -109,22 +109,24 @@ export function remoteSinkOptions(r: TestReceiver, plan: CopyPlan, ticket: CopyT
 export interface RemoteJob {
   readonly job: CopyJob;
   /** The sink the job opened, once it did. */
-  sink(): RemoteCopySink | null;
+  readonly sink: () => RemoteCopySink | null;
 }
 
 /** A copy job of `plan` from `src` whose sink is the remote sink to `r` (source leases taken now; run() not called). */
 export async function remoteCopyJob(src: Datastore, r: TestReceiver, plan: CopyPlan, ticket: CopyTicketInfo, o: Partial<RemoteSinkOptions> & {
   readonly wrap?: (sink: CopySink, job: CopyJob) => CopySink;
+  readonly rateBytesPerSec?: number;
 } = {}): Promise<RemoteJob> {
+  const { wrap, rateBytesPerSec, ...sinkOptions } = o;
   const source = await openCopySource(src, plan);
   const epoch = o.epoch ?? 1;
   const streams = o.streams ?? 2;
   let opened: RemoteCopySink | null = null;
   const job: CopyJob = new CopyJob({
-    plan, epoch, host: 'sender', source, streams,
+    plan, epoch, host: 'sender', source, streams, ...(rateBytesPerSec !== undefined ? { rateBytesPerSec } : {}),
     openSink: async (signal) => {
-      opened = await openRemoteSink({ ...remoteSinkOptions(r, plan, ticket, o), epoch, streams, signal });
-      return o.wrap === undefined ? opened : o.wrap(opened, job);
+      opened = await openRemoteSink({ ...remoteSinkOptions(r, plan, ticket, sinkOptions), epoch, streams, signal });
+      return wrap === undefined ? opened : wrap(opened, job);
     },
   });
   return { job, sink: () => opened };

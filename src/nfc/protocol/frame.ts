@@ -77,7 +77,8 @@ export const MAX_PAYLOAD_BYTES: Readonly<Record<FrameCommand, number>> = {
 /**
  * Requests a sender may have outstanding on one stream; replies come in request order. Four 1 MiB
  * chunks cover a 10 Gbit/s link's bandwidth-delay product at 1 ms RTT, and bound what a receiver holds
- * per stream to 4 MiB (32 MiB for the MAX_COPY_STREAMS streams of one copy). A receiver refuses a fifth.
+ * per stream to 4 MiB queued plus the frame being read (about 40 MiB for the MAX_COPY_STREAMS streams of
+ * one copy). A receiver refuses a fifth.
  */
 export const MAX_IN_FLIGHT_PER_STREAM = 4;
 /**
