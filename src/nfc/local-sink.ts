@@ -406,9 +406,12 @@ class LocalSink implements CopySink {
     return this.exclusive(() => this.saveJournal({ ...this.journal, epoch: this.epoch }));
   }
 
-  /** LEASE_LOST if the copy's lock is lost; COPY_FENCED (from now on) if a later epoch opened the journal. */
+  /**
+   * COPY_FENCED (from now on) if a later epoch opened the journal; else LEASE_LOST if the copy's lock is
+   * lost. The journal first: a successor that broke this part's stale lock also fenced it, and "fenced
+   * by epoch n" is the cause, where the lost lease (whichever a heartbeat noticed first) is its symptom.
+   */
   private async checkEpoch(): Promise<void> {
-    this.lock.lease?.check();
     const j = await readJournal(this.area, this.plan.copyId);
     if (j === null || j.epoch > this.epoch) {
       this.fenced = new FerryError('COPY_FENCED', j === null
@@ -417,6 +420,7 @@ class LocalSink implements CopySink {
       { copyId: this.plan.copyId, epoch: this.epoch, journalEpoch: j?.epoch ?? null });
       throw this.fenced;
     }
+    this.lock.lease?.check();
   }
 
   private async saveJournal(j: CopyJournal): Promise<void> {
