@@ -365,7 +365,8 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
         if (compareBoundaries(after, this.boundary) > 0) this.boundary = after;
         this.log(`file ${fileIndex} ${file.path} verified (${file.targetDigest.slice(0, 16)}…)`);
       } catch (err) {
-        this.fail(err);
+        // After a stop, the sink closes under a finish under way: the next host finishes the file.
+        if (!this.stopRequested) this.fail(err);
       } finally {
         this.pendingFinishEnds.shift();
       }
