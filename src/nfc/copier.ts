@@ -36,8 +36,8 @@ import type { CopySource } from './source-files.js';
  */
 export const MAX_COPY_INFLIGHT_BYTES = 32 * MiB;
 /**
- * A sync at least every this many bytes acknowledged: bounds what a crash redoes and — more to the
- * point — how much unsynced data a hand-off's final sync must flush (its share of the hand-off gap).
+ * A sync at least every this many data bytes acknowledged: bounds what a crash redoes and — more to
+ * the point — how much unsynced data a hand-off's final sync must flush (its share of the hand-off gap).
  */
 export const SYNC_EVERY_BYTES = 64 * MiB;
 /** ... and at least this often while bytes move: a slow copy's boundary still advances visibly. */
@@ -150,7 +150,10 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
   private startedAt = performance.now();
   private ackedBytes = 0;
   private sentBytes = 0;
-  private sinceSyncBytes = 0;
+  /** Data bytes acknowledged since the last sync (holes write no data: they do not hasten a sync). */
+  private unsyncedDataBytes = 0;
+  /** Chunks (data or holes) acknowledged since the last sync: the time-based sync moves the boundary over holes too. */
+  private unsyncedChunks = 0;
   private lastSyncAt = performance.now();
   private syncing: Promise<void> | null = null;
   private finishing: Promise<void> = Promise.resolve();
@@ -338,14 +341,15 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
         if (this.halt.signal.aborted) return;
         await sink.write(item.fileIndex, item.offsetBytes, data, sha);
         this.sentBytes += item.lengthBytes;
+        this.unsyncedDataBytes += item.lengthBytes;
       }
     } catch (err) {
       this.fail(err);
       return;
     }
     this.ackedBytes += item.lengthBytes;
-    this.sinceSyncBytes += item.lengthBytes;
-    if (this.sinceSyncBytes >= SYNC_EVERY_BYTES) this.startSync();
+    this.unsyncedChunks++;
+    if (this.unsyncedDataBytes >= SYNC_EVERY_BYTES) this.startSync();
   }
 
   /** File `fileIndex` is dealt whole: once its chunks are acknowledged, check its source and finish it (in file order). */
@@ -382,7 +386,8 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
   private async syncNow(): Promise<void> {
     const sink = this.sink;
     if (sink === null) return;
-    this.sinceSyncBytes = 0;
+    this.unsyncedDataBytes = 0;
+    this.unsyncedChunks = 0;
     this.lastSyncAt = performance.now();
     const last = Math.min(this.dealingFile, this.plan.files.length - 1);
     for (let i = Math.min(this.boundary.fileIndex, last); i <= last; i++) await this.o.source.check(i);
@@ -392,7 +397,7 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
 
   private tick(): void {
     if (this.phase !== 'copying' && this.phase !== 'stopping') return;
-    if (this.sinceSyncBytes > 0 && performance.now() - this.lastSyncAt >= SYNC_EVERY_MS) this.startSync();
+    if (this.unsyncedChunks > 0 && performance.now() - this.lastSyncAt >= SYNC_EVERY_MS) this.startSync();
     const p = this.progress(true);
     this.lastProgress = p;
     this.emit('progress', p);
