@@ -239,7 +239,7 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
       : outcome === 'failed' ? errorBody(this.error) : null;
     this.record = {
       copyId: this.copyId, epoch: this.epoch, outcome, from: this.from, to: { ...this.boundary },
-      sentBytes: this.sentBytes, resentBytes: 0, files: [...this.files], error: err,
+      sentBytes: this.sentBytes, resentBytes: this.resentBytes(), files: [...this.files], error: err,
       durationMs: Math.round(performance.now() - this.startedAt),
     };
     this.log(`${outcome} at ${formatBoundary(this.boundary)}${err === null ? '' : `: ${err.code} ${err.message}`}`);
@@ -416,10 +416,16 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
     const spanMs = first === undefined ? 0 : now - first.atMs;
     const rate = first === undefined || spanMs <= 0 ? 0 : ((this.doneBytes - first.doneBytes) * 1000) / spanMs;
     return {
-      copyId: this.copyId, epoch: this.epoch, doneBytes: this.doneBytes, totalBytes: total, sentBytes: this.sentBytes, resentBytes: 0,
+      copyId: this.copyId, epoch: this.epoch, doneBytes: this.doneBytes, totalBytes: total, sentBytes: this.sentBytes, resentBytes: this.resentBytes(),
       rateBytesPerSec: Math.round(rate), etaMs: rate > 0 ? Math.round(((total - this.doneBytes) * 1000) / rate) : (this.doneBytes >= total ? 0 : null),
       boundary: { ...this.boundary }, elapsedMs: Math.round(now - this.startedAt),
     };
+  }
+
+  /** What the sink sent again (the remote sink counts its resends of chunks damaged on the wire; a local one has none). */
+  private resentBytes(): number {
+    const sink: (CopySink & { readonly resentBytes?: unknown }) | null = this.sink;
+    return typeof sink?.resentBytes === 'number' ? sink.resentBytes : 0;
   }
 
   private fail(err: unknown): void {
