@@ -127,6 +127,7 @@ export function chunkLength(sizeBytes: number, offsetBytes: number): number {
 /** A file's digest, built incrementally from its chunks' checksums in order (lowercase hex at the end). */
 export class FileDigest {
   private readonly hash = createHash('sha256');
+  /** One chunk's checksum, or several in a row. */
   add(sha256: Uint8Array): void { this.hash.update(sha256); }
   hex(): string { return this.hash.digest('hex'); }
 }

@@ -36,8 +36,8 @@ import type { CopySource } from './source-files.js';
  */
 export const MAX_COPY_INFLIGHT_BYTES = 32 * MiB;
 /**
- * A sync at least every this many bytes acknowledged: bounds what a crash redoes and — more to the
- * point — how much unsynced data a hand-off's final sync must flush (its share of the hand-off gap).
+ * A sync at least every this many data bytes acknowledged: bounds what a crash redoes and — more to
+ * the point — how much unsynced data a hand-off's final sync must flush (its share of the hand-off gap).
  */
 export const SYNC_EVERY_BYTES = 64 * MiB;
 /** ... and at least this often while bytes move: a slow copy's boundary still advances visibly. */
@@ -150,7 +150,10 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
   private startedAt = performance.now();
   private ackedBytes = 0;
   private sentBytes = 0;
-  private sinceSyncBytes = 0;
+  /** Data bytes acknowledged since the last sync (holes write no data: they do not hasten a sync). */
+  private unsyncedDataBytes = 0;
+  /** Chunks (data or holes) acknowledged since the last sync: the time-based sync moves the boundary over holes too. */
+  private unsyncedChunks = 0;
   private lastSyncAt = performance.now();
   private syncing: Promise<void> | null = null;
   private finishing: Promise<void> = Promise.resolve();
@@ -236,7 +239,7 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
       : outcome === 'failed' ? errorBody(this.error) : null;
     this.record = {
       copyId: this.copyId, epoch: this.epoch, outcome, from: this.from, to: { ...this.boundary },
-      sentBytes: this.sentBytes, resentBytes: 0, files: [...this.files], error: err,
+      sentBytes: this.sentBytes, resentBytes: this.resentBytes(), files: [...this.files], error: err,
       durationMs: Math.round(performance.now() - this.startedAt),
     };
     this.log(`${outcome} at ${formatBoundary(this.boundary)}${err === null ? '' : `: ${err.code} ${err.message}`}`);
@@ -338,14 +341,15 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
         if (this.halt.signal.aborted) return;
         await sink.write(item.fileIndex, item.offsetBytes, data, sha);
         this.sentBytes += item.lengthBytes;
+        this.unsyncedDataBytes += item.lengthBytes;
       }
     } catch (err) {
       this.fail(err);
       return;
     }
     this.ackedBytes += item.lengthBytes;
-    this.sinceSyncBytes += item.lengthBytes;
-    if (this.sinceSyncBytes >= SYNC_EVERY_BYTES) this.startSync();
+    this.unsyncedChunks++;
+    if (this.unsyncedDataBytes >= SYNC_EVERY_BYTES) this.startSync();
   }
 
   /** File `fileIndex` is dealt whole: once its chunks are acknowledged, check its source and finish it (in file order). */
@@ -365,7 +369,8 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
         if (compareBoundaries(after, this.boundary) > 0) this.boundary = after;
         this.log(`file ${fileIndex} ${file.path} verified (${file.targetDigest.slice(0, 16)}…)`);
       } catch (err) {
-        this.fail(err);
+        // After a stop, the sink closes under a finish under way: the next host finishes the file.
+        if (!this.stopRequested) this.fail(err);
       } finally {
         this.pendingFinishEnds.shift();
       }
@@ -381,7 +386,8 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
   private async syncNow(): Promise<void> {
     const sink = this.sink;
     if (sink === null) return;
-    this.sinceSyncBytes = 0;
+    this.unsyncedDataBytes = 0;
+    this.unsyncedChunks = 0;
     this.lastSyncAt = performance.now();
     const last = Math.min(this.dealingFile, this.plan.files.length - 1);
     for (let i = Math.min(this.boundary.fileIndex, last); i <= last; i++) await this.o.source.check(i);
@@ -391,7 +397,7 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
 
   private tick(): void {
     if (this.phase !== 'copying' && this.phase !== 'stopping') return;
-    if (this.sinceSyncBytes > 0 && performance.now() - this.lastSyncAt >= SYNC_EVERY_MS) this.startSync();
+    if (this.unsyncedChunks > 0 && performance.now() - this.lastSyncAt >= SYNC_EVERY_MS) this.startSync();
     const p = this.progress(true);
     this.lastProgress = p;
     this.emit('progress', p);
@@ -410,10 +416,16 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
     const spanMs = first === undefined ? 0 : now - first.atMs;
     const rate = first === undefined || spanMs <= 0 ? 0 : ((this.doneBytes - first.doneBytes) * 1000) / spanMs;
     return {
-      copyId: this.copyId, epoch: this.epoch, doneBytes: this.doneBytes, totalBytes: total, sentBytes: this.sentBytes, resentBytes: 0,
+      copyId: this.copyId, epoch: this.epoch, doneBytes: this.doneBytes, totalBytes: total, sentBytes: this.sentBytes, resentBytes: this.resentBytes(),
       rateBytesPerSec: Math.round(rate), etaMs: rate > 0 ? Math.round(((total - this.doneBytes) * 1000) / rate) : (this.doneBytes >= total ? 0 : null),
       boundary: { ...this.boundary }, elapsedMs: Math.round(now - this.startedAt),
     };
+  }
+
+  /** What the sink sent again (the remote sink counts its resends of chunks damaged on the wire; a local one has none). */
+  private resentBytes(): number {
+    const sink: (CopySink & { readonly resentBytes?: unknown }) | null = this.sink;
+    return typeof sink?.resentBytes === 'number' ? sink.resentBytes : 0;
   }
 
   private fail(err: unknown): void {
