@@ -188,6 +188,8 @@ describe('copy service: the remote form over the copy\'s virtual path', () => {
     await b.client.putPath(spec.target);
     const pathId = spec.source.pathId;
     const ticket = await b.client.createCopyTicket({ copyId, epoch: 1, datastore: 'dst', files, pathId });
+    // Asked again (a center that retried): the same ticket, and the path is not held twice for it.
+    assert.deepEqual((await b.client.createCopyTicket({ copyId, epoch: 1, datastore: 'dst', files, pathId })).ticket, ticket.ticket);
     assert.ok(ticket.port >= spec.target.firstPort && ticket.port < spec.target.firstPort + spec.target.portCount, `a port of the path's grant (${ticket.port})`);
     await a.client.startCopy({
       copyId, epoch: 1, sourceDatastore: 'src', files,
