@@ -22,7 +22,7 @@ import { performance } from 'node:perf_hooks';
 import { FerryError, errorMessage } from '../lib/errors.js';
 import { MiB } from '../lib/units.js';
 import { RateLimiter } from '../dataplane/rate-limiter.js';
-import { isZeroChunk, chunkSha256, chunkLength } from './chunk-hash.js';
+import { chunkBuffer, chunkLength, chunkSha256, isZeroChunk } from './chunk-hash.js';
 import {
   COPY_START, DEFAULT_COPY_STREAMS, MAX_COPY_STREAMS, NFC_CHUNK_BYTES, bytesBefore, compareBoundaries, formatBoundary, planBytes,
   type Boundary, type CopiedFile, type CopyJobPhase, type CopyJobRecord, type CopyJobStatus, type CopyOutcome, type CopyPlan, type CopyProgress,
@@ -36,8 +36,8 @@ import type { CopySource } from './source-files.js';
  */
 export const MAX_COPY_INFLIGHT_BYTES = 32 * MiB;
 /**
- * A sync at least every this many bytes acknowledged: bounds what a crash redoes and — more to the
- * point — how much unsynced data a hand-off's final sync must flush (its share of the hand-off gap).
+ * A sync at least every this many data bytes acknowledged: bounds what a crash redoes and — more to
+ * the point — how much unsynced data a hand-off's final sync must flush (its share of the hand-off gap).
  */
 export const SYNC_EVERY_BYTES = 64 * MiB;
 /** ... and at least this often while bytes move: a slow copy's boundary still advances visibly. */
@@ -81,7 +81,7 @@ class ChunkBuffers {
       if (signal.aborted) return null;
       const b = this.free.pop();
       if (b !== undefined) return b;
-      if (this.made < this.capacity) { this.made++; return Buffer.allocUnsafeSlow(NFC_CHUNK_BYTES); }
+      if (this.made < this.capacity) { this.made++; return chunkBuffer(); }
       await new Promise<void>((resolve) => {
         const wake = (): void => { signal.removeEventListener('abort', wake); this.waiter = null; resolve(); };
         this.waiter = wake;
@@ -135,6 +135,9 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
   private started = false;
   private phase: CopyJobPhase = 'opening';
   private stopRequested = false;
+  private resolveStopped!: () => void;
+  /** Resolves at stop(). */
+  private readonly stopped = new Promise<void>((resolve) => { this.resolveStopped = resolve; });
   private cancelReason: string | null = null;
   private error: unknown = null;
   private record: CopyJobRecord | null = null;
@@ -147,7 +150,10 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
   private startedAt = performance.now();
   private ackedBytes = 0;
   private sentBytes = 0;
-  private sinceSyncBytes = 0;
+  /** Data bytes acknowledged since the last sync (holes write no data: they do not hasten a sync). */
+  private unsyncedDataBytes = 0;
+  /** Chunks (data or holes) acknowledged since the last sync: the time-based sync moves the boundary over holes too. */
+  private unsyncedChunks = 0;
   private lastSyncAt = performance.now();
   private syncing: Promise<void> | null = null;
   private finishing: Promise<void> = Promise.resolve();
@@ -185,6 +191,7 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
   stop(): void {
     if (this.record !== null || this.stopRequested) return;
     this.stopRequested = true;
+    this.resolveStopped();
     this.halt.abort(new FerryError('CANCELLED', `copy ${this.copyId} stopping`));
     if (this.phase === 'copying') this.phase = 'stopping';
     this.log(`stop requested at ${formatBoundary(this.boundary)}`);
@@ -254,7 +261,8 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
     await Promise.all(Array.from({ length: this.streams }, () => this.reader(deal)));
     await Promise.all(this.tasks);
     if (this.abort.signal.aborted) return 'cancelled';
-    await this.finishing;
+    // A stop does not wait for a finish under way (it reads a whole file back): the sink, closed, drops it.
+    await Promise.race([this.finishing, this.stopped]);
     await this.syncing;
     if (this.error !== null) return 'failed';
     if (this.boundary.fileIndex === this.plan.files.length) {
@@ -333,14 +341,15 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
         if (this.halt.signal.aborted) return;
         await sink.write(item.fileIndex, item.offsetBytes, data, sha);
         this.sentBytes += item.lengthBytes;
+        this.unsyncedDataBytes += item.lengthBytes;
       }
     } catch (err) {
       this.fail(err);
       return;
     }
     this.ackedBytes += item.lengthBytes;
-    this.sinceSyncBytes += item.lengthBytes;
-    if (this.sinceSyncBytes >= SYNC_EVERY_BYTES) this.startSync();
+    this.unsyncedChunks++;
+    if (this.unsyncedDataBytes >= SYNC_EVERY_BYTES) this.startSync();
   }
 
   /** File `fileIndex` is dealt whole: once its chunks are acknowledged, check its source and finish it (in file order). */
@@ -360,7 +369,8 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
         if (compareBoundaries(after, this.boundary) > 0) this.boundary = after;
         this.log(`file ${fileIndex} ${file.path} verified (${file.targetDigest.slice(0, 16)}…)`);
       } catch (err) {
-        this.fail(err);
+        // After a stop, the sink closes under a finish under way: the next host finishes the file.
+        if (!this.stopRequested) this.fail(err);
       } finally {
         this.pendingFinishEnds.shift();
       }
@@ -376,7 +386,8 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
   private async syncNow(): Promise<void> {
     const sink = this.sink;
     if (sink === null) return;
-    this.sinceSyncBytes = 0;
+    this.unsyncedDataBytes = 0;
+    this.unsyncedChunks = 0;
     this.lastSyncAt = performance.now();
     const last = Math.min(this.dealingFile, this.plan.files.length - 1);
     for (let i = Math.min(this.boundary.fileIndex, last); i <= last; i++) await this.o.source.check(i);
@@ -386,7 +397,7 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
 
   private tick(): void {
     if (this.phase !== 'copying' && this.phase !== 'stopping') return;
-    if (this.sinceSyncBytes > 0 && performance.now() - this.lastSyncAt >= SYNC_EVERY_MS) this.startSync();
+    if (this.unsyncedChunks > 0 && performance.now() - this.lastSyncAt >= SYNC_EVERY_MS) this.startSync();
     const p = this.progress(true);
     this.lastProgress = p;
     this.emit('progress', p);
