@@ -168,9 +168,9 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
   private started = false;
   private phase: CopyJobPhase = 'opening';
   private stopRequested = false;
-  private resolveStopped!: () => void;
-  /** Resolves at stop(). */
-  private readonly stopped = new Promise<void>((resolve) => { this.resolveStopped = resolve; });
+  private resolveHalted!: () => void;
+  /** Resolves at stop(), cancel() or the first failure: nothing waits for a finish under way after that. */
+  private readonly halting = new Promise<void>((resolve) => { this.resolveHalted = resolve; });
   private cancelReason: string | null = null;
   private error: unknown = null;
   private record: CopyJobRecord | null = null;
@@ -224,7 +224,7 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
   stop(): void {
     if (this.record !== null || this.stopRequested) return;
     this.stopRequested = true;
-    this.resolveStopped();
+    this.resolveHalted();
     this.turns.halt();
     this.halt.abort(new FerryError('CANCELLED', `copy ${this.copyId} stopping`));
     if (this.phase === 'copying') this.phase = 'stopping';
@@ -234,6 +234,7 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
   cancel(reason: string): void {
     if (this.record !== null || this.cancelReason !== null) return;
     this.cancelReason = reason;
+    this.resolveHalted();
     this.turns.halt();
     this.log(`cancelled: ${reason}`);
     this.halt.abort(new FerryError('CANCELLED', `copy ${this.copyId} cancelled: ${reason}`));
@@ -297,7 +298,7 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
     await Promise.all(this.tasks);
     if (this.abort.signal.aborted) return 'cancelled';
     // A stop does not wait for a finish under way (it reads a whole file back): the sink, closed, drops it.
-    await Promise.race([this.finishing, this.stopped]);
+    await Promise.race([this.finishing, this.halting]);
     await this.syncing;
     if (this.error !== null) return 'failed';
     if (this.boundary.fileIndex === this.plan.files.length) {
@@ -319,7 +320,7 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
       for (let off = i === this.from.fileIndex ? this.from.offsetBytes : 0; off < size; off += NFC_CHUNK_BYTES) {
         if (this.halted()) return;
         const oldestEnd = this.pendingFinishEnds[0];
-        if (oldestEnd !== undefined && this.dealtBytes - oldestEnd >= MAX_FINISH_OVERLAP_BYTES) await this.finishing;
+        if (oldestEnd !== undefined && this.dealtBytes - oldestEnd >= MAX_FINISH_OVERLAP_BYTES) await Promise.race([this.finishing, this.halting]);
         const buf = await this.buffers.take(signal);
         if (buf === null || this.halted()) { if (buf !== null) this.buffers.give(buf); return; }
         const lengthBytes = chunkLength(size, off);
@@ -476,6 +477,7 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
   private fail(err: unknown): void {
     if (this.error !== null || this.abort.signal.aborted) return;
     this.error = err;
+    this.resolveHalted();
     this.turns.halt();
     this.log(`failed: ${errorMessage(err)}`);
   }
