@@ -219,6 +219,8 @@ class LocalSink implements CopySink {
     return this.exclusive(async () => {
       this.usable();
       if (this.verifyError !== null) throw this.verifyError;
+      // Fenced before anything: a later epoch's host may be writing these files now (its lease over ours).
+      await this.checkEpoch();
       const b = { ...this.frontier };
       // Data first: every chunk behind `b` completed before this point, so these flushes cover it.
       const files = await Promise.all([...this.open.values()].map((p) => p.catch(() => null)));
@@ -347,7 +349,9 @@ class LocalSink implements CopySink {
     if (compareBoundaries({ fileIndex, offsetBytes }, this.journal.boundary) < 0) {
       throw new FerryError('INVALID_ARGUMENT', `the chunk of file ${fileIndex} at ${offsetBytes} is behind the copy's durable boundary (${formatBoundary(this.journal.boundary)})`);
     }
-    if (this.aheadCount >= MAX_SINK_CHUNKS_AHEAD) {
+    // (The chunk at the prefix itself is always taken: it is the one that lets the prefix run over the others.)
+    const atFrontier = fileIndex === this.frontier.fileIndex && offsetBytes === this.frontier.offsetBytes;
+    if (this.aheadCount >= MAX_SINK_CHUNKS_AHEAD && !atFrontier) {
       throw new FerryError('INVALID_ARGUMENT', `more than ${MAX_SINK_CHUNKS_AHEAD} chunks written ahead of the copy's written prefix (${formatBoundary(this.frontier)})`);
     }
     return length;
