@@ -26,22 +26,39 @@
  *             stop (in-flight chunks, the final sync, closing, releasing the leases) and the start (the
  *             source's leases, the copy's lock, the journal read and written under the new epoch, the
  *             first chunk read, hashed and written); it does not hold the center's two RPCs.
- *   remote    pending: the remote form (remote sink and receiver, branch nfc-wire) is not merged yet;
- *             remoteMBps and remoteViaPathMBps are null.
+ *   remote    the remote form over loopback: a forked child process is the receiving host (a
+ *             CopyReceiver over its own mount of the target directory, the real local sink behind it);
+ *             this process copies the three files to it with the remote sink over plain TCP, and then
+ *             through an isolated path (a portable virtual path pair, one driver in each process: TLS
+ *             1.3 PSK tunnels), `--rounds` rounds each, alternately; medians, timed from taking the
+ *             source leases to the record, every copy verified like the local ones. No encryption on the
+ *             plain TCP part (the path's tunnel encrypts: it is the isolated form's cost).
  *
  * Flags: --bytes=1GiB --sparse=4GiB --sparse-data=64MiB --rounds=3 --handoffs=20 --segment=100MiB
- *   --streams=2 --dir=PATH --only=local|sparse|handoff (repeatable, comma-separated).
+ *   --streams=2 --dir=PATH --only=local,sparse,handoff,remote (comma-separated parts).
  * Progress and tables go to stderr; the last stdout line is one JSON object: localMBps, cpMBps,
  * cpSyncMBps, localVsCp, remoteMBps, remoteViaPathMBps, handoffGapP50Ms, handoffGapP99Ms, handoffs,
  * verified, and the details.
  */
-import { execFile } from 'node:child_process';
+import { execFile, fork, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, open, readdir, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { createPortableDriver } from '../src/dataplane/path/portable-driver.js';
+import type { PathDriver } from '../src/dataplane/path/driver.js';
+import type { PathEndpoint, PathSpec } from '../src/dataplane/path/spec.js';
+import { VirtualPath } from '../src/dataplane/path/virtual-path.js';
+import { tcpTransport } from '../src/dataplane/tcp.js';
+import type { Transport, TransportAddress } from '../src/dataplane/transport.js';
+import { errorMessage } from '../src/lib/errors.js';
+import { silentLogger } from '../src/lib/logger.js';
+import { CopyReceiver, type CopyTicketInfo } from '../src/nfc/receiver.js';
+import { openRemoteSink } from '../src/nfc/remote-sink.js';
+import { pathSpecPair } from '../test/helpers/path-specs.js';
 import { GiB, MiB, parseSizeBytes } from '../src/lib/units.js';
 import { CopyJob } from '../src/nfc/copier.js';
 import { openLocalSink } from '../src/nfc/local-sink.js';
@@ -50,7 +67,7 @@ import type { CopySink } from '../src/nfc/sink.js';
 import { openCopySource } from '../src/nfc/source-files.js';
 import type { LeaseOwner } from '../src/storage/lease.js';
 import { LocalDatastore } from '../src/storage/local-datastore.js';
-import { runBench, writeStdout } from './process.js';
+import { runBench, stopChild, writeStdout } from './process.js';
 import { cpuSnapshot, fmtInterference, interference, median, round, summarize, type Interference } from './stats.js';
 
 const run = promisify(execFile);
@@ -89,11 +106,14 @@ function parseArgs(argv: readonly string[]): Options {
   return {
     bytes: size('bytes', 1 * GiB), sparseBytes: size('sparse', 4 * GiB), sparseDataBytes: size('sparse-data', 64 * MiB),
     rounds: int('rounds', 3), handoffs: int('handoffs', 20), segmentBytes: size('segment', 100 * MiB), streams: int('streams', 2),
-    dir: get('dir') ?? os.tmpdir(), only: new Set(only === undefined ? ['local', 'sparse', 'handoff'] : only.split(',')),
+    dir: get('dir') ?? os.tmpdir(), only: new Set(only === undefined ? ['local', 'sparse', 'handoff', 'remote'] : only.split(',')),
   };
 }
 
 const log = (line: string): void => { process.stderr.write(`${line}\n`); };
+const LOOPBACK = '127.0.0.1';
+/** The receiving child gets this long to answer a command (a ticket, a path): far more than it takes. */
+const CHILD_COMMAND_TIMEOUT_MS = 60_000;
 const mbps = (bytes: number, ms: number): number => round(bytes / ms / 1000, 1);
 
 /** Writes `sizeBytes` of random data at `path` and answers its copy digest (SHA-256 over each chunk's SHA-256). */
@@ -200,6 +220,9 @@ async function localCopy(env: Env, plan: CopyPlan, wrap?: (sink: CopySink) => Co
 
 interface LocalResult {
   readonly localMBps: number;
+  /** CPU time per GiB copied: this process's (event loop, hashing threads, libuv's pool) and cp's (user + system). */
+  readonly localCpuMsPerGiB: number;
+  readonly cpCpuMsPerGiB: number;
   readonly cpMBps: number;
   readonly cpSyncMBps: number;
   readonly localVsCp: number;
@@ -212,6 +235,7 @@ interface LocalResult {
 async function localPart(env: Env): Promise<LocalResult> {
   const total = env.files.reduce((s, _, i) => s + fileBytes(env.o, i), 0);
   const samples = { local: [] as number[], cp: [] as number[], cpSync: [] as number[] };
+  const cpuMs = { local: [] as number[], cp: [] as number[] };
   const ratios: number[] = [];
   const syncRatios: number[] = [];
   let verified = true;
@@ -224,17 +248,23 @@ async function localPart(env: Env): Promise<LocalResult> {
       if (kind === 'local') {
         const plan = await planOf(env.srcA, env.files);
         const t0 = performance.now();
+        const cpu0 = process.cpuUsage();
         const record = await localCopy(env, plan);
         const ms = performance.now() - t0;
+        const cpu = process.cpuUsage(cpu0);
+        cpuMs.local.push((cpu.user + cpu.system) / 1000);
         verified = (await verifyCopy(env, record, env.dst)) && verified;
         got.local = ms;
         await emptyDir(env.dst);
       } else {
         await mkdir(env.cpDir, { recursive: true });
         const t0 = performance.now();
-        await run('cp', ['--sparse=always', ...env.files.map((f) => join(env.src, f)), env.cpDir]);
+        // Under /usr/bin/time for cp's own CPU time (user and system seconds on stderr's last line).
+        const { stderr } = await run('/usr/bin/time', ['-f', '%U %S', 'cp', '--sparse=always', ...env.files.map((f) => join(env.src, f)), env.cpDir]);
         if (kind === 'cpSync') await run('sync', env.files.map((f) => join(env.cpDir, f)));
         got[kind] = performance.now() - t0;
+        const [user, system] = (stderr.trim().split('\n').at(-1) ?? '').split(' ').map(Number);
+        if (kind === 'cp') cpuMs.cp.push(((user ?? NaN) + (system ?? NaN)) * 1000);
         await rm(env.cpDir, { recursive: true, force: true });
       }
     }
@@ -247,7 +277,8 @@ async function localPart(env: Env): Promise<LocalResult> {
     log(`  round ${r + 1}: local ${mbps(total, l)} MB/s, cp ${mbps(total, c)} MB/s, cp+sync ${mbps(total, cs)} MB/s`);
   }
   return {
-    localMBps: median(samples.local), cpMBps: median(samples.cp), cpSyncMBps: median(samples.cpSync),
+    localMBps: round(median(samples.local), 1), cpMBps: round(median(samples.cp), 1), cpSyncMBps: round(median(samples.cpSync), 1),
+    localCpuMsPerGiB: round(median(cpuMs.local) / (total / GiB), 0), cpCpuMsPerGiB: round(median(cpuMs.cp) / (total / GiB), 0),
     localVsCp: round(median(ratios), 3), localVsCpSync: round(median(syncRatios), 3), samples,
     interference: interference(before, cpuSnapshot()), verified,
   };
@@ -331,6 +362,138 @@ async function handoffPart(env: Env): Promise<HandoffResult> {
   return { gapsMs, copies, verified };
 }
 
+// ---------------------------------------------------------------------------------------------
+// The remote form: the receiving host is a child process (this file with --receiver <dstRoot>).
+
+type ReceiverCommand =
+  | { readonly cmd: 'ticket'; readonly plan: CopyPlan; readonly spec?: PathSpec }
+  | { readonly cmd: 'closePath' }
+  | { readonly cmd: 'cpuMs' };
+type ReceiverReply =
+  | { readonly ok: true; readonly port?: number; readonly endpoint?: PathEndpoint; readonly ticket?: CopyTicketInfo; readonly cpuMs?: number }
+  | { readonly ok: false; readonly error: string };
+
+async function receiverMain(dstRoot: string): Promise<void> {
+  const dst = await LocalDatastore.mount('dst', dstRoot, { owner: HOST_B });
+  const receiver = new CopyReceiver({ openSink: (_name, how) => openLocalSink(dst, how) }, tcpTransport, { host: LOOPBACK, port: 0 });
+  await receiver.listen();
+  const driver: PathDriver = await createPortableDriver({ listen: { host: LOOPBACK, port: 0 } });
+  let path: VirtualPath | null = null;
+  const send = (r: ReceiverReply): void => { process.send?.(r); };
+  process.on('message', (c: ReceiverCommand) => {
+    void (async (): Promise<ReceiverReply> => {
+      if (c.cmd === 'cpuMs') { const u = process.cpuUsage(); return { ok: true, cpuMs: (u.user + u.system) / 1000 }; }
+      if (c.cmd === 'closePath') { await path?.close(); path = null; return { ok: true }; }
+      const req = { copyId: c.plan.copyId, epoch: 1, datastore: 'dst', plan: c.plan };
+      if (c.spec === undefined) return { ok: true, ticket: await receiver.issueTicket(req) };
+      path = new VirtualPath(c.spec, await driver.open(c.spec, silentLogger()));
+      return { ok: true, ticket: await receiver.issueTicket(req, { transport: path, at: { host: c.spec.localAddress, port: c.spec.firstPort } }) };
+    })().then(send, (err: unknown) => { send({ ok: false, error: errorMessage(err) }); });
+  });
+  process.on('disconnect', () => { void Promise.allSettled([path?.close(), driver.close()]).finally(() => process.exit(0)); });
+  send({ ok: true, port: receiver.port, endpoint: driver.endpoint });
+}
+
+class ReceiverChild {
+  private readonly proc: ChildProcess;
+  private waiting: ((r: ReceiverReply) => void) | null = null;
+  private queue: Promise<unknown> = Promise.resolve();
+  readonly ready: Promise<ReceiverReply & { ok: true }>;
+
+  constructor(dstRoot: string) {
+    this.proc = fork(fileURLToPath(import.meta.url), ['--receiver', dstRoot], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    this.ready = this.next('start');
+    this.proc.on('message', (r: ReceiverReply) => { const w = this.waiting; this.waiting = null; w?.(r); });
+  }
+
+  private next(what: string): Promise<ReceiverReply & { ok: true }> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => { reject(new Error(`the receiver did not answer ${what} within ${CHILD_COMMAND_TIMEOUT_MS} ms`)); }, CHILD_COMMAND_TIMEOUT_MS);
+      this.waiting = (r) => { clearTimeout(timer); if (r.ok) resolve(r); else reject(new Error(`the receiver failed ${what}: ${r.error}`)); };
+    });
+  }
+
+  ask(c: ReceiverCommand): Promise<ReceiverReply & { ok: true }> {
+    const run = this.queue.then(async () => { await this.ready; const reply = this.next(c.cmd); this.proc.send(c); return reply; });
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  stop(): Promise<void> {
+    return stopChild(this.proc);
+  }
+}
+
+interface RemoteResult {
+  readonly remoteMBps: number;
+  readonly remoteViaPathMBps: number;
+  readonly samples: { tcp: number[]; path: number[] };
+  readonly receiverCores: { tcp: number[]; path: number[] };
+  readonly verified: boolean;
+}
+
+/** One remote copy of the three files to the child, over `transport` to `address` with `ticket`: its time, verified. */
+async function remoteCopy(env: Env, plan: CopyPlan, transport: Transport, address: TransportAddress, ticket: CopyTicketInfo): Promise<{ ms: number; verified: boolean }> {
+  const t0 = performance.now();
+  const source = await openCopySource(env.srcA, plan);
+  const job = new CopyJob({
+    plan, epoch: 1, host: 'a', source, streams: env.o.streams,
+    openSink: (signal) => openRemoteSink({ transport, address: { host: address.host, port: ticket.port }, ticket: ticket.ticket, plan, epoch: 1, streams: env.o.streams, signal }),
+  });
+  const record = await job.run();
+  const ms = performance.now() - t0;
+  const verified = await verifyCopy(env, record, env.dst);
+  await emptyDir(env.dst);
+  return { ms, verified };
+}
+
+async function remotePart(env: Env): Promise<RemoteResult> {
+  const total = env.files.reduce((s, _, i) => s + fileBytes(env.o, i), 0);
+  const child = new ReceiverChild(env.dst);
+  const driver = await createPortableDriver({ listen: { host: LOOPBACK, port: 0 } });
+  try {
+    const ready = await child.ready;
+    if (ready.port === undefined || ready.endpoint === undefined) throw new Error('the receiver did not say its port and path endpoint');
+    const samples = { tcp: [] as number[], path: [] as number[] };
+    const receiverCores = { tcp: [] as number[], path: [] as number[] };
+    let verified = true;
+    const kinds = ['tcp', 'path'] as const;
+    for (let r = 0; r < env.o.rounds; r++) {
+      for (let k = 0; k < kinds.length; k++) {
+        const kind = kinds[(k + r) % kinds.length] ?? 'tcp';
+        const plan = await planOf(env.srcA, env.files);
+        const cpu0 = (await child.ask({ cmd: 'cpuMs' })).cpuMs ?? NaN;
+        let out: { ms: number; verified: boolean };
+        if (kind === 'tcp') {
+          const { ticket } = await child.ask({ cmd: 'ticket', plan });
+          if (ticket === undefined) throw new Error('no ticket');
+          out = await remoteCopy(env, plan, tcpTransport, { host: LOOPBACK, port: ready.port }, ticket);
+        } else {
+          const specs = pathSpecPair({ sourceEndpoint: driver.endpoint, targetEndpoint: ready.endpoint, portCount: 1 });
+          const { ticket } = await child.ask({ cmd: 'ticket', plan, spec: specs.target });
+          if (ticket === undefined) throw new Error('no ticket');
+          const path = new VirtualPath(specs.source, await driver.open(specs.source, silentLogger()));
+          try {
+            out = await remoteCopy(env, plan, path, { host: specs.source.peerAddress, port: ticket.port }, ticket);
+          } finally {
+            await path.close();
+            await child.ask({ cmd: 'closePath' });
+          }
+        }
+        const cpu1 = (await child.ask({ cmd: 'cpuMs' })).cpuMs ?? NaN;
+        samples[kind].push(mbps(total, out.ms));
+        receiverCores[kind].push(round((cpu1 - cpu0) / out.ms, 2));
+        verified = out.verified && verified;
+        log(`  round ${r + 1} ${kind}: ${mbps(total, out.ms)} MB/s (the receiver used ${round((cpu1 - cpu0) / out.ms, 2)} cores)`);
+      }
+    }
+    return { remoteMBps: round(median(samples.tcp), 1), remoteViaPathMBps: round(median(samples.path), 1), samples, receiverCores, verified };
+  } finally {
+    await driver.close();
+    await child.stop();
+  }
+}
+
 function fileBytes(o: Options, i: number): number {
   const sum = FILE_SHARES.reduce((s, x) => s + x, 0);
   return Math.floor((o.bytes * (FILE_SHARES[i] ?? 0)) / sum / NFC_CHUNK_BYTES) * NFC_CHUNK_BYTES + (i === 0 ? 12_345 : 0);
@@ -346,7 +509,7 @@ async function main(): Promise<number> {
     await mkdir(dst);
     const files = FILE_SHARES.map((_, i) => `disk-${i}.raw`);
     const digests = new Map<string, string>();
-    log(`writing ${files.length} files of random data (${(o.bytes / MiB).toFixed(0)} MiB) and a sparse file in ${base}`);
+    log(`writing ${files.length} files of random data (${(o.bytes / MiB).toFixed(0)} MiB)${o.only.has('sparse') ? ' and a sparse file' : ''} in ${base}`);
     for (const [i, f] of files.entries()) digests.set(f, await writeRandom(join(src, f), fileBytes(o, i)));
     const sparsePath = 'sparse.raw';
     if (o.only.has('sparse')) digests.set(sparsePath, await writeSparse(join(src, sparsePath), o.sparseBytes, o.sparseDataBytes));
@@ -363,7 +526,7 @@ async function main(): Promise<number> {
       log(`local: ${o.rounds} rounds of cp, cp + sync and the local copy (${o.streams} streams)`);
       local = await localPart(env);
       verified &&= local.verified;
-      log(`local ${local.localMBps} MB/s, cp ${local.cpMBps} MB/s, cp+sync ${local.cpSyncMBps} MB/s: local/cp ${local.localVsCp}, local/(cp+sync) ${local.localVsCpSync}; ${fmtInterference(local.interference)}`);
+      log(`local ${local.localMBps} MB/s, cp ${local.cpMBps} MB/s, cp+sync ${local.cpSyncMBps} MB/s: local/cp ${local.localVsCp}, local/(cp+sync) ${local.localVsCpSync}; CPU per GiB: local ${local.localCpuMsPerGiB} ms, cp ${local.cpCpuMsPerGiB} ms; ${fmtInterference(local.interference)}`);
     }
     let sparse: SparseResult | null = null;
     if (o.only.has('sparse')) {
@@ -371,6 +534,13 @@ async function main(): Promise<number> {
       sparse = await sparsePart(env, sparsePath);
       verified &&= sparse.verified;
       log(`sparse: local ${sparse.localMs} ms moving ${(sparse.sentBytes / MiB).toFixed(1)} MiB, allocating ${(sparse.localAllocatedBytes / MiB).toFixed(1)} MiB; cp ${sparse.cpMs} ms, allocating ${(sparse.cpAllocatedBytes / MiB).toFixed(1)} MiB`);
+    }
+    let remote: RemoteResult | null = null;
+    if (o.only.has('remote')) {
+      log(`remote: ${o.rounds} rounds of the remote form over TCP and through a portable virtual path (${o.streams} streams) to a receiving child process`);
+      remote = await remotePart(env);
+      verified &&= remote.verified;
+      log(`remote ${remote.remoteMBps} MB/s over TCP, ${remote.remoteViaPathMBps} MB/s through the path`);
     }
     let handoff: HandoffResult | null = null;
     if (o.only.has('handoff')) {
@@ -384,14 +554,15 @@ async function main(): Promise<number> {
     const result = {
       localMBps: local?.localMBps ?? null, cpMBps: local?.cpMBps ?? null, cpSyncMBps: local?.cpSyncMBps ?? null,
       localVsCp: local?.localVsCp ?? null, localVsCpSync: local?.localVsCpSync ?? null,
-      remoteMBps: null, remoteViaPathMBps: null,
+      localCpuMsPerGiB: local?.localCpuMsPerGiB ?? null, cpCpuMsPerGiB: local?.cpCpuMsPerGiB ?? null,
+      remoteMBps: remote?.remoteMBps ?? null, remoteViaPathMBps: remote?.remoteViaPathMBps ?? null,
       handoffGapP50Ms: gaps?.p50 ?? null, handoffGapP99Ms: gaps?.p99 ?? null, handoffs: handoff?.gapsMs.length ?? 0,
       verified,
       targets: { localVsCp: 0.9, remoteMBps: 1000, handoffGapP99Ms: 100 },
       details: {
         bytes: o.bytes, files: files.map((f, i) => ({ path: f, sizeBytes: fileBytes(o, i) })), streams: o.streams, rounds: o.rounds,
         samplesMBps: local?.samples ?? null, interference: local?.interference ?? null, sparse, handoffGapsMs: handoff?.gapsMs ?? null,
-        handoffCopies: handoff?.copies ?? 0, remote: 'pending: the remote form (branch nfc-wire) is not merged', cpus: os.cpus().length,
+        handoffCopies: handoff?.copies ?? 0, remoteSamplesMBps: remote?.samples ?? null, remoteReceiverCores: remote?.receiverCores ?? null, cpus: os.cpus().length,
       },
     };
     await writeStdout(`${JSON.stringify(result)}\n`);
@@ -401,4 +572,10 @@ async function main(): Promise<number> {
   }
 }
 
-runBench('nfc', main);
+if (process.argv[2] === '--receiver') {
+  const root = process.argv[3];
+  if (root === undefined) throw new Error('usage: nfc.js --receiver <dstRoot>');
+  void receiverMain(root);
+} else {
+  runBench('nfc', main);
+}

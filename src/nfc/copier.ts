@@ -65,7 +65,7 @@ export interface CopyJobOptions {
   readonly log?: (line: string) => void;
 }
 
-type Item = { readonly kind: 'chunk'; readonly fileIndex: number; readonly offsetBytes: number; readonly lengthBytes: number; readonly buf: Buffer }
+type Item = { readonly kind: 'chunk'; readonly seq: number; readonly fileIndex: number; readonly offsetBytes: number; readonly lengthBytes: number; readonly buf: Buffer }
   | { readonly kind: 'end'; readonly fileIndex: number };
 
 /** Chunk buffers, allocated on demand up to `capacity` and reused; take() waits for one to be given back. */
@@ -93,6 +93,37 @@ class ChunkBuffers {
   give(b: Buffer): void {
     this.free.push(b);
     this.waiter?.();
+  }
+}
+
+/**
+ * Turns in dealing order, for the bandwidth cap: a limiter's waiters are granted in no particular
+ * order, and a copy whose early chunks starve behind later ones would hold its durable boundary (the
+ * written prefix) back. Each dealt chunk takes its turn once (done() also when it is dropped); a halt
+ * lets every waiter go.
+ */
+class Turns {
+  private next = 0;
+  private readonly waiting = new Map<number, () => void>();
+  private halted = false;
+
+  turn(seq: number): Promise<void> {
+    if (this.halted || seq <= this.next) return Promise.resolve();
+    return new Promise((resolve) => { this.waiting.set(seq, resolve); });
+  }
+
+  done(seq: number): void {
+    if (seq !== this.next) return;
+    this.next = seq + 1;
+    const w = this.waiting.get(this.next);
+    this.waiting.delete(this.next);
+    w?.();
+  }
+
+  halt(): void {
+    this.halted = true;
+    for (const w of this.waiting.values()) w();
+    this.waiting.clear();
   }
 }
 
@@ -130,14 +161,16 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
   private readonly halt = new AbortController();
   private readonly buffers = new ChunkBuffers(MAX_COPY_INFLIGHT_BYTES / NFC_CHUNK_BYTES);
   private readonly outstanding = new Outstanding();
+  private readonly turns = new Turns();
+  private dealtChunks = 0;
   private readonly tasks = new Set<Promise<void>>();
   private resolveDone!: (r: CopyJobRecord) => void;
   private started = false;
   private phase: CopyJobPhase = 'opening';
   private stopRequested = false;
-  private resolveStopped!: () => void;
-  /** Resolves at stop(). */
-  private readonly stopped = new Promise<void>((resolve) => { this.resolveStopped = resolve; });
+  private resolveHalted!: () => void;
+  /** Resolves at stop(), cancel() or the first failure: nothing waits for a finish under way after that. */
+  private readonly halting = new Promise<void>((resolve) => { this.resolveHalted = resolve; });
   private cancelReason: string | null = null;
   private error: unknown = null;
   private record: CopyJobRecord | null = null;
@@ -191,7 +224,8 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
   stop(): void {
     if (this.record !== null || this.stopRequested) return;
     this.stopRequested = true;
-    this.resolveStopped();
+    this.resolveHalted();
+    this.turns.halt();
     this.halt.abort(new FerryError('CANCELLED', `copy ${this.copyId} stopping`));
     if (this.phase === 'copying') this.phase = 'stopping';
     this.log(`stop requested at ${formatBoundary(this.boundary)}`);
@@ -200,6 +234,8 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
   cancel(reason: string): void {
     if (this.record !== null || this.cancelReason !== null) return;
     this.cancelReason = reason;
+    this.resolveHalted();
+    this.turns.halt();
     this.log(`cancelled: ${reason}`);
     this.halt.abort(new FerryError('CANCELLED', `copy ${this.copyId} cancelled: ${reason}`));
     this.abort.abort(new FerryError('CANCELLED', `copy ${this.copyId} cancelled: ${reason}`));
@@ -239,7 +275,7 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
       : outcome === 'failed' ? errorBody(this.error) : null;
     this.record = {
       copyId: this.copyId, epoch: this.epoch, outcome, from: this.from, to: { ...this.boundary },
-      sentBytes: this.sentBytes, resentBytes: 0, files: [...this.files], error: err,
+      sentBytes: this.sentBytes, resentBytes: this.resentBytes(), files: [...this.files], error: err,
       durationMs: Math.round(performance.now() - this.startedAt),
     };
     this.log(`${outcome} at ${formatBoundary(this.boundary)}${err === null ? '' : `: ${err.code} ${err.message}`}`);
@@ -262,7 +298,7 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
     await Promise.all(this.tasks);
     if (this.abort.signal.aborted) return 'cancelled';
     // A stop does not wait for a finish under way (it reads a whole file back): the sink, closed, drops it.
-    await Promise.race([this.finishing, this.stopped]);
+    await Promise.race([this.finishing, this.halting]);
     await this.syncing;
     if (this.error !== null) return 'failed';
     if (this.boundary.fileIndex === this.plan.files.length) {
@@ -284,13 +320,13 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
       for (let off = i === this.from.fileIndex ? this.from.offsetBytes : 0; off < size; off += NFC_CHUNK_BYTES) {
         if (this.halted()) return;
         const oldestEnd = this.pendingFinishEnds[0];
-        if (oldestEnd !== undefined && this.dealtBytes - oldestEnd >= MAX_FINISH_OVERLAP_BYTES) await this.finishing;
+        if (oldestEnd !== undefined && this.dealtBytes - oldestEnd >= MAX_FINISH_OVERLAP_BYTES) await Promise.race([this.finishing, this.halting]);
         const buf = await this.buffers.take(signal);
         if (buf === null || this.halted()) { if (buf !== null) this.buffers.give(buf); return; }
         const lengthBytes = chunkLength(size, off);
         this.outstanding.add(i);
         this.dealtBytes += lengthBytes;
-        yield { kind: 'chunk', fileIndex: i, offsetBytes: off, lengthBytes, buf };
+        yield { kind: 'chunk', seq: this.dealtChunks++, fileIndex: i, offsetBytes: off, lengthBytes, buf };
       }
       if (this.halted()) return;
       yield { kind: 'end', fileIndex: i };
@@ -314,6 +350,7 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
         this.buffers.give(item.buf);
         this.outstanding.settle(item.fileIndex);
         this.fail(err);
+        this.turns.halt();
         continue;
       }
       // The rest goes on by itself: this reader reads the next chunk meanwhile.
@@ -331,12 +368,21 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
     if (sink === null) return;
     try {
       if (isZeroChunk(data)) {
+        if (this.limiter !== null) { await this.turns.turn(item.seq); this.turns.done(item.seq); }
         await sink.hole(item.fileIndex, item.offsetBytes, item.lengthBytes);
       } else {
         const sha = await chunkSha256(data);
         if (this.limiter !== null) {
-          // A chunk paced past a stop is left to the next part: a hand-off does not wait out the cap.
-          try { await this.limiter.take(item.lengthBytes, this.halt.signal); } catch (err) { if (this.halt.signal.aborted) return; throw err; }
+          // In dealing order; a chunk paced past a stop is left to the next part: a hand-off does not wait out the cap.
+          await this.turns.turn(item.seq);
+          try {
+            await this.limiter.take(item.lengthBytes, this.halt.signal);
+          } catch (err) {
+            if (this.halt.signal.aborted) return;
+            throw err;
+          } finally {
+            this.turns.done(item.seq);
+          }
         }
         if (this.halt.signal.aborted) return;
         await sink.write(item.fileIndex, item.offsetBytes, data, sha);
@@ -416,15 +462,23 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
     const spanMs = first === undefined ? 0 : now - first.atMs;
     const rate = first === undefined || spanMs <= 0 ? 0 : ((this.doneBytes - first.doneBytes) * 1000) / spanMs;
     return {
-      copyId: this.copyId, epoch: this.epoch, doneBytes: this.doneBytes, totalBytes: total, sentBytes: this.sentBytes, resentBytes: 0,
+      copyId: this.copyId, epoch: this.epoch, doneBytes: this.doneBytes, totalBytes: total, sentBytes: this.sentBytes, resentBytes: this.resentBytes(),
       rateBytesPerSec: Math.round(rate), etaMs: rate > 0 ? Math.round(((total - this.doneBytes) * 1000) / rate) : (this.doneBytes >= total ? 0 : null),
       boundary: { ...this.boundary }, elapsedMs: Math.round(now - this.startedAt),
     };
   }
 
+  /** What the sink sent again (the remote sink counts its resends of chunks damaged on the wire; a local one has none). */
+  private resentBytes(): number {
+    const sink: (CopySink & { readonly resentBytes?: unknown }) | null = this.sink;
+    return typeof sink?.resentBytes === 'number' ? sink.resentBytes : 0;
+  }
+
   private fail(err: unknown): void {
     if (this.error !== null || this.abort.signal.aborted) return;
     this.error = err;
+    this.resolveHalted();
+    this.turns.halt();
     this.log(`failed: ${errorMessage(err)}`);
   }
 }

@@ -219,6 +219,8 @@ class LocalSink implements CopySink {
     return this.exclusive(async () => {
       this.usable();
       if (this.verifyError !== null) throw this.verifyError;
+      // Fenced before anything: a later epoch's host may be writing these files now (its lease over ours).
+      await this.checkEpoch();
       const b = { ...this.frontier };
       // Data first: every chunk behind `b` completed before this point, so these flushes cover it.
       const files = await Promise.all([...this.open.values()].map((p) => p.catch(() => null)));
@@ -347,7 +349,9 @@ class LocalSink implements CopySink {
     if (compareBoundaries({ fileIndex, offsetBytes }, this.journal.boundary) < 0) {
       throw new FerryError('INVALID_ARGUMENT', `the chunk of file ${fileIndex} at ${offsetBytes} is behind the copy's durable boundary (${formatBoundary(this.journal.boundary)})`);
     }
-    if (this.aheadCount >= MAX_SINK_CHUNKS_AHEAD) {
+    // (The chunk at the prefix itself is always taken: it is the one that lets the prefix run over the others.)
+    const atFrontier = fileIndex === this.frontier.fileIndex && offsetBytes === this.frontier.offsetBytes;
+    if (this.aheadCount >= MAX_SINK_CHUNKS_AHEAD && !atFrontier) {
       throw new FerryError('INVALID_ARGUMENT', `more than ${MAX_SINK_CHUNKS_AHEAD} chunks written ahead of the copy's written prefix (${formatBoundary(this.frontier)})`);
     }
     return length;
@@ -517,7 +521,7 @@ class LocalSink implements CopySink {
 
   /** LEASE_LOST if the copy's lock is lost; COPY_FENCED (from now on) if a later epoch opened the journal. */
   private async checkEpoch(): Promise<void> {
-    this.lock.lease?.check();
+    // The journal first: a sink whose lease was broken because a later epoch took over is told so (COPY_FENCED), not just LEASE_LOST.
     const j = await readJournal(this.area, this.plan.copyId);
     if (j === null || j.epoch > this.epoch) {
       this.fenced = new FerryError('COPY_FENCED', j === null
@@ -526,6 +530,7 @@ class LocalSink implements CopySink {
       { copyId: this.plan.copyId, epoch: this.epoch, journalEpoch: j?.epoch ?? null });
       throw this.fenced;
     }
+    this.lock.lease?.check();
   }
 
   private async saveJournal(j: CopyJournal): Promise<void> {

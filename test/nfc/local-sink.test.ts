@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { FerryError } from '../../src/lib/errors.js';
 import { MiB } from '../../src/lib/units.js';
 import { copyJournalPath, stagingPathOf } from '../../src/nfc/journal.js';
-import { discardCopy, openLocalSink, readCopyJournal } from '../../src/nfc/local-sink.js';
+import { MAX_SINK_CHUNKS_AHEAD, discardCopy, openLocalSink, readCopyJournal } from '../../src/nfc/local-sink.js';
 import { NFC_CHUNK_BYTES, type CopyPlan } from '../../src/nfc/plan.js';
 import type { CopySink } from '../../src/nfc/sink.js';
 import type { LocalDatastore } from '../../src/storage/local-datastore.js';
@@ -133,6 +133,14 @@ describe('local sink', () => {
     assert.equal((await codeOf(sink.sync())).code, 'INVALID_ARGUMENT', 'a closed sink');
     await assert.rejects(openLocalSink(dsA, { plan: { ...plan, copyId: 'nope' }, epoch: 1 }), { code: 'INVALID_ARGUMENT' });
     await assert.rejects(openLocalSink(dsA, { plan, epoch: 0 }), { code: 'INVALID_ARGUMENT' });
+    // Chunks ahead of the written prefix are remembered up to a bound (a writer that never fills the gap is refused, not remembered).
+    const big = { copyId: newCopyId(), files: [{ path: 'vm/big.raw', sizeBytes: (MAX_SINK_CHUNKS_AHEAD + 2) * NFC_CHUNK_BYTES, modifiedMs: 1 }] };
+    const wide = await openLocalSink(dsA, { plan: big, epoch: 1 });
+    for (let k = 1; k <= MAX_SINK_CHUNKS_AHEAD; k++) await wide.hole(0, k * NFC_CHUNK_BYTES, NFC_CHUNK_BYTES);
+    assert.equal((await codeOf(wide.hole(0, (MAX_SINK_CHUNKS_AHEAD + 1) * NFC_CHUNK_BYTES, NFC_CHUNK_BYTES))).code, 'INVALID_ARGUMENT');
+    await wide.hole(0, 0, NFC_CHUNK_BYTES); // fills the gap: the prefix runs over everything remembered
+    assert.deepEqual(await wide.sync(), { fileIndex: 0, offsetBytes: (MAX_SINK_CHUNKS_AHEAD + 1) * NFC_CHUNK_BYTES });
+    await wide.close();
   });
 
   it('a staging file damaged behind the sink fails its finish with COPY_VERIFY_FAILED at that chunk, whether it was found at the finish or by the read-back after a sync; it is not renamed into place', async () => {
