@@ -36,6 +36,11 @@ const SPECS: readonly TestFileSpec[] = [
 ];
 /** A file large enough that a copy paced at MIN_RATE_BYTES_PER_SEC runs for many seconds: it is still running when the test acts on it. */
 const SLOW_SPEC: TestFileSpec = { path: 'big.img', sizeBytes: 24 * NFC_CHUNK_BYTES };
+/**
+ * A paced copy: a one-chunk file first, whose finish is a boundary past the start early on (paced chunks
+ * may be acknowledged out of order, so within one file the durable boundary can lag), then SLOW_SPEC.
+ */
+const SLOW_SPECS: readonly TestFileSpec[] = [{ path: 'first.img', sizeBytes: NFC_CHUNK_BYTES }, SLOW_SPEC];
 
 let base = '';
 const agents: TestAgent[] = [];
@@ -63,10 +68,10 @@ async function rejectsWith(p: Promise<unknown>, code: FerryErrorCode): Promise<F
   return err;
 }
 
-/** Agent a copies SLOW_SPEC from src to dst at MIN_RATE_BYTES_PER_SEC, and has acknowledged a first boundary. */
+/** Agent a copies SLOW_SPECS from src to dst at MIN_RATE_BYTES_PER_SEC, and has acknowledged a first boundary. */
 async function slowLocalCopy(): Promise<{ srcDir: string; dstDir: string; files: CopyFile[]; a: TestAgent; copyId: string }> {
   const [srcDir, dstDir] = [await dir('src'), await dir('dst')];
-  const files = await writeSourceFiles(srcDir, [SLOW_SPEC]);
+  const files = await writeSourceFiles(srcDir, SLOW_SPECS);
   const a = await agent('a', { src: srcDir, dst: dstDir });
   const copyId = newCopyId();
   await a.client.startCopy(localCopy(copyId, files, { rateBytesPerSec: MIN_RATE_BYTES_PER_SEC }));
