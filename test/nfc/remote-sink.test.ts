@@ -122,12 +122,14 @@ describe('remote sink ↔ receiver (remote form over TCP)', () => {
     const plan = await planOf(src, newCopyId(), [SHAPES[0].path, BIG_PATH]);
     const ticket = await r.ticket(plan);
     const transport = new CuttableTransport();
-    let synced = false;
+    // Cut as soon as a sync inside the big file has been acknowledged: whatever the machine's speed, the
+    // copy has chunks (or at least the file's finish) still to go then, so the cut lands mid-copy. (Cutting
+    // at the next write after it instead raced the copy's end on a loaded machine: no write was left.)
     const first = await remoteCopyJob(src, r, plan, ticket, {
       transport, rateBytesPerSec: PACED_BYTES_PER_SEC,
       wrap: (sink) => {
-        const inner = instrumentedSink(sink, () => { if (synced) transport.cut(); });
-        return { ...inner, get resumeAt() { return sink.resumeAt; }, sync: async () => { const b = await sink.sync(); if (b.fileIndex === 1 && b.offsetBytes > 0) synced = true; return b; } };
+        const inner = instrumentedSink(sink, () => undefined);
+        return { ...inner, get resumeAt() { return sink.resumeAt; }, sync: async () => { const b = await sink.sync(); if (b.fileIndex === 1 && b.offsetBytes > 0) transport.cut(); return b; } };
       },
     });
     const cut = await first.job.run();
