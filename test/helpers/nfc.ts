@@ -5,25 +5,34 @@
  * of src/nfc (plain SHA-256 over each 1 MiB chunk's SHA-256), and a local copy run end to end.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, open, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import type { Datastore } from '../../src/storage/datastore.js';
-import type { LeaseOwner, LeaseTiming } from '../../src/storage/lease.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { LEASE_SUFFIX, type Datastore } from '../../src/storage/datastore.js';
+import { readLease, type LeaseOwner, type LeaseTiming } from '../../src/storage/lease.js';
 import { LocalDatastore } from '../../src/storage/local-datastore.js';
 import { CopyJob, type CopyJobOptions } from '../../src/nfc/copier.js';
 import { openLocalSink } from '../../src/nfc/local-sink.js';
 import { NFC_CHUNK_BYTES, type CopyJobRecord, type CopyPlan } from '../../src/nfc/plan.js';
 import type { CopySink } from '../../src/nfc/sink.js';
 import { openCopySource } from '../../src/nfc/source-files.js';
-import { CRASH_LEASE_TIMING, retryWhileLocked } from './consolidate-crash.js';
+import { CRASH_LEASE_TIMING } from './consolidate-crash.js';
 
 export const HOST_A: LeaseOwner = { hostName: 'a', hostId: 'aaaaaaaaaaaaaaaa' };
 export const HOST_B: LeaseOwner = { hostName: 'b', hostId: 'bbbbbbbbbbbbbbbb' };
 /** Short leases, the crash tests' (a killed copier's leases expire in a moment; a loaded machine does not lose a live one). */
 export const NFC_TEST_TIMING: LeaseTiming = CRASH_LEASE_TIMING;
-/** Waits out a killed copier's leases (DISK_LOCKED until their expiry), under NFC_TEST_TIMING. */
-export { retryWhileLocked };
+/** Waits until every lease on a file under `root` has expired (a killed process's: nobody renews them). */
+export async function waitOutLeases(root: string, timing: LeaseTiming = NFC_TEST_TIMING): Promise<void> {
+  let latestMs = 0;
+  for (const name of await readdir(root, { recursive: true })) {
+    if (!name.endsWith(LEASE_SUFFIX)) continue;
+    const r = await readLease(join(root, name.slice(0, -LEASE_SUFFIX.length)), timing);
+    if (r !== null) latestMs = Math.max(latestMs, r.expiresAtMs);
+  }
+  await sleep(Math.max(0, latestMs - Date.now() + timing.clockSkewMs + 1));
+}
 
 export interface NfcDirs {
   readonly base: string;

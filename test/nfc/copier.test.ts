@@ -19,8 +19,8 @@ import { readCopyJournal } from '../../src/nfc/local-sink.js';
 import { NFC_CHUNK_BYTES, compareBoundaries, type CopyJobRecord, type CopyPlan, type CopyProgress } from '../../src/nfc/plan.js';
 import type { LocalDatastore } from '../../src/storage/local-datastore.js';
 import {
-  HOST_A, HOST_B, expectedDigest, instrumentedSink, localCopyJob, mountAs, newCopyId, nfcDirs, planOf, retryWhileLocked, runLocalCopy,
-  sameBytes, writeSourceFile, type NfcDirs,
+  HOST_A, HOST_B, expectedDigest, instrumentedSink, localCopyJob, mountAs, newCopyId, nfcDirs, planOf, runLocalCopy,
+  sameBytes, waitOutLeases, writeSourceFile, type NfcDirs,
 } from '../helpers/nfc.js';
 
 const CHILD = fileURLToPath(new URL('../helpers/nfc-copy-child.js', import.meta.url));
@@ -167,9 +167,10 @@ describe('copier (local form)', () => {
     const journal = await readCopyJournal(dstA, plan.copyId);
     assert.equal(journal.epoch, 1);
     assert.ok(journal.boundary !== null && compareBoundaries(journal.boundary, { fileIndex: 0, offsetBytes: 0 }) > 0 && !journal.complete, JSON.stringify(journal));
-    // The dead child's leases (the sources', the copy's lock, its staging files) expire before anyone may take them.
-    const job = await retryWhileLocked(() => localCopyJob(srcA, dstA, plan, { epoch: 2 }));
-    const record = await job.run();
+    // The dead child's leases (the sources', the copy's lock, its staging and checksum files) expire before anyone may take them.
+    await waitOutLeases(dirs.src);
+    await waitOutLeases(dirs.dst);
+    const record = await runLocalCopy(srcA, dstA, plan, { epoch: 2 });
     assert.deepEqual(record.from, journal.boundary);
     await checkCopied(dirs, plan, record);
   });
