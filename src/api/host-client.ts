@@ -40,8 +40,8 @@ interface RequestOptions {
   readonly signal?: AbortSignal;
 }
 
-export interface FollowOptions {
-  readonly onProgress?: (p: MigrationProgress) => void;
+export interface FollowOptions<P = MigrationProgress> {
+  readonly onProgress?: (p: P) => void;
   readonly signal?: AbortSignal;
   /** Give up (HOST_ERROR) if the migration has not ended by then; default: wait as long as it runs. */
   readonly timeoutMs?: number;
@@ -166,29 +166,8 @@ export class HostClient {
    * `onProgress`), and if the stream breaks, polls the status instead. The one way every caller
    * waits for a migration.
    */
-  async waitForMigration(id: string, opts: FollowOptions = {}): Promise<MigrationRecord> {
-    const deadline = opts.timeoutMs !== undefined ? performance.now() + opts.timeoutMs : Infinity;
-    const timeout = opts.timeoutMs !== undefined ? AbortSignal.timeout(opts.timeoutMs) : undefined;
-    const signal = timeout !== undefined && opts.signal !== undefined ? AbortSignal.any([timeout, opts.signal]) : (timeout ?? opts.signal);
-    try {
-      for await (const e of this.migrationEvents(id, signal)) {
-        if (e.event === 'progress') opts.onProgress?.(e.data);
-        else if (e.event === 'done') return e.data;
-        else if (e.data.record !== null) return e.data.record;
-      }
-    } catch (err) {
-      // A broken stream is not the migration's end: ask for its status below. A host error is.
-      if (err instanceof FerryError && err.origin === 'remote') throw err;
-      if (opts.signal?.aborted === true) throw err;
-    }
-    for (;;) {
-      const s = await this.migration(id);
-      if (s.record !== null) return s.record;
-      if (performance.now() > deadline) throw new FerryError('HOST_ERROR', `migration ${id} did not end within ${opts.timeoutMs ?? 0} ms (phase ${s.phase})`);
-      if (opts.signal?.aborted === true) throw new FerryError('CANCELLED', `stopped waiting for migration ${id}`);
-      if (s.progress !== null) opts.onProgress?.(s.progress);
-      await new Promise((resolve) => setTimeout(resolve, MIGRATION_POLL_MS));
-    }
+  waitForMigration(id: string, opts: FollowOptions = {}): Promise<MigrationRecord> {
+    return followToEnd(`migration ${id}`, (signal) => this.migrationEvents(id, signal), () => this.migration(id), opts);
   }
 
   // Network file copies (./copy-v1.ts).
@@ -216,24 +195,8 @@ export class HostClient {
   }
 
   /** Waits for this host's part of a copy to end (events, else polling its status, as waitForMigration). */
-  async waitForCopy(id: string, opts: { readonly onProgress?: (p: CopyProgress) => void; readonly signal?: AbortSignal } = {}): Promise<CopyJobRecord> {
-    try {
-      for await (const e of this.copyEvents(id, opts.signal)) {
-        if (e.event === 'progress') opts.onProgress?.(e.data);
-        else if (e.event === 'done') return e.data;
-        else if (e.data.record !== null) return e.data.record;
-      }
-    } catch (err) {
-      if (err instanceof FerryError && err.origin === 'remote') throw err;
-      if (opts.signal?.aborted === true) throw err;
-    }
-    for (;;) {
-      const s = await this.copy(id);
-      if (s.record !== null) return s.record;
-      if (opts.signal?.aborted === true) throw new FerryError('CANCELLED', `stopped waiting for copy ${id}`);
-      if (s.progress !== null) opts.onProgress?.(s.progress);
-      await new Promise((resolve) => setTimeout(resolve, MIGRATION_POLL_MS));
-    }
+  waitForCopy(id: string, opts: FollowOptions<CopyProgress> = {}): Promise<CopyJobRecord> {
+    return followToEnd(`copy ${id}`, (signal) => this.copyEvents(id, signal), () => this.copy(id), opts);
   }
 
   /** A request outside the declared routes (tests of the negative space: unknown paths, bad bodies). */
@@ -317,4 +280,40 @@ export async function errorOf(res: Response, baseUrl: string, peer: { readonly w
 function bodyOf(res: Response): AsyncIterable<Uint8Array> {
   if (res.body === null) return (async function* () { /* empty */ })();
   return res.body;
+}
+
+type JobEvent<P, R> = { readonly event: 'status'; readonly data: { readonly record: R | null } } | { readonly event: 'progress'; readonly data: P } | { readonly event: 'done'; readonly data: R };
+
+/**
+ * Follows a host job (a migration, a copy) to its end: its event stream while it lasts, then — if the
+ * stream broke, which is not the job's end — its status, polled. A host's own error answer ends it.
+ */
+async function followToEnd<P, R>(
+  what: string,
+  events: (signal: AbortSignal | undefined) => AsyncIterable<JobEvent<P, R>>,
+  status: () => Promise<{ readonly record: R | null; readonly progress: P | null; readonly phase: string }>,
+  opts: FollowOptions<P>,
+): Promise<R> {
+  const deadline = opts.timeoutMs !== undefined ? performance.now() + opts.timeoutMs : Infinity;
+  const timeout = opts.timeoutMs !== undefined ? AbortSignal.timeout(opts.timeoutMs) : undefined;
+  const signal = timeout !== undefined && opts.signal !== undefined ? AbortSignal.any([timeout, opts.signal]) : (timeout ?? opts.signal);
+  try {
+    for await (const e of events(signal)) {
+      if (e.event === 'progress') opts.onProgress?.(e.data);
+      else if (e.event === 'done') return e.data;
+      else if (e.data.record !== null) return e.data.record;
+    }
+  } catch (err) {
+    // A broken stream is not the job's end: ask for its status below. A host error is.
+    if (err instanceof FerryError && err.origin === 'remote') throw err;
+    if (opts.signal?.aborted === true) throw err;
+  }
+  for (;;) {
+    const s = await status();
+    if (s.record !== null) return s.record;
+    if (performance.now() > deadline) throw new FerryError('HOST_ERROR', `${what} did not end within ${opts.timeoutMs ?? 0} ms (phase ${s.phase})`);
+    if (opts.signal?.aborted === true) throw new FerryError('CANCELLED', `stopped waiting for ${what}`);
+    if (s.progress !== null) opts.onProgress?.(s.progress);
+    await new Promise((resolve) => setTimeout(resolve, MIGRATION_POLL_MS));
+  }
 }
