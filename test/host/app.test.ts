@@ -8,7 +8,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
-import { mkdir, mkdtemp, realpath, rm, statfs, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, realpath, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
@@ -523,6 +523,19 @@ describe('host API v1: datastores', () => {
     assert.equal((await h.client.host()).hostId, h.agent.hostId);
   });
 
+  it('POST /v1/datastores/{name}/stat: size and modification time of each path, in the order asked; NOT_FOUND for a missing file or datastore, refused outside it', async () => {
+    assert.ok(h !== undefined);
+    await writeFile(join(base, 'one', 'a.img'), Buffer.alloc(3000, 1));
+    await mkdir(join(base, 'one', 'sub'), { recursive: true });
+    const st = await stat(join(base, 'one', 'a.img'));
+    const files = await h.client.statDatastoreFiles('one', ['a.img', 'sub']);
+    assert.deepEqual(files, [{ path: 'a.img', kind: 'file', sizeBytes: 3000, modifiedMs: st.mtimeMs }, { path: 'sub', kind: 'directory', sizeBytes: files[1]?.sizeBytes ?? -1, modifiedMs: files[1]?.modifiedMs ?? -1 }]);
+    await rejectsWith(h.client.statDatastoreFiles('one', ['nope.img']), 'NOT_FOUND');
+    await rejectsWith(h.client.statDatastoreFiles('three', ['a.img']), 'NOT_FOUND');
+    await rejectsWith(h.client.statDatastoreFiles('one', ['../two']), 'DATASTORE_PATH_INVALID');
+    await rejectsWith(h.client.statDatastoreFiles('one', []), 'BAD_REQUEST');
+  });
+
   it('a host with a bad datastore does not start: DATASTORE_INVALID for a duplicate name, a bad name, a missing path, a file', async () => {
     await writeFile(join(base, 'file'), '');
     const cases: [{ name: string; path: string }[], string][] = [
@@ -570,6 +583,7 @@ describe('OpenAPI document: every route the app answers is documented, every doc
     const agent = h.agent;
     const app = buildHostApp({
       token: AGENT_TOKEN, vms: agent.vms, hostInfo: () => agent.hostInfo(), listDatastores: () => agent.datastores.list(),
+      statDatastoreFiles: (name, paths) => agent.datastores.stat(name, paths),
       migrations: new MigrationService({
         hostName: 'doc', token: AGENT_TOKEN, vms: agent.vms, operations: agent.operations, datastores: agent.datastores, transport: tcpTransport, logger: silentLogger(),
         paths: agent.paths, brokeredOutcome: () => Promise.reject(new FerryError('INTERNAL', 'not called')),
