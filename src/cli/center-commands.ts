@@ -246,7 +246,8 @@ export function addCenterCommands(program: Command, host: Command): void {
   withCenterOptions(task.command('move').description('hand a running copy to another host (--to, or one the center picks): its host stops at a durable boundary, the other goes on from there')
     .argument('<id>', 'task id (a copy task)').option('--to <host>', 'the host to go on (it must mount the copy\'s source and be in service)').option('--json', 'print the task as JSON', false))
     .action(async (id: string, o: CenterClientOpts & { to?: string; json: boolean }) => {
-      const t = await (await centerClient(o)).moveTask(parseTaskId(id), o.to);
+      const taskId = parseTaskId(id);
+      const t = await (await centerClient(o)).moveTask(taskId, o.to);
       if (o.json) print(t);
       else process.stdout.write(`${describeTask(t)} (move requested${o.to !== undefined ? ` to ${o.to}` : ''}; ferry task watch ${t.id} follows it)\n`);
     });

@@ -456,6 +456,8 @@ class CopyRun {
       const mounts = (await this.d.store.listDatastoreHosts(j.targetId)).filter((m) => m.host !== copier);
       mounts.sort((a, b) => Number(b.host === j.receiver) - Number(a.host === j.receiver));
       for (const m of mounts) {
+        // In service (a restarted host is connected again after its first heartbeat) and answering.
+        if ((await this.d.store.getHost(m.host)).state !== 'connected') continue;
         try {
           await (await clientOf(this.#part, m.host)).copyJournal(j.copyId, m.mountName);
           return { ok: m.host };
@@ -463,7 +465,7 @@ class CopyRun {
           if (!isTransportError(err)) return { ok: m.host };
         }
       }
-      return { wait: `no host that mounts ${this.targetName} answers` };
+      return { wait: `no host in service that mounts ${this.targetName} answers` };
     });
   }
 
