@@ -67,6 +67,8 @@ const HOST_WAIT_POLL_MS = 500;
 /** Failures a restart cannot mend: the copy's own truth, reported as it is. */
 const FATAL_CODES: ReadonlySet<string> = new Set([
   'SOURCE_CHANGED', 'COPY_VERIFY_FAILED', 'COPY_CONFLICT', 'DATASTORE_INVALID', 'DATASTORE_PATH_INVALID', 'INVALID_ARGUMENT', 'BAD_REQUEST', 'CAPACITY', 'NOT_FOUND', 'DISK_READ_ONLY',
+  // A target file that exists already: a copy never overwrites one.
+  'ALREADY_EXISTS',
 ]);
 
 export interface CopyTaskDeps {
