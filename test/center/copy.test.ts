@@ -104,7 +104,7 @@ describe('network file copies through the center (real host processes, SQLite)',
     await sameBytes('far', files);
     await until(async () => (await tc.center.store.listPaths({ state: 'live' })).length === 0, 'no live path is left');
     for (const n of ['ca', 'cc']) await until(async () => (await host(n).client.listPaths()).paths.length === 0, `host ${n} holds no path`);
-    const direct = await succeeded(await tc.admin.copy({ files: ['one.byte'], from: 'src', to: 'far', via: 'cb', isolation: false }));
+    const direct = await succeeded(await tc.admin.copy({ files: ['empty.img'], from: 'src', to: 'far', via: 'cb', isolation: false }));
     assert.deepEqual([direct.form, direct.isolation?.mode], ['remote', 'direct']);
   });
 
