@@ -71,7 +71,8 @@ describe('copy hand-off faults (real host processes, in-process center)', () => 
     await rm(join(fs.dir('dst'), SLOW_FILE.path), { force: true });
     const from = await tc.center.store.latestEventId();
     const task = await tc.admin.copy({ files: [SLOW_FILE.path], from: 'src', to: 'dst', via: 'fa', rateBytesPerSec: SLOW_RATE });
-    await copyProgressed(tc.admin, task, from, 'fa', 2 * MiB);
+    // The target has acknowledged more than 1 MiB as durable: that is what the hand-off must go on from.
+    await copyProgressed(tc.admin, task, from, 'fa', 2 * MiB, MiB);
     await tc.admin.moveTask(task.id, 'fb');
     await kill('fa');
     const handoff = await waitForEvent(tc.admin, from, (e) => e.kind === 'copy.handoff' && e.subject === task.target, 60_000);
@@ -81,6 +82,7 @@ describe('copy hand-off faults (real host processes, in-process center)', () => 
     assert.deepEqual(r.segments.map((s) => s.host), ['fa', 'fb']);
     assert.ok(r.segments[0] !== undefined && r.segments[1] !== undefined);
     assert.deepEqual(r.segments[1].from, r.segments[0].to, 'fb went on from the boundary fa\'s target journal acknowledged');
+    assert.ok(r.segments[0].to.offsetBytes > MiB, `the target journal's boundary, not the part's start (${JSON.stringify(r.segments[0].to)})`);
     await revive('fa');
   });
 

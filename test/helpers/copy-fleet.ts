@@ -94,12 +94,16 @@ export async function startCopyHost(admin: CenterClient, hostArgs: (joinToken?: 
 
 /**
  * Waits for a copy task's `copy.progress` event in which `host`'s own part has sent more than `minBytes`
- * of data (the copy is really under way there: the task's line alone may be ahead of a part just begun).
+ * of data (the copy is really under way there: the task's line alone may be ahead of a part just begun)
+ * and its durable boundary is past `minDurableBytes` of the first file.
  */
-export async function copyProgressed(admin: CenterClient, task: CenterTaskView, afterId: number, host: string, minBytes: number): Promise<void> {
+export async function copyProgressed(admin: CenterClient, task: CenterTaskView, afterId: number, host: string, minBytes: number, minDurableBytes = 0): Promise<void> {
   try {
-    await waitForEvent(admin, afterId, (e) => e.kind === 'copy.progress' && e.subject === task.target
-      && (e.payload as { host: string }).host === host && (e.payload as { sentBytes: number }).sentBytes > minBytes, 60_000);
+    await waitForEvent(admin, afterId, (e) => {
+      if (e.kind !== 'copy.progress' || e.subject !== task.target) return false;
+      const p = e.payload as { host: string; sentBytes: number; boundary: { fileIndex: number; offsetBytes: number } };
+      return p.host === host && p.sentBytes > minBytes && (p.boundary.fileIndex > 0 || p.boundary.offsetBytes > minDurableBytes);
+    }, 60_000);
   } catch (err) {
     // Say what became of the task instead: the reason it never got there.
     const t = await admin.task(task.id);

@@ -553,6 +553,8 @@ class CopyRun {
     await this.d.event('copy.progress', this.subject, {
       copyId: j.copyId, taskId: this.ctx.task.id, host: j.host, epoch: j.epoch, doneBytes: this.#doneBytes, totalBytes: this.#totalBytes,
       rateBytesPerSec: p?.rateBytesPerSec ?? 0, etaMs: p?.etaMs ?? null, sentBytes: p?.sentBytes ?? 0,
+      // The part's durable boundary: what a hand-off now would go on from.
+      boundary: { ...(p?.boundary ?? j.from) },
     });
   }
 }
