@@ -52,7 +52,11 @@ describe('copy hand-off faults (real host processes, in-process center)', () => 
   const kill = async (n: string): Promise<void> => { await stopHost(host(n), 'SIGKILL'); };
   const revive = async (n: string): Promise<void> => {
     const old = host(n);
-    hosts.set(n, await startCopyHost(tc.admin, (t) => tc.hostArgs(t), n, datastoresOf(n), await tc.center.store.latestEventId(), { dataDir: old.dataDir, port: old.port, rejoin: true }));
+    const heard = async (sinceMs: number): Promise<boolean> => {
+      const h = await tc.center.store.getHost(n);
+      return h.state === 'connected' && (h.lastHeartbeatAtMs ?? 0) > sinceMs;
+    };
+    hosts.set(n, await startCopyHost(tc.admin, (t) => tc.hostArgs(t), n, datastoresOf(n), 0, { dataDir: old.dataDir, port: old.port, rejoin: true, heard }));
   };
 
   before(async () => {

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { MiB } from '../../src/lib/units.js';
 import type { CenterClient } from '../../src/api/center-client.js';
 import type { CenterTaskView } from '../../src/api/center-v1.js';
-import { startHost, type TestHost } from './hosts.js';
+import { startHost, until, type TestHost } from './hosts.js';
 import { waitForEvent } from './center.js';
 
 /** Short leases: a killed copier's source and staging leases expire in about a second. */
@@ -83,12 +83,15 @@ export async function stagingFiles(dir: string): Promise<string[]> {
  * restarted on its data directory links with its stored credential instead of a join token.
  */
 export async function startCopyHost(admin: CenterClient, hostArgs: (joinToken?: string) => string[], name: string, datastores: ReadonlyMap<string, string>, afterId: number,
-  o: { dataDir?: string; port?: number; rejoin?: boolean } = {}): Promise<TestHost> {
+  o: { dataDir?: string; port?: number; rejoin?: boolean; heard?: (sinceMs: number) => Promise<boolean> } = {}): Promise<TestHost> {
   const joinToken = o.rejoin === true ? undefined : (await admin.createJoinToken()).token;
   const ds = [...datastores].flatMap(([n, d]) => ['--datastore', `${n}=${d}`]);
-  const from = afterId;
+  const startedMs = Date.now();
   const h = await startHost(name, { args: [...hostArgs(joinToken), ...ds, ...COPY_LEASE_ARGS], ...(o.dataDir !== undefined ? { dataDir: o.dataDir } : {}), ...(o.port !== undefined ? { port: o.port } : {}) });
-  await waitForEvent(admin, from, (e) => e.kind === 'host.connected' && e.subject === `host:${name}`, 30_000);
+  // A host restarted before the center marked it disconnected stays `connected` (no event): `heard` says when its heartbeat arrived.
+  const heard = o.heard;
+  if (heard !== undefined) await until(() => heard(startedMs), `the center to hear from ${name} again`, 30_000);
+  else await waitForEvent(admin, afterId, (e) => e.kind === 'host.connected' && e.subject === `host:${name}`, 30_000);
   return h;
 }
 
