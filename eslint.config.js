@@ -36,6 +36,12 @@ const importZones = [
     message: 'src/migration/protocol is the wire format only: it imports nothing but src/lib (ARCHITECTURE.md §5).',
   },
   {
+    target: './src/nfc/protocol',
+    from: './src',
+    except: ['./lib', './nfc/protocol', './nfc/plan.ts', './types'],
+    message: 'src/nfc/protocol is the wire format only: it imports nothing but src/lib and src/nfc/plan.ts (ARCHITECTURE.md §5).',
+  },
+  {
     // vmm never imports migration: covered by the layers; dataplane and vmm share a layer, so this one is explicit.
     target: './src/dataplane',
     from: './src/vmm',

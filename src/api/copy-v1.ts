@@ -60,12 +60,17 @@ export const startCopyRequestSchema = z.object({
 }).strict().openapi('StartCopyRequest');
 export type StartCopyRequest = z.infer<typeof startCopyRequestSchema>;
 
-export const copyJournalViewSchema = nfcCopyJournalViewSchema.openapi('CopyJournal');
+/**
+ * The API's names for schemas src/nfc/plan.ts declares, rebuilt from their shapes with this module's `z`:
+ * `.openapi()` exists only on schemas made after @hono/zod-openapi extended zod, and plan.ts may be loaded
+ * before that (a process whose first import of it is not through this module).
+ */
+export const copyJournalViewSchema = z.object(nfcCopyJournalViewSchema.shape).strict().openapi('CopyJournal');
 export type { CopyJournalView };
 
 export const copyJournalQuerySchema = z.object({ datastore: datastoreNameSchema });
 export const copyParams = z.object({ id: copyIdSchema });
-export const copyStatusSchema = copyJobStatusSchema.openapi('CopyStatus');
+export const copyStatusSchema = z.object(copyJobStatusSchema.shape).strict().openapi('CopyStatus');
 export { copyJobRecordSchema, copyProgressSchema, boundarySchema };
 
 /** Server-sent events of GET /v1/copies/{id}/events: one status, progress…, done (the record). */

@@ -93,6 +93,8 @@ export const hostInfoSchema = z.object({
   hostId: z.string(),
   api: z.literal(HOST_API_VERSION),
   migrationPort: z.number().int(),
+  /** The network file copy receiver's port (remote form; its tickets come from POST /v1/copies/incoming). */
+  copyPort: z.number().int(),
   memoryLimitBytes: z.number(),
   memoryCommittedBytes: z.number(),
   vms: z.number().int(),

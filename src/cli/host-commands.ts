@@ -143,13 +143,14 @@ export function addHostCommands(program: Command, vm: Command): Command {
   const host = withLogOptions(program.command('host'))
     // Its own options stop at a subcommand: `ferry host list --center URL` is list's --center, not the agent's.
     .enablePositionalOptions()
-    .description('run a host agent: VMs, an authenticated control API and a migration endpoint; SIGTERM saves running VMs')
+    .description('run a host agent: VMs, an authenticated control API, a migration endpoint and a network file copy endpoint; SIGTERM saves running VMs')
     // Checked in the action, not as required options: commander checks a parent's required options for
     // its subcommands too, and `ferry host list` needs neither.
     .option('--name <name>', 'host name (required)')
     .option('--data-dir <dir>', 'where VM definitions and shutdown snapshots are kept (required)')
     .option('--listen <host:port>', 'control API address (port 0: any free port)', '127.0.0.1:7000')
     .option('--migration-port <port>', 'migration endpoint port (default: any free port)')
+    .option('--copy-port <port>', 'network file copy endpoint port, where other hosts send copies into this host\'s datastores (default: any free port)')
     .option('--token-file <file>', 'file holding the API token (default: $FERRY_TOKEN)')
     .addOption(new Option('--memory-limit <size>', 'memory the host may commit to VMs').argParser(sizeOption('--memory-limit')))
     .option('--datastore <name=path>', 'mount a directory as datastore <name> (repeatable; two hosts may mount one shared directory)', (v: string, all: string[]) => [...all, v], [])
@@ -164,7 +165,7 @@ export function addHostCommands(program: Command, vm: Command): Command {
     .addOption(new Option('--lease-duration <duration>', 'how long a disk lease lasts without renewal').argParser(durationOption('--lease-duration')).default(DEFAULT_LEASE_TIMING.durationMs, `${DEFAULT_LEASE_TIMING.durationMs}ms`))
     .addOption(new Option('--lease-renew <duration>', 'disk lease heartbeat period (at most half the duration)').argParser(durationOption('--lease-renew')).default(DEFAULT_LEASE_TIMING.renewIntervalMs, `${DEFAULT_LEASE_TIMING.renewIntervalMs}ms`))
     .addOption(new Option('--lease-clock-skew <duration>', 'how far the hosts\' clocks may disagree; a stale lease is broken this long after its expiry').argParser(durationOption('--lease-clock-skew')).default(DEFAULT_LEASE_TIMING.clockSkewMs, `${DEFAULT_LEASE_TIMING.clockSkewMs}ms`))
-    .action(async (given: { name?: string; dataDir?: string; listen: string; migrationPort?: string; tokenFile?: string; memoryLimit?: number; datastore: string[]; center?: string; joinToken?: string; centerCredentialFile?: string; centerCaFingerprint?: string; tls: boolean; leaseDuration: number; leaseRenew: number; leaseClockSkew: number; pathDrivers: readonly PathDriverKind[]; tunnelListen?: string } & LogOptions) => {
+    .action(async (given: { name?: string; dataDir?: string; listen: string; migrationPort?: string; copyPort?: string; tokenFile?: string; memoryLimit?: number; datastore: string[]; center?: string; joinToken?: string; centerCredentialFile?: string; centerCaFingerprint?: string; tls: boolean; leaseDuration: number; leaseRenew: number; leaseClockSkew: number; pathDrivers: readonly PathDriverKind[]; tunnelListen?: string } & LogOptions) => {
       const { name, dataDir } = given;
       if (name === undefined || dataDir === undefined) throw new FerryError('INVALID_ARGUMENT', 'ferry host needs --name <name> and --data-dir <dir>');
       const o = { ...given, name, dataDir };
@@ -181,13 +182,14 @@ export function addHostCommands(program: Command, vm: Command): Command {
         ...(center !== undefined ? { center } : {}),
         ...(o.tls ? { tls: true } : {}),
         ...(o.migrationPort !== undefined ? { migrationPort: parseIntegerOption(o.migrationPort, '--migration-port', 0, 65535) } : {}),
+        ...(o.copyPort !== undefined ? { copyPort: parseIntegerOption(o.copyPort, '--copy-port', 0, 65535) } : {}),
       });
       // A host must outlive a bug in one request or one migration: report it loudly, keep serving.
       process.on('unhandledRejection', (reason) => {
         agent.logger.error(`host ${agent.name}: INTERNAL ERROR (unhandled rejection, please report): ${reason instanceof Error ? (reason.stack ?? reason.message) : String(reason)}`);
       });
       // One machine-readable line for scripts and tests.
-      process.stdout.write(`ferry host ${agent.name} ready url=${agent.url} migration-port=${agent.migrationPort}\n`);
+      process.stdout.write(`ferry host ${agent.name} ready url=${agent.url} migration-port=${agent.migrationPort} copy-port=${agent.copyPort}\n`);
       await new Promise<void>((resolve) => {
         const stop = (signal: string): void => {
           agent.logger.info(`host ${agent.name}: ${signal}: shutting down`);

@@ -1,8 +1,9 @@
 /**
  * The host agent (`ferry host`): the one place a host's parts are wired — data directory, mounted
- * datastores, VM service, operations registry, outgoing migrations, the migration receiver on a transport, and
- * the HTTP app — plus boot (restore saved VMs, warm the switch-over path) and shutdown (SIGTERM:
- * migrations cancelled, running VMs paused and saved to the data directory, everything closed).
+ * datastores, VM service, operations registry, outgoing migrations, the migration receiver on a transport,
+ * network file copies (outgoing, and the copy receiver on its own port), and the HTTP app — plus boot
+ * (restore saved VMs, warm the switch-over path) and shutdown (SIGTERM: migrations and copies cancelled,
+ * running VMs paused and saved to the data directory, everything closed).
  */
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
@@ -10,7 +11,7 @@ import { createServer as createHttpsServer, type Server as HttpsServer } from 'n
 import { randomBytes } from 'node:crypto';
 import { createAdaptorServer } from '@hono/node-server';
 import { GiB } from '../lib/units.js';
-import { FerryError, errorMessage, isFerryError } from '../lib/errors.js';
+import { FerryError, errorMessage } from '../lib/errors.js';
 import { warmUpInstrumenter } from '../vmm/instrument.js';
 import { warmUpSwitchoverCodecs } from '../migration/protocol/messages.js';
 import { MigrationReceiver } from '../migration/target/receiver.js';
@@ -36,7 +37,9 @@ import { HostPaths } from './paths.js';
 import { openPathDrivers, type PathDriverChoice } from './path-drivers.js';
 import type { PathDriver } from '../dataplane/path/driver.js';
 import type { TicketRequest, TicketView } from '../api/host-v1.js';
-import { shortPathId } from '../dataplane/path/spec.js';
+import { ticketOnPath } from './path-tickets.js';
+import { CopyService } from './copy-service.js';
+import { IncomingCopies } from './copy-incoming.js';
 
 /** Default memory the host lends to VMs in all (an operator sets it to what the machine can spare). */
 export const DEFAULT_MEMORY_LIMIT_BYTES = 16 * GiB;
@@ -50,7 +53,9 @@ export interface HostOptions {
   readonly memoryLimitBytes?: number;
   /** Port for the migration endpoint (0: any free port). */
   readonly migrationPort?: number;
-  /** What carries migration streams (default: plain TCP). */
+  /** Port for the network file copy receiver (0: any free port). */
+  readonly copyPort?: number;
+  /** What carries migration and copy streams (default: plain TCP). */
   readonly transport?: Transport;
   /** Where the host logs (default: JSON lines on stderr, pretty on a terminal); every line is bound to `host`. */
   readonly logger?: Logger;
@@ -89,6 +94,10 @@ export class HostAgent {
   private readonly migrations: MigrationService;
   readonly disks: DiskSnapshots;
   private readonly receiver: MigrationReceiver;
+  /** This host's parts of network file copies, as the copying host. */
+  readonly copies: CopyService;
+  /** Copies other hosts send into this host's datastores (remote form), and the target journals. */
+  readonly incomingCopies: IncomingCopies;
   private readonly server: Server | HttpsServer;
   private readonly memoryLimitBytes: number;
   /** The host's logger (bound to its name). */
@@ -126,6 +135,8 @@ export class HostAgent {
       // Once joined: this host's certificate and the center's CA, for targets that serve HTTPS.
       peerTls: () => this.centerLink?.tls ?? {},
     });
+    this.copies = new CopyService({ hostName: this.name, datastores, transport, paths: this.paths, logger: this.logger, metrics: this.metrics });
+    this.incomingCopies = new IncomingCopies({ datastores, paths: this.paths, transport, at: { host: options.listenHost, port: options.copyPort ?? 0 }, logger: this.logger });
     this.disks = new DiskSnapshots({ hostName: this.name, vms: this.vms, operations: this.operations, datastores, log: this.log });
     this.receiver = new MigrationReceiver({
       admit: (vm) => { this.vms.admit(vm.name, vm.memoryBytes); },
@@ -148,6 +159,7 @@ export class HostAgent {
       token: options.token, centerToken: () => this.centerLink?.controlToken ?? null, vms: this.vms, migrations: this.migrations, disks: this.disks, hostInfo: () => this.hostInfo(), listDatastores: () => this.datastores.list(),
       paths: this.paths, issueTicket: (req) => this.issueTicket(req), incomingOutcome: (id) => this.receiver.outcome(id), metrics: this.metrics,
       statDatastoreFiles: (name, paths) => this.datastores.stat(name, paths),
+      copies: this.copies, incomingCopies: this.incomingCopies,
     });
     // An HTTPS server without a certificate yet: setSecureContext gives it the center-signed one (./center-link.ts).
     this.server = options.tls === true
@@ -188,6 +200,7 @@ export class HostAgent {
       // A joined host serving HTTPS has its certificate before its first connection.
       if (options.tls === true) await agent.centerLink?.loadStored();
       await agent.receiver.listen();
+      await agent.incomingCopies.listen();
       await new Promise<void>((resolve, reject) => {
         const onError = (err: Error): void => { reject(listenError(err, `${options.listenHost}:${options.listenPort}`)); };
         agent.server.once('error', onError);
@@ -197,11 +210,12 @@ export class HostAgent {
       // Nothing of a host that could not start stays behind: VMs saved, disks' leases released, ports closed.
       await agent.vms.saveAll().catch(() => undefined);
       await agent.receiver.close().catch(() => undefined);
+      await agent.incomingCopies.close().catch(() => undefined);
       await agent.paths.close().catch(() => undefined);
       throw err;
     }
     agent.port = (agent.server.address() as AddressInfo).port;
-    agent.log(`host ${agent.name}: control API on ${agent.url}, migration endpoint on ${options.listenHost}:${agent.receiver.port}, data in ${options.dataDir}, host id ${hostId}`);
+    agent.log(`host ${agent.name}: control API on ${agent.url}, migration endpoint on ${options.listenHost}:${agent.receiver.port}, copy endpoint on ${options.listenHost}:${agent.incomingCopies.port}, data in ${options.dataDir}, host id ${hostId}`);
     for (const ds of datastores.names) agent.log(`host ${agent.name}: datastore ${ds} mounted at ${datastores.get(ds).location}`);
     const offered = agent.paths.drivers();
     agent.log(offered.length === 0
@@ -224,33 +238,18 @@ export class HostAgent {
   }
 
   get migrationPort(): number { return this.receiver.port; }
+  get copyPort(): number { return this.incomingCopies.port; }
 
   /** A ticket for an incoming migration; with a path id, the migration comes through that operation's path to this host's virtual address. */
   private async issueTicket(req: TicketRequest): Promise<TicketView> {
     if (req.pathId === undefined) return this.receiver.issueTicket(req.sourceMigrationId);
-    const pathId = req.pathId;
-    const path = this.paths.transport(pathId, 'target');
-    // The first free port of the grant: a ticket asked again (a center that took the task over) must
-    // not collide with the listener of an earlier one, whose migration may still run.
-    let release: (() => void) | null = null;
-    // The target's part ended: its end of the path goes once the last reply is flushed (and no other ticket holds it).
-    const ended = (): void => { release?.(); };
-    for (let port = path.spec.firstPort; port < path.spec.firstPort + path.spec.portCount; port++) {
-      try {
-        const ticket = await this.receiver.issueTicket(req.sourceMigrationId, { transport: path, at: { host: path.spec.localAddress, port }, ended });
-        release = this.paths.hold(pathId, 'the incoming migration ended');
-        return ticket;
-      } catch (err) {
-        const taken = isFerryError(err, 'ALREADY_EXISTS') || (isFerryError(err, 'INVALID_ARGUMENT') && err.details['errno'] === 'EADDRINUSE');
-        if (!taken) throw err;
-      }
-    }
-    throw new FerryError('BUSY', `every port of path ${shortPathId(pathId)} has a migration ticket listening; try again when one ends`, { pathId });
+    const from = req.sourceMigrationId;
+    return ticketOnPath(this.paths, req.pathId, 'migration', (via) => this.receiver.issueTicket(from, via));
   }
 
   hostInfo(): HostInfo {
     return {
-      name: this.name, hostId: this.hostId, api: HOST_API_VERSION, migrationPort: this.receiver.port,
+      name: this.name, hostId: this.hostId, api: HOST_API_VERSION, migrationPort: this.receiver.port, copyPort: this.incomingCopies.port,
       memoryLimitBytes: this.memoryLimitBytes, memoryCommittedBytes: this.vms.memoryCommittedBytes, vms: this.vms.count,
     };
   }
@@ -266,8 +265,9 @@ export class HostAgent {
   }
 
   /**
-   * Clean shutdown: migrations are cancelled (their VMs resume here), running VMs are paused and
-   * saved to the data directory, every thread and socket is closed. Returns what happened per VM.
+   * Clean shutdown: migrations are cancelled (their VMs resume here), copies are cancelled (their
+   * journals stay for another host to resume), running VMs are paused and saved to the data directory,
+   * every thread and socket is closed. Returns what happened per VM.
    */
   async close(): Promise<string[]> {
     if (this.closing) return [];
@@ -276,10 +276,14 @@ export class HostAgent {
     await this.centerLink?.close();
     this.vms.closing = true;
     await this.migrations.cancelAll('host shutting down');
+    // Before VMs are saved (seconds each): a cancelled copy ends at once, its journal kept, and the source
+    // leases it lets go of are free sooner for the host the center hands the copy to.
+    await this.copies.cancelAll('host shutting down');
     // A disk operation is not cut off between its steps: it ends (they are bounded) before VMs are saved.
     await this.disks.drain();
     const report = await this.vms.saveAll();
     await this.receiver.close();
+    await this.incomingCopies.close();
     await this.paths.close();
     await new Promise<void>((resolve) => { this.server.close(() => { resolve(); }); this.server.closeAllConnections(); });
     return report;

@@ -1,6 +1,6 @@
 /**
- * The host agent's HTTP app: the routes of src/api/host-v1.ts, bound to the VM and migration
- * services. A `(Request) => Response` function (Hono), so tests can call it without sockets; the
+ * The host agent's HTTP app: the routes of src/api/host-v1.ts, bound to the VM, migration and
+ * copy services. A `(Request) => Response` function (Hono), so tests can call it without sockets; the
  * agent serves it on node:http. Every request but the OpenAPI document needs the bearer token and
  * is refused before its body is read; every error leaves as `{ error: { code, message, details? } }`
  * with the status of src/api/http-status.ts.
@@ -17,8 +17,7 @@ import {
   type DatastoreFileStat, type DatastoreView, type HostInfo, type IncomingStatus, type TicketRequest, type TicketView,
 } from '../api/host-v1.js';
 import { encodeSse } from '../api/sse.js';
-import type { MigrationJob } from '../migration/source/job.js';
-import type { MigrationRecord, MigrationProgress } from '../migration/record.js';
+import type { EventEmitter } from 'node:events';
 import type { IncomingOutcome } from '../migration/peer.js';
 import { bearerMatches } from './auth.js';
 import type { VmService } from './vm-service.js';
@@ -27,6 +26,8 @@ import type { DiskSnapshots } from './disk-snapshots.js';
 import type { VmSlot } from './vm-slot.js';
 import type { HostMetrics } from './metrics.js';
 import type { HostPaths } from './paths.js';
+import type { CopyService } from './copy-service.js';
+import type { IncomingCopies } from './copy-incoming.js';
 import { countRequests } from '../api/http-metrics.js';
 
 export interface HostAppDeps {
@@ -44,6 +45,8 @@ export interface HostAppDeps {
   readonly paths: HostPaths;
   readonly incomingOutcome: (id: string) => Promise<IncomingOutcome>;
   readonly metrics: HostMetrics;
+  readonly copies: CopyService;
+  readonly incomingCopies: IncomingCopies;
 }
 
 export function buildHostApp(d: HostAppDeps): OpenAPIHono {
@@ -107,6 +110,15 @@ export function buildHostApp(d: HostAppDeps): OpenAPIHono {
     return c.json(status, 200);
   });
 
+  app.openapi(routes.startCopy, async (c) => c.json(await d.copies.start(c.req.valid('json')), 202));
+  app.openapi(routes.getCopy, (c) => c.json(d.copies.status(c.req.valid('param').id), 200));
+  app.openapi(routes.copyEvents, (c) => eventStream(c, d.copies.run(c.req.valid('param').id)) as never);
+  app.openapi(routes.stopCopy, (c) => c.json(d.copies.stop(c.req.valid('param').id), 202));
+  app.openapi(routes.cancelCopy, (c) => c.json(d.copies.cancel(c.req.valid('param').id), 202));
+  app.openapi(routes.createCopyTicket, async (c) => c.json(await d.incomingCopies.issueTicket(c.req.valid('json')), 201));
+  app.openapi(routes.getCopyJournal, async (c) => c.json(await d.incomingCopies.journal(c.req.valid('param').id, c.req.valid('query').datastore), 200));
+  app.openapi(routes.discardCopyJournal, async (c) => c.json(await d.incomingCopies.discard(c.req.valid('param').id, c.req.valid('query').datastore), 200));
+
   app.openapi(routes.snapshotVm, async (c) => c.json(await d.disks.snapshot(c.req.valid('param').name), 201));
   app.openapi(routes.diskChain, async (c) => c.json(await d.disks.chain(c.req.valid('param').name), 200));
   app.openapi(routes.revertVm, async (c) => c.json(await d.disks.revert(c.req.valid('param').name, c.req.valid('json').to), 200));
@@ -132,16 +144,22 @@ function consoleStream(c: Context, slot: VmSlot, follow: boolean): Response {
   });
 }
 
+/** What an event stream follows: a migration or a copy, each with its status, progress events and a record at its end. */
+interface Followed<P, R> extends EventEmitter<{ progress: [P]; done: [R] }> {
+  status(): unknown;
+  readonly finished: boolean;
+}
+
 /** One `status` event, then `progress` events, then `done` with the record (at once if it has ended). */
-function eventStream(c: Context, job: MigrationJob): Response {
+function eventStream<P, R>(c: Context, job: Followed<P, R>): Response {
   c.header('content-type', 'text/event-stream');
   c.header('cache-control', 'no-cache');
   return stream(c, async (s) => {
     await s.write(encodeSse('status', job.status()));
     if (job.finished) return;
     await new Promise<void>((resolve) => {
-      const onProgress = (p: MigrationProgress): void => { void s.write(encodeSse('progress', p)); };
-      const onDone = (r: MigrationRecord): void => { void s.write(encodeSse('done', r)).then(() => { cleanup(); resolve(); }); };
+      const onProgress = (p: P): void => { void s.write(encodeSse('progress', p)); };
+      const onDone = (r: R): void => { void s.write(encodeSse('done', r)).then(() => { cleanup(); resolve(); }); };
       const cleanup = (): void => { job.off('progress', onProgress); job.off('done', onDone); };
       job.on('progress', onProgress);
       job.once('done', onDone);

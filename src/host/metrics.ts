@@ -1,13 +1,15 @@
 /**
  * A host's Prometheus metrics (`GET /metrics`, docs/design/observability.md): migrations in flight and
- * finished by role and outcome, bytes moved, downtime and duration, VMs by state, HTTP requests, and
- * the process's own (CPU, memory, event loop lag, GC; src/lib/process-metrics.ts). Each host has its own
+ * finished by role and outcome, bytes moved, downtime and duration, network file copies running and
+ * ended, VMs by state, HTTP requests, and the process's own (CPU, memory, event loop lag, GC;
+ * src/lib/process-metrics.ts). Each host has its own
  * Registry, never the global one: several hosts in one process (tests, the demo) each count only their own.
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { PATH_DRIVER_KINDS } from '../dataplane/path/spec.js';
 import { metricsText } from '../lib/process-metrics.js';
 import type { MigrationRecord } from '../migration/record.js';
+import { copyOutcomeSchema, type CopyJobRecord } from '../nfc/plan.js';
 import type { IncomingIds, IncomingObserver } from '../migration/target/hooks.js';
 import { vmStateSchema } from '../api/host-v1.js';
 import { httpRequestCounter, type HttpRequestLabels } from '../api/http-metrics.js';
@@ -32,6 +34,9 @@ export class HostMetrics {
   private readonly downtime: Histogram;
   private readonly duration: Histogram<'role' | 'outcome'>;
   readonly httpRequests: Counter<HttpRequestLabels>;
+  private readonly copiesRunning: Gauge;
+  private readonly copiesFinished: Counter<'outcome'>;
+  private readonly copyBytes: Counter;
 
   /** `vmStates`: the state of every VM on the host now; `pathDrivers`: the driver of every virtual path open now (both read at each scrape). */
   constructor(vmStates: () => Iterable<string>, pathDrivers: () => Iterable<string> = () => []) {
@@ -67,7 +72,21 @@ export class HostMetrics {
         for (const [driver, n] of counts) this.set({ driver }, n);
       },
     });
+    this.copiesRunning = new Gauge({ name: 'ferry_copies_running', help: 'network file copies this host runs now (its part, as the copying host)', registers });
+    this.copiesFinished = new Counter({ name: 'ferry_copies_total', help: 'this host\'s parts of network file copies ended, by outcome (completed, stopped, failed, cancelled)', labelNames: ['outcome'], registers });
+    this.copyBytes = new Counter({ name: 'ferry_copy_bytes_total', help: 'data bytes this host\'s copies moved (holes move none; resent chunks count again)', registers });
+    for (const outcome of copyOutcomeSchema.options) this.copiesFinished.inc({ outcome }, 0);
     this.httpRequests = httpRequestCounter(this.registry, 'ferry');
+  }
+
+  /** A copy started on this host (its source is held). */
+  copyStarted(): void { this.copiesRunning.inc(); }
+
+  /** A copy of this host ended with this record. */
+  copyEnded(record: CopyJobRecord): void {
+    this.copiesRunning.dec();
+    this.copiesFinished.inc({ outcome: record.outcome });
+    this.copyBytes.inc(record.sentBytes);
   }
 
   /** An outgoing migration started. */

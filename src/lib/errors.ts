@@ -122,6 +122,8 @@ export const FERRY_ERROR_CODES = [
   'SOURCE_CHANGED',
   // a finished file read back did not match the source's checksums: it is not renamed into place
   'COPY_VERIFY_FAILED',
+  // a copy's journal (or its checksum files) on the target is not one this build can trust: truncated, too large, not JSON, another version, inconsistent
+  'COPY_JOURNAL_INVALID',
 ] as const;
 
 export type FerryErrorCode = (typeof FERRY_ERROR_CODES)[number];

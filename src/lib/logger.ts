@@ -32,6 +32,10 @@ export interface LogBindings {
   readonly pathId?: string;
   /** Which side of a migration this host is. */
   readonly role?: 'source' | 'target';
+  /** A network file copy's id (the same on every host that takes part in it). */
+  readonly copyId?: string;
+  /** The hand-off generation a host's part of a copy runs under. */
+  readonly epoch?: number;
   /** A center task's id. */
   readonly taskId?: number | string;
   readonly vm?: string;

@@ -38,6 +38,14 @@ export const LEASE_SUFFIX = '.lck';
  * is decided by it, never by the names the hosts gave the datastore. Reserved like lease files.
  */
 export const DATASTORE_ID_FILE = '.ferry-datastore';
+/**
+ * The network file copy's journals and checksum files live in this directory at the root of the
+ * target datastore (docs/design/nfc.md): reserved, so that no user can open, list or overwrite them.
+ */
+export const COPY_AREA_DIR = '.ferry-copies';
+/** A copy's staging file is `<path>` + this + 8 digits of the copy id: reserved until it is renamed into place. */
+export const COPY_STAGING_INFIX = '.ferry-copy-';
+
 /** A datastore id: 32 lowercase hex digits (128 random bits). */
 export const DATASTORE_ID_PATTERN = /^[0-9a-f]{32}$/;
 
@@ -48,9 +56,19 @@ export function isDatastoreName(name: string): boolean {
   return DATASTORE_NAME_PATTERN.test(name);
 }
 
-/** True for the datastore's own lease files and their siblings (never shown, never opened). */
-export function isReservedName(component: string): boolean {
-  return component.endsWith(LEASE_SUFFIX) || component.includes(`${LEASE_SUFFIX}.`) || component.startsWith(DATASTORE_ID_FILE);
+/** True for the network file copy's own names: its area (COPY_AREA_DIR) and its staging files. */
+export function isCopyName(component: string): boolean {
+  return component.startsWith(COPY_AREA_DIR) || component.includes(COPY_STAGING_INFIX);
+}
+
+/**
+ * True for the datastore's own lease files and their siblings, its id file, and (unless
+ * `allowCopyNames`: the copy area of Datastore.copyArea()) the network file copy's names — never
+ * shown, never opened.
+ */
+export function isReservedName(component: string, opts: { allowCopyNames?: boolean } = {}): boolean {
+  return component.endsWith(LEASE_SUFFIX) || component.includes(`${LEASE_SUFFIX}.`) || component.startsWith(DATASTORE_ID_FILE)
+    || (opts.allowCopyNames !== true && isCopyName(component));
 }
 
 function refuse(path: string, reason: string, why: string): never {
@@ -61,9 +79,9 @@ function refuse(path: string, reason: string, why: string): never {
  * The components of a datastore path, or DATASTORE_PATH_INVALID (details.reason says which rule):
  * relative, no NUL, no backslash, no empty, "." or ".." component (so no "//" and no trailing "/"),
  * at most MAX_DATASTORE_PATH_BYTES, MAX_PATH_COMPONENT_BYTES per component and
- * MAX_DATASTORE_PATH_DEPTH components, no reserved lease name. DATASTORE_ROOT ('') only if allowed.
+ * MAX_DATASTORE_PATH_DEPTH components, no reserved name (isReservedName). DATASTORE_ROOT ('') only if allowed.
  */
-export function datastorePathParts(path: string, opts: { allowRoot?: boolean } = {}): string[] {
+export function datastorePathParts(path: string, opts: { allowRoot?: boolean; allowCopyNames?: boolean } = {}): string[] {
   if (typeof path !== 'string') refuse(String(path), 'type', 'is not a string');
   if (path === DATASTORE_ROOT) {
     if (opts.allowRoot === true) return [];
@@ -81,7 +99,7 @@ export function datastorePathParts(path: string, opts: { allowRoot?: boolean } =
     if (part === '..') refuse(path, 'dot-dot', 'has a ".." component (it would leave its directory)');
     if (part === '.') refuse(path, 'dot', 'has a "." component');
     if (Buffer.byteLength(part) > MAX_PATH_COMPONENT_BYTES) refuse(path, 'component-too-long', `has a component longer than ${MAX_PATH_COMPONENT_BYTES} bytes`);
-    if (isReservedName(part)) refuse(path, 'reserved', `names a lease file (names ending in "${LEASE_SUFFIX}" are the datastore's own)`);
+    if (isReservedName(part, opts)) refuse(path, 'reserved', `names one of the datastore's own files (lease files "*${LEASE_SUFFIX}", "${DATASTORE_ID_FILE}", the copy area "${COPY_AREA_DIR}" and staging files "*${COPY_STAGING_INFIX}*")`);
   }
   return parts;
 }
@@ -91,6 +109,12 @@ export interface DatastoreOpenOptions {
   readonly readOnly?: boolean;
   /** Create the file (it must not exist yet). Implies writing, so a lease is taken. */
   readonly create?: boolean;
+  /**
+   * With readOnly: take the file's write lease all the same (DISK_LOCKED if anyone holds a live one)
+   * while opening it for reading only — nobody can open it for writing while this is open, and
+   * nothing is written through it (a network file copy's source). Released at close().
+   */
+  readonly lease?: boolean;
 }
 
 /** A file opened through a datastore. Writers hold `lease` until close(); readers hold none. */
@@ -147,4 +171,17 @@ export interface Datastore {
   space(): Promise<DatastoreSpace>;
   /** Bytes free (space().freeBytes). */
   spaceLeft(): Promise<number>;
+  /**
+   * The same datastore, seen by the network file copy's target side only (src/nfc/local-sink.ts): its
+   * paths may also name COPY_AREA_DIR and staging files (lease files and the id file stay refused).
+   */
+  copyArea(): CopyArea;
+}
+
+/** A datastore as the network file copy's target side sees it: its reserved names, and durable small writes. */
+export interface CopyArea extends Datastore {
+  /** Replaces the file `path` with `data` atomically and durably: a temporary file, fsync, rename over, fsync of the directory. */
+  replaceFile(path: string, data: Uint8Array): Promise<void>;
+  /** fsync of directory `path` (DATASTORE_ROOT for the root): makes the renames and creates in it durable. */
+  syncDirectory(path: string): Promise<void>;
 }

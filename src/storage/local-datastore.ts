@@ -9,14 +9,15 @@
  * and swaps a checked directory for a symlink between the check and the open. The threat is
  * hostile *paths* (from API requests, disk descriptors' parent hints), not hostile neighbours.
  */
-import { link, lstat, mkdir, opendir, readFile, realpath, rename, rmdir, stat, statfs, unlink, writeFile } from 'node:fs/promises';
+import { link, lstat, mkdir, open, opendir, readFile, realpath, rename, rmdir, stat, statfs, unlink, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import type { Stats } from 'node:fs';
-import { join, sep } from 'node:path';
+import { constants } from 'node:fs';
+import { dirname, join, sep } from 'node:path';
 import { FerryError, errnoCode, errorMessage } from '../lib/errors.js';
 import {
   DATASTORE_ID_FILE, DATASTORE_ID_PATTERN, DATASTORE_NAME_RULE, MAX_LIST_ENTRIES, datastorePathParts, isDatastoreName, isReservedName,
-  type Datastore, type DatastoreEntry, type DatastoreEntryKind, type DatastoreFile, type DatastoreListing,
+  type CopyArea, type DatastoreEntry, type DatastoreEntryKind, type DatastoreFile, type DatastoreListing,
   type DatastoreOpenOptions, type DatastoreSpace, type DatastoreStat,
 } from './datastore.js';
 import { DEFAULT_LEASE_TIMING, Lease, checkLeaseOwner, checkLeaseTiming, clearStaleLease, type LeaseOwner, type LeaseTiming } from './lease.js';
@@ -64,10 +65,14 @@ async function datastoreId(name: string, root: string): Promise<string> {
   throw new FerryError('DATASTORE_INVALID', `datastore ${name}: its id file ${path} vanished while it was being created`, { name, path, reason: 'id' });
 }
 
-export class LocalDatastore implements Datastore {
+export class LocalDatastore implements CopyArea {
   private readonly timing: LeaseTiming;
 
-  private constructor(readonly name: string, readonly id: string, readonly location: string, private readonly owner: LeaseOwner, timing: LeaseTiming) {
+  private constructor(
+    readonly name: string, readonly id: string, readonly location: string, private readonly owner: LeaseOwner, timing: LeaseTiming,
+    /** True for the view copyArea() gives: paths may name the network file copy's reserved names. */
+    private readonly copyNames = false,
+  ) {
     this.timing = checkLeaseTiming(timing);
     checkLeaseOwner(owner);
   }
@@ -86,13 +91,28 @@ export class LocalDatastore implements Datastore {
     return new LocalDatastore(name, id, real, options.owner, options.leaseTiming ?? DEFAULT_LEASE_TIMING);
   }
 
+  copyArea(): LocalDatastore {
+    return this.copyNames ? this : new LocalDatastore(this.name, this.id, this.location, this.owner, this.timing, true);
+  }
+
   async open(path: string, options: DatastoreOpenOptions = {}): Promise<DatastoreFile> {
-    const parts = datastorePathParts(path);
+    const parts = this.parts(path);
     const label = this.label(path);
     const create = options.create === true;
     if (create && options.readOnly === true) throw new FerryError('INVALID_ARGUMENT', `${label}: a file cannot be created read-only`);
+    if (options.lease === true && options.readOnly !== true) throw new FerryError('INVALID_ARGUMENT', `${label}: "lease" is for read-only opens (a writer takes its lease anyway)`);
     // A new file: its parent must be inside; the name itself cannot be a symlink (O_EXCL refuses one).
     const real = create ? await this.resolveEntry(path, parts) : await this.resolveExisting(path, parts);
+    if (options.lease === true) {
+      // The lease first, as a writer does: once it is ours, nobody opens the file for writing until close().
+      const lease = await Lease.take(real, this.owner, this.timing, label);
+      try {
+        return new LeasedFile(await LocalFile.open(real, { readOnly: true, noFollow: true }, label), lease);
+      } catch (err) {
+        await lease.release();
+        throw err;
+      }
+    }
     if (!create && options.readOnly === true) {
       // Readers take no lease and do not look at one: a reader of a disk another host writes sees
       // what that host has flushed (snapshot bases are read-only and written by nobody).
@@ -108,8 +128,8 @@ export class LocalDatastore implements Datastore {
   }
 
   async rename(from: string, to: string, options: { overwrite?: boolean } = {}): Promise<void> {
-    const realFrom = await this.resolveEntry(from, datastorePathParts(from));
-    const realTo = await this.resolveEntry(to, datastorePathParts(to));
+    const realFrom = await this.resolveEntry(from, this.parts(from));
+    const realTo = await this.resolveEntry(to, this.parts(to));
     const st = await this.lstatOf(from, realFrom);
     // A disk being written stays where its writer opened it; a dead writer's lease is tidied first.
     if (st.isFile()) await clearStaleLease(realFrom, this.label(from), this.owner, this.timing);
@@ -133,7 +153,7 @@ export class LocalDatastore implements Datastore {
   }
 
   async remove(path: string): Promise<void> {
-    const real = await this.resolveEntry(path, datastorePathParts(path));
+    const real = await this.resolveEntry(path, this.parts(path));
     const st = await this.lstatOf(path, real);
     if (st.isDirectory()) {
       await this.fsOp(`remove ${this.label(path)}`, () => rmdir(real));
@@ -144,12 +164,12 @@ export class LocalDatastore implements Datastore {
   }
 
   async list(dir: string): Promise<DatastoreListing> {
-    const real = await this.resolveExisting(dir, datastorePathParts(dir, { allowRoot: true }));
+    const real = await this.resolveExisting(dir, this.parts(dir, true));
     const entries: DatastoreEntry[] = [];
     let truncated = false;
     const d = await this.fsOp(`list ${this.label(dir)}`, () => opendir(real));
     for await (const e of d) {
-      if (isReservedName(e.name)) continue;
+      if (isReservedName(e.name, { allowCopyNames: this.copyNames })) continue;
       if (entries.length === MAX_LIST_ENTRIES) { truncated = true; break; }
       entries.push({ name: e.name, kind: kindOf(e) });
     }
@@ -158,13 +178,13 @@ export class LocalDatastore implements Datastore {
   }
 
   async stat(path: string): Promise<DatastoreStat> {
-    const real = await this.resolveExisting(path, datastorePathParts(path, { allowRoot: true }));
+    const real = await this.resolveExisting(path, this.parts(path, true));
     const st = await this.fsOp(`stat ${this.label(path)}`, () => stat(real));
     return { kind: kindOf(st), sizeBytes: st.size, modifiedMs: st.mtimeMs };
   }
 
   async mkdir(path: string): Promise<void> {
-    const parts = datastorePathParts(path);
+    const parts = this.parts(path);
     let real = this.location;
     // One level at a time, so that each existing level is checked to stay inside before going deeper.
     for (const part of parts) {
@@ -186,6 +206,45 @@ export class LocalDatastore implements Datastore {
 
   async spaceLeft(): Promise<number> {
     return (await this.space()).freeBytes;
+  }
+
+  async replaceFile(path: string, data: Uint8Array): Promise<void> {
+    const real = await this.resolveEntry(path, this.parts(path));
+    // The temporary name is the file's own plus a random tail: in the same directory (rename(2) stays
+    // atomic), and as reserved as the file itself when that one is (a copy area's journal).
+    const tmp = `${real}.${randomBytes(8).toString('hex')}.tmp`;
+    const what = `replace ${this.label(path)}`;
+    try {
+      await this.fsOp(what, async () => {
+        const fh = await open(tmp, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY | constants.O_NOFOLLOW);
+        try {
+          await fh.writeFile(data);
+          await fh.datasync();
+        } finally {
+          await fh.close();
+        }
+      });
+      await this.fsOp(what, () => rename(tmp, real));
+    } catch (err) {
+      await unlink(tmp).catch(() => undefined);
+      throw err;
+    }
+    await this.syncReal(what, dirname(real));
+  }
+
+  async syncDirectory(path: string): Promise<void> {
+    await this.syncReal(`sync ${this.label(path)}`, await this.resolveExisting(path, this.parts(path, true)));
+  }
+
+  private async syncReal(what: string, realDir: string): Promise<void> {
+    await this.fsOp(what, async () => {
+      const fh = await open(realDir, constants.O_RDONLY | constants.O_DIRECTORY);
+      try { await fh.sync(); } finally { await fh.close(); }
+    });
+  }
+
+  private parts(path: string, allowRoot = false): string[] {
+    return datastorePathParts(path, { allowRoot, allowCopyNames: this.copyNames });
   }
 
   private label(path: string): string {

@@ -13,10 +13,10 @@
  */
 import { afterEach, describe, it, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { removeHostData, startHost, stopHost, until, waitMigration, waitPhase, type TestHost } from '../helpers/hosts.js';
+import { dropHosts, startHost, stopHost, until, waitMigration, waitPhase, type TestHost } from '../helpers/hosts.js';
 import { vmRequest } from '../helpers/guests.js';
 import { qemuImgOk } from '../helpers/vmdk.js';
 import { failpointHitLine } from '../../src/lib/failpoints.js';
@@ -68,11 +68,7 @@ const rigs = new Map<string, Rig>();
 afterEach(async (t) => {
   const r = rigs.get(t.name);
   rigs.delete(t.name);
-  if (r === undefined) return;
-  // Debugging a failure: FERRY_TEST_HOST_LOGS=1 prints what every host of the test printed.
-  if (process.env.FERRY_TEST_HOST_LOGS === '1') for (const h of r.hosts) process.stderr.write(`--- ${t.name}: host ${h.name}\n${h.log()}\n`);
-  for (const h of r.hosts) { await stopHost(h, 'SIGKILL'); await removeHostData(h); }
-  await rm(r.base, { recursive: true, force: true });
+  if (r !== undefined) await dropHosts(t.name, r.hosts, r.base);
 });
 
 function hostArgs(r: Pick<Rig, 'mode' | 'dsA' | 'dsB'>, name: 'a' | 'b'): string[] {

@@ -35,6 +35,16 @@ export async function removeHostData(h: TestHost): Promise<void> {
   await rm(h.dataDir, { recursive: true, force: true });
 }
 
+/**
+ * A test's end: every host it started killed and its data removed, then its own directory `base`.
+ * Debugging a failure: FERRY_TEST_HOST_LOGS=1 prints what every host of the test printed first.
+ */
+export async function dropHosts(test: string, hosts: readonly TestHost[], base: string): Promise<void> {
+  if (process.env.FERRY_TEST_HOST_LOGS === '1') for (const h of hosts) process.stderr.write(`--- ${test}: host ${h.name}\n${h.log()}\n`);
+  for (const h of hosts) { await stopHost(h, 'SIGKILL'); await removeHostData(h); }
+  await rm(base, { recursive: true, force: true });
+}
+
 export async function createVm(h: TestHost, name: string, guest: GuestName, opts: { memoryBytes: number; vcpus?: number; cmdline?: string; start?: boolean }): Promise<void> {
   await h.client.createVm(await vmRequest(name, guest, { memoryBytes: opts.memoryBytes, vcpus: opts.vcpus ?? 1, cmdline: opts.cmdline ?? '', start: opts.start ?? true }));
 }

@@ -41,6 +41,11 @@ const VALID_BODY: Partial<Record<RouteKey, unknown>> = {
   createTicket: {},
   revertVm: {},
 };
+/** A query each route needs (a copy's journal is asked of one datastore; this host mounts none, so it is not found). */
+const VALID_QUERY: Partial<Record<RouteKey, string>> = {
+  getCopyJournal: '?datastore=no-such-datastore',
+  discardCopyJournal: '?datastore=no-such-datastore',
+};
 
 function pathParams(route: Route): string[] {
   return [...route.path.matchAll(/\{(\w+)\}/g)].map((m) => m[1] ?? '');
@@ -58,7 +63,7 @@ function success(route: Route): { status: number; schema: z.ZodType | null } {
 function send(client: HostClient, key: RouteKey, params: Record<string, string>, init: { body?: string; token?: string | null; headers?: Record<string, string> } = {}): Promise<Response> {
   const route = routes[key];
   const body = init.body ?? (VALID_BODY[key] !== undefined ? JSON.stringify(VALID_BODY[key]) : undefined);
-  return client.raw(route.method.toUpperCase(), pathOf(route, params), { ...init, ...(body !== undefined ? { body } : {}) });
+  return client.raw(route.method.toUpperCase(), `${pathOf(route, params)}${VALID_QUERY[key] ?? ''}`, { ...init, ...(body !== undefined ? { body } : {}) });
 }
 
 /** The answer is a Ferry error body with this code, and the status of that code. */
@@ -207,6 +212,11 @@ describe('host API v1 on a real socket', () => {
     await rejectsWith(client.cancelMigration(NO_MIGRATION), 'NOT_FOUND');
     await rejectsWith(client.waitForMigration(NO_MIGRATION, { timeoutMs: 5000 }), 'NOT_FOUND');
     await rejectsWith(client.console(NO_VM), 'NOT_FOUND');
+    await rejectsWith(client.copy(NO_MIGRATION), 'NOT_FOUND');
+    await rejectsWith(client.stopCopy(NO_MIGRATION), 'NOT_FOUND');
+    await rejectsWith(client.copyJournal(NO_MIGRATION, 'no-such-datastore'), 'NOT_FOUND');
+    // Without ?datastore= the request is incomplete.
+    await expectError(await client.raw('GET', pathOf(routes.getCopyJournal, { id: NO_MIGRATION })), 'BAD_REQUEST');
   });
 
   it('unknown routes answer 404 NOT_FOUND: inside and outside /v1, a wrong method, a trailing slash', async () => {
@@ -593,6 +603,7 @@ describe('OpenAPI document: every route the app answers is documented, every doc
       paths: agent.paths,
       incomingOutcome: () => Promise.reject(new FerryError('INTERNAL', 'not called')),
       metrics: new HostMetrics(() => []),
+      copies: agent.copies, incomingCopies: agent.incomingCopies,
     });
     const answered = [...new Set(app.routes
       .filter((r) => r.method !== 'ALL')

@@ -246,6 +246,53 @@ describe('local datastore', () => {
     assert.equal((await codeOf(ds.mkdir('m/file/x'))).code, 'ALREADY_EXISTS');
   });
 
+  it('the copy area (.ferry-copies, staging files) is reserved: neither opened nor listed, except through copyArea(), which still refuses lease names', async () => {
+    await mkdir(join(root, '.ferry-copies'), { recursive: true });
+    await writeFile(join(root, '.ferry-copies', 'j.json'), '{}');
+    await writeFile(join(root, 'disk.raw.ferry-copy-0123abcd'), 'staging');
+    for (const p of ['.ferry-copies', '.ferry-copies/j.json', 'disk.raw.ferry-copy-0123abcd', 'd/x.ferry-copy-1']) {
+      assert.deepEqual([(await codeOf(ds.open(p, { readOnly: true }))).details.reason], ['reserved'], p);
+      assert.equal((await codeOf(ds.stat(p))).details.reason, 'reserved', p);
+      assert.equal((await codeOf(ds.remove(p))).details.reason, 'reserved', p);
+    }
+    const names = (await ds.list('')).entries.map((e) => e.name);
+    assert.ok(!names.includes('.ferry-copies') && !names.includes('disk.raw.ferry-copy-0123abcd'), names.join());
+    const area = ds.copyArea();
+    assert.equal(area.copyArea(), area);
+    assert.ok((await area.list('')).entries.some((e) => e.name === '.ferry-copies'));
+    const f = await area.open('disk.raw.ferry-copy-0123abcd', { readOnly: true });
+    await f.close();
+    assert.equal((await codeOf(area.open('.ferry-copies/j.json.lck', { readOnly: true }))).details.reason, 'reserved');
+    assert.equal((await codeOf(area.stat('.ferry-datastore'))).details.reason, 'reserved');
+    // replaceFile: atomic and durable, no temporary file left; syncDirectory of the root and of a directory.
+    await area.replaceFile('.ferry-copies/j.json', Buffer.from('{"v":2}'));
+    assert.equal(await readFile(join(root, '.ferry-copies', 'j.json'), 'utf8'), '{"v":2}');
+    assert.deepEqual((await area.list('.ferry-copies')).entries.map((e) => e.name), ['j.json']);
+    await area.syncDirectory('');
+    await area.syncDirectory('.ferry-copies');
+    await rm(join(root, '.ferry-copies'), { recursive: true });
+    await rm(join(root, 'disk.raw.ferry-copy-0123abcd'));
+  });
+
+  it('open with { readOnly, lease }: takes the write lease without opening for writing (a writer elsewhere is DISK_LOCKED, and it is), released at close', async () => {
+    await writeFile(join(root, 'src.raw'), 'source bytes');
+    assert.equal((await codeOf(ds.open('src.raw', { lease: true }))).code, 'INVALID_ARGUMENT');
+    const held = await ds.open('src.raw', { readOnly: true, lease: true });
+    assert.equal(held.readOnly, true);
+    assert.ok(held.lease?.held);
+    await assert.rejects(held.write(0, Buffer.from('x')), { code: 'STORE_IO' });
+    assert.equal((await codeOf(dsB.open('src.raw'))).code, 'DISK_LOCKED');
+    assert.equal((await codeOf(dsB.open('src.raw', { readOnly: true, lease: true }))).code, 'DISK_LOCKED');
+    const buf = Buffer.alloc(6);
+    await held.read(0, buf);
+    assert.equal(buf.toString(), 'source');
+    await held.close();
+    const w = await dsB.open('src.raw');
+    assert.equal((await codeOf(ds.open('src.raw', { readOnly: true, lease: true }))).code, 'DISK_LOCKED');
+    await w.close();
+    await ds.remove('src.raw');
+  });
+
   it('spaceLeft and space come from statfs of the root', async () => {
     const s = await ds.space();
     const fs = await statfs(root);

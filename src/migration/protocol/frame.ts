@@ -9,16 +9,17 @@
  *   8  4  requestId (u32, echoed by the reply)
  *  12  4  payload length (bounded per command)
  *
- * Everything here is pure: no I/O, nothing but src/lib imported (architecture rule).
+ * The codec is the shared one of src/lib/framing.ts. Everything here is pure: no I/O, nothing but
+ * src/lib imported (architecture rule).
  */
-import { FerryError } from '../../lib/errors.js';
-import { KiB, MiB, formatBytes } from '../../lib/units.js';
+import { defineFraming, FRAME_HEADER_BYTES, type Framing } from '../../lib/framing.js';
+import { KiB, MiB } from '../../lib/units.js';
 
 export const MAGIC = 'FMIG';
 /** The magic as it appears on the wire: 0x46 0x4d 0x49 0x47. */
 export const MAGIC_BYTES: readonly number[] = [0x46, 0x4d, 0x49, 0x47];
 export const PROTOCOL_VERSION = 1;
-export const HEADER_BYTES = 16;
+export const HEADER_BYTES = FRAME_HEADER_BYTES;
 
 /** Command codes (header byte 5). 0 is never valid on the wire. */
 export const Command = {
@@ -96,8 +97,6 @@ export const MAX_ENTRIES_PER_BATCH = 4096;
 export const MAX_ENTRY_BYTES = 2 * MiB;
 export const PAGE_ALIGN_BYTES = 4096;
 
-const U32_LIMIT = 2 ** 32;
-
 export interface FrameHeader {
   readonly command: FrameCommand;
   readonly requestId: number;
@@ -112,110 +111,40 @@ export interface Frame {
   readonly release?: () => void;
 }
 
-function isU32(value: number): boolean {
-  return Number.isInteger(value) && value >= 0 && value < U32_LIMIT;
-}
-
-function magicMatches(buf: Uint8Array, offset: number): boolean {
-  for (let i = 0; i < MAGIC_BYTES.length; i++) {
-    if (buf[offset + i] !== MAGIC_BYTES[i]) return false;
-  }
-  return true;
-}
-
-function hex(buf: Uint8Array): string {
-  return Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength).toString('hex');
-}
+/** The header codec of this protocol: the shared framing (src/lib/framing.ts) with this magic, these commands and bounds. */
+export const MIGRATION_FRAMING: Framing<FrameCommand> = defineFraming<FrameCommand>({
+  magic: MAGIC, version: PROTOCOL_VERSION, protocolName: 'migration', portName: 'migration',
+  lastCommand: LAST_COMMAND, commandNames: Object.values(COMMAND_NAMES), maxPayloadBytes: MAX_PAYLOAD_BYTES,
+});
 
 /**
  * Checks a payload length against the command's bound; throws PROTOCOL_TOO_LARGE. Shared by the
  * encoder and the decoder so both sides agree on the limits.
  */
 export function checkPayloadLength(command: FrameCommand, requestId: number, payloadLength: number): void {
-  const max = MAX_PAYLOAD_BYTES[command];
-  if (payloadLength > max) {
-    throw new FerryError('PROTOCOL_TOO_LARGE',
-      `${commandName(command)} frame (request ${requestId}) has a ${formatBytes(payloadLength)} payload; ` +
-      `the limit for ${commandName(command)} is ${formatBytes(max)}`,
-      { command, requestId, payloadLength, maxPayloadBytes: max });
-  }
+  MIGRATION_FRAMING.checkPayloadLength(command, requestId, payloadLength);
 }
 
 /**
  * Decodes and validates a frame header at `offset` of `buf` (only the 16 header bytes are read).
  * Checks, in this order: enough bytes (PROTOCOL_TRUNCATED), magic (PROTOCOL_BAD_MAGIC), version
- * (PROTOCOL_VERSION), command 1..9 (PROTOCOL_BAD_COMMAND), reserved flags = 0 (PROTOCOL_VERSION: set
+ * (PROTOCOL_VERSION), command 1..10 (PROTOCOL_BAD_COMMAND), reserved flags = 0 (PROTOCOL_VERSION: set
  * flags mean a protocol extension version 1 does not have), payload length within the command's
  * bound (PROTOCOL_TOO_LARGE).
  */
 export function decodeHeader(buf: Uint8Array, offset = 0): FrameHeader {
-  if (!Number.isInteger(offset) || offset < 0 || buf.byteLength - offset < HEADER_BYTES) {
-    throw new FerryError('PROTOCOL_TRUNCATED',
-      `a frame header is ${HEADER_BYTES} bytes but only ${Math.max(0, buf.byteLength - offset)} are available`,
-      { availableBytes: Math.max(0, buf.byteLength - offset) });
-  }
-  const view = new DataView(buf.buffer, buf.byteOffset + offset, HEADER_BYTES);
-  if (!magicMatches(buf, offset)) {
-    throw new FerryError('PROTOCOL_BAD_MAGIC',
-      `not a Ferry migration frame: the header starts with 0x${hex(buf.subarray(offset, offset + 4))}, ` +
-      `expected "${MAGIC}" (0x464d4947); is the peer a Ferry host on its migration port?`,
-      { magic: hex(buf.subarray(offset, offset + 4)) });
-  }
-  const version = view.getUint8(4);
-  if (version !== PROTOCOL_VERSION) {
-    throw new FerryError('PROTOCOL_VERSION',
-      `the peer speaks migration protocol version ${version}; this host speaks version ${PROTOCOL_VERSION} only`,
-      { version, supported: PROTOCOL_VERSION });
-  }
-  const command = view.getUint8(5);
-  const requestId = view.getUint32(8, true);
-  if (!isFrameCommand(command)) {
-    throw new FerryError('PROTOCOL_BAD_COMMAND',
-      `frame (request ${requestId}) has command code ${command}; valid codes are 1..9`, { command, requestId });
-  }
-  const flags = view.getUint16(6, true);
-  if (flags !== 0) {
-    throw new FerryError('PROTOCOL_VERSION',
-      `${commandName(command)} frame (request ${requestId}) has reserved flags 0x${flags.toString(16).padStart(4, '0')} set; ` +
-      `protocol version ${PROTOCOL_VERSION} requires 0 (the peer uses an extension this host does not know)`,
-      { command, requestId, flags });
-  }
-  const payloadLength = view.getUint32(12, true);
-  checkPayloadLength(command, requestId, payloadLength);
-  return { command, requestId, payloadLength };
+  return MIGRATION_FRAMING.decodeHeaderAt(buf, offset);
 }
 
 /** Encodes a header for a payload of `payloadLength` bytes (for writing header and payload separately). */
 export function encodeHeader(command: Command, requestId: number, payloadLength: number): Buffer {
-  if (!isFrameCommand(command)) {
-    throw new FerryError('PROTOCOL_BAD_COMMAND', `cannot encode a frame with command code ${command}; valid codes are 1..9`,
-      { command });
-  }
-  if (!isU32(requestId)) {
-    throw new FerryError('INVALID_ARGUMENT', `requestId ${requestId} is not a u32`, { requestId });
-  }
-  if (!Number.isSafeInteger(payloadLength) || payloadLength < 0) {
-    throw new FerryError('INVALID_ARGUMENT', `payload length ${payloadLength} is not a byte count`, { payloadLength });
-  }
-  checkPayloadLength(command, requestId, payloadLength);
-  const header = Buffer.alloc(HEADER_BYTES);
-  for (let i = 0; i < MAGIC_BYTES.length; i++) header[i] = MAGIC_BYTES[i] ?? 0;
-  header.writeUInt8(PROTOCOL_VERSION, 4);
-  header.writeUInt8(command, 5);
-  header.writeUInt16LE(0, 6);
-  header.writeUInt32LE(requestId, 8);
-  header.writeUInt32LE(payloadLength, 12);
-  return header;
+  return MIGRATION_FRAMING.encodeHeader(command, requestId, payloadLength);
 }
 
 /**
- * One complete frame: header + a copy of `payload`. Throws PROTOCOL_BAD_COMMAND (command not 1..9),
+ * One complete frame: header + a copy of `payload`. Throws PROTOCOL_BAD_COMMAND (command not 1..10),
  * PROTOCOL_TOO_LARGE (payload over the command's bound) or INVALID_ARGUMENT (requestId not a u32).
  */
 export function encodeFrame(command: Command, requestId: number, payload: Uint8Array): Buffer {
-  const header = encodeHeader(command, requestId, payload.byteLength);
-  const frame = Buffer.allocUnsafe(HEADER_BYTES + payload.byteLength);
-  header.copy(frame, 0);
-  frame.set(payload, HEADER_BYTES);
-  return frame;
+  return MIGRATION_FRAMING.encodeFrame(command, requestId, payload);
 }

@@ -4,16 +4,22 @@
  * discriminated by `command`.
  *
  * JSON payloads must be UTF-8 (no BOM), a JSON object, and match their schema exactly (unknown
- * keys are rejected). Anything else is PROTOCOL_BAD_PAYLOAD. Encoders run the same schemas on
- * what they are about to send, so a peer running this code never receives a payload it rejects;
- * an invalid value to encode is PROTOCOL_BAD_PAYLOAD too (and an oversize one PROTOCOL_TOO_LARGE).
+ * keys are rejected): src/lib/wire-json.ts. Anything else is PROTOCOL_BAD_PAYLOAD. Encoders run the
+ * same schemas on what they are about to send, so a peer running this code never receives a payload
+ * it rejects; an invalid value to encode is PROTOCOL_BAD_PAYLOAD too (and an oversize one PROTOCOL_TOO_LARGE).
  *
  * Numbers JSON cannot carry exactly travel as strings: i64 globals, clockNs and lastClockReadNs
  * as decimal strings; f32/f64 NaN, ±Infinity and -0 as "NaN", "Infinity", "-Infinity", "-0" (NaN payload
  * bits are not preserved).
  */
 import { z } from 'zod';
-import { FerryError, errorMessage } from '../../lib/errors.js';
+import { FerryError } from '../../lib/errors.js';
+import {
+  badPayload as libBadPayload, cannotEncode as libCannotEncode, decodeJsonPayload, encodeJsonPayload, encodeObjectPayload,
+  errorBodyOf, errorBodySchema, encodeErrorPayload, type Envelope, type ErrorBody, type OkBody,
+} from '../../lib/wire-json.js';
+
+export { MAX_ERROR_CODE_CHARS, MAX_ERROR_MESSAGE_CHARS } from '../../lib/wire-json.js';
 import { KiB } from '../../lib/units.js';
 import {
   MAX_ABORT_REASON_CHARS, MAX_CHANGED_BLOCK_BYTES, MAX_DATASTORE_PATH_BYTES, MAX_DISK_CAPACITY_BYTES, MIN_CHANGED_BLOCK_BYTES, MAX_DATA_CHANNELS, MAX_GLOBALS_PER_VCPU, MAX_IMAGE_BYTES, MAX_RAM_BYTES, MAX_VCPUS, MIN_DATA_CHANNELS,
@@ -35,8 +41,6 @@ export const MAX_PREPARE_JSON_BYTES = 64 * KiB - 4;
 export const PREPARE_JSON_LENGTH_BYTES = 4;
 /** claimedPages is in wasm pages and cannot exceed the largest RAM. */
 export const MAX_CLAIMED_PAGES = MAX_RAM_BYTES / WASM_PAGE_BYTES;
-export const MAX_ERROR_CODE_CHARS = 64;
-export const MAX_ERROR_MESSAGE_CHARS = 4096;
 
 const U32_MAX = 2 ** 32 - 1;
 
@@ -124,19 +128,7 @@ export interface AbortBody {
   readonly reason: string;
 }
 
-/** Reply to a request: any JSON object (may be empty). */
-export type OkBody = Readonly<Record<string, unknown>>;
-
-export interface ErrorBody {
-  readonly code: string;
-  readonly message: string;
-}
-
-interface Envelope<C extends FrameCommand, B> {
-  readonly command: C;
-  readonly requestId: number;
-  readonly body: B;
-}
+export type { OkBody, ErrorBody };
 
 export type HelloMessage = Envelope<typeof Command.HELLO, HelloBody>;
 export type PrepareMessage = Envelope<typeof Command.PREPARE, PrepareBody>;
@@ -235,69 +227,26 @@ export const abortSchema = z.object({ reason: z.string().max(MAX_ABORT_REASON_CH
 
 export const okSchema = z.record(z.string(), z.unknown());
 
-export const errorSchema = z.object({
-  code: z.string().min(1).max(MAX_ERROR_CODE_CHARS),
-  message: z.string().max(MAX_ERROR_MESSAGE_CHARS),
-}).strict();
+export const errorSchema = errorBodySchema;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-function describeIssues(error: z.ZodError): string {
-  const shown = error.issues.slice(0, 5).map((i) => `${i.path.length > 0 ? i.path.join('.') : '(root)'} ${i.message}`);
-  const more = error.issues.length > shown.length ? ` (and ${error.issues.length - shown.length} more)` : '';
-  return shown.join('; ') + more;
-}
-
 function badPayload(command: FrameCommand, message: string, details: Record<string, unknown> = {}): FerryError {
-  return new FerryError('PROTOCOL_BAD_PAYLOAD', `${commandName(command)} payload: ${message}`, { command, ...details });
-}
-
-const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
-
-/** UTF-8 bytes -> a parsed JSON object (not an array, not null); PROTOCOL_BAD_PAYLOAD otherwise. */
-function parseJsonObject(command: FrameCommand, bytes: Uint8Array): object {
-  let text: string;
-  try {
-    text = utf8.decode(bytes);
-  } catch {
-    throw badPayload(command, 'is not valid UTF-8');
-  }
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (err) {
-    throw badPayload(command, `is not JSON (${errorMessage(err)})`);
-  }
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw badPayload(command, `must be a JSON object, got ${value === null ? 'null' : Array.isArray(value) ? 'an array' : typeof value}`);
-  }
-  return value;
-}
-
-function validate<S extends z.ZodTypeAny>(command: FrameCommand, schema: S, value: unknown): z.output<S> {
-  const result = schema.safeParse(value);
-  if (!result.success) throw badPayload(command, describeIssues(result.error));
-  return result.data;
+  return libBadPayload(commandName(command), message, { command, ...details });
 }
 
 function decodeJson<S extends z.ZodTypeAny>(command: FrameCommand, schema: S, bytes: Uint8Array): z.output<S> {
-  return validate(command, schema, parseJsonObject(command, bytes));
+  return decodeJsonPayload(commandName(command), schema, bytes, { command });
 }
 
 /** Validates a wire object before sending it; returns its UTF-8 JSON. */
 function encodeJson(command: FrameCommand, schema: z.ZodTypeAny, wire: unknown): Buffer {
-  const result = schema.safeParse(wire);
-  if (!result.success) {
-    throw new FerryError('PROTOCOL_BAD_PAYLOAD',
-      `cannot encode ${commandName(command)}: ${describeIssues(result.error)}`, { command, direction: 'encode' });
-  }
-  return Buffer.from(JSON.stringify(wire), 'utf8');
+  return encodeJsonPayload(commandName(command), schema, wire, { command });
 }
 
 function cannotEncode(command: FrameCommand, message: string): FerryError {
-  return new FerryError('PROTOCOL_BAD_PAYLOAD', `cannot encode ${commandName(command)}: ${message}`,
-    { command, direction: 'encode' });
+  return libCannotEncode(commandName(command), message, { command });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -491,31 +440,17 @@ export function encodeAbort(requestId: number, body: AbortBody): Buffer {
  * it (undefined members are dropped).
  */
 export function encodeOk(requestId: number, body: OkBody = {}): Buffer {
-  const C = Command.OK;
-  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw cannotEncode(C, 'the body must be an object');
-  let json: string | undefined;
-  try {
-    json = JSON.stringify(body);
-  } catch (err) {
-    throw cannotEncode(C, `the body is not JSON-serialisable (${errorMessage(err)})`);
-  }
-  if (json?.startsWith('{') !== true) throw cannotEncode(C, 'the body does not serialise to a JSON object');
-  return encodeFrame(C, requestId, Buffer.from(json, 'utf8'));
+  return encodeFrame(Command.OK, requestId, encodeObjectPayload(commandName(Command.OK), body, { command: Command.OK }));
 }
 
 /** ERROR reply; a message longer than the bound is shortened (with an ellipsis) rather than refused. */
 export function encodeError(requestId: number, body: ErrorBody): Buffer {
-  const message = body.message.length > MAX_ERROR_MESSAGE_CHARS
-    ? `${body.message.slice(0, MAX_ERROR_MESSAGE_CHARS - 1)}…`
-    : body.message;
-  const wire = { code: body.code, message };
-  return encodeFrame(Command.ERROR, requestId, encodeJson(Command.ERROR, errorSchema, wire));
+  return encodeFrame(Command.ERROR, requestId, encodeErrorPayload(commandName(Command.ERROR), body, { command: Command.ERROR }));
 }
 
-/** ERROR reply for a thrown value: a FerryError keeps its code, anything else becomes INTERNAL. */
+/** ERROR reply for a thrown value: a FerryError keeps its stable code, anything else becomes INTERNAL. */
 export function encodeErrorFor(requestId: number, err: unknown): Buffer {
-  const code = err instanceof FerryError ? err.code : 'INTERNAL';
-  return encodeError(requestId, { code, message: errorMessage(err) });
+  return encodeError(requestId, errorBodyOf(err));
 }
 
 /** Encodes any message (MEMORY from its decoded form, so decode → encode round-trips). */
