@@ -203,6 +203,8 @@ describe('host API v1 on a real socket', () => {
       // Paths are the center's to push and remove: removing an unknown one is fine (idempotent); a push needs its spec (tests/host/paths, center/isolation).
       if (key === 'deletePath') { assert.deepEqual(await expectOk(res, key), { pathId: NO_MIGRATION, removed: false }); continue; }
       if (key === 'putPath') { await expectError(res, 'BAD_REQUEST'); continue; }
+      // A stat needs its paths: with them, an unknown datastore is NOT_FOUND like an unknown VM.
+      if (key === 'statDatastoreFiles') { await expectError(await send(client, key, { name: NO_VM }, { body: JSON.stringify({ paths: ['a.img'] }) }), 'NOT_FOUND'); continue; }
       const err = await expectError(res, 'NOT_FOUND');
       assert.equal(err.details?.route, undefined, `${key}: no such VM or migration, not "no route"`);
     }
