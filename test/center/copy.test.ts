@@ -23,6 +23,9 @@ import {
 /** 12 MiB at 2 MiB/s: about 6 s, long enough to act on the copy while it runs. */
 const SLOW_FILE = { path: 'slow/disk.img', sizeBytes: 12 * MiB, holeBytes: 2 * MiB };
 const SLOW_RATE = 2 * MiB;
+/** 16 MiB at 1 MiB/s (the slowest cap): about 14 s, enough for a CLI process to start on a loaded machine mid-copy. */
+const SLOWER_FILE = { path: 'slow/big.img', sizeBytes: 16 * MiB, holeBytes: 2 * MiB };
+const SLOWER_RATE = MiB;
 
 describe('network file copies through the center (real host processes, SQLite)', () => {
   let tc: TestCenter;
@@ -46,7 +49,7 @@ describe('network file copies through the center (real host processes, SQLite)',
     tc = await startTestCenter({ taskLeaseMs: 3000, heartbeatIntervalMs: 500, missedHeartbeats: 20 });
     fs = await copyDirs(['src', 'dst', 'far']);
     digests = await writeSourceFiles(fs.dir('src'), [
-      { path: 'a.img', sizeBytes: 6 * MiB + 12345, holeBytes: 3 * MiB }, { path: 'one.byte', sizeBytes: 1 }, { path: 'empty.img', sizeBytes: 0 }, SLOW_FILE,
+      { path: 'a.img', sizeBytes: 6 * MiB + 12345, holeBytes: 3 * MiB }, { path: 'one.byte', sizeBytes: 1 }, { path: 'empty.img', sizeBytes: 0 }, SLOW_FILE, SLOWER_FILE,
       { path: 'cli.img', sizeBytes: 3 * MiB },
     ]);
     await writeFile(join(fs.dir('src'), 'changed.img'), 'x');
@@ -113,8 +116,8 @@ describe('network file copies through the center (real host processes, SQLite)',
     await writeFile(caFile, tc.caPem);
     const cli = (args: readonly string[]): ReturnType<typeof runFerry> => runFerry([...args, '--center', tc.url, '--token-file', tc.center.adminTokenFile, '--ca-file', caFile]);
     const from = await tc.center.store.latestEventId();
-    const task = await tc.admin.copy({ files: [SLOW_FILE.path], from: 'src', to: 'dst', via: 'ca', rateBytesPerSec: SLOW_RATE });
-    await copyProgressed(tc.admin, task, from, 'ca', 2 * MiB);
+    const task = await tc.admin.copy({ files: [SLOWER_FILE.path], from: 'src', to: 'dst', via: 'ca', rateBytesPerSec: SLOWER_RATE });
+    await copyProgressed(tc.admin, task, from, 'ca', MiB);
     await assert.rejects(tc.admin.moveTask(task.id, 'cc'), (err: Error & { code?: string }) => err.code === 'NO_COMPATIBLE_HOST' && /does not mount datastore src/.test(err.message));
     await assert.rejects(tc.admin.moveTask(task.id, 'ca'), { code: 'NO_COMPATIBLE_HOST' }, 'not onto the host it runs on');
     const moved = await cli(['task', 'move', String(task.id), '--to', 'cb']);
@@ -128,7 +131,7 @@ describe('network file copies through the center (real host processes, SQLite)',
     assert.deepEqual(second.from, first.to, 'the second part starts where the first stopped');
     assert.ok(first.to.offsetBytes > 0 || first.to.fileIndex > 0, `the first part got somewhere (${JSON.stringify(first.to)})`);
     assert.ok(second.epoch > first.epoch);
-    await sameBytes('dst', [SLOW_FILE.path]);
+    await sameBytes('dst', [SLOWER_FILE.path]);
     const events = await collectEvents(tc.admin, from, await tc.center.store.latestEventId());
     const handoff = events.find((e) => e.kind === 'copy.handoff' && e.subject === task.target);
     assert.deepEqual([(handoff?.payload as { from: string }).from, (handoff?.payload as { to: string }).to, (handoff?.payload as { stopped: boolean }).stopped], ['ca', 'cb', true], 'ca answered with its stopped record');
@@ -148,9 +151,9 @@ describe('network file copies through the center (real host processes, SQLite)',
   });
 
   it('maintenance on the copying host hands its copy off and reaches in-maintenance; with no other host it stays entering-maintenance and names the copy', async () => {
-    await rm(join(fs.dir('dst'), SLOW_FILE.path), { force: true });
+    await rm(join(fs.dir('dst'), SLOWER_FILE.path), { force: true });
     const from = await tc.center.store.latestEventId();
-    const task = await tc.admin.copy({ files: [SLOW_FILE.path], from: 'src', to: 'dst', via: 'cb', rateBytesPerSec: SLOW_RATE });
+    const task = await tc.admin.copy({ files: [SLOWER_FILE.path], from: 'src', to: 'dst', via: 'cb', rateBytesPerSec: SLOWER_RATE });
     await copyProgressed(tc.admin, task, from, 'cb', MiB);
     const evac = await tc.admin.maintenance('cb', 'enter');
     const e = await wait(evac);
@@ -159,12 +162,12 @@ describe('network file copies through the center (real host processes, SQLite)',
     const r = await succeeded(task);
     assert.deepEqual(r.segments.map((s) => s.host), ['cb', 'ca']);
     assert.equal(r.verified, true);
-    await sameBytes('dst', [SLOW_FILE.path]);
+    await sameBytes('dst', [SLOWER_FILE.path]);
 
     // cb is in maintenance: a copy on ca has nowhere to go.
-    await rm(join(fs.dir('dst'), SLOW_FILE.path));
+    await rm(join(fs.dir('dst'), SLOWER_FILE.path));
     const from2 = await tc.center.store.latestEventId();
-    const stuck = await tc.admin.copy({ files: [SLOW_FILE.path], from: 'src', to: 'dst', via: 'ca', rateBytesPerSec: SLOW_RATE });
+    const stuck = await tc.admin.copy({ files: [SLOWER_FILE.path], from: 'src', to: 'dst', via: 'ca', rateBytesPerSec: SLOWER_RATE });
     await copyProgressed(tc.admin, stuck, from2, 'ca', MiB);
     const blocked = await wait(await tc.admin.maintenance('ca', 'enter'));
     assert.deepEqual([blocked.state, blocked.error?.code], ['failed', 'NO_COMPATIBLE_HOST']);

@@ -10,6 +10,7 @@ import { mkdir, mkdtemp, open, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MiB } from '../../src/lib/units.js';
+import { LEASE_SUFFIX } from '../../src/storage/datastore.js';
 import type { CenterClient } from '../../src/api/center-client.js';
 import type { CenterTaskView } from '../../src/api/center-v1.js';
 import { startHost, until, type TestHost } from './hosts.js';
@@ -71,10 +72,15 @@ export async function sha256File(path: string): Promise<string> {
   return createHash('sha256').update(await readFile(path)).digest('hex');
 }
 
-/** Every file name under `dir` (recursively, reserved areas included) that is a copy's staging file. */
+/**
+ * Every file name under `dir` (recursively, reserved areas included) that is a copy's staging file.
+ * Lease files are not counted: a host killed with SIGKILL while renewing a staging file's lease leaves
+ * that renewal's temporary file (`….lck.<id>.tmp`), which the datastore never lists and a later lease
+ * of that name does not need.
+ */
 export async function stagingFiles(dir: string): Promise<string[]> {
   const entries = await readdir(dir, { recursive: true });
-  return entries.filter((e) => e.includes('.ferry-copy-'));
+  return entries.filter((e) => e.includes('.ferry-copy-') && !e.includes(LEASE_SUFFIX));
 }
 
 /**
