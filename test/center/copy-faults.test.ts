@@ -22,9 +22,9 @@ import {
   COPY_TASK_TIMEOUT_MS, copyDirs, copyProgressed, sha256File, stagingFiles, startCopyHost, writeSourceFiles, type CopyDirs, type CopyResult,
 } from '../helpers/copy-fleet.js';
 
-/** 12 MiB at 2 MiB/s: about 6 s, long enough to break something while it runs. */
-const SLOW_FILE = { path: 'disk.img', sizeBytes: 12 * MiB, holeBytes: 2 * MiB };
-const SLOW_RATE = 2 * MiB;
+/** 16 MiB at 1 MiB/s (the slowest cap): about 14 s, long enough to break something while it runs on a loaded machine. */
+const SLOW_FILE = { path: 'disk.img', sizeBytes: 16 * MiB, holeBytes: 2 * MiB };
+const SLOW_RATE = MiB;
 
 interface HandoffPayload { from: string; to: string; stopped: boolean; boundaryFrom: string }
 
