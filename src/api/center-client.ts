@@ -16,7 +16,7 @@ import { FerryError, errorMessage } from '../lib/errors.js';
 import {
   CENTER_OPENAPI_PATH, centerEventSchema, centerRoutes,
   type CenterCaView, type CenterEvent, type CenterHostDetail, type CenterRoute, type CenterTaskView, type CenterVmView, type HeartbeatRequest,
-  type HeartbeatResult, type JoinRequest, type JoinResult, type JoinTokenView, type CenterCreateVmRequest, type CenterMigrateRequest, type MaintenanceRequest,
+  type HeartbeatResult, type JoinRequest, type JoinResult, type JoinTokenView, type CenterCreateVmRequest, type CenterMigrateRequest, type CenterCopyRequest, type MaintenanceRequest,
 } from './center-v1.js';
 import { errorOf, pathOf, responseSchema } from './host-client.js';
 import type { IncomingStatus } from './host-v1.js';
@@ -115,6 +115,10 @@ export class CenterClient {
     return body as AsyncIterable<Uint8Array>;
   }
   migrateVm(name: string, req: CenterMigrateRequest = {}): Promise<CenterTaskView> { return this.json(centerRoutes.migrateVm, { name }, 202, { body: req }); }
+  /** A network file copy: answers its task (TASK_KINDS.copy). */
+  copy(req: CenterCopyRequest): Promise<CenterTaskView> { return this.json(centerRoutes.createCopy, {}, 202, { body: req }); }
+  /** Hand a running copy task to `to` (or a host the center picks). */
+  moveTask(id: number, to?: string): Promise<CenterTaskView> { return this.json(centerRoutes.moveTask, { id: String(id) }, 202, { body: to !== undefined ? { to } : {} }); }
   maintenance(host: string, action: MaintenanceRequest['action']): Promise<CenterTaskView> { return this.json(centerRoutes.maintenance, { name: host }, 202, { body: { action } }); }
 
   /**

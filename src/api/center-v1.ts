@@ -21,6 +21,8 @@ import { MAX_DATASTORE_PATH_BYTES, MAX_PEM_CHARS, VM_NAME_PATTERN, cmdlineSchema
 import { migrationOptionsSchema } from '../migration/options.js';
 import { errorBodySchema, incomingStatusSchema, pathDriverReportSchema, pathIdSchema, migrationIdSchema, vmStateSchema as hostVmStateSchema } from './host-v1.js';
 import { PATH_DRIVER_KINDS } from '../dataplane/path/spec.js';
+import { MAX_COPY_STREAMS } from '../nfc/plan.js';
+import { MIN_RATE_BYTES_PER_SEC } from '../dataplane/rate-limiter.js';
 
 export const CENTER_API_VERSION = 'v1';
 export const CENTER_API_PREFIX = `/api/${CENTER_API_VERSION}`;
@@ -66,6 +68,8 @@ export const TASK_STATES = ['queued', 'running', 'succeeded', 'failed', 'cancell
 
 export const nameSchema = limitVmNameSchema();
 export const datastoreIdSchema = z.string().regex(DATASTORE_ID_PATTERN, 'must be 32 lowercase hex digits');
+/** A datastore as the center names it: its name, or its id (32 hex digits). */
+export const datastoreRefSchema = z.string().regex(VM_NAME_PATTERN, 'must be a datastore name or id');
 const httpUrlSchema = z.string().max(MAX_URL_CHARS).refine((s) => {
   try { const u = new URL(s); return (u.protocol === 'http:' || u.protocol === 'https:') && u.username === '' && u.password === ''; } catch { return false; }
 }, 'must be an http(s) URL without credentials');
@@ -125,6 +129,8 @@ export const taskViewSchema = z.object({
   cancelRequested: z.boolean(),
   /** What the scheduler decided when it admitted the task (a migration: its hosts), or null while it waits. */
   plan: jsonValueSchema,
+  /** The latest `ferry task move` request (seq counts them; to: the host asked for, or null), or null. */
+  moveRequest: z.object({ seq: z.number().int(), to: z.string().nullable(), by: z.string(), atMs: z.number() }).nullable(),
 }).openapi('CenterTask');
 export type CenterTaskView = z.infer<typeof taskViewSchema>;
 
@@ -301,6 +307,39 @@ export const centerMigrateRequestSchema = z.object({
 }).strict().openapi('CenterMigrate');
 export type CenterMigrateRequest = z.infer<typeof centerMigrateRequestSchema>;
 
+/**
+ * Files one copy task moves at most: a VM's disk chain and snapshot files, a few images. The task keeps
+ * its plan, its parts and each file's two digests in its checkpoint and result (each at most 64 KiB of
+ * JSON): more files go in several copies.
+ */
+export const MAX_CENTER_COPY_FILES = 64;
+/** The copy's paths together, as JSON, at most: what leaves the task's checkpoint room for its parts. */
+export const MAX_CENTER_COPY_PATHS_BYTES = 16 * KiB;
+/**
+ * A network file copy (docs/design/nfc.md): `files` (paths in the source datastore; each lands at the
+ * same path in the target) from datastore `from` to datastore `to`, each named as the center lists
+ * datastores (its name, or its id when two datastores share a name).
+ */
+export const centerCopyRequestSchema = z.object({
+  files: z.array(z.string().min(1).max(MAX_DATASTORE_PATH_BYTES)).min(1).max(MAX_CENTER_COPY_FILES)
+    .refine((f) => new Set(f).size === f.length, 'a file is listed twice')
+    .refine((f) => Buffer.byteLength(JSON.stringify(f), 'utf8') <= MAX_CENTER_COPY_PATHS_BYTES, `the paths must be at most ${MAX_CENTER_COPY_PATHS_BYTES} bytes of JSON together (copy more files in several copies)`),
+  from: datastoreRefSchema,
+  to: datastoreRefSchema,
+  /** The host that copies (it must mount `from`); without, the center picks one. */
+  via: nameSchema.optional(),
+  streams: z.number().int().min(1).max(MAX_COPY_STREAMS).optional(),
+  /** A bandwidth cap for the copy, bytes per second. */
+  rateBytesPerSec: z.number().int().min(MIN_RATE_BYTES_PER_SEC).max(Number.MAX_SAFE_INTEGER).optional(),
+  /** false: in the remote form, connect the two hosts directly instead of over the copy's own virtual path. */
+  isolation: z.boolean().optional(),
+}).strict().openapi('CenterCopy');
+export type CenterCopyRequest = z.infer<typeof centerCopyRequestSchema>;
+
+/** `ferry task move`: hand a running copy to `to` (it must mount the source and be in service), or to a host the center picks. */
+export const taskMoveRequestSchema = z.object({ to: nameSchema.optional() }).strict().openapi('TaskMove');
+export type TaskMoveRequest = z.infer<typeof taskMoveRequestSchema>;
+
 export const maintenanceRequestSchema = z.object({ action: z.enum(['enter', 'exit']) }).strict().openapi('Maintenance');
 export type MaintenanceRequest = z.infer<typeof maintenanceRequestSchema>;
 export const emptyBodySchema = z.object({}).strict();
@@ -385,6 +424,14 @@ export const centerRoutes = {
     method: 'post', path: `${P}/vms/{name}/migrate`, summary: 'live-migrate a VM (queued while budgets are spent): answers its task',
     request: { params: hostParams, ...body(centerMigrateRequestSchema) },
     responses: { 202: json(taskViewSchema, 'the task'), ...errors(400, 401, 404, 413, 503) },
+  }),
+  createCopy: createRoute({
+    method: 'post', path: `${P}/copies`, summary: 'copy files from one datastore to another through a host (handed to another host when that one is drained or on request): answers its task',
+    request: body(centerCopyRequestSchema), responses: { 202: json(taskViewSchema, 'the task'), ...errors(400, 401, 404, 409, 413, 503) },
+  }),
+  moveTask: createRoute({
+    method: 'post', path: `${P}/tasks/{id}/move`, summary: 'hand a running copy to another host (one that mounts its source and is in service): answers the task, the hand-off follows',
+    request: { params: taskParams, ...body(taskMoveRequestSchema) }, responses: { 202: json(taskViewSchema, 'the task'), ...errors(400, 401, 404, 409, 503) },
   }),
   maintenance: createRoute({
     method: 'post', path: `${P}/hosts/{name}/maintenance`, summary: 'enter (evacuate every running VM by live migration) or exit maintenance: answers the task',

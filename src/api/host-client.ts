@@ -13,7 +13,7 @@ import { FerryError, errorMessage } from '../lib/errors.js';
 import type { MigrationProgress, MigrationRecord } from '../migration/record.js';
 import {
   errorBodySchema, migrationEventSchemas, routes, OPENAPI_PATH,
-  type CreateVmRequest, type DatastoreView, type HostInfo, type IncomingStatus, type MigrateRequest, type MigrationEvent, type MigrationStatus,
+  type CreateVmRequest, type DatastoreFileStat, type DatastoreView, type HostInfo, type IncomingStatus, type MigrateRequest, type MigrationEvent, type MigrationStatus,
   type PathListView, type PauseResultView, type TicketRequest, type TicketView, type VerifyResult, type VmView,
 } from './host-v1.js';
 import {
@@ -83,6 +83,10 @@ export class HostClient {
 
   host(): Promise<HostInfo> { return this.json(routes.getHost, {}, 200); }
   async listDatastores(): Promise<DatastoreView[]> { return (await this.json(routes.listDatastores, {}, 200)).datastores; }
+  /** Size and modification time of files of datastore `name` (this host's name for it), in the order asked. */
+  async statDatastoreFiles(name: string, paths: readonly string[]): Promise<DatastoreFileStat[]> {
+    return (await this.json(routes.statDatastoreFiles, { name }, 200, { body: { paths } })).files;
+  }
   async listVms(): Promise<VmView[]> { return (await this.json(routes.listVms, {}, 200)).vms; }
   createVm(req: CreateVmRequest): Promise<VmView> { return this.json(routes.createVm, {}, 201, { body: req }); }
   vm(name: string): Promise<VmView> { return this.json(routes.getVm, { name }, 200); }

@@ -12,6 +12,7 @@ import { MAX_COPY_FILES } from '../nfc/plan.js';
 import { migrationOptionsSchema } from '../migration/options.js';
 import { migrationJobStatusSchema, migrationProgressSchema, migrationRecordSchema, type MigrationJobStatus } from '../migration/record.js';
 import { incomingOutcomeSchema } from '../migration/peer.js';
+import { MAX_COPY_FILES } from '../nfc/plan.js';
 import { PATH_DRIVER_KINDS, PATH_ID_PATTERN, pathSpecSchema } from '../dataplane/path/spec.js';
 import { MAX_HANG_TIMEOUT_MS, MIN_HANG_TIMEOUT_MS } from '../vmm/config.js';
 import {
@@ -117,6 +118,22 @@ export const datastoreViewSchema = z.object({
   totalBytes: z.number().int().nonnegative(),
 }).openapi('Datastore');
 export type DatastoreView = z.infer<typeof datastoreViewSchema>;
+
+/**
+ * POST /v1/datastores/{name}/stat: the size and modification time of files of a datastore, read-only —
+ * what the center records in a network file copy's plan (the copying host checks the source against it).
+ * At most MAX_COPY_FILES paths: one copy's worth.
+ */
+export const datastoreStatRequestSchema = z.object({
+  paths: z.array(z.string().min(1).max(MAX_DATASTORE_PATH_BYTES)).min(1).max(MAX_COPY_FILES),
+}).strict().openapi('DatastoreStatRequest');
+export const datastoreFileStatSchema = z.object({
+  path: z.string(),
+  kind: z.enum(['file', 'directory', 'symlink', 'other']),
+  sizeBytes: z.number().int().nonnegative(),
+  modifiedMs: z.number().nonnegative(),
+}).openapi('DatastoreFileStat');
+export type DatastoreFileStat = z.infer<typeof datastoreFileStatSchema>;
 
 export const createVmRequestSchema = z.object({
   name: vmNameSchema,
@@ -266,6 +283,10 @@ export const routes = {
   listDatastores: createRoute({
     method: 'get', path: '/v1/datastores', summary: 'datastores this host mounts, with their space',
     responses: { 200: json(z.object({ datastores: z.array(datastoreViewSchema) }), 'the datastores'), ...errors(401, 500) },
+  }),
+  statDatastoreFiles: createRoute({
+    method: 'post', path: '/v1/datastores/{name}/stat', summary: 'size and modification time of files of a datastore (read-only: a copy\'s plan)',
+    request: { params: vmParams, ...body(datastoreStatRequestSchema) }, responses: { 200: json(z.object({ files: z.array(datastoreFileStatSchema) }), 'the files, in the order asked'), ...errors(400, 401, 404, 500) },
   }),
   listVms: createRoute({ method: 'get', path: '/v1/vms', summary: 'VMs of this host', responses: { 200: json(z.object({ vms: z.array(vmViewSchema) }), 'the VMs'), ...errors(401) } }),
   createVm: createRoute({

@@ -12,6 +12,7 @@ import { OpenAPIHono } from '@hono/zod-openapi';
 import { except } from 'hono/combine';
 import { stream } from 'hono/streaming';
 import type { Context } from 'hono';
+import { randomBytes } from 'node:crypto';
 import { IncomingMessage } from 'node:http';
 import { TLSSocket } from 'node:tls';
 import { FerryError } from '../lib/errors.js';
@@ -28,7 +29,8 @@ import type { CenterCa } from './ca.js';
 import type { EventWakeups } from './events.js';
 import type { Inventory } from './inventory.js';
 import type { HostControl } from './host-control.js';
-import { TASK_KINDS, hostSubject, vmSubject } from './tasks/kinds.js';
+import { TASK_KINDS, copySubject, hostSubject, vmSubject } from './tasks/kinds.js';
+import { chooseCopier, copierCandidates, copyJournalSchema, resolveCopyDatastores } from './tasks/copy-plan.js';
 import type { CenterMetrics } from './metrics.js';
 import { countRequests } from '../api/http-metrics.js';
 
@@ -54,6 +56,9 @@ export interface CenterAppDeps {
   /** Which hosts a mobility operation's path joins (the broker answers only the path's source host). */
   readonly pathHosts: (pathId: string) => Promise<{ readonly source: string; readonly target: string } | null>;
 }
+
+/** A copy id's random bytes: 16, shown as the 32 hex digits COPY_ID_PATTERN asks for (it names the target's journal). */
+const COPY_ID_BYTES = 16;
 
 /** How long the broker waits for a target's answer about an incoming migration (the source asks again). */
 export const BROKER_TIMEOUT_MS = 5_000;
@@ -93,6 +98,7 @@ const taskView = (t: Task): CenterTaskView => ({
   id: t.id, kind: t.kind, target: t.target, state: t.state, phase: t.phase, progress: t.progress, waitingReason: t.waitingReason,
   requestedBy: t.requestedBy, params: t.params, createdAtMs: t.createdAtMs, startedAtMs: t.startedAtMs, endedAtMs: t.endedAtMs,
   result: t.result, error: t.error === null ? null : { ...t.error }, attempts: t.attempts, cancelRequested: t.cancelRequested, plan: t.plan,
+  moveRequest: t.moveRequest === null ? null : { ...t.moveRequest },
 });
 const eventView = (e: StoredEvent): CenterEvent => ({ id: e.id, atMs: e.atMs, kind: e.kind, subject: e.subject, payload: e.payload });
 
@@ -225,6 +231,25 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
       params: asJson({ vm: vm.name, request }), waitingReason: 'waiting for the scheduler',
     }), 202);
   });
+  app.openapi(centerRoutes.createCopy, async (c) => {
+    const request = c.req.valid('json');
+    // Refused here, not in a task: unknown or ambiguous datastores, a copy onto itself, an unknown host.
+    await resolveCopyDatastores(d.store, request.from, request.to);
+    if (request.via !== undefined) await d.store.getHost(request.via);
+    const copyId = randomBytes(COPY_ID_BYTES).toString('hex');
+    return c.json(await enqueue({ kind: TASK_KINDS.copy, target: copySubject(copyId), requestedBy: actor(c), params: asJson({ copyId, request }) }), 202);
+  });
+  app.openapi(centerRoutes.moveTask, async (c) => {
+    const task = await d.store.getTask(c.req.valid('param').id);
+    const { to } = c.req.valid('json');
+    if (task.kind !== TASK_KINDS.copy) throw new FerryError('INVALID_ARGUMENT', `task ${task.id} is a ${task.kind} task: only copy tasks move between hosts`);
+    if (task.state !== 'running') throw new FerryError('TASK_STATE', `task ${task.id} is ${task.state}: only a running copy can be moved`, { state: task.state });
+    if (to !== undefined) await d.store.getHost(to);
+    await checkMove(d.store, task, to ?? null);
+    const moved = await d.store.requestTaskMove(task.id, { to: to ?? null, by: actor(c) });
+    d.wakeups.poke();
+    return c.json(taskView(moved), 202);
+  });
   app.openapi(centerRoutes.maintenance, async (c) => {
     const host = await d.store.getHost(c.req.valid('param').name);
     const { action } = c.req.valid('json');
@@ -272,6 +297,17 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
 
   app.doc(CENTER_OPENAPI_PATH, { openapi: '3.0.3', info: { ...CENTER_OPENAPI_INFO } });
   return app;
+}
+
+/**
+ * A move is refused when no host could take the copy (or not the one asked for): a host in service
+ * that mounts its source, other than the one it runs on. The task's worker checks again when it acts.
+ */
+async function checkMove(store: CenterStore, task: Task, to: string | null): Promise<void> {
+  const j = copyJournalSchema.safeParse(task.checkpoint);
+  if (!j.success) throw new FerryError('TASK_STATE', `copy task ${task.id} has not chosen its first host yet: move it once it runs`);
+  const choice = chooseCopier(await copierCandidates(store, j.data.sourceId, j.data.targetId, new Set([j.data.host])), to, (await store.getDatastore(j.data.sourceId)).name);
+  if ('refused' in choice) throw new FerryError('NO_COMPATIBLE_HOST', `copy task ${task.id} cannot move off ${j.data.host}${to !== null ? ` to ${to}` : ''}: ${choice.refused}`);
 }
 
 /** The VM's console, relayed from its host (the CLI and UI need no host token). */

@@ -13,7 +13,9 @@ import { formatBytes } from '../lib/units.js';
 import { MAX_JOIN_TOKEN_TTL_MS, MIN_JOIN_TOKEN_TTL_MS, TASK_STATES } from '../api/center-v1.js';
 import { Center, DEFAULT_EVENT_RETENTION_MAX_EVENTS } from '../center/center.js';
 import { DEFAULT_BUDGETS, MAX_BUDGET } from '../center/budgets.js';
-import { durationOption, parseIntegerOption } from './args.js';
+import { durationOption, parseIntegerOption, sizeOption } from './args.js';
+import { DEFAULT_COPY_STREAMS, MAX_COPY_STREAMS } from '../nfc/plan.js';
+import { MIN_RATE_BYTES_PER_SEC } from '../dataplane/rate-limiter.js';
 import { parseListen, print } from './host-commands.js';
 import { CENTER_TOKEN_ENV, CLI_PAGE, allPages, centerClient, centerToken, withCenterOptions, type CenterClientOpts } from './center-access.js';
 import { describeTask, followTask, taskExitCode } from './center-tasks.js';
@@ -199,6 +201,31 @@ export function addCenterCommands(program: Command, host: Command): void {
       });
   }
 
+  withCenterOptions(program.command('copy')
+    .description('copy files from one datastore to another through a host (a center task: handed to another host when that one is drained, or with ferry task move)')
+    .argument('<files...>', 'paths in the source datastore (each lands at the same path in the target)')
+    .requiredOption('--from <datastore>', 'the source datastore (its name as ferry host list shows it, or its id)')
+    .requiredOption('--to <datastore>', 'the target datastore')
+    .option('--via <host>', 'the host that copies (it must mount the source); default: the center picks one')
+    .addOption(new Option('--streams <n>', `parallel streams (default ${DEFAULT_COPY_STREAMS})`).argParser((v) => parseIntegerOption(v, '--streams', 1, MAX_COPY_STREAMS)))
+    .addOption(new Option('--rate <size>', 'bandwidth cap per second (e.g. 100MiB)').argParser(sizeOption('--rate')))
+    .option('--no-isolation', 'remote form: connect the two hosts directly instead of over the copy\'s own virtual path')
+    .option('--wait', 'follow the copy to its end with a progress bar (Ctrl-C stops following; the copy goes on)', false)
+    .option('--json', 'print the task as JSON', false))
+    .action(async (files: string[], o: CenterClientOpts & { from: string; to: string; via?: string; streams?: number; rate?: number; isolation: boolean; wait: boolean; json: boolean }) => {
+      if (o.rate !== undefined && o.rate < MIN_RATE_BYTES_PER_SEC) throw new FerryError('INVALID_ARGUMENT', `--rate must be at least ${formatBytes(MIN_RATE_BYTES_PER_SEC)}/s`);
+      const client = await centerClient(o);
+      const started = await client.copy({
+        files, from: o.from, to: o.to, ...(o.via !== undefined ? { via: o.via } : {}), ...(o.streams !== undefined ? { streams: o.streams } : {}),
+        ...(o.rate !== undefined ? { rateBytesPerSec: o.rate } : {}), ...(o.isolation ? {} : { isolation: false }),
+      });
+      if (!o.wait) { if (o.json) print(started); else process.stdout.write(`${started.id}\n`); return; }
+      const done = await followTask(client, started, { quiet: o.json, detachOnSigint: true });
+      if (o.json) print(done);
+      else process.stderr.write(`${describeTask(done)}\n`);
+      process.exitCode = taskExitCode(done);
+    });
+
   const task = program.command('task').description('tasks of a center');
   withCenterOptions(task.command('watch').description('follow a task to its end with a progress bar (Ctrl-C stops watching, the task goes on)')
     .argument('<id>', 'task id').option('--json', 'print the final task as JSON', false))
@@ -216,9 +243,17 @@ export function addCenterCommands(program: Command, host: Command): void {
       if (o.json) print(t);
       else process.stdout.write(`${describeTask(t)}${t.cancelRequested ? ' (cancel requested)' : ''}\n`);
     });
+  withCenterOptions(task.command('move').description('hand a running copy to another host (--to, or one the center picks): its host stops at a durable boundary, the other goes on from there')
+    .argument('<id>', 'task id (a copy task)').option('--to <host>', 'the host to go on (it must mount the copy\'s source and be in service)').option('--json', 'print the task as JSON', false))
+    .action(async (id: string, o: CenterClientOpts & { to?: string; json: boolean }) => {
+      const taskId = parseTaskId(id);
+      const t = await (await centerClient(o)).moveTask(taskId, o.to);
+      if (o.json) print(t);
+      else process.stdout.write(`${describeTask(t)} (move requested${o.to !== undefined ? ` to ${o.to}` : ''}; ferry task watch ${t.id} follows it)\n`);
+    });
   withCenterOptions(task.command('list').description('list a center\'s tasks, oldest first').option('--json', 'print as JSON', false)
     .addOption(new Option('--state <state>', 'only tasks in this state').choices(TASK_STATES))
-    .option('--kind <kind>', 'only tasks of this kind (vm.create, vm.migrate, host.evacuate, ...)')
+    .option('--kind <kind>', 'only tasks of this kind (vm.create, vm.migrate, host.evacuate, copy, ...)')
     .option('--vm <name>', 'only tasks of this VM'))
     .action(async (o: CenterClientOpts & { json: boolean; state?: (typeof TASK_STATES)[number]; kind?: string; vm?: string }) => {
       const client = await centerClient(o);

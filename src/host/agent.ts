@@ -158,6 +158,7 @@ export class HostAgent {
     const app = buildHostApp({
       token: options.token, centerToken: () => this.centerLink?.controlToken ?? null, vms: this.vms, migrations: this.migrations, disks: this.disks, hostInfo: () => this.hostInfo(), listDatastores: () => this.datastores.list(),
       paths: this.paths, issueTicket: (req) => this.issueTicket(req), incomingOutcome: (id) => this.receiver.outcome(id), metrics: this.metrics,
+      statDatastoreFiles: (name, paths) => this.datastores.stat(name, paths),
       copies: this.copies, incomingCopies: this.incomingCopies,
     });
     // An HTTPS server without a certificate yet: setSecureContext gives it the center-signed one (./center-link.ts).

@@ -14,7 +14,7 @@ import { FerryError } from '../lib/errors.js';
 import { limitBody, onAppError, sendError, validationHook } from '../api/http-errors.js';
 import {
   HOST_API_VERSION, MAX_COPY_BODY_BYTES, MAX_CREATE_BODY_BYTES, MAX_SMALL_BODY_BYTES, OPENAPI_INFO, OPENAPI_PATH, routes,
-  type DatastoreView, type HostInfo, type IncomingStatus, type TicketRequest, type TicketView,
+  type DatastoreFileStat, type DatastoreView, type HostInfo, type IncomingStatus, type TicketRequest, type TicketView,
 } from '../api/host-v1.js';
 import { encodeSse } from '../api/sse.js';
 import type { EventEmitter } from 'node:events';
@@ -39,6 +39,8 @@ export interface HostAppDeps {
   readonly disks: DiskSnapshots;
   readonly hostInfo: () => HostInfo;
   readonly listDatastores: () => Promise<DatastoreView[]>;
+  /** Size and modification time of files of one datastore (read-only). */
+  readonly statDatastoreFiles: (datastore: string, paths: readonly string[]) => Promise<DatastoreFileStat[]>;
   readonly issueTicket: (req: TicketRequest) => Promise<TicketView>;
   readonly paths: HostPaths;
   readonly incomingOutcome: (id: string) => Promise<IncomingOutcome>;
@@ -78,6 +80,7 @@ export function buildHostApp(d: HostAppDeps): OpenAPIHono {
   // Each handler's body is type-checked against the route's declared response schema.
   app.openapi(routes.getHost, (c) => c.json(d.hostInfo(), 200));
   app.openapi(routes.listDatastores, async (c) => c.json({ datastores: await d.listDatastores() }, 200));
+  app.openapi(routes.statDatastoreFiles, async (c) => c.json({ files: await d.statDatastoreFiles(c.req.valid('param').name, c.req.valid('json').paths) }, 200));
   app.openapi(routes.listVms, (c) => c.json({ vms: d.vms.list() }, 200));
   app.openapi(routes.createVm, async (c) => c.json(await d.vms.create(c.req.valid('json')), 201));
   app.openapi(routes.getVm, (c) => c.json(d.vms.get(c.req.valid('param').name), 200));

@@ -8,7 +8,7 @@ import { FerryError } from '../lib/errors.js';
 import type { Datastore } from '../storage/datastore.js';
 import { LocalDatastore } from '../storage/local-datastore.js';
 import type { LeaseOwner, LeaseTiming } from '../storage/lease.js';
-import type { DatastoreView } from '../api/host-v1.js';
+import type { DatastoreFileStat, DatastoreView } from '../api/host-v1.js';
 
 export interface DatastoreMount {
   readonly name: string;
@@ -40,6 +40,15 @@ export class HostDatastores {
   /** The datastore with identity `id`, or undefined (this host does not mount that store). */
   byId(id: string): Datastore | undefined {
     return [...this.byName.values()].find((ds) => ds.id === id);
+  }
+
+  /** What POST /v1/datastores/{name}/stat answers: each path's kind, size and modification time, in the order asked. */
+  async stat(name: string, paths: readonly string[]): Promise<DatastoreFileStat[]> {
+    const ds = this.get(name);
+    const out: DatastoreFileStat[] = [];
+    // One at a time: a copy's plan is a few files, and a bad path is reported as the first one.
+    for (const path of paths) out.push({ path, ...(await ds.stat(path)) });
+    return out;
   }
 
   /** What GET /v1/datastores answers: each datastore with its space now, in mount order. */

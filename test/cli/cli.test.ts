@@ -93,6 +93,11 @@ describe('ferry: bad input gets a clear error and a stable code', () => {
     { args: ['vm', 'inspect', '/nonexistent.snap'], code: 1, match: /\[SNAPSHOT_IO\]/ },
     { args: ['vm', 'frobnicate'], code: 2, match: /unknown command/ },
     { args: ['vm', 'run'], code: 2, match: /missing required argument/ },
+    { args: ['copy', 'a.img', '--to', 'ds2'], code: 2, match: /required option '--from <datastore>'/ },
+    { args: ['copy', '--from', 'ds1', '--to', 'ds2'], code: 2, match: /missing required argument 'files'/ },
+    { args: ['copy', 'a.img', '--from', 'ds1', '--to', 'ds2', '--streams', '0'], code: 1, match: /\[INVALID_ARGUMENT\]: --streams: 0 is out of range 1\.\.8/ },
+    { args: ['copy', 'a.img', '--from', 'ds1', '--to', 'ds2', '--rate', '1KiB'], code: 1, match: /\[INVALID_ARGUMENT\]: --rate must be at least 1 MiB\/s/ },
+    { args: ['task', 'move', 'x1', '--to', 'b'], code: 1, match: /\[INVALID_ARGUMENT\].*not a task id/ },
   ];
   for (const c of cases) {
     it(c.args.join(' '), async () => {

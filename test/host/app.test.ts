@@ -8,7 +8,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
-import { mkdir, mkdtemp, realpath, rm, statfs, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, realpath, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
@@ -203,6 +203,8 @@ describe('host API v1 on a real socket', () => {
       // Paths are the center's to push and remove: removing an unknown one is fine (idempotent); a push needs its spec (tests/host/paths, center/isolation).
       if (key === 'deletePath') { assert.deepEqual(await expectOk(res, key), { pathId: NO_MIGRATION, removed: false }); continue; }
       if (key === 'putPath') { await expectError(res, 'BAD_REQUEST'); continue; }
+      // A stat needs its paths: with them, an unknown datastore is NOT_FOUND like an unknown VM.
+      if (key === 'statDatastoreFiles') { await expectError(await send(client, key, { name: NO_VM }, { body: JSON.stringify({ paths: ['a.img'] }) }), 'NOT_FOUND'); continue; }
       const err = await expectError(res, 'NOT_FOUND');
       assert.equal(err.details?.route, undefined, `${key}: no such VM or migration, not "no route"`);
     }
@@ -533,6 +535,19 @@ describe('host API v1: datastores', () => {
     assert.equal((await h.client.host()).hostId, h.agent.hostId);
   });
 
+  it('POST /v1/datastores/{name}/stat: size and modification time of each path, in the order asked; NOT_FOUND for a missing file or datastore, refused outside it', async () => {
+    assert.ok(h !== undefined);
+    await writeFile(join(base, 'one', 'a.img'), Buffer.alloc(3000, 1));
+    await mkdir(join(base, 'one', 'sub'), { recursive: true });
+    const st = await stat(join(base, 'one', 'a.img'));
+    const files = await h.client.statDatastoreFiles('one', ['a.img', 'sub']);
+    assert.deepEqual(files, [{ path: 'a.img', kind: 'file', sizeBytes: 3000, modifiedMs: st.mtimeMs }, { path: 'sub', kind: 'directory', sizeBytes: files[1]?.sizeBytes ?? -1, modifiedMs: files[1]?.modifiedMs ?? -1 }]);
+    await rejectsWith(h.client.statDatastoreFiles('one', ['nope.img']), 'NOT_FOUND');
+    await rejectsWith(h.client.statDatastoreFiles('three', ['a.img']), 'NOT_FOUND');
+    await rejectsWith(h.client.statDatastoreFiles('one', ['../two']), 'DATASTORE_PATH_INVALID');
+    await rejectsWith(h.client.statDatastoreFiles('one', []), 'BAD_REQUEST');
+  });
+
   it('a host with a bad datastore does not start: DATASTORE_INVALID for a duplicate name, a bad name, a missing path, a file', async () => {
     await writeFile(join(base, 'file'), '');
     const cases: [{ name: string; path: string }[], string][] = [
@@ -580,6 +595,7 @@ describe('OpenAPI document: every route the app answers is documented, every doc
     const agent = h.agent;
     const app = buildHostApp({
       token: AGENT_TOKEN, vms: agent.vms, hostInfo: () => agent.hostInfo(), listDatastores: () => agent.datastores.list(),
+      statDatastoreFiles: (name, paths) => agent.datastores.stat(name, paths),
       migrations: new MigrationService({
         hostName: 'doc', token: AGENT_TOKEN, vms: agent.vms, operations: agent.operations, datastores: agent.datastores, transport: tcpTransport, logger: silentLogger(),
         paths: agent.paths, brokeredOutcome: () => Promise.reject(new FerryError('INTERNAL', 'not called')),

@@ -19,10 +19,10 @@ import {
   actorSchema, claimKindsSchema, datastoreIdSchema, datastoreInputSchema, datastoreListSchema, dutyNameSchema, encodeJson,
   eventIdSchema, eventInputSchema, eventRetentionSchema, eventsLimitSchema, heartbeatAtSchema, heartbeatInputSchema, hostInputSchema, hostListSchema,
   hostHeartbeatsSchema, hostStateSchema, leaseMsSchema, mountsInputSchema, nameListSchema, nameSchema, outcomeSchema, parseInput, siteInputSchema,
-  secretNameSchema, secretValueSchema, taskIdSchema, taskInputSchema, taskListSchema, vmInputSchema, vmListSchema, vmStateSchema, waitingReasonSchema, workerIdSchema,
+  secretNameSchema, secretValueSchema, taskIdSchema, taskInputSchema, taskMoveInputSchema, taskListSchema, vmInputSchema, vmListSchema, vmStateSchema, waitingReasonSchema, workerIdSchema,
   type Datastore, type DatastoreInput, type DutyLease, type EventInput, type Host, type HostDatastore, type HostHeartbeat, type HostInput,
   type HostListOptions, type HostState, type JsonValue, type ListOptions, type MountInput, type Site, type SiteInput,
-  type StoredEvent, type Task, type TaskCount, type TaskHeartbeat, type TaskInput, type TaskListOptions, type TaskOutcome, type TaskState,
+  type StoredEvent, type Task, type TaskCount, type TaskHeartbeat, type TaskInput, type TaskListOptions, type TaskMoveInput, type TaskOutcome, type TaskState,
   type Vm, type VmInput, type VmListOptions, type VmState,
   MAX_ALLOCATION_ATTEMPTS, MAX_LIST_LIMIT, MAX_LIVE_PATHS, PATH_STATES, cidrTextSchema, hostDataPlaneSchema, pathAllocationSchema, pathIdSchema,
   pathLimitSchema, pathListSchema, pathTimeSchema, releaseReasonSchema, type HostDataPlane, type MobilityPath, type PathAllocationInput, type PathListOptions,
@@ -109,6 +109,7 @@ function toTask(r: TaskRow): Task {
     claimedBy: r.claimed_by, claimExpiresAtMs: r.claim_expires_at_ms, attempts: r.attempts, cancelRequested: r.cancel_requested === 1,
     admitted: r.admitted === 1, plan: r.plan_json === null ? null : decodeJson(r.plan_json, 'task'),
     checkpoint: r.checkpoint_json === null ? null : decodeJson(r.checkpoint_json, 'task'),
+    moveRequest: r.move_seq === 0 ? null : { seq: r.move_seq, to: r.move_to, by: r.move_requested_by ?? '', atMs: r.move_requested_at_ms ?? 0 },
   };
 }
 
@@ -172,7 +173,7 @@ const toMount = (r: Selectable<StoreDatabase['host_datastores']>): HostDatastore
 
 /** What a task event carries: enough for a progress bar and a task list without a second read. */
 function taskPayload(t: Task): JsonValue {
-  return { id: t.id, kind: t.kind, target: t.target, state: t.state, phase: t.phase, progress: t.progress, waitingReason: t.waitingReason, attempts: t.attempts, cancelRequested: t.cancelRequested, error: t.error === null ? null : { ...t.error } };
+  return { id: t.id, kind: t.kind, target: t.target, state: t.state, phase: t.phase, progress: t.progress, waitingReason: t.waitingReason, attempts: t.attempts, cancelRequested: t.cancelRequested, moveSeq: t.moveRequest?.seq ?? 0, error: t.error === null ? null : { ...t.error } };
 }
 
 /** Per store call: the newest event it appended (0: none), set by insertEvent. */
@@ -639,6 +640,18 @@ export class KyselyCenterStore implements CenterStore {
         if (t.state === 'queued') throw new FerryError('TASK_STATE', `task ${i} is already admitted`, { state: t.state });
         throw this.stateError(t, 'admit', ['queued']);
       }
+      return this.taskChanged(tx, row);
+    }));
+  }
+
+  async requestTaskMove(id: number, request: TaskMoveInput): Promise<Task> {
+    const i = parseInput(taskIdSchema, id, 'task id');
+    const r = parseInput(taskMoveInputSchema, request, 'move request');
+    return this.run('request task move', () => this.db.transaction().execute(async (tx) => {
+      const row = await tx.updateTable('tasks').set({
+        move_seq: sql<number>`move_seq + 1`, move_to: r.to ?? null, move_requested_by: r.by, move_requested_at_ms: this.now(),
+      }).where('id', '=', i).where('state', '=', 'running').returningAll().executeTakeFirst();
+      if (row === undefined) throw this.stateError(await this.requireTask(tx, i), 'move', ['running']);
       return this.taskChanged(tx, row);
     }));
   }

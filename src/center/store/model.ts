@@ -280,7 +280,25 @@ export interface Task {
   readonly plan: JsonValue | null;
   /** What a worker recorded before an irreversible step, for whoever takes the task over; or null. */
   readonly checkpoint: JsonValue | null;
+  /** The latest request to move the task's work to another host (requestTaskMove), or null: never asked. */
+  readonly moveRequest: TaskMoveRequest | null;
 }
+/**
+ * A request to move a running task's work to another host (`ferry task move`). `seq` counts requests
+ * (1 for the first): its worker notes the last seq it acted on, so each request is acted on once.
+ */
+export interface TaskMoveRequest {
+  readonly seq: number;
+  /** The host asked for, or null: the worker chooses. */
+  readonly to: string | null;
+  readonly by: string;
+  readonly atMs: number;
+}
+export const taskMoveInputSchema = z.object({
+  to: nameSchema().nullable().optional(),
+  by: idTextSchema(MAX_ACTOR_CHARS),
+}).strict();
+export type TaskMoveInput = z.input<typeof taskMoveInputSchema>;
 export const taskInputSchema = z.object({
   kind: kindSchema(),
   target: idTextSchema(MAX_SUBJECT_CHARS),

@@ -16,7 +16,7 @@ import type {
   CenterCaInput, CenterCaRecord, HostCertificate, HostCertificateInput,
   Credential, CredentialInput, Datastore, JsonValue, DatastoreInput, DutyLease, EventInput, EventRetention, Host, HostHeartbeat, HostDatastore, HostInput, HostListOptions, HostState,
   HostDataPlane, ListOptions, MobilityPath, MountInput, PathAllocationInput, PathListOptions, Site, SiteInput, StoredEvent, Task, TaskCount, TaskHeartbeat, TaskInput, TaskListOptions,
-  TaskOutcome, Vm, VmInput, VmListOptions, VmState,
+  TaskMoveInput, TaskOutcome, Vm, VmInput, VmListOptions, VmState,
 } from './model.js';
 
 export type StoreBackend = 'sqlite' | 'postgres';
@@ -119,6 +119,13 @@ export interface CenterStore {
    * on it may be claimed. TASK_STATE if it is not queued or already admitted.
    */
   admitTask(id: number, plan: JsonValue | null): Promise<Task>;
+  /**
+   * Ask a running task to move its work to another host (`to`, or one its worker chooses): stored on the
+   * row as the next move request (seq + 1), which its worker reads with its next claim renewal. TASK_STATE
+   * unless the task is running (a queued one has no host yet; a finished one nothing to move). Whether the
+   * task's kind can move at all is its caller's to check.
+   */
+  requestTaskMove(id: number, request: TaskMoveInput): Promise<Task>;
   /** Record a checkpoint of the task's work (its claimer only; TASK_NOT_CLAIMED otherwise). */
   checkpointTask(id: number, workerId: string, checkpoint: JsonValue): Promise<Task>;
   /** Re-queue running tasks whose claim expired (their worker died or lost the database); answers them. */

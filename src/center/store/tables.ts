@@ -75,6 +75,11 @@ export interface TasksTable {
   admitted: Generated<number>;
   plan_json: string | null;
   checkpoint_json: string | null;
+  /** The move directive (schema 7): 0 until first asked, +1 per request. */
+  move_seq: Generated<number>;
+  move_to: string | null;
+  move_requested_by: string | null;
+  move_requested_at_ms: number | null;
 }
 
 export interface EventsTable {

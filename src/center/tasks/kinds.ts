@@ -5,7 +5,8 @@
  */
 import { z } from 'zod';
 import { FerryError } from '../../lib/errors.js';
-import { centerCreateVmRequestSchema, centerMigrateRequestSchema } from '../../api/center-v1.js';
+import { centerCopyRequestSchema, centerCreateVmRequestSchema, centerMigrateRequestSchema } from '../../api/center-v1.js';
+import { copyIdSchema } from '../../nfc/plan.js';
 import type { JsonValue } from '../store/model.js';
 
 export const TASK_KINDS = {
@@ -16,11 +17,14 @@ export const TASK_KINDS = {
   migrateVm: 'vm.migrate',
   enterMaintenance: 'host.evacuate',
   exitMaintenance: 'host.exit-maintenance',
+  /** A network file copy (./copy-task.ts): its subject is `copy:<copy id>`. */
+  copy: 'copy',
 } as const;
 
 /** Tasks whose subject is a VM or a host carry it as `vm:<name>` / `host:<name>` (filters and events use it). */
 export const vmSubject = (name: string): string => `vm:${name}`;
 export const hostSubject = (name: string): string => `host:${name}`;
+export const copySubject = (copyId: string): string => `copy:${copyId}`;
 
 export const createVmParamsSchema = centerCreateVmRequestSchema;
 export const vmParamsSchema = z.object({ vm: z.string().min(1) }).strict();
@@ -32,6 +36,9 @@ export const migrateParamsSchema = z.object({
 }).strict();
 export type MigrateParams = z.infer<typeof migrateParamsSchema>;
 export const hostParamsSchema = z.object({ host: z.string().min(1) }).strict();
+/** A copy task's parameters: the request as the API took it, and the copy id the API made for it. */
+export const copyParamsSchema = z.object({ copyId: copyIdSchema, request: centerCopyRequestSchema }).strict();
+export type CopyParams = z.infer<typeof copyParamsSchema>;
 
 /** What the scheduler decided for a migration: run it between these hosts — or refuse it, with why. */
 export const migratePlanSchema = z.discriminatedUnion('decision', [

@@ -28,12 +28,15 @@ export const DEFAULT_MIGRATION_PATH_TTL_MS = 10 * 60_000;
 /** Shorter lives would be renewed more than once a second (tests of expiry use the minimum). */
 export const MIN_MIGRATION_PATH_TTL_MS = 3_000;
 
+/** What a path is for: a live migration, or a network file copy (./copy-route.ts). */
+export type PathKind = 'migration' | 'copy';
+
 /** The center's mobility manager as the migrate task needs it. */
 export interface MobilityPaths {
   /** The driver both hosts offer (the source's preference first), or null: no isolation possible. */
   chooseDriver(source: Host, target: Host): PathDriverKind | null;
   /** A new path for task `taskId` (or the task's live one again after a takeover). */
-  allocate(req: { taskId: number; source: Host; target: Host; driver: PathDriverKind; ttlMs: number; firstPort: number; portCount: number }): Promise<PathPair>;
+  allocate(req: { taskId: number; source: Host; target: Host; driver: PathDriverKind; ttlMs: number; firstPort: number; portCount: number; kind?: PathKind }): Promise<PathPair>;
   renew(pathId: string, expiresAtMs: number): Promise<PathPair | null>;
   /** The task's live path, if a worker before this one (a center that died) allocated it. */
   liveOfTask(taskId: number): Promise<string | null>;
@@ -46,7 +49,7 @@ export function mobilityPaths(store: CenterStore, manager: MobilityManager): Mob
   return {
     chooseDriver: (source, target) => chooseDriver(source.dataPlane, target.dataPlane),
     allocate: async (req) => {
-      const a = await manager.allocate({ ...req, kind: 'migration' });
+      const a = await manager.allocate({ ...req, kind: req.kind ?? 'migration' });
       return { pathId: a.row.pathId, sourceSpec: a.sourceSpec, targetSpec: a.targetSpec };
     },
     renew: async (pathId, expiresAtMs) => {
@@ -130,8 +133,8 @@ async function takenOver(d: RouteDeps, ctx: TaskContext): Promise<PathPair | nul
   return pair;
 }
 
-/** Renews the path in the store and on both hosts every third of its life while the migration runs. */
-function renewLoop(d: RouteDeps, ctx: TaskContext, pair: PathPair, src: HostClient, dst: HostClient): { stop(): void } {
+/** Renews the path in the store and on both hosts every third of its life while the operation runs. */
+export function renewLoop(d: Pick<RouteDeps, 'paths' | 'ttlMs'>, ctx: TaskContext, pair: PathPair, src: HostClient, dst: HostClient): { stop(): void } {
   const timer = setInterval(() => {
     void (async () => {
       const renewed = await d.paths.renew(pair.pathId, Date.now() + d.ttlMs);

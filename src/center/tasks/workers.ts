@@ -10,7 +10,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { FerryError, errorMessage, isFerryError } from '../../lib/errors.js';
-import { MAX_LEASE_MS, type JsonValue, type Task } from '../store/model.js';
+import { MAX_LEASE_MS, type JsonValue, type Task, type TaskMoveRequest } from '../store/model.js';
 import type { CenterStore } from '../store/store.js';
 import type { EventWakeups } from '../events.js';
 import type { Logger } from '../../lib/logger.js';
@@ -35,6 +35,11 @@ export interface TaskContext {
   stopReason(): StopReason | null;
   /** Report progress (0..1, never lowered) and phase; also renews the claim. */
   progress(progress: number, phase: string): Promise<void>;
+  /**
+   * The latest request to move the task's work to another host (the store's move directive), as its last
+   * claim renewal read it — or null: never asked. A handler compares its seq with the last it acted on.
+   */
+  moveRequest(): TaskMoveRequest | null;
   /** Durably note what a successor needs to reconcile (before an irreversible step). */
   checkpoint(value: JsonValue): Promise<void>;
   log(line: string): void;
@@ -115,6 +120,7 @@ export class TaskWorkers {
     const handler = this.o.handlers.get(task.kind);
     const stop = new AbortController();
     let reason: StopReason | null = null;
+    let move: TaskMoveRequest | null = task.moveRequest;
     const stopFor = (r: StopReason): void => { if (reason === null) { reason = r; stop.abort(new FerryError('CANCELLED', `task ${task.id}: ${r}`)); } };
     const onShutdown = (): void => { stopFor('shutdown'); };
     this.#shutdown.signal.addEventListener('abort', onShutdown, { once: true });
@@ -127,6 +133,7 @@ export class TaskWorkers {
       try {
         const t = await this.o.store.heartbeatTask(task.id, this.workerId, { leaseMs: this.#leaseMs, ...hb });
         if (t.cancelRequested) stopFor('cancel');
+        move = t.moveRequest;
       } catch (err) {
         if (isFerryError(err) && (err.code === 'TASK_NOT_CLAIMED' || err.code === 'NOT_FOUND')) { stopFor('lost'); return; }
         // The store is away: keep working; the claim lives until its lease ends, and renewal is retried.
@@ -135,7 +142,7 @@ export class TaskWorkers {
     };
     const timer = setInterval(() => { void renew(); }, Math.max(1, Math.floor(this.#leaseMs / RENEWALS_PER_LEASE)));
     const ctx: TaskContext = {
-      task, signal: stop.signal, stopReason: () => reason, log,
+      task, signal: stop.signal, stopReason: () => reason, log, moveRequest: () => move,
       progress: (progress, phase) => renew({ progress: Math.min(1, Math.max(0, progress)), phase: phase.slice(0, 500) }),
       checkpoint: async (value) => { await this.o.store.checkpointTask(task.id, this.workerId, value); },
     };

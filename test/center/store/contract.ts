@@ -341,6 +341,31 @@ export function storeContract(backend: StoreBackendUnderTest): void {
         await assert.rejects(s1.ensureSecret('Bad Name', 'a'.repeat(43)), { code: 'INVALID_ARGUMENT' });
       });
 
+      it('a move directive: only on a running task, each request counted (seq), read back by its claimer\'s renewal and by a successor\'s claim', async () => {
+        const clock = manualClock();
+        const { store } = await fresh({ clock: clock.now });
+        const t = await store.enqueueTask({ kind: 'copy', target: 'copy:x', requestedBy: 'alice' });
+        assert.equal(t.moveRequest, null, 'never asked');
+        await assert.rejects(store.requestTaskMove(t.id, { by: 'bob' }), { code: 'TASK_STATE' }, 'a queued task has no host to leave yet');
+        await store.claimNextTask('w1', ['copy'], 1000);
+        const first = await store.requestTaskMove(t.id, { to: 'h2', by: 'token:bob' });
+        assert.deepEqual(first.moveRequest, { seq: 1, to: 'h2', by: 'token:bob', atMs: START_MS });
+        clock.advance(5);
+        assert.deepEqual((await store.heartbeatTask(t.id, 'w1', { leaseMs: 1000 })).moveRequest, { seq: 1, to: 'h2', by: 'token:bob', atMs: START_MS }, 'the worker learns it with a renewal');
+        const second = await store.requestTaskMove(t.id, { by: 'token:carol' });
+        assert.deepEqual(second.moveRequest, { seq: 2, to: null, by: 'token:carol', atMs: START_MS + 5 }, 'a later request has the next seq; without `to` the worker chooses');
+        const events = (await store.eventsSince(0, MAX_EVENTS_PAGE)).filter((e) => e.subject === `task:${t.id}`);
+        assert.deepEqual(events.slice(-2).map((e) => (e.payload as { moveSeq: number }).moveSeq), [1, 2], 'each request is an event');
+        // The claimer dies: its successor claims the row with the directive on it.
+        clock.advance(2000);
+        await store.requeueExpiredClaims();
+        assert.deepEqual((await store.claimNextTask('w2', ['copy'], 1000))?.moveRequest?.seq, 2);
+        await assert.rejects(store.requestTaskMove(t.id, { to: 'bad name!', by: 'bob' }), { code: 'INVALID_ARGUMENT' });
+        await assert.rejects(store.requestTaskMove(424242, { by: 'bob' }), { code: 'NOT_FOUND' });
+        await store.finishTask(t.id, 'w2', { state: 'succeeded' });
+        await assert.rejects(store.requestTaskMove(t.id, { by: 'bob' }), { code: 'TASK_STATE' }, 'a finished task has nothing to move');
+      });
+
       it('cancel works in every state', async () => {
         const { store } = await fresh();
         const queued = await store.enqueueTask({ kind: 'vm.stop', target: 'vm:a', requestedBy: 'alice' });

@@ -10,5 +10,6 @@ import { migration0003 } from './0003-credentials.js';
 import { migration0004 } from './0004-task-admission.js';
 import { migration0005 } from './0005-tls.js';
 import { migration0006 } from './0006-mobility-paths.js';
+import { migration0007 } from './0007-task-move.js';
 
-export const MIGRATIONS: readonly StoreMigration[] = [migration0001, migration0002, migration0003, migration0004, migration0005, migration0006];
+export const MIGRATIONS: readonly StoreMigration[] = [migration0001, migration0002, migration0003, migration0004, migration0005, migration0006, migration0007];
