@@ -12,7 +12,6 @@ import { MAX_COPY_FILES } from '../nfc/plan.js';
 import { migrationOptionsSchema } from '../migration/options.js';
 import { migrationJobStatusSchema, migrationProgressSchema, migrationRecordSchema, type MigrationJobStatus } from '../migration/record.js';
 import { incomingOutcomeSchema } from '../migration/peer.js';
-import { MAX_COPY_FILES } from '../nfc/plan.js';
 import { PATH_DRIVER_KINDS, PATH_ID_PATTERN, pathSpecSchema } from '../dataplane/path/spec.js';
 import { MAX_HANG_TIMEOUT_MS, MIN_HANG_TIMEOUT_MS } from '../vmm/config.js';
 import {
