@@ -86,7 +86,7 @@ describe('copy hand-off faults (real host processes, in-process center)', () => 
     assert.deepEqual(r.segments.map((s) => s.host), ['fa', 'fb']);
     assert.ok(r.segments[0] !== undefined && r.segments[1] !== undefined);
     assert.deepEqual(r.segments[1].from, r.segments[0].to, 'fb went on from the boundary fa\'s target journal acknowledged');
-    assert.ok(r.segments[0].to.offsetBytes >= MiB, `the target journal's boundary, not the part's start (${JSON.stringify(r.segments[0].to)})`);
+    assert.ok(r.segments[0].to.fileIndex > 0 || r.segments[0].to.offsetBytes >= MiB, `the target journal's boundary, not the part's start (${JSON.stringify(r.segments[0].to)})`);
     await revive('fa');
   });
 
@@ -160,8 +160,10 @@ describe('a center killed mid-hand-off (child process) and restarted', () => {
     await centerReady(second.child, second.stdout);
     const { done, r } = await verifiedCopy(admin, task, cfs, 'dst', digest);
     assert.ok(done.attempts >= 2, `taken over (attempts ${done.attempts})`);
-    assert.deepEqual(r.segments.map((s) => s.host), ['ka', 'kb'], 'ka\'s part, then kb\'s: the move survived the center');
-    assert.deepEqual(r.segments[1]?.from, r.segments[0]?.to);
+    // ka's part, then kb's: the move survived the center. (Hosts whose heartbeats the dead center missed may
+    // flap to disconnected when the new one starts: a later part may go elsewhere, from where the last ended.)
+    assert.deepEqual(r.segments.slice(0, 2).map((s) => s.host), ['ka', 'kb'], 'the move survived the center');
+    for (let i = 1; i < r.segments.length; i++) assert.deepEqual(r.segments[i]?.from, r.segments[i - 1]?.to, `part ${i + 1} starts where part ${i} ended`);
     await admin.close();
   });
 });
