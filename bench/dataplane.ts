@@ -38,7 +38,7 @@ import type { ByteStream } from '../src/dataplane/transport.js';
 import { silentLogger } from '../src/lib/logger.js';
 import { GiB, MiB, parseSizeBytes } from '../src/lib/units.js';
 import { pathSpecPair } from '../test/helpers/path-specs.js';
-import { runBench, writeStdout } from './process.js';
+import { runBench, stopChild, writeStdout } from './process.js';
 import { migrateDirectAndViaPath } from './path-migration.js';
 import { cpuSnapshot, interference, median, round, summarize } from './stats.js';
 
@@ -226,12 +226,7 @@ class Child {
   }
 
   stop(): Promise<void> {
-    if (this.proc.exitCode !== null) return Promise.resolve();
-    return new Promise((resolve) => {
-      this.proc.once('exit', () => { resolve(); });
-      this.proc.disconnect();
-      setTimeout(() => { this.proc.kill('SIGKILL'); }, 5_000).unref();
-    });
+    return stopChild(this.proc);
   }
 }
 

@@ -8,6 +8,7 @@
  * the HTTP status of each code comes from ./http-status.ts.
  */
 import { createRoute, z } from '@hono/zod-openapi';
+import { MAX_COPY_FILES } from '../nfc/plan.js';
 import { migrationOptionsSchema } from '../migration/options.js';
 import { migrationJobStatusSchema, migrationProgressSchema, migrationRecordSchema, type MigrationJobStatus } from '../migration/record.js';
 import { incomingOutcomeSchema } from '../migration/peer.js';
@@ -28,6 +29,11 @@ export const HOST_API_PREFIX = `/${HOST_API_VERSION}`;
 export const MAX_CREATE_BODY_BYTES = Math.ceil(MAX_IMAGE_BYTES / 3) * 4 + 64 * 1024;
 /** Every other request is a few fields. */
 export const MAX_SMALL_BODY_BYTES = 64 * 1024;
+/**
+ * A copy's start or ticket request lists its plan: up to MAX_COPY_FILES files, each a path of up to
+ * MAX_DATASTORE_PATH_BYTES and two numbers (128 bytes of JSON around them), plus 64 KiB for the rest.
+ */
+export const MAX_COPY_BODY_BYTES = MAX_COPY_FILES * (MAX_DATASTORE_PATH_BYTES + 128) + 64 * 1024;
 
 // ---- shared pieces --------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import type { BlankEnv } from 'hono/types';
 import { FerryError } from '../lib/errors.js';
 import { limitBody, onAppError, sendError, validationHook } from '../api/http-errors.js';
 import {
-  HOST_API_VERSION, MAX_CREATE_BODY_BYTES, MAX_SMALL_BODY_BYTES, OPENAPI_INFO, OPENAPI_PATH, routes,
+  HOST_API_VERSION, MAX_COPY_BODY_BYTES, MAX_CREATE_BODY_BYTES, MAX_SMALL_BODY_BYTES, OPENAPI_INFO, OPENAPI_PATH, routes,
   type DatastoreFileStat, type DatastoreView, type HostInfo, type IncomingStatus, type TicketRequest, type TicketView,
 } from '../api/host-v1.js';
 import { encodeSse } from '../api/sse.js';
@@ -69,10 +69,13 @@ export function buildHostApp(d: HostAppDeps): OpenAPIHono {
     return undefined;
   });
   const big = limitBody(MAX_CREATE_BODY_BYTES);
+  const plan = limitBody(MAX_COPY_BODY_BYTES);
   const small = limitBody(MAX_SMALL_BODY_BYTES);
-  // A guest image travels in POST /v1/vms; everything else is small.
+  // A guest image travels in POST /v1/vms, a copy's plan in POST /v1/copies and /v1/copies/incoming; everything else is small.
   app.use(routes.createVm.path, big);
-  app.use('*', except(routes.createVm.path, small));
+  const copyBodies = [routes.startCopy.path, routes.createCopyTicket.path];
+  for (const path of copyBodies) app.use(path, plan);
+  app.use('*', except([routes.createVm.path, ...copyBodies], small));
 
   // Each handler's body is type-checked against the route's declared response schema.
   app.openapi(routes.getHost, (c) => c.json(d.hostInfo(), 200));

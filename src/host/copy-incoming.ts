@@ -27,6 +27,12 @@ export interface IncomingCopiesOptions {
 
 export class IncomingCopies {
   private readonly receiver: CopyReceiver;
+  /**
+   * Tickets on a virtual path that hold it now: the receiver answers a repeated request with the same
+   * ticket, which must not hold the path a second time (its sessions' end is told once). Bounded by the
+   * receiver's open tickets: each leaves when its sessions end or it expires.
+   */
+  private readonly holding = new Set<string>();
 
   constructor(private readonly o: IncomingCopiesOptions) {
     this.receiver = new CopyReceiver({
@@ -49,7 +55,15 @@ export class IncomingCopies {
     this.o.datastores.get(req.datastore);
     const ticket = { copyId: req.copyId, epoch: req.epoch, datastore: req.datastore, plan: parsePlan(req) };
     if (req.pathId === undefined) return this.receiver.issueTicket(ticket);
-    return ticketOnPath(this.o.paths, req.pathId, 'copy', (via) => this.receiver.issueTicket(ticket, via));
+    let issued: string | null = null;
+    return ticketOnPath(this.o.paths, req.pathId, 'copy', (via) => this.receiver.issueTicket(ticket, {
+      ...via, ended: () => { if (issued !== null) this.holding.delete(issued); via.ended(); },
+    }), (t) => {
+      if (this.holding.has(t.ticket)) return false;
+      this.holding.add(t.ticket);
+      issued = t.ticket;
+      return true;
+    });
   }
 
   /** What datastore `datastore`'s journal of copy `id` says (boundary null: it holds none). */

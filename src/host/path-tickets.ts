@@ -20,8 +20,10 @@ export interface PathListen {
  * Issues a ticket with `issue` on the first port of the path's grant that takes it: a ticket asked
  * again (a center that took the task over) must not collide with the listener of an earlier one, whose
  * operation may still run. `what` names the operation in errors and in the path's removal reason.
+ * `isNew`: false for a ticket the receiver answered again (it holds the path already, and only its first
+ * `ended` will be told); by default every ticket is new.
  */
-export async function ticketOnPath<T>(paths: HostPaths, pathId: string, what: string, issue: (via: PathListen) => Promise<T>): Promise<T> {
+export async function ticketOnPath<T>(paths: HostPaths, pathId: string, what: string, issue: (via: PathListen) => Promise<T>, isNew: (ticket: T) => boolean = () => true): Promise<T> {
   const path = paths.transport(pathId, 'target');
   let release: (() => void) | null = null;
   // The part here ended: this end of the path goes once the last reply is flushed (and no other ticket holds it).
@@ -29,7 +31,7 @@ export async function ticketOnPath<T>(paths: HostPaths, pathId: string, what: st
   for (let port = path.spec.firstPort; port < path.spec.firstPort + path.spec.portCount; port++) {
     try {
       const ticket = await issue({ transport: path, at: { host: path.spec.localAddress, port }, ended });
-      release = paths.hold(pathId, `the incoming ${what} ended`);
+      if (isNew(ticket)) release = paths.hold(pathId, `the incoming ${what} ended`);
       return ticket;
     } catch (err) {
       const taken = isFerryError(err, 'ALREADY_EXISTS') || (isFerryError(err, 'INVALID_ARGUMENT') && err.details['errno'] === 'EADDRINUSE');

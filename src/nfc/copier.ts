@@ -22,7 +22,7 @@ import { performance } from 'node:perf_hooks';
 import { FerryError, errorMessage } from '../lib/errors.js';
 import { MiB } from '../lib/units.js';
 import { RateLimiter } from '../dataplane/rate-limiter.js';
-import { isZeroChunk, chunkSha256, chunkLength } from './chunk-hash.js';
+import { chunkBuffer, chunkLength, chunkSha256, isZeroChunk } from './chunk-hash.js';
 import {
   COPY_START, DEFAULT_COPY_STREAMS, MAX_COPY_STREAMS, NFC_CHUNK_BYTES, bytesBefore, compareBoundaries, formatBoundary, planBytes,
   type Boundary, type CopiedFile, type CopyJobPhase, type CopyJobRecord, type CopyJobStatus, type CopyOutcome, type CopyPlan, type CopyProgress,
@@ -36,8 +36,8 @@ import type { CopySource } from './source-files.js';
  */
 export const MAX_COPY_INFLIGHT_BYTES = 32 * MiB;
 /**
- * A sync at least every this many bytes acknowledged: bounds what a crash redoes and — more to the
- * point — how much unsynced data a hand-off's final sync must flush (its share of the hand-off gap).
+ * A sync at least every this many data bytes acknowledged: bounds what a crash redoes and — more to
+ * the point — how much unsynced data a hand-off's final sync must flush (its share of the hand-off gap).
  */
 export const SYNC_EVERY_BYTES = 64 * MiB;
 /** ... and at least this often while bytes move: a slow copy's boundary still advances visibly. */
@@ -65,7 +65,7 @@ export interface CopyJobOptions {
   readonly log?: (line: string) => void;
 }
 
-type Item = { readonly kind: 'chunk'; readonly fileIndex: number; readonly offsetBytes: number; readonly lengthBytes: number; readonly buf: Buffer }
+type Item = { readonly kind: 'chunk'; readonly seq: number; readonly fileIndex: number; readonly offsetBytes: number; readonly lengthBytes: number; readonly buf: Buffer }
   | { readonly kind: 'end'; readonly fileIndex: number };
 
 /** Chunk buffers, allocated on demand up to `capacity` and reused; take() waits for one to be given back. */
@@ -81,7 +81,7 @@ class ChunkBuffers {
       if (signal.aborted) return null;
       const b = this.free.pop();
       if (b !== undefined) return b;
-      if (this.made < this.capacity) { this.made++; return Buffer.allocUnsafeSlow(NFC_CHUNK_BYTES); }
+      if (this.made < this.capacity) { this.made++; return chunkBuffer(); }
       await new Promise<void>((resolve) => {
         const wake = (): void => { signal.removeEventListener('abort', wake); this.waiter = null; resolve(); };
         this.waiter = wake;
@@ -93,6 +93,37 @@ class ChunkBuffers {
   give(b: Buffer): void {
     this.free.push(b);
     this.waiter?.();
+  }
+}
+
+/**
+ * Turns in dealing order, for the bandwidth cap: a limiter's waiters are granted in no particular
+ * order, and a copy whose early chunks starve behind later ones would hold its durable boundary (the
+ * written prefix) back. Each dealt chunk takes its turn once (done() also when it is dropped); a halt
+ * lets every waiter go.
+ */
+class Turns {
+  private next = 0;
+  private readonly waiting = new Map<number, () => void>();
+  private halted = false;
+
+  turn(seq: number): Promise<void> {
+    if (this.halted || seq <= this.next) return Promise.resolve();
+    return new Promise((resolve) => { this.waiting.set(seq, resolve); });
+  }
+
+  done(seq: number): void {
+    if (seq !== this.next) return;
+    this.next = seq + 1;
+    const w = this.waiting.get(this.next);
+    this.waiting.delete(this.next);
+    w?.();
+  }
+
+  halt(): void {
+    this.halted = true;
+    for (const w of this.waiting.values()) w();
+    this.waiting.clear();
   }
 }
 
@@ -130,11 +161,16 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
   private readonly halt = new AbortController();
   private readonly buffers = new ChunkBuffers(MAX_COPY_INFLIGHT_BYTES / NFC_CHUNK_BYTES);
   private readonly outstanding = new Outstanding();
+  private readonly turns = new Turns();
+  private dealtChunks = 0;
   private readonly tasks = new Set<Promise<void>>();
   private resolveDone!: (r: CopyJobRecord) => void;
   private started = false;
   private phase: CopyJobPhase = 'opening';
   private stopRequested = false;
+  private resolveHalted!: () => void;
+  /** Resolves at stop(), cancel() or the first failure: nothing waits for a finish under way after that. */
+  private readonly halting = new Promise<void>((resolve) => { this.resolveHalted = resolve; });
   private cancelReason: string | null = null;
   private error: unknown = null;
   private record: CopyJobRecord | null = null;
@@ -147,7 +183,10 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
   private startedAt = performance.now();
   private ackedBytes = 0;
   private sentBytes = 0;
-  private sinceSyncBytes = 0;
+  /** Data bytes acknowledged since the last sync (holes write no data: they do not hasten a sync). */
+  private unsyncedDataBytes = 0;
+  /** Chunks (data or holes) acknowledged since the last sync: the time-based sync moves the boundary over holes too. */
+  private unsyncedChunks = 0;
   private lastSyncAt = performance.now();
   private syncing: Promise<void> | null = null;
   private finishing: Promise<void> = Promise.resolve();
@@ -185,6 +224,8 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
   stop(): void {
     if (this.record !== null || this.stopRequested) return;
     this.stopRequested = true;
+    this.resolveHalted();
+    this.turns.halt();
     this.halt.abort(new FerryError('CANCELLED', `copy ${this.copyId} stopping`));
     if (this.phase === 'copying') this.phase = 'stopping';
     this.log(`stop requested at ${formatBoundary(this.boundary)}`);
@@ -193,6 +234,8 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
   cancel(reason: string): void {
     if (this.record !== null || this.cancelReason !== null) return;
     this.cancelReason = reason;
+    this.resolveHalted();
+    this.turns.halt();
     this.log(`cancelled: ${reason}`);
     this.halt.abort(new FerryError('CANCELLED', `copy ${this.copyId} cancelled: ${reason}`));
     this.abort.abort(new FerryError('CANCELLED', `copy ${this.copyId} cancelled: ${reason}`));
@@ -232,7 +275,7 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
       : outcome === 'failed' ? errorBody(this.error) : null;
     this.record = {
       copyId: this.copyId, epoch: this.epoch, outcome, from: this.from, to: { ...this.boundary },
-      sentBytes: this.sentBytes, resentBytes: 0, files: [...this.files], error: err,
+      sentBytes: this.sentBytes, resentBytes: this.resentBytes(), files: [...this.files], error: err,
       durationMs: Math.round(performance.now() - this.startedAt),
     };
     this.log(`${outcome} at ${formatBoundary(this.boundary)}${err === null ? '' : `: ${err.code} ${err.message}`}`);
@@ -254,7 +297,8 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
     await Promise.all(Array.from({ length: this.streams }, () => this.reader(deal)));
     await Promise.all(this.tasks);
     if (this.abort.signal.aborted) return 'cancelled';
-    await this.finishing;
+    // A stop does not wait for a finish under way (it reads a whole file back): the sink, closed, drops it.
+    await Promise.race([this.finishing, this.halting]);
     await this.syncing;
     if (this.error !== null) return 'failed';
     if (this.boundary.fileIndex === this.plan.files.length) {
@@ -276,13 +320,13 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
       for (let off = i === this.from.fileIndex ? this.from.offsetBytes : 0; off < size; off += NFC_CHUNK_BYTES) {
         if (this.halted()) return;
         const oldestEnd = this.pendingFinishEnds[0];
-        if (oldestEnd !== undefined && this.dealtBytes - oldestEnd >= MAX_FINISH_OVERLAP_BYTES) await this.finishing;
+        if (oldestEnd !== undefined && this.dealtBytes - oldestEnd >= MAX_FINISH_OVERLAP_BYTES) await Promise.race([this.finishing, this.halting]);
         const buf = await this.buffers.take(signal);
         if (buf === null || this.halted()) { if (buf !== null) this.buffers.give(buf); return; }
         const lengthBytes = chunkLength(size, off);
         this.outstanding.add(i);
         this.dealtBytes += lengthBytes;
-        yield { kind: 'chunk', fileIndex: i, offsetBytes: off, lengthBytes, buf };
+        yield { kind: 'chunk', seq: this.dealtChunks++, fileIndex: i, offsetBytes: off, lengthBytes, buf };
       }
       if (this.halted()) return;
       yield { kind: 'end', fileIndex: i };
@@ -306,6 +350,7 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
         this.buffers.give(item.buf);
         this.outstanding.settle(item.fileIndex);
         this.fail(err);
+        this.turns.halt();
         continue;
       }
       // The rest goes on by itself: this reader reads the next chunk meanwhile.
@@ -323,24 +368,34 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
     if (sink === null) return;
     try {
       if (isZeroChunk(data)) {
+        if (this.limiter !== null) { await this.turns.turn(item.seq); this.turns.done(item.seq); }
         await sink.hole(item.fileIndex, item.offsetBytes, item.lengthBytes);
       } else {
         const sha = await chunkSha256(data);
         if (this.limiter !== null) {
-          // A chunk paced past a stop is left to the next part: a hand-off does not wait out the cap.
-          try { await this.limiter.take(item.lengthBytes, this.halt.signal); } catch (err) { if (this.halt.signal.aborted) return; throw err; }
+          // In dealing order; a chunk paced past a stop is left to the next part: a hand-off does not wait out the cap.
+          await this.turns.turn(item.seq);
+          try {
+            await this.limiter.take(item.lengthBytes, this.halt.signal);
+          } catch (err) {
+            if (this.halt.signal.aborted) return;
+            throw err;
+          } finally {
+            this.turns.done(item.seq);
+          }
         }
         if (this.halt.signal.aborted) return;
         await sink.write(item.fileIndex, item.offsetBytes, data, sha);
         this.sentBytes += item.lengthBytes;
+        this.unsyncedDataBytes += item.lengthBytes;
       }
     } catch (err) {
       this.fail(err);
       return;
     }
     this.ackedBytes += item.lengthBytes;
-    this.sinceSyncBytes += item.lengthBytes;
-    if (this.sinceSyncBytes >= SYNC_EVERY_BYTES) this.startSync();
+    this.unsyncedChunks++;
+    if (this.unsyncedDataBytes >= SYNC_EVERY_BYTES) this.startSync();
   }
 
   /** File `fileIndex` is dealt whole: once its chunks are acknowledged, check its source and finish it (in file order). */
@@ -360,7 +415,8 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
         if (compareBoundaries(after, this.boundary) > 0) this.boundary = after;
         this.log(`file ${fileIndex} ${file.path} verified (${file.targetDigest.slice(0, 16)}…)`);
       } catch (err) {
-        this.fail(err);
+        // After a stop, the sink closes under a finish under way: the next host finishes the file.
+        if (!this.stopRequested) this.fail(err);
       } finally {
         this.pendingFinishEnds.shift();
       }
@@ -376,7 +432,8 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
   private async syncNow(): Promise<void> {
     const sink = this.sink;
     if (sink === null) return;
-    this.sinceSyncBytes = 0;
+    this.unsyncedDataBytes = 0;
+    this.unsyncedChunks = 0;
     this.lastSyncAt = performance.now();
     const last = Math.min(this.dealingFile, this.plan.files.length - 1);
     for (let i = Math.min(this.boundary.fileIndex, last); i <= last; i++) await this.o.source.check(i);
@@ -386,7 +443,7 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
 
   private tick(): void {
     if (this.phase !== 'copying' && this.phase !== 'stopping') return;
-    if (this.sinceSyncBytes > 0 && performance.now() - this.lastSyncAt >= SYNC_EVERY_MS) this.startSync();
+    if (this.unsyncedChunks > 0 && performance.now() - this.lastSyncAt >= SYNC_EVERY_MS) this.startSync();
     const p = this.progress(true);
     this.lastProgress = p;
     this.emit('progress', p);
@@ -405,15 +462,23 @@ export class CopyJob extends EventEmitter<{ progress: [CopyProgress]; done: [Cop
     const spanMs = first === undefined ? 0 : now - first.atMs;
     const rate = first === undefined || spanMs <= 0 ? 0 : ((this.doneBytes - first.doneBytes) * 1000) / spanMs;
     return {
-      copyId: this.copyId, epoch: this.epoch, doneBytes: this.doneBytes, totalBytes: total, sentBytes: this.sentBytes, resentBytes: 0,
+      copyId: this.copyId, epoch: this.epoch, doneBytes: this.doneBytes, totalBytes: total, sentBytes: this.sentBytes, resentBytes: this.resentBytes(),
       rateBytesPerSec: Math.round(rate), etaMs: rate > 0 ? Math.round(((total - this.doneBytes) * 1000) / rate) : (this.doneBytes >= total ? 0 : null),
       boundary: { ...this.boundary }, elapsedMs: Math.round(now - this.startedAt),
     };
   }
 
+  /** What the sink sent again (the remote sink counts its resends of chunks damaged on the wire; a local one has none). */
+  private resentBytes(): number {
+    const sink: (CopySink & { readonly resentBytes?: unknown }) | null = this.sink;
+    return typeof sink?.resentBytes === 'number' ? sink.resentBytes : 0;
+  }
+
   private fail(err: unknown): void {
     if (this.error !== null || this.abort.signal.aborted) return;
     this.error = err;
+    this.resolveHalted();
+    this.turns.halt();
     this.log(`failed: ${errorMessage(err)}`);
   }
 }

@@ -39,6 +39,8 @@ const journalFileSchema = z.object({
   done: z.boolean(),
   sourceDigest: digestSchema.optional(),
   targetDigest: digestSchema.optional(),
+  /** Bytes from the start read back after they were durable and found to match their checksums (a chunk multiple, or the size). */
+  verifiedBytes: z.number().int().min(0).optional(),
 }).strict();
 export type CopyJournalFile = z.infer<typeof journalFileSchema>;
 
@@ -110,6 +112,9 @@ function inconsistency(j: CopyJournal): string | null {
     if (f.index !== k) return `its file ${k} says it is file ${f.index}`;
     if (f.done !== (k < fileIndex)) return `file ${k} is ${f.done ? 'done after' : 'not done before'} its boundary`;
     if (f.done && (f.sourceDigest === undefined || f.targetDigest === undefined)) return `done file ${k} has no digests`;
+    const verified = f.verifiedBytes ?? 0;
+    const verifiedLimit = f.done ? f.sizeBytes : k === fileIndex ? offsetBytes : 0;
+    if (verified > verifiedLimit || (verified % NFC_CHUNK_BYTES !== 0 && verified !== f.sizeBytes)) return `file ${k} says more of it is verified than is written`;
   }
   if (j.complete && fileIndex !== j.files.length) return 'it says complete before its last file';
   return null;

@@ -22,7 +22,7 @@
 import { FerryError, isFerryError } from '../lib/errors.js';
 import { failpoint } from '../lib/failpoints.js';
 import { COPY_AREA_DIR, DATASTORE_ROOT, type CopyArea, type Datastore, type DatastoreFile } from '../storage/datastore.js';
-import { CHUNK_SHA256_BYTES, FileDigest, chunkCount, chunkLength, chunkSha256, isZeroChunk, zeroChunkSha256 } from './chunk-hash.js';
+import { CHUNK_SHA256_BYTES, FileDigest, chunkBuffer, chunkCount, chunkLength, chunkSha256, isZeroChunk, zeroChunkSha256 } from './chunk-hash.js';
 import {
   type CopyJournal, copyJournalPath, copyLockPath, copySumsDir, copySumsPath, endOfFile, journalView, newJournal, planDigestOf,
   readJournal, stagingPathOf, writeJournal,
@@ -41,8 +41,11 @@ import type { CopySink, CopySinkOpen } from './sink.js';
 export const MAX_SINK_CHUNKS_AHEAD = 1024;
 /** Chunks read back and hashed at once when a finished file is verified: enough to keep the disk and both cores busy. */
 export const VERIFY_INFLIGHT_CHUNKS = 4;
-/** Checksums read from a sums file at once during verification (32 KiB): a 16 TiB file's 512 MiB of sums are never held whole. */
-const SUMS_BATCH_CHUNKS = 1024;
+/**
+ * Chunks verified per batch (their checksums read at once, 512 bytes): also the step in which verification
+ * progress is recorded, so that a stop loses at most this much of a long file's verification.
+ */
+const VERIFY_BATCH_CHUNKS = 16;
 
 interface OpenFile {
   readonly staging: DatastoreFile;
@@ -79,18 +82,31 @@ async function openWritable(area: CopyArea, path: string, sizeBytes: number | nu
   }
 }
 
-/** The two digests of a file read back against its sums (COPY_VERIFY_FAILED at the first chunk that differs). */
-async function verifyFile(file: DatastoreFile, sums: DatastoreFile, sizeBytes: number, fileIndex: number): Promise<{ sourceDigest: string; targetDigest: string }> {
-  const n = chunkCount(sizeBytes);
-  const sumsSize = await sums.size();
-  if (sumsSize < n * CHUNK_SHA256_BYTES) {
-    throw new FerryError('COPY_VERIFY_FAILED', `${file.name}: its checksum file holds ${Math.floor(sumsSize / CHUNK_SHA256_BYTES)} of its ${n} chunks' checksums`, { fileIndex });
-  }
-  const source = new FileDigest();
-  const target = new FileDigest();
-  const buffers = Array.from({ length: Math.min(VERIFY_INFLIGHT_CHUNKS, Math.max(1, n)) }, () => Buffer.allocUnsafe(NFC_CHUNK_BYTES));
-  for (let first = 0; first < n; first += SUMS_BATCH_CHUNKS) {
-    const count = Math.min(SUMS_BATCH_CHUNKS, n - first);
+interface Digests {
+  readonly source: FileDigest;
+  readonly target: FileDigest;
+}
+
+/** How a verification goes: stop early when `halted()`, report each batch verified (the chunk verified up to). */
+interface VerifyControl {
+  readonly halted: () => boolean;
+  readonly progress: (upToChunk: number) => void;
+}
+
+/**
+ * Reads chunks [fromChunk, toChunk) of `file` back and checks each against its checksum in `sums`
+ * (COPY_VERIFY_FAILED at the first that differs); `digests`, if given, gets each chunk's checksum
+ * (source) and read-back hash (target) in order. Stops early when halted; answers the chunk it
+ * verified up to.
+ */
+async function verifyChunks(
+  file: DatastoreFile, sums: DatastoreFile, sizeBytes: number, fileIndex: number, fromChunk: number, toChunk: number,
+  digests: Digests | null, control: VerifyControl,
+): Promise<number> {
+  const buffers = Array.from({ length: Math.min(VERIFY_INFLIGHT_CHUNKS, Math.max(1, toChunk - fromChunk)) }, chunkBuffer);
+  for (let first = fromChunk; first < toChunk; first += VERIFY_BATCH_CHUNKS) {
+    if (control.halted()) return first;
+    const count = Math.min(VERIFY_BATCH_CHUNKS, toChunk - first);
     const expected = Buffer.allocUnsafe(count * CHUNK_SHA256_BYTES);
     await sums.read(first * CHUNK_SHA256_BYTES, expected);
     const got: Uint8Array[] = new Array<Uint8Array>(count);
@@ -109,11 +125,40 @@ async function verifyFile(file: DatastoreFile, sums: DatastoreFile, sizeBytes: n
       if (!want.equals(sum)) {
         throw new FerryError('COPY_VERIFY_FAILED', `${file.name}: the chunk at ${(first + k) * NFC_CHUNK_BYTES} read back does not match the source's checksum; the file is not renamed into place`, { fileIndex, offsetBytes: (first + k) * NFC_CHUNK_BYTES });
       }
-      source.add(want);
-      target.add(sum);
+      digests?.source.add(want);
+      digests?.target.add(sum);
     }
+    control.progress(first + count);
   }
-  return { sourceDigest: source.hex(), targetDigest: target.hex() };
+  return toChunk;
+}
+
+/**
+ * The two digests of a file whose chunks before `verifiedChunks` were read back and checked already
+ * (by this sink in the background, or by an earlier host: the journal says so — their read-back hash
+ * was their checksum), the rest read back and checked now.
+ */
+async function verifyFile(
+  file: DatastoreFile, sums: DatastoreFile, sizeBytes: number, fileIndex: number, verifiedChunks = 0,
+  control: VerifyControl = { halted: () => false, progress: () => undefined },
+): Promise<{ sourceDigest: string; targetDigest: string }> {
+  const n = chunkCount(sizeBytes);
+  const sumsSize = await sums.size();
+  if (sumsSize < n * CHUNK_SHA256_BYTES) {
+    throw new FerryError('COPY_VERIFY_FAILED', `${file.name}: its checksum file holds ${Math.floor(sumsSize / CHUNK_SHA256_BYTES)} of its ${n} chunks' checksums`, { fileIndex });
+  }
+  const digests: Digests = { source: new FileDigest(), target: new FileDigest() };
+  const before = Math.min(verifiedChunks, n);
+  for (let first = 0; first < before; first += VERIFY_BATCH_CHUNKS) {
+    const known = Buffer.allocUnsafe(Math.min(VERIFY_BATCH_CHUNKS, before - first) * CHUNK_SHA256_BYTES);
+    await sums.read(first * CHUNK_SHA256_BYTES, known);
+    digests.source.add(known);
+    digests.target.add(known);
+  }
+  if (await verifyChunks(file, sums, sizeBytes, fileIndex, before, n, digests, control) < n) {
+    throw new FerryError('CANCELLED', `${file.name}: its verification was cut short (the sink is closing)`, { fileIndex });
+  }
+  return { sourceDigest: digests.source.hex(), targetDigest: digests.target.hex() };
 }
 
 class LocalSink implements CopySink {
@@ -129,6 +174,15 @@ class LocalSink implements CopySink {
   private tail: Promise<unknown> = Promise.resolve();
   private fenced: FerryError | null = null;
   private closing: Promise<void> | null = null;
+  /**
+   * Chunks of the unfinished files read back and checked so far, from the start of each (the journal's
+   * verifiedBytes of the boundary's file, then this sink's background verification of what each sync
+   * made durable): a finish reads back only the rest, and a hand-off in the middle of a long file's
+   * verification loses little of it.
+   */
+  private readonly verified = new Map<number, number>();
+  private verifier: Promise<void> | null = null;
+  private verifyError: Error | null = null;
 
   constructor(
     private readonly datastore: Datastore,
@@ -140,6 +194,8 @@ class LocalSink implements CopySink {
   ) {
     this.resumeAt = { ...journal.boundary };
     this.frontier = { ...journal.boundary };
+    const verifiedBytes = journal.files[journal.boundary.fileIndex]?.verifiedBytes ?? 0;
+    if (verifiedBytes > 0) this.verified.set(journal.boundary.fileIndex, chunkCount(verifiedBytes));
   }
 
   async write(fileIndex: number, offsetBytes: number, data: Uint8Array, sha256: Uint8Array): Promise<void> {
@@ -162,18 +218,60 @@ class LocalSink implements CopySink {
   sync(): Promise<Boundary> {
     return this.exclusive(async () => {
       this.usable();
+      if (this.verifyError !== null) throw this.verifyError;
+      // Fenced before anything: a later epoch's host may be writing these files now (its lease over ours).
+      await this.checkEpoch();
       const b = { ...this.frontier };
       // Data first: every chunk behind `b` completed before this point, so these flushes cover it.
       const files = await Promise.all([...this.open.values()].map((p) => p.catch(() => null)));
       await Promise.all(files.flatMap((f) => (f === null ? [] : [f.staging.flush(), f.sums.flush()])));
       await this.checkEpoch();
-      if (compareBoundaries(b, this.journal.boundary) > 0) {
+      const verifiedBytes = this.verifiedBytes(b.fileIndex);
+      if (compareBoundaries(b, this.journal.boundary) > 0 || verifiedBytes !== (this.journal.files[b.fileIndex]?.verifiedBytes ?? 0)) {
         await failpoint('nfc.sink.before-journal');
-        await this.saveJournal({ ...this.journal, boundary: b });
+        const files = this.journal.files.map((f) => (f.index === b.fileIndex && verifiedBytes > 0 ? { ...f, verifiedBytes } : f));
+        await this.saveJournal({ ...this.journal, files, boundary: b });
         await failpoint('nfc.sink.after-sync');
       }
+      this.startVerifier();
       return { ...this.journal.boundary };
     });
+  }
+
+  private noteVerified(fileIndex: number, upToChunk: number): void {
+    if (upToChunk > (this.verified.get(fileIndex) ?? 0)) this.verified.set(fileIndex, upToChunk);
+  }
+
+  /** Bytes of file `fileIndex` read back and checked so far (0 for none; its size at most). */
+  private verifiedBytes(fileIndex: number): number {
+    const size = this.plan.files[fileIndex]?.sizeBytes ?? 0;
+    return Math.min(size, (this.verified.get(fileIndex) ?? 0) * NFC_CHUNK_BYTES);
+  }
+
+  /**
+   * Reads back and checks, in the background, the chunks of the boundary's file that the last sync
+   * made durable and no one has checked yet. A finish of that file (which goes on from where this
+   * got to) or a close halts it at its next batch; what it found wrong fails the next sync or finish.
+   */
+  private startVerifier(): void {
+    const b = this.journal.boundary;
+    const f = this.plan.files[b.fileIndex];
+    const open = this.open.get(b.fileIndex);
+    if (this.verifier !== null || this.closing !== null || f === undefined || open === undefined || this.finishing.has(b.fileIndex)) return;
+    const i = b.fileIndex;
+    const from = this.verified.get(i) ?? 0;
+    const to = b.offsetBytes >= f.sizeBytes ? chunkCount(f.sizeBytes) : b.offsetBytes / NFC_CHUNK_BYTES;
+    if (to <= from) return;
+    this.verifier = (async () => {
+      const file = await open;
+      await verifyChunks(file.staging, file.sums, f.sizeBytes, i, from, to, null, {
+        halted: () => this.closing !== null || this.finishing.has(i),
+        progress: (upTo) => { this.noteVerified(i, upTo); },
+      });
+    })().catch((err: unknown) => {
+      // A read that a close cut short is not a finding.
+      if (this.verifyError === null && this.closing === null) this.verifyError = err instanceof Error ? err : new FerryError('INTERNAL', String(err));
+    }).finally(() => { this.verifier = null; });
   }
 
   async finishFile(fileIndex: number): Promise<CopiedFile> {
@@ -189,15 +287,9 @@ class LocalSink implements CopySink {
     if (this.finishing.has(fileIndex)) throw new FerryError('INVALID_ARGUMENT', `file ${fileIndex} is being finished already`);
     this.finishing.add(fileIndex);
     try {
-      const digests = await this.verifyAndPlace(fileIndex, planned.path, planned.sizeBytes);
-      await this.exclusive(async () => {
-        this.usable();
-        await this.checkEpoch();
-        const files = this.journal.files.map((f) => (f.index === fileIndex ? { ...f, done: true, ...digests } : f));
-        await this.saveJournal({ ...this.journal, files, boundary: { fileIndex: fileIndex + 1, offsetBytes: 0 } });
-        this.frontier = { fileIndex: fileIndex + 1, offsetBytes: 0 };
-        this.advance();
-      });
+      await this.verifier; // halts at its next batch (the file is finishing); the finish goes on from there
+      if (this.verifyError !== null) throw this.verifyError;
+      await this.verifyAndPlace(fileIndex, planned.path, planned.sizeBytes);
       return this.copied(fileIndex);
     } finally {
       this.finishing.delete(fileIndex);
@@ -223,6 +315,7 @@ class LocalSink implements CopySink {
   close(): Promise<void> {
     this.closing ??= (async () => {
       await this.tail.catch(() => undefined);
+      await this.verifier;
       const files = await Promise.all([...this.open.values()].map((p) => p.catch(() => null)));
       this.open.clear();
       const closes: Array<Promise<void>> = files.flatMap((f) => (f === null ? [] : [f.staging.close(), f.sums.close()]));
@@ -252,7 +345,13 @@ class LocalSink implements CopySink {
     if (this.journal.files[fileIndex]?.done === true || this.finishing.has(fileIndex) || fileIndex < this.frontier.fileIndex) {
       throw new FerryError('INVALID_ARGUMENT', `file ${fileIndex} is finished (or being finished): no more chunks`);
     }
-    if (this.aheadCount >= MAX_SINK_CHUNKS_AHEAD) {
+    // Behind the durable boundary a chunk is written, durable and perhaps read back and checked already.
+    if (compareBoundaries({ fileIndex, offsetBytes }, this.journal.boundary) < 0) {
+      throw new FerryError('INVALID_ARGUMENT', `the chunk of file ${fileIndex} at ${offsetBytes} is behind the copy's durable boundary (${formatBoundary(this.journal.boundary)})`);
+    }
+    // (The chunk at the prefix itself is always taken: it is the one that lets the prefix run over the others.)
+    const atFrontier = fileIndex === this.frontier.fileIndex && offsetBytes === this.frontier.offsetBytes;
+    if (this.aheadCount >= MAX_SINK_CHUNKS_AHEAD && !atFrontier) {
       throw new FerryError('INVALID_ARGUMENT', `more than ${MAX_SINK_CHUNKS_AHEAD} chunks written ahead of the copy's written prefix (${formatBoundary(this.frontier)})`);
     }
     return length;
@@ -301,17 +400,31 @@ class LocalSink implements CopySink {
     if (f === undefined) throw new FerryError('INVALID_ARGUMENT', `the copy has no file ${fileIndex}`);
     const parent = parentOf(f.path);
     if (parent !== DATASTORE_ROOT) await this.area.mkdir(parent);
-    const staging = await openWritable(this.area, stagingPathOf(f.path, this.plan.copyId), f.sizeBytes);
+    // Both at once: each takes a lease (a small fsync), and the file system commits the two together.
+    const [staging, sums] = await Promise.allSettled([
+      openWritable(this.area, stagingPathOf(f.path, this.plan.copyId), f.sizeBytes),
+      openWritable(this.area, copySumsPath(this.plan.copyId, fileIndex), null),
+    ]);
     try {
-      const size = await staging.size();
+      if (staging.status === 'rejected') throw staging.reason;
+      if (sums.status === 'rejected') throw sums.reason;
+      const size = await staging.value.size();
       if (size !== f.sizeBytes) {
-        throw new FerryError('COPY_JOURNAL_INVALID', `${staging.name}: the staging file is ${size} bytes, not the ${f.sizeBytes} of the plan`, { copyId: this.plan.copyId, reason: 'staging' });
+        throw new FerryError('COPY_JOURNAL_INVALID', `${staging.value.name}: the staging file is ${size} bytes, not the ${f.sizeBytes} of the plan`, { copyId: this.plan.copyId, reason: 'staging' });
       }
-      return { staging, sums: await openWritable(this.area, copySumsPath(this.plan.copyId, fileIndex), null) };
+      return { staging: staging.value, sums: sums.value };
     } catch (err) {
-      await staging.close();
+      await Promise.all([staging, sums].flatMap((r) => (r.status === 'fulfilled' ? [r.value.close()] : [])));
       throw err;
     }
+  }
+
+  /** Opens the file the copy resumes in (its leases taken) now, when it has begun or is to begin with a chunk. */
+  async openResumeFile(): Promise<void> {
+    const { fileIndex, offsetBytes } = this.frontier;
+    const f = this.plan.files[fileIndex];
+    if (f === undefined || f.sizeBytes === 0) return;
+    if (offsetBytes === 0 || await exists(this.area, stagingPathOf(f.path, this.plan.copyId))) await this.file(fileIndex);
   }
 
   private async closeFile(fileIndex: number): Promise<void> {
@@ -328,32 +441,54 @@ class LocalSink implements CopySink {
    * path taken (a crash between its link and unlink), the file at the path is verified instead — it
    * is then byte for byte what the copy would put there, else ALREADY_EXISTS.
    */
-  private async verifyAndPlace(fileIndex: number, path: string, sizeBytes: number): Promise<{ sourceDigest: string; targetDigest: string }> {
+  private async verifyAndPlace(fileIndex: number, path: string, sizeBytes: number): Promise<void> {
     const staging = stagingPathOf(path, this.plan.copyId);
     // An empty file has no chunk that would have made its staging file: it is made here.
     const begun = this.open.has(fileIndex) || await exists(this.area, staging) || (sizeBytes === 0 && !(await exists(this.area, path)));
     if (begun) {
       const f = await this.file(fileIndex);
       await Promise.all([f.staging.flush(), f.sums.flush()]);
-      const digests = await verifyFile(f.staging, f.sums, sizeBytes, fileIndex);
-      // Closed between syncs: a sync flushes every open file, and must not find this one closed under it.
-      await this.exclusive(() => this.closeFile(fileIndex));
-      try {
-        await this.area.rename(staging, path);
-      } catch (err) {
-        if (!isFerryError(err, 'ALREADY_EXISTS')) throw err;
-        await this.verifyInPlace(fileIndex, path, sizeBytes);
-        await this.area.remove(staging);
-      }
-      await this.area.syncDirectory(parentOf(path));
-      return digests;
+      // Its progress is recorded as it goes (and journaled by the syncs meanwhile): a stop in the middle
+      // of a long file's verification leaves the next host only the rest of it.
+      const digests = await verifyFile(f.staging, f.sums, sizeBytes, fileIndex, this.verified.get(fileIndex) ?? 0, {
+        halted: () => this.closing !== null,
+        progress: (upTo) => { this.noteVerified(fileIndex, upTo); },
+      });
+      // Placed between syncs (a sync flushes every open file: this one must not close under it), and
+      // not once the sink is closing: a copier that stopped does not wait for a finish it began — the
+      // next host finishes the file again — while close() waits for a placement under way, so that the
+      // next host never finds it half done.
+      await this.exclusive(async () => {
+        this.usable();
+        await this.closeFile(fileIndex);
+        try {
+          await this.area.rename(staging, path);
+        } catch (err) {
+          if (!isFerryError(err, 'ALREADY_EXISTS')) throw err;
+          await this.verifyInPlace(fileIndex, path, sizeBytes);
+          await this.area.remove(staging);
+        }
+        await this.placed(fileIndex, path, digests);
+      });
+      return;
     }
     if (await exists(this.area, path)) {
       const digests = await this.verifyInPlace(fileIndex, path, sizeBytes);
-      await this.area.syncDirectory(parentOf(path));
-      return digests;
+      await this.exclusive(async () => { this.usable(); await this.placed(fileIndex, path, digests); });
+      return;
     }
     throw new FerryError('COPY_JOURNAL_INVALID', `copy ${this.plan.copyId}: the staging file of file ${fileIndex} (${staging}) is missing`, { copyId: this.plan.copyId, reason: 'staging' });
+  }
+
+  /** File `fileIndex` is at its path, verified: its directory is made durable, then the journal says it is done. */
+  private async placed(fileIndex: number, path: string, digests: { sourceDigest: string; targetDigest: string }): Promise<void> {
+    await this.area.syncDirectory(parentOf(path));
+    await this.checkEpoch();
+    const files = this.journal.files.map((f) => (f.index === fileIndex ? { ...f, done: true, ...digests, verifiedBytes: f.sizeBytes } : f));
+    await this.saveJournal({ ...this.journal, files, boundary: { fileIndex: fileIndex + 1, offsetBytes: 0 } });
+    this.verified.delete(fileIndex);
+    this.frontier = { fileIndex: fileIndex + 1, offsetBytes: 0 };
+    this.advance();
   }
 
   private async verifyInPlace(fileIndex: number, path: string, sizeBytes: number): Promise<{ sourceDigest: string; targetDigest: string }> {
@@ -379,9 +514,14 @@ class LocalSink implements CopySink {
     return { path: f.path, sizeBytes: f.sizeBytes, sourceDigest: f.sourceDigest, targetDigest: f.targetDigest };
   }
 
+  /** Writes this sink's (later) epoch into the journal: from now on, sinks of earlier epochs are fenced. */
+  takeEpoch(): Promise<void> {
+    return this.exclusive(() => this.saveJournal({ ...this.journal, epoch: this.epoch }));
+  }
+
   /** LEASE_LOST if the copy's lock is lost; COPY_FENCED (from now on) if a later epoch opened the journal. */
   private async checkEpoch(): Promise<void> {
-    this.lock.lease?.check();
+    // The journal first: a sink whose lease was broken because a later epoch took over is told so (COPY_FENCED), not just LEASE_LOST.
     const j = await readJournal(this.area, this.plan.copyId);
     if (j === null || j.epoch > this.epoch) {
       this.fenced = new FerryError('COPY_FENCED', j === null
@@ -390,6 +530,7 @@ class LocalSink implements CopySink {
       { copyId: this.plan.copyId, epoch: this.epoch, journalEpoch: j?.epoch ?? null });
       throw this.fenced;
     }
+    this.lock.lease?.check();
   }
 
   private async saveJournal(j: CopyJournal): Promise<void> {
@@ -459,8 +600,9 @@ export async function openLocalSink(datastore: Datastore, open: CopySinkOpen): P
   if (!Number.isInteger(open.epoch) || open.epoch < 1 || open.epoch > MAX_COPY_EPOCHS) throw new FerryError('INVALID_ARGUMENT', `epoch ${open.epoch} is not 1..${MAX_COPY_EPOCHS}`);
   const area = datastore.copyArea();
   const lock = await takeLock(area, plan.copyId);
+  let journal: CopyJournal | null;
   try {
-    let journal = await readJournal(area, plan.copyId);
+    journal = await readJournal(area, plan.copyId);
     if (journal === null) {
       for (const f of plan.files) {
         if (await exists(area, f.path)) throw new FerryError('ALREADY_EXISTS', `${datastore.name}:${f.path} already exists; a copy does not overwrite a file`, { path: f.path });
@@ -476,16 +618,23 @@ export async function openLocalSink(datastore: Datastore, open: CopySinkOpen): P
         throw new FerryError('COPY_FENCED', `copy ${plan.copyId}: its journal was opened under epoch ${journal.epoch}, after this part's epoch ${open.epoch}`, { copyId: plan.copyId, epoch: open.epoch, journalEpoch: journal.epoch });
       }
       if (!journal.complete) await checkResumable(area, journal);
-      if (journal.epoch < open.epoch) {
-        journal = { ...journal, epoch: open.epoch };
-        await writeJournal(area, journal);
-      }
     }
-    return new LocalSink(datastore, area, plan, open.epoch, journal, lock);
   } catch (err) {
     await lock.close();
     throw err;
   }
+  const sink = new LocalSink(datastore, area, plan, open.epoch, journal, lock);
+  try {
+    // The resume file's leases and the new epoch at once: their small fsyncs are committed together.
+    const epochWritten = journal.epoch < open.epoch ? sink.takeEpoch() : Promise.resolve();
+    const [opened, written] = await Promise.allSettled([journal.complete ? Promise.resolve() : sink.openResumeFile(), epochWritten]);
+    if (written.status === 'rejected') throw written.reason;
+    if (opened.status === 'rejected') throw opened.reason;
+  } catch (err) {
+    await sink.close();
+    throw err;
+  }
+  return sink;
 }
 
 /**

@@ -14,8 +14,10 @@ import { join } from 'node:path';
 import { FerryError, type FerryErrorCode } from '../../src/lib/errors.js';
 import { MiB } from '../../src/lib/units.js';
 import { MIN_RATE_BYTES_PER_SEC } from '../../src/dataplane/rate-limiter.js';
-import { COPY_START, NFC_CHUNK_BYTES, compareBoundaries, type CopyFile } from '../../src/nfc/plan.js';
+import { COPY_START, MAX_COPY_FILES, MAX_COPY_FILE_BYTES, NFC_CHUNK_BYTES, compareBoundaries, type CopyFile } from '../../src/nfc/plan.js';
 import type { StartCopyRequest } from '../../src/api/copy-v1.js';
+import { MAX_COPY_BODY_BYTES, MAX_SMALL_BODY_BYTES, routes, type ErrorBody } from '../../src/api/host-v1.js';
+import { MAX_DATASTORE_PATH_BYTES } from '../../src/lib/limits.js';
 import { startAgent, type TestAgent } from '../helpers/agents.js';
 import { vmRequest } from '../helpers/guests.js';
 import { sampleValue } from '../helpers/metrics.js';
@@ -34,6 +36,11 @@ const SPECS: readonly TestFileSpec[] = [
 ];
 /** A file large enough that a copy paced at MIN_RATE_BYTES_PER_SEC runs for many seconds: it is still running when the test acts on it. */
 const SLOW_SPEC: TestFileSpec = { path: 'big.img', sizeBytes: 24 * NFC_CHUNK_BYTES };
+/**
+ * A paced copy: a one-chunk file first, whose finish is a boundary past the start early on (paced chunks
+ * may be acknowledged out of order, so within one file the durable boundary can lag), then SLOW_SPEC.
+ */
+const SLOW_SPECS: readonly TestFileSpec[] = [{ path: 'first.img', sizeBytes: NFC_CHUNK_BYTES }, SLOW_SPEC];
 
 let base = '';
 const agents: TestAgent[] = [];
@@ -61,10 +68,10 @@ async function rejectsWith(p: Promise<unknown>, code: FerryErrorCode): Promise<F
   return err;
 }
 
-/** Agent a copies SLOW_SPEC from src to dst at MIN_RATE_BYTES_PER_SEC, and has acknowledged a first boundary. */
+/** Agent a copies SLOW_SPECS from src to dst at MIN_RATE_BYTES_PER_SEC, and has acknowledged a first boundary. */
 async function slowLocalCopy(): Promise<{ srcDir: string; dstDir: string; files: CopyFile[]; a: TestAgent; copyId: string }> {
   const [srcDir, dstDir] = [await dir('src'), await dir('dst')];
-  const files = await writeSourceFiles(srcDir, [SLOW_SPEC]);
+  const files = await writeSourceFiles(srcDir, SLOW_SPECS);
   const a = await agent('a', { src: srcDir, dst: dstDir });
   const copyId = newCopyId();
   await a.client.startCopy(localCopy(copyId, files, { rateBytesPerSec: MIN_RATE_BYTES_PER_SEC }));
@@ -115,6 +122,19 @@ describe('copy service: the local form', () => {
     // A refused start left no run behind and wrote nothing.
     await rejectsWith(a.client.copy(copyId), 'NOT_FOUND');
     assert.deepEqual((await readdir(dstDir)).filter((n) => !n.startsWith('.ferry-datastore')), []);
+  });
+
+  it('a plan of MAX_COPY_FILES files with the longest paths is read (a body far over MAX_SMALL_BODY_BYTES); a body over MAX_COPY_BODY_BYTES is 413', async () => {
+    const a = await agent('a', {});
+    const files = Array.from({ length: MAX_COPY_FILES }, (_, i) => ({ path: `${String(i).padStart(4, '0')}${'p'.repeat(MAX_DATASTORE_PATH_BYTES - 4)}`, sizeBytes: MAX_COPY_FILE_BYTES, modifiedMs: Date.now() }));
+    const req = localCopy(newCopyId(), files);
+    const body = JSON.stringify(req);
+    assert.ok(Buffer.byteLength(body) > 10 * MAX_SMALL_BODY_BYTES && Buffer.byteLength(body) <= MAX_COPY_BODY_BYTES, `${Buffer.byteLength(body)} bytes`);
+    // Read and validated: refused for what it names (this host mounts no datastore), not for its size.
+    await rejectsWith(a.client.startCopy(req), 'NOT_FOUND');
+    await rejectsWith(a.client.createCopyTicket({ copyId: req.copyId, epoch: 1, datastore: 'dst', files }), 'NOT_FOUND');
+    const over = await a.client.raw('POST', routes.startCopy.path, { body: JSON.stringify({ ...req, pad: 'x'.repeat(MAX_COPY_BODY_BYTES) }) });
+    assert.deepEqual([over.status, ((await over.json()) as ErrorBody).error.code], [413, 'REQUEST_TOO_LARGE']);
   });
 
   it('another epoch while one runs is BUSY; cancel ends it (cancelled, the journal kept at its boundary); then the next epoch resumes there and completes', async () => {
@@ -188,6 +208,8 @@ describe('copy service: the remote form over the copy\'s virtual path', () => {
     await b.client.putPath(spec.target);
     const pathId = spec.source.pathId;
     const ticket = await b.client.createCopyTicket({ copyId, epoch: 1, datastore: 'dst', files, pathId });
+    // Asked again (a center that retried): the same ticket, and the path is not held twice for it.
+    assert.deepEqual((await b.client.createCopyTicket({ copyId, epoch: 1, datastore: 'dst', files, pathId })).ticket, ticket.ticket);
     assert.ok(ticket.port >= spec.target.firstPort && ticket.port < spec.target.firstPort + spec.target.portCount, `a port of the path's grant (${ticket.port})`);
     await a.client.startCopy({
       copyId, epoch: 1, sourceDatastore: 'src', files,

@@ -71,18 +71,27 @@ describe('copier (local form)', () => {
   });
   const paths = (): string[] => [SHAPES[0].path, BIG_PATH, ...SHAPES.slice(1).map((s) => s.path)];
 
-  /** A job that `act`s (stop, cancel) at its first write after a sync of its own acknowledged a boundary past the start. */
+  /**
+   * A job that `act`s (stop, cancel) as soon as a sync of its own acknowledged a boundary past the start:
+   * in the turn after the job took the sync's answer (setImmediate runs after the promise continuations
+   * that hand it over), so that the job's record knows that boundary.
+   */
   async function pausedJob(src: LocalDatastore, dst: LocalDatastore, plan: CopyPlan, act: 'stop' | 'cancel', writes: Array<[number, number]>): Promise<CopyJobRecord> {
-    let synced = false;
+    let acted = false;
     const job = await localCopyJob(src, dst, plan, {
       rateBytesPerSec: PACED_BYTES_PER_SEC,
-      wrap: (sink, j) => {
-        const inner = instrumentedSink(sink, (i, off) => {
-          writes.push([i, off]);
-          if (synced) { if (act === 'stop') j.stop(); else j.cancel('the test cancels'); }
-        });
-        return { ...inner, get resumeAt() { return sink.resumeAt; }, sync: async () => { const b = await sink.sync(); if (compareBoundaries(b, sink.resumeAt) > 0) synced = true; return b; } };
-      },
+      wrap: (sink, j) => ({
+        ...instrumentedSink(sink, (i, off) => { writes.push([i, off]); }),
+        get resumeAt() { return sink.resumeAt; },
+        sync: async () => {
+          const b = await sink.sync();
+          if (!acted && compareBoundaries(b, sink.resumeAt) > 0) {
+            acted = true;
+            setImmediate(() => { if (act === 'stop') j.stop(); else j.cancel('the test cancels'); });
+          }
+          return b;
+        },
+      }),
     });
     return job.run();
   }

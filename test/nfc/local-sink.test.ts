@@ -15,13 +15,15 @@ import { join } from 'node:path';
 import { FerryError } from '../../src/lib/errors.js';
 import { MiB } from '../../src/lib/units.js';
 import { copyJournalPath, stagingPathOf } from '../../src/nfc/journal.js';
-import { discardCopy, openLocalSink, readCopyJournal } from '../../src/nfc/local-sink.js';
+import { MAX_SINK_CHUNKS_AHEAD, discardCopy, openLocalSink, readCopyJournal } from '../../src/nfc/local-sink.js';
 import { NFC_CHUNK_BYTES, type CopyPlan } from '../../src/nfc/plan.js';
 import type { CopySink } from '../../src/nfc/sink.js';
 import type { LocalDatastore } from '../../src/storage/local-datastore.js';
 import { HOST_A, HOST_B, mountAs, newCopyId, nfcDirs, type NfcDirs } from '../helpers/nfc.js';
 
 const SIZE = 3 * MiB + 5;
+/** Syncs a test makes at most while the background read-back of 4 MiB catches up (each sync is a few fsyncs: plenty). */
+const MAX_SYNCS_FOR_VERIFIED = 1000;
 
 function planFor(copyId: string): CopyPlan {
   return { copyId, files: [{ path: 'vm/a.raw', sizeBytes: SIZE, modifiedMs: 1_000 }, { path: 'vm/empty.raw', sizeBytes: 0, modifiedMs: 2_000 }] };
@@ -131,22 +133,70 @@ describe('local sink', () => {
     assert.equal((await codeOf(sink.sync())).code, 'INVALID_ARGUMENT', 'a closed sink');
     await assert.rejects(openLocalSink(dsA, { plan: { ...plan, copyId: 'nope' }, epoch: 1 }), { code: 'INVALID_ARGUMENT' });
     await assert.rejects(openLocalSink(dsA, { plan, epoch: 0 }), { code: 'INVALID_ARGUMENT' });
+    // Chunks ahead of the written prefix are remembered up to a bound (a writer that never fills the gap is refused, not remembered).
+    const big = { copyId: newCopyId(), files: [{ path: 'vm/big.raw', sizeBytes: (MAX_SINK_CHUNKS_AHEAD + 2) * NFC_CHUNK_BYTES, modifiedMs: 1 }] };
+    const wide = await openLocalSink(dsA, { plan: big, epoch: 1 });
+    for (let k = 1; k <= MAX_SINK_CHUNKS_AHEAD; k++) await wide.hole(0, k * NFC_CHUNK_BYTES, NFC_CHUNK_BYTES);
+    assert.equal((await codeOf(wide.hole(0, (MAX_SINK_CHUNKS_AHEAD + 1) * NFC_CHUNK_BYTES, NFC_CHUNK_BYTES))).code, 'INVALID_ARGUMENT');
+    await wide.hole(0, 0, NFC_CHUNK_BYTES); // fills the gap: the prefix runs over everything remembered
+    assert.deepEqual(await wide.sync(), { fileIndex: 0, offsetBytes: (MAX_SINK_CHUNKS_AHEAD + 1) * NFC_CHUNK_BYTES });
+    await wide.close();
   });
 
-  it('a staging file damaged behind the sink fails its finish with COPY_VERIFY_FAILED at that chunk; it is not renamed into place', async () => {
+  it('a staging file damaged behind the sink fails its finish with COPY_VERIFY_FAILED at that chunk, whether it was found at the finish or by the read-back after a sync; it is not renamed into place', async () => {
+    for (const when of ['finish', 'sync'] as const) {
+      const plan = planFor(newCopyId());
+      const sink = await openLocalSink(dsA, { plan, epoch: 1 });
+      for (let k = 0; k < 4; k++) await writeChunk(sink, k);
+      if (when === 'finish') await sink.sync(); // (read back after it in the background: before the damage)
+      const staging = join(dirs.dst, stagingPathOf('vm/a.raw', plan.copyId));
+      const bytes = await readFile(staging);
+      bytes[2 * NFC_CHUNK_BYTES + 17] = 0xee;
+      await writeFile(staging, bytes);
+      if (when === 'finish') {
+        // Damaged after its background check: a second sink (after a restart) reads the whole file back.
+        await sink.close();
+        const again = await openLocalSink(dsA, { plan, epoch: 1 });
+        const err = await codeOf(again.finishFile(0));
+        assert.deepEqual([err.code, err.details.offsetBytes], ['COPY_VERIFY_FAILED', 2 * NFC_CHUNK_BYTES], when);
+        await again.close();
+      } else {
+        assert.deepEqual(await sink.sync(), { fileIndex: 0, offsetBytes: SIZE });
+        const err = await codeOf(sink.finishFile(0));
+        assert.deepEqual([err.code, err.details.offsetBytes], ['COPY_VERIFY_FAILED', 2 * NFC_CHUNK_BYTES], when);
+        await sink.close();
+      }
+      await assert.rejects(stat(join(dirs.dst, 'vm/a.raw')), { code: 'ENOENT' });
+    }
+  });
+
+  it('what a sync made durable is read back and checked in the background, journaled as verified, and not read back again by a later sink', async () => {
     const plan = planFor(newCopyId());
     const sink = await openLocalSink(dsA, { plan, epoch: 1 });
-    for (let k = 0; k < 4; k++) await writeChunk(sink, k);
-    await sink.sync();
+    for (let k = 0; k < 3; k++) await writeChunk(sink, k);
+    assert.deepEqual(await sink.sync(), { fileIndex: 0, offsetBytes: 3 * NFC_CHUNK_BYTES });
+    await writeChunk(sink, 3);
+    // A sync does not wait for the background check; it journals what the check has done by then.
+    const journaledVerified = async (): Promise<number> => {
+      const j = JSON.parse(await readFile(join(dirs.dst, copyJournalPath(plan.copyId)), 'utf8')) as { files: Array<{ verifiedBytes?: number }> };
+      return j.files[0]?.verifiedBytes ?? 0;
+    };
+    let verified = 0;
+    for (let attempt = 0; attempt < MAX_SYNCS_FOR_VERIFIED && verified === 0; attempt++) {
+      await sink.sync();
+      verified = await journaledVerified();
+    }
+    assert.ok(verified > 0 && verified <= SIZE && (verified % NFC_CHUNK_BYTES === 0 || verified === SIZE), `verifiedBytes ${verified}`);
+    await sink.close();
+    // Damage a verified chunk: a sink that trusts the journal does not read it again (the damage is at rest, not the copy's).
     const staging = join(dirs.dst, stagingPathOf('vm/a.raw', plan.copyId));
     const bytes = await readFile(staging);
-    bytes[2 * NFC_CHUNK_BYTES + 17] = 0xee;
+    bytes[5] = (bytes[5] ?? 0) ^ 0xff;
     await writeFile(staging, bytes);
-    const err = await codeOf(sink.finishFile(0));
-    assert.equal(err.code, 'COPY_VERIFY_FAILED');
-    assert.equal(err.details.offsetBytes, 2 * NFC_CHUNK_BYTES);
-    await assert.rejects(stat(join(dirs.dst, 'vm/a.raw')), { code: 'ENOENT' });
-    await sink.close();
+    const again = await openLocalSink(dsB, { plan, epoch: 2 });
+    const a = await again.finishFile(0);
+    assert.equal(a.targetDigest, digestOfA());
+    await again.close();
   });
 
   it('a file renamed into place before its journal said so (a crash in between) is verified where it is and journaled done; a different file there is ALREADY_EXISTS', async () => {

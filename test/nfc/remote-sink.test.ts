@@ -103,7 +103,7 @@ describe('remote sink ↔ receiver (remote form over TCP)', () => {
     await r.until(() => r.receiver.openTickets === 0 && r.closedSinks() === 1, 'the ticket ended and the sink closed');
   });
 
-  it(`spreads a copy over MAX_COPY_STREAMS (${MAX_COPY_STREAMS}) streams`, async () => {
+  it(`spreads a copy over MAX_COPY_STREAMS (${MAX_COPY_STREAMS}) streams`, async (t) => {
     r = await startReceiver(dst);
     const plan = await planOf(src, newCopyId(), [SHAPES[0].path, BIG_PATH]);
     const transport = new CuttableTransport();
@@ -114,7 +114,7 @@ describe('remote sink ↔ receiver (remote form over TCP)', () => {
     await checkCopied(dirs, plan, record);
     assert.equal(transport.streams.length, MAX_COPY_STREAMS);
     // A figure for the report, not a goal of this test (the benchmark has the goals).
-    process.stdout.write(`# remote copy of ${((3 * MiB + 12_345 + BIG_BYTES) / MiB).toFixed(0)} MiB over ${MAX_COPY_STREAMS} streams: ${ms.toFixed(0)} ms (${((3 * MiB + BIG_BYTES) / MiB / (ms / 1000)).toFixed(0)} MiB/s, verify included)\n`);
+    t.diagnostic(`remote copy of ${((3 * MiB + 12_345 + BIG_BYTES) / MiB).toFixed(0)} MiB over ${MAX_COPY_STREAMS} streams: ${ms.toFixed(0)} ms (${((3 * MiB + BIG_BYTES) / MiB / (ms / 1000)).toFixed(0)} MiB/s, verification included)`);
   });
 
   it('resumes at the receiver\'s journal after the connections were cut mid-copy, to the same files and digests', async () => {
