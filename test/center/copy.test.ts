@@ -46,7 +46,8 @@ describe('network file copies through the center (real host processes, SQLite)',
   };
 
   before(async () => {
-    tc = await startTestCenter({ taskLeaseMs: 3000, heartbeatIntervalMs: 500, missedHeartbeats: 20 });
+    // 20 s of silence before a host counts as disconnected: a loaded machine delays heartbeats, and no test waits for a disconnect.
+    tc = await startTestCenter({ taskLeaseMs: 3000, heartbeatIntervalMs: 500, missedHeartbeats: 40 });
     fs = await copyDirs(['src', 'dst', 'far']);
     digests = await writeSourceFiles(fs.dir('src'), [
       { path: 'a.img', sizeBytes: 6 * MiB + 12345, holeBytes: 3 * MiB }, { path: 'one.byte', sizeBytes: 1 }, { path: 'empty.img', sizeBytes: 0 }, SLOW_FILE, SLOWER_FILE,
