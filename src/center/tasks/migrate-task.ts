@@ -125,15 +125,15 @@ async function runMigration(d: MigrateTaskDeps, ctx: TaskContext, run: Run): Pro
       }
     },
   }));
-  return finishWith(d, ctx, record, params.vm, plan.source, plan.target, route);
+  return finishWith(d, ctx, record, params.vm, plan.source, plan.target, route, dst);
 }
 
-async function finishWith(d: MigrateTaskDeps, ctx: TaskContext, record: MigrationRecord, vm: string, source: string, target: string, route: MigrationRoute): Promise<JsonValue> {
+async function finishWith(d: MigrateTaskDeps, ctx: TaskContext, record: MigrationRecord, vm: string, source: string, target: string, route: MigrationRoute, dst: HostClient): Promise<JsonValue> {
   const subject = `vm:${vm}`;
   await d.event('migration.finished', subject, { vm, from: source, to: target, migrationId: record.migrationId, outcome: record.outcome, taskId: ctx.task.id, engineDowntimeMs: record.engineDowntimeMs, guestDowntimeMs: record.guestDowntimeMs, totalMs: record.totalMs });
   const summary = { migrationId: record.migrationId, from: source, to: target, outcome: record.outcome, engineDowntimeMs: record.engineDowntimeMs, guestDowntimeMs: record.guestDowntimeMs, totalMs: record.totalMs, transferredBytes: record.transferredBytes, rounds: record.rounds.length, isolation: isolationJson(route.isolation) };
   if (record.outcome === 'succeeded') {
-    await moveRow(d, vm, target);
+    await moveRow(d, vm, target, dst);
     return summary;
   }
   const code = record.error !== null && isFerryErrorCode(record.error.code) ? record.error.code : 'MIGRATION_FAILED';
@@ -141,19 +141,28 @@ async function finishWith(d: MigrateTaskDeps, ctx: TaskContext, record: Migratio
   throw new FerryError(code, `migration ${record.migrationId} ${record.outcome}: ${record.error?.message ?? 'no reason given'}; VM ${vm} stays on ${source}`);
 }
 
-/** The VM's row follows it to the target (its heartbeat would do the same; this makes it visible at once). */
-async function moveRow(d: MigrateTaskDeps, vm: string, target: string): Promise<void> {
+/**
+ * The VM's row follows it to the target with the state the target reports now (its heartbeat would do the
+ * same; this makes it visible at once). The row may already name the target: a heartbeat of the target
+ * built mid-switch-over (the VM still paused there) lands while no center follows the task — so the
+ * target's word, not the row, decides the state. A target that does not answer: the engine resumed the VM
+ * unless it was paused before.
+ */
+async function moveRow(d: MigrateTaskDeps, vm: string, target: string, dst: HostClient): Promise<void> {
   const row = await d.store.getVm(vm);
-  if (row.host === target) return;
-  await d.store.upsertVm({ name: vm, host: target, state: row.state === 'paused' ? 'paused' : 'running', config: row.config, disks: row.disks }, row.host);
-  await d.event('vm.changed', `vm:${vm}`, { vm, host: target, state: 'running', from: { host: row.host, state: row.state }, reason: 'migrated' });
+  const onTarget = await findVm(dst, vm).catch(() => null);
+  const reported = onTarget?.state === 'running' || onTarget?.state === 'paused' ? onTarget.state : null;
+  const state = reported ?? (row.state === 'paused' ? 'paused' : 'running');
+  if (row.host === target && row.state === state) return;
+  await d.store.upsertVm({ name: vm, host: target, state, config: row.config, disks: row.disks }, row.host);
+  await d.event('vm.changed', `vm:${vm}`, { vm, host: target, state, from: { host: row.host, state: row.state }, reason: 'migrated' });
 }
 
 /** The source does not know the migration any more: where the VM really is decides. */
 async function settleByLocation(d: MigrateTaskDeps, ctx: TaskContext, vm: string, source: string, target: string, src: HostClient, dst: HostClient, migrationId: string): Promise<JsonValue> {
   const onTarget = await findVm(dst, vm);
   if (onTarget !== null && (onTarget.state === 'running' || onTarget.state === 'paused')) {
-    await moveRow(d, vm, target);
+    await moveRow(d, vm, target, dst);
     ctx.log(`reconciled: VM ${vm} runs on ${target}`);
     return { migrationId, from: source, to: target, outcome: 'succeeded', reconciled: true };
   }
