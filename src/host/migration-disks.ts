@@ -50,6 +50,7 @@ export function sourceDisk(disk: VmDisk, plan: PrepareDisk): MigrationSourceDisk
     track: (blockBytes) => disk.track(blockBytes),
     untrack: (t) => { disk.untrack(t); },
     forEachAllocatedRange: (fn) => disk.disk.forEachAllocatedRange(fn),
+    forEachAllocatedRangeInTop: (levels, fn) => disk.disk.forEachAllocatedRangeInTop(levels, fn),
     read: (offsetBytes, buf) => disk.disk.read(offsetBytes, buf),
     release: () => disk.release(),
     reacquire: () => reacquireWaiting(disk),
@@ -95,6 +96,8 @@ export class IncomingVmDisk implements IncomingDisk {
   get backend(): IncomingDisk['backend'] { return this.vmDisk.backend; }
 
   write(offsetBytes: number, data: Uint8Array): Promise<void> { return this.vmDisk.disk.write(offsetBytes, data); }
+  /** Nothing seeded here yet: nothing to verify. */
+  verifySeed(_signal: AbortSignal): Promise<void> { return Promise.resolve(); }
   flush(): Promise<void> { return this.vmDisk.disk.flush(); }
 
   async activate(): Promise<void> {

@@ -124,6 +124,11 @@ export const FERRY_ERROR_CODES = [
   'COPY_VERIFY_FAILED',
   // a copy's journal (or its checksum files) on the target is not one this build can trust: truncated, too large, not JSON, another version, inconsistent
   'COPY_JOURNAL_INVALID',
+  // cross-site migration with a pre-seeded base disk (docs/design/cross-site.md)
+  // a seed (a base disk copied ahead of a migration) whose file on the target does not hash to the digest the source's file had: it is not used
+  'SEED_DAMAGED',
+  // a seed manifest that does not match its files (missing, another size, another CID, a broken chain), or one this build cannot read
+  'SEED_INVALID',
 ] as const;
 
 export type FerryErrorCode = (typeof FERRY_ERROR_CODES)[number];

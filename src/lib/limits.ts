@@ -138,6 +138,8 @@ export const MAX_DATASTORE_PATH_BYTES = 1024;
 export const MIN_CHANGED_BLOCK_BYTES = 64 * KiB;
 /** Largest tracked block: a migration DISK entry carries at most 2 MiB. */
 export const MAX_CHANGED_BLOCK_BYTES = 2 * MiB;
+/** Deepest parent chain Ferry opens (and a migration announces): far above real snapshot chains, low enough to stop a hostile one. */
+export const MAX_CHAIN_DEPTH = 32;
 
 // ---------------------------------------------------------------------------------------------
 // The same rules as zod schemas, for the wire formats and the store (each a fresh schema, so a

@@ -91,6 +91,17 @@ export const diskRecordSchema = z.object({
   digest: z.string().nullable(),
   /** Shared mode: flush + lease release on the source, inside the downtime. */
   releaseMs: z.number().nullable(),
+  /**
+   * Copy mode over a seed (docs/design/cross-site.md): how many levels at the chain's base the target
+   * held already (0 or absent: none), the bytes those levels hold (they did not move), where the top
+   * seeded level lies on the target, and the bytes of seed files it hashed before round 1's answer.
+   */
+  seededLevels: z.number().optional(),
+  seededBytes: z.number().optional(),
+  seedPath: z.string().nullable().optional(),
+  seedVerifyBytes: z.number().optional(),
+  /** The chain as announced (top first) with what the target answered for each level; absent before this field existed or without a chain. */
+  chain: z.array(z.object({ path: z.string(), cid: z.string(), allocatedBytes: z.number(), migrate: z.boolean() })).optional(),
 });
 export type DiskRecord = z.infer<typeof diskRecordSchema>;
 

@@ -22,7 +22,7 @@ import {
 export { MAX_ERROR_CODE_CHARS, MAX_ERROR_MESSAGE_CHARS } from '../../lib/wire-json.js';
 import { KiB } from '../../lib/units.js';
 import {
-  MAX_ABORT_REASON_CHARS, MAX_CHANGED_BLOCK_BYTES, MAX_DATASTORE_PATH_BYTES, MAX_DISK_CAPACITY_BYTES, MIN_CHANGED_BLOCK_BYTES, MAX_DATA_CHANNELS, MAX_GLOBALS_PER_VCPU, MAX_IMAGE_BYTES, MAX_RAM_BYTES, MAX_VCPUS, MIN_DATA_CHANNELS,
+  MAX_ABORT_REASON_CHARS, MAX_CHAIN_DEPTH, MAX_CHANGED_BLOCK_BYTES, MAX_DATASTORE_PATH_BYTES, MAX_DISK_CAPACITY_BYTES, MIN_CHANGED_BLOCK_BYTES, MAX_DATA_CHANNELS, MAX_GLOBALS_PER_VCPU, MAX_IMAGE_BYTES, MAX_RAM_BYTES, MAX_VCPUS, MIN_DATA_CHANNELS,
   MIN_VCPUS, WASM_PAGE_BYTES, cmdlineSchema, granularitySchema, ramBytesSchema, vcpusSchema, vmNameSchema,
 } from '../../lib/limits.js';
 import { globalValueSchema, globalValueToWire, u64StringSchema, type GlobalValue } from '../../lib/wire-values.js';
@@ -77,7 +77,48 @@ export interface PrepareVm {
  */
 export type PrepareDisk =
   | { readonly mode: 'shared'; readonly datastoreId: string; readonly path: string; readonly capacityBytes: number }
-  | { readonly mode: 'copy'; readonly datastore: string; readonly path: string; readonly capacityBytes: number; readonly blockBytes: number };
+  | {
+    readonly mode: 'copy'; readonly datastore: string; readonly path: string; readonly capacityBytes: number; readonly blockBytes: number;
+    /**
+     * The migration specification's disks (docs/design/cross-site.md): every level of the VM's chain on
+     * the source, top first, base last, with its content ID. Absent (an older source): nothing is
+     * looked up, everything is copied.
+     */
+    readonly chain?: readonly ChainLevelSpec[];
+  };
+
+/** One disk of the VM's chain as the source announces it in PREPARE. */
+export interface ChainLevelSpec {
+  /** Its path on the source's datastore: with the VM's name and the CID, the disk's identity. */
+  readonly path: string;
+  /** The descriptor's CID and parentCID, 8 lowercase hex digits (ffffffff: no parent). */
+  readonly cid: string;
+  readonly parentCid: string;
+  readonly capacityBytes: number;
+  /** Bytes of grains this level holds itself (what a copy of it alone would move). */
+  readonly allocatedBytes: number;
+}
+
+/**
+ * The target's answer to PREPARE for a copied disk: the specification sent back, each level marked.
+ * `migrate: false` — the target holds this level already (a seed whose CID, parent CID and capacity
+ * are the source's) and it does not move; only a run of levels at the base end can be false, and the
+ * top never is. An answer without it (an older target): every level moves.
+ */
+export interface PreparedDisk {
+  /** The source's levels, top first, in the order PREPARE gave them. */
+  readonly chain: readonly { readonly path: string; readonly cid: string; readonly migrate: boolean }[];
+  /** Where the top seeded level lies on the target's datastore (null: nothing is seeded). */
+  readonly seedPath: string | null;
+  /** Bytes of seed files the target reads and hashes before it answers round 1's ROUND (0: none). */
+  readonly verifyBytes: number;
+}
+
+/** PREPARE's OK body. */
+export interface PreparedBody {
+  readonly accepted: true;
+  readonly disk?: PreparedDisk;
+}
 
 export interface PrepareBody {
   readonly migrationId: string;
@@ -182,13 +223,30 @@ export const prepareVmSchema = z.object({
 const diskPathSchema = z.string().min(1).max(MAX_DATASTORE_PATH_BYTES);
 const diskCapacitySchema = intIn(DISK_SPACE.unitBytes, MAX_DISK_CAPACITY_BYTES).refine((n) => n % DISK_SPACE.unitBytes === 0, 'must be a multiple of 512');
 
+const cidSchema = lowerHex(8);
+
+export const chainLevelSpecSchema = z.object({
+  path: diskPathSchema, cid: cidSchema, parentCid: cidSchema, capacityBytes: diskCapacitySchema,
+  allocatedBytes: intIn(0, MAX_DISK_CAPACITY_BYTES),
+}).strict();
+
 export const prepareDiskSchema = z.discriminatedUnion('mode', [
   z.object({ mode: z.literal('shared'), datastoreId: lowerHex(32), path: diskPathSchema, capacityBytes: diskCapacitySchema }).strict(),
   z.object({
     mode: z.literal('copy'), datastore: vmNameSchema(), path: diskPathSchema, capacityBytes: diskCapacitySchema,
     blockBytes: intIn(MIN_CHANGED_BLOCK_BYTES, MAX_CHANGED_BLOCK_BYTES).refine((n) => (n & (n - 1)) === 0, 'must be a power of two'),
+    chain: z.array(chainLevelSpecSchema).min(1).max(MAX_CHAIN_DEPTH).optional(),
   }).strict(),
 ]);
+
+export const preparedDiskSchema = z.object({
+  chain: z.array(z.object({ path: diskPathSchema, cid: cidSchema, migrate: z.boolean() }).strict()).min(1).max(MAX_CHAIN_DEPTH),
+  seedPath: diskPathSchema.nullable(),
+  verifyBytes: intIn(0, MAX_DISK_CAPACITY_BYTES * MAX_CHAIN_DEPTH),
+}).strict();
+
+/** PREPARE's OK body: `accepted`, and for a copied disk what the target made of its chain. */
+export const preparedSchema = z.object({ accepted: z.literal(true), disk: preparedDiskSchema.optional() }).strict();
 
 /** The JSON part of PREPARE (the image follows it in the payload). */
 export const prepareSchema = z.object({
@@ -283,7 +341,14 @@ export function decodePrepare(payload: Uint8Array): PrepareBody {
       { command: C, imageBytes: image.length, maxImageBytes: MAX_IMAGE_BYTES });
   }
   const { disk, ...rest } = header;
-  return { ...rest, image, ...(disk !== undefined ? { disk } : {}) };
+  return { ...rest, image, ...(disk !== undefined ? { disk: prepareDiskOf(disk) } : {}) };
+}
+
+/** The decoded disk without keys zod leaves `undefined` (exact optional properties). */
+function prepareDiskOf(disk: z.infer<typeof prepareDiskSchema>): PrepareDisk {
+  if (disk.mode === 'shared') return disk;
+  const { chain, ...rest } = disk;
+  return { ...rest, ...(chain !== undefined ? { chain } : {}) };
 }
 
 export function decodeRound(payload: Uint8Array): RoundBody {
@@ -301,6 +366,28 @@ export function decodeCommit(payload: Uint8Array): CommitBody {
 
 export function decodeAbort(payload: Uint8Array): AbortBody {
   return decodeJson(Command.ABORT, abortSchema, payload);
+}
+
+/**
+ * PREPARE's OK body as the source reads it: validated like any payload (a target is a peer, not
+ * trusted), and checked against what the source announced — the same levels in the same order, only
+ * a run at the base end unmarked, never the top. PROTOCOL_BAD_PAYLOAD otherwise.
+ */
+export function preparedFromOk(body: OkBody, announced: readonly ChainLevelSpec[] | undefined): PreparedBody {
+  const parsed = preparedSchema.safeParse(body);
+  if (!parsed.success) throw badPayload(Command.OK, `PREPARE reply: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`);
+  const prepared: PreparedBody = parsed.data.disk !== undefined ? { accepted: true, disk: parsed.data.disk } : { accepted: true };
+  const disk = prepared.disk;
+  if (disk === undefined) return prepared;
+  if (announced === undefined) throw badPayload(Command.OK, 'PREPARE reply marks disk levels, but PREPARE announced none');
+  if (disk.chain.length !== announced.length || disk.chain.some((l, i) => l.path !== announced[i]?.path || l.cid !== announced[i]?.cid)) {
+    throw badPayload(Command.OK, 'PREPARE reply: its disk levels are not the ones PREPARE announced');
+  }
+  const firstKept = disk.chain.findIndex((l) => !l.migrate);
+  if (firstKept === 0) throw badPayload(Command.OK, 'PREPARE reply: the top of the chain cannot be seeded (the VM writes it)');
+  if (firstKept > 0 && disk.chain.slice(firstKept).some((l) => l.migrate)) throw badPayload(Command.OK, 'PREPARE reply: only a run of levels at the base end can stay');
+  if ((firstKept > 0) !== (disk.seedPath !== null)) throw badPayload(Command.OK, 'PREPARE reply: seedPath must be given exactly when levels stay');
+  return prepared;
 }
 
 export function decodeOk(payload: Uint8Array): OkBody {

@@ -31,6 +31,7 @@
  */
 import { posix } from 'node:path';
 import { FerryError } from '../../lib/errors.js';
+import { MAX_CHAIN_DEPTH } from '../../lib/limits.js';
 import type { BlockFile } from '../block-file.js';
 import { type CreateType, CID_NO_PARENT, formatCid } from './descriptor.js';
 import type { GrainExtent } from './extent.js';
@@ -39,8 +40,7 @@ import { type CreateSparseOptions, type GrainBase, SparseExtent } from './sparse
 import { StreamOptimizedExtent } from './stream-optimized.js';
 import { type IoKind, IoOrder } from './io-order.js';
 
-/** Deepest parent chain Ferry opens: far above real snapshot chains, low enough to stop a hostile one. */
-export const MAX_CHAIN_DEPTH = 32;
+export { MAX_CHAIN_DEPTH };
 
 /**
  * Opens a parent read-only. `hint` is the child's parentFileNameHint verbatim, `childName` the
@@ -184,6 +184,17 @@ export class VmdkDisk {
   async forEachAllocatedRange(fn: (offsetBytes: number, lengthBytes: number) => void): Promise<void> {
     await this.parent?.forEachAllocatedRange(fn);
     await this.forEachOwnAllocatedRange(fn);
+  }
+
+  /**
+   * Calls `fn` for every grain the top `levels` disks of the chain hold themselves (this one first):
+   * what a copy above a base that is already there must read. `levels` ≥ 1; more than the chain has
+   * is the whole chain.
+   */
+  async forEachAllocatedRangeInTop(levels: number, fn: (offsetBytes: number, lengthBytes: number) => void): Promise<void> {
+    if (!Number.isInteger(levels) || levels < 1) throw new FerryError('INVALID_ARGUMENT', `levels must be a positive integer, not ${levels}`);
+    let d: VmdkDisk | undefined = this;
+    for (let i = 0; i < levels && d !== undefined; i++, d = d.parent) await d.forEachOwnAllocatedRange(fn);
   }
 
   /**
