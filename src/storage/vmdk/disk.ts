@@ -193,8 +193,8 @@ export class VmdkDisk {
    */
   async forEachAllocatedRangeInTop(levels: number, fn: (offsetBytes: number, lengthBytes: number) => void): Promise<void> {
     if (!Number.isInteger(levels) || levels < 1) throw new FerryError('INVALID_ARGUMENT', `levels must be a positive integer, not ${levels}`);
-    let d: VmdkDisk | undefined = this;
-    for (let i = 0; i < levels && d !== undefined; i++, d = d.parent) await d.forEachOwnAllocatedRange(fn);
+    await this.forEachOwnAllocatedRange(fn);
+    if (levels > 1) await this.parent?.forEachAllocatedRangeInTop(levels - 1, fn);
   }
 
   /**
