@@ -16,7 +16,7 @@ import { FerryError, errorMessage } from '../lib/errors.js';
 import {
   CENTER_OPENAPI_PATH, centerEventSchema, centerRoutes,
   type CenterCaView, type CenterEvent, type CenterHostDetail, type CenterRoute, type CenterTaskView, type CenterVmView, type HeartbeatRequest,
-  type HeartbeatResult, type JoinRequest, type JoinResult, type JoinTokenView, type CenterCreateVmRequest, type CenterMigrateRequest, type CenterCopyRequest, type MaintenanceRequest,
+  type HeartbeatResult, type JoinRequest, type JoinResult, type JoinTokenView, type CenterCreateVmRequest, type CenterMigrateRequest, type CenterCopyRequest, type CenterPrepareMigrationRequest, type MaintenanceRequest,
 } from './center-v1.js';
 import { errorOf, pathOf, responseSchema } from './host-client.js';
 import type { IncomingStatus } from './host-v1.js';
@@ -116,6 +116,8 @@ export class CenterClient {
   }
   migrateVm(name: string, req: CenterMigrateRequest = {}): Promise<CenterTaskView> { return this.json(centerRoutes.migrateVm, { name }, 202, { body: req }); }
   /** A network file copy: answers its task (TASK_KINDS.copy). */
+  /** Snapshot the VM's disk and seed its bases on a datastore of `toSite` (a `vm.prepare-migration` task). */
+  prepareMigration(name: string, req: CenterPrepareMigrationRequest): Promise<CenterTaskView> { return this.json(centerRoutes.prepareMigration, { name }, 202, { body: req }); }
   copy(req: CenterCopyRequest): Promise<CenterTaskView> { return this.json(centerRoutes.createCopy, {}, 202, { body: req }); }
   /** Hand a running copy task to `to` (or a host the center picks). */
   moveTask(id: number, to?: string): Promise<CenterTaskView> { return this.json(centerRoutes.moveTask, { id: String(id) }, 202, { body: to !== undefined ? { to } : {} }); }

@@ -304,7 +304,40 @@ export const centerMigrateRequestSchema = z.object({
   isolation: z.boolean().optional(),
   /** Copy the disk live to this datastore of the target (as `ferry vm migrate --disk-datastore`). */
   disk: z.object({ datastore: z.string().regex(VM_NAME_PATTERN), path: z.string().min(1).max(MAX_DATASTORE_PATH_BYTES).optional() }).strict().optional(),
+  /**
+   * A host of this site (docs/design/cross-site.md): the center picks one (with `to`, it must be in this
+   * site), and the disk goes to the datastore a prepare-migration seeded for the VM there (else the
+   * target's roomiest), its seeded bases skipped.
+   */
+  toSite: nameSchema.optional(),
+  /** After a successful move to another datastore: remove the VM's old chain files from the source datastore (default: kept, released). */
+  removeSourceDisk: z.boolean().optional(),
 }).strict().openapi('CenterMigrate');
+
+/** `ferry vm prepare-migration <vm> --to-site <site> [--datastore <ds>]` (docs/design/cross-site.md). */
+export const centerPrepareMigrationRequestSchema = z.object({
+  toSite: nameSchema,
+  /** A datastore of the target site (its name or id, as the center lists datastores); default: the roomiest one its hosts mount. */
+  datastore: datastoreRefSchema.optional(),
+}).strict().openapi('CenterPrepareMigration');
+export type CenterPrepareMigrationRequest = z.infer<typeof centerPrepareMigrationRequestSchema>;
+
+/** What a succeeded `vm.prepare-migration` task's result says. */
+export const prepareMigrationResultSchema = z.object({
+  vm: z.string(),
+  toSite: z.string(),
+  /** The seeds' datastore (the center's name for it) and its id. */
+  datastore: z.string(),
+  datastoreId: z.string(),
+  /** The snapshot taken: the VM runs on `top` now; `bases` (base first) are read-only and were copied. */
+  snapshot: z.object({ top: z.string(), bases: z.array(z.string()) }).strict(),
+  /** The seeds, base first: path on the seeds' datastore, CID, the digest both files had, size. */
+  seeds: z.array(z.object({ path: z.string(), cid: z.string(), digest: z.string(), fileBytes: z.number() }).strict()),
+  /** The copy task that moved them (its hand-offs and segments are there). */
+  copyTaskId: z.number().int(),
+  copiedBytes: z.number(),
+}).strict().openapi('PrepareMigrationResult');
+export type PrepareMigrationResult = z.infer<typeof prepareMigrationResultSchema>;
 export type CenterMigrateRequest = z.infer<typeof centerMigrateRequestSchema>;
 
 /**
@@ -424,6 +457,11 @@ export const centerRoutes = {
     method: 'post', path: `${P}/vms/{name}/migrate`, summary: 'live-migrate a VM (queued while budgets are spent): answers its task',
     request: { params: hostParams, ...body(centerMigrateRequestSchema) },
     responses: { 202: json(taskViewSchema, 'the task'), ...errors(400, 401, 404, 413, 503) },
+  }),
+  prepareMigration: createRoute({
+    method: 'post', path: `${P}/vms/{name}/prepare-migration`, summary: 'snapshot a running VM\'s disk and copy its read-only bases to a datastore of another site ahead of a migration: answers its task',
+    request: { params: hostParams, ...body(centerPrepareMigrationRequestSchema) },
+    responses: { 202: json(taskViewSchema, 'the task'), ...errors(400, 401, 404, 409, 503) },
   }),
   createCopy: createRoute({
     method: 'post', path: `${P}/copies`, summary: 'copy files from one datastore to another through a host (handed to another host when that one is drained or on request): answers its task',

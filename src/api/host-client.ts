@@ -20,6 +20,7 @@ import {
   copyEventSchemas, type CopyEvent, type CopyJournalView, type CopyTicket, type CopyTicketRequest, type StartCopyRequest,
 } from './copy-v1.js';
 import type { CopyJobRecord, CopyJobStatus, CopyProgress } from '../nfc/plan.js';
+import type { DeleteSeedsResult, PutSeedsRequest, SeedsView } from './seed-v1.js';
 import type { ConsolidateResultView, DiskChainView, RevertResultView, SnapshotResultView } from './disk-v1.js';
 import { readSse } from './sse.js';
 import type { PathSpec, PathView } from '../dataplane/path/spec.js';
@@ -86,6 +87,14 @@ export class HostClient {
   /** Size and modification time of files of datastore `name` (this host's name for it), in the order asked. */
   async statDatastoreFiles(name: string, paths: readonly string[]): Promise<DatastoreFileStat[]> {
     return (await this.json(routes.statDatastoreFiles, { name }, 200, { body: { paths } })).files;
+  }
+  /** Records the seeds of `vm` on datastore `datastore` (this host's name for it); SEED_INVALID if a level does not match its file. */
+  putSeeds(datastore: string, vm: string, req: PutSeedsRequest): Promise<SeedsView> { return this.json(routes.putSeeds, { name: datastore, vm }, 200, { body: req }); }
+  /** The seeds `datastore` holds for `vm` (NOT_FOUND: none). */
+  seeds(datastore: string, vm: string): Promise<SeedsView> { return this.json(routes.getSeeds, { name: datastore, vm }, 200); }
+  /** Forgets `vm`'s seeds on `datastore`; with `files`, also removes the seed files no open chain holds. */
+  deleteSeeds(datastore: string, vm: string, opts: { files?: boolean } = {}): Promise<DeleteSeedsResult> {
+    return this.jsonQuery(routes.deleteSeeds, { name: datastore, vm }, 200, opts.files === true ? '?files=true' : '');
   }
   async listVms(): Promise<VmView[]> { return (await this.json(routes.listVms, {}, 200)).vms; }
   createVm(req: CreateVmRequest): Promise<VmView> { return this.json(routes.createVm, {}, 201, { body: req }); }

@@ -20,6 +20,7 @@ import {
 import {
   copyJournalQuerySchema, copyJournalViewSchema, copyParams, copyStatusSchema, copyTicketRequestSchema, copyTicketSchema, startCopyRequestSchema,
 } from './copy-v1.js';
+import { deleteSeedsQuerySchema, deleteSeedsResultSchema, putSeedsRequestSchema, seedsViewSchema } from './seed-v1.js';
 import { MAX_DATASTORE_PATH_BYTES, MAX_IMAGE_BYTES, VM_NAME_PATTERN, cmdlineSchema, granularitySchema, vcpusSchema, vmNameSchema as limitVmNameSchema } from '../lib/limits.js';
 
 export const HOST_API_VERSION = 'v1';
@@ -51,6 +52,8 @@ export const vmNameSchema = limitVmNameSchema();
 export const migrationIdSchema = z.string().regex(/^[0-9a-f]{32}$/, 'must be 32 lowercase hex digits');
 
 const vmParams = z.object({ name: vmNameSchema.openapi({ param: { name: 'name', in: 'path' } }) });
+/** A datastore (this host's name for it) and a VM whose seeds it holds. */
+const seedParams = z.object({ name: vmNameSchema.openapi({ param: { name: 'name', in: 'path' } }), vm: vmNameSchema.openapi({ param: { name: 'vm', in: 'path' } }) });
 const migrationParams = z.object({ id: migrationIdSchema.openapi({ param: { name: 'id', in: 'path' } }) });
 export const pathIdSchema = z.string().regex(PATH_ID_PATTERN, 'must be 32 lowercase hex digits');
 const pathParams = z.object({ id: pathIdSchema.openapi({ param: { name: 'id', in: 'path' } }) });
@@ -372,6 +375,19 @@ export const routes = {
   discardCopyJournal: createRoute({
     method: 'delete', path: '/v1/copies/{id}/journal', summary: 'give a copy up on a target datastore of this host: staging files and journal removed (finished files stay)',
     request: { params: copyParams, query: copyJournalQuerySchema }, responses: { 200: json(copyJournalViewSchema, 'discarded'), ...errors(400, 401, 404, 409, 500) },
+  }),
+  // Seeds: base disks copied ahead of a cross-site migration (./seed-v1.ts, docs/design/cross-site.md).
+  putSeeds: createRoute({
+    method: 'put', path: '/v1/datastores/{name}/seeds/{vm}', summary: 'record the base disks of a VM seeded on this datastore (each checked against its file: size, CID, parent CID, capacity)',
+    request: { params: seedParams, ...body(putSeedsRequestSchema) }, responses: { 200: json(seedsViewSchema, 'recorded'), ...errors(400, 401, 404, 409, 500) },
+  }),
+  getSeeds: createRoute({
+    method: 'get', path: '/v1/datastores/{name}/seeds/{vm}', summary: 'the seeds this datastore holds for a VM',
+    request: { params: seedParams }, responses: { 200: json(seedsViewSchema, 'the manifest'), ...errors(400, 401, 404, 409, 500) },
+  }),
+  deleteSeeds: createRoute({
+    method: 'delete', path: '/v1/datastores/{name}/seeds/{vm}', summary: 'forget a VM\'s seeds on this datastore (files=true: also remove the seed files no open chain holds)',
+    request: { params: seedParams, query: deleteSeedsQuerySchema }, responses: { 200: json(deleteSeedsResultSchema, 'forgotten'), ...errors(400, 401, 404, 409, 500) },
   }),
   // Disk snapshots (./disk-v1.ts, docs/design/disk-snapshots.md).
   snapshotVm: createRoute({
