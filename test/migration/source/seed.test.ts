@@ -13,6 +13,7 @@ import { createConnection, createServer, type Server, type Socket } from 'node:n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { FerryError } from '../../../src/lib/errors.js';
 import { KiB, MiB } from '../../../src/lib/units.js';
 import { tcpTransport } from '../../../src/dataplane/tcp.js';
@@ -28,6 +29,8 @@ import type { ReceiverHooks, StoredOutcome } from '../../../src/migration/target
 import type { ChainLevelSpec, IncomingDisk, MigrationSourceDisk, PrepareDisk, PreparedDisk } from '../../../src/migration/disk.js';
 import type { MigrationTargetPeer } from '../../../src/migration/peer.js';
 import type { MigrationRecord } from '../../../src/migration/record.js';
+import type { MigrationOptions } from '../../../src/migration/options.js';
+import { MIN_SEED_VERIFY_BYTES_PER_SEC } from '../../../src/migration/source/seed.js';
 import { Command, HEADER_BYTES } from '../../../src/migration/protocol/frame.js';
 import { guestImagePath } from '../../helpers/guests.js';
 import { createLocalDisk, openLocalDisk } from '../../helpers/vmdk.js';
@@ -105,6 +108,8 @@ interface TargetBehaviour {
   /** 'seed': a delta over a copy of the source's base, base marked migrate:false; 'old': a fresh disk and no `prepared` (an older target). */
   readonly mode: 'seed' | 'old';
   verifySeed(signal: AbortSignal): Promise<void>;
+  /** What the target says it verifies (default: the seed file's size). */
+  readonly verifyBytes?: number;
 }
 
 class TestTarget {
@@ -147,7 +152,7 @@ class TestTarget {
       top = await VmdkDisk.createDelta(parent, await LocalFile.open(topFile, { create: true }), 'seed-base.vmdk');
       prepared = {
         chain: chain.map((l, i) => ({ path: l.path, cid: l.cid, migrate: i < chain.length - 1 })),
-        seedPath: 'seed-base.vmdk', verifyBytes: (await stat(seedFile)).size,
+        seedPath: 'seed-base.vmdk', verifyBytes: this.behaviour.verifyBytes ?? (await stat(seedFile)).size,
       };
     } else {
       top = await createLocalDisk(topFile, plan.capacityBytes);
@@ -223,7 +228,7 @@ afterEach(async () => {
 });
 
 /** One migration of a VM with the delta-over-base disk to a target behaving as told. */
-async function migrate(name: string, behaviour: TargetBehaviour, onFrame: (seen: Seen[]) => void = () => undefined): Promise<Run> {
+async function migrate(name: string, behaviour: TargetBehaviour, onFrame: (seen: Seen[]) => void = () => undefined, options: MigrationOptions = {}): Promise<Run> {
   const log: string[] = [];
   const source = await makeSourceChain(join(dir, name, 'source'));
   open.push({ close: () => source.top.close() });
@@ -248,7 +253,7 @@ async function migrate(name: string, behaviour: TargetBehaviour, onFrame: (seen:
   open.push({ close: () => vm.stop() });
   await vm.start();
   const plan: PrepareDisk = { mode: 'copy', datastore: 'ds1', path: 'vm/disk.vmdk', capacityBytes: DISK_BYTES, blockBytes: BLOCK_BYTES, chain: source.chain };
-  const job = new MigrationJob(vm, image, peer, tcpTransport, {}, sourceDisk(source.top, plan), (line) => { log.push(`source: ${line}`); });
+  const job = new MigrationJob(vm, image, peer, tcpTransport, options, sourceDisk(source.top, plan), (line) => { log.push(`source: ${line}`); });
   const record = await job.run();
   return { record, vm, source, target, seen, log };
 }
@@ -337,6 +342,21 @@ describe('copy-mode migration over a seeded base', () => {
     assert.ok(first !== undefined && 'command' in first);
     assert.ok(!before.some((s) => 'command' in s && s.dir === 'back' && s.conn === first.conn && s.requestId === first.requestId), 'round 1 was not answered before the release');
     assert.ok(run.record.rounds.length >= 1);
+  });
+
+  it('round 1\'s ROUND may take as long as hashing the announced verifyBytes takes at the minimum rate, beyond the request timeout', async () => {
+    const requestTimeoutMs = 1_000;
+    // The target's verification outlasts the request timeout, but not the allowance for what it said it verifies.
+    const verifyMs = 1_500;
+    const verifySeed = (signal: AbortSignal): Promise<void> => sleep(verifyMs, undefined, { signal });
+    const allowed = await migrate('slow-seed', { mode: 'seed', verifySeed, verifyBytes: 2 * MIN_SEED_VERIFY_BYTES_PER_SEC }, undefined, { requestTimeoutMs });
+    assert.equal(allowed.record.outcome, 'succeeded', JSON.stringify(allowed.record.error));
+    // The same verification, announced as (almost) nothing to verify: round 1 times out, the VM stays.
+    const timedOut = await migrate('slow-seed-unannounced', { mode: 'seed', verifySeed, verifyBytes: 1 }, undefined, { requestTimeoutMs });
+    assert.equal(timedOut.record.outcome, 'failed');
+    assert.equal(timedOut.record.error?.code, 'MIGRATION_TIMEOUT');
+    assert.match(timedOut.record.error?.message ?? '', /ROUND/);
+    assert.equal(timedOut.vm.state, 'running');
   });
 
   it('an older target (its PREPARE answer has no disk part) gets everything: base and delta', async () => {
