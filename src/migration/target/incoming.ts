@@ -82,6 +82,7 @@ export class IncomingMigration {
   constructor(
     readonly id: string, private readonly hooks: ReceiverHooks, private readonly onEnd: (o: IncomingOutcome, durable: boolean) => void,
     private readonly logFor: (vm: string | null) => (line: string) => void = () => (line) => { hooks.log(line); },
+    private readonly idleTimeoutMs: number = INCOMING_IDLE_TIMEOUT_MS,
   ) {
     this.log = logFor(null);
     this.idleTimer = this.armIdle();
@@ -92,8 +93,8 @@ export class IncomingMigration {
       // Silence from the source while this target hashes its seed is the target's own doing (the
       // source waits for round 1's reply): the timeout starts again once the verification ended.
       if (this.verifying) { this.idleTimer = this.armIdle(); return; }
-      void this.abort(`no request from the source for ${INCOMING_IDLE_TIMEOUT_MS} ms`);
-    }, INCOMING_IDLE_TIMEOUT_MS);
+      void this.abort(`no request from the source for ${this.idleTimeoutMs} ms`);
+    }, this.idleTimeoutMs);
     t.unref();
     return t;
   }

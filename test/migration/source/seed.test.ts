@@ -110,6 +110,8 @@ interface TargetBehaviour {
   verifySeed(signal: AbortSignal): Promise<void>;
   /** What the target says it verifies (default: the seed file's size). */
   readonly verifyBytes?: number;
+  /** The target's idle timeout (default INCOMING_IDLE_TIMEOUT_MS). */
+  readonly idleTimeoutMs?: number;
 }
 
 class TestTarget {
@@ -132,7 +134,7 @@ class TestTarget {
       storedOutcome: (id) => Promise.resolve(this.stored.get(id) ?? null),
       log: (line) => { log.push(`target: ${line}`); },
     };
-    this.receiver = new MigrationReceiver(hooks, tcpTransport, { host: '127.0.0.1', port: 0 });
+    this.receiver = new MigrationReceiver(hooks, tcpTransport, { host: '127.0.0.1', port: 0 }, ...(behaviour.idleTimeoutMs !== undefined ? [behaviour.idleTimeoutMs] : []));
   }
 
   private async prepareDisk(plan: PrepareDisk): Promise<IncomingDisk> {
@@ -357,6 +359,16 @@ describe('copy-mode migration over a seeded base', () => {
     assert.equal(timedOut.record.error?.code, 'MIGRATION_TIMEOUT');
     assert.match(timedOut.record.error?.message ?? '', /ROUND/);
     assert.equal(timedOut.vm.state, 'running');
+  });
+
+  it('the target\'s idle timeout does not fire while the target itself verifies its seed', async () => {
+    // Round 1's ROUND is the source's last request until the verification ends: a target that counted
+    // its own verification as the source's silence would abort after idleTimeoutMs.
+    const idleTimeoutMs = 1_000;
+    const verifySeed = (signal: AbortSignal): Promise<void> => sleep(2.5 * idleTimeoutMs, undefined, { signal });
+    const run = await migrate('idle-while-verifying', { mode: 'seed', verifySeed, idleTimeoutMs });
+    assert.equal(run.record.outcome, 'succeeded', JSON.stringify(run.record.error));
+    assert.ok(!run.log.some((l) => /no request from the source/.test(l)), run.log.join('\n'));
   });
 
   it('an older target (its PREPARE answer has no disk part) gets everything: base and delta', async () => {
