@@ -13,7 +13,7 @@ import { ConnectionState } from '../protocol/session-state.js';
 import type { ByteStream, Listener, Transport, TransportAddress } from '../../dataplane/transport.js';
 import type { IncomingOutcome } from '../peer.js';
 import type { IncomingIds, ReceiverHooks, StoredOutcome } from './hooks.js';
-import { IncomingMigration } from './incoming.js';
+import { INCOMING_IDLE_TIMEOUT_MS, IncomingMigration } from './incoming.js';
 import { MAX_REMEMBERED_OUTCOMES, RememberedOutcomes } from './outcomes.js';
 
 /** Tickets issued but not yet used, at most (a flood of ticket requests cannot exhaust memory). */
@@ -45,7 +45,8 @@ export class MigrationReceiver {
   private readonly live = new Set<IncomingMigration>();
   private listener: Listener | null = null;
 
-  constructor(private readonly hooks: ReceiverHooks, private readonly transport: Transport, private readonly at: TransportAddress) {}
+  /** `idleTimeoutMs`: how long an incoming migration may go without a request (INCOMING_IDLE_TIMEOUT_MS; tests shorten it). */
+  constructor(private readonly hooks: ReceiverHooks, private readonly transport: Transport, private readonly at: TransportAddress, private readonly idleTimeoutMs: number = INCOMING_IDLE_TIMEOUT_MS) {}
 
   get port(): number { return this.listener?.address.port ?? 0; }
 
@@ -146,7 +147,7 @@ export class MigrationReceiver {
       const ids = idsOf(ticket);
       const hooks = this.hooks;
       const logFor = (vm: string | null): ((line: string) => void) => hooks.logFor?.({ ...ids, ...(vm !== null ? { vm } : {}) }) ?? ((line) => { hooks.log(line); });
-      ticket.incoming = new IncomingMigration(ticket.migrationId, hooks, (outcome, durable) => { this.finish(ticket, outcome, durable); }, logFor);
+      ticket.incoming = new IncomingMigration(ticket.migrationId, hooks, (outcome, durable) => { this.finish(ticket, outcome, durable); }, logFor, this.idleTimeoutMs);
       ticket.startedAt = performance.now();
       this.live.add(ticket.incoming);
       this.hooks.observer?.started(ids);

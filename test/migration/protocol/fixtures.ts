@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { isFerryError, type FerryErrorCode } from '../../../src/lib/errors.js';
 import {
   encodeAbort, encodeCommit, encodeHello, encodeMemory, encodePrepare, encodeRound, encodeState,
-  type HelloBody, type PrepareBody, type StateBody,
+  type ChainLevelSpec, type HelloBody, type PrepareBody, type PrepareDisk, type PreparedDisk, type StateBody,
 } from '../../../src/migration/protocol/messages.js';
 import type { MemoryEntryInput } from '../../../src/migration/protocol/memory-batch.js';
 
@@ -117,6 +117,38 @@ export function memoryEntries(): MemoryEntryInput[] {
     { offset: 8192, length: 8192, encoding: 'zero' },
     { offset: RAM_BYTES - 4096, length: 4096, encoding: 'deflate', data: Buffer.from([0x01, 0x02, 0x03]) },
   ];
+}
+
+/** A copied disk's chain as a source announces it: delta, delta, base (top first). */
+export function chainSpec(capacityBytes = 64 * MiB): ChainLevelSpec[] {
+  return [
+    { path: 'vms/web-1/web-1-000002.vmdk', cid: '0000abcd', parentCid: '12345678', capacityBytes, allocatedBytes: 3 * MiB },
+    { path: 'vms/web-1/web-1-000001.vmdk', cid: '12345678', parentCid: 'fedcba98', capacityBytes, allocatedBytes: 0 },
+    { path: 'vms/web-1/web-1.vmdk', cid: 'fedcba98', parentCid: 'ffffffff', capacityBytes, allocatedBytes: 40 * MiB },
+  ];
+}
+
+/** A copy-mode disk with its chain announced. */
+export function chainDisk(chain: ChainLevelSpec[] = chainSpec()): PrepareDisk {
+  return { mode: 'copy', datastore: 'ds2', path: 'web-1.vmdk', capacityBytes: 64 * MiB, blockBytes: 64 * KiB, chain };
+}
+
+/** The target's answer to chainDisk() that keeps the `kept` base levels. */
+export function preparedFor(chain: readonly ChainLevelSpec[], kept: number): PreparedDisk {
+  return {
+    chain: chain.map((l, i) => ({ path: l.path, cid: l.cid, migrate: i < chain.length - kept })),
+    seedPath: kept > 0 ? 'seeds/web-1/web-1.vmdk' : null,
+    verifyBytes: kept > 0 ? 41 * MiB : 0,
+  };
+}
+
+/** A valid control conversation whose PREPARE announces a copied disk's chain. */
+export function chainControlStream(): Buffer {
+  return Buffer.concat([
+    encodeHello(1, helloBody('control')),
+    encodePrepare(2, { ...prepareBody(), disk: chainDisk() }),
+    encodeRound(3, { round: 1, regions: 3, bytes: 12288 }),
+  ]);
 }
 
 /** A complete valid control conversation: HELLO, PREPARE, ROUND×2, STATE, COMMIT. */

@@ -12,16 +12,18 @@ import { FerryError } from '../../../src/lib/errors.js';
 import { MAX_PAYLOAD_BYTES, type FrameCommand } from '../../../src/migration/protocol/frame.js';
 import { FrameReader } from '../../../src/migration/protocol/reader.js';
 import { decodeMemoryBatch } from '../../../src/migration/protocol/memory-batch.js';
-import { decodeMessage, encodeHello, encodeMemory, encodeOk } from '../../../src/migration/protocol/messages.js';
+import { decodeMessage, decodeOk, encodeHello, encodeMemory, encodeOk, preparedFromOk, type PreparedBody } from '../../../src/migration/protocol/messages.js';
 import { ConnectionState } from '../../../src/migration/protocol/session-state.js';
 import {
   CASES, ONLY_CASE, Rng, SEED, base, caseIndices, caseSeed, describeCase, feedReader, fullRun, jsonish, mutate as mutateBase, randomFrames,
   runGroup as runFuzzGroup, summary, type Base, type Outcome,
 } from '../../helpers/fuzz.js';
-import { RAM_BYTES, abortStream, controlStream, dataStream, helloBody, rawHeader } from './fixtures.js';
+import { RAM_BYTES, abortStream, chainControlStream, chainSpec, controlStream, dataStream, helloBody, preparedFor, rawHeader } from './fixtures.js';
 
 const BASES: readonly Base[] = [
   base('control', controlStream()),
+  // PREPARE announcing a copied disk's chain (copy mode over a seed).
+  base('control-chain', chainControlStream()),
   base('abort', abortStream()),
   base('data', dataStream()),
   // A data stream of small (zero / deflate) entries: mutations land on structure, not page data.
@@ -73,6 +75,54 @@ function runGroup(group: number, name: string, make: (rng: Rng) => Buffer): Map<
   return runFuzzGroup(group, name, make, run);
 }
 
+/** The chain the source announced, against which the fuzzed replies are checked. */
+const ANNOUNCED = chainSpec();
+
+/** One structural change to a JSON value: a key dropped, added or retyped, an array shortened, grown or reordered, a leaf replaced. */
+function mutateJson(rng: Rng, v: unknown, depth = 0): unknown {
+  const leaves: unknown[] = [null, true, false, 0, -1, 1.5, 2 ** 53, '', 'x', '0000abcd', 'ffffffff', 'seeds/a.vmdk', [], {}];
+  if (Array.isArray(v)) {
+    const a = [...(v as unknown[])];
+    const r = rng.int(5);
+    if (r === 0 && a.length > 0) a.splice(rng.int(a.length), 1);
+    else if (r === 1) a.push(a.length > 0 && rng.chance(0.7) ? rng.pick(a) : rng.pick(leaves));
+    else if (r === 2 && a.length > 1) { const i = rng.int(a.length); const j = rng.int(a.length); [a[i], a[j]] = [a[j], a[i]]; }
+    else if (a.length > 0) { const i = rng.int(a.length); a[i] = mutateJson(rng, a[i], depth + 1); }
+    return a;
+  }
+  if (v !== null && typeof v === 'object') {
+    const o: Record<string, unknown> = { ...(v as Record<string, unknown>) };
+    const keys = Object.keys(o);
+    const r = rng.int(4);
+    if (r === 0 && keys.length > 0) delete o[rng.pick(keys)];
+    else if (r === 1) o[rng.pick(['extra', 'migrate', 'seedPath', 'disk', 'accepted', 'verifyBytes', 'cid'])] = rng.pick(leaves);
+    else if (keys.length > 0) { const k = rng.pick(keys); o[k] = mutateJson(rng, o[k], depth + 1); }
+    return o;
+  }
+  if (typeof v === 'boolean' && rng.chance(0.7)) return !v;
+  return depth > 6 || rng.chance(0.5) ? rng.pick(leaves) : v;
+}
+
+/** A PREPARE reply: a valid one (0..2 base levels kept) with 1..4 structural mutations, as JSON bytes. */
+function mutatedReply(rng: Rng): Buffer {
+  let reply: unknown = { accepted: true, disk: preparedFor(ANNOUNCED, rng.int(3)) };
+  for (let n = 1 + rng.int(4); n > 0; n--) reply = mutateJson(rng, reply);
+  return Buffer.from(JSON.stringify(reply));
+}
+
+/** What an accepted reply must satisfy, whatever the mutation left of it. */
+function checkAccepted(p: PreparedBody): void {
+  const d = p.disk;
+  if (d === undefined) return;
+  assert.equal(d.chain.length, ANNOUNCED.length);
+  d.chain.forEach((l, i) => { assert.equal(l.path, ANNOUNCED[i]?.path); assert.equal(l.cid, ANNOUNCED[i]?.cid); });
+  assert.equal(d.chain[0]?.migrate, true, 'the top always moves');
+  const firstKept = d.chain.findIndex((l) => !l.migrate);
+  if (firstKept >= 0) assert.ok(d.chain.slice(firstKept).every((l) => !l.migrate), 'only a run at the base end stays');
+  assert.equal(firstKept >= 0, d.seedPath !== null);
+  assert.ok(Number.isSafeInteger(d.verifyBytes) && d.verifyBytes >= 0);
+}
+
 describe(`protocol fuzz (seed ${SEED}, ${CASES} cases per group)`, () => {
   it('the bases themselves decode cleanly', () => {
     for (const b of BASES) {
@@ -103,6 +153,24 @@ describe(`protocol fuzz (seed ${SEED}, ${CASES} cases per group)`, () => {
       for (const code of ['PROTOCOL_TRUNCATED', 'PROTOCOL_BAD_PAYLOAD', 'PROTOCOL_OUT_OF_ORDER', 'PROTOCOL_TOO_LARGE'] as const) {
         assert.ok((outcomes.get(code) ?? 0) > 0, `mutation fuzz never produced ${code}: ${summary(outcomes)}`);
       }
+    }
+  });
+
+  it('mutated PREPARE replies are accepted only when they fit the announced chain, else PROTOCOL_BAD_PAYLOAD', (t) => {
+    const started = performance.now();
+    const outcomes = runFuzzGroup(3, 'prepared-reply', mutatedReply, (_rng, input) => {
+      try {
+        checkAccepted(preparedFromOk(decodeOk(input), ANNOUNCED));
+        return 'ok';
+      } catch (err) {
+        if (err instanceof FerryError && err.code === 'PROTOCOL_BAD_PAYLOAD') return err.code;
+        throw err;
+      }
+    });
+    t.diagnostic(`prepared replies: ${ONLY_CASE === undefined ? CASES : 1} cases in ${(performance.now() - started).toFixed(0)} ms: ${summary(outcomes)}`);
+    if (fullRun()) {
+      assert.ok((outcomes.get('ok') ?? 0) > 0, `no mutated reply was accepted: ${summary(outcomes)}`);
+      assert.ok((outcomes.get('PROTOCOL_BAD_PAYLOAD') ?? 0) > 0, `no mutated reply was refused: ${summary(outcomes)}`);
     }
   });
 
