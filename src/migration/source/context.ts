@@ -7,7 +7,7 @@ import { FerryError, isFerryError } from '../../lib/errors.js';
 import type { Vm } from '../../vmm/vm.js';
 import type { MigrationOptions } from '../options.js';
 import type { MigrationTargetPeer } from '../peer.js';
-import type { MigrationSourceDisk } from '../disk.js';
+import type { MigrationSourceDisk, PreparedDisk } from '../disk.js';
 import type { ProgressReporter } from './progress.js';
 import type { RecordBuilder } from './record.js';
 
@@ -18,6 +18,11 @@ export interface JobContext {
   readonly vm: Vm;
   /** The VM's disk and how it moves; null for a VM without one. */
   readonly disk: MigrationSourceDisk | null;
+  /**
+   * Copy mode: what the target made of the announced chain (PREPARE's reply); null before PREPARE,
+   * or when the target said nothing of it (an older target: every level moves). Set by the session.
+   */
+  preparedDisk: PreparedDisk | null;
   readonly target: MigrationTargetPeer;
   readonly options: MigrationOptions;
   /** Bound of every request on the migration streams (COMMIT and PREPARE have their own defaults). */

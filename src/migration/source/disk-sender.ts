@@ -16,6 +16,7 @@ import { MAX_ENTRIES_PER_BATCH } from '../protocol/frame.js';
 import type { MemoryEntryInput } from '../protocol/memory-batch.js';
 import { encodeDisk } from '../protocol/messages.js';
 import { checkCancelled, type JobContext } from './context.js';
+import { seededLevels } from './seed.js';
 import { BATCH_PAYLOAD_BYTES, FRAMES_IN_FLIGHT_PER_CHANNEL } from './sender.js';
 
 /** Largest single read of adjacent blocks. */
@@ -47,13 +48,28 @@ export class DiskSender {
     this.digest = new MemoryDigest(plan.capacityBytes, plan.blockBytes);
   }
 
-  /** Starts tracking, then returns round 1's work: every block the chain holds data for. */
+  /**
+   * Starts tracking, then returns round 1's work: every block the chain holds data for — or, when
+   * the target holds the chain's base levels already (a seed), every block the levels above them hold.
+   */
   async start(): Promise<number[]> {
     const tracker = this.disk.track(this.blockBytes);
     this.tracker = tracker;
     const all = new ChangedBlocks(tracker.capacityBytes, this.blockBytes);
-    await this.disk.forEachAllocatedRange((offset, length) => { all.mark(offset, length); });
+    const mark = (offset: number, length: number): void => { all.mark(offset, length); };
+    const announced = this.ctx.preparedDisk?.chain.length ?? 0;
+    const kept = seededLevels(this.ctx.preparedDisk);
+    if (kept > 0) await this.disk.forEachAllocatedRangeInTop(announced - kept, mark);
+    else await this.disk.forEachAllocatedRange(mark);
     return all.take();
+  }
+
+  /**
+   * Whether round 1 may leave out all-zero blocks: only over an empty new disk (it reads zeros). Over
+   * a seed a zero block of a delta hides the base's data below it, so it must reach the target too.
+   */
+  get zeroBlocksReadAsZero(): boolean {
+    return seededLevels(this.ctx.preparedDisk) === 0;
   }
 
   /** Blocks the guest wrote since the last take (the next round's work). */

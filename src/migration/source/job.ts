@@ -61,7 +61,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     const record = new RecordBuilder(tracePlan(options, vm.granularityBytes));
     if (disk !== null) record.disk = { mode: disk.plan.mode, capacityBytes: disk.plan.capacityBytes, sentBytes: 0, digest: null, releaseMs: null };
     this.ctx = {
-      id: this.id, vm, disk, target, options, requestTimeoutMs: options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS, record,
+      id: this.id, vm, disk, preparedDisk: null, target, options, requestTimeoutMs: options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS, record,
       progress: new ProgressReporter(this.id, record, (p) => { this.emit('progress', p); }), signal: this.abort.signal, log,
     };
     this.session = new Session(this.ctx, transport, imageBytes);

@@ -111,7 +111,7 @@ export class PreCopy {
     const { record } = this.ctx;
     const startedMs = performance.now();
     const bytes = await this.sender.send(work, round, { skipZero: round === 1, unchangedByRegion: unchanged });
-    const diskBytes = this.disk !== null ? await this.disk.send(diskWork, round, round === 1) : 0;
+    const diskBytes = this.disk !== null ? await this.disk.send(diskWork, round, round === 1 && this.disk.zeroBlocksReadAsZero) : 0;
     await this.session.round({ round, regions: firedCount(work), bytes: bytes + diskBytes });
     const durationMs = performance.now() - startedMs;
     const moved = bytes + diskBytes;

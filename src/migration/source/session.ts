@@ -12,9 +12,10 @@ import { ClientChannel } from '../channel.js';
 import type { MigrationOptions } from '../options.js';
 import type { IncomingTicket } from '../peer.js';
 import {
-  encodeAbort, encodeCommit, encodeHello, encodePrepare, encodeRound, encodeState, type ConnectionRole, type RoundBody, type StateBody,
+  encodeAbort, encodeCommit, encodeHello, encodePrepare, encodeRound, encodeState, preparedFromOk, type ConnectionRole, type RoundBody, type StateBody,
 } from '../protocol/messages.js';
 import { checkCancelled, tag, type JobContext } from './context.js';
+import { applyPrepared, seedVerifyAllowanceMs } from './seed.js';
 
 export const DEFAULT_DATA_CHANNELS = 2;
 /** Timeouts: a target that never answers is given up on, and the VM keeps running here. */
@@ -37,6 +38,7 @@ export class Session {
   remoteId = '';
   private commitWasSent = false;
   private abortSent = false;
+  private roundSent = false;
 
   constructor(private readonly ctx: JobContext, private readonly transport: Transport, private readonly imageBytes: Uint8Array) {}
 
@@ -85,8 +87,10 @@ export class Session {
   private async prepare(ticket: IncomingTicket): Promise<void> {
     const { vm, options } = this.ctx;
     const c = vm.config;
+    const plan = this.ctx.disk?.plan;
+    let reply;
     try {
-      await this.control.request('PREPARE', (id) => encodePrepare(id, {
+      reply = await this.control.request('PREPARE', (id) => encodePrepare(id, {
         migrationId: ticket.migrationId, dataChannels: dataChannelCount(options), image: this.imageBytes,
         vm: { name: c.name, memoryBytes: c.memoryBytes, vcpus: c.vcpus, granularityBytes: c.granularityBytes, cmdline: c.cmdline, imageSha256: vm.image.imageSha256 },
         ...(this.ctx.disk !== null ? { disk: this.ctx.disk.plan } : {}),
@@ -96,6 +100,9 @@ export class Session {
       if (isFerryError(err) && err.origin === 'remote') throw new FerryError('MIGRATION_REFUSED', err.message, { remoteCode: err.code }, { cause: err });
       throw err;
     }
+    // The target is a peer, not trusted: its answer about the chain must match what was announced.
+    const announced = plan?.mode === 'copy' ? plan.chain : undefined;
+    applyPrepared(this.ctx, preparedFromOk(reply, announced), announced);
   }
 
   private get control(): ClientChannel {
@@ -103,9 +110,15 @@ export class Session {
     return this.controlChannel;
   }
 
-  /** Every MEMORY frame of the round was acknowledged. */
+  /**
+   * Every MEMORY frame of the round was acknowledged. The first ROUND is answered only after the
+   * target verified its seed files: its timeout grows by the time that may take.
+   */
   async round(body: RoundBody): Promise<void> {
-    await this.control.request('ROUND', (id) => encodeRound(id, body), this.ctx.requestTimeoutMs);
+    const first = !this.roundSent;
+    this.roundSent = true;
+    const verifyMs = first ? seedVerifyAllowanceMs(this.ctx.preparedDisk?.verifyBytes ?? 0) : 0;
+    await this.control.request('ROUND', (id) => encodeRound(id, body), this.ctx.requestTimeoutMs + verifyMs);
   }
 
   async state(body: StateBody): Promise<void> {

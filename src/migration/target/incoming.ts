@@ -59,6 +59,14 @@ export class IncomingMigration {
   /** Copy mode: the digest of the disk blocks received, and the disk's size for the decoder. */
   private diskDigest: MemoryDigest | null = null;
   private diskBytes: number | undefined;
+  /**
+   * Copy mode over a seed: the seed files' verification, started at PREPARE and awaited by the
+   * first ROUND (null once that ROUND has it, or without a disk). `verifying` while it runs: the
+   * target is busy itself, so its idle timeout waits. Aborted when the migration ends either way.
+   */
+  private seedVerified: Promise<void> | null = null;
+  private verifying = false;
+  private readonly seedAbort = new AbortController();
   private prepared = false;
   /** The vCPU threads being made: started at PREPARE, awaited at the end of each round and before STATE. */
   private spawned: Promise<void> | null = null;
@@ -80,7 +88,12 @@ export class IncomingMigration {
   }
 
   private armIdle(): NodeJS.Timeout {
-    const t = setTimeout(() => { void this.abort(`no request from the source for ${INCOMING_IDLE_TIMEOUT_MS} ms`); }, INCOMING_IDLE_TIMEOUT_MS);
+    const t = setTimeout(() => {
+      // Silence from the source while this target hashes its seed is the target's own doing (the
+      // source waits for round 1's reply): the timeout starts again once the verification ended.
+      if (this.verifying) { this.idleTimer = this.armIdle(); return; }
+      void this.abort(`no request from the source for ${INCOMING_IDLE_TIMEOUT_MS} ms`);
+    }, INCOMING_IDLE_TIMEOUT_MS);
     t.unref();
     return t;
   }
@@ -113,7 +126,9 @@ export class IncomingMigration {
       // A copied disk is flushed at the end of each round, while the guest still runs on the source:
       // COMMIT's flush then covers only the last round's blocks (it is inside the downtime).
       // The vCPU threads started at PREPARE must be ready by then: waiting for them is pre-copy's, never the downtime's.
-      case Command.ROUND: await this.spawned; if (this.diskDigest !== null) await this.disk?.flush(); return {};
+      // The first ROUND (whatever its number) also waits for the seed's verification: a damaged seed
+      // is its ERROR reply, before anything could switch over onto it.
+      case Command.ROUND: await this.spawned; await this.seedChecked(); if (this.diskDigest !== null) await this.disk?.flush(); return {};
       case Command.STATE: return this.applyState(msg.body);
       case Command.COMMIT: return this.commit(msg.body);
       case Command.ABORT:
@@ -214,7 +229,34 @@ export class IncomingMigration {
     // round 1 arrives (not before PREPARE's reply: that cost the migration their start-up time).
     this.spawned = vm.spawn().then(() => { this.log(`incoming migration ${this.id.slice(0, 8)}: vCPUs ready ${(performance.now() - t1).toFixed(0)} ms after prepare`); });
     this.spawned.catch(() => undefined); // a failure is the first ROUND's (or STATE's) ERROR reply
-    return { accepted: true };
+    if (disk !== null) this.startSeedVerification(disk);
+    return disk?.prepared !== undefined ? { accepted: true, disk: disk.prepared } : { accepted: true };
+  }
+
+  /** Starts hashing the seed files (at once resolved without a seed); the first ROUND awaits it. */
+  private startSeedVerification(disk: IncomingDisk): void {
+    const t0 = performance.now();
+    const bytes = disk.prepared?.verifyBytes ?? 0;
+    this.verifying = true;
+    // Through a promise even if verifySeed throws at once: its failure is always the first ROUND's.
+    const verified = Promise.resolve().then(() => disk.verifySeed(this.seedAbort.signal)).finally(() => {
+      this.verifying = false;
+      // A full idle window for the source from here: it was waiting for our answer meanwhile.
+      if (!this.ended) { clearTimeout(this.idleTimer); this.idleTimer = this.armIdle(); }
+    });
+    this.seedVerified = verified;
+    verified.then(
+      () => { if (bytes > 0) this.log(`incoming migration ${this.id.slice(0, 8)}: seed verified (${bytes} bytes) in ${(performance.now() - t0).toFixed(0)} ms`); },
+      (err: unknown) => { this.log(`incoming migration ${this.id.slice(0, 8)}: seed verification failed after ${(performance.now() - t0).toFixed(0)} ms: ${errorMessage(err)}`); },
+    );
+  }
+
+  /** The first ROUND's wait for the seed; a rejection (SEED_DAMAGED) is its ERROR reply and ends the migration. */
+  private async seedChecked(): Promise<void> {
+    const verified = this.seedVerified;
+    if (verified === null) return;
+    await verified;
+    this.seedVerified = null;
   }
 
   private async commit(body: CommitBody): Promise<OkBody> {
@@ -249,6 +291,7 @@ export class IncomingMigration {
     // that a restarted target reports (and that the source may already have learned).
     this.ended = true;
     clearTimeout(this.idleTimer);
+    this.seedAbort.abort(new FerryError('MIGRATION_FAILED', 'migration committed'));
     this.outcome = { state: 'committed', vm: vm.config.name, guestDowntimeMs: null };
     this.onEnd(this.outcome, true); // recorded above
     const recordedAt = performance.now();
@@ -320,6 +363,7 @@ export class IncomingMigration {
     if (this.ended) return;
     this.ended = true;
     clearTimeout(this.idleTimer);
+    this.seedAbort.abort(new FerryError('MIGRATION_FAILED', `migration aborted: ${reason}`));
     this.outcome = { state: 'aborted', reason };
     this.onEnd(this.outcome, false);
     for (const c of this.channels) c.close(reason);
