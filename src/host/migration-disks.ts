@@ -103,12 +103,11 @@ export interface CopyNotes {
   forget(): Promise<void>;
 }
 
-/** An incoming copy over a seed: the VM, the seeded levels it uses (base first), and this host's name for messages. */
+/** An incoming copy: the VM, the seeded levels it uses (base first; empty: none), and this host's name for messages. */
 export interface IncomingSeed {
   readonly vm: string;
   readonly hostName: string;
   readonly levels: readonly SeedLevel[];
-  readonly prepared: PreparedDisk;
   /** Gives up the hold on the seed files (see SeedHolds). */
   readonly release: () => void;
 }
@@ -127,8 +126,8 @@ export class IncomingVmDisk implements IncomingDisk {
 
   /**
    * The VM committed and is saved here with this disk: a copy is the VM's own now, no longer a
-   * leftover to sweep; a seed it runs over is its own base now, so its manifest goes (the files stay:
-   * they are the VM's chain).
+   * leftover to sweep. The VM's seed manifest on the datastore goes, used or not: a seed it runs over
+   * is its own base now (the files stay: they are its chain), and one it did not use is stale.
    */
   async kept(): Promise<void> {
     await this.notes?.forget();
@@ -210,8 +209,8 @@ export async function prepareIncomingDisk(datastores: HostDatastores, vmName: st
   let disk: VmDisk;
   let seed: IncomingSeed | null = null;
   try {
+    seed = seedOf(vmName, match?.levels ?? [], plan.datastore, ctx);
     if (match !== null && match.levels.length > 0) {
-      seed = seedOf(vmName, match.levels, match.prepared, plan.datastore, ctx);
       disk = await deltaOverSeed(datastores, spec, match.levels, plan.capacityBytes);
     } else {
       disk = await VmDisk.attach(datastores, spec, plan.capacityBytes);
@@ -226,9 +225,9 @@ export async function prepareIncomingDisk(datastores: HostDatastores, vmName: st
   return new IncomingVmDisk(disk, true, datastores, notes, match?.prepared, seed);
 }
 
-function seedOf(vm: string, levels: readonly SeedLevel[], prepared: PreparedDisk, datastore: string, ctx: IncomingDiskContext): IncomingSeed {
-  const release = ctx.holds?.hold(datastore, levels.map((l) => l.path)) ?? (() => undefined);
-  return { vm, hostName: ctx.hostName ?? 'this host', levels, prepared, release };
+function seedOf(vm: string, levels: readonly SeedLevel[], datastore: string, ctx: IncomingDiskContext): IncomingSeed {
+  const release = levels.length === 0 ? () => undefined : ctx.holds?.hold(datastore, levels.map((l) => l.path)) ?? (() => undefined);
+  return { vm, hostName: ctx.hostName ?? 'this host', levels, release };
 }
 
 /** The incoming VM's new top at `spec`: a delta over the seed's top level, opened (lease, CID check) and held as its disk. */
