@@ -108,6 +108,7 @@ export interface IncomingSeed {
   readonly vm: string;
   readonly hostName: string;
   readonly levels: readonly SeedLevel[];
+  readonly log: (line: string) => void;
   /** Gives up the hold on the seed files (see SeedHolds). */
   readonly release: () => void;
 }
@@ -133,7 +134,11 @@ export class IncomingVmDisk implements IncomingDisk {
     await this.notes?.forget();
     if (this.seed === null) return;
     this.seed.release();
-    await removeSeedManifest(this.datastores.get(this.vmDisk.spec.datastore), this.seed.vm);
+    const ds = this.vmDisk.spec.datastore;
+    // The VM is committed here whatever happens now: a manifest left behind is only stale (a migration checks every level it uses).
+    await removeSeedManifest(this.datastores.get(ds), this.seed.vm).catch((err: unknown) => {
+      this.seed?.log(`VM ${this.seed.vm}: its seed manifest on ${ds} could not be removed (${errorMessage(err)}); DELETE /v1/datastores/${ds}/seeds/${this.seed.vm} removes it`);
+    });
   }
 
   get backend(): IncomingDisk['backend'] { return this.vmDisk.backend; }
@@ -170,12 +175,6 @@ export class IncomingVmDisk implements IncomingDisk {
   }
 }
 
-/**
- * The disk PREPARE announced, made ready on this host: shared — this host mounts the datastore
- * (by id) and the disk file is there (it is opened at COMMIT); copy — a new disk is created on the
- * named datastore, never over an existing file. Throws MIGRATION_REFUSED (or the datastore's
- * error) to refuse the migration.
- */
 /** What prepareIncomingDisk needs besides the plan: where copies are noted, the host's seeds, its log. */
 export interface IncomingDiskContext {
   readonly notes?: CopyNotes | null;
@@ -190,6 +189,13 @@ export interface SeedHolds {
   hold(datastore: string, paths: readonly string[]): () => void;
 }
 
+/**
+ * The disk PREPARE announced, made ready on this host: shared — this host mounts the datastore
+ * (by id) and the disk file is there (it is opened at COMMIT); copy — a new disk is created on the
+ * named datastore, never over an existing file: a delta over the VM's seed there when the announced
+ * chain's base levels are seeded (docs/design/cross-site.md), else a new flat disk. Throws
+ * MIGRATION_REFUSED (or the datastore's error) to refuse the migration.
+ */
 export async function prepareIncomingDisk(datastores: HostDatastores, vmName: string, plan: PrepareDisk, ctx: IncomingDiskContext = {}): Promise<IncomingVmDisk> {
   const notes = ctx.notes ?? null;
   if (plan.mode === 'shared') {
@@ -227,7 +233,7 @@ export async function prepareIncomingDisk(datastores: HostDatastores, vmName: st
 
 function seedOf(vm: string, levels: readonly SeedLevel[], datastore: string, ctx: IncomingDiskContext): IncomingSeed {
   const release = levels.length === 0 ? () => undefined : ctx.holds?.hold(datastore, levels.map((l) => l.path)) ?? (() => undefined);
-  return { vm, hostName: ctx.hostName ?? 'this host', levels, release };
+  return { vm, hostName: ctx.hostName ?? 'this host', levels, release, log: ctx.log ?? (() => undefined) };
 }
 
 /** The incoming VM's new top at `spec`: a delta over the seed's top level, opened (lease, CID check) and held as its disk. */
