@@ -63,6 +63,11 @@ function invalid(ds: Datastore, what: string, details: Record<string, unknown> =
   return new FerryError('SEED_INVALID', `${ds.name}:${what}`, details);
 }
 
+/** A manifest that exists but cannot be opened or read (a directory in its place, an I/O error): not trusted. */
+function unreadable(ds: Datastore, path: string, err: unknown): FerryError {
+  return invalid(ds, `${path} cannot be read (${errorMessage(err)}); remove it and seed the VM again`, { path });
+}
+
 /** The manifest of `vm` on `ds`; null if it has none; SEED_INVALID if it cannot be trusted whole. */
 export async function readSeedManifest(ds: Datastore, vm: string): Promise<SeedManifest | null> {
   const path = seedManifestPath(vm);
@@ -71,7 +76,7 @@ export async function readSeedManifest(ds: Datastore, vm: string): Promise<SeedM
     file = await ds.copyArea().open(path, { readOnly: true });
   } catch (err) {
     if (isFerryError(err, 'NOT_FOUND')) return null;
-    throw err;
+    throw unreadable(ds, path, err);
   }
   let bytes: Buffer;
   try {
@@ -79,6 +84,8 @@ export async function readSeedManifest(ds: Datastore, vm: string): Promise<SeedM
     if (size > MAX_SEED_MANIFEST_BYTES) throw invalid(ds, `${path} is ${size} bytes, more than a seed manifest may be (${MAX_SEED_MANIFEST_BYTES}); remove it and seed the VM again`, { path });
     bytes = Buffer.alloc(size);
     await file.read(0, bytes);
+  } catch (err) {
+    throw isFerryError(err, 'SEED_INVALID') ? err : unreadable(ds, path, err);
   } finally {
     await file.close();
   }

@@ -90,6 +90,10 @@ describe('seed manifests', () => {
       await seedInvalid(readSeedManifest(ds, 'kv'), message);
     }
     await rm(file);
+    // Something else in its place: unreadable, not "none".
+    await mkdir(file);
+    await seedInvalid(readSeedManifest(ds, 'kv'), /cannot be read/);
+    await rm(file, { recursive: true });
   });
 
   it('checkSeedLevels: the files as recorded pass; each difference is named', async () => {
