@@ -70,6 +70,17 @@ describe('seed routes', () => {
     await assert.rejects(stat(join(dir, 'seeded', 'kv.vmdk')), { code: 'ENOENT' });
 
     assert.deepEqual(await h.client.deleteSeeds('ds1', 'other', { files: true }), { removedFiles: [], keptFiles: [{ path: 'kv.vmdk', reason: 'in the disk chain of VM kv' }] });
+
+    // A seed an incoming migration runs over (held from PREPARE to its end) is kept too, until it is let go.
+    await copyFile(join(dir, 'kv.vmdk'), join(dir, 'seeded', 'held.vmdk'));
+    const held = await seedLevelFor(h.client, 'kv', 'kv.vmdk', dir, 'seeded/held.vmdk');
+    await h.client.putSeeds('ds1', 'mover', { levels: [held], taskId: null });
+    const release = h.agent.seeds.hold('ds1', ['seeded/held.vmdk']);
+    assert.deepEqual(await h.client.deleteSeeds('ds1', 'mover', { files: true }), { removedFiles: [], keptFiles: [{ path: 'seeded/held.vmdk', reason: 'in use by an incoming migration' }] });
+    release();
+    release();
+    await h.client.putSeeds('ds1', 'mover', { levels: [held], taskId: null });
+    assert.deepEqual(await h.client.deleteSeeds('ds1', 'mover', { files: true }), { removedFiles: ['seeded/held.vmdk'], keptFiles: [] });
     assert.ok((await stat(join(dir, 'kv.vmdk'))).isFile(), 'the VM\'s base stays');
     assert.equal((await h.client.diskChain('kv')).chain.length, 2);
   });
