@@ -28,6 +28,8 @@ import type { MigrationRecord } from '../../src/migration/record.js';
 const RECORDS = 65_536;
 const KV = { memoryBytes: 8 * MiB, vcpus: 1, cmdline: `max=${RECORDS} flush=1024 rate=0` };
 const DISK_BYTES = 16 * MiB;
+/** Records a VM appends above its seeded base (512 KiB). */
+const MORE = 8192;
 const WAIT_MS = 30_000;
 
 let base = '';
@@ -77,7 +79,7 @@ async function migrate(src: TestHost, name: string): Promise<MigrationRecord> {
  * The VM runs on B on a chain of `chainLength` levels; with `rescan`, its guest's boot-time scan
  * finds every record, read back through B's chain (the seed, when it runs over one).
  */
-async function runsOnB(name: string, chainLength: number, rescan = false): Promise<void> {
+async function runsOnB(name: string, chainLength: number, rescan = false, records = RECORDS): Promise<void> {
   // Committed here: the VM's manifest is gone, whether its seed was used (its own base now) or not (stale).
   await noSeeds(name);
   const vm = await b.client.vm(name);
@@ -88,7 +90,7 @@ async function runsOnB(name: string, chainLength: number, rescan = false): Promi
     await b.client.stopVm(name);
     await b.client.startVm(name);
     await b.client.waitForConsole(name, 'records, all verified', WAIT_MS);
-    assert.match(await b.client.consoleText(name), new RegExp(`kvlog: found ${RECORDS} records, all verified`));
+    assert.match(await b.client.consoleText(name), new RegExp(`kvlog: found ${records} records, all verified`));
   }
   await b.client.stopVm(name);
   await b.client.deleteVm(name);
@@ -108,17 +110,25 @@ describe('migration over a seeded base disk', () => {
   it('moves only the levels above the seed; the VM runs on B on [new delta → seed]; the manifest goes at commit', async () => {
     const { baseBytes } = await seededVm(a, dsA, 'kv1');
     assert.ok(baseBytes >= RECORDS * 64, `the base holds the log (${baseBytes} bytes)`);
+    // The VM defined again on its top with room for MORE records: its guest appends them above the seed (its disk stays when it is deleted).
+    await a.client.stopVm('kv1');
+    await a.client.deleteVm('kv1');
+    await a.client.createVm(await vmRequest('kv1', 'kvlog', { ...KV, cmdline: `max=${RECORDS + MORE} flush=1024 rate=0`, disk: { datastore: 'ds1', path: 'kv1-000001.vmdk' }, start: true }));
+    await a.client.waitForConsole('kv1', 'kvlog: full', WAIT_MS);
+    const topBytes = (await a.client.diskChain('kv1')).chain[0]?.allocatedBytes ?? 0;
+    assert.ok(topBytes >= MORE * 64, `the top holds the new records (${topBytes} bytes)`);
     const record = await migrate(a, 'kv1');
     assert.equal(record.outcome, 'succeeded', JSON.stringify(record.error));
     assert.equal(record.disk?.seededLevels, 1);
     assert.equal(record.disk?.seededBytes, baseBytes);
     assert.equal(record.disk?.seedPath, 'kv1.vmdk');
     assert.equal(record.disk?.seedVerifyBytes, (await stat(join(dsB, 'kv1.vmdk'))).size);
-    assert.ok((record.disk?.sentBytes ?? Infinity) < baseBytes / 16, `only the top moved (${record.disk?.sentBytes} bytes, base ${baseBytes})`);
+    const sent = record.disk?.sentBytes ?? Infinity;
+    assert.ok(sent >= MORE * 64 && sent < baseBytes / 4, `the top moved, the base did not (${sent} bytes sent, top ${topBytes}, base ${baseBytes})`);
     assert.deepEqual(record.disk?.chain?.map((l) => l.migrate), [true, false]);
     const chain = (await b.client.diskChain('kv1')).chain;
     assert.deepEqual(chain.map((l) => l.path), ['kv1-000001.vmdk', 'kv1.vmdk']);
-    await runsOnB('kv1', 2, true);
+    await runsOnB('kv1', 2, true, RECORDS + MORE);
   });
 
   it('a damaged seed: SEED_DAMAGED, the VM stays on A, no delta on B, the seed forgotten; the next migration copies it whole', async () => {
