@@ -40,6 +40,7 @@ import type { TicketRequest, TicketView } from '../api/host-v1.js';
 import { ticketOnPath } from './path-tickets.js';
 import { CopyService } from './copy-service.js';
 import { IncomingCopies } from './copy-incoming.js';
+import { HostSeeds } from './seeds.js';
 
 /** Default memory the host lends to VMs in all (an operator sets it to what the machine can spare). */
 export const DEFAULT_MEMORY_LIMIT_BYTES = 16 * GiB;
@@ -98,6 +99,8 @@ export class HostAgent {
   readonly copies: CopyService;
   /** Copies other hosts send into this host's datastores (remote form), and the target journals. */
   readonly incomingCopies: IncomingCopies;
+  /** The seeds this host's datastores hold for cross-site migrations. */
+  readonly seeds: HostSeeds;
   private readonly server: Server | HttpsServer;
   private readonly memoryLimitBytes: number;
   /** The host's logger (bound to its name). */
@@ -137,6 +140,7 @@ export class HostAgent {
     });
     this.copies = new CopyService({ hostName: this.name, datastores, transport, paths: this.paths, logger: this.logger, metrics: this.metrics });
     this.incomingCopies = new IncomingCopies({ datastores, paths: this.paths, transport, at: { host: options.listenHost, port: options.copyPort ?? 0 }, logger: this.logger });
+    this.seeds = new HostSeeds({ hostName: this.name, datastores, vms: this.vms, log: this.log });
     this.disks = new DiskSnapshots({ hostName: this.name, vms: this.vms, operations: this.operations, datastores, log: this.log });
     this.receiver = new MigrationReceiver({
       admit: (vm) => { this.vms.admit(vm.name, vm.memoryBytes); },
@@ -145,7 +149,8 @@ export class HostAgent {
         return disk instanceof IncomingVmDisk ? saved.then(() => disk.kept()) : saved;
       },
       prepareDisk: (id, vmName, plan) => prepareIncomingDisk(datastores, vmName, plan, {
-        note: (spec) => this.store.writeIncomingCopy(id, spec), forget: () => this.store.removeIncomingCopy(id),
+        notes: { note: (spec) => this.store.writeIncomingCopy(id, spec), forget: () => this.store.removeIncomingCopy(id) },
+        hostName: this.name, holds: this.seeds, log: lineLog(this.logger.child({ migrationId: id, role: 'target', vm: vmName })),
       }),
       // Synchronous underneath (see HostStore.writeMigrationOutcome); an I/O error rejects.
       recordOutcome: (id, outcome, vmName) => new Promise<void>((resolve) => { this.store.writeMigrationOutcome(id, outcome, vmName); resolve(); }),
@@ -159,7 +164,7 @@ export class HostAgent {
       token: options.token, centerToken: () => this.centerLink?.controlToken ?? null, vms: this.vms, migrations: this.migrations, disks: this.disks, hostInfo: () => this.hostInfo(), listDatastores: () => this.datastores.list(),
       paths: this.paths, issueTicket: (req) => this.issueTicket(req), incomingOutcome: (id) => this.receiver.outcome(id), metrics: this.metrics,
       statDatastoreFiles: (name, paths) => this.datastores.stat(name, paths),
-      copies: this.copies, incomingCopies: this.incomingCopies,
+      copies: this.copies, incomingCopies: this.incomingCopies, seeds: this.seeds,
     });
     // An HTTPS server without a certificate yet: setSecureContext gives it the center-signed one (./center-link.ts).
     this.server = options.tls === true

@@ -28,6 +28,7 @@ import type { HostMetrics } from './metrics.js';
 import type { HostPaths } from './paths.js';
 import type { CopyService } from './copy-service.js';
 import type { IncomingCopies } from './copy-incoming.js';
+import type { HostSeeds } from './seeds.js';
 import { countRequests } from '../api/http-metrics.js';
 
 export interface HostAppDeps {
@@ -47,6 +48,7 @@ export interface HostAppDeps {
   readonly metrics: HostMetrics;
   readonly copies: CopyService;
   readonly incomingCopies: IncomingCopies;
+  readonly seeds: HostSeeds;
 }
 
 export function buildHostApp(d: HostAppDeps): OpenAPIHono {
@@ -126,6 +128,10 @@ export function buildHostApp(d: HostAppDeps): OpenAPIHono {
   app.openapi(routes.diskChain, async (c) => c.json(await d.disks.chain(c.req.valid('param').name), 200));
   app.openapi(routes.revertVm, async (c) => c.json(await d.disks.revert(c.req.valid('param').name, c.req.valid('json').to), 200));
   app.openapi(routes.consolidateVm, async (c) => c.json(await d.disks.consolidate(c.req.valid('param').name), 200));
+
+  app.openapi(routes.putSeeds, async (c) => { const p = c.req.valid('param'); return c.json(await d.seeds.put(p.name, p.vm, c.req.valid('json')), 200); });
+  app.openapi(routes.getSeeds, async (c) => { const p = c.req.valid('param'); return c.json(await d.seeds.get(p.name, p.vm), 200); });
+  app.openapi(routes.deleteSeeds, async (c) => { const p = c.req.valid('param'); return c.json(await d.seeds.delete(p.name, p.vm, c.req.valid('query').files === 'true'), 200); });
 
   // Text, not JSON: the Prometheus exposition format.
   app.openapi(routes.metrics, async (c) => c.body(await d.metrics.text(), 200, { 'content-type': d.metrics.contentType }) as never);

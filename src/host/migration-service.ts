@@ -138,7 +138,7 @@ export class MigrationService {
   /** How the VM's disk moves, decided from what the target mounts (and the request's disk destination). */
   private async diskFor(disk: VmDisk, req: MigrateRequest, route: Route): Promise<MigrationSourceDisk> {
     if (!disk.attached) throw new FerryError('VM_STATE', `the VM's disk ${disk.spec.datastore}:${disk.spec.path} is not attached here`);
-    return sourceDisk(disk, planDisk(disk, this.o.datastores, await route.targetDatastores(), req.disk));
+    return sourceDisk(disk, await planDisk(disk, this.o.datastores, await route.targetDatastores(), req.disk));
   }
 
   cancel(id: string): MigrationStatus {

@@ -103,6 +103,14 @@ export class VmDisk {
   }
 
   /**
+   * Holds a chain opened elsewhere (for writing, its lease taken) as a VM's disk at `spec`: an incoming
+   * migration's new delta over a seed (./migration-disks.ts), checked by its open already.
+   */
+  static adopt(datastores: HostDatastores, spec: DiskSpec, disk: VmdkDisk): VmDisk {
+    return new VmDisk(datastores, spec, disk, disk.capacityBytes);
+  }
+
+  /**
    * A disk named but not opened yet (no lease): an incoming shared-datastore migration attaches
    * it with reacquire() at COMMIT, once the source has let it go.
    */

@@ -40,6 +40,7 @@ const VALID_BODY: Partial<Record<RouteKey, unknown>> = {
   migrateVm: { to: 'http://127.0.0.1:9' },
   createTicket: {},
   revertVm: {},
+  putSeeds: { levels: [{ path: 'a.vmdk', cid: '00000001', parentCid: 'ffffffff', capacityBytes: MiB, fileBytes: 0, digest: '0'.repeat(64), source: { datastoreId: '0'.repeat(32), path: 'a.vmdk' } }], taskId: null },
 };
 /** A query each route needs (a copy's journal is asked of one datastore; this host mounts none, so it is not found). */
 const VALID_QUERY: Partial<Record<RouteKey, string>> = {
@@ -111,11 +112,11 @@ describe('host API v1 on a real socket', () => {
     const { client } = A();
     for (const key of ROUTE_KEYS) {
       for (const token of [null, WRONG_TOKEN, '']) {
-        await expectError(await send(client, key, { name: NO_VM, id: NO_MIGRATION }, { token }), 'UNAUTHORIZED');
+        await expectError(await send(client, key, { name: NO_VM, id: NO_MIGRATION, vm: NO_VM }, { token }), 'UNAUTHORIZED');
       }
       // A lower-case scheme or a token without the scheme is no token either.
-      await expectError(await send(client, key, { name: NO_VM, id: NO_MIGRATION }, { token: null, headers: { authorization: `bearer ${AGENT_TOKEN}` } }), 'UNAUTHORIZED');
-      await expectError(await send(client, key, { name: NO_VM, id: NO_MIGRATION }, { token: null, headers: { authorization: AGENT_TOKEN } }), 'UNAUTHORIZED');
+      await expectError(await send(client, key, { name: NO_VM, id: NO_MIGRATION, vm: NO_VM }, { token: null, headers: { authorization: `bearer ${AGENT_TOKEN}` } }), 'UNAUTHORIZED');
+      await expectError(await send(client, key, { name: NO_VM, id: NO_MIGRATION, vm: NO_VM }, { token: null, headers: { authorization: AGENT_TOKEN } }), 'UNAUTHORIZED');
     }
     // The token is checked first: an oversized body without it is a 401, not a 413.
     await expectError(await client.raw('POST', routes.createTicket.path, { token: null, body: 'x'.repeat(4 * MAX_SMALL_BODY_BYTES) }), 'UNAUTHORIZED');
@@ -154,13 +155,13 @@ describe('host API v1 on a real socket', () => {
 
   it('every route with a path parameter answers 400 BAD_REQUEST for a malformed one, naming the field', async () => {
     const { client } = A();
-    const bad = { name: ['a b', 'x'.repeat(65), 'a/b', 'é'], id: ['xyz', 'F'.repeat(32), 'f'.repeat(31), `${'f'.repeat(32)}0`] };
+    const bad = { name: ['a b', 'x'.repeat(65), 'a/b', 'é'], vm: ['a b', 'x'.repeat(65), 'a/b', 'é'], id: ['xyz', 'F'.repeat(32), 'f'.repeat(31), `${'f'.repeat(32)}0`] };
     let checked = 0;
     for (const key of ROUTE_KEYS) {
       for (const param of pathParams(routes[key])) {
-        assert.ok(param === 'name' || param === 'id', `${key}: a parameter this test knows (${param})`);
+        assert.ok(param === 'name' || param === 'id' || param === 'vm', `${key}: a parameter this test knows (${param})`);
         for (const value of bad[param]) {
-          const params = { name: NO_VM, id: NO_MIGRATION, [param]: value };
+          const params = { name: NO_VM, id: NO_MIGRATION, vm: NO_VM, [param]: value };
           const err = await expectError(await send(client, key, params), 'BAD_REQUEST');
           const issues = err.details?.issues as { path: string }[] | undefined;
           assert.ok(issues?.some((i) => i.path === param), `${key} ${param}=${value}: the issue names ${param}`);
@@ -195,7 +196,7 @@ describe('host API v1 on a real socket', () => {
     const { client } = A();
     for (const key of ROUTE_KEYS) {
       if (pathParams(routes[key]).length === 0) continue;
-      const res = await send(client, key, { name: NO_VM, id: NO_MIGRATION });
+      const res = await send(client, key, { name: NO_VM, id: NO_MIGRATION, vm: NO_VM });
       if (key === 'getIncoming') {
         assert.deepEqual(await expectOk(res, key), { migrationId: NO_MIGRATION, outcome: { state: 'unknown' } });
         continue;
@@ -605,7 +606,7 @@ describe('OpenAPI document: every route the app answers is documented, every doc
       paths: agent.paths,
       incomingOutcome: () => Promise.reject(new FerryError('INTERNAL', 'not called')),
       metrics: new HostMetrics(() => []),
-      copies: agent.copies, incomingCopies: agent.incomingCopies,
+      copies: agent.copies, incomingCopies: agent.incomingCopies, seeds: agent.seeds,
     });
     const answered = [...new Set(app.routes
       .filter((r) => r.method !== 'ALL')

@@ -171,6 +171,34 @@ export async function createDeltaOver(ds: Datastore, parentPath: string, namedAf
   }
 }
 
+/**
+ * Creates a new, empty delta at exactly `path` (O_EXCL: never over an existing file) over the chain
+ * whose top is `parentPath` (read-only: its CID does not change), its parent hint relative to `path`.
+ * The delta is then opened again from its file like any chain (for writing: its lease is taken), so
+ * the parent's CID is checked against the one the delta recorded — the check every later open makes.
+ * Nothing is left behind if it fails.
+ */
+export async function createDeltaAt(ds: Datastore, parentPath: string, path: string): Promise<VmdkDisk> {
+  const parent = await openDatastoreChain(ds, parentPath, { readOnly: true });
+  let file: DatastoreFile;
+  try {
+    file = await ds.open(path, { create: true });
+  } catch (err) {
+    await parent.close().catch(() => undefined);
+    throw err;
+  }
+  try {
+    const delta = await VmdkDisk.createDelta(parent, file, hintFor(path, parentPath));
+    await delta.close();
+    return await openDatastoreChain(ds, path);
+  } catch (err) {
+    await parent.close().catch(() => undefined);
+    await file.close().catch(() => undefined);
+    await ds.remove(path).catch(() => undefined);
+    throw err;
+  }
+}
+
 /** Removes a file; one that is already gone is fine (a crash may have removed it before). */
 export async function removeIfPresent(ds: Datastore, path: string): Promise<void> {
   try {

@@ -5,11 +5,11 @@
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { LocalDatastore } from '../../../src/storage/local-datastore.js';
 import { VmdkDisk } from '../../../src/storage/vmdk/disk.js';
-import { chainPaths, createDeltaOver, deltaStem, describeChain, openDatastoreChain } from '../../../src/storage/vmdk/chain-ops.js';
+import { chainPaths, createDeltaAt, createDeltaOver, deltaStem, describeChain, openDatastoreChain } from '../../../src/storage/vmdk/chain-ops.js';
 import { qemuImgOk, withTempDir } from '../../helpers/vmdk.js';
 
 const MiB = 1024 * 1024;
@@ -72,6 +72,22 @@ describe('VMDK chain operations on a datastore', () => {
     assert.ok(buf.every((b) => b === 3), 'reads come from the base');
     await reopened.close();
     await qemuImgOk('check', join(root, d.path));
+  }));
+
+  it('creates a delta at exactly a given path over a base elsewhere (a migration over a seed): never over a file, nothing left on failure', () => withTempDir(async (root) => {
+    const ds = await mount(root);
+    const baseCid = await createBase(ds, 'bases/seed.vmdk');
+    const delta = await createDeltaAt(ds, 'bases/seed.vmdk', 'vm/kv-000004.vmdk');
+    assert.equal(delta.parentCid, baseCid);
+    assert.equal(delta.info().parentFileNameHint, '../bases/seed.vmdk', 'the hint is relative to the delta');
+    await delta.write(4096, new Uint8Array(512).fill(8));
+    await delta.close();
+    const again = await openDatastoreChain(ds, 'vm/kv-000004.vmdk', { readOnly: true });
+    assert.deepEqual(chainPaths(again, 'vm/kv-000004.vmdk'), ['vm/kv-000004.vmdk', 'bases/seed.vmdk']);
+    await again.close();
+    await assert.rejects(createDeltaAt(ds, 'bases/seed.vmdk', 'vm/kv-000004.vmdk'), { code: 'ALREADY_EXISTS' });
+    await assert.rejects(createDeltaAt(ds, 'bases/none.vmdk', 'vm/other.vmdk'), { code: 'NOT_FOUND' });
+    assert.deepEqual((await readdir(join(root, 'vm'))).filter((f) => !f.endsWith('.lck')), ['kv-000004.vmdk'], 'nothing left by the failures');
   }));
 
   it('derives the stem of a disk name', () => {
