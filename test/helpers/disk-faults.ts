@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import type { TestContext } from 'node:test';
-import { mkdtemp, readdir } from 'node:fs/promises';
+import { copyFile, mkdtemp, readdir, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { dropHosts, startHost, stopHost, until, waitPhase, type TestHost } from './hosts.js';
@@ -15,11 +15,14 @@ import { qemuImgOk } from './vmdk.js';
 import { failpointHitLine } from '../../src/lib/failpoints.js';
 import { isFerryError } from '../../src/lib/errors.js';
 import { MiB } from '../../src/lib/units.js';
+import { fileDigest } from '../../src/nfc/file-digest.js';
+import { LocalFile } from '../../src/storage/local-file.js';
 import { readLease, type LeaseRecord, type LeaseTiming } from '../../src/storage/lease.js';
 import type { MigrationPhase, MigrationRecord } from '../../src/migration/record.js';
 import type { MigrationOptions } from '../../src/migration/options.js';
 
-export type Mode = 'shared' | 'copy';
+/** shared: one datastore both mount; copy: the disk is copied live; seeded: copied live over a seed of its base (docs/design/cross-site.md). */
+export type Mode = 'shared' | 'copy' | 'seeded';
 export const MODES: readonly Mode[] = ['shared', 'copy'];
 
 /**
@@ -43,7 +46,8 @@ export const WAIT_MS = 30_000;
 /**
  * One test's world: a source A and a target B, each a real `ferry host` process. Shared mode: both
  * mount one directory (B under another name: the datastore's id makes it shared). Copy mode: each
- * has its own directory named ds1, and the disk is copied to B's.
+ * has its own directory named ds1, and the disk is copied to B's. Seeded mode: as copy, after a
+ * snapshot on A whose base was copied to B's datastore and recorded there as the VM's seed.
  */
 export interface Rig {
   readonly mode: Mode;
@@ -55,6 +59,8 @@ export interface Rig {
   readonly hosts: TestHost[];
   a: TestHost;
   b: TestHost;
+  /** The path of the VM's top disk when it migrates (seeded: the snapshot's new delta). */
+  disk: string;
 }
 
 const rigs = new Map<string, Rig>();
@@ -76,7 +82,7 @@ export async function rig(t: TestContext, mode: Mode, failpoints: { a?: string; 
   const dsA = await mkdtemp(join(base, 'dsA-'));
   const dsB = mode === 'shared' ? dsA : await mkdtemp(join(base, 'dsB-'));
   const hosts: TestHost[] = [];
-  const partial = { mode, base, dsA, dsB, hosts };
+  const partial = { mode, base, dsA, dsB, hosts, disk: DISK };
   // Registered before any host starts: afterEach cleans up whatever got started.
   rigs.set(t.name, partial as Rig);
   const start = async (name: 'a' | 'b'): Promise<TestHost> => {
@@ -90,7 +96,42 @@ export async function rig(t: TestContext, mode: Mode, failpoints: { a?: string; 
   rigs.set(t.name, r);
   await a.client.createVm(await vmRequest('v', 'kvlog', { ...KV, disk: { datastore: 'ds1', path: DISK, sizeBytes: DISK_BYTES }, start: true }));
   await until(async () => await flushed(a) >= FLUSHED_BEFORE_MIGRATING, `${FLUSHED_BEFORE_MIGRATING} records flushed on a`, WAIT_MS);
+  if (mode === 'seeded') await seed(r);
   return r;
+}
+
+/**
+ * Seeded mode: the VM's disk is snapshotted on A (its writes go to a new delta), the base is copied to
+ * B's datastore and recorded there as v's seed with the source file's digest — what a prepare-migration
+ * leaves (tested through the center in test/e2e/cross-site.test.ts).
+ */
+async function seed(r: Rig): Promise<void> {
+  const snap = await r.a.client.snapshotVm('v');
+  assert.equal(snap.snapshot.path, DISK, 'the snapshot made the disk a read-only base');
+  r.disk = snap.top.path;
+  await copyFile(join(r.dsA, DISK), join(r.dsB, DISK));
+  const fileBytes = (await stat(join(r.dsA, DISK))).size;
+  const file = await LocalFile.open(join(r.dsA, DISK), { readOnly: true }, DISK);
+  let digest: string;
+  try { digest = await fileDigest(file, fileBytes); } finally { await file.close(); }
+  const datastoreId = (await r.a.client.listDatastores()).find((d) => d.name === 'ds1')?.id ?? '';
+  await r.b.client.putSeeds('ds1', 'v', {
+    levels: [{ path: DISK, cid: snap.snapshot.cid, parentCid: 'ffffffff', capacityBytes: DISK_BYTES, fileBytes, digest, source: { datastoreId, path: DISK } }],
+    taskId: null,
+  });
+}
+
+/** Seeded mode: the seed is still on B, whole, and still recorded as v's (a failed migration never harms it). */
+export async function assertSeedKept(r: Rig): Promise<void> {
+  if (r.mode !== 'seeded') return;
+  const seeds = await r.b.client.seeds('ds1', 'v');
+  assert.deepEqual(seeds.manifest.levels.map((l) => l.path), [DISK], 'v\'s seed is still recorded on b');
+  const file = await LocalFile.open(join(r.dsB, DISK), { readOnly: true }, DISK);
+  try {
+    assert.equal(await fileDigest(file, (await stat(join(r.dsB, DISK))).size), seeds.manifest.levels[0]?.digest, 'the seed file is whole');
+  } finally {
+    await file.close();
+  }
 }
 
 /** Restarts a killed host on its data directory and port (the source's in-doubt poll finds it there). */
@@ -126,7 +167,7 @@ export async function hit(r: Rig, id: string, h: TestHost, name: string, kind: s
 }
 
 export async function migrate(r: Rig, options: MigrationOptions = {}): Promise<string> {
-  const req = { to: r.b.url, options: { ...FAULT_OPTS, ...options }, ...(r.mode === 'copy' ? { disk: { datastore: 'ds1' } } : {}) };
+  const req = { to: r.b.url, options: { ...FAULT_OPTS, ...options }, ...(r.mode !== 'shared' ? { disk: { datastore: 'ds1' } } : {}) };
   return (await r.a.client.migrate('v', req)).migrationId;
 }
 
@@ -185,7 +226,7 @@ export async function assertWriter(r: Rig, file: string, owner: TestHost | null)
   const mounting = r.mode === 'shared' ? [r.a, r.b] : file.startsWith(r.dsA) ? [r.a] : [r.b];
   for (const h of mounting) {
     if (isDead(h)) continue;
-    const attached = (await h.client.listVms()).filter((v) => v.disk?.attached === true && v.disk.path === DISK);
+    const attached = (await h.client.listVms()).filter((v) => v.disk?.attached === true && v.disk.path === r.disk);
     assert.equal(attached.length, h === owner ? 1 : 0, `${h.name} has the disk attached ${h === owner ? 'once' : 'nowhere'}`);
   }
 }
@@ -214,20 +255,20 @@ export function assertNotOn(h: TestHost, vms: string[]): void {
  * `<disk>.lck.<lease>.<generation>.tmp`: litter of any kill -9 mid-heartbeat, no lock, no disk.)
  */
 export async function copyLeft(r: Rig): Promise<string[]> {
-  return (await readdir(r.dsB)).filter((f) => f === DISK || f === `${DISK}.lck`);
+  return (await readdir(r.dsB)).filter((f) => f === r.disk || f === `${r.disk}.lck`);
 }
 
 /** Copy mode: nothing of an uncommitted copy is left on B's datastore. */
 export async function assertNoCopy(r: Rig): Promise<void> {
-  if (r.mode !== 'copy') return;
+  if (r.mode === 'shared') return;
   assert.deepEqual(await copyLeft(r), [], `the uncommitted copy was removed from ${r.b.name}'s datastore`);
 }
 
 /** Copy mode, target killed: the restarted target removes the copy it never committed (its lease, from the dead run, first has to expire). */
 export async function assertCopyRemovedAfterRestart(r: Rig, existed: boolean): Promise<void> {
-  if (r.mode !== 'copy') return;
+  if (r.mode === 'shared') return;
   // Its log line comes once the copy and its note are gone.
-  if (existed) await r.b.waitForLog('disk copy ds1:v.vmdk: removed (the migration never committed)', WAIT_MS);
+  if (existed) await r.b.waitForLog(`disk copy ds1:${r.disk}: removed (the migration never committed)`, WAIT_MS);
   await assertNoCopy(r);
 }
 
@@ -273,12 +314,12 @@ export async function assertStaysOnSource(r: Rig): Promise<void> {
   await assertDiskIntact(r.a, sourceFile(r), await flushed(r.a));
 }
 
-export function sourceFile(r: Rig): string { return join(r.dsA, DISK); }
+export function sourceFile(r: Rig): string { return join(r.dsA, r.disk); }
 
 /** Failpoints on the target that hold it in each phase before any commit step; copy mode holds pre-copy in the middle of the disk blocks. */
 export function holdIn(mode: Mode, phase: 'prepare' | 'precopy' | 'switchover'): string {
   if (phase === 'prepare') return 'target.prepare';
-  if (phase === 'precopy') return mode === 'copy' ? 'target.disk' : 'target.round';
+  if (phase === 'precopy') return mode !== 'shared' ? 'target.disk' : 'target.round';
   return 'target.state';
 }
 
@@ -293,14 +334,14 @@ export async function sourceComesBack(r: Rig, flushedBefore: number): Promise<vo
 }
 
 /** Defines VM w on the committed disk on `h` once the dead run's lease on it has expired. */
-export async function defineOnDisk(h: TestHost, datastore: string): Promise<void> {
+export async function defineOnDisk(h: TestHost, datastore: string, path = DISK): Promise<void> {
   await until(async () => {
     try {
-      await h.client.createVm(await vmRequest('w', 'kvlog', { ...KV, disk: { datastore, path: DISK } }));
+      await h.client.createVm(await vmRequest('w', 'kvlog', { ...KV, disk: { datastore, path } }));
       return true;
     } catch (err) {
       if (isFerryError(err, 'DISK_LOCKED')) return false;
       throw err;
     }
-  }, `a VM on ${datastore}:${DISK} on ${h.name} once the lease is free`, WAIT_MS);
+  }, `a VM on ${datastore}:${path} on ${h.name} once the lease is free`, WAIT_MS);
 }
