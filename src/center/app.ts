@@ -22,12 +22,13 @@ import {
 } from '../api/center-v1.js';
 import { limitBody, onAppError, sendError, validationHook } from '../api/http-errors.js';
 import { encodeSseWithId } from '../api/sse.js';
-import { MAX_EVENTS_PAGE, type Host, type JsonValue, type Site, type StoredEvent, type Task, type Vm } from './store/model.js';
+import { MAX_EVENTS_PAGE, type Host, type JsonValue, type StoredEvent, type Task, type Vm } from './store/model.js';
 import type { CenterStore } from './store/store.js';
 import type { CenterAuth, PeerCertificate } from './auth.js';
 import type { CenterCa } from './ca.js';
 import type { EventWakeups } from './events.js';
 import type { Inventory } from './inventory.js';
+import { siteViews } from './sites.js';
 import type { HostControl } from './host-control.js';
 import { TASK_KINDS, copySubject, hostSubject, vmSubject } from './tasks/kinds.js';
 import { chooseCopier, copierCandidates, copyJournalSchema, resolveCopyDatastores } from './tasks/copy-plan.js';
@@ -64,7 +65,6 @@ const COPY_ID_BYTES = 16;
 export const BROKER_TIMEOUT_MS = 5_000;
 
 const P = `/api/${CENTER_API_VERSION}`;
-const siteView = (s: Site): { name: string; description: string; virtualSubnet: string | null } => ({ name: s.name, description: s.description, virtualSubnet: s.virtualSubnet });
 const OPEN_PATHS: ReadonlySet<string> = new Set([centerRoutes.health.path, centerRoutes.ca.path, CENTER_OPENAPI_PATH, centerRoutes.joinHost.path]);
 const NO_PEER: PeerCertificate = { presented: false, authorized: false, authorizationError: null, subject: '', fingerprint: '' };
 
@@ -152,12 +152,19 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
     const q = c.req.valid('query');
     const limit = q.limit ?? MAX_PAGE_LIMIT;
     const page = await d.store.listSites({ limit, ...(q.after !== undefined ? { after: q.after } : {}) });
-    return c.json({ sites: page.map(siteView), next: nextKey(page, limit, (s) => s.name) }, 200);
+    return c.json({ sites: await siteViews(d.store, page), next: nextKey(page, limit, (s) => s.name) }, 200);
+  });
+  app.openapi(centerRoutes.getSite, async (c) => {
+    const [view] = await siteViews(d.store, [await d.store.getSite(c.req.valid('param').name)]);
+    if (view === undefined) throw new FerryError('INTERNAL', 'a site has no view');
+    return c.json(view, 200);
   });
   app.openapi(centerRoutes.setSiteSubnet, async (c) => {
     const name = c.req.valid('param').name;
     await d.store.getSite(name);
-    return c.json(siteView(await d.store.setSiteSubnet(name, c.req.valid('json').virtualSubnet)), 200);
+    const [view] = await siteViews(d.store, [await d.store.setSiteSubnet(name, c.req.valid('json').virtualSubnet)]);
+    if (view === undefined) throw new FerryError('INTERNAL', 'a site has no view');
+    return c.json(view, 200);
   });
   app.openapi(centerRoutes.listHosts, async (c) => {
     const q = c.req.valid('query');
@@ -263,7 +270,8 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
   });
   app.openapi(centerRoutes.joinHost, async (c) => {
     const req = c.req.valid('json');
-    const { credential, certificate } = await d.auth.join(req.joinToken, req.name, req.csr, req.url);
+    // Before the token is spent (a spend revokes the host's credential): a refused re-join leaves the host as it was and the token usable.
+    const { credential, certificate } = await d.auth.join(req.joinToken, req.name, req.csr, req.url, () => d.inventory.checkJoinSite(req.name, req.site));
     await d.inventory.recordJoin(req.name, req.url, req.site);
     return c.json({ name: req.name, credential, certificate, caCertificate: d.ca.certPem, heartbeatIntervalMs: d.heartbeatIntervalMs }, 201);
   });

@@ -16,7 +16,8 @@ import { PATH_DRIVER_KINDS, type PathDriverKind } from '../dataplane/path/spec.j
 import { DEFAULT_LEASE_TIMING, checkLeaseTiming } from '../storage/lease.js';
 import { loadToken } from '../host/auth.js';
 import { DEFAULT_GRANULARITY_BYTES } from '../vmm/layout.js';
-import { MAX_DATA_CHANNELS, MAX_VCPUS, MIN_DATA_CHANNELS, MIN_VCPUS } from '../lib/limits.js';
+import { MAX_DATA_CHANNELS, MAX_VCPUS, MIN_DATA_CHANNELS, MIN_VCPUS, VM_NAME_PATTERN, VM_NAME_RULE } from '../lib/limits.js';
+import { DEFAULT_SITE } from '../center/inventory.js';
 import { CONSOLE_LOG_BYTES } from '../host/console-log.js';
 import type { MigrationProgress, MigrationRecord } from '../migration/record.js';
 import type { MigrationOptions } from '../migration/options.js';
@@ -125,18 +126,25 @@ function parseDatastoreFlag(text: string): DatastoreMount {
 /** The environment variable a join token may come in (a command line shows in `ps`). */
 export const JOIN_TOKEN_ENV = 'FERRY_JOIN_TOKEN';
 
-function centerLinkOptions(o: { center?: string; joinToken?: string; centerCredentialFile?: string; centerCaFingerprint?: string }): HostOptions['center'] {
+function centerLinkOptions(o: { center?: string; joinToken?: string; centerCredentialFile?: string; centerCaFingerprint?: string; site?: string }): HostOptions['center'] {
   const joinToken = o.joinToken ?? (process.env[JOIN_TOKEN_ENV] !== '' ? process.env[JOIN_TOKEN_ENV] : undefined);
   if (o.center === undefined) {
-    if (o.joinToken !== undefined || o.centerCredentialFile !== undefined || o.centerCaFingerprint !== undefined) {
-      throw new FerryError('INVALID_ARGUMENT', '--join-token, --center-ca-fingerprint and --center-credential-file need --center <url>');
+    if (o.joinToken !== undefined || o.centerCredentialFile !== undefined || o.centerCaFingerprint !== undefined || o.site !== undefined) {
+      throw new FerryError('INVALID_ARGUMENT', '--join-token, --center-ca-fingerprint, --center-credential-file and --site need --center <url>');
     }
     return undefined;
   }
   return {
     centerUrl: o.center, ...(joinToken !== undefined ? { joinToken } : {}), ...(o.centerCredentialFile !== undefined ? { credentialFile: o.centerCredentialFile } : {}),
     ...(o.centerCaFingerprint !== undefined ? { caFingerprint: normalizeFingerprint(o.centerCaFingerprint) } : {}),
+    ...(o.site !== undefined ? { site: siteName(o.site) } : {}),
   };
+}
+
+/** --site: a name as the center's API takes it (checked here, so a typo is the operator's error at start, not a join refused later). */
+function siteName(text: string): string {
+  if (!VM_NAME_PATTERN.test(text)) throw new FerryError('INVALID_ARGUMENT', `--site: "${text}" is not a site name (${VM_NAME_RULE})`);
+  return text;
 }
 
 export function addHostCommands(program: Command, vm: Command): Command {
@@ -158,6 +166,7 @@ export function addHostCommands(program: Command, vm: Command): Command {
     .option('--join-token <token>', `with --center: the one-time join token for the first start (default: $${JOIN_TOKEN_ENV}); later starts use the stored credential`)
     .option('--center-ca-fingerprint <sha256>', 'with --center: the SHA-256 fingerprint of the center\'s CA, to trust it at the first join (printed by ferry center and ferry center join-token)')
     .option('--tls', 'with --center: serve the control API over HTTPS with the certificate the center signed (clients trust the center\'s CA)', false)
+    .option('--site <name>', `with --center: the site this host joins (sent at its first join; fixed from then on: the center refuses a re-join into another site) (default: the center's "${DEFAULT_SITE}" site)`)
     .option('--center-credential-file <file>', 'with --center: where the host\'s center credential is kept (default: <data-dir>/center-credential; its key, certificate and the CA beside it)')
     .addOption(new Option('--path-drivers <list>', 'virtual-path drivers this host offers for mobility operations, in order of preference: portable (no privileges), kernel (per-operation VXLAN interfaces; needs CAP_NET_ADMIN); "none" for no isolated operations').argParser(parsePathDrivers).default(DEFAULT_PATH_DRIVERS, DEFAULT_PATH_DRIVERS.join(',')))
     .option('--tunnel-listen <host:port>', 'where the path drivers\' tunnel endpoint is (the host\'s underlay address; port 0: any free one; default: the --listen address, any port)')
@@ -165,7 +174,7 @@ export function addHostCommands(program: Command, vm: Command): Command {
     .addOption(new Option('--lease-duration <duration>', 'how long a disk lease lasts without renewal').argParser(durationOption('--lease-duration')).default(DEFAULT_LEASE_TIMING.durationMs, `${DEFAULT_LEASE_TIMING.durationMs}ms`))
     .addOption(new Option('--lease-renew <duration>', 'disk lease heartbeat period (at most half the duration)').argParser(durationOption('--lease-renew')).default(DEFAULT_LEASE_TIMING.renewIntervalMs, `${DEFAULT_LEASE_TIMING.renewIntervalMs}ms`))
     .addOption(new Option('--lease-clock-skew <duration>', 'how far the hosts\' clocks may disagree; a stale lease is broken this long after its expiry').argParser(durationOption('--lease-clock-skew')).default(DEFAULT_LEASE_TIMING.clockSkewMs, `${DEFAULT_LEASE_TIMING.clockSkewMs}ms`))
-    .action(async (given: { name?: string; dataDir?: string; listen: string; migrationPort?: string; copyPort?: string; tokenFile?: string; memoryLimit?: number; datastore: string[]; center?: string; joinToken?: string; centerCredentialFile?: string; centerCaFingerprint?: string; tls: boolean; leaseDuration: number; leaseRenew: number; leaseClockSkew: number; pathDrivers: readonly PathDriverKind[]; tunnelListen?: string } & LogOptions) => {
+    .action(async (given: { name?: string; dataDir?: string; listen: string; migrationPort?: string; copyPort?: string; tokenFile?: string; memoryLimit?: number; datastore: string[]; center?: string; joinToken?: string; centerCredentialFile?: string; centerCaFingerprint?: string; site?: string; tls: boolean; leaseDuration: number; leaseRenew: number; leaseClockSkew: number; pathDrivers: readonly PathDriverKind[]; tunnelListen?: string } & LogOptions) => {
       const { name, dataDir } = given;
       if (name === undefined || dataDir === undefined) throw new FerryError('INVALID_ARGUMENT', 'ferry host needs --name <name> and --data-dir <dir>');
       const o = { ...given, name, dataDir };
