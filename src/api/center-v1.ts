@@ -344,8 +344,8 @@ export const prepareMigrationResultSchema = z.object({
   snapshot: z.object({ top: z.string(), bases: z.array(z.string()) }).strict(),
   /** The seeds, base first: path on the seeds' datastore, CID, the digest both files had, size. */
   seeds: z.array(z.object({ path: z.string(), cid: z.string(), digest: z.string(), fileBytes: z.number() }).strict()),
-  /** The copy task that moved them (its hand-offs and segments are there). */
-  copyTaskId: z.number().int(),
+  /** The copy task that moved them (its hand-offs and segments are there); null when every base was seeded already (nothing copied). */
+  copyTaskId: z.number().int().nullable(),
   copiedBytes: z.number(),
 }).strict().openapi('PrepareMigrationResult');
 export type PrepareMigrationResult = z.infer<typeof prepareMigrationResultSchema>;

@@ -12,7 +12,6 @@ import { OpenAPIHono } from '@hono/zod-openapi';
 import { except } from 'hono/combine';
 import { stream } from 'hono/streaming';
 import type { Context } from 'hono';
-import { randomBytes } from 'node:crypto';
 import { IncomingMessage } from 'node:http';
 import { TLSSocket } from 'node:tls';
 import { FerryError } from '../lib/errors.js';
@@ -29,9 +28,10 @@ import type { CenterCa } from './ca.js';
 import type { EventWakeups } from './events.js';
 import type { Inventory } from './inventory.js';
 import { siteViews } from './sites.js';
+import { checkPrepareRequest } from './tasks/prepare-plan.js';
 import type { HostControl } from './host-control.js';
-import { TASK_KINDS, copySubject, hostSubject, vmSubject } from './tasks/kinds.js';
-import { chooseCopier, copierCandidates, copyJournalSchema, resolveCopyDatastores } from './tasks/copy-plan.js';
+import { TASK_KINDS, hostSubject, vmSubject } from './tasks/kinds.js';
+import { chooseCopier, copierCandidates, copyJournalSchema, enqueueCopy } from './tasks/copy-plan.js';
 import type { CenterMetrics } from './metrics.js';
 import { countRequests } from '../api/http-metrics.js';
 
@@ -57,9 +57,6 @@ export interface CenterAppDeps {
   /** Which hosts a mobility operation's path joins (the broker answers only the path's source host). */
   readonly pathHosts: (pathId: string) => Promise<{ readonly source: string; readonly target: string } | null>;
 }
-
-/** A copy id's random bytes: 16, shown as the 32 hex digits COPY_ID_PATTERN asks for (it names the target's journal). */
-const COPY_ID_BYTES = 16;
 
 /** How long the broker waits for a target's answer about an incoming migration (the source asks again). */
 export const BROKER_TIMEOUT_MS = 5_000;
@@ -238,13 +235,17 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
       params: asJson({ vm: vm.name, request }), waitingReason: 'waiting for the scheduler',
     }), 202);
   });
-  app.openapi(centerRoutes.createCopy, async (c) => {
+  app.openapi(centerRoutes.prepareMigration, async (c) => {
+    const vm = c.req.valid('param').name;
     const request = c.req.valid('json');
-    // Refused here, not in a task: unknown or ambiguous datastores, a copy onto itself, an unknown host.
-    await resolveCopyDatastores(d.store, request.from, request.to);
-    if (request.via !== undefined) await d.store.getHost(request.via);
-    const copyId = randomBytes(COPY_ID_BYTES).toString('hex');
-    return c.json(await enqueue({ kind: TASK_KINDS.copy, target: copySubject(copyId), requestedBy: actor(c), params: asJson({ copyId, request }) }), 202);
+    // Refused here, not in a task: an unknown VM or site, a VM without a disk or not running, its own site, a datastore not in the site.
+    await checkPrepareRequest(d.store, vm, request);
+    return c.json(await enqueue({ kind: TASK_KINDS.prepareMigration, target: vmSubject(vm), requestedBy: actor(c), params: asJson({ vm, request }) }), 202);
+  });
+  app.openapi(centerRoutes.createCopy, async (c) => {
+    const task = await enqueueCopy(d.store, c.req.valid('json'), actor(c));
+    d.wakeups.poke();
+    return c.json(taskView(task), 202);
   });
   app.openapi(centerRoutes.moveTask, async (c) => {
     const task = await d.store.getTask(c.req.valid('param').id);

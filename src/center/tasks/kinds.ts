@@ -5,7 +5,7 @@
  */
 import { z } from 'zod';
 import { FerryError } from '../../lib/errors.js';
-import { centerCopyRequestSchema, centerCreateVmRequestSchema, centerMigrateRequestSchema } from '../../api/center-v1.js';
+import { centerCopyRequestSchema, centerCreateVmRequestSchema, centerMigrateRequestSchema, centerPrepareMigrationRequestSchema } from '../../api/center-v1.js';
 import { copyIdSchema } from '../../nfc/plan.js';
 import type { JsonValue } from '../store/model.js';
 
@@ -17,6 +17,8 @@ export const TASK_KINDS = {
   migrateVm: 'vm.migrate',
   enterMaintenance: 'host.evacuate',
   exitMaintenance: 'host.exit-maintenance',
+  /** Snapshot a VM's disk and seed its bases on a datastore of another site (./prepare-migration-task.ts). */
+  prepareMigration: 'vm.prepare-migration',
   /** A network file copy (./copy-task.ts): its subject is `copy:<copy id>`. */
   copy: 'copy',
 } as const;
@@ -35,6 +37,8 @@ export const migrateParamsSchema = z.object({
   evacuating: z.string().optional(),
 }).strict();
 export type MigrateParams = z.infer<typeof migrateParamsSchema>;
+export const prepareMigrationParamsSchema = z.object({ vm: z.string().min(1), request: centerPrepareMigrationRequestSchema }).strict();
+export type PrepareMigrationParams = z.infer<typeof prepareMigrationParamsSchema>;
 export const hostParamsSchema = z.object({ host: z.string().min(1) }).strict();
 /** A copy task's parameters: the request as the API took it, and the copy id the API made for it. */
 export const copyParamsSchema = z.object({ copyId: copyIdSchema, request: centerCopyRequestSchema }).strict();
