@@ -321,8 +321,6 @@ export const centerMigrateRequestSchema = z.object({
    * target's roomiest), its seeded bases skipped.
    */
   toSite: nameSchema.optional(),
-  /** After a successful move to another datastore: remove the VM's old chain files from the source datastore (default: kept, released). */
-  removeSourceDisk: z.boolean().optional(),
 }).strict().openapi('CenterMigrate');
 
 /** `ferry vm prepare-migration <vm> --to-site <site> [--datastore <ds>]` (docs/design/cross-site.md). */

@@ -28,6 +28,7 @@ import type { CenterCa } from './ca.js';
 import type { EventWakeups } from './events.js';
 import type { Inventory } from './inventory.js';
 import { siteViews } from './sites.js';
+import { checkSite } from './site-placement.js';
 import { checkPrepareRequest } from './tasks/prepare-plan.js';
 import type { HostControl } from './host-control.js';
 import { TASK_KINDS, hostSubject, vmSubject } from './tasks/kinds.js';
@@ -230,6 +231,7 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
     const vm = await d.store.getVm(c.req.valid('param').name);
     const request = c.req.valid('json');
     if (request.to !== undefined) await d.store.getHost(request.to);
+    if (request.toSite !== undefined) await checkSite(d.store, request.toSite, request.to);
     return c.json(await enqueue({
       kind: TASK_KINDS.migrateVm, target: vmSubject(vm.name), requestedBy: actor(c), admitted: false,
       params: asJson({ vm: vm.name, request }), waitingReason: 'waiting for the scheduler',

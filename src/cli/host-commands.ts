@@ -24,11 +24,11 @@ import type { MigrationOptions } from '../migration/options.js';
 import { HostClient } from '../api/host-client.js';
 import type { CreateVmRequest } from '../api/host-v1.js';
 import type { CenterClient } from '../api/center-client.js';
-import { BUILTIN_IMAGE_PATTERN, type CenterTaskView } from '../api/center-v1.js';
+import { BUILTIN_IMAGE_PATTERN, prepareMigrationResultSchema, type CenterTaskView } from '../api/center-v1.js';
 import { durationOption, parseIntegerOption, sizeOption } from './args.js';
-import { CENTER_TOKEN_ENV, CLI_PAGE, allPages, centerClient } from './center-access.js';
+import { CENTER_TOKEN_ENV, CLI_PAGE, allPages, centerClient, withCenterOptions, type CenterClientOpts } from './center-access.js';
 import { readClientConfig } from './client-config.js';
-import { describeTask, followTask } from './center-tasks.js';
+import { describeTask, followTask, taskExitCode } from './center-tasks.js';
 import { compact } from './status.js';
 import { loggerFor, withLogOptions, type LogOptions } from './log-options.js';
 
@@ -80,6 +80,15 @@ async function runTask(start: Promise<CenterTaskView>, c: CenterClient, json: bo
   if (json) print(done);
   else process.stderr.write(`${describeTask(done)}\n`);
   if (done.state === 'failed' || done.state === 'cancelled') process.exitCode = 1;
+}
+
+/** What a succeeded prepare-migration says to a person: where the seeds lie, with their CIDs. */
+function preparedLines(result: unknown): string {
+  const r = prepareMigrationResultSchema.safeParse(result);
+  if (!r.success) return '';
+  const x = r.data;
+  const seeds = x.seeds.map((s) => `  ${s.path}\tCID ${s.cid}\t${formatBytes(s.fileBytes)}\n`).join('');
+  return `${x.vm} runs on ${x.snapshot.top}; seeds on ${x.toSite}:${x.datastore} (${x.datastoreId}), ${formatBytes(x.copiedBytes)} copied${x.copyTaskId !== null ? ` by copy task ${x.copyTaskId}` : ''}:\n${seeds}`;
 }
 
 export function print(obj: unknown): void {
@@ -324,8 +333,9 @@ export function addHostCommands(program: Command, vm: Command): Command {
     .option('--disk-datastore <name>', "copy the VM's disk live to this datastore of the target (needed when the target does not mount the disk's datastore)")
     .option('--disk-path <path>', 'path of the copied disk on that datastore (default: the same path as here)')
     .option('--no-isolation', 'through a center: connect the two hosts directly instead of over the migration\'s own virtual path (the task says so)')
+    .option('--to-site <site>', 'through a center: to a host of this site (with --to, it must be in it); the disk goes to the datastore ferry vm prepare-migration seeded there (else the target\'s roomiest), the seeded bases skipped')
     .option('--json', 'print the final record as JSON', false))
-    .action(async (name: string, o: ClientOpts & {
+    .action(async (name: string, o: ClientOpts & { toSite?: string;
       to?: string; cancel?: string; targetTokenFile?: string; downtime?: number; channels?: number; bandwidth?: number;
       compress: boolean; maxRounds?: number; onLimit?: 'force' | 'abort'; autoConverge: boolean; json: boolean;
       traceInstall?: 'single' | 'stop-all'; traceGranularity?: number; traceAdaptive: boolean; diskDatastore?: string; diskPath?: string; isolation: boolean;
@@ -348,9 +358,12 @@ export function addHostCommands(program: Command, vm: Command): Command {
       if (center !== null) {
         if (o.cancel !== undefined) throw new FerryError('INVALID_ARGUMENT', 'through a center, cancel the migration\'s task: ferry task cancel <id>');
         if (o.targetTokenFile !== undefined) throw new FerryError('INVALID_ARGUMENT', '--target-token-file is for host-to-host migrations; a center reaches every host itself');
-        await runTask(center.migrateVm(name, { options, ...(o.to !== undefined ? { to: o.to } : {}), ...(disk !== undefined ? { disk } : {}), ...(o.isolation ? {} : { isolation: false }) }), center, o.json);
+        await runTask(center.migrateVm(name, {
+          options, ...(o.to !== undefined ? { to: o.to } : {}), ...(o.toSite !== undefined ? { toSite: o.toSite } : {}), ...(disk !== undefined ? { disk } : {}), ...(o.isolation ? {} : { isolation: false }),
+        }), center, o.json);
         return;
       }
+      if (o.toSite !== undefined) throw new FerryError('INVALID_ARGUMENT', '--to-site is for migrations through a center (pass --center, or none with a client config)');
       if (!o.isolation) throw new FerryError('INVALID_ARGUMENT', '--no-isolation is for migrations through a center; host to host, a migration always connects directly');
       const c = await client(o);
       if (o.cancel !== undefined) { print(await c.cancelMigration(o.cancel)); return; }
@@ -361,6 +374,24 @@ export function addHostCommands(program: Command, vm: Command): Command {
       if (o.json) print(record);
       else process.stderr.write(`${summarize(record)}\n`);
       if (record.outcome !== 'succeeded') process.exitCode = record.outcome === 'in-doubt' ? 4 : 1;
+    });
+  withCenterOptions(vm.command('prepare-migration')
+    .description('ahead of a cross-site migration: snapshot the running VM\'s disk (its top becomes a read-only base, a new delta takes the writes) and copy the bases to a datastore of another site in the background, recorded there as seeds (a center task)')
+    .argument('<name>', 'VM name')
+    .requiredOption('--to-site <site>', 'the site the VM will migrate to (ferry site list)')
+    .option('--datastore <datastore>', 'a datastore of that site, by name or id (default: the one with the most space left)')
+    .option('--wait', 'follow the task to its end with a progress bar (Ctrl-C stops following; the task goes on)', false)
+    .option('--json', 'print the task as JSON', false))
+    .action(async (name: string, o: CenterClientOpts & { toSite: string; datastore?: string; wait: boolean; json: boolean }) => {
+      const center = await centerClient(o);
+      const started = await center.prepareMigration(name, { toSite: o.toSite, ...(o.datastore !== undefined ? { datastore: o.datastore } : {}) });
+      if (!o.wait) { if (o.json) print(started); else process.stdout.write(`${started.id}\n`); return; }
+      const done = await followTask(center, started, { quiet: o.json, detachOnSigint: true });
+      if (o.json) { print(done); } else {
+        process.stderr.write(`${describeTask(done)}\n`);
+        if (done.state === 'succeeded') process.stdout.write(preparedLines(done.result));
+      }
+      process.exitCode = taskExitCode(done);
     });
   withClientOptions(host.command('paths').description('a host\'s virtual-path drivers and the paths open on it now (no secrets, no peer underlay addresses)').option('--json', 'print as JSON', false))
     .action(async (o: ClientOpts & { json: boolean }) => {

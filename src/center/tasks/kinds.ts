@@ -44,11 +44,26 @@ export const hostParamsSchema = z.object({ host: z.string().min(1) }).strict();
 export const copyParamsSchema = z.object({ copyId: copyIdSchema, request: centerCopyRequestSchema }).strict();
 export type CopyParams = z.infer<typeof copyParamsSchema>;
 
+/**
+ * A migration `--to-site`'s disk destination the scheduler chose (../site-placement.ts): the target's
+ * datastore (its mount name and id) the seeds of a prepare-migration are on (`seeded`), or null for both
+ * when the task is to pick the target's roomiest.
+ */
+export const migrateDiskSchema = z.object({
+  datastore: z.string().nullable(),
+  datastoreId: z.string().nullable(),
+  seeded: z.boolean(),
+  prepareTaskId: z.number().int().nullable(),
+}).strict();
+export type MigrateDisk = z.infer<typeof migrateDiskSchema>;
+
 /** What the scheduler decided for a migration: run it between these hosts — or refuse it, with why. */
 export const migratePlanSchema = z.discriminatedUnion('decision', [
   z.object({
     decision: z.literal('run'),
     source: z.string(), target: z.string(), memoryBytes: z.number(), datastores: z.array(z.string()),
+    /** A --to-site migration whose disk moves without a destination in the request: where to. */
+    disk: migrateDiskSchema.optional(),
   }).strict(),
   z.object({ decision: z.literal('refuse'), code: z.string(), message: z.string() }).strict(),
 ]);
