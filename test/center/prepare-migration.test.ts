@@ -67,7 +67,7 @@ describe('prepare-migration: seeds of a running VM\'s bases on another site (rea
     await assert.rejects(tc.admin.prepareMigration('pm-nodisk', { toSite: 'site-b' }), (err: Error & { code?: string }) => err.code === 'INVALID_ARGUMENT' && /has no disk/.test(err.message));
   });
 
-  it('snapshots the running VM, copies its base to site-b with a child copy task, records the seeds there', async () => {
+  it('snapshots the running VM, copies its bases to site-b with a child copy task, records the seeds there', async () => {
     const [aId, bId] = [await idOf('site-a-ds'), await idOf('site-b-ds')];
     const task = await tc.admin.prepareMigration(VM, { toSite: 'site-b' });
     assert.deepEqual([task.kind, task.target], ['vm.prepare-migration', `vm:${VM}`]);
