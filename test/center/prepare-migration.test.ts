@@ -10,13 +10,14 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MiB } from '../../src/lib/units.js';
 import { DATASTORE_ID_FILE } from '../../src/storage/datastore.js';
 import { prepareMigrationResultSchema, type CenterTaskView, type PrepareMigrationResult } from '../../src/api/center-v1.js';
 import { removeHostData, stopHost, until, type TestHost } from '../helpers/hosts.js';
 import { startTestCenter, type TestCenter } from '../helpers/center.js';
+import { runFerry } from '../helpers/cli.js';
 import { COPY_TASK_TIMEOUT_MS, copyDirs, sha256File, startCopyHost, type CopyDirs } from '../helpers/copy-fleet.js';
 
 const VM = 'pm-kv';
@@ -69,8 +70,12 @@ describe('prepare-migration: seeds of a running VM\'s bases on another site (rea
 
   it('snapshots the running VM, copies its bases to site-b with a child copy task, records the seeds there', async () => {
     const [aId, bId] = [await idOf('site-a-ds'), await idOf('site-b-ds')];
-    const task = await tc.admin.prepareMigration(VM, { toSite: 'site-b' });
-    assert.deepEqual([task.kind, task.target], ['vm.prepare-migration', `vm:${VM}`]);
+    // Through the CLI, as a person would: --wait follows the task to its end, --json prints it.
+    const caFile = join(tc.dataDir, 'ca.pem');
+    await writeFile(caFile, tc.caPem);
+    const cli = await runFerry(['vm', 'prepare-migration', VM, '--to-site', 'site-b', '--wait', '--json', '--center', tc.url, '--token-file', tc.center.adminTokenFile, '--ca-file', caFile]);
+    const task = JSON.parse(cli.stdout) as CenterTaskView;
+    assert.deepEqual([task.kind, task.target, cli.code], ['vm.prepare-migration', `vm:${VM}`, task.state === 'succeeded' ? 0 : 1], cli.stderr);
     const t = await succeeded(task);
     prepareTaskId = t.id;
     const r = prepareMigrationResultSchema.parse(t.result);
