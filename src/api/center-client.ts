@@ -87,6 +87,7 @@ export class CenterClient {
   listSites(o: PageOptions<string> = {}): Promise<ResponseOf<typeof centerRoutes.listSites, 200>> {
     return this.json(centerRoutes.listSites, {}, 200, { query: { ...(o.after !== undefined ? { after: o.after } : {}), ...(o.limit !== undefined ? { limit: o.limit } : {}) } });
   }
+  site(name: string): Promise<ResponseOf<typeof centerRoutes.getSite, 200>> { return this.json(centerRoutes.getSite, { name }, 200); }
   setSiteSubnet(site: string, virtualSubnet: string): Promise<ResponseOf<typeof centerRoutes.setSiteSubnet, 200>> {
     return this.json(centerRoutes.setSiteSubnet, { name: site }, 200, { body: { virtualSubnet } });
   }

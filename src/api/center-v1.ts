@@ -45,6 +45,10 @@ export const MAX_PAGE_LIMIT = 1000;
 export const DEFAULT_JOIN_TOKEN_TTL_MS = 60 * 60_000;
 export const MIN_JOIN_TOKEN_TTL_MS = 1000;
 export const MAX_JOIN_TOKEN_TTL_MS = 7 * 24 * 60 * 60_000;
+/** Host names one site view lists at most (a fleet's site is far smaller; GET /hosts pages beyond). */
+export const MAX_SITE_VIEW_HOSTS = 1000;
+/** Datastores one site view lists at most. */
+export const MAX_SITE_VIEW_DATASTORES = 256;
 /** URLs a host reports for itself. */
 export const MAX_URL_CHARS = 2048;
 
@@ -256,7 +260,14 @@ export const siteViewSchema = z.object({
   description: z.string(),
   /** The site's virtual subnet for mobility operations' paths; null until first needed (the lowest free /24 of 100.64.0.0/10 is given then). */
   virtualSubnet: z.string().nullable(),
+  /** The site's hosts, by name (at most MAX_SITE_VIEW_HOSTS; `hostsTruncated` says when there are more: list them with GET /hosts). */
+  hosts: z.array(z.string()).max(MAX_SITE_VIEW_HOSTS),
+  hostsTruncated: z.boolean(),
+  /** The datastores its hosts mount (each once; at most MAX_SITE_VIEW_DATASTORES), with the center's name for each. */
+  datastores: z.array(z.object({ id: z.string(), name: z.string() })).max(MAX_SITE_VIEW_DATASTORES),
+  datastoresTruncated: z.boolean(),
 }).openapi('Site');
+export type CenterSiteView = z.infer<typeof siteViewSchema>;
 export const siteListSchema = z.object({ sites: z.array(siteViewSchema), next: z.string().nullable() });
 export const siteSubnetRequestSchema = z.object({
   /** An IPv4 CIDR of /16 to /29 inside 100.64.0.0/10, overlapping no other site's. */
@@ -310,8 +321,6 @@ export const centerMigrateRequestSchema = z.object({
    * target's roomiest), its seeded bases skipped.
    */
   toSite: nameSchema.optional(),
-  /** After a successful move to another datastore: remove the VM's old chain files from the source datastore (default: kept, released). */
-  removeSourceDisk: z.boolean().optional(),
 }).strict().openapi('CenterMigrate');
 
 /** `ferry vm prepare-migration <vm> --to-site <site> [--datastore <ds>]` (docs/design/cross-site.md). */
@@ -333,8 +342,8 @@ export const prepareMigrationResultSchema = z.object({
   snapshot: z.object({ top: z.string(), bases: z.array(z.string()) }).strict(),
   /** The seeds, base first: path on the seeds' datastore, CID, the digest both files had, size. */
   seeds: z.array(z.object({ path: z.string(), cid: z.string(), digest: z.string(), fileBytes: z.number() }).strict()),
-  /** The copy task that moved them (its hand-offs and segments are there). */
-  copyTaskId: z.number().int(),
+  /** The copy task that moved them (its hand-offs and segments are there); null when every base was seeded already (nothing copied). */
+  copyTaskId: z.number().int().nullable(),
   copiedBytes: z.number(),
 }).strict().openapi('PrepareMigrationResult');
 export type PrepareMigrationResult = z.infer<typeof prepareMigrationResultSchema>;
@@ -402,6 +411,7 @@ export const centerRoutes = {
     responses: { 200: json(caSchema, 'the CA'), ...errors(503) },
   }),
   listSites: createRoute({ method: 'get', path: `${P}/sites`, request: { query: siteListQuerySchema }, responses: { 200: json(siteListSchema, 'a page of sites'), ...errors(400, 401, 503) } }),
+  getSite: createRoute({ method: 'get', path: `${P}/sites/{name}`, request: { params: hostParams }, responses: { 200: json(siteViewSchema, 'the site'), ...errors(400, 401, 404, 503) } }),
   setSiteSubnet: createRoute({
     method: 'put', path: `${P}/sites/{name}/subnet`, summary: 'set the virtual subnet the site\'s hosts take their path addresses from (refused while the site has live paths)',
     request: { params: hostParams, ...body(siteSubnetRequestSchema) }, responses: { 200: json(siteViewSchema, 'the site'), ...errors(400, 401, 404, 409, 503) },

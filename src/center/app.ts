@@ -12,7 +12,6 @@ import { OpenAPIHono } from '@hono/zod-openapi';
 import { except } from 'hono/combine';
 import { stream } from 'hono/streaming';
 import type { Context } from 'hono';
-import { randomBytes } from 'node:crypto';
 import { IncomingMessage } from 'node:http';
 import { TLSSocket } from 'node:tls';
 import { FerryError } from '../lib/errors.js';
@@ -22,15 +21,18 @@ import {
 } from '../api/center-v1.js';
 import { limitBody, onAppError, sendError, validationHook } from '../api/http-errors.js';
 import { encodeSseWithId } from '../api/sse.js';
-import { MAX_EVENTS_PAGE, type Host, type JsonValue, type Site, type StoredEvent, type Task, type Vm } from './store/model.js';
+import { MAX_EVENTS_PAGE, type Host, type JsonValue, type StoredEvent, type Task, type Vm } from './store/model.js';
 import type { CenterStore } from './store/store.js';
 import type { CenterAuth, PeerCertificate } from './auth.js';
 import type { CenterCa } from './ca.js';
 import type { EventWakeups } from './events.js';
 import type { Inventory } from './inventory.js';
+import { siteViews } from './sites.js';
+import { checkSite } from './site-placement.js';
+import { checkPrepareRequest } from './tasks/prepare-plan.js';
 import type { HostControl } from './host-control.js';
-import { TASK_KINDS, copySubject, hostSubject, vmSubject } from './tasks/kinds.js';
-import { chooseCopier, copierCandidates, copyJournalSchema, resolveCopyDatastores } from './tasks/copy-plan.js';
+import { TASK_KINDS, hostSubject, vmSubject } from './tasks/kinds.js';
+import { chooseCopier, copierCandidates, copyJournalSchema, enqueueCopy } from './tasks/copy-plan.js';
 import type { CenterMetrics } from './metrics.js';
 import { countRequests } from '../api/http-metrics.js';
 
@@ -57,14 +59,10 @@ export interface CenterAppDeps {
   readonly pathHosts: (pathId: string) => Promise<{ readonly source: string; readonly target: string } | null>;
 }
 
-/** A copy id's random bytes: 16, shown as the 32 hex digits COPY_ID_PATTERN asks for (it names the target's journal). */
-const COPY_ID_BYTES = 16;
-
 /** How long the broker waits for a target's answer about an incoming migration (the source asks again). */
 export const BROKER_TIMEOUT_MS = 5_000;
 
 const P = `/api/${CENTER_API_VERSION}`;
-const siteView = (s: Site): { name: string; description: string; virtualSubnet: string | null } => ({ name: s.name, description: s.description, virtualSubnet: s.virtualSubnet });
 const OPEN_PATHS: ReadonlySet<string> = new Set([centerRoutes.health.path, centerRoutes.ca.path, CENTER_OPENAPI_PATH, centerRoutes.joinHost.path]);
 const NO_PEER: PeerCertificate = { presented: false, authorized: false, authorizationError: null, subject: '', fingerprint: '' };
 
@@ -152,12 +150,19 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
     const q = c.req.valid('query');
     const limit = q.limit ?? MAX_PAGE_LIMIT;
     const page = await d.store.listSites({ limit, ...(q.after !== undefined ? { after: q.after } : {}) });
-    return c.json({ sites: page.map(siteView), next: nextKey(page, limit, (s) => s.name) }, 200);
+    return c.json({ sites: await siteViews(d.store, page), next: nextKey(page, limit, (s) => s.name) }, 200);
+  });
+  app.openapi(centerRoutes.getSite, async (c) => {
+    const [view] = await siteViews(d.store, [await d.store.getSite(c.req.valid('param').name)]);
+    if (view === undefined) throw new FerryError('INTERNAL', 'a site has no view');
+    return c.json(view, 200);
   });
   app.openapi(centerRoutes.setSiteSubnet, async (c) => {
     const name = c.req.valid('param').name;
     await d.store.getSite(name);
-    return c.json(siteView(await d.store.setSiteSubnet(name, c.req.valid('json').virtualSubnet)), 200);
+    const [view] = await siteViews(d.store, [await d.store.setSiteSubnet(name, c.req.valid('json').virtualSubnet)]);
+    if (view === undefined) throw new FerryError('INTERNAL', 'a site has no view');
+    return c.json(view, 200);
   });
   app.openapi(centerRoutes.listHosts, async (c) => {
     const q = c.req.valid('query');
@@ -226,18 +231,23 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
     const vm = await d.store.getVm(c.req.valid('param').name);
     const request = c.req.valid('json');
     if (request.to !== undefined) await d.store.getHost(request.to);
+    if (request.toSite !== undefined) await checkSite(d.store, request.toSite, request.to);
     return c.json(await enqueue({
       kind: TASK_KINDS.migrateVm, target: vmSubject(vm.name), requestedBy: actor(c), admitted: false,
       params: asJson({ vm: vm.name, request }), waitingReason: 'waiting for the scheduler',
     }), 202);
   });
-  app.openapi(centerRoutes.createCopy, async (c) => {
+  app.openapi(centerRoutes.prepareMigration, async (c) => {
+    const vm = c.req.valid('param').name;
     const request = c.req.valid('json');
-    // Refused here, not in a task: unknown or ambiguous datastores, a copy onto itself, an unknown host.
-    await resolveCopyDatastores(d.store, request.from, request.to);
-    if (request.via !== undefined) await d.store.getHost(request.via);
-    const copyId = randomBytes(COPY_ID_BYTES).toString('hex');
-    return c.json(await enqueue({ kind: TASK_KINDS.copy, target: copySubject(copyId), requestedBy: actor(c), params: asJson({ copyId, request }) }), 202);
+    // Refused here, not in a task: an unknown VM or site, a VM without a disk or not running, its own site, a datastore not in the site.
+    await checkPrepareRequest(d.store, vm, request);
+    return c.json(await enqueue({ kind: TASK_KINDS.prepareMigration, target: vmSubject(vm), requestedBy: actor(c), params: asJson({ vm, request }) }), 202);
+  });
+  app.openapi(centerRoutes.createCopy, async (c) => {
+    const task = await enqueueCopy(d.store, c.req.valid('json'), actor(c));
+    d.wakeups.poke();
+    return c.json(taskView(task), 202);
   });
   app.openapi(centerRoutes.moveTask, async (c) => {
     const task = await d.store.getTask(c.req.valid('param').id);
@@ -263,7 +273,8 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
   });
   app.openapi(centerRoutes.joinHost, async (c) => {
     const req = c.req.valid('json');
-    const { credential, certificate } = await d.auth.join(req.joinToken, req.name, req.csr, req.url);
+    // Before the token is spent (a spend revokes the host's credential): a refused re-join leaves the host as it was and the token usable.
+    const { credential, certificate } = await d.auth.join(req.joinToken, req.name, req.csr, req.url, () => d.inventory.checkJoinSite(req.name, req.site));
     await d.inventory.recordJoin(req.name, req.url, req.site);
     return c.json({ name: req.name, credential, certificate, caCertificate: d.ca.certPem, heartbeatIntervalMs: d.heartbeatIntervalMs }, 201);
   });

@@ -107,12 +107,21 @@ export class CenterAuth {
   /**
    * Spend a join token for `host`: its new credential (shown once) and its certificate from `csr`, or
    * UNAUTHORIZED (the token) or BAD_REQUEST (the CSR: checked first, so a bad one does not spend the token).
+   * `beforeSpend` may refuse the join after the token is known to be live and before it is spent.
    */
-  async join(joinToken: string, host: string, csr: string, hostUrl: string): Promise<{ credential: string; certificate: string }> {
+  async join(joinToken: string, host: string, csr: string, hostUrl: string, beforeSpend?: () => Promise<void>): Promise<{ credential: string; certificate: string }> {
     const cert = await this.ca.signHostCsr(csr, host, hostUrl);
     const credential = newSecret('host');
+    const refused = unauthorized('the join token is unknown, already used, revoked or expired: ask for a new one (ferry center join-token)');
+    if (beforeSpend !== undefined) {
+      // Only a caller with a live token hears what `beforeSpend` refuses (it may tell of the inventory);
+      // the spend below checks the token again, in its transaction.
+      const t = await this.store.findCredential(hashSecret(joinToken));
+      if (t === null || t.kind !== 'join' || t.spentAtMs !== null || t.revokedAtMs !== null || (t.expiresAtMs !== null && t.expiresAtMs <= this.clock())) throw refused;
+      await beforeSpend();
+    }
     const issued = await this.store.spendJoinToken(hashSecret(joinToken), { id: newCredentialId(), kind: 'host', subject: host, secretHash: hashSecret(credential) });
-    if (issued === null) throw unauthorized('the join token is unknown, already used, revoked or expired: ask for a new one (ferry center join-token)');
+    if (issued === null) throw refused;
     // After the spend: a certificate is only ever recorded for a credential that exists. A center that
     // dies between the two leaves a host whose join answer never arrived; it joins again with a new token.
     await this.store.recordHostCertificate({ fingerprint: cert.fingerprint, host, credentialId: issued.id, serial: cert.serial, notAfterMs: cert.notAfterMs });

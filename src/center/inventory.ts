@@ -119,8 +119,22 @@ export class Inventory {
     await this.d.store.appendEvent({ kind, subject, payload });
   }
 
-  /** A host that spent a join token: recorded as `joining` until its first heartbeat (a re-join keeps its state). */
+  /**
+   * Refuses, before a join token is spent, a re-join of a host into another site than the one it is in.
+   * Refused, not moved: the host's VMs, its datastores' seeds and its mobility paths' addresses belong
+   * to its site (a prepare-migration's seeds, a migration's plan); moving it silently would make them
+   * lie. A host that really moves joins under a new name.
+   */
+  async checkJoinSite(name: string, site: string = DEFAULT_SITE): Promise<void> {
+    const existing = await orNull(this.d.store.getHost(name));
+    if (existing !== null && existing.site !== site) {
+      throw new FerryError('HOST_STATE', `host ${name} is in site ${existing.site}; a host does not change sites by joining again: join it with --site ${existing.site}, or under a new name to put it in site ${site}`, { site: existing.site });
+    }
+  }
+
+  /** A host that spent a join token: recorded as `joining` until its first heartbeat (a re-join keeps its state and site: checkJoinSite first). */
   async recordJoin(name: string, url: string, site: string = DEFAULT_SITE): Promise<Host> {
+    await this.checkJoinSite(name, site);
     await this.d.store.upsertSite({ name: site });
     const existing = await orNull(this.d.store.getHost(name));
     const host = await this.d.store.upsertHost({ name, site, url, capacity: existing?.capacity ?? { memoryBytes: 0, vcpus: 0 } });

@@ -11,7 +11,8 @@
 import { errorMessage, isFerryError } from '../lib/errors.js';
 import { BudgetUsage, type BudgetLimits, type OperationCost } from './budgets.js';
 import { best, fits, needsOf, noFitReason, vmMemoryBytes, type VmNeeds } from './placement.js';
-import type { Task } from './store/model.js';
+import type { JsonValue, Task, Vm } from './store/model.js';
+import { checkSite, preferSeeded, siteFits, type SiteFit } from './site-placement.js';
 import { everyPage } from './store/pages.js';
 import type { CenterStore } from './store/store.js';
 import { TASK_KINDS, migrateParamsSchema, migratePlanSchema, readStored, type MigratePlan } from './tasks/kinds.js';
@@ -44,7 +45,8 @@ export class Scheduler {
           if (task.waitingReason !== decision.wait) await this.store.setTaskWaiting(task.id, decision.wait);
           continue;
         }
-        await this.store.admitTask(task.id, decision.plan);
+        // As stored JSON: an absent optional field is left out.
+        await this.store.admitTask(task.id, JSON.parse(JSON.stringify(decision.plan)) as JsonValue);
         admitted++;
         if (decision.plan.decision === 'run') {
           usage.add(costOf(decision.plan));
@@ -95,6 +97,7 @@ export class Scheduler {
     }
     const requested = params.request.to;
     if (requested === vm.host) return refuse('INVALID_ARGUMENT', `VM ${vm.name} is already on ${requested}`);
+    if (params.request.toSite !== undefined) return this.decideSite(vm, params.request.toSite, requested, params.request.disk !== undefined, needs, usage, inbound);
     const candidates = await fits(this.store, needs, inbound, new Set([vm.host]));
     const pool = requested === undefined ? candidates : candidates.filter((c) => c.host.name === requested);
     if (requested !== undefined && pool.length === 0) return refuse('NOT_FOUND', `host ${requested} is not in the inventory`);
@@ -115,6 +118,42 @@ export class Scheduler {
     const cost = costFor(vm.host ?? '', chosen.host.name, chosen.mounts, needs);
     return { plan: { decision: 'run', source: cost.source, target: chosen.host.name, memoryBytes: vmMemoryBytes(vm.config), datastores: [...cost.datastores] } };
   }
+
+  /** A migration to a host of `site` (../site-placement.ts): its hosts only, the disk to the seeds' datastore there if a host mounts it. */
+  private async decideSite(vm: Vm, site: string, requested: string | undefined, diskGiven: boolean, needs: VmNeeds, usage: BudgetUsage, inbound: Map<string, number>): Promise<{ plan: MigratePlan } | { wait: string }> {
+    const refuse = (code: string, message: string): { plan: MigratePlan } => ({ plan: { decision: 'refuse', code, message } });
+    let pool: SiteFit[];
+    try {
+      await checkSite(this.store, site, requested);
+      // A request naming the disk's destination is placed by name as usual, among the site's hosts.
+      pool = diskGiven
+        ? (await fits(this.store, needs, inbound, new Set(vm.host !== null ? [vm.host] : []))).filter((c) => c.host.site === site && (requested === undefined || c.host.name === requested)).map((c) => ({ ...c, disk: null }))
+        : await siteFits(this.store, vm, site, requested, needs, inbound);
+    } catch (err) {
+      return refuse(isFerryError(err) ? err.code : 'INTERNAL', errorMessage(err));
+    }
+    const compatible = pool.filter((c) => c.reason === null);
+    if (compatible.length === 0) return refuse('NO_COMPATIBLE_HOST', `VM ${vm.name} to site ${site}: ${pool.length === 0 ? `no host of site ${site} other than the VM's own` : noFitReason(pool)}`);
+    const source = vm.host ?? '';
+    let blocked: string | null = null;
+    const free = preferSeeded(compatible).filter((c) => {
+      const b = usage.blocker(siteCost(source, c, needs));
+      blocked ??= b;
+      return b === null;
+    });
+    const chosen = best(free, (h) => usage.hostLoad(h));
+    if (chosen === null) return { wait: blocked ?? 'waiting for a budget' };
+    const fit = free.find((c) => c.host.name === chosen.host.name);
+    const cost = fit !== undefined ? siteCost(source, fit, needs) : costFor(source, chosen.host.name, chosen.mounts, needs);
+    return { plan: { decision: 'run', source, target: chosen.host.name, memoryBytes: vmMemoryBytes(vm.config), datastores: [...cost.datastores], ...(fit?.disk != null ? { disk: fit.disk } : {}) } };
+  }
+}
+
+/** The datastores a --to-site migration touches: its disk's, and the destination when one is known. */
+function siteCost(source: string, c: SiteFit, needs: VmNeeds): OperationCost {
+  if (c.disk === null) return costFor(source, c.host.name, c.mounts, needs);
+  const datastores = [needs.diskDatastoreId, c.disk.datastoreId].filter((x): x is string => x !== null);
+  return { source, target: c.host.name, datastores };
 }
 
 function costOf(plan: Extract<MigratePlan, { decision: 'run' }>): OperationCost {

@@ -10,7 +10,7 @@ import { Option, type Command } from 'commander';
 import { createInterface } from 'node:readline/promises';
 import { FerryError, errorMessage } from '../lib/errors.js';
 import { formatBytes } from '../lib/units.js';
-import { MAX_JOIN_TOKEN_TTL_MS, MIN_JOIN_TOKEN_TTL_MS, TASK_STATES } from '../api/center-v1.js';
+import { MAX_JOIN_TOKEN_TTL_MS, MIN_JOIN_TOKEN_TTL_MS, TASK_STATES, type CenterSiteView } from '../api/center-v1.js';
 import { Center, DEFAULT_EVENT_RETENTION_MAX_EVENTS } from '../center/center.js';
 import { DEFAULT_BUDGETS, MAX_BUDGET } from '../center/budgets.js';
 import { durationOption, parseIntegerOption, sizeOption } from './args.js';
@@ -31,6 +31,16 @@ function parseTaskId(text: string): number {
   const id = Number(text);
   if (!/^\d{1,15}$/.test(text) || !Number.isSafeInteger(id) || id < 1) throw new FerryError('INVALID_ARGUMENT', `"${text}" is not a task id (a positive integer, as ferry task list shows)`);
   return id;
+}
+
+const UNSET_SUBNET = '(the lowest free /24 of 100.64.0.0/10, given at first use)';
+
+/** One line of `ferry site list`: name, host and datastore names, subnet. */
+function siteLine(x: CenterSiteView): string {
+  const more = (truncated: boolean): string => (truncated ? ',…' : '');
+  const hosts = x.hosts.length === 0 ? '-' : `${x.hosts.join(',')}${more(x.hostsTruncated)}`;
+  const datastores = x.datastores.length === 0 ? '-' : `${x.datastores.map((d) => d.name).join(',')}${more(x.datastoresTruncated)}`;
+  return `${x.name}\thosts ${hosts}\tdatastores ${datastores}\t${x.virtualSubnet ?? UNSET_SUBNET}`;
 }
 
 /** Ask a person on a terminal; false for anything but yes. */
@@ -163,8 +173,8 @@ export function addCenterCommands(program: Command, host: Command): void {
       }
     });
 
-  const site = program.command('site').description('sites of a center: each has the virtual subnet its hosts\' mobility operations take addresses from');
-  withCenterOptions(site.command('list').description('list the sites and their virtual subnets').option('--json', 'print as JSON', false))
+  const site = program.command('site').description('sites of a center: each has its hosts (ferry host --site), the datastores they mount, and the virtual subnet its hosts\' mobility operations take addresses from');
+  withCenterOptions(site.command('list').description('list the sites: hosts, datastores, virtual subnet').option('--json', 'print as JSON', false))
     .action(async (o: CenterClientOpts & { json: boolean }) => {
       const client = await centerClient(o);
       const sites = await allPages(async (after: string | undefined) => {
@@ -172,7 +182,18 @@ export function addCenterCommands(program: Command, host: Command): void {
         return { items: page.sites, next: page.next };
       });
       if (o.json) { print(sites); return; }
-      for (const x of sites) process.stdout.write(`${x.name}\t${x.virtualSubnet ?? '(the lowest free /24 of 100.64.0.0/10, given at first use)'}\n`);
+      for (const x of sites) process.stdout.write(`${siteLine(x)}\n`);
+    });
+  withCenterOptions(site.command('show').description('one site: its hosts, the datastores they mount (name and id), its virtual subnet')
+    .argument('<site>', 'site name').option('--json', 'print as JSON', false))
+    .action(async (name: string, o: CenterClientOpts & { json: boolean }) => {
+      const x = await (await centerClient(o)).site(name);
+      if (o.json) { print(x); return; }
+      process.stdout.write(`site ${x.name}${x.description !== '' ? ` (${x.description})` : ''}\nvirtual subnet: ${x.virtualSubnet ?? UNSET_SUBNET}\n`);
+      process.stdout.write(`hosts: ${x.hosts.length === 0 ? '(none)' : x.hosts.join(', ')}${x.hostsTruncated ? ', … (more: ferry host list)' : ''}\n`);
+      process.stdout.write(`datastores:${x.datastores.length === 0 ? ' (none)' : ''}\n`);
+      for (const ds of x.datastores) process.stdout.write(`  ${ds.name}\t${ds.id}\n`);
+      if (x.datastoresTruncated) process.stdout.write('  … (more)\n');
     });
   withCenterOptions(site.command('subnet').description('set a site\'s virtual subnet (/16../29 inside 100.64.0.0/10; refused while the site has live paths)')
     .argument('<site>', 'site name').argument('<cidr>', 'e.g. 100.64.10.0/24').option('--json', 'print as JSON', false))

@@ -16,18 +16,19 @@ import { PATH_DRIVER_KINDS, type PathDriverKind } from '../dataplane/path/spec.j
 import { DEFAULT_LEASE_TIMING, checkLeaseTiming } from '../storage/lease.js';
 import { loadToken } from '../host/auth.js';
 import { DEFAULT_GRANULARITY_BYTES } from '../vmm/layout.js';
-import { MAX_DATA_CHANNELS, MAX_VCPUS, MIN_DATA_CHANNELS, MIN_VCPUS } from '../lib/limits.js';
+import { MAX_DATA_CHANNELS, MAX_VCPUS, MIN_DATA_CHANNELS, MIN_VCPUS, VM_NAME_PATTERN, VM_NAME_RULE } from '../lib/limits.js';
+import { DEFAULT_SITE } from '../center/inventory.js';
 import { CONSOLE_LOG_BYTES } from '../host/console-log.js';
 import type { MigrationProgress, MigrationRecord } from '../migration/record.js';
 import type { MigrationOptions } from '../migration/options.js';
 import { HostClient } from '../api/host-client.js';
 import type { CreateVmRequest } from '../api/host-v1.js';
 import type { CenterClient } from '../api/center-client.js';
-import { BUILTIN_IMAGE_PATTERN, type CenterTaskView } from '../api/center-v1.js';
+import { BUILTIN_IMAGE_PATTERN, prepareMigrationResultSchema, type CenterTaskView } from '../api/center-v1.js';
 import { durationOption, parseIntegerOption, sizeOption } from './args.js';
-import { CENTER_TOKEN_ENV, CLI_PAGE, allPages, centerClient } from './center-access.js';
+import { CENTER_TOKEN_ENV, CLI_PAGE, allPages, centerClient, withCenterOptions, type CenterClientOpts } from './center-access.js';
 import { readClientConfig } from './client-config.js';
-import { describeTask, followTask } from './center-tasks.js';
+import { describeTask, followTask, taskExitCode } from './center-tasks.js';
 import { compact } from './status.js';
 import { loggerFor, withLogOptions, type LogOptions } from './log-options.js';
 
@@ -81,6 +82,15 @@ async function runTask(start: Promise<CenterTaskView>, c: CenterClient, json: bo
   if (done.state === 'failed' || done.state === 'cancelled') process.exitCode = 1;
 }
 
+/** What a succeeded prepare-migration says to a person: where the seeds lie, with their CIDs. */
+function preparedLines(result: unknown): string {
+  const r = prepareMigrationResultSchema.safeParse(result);
+  if (!r.success) return '';
+  const x = r.data;
+  const seeds = x.seeds.map((s) => `  ${s.path}\tCID ${s.cid}\t${formatBytes(s.fileBytes)}\n`).join('');
+  return `${x.vm} runs on ${x.snapshot.top}; seeds on ${x.toSite}:${x.datastore} (${x.datastoreId}), ${formatBytes(x.copiedBytes)} copied${x.copyTaskId !== null ? ` by copy task ${x.copyTaskId}` : ''}:\n${seeds}`;
+}
+
 export function print(obj: unknown): void {
   process.stdout.write(`${JSON.stringify(obj, null, 2)}\n`);
 }
@@ -125,18 +135,25 @@ function parseDatastoreFlag(text: string): DatastoreMount {
 /** The environment variable a join token may come in (a command line shows in `ps`). */
 export const JOIN_TOKEN_ENV = 'FERRY_JOIN_TOKEN';
 
-function centerLinkOptions(o: { center?: string; joinToken?: string; centerCredentialFile?: string; centerCaFingerprint?: string }): HostOptions['center'] {
+function centerLinkOptions(o: { center?: string; joinToken?: string; centerCredentialFile?: string; centerCaFingerprint?: string; site?: string }): HostOptions['center'] {
   const joinToken = o.joinToken ?? (process.env[JOIN_TOKEN_ENV] !== '' ? process.env[JOIN_TOKEN_ENV] : undefined);
   if (o.center === undefined) {
-    if (o.joinToken !== undefined || o.centerCredentialFile !== undefined || o.centerCaFingerprint !== undefined) {
-      throw new FerryError('INVALID_ARGUMENT', '--join-token, --center-ca-fingerprint and --center-credential-file need --center <url>');
+    if (o.joinToken !== undefined || o.centerCredentialFile !== undefined || o.centerCaFingerprint !== undefined || o.site !== undefined) {
+      throw new FerryError('INVALID_ARGUMENT', '--join-token, --center-ca-fingerprint, --center-credential-file and --site need --center <url>');
     }
     return undefined;
   }
   return {
     centerUrl: o.center, ...(joinToken !== undefined ? { joinToken } : {}), ...(o.centerCredentialFile !== undefined ? { credentialFile: o.centerCredentialFile } : {}),
     ...(o.centerCaFingerprint !== undefined ? { caFingerprint: normalizeFingerprint(o.centerCaFingerprint) } : {}),
+    ...(o.site !== undefined ? { site: siteName(o.site) } : {}),
   };
+}
+
+/** --site: a name as the center's API takes it (checked here, so a typo is the operator's error at start, not a join refused later). */
+function siteName(text: string): string {
+  if (!VM_NAME_PATTERN.test(text)) throw new FerryError('INVALID_ARGUMENT', `--site: "${text}" is not a site name (${VM_NAME_RULE})`);
+  return text;
 }
 
 export function addHostCommands(program: Command, vm: Command): Command {
@@ -158,6 +175,7 @@ export function addHostCommands(program: Command, vm: Command): Command {
     .option('--join-token <token>', `with --center: the one-time join token for the first start (default: $${JOIN_TOKEN_ENV}); later starts use the stored credential`)
     .option('--center-ca-fingerprint <sha256>', 'with --center: the SHA-256 fingerprint of the center\'s CA, to trust it at the first join (printed by ferry center and ferry center join-token)')
     .option('--tls', 'with --center: serve the control API over HTTPS with the certificate the center signed (clients trust the center\'s CA)', false)
+    .option('--site <name>', `with --center: the site this host joins (sent at its first join; fixed from then on: the center refuses a re-join into another site) (default: the center's "${DEFAULT_SITE}" site)`)
     .option('--center-credential-file <file>', 'with --center: where the host\'s center credential is kept (default: <data-dir>/center-credential; its key, certificate and the CA beside it)')
     .addOption(new Option('--path-drivers <list>', 'virtual-path drivers this host offers for mobility operations, in order of preference: portable (no privileges), kernel (per-operation VXLAN interfaces; needs CAP_NET_ADMIN); "none" for no isolated operations').argParser(parsePathDrivers).default(DEFAULT_PATH_DRIVERS, DEFAULT_PATH_DRIVERS.join(',')))
     .option('--tunnel-listen <host:port>', 'where the path drivers\' tunnel endpoint is (the host\'s underlay address; port 0: any free one; default: the --listen address, any port)')
@@ -165,7 +183,7 @@ export function addHostCommands(program: Command, vm: Command): Command {
     .addOption(new Option('--lease-duration <duration>', 'how long a disk lease lasts without renewal').argParser(durationOption('--lease-duration')).default(DEFAULT_LEASE_TIMING.durationMs, `${DEFAULT_LEASE_TIMING.durationMs}ms`))
     .addOption(new Option('--lease-renew <duration>', 'disk lease heartbeat period (at most half the duration)').argParser(durationOption('--lease-renew')).default(DEFAULT_LEASE_TIMING.renewIntervalMs, `${DEFAULT_LEASE_TIMING.renewIntervalMs}ms`))
     .addOption(new Option('--lease-clock-skew <duration>', 'how far the hosts\' clocks may disagree; a stale lease is broken this long after its expiry').argParser(durationOption('--lease-clock-skew')).default(DEFAULT_LEASE_TIMING.clockSkewMs, `${DEFAULT_LEASE_TIMING.clockSkewMs}ms`))
-    .action(async (given: { name?: string; dataDir?: string; listen: string; migrationPort?: string; copyPort?: string; tokenFile?: string; memoryLimit?: number; datastore: string[]; center?: string; joinToken?: string; centerCredentialFile?: string; centerCaFingerprint?: string; tls: boolean; leaseDuration: number; leaseRenew: number; leaseClockSkew: number; pathDrivers: readonly PathDriverKind[]; tunnelListen?: string } & LogOptions) => {
+    .action(async (given: { name?: string; dataDir?: string; listen: string; migrationPort?: string; copyPort?: string; tokenFile?: string; memoryLimit?: number; datastore: string[]; center?: string; joinToken?: string; centerCredentialFile?: string; centerCaFingerprint?: string; site?: string; tls: boolean; leaseDuration: number; leaseRenew: number; leaseClockSkew: number; pathDrivers: readonly PathDriverKind[]; tunnelListen?: string } & LogOptions) => {
       const { name, dataDir } = given;
       if (name === undefined || dataDir === undefined) throw new FerryError('INVALID_ARGUMENT', 'ferry host needs --name <name> and --data-dir <dir>');
       const o = { ...given, name, dataDir };
@@ -315,8 +333,9 @@ export function addHostCommands(program: Command, vm: Command): Command {
     .option('--disk-datastore <name>', "copy the VM's disk live to this datastore of the target (needed when the target does not mount the disk's datastore)")
     .option('--disk-path <path>', 'path of the copied disk on that datastore (default: the same path as here)')
     .option('--no-isolation', 'through a center: connect the two hosts directly instead of over the migration\'s own virtual path (the task says so)')
+    .option('--to-site <site>', 'through a center: to a host of this site (with --to, it must be in it); the disk goes to the datastore ferry vm prepare-migration seeded there (else the target\'s roomiest), the seeded bases skipped')
     .option('--json', 'print the final record as JSON', false))
-    .action(async (name: string, o: ClientOpts & {
+    .action(async (name: string, o: ClientOpts & { toSite?: string;
       to?: string; cancel?: string; targetTokenFile?: string; downtime?: number; channels?: number; bandwidth?: number;
       compress: boolean; maxRounds?: number; onLimit?: 'force' | 'abort'; autoConverge: boolean; json: boolean;
       traceInstall?: 'single' | 'stop-all'; traceGranularity?: number; traceAdaptive: boolean; diskDatastore?: string; diskPath?: string; isolation: boolean;
@@ -339,9 +358,12 @@ export function addHostCommands(program: Command, vm: Command): Command {
       if (center !== null) {
         if (o.cancel !== undefined) throw new FerryError('INVALID_ARGUMENT', 'through a center, cancel the migration\'s task: ferry task cancel <id>');
         if (o.targetTokenFile !== undefined) throw new FerryError('INVALID_ARGUMENT', '--target-token-file is for host-to-host migrations; a center reaches every host itself');
-        await runTask(center.migrateVm(name, { options, ...(o.to !== undefined ? { to: o.to } : {}), ...(disk !== undefined ? { disk } : {}), ...(o.isolation ? {} : { isolation: false }) }), center, o.json);
+        await runTask(center.migrateVm(name, {
+          options, ...(o.to !== undefined ? { to: o.to } : {}), ...(o.toSite !== undefined ? { toSite: o.toSite } : {}), ...(disk !== undefined ? { disk } : {}), ...(o.isolation ? {} : { isolation: false }),
+        }), center, o.json);
         return;
       }
+      if (o.toSite !== undefined) throw new FerryError('INVALID_ARGUMENT', '--to-site is for migrations through a center (pass --center, or none with a client config)');
       if (!o.isolation) throw new FerryError('INVALID_ARGUMENT', '--no-isolation is for migrations through a center; host to host, a migration always connects directly');
       const c = await client(o);
       if (o.cancel !== undefined) { print(await c.cancelMigration(o.cancel)); return; }
@@ -352,6 +374,24 @@ export function addHostCommands(program: Command, vm: Command): Command {
       if (o.json) print(record);
       else process.stderr.write(`${summarize(record)}\n`);
       if (record.outcome !== 'succeeded') process.exitCode = record.outcome === 'in-doubt' ? 4 : 1;
+    });
+  withCenterOptions(vm.command('prepare-migration')
+    .description('ahead of a cross-site migration: snapshot the running VM\'s disk (its top becomes a read-only base, a new delta takes the writes) and copy the bases to a datastore of another site in the background, recorded there as seeds (a center task)')
+    .argument('<name>', 'VM name')
+    .requiredOption('--to-site <site>', 'the site the VM will migrate to (ferry site list)')
+    .option('--datastore <datastore>', 'a datastore of that site, by name or id (default: the one with the most space left)')
+    .option('--wait', 'follow the task to its end with a progress bar (Ctrl-C stops following; the task goes on)', false)
+    .option('--json', 'print the task as JSON', false))
+    .action(async (name: string, o: CenterClientOpts & { toSite: string; datastore?: string; wait: boolean; json: boolean }) => {
+      const center = await centerClient(o);
+      const started = await center.prepareMigration(name, { toSite: o.toSite, ...(o.datastore !== undefined ? { datastore: o.datastore } : {}) });
+      if (!o.wait) { if (o.json) print(started); else process.stdout.write(`${started.id}\n`); return; }
+      const done = await followTask(center, started, { quiet: o.json, detachOnSigint: true });
+      if (o.json) { print(done); } else {
+        process.stderr.write(`${describeTask(done)}\n`);
+        if (done.state === 'succeeded') process.stdout.write(preparedLines(done.result));
+      }
+      process.exitCode = taskExitCode(done);
     });
   withClientOptions(host.command('paths').description('a host\'s virtual-path drivers and the paths open on it now (no secrets, no peer underlay addresses)').option('--json', 'print as JSON', false))
     .action(async (o: ClientOpts & { json: boolean }) => {

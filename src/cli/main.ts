@@ -23,7 +23,7 @@ import { addCenterCommands } from './center-commands.js';
 import { addDiskCommands } from './disk-commands.js';
 import { addSnapshotCommands } from './snapshot-commands.js';
 import { runDemo } from './demo.js';
-import { DEFAULT_UP_HOSTS, MAX_UP_HOSTS, MIN_UP_HOSTS, runUp } from './up.js';
+import { DEFAULT_UP_HOSTS, MAX_UP_HOSTS, MAX_UP_SITES, MIN_UP_HOSTS, runUp } from './up.js';
 
 const DEFAULT_MEMORY = '256MiB';
 /** The demo: the multi-vCPU dirtier on a random 64 MiB working set. */
@@ -100,6 +100,14 @@ async function withDisk<T>(o: { disk?: string; diskSize?: number }, session: (di
 function hostsOption(text: string): number {
   try {
     return parseIntegerOption(text, '--hosts', MIN_UP_HOSTS, MAX_UP_HOSTS);
+  } catch (err) {
+    throw new InvalidArgumentError(errorMessage(err));
+  }
+}
+
+function sitesOption(text: string): number {
+  try {
+    return parseIntegerOption(text, '--sites', 1, MAX_UP_SITES);
   } catch (err) {
     throw new InvalidArgumentError(errorMessage(err));
   }
@@ -188,13 +196,17 @@ export function buildProgram(): Command {
     });
 
   program.command('up')
-    .description('a center, hosts sharing one datastore and a demo VM on loopback (what npm start runs); writes the client config; Ctrl-C stops all')
-    .addOption(new Option('--hosts <n>', `number of hosts (${MIN_UP_HOSTS}-${MAX_UP_HOSTS})`).argParser(hostsOption).default(DEFAULT_UP_HOSTS))
+    .description('a center, hosts sharing one datastore (or --sites: several sites, each with its own) and a demo VM on loopback (what npm start runs); writes the client config; Ctrl-C stops all')
+    .addOption(new Option('--hosts <n>', `number of hosts (${MIN_UP_HOSTS}-${MAX_UP_HOSTS}; default ${DEFAULT_UP_HOSTS}, or one per site with --sites)`).argParser(hostsOption))
+    .addOption(new Option('--sites <n>', `number of sites (1-${MAX_UP_SITES}): with 2 or more, site-a, site-b, … each with its own datastore, the hosts spread round-robin, the demo VM with a disk on site-a (to show prepare-migration and migrate --to-site)`).argParser(sitesOption))
     .option('--data-dir <dir>', 'keep the fleet here (a later ferry up --data-dir resumes it); default: a temporary directory removed at exit')
     .option('--listen <host:port>', 'the center\'s address (default 127.0.0.1:7100, or any free port if it is taken)')
     .option('--no-demo', 'create no demo VM')
-    .action(async (o: { hosts: number; dataDir?: string; listen?: string; demo: boolean }) => {
-      process.exitCode = await runUp({ hosts: o.hosts, demo: o.demo, ...(o.dataDir !== undefined ? { dataDir: o.dataDir } : {}), ...(o.listen !== undefined ? { listen: o.listen } : {}) });
+    .action(async (o: { hosts?: number; sites?: number; dataDir?: string; listen?: string; demo: boolean }) => {
+      process.exitCode = await runUp({
+        demo: o.demo, ...(o.hosts !== undefined ? { hosts: o.hosts } : {}), ...(o.sites !== undefined ? { sites: o.sites } : {}),
+        ...(o.dataDir !== undefined ? { dataDir: o.dataDir } : {}), ...(o.listen !== undefined ? { listen: o.listen } : {}),
+      });
     });
 
   return program;

@@ -1,7 +1,11 @@
 /**
  * `ferry up` (what `npm start` runs): a whole fleet on loopback — a center (embedded SQLite) and N
  * hosts mounting one shared datastore, each a child process, and a demo VM created through the
- * center; the client config file is written so that later `ferry …` calls need no flags. Runs until
+ * center. With `--sites N` (2..MAX_UP_SITES) the hosts are spread round-robin over N sites (site-a,
+ * site-b, …; one host per site unless --hosts says more), each site with a datastore directory of its
+ * own that only its hosts mount (site-a-ds, …), the demo VM with a small disk on the first site's —
+ * to show prepare-migration and a migration --to-site (docs/design/orchestration.md). The sites'
+ * virtual subnets are left to the center (the lowest free /24 each, at first use); the client config file is written so that later `ferry …` calls need no flags. Runs until
  * Ctrl-C or SIGTERM, then stops the hosts (they save their VMs), then the center, and removes what
  * it made. A child that dies on its own stops everything (exit 1); so does a failed start-up step.
  */
@@ -30,6 +34,15 @@ export const MAX_UP_HOSTS = 16;
 const HOST_NAMES = ['alpha', 'beta', 'gamma', 'delta', 'epsilon', 'zeta', 'eta', 'theta', 'iota', 'kappa', 'lambda', 'mu', 'nu', 'xi', 'omicron', 'pi'] as const;
 /** The datastore every host mounts (one directory): VMs with disks on it migrate without copying them. */
 const SHARED_DATASTORE = 'shared';
+/** One site unless asked: every host in the center's default site, on the shared datastore. */
+export const DEFAULT_UP_SITES = 1;
+/** A handful of sites is what one machine shows well (each needs a host process at least). */
+export const MAX_UP_SITES = 4;
+const SITE_NAMES = ['site-a', 'site-b', 'site-c', 'site-d'] as const;
+/** A site's own datastore: `<site>-ds`, a directory only its hosts mount. */
+const siteDatastore = (site: string): string => `${site}-ds`;
+/** The demo VM's disk with several sites: small, on the first site's datastore (what prepare-migration seeds elsewhere). */
+const DEMO_DISK = { path: 'demo.vmdk', sizeBytes: 16 * MiB } as const;
 /** The center's CA certificate, kept in the fleet's directory for `--ca-file`. */
 const CA_FILE = 'center-ca.pem';
 
@@ -50,7 +63,10 @@ const CONNECT_CHECK_SLICE_MS = 1000;
 const LOG_TAIL_BYTES = 4096;
 
 export interface UpOptions {
-  readonly hosts: number;
+  /** Default: DEFAULT_UP_HOSTS with one site, else one per site. */
+  readonly hosts?: number;
+  /** Default DEFAULT_UP_SITES. */
+  readonly sites?: number;
   /** Kept at exit, and a later `ferry up` on it resumes the fleet; default: a temporary directory removed at exit. */
   readonly dataDir?: string;
   /** The center's address; default 127.0.0.1:7100, or any free port if that one is taken. */
@@ -186,8 +202,20 @@ async function checkDataDir(dir: string): Promise<void> {
   if (entries.length > 0 && !entries.includes('center')) throw new FerryError('INVALID_ARGUMENT', `--data-dir ${dir} is not empty and not a ferry up data directory (no center/ in it)`);
 }
 
-export async function runUp(o: UpOptions): Promise<number> {
+/** Host i's site and datastore: round-robin over the sites; with one site, the default site and the shared datastore. */
+interface HostPlace { readonly site: string | null; readonly datastore: string }
+function placeOf(i: number, sites: number): HostPlace {
+  if (sites <= 1) return { site: null, datastore: SHARED_DATASTORE };
+  const site = SITE_NAMES[i % sites] ?? SITE_NAMES[0];
+  return { site, datastore: siteDatastore(site) };
+}
+
+export async function runUp(given: UpOptions): Promise<number> {
+  const sites = given.sites ?? DEFAULT_UP_SITES;
+  if (!Number.isInteger(sites) || sites < 1 || sites > MAX_UP_SITES) throw new FerryError('INVALID_ARGUMENT', `--sites must be 1..${MAX_UP_SITES}`);
+  const o = { ...given, hosts: given.hosts ?? (sites > 1 ? sites : DEFAULT_UP_HOSTS) };
   if (!Number.isInteger(o.hosts) || o.hosts < MIN_UP_HOSTS || o.hosts > MAX_UP_HOSTS) throw new FerryError('INVALID_ARGUMENT', `--hosts must be ${MIN_UP_HOSTS}..${MAX_UP_HOSTS}`);
+  if (o.hosts < sites) throw new FerryError('INVALID_ARGUMENT', `--hosts ${o.hosts} is fewer than --sites ${sites}: every site needs a host`);
   const listenText = o.listen ?? DEFAULT_CENTER_LISTEN;
   const listen = parseListen(listenText);
   if (o.dataDir !== undefined) await checkDataDir(o.dataDir);
@@ -232,8 +260,12 @@ export async function runUp(o: UpOptions): Promise<number> {
   let exitCode = 0;
   try {
     await mkdir(join(dir, 'logs'), { recursive: true });
-    const shared = join(dir, SHARED_DATASTORE);
-    await mkdir(shared, { recursive: true });
+    const datastoreDirs = new Map<string, string>();
+    for (let i = 0; i < Math.max(1, sites); i++) {
+      const ds = placeOf(i, sites).datastore;
+      datastoreDirs.set(ds, join(dir, ds));
+      await mkdir(join(dir, ds), { recursive: true });
+    }
 
     let centerListen = listenText;
     if (o.listen === undefined && listen.port !== 0 && !(await portFree(listen.host, listen.port))) {
@@ -260,7 +292,8 @@ export async function runUp(o: UpOptions): Promise<number> {
     const hostToken = randomToken();
     const sinceMs = Date.now();
     // Awaited whole, as the center is: each host start times out on its own.
-    const started = await Promise.allSettled(names.map(async (name) => {
+    const started = await Promise.allSettled(names.map(async (name, i) => {
+      const place = placeOf(i, sites);
       const hostDir = join(dir, 'hosts', name);
       await mkdir(hostDir, { recursive: true });
       // A host that joined before (a resumed fleet) has its credential; a new one joins with a one-time token, passed in the environment (a command line shows in ps).
@@ -268,7 +301,8 @@ export async function runUp(o: UpOptions): Promise<number> {
       const log = logSink(join(dir, 'logs', `${name}.log`));
       sinks.push(log);
       const h: LocalHost = await spawnHost(name, hostDir, hostToken, {
-        detached: true, onOutput: log.write, env: joinEnv, args: ['--center', center.url, '--center-ca-fingerprint', ca.fingerprint, '--datastore', `${SHARED_DATASTORE}=${shared}`],
+        detached: true, onOutput: log.write, env: joinEnv,
+        args: ['--center', center.url, '--center-ca-fingerprint', ca.fingerprint, '--datastore', `${place.datastore}=${datastoreDirs.get(place.datastore) ?? ''}`, ...(place.site !== null ? ['--site', place.site] : [])],
       });
       watch({ name: `host ${name}`, child: h.child, exited: h.exited, tail: log.tail });
       return h;
@@ -288,7 +322,10 @@ export async function runUp(o: UpOptions): Promise<number> {
         demoHost = existing.host;
         progress(`demo VM exists already (${demoWhere})`);
       } else {
-        const task = await step(admin.createVm({ ...DEMO_VM, start: true }));
+        // With sites: on the first site's first host, with a small disk on that site's own datastore.
+        const place = placeOf(0, sites);
+        const withDisk = sites > 1 ? { host: names[0] ?? '', disk: { datastore: place.datastore, ...DEMO_DISK } } : {};
+        const task = await step(admin.createVm({ ...DEMO_VM, ...withDisk, start: true }));
         const done = await step(admin.waitForTask(task.id, { timeoutMs: DEMO_CREATE_TIMEOUT_MS, signal: stop.signal }));
         if (done.state !== 'succeeded') throw FerryError.fromRemote(done.error?.code, `the demo VM was not created: ${done.error?.message ?? done.state}`, 'CENTER_ERROR');
         const vm = await step(admin.vm(DEMO_VM.name));
@@ -321,19 +358,22 @@ export async function runUp(o: UpOptions): Promise<number> {
       `${ferry} vm list${flags}`,
       `${ferry} host list${flags}`,
       ...(o.demo ? [`${ferry} vm console demo --follow${flags}`] : []),
-      ...(o.demo && o.hosts > 1 ? [`${ferry} vm migrate demo${flags}`] : []),
-      ...(o.hosts > 1 ? [`${ferry} host maintenance enter ${first}${flags}`, `${ferry} host maintenance exit ${first}${flags}`] : []),
+      ...(sites > 1 ? [`${ferry} site list${flags}`] : []),
+      ...(o.demo && sites > 1 ? [`${ferry} vm prepare-migration demo --to-site ${placeOf(1, sites).site ?? ''} --wait${flags}`, `${ferry} vm migrate demo --to-site ${placeOf(1, sites).site ?? ''}${flags}`] : []),
+      ...(o.demo && o.hosts > 1 && sites === 1 ? [`${ferry} vm migrate demo${flags}`] : []),
+      // Maintenance needs another host the VM can go to: one in the same site.
+      ...(o.hosts > sites ? [`${ferry} host maintenance enter ${first}${flags}`, `${ferry} host maintenance exit ${first}${flags}`] : []),
       `${ferry} task list${flags}`,
     ];
     const width = Math.max(...hosts.map((h) => h.name.length));
     process.stdout.write([
       '',
-      `Ferry is up: a center and ${o.hosts} host${o.hosts > 1 ? 's' : ''} on loopback, one shared datastore (data: ${dir}${temporary ? ', removed at exit' : ', kept'})`,
+      `Ferry is up: a center and ${o.hosts} host${o.hosts > 1 ? 's' : ''} on loopback, ${sites > 1 ? `${sites} sites, each with its own datastore` : 'one shared datastore'} (data: ${dir}${temporary ? ', removed at exit' : ', kept'})`,
       '',
       `  center   ${center.url}`,
       `  token    ${token}`,
       `           (in ${center.tokenFile})`,
-      ...hosts.map((h, i) => `  ${i === 0 ? 'hosts' : '     '}    ${h.name.padEnd(width)}  ${h.url}`),
+      ...hosts.map((h, i) => `  ${i === 0 ? 'hosts' : '     '}    ${h.name.padEnd(width)}  ${h.url}${sites > 1 ? `  (${placeOf(i, sites).site ?? ''}, ${placeOf(i, sites).datastore})` : ''}`),
       ...(o.demo ? [`  demo VM  ${DEMO_VM.name}: ${DEMO_VM.image}, ${DEMO_VM.vcpus} vCPUs, ${DEMO_VM.memoryBytes / MiB} MiB, "${DEMO_VM.cmdline}" — ${demoWhere}`] : []),
       `  config   ${configNote}`,
       `  logs     ${join(dir, 'logs')}`,

@@ -42,6 +42,11 @@ export interface CenterLinkOptions {
   readonly dataDir: string;
   /** A one-time join token; needed only while the host has no credential yet. */
   readonly joinToken?: string;
+  /**
+   * The site the host joins (sent in the join only: a host's site is fixed when it joins; the center
+   * refuses a re-join of the same name into another site). Without: the center's default site.
+   */
+  readonly site?: string;
   /** Where the credential is read from and written to (default: <dataDir>/center-credential). */
   readonly credentialFile?: string;
   /** The center CA's SHA-256 fingerprint: needed to join (the host trusts the center it joins only by it). */
@@ -215,7 +220,7 @@ export class CenterLink {
     const { url } = await this.o.report();
     const joiner = new CenterClient(this.o.centerUrl, null, { caPem: ca.certificate });
     let joined: JoinResult;
-    try { joined = await joiner.join({ joinToken: this.o.joinToken, name: this.o.hostName, url, csr }); } finally { await joiner.close(); }
+    try { joined = await joiner.join({ joinToken: this.o.joinToken, name: this.o.hostName, url, csr, ...(this.o.site !== undefined ? { site: this.o.site } : {}) }); } finally { await joiner.close(); }
     if (fingerprintOf(joined.caCertificate) !== ca.fingerprint) throw new FerryError('TLS_UNTRUSTED', `center ${this.o.centerUrl} answered the join with another CA than it presented`);
     const identity: Identity = { credential: joined.credential, tls: { caPem: ca.certificate, certPem: joined.certificate, keyPem: key.keyPem } };
     // Stored before anything else: the token is spent now, and a host that lost this would need a new one.

@@ -4,7 +4,8 @@
  * the other host, and SIGTERM stops everything (exit 0, no process left, temp data and config gone).
  * With someone else's config file it leaves the file alone and prints the commands with flags; with
  * --data-dir a second run resumes the fleet. A dead host or a failed start-up stops everything (exit 1).
- * Bad --hosts is a usage error; a corrupt config file is an error naming it.
+ * With --sites 2 each site has its host and datastore. Bad --hosts or --sites is a usage error; a
+ * corrupt config file is an error naming it.
  */
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -182,14 +183,18 @@ describe('ferry up (child processes)', () => {
     assert.match(done.stderr, /the fleet is kept in /);
   });
 
-  it('a host that dies on its own stops everything, with exit code 1 and which one it was', async () => {
+  it('--sites 2: a host per site, each on its own datastore; a host that dies on its own stops everything, with exit code 1 and which one it was', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'ferry-up-test-'));
     dirs.push(dir);
-    const up = startFerry(['up', '--hosts', '2', '--no-demo', '--listen', '127.0.0.1:0'], { env: envWith(join(dir, 'config.json')), timeoutMs: UP_LIFETIME_MS });
+    const up = startFerry(['up', '--sites', '2', '--no-demo', '--listen', '127.0.0.1:0'], { env: envWith(join(dir, 'config.json')), timeoutMs: UP_LIFETIME_MS });
     ups.push(up);
     const r = await ready(up);
     dirs.push(r.dataDir);
-    assert.deepEqual(r.tries.map((t) => argsOf(t).join(' ')), ['vm list', 'host list', 'host maintenance enter alpha', 'host maintenance exit alpha', 'task list']);
+    assert.deepEqual(r.tries.map((t) => argsOf(t).join(' ')), ['vm list', 'host list', 'site list', 'task list']);
+    const sites = await runFerry(['site', 'list'], { env: envWith(r.config) });
+    assert.equal(sites.code, 0, sites.stderr);
+    assert.match(sites.stdout, /^site-a\thosts alpha\tdatastores site-a-ds\t/m);
+    assert.match(sites.stdout, /^site-b\thosts beta\tdatastores site-b-ds\t/m);
     const pids = await childPids(up.child.pid ?? 0);
     orphans.push(...pids);
     const { stdout } = await promisify(execFile)('ps', ['-o', 'pid=,args=', '--ppid', String(up.child.pid ?? 0)]);
@@ -225,6 +230,12 @@ describe('ferry up (child processes)', () => {
       assert.equal(r.code, 2, r.stderr);
       assert.match(r.stderr, /--hosts: \d+ is out of range 1\.\.16/);
     }
+    const sites = await runFerry(['up', '--sites', '5']);
+    assert.equal(sites.code, 2, sites.stderr);
+    assert.match(sites.stderr, /--sites: 5 is out of range 1\.\.4/);
+    const fewer = await runFerry(['up', '--sites', '3', '--hosts', '2']);
+    assert.equal(fewer.code, 1, fewer.stderr);
+    assert.match(fewer.stderr, /--hosts 2 is fewer than --sites 3: every site needs a host/);
     const dir = await mkdtemp(join(tmpdir(), 'ferry-up-test-'));
     dirs.push(dir);
     const config = join(dir, 'config.json');

@@ -8,17 +8,36 @@
  * that mounts the source (POST /v1/datastores/{name}/stat), and the copying host checks the source
  * against them (SOURCE_CHANGED otherwise).
  */
+import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import { FerryError, errorMessage } from '../../lib/errors.js';
 import {
   boundarySchema, copyFileSchema, copyIdSchema, copySegmentSchema, copyTargetFormSchema, type CopyFile, type CopyTargetForm,
 } from '../../nfc/plan.js';
-import { MAX_CENTER_COPY_FILES } from '../../api/center-v1.js';
+import { MAX_CENTER_COPY_FILES, type CenterCopyRequest } from '../../api/center-v1.js';
 import type { HostControl } from '../host-control.js';
-import type { Datastore, Host, HostDatastore } from '../store/model.js';
+import type { Datastore, Host, HostDatastore, JsonValue, Task } from '../store/model.js';
 import { everyPage } from '../store/pages.js';
 import type { CenterStore } from '../store/store.js';
 import { datastoreIdSchema } from '../store/model.js';
+import { TASK_KINDS, copySubject } from './kinds.js';
+
+/** A copy id's random bytes: 16, shown as the 32 hex digits COPY_ID_PATTERN asks for (it names the target's journal). */
+const COPY_ID_BYTES = 16;
+
+/**
+ * Queue a copy task: what POST /api/v1/copies does, and a prepare-migration for its bases. Refused
+ * here, not in the task: unknown or ambiguous datastores, a copy onto itself, an unknown `via` host.
+ * The caller pokes the workers.
+ */
+export async function enqueueCopy(store: CenterStore, request: CenterCopyRequest, requestedBy: string): Promise<Task> {
+  await resolveCopyDatastores(store, request.from, request.to);
+  if (request.via !== undefined) await store.getHost(request.via);
+  const copyId = randomBytes(COPY_ID_BYTES).toString('hex');
+  // Stored as JSON: optional fields that are absent are left out.
+  const params = JSON.parse(JSON.stringify({ copyId, request })) as JsonValue;
+  return store.enqueueTask({ kind: TASK_KINDS.copy, target: copySubject(copyId), requestedBy, params });
+}
 
 /**
  * Parts one copy task records (each a host's range under one epoch, when it moved the boundary or sent

@@ -11,6 +11,7 @@ import type { ObserveTaskWait } from '../metrics.js';
 import { TASK_KINDS } from './kinds.js';
 import { migrateTask } from './migrate-task.js';
 import { copyTask } from './copy-task.js';
+import { prepareMigrationTask } from './prepare-migration-task.js';
 import { DEFAULT_MIGRATION_PATH_TTL_MS, type MobilityPaths } from './migration-path.js';
 import { evacuateTask, exitMaintenanceTask } from './maintenance-tasks.js';
 import { createVmTask, deleteVmTask, powerTask } from './vm-tasks.js';
@@ -42,6 +43,7 @@ export function buildWorkers(w: WorkersDeps): TaskWorkers {
     [TASK_KINDS.enterMaintenance, evacuateTask(d)],
     [TASK_KINDS.exitMaintenance, exitMaintenanceTask(d)],
     [TASK_KINDS.copy, copyTask(d)],
+    [TASK_KINDS.prepareMigration, prepareMigrationTask(d)],
   ]);
   return new TaskWorkers({
     store: w.store, wakeups: w.wakeups, centerId: w.centerId, handlers, logger: w.logger,

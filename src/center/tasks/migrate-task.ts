@@ -18,7 +18,7 @@ import type { VmView } from '../../api/host-v1.js';
 import type { HostControl } from '../host-control.js';
 import type { CenterStore } from '../store/store.js';
 import type { JsonValue } from '../store/model.js';
-import { migrateParamsSchema, migratePlanSchema, readStored } from './kinds.js';
+import { migrateParamsSchema, migratePlanSchema, readStored, type MigrateDisk } from './kinds.js';
 import type { TaskContext, TaskHandler } from './workers.js';
 import { isolationJson, routeMigration, type MigrationRoute, type MobilityPaths } from './migration-path.js';
 
@@ -62,7 +62,7 @@ export function migrateTask(d: MigrateTaskDeps): TaskHandler {
 
     const route = await routeMigration({ paths: d.paths, ttlMs: d.pathTtlMs, tokenFor: (h) => d.hosts.tokenFor(h) }, ctx, params.request.isolation !== false, source, target, src, dst, migrationId);
     try {
-      return await runMigration(d, ctx, { params, plan, src, dst, migrationId, route });
+      return await runMigration(d, ctx, { params, plan, src, dst, migrationId, route, disk: plan.disk });
     } finally {
       await route.close('the migration task ended');
     }
@@ -77,15 +77,20 @@ interface Run {
   readonly dst: HostClient;
   readonly migrationId: string;
   readonly route: MigrationRoute;
+  /** A --to-site migration's disk destination, as the scheduler planned it. */
+  readonly disk: MigrateDisk | undefined;
 }
 
 async function runMigration(d: MigrateTaskDeps, ctx: TaskContext, run: Run): Promise<JsonValue> {
   const { params, plan, src, dst, migrationId, route } = run;
   const subject = `vm:${params.vm}`;
+  const planned = params.request.disk === undefined && run.disk !== undefined ? await plannedDisk(dst, plan.target, run.disk) : null;
+  const disk = params.request.disk ?? (planned !== null ? { datastore: planned.datastore } : undefined);
   const request = {
     ...route.request, migrationId,
     ...(params.request.options !== undefined ? { options: params.request.options } : {}),
-    ...(params.request.disk !== undefined ? { disk: params.request.disk } : {}),
+    // Without a path the disk keeps the one it has here (the VM's top): the seeded bases are at their paths too.
+    ...(disk !== undefined ? { disk } : {}),
   };
   const started = await withRetries(ctx, `ask ${plan.source} to migrate`, async () => {
     try {
@@ -125,7 +130,19 @@ async function runMigration(d: MigrateTaskDeps, ctx: TaskContext, run: Run): Pro
       }
     },
   }));
-  return finishWith(d, ctx, record, params.vm, plan.source, plan.target, route, dst);
+  const summary = await finishWith(d, ctx, record, params.vm, plan.source, plan.target, route, dst);
+  return planned !== null && typeof summary === 'object' && summary !== null && !Array.isArray(summary) ? { ...summary, disk: planned } : summary;
+}
+
+/**
+ * A --to-site migration's disk destination on the target: the seeds' datastore the scheduler chose, or
+ * (none seeded there) the target's datastore with the most space left, as the target reports it now.
+ */
+async function plannedDisk(dst: HostClient, target: string, disk: MigrateDisk): Promise<{ datastore: string; datastoreId: string; seeded: boolean; prepareTaskId: number | null }> {
+  if (disk.datastore !== null && disk.datastoreId !== null) return { datastore: disk.datastore, datastoreId: disk.datastoreId, seeded: disk.seeded, prepareTaskId: disk.prepareTaskId };
+  const roomiest = (await dst.listDatastores()).sort((a, b) => b.spaceLeftBytes - a.spaceLeftBytes)[0];
+  if (roomiest === undefined) throw new FerryError('NO_COMPATIBLE_HOST', `host ${target} mounts no datastore to copy the VM's disk to`);
+  return { datastore: roomiest.name, datastoreId: roomiest.id, seeded: false, prepareTaskId: null };
 }
 
 async function finishWith(d: MigrateTaskDeps, ctx: TaskContext, record: MigrationRecord, vm: string, source: string, target: string, route: MigrationRoute, dst: HostClient): Promise<JsonValue> {
