@@ -32,9 +32,17 @@ export class EventStream {
 
   get lastId(): number | null { return this.#lastId; }
 
-  start(): void { void this.run(); }
+  #wake: (() => void) | null = null;
 
-  stop(): void { this.#stopped = true; this.#abort?.abort(); }
+  start(): void {
+    // A browser that goes offline drops the stream at once (a half-dead connection could hang for
+    // minutes) and reconnects the moment it is back, without waiting out the backoff.
+    addEventListener('offline', () => { this.#abort?.abort(); });
+    addEventListener('online', () => { this.#wake?.(); });
+    void this.run();
+  }
+
+  stop(): void { this.#stopped = true; this.#abort?.abort(); this.#wake?.(); }
 
   private async run(): Promise<void> {
     let backoffMs = RECONNECT_MIN_MS;
@@ -53,7 +61,10 @@ export class EventStream {
       } catch (err) {
         if (this.#stopped) return;
         this.h.onStatus('reconnecting', err instanceof Error ? err.message : String(err));
-        await new Promise((r) => setTimeout(r, backoffMs));
+        await new Promise<void>((r) => {
+          const timer = setTimeout(() => { this.#wake = null; r(); }, backoffMs);
+          this.#wake = () => { clearTimeout(timer); this.#wake = null; r(); };
+        });
         backoffMs = Math.min(RECONNECT_MAX_MS, backoffMs * 2);
       }
     }
