@@ -169,6 +169,12 @@ describe('web UI in Chromium against ferry up', () => {
     assert.ok(seen.length >= 1);
     for (let i = 1; i < seen.length; i++) assert.ok((seen[i] ?? 0) >= (seen[i - 1] ?? 0), `progress ran backwards: ${seen.join(', ')}`);
     await screenshot(page, shots, '5-migration-succeeded');
+    // Opened again later (a reload), the view replays the rounds from the event log: the same charts.
+    const points = await charts.first().getAttribute('data-points');
+    await page.reload();
+    await page.locator('[data-testid="migration-outcome"]', { hasText: 'succeeded' }).waitFor();
+    await page.locator(`figure.chart[data-points="${points ?? ''}"]`).first().waitFor();
+    assert.equal(await page.locator('figure.chart canvas').count(), 5);
     const vm = await fleet.client.vm('demo');
     assert.deepEqual([vm.host, vm.state], [other, 'running']);
 

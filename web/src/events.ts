@@ -70,10 +70,21 @@ export class EventStream {
     }
   }
 
-  private async read(body: ReadableStream<Uint8Array>): Promise<void> {
-    const reader = body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = '';
+  private read(body: ReadableStream<Uint8Array>): Promise<void> {
+    return readEvents(body, (id, e) => {
+      if (id !== null) this.#lastId = id;
+      this.h.onEvent(e);
+      return true;
+    });
+  }
+}
+
+/** Parses an event stream, each event to `on` (its id, if it has one) until `on` answers false or the stream ends. */
+async function readEvents(body: ReadableStream<Uint8Array>, on: (id: number | null, e: CenterEvent) => boolean): Promise<void> {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = '';
+  try {
     for (;;) {
       const { value, done } = await reader.read();
       if (done) return;
@@ -82,23 +93,46 @@ export class EventStream {
       while ((sep = buffer.indexOf('\n\n')) >= 0) {
         const block = buffer.slice(0, sep);
         buffer = buffer.slice(sep + 2);
-        this.block(block);
+        const parsed = parseBlock(block);
+        if (parsed !== null && !on(parsed.id, parsed.event)) return;
       }
       if (buffer.length > MAX_EVENT_CHARS) throw new Error('an event longer than the UI accepts');
     }
+  } finally {
+    await reader.cancel().catch(() => undefined);
   }
+}
 
-  private block(block: string): void {
-    let data = '';
-    let id: number | null = null;
-    for (const line of block.split('\n')) {
-      if (line.startsWith('id: ')) id = Number(line.slice(4));
-      else if (line.startsWith('data: ')) data += line.slice(6);
-    }
-    if (data === '') return; // a comment (the opening line, keepalives)
-    let e: CenterEvent;
-    try { e = JSON.parse(data) as CenterEvent; } catch { return; }
-    if (id !== null && Number.isSafeInteger(id)) this.#lastId = id;
-    this.h.onEvent(e);
+function parseBlock(block: string): { id: number | null; event: CenterEvent } | null {
+  let data = '';
+  let id: number | null = null;
+  for (const line of block.split('\n')) {
+    if (line.startsWith('id: ')) id = Number(line.slice(4));
+    else if (line.startsWith('data: ')) data += line.slice(6);
   }
+  if (data === '') return null; // a comment (the opening line, keepalives)
+  try {
+    return { id: id !== null && Number.isSafeInteger(id) ? id : null, event: JSON.parse(data) as CenterEvent };
+  } catch { return null; }
+}
+
+/** Events replayed at most to rebuild a view opened late (a migration's rounds): the log can be long. */
+export const MAX_REPLAY_EVENTS = 50_000;
+
+/**
+ * The stored events after `afterId` up to `untilId` (the live stream's position), each to `on` until it
+ * answers false: how a page opened after an operation began gets the progress it missed. Ends early
+ * past MAX_REPLAY_EVENTS (answers false then).
+ */
+export async function replayEvents(afterId: number, untilId: number, on: (e: CenterEvent) => boolean, signal: AbortSignal): Promise<boolean> {
+  if (untilId <= afterId) return true;
+  const res = await fetch(`${API_PREFIX}/events?after=${afterId}`, { headers: authHeaders(), signal });
+  if (!res.ok || res.body === null) throw new Error(`the event log answered HTTP ${res.status}`);
+  let n = 0;
+  let complete = false;
+  await readEvents(res.body, (id, e) => {
+    if (!on(e) || (id !== null && id >= untilId)) { complete = true; return false; }
+    return ++n < MAX_REPLAY_EVENTS;
+  });
+  return complete;
 }

@@ -12,7 +12,7 @@
 import { useEffect, useState } from 'preact/hooks';
 import * as api from './api.js';
 import type { CenterHostDetail, CenterTaskView, CenterVmView, SiteView } from './api.js';
-import { EVENTS_LOST_KIND, EventStream, type CenterEvent, type StreamStatus } from './events.js';
+import { EVENTS_LOST_KIND, EventStream, replayEvents, type CenterEvent, type StreamStatus } from './events.js';
 
 /** Events of one subject arriving close together cause one read. */
 const REFETCH_COALESCE_MS = 100;
@@ -87,6 +87,8 @@ export class Fleet {
   refetches = 0;
   version = 0;
 
+  /** Tasks whose missed progress events were replayed (or are being): 'loading', 'done', or why not. */
+  readonly history = new Map<number, string>();
   readonly #listeners = new Set<() => void>();
   readonly #applied = new Map<Key, number>();
   readonly #pending = new Set<Key>();
@@ -148,6 +150,35 @@ export class Fleet {
     }
   }
 
+  /**
+   * The progress events of task `taskId` that arrived before this page was open (a view opened after a
+   * migration began, or after a reload): replayed from the event log up to the live stream's position.
+   * Samples already seen are dropped by onMigration's order check, so a replay never moves a view back.
+   */
+  loadHistory(task: CenterTaskView): void {
+    const taskId = task.id;
+    const finished = task.state === 'succeeded' || task.state === 'failed' || task.state === 'cancelled';
+    // A running task's replay ends where the live stream is, known once it has carried an event (this
+    // task's progress brings one soon); a finished task's ends at its last event.
+    const live = this.lastEventId;
+    if (this.history.has(taskId) || (live === null && !finished)) return;
+    this.history.set(taskId, 'loading');
+    const ac = new AbortController();
+    const end = `task:${taskId}`;
+    void replayEvents(0, live ?? Number.MAX_SAFE_INTEGER, (e) => {
+      const p = obj(e.payload);
+      if (e.subject === end && (e.kind === 'task.succeeded' || e.kind === 'task.failed' || e.kind === 'task.cancelled')) return false;
+      if (numOrNull(p.taskId) !== taskId) return true;
+      if (e.kind.startsWith('migration.')) this.onMigration(e.kind, p);
+      else if (e.kind.startsWith('copy.')) this.onCopy(e.kind, p);
+      return true;
+    }, ac.signal).then((complete) => {
+      this.history.set(taskId, complete ? 'done' : 'the event log is too long to replay here');
+    }, (err: unknown) => {
+      this.history.set(taskId, `cannot replay the event log: ${err instanceof Error ? err.message : String(err)}`);
+    }).finally(() => { this.notify(); });
+  }
+
   /** Reads one subject again now (after an action the UI took itself, not to wait for its event). */
   refresh(subject: string): void { this.#pending.add(subject); this.scheduleFlush(); }
 
@@ -177,12 +208,15 @@ export class Fleet {
         dirtyBytes: num(p.dirtyBytes), dirtyRateBytesPerSec: num(p.dirtyRateBytesPerSec), throughputBytesPerSec: num(p.throughputBytesPerSec),
         throttlePermille: num(p.throttlePermille), etaMs: numOrNull(p.etaMs), elapsedMs: num(p.elapsedMs),
       };
-      // Events may arrive twice (a replay) or late: a sample older than the newest shown is dropped.
-      if (m.last !== null && (s.elapsedMs < m.last.elapsedMs || s.sentBytes < m.last.sentBytes)) return;
-      m.last = s;
+      // Samples may arrive twice or out of order (a replay of the log beside the live stream): a round
+      // keeps its newest sample, the view its newest overall, so nothing shown ever moves back.
+      if (m.last === null || s.elapsedMs >= m.last.elapsedMs) m.last = s;
       if (!m.phases.includes(s.phase)) m.phases.push(s.phase);
-      const i = m.rounds.findIndex((r) => r.round === s.round);
-      if (i >= 0) m.rounds[i] = s; else m.rounds.push(s);
+      const i = m.rounds.findIndex((r) => r.round >= s.round);
+      const at = m.rounds[i];
+      if (at === undefined) m.rounds.push(s);
+      else if (at.round !== s.round) m.rounds.splice(i, 0, s);
+      else if (s.elapsedMs >= at.elapsedMs) m.rounds[i] = s;
       if (m.rounds.length > MAX_MIGRATION_ROUNDS) m.rounds.splice(0, m.rounds.length - MAX_MIGRATION_ROUNDS);
     }
     if (kind === 'migration.finished') {

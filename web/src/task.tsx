@@ -32,10 +32,11 @@ export function TaskPage(props: { id: number }) {
   const f = useFleet();
   const t = f.tasks.get(props.id);
   if (t === undefined) return <section><h1>Task #{props.id}</h1><p>{f.loaded ? 'No such task.' : 'Loading…'}</p></section>;
+  if (t.kind === 'vm.migrate' || t.kind === 'copy') f.loadHistory(t);
   return (
     <section aria-labelledby="task-title">
       <TaskHeader task={t} fleet={f} />
-      {t.kind === 'vm.migrate' && <MigrationView task={t} live={f.migrations.get(t.id) ?? null} />}
+      {t.kind === 'vm.migrate' && <MigrationView task={t} live={f.migrations.get(t.id) ?? null} history={f.history.get(t.id)} />}
       {t.kind === 'copy' && <CopyView task={t} live={f.copies.get(t.id) ?? null} />}
       {t.kind === 'vm.prepare-migration' && <PrepareView task={t} fleet={f} />}
       {t.kind === 'host.evacuate' && <EvacuationView task={t} fleet={f} />}
@@ -46,7 +47,7 @@ export function TaskPage(props: { id: number }) {
 
 const PHASES = [['prepare', 'Prepare'], ['precopy', 'Pre-copy rounds'], ['switchover', 'Switch-over'], ['release', 'Release']] as const;
 
-function MigrationView(props: { task: CenterTaskView; live: MigrationLive | null }) {
+function MigrationView(props: { task: CenterTaskView; live: MigrationLive | null; history: string | undefined }) {
   const t = props.task;
   const m = props.live;
   const result = obj(t.result);
@@ -99,7 +100,7 @@ function MigrationView(props: { task: CenterTaskView; live: MigrationLive | null
           <RoundChart title="Throughput" label="throughput" xs={xs} ys={rounds.map((r) => r.throughputBytesPerSec)} format={rate} color="#1e7b34" />
           <RoundChart title="Throttle" label="throttle" xs={xs} ys={rounds.map((r) => r.throttlePermille / 10)} format={(v) => `${v.toFixed(0)}%`} color="#6b3fa0" />
         </div>
-      ) : <p class="muted">{ended ? 'The round charts are drawn from the live events: this page was opened after the rounds.' : 'Waiting for the first round…'}</p>}
+      ) : <p class="muted">{ended ? `No round was recorded${props.history !== undefined && props.history !== 'done' ? ` (${props.history})` : ''}.` : 'Waiting for the first round…'}</p>}
     </section>
   );
 }
