@@ -39,7 +39,7 @@ const FAST_MIB_PER_SEC = '16';
 const RECORD_PROGRESS = `(() => {
   const seen = [];
   window.seenProgress = seen;
-  const read = () => { const t = document.querySelector('.kv .progress-text'); if (t && t.textContent) seen.push(Number(t.textContent.replace('%', ''))); };
+  const read = () => { const t = document.querySelector('.facts .progress-text'); if (t && t.textContent) seen.push(Number(t.textContent.replace('%', ''))); };
   new MutationObserver(read).observe(document.body, { subtree: true, childList: true, characterData: true });
   read();
 })()`;
@@ -87,8 +87,8 @@ describe('web UI in Chromium against ferry up', () => {
       clearTimeout(timer);
     }
     for (const pid of children) { try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ } }
-    if (process.env.FERRY_UI_SCREENSHOTS === undefined) for (const d of dirs) await rm(d, { recursive: true, force: true });
-    else for (const d of dirs) await rm(join(d, 'fleet'), { recursive: true, force: true });
+    // FERRY_UI_SCREENSHOTS is outside these: kept.
+    for (const d of dirs) await rm(d, { recursive: true, force: true });
   });
 
   it('serves only the login page without a session; a bad token is refused with its reason; a good one shows the inventory', async () => {

@@ -6,6 +6,7 @@ import 'uplot/dist/uPlot.min.css';
 export const CHART_HEIGHT_PX = 160;
 /** Narrowest a chart is drawn (a narrow window still shows an axis and a line). */
 const MIN_CHART_WIDTH_PX = 220;
+const ROUND_TICK_STEPS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000];
 
 export function RoundChart(props: { title: string; label: string; xs: readonly number[]; ys: readonly number[]; format: (v: number) => string; color: string }) {
   const host = useRef<HTMLDivElement>(null);
@@ -17,7 +18,8 @@ export function RoundChart(props: { title: string; label: string; xs: readonly n
     const u = new uPlot({
       width: width(), height: CHART_HEIGHT_PX, title: props.title,
       scales: { x: { time: false } },
-      axes: [{ label: 'round' }, { values: (_u, splits) => splits.map((v) => props.format(v)), size: 80 }],
+      // Rounds are whole numbers: ticks at whole steps only.
+      axes: [{ label: 'round', incrs: ROUND_TICK_STEPS }, { values: (_u, splits) => splits.map((v) => props.format(v)), size: 80 }],
       series: [{ label: 'round' }, { label: props.label, stroke: props.color, width: 2, points: { show: true, size: 6 }, value: (_u, v) => (v === null ? '—' : props.format(v)) }],
     }, [[...props.xs], [...props.ys]], el);
     plot.current = u;

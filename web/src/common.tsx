@@ -35,6 +35,8 @@ export function Action(props: { label: string; run: () => Promise<unknown>; disa
 
 export const FINISHED = new Set(['succeeded', 'failed', 'cancelled']);
 
-export function Kv(props: { rows: readonly (readonly [string, ComponentChildren])[] }) {
+export function Kv(props: { rows: readonly (readonly [string, ComponentChildren])[]; compact?: boolean }) {
+  // compact: the pairs flow in rows (a live view keeps its charts above the fold at 1280×800).
+  if (props.compact === true) return <dl class="facts">{props.rows.map(([k, v]) => <div key={k}><dt>{k}</dt><dd>{v}</dd></div>)}</dl>;
   return <dl class="kv">{props.rows.map(([k, v]) => [<dt key={`${k}-k`}>{k}</dt>, <dd key={`${k}-v`}>{v}</dd>])}</dl>;
 }

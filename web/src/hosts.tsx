@@ -31,7 +31,7 @@ function HostCard(props: { host: CenterHostDetail; fleet: Fleet; focused: boolea
       <h2 id={`host-${h.name}`}>{h.name} <Badge state={h.state} /></h2>
       <p class="muted">site {h.site} · {h.url} · {h.capacity.vcpus} vCPUs, {bytes(h.capacity.memoryBytes)} · last heartbeat {when(h.lastHeartbeatAtMs)}</p>
       <p>VMs: {vms.length === 0 ? <span class="muted">none</span> : vms.map((v) => <a key={v.name} href={`#/vm/${encodeURIComponent(v.name)}`}>{v.name} </a>)}</p>
-      <p>Datastores: {h.datastores.map((d) => `${d.mountName}${d.shared ? ' (shared)' : ''}`).join(', ') || <span class="muted">none</span>}</p>
+      <p>Datastores: {h.datastores.map((d) => `${d.mountName}${d.shared ? ' (shared with other hosts)' : ''}`).join(', ') || <span class="muted">none</span>}</p>
       <div class="actions" role="group" aria-label={`maintenance of ${h.name}`}>
         <Action label={`Enter maintenance on ${h.name}`} disabled={!inService} run={async () => { const t = await api.maintenance(h.name, 'enter'); f.refresh(`task:${t.id}`); }}>Enter maintenance</Action>
         <Action label={`Exit maintenance on ${h.name}`} disabled={!inMaintenance} run={async () => { const t = await api.maintenance(h.name, 'exit'); f.refresh(`task:${t.id}`); }}>Exit maintenance</Action>

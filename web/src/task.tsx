@@ -20,7 +20,7 @@ export function TaskHeader(props: { task: CenterTaskView; fleet: Fleet }) {
         ...(t.waitingReason !== null && !FINISHED.has(t.state) ? [['Waiting because', <span class="why">{t.waitingReason}</span>] as const] : []),
         ...(t.error !== null ? [['Error', <span class="error" data-testid="task-error">{t.error.code}: {t.error.message}</span>] as const] : []),
         ['Requested by', t.requestedBy], ['Created', when(t.createdAtMs)], ['Started', when(t.startedAtMs)], ['Ended', when(t.endedAtMs)], ['Attempts', String(t.attempts)],
-      ]} />
+      ]} compact />
       {!FINISHED.has(t.state) && (
         <div class="actions"><Action label={t.cancelRequested ? 'Cancel requested…' : 'Cancel task'} kind="danger" disabled={t.cancelRequested} run={async () => { await api.cancelTask(t.id); props.fleet.refresh(`task:${t.id}`); }} /></div>
       )}
@@ -80,7 +80,7 @@ function MigrationView(props: { task: CenterTaskView; live: MigrationLive | null
         ['Estimated time left', ended ? '—' : ms(m?.last?.etaMs ?? null)],
         ['Throughput', rate(m?.last?.throughputBytesPerSec)], ['Dirty rate', rate(m?.last?.dirtyRateBytesPerSec)],
         ['Throttle', m?.last ? `${(m.last.throttlePermille / 10).toFixed(1)}%` : '—'],
-      ]} />
+      ]} compact />
       {ended && (
         <section aria-label="downtime" class="downtime">
           <h3>Downtime</h3>
@@ -88,8 +88,8 @@ function MigrationView(props: { task: CenterTaskView; live: MigrationLive | null
             ['As the engine measured it', <span data-testid="engine-downtime">{ms(engine)}</span>],
             ['As the guest saw it', <span data-testid="guest-downtime">{ms(guest)}</span>],
             ['Total time', ms(total)],
-            ...(breakdown !== null ? Object.entries(breakdown).map(([k, v]) => [`  ${k.replace(/Ms$/, '')}`, ms(v)] as const) : [['Breakdown', <span class="muted">not in the center's event</span>] as const]),
-          ]} />
+            ...(breakdown !== null ? Object.entries(breakdown).map(([k, v]) => [`of which ${k.replace(/Ms$/, '')}`, ms(v)] as const) : [['Breakdown', <span class="muted">not in the center's event yet</span>] as const]),
+          ]} compact />
         </section>
       )}
       {rounds.length > 0 ? (
