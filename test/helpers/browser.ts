@@ -33,3 +33,11 @@ export async function screenshot(page: Page, dir: string, name: string): Promise
   await page.screenshot({ path: file, fullPage: false });
   return file;
 }
+
+/** Logs in through the login page (the token goes to the tab's sessionStorage) and waits for the UI's stream. */
+export async function logIn(page: Page, centerUrl: string, token: string): Promise<void> {
+  await page.goto(`${centerUrl}/ui/login`);
+  await page.getByLabel('API token').fill(token);
+  await page.getByRole('button', { name: 'Log in' }).click();
+  await page.locator('#stream-status[data-status="live"]').waitFor();
+}

@@ -86,6 +86,8 @@ export const cancelTask = (id: number): Promise<CenterTaskView> => api('POST', `
 export const startVm = (name: string): Promise<CenterTaskView> => api('POST', `/vms/${enc(name)}/start`);
 export const stopVm = (name: string): Promise<CenterTaskView> => api('POST', `/vms/${enc(name)}/stop`);
 export const migrateVm = (name: string, req: CenterMigrateRequest): Promise<CenterTaskView> => api('POST', `/vms/${enc(name)}/migrate`, req);
+/** Hand a running copy to another host (`to`, or one the center picks). */
+export const moveTask = (id: number, to?: string): Promise<CenterTaskView> => api('POST', `/tasks/${id}/move`, to !== undefined ? { to } : {});
 export const maintenance = (host: string, action: MaintenanceRequest['action']): Promise<CenterTaskView> => api('POST', `/hosts/${enc(host)}/maintenance`, { action });
 /** The console relayed by the center from the VM's host; `follow` streams it. */
 export const consoleStream = (name: string, signal: AbortSignal): Promise<Response> => apiFetch('GET', `/vms/${enc(name)}/console?follow=1`, undefined, signal);

@@ -7,6 +7,8 @@ import { RoundChart } from './chart.js';
 import { bytes, ms, rate, when } from './format.js';
 
 const obj = (v: unknown): Record<string, unknown> => (typeof v === 'object' && v !== null && !Array.isArray(v) ? v as Record<string, unknown> : {});
+/** A copy's boundary ({ fileIndex, offsetBytes }) as a person reads it. */
+const boundary = (v: unknown): string => { const b = obj(v); return typeof b.fileIndex === 'number' && typeof b.offsetBytes === 'number' ? `file ${b.fileIndex + 1} at ${bytes(b.offsetBytes)}` : JSON.stringify(v); };
 const text = (v: unknown): string => (typeof v === 'string' ? v : '');
 const numOr = (v: unknown): number | null => (typeof v === 'number' ? v : null);
 
@@ -116,14 +118,17 @@ function CopyView(props: { task: CenterTaskView; live: CopyLive | null }) {
         ['Copied', c ? `${bytes(c.doneBytes)} of ${bytes(c.totalBytes)}` : bytes(numOr(result.totalBytes))], ['Rate', rate(c?.rateBytesPerSec)],
         ['Estimated time left', ms(c?.etaMs ?? null)], ['On host', c?.host ?? '—'], ['Verified', typeof result.verified === 'boolean' ? (result.verified ? 'yes: digests match' : 'NO') : '—'],
       ]} />
+      {props.task.state === 'running' && (
+        <div class="actions"><Action label="Hand off to another host" run={async () => { await api.moveTask(props.task.id); }} /></div>
+      )}
       <h3>Hosts that copied (hand-offs)</h3>
       {segments.length > 0 ? (
         <div class="table-wrap"><table aria-label="segments">
           <thead><tr><th scope="col">Host</th><th scope="col">From</th><th scope="col">To</th><th scope="col">Sent</th></tr></thead>
-          <tbody>{segments.map((s, i) => <tr key={i}><td>{text(s.host)}</td><td><code>{JSON.stringify(s.from)}</code></td><td><code>{JSON.stringify(s.to)}</code></td><td>{bytes(numOr(s.sentBytes))}</td></tr>)}</tbody>
+          <tbody>{segments.map((s, i) => <tr key={i} data-segment-host={text(s.host)}><td>{text(s.host)}</td><td>{boundary(s.from)}</td><td>{boundary(s.to)}</td><td>{bytes(numOr(s.sentBytes))}</td></tr>)}</tbody>
         </table></div>
       ) : (
-        <ol>{(c?.parts ?? []).map((p) => <li key={p.epoch}>part {p.epoch} on <strong>{p.host}</strong>{p.reason !== null ? ` (handed off: ${p.reason})` : ''} from <code>{JSON.stringify(p.boundary)}</code></li>)}</ol>
+        <ol aria-label="parts">{(c?.parts ?? []).map((p) => <li key={p.epoch} data-part-host={p.host}>part {p.epoch} on <strong>{p.host}</strong>{p.reason !== null ? ` (handed off: ${p.reason})` : ''} from {boundary(p.boundary)}</li>)}</ol>
       )}
     </section>
   );
