@@ -150,6 +150,11 @@ export function mountWebUi(app: OpenAPIHono, o: WebUiOptions): void {
 
   app.get(WEB_UI_LOGIN_PATH, (c) => page(c, loginPage(c.req.query('why') ?? null)));
   app.post(WEB_UI_SESSION_PATH, async (c) => {
+    // A login posted from another site's page (login CSRF) is refused: a browser names the page's origin.
+    const origin = c.req.header('origin');
+    if (origin !== undefined && !sameOrigin(origin, c.req.url)) {
+      return c.json({ error: { code: 'UNAUTHORIZED', message: `a login from ${origin.slice(0, MAX_REASON_CHARS)} is refused: log in on the center's own page (${WEB_UI_LOGIN_PATH})` } }, 401);
+    }
     const form = (c.req.header('content-type') ?? '').startsWith('application/json') ? null : await c.req.parseBody();
     const given: unknown = form === null ? ((await c.req.json().catch(() => ({}))) as { token?: unknown }).token : form.token;
     const token = typeof given === 'string' ? given.trim() : '';
@@ -188,6 +193,10 @@ export function mountWebUi(app: OpenAPIHono, o: WebUiOptions): void {
   app.get('/', serve);
   app.get('/index.html', serve);
   app.get('/ui/*', serve);
+}
+
+function sameOrigin(origin: string, requestUrl: string): boolean {
+  try { return new URL(origin).origin === new URL(requestUrl).origin; } catch { return false; }
 }
 
 function page(c: Context, html: string): Response {

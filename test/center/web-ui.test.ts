@@ -73,6 +73,11 @@ describe('web UI: login, session cookie, static files', () => {
     const body = await res.json() as { error: { code: string; message: string } };
     assert.equal(body.error.code, 'UNAUTHORIZED');
     assert.match(body.error.message, /not logged in: .*admin\.token/);
+    // A login posted from another site's page is refused, even with a good token.
+    const csrf = await get('/ui/session', undefined, { method: 'POST', body: JSON.stringify({ token: tc.center.adminToken }), headers: { 'content-type': 'application/json', origin: 'https://evil.example' } });
+    assert.equal(csrf.status, 401);
+    assert.equal(csrf.headers.get('set-cookie'), null);
+    assert.match(((await csrf.json()) as { error: { message: string } }).error.message, /a login from https:\/\/evil\.example is refused/);
     // The form post (no script) lands back on the login page with the reason shown.
     const form = await get('/ui/session', undefined, { method: 'POST', body: 'token=nope', headers: { 'content-type': 'application/x-www-form-urlencoded' } });
     assert.equal(form.status, 303);

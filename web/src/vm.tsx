@@ -98,7 +98,10 @@ export function fitsFor(vm: CenterVmView, f: Fleet): Fit[] {
   for (const t of f.tasks.values()) {
     if (t.kind !== 'vm.migrate' || FINISHED.has(t.state)) continue;
     const plan = typeof t.plan === 'object' && t.plan !== null ? t.plan as Record<string, unknown> : {};
-    if (typeof plan.target === 'string' && t.target !== `vm:${vm.name}`) busy.set(plan.target, (busy.get(plan.target) ?? 0) + need);
+    // Memory promised to a host by a migration admitted to it: that VM's, as the scheduler counts it.
+    const moving = f.vms.get(t.target.replace(/^vm:/, ''));
+    const movingBytes = moving === undefined ? 0 : vmConfig(moving.config).memoryBytes ?? 0;
+    if (typeof plan.target === 'string' && t.target !== `vm:${vm.name}`) busy.set(plan.target, (busy.get(plan.target) ?? 0) + movingBytes);
   }
   return [...f.hosts.values()].filter((h) => h.name !== vm.host).map((h) => {
     const used = [...f.vms.values()].filter((v) => v.host === h.name).reduce((s, v) => s + (vmConfig(v.config).memoryBytes ?? 0), 0) + (busy.get(h.name) ?? 0);
