@@ -16,7 +16,11 @@ import { launchChromium, logIn, newUiContext, screenshot } from '../helpers/brow
 
 /** 12 MiB at 2 MiB/s: about 6 s, long enough to hand it off while it runs. */
 const FILE = { path: 'disk.img', sizeBytes: 12 * MiB, holeBytes: 2 * MiB };
+/** A second file (a copy never overwrites one): copied at the slowest cap while its host drains. */
+const HELD_FILE = { path: 'held.img', sizeBytes: 12 * MiB };
 const RATE = 2 * MiB;
+/** The slowest cap (MIN_RATE_BYTES_PER_SEC): the copy is surely still running while the host drains. */
+const MIN_RATE = MiB;
 /** A part under way on its host, seen by the page, on a loaded machine. */
 const PART_WAIT_MS = 30_000;
 
@@ -31,7 +35,7 @@ describe('web UI: a copy and its hand-off, live (Chromium)', () => {
   before(async () => {
     tc = await startTestCenter({ taskLeaseMs: 3000, heartbeatIntervalMs: 500, missedHeartbeats: 40 });
     fs = await copyDirs(['src', 'dst']);
-    await writeSourceFiles(fs.dir('src'), [FILE]);
+    await writeSourceFiles(fs.dir('src'), [FILE, HELD_FILE]);
     const shared = new Map([['src', fs.dir('src')], ['dst', fs.dir('dst')]]);
     for (const name of ['ca', 'cb']) hosts.push(await startCopyHost(tc.admin, (t) => tc.hostArgs(t), name, shared, await tc.center.store.latestEventId()));
     browser = await launchChromium();
@@ -60,6 +64,31 @@ describe('web UI: a copy and its hand-off, live (Chromium)', () => {
 
     await page.getByRole('link', { name: 'Copies' }).click();
     await page.locator(`tr[data-task="${task.id}"] .badge[data-state="succeeded"]`).waitFor();
+  });
+
+  it('a host whose copy no other host can take stays entering-maintenance, and the hosts page says why; cancel from the task list', async () => {
+    await page.goto(`${tc.url}/#/hosts`);
+    // ca out of service first: then cb's copy has nowhere to go.
+    await page.locator('article[data-host="ca"]').getByRole('button', { name: 'Enter maintenance' }).click();
+    await page.locator('article[data-host="ca"][data-state="in-maintenance"]').waitFor();
+    const task = await tc.admin.copy({ files: [HELD_FILE.path], from: 'src', to: 'dst', via: 'cb', rateBytesPerSec: MIN_RATE });
+    await page.goto(`${tc.url}/#/task/${task.id}`);
+    await page.locator('[aria-label="parts"] li[data-part-host="cb"]').waitFor({ timeout: PART_WAIT_MS });
+    await page.getByRole('link', { name: 'Hosts' }).click();
+    const cb = page.locator('article[data-host="cb"]');
+    await cb.getByRole('button', { name: 'Enter maintenance' }).click();
+    await cb.locator('.error', { hasText: /Did not finish: host cb stays entering-maintenance: 1 copy task\(s\) cannot hand off/ }).waitFor({ timeout: PART_WAIT_MS });
+    assert.equal(await cb.getAttribute('data-state'), 'entering-maintenance');
+    if (shots !== null) await screenshot(page, shots, '10-maintenance-blocked');
+
+    await page.getByRole('link', { name: 'Tasks' }).click();
+    await page.locator(`tr[data-task="${task.id}"]`).getByRole('button', { name: 'Cancel' }).click();
+    await page.locator(`tr[data-task="${task.id}"] .badge[data-state="cancelled"]`).waitFor({ timeout: PART_WAIT_MS });
+    await page.getByRole('link', { name: 'Hosts' }).click();
+    for (const h of ['ca', 'cb']) {
+      await page.locator(`article[data-host="${h}"]`).getByRole('button', { name: 'Exit maintenance' }).click();
+      await page.locator(`article[data-host="${h}"][data-state="connected"]`).waitFor();
+    }
   });
 });
 
