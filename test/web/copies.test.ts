@@ -3,7 +3,9 @@
  * processes mounting shared temporary datastores, rate-capped so it runs for a few seconds. The copy's
  * view shows it live on its first host; "Hand off to another host" moves it; the view shows the second
  * part on the other host, and at the end the segments each host copied, verified. The copies page
- * lists it. Every wait is on visible state and bounded; hosts, center, browser and files go at the end.
+ * lists it. Then with one host in maintenance, entering maintenance on the other while it copies stays
+ * entering-maintenance, and the hosts page says which copy holds it; cancelled from the task list, and
+ * both hosts exit maintenance by click. Every wait is on visible state and bounded; hosts, center, browser and files go at the end.
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';

@@ -101,7 +101,12 @@ export class Fleet {
     onStatus: (s, why) => { this.status = s; this.statusWhy = why; this.notify(); },
   });
 
-  start(): void { this.#stream.start(); }
+  /**
+   * Reads everything now (shown even while the stream cannot open, e.g. the center serves its most
+   * streams: the header says so), and again once the stream is open, since a stream opened without a
+   * Last-Event-ID starts at the newest event and anything between the two reads would be missed.
+   */
+  start(): void { void this.refetchAll(); this.#stream.start(); }
   get lastEventId(): number | null { return this.#stream.lastId; }
 
   subscribe(fn: () => void): () => void { this.#listeners.add(fn); return () => { this.#listeners.delete(fn); }; }
