@@ -31,3 +31,7 @@ echo "ferry: installing system packages for the tests: ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq >&2
 apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+# A browser that installed but cannot start (a missing library) fails here, not in the middle of a test.
+if [[ " ${need[*]} " == *" chromium "* ]]; then
+  /usr/bin/chromium --version >&2 || { echo "ferry: /usr/bin/chromium was installed but does not start" >&2; exit 1; }
+fi
