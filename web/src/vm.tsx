@@ -115,6 +115,7 @@ export function fitsFor(vm: CenterVmView, f: Fleet): Fit[] {
 }
 
 const MiB = 1024 * 1024;
+const SITE_CHOICE = 'site:';
 
 function MigrateDialog(props: { vm: CenterVmView; fleet: Fleet; onClose: () => void }) {
   const ref = useRef<HTMLDialogElement>(null);
@@ -128,6 +129,7 @@ function MigrateDialog(props: { vm: CenterVmView; fleet: Fleet; onClose: () => v
   const [busy, setBusy] = useState(false);
   useEffect(() => { ref.current?.showModal(); }, []);
   const sites = [...new Set(fits.map((x) => x.host.site))].sort();
+  const here = props.vm.host === null ? undefined : props.fleet.hosts.get(props.vm.host)?.site;
   const submit = async (ev: Event): Promise<void> => {
     ev.preventDefault();
     setBusy(true);
@@ -140,7 +142,9 @@ function MigrateDialog(props: { vm: CenterVmView; fleet: Fleet; onClose: () => v
         ...(downtime !== '' ? { downtimeTargetMs: dt } : {}),
         autoConverge,
       };
-      const t = await api.migrateVm(props.vm.name, { ...(to !== '' ? { to } : {}), options });
+      // `site:<name>`: any host of that site, the center picks (a cross-site move: toSite).
+      const target = to.startsWith(SITE_CHOICE) ? { toSite: to.slice(SITE_CHOICE.length) } : to !== '' ? { to } : {};
+      const t = await api.migrateVm(props.vm.name, { ...target, options });
       fleet.refresh(`task:${t.id}`);
       props.onClose();
       location.hash = `#/task/${t.id}`;
@@ -167,6 +171,9 @@ function MigrateDialog(props: { vm: CenterVmView; fleet: Fleet; onClose: () => v
                   </label>
                 </div>
               ))}
+              {site !== here && fits.some((x) => x.host.site === site && x.reason === null) && (
+                <label class="target"><input type="radio" name="to" value={`${SITE_CHOICE}${site}`} checked={to === `${SITE_CHOICE}${site}`} onChange={() => { setTo(`${SITE_CHOICE}${site}`); }} /> Any host of site {site} (the center picks; the disk goes to the datastore a preparation seeded)</label>
+              )}
             </div>
           ))}
           <label class="target"><input type="radio" name="to" value="" checked={to === ''} onChange={() => { setTo(''); }} /> Let the center choose</label>
