@@ -71,15 +71,15 @@ export default tseslint.config(
     },
   },
   {
-    files: ['**/*.ts'],
+    files: ['**/*.ts', '**/*.tsx'],
     plugins: { 'import-x': importX },
     settings: {
       // Specifiers are NodeNext style: `./vm.js` names the file `./vm.ts`. The default resolver would
       // not find it, and no-restricted-paths silently skips what it cannot resolve.
       'import-x/resolver-next': [
         createNodeResolver({
-          extensions: ['.ts', '.d.ts', '.js', '.mjs', '.cjs', '.json', '.node'],
-          extensionAlias: { '.js': ['.ts', '.d.ts', '.js'], '.mjs': ['.mts', '.mjs'], '.cjs': ['.cts', '.cjs'] },
+          extensions: ['.ts', '.tsx', '.d.ts', '.js', '.mjs', '.cjs', '.json', '.node'],
+          extensionAlias: { '.js': ['.ts', '.tsx', '.d.ts', '.js'], '.mjs': ['.mts', '.mjs'], '.cjs': ['.cts', '.cjs'] },
           conditionNames: ['types', 'import', 'require', 'default'],
         }),
       ],

@@ -35,6 +35,7 @@ import { TASK_KINDS, hostSubject, vmSubject } from './tasks/kinds.js';
 import { chooseCopier, copierCandidates, copyJournalSchema, enqueueCopy } from './tasks/copy-plan.js';
 import type { CenterMetrics } from './metrics.js';
 import { countRequests } from '../api/http-metrics.js';
+import { isWebUiPath, mountWebUi } from './web-ui.js';
 
 /** Concurrent event streams one center serves: each holds a connection and polls the store. */
 export const MAX_EVENT_STREAMS = 256;
@@ -124,7 +125,8 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
   app.use('*', countRequests(d.metrics.httpRequests));
   app.use('*', async (c, next) => {
     const path = c.req.path;
-    if (!OPEN_PATHS.has(path)) {
+    // The web UI's pages have their own session check (./web-ui.ts); the API stays bearer-only.
+    if (!OPEN_PATHS.has(path) && !isWebUiPath(path)) {
       const header = c.req.header('authorization');
       const method = c.req.method;
       const hb = method === 'POST' || method === 'GET' ? HOST_LINK_PATHS[method].exec(path) : null;
@@ -306,6 +308,7 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
   // Text, not JSON: the Prometheus exposition format.
   app.openapi(centerRoutes.metrics, async (c) => c.body(await d.metrics.text(), 200, { 'content-type': d.metrics.contentType }) as never);
 
+  mountWebUi(app, { auth: d.auth });
   app.doc(CENTER_OPENAPI_PATH, { openapi: '3.0.3', info: { ...CENTER_OPENAPI_INFO } });
   return app;
 }
