@@ -28,6 +28,12 @@ import { fingerprintOf, normalizeFingerprint } from '../lib/fingerprint.js';
 export const CENTER_TIMEOUT_MS = 30_000;
 /** A task follower re-reads the task at least this often, whatever the event stream says. */
 const TASK_WAIT_SLICE_MS = 1000;
+/**
+ * Reads of the task in a row that may fail by transport (the center restarting, a connection reset on a
+ * loaded machine) before a follower gives up: a slice apart, so a blip of a few seconds is ridden out
+ * while a center that is really gone is still reported within ~5 s.
+ */
+const MAX_TASK_WAIT_TRANSPORT_FAILURES = 5;
 
 interface RequestOptions {
   readonly body?: unknown;
@@ -132,8 +138,18 @@ export class CenterClient {
   async waitForTask(id: number, opts: { onChange?: (t: CenterTaskView) => void; signal?: AbortSignal; timeoutMs?: number } = {}): Promise<CenterTaskView> {
     const deadline = opts.timeoutMs !== undefined ? performance.now() + opts.timeoutMs : Infinity;
     const subject = `task:${id}`;
+    let failures = 0;
     for (;;) {
-      const t = await this.task(id);
+      let t: CenterTaskView;
+      try {
+        t = await this.task(id);
+        failures = 0;
+      } catch (err) {
+        const transport = err instanceof FerryError && err.code === 'CENTER_UNREACHABLE' && err.origin === 'local';
+        if (!transport || ++failures >= MAX_TASK_WAIT_TRANSPORT_FAILURES || performance.now() > deadline || opts.signal?.aborted === true) throw err;
+        await new Promise((resolve) => setTimeout(resolve, TASK_WAIT_SLICE_MS));
+        continue;
+      }
       opts.onChange?.(t);
       if (t.state === 'succeeded' || t.state === 'failed' || t.state === 'cancelled') return t;
       if (performance.now() > deadline) throw new FerryError('CENTER_ERROR', `task ${id} did not end within ${opts.timeoutMs ?? 0} ms (it is ${t.state}: ${t.phase})`);

@@ -18,7 +18,7 @@ import { prepareMigrationResultSchema, type CenterTaskView, type PrepareMigratio
 import { removeHostData, stopHost, until, type TestHost } from '../helpers/hosts.js';
 import { startTestCenter, type TestCenter } from '../helpers/center.js';
 import { runFerry } from '../helpers/cli.js';
-import { COPY_TASK_TIMEOUT_MS, copyDirs, sha256File, startCopyHost, type CopyDirs } from '../helpers/copy-fleet.js';
+import { COPY_TASK_TIMEOUT_MS, VM_DISK_LEASE_ARGS, copyDirs, sha256File, startCopyHost, type CopyDirs } from '../helpers/copy-fleet.js';
 
 const VM = 'pm-kv';
 const DISK = { datastore: 'site-a-ds', path: 'pm-kv.vmdk', sizeBytes: 16 * MiB };
@@ -54,7 +54,7 @@ describe('prepare-migration: seeds of a running VM\'s bases on another site (rea
     tc = await startTestCenter({ taskLeaseMs: 3000, heartbeatIntervalMs: 300, missedHeartbeats: 40 });
     fs = await copyDirs(['site-a-ds', 'site-b-ds']);
     for (const [name, site, ds] of [['pa', 'site-a', 'site-a-ds'], ['pb', 'site-b', 'site-b-ds']] as const) {
-      hosts.set(name, await startCopyHost(tc.admin, (t) => [...tc.hostArgs(t), '--site', site], name, new Map([[ds, fs.dir(ds)]]), await tc.center.store.latestEventId()));
+      hosts.set(name, await startCopyHost(tc.admin, (t) => [...tc.hostArgs(t), '--site', site], name, new Map([[ds, fs.dir(ds)]]), await tc.center.store.latestEventId(), { leaseArgs: VM_DISK_LEASE_ARGS }));
     }
     await until(async () => (await tc.center.store.getHost('pb')).dataPlane !== null, 'pb reported its path drivers');
     await succeeded(await tc.admin.createVm({ name: VM, host: 'pa', ...KV, disk: DISK }));

@@ -18,6 +18,12 @@ import { waitForEvent } from './center.js';
 
 /** Short leases: a killed copier's source and staging leases expire in about a second. */
 export const COPY_LEASE_ARGS = ['--lease-duration', '1000ms', '--lease-renew', '200ms', '--lease-clock-skew', '100ms'];
+/**
+ * Leases for hosts that run VMs with disks (prepare-migration, cross-site): a host instruments a guest
+ * image synchronously with the disk's lease held, which on a loaded 2-core machine blocks its renewals
+ * for seconds (test/helpers/disk-faults.ts); a 1 s lease is lost then (LEASE_LOST in CI).
+ */
+export const VM_DISK_LEASE_ARGS = ['--lease-duration', '8000ms', '--lease-renew', '500ms', '--lease-clock-skew', '500ms'];
 /** A copy through a center, hand-offs and restarts included, ends well within this on a loaded machine. */
 export const COPY_TASK_TIMEOUT_MS = 120_000;
 
@@ -89,11 +95,11 @@ export async function stagingFiles(dir: string): Promise<string[]> {
  * restarted on its data directory links with its stored credential instead of a join token.
  */
 export async function startCopyHost(admin: CenterClient, hostArgs: (joinToken?: string) => string[], name: string, datastores: ReadonlyMap<string, string>, afterId: number,
-  o: { dataDir?: string; port?: number; rejoin?: boolean; heard?: (sinceMs: number) => Promise<boolean> } = {}): Promise<TestHost> {
+  o: { dataDir?: string; port?: number; rejoin?: boolean; heard?: (sinceMs: number) => Promise<boolean>; leaseArgs?: readonly string[] } = {}): Promise<TestHost> {
   const joinToken = o.rejoin === true ? undefined : (await admin.createJoinToken()).token;
   const ds = [...datastores].flatMap(([n, d]) => ['--datastore', `${n}=${d}`]);
   const startedMs = Date.now();
-  const h = await startHost(name, { args: [...hostArgs(joinToken), ...ds, ...COPY_LEASE_ARGS], ...(o.dataDir !== undefined ? { dataDir: o.dataDir } : {}), ...(o.port !== undefined ? { port: o.port } : {}) });
+  const h = await startHost(name, { args: [...hostArgs(joinToken), ...ds, ...(o.leaseArgs ?? COPY_LEASE_ARGS)], ...(o.dataDir !== undefined ? { dataDir: o.dataDir } : {}), ...(o.port !== undefined ? { port: o.port } : {}) });
   // A host restarted before the center marked it disconnected stays `connected` (no event): `heard` says when its heartbeat arrived.
   const heard = o.heard;
   if (heard !== undefined) await until(() => heard(startedMs), `the center to hear from ${name} again`, 30_000);
