@@ -157,6 +157,9 @@ describe('web UI in Chromium against ferry up', () => {
     await page.locator('[data-testid="migration-outcome"]', { hasText: 'succeeded' }).waitFor({ timeout: MIGRATION_WAIT_MS });
     await page.locator('li[data-phase="release"][data-state="done"]').waitFor();
     await page.getByTestId('engine-downtime').filter({ hasText: /\d/ }).waitFor();
+    // Engine vs guest downtime, and where the engine's went: each part of the switch-over.
+    await page.getByTestId('guest-downtime').filter({ hasText: /\d/ }).waitFor();
+    for (const part of ['pauseMs', 'finalRoundMs', 'stateMs', 'commitMs']) await page.getByTestId(`downtime-${part}`).filter({ hasText: /\d/ }).waitFor();
     const charts = page.locator('figure.chart');
     assert.equal(await charts.count(), 5, 'bytes sent, dirty bytes, dirty rate, throughput, throttle');
     for (const i of [0, 1, 2, 3, 4]) {
