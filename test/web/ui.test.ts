@@ -14,18 +14,14 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { CenterClient } from '../../src/api/center-client.js';
 import { startFerry } from '../helpers/cli.js';
-import { NARROW, DESKTOP, launchChromium, newUiContext, screenshot } from '../helpers/browser.js';
+import { NARROW, DESKTOP, launchChromium, newUiContext, upReady, childPids, screenshot } from '../helpers/browser.js';
 
-/** ferry up's start-up (a center, two hosts, a VM) on a loaded 2-core machine. */
-const READY_TIMEOUT_MS = 60_000;
 const UP_LIFETIME_MS = 170_000;
 /** A migration at 16 MiB/s of the 64 MiB demo VM, with its rounds, on a loaded machine. */
 const MIGRATION_WAIT_MS = 40_000;
@@ -64,7 +60,7 @@ describe('web UI in Chromium against ferry up', () => {
     shots = process.env.FERRY_UI_SCREENSHOTS ?? join(dir, 'screenshots');
     const dataDir = join(dir, 'fleet');
     up = startFerry(['up', '--hosts', '2', '--listen', '127.0.0.1:0', '--data-dir', dataDir], { env: { FERRY_CONFIG: join(dir, 'config.json'), FERRY_CENTER_TOKEN: '' }, timeoutMs: UP_LIFETIME_MS });
-    const ready = await readyOf(up);
+    const ready = await upReady(up);
     children = await childPids(up.child.pid ?? 0);
     const token = (await readFile(ready.tokenFile, 'utf8')).trim();
     const client = new CenterClient(ready.url, token, { caPem: await readFile(join(dataDir, 'center-ca.pem'), 'utf8') });
@@ -265,26 +261,4 @@ async function shownMatchesApi(page: Page, client: CenterClient): Promise<void> 
       if (performance.now() > deadline) throw new Error(`the page does not show what the API says (${before}): ${err instanceof Error ? err.message : String(err)}`);
     }
   }
-}
-
-function readyOf(up: ReturnType<typeof startFerry>): Promise<{ url: string; tokenFile: string }> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { reject(new Error(`ferry up not ready within ${READY_TIMEOUT_MS} ms:\n${up.stdout()}\n${up.stderr()}`)); }, READY_TIMEOUT_MS);
-    const check = (): void => {
-      const m = /ferry up ready url=(\S+) token-file=(\S+) /.exec(up.stdout());
-      if (m === null) return;
-      clearTimeout(timer);
-      up.child.stdout?.off('data', check);
-      resolve({ url: m[1] ?? '', tokenFile: m[2] ?? '' });
-    };
-    up.child.stdout?.on('data', check);
-    up.child.once('exit', () => { clearTimeout(timer); reject(new Error(`ferry up exited before it was ready:\n${up.stdout()}\n${up.stderr()}`)); });
-    check();
-  });
-}
-
-/** The center's and hosts' pids (ferry up's children), killed at the end should ferry up leave them. */
-async function childPids(pid: number): Promise<number[]> {
-  const { stdout } = await promisify(execFile)('ps', ['-o', 'pid=', '--ppid', String(pid)]);
-  return stdout.split('\n').map((l) => Number(l.trim())).filter((n) => n > 0);
 }
