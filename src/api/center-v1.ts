@@ -99,8 +99,14 @@ export const hostViewSchema = z.object({
 export type CenterHostView = z.infer<typeof hostViewSchema>;
 
 export const hostDetailSchema = hostViewSchema.extend({
-  /** The datastores it mounts, under its own name for each. */
-  datastores: z.array(z.object({ id: z.string(), mountName: z.string(), shared: z.boolean() })),
+  /**
+   * The datastores it mounts, under its own name for each, with the space this host last reported for
+   * each (null before its first report; kept within 64 MiB of what the host says, see center-store.md).
+   */
+  datastores: z.array(z.object({
+    id: z.string(), mountName: z.string(), shared: z.boolean(),
+    capacityBytes: z.number().nullable(), freeBytes: z.number().nullable(), spaceAtMs: z.number().nullable(),
+  })),
 }).openapi('CenterHostDetail');
 export type CenterHostDetail = z.infer<typeof hostDetailSchema>;
 

@@ -177,7 +177,10 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
     const name = c.req.valid('param').name;
     const host = await d.store.getHost(name);
     const mounts = await d.store.listHostDatastores(name);
-    const datastores = await Promise.all(mounts.map(async (m) => ({ id: m.datastoreId, mountName: m.mountName, shared: (await d.store.getDatastore(m.datastoreId)).shared })));
+    const datastores = await Promise.all(mounts.map(async (m) => ({
+      id: m.datastoreId, mountName: m.mountName, shared: (await d.store.getDatastore(m.datastoreId)).shared,
+      capacityBytes: m.space?.capacityBytes ?? null, freeBytes: m.space?.freeBytes ?? null, spaceAtMs: m.space?.atMs ?? null,
+    })));
     return c.json({ ...hostView(host), datastores }, 200);
   });
   app.openapi(centerRoutes.listVms, async (c) => {
