@@ -1,7 +1,7 @@
 /**
  * The web UI's cross-site views in Chromium against `ferry up --sites 2` (a center, a host on site-a and
  * one on site-b, each site with its own datastore, the demo VM with a small disk on site-a's): the ready
- * text names the UI's URL; the VM page shows the disk chain its host has (top first, with CIDs); the
+ * text names the UI's URL; the inventory shows each datastore's space; the VM page shows the disk chain its host has (top first, with CIDs); the
  * migrate dialog offers "Any host of site site-b"; a `vm.prepare-migration` started through the API shows
  * its progress on its task page and, when done, the seeds' CIDs — the CIDs the VM page's chain, read
  * again on the task's changes, now shows below its new top.
@@ -74,6 +74,16 @@ describe('web UI: cross-site views in Chromium against ferry up --sites 2', () =
   it('ferry up\'s ready text names the UI\'s URL', () => {
     assert.ok(up !== null);
     assert.ok(up.stdout().includes(`  web UI   ${url}/ `), up.stdout());
+  });
+
+  it('the inventory shows each datastore\'s space as its host reports it', async () => {
+    await page.goto(`${url}/#/`);
+    for (const h of (await api().listHosts()).hosts) {
+      for (const d of (await api().host(h.name)).datastores) {
+        assert.ok(d.freeBytes !== null && d.capacityBytes !== null, `${h.name} reported ${d.mountName}'s space`);
+        await page.locator(`tr[data-datastore="${d.id}"] li[data-space-host="${h.name}"]`).filter({ hasText: / free of / }).waitFor();
+      }
+    }
   });
 
   it('the VM page shows the disk chain its host has, top first with its CID; the migrate dialog offers any host of site-b', async () => {
