@@ -4,7 +4,8 @@
  * data directory. Log in (a bad token is refused with its reason), see the inventory, open the demo
  * VM and its console, enter maintenance on the other host (the migrate dialog then refuses it and
  * says why), exit it, migrate the VM by clicking and watch the live view reach "succeeded" with its
- * round charts drawn and its progress never running backwards, cancel a slow migration and see the
+ * round charts drawn, the downtime (engine, guest, and each part of the switch-over) shown and its
+ * progress never running backwards, cancel a slow migration and see the
  * VM still running on its source, and after the event stream breaks and comes back, see what the API
  * says, not what was shown before. Screenshots of the main screens are saved (FERRY_UI_SCREENSHOTS
  * keeps them in that directory; else a temp directory, removed).
