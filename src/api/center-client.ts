@@ -20,6 +20,7 @@ import {
 } from './center-v1.js';
 import { errorOf, pathOf, responseSchema } from './host-client.js';
 import type { IncomingStatus } from './host-v1.js';
+import type { DiskChainView } from './disk-v1.js';
 import { readSse } from './sse.js';
 import { TlsFetch, transportError, type TlsClientOptions } from './tls.js';
 import { fingerprintOf, normalizeFingerprint } from '../lib/fingerprint.js';
@@ -105,6 +106,8 @@ export class CenterClient {
     return this.json(centerRoutes.listVms, {}, 200, { query: { ...o } });
   }
   vm(name: string): Promise<CenterVmView> { return this.json(centerRoutes.getVm, { name }, 200); }
+  /** The VM's disk chain (top first, with CIDs), asked of its host through the center. */
+  vmDiskChain(name: string): Promise<DiskChainView> { return this.json(centerRoutes.vmDiskChain, { name }, 200); }
   listTasks(o: PageOptions<number> & { state?: CenterTaskView['state']; kind?: string; target?: string } = {}): Promise<ResponseOf<typeof centerRoutes.listTasks, 200>> {
     return this.json(centerRoutes.listTasks, {}, 200, { query: { ...o } });
   }

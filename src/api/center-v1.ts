@@ -21,6 +21,7 @@ import { MAX_DATASTORE_PATH_BYTES, MAX_PEM_CHARS, VM_NAME_PATTERN, cmdlineSchema
 import { migrationOptionsSchema } from '../migration/options.js';
 import { errorBodySchema, incomingStatusSchema, pathDriverReportSchema, pathIdSchema, migrationIdSchema, vmStateSchema as hostVmStateSchema } from './host-v1.js';
 import { PATH_DRIVER_KINDS } from '../dataplane/path/spec.js';
+import { diskChainSchema } from './disk-v1.js';
 import { MAX_COPY_STREAMS } from '../nfc/plan.js';
 import { MIN_RATE_BYTES_PER_SEC } from '../dataplane/rate-limiter.js';
 
@@ -98,8 +99,14 @@ export const hostViewSchema = z.object({
 export type CenterHostView = z.infer<typeof hostViewSchema>;
 
 export const hostDetailSchema = hostViewSchema.extend({
-  /** The datastores it mounts, under its own name for each. */
-  datastores: z.array(z.object({ id: z.string(), mountName: z.string(), shared: z.boolean() })),
+  /**
+   * The datastores it mounts, under its own name for each, with the space this host last reported for
+   * each (null before its first report; kept within 64 MiB of what the host says, see center-store.md).
+   */
+  datastores: z.array(z.object({
+    id: z.string(), mountName: z.string(), shared: z.boolean(),
+    capacityBytes: z.number().nullable(), freeBytes: z.number().nullable(), spaceAtMs: z.number().nullable(),
+  })),
 }).openapi('CenterHostDetail');
 export type CenterHostDetail = z.infer<typeof hostDetailSchema>;
 
@@ -462,6 +469,10 @@ export const centerRoutes = {
   vmConsole: createRoute({
     method: 'get', path: `${P}/vms/{name}/console`, summary: 'the VM\'s console text, from its host; follow=1 streams it', request: { params: hostParams, query: z.object({ follow: z.enum(['0', '1']).optional() }).strict() },
     responses: { 200: { content: { 'text/plain': { schema: z.string() } }, description: 'console text' }, ...errors(400, 401, 404, 409, 503) },
+  }),
+  vmDiskChain: createRoute({
+    method: 'get', path: `${P}/vms/{name}/disk/chain`, summary: 'the VM\'s disk chain (top first, with CIDs) and any disk operation in progress, from its host', request: { params: hostParams },
+    responses: { 200: json(diskChainSchema, 'the chain'), ...errors(400, 401, 404, 409, 503) },
   }),
   migrateVm: createRoute({
     method: 'post', path: `${P}/vms/{name}/migrate`, summary: 'live-migrate a VM (queued while budgets are spent): answers its task',

@@ -34,6 +34,7 @@ import type { HostControl } from './host-control.js';
 import { TASK_KINDS, hostSubject, vmSubject } from './tasks/kinds.js';
 import { chooseCopier, copierCandidates, copyJournalSchema, enqueueCopy } from './tasks/copy-plan.js';
 import type { CenterMetrics } from './metrics.js';
+import type { DiskChainView } from '../api/disk-v1.js';
 import { countRequests } from '../api/http-metrics.js';
 import { isWebUiPath, mountWebUi } from './web-ui.js';
 
@@ -176,7 +177,10 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
     const name = c.req.valid('param').name;
     const host = await d.store.getHost(name);
     const mounts = await d.store.listHostDatastores(name);
-    const datastores = await Promise.all(mounts.map(async (m) => ({ id: m.datastoreId, mountName: m.mountName, shared: (await d.store.getDatastore(m.datastoreId)).shared })));
+    const datastores = await Promise.all(mounts.map(async (m) => ({
+      id: m.datastoreId, mountName: m.mountName, shared: (await d.store.getDatastore(m.datastoreId)).shared,
+      capacityBytes: m.space?.capacityBytes ?? null, freeBytes: m.space?.freeBytes ?? null, spaceAtMs: m.space?.atMs ?? null,
+    })));
     return c.json({ ...hostView(host), datastores }, 200);
   });
   app.openapi(centerRoutes.listVms, async (c) => {
@@ -229,6 +233,7 @@ export function buildCenterApp(d: CenterAppDeps): OpenAPIHono {
     });
   }
   app.openapi(centerRoutes.vmConsole, (c) => relayConsole(c, d) as never);
+  app.openapi(centerRoutes.vmDiskChain, async (c) => c.json(await diskChainOf(d, c.req.valid('param').name), 200));
   app.openapi(centerRoutes.migrateVm, async (c) => {
     const vm = await d.store.getVm(c.req.valid('param').name);
     const request = c.req.valid('json');
@@ -322,6 +327,13 @@ async function checkMove(store: CenterStore, task: Task, to: string | null): Pro
   if (!j.success) throw new FerryError('TASK_STATE', `copy task ${task.id} has not chosen its first host yet: move it once it runs`);
   const choice = chooseCopier(await copierCandidates(store, j.data.sourceId, j.data.targetId, new Set([j.data.host])), to, (await store.getDatastore(j.data.sourceId)).name);
   if ('refused' in choice) throw new FerryError('NO_COMPATIBLE_HOST', `copy task ${task.id} cannot move off ${j.data.host}${to !== null ? ` to ${to}` : ''}: ${choice.refused}`);
+}
+
+/** The VM's disk chain, asked of its host (the inventory keeps only the top file; the chain and its CIDs are the host's). */
+async function diskChainOf(d: CenterAppDeps, name: string): Promise<DiskChainView> {
+  const vm = await d.store.getVm(name);
+  if (vm.host === null) throw new FerryError('VM_STATE', `VM ${vm.name} is on no host yet`);
+  return d.hostControl.client(await d.store.getHost(vm.host)).diskChain(vm.name);
 }
 
 /** The VM's console, relayed from its host (the CLI and UI need no host token). */

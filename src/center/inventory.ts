@@ -13,7 +13,7 @@
  */
 import { FerryError, isFerryError } from '../lib/errors.js';
 import type { HeartbeatRequest } from '../api/center-v1.js';
-import { MAX_HEARTBEAT_BATCH, MAX_LIST_LIMIT, type Datastore, type Host, type HostDataPlane, type HostState, type JsonValue, type Vm } from './store/model.js';
+import { MAX_HEARTBEAT_BATCH, MAX_LIST_LIMIT, type Datastore, type Host, type HostDataPlane, type HostDatastore, type HostState, type JsonValue, type Vm } from './store/model.js';
 import type { CenterStore, Clock } from './store/store.js';
 import { everyPage } from './store/pages.js';
 
@@ -32,6 +32,14 @@ const SWEPT_STATES: readonly HostState[] = ['joining', 'connected', 'entering-ma
  * at most this much of heartbeat times, which the hosts' next heartbeats restore.
  */
 export const HEARTBEAT_FLUSH_MAX_MS = 1000;
+
+/**
+ * A mount's reported space is written when its capacity or free bytes moved by more than this since the
+ * value kept: a datastore's free space changes with every write on it, and a write per heartbeat per
+ * mount would undo the steady heartbeat's no-write rule. 64 MiB is what a person reading "space left"
+ * does not miss, and several of the demo disks.
+ */
+export const DATASTORE_SPACE_WRITE_THRESHOLD_BYTES = 64 * 1024 * 1024;
 
 export interface InventoryDeps {
   readonly store: CenterStore;
@@ -57,6 +65,9 @@ export function vmRecord(v: VmFacts): { config: JsonValue; disks: JsonValue } {
     disks: v.disk === null ? [] : [{ datastore: v.disk.datastore, path: v.disk.path, capacityBytes: v.disk.capacityBytes }],
   };
 }
+/** A heartbeat's datastore space under the store's names (a host's file system can report more free than total: clamped). */
+const spaceOf = (r: HeartbeatRequest['datastores'][number]): { capacityBytes: number; freeBytes: number } => ({ capacityBytes: r.totalBytes, freeBytes: Math.min(r.spaceLeftBytes, r.totalBytes) });
+const movedBeyondThreshold = (kept: number, now: number): boolean => Math.abs(kept - now) > DATASTORE_SPACE_WRITE_THRESHOLD_BYTES;
 const sameJson = (a: JsonValue, b: JsonValue): boolean => JSON.stringify(a) === JSON.stringify(b);
 
 async function orNull<T>(p: Promise<T>): Promise<T | null> {
@@ -176,15 +187,25 @@ export class Inventory {
     if (ids.size !== reported.length) throw new FerryError('BAD_REQUEST', `host ${host} reported one datastore id twice`);
     const mounts = await store.listHostDatastores(host);
     const unchanged = mounts.length === reported.length && reported.every((r) => mounts.some((m) => m.datastoreId === r.id && m.mountName === r.name));
-    if (unchanged) return;
+    if (unchanged) { await this.applySpace(host, mounts, reported); return; }
     for (const r of reported) {
       const existing: Datastore | null = await orNull(store.getDatastore(r.id));
       // Shared: another host mounts the same identity. Once seen shared, it stays so (it is the storage's nature).
       const shared = existing?.shared === true || (await store.listDatastoreHosts(r.id)).some((m) => m.host !== host);
       if (existing === null || existing.shared !== shared) await store.upsertDatastore({ id: r.id, name: existing?.name ?? r.name, shared });
     }
-    await store.setHostDatastores(host, reported.map((r) => ({ datastoreId: r.id, mountName: r.name })));
+    await store.setHostDatastores(host, reported.map((r) => ({ datastoreId: r.id, mountName: r.name, space: spaceOf(r) })));
     await this.event('host.datastores', `host:${host}`, { host, datastores: reported.map((r) => ({ id: r.id, name: r.name })) });
+  }
+
+  /** The mounts' space, written only where it moved by more than the threshold (steady heartbeats write nothing). */
+  private async applySpace(host: string, mounts: readonly HostDatastore[], reported: HeartbeatRequest['datastores']): Promise<void> {
+    for (const r of reported) {
+      const kept = mounts.find((m) => m.datastoreId === r.id)?.space ?? null;
+      const now = spaceOf(r);
+      if (kept !== null && !movedBeyondThreshold(kept.capacityBytes, now.capacityBytes) && !movedBeyondThreshold(kept.freeBytes, now.freeBytes)) continue;
+      await this.d.store.setHostDatastoreSpace(host, r.id, now);
+    }
   }
 
   private async applyVms(host: string, reported: HeartbeatRequest['vms']): Promise<void> {

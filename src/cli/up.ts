@@ -371,6 +371,7 @@ export async function runUp(given: UpOptions): Promise<number> {
       `Ferry is up: a center and ${o.hosts} host${o.hosts > 1 ? 's' : ''} on loopback, ${sites > 1 ? `${sites} sites, each with its own datastore` : 'one shared datastore'} (data: ${dir}${temporary ? ', removed at exit' : ', kept'})`,
       '',
       `  center   ${center.url}`,
+      `  web UI   ${center.url}/  (log in with the token below)`,
       `  token    ${token}`,
       `           (in ${center.tokenFile})`,
       ...hosts.map((h, i) => `  ${i === 0 ? 'hosts' : '     '}    ${h.name.padEnd(width)}  ${h.url}${sites > 1 ? `  (${placeOf(i, sites).site ?? ''}, ${placeOf(i, sites).datastore})` : ''}`),

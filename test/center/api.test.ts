@@ -11,6 +11,8 @@ import { MAX_HEARTBEAT_BODY_BYTES, MAX_HEARTBEAT_VMS, centerRoutes, type Heartbe
 import { hashSecret } from '../../src/center/auth.js';
 import { GiB, MiB } from '../../src/lib/units.js';
 import { createCsr, generateKeyPair } from '../../src/lib/x509.js';
+import { DATASTORE_SPACE_WRITE_THRESHOLD_BYTES } from '../../src/center/inventory.js';
+import { until } from '../helpers/hosts.js';
 import { collectEvents, joinTestHost, startTestCenter, waitForEvent, type TestCenter } from '../helpers/center.js';
 
 const DS1 = 'a'.repeat(32);
@@ -89,7 +91,7 @@ describe('center API', () => {
     const h = await tc.admin.host('j1');
     assert.equal(h.state, 'connected');
     assert.deepEqual(h.capacity, { memoryBytes: 8 * GiB, vcpus: 4 });
-    assert.deepEqual(h.datastores, [{ id: DS1, mountName: 'ds1', shared: false }]);
+    assert.deepEqual(h.datastores.map(({ spaceAtMs: _, ...rest }) => rest), [{ id: DS1, mountName: 'ds1', shared: false, capacityBytes: 20 * GiB, freeBytes: 10 * GiB }]);
     assert.ok(h.lastHeartbeatAtMs !== null);
     const vms = (await tc.admin.listVms({ host: 'j1' })).vms;
     assert.deepEqual(vms.map((v) => [v.name, v.host, v.state]), [['j1-db', 'j1', 'paused'], ['j1-web', 'j1', 'running']]);
@@ -98,7 +100,7 @@ describe('center API', () => {
     // A second host mounting the same datastore identity makes it shared.
     const j2 = await joinHost('j2');
     await j2.heartbeat('j2', report([], [{ name: 'shared', id: DS1, spaceLeftBytes: 1, totalBytes: 2 }, { name: 'local', id: DS2, spaceLeftBytes: 1, totalBytes: 2 }]));
-    assert.deepEqual((await tc.admin.host('j2')).datastores, [{ id: DS2, mountName: 'local', shared: false }, { id: DS1, mountName: 'shared', shared: true }]);
+    assert.deepEqual((await tc.admin.host('j2')).datastores.map((d) => [d.id, d.mountName, d.shared]), [[DS2, 'local', false], [DS1, 'shared', true]]);
 
     // A host credential is for its host's heartbeats only.
     assert.equal(await refusal(j1.heartbeat('j2', report([]))), 'UNAUTHORIZED');
@@ -109,6 +111,31 @@ describe('center API', () => {
     const rejoined = await joinTestHost(tc, 'j1', { joinToken: again, url: 'http://127.0.0.1:7001' });
     assert.equal(await refusal(j1.heartbeat('j1', report([]))), 'UNAUTHORIZED');
     assert.equal((await rejoined.client.heartbeat('j1', report([vm('j1-web'), vm('j1-db', 'paused')]))).state, 'connected');
+  });
+
+  it('datastore space: kept per mount from heartbeats, written only when it moved by more than the threshold (steady heartbeats write nothing)', async () => {
+    const h = await joinHost('space');
+    const ds = (free: number, total = 100 * GiB): HeartbeatRequest['datastores'] => [{ name: 'ds1', id: DS1, spaceLeftBytes: free, totalBytes: total }];
+    await h.heartbeat('space', report([], ds(50 * GiB)));
+    const first = (await tc.admin.host('space')).datastores[0];
+    assert.deepEqual([first?.capacityBytes, first?.freeBytes], [100 * GiB, 50 * GiB]);
+    const keptAt = first?.spaceAtMs ?? null;
+    assert.ok(keptAt !== null);
+    // Within the threshold (the guest wrote a little): nothing written, the kept value and its time stay.
+    await until(() => Promise.resolve(Date.now() > keptAt), 'the clock to move past the first report');
+    const from = await tc.center.store.latestEventId();
+    await h.heartbeat('space', report([], ds(50 * GiB - DATASTORE_SPACE_WRITE_THRESHOLD_BYTES)));
+    const steady = (await tc.admin.host('space')).datastores[0];
+    assert.deepEqual([steady?.freeBytes, steady?.spaceAtMs], [50 * GiB, keptAt], 'a move of exactly the threshold is not written');
+    // Beyond it: written, and no event (space is read, not streamed: it changes all the time).
+    await h.heartbeat('space', report([], ds(50 * GiB - DATASTORE_SPACE_WRITE_THRESHOLD_BYTES - 1)));
+    const moved = (await tc.admin.host('space')).datastores[0];
+    assert.equal(moved?.freeBytes, 50 * GiB - DATASTORE_SPACE_WRITE_THRESHOLD_BYTES - 1);
+    assert.ok((moved?.spaceAtMs ?? 0) > keptAt);
+    await h.heartbeat('space', report([], ds(40 * GiB, 200 * GiB)));
+    assert.deepEqual((await tc.admin.host('space')).datastores.map((d) => [d.capacityBytes, d.freeBytes]), [[200 * GiB, 40 * GiB]], 'a grown capacity too');
+    const events = await collectEvents(tc.admin, from, await tc.center.store.latestEventId());
+    assert.deepEqual(events.filter((e) => e.subject === 'host:space').map((e) => e.kind), []);
   });
 
   it('a host that stops heartbeating becomes disconnected and its VMs unknown (kept); coming back reconciles', async () => {

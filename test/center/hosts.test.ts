@@ -14,6 +14,7 @@ import { createVm, removeHostData, startHost, stopHost, type TestHost } from '..
 import { startAgent } from '../helpers/agents.js';
 import { startTestCenter, waitForEvent, type TestCenter } from '../helpers/center.js';
 import { startPostgres, type PostgresCluster } from '../helpers/postgres.js';
+import { DATASTORE_SPACE_WRITE_THRESHOLD_BYTES } from '../../src/center/inventory.js';
 
 describe('hosts joined to a center (child processes, SQLite)', () => {
   let tc: TestCenter;
@@ -111,7 +112,11 @@ describe('a host joined to a center on PostgreSQL (in-process agent)', () => {
         await waitForEvent(tc.admin, 0, (e) => e.kind === 'host.connected' && e.subject === 'host:pg1');
         const h = await tc.admin.host('pg1');
         const ds = (await agent.client.listDatastores())[0];
-        assert.deepEqual(h.datastores, [{ id: ds?.id, mountName: 'ds1', shared: false }]);
+        assert.deepEqual(h.datastores.map((d) => [d.id, d.mountName, d.shared]), [[ds?.id, 'ds1', false]]);
+        // Its space, as the host's heartbeat reported it (kept within the write threshold of what the host says now).
+        const kept = h.datastores[0];
+        assert.equal(kept?.capacityBytes, ds?.totalBytes);
+        assert.ok(Math.abs((kept?.freeBytes ?? -Infinity) - (ds?.spaceLeftBytes ?? 0)) <= DATASTORE_SPACE_WRITE_THRESHOLD_BYTES, `${kept?.freeBytes} free`);
         const from = await tc.center.store.latestEventId();
         await agent.close();
         closed = true;

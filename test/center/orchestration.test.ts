@@ -88,6 +88,12 @@ describe('orchestration through the center (real host processes, SQLite)', () =>
     assert.equal((await tc.admin.vm('o-m2')).host, target2);
     const progress = await waitForEvent(tc.admin, from, (e) => e.kind === 'migration.progress' && e.subject === 'vm:o-m1');
     assert.ok(typeof (progress.payload as { round: unknown }).round === 'number', 'rounds travel as events');
+    // The engine downtime's breakdown travels in the finished event and the task's result: its parts, in order.
+    const finished = await waitForEvent(tc.admin, from, (e) => e.kind === 'migration.finished' && e.subject === 'vm:o-m1');
+    const breakdown = (finished.payload as { switchoverMs: Record<string, number> | null }).switchoverMs;
+    assert.deepEqual(Object.keys(breakdown ?? {}), ['pauseMs', 'finalRoundMs', 'stateMs', 'commitMs']);
+    assert.ok(Object.values(breakdown ?? {}).every((v) => typeof v === 'number' && v >= 0));
+    assert.deepEqual((m1.result as { switchoverMs: unknown }).switchoverMs, breakdown);
     // Exactly one host runs each VM.
     const holders = await Promise.all(hosts.map(async (h) => (await h.client.listVms()).some((v) => v.name === 'o-m1')));
     assert.deepEqual(holders, [false, false, true]);

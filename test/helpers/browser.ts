@@ -8,6 +8,9 @@ import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import type { startFerry } from './cli.js';
 
 export const CHROMIUM_PATH = '/usr/bin/chromium';
 /** A page's wait for something a person would see, on a loaded 2-core machine. */
@@ -40,4 +43,30 @@ export async function logIn(page: Page, centerUrl: string, token: string): Promi
   await page.getByLabel('API token').fill(token);
   await page.getByRole('button', { name: 'Log in' }).click();
   await page.locator('#stream-status[data-status="live"]').waitFor();
+}
+
+/** ferry up's start-up (a center, its hosts, the demo VM) on a loaded 2-core machine. */
+export const UP_READY_TIMEOUT_MS = 60_000;
+
+/** Waits for `ferry up`'s machine-readable ready line: the center's URL and its token file. */
+export function upReady(up: ReturnType<typeof startFerry>, timeoutMs = UP_READY_TIMEOUT_MS): Promise<{ url: string; tokenFile: string }> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { reject(new Error(`ferry up not ready within ${timeoutMs} ms:\n${up.stdout()}\n${up.stderr()}`)); }, timeoutMs);
+    const check = (): void => {
+      const m = /ferry up ready url=(\S+) token-file=(\S+) /.exec(up.stdout());
+      if (m === null) return;
+      clearTimeout(timer);
+      up.child.stdout?.off('data', check);
+      resolve({ url: m[1] ?? '', tokenFile: m[2] ?? '' });
+    };
+    up.child.stdout?.on('data', check);
+    up.child.once('exit', () => { clearTimeout(timer); reject(new Error(`ferry up exited before it was ready:\n${up.stdout()}\n${up.stderr()}`)); });
+    check();
+  });
+}
+
+/** The center's and hosts' pids (ferry up's children), killed at the end should ferry up leave them. */
+export async function childPids(pid: number): Promise<number[]> {
+  const { stdout } = await promisify(execFile)('ps', ['-o', 'pid=', '--ppid', String(pid)]);
+  return stdout.split('\n').map((l) => Number(l.trim())).filter((n) => n > 0);
 }

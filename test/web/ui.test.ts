@@ -4,7 +4,8 @@
  * data directory. Log in (a bad token is refused with its reason), see the inventory, open the demo
  * VM and its console, enter maintenance on the other host (the migrate dialog then refuses it and
  * says why), exit it, migrate the VM by clicking and watch the live view reach "succeeded" with its
- * round charts drawn and its progress never running backwards, cancel a slow migration and see the
+ * round charts drawn, the downtime (engine, guest, and each part of the switch-over) shown and its
+ * progress never running backwards, cancel a slow migration and see the
  * VM still running on its source, and after the event stream breaks and comes back, see what the API
  * says, not what was shown before. Screenshots of the main screens are saved (FERRY_UI_SCREENSHOTS
  * keeps them in that directory; else a temp directory, removed).
@@ -14,18 +15,14 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { CenterClient } from '../../src/api/center-client.js';
 import { startFerry } from '../helpers/cli.js';
-import { NARROW, DESKTOP, launchChromium, newUiContext, screenshot } from '../helpers/browser.js';
+import { NARROW, DESKTOP, launchChromium, newUiContext, upReady, childPids, screenshot } from '../helpers/browser.js';
 
-/** ferry up's start-up (a center, two hosts, a VM) on a loaded 2-core machine. */
-const READY_TIMEOUT_MS = 60_000;
 const UP_LIFETIME_MS = 170_000;
 /** A migration at 16 MiB/s of the 64 MiB demo VM, with its rounds, on a loaded machine. */
 const MIGRATION_WAIT_MS = 40_000;
@@ -64,7 +61,7 @@ describe('web UI in Chromium against ferry up', () => {
     shots = process.env.FERRY_UI_SCREENSHOTS ?? join(dir, 'screenshots');
     const dataDir = join(dir, 'fleet');
     up = startFerry(['up', '--hosts', '2', '--listen', '127.0.0.1:0', '--data-dir', dataDir], { env: { FERRY_CONFIG: join(dir, 'config.json'), FERRY_CENTER_TOKEN: '' }, timeoutMs: UP_LIFETIME_MS });
-    const ready = await readyOf(up);
+    const ready = await upReady(up);
     children = await childPids(up.child.pid ?? 0);
     const token = (await readFile(ready.tokenFile, 'utf8')).trim();
     const client = new CenterClient(ready.url, token, { caPem: await readFile(join(dataDir, 'center-ca.pem'), 'utf8') });
@@ -157,6 +154,9 @@ describe('web UI in Chromium against ferry up', () => {
     await page.locator('[data-testid="migration-outcome"]', { hasText: 'succeeded' }).waitFor({ timeout: MIGRATION_WAIT_MS });
     await page.locator('li[data-phase="release"][data-state="done"]').waitFor();
     await page.getByTestId('engine-downtime').filter({ hasText: /\d/ }).waitFor();
+    // Engine vs guest downtime, and where the engine's went: each part of the switch-over.
+    await page.getByTestId('guest-downtime').filter({ hasText: /\d/ }).waitFor();
+    for (const part of ['pauseMs', 'finalRoundMs', 'stateMs', 'commitMs']) await page.getByTestId(`downtime-${part}`).filter({ hasText: /\d/ }).waitFor();
     const charts = page.locator('figure.chart');
     assert.equal(await charts.count(), 5, 'bytes sent, dirty bytes, dirty rate, throughput, throttle');
     for (const i of [0, 1, 2, 3, 4]) {
@@ -262,26 +262,4 @@ async function shownMatchesApi(page: Page, client: CenterClient): Promise<void> 
       if (performance.now() > deadline) throw new Error(`the page does not show what the API says (${before}): ${err instanceof Error ? err.message : String(err)}`);
     }
   }
-}
-
-function readyOf(up: ReturnType<typeof startFerry>): Promise<{ url: string; tokenFile: string }> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { reject(new Error(`ferry up not ready within ${READY_TIMEOUT_MS} ms:\n${up.stdout()}\n${up.stderr()}`)); }, READY_TIMEOUT_MS);
-    const check = (): void => {
-      const m = /ferry up ready url=(\S+) token-file=(\S+) /.exec(up.stdout());
-      if (m === null) return;
-      clearTimeout(timer);
-      up.child.stdout?.off('data', check);
-      resolve({ url: m[1] ?? '', tokenFile: m[2] ?? '' });
-    };
-    up.child.stdout?.on('data', check);
-    up.child.once('exit', () => { clearTimeout(timer); reject(new Error(`ferry up exited before it was ready:\n${up.stdout()}\n${up.stderr()}`)); });
-    check();
-  });
-}
-
-/** The center's and hosts' pids (ferry up's children), killed at the end should ferry up leave them. */
-async function childPids(pid: number): Promise<number[]> {
-  const { stdout } = await promisify(execFile)('ps', ['-o', 'pid=', '--ppid', String(pid)]);
-  return stdout.split('\n').map((l) => Number(l.trim())).filter((n) => n > 0);
 }

@@ -6,8 +6,9 @@
 import type {
   CenterHostDetail, CenterHostView, CenterMigrateRequest, CenterTaskView, CenterVmView, MaintenanceRequest,
 } from '../../src/api/center-v1.js';
+import type { DiskChainView } from '../../src/api/disk-v1.js';
 
-export type { CenterHostDetail, CenterHostView, CenterTaskView, CenterVmView, CenterMigrateRequest };
+export type { CenterHostDetail, CenterHostView, CenterTaskView, CenterVmView, CenterMigrateRequest, DiskChainView };
 export interface SiteView { readonly name: string; readonly description: string; readonly virtualSubnet: string | null }
 
 export const TOKEN_KEY = 'ferry.token';
@@ -90,4 +91,5 @@ export const migrateVm = (name: string, req: CenterMigrateRequest): Promise<Cent
 export const moveTask = (id: number, to?: string): Promise<CenterTaskView> => api('POST', `/tasks/${id}/move`, to !== undefined ? { to } : {});
 export const maintenance = (host: string, action: MaintenanceRequest['action']): Promise<CenterTaskView> => api('POST', `/hosts/${enc(host)}/maintenance`, { action });
 /** The console relayed by the center from the VM's host; `follow` streams it. */
+export const vmDiskChain = (name: string): Promise<DiskChainView> => api('GET', `/vms/${enc(name)}/disk/chain`);
 export const consoleStream = (name: string, signal: AbortSignal): Promise<Response> => apiFetch('GET', `/vms/${enc(name)}/console?follow=1`, undefined, signal);

@@ -86,6 +86,8 @@ export class Fleet {
   /** Full refetches done (tests and the status line show it). */
   refetches = 0;
   version = 0;
+  /** Events seen per VM (progress samples aside): what the VM page reads its disk chain again on. */
+  readonly vmEvents = new Map<string, number>();
 
   /** Tasks whose missed progress events were replayed (or are being): 'loading', 'done', or why not. */
   readonly history = new Map<number, string>();
@@ -195,7 +197,10 @@ export class Fleet {
     const taskId = numOrNull(p.taskId);
     if (taskId !== null) this.#pending.add(`task:${taskId}`);
     // Progress events carry their own numbers: the VM row does not change with each of them.
-    if (e.kind !== 'migration.progress' && e.kind !== 'copy.progress') this.#pending.add(e.subject);
+    if (e.kind !== 'migration.progress' && e.kind !== 'copy.progress') {
+      this.#pending.add(e.subject);
+      if (e.subject.startsWith('vm:')) this.vmEvents.set(e.subject.slice(3), (this.vmEvents.get(e.subject.slice(3)) ?? 0) + 1);
+    }
     if (e.kind.startsWith('host.') && e.subject.startsWith('host:')) this.#pending.add('sites');
     this.scheduleFlush();
     this.notify();

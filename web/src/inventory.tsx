@@ -3,17 +3,21 @@ import { useFleet } from './fleet.js';
 import { Badge } from './common.js';
 import { bytes, vmConfig } from './format.js';
 
+/** One host's view of a datastore's space (a shared one: each host reports what its mount shows). */
+interface MountSpace { readonly host: string; readonly capacityBytes: number | null; readonly freeBytes: number | null }
+
 export function Inventory() {
   const f = useFleet();
   const hosts = [...f.hosts.values()];
   const vms = [...f.vms.values()];
   const siteNames = [...new Set([...f.sites.map((s) => s.name), ...hosts.map((h) => h.site)])].sort();
-  const datastores = new Map<string, { names: Set<string>; hosts: string[]; shared: boolean }>();
+  const datastores = new Map<string, { names: Set<string>; hosts: string[]; shared: boolean; space: MountSpace[] }>();
   for (const h of hosts) {
     for (const d of h.datastores) {
-      const e = datastores.get(d.id) ?? { names: new Set<string>(), hosts: [], shared: d.shared };
+      const e = datastores.get(d.id) ?? { names: new Set<string>(), hosts: [], shared: d.shared, space: [] };
       e.names.add(d.mountName);
       e.hosts.push(h.name);
+      e.space.push({ host: h.name, capacityBytes: d.capacityBytes, freeBytes: d.freeBytes });
       datastores.set(d.id, e);
     }
   }
@@ -57,7 +61,12 @@ export function Inventory() {
             {[...datastores].map(([id, d]) => (
               <tr key={id} data-datastore={id}>
                 <td>{[...d.names].join(', ')}</td><td><code>{id.slice(0, 12)}…</code></td><td>{d.hosts.join(', ')}</td><td>{d.shared ? 'yes' : 'no'}</td>
-                <td class="muted">not kept by the center yet</td>
+                <td><ul class="space">{d.space.map((s) => (
+                  <li key={s.host} data-space-host={s.host} data-free-bytes={s.freeBytes ?? ''}>
+                    {s.capacityBytes === null || s.freeBytes === null ? <span class="muted">{s.host}: not reported yet</span>
+                      : <>{d.space.length > 1 ? `${s.host}: ` : ''}{bytes(s.freeBytes)} free of {bytes(s.capacityBytes)}</>}
+                  </li>
+                ))}</ul></td>
               </tr>
             ))}
             {datastores.size === 0 && <tr><td colSpan={5} class="muted">no host reports a datastore</td></tr>}

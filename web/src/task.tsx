@@ -11,6 +11,13 @@ const obj = (v: unknown): Record<string, unknown> => (typeof v === 'object' && v
 const boundary = (v: unknown): string => { const b = obj(v); return typeof b.fileIndex === 'number' && typeof b.offsetBytes === 'number' ? `file ${b.fileIndex + 1} at ${bytes(b.offsetBytes)}` : JSON.stringify(v); };
 const text = (v: unknown): string => (typeof v === 'string' ? v : '');
 const numOr = (v: unknown): number | null => (typeof v === 'number' ? v : null);
+/** A { part: ms } object (the engine downtime's breakdown in a task's result), or null when there is none. */
+const numbers = (v: unknown): Record<string, number> | null => {
+  const entries = Object.entries(obj(v)).filter((e): e is [string, number] => typeof e[1] === 'number');
+  return entries.length === 0 ? null : Object.fromEntries(entries);
+};
+/** The engine downtime's parts as a person reads them (the migration record's switchoverMs keys). */
+const PART_LABELS: Readonly<Record<string, string>> = { pauseMs: 'pause (every vCPU parked)', finalRoundMs: 'final round', stateMs: 'vCPU and device state', commitMs: 'commit' };
 
 export function TaskHeader(props: { task: CenterTaskView; fleet: Fleet }) {
   const t = props.task;
@@ -61,7 +68,7 @@ function MigrationView(props: { task: CenterTaskView; live: MigrationLive | null
   const engine = m?.finished?.engineDowntimeMs ?? numOr(result.engineDowntimeMs);
   const guest = m?.finished?.guestDowntimeMs ?? numOr(result.guestDowntimeMs);
   const total = m?.finished?.totalMs ?? numOr(result.totalMs);
-  const breakdown = m?.finished?.switchoverMs ?? null;
+  const breakdown = m?.finished?.switchoverMs ?? numbers(result.switchoverMs);
   const outcome = m?.finished?.outcome ?? (FINISHED.has(t.state) ? t.state : null);
   const ended = FINISHED.has(t.state);
   return (
@@ -90,7 +97,9 @@ function MigrationView(props: { task: CenterTaskView; live: MigrationLive | null
             ['As the engine measured it', <span data-testid="engine-downtime">{ms(engine)}</span>],
             ['As the guest saw it', <span data-testid="guest-downtime">{ms(guest)}</span>],
             ['Total time', ms(total)],
-            ...(breakdown !== null ? Object.entries(breakdown).map(([k, v]) => [`of which ${k.replace(/Ms$/, '')}`, ms(v)] as const) : [['Breakdown', <span class="muted">not in the center's event yet</span>] as const]),
+            ...(breakdown !== null
+              ? Object.entries(breakdown).map(([k, v]) => [`of which ${PART_LABELS[k] ?? k.replace(/Ms$/, '')}`, <span data-testid={`downtime-${k}`}>{ms(v)}</span>] as const)
+              : [['Breakdown', <span class="muted">none recorded (the switch-over did not finish)</span>] as const]),
           ]} compact />
         </section>
       )}

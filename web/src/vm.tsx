@@ -1,7 +1,7 @@
 /** A VM: state, configuration, disks and chain, live console, power actions, migrate. */
 import { useEffect, useRef, useState } from 'preact/hooks';
 import * as api from './api.js';
-import type { CenterHostDetail, CenterVmView } from './api.js';
+import type { CenterHostDetail, CenterVmView, DiskChainView } from './api.js';
 import { fleet, useFleet, type Fleet } from './fleet.js';
 import { Action, Badge, FINISHED, Kv } from './common.js';
 import { bytes, vmConfig, vmDisks, when } from './format.js';
@@ -33,18 +33,48 @@ export function VmPage(props: { name: string }) {
       {disks.length === 0 ? <p class="muted">No disk.</p> : (
         <ul>{disks.map((d) => (
           <li key={d.path}><code>[{d.datastore}] {d.path}</code> ({bytes(d.capacityBytes)})
-            {d.chain.length > 0
-              ? <ol class="chain" aria-label="disk chain, top first">{d.chain.map((l) => <li key={l.path}><code>{l.path}</code> CID <code>{l.cid}</code></li>)}</ol>
-              : <span class="muted"> — chain: the center's inventory has the top file only (the chain and CIDs appear after a prepare-migration: see its task)</span>}
           </li>
         ))}</ul>
       )}
+      {disks.length > 0 && vm.host !== null && <DiskChain name={vm.name} host={vm.host} version={`${f.vmEvents.get(vm.name) ?? 0}:${tasks.map((t) => `${t.id}.${t.state}`).join(',')}`} />}
       <h2>Console</h2>
       {vm.state === 'running' && vm.host !== null ? <Console name={vm.name} host={vm.host} /> : <p class="muted">The console is live while the VM runs.</p>}
       <h2>Recent tasks</h2>
       <ul>{tasks.map((t) => <li key={t.id}><a href={`#/task/${t.id}`}>#{t.id} {t.kind}</a> <Badge state={t.state} /> <span class="muted">{t.phase}</span></li>)}</ul>
       {migrating && <MigrateDialog vm={vm} fleet={f} onClose={() => { setMigrating(false); }} />}
     </section>
+  );
+}
+
+/**
+ * The VM's disk chain as its host has it (GET /vms/{name}/disk/chain: the center asks the host), top
+ * first, read again on each of the VM's events and its tasks' changes (`version`: a snapshot by a
+ * prepare-migration makes a new top) and when it moves; an answer to an older read is dropped.
+ */
+function DiskChain(props: { name: string; host: string; version: string }) {
+  const [chain, setChain] = useState<DiskChainView | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  useEffect(() => {
+    let current = true;
+    api.vmDiskChain(props.name).then((c) => { if (current) { setChain(c); setError(null); } }, (err: unknown) => { if (current) setError(err instanceof Error ? err.message : String(err)); });
+    return () => { current = false; };
+  }, [props.name, props.host, props.version]);
+  return (
+    <>
+      <h3>Disk chain <span class="muted">(top first)</span></h3>
+      {error !== null && <p class="error" role="alert">disk chain: {error}</p>}
+      {chain === null ? (error === null && <p class="muted">Loading…</p>) : (
+        <div class="table-wrap"><table aria-label="disk chain, top first">
+          <thead><tr><th scope="col">File</th><th scope="col">Role</th><th scope="col">CID</th><th scope="col">Parent CID</th><th scope="col">Allocated</th></tr></thead>
+          <tbody>{chain.chain.map((l) => (
+            <tr key={l.path} data-chain-path={l.path} data-role={l.role}>
+              <td><code>[{chain.datastore}] {l.path}</code></td><td>{l.role}</td><td><code data-testid="chain-cid">{l.cid}</code></td><td><code>{l.parentCid}</code></td><td>{bytes(l.allocatedBytes)}</td>
+            </tr>
+          ))}</tbody>
+        </table></div>
+      )}
+      {chain !== null && chain.operation !== null && <p class="muted">In progress: {chain.operation.kind} ({chain.operation.phase}) {bytes(chain.operation.doneBytes)} of {bytes(chain.operation.totalBytes)}</p>}
+    </>
   );
 }
 
@@ -83,11 +113,18 @@ function Console(props: { name: string; host: string }) {
   );
 }
 
-export interface Fit { readonly host: CenterHostDetail; readonly reason: string | null; readonly freeMemoryBytes: number }
+export interface Fit {
+  readonly host: CenterHostDetail;
+  readonly reason: string | null;
+  readonly freeMemoryBytes: number;
+  /** Whether the host could take the VM by a move to its site (toSite): the disk is copied there, so its datastore need not be mounted. */
+  readonly bySite: boolean;
+}
 
 /**
  * Which hosts could take the VM, each with why not: the center's placement rule (src/center/placement.ts)
- * on what the API shows — connected, memory left for the VM, and the VM's disk datastore mounted (by id).
+ * on what the API shows — connected, memory left for the VM, and the VM's disk datastore mounted (by id);
+ * a host of another site may take it by a move to that site (toSite, `bySite`), whose disk is copied.
  */
 export function fitsFor(vm: CenterVmView, f: Fleet): Fit[] {
   const need = vmConfig(vm.config).memoryBytes ?? 0;
@@ -109,8 +146,9 @@ export function fitsFor(vm: CenterVmView, f: Fleet): Fit[] {
     let reason: string | null = null;
     if (h.state !== 'connected') reason = `host ${h.name} is ${h.state}: only a connected host in service takes VMs`;
     else if (free < need) reason = `host ${h.name} has ${bytes(free)} of memory left, the VM needs ${bytes(need)}`;
-    else if (disk !== undefined && diskId !== null && !h.datastores.some((d) => d.id === diskId)) reason = `host ${h.name} does not mount datastore ${disk.datastore}, where the VM's disk is`;
-    return { host: h, reason, freeMemoryBytes: free };
+    const bySite = reason === null && h.site !== source?.site;
+    if (reason === null && disk !== undefined && diskId !== null && !h.datastores.some((d) => d.id === diskId)) reason = `host ${h.name} does not mount datastore ${disk.datastore}, where the VM's disk is`;
+    return { host: h, reason, freeMemoryBytes: free, bySite };
   }).sort((a, b) => (a.reason === null ? 0 : 1) - (b.reason === null ? 0 : 1) || b.freeMemoryBytes - a.freeMemoryBytes);
 }
 
@@ -171,7 +209,7 @@ function MigrateDialog(props: { vm: CenterVmView; fleet: Fleet; onClose: () => v
                   </label>
                 </div>
               ))}
-              {site !== here && fits.some((x) => x.host.site === site && x.reason === null) && (
+              {site !== here && fits.some((x) => x.host.site === site && x.bySite) && (
                 <label class="target"><input type="radio" name="to" value={`${SITE_CHOICE}${site}`} checked={to === `${SITE_CHOICE}${site}`} onChange={() => { setTo(`${SITE_CHOICE}${site}`); }} /> Any host of site {site} (the center picks; the disk goes to the datastore a preparation seeded)</label>
               )}
             </div>

@@ -18,10 +18,10 @@ import {
   FINISHED_TASK_STATES, HOST_STATES, MAX_EVENT_PAYLOAD_BYTES, MAX_JSON_BYTES, MAX_REQUEUE_BATCH, MAX_TASK_COUNT_GROUPS, TASK_STATES, VM_STATES,
   actorSchema, claimKindsSchema, datastoreIdSchema, datastoreInputSchema, datastoreListSchema, dutyNameSchema, encodeJson,
   eventIdSchema, eventInputSchema, eventRetentionSchema, eventsLimitSchema, heartbeatAtSchema, heartbeatInputSchema, hostInputSchema, hostListSchema,
-  hostHeartbeatsSchema, hostStateSchema, leaseMsSchema, mountsInputSchema, nameListSchema, nameSchema, outcomeSchema, parseInput, siteInputSchema,
+  hostHeartbeatsSchema, hostStateSchema, leaseMsSchema, mountSpaceInputSchema, mountsInputSchema, nameListSchema, nameSchema, outcomeSchema, parseInput, siteInputSchema,
   secretNameSchema, secretValueSchema, taskIdSchema, taskInputSchema, taskMoveInputSchema, taskListSchema, vmInputSchema, vmListSchema, vmStateSchema, waitingReasonSchema, workerIdSchema,
   type Datastore, type DatastoreInput, type DutyLease, type EventInput, type Host, type HostDatastore, type HostHeartbeat, type HostInput,
-  type HostListOptions, type HostState, type JsonValue, type ListOptions, type MountInput, type Site, type SiteInput,
+  type HostListOptions, type HostState, type JsonValue, type ListOptions, type MountInput, type MountSpaceInput, type Site, type SiteInput,
   type StoredEvent, type Task, type TaskCount, type TaskHeartbeat, type TaskInput, type TaskListOptions, type TaskMoveInput, type TaskOutcome, type TaskState,
   type Vm, type VmInput, type VmListOptions, type VmState,
   MAX_ALLOCATION_ATTEMPTS, MAX_LIST_LIMIT, MAX_LIVE_PATHS, PATH_STATES, cidrTextSchema, hostDataPlaneSchema, pathAllocationSchema, pathIdSchema,
@@ -169,7 +169,10 @@ const toHostCertificate = (r: Selectable<StoreDatabase['host_certificates']>): H
 });
 const toSite = (r: Selectable<StoreDatabase['sites']>): Site => ({ name: r.name, description: r.description, createdAtMs: r.created_at_ms, virtualSubnet: r.virtual_subnet });
 const toDatastore = (r: Selectable<StoreDatabase['datastores']>): Datastore => ({ id: r.id, name: r.name, shared: r.shared === 1, createdAtMs: r.created_at_ms });
-const toMount = (r: Selectable<StoreDatabase['host_datastores']>): HostDatastore => ({ host: r.host, datastoreId: r.datastore_id, mountName: r.mount_name });
+const toMount = (r: Selectable<StoreDatabase['host_datastores']>): HostDatastore => ({
+  host: r.host, datastoreId: r.datastore_id, mountName: r.mount_name,
+  space: r.capacity_bytes === null || r.free_bytes === null ? null : { capacityBytes: r.capacity_bytes, freeBytes: r.free_bytes, atMs: r.space_at_ms ?? 0 },
+});
 
 /** What a task event carries: enough for a progress bar and a task list without a second read. */
 function taskPayload(t: Task): JsonValue {
@@ -402,9 +405,28 @@ export class KyselyCenterStore implements CenterStore {
         if (missing !== undefined) throw notFound('datastore', missing.datastoreId);
       }
       await tx.deleteFrom('host_datastores').where('host', '=', h).execute();
-      if (m.length > 0) await tx.insertInto('host_datastores').values(m.map((x) => ({ host: h, datastore_id: x.datastoreId, mount_name: x.mountName }))).execute();
+      const now = this.now();
+      if (m.length > 0) {
+        await tx.insertInto('host_datastores').values(m.map((x) => ({
+          host: h, datastore_id: x.datastoreId, mount_name: x.mountName,
+          capacity_bytes: x.space?.capacityBytes ?? null, free_bytes: x.space?.freeBytes ?? null, space_at_ms: x.space !== undefined ? now : null,
+        }))).execute();
+      }
       return (await tx.selectFrom('host_datastores').selectAll().where('host', '=', h).orderBy('mount_name').execute()).map(toMount);
     }));
+  }
+
+  async setHostDatastoreSpace(host: string, datastoreId: string, space: MountSpaceInput): Promise<HostDatastore> {
+    const h = parseInput(nameSchema(), host, 'host name');
+    const d = parseInput(datastoreIdSchema(), datastoreId, 'datastore id');
+    const s = parseInput(mountSpaceInputSchema, space, 'datastore space');
+    if (s.freeBytes > s.capacityBytes) throw new FerryError('INVALID_ARGUMENT', `datastore ${d} on host ${h}: ${s.freeBytes} bytes free is more than its capacity of ${s.capacityBytes}`);
+    return this.run('set host datastore space', async () => {
+      const row = await this.db.updateTable('host_datastores').set({ capacity_bytes: s.capacityBytes, free_bytes: s.freeBytes, space_at_ms: this.now() })
+        .where('host', '=', h).where('datastore_id', '=', d).returningAll().executeTakeFirst();
+      if (row === undefined) throw notFound('mount', `${h}:${d}`);
+      return toMount(row);
+    });
   }
 
   async listHostDatastores(host: string): Promise<readonly HostDatastore[]> {

@@ -201,10 +201,21 @@ export interface HostDatastore {
   readonly host: string;
   readonly datastoreId: string;
   readonly mountName: string;
+  /** The mount's space as its host last reported it (null before the first report); kept within DATASTORE_SPACE_WRITE_THRESHOLD_BYTES. */
+  readonly space: MountSpace | null;
 }
+/** A mount's capacity and free bytes as its host's file system sees them, and when reported. */
+export interface MountSpace {
+  readonly capacityBytes: number;
+  readonly freeBytes: number;
+  readonly atMs: number;
+}
+const mountSpaceSchema = z.object({ capacityBytes: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER), freeBytes: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER) }).strict();
+export type MountSpaceInput = z.input<typeof mountSpaceSchema>;
+export const mountSpaceInputSchema = mountSpaceSchema;
 /** The most datastores one host reports (each a directory it mounts). */
 export const MAX_MOUNTS_PER_HOST = 256;
-export const mountsInputSchema = z.array(z.object({ datastoreId: datastoreIdSchema(), mountName: nameSchema() }).strict()).max(MAX_MOUNTS_PER_HOST);
+export const mountsInputSchema = z.array(z.object({ datastoreId: datastoreIdSchema(), mountName: nameSchema(), space: mountSpaceSchema.optional() }).strict()).max(MAX_MOUNTS_PER_HOST);
 export type MountInput = z.input<typeof mountsInputSchema>[number];
 
 export interface Vm {

@@ -14,7 +14,7 @@
  */
 import type {
   CenterCaInput, CenterCaRecord, HostCertificate, HostCertificateInput,
-  Credential, CredentialInput, Datastore, JsonValue, DatastoreInput, DutyLease, EventInput, EventRetention, Host, HostHeartbeat, HostDatastore, HostInput, HostListOptions, HostState,
+  Credential, CredentialInput, Datastore, JsonValue, DatastoreInput, DutyLease, EventInput, EventRetention, Host, HostHeartbeat, HostDatastore, HostInput, MountSpaceInput, HostListOptions, HostState,
   HostDataPlane, ListOptions, MobilityPath, MountInput, PathAllocationInput, PathListOptions, Site, SiteInput, StoredEvent, Task, TaskCount, TaskHeartbeat, TaskInput, TaskListOptions,
   TaskMoveInput, TaskOutcome, Vm, VmInput, VmListOptions, VmState,
 } from './model.js';
@@ -68,6 +68,8 @@ export interface CenterStore {
   listDatastores(options?: ListOptions<string>): Promise<readonly Datastore[]>;
   /** Replace the set of datastores a host mounts with what it reports (each datastore must exist). */
   setHostDatastores(host: string, mounts: readonly MountInput[]): Promise<readonly HostDatastore[]>;
+  /** Record one mount's space as its host reports it (NOT_FOUND if the host does not mount the datastore). */
+  setHostDatastoreSpace(host: string, datastoreId: string, space: MountSpaceInput): Promise<HostDatastore>;
   listHostDatastores(host: string): Promise<readonly HostDatastore[]>;
   /** The hosts that mount a datastore (the candidates for a migration that moves no disk data). */
   listDatastoreHosts(datastoreId: string): Promise<readonly HostDatastore[]>;

@@ -39,6 +39,9 @@ export interface HostDatastoresTable {
   host: string;
   datastore_id: string;
   mount_name: string;
+  capacity_bytes: number | null;
+  free_bytes: number | null;
+  space_at_ms: number | null;
 }
 
 export interface VmsTable {

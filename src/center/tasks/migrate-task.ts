@@ -147,8 +147,8 @@ async function plannedDisk(dst: HostClient, target: string, disk: MigrateDisk): 
 
 async function finishWith(d: MigrateTaskDeps, ctx: TaskContext, record: MigrationRecord, vm: string, source: string, target: string, route: MigrationRoute, dst: HostClient): Promise<JsonValue> {
   const subject = `vm:${vm}`;
-  await d.event('migration.finished', subject, { vm, from: source, to: target, migrationId: record.migrationId, outcome: record.outcome, taskId: ctx.task.id, engineDowntimeMs: record.engineDowntimeMs, guestDowntimeMs: record.guestDowntimeMs, totalMs: record.totalMs });
-  const summary = { migrationId: record.migrationId, from: source, to: target, outcome: record.outcome, engineDowntimeMs: record.engineDowntimeMs, guestDowntimeMs: record.guestDowntimeMs, totalMs: record.totalMs, transferredBytes: record.transferredBytes, rounds: record.rounds.length, isolation: isolationJson(route.isolation) };
+  await d.event('migration.finished', subject, { vm, from: source, to: target, migrationId: record.migrationId, outcome: record.outcome, taskId: ctx.task.id, engineDowntimeMs: record.engineDowntimeMs, guestDowntimeMs: record.guestDowntimeMs, switchoverMs: record.switchoverMs, totalMs: record.totalMs });
+  const summary = { migrationId: record.migrationId, from: source, to: target, outcome: record.outcome, engineDowntimeMs: record.engineDowntimeMs, guestDowntimeMs: record.guestDowntimeMs, switchoverMs: record.switchoverMs, totalMs: record.totalMs, transferredBytes: record.transferredBytes, rounds: record.rounds.length, isolation: isolationJson(route.isolation) };
   if (record.outcome === 'succeeded') {
     await moveRow(d, vm, target, dst);
     return summary;

@@ -149,11 +149,32 @@ export function storeContract(backend: StoreBackendUnderTest): void {
         await store.setHostDatastores('h2', [{ datastoreId: DS1, mountName: 'other-name' }]);
         assert.deepEqual((await store.listDatastoreHosts(DS1)).map((m) => [m.host, m.mountName]), [['h1', 'shared'], ['h2', 'other-name']]);
         const replaced = await store.setHostDatastores('h1', [{ datastoreId: DS2, mountName: 'fast' }]);
-        assert.deepEqual(replaced, [{ host: 'h1', datastoreId: DS2, mountName: 'fast' }], 'the reported set replaces the old one');
+        assert.deepEqual(replaced, [{ host: 'h1', datastoreId: DS2, mountName: 'fast', space: null }], 'the reported set replaces the old one');
         assert.deepEqual(await store.listHostDatastores('h1'), replaced);
         await assert.rejects(store.setHostDatastores('h1', [{ datastoreId: DS1, mountName: 'x' }, { datastoreId: DS2, mountName: 'x' }]), { code: 'INVALID_ARGUMENT' });
         await assert.rejects(store.setHostDatastores('ghost', []), { code: 'NOT_FOUND' });
         await assert.rejects(store.getDatastore('c'.repeat(32)), { code: 'NOT_FOUND' });
+      });
+
+      it('datastore space per mount: kept with the mount, updated alone, bigger than 2^32 bytes; refused when free exceeds capacity or the mount is unknown', async () => {
+        const clock = manualClock();
+        const { store } = await fresh({ clock: clock.now });
+        await store.upsertSite({ name: 's1' });
+        await store.upsertHost(host('h1'));
+        await store.upsertDatastore({ id: DS1, name: 'shared', shared: true });
+        await store.upsertDatastore({ id: DS2, name: 'local', shared: false });
+        const TiB = 2 ** 40;
+        const [mount] = await store.setHostDatastores('h1', [{ datastoreId: DS1, mountName: 'shared', space: { capacityBytes: 4 * TiB, freeBytes: 3 * TiB } }]);
+        assert.deepEqual(mount?.space, { capacityBytes: 4 * TiB, freeBytes: 3 * TiB, atMs: clock.now() });
+        clock.advance(5000);
+        const updated = await store.setHostDatastoreSpace('h1', DS1, { capacityBytes: 4 * TiB, freeBytes: 2 * TiB });
+        assert.deepEqual(updated.space, { capacityBytes: 4 * TiB, freeBytes: 2 * TiB, atMs: clock.now() });
+        assert.deepEqual(await store.listHostDatastores('h1'), [updated]);
+        assert.deepEqual((await store.listDatastoreHosts(DS1)).map((m) => m.space?.freeBytes), [2 * TiB]);
+        await assert.rejects(store.setHostDatastoreSpace('h1', DS1, { capacityBytes: 1, freeBytes: 2 }), { code: 'INVALID_ARGUMENT' });
+        await assert.rejects(store.setHostDatastoreSpace('h1', DS1, { capacityBytes: -1, freeBytes: 0 }), { code: 'INVALID_ARGUMENT' });
+        await assert.rejects(store.setHostDatastoreSpace('h1', DS2, { capacityBytes: 1, freeBytes: 0 }), { code: 'NOT_FOUND' }, 'h1 does not mount DS2');
+        await assert.rejects(store.setHostDatastoreSpace('ghost', DS1, { capacityBytes: 1, freeBytes: 0 }), { code: 'NOT_FOUND' });
       });
 
       it('VMs: one place each, create refuses a taken name, a silent host\'s VMs become unknown', async () => {

@@ -11,5 +11,6 @@ import { migration0004 } from './0004-task-admission.js';
 import { migration0005 } from './0005-tls.js';
 import { migration0006 } from './0006-mobility-paths.js';
 import { migration0007 } from './0007-task-move.js';
+import { migration0008 } from './0008-datastore-space.js';
 
-export const MIGRATIONS: readonly StoreMigration[] = [migration0001, migration0002, migration0003, migration0004, migration0005, migration0006, migration0007];
+export const MIGRATIONS: readonly StoreMigration[] = [migration0001, migration0002, migration0003, migration0004, migration0005, migration0006, migration0007, migration0008];
