@@ -43,6 +43,7 @@ import { fileDigest } from '../src/nfc/file-digest.js';
 import type { MigrationRecord } from '../src/migration/record.js';
 import type { LeaseOwner } from '../src/storage/lease.js';
 import { runBench, writeStdout } from './process.js';
+import { lastNumber, readsTheSame } from './disk-migrate.js';
 
 const run = promisify(execFile);
 /** kvlog keeps its whole log in RAM: room for ~2 M records, over 3 minutes of appending at KVLOG_CMDLINE's rate. */
@@ -111,26 +112,7 @@ async function layOut(o: Options, dsRoot: string, log: (line: string) => void): 
 
 /** True when [fromBytes, capacity) of the two chains reads the same (both at rest, opened read-only). */
 async function sameContent(dsA: LocalDatastore, pathA: string, dsB: LocalDatastore, pathB: string, fromBytes: number, capacityBytes: number): Promise<boolean> {
-  const a = await openDatastoreChain(dsA, pathA, { readOnly: true });
-  const b = await openDatastoreChain(dsB, pathB, { readOnly: true });
-  try {
-    const bufA = Buffer.alloc(WRITE_CHUNK_BYTES);
-    const bufB = Buffer.alloc(WRITE_CHUNK_BYTES);
-    for (let at = fromBytes; at < capacityBytes; at += WRITE_CHUNK_BYTES) {
-      const n = Math.min(WRITE_CHUNK_BYTES, capacityBytes - at);
-      await a.read(at, bufA.subarray(0, n));
-      await b.read(at, bufB.subarray(0, n));
-      if (!bufA.subarray(0, n).equals(bufB.subarray(0, n))) return false;
-    }
-    return true;
-  } finally {
-    await a.close();
-    await b.close();
-  }
-}
-
-function lastNumber(text: string, re: RegExp): number {
-  return Number([...text.matchAll(re)].at(-1)?.[1] ?? -1);
+  return readsTheSame(await openDatastoreChain(dsA, pathA, { readOnly: true }), await openDatastoreChain(dsB, pathB, { readOnly: true }), fromBytes, capacityBytes);
 }
 
 const movedBytesOf = (r: MigrationRecord): number => r.transferredBytes + (r.disk?.sentBytes ?? 0);

@@ -74,7 +74,11 @@ async function prefill(path: string, diskBytes: number, allocatedBytes: number):
 /** True when [fromBytes, capacity) reads the same on both disks (opened read-only). */
 async function sameContent(pathA: string, pathB: string, fromBytes: number, capacityBytes: number): Promise<boolean> {
   const open = async (p: string): Promise<VmdkDisk> => VmdkDisk.open(await LocalFile.open(p, { readOnly: true }, p));
-  const [a, b] = [await open(pathA), await open(pathB)];
+  return readsTheSame(await open(pathA), await open(pathB), fromBytes, capacityBytes);
+}
+
+/** True when [fromBytes, capacity) of the two disks (or chains) reads the same; closes both (bench:crosssite uses it too). */
+export async function readsTheSame(a: VmdkDisk, b: VmdkDisk, fromBytes: number, capacityBytes: number): Promise<boolean> {
   try {
     const bufA = Buffer.alloc(FILL_CHUNK_BYTES);
     const bufB = Buffer.alloc(FILL_CHUNK_BYTES);
@@ -91,7 +95,8 @@ async function sameContent(pathA: string, pathB: string, fromBytes: number, capa
   }
 }
 
-function lastNumber(text: string, re: RegExp): number {
+/** The last number `re` captured in `text` (a guest's console), -1 if none. */
+export function lastNumber(text: string, re: RegExp): number {
   return Number([...text.matchAll(re)].at(-1)?.[1] ?? -1);
 }
 
