@@ -18,7 +18,7 @@ import { waitMigration, until } from '../helpers/hosts.js';
 import { failpointHitLine } from '../../src/lib/failpoints.js';
 import { readLease } from '../../src/storage/lease.js';
 import {
-  DISK, FLUSHED_BEFORE_MIGRATING, LEASE, MODES, WAIT_MS, assertCopyRemovedAfterRestart, assertDiskIntact, assertFailedIn, assertNoCopy, assertNotOn, assertRunsOnlyOn, assertStaysOnSource, assertWriter, copyLeft, defineOnDisk, dropRig, flushed, hit, holdIn, kill, liveLease, migrate, restart, rig, sourceComesBack, sourceDiesWhileTargetAt, sourceFile, targetDiesAtCommit, vmsOf,
+  DISK, FLUSHED_BEFORE_MIGRATING, LEASE, MODES, WAIT_MS, assertCopyRemovedAfterRestart, assertDiskIntact, assertFailedIn, assertNoCopy, assertNotOn, assertRunsOnlyOn, assertStaysOnSource, assertWriter, copyLeft, defineOnDisk, dropRig, flushed, hit, holdIn, kill, killTargetHeldIn, liveLease, migrate, restart, rig, sourceComesBack, sourceDiesWhileTargetAt, sourceFile, targetDiesAtCommit, vmsOf,
 } from '../helpers/disk-faults.js';
 
 afterEach(dropRig);
@@ -29,13 +29,7 @@ describe('disk migration faults: one running VM, one writer, an intact disk', { 
       const fp = holdIn(mode, phase);
       it(`${mode}: kill -9 of the target in ${phase} (${fp}): rollback, the VM keeps running on the source with its disk`, async (t) => {
         const r = await rig(t, mode, { b: `${fp}=hang` });
-        const id = await migrate(r);
-        await hit(r, id, r.b, fp, 'hang');
-        assert.equal((await r.a.client.migration(id)).phase, phase, `the source is in ${phase}`);
-        await kill(r.b);
-        const rec = await waitMigration(r.a, id);
-        assert.equal(rec.outcome, 'failed', rec.error?.message);
-        assertFailedIn(rec, phase);
+        await killTargetHeldIn(r, fp, phase);
         await assertRunsOnlyOn(r, r.a);
         // Shared: the source never gave the lease up (that happens after STATE was answered).
         await assertWriter(r, sourceFile(r), r.a);

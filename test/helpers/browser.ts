@@ -70,3 +70,12 @@ export async function childPids(pid: number): Promise<number[]> {
   const { stdout } = await promisify(execFile)('ps', ['-o', 'pid=', '--ppid', String(pid)]);
   return stdout.split('\n').map((l) => Number(l.trim())).filter((n) => n > 0);
 }
+
+/** Runs in the page (this file compiles without DOM types): records every percentage the task's bar shows. */
+export const RECORD_PROGRESS = `(() => {
+  const seen = [];
+  window.seenProgress = seen;
+  const read = () => { const t = document.querySelector('.facts .progress-text'); if (t && t.textContent) seen.push(Number(t.textContent.replace('%', ''))); };
+  new MutationObserver(read).observe(document.body, { subtree: true, childList: true, characterData: true });
+  read();
+})()`;

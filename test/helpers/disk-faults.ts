@@ -9,7 +9,7 @@ import type { TestContext } from 'node:test';
 import { copyFile, mkdtemp, readdir, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { dropHosts, startHost, stopHost, until, waitPhase, type TestHost } from './hosts.js';
+import { dropHosts, startHost, stopHost, until, waitMigration, waitPhase, type TestHost } from './hosts.js';
 import { vmRequest } from './guests.js';
 import { qemuImgOk } from './vmdk.js';
 import { failpointHitLine } from '../../src/lib/failpoints.js';
@@ -276,6 +276,21 @@ export function assertFailedIn(rec: MigrationRecord, phase: MigrationPhase): voi
   const phases = rec.phases.map((p) => p.phase);
   assert.equal(phases.at(-1), 'rollback', `rolled back (phases ${phases.join(' > ')})`);
   assert.equal(phases.at(-2), phase, `the fault landed in ${phase} (phases ${phases.join(' > ')})`);
+}
+
+/**
+ * The target, held in `phase` by its `hang` failpoint `fp` (the rig started it with `${fp}=hang`), is
+ * killed there: the migration fails in that phase and rolls back. Returns its record.
+ */
+export async function killTargetHeldIn(r: Rig, fp: string, phase: MigrationPhase): Promise<MigrationRecord> {
+  const id = await migrate(r);
+  await hit(r, id, r.b, fp, 'hang');
+  assert.equal((await r.a.client.migration(id)).phase, phase, `the source is in ${phase}`);
+  await kill(r.b);
+  const rec = await waitMigration(r.a, id);
+  assert.equal(rec.outcome, 'failed', rec.error?.message);
+  assertFailedIn(rec, phase);
+  return rec;
 }
 
 /**

@@ -18,21 +18,13 @@ import type { Browser, Page } from 'playwright-core';
 import { CenterClient } from '../../src/api/center-client.js';
 import { prepareMigrationResultSchema } from '../../src/api/center-v1.js';
 import { startFerry } from '../helpers/cli.js';
-import { launchChromium, logIn, newUiContext, upReady, childPids } from '../helpers/browser.js';
+import { launchChromium, logIn, newUiContext, upReady, childPids, RECORD_PROGRESS } from '../helpers/browser.js';
 
 const UP_LIFETIME_MS = 120_000;
 /** The preparation of the demo VM's small disk (snapshot, copy of its base to site-b, seed record). */
 const PREPARE_WAIT_MS = 30_000;
 const STOP_TIMEOUT_MS = 30_000;
 
-/** Runs in the page (this file compiles without DOM types): records every percentage the task's bar shows. */
-const RECORD_PROGRESS = `(() => {
-  const seen = [];
-  window.seenProgress = seen;
-  const read = () => { const t = document.querySelector('.facts .progress-text'); if (t && t.textContent) seen.push(Number(t.textContent.replace('%', ''))); };
-  new MutationObserver(read).observe(document.body, { subtree: true, childList: true, characterData: true });
-  read();
-})()`;
 
 describe('web UI: cross-site views in Chromium against ferry up --sites 2', () => {
   let dir = '';

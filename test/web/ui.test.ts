@@ -21,7 +21,7 @@ import { join } from 'node:path';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { CenterClient } from '../../src/api/center-client.js';
 import { startFerry } from '../helpers/cli.js';
-import { NARROW, DESKTOP, launchChromium, newUiContext, upReady, childPids, screenshot } from '../helpers/browser.js';
+import { NARROW, DESKTOP, launchChromium, newUiContext, upReady, childPids, screenshot, RECORD_PROGRESS } from '../helpers/browser.js';
 
 const UP_LIFETIME_MS = 170_000;
 /** A migration at 16 MiB/s of the 64 MiB demo VM, with its rounds, on a loaded machine. */
@@ -32,14 +32,6 @@ const STOP_TIMEOUT_MS = 30_000;
 const SLOW_MIB_PER_SEC = '1';
 const FAST_MIB_PER_SEC = '16';
 
-/** Runs in the page (this file compiles without DOM types): records every percentage the task's bar shows. */
-const RECORD_PROGRESS = `(() => {
-  const seen = [];
-  window.seenProgress = seen;
-  const read = () => { const t = document.querySelector('.facts .progress-text'); if (t && t.textContent) seen.push(Number(t.textContent.replace('%', ''))); };
-  new MutationObserver(read).observe(document.body, { subtree: true, childList: true, characterData: true });
-  read();
-})()`;
 
 interface Fleet { url: string; token: string; client: CenterClient; dataDir: string }
 
