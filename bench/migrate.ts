@@ -40,6 +40,24 @@ async function guestUnitsPerSec(host: LocalHost, vm: string, windowMs: number): 
   return ((await units()) - u0) * 1000 / (performance.now() - t0);
 }
 
+/** Kernel clock ticks per second of /proc's CPU times (`getconf CLK_TCK`: 100 on every Linux Node supports). */
+const CLOCK_TICKS_PER_SEC = 100;
+
+/**
+ * CPU time (user + system, ms) a host process used so far: its main thread (the migration's own work on
+ * both sides: reading and hashing RAM, framing, sockets, applying pages) and the whole process (plus the
+ * vCPUs, GC and compiler threads). CPU time, unlike wall time, does not depend on the machine's load.
+ */
+async function cpuMs(pid: number): Promise<{ mainMs: number; processMs: number }> {
+  const ticks = (stat: string): number => {
+    // Fields after the command name (which may contain spaces) start at the state, field 3; utime, stime are 14, 15.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return Number(fields[11]) + Number(fields[12]);
+  };
+  const [main, all] = await Promise.all([readFile(`/proc/${pid}/task/${pid}/stat`, 'utf8'), readFile(`/proc/${pid}/stat`, 'utf8')]);
+  return { mainMs: (ticks(main) * 1000) / CLOCK_TICKS_PER_SEC, processMs: (ticks(all) * 1000) / CLOCK_TICKS_PER_SEC };
+}
+
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 ? (process.argv[i + 1] ?? fallback) : fallback;
@@ -87,10 +105,14 @@ async function main(): Promise<void> {
     // The hot set is being dirtied continuously now: the guest's own rate, to compare pre-copy's with.
     const guestUnitsPerSecBefore = await guestUnitsPerSec(a, 'bench', GUEST_RATE_WINDOW_MS);
     log('migrating a -> b...');
+    const pidOf = (h: LocalHost): number => h.child.pid ?? 0;
+    const cpuBefore = await Promise.all([cpuMs(pidOf(a)), cpuMs(pidOf(b))]);
     const startedUs = monotonicUs();
     const { migrationId } = await a.client.migrate('bench', { to: b.url, options: { dataChannels: channels } });
     const record = await a.client.waitForMigration(migrationId);
     const endedUs = monotonicUs();
+    const cpuAfter = await Promise.all([cpuMs(pidOf(a)), cpuMs(pidOf(b))]);
+    const cpuUsed = (i: 0 | 1, k: 'mainMs' | 'processMs'): number => Math.round((cpuAfter[i]?.[k] ?? 0) - (cpuBefore[i]?.[k] ?? 0));
     const check = record.outcome === 'succeeded'
       ? await b.client.verifyVm('bench')
       : { selfcheck: null, guestMaxClockGapMs: null };
@@ -121,6 +143,11 @@ async function main(): Promise<void> {
       guestUnitsPerSecDuringPrecopy: duringPrecopy === null ? null : Math.round(duringPrecopy),
       guestThroughputRatio: duringPrecopy === null || guestUnitsPerSecBefore <= 0 ? null : Number((duringPrecopy / guestUnitsPerSecBefore).toFixed(3)),
       totalVsRawBound: Number((record.totalMs / rawMs).toFixed(2)),
+      // CPU time over the migration (ms; the clock polled around migrate → waitForMigration): what each side costs, load aside.
+      cpuMs: {
+        sourceMain: cpuUsed(0, 'mainMs'), sourceProcess: cpuUsed(0, 'processMs'),
+        targetMain: cpuUsed(1, 'mainMs'), targetProcess: cpuUsed(1, 'processMs'),
+      },
       targets: { totalVsRawBound: 1.5, guestDowntimeMs: 20 },
       config: { memoryBytes, hot, vcpus, channels, pattern },
       machine: { cpu: cpus()[0]?.model ?? 'unknown', cores: cpus().length, node: process.version },
