@@ -7,7 +7,9 @@
  * Baseline: the same number of bytes over one loopback TCP connection (1 MiB writes) into a
  * freshly allocated buffer of the guest's size in a receiving process — what a fresh target can do.
  *
- * Flags: --memory 1GiB --hot 64MiB --vcpus 1 --channels 2 --pattern seq
+ * Flags: --memory 1GiB --hot 64MiB --vcpus 1 --channels 2 --pattern seq [--warm-target]
+ * (--warm-target: the target host keeps a warm guest memory of the VM's size, `ferry host --warm-memory`,
+ * and the migration starts once it is filled.)
  * Last stdout line: {"totalMs","engineDowntimeMs","guestDowntimeMs","transferredBytes","rounds",
  *                    "migrationMBps","rawSocketMBps","verified",...}
  */
@@ -94,7 +96,9 @@ async function main(): Promise<void> {
   const dirs = [await mkdtemp(join(tmpdir(), 'ferry-bench-a-')), await mkdtemp(join(tmpdir(), 'ferry-bench-b-'))];
   const hosts: LocalHost[] = [];
   try {
-    hosts.push(await spawnHost('a', dirs[0] ?? '', token, { echo: process.argv.includes('--verbose') }), await spawnHost('b', dirs[1] ?? '', token, { echo: process.argv.includes('--verbose') }));
+    const warmTarget = process.argv.includes('--warm-target');
+    const echo = process.argv.includes('--verbose');
+    hosts.push(await spawnHost('a', dirs[0] ?? '', token, { echo }), await spawnHost('b', dirs[1] ?? '', token, { echo, args: warmTarget ? ['--warm-memory', String(memoryBytes)] : [] }));
     const [a, b] = hosts as [LocalHost, LocalHost];
     const image = await readFile(fileURLToPath(new URL('../guests/dirtier.wasm', import.meta.url)));
     const cmdline = `hot=${hot} pattern=${pattern} fill=1 claim=all check=0 rate=${arg("rate", "0")}`;
@@ -104,6 +108,7 @@ async function main(): Promise<void> {
     await a.client.waitForConsole('bench', 'dirtier:', VM_BOOT_TIMEOUT_MS);
     // The hot set is being dirtied continuously now: the guest's own rate, to compare pre-copy's with.
     const guestUnitsPerSecBefore = await guestUnitsPerSec(a, 'bench', GUEST_RATE_WINDOW_MS);
+    if (warmTarget) await b.waitForLog('warm memory:', VM_BOOT_TIMEOUT_MS);
     log('migrating a -> b...');
     const pidOf = (h: LocalHost): number => h.child.pid ?? 0;
     const cpuBefore = await Promise.all([cpuMs(pidOf(a)), cpuMs(pidOf(b))]);
@@ -149,7 +154,7 @@ async function main(): Promise<void> {
         targetMain: cpuUsed(1, 'mainMs'), targetProcess: cpuUsed(1, 'processMs'),
       },
       targets: { totalVsRawBound: 1.5, guestDowntimeMs: 20 },
-      config: { memoryBytes, hot, vcpus, channels, pattern },
+      config: { memoryBytes, hot, vcpus, channels, pattern, warmTarget },
       machine: { cpu: cpus()[0]?.model ?? 'unknown', cores: cpus().length, node: process.version },
       benchMs: Math.round(performance.now() - t0),
     };

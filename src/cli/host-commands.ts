@@ -170,6 +170,7 @@ export function addHostCommands(program: Command, vm: Command): Command {
     .option('--copy-port <port>', 'network file copy endpoint port, where other hosts send copies into this host\'s datastores (default: any free port)')
     .option('--token-file <file>', 'file holding the API token (default: $FERRY_TOKEN)')
     .addOption(new Option('--memory-limit <size>', 'memory the host may commit to VMs').argParser(sizeOption('--memory-limit')))
+    .addOption(new Option('--warm-memory <size>', 'keep the guest memory of one VM of this RAM size faulted in ahead of need (resident while it waits), so that the next VM of that size created or migrated here skips its page faults').argParser(sizeOption('--warm-memory')))
     .option('--datastore <name=path>', 'mount a directory as datastore <name> (repeatable; two hosts may mount one shared directory)', (v: string, all: string[]) => [...all, v], [])
     .option('--center <url>', 'join this center and heartbeat to it (capacity, datastores, VMs)')
     .option('--join-token <token>', `with --center: the one-time join token for the first start (default: $${JOIN_TOKEN_ENV}); later starts use the stored credential`)
@@ -183,7 +184,7 @@ export function addHostCommands(program: Command, vm: Command): Command {
     .addOption(new Option('--lease-duration <duration>', 'how long a disk lease lasts without renewal').argParser(durationOption('--lease-duration')).default(DEFAULT_LEASE_TIMING.durationMs, `${DEFAULT_LEASE_TIMING.durationMs}ms`))
     .addOption(new Option('--lease-renew <duration>', 'disk lease heartbeat period (at most half the duration)').argParser(durationOption('--lease-renew')).default(DEFAULT_LEASE_TIMING.renewIntervalMs, `${DEFAULT_LEASE_TIMING.renewIntervalMs}ms`))
     .addOption(new Option('--lease-clock-skew <duration>', 'how far the hosts\' clocks may disagree; a stale lease is broken this long after its expiry').argParser(durationOption('--lease-clock-skew')).default(DEFAULT_LEASE_TIMING.clockSkewMs, `${DEFAULT_LEASE_TIMING.clockSkewMs}ms`))
-    .action(async (given: { name?: string; dataDir?: string; listen: string; migrationPort?: string; copyPort?: string; tokenFile?: string; memoryLimit?: number; datastore: string[]; center?: string; joinToken?: string; centerCredentialFile?: string; centerCaFingerprint?: string; site?: string; tls: boolean; leaseDuration: number; leaseRenew: number; leaseClockSkew: number; pathDrivers: readonly PathDriverKind[]; tunnelListen?: string } & LogOptions) => {
+    .action(async (given: { name?: string; dataDir?: string; listen: string; migrationPort?: string; copyPort?: string; tokenFile?: string; memoryLimit?: number; warmMemory?: number; datastore: string[]; center?: string; joinToken?: string; centerCredentialFile?: string; centerCaFingerprint?: string; site?: string; tls: boolean; leaseDuration: number; leaseRenew: number; leaseClockSkew: number; pathDrivers: readonly PathDriverKind[]; tunnelListen?: string } & LogOptions) => {
       const { name, dataDir } = given;
       if (name === undefined || dataDir === undefined) throw new FerryError('INVALID_ARGUMENT', 'ferry host needs --name <name> and --data-dir <dir>');
       const o = { ...given, name, dataDir };
@@ -196,6 +197,7 @@ export function addHostCommands(program: Command, vm: Command): Command {
         pathDrivers: { kinds: o.pathDrivers, ...(tunnel !== undefined ? { tunnelHost: tunnel.host, tunnelPort: tunnel.port } : {}) },
         logger: loggerFor(o), name: o.name, dataDir: o.dataDir, listenHost: listen.host, listenPort: listen.port, token: await loadToken(o.tokenFile),
         ...(o.memoryLimit !== undefined ? { memoryLimitBytes: o.memoryLimit } : {}),
+        ...(o.warmMemory !== undefined ? { warmMemoryBytes: o.warmMemory } : {}),
         datastores, leaseTiming,
         ...(center !== undefined ? { center } : {}),
         ...(o.tls ? { tls: true } : {}),

@@ -10,9 +10,11 @@ import type { Server } from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import { randomBytes } from 'node:crypto';
 import { createAdaptorServer } from '@hono/node-server';
-import { GiB } from '../lib/units.js';
+import { GiB, formatBytes } from '../lib/units.js';
 import { FerryError, errorMessage } from '../lib/errors.js';
 import { warmUpInstrumenter } from '../vmm/instrument.js';
+import { WarmMemory, registerWarmMemory } from '../vmm/warm-memory.js';
+import { computeLayout } from '../vmm/layout.js';
 import { warmUpSwitchoverCodecs } from '../migration/protocol/messages.js';
 import { MigrationReceiver } from '../migration/target/receiver.js';
 import { listenError, tcpTransport } from '../dataplane/tcp.js';
@@ -52,6 +54,11 @@ export interface HostOptions {
   readonly listenPort: number;
   readonly token: string;
   readonly memoryLimitBytes?: number;
+  /**
+   * Keep one guest memory for a VM of this much RAM faulted in ahead of need (src/vmm/warm-memory.ts):
+   * the next VM of that size created or migrated here skips its page faults. Absent: none.
+   */
+  readonly warmMemoryBytes?: number;
   /** Port for the migration endpoint (0: any free port). */
   readonly migrationPort?: number;
   /** Port for the network file copy receiver (0: any free port). */
@@ -111,6 +118,8 @@ export class HostAgent {
   readonly paths: HostPaths;
   private closing = false;
   private port = 0;
+  /** The spare guest memory (--warm-memory) and the function that withdraws it; null without one. */
+  private warm: { readonly memory: WarmMemory; readonly unregister: () => void } | null = null;
   /** The link to the center, if the host was started with one. */
   centerLink: CenterLink | null = null;
 
@@ -175,6 +184,7 @@ export class HostAgent {
   }
 
   static async start(options: HostOptions): Promise<HostAgent> {
+    if (options.warmMemoryBytes !== undefined) checkWarmMemory(options.warmMemoryBytes, options.memoryLimitBytes ?? DEFAULT_MEMORY_LIMIT_BYTES);
     const hostId = newHostId();
     const datastores = await HostDatastores.mount(options.datastores ?? [], { hostName: options.name, hostId }, options.leaseTiming);
     const drivers = await openPathDrivers(options.pathDrivers ?? {}, options.listenHost);
@@ -191,6 +201,7 @@ export class HostAgent {
     warmUpSwitchoverCodecs();
     agent.log(`host ${agent.name}: instrumenter and switch-over codecs warmed up in ${(performance.now() - tw).toFixed(0)} ms`);
     await agent.vms.load();
+    agent.startWarmMemory();
     // Copies left by a crash mid-migration: in the background, as each one's stale lease expires.
     const timing = options.leaseTiming ?? DEFAULT_LEASE_TIMING;
     void sweepIncomingCopies(agent.store, datastores, 2 * timing.durationMs + timing.clockSkewMs, agent.log, () => agent.closing)
@@ -274,9 +285,20 @@ export class HostAgent {
    * journals stay for another host to resume), running VMs are paused and saved to the data directory,
    * every thread and socket is closed. Returns what happened per VM.
    */
+  /** After the saved VMs are back (they allocate first): the spare fills in the background. */
+  private startWarmMemory(): void {
+    const bytes = this.options.warmMemoryBytes;
+    if (bytes === undefined) return;
+    const memory = new WarmMemory(bytes, (line) => { this.log(`host ${this.name}: ${line}`); });
+    this.warm = { memory, unregister: registerWarmMemory(memory) };
+    void memory.fill();
+  }
+
   async close(): Promise<string[]> {
     if (this.closing) return [];
     this.closing = true;
+    this.warm?.unregister();
+    this.warm?.memory.close();
     // The center learns of the shutdown by silence: the host's VMs show unknown until it is back.
     await this.centerLink?.close();
     this.vms.closing = true;
@@ -292,6 +314,18 @@ export class HostAgent {
     await this.paths.close();
     await new Promise<void>((resolve) => { this.server.close(() => { resolve(); }); this.server.closeAllConnections(); });
     return report;
+  }
+}
+
+/** --warm-memory must name a VM size the host could take at all. */
+function checkWarmMemory(bytes: number, limitBytes: number): void {
+  try {
+    computeLayout(bytes);
+  } catch (err) {
+    throw new FerryError('INVALID_ARGUMENT', `--warm-memory: ${errorMessage(err)}`, { warmMemoryBytes: bytes });
+  }
+  if (bytes > limitBytes) {
+    throw new FerryError('INVALID_ARGUMENT', `--warm-memory ${formatBytes(bytes)} is more than the host may commit to VMs (${formatBytes(limitBytes)}, --memory-limit): no VM of that size could come`, { warmMemoryBytes: bytes, memoryLimitBytes: limitBytes });
   }
 }
 

@@ -23,6 +23,7 @@ import { instrumentImage, type FaultInjection, type InstrumentedImage } from './
 import { CONTROL_CLAIMED_PAGES_OFFSET, granularityShift, regionCount, type MemoryLayout } from './layout.js';
 import { TraceBitmap } from './trace-bitmap.js';
 import type { VcpuWorkerData } from './vcpu/protocol.js';
+import { takeWarmMemory } from './warm-memory.js';
 import { writeVcpuState, type VcpuSnapshotState } from './vcpu/state.js';
 
 /** What a restore brings: memory is written by the caller (restoreMemory) before start. */
@@ -93,9 +94,9 @@ function instrumentGuest(imageBytes: Uint8Array, config: VmConfig, faultInjectio
   return image;
 }
 
-/** RAM and the host-reserved regions after it, in one fixed-size shared memory. */
+/** RAM and the host-reserved regions after it, in one fixed-size shared memory: a warm one if the host keeps one of this size. */
 function sharedMemory(layout: MemoryLayout): WebAssembly.Memory {
-  return new WebAssembly.Memory({ initial: layout.totalPages, maximum: layout.totalPages, shared: true });
+  return takeWarmMemory(layout.totalPages) ?? new WebAssembly.Memory({ initial: layout.totalPages, maximum: layout.totalPages, shared: true });
 }
 
 function traceBitmap(memory: WebAssembly.Memory, layout: MemoryLayout, granularityBytes: number): TraceBitmap {
