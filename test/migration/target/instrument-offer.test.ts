@@ -128,6 +128,22 @@ describe('migration with the source\'s instrumented module', () => {
     assert.equal(again.instrumentation, 'cache');
   });
 
+  it('offers no fault-injected module: the PREPARE says "none to give" (null) and the target instruments the image (record: local)', async () => {
+    const target = new Target(advertising(tcpTransport));
+    const peer = await target.peer();
+    cleanup.push(async () => { await target.receiver.close(); for (const vm of target.adopted) await vm.stop(); });
+    // An empty FaultInjection injects nothing but makes a build that is never cached nor offered.
+    const vm = Vm.create(await readFile(guestImagePath('dirtier')), { name: 'faulty-1', ...CONFIG }, null, {});
+    await vm.start();
+    cleanup.push(() => vm.stop());
+    assert.equal(vm.image.build, null);
+    clearInstrumentCache();
+
+    const record = await new MigrationJob(vm, vm.imageBytes, peer, tcpTransport, {}, null).run();
+    assert.equal(record.outcome, 'succeeded', JSON.stringify(record.error));
+    assert.equal(record.instrumentation, 'local');
+  });
+
   it('offers nothing to a target whose HELLO reply does not list the capability (an older target): the record says nothing', async () => {
     const target = new Target(tcpTransport);
     const peer = await target.peer();
