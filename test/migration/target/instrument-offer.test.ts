@@ -24,7 +24,8 @@ import { MigrationJob } from '../../../src/migration/source/job.js';
 import type { MigrationTargetPeer } from '../../../src/migration/peer.js';
 import type { StoredOutcome } from '../../../src/migration/target/hooks.js';
 import { MigrationReceiver } from '../../../src/migration/target/receiver.js';
-import { clearInstrumentCache } from '../../../src/vmm/instrument.js';
+import { clearInstrumentCache, instrumentImage } from '../../../src/vmm/instrument.js';
+import { DEFAULT_GRANULARITY_BYTES } from '../../../src/vmm/layout.js';
 import { Vm } from '../../../src/vmm/vm.js';
 import { FerryError } from '../../../src/lib/errors.js';
 
@@ -100,7 +101,7 @@ describe('migration with the source\'s instrumented module', () => {
   const cleanup: (() => Promise<void>)[] = [];
   afterEach(async () => { for (const c of cleanup.splice(0).reverse()) await c(); });
 
-  it('a target that never instrumented the image adopts the offer (record: source), the guest verifies, the target then verifies the module and caches it', async () => {
+  it('a target that never instrumented the image adopts the offer (record: source), the guest verifies, the target then verifies the module and caches it', { timeout: 120_000 }, async () => {
     const target = new Target(advertising(tcpTransport));
     const peer = await target.peer();
     cleanup.push(async () => { await target.receiver.close(); for (const vm of target.adopted) await vm.stop(); });
@@ -111,7 +112,7 @@ describe('migration with the source\'s instrumented module', () => {
     const record = await new MigrationJob(vm, vm.imageBytes, peer, tcpTransport, {}, null).run();
     assert.equal(record.outcome, 'succeeded', JSON.stringify(record.error));
     assert.equal(record.instrumentation, 'source');
-    assert.match(await target.line(/prepared VM offer-1 .* in \d+ ms \(instrumentation: source\)/), /instrumentation: source/);
+    assert.ok(target.lines.some((l) => /prepared VM offer-1 .* in \d+ ms \(instrumentation: source\)/.test(l)), 'the target logged where the module came from');
     const moved = target.adopted[0];
     assert.ok(moved !== undefined);
     assert.equal(moved.state, 'running');
@@ -126,6 +127,24 @@ describe('migration with the source\'s instrumented module', () => {
     const again = await new MigrationJob(second, second.imageBytes, peer, tcpTransport, {}, null).run();
     assert.equal(again.outcome, 'succeeded', JSON.stringify(again.error));
     assert.equal(again.instrumentation, 'cache');
+  });
+
+  it('a refused offer (another instrumenter build) is one log line, and the target instruments the image (record: local)', async () => {
+    const target = new Target(advertising(tcpTransport));
+    const peer = await target.peer();
+    cleanup.push(async () => { await target.receiver.close(); for (const vm of target.adopted) await vm.stop(); });
+    const bytes = await readFile(guestImagePath('dirtier'));
+    // A source whose module says another build made it (the bytes are this build's, so the VM runs the same).
+    const own = instrumentImage(bytes, { ramBytes: CONFIG.memoryBytes, granularityBytes: DEFAULT_GRANULARITY_BYTES });
+    const vm = Vm.create(bytes, { name: 'other-build-1', ...CONFIG }, null, undefined, { ...own, build: 'ferry-instrument/0+binaryen@0.0.0' });
+    await vm.start();
+    cleanup.push(() => vm.stop());
+    clearInstrumentCache();
+
+    const record = await new MigrationJob(vm, vm.imageBytes, peer, tcpTransport, {}, null).run();
+    assert.equal(record.outcome, 'succeeded', JSON.stringify(record.error));
+    assert.equal(record.instrumentation, 'local');
+    assert.match(target.lines.find((l) => l.includes('not using the source\'s instrumented module')) ?? '(no such line)', /made by instrumenter ferry-instrument\/0\+binaryen@0\.0\.0; this host's is .*; instrumenting the image here/);
   });
 
   it('offers no fault-injected module: the PREPARE says "none to give" (null) and the target instruments the image (record: local)', async () => {
@@ -155,6 +174,6 @@ describe('migration with the source\'s instrumented module', () => {
     const record = await new MigrationJob(vm, vm.imageBytes, peer, tcpTransport, {}, null).run();
     assert.equal(record.outcome, 'succeeded', JSON.stringify(record.error));
     assert.equal(record.instrumentation, undefined);
-    await target.line(/prepared VM plain-1 .*\(instrumentation: local\)/);
+    assert.ok(target.lines.some((l) => /prepared VM plain-1 .*\(instrumentation: local\)/.test(l)));
   });
 });
