@@ -47,7 +47,8 @@ export class OfferVerifier {
       try {
         task.run();
       } catch (err) {
-        task.log(`verification of ${task.what} failed: ${errorMessage(err)}`);
+        // On a timer: nothing may escape (an uncaught exception would end the host), not even from a log already closed.
+        try { task.log(`verification of ${task.what} failed: ${errorMessage(err)}`); } catch { /* no log left to tell */ }
       }
     }, OFFER_VERIFY_DELAY_MS);
     timer.unref();

@@ -35,4 +35,17 @@ describe('OfferVerifier', () => {
     assert.equal(v.waiting, 0);
     assert.equal(v.schedule({ what: 'c', log: () => undefined, run }), false);
   });
+
+  it('a task that throws is logged; not even a log that throws too escapes the timer', async () => {
+    const v = new OfferVerifier();
+    const lines: string[] = [];
+    let after: () => void = () => undefined;
+    const ran = new Promise<void>((resolve) => { after = resolve; });
+    v.schedule({ what: 'boom', log: (l) => lines.push(l), run: () => { throw new Error('instrumenter broke'); } });
+    v.schedule({ what: 'closed log', log: () => { throw new Error('log closed'); }, run: () => { throw new Error('again'); } });
+    v.schedule({ what: 'last', log: () => undefined, run: () => { after(); } });
+    const keepAlive = setInterval(() => undefined, 100);
+    try { await ran; } finally { clearInterval(keepAlive); }
+    assert.match(lines[0] ?? '', /verification of boom failed: instrumenter broke/);
+  });
 });
