@@ -4,6 +4,7 @@
  * clients validate what they receive against the same declaration.
  */
 import { z } from 'zod';
+import { instrumentationSourceSchema } from './protocol/messages.js';
 import { migrationOptionsSchema } from './options.js';
 
 export const migrationPhaseSchema = z.enum(['prepare', 'precopy', 'switchover', 'release', 'rollback', 'resolve']);
@@ -132,6 +133,12 @@ export const migrationRecordSchema = z.object({
   verified: z.boolean(),
   digest: z.string().nullable(),
   disk: diskRecordSchema.nullable(),
+  /**
+   * How the target came by the VM's instrumented module (PREPARE's reply): its cache, this source's
+   * offer, or instrumenting the image itself. Absent: the target did not say (an older target, or one
+   * that was offered nothing because it does not read offers).
+   */
+  instrumentation: instrumentationSourceSchema.optional(),
   options: migrationOptionsSchema,
   traces: traceRecordSchema,
 });

@@ -14,6 +14,8 @@
  * its dirty tracker (whose hooks are its own barrier and stop-all installation, and which it
  * replaces when the trace granularity changes).
  */
+import { createHash } from 'node:crypto';
+import { assert } from '../lib/assert.js';
 import { FerryError } from '../lib/errors.js';
 import { MAX_GLOBALS_PER_VCPU, MIN_GRANULARITY_BYTES } from '../lib/limits.js';
 import { normalizeConfig, type VmConfig, type VmConfigInput } from './config.js';
@@ -62,10 +64,14 @@ export interface BlockDevice {
   readonly shared: SharedArrayBuffer;
 }
 
-/** Checks the configuration, instruments the image and wires every part. Starts nothing. */
-export function buildVm(imageBytes: Uint8Array, input: VmConfigInput, restore: RestoreState | null, faultInjection?: FaultInjection): VmParts {
+/**
+ * Checks the configuration, instruments the image and wires every part. Starts nothing.
+ * `instrumented`: the image already instrumented for exactly this VM (a migration target that adopted
+ * its source's module, src/vmm/instrument-offer.ts); it is used instead of instrumenting here.
+ */
+export function buildVm(imageBytes: Uint8Array, input: VmConfigInput, restore: RestoreState | null, faultInjection?: FaultInjection, instrumented?: InstrumentedImage): VmParts {
   const config = normalizeConfig(input);
-  const image = instrumentGuest(imageBytes, config, faultInjection);
+  const image = instrumented !== undefined ? checkInstrumented(instrumented, imageBytes, config, faultInjection) : instrumentGuest(imageBytes, config, faultInjection);
   const memory = sharedMemory(image.layout);
   const bitmap = traceBitmap(memory, image.layout, config.granularityBytes);
   const control = Control.create(config.vcpus, Math.max(1, image.globals.length), regionCount(image.layout.ramBytes, MIN_GRANULARITY_BYTES));
@@ -88,6 +94,18 @@ function instrumentGuest(imageBytes: Uint8Array, config: VmConfig, faultInjectio
   const image = instrumentImage(imageBytes, {
     ramBytes: config.memoryBytes, granularityBytes: config.granularityBytes, ...(faultInjection ? { faultInjection } : {}),
   });
+  return checkGlobalCount(image);
+}
+
+/** A pre-built image must be this image's, for this RAM size and granularity, and never with faults asked for (a programmer error otherwise). */
+function checkInstrumented(image: InstrumentedImage, imageBytes: Uint8Array, config: VmConfig, faultInjection?: FaultInjection): InstrumentedImage {
+  assert(faultInjection === undefined, 'a pre-built image is never fault-injected');
+  assert(image.imageSha256 === createHash('sha256').update(imageBytes).digest('hex'), 'the pre-built image is of this image');
+  assert(image.layout.ramBytes === config.memoryBytes && image.granularityBytes === config.granularityBytes, 'the pre-built image is for this RAM size and granularity');
+  return checkGlobalCount(image);
+}
+
+function checkGlobalCount(image: InstrumentedImage): InstrumentedImage {
   if (image.globals.length > MAX_GLOBALS_PER_VCPU) {
     throw new FerryError('IMAGE_UNSUPPORTED_FEATURE', `guest has ${image.globals.length} mutable globals; at most ${MAX_GLOBALS_PER_VCPU} can be saved per vCPU`);
   }

@@ -23,6 +23,7 @@
  */
 import binaryen from 'binaryen';
 import { createHash } from 'node:crypto';
+import { createRequire } from 'node:module';
 import { FerryError } from '../lib/errors.js';
 import { formatBytes } from '../lib/units.js';
 import { assert } from '../lib/assert.js';
@@ -33,6 +34,17 @@ import {
 } from './layout.js';
 
 export const GUEST_ABI_VERSION = 1;
+/**
+ * Version of what this file emits. Bump it with every change that can make the instrumented binary of
+ * the same image differ (a new check, another helper, a pass added): a migration target adopts a
+ * source's instrumented module only when the source's INSTRUMENTER_BUILD equals its own
+ * (src/vmm/instrument-offer.ts), and then still compares it with its own build afterwards.
+ */
+export const INSTRUMENTER_FORMAT_VERSION = 1;
+/** The binaryen release in use: its passes shape the output as much as this file does. */
+const BINARYEN_VERSION = (createRequire(import.meta.url)('binaryen/package.json') as { version: string }).version;
+/** The identity of this instrumenter: same build + same image, RAM and granularity = the same bytes. */
+export const INSTRUMENTER_BUILD = `ferry-instrument/${INSTRUMENTER_FORMAT_VERSION}+binaryen@${BINARYEN_VERSION}`;
 /** Import module of runtime-internal imports added by the instrumentation. */
 export const RUNTIME_IMPORT_MODULE = 'ferry_rt';
 /** Import module of the guest-visible devices. */
@@ -106,24 +118,16 @@ export interface InstrumentStats {
   sizes: number;
 }
 
-export interface InstrumentedImage {
+/** An image instrumented for one RAM size and trace granularity: what a VM runs. */
+export interface InstrumentedImage extends ImageAnalysis {
   /** The instrumented module, compiled once and shared with every vCPU worker. */
   readonly module: WebAssembly.Module;
   readonly binary: Uint8Array;
-  /** sha256 of the original (uninstrumented) image: its identity for snapshots and migration. */
-  readonly imageSha256: string;
-  readonly layout: MemoryLayout;
-  readonly granularityBytes: number;
-  /** The guest's declared initial memory, in wasm pages: the claimed size at boot. */
-  readonly initialPages: number;
-  /** How far memory.grow may claim: min(declared maximum, RAM). */
-  readonly maxClaimPages: number;
-  readonly globals: readonly ExportedGlobal[];
-  readonly hasSelfcheck: boolean;
-  /** The guest exports ferry_max_clock_gap_ns (its own record of the largest clock gap it saw). */
-  readonly hasMaxClockGap: boolean;
-  readonly deviceImports: readonly string[];
-  readonly stats: Readonly<InstrumentStats>;
+  /**
+   * The instrumenter that made `binary` (INSTRUMENTER_BUILD); null for a fault-injected build, which
+   * is never cached nor offered to a migration target.
+   */
+  readonly build: string | null;
 }
 
 // binaryen.js exposes per-expression accessor classes (binaryen.Store.getPtr ...) that its typings
@@ -275,6 +279,8 @@ interface Walker {
   readonly stats: InstrumentStats;
   readonly faults: FaultInjection;
   siteCount: number;
+  /** Count the write sites (analyzeImage) without rewriting anything. */
+  readonly countOnly: boolean;
 }
 
 const i32 = binaryen.i32;
@@ -378,7 +384,7 @@ function visit(w: Walker, expr: number): number {
   if (expr === 0) return 0;
   const id = binaryen.getExpressionId(expr);
   if (LEAVES.has(id)) {
-    if (id === binaryen.MemorySizeId) { w.stats.sizes++; return w.mod.call('__ferry_memory_size', [], i32); }
+    if (id === binaryen.MemorySizeId) { w.stats.sizes++; return w.countOnly ? expr : w.mod.call('__ferry_memory_size', [], i32); }
     return expr;
   }
   const spec = CHILDREN.get(id);
@@ -411,31 +417,39 @@ function visit(w: Walker, expr: number): number {
   switch (id) {
     case binaryen.StoreId: {
       w.stats.stores++;
+      if (w.countOnly) return expr;
       return wrapFixedWrite(w, expr, 'Store', ['Ptr', 'Value'], accessor('Store', 'getOffset')(expr), accessor('Store', 'getBytes')(expr));
     }
     case binaryen.AtomicRMWId:
       w.stats.atomicRmw++;
+      if (w.countOnly) return expr;
       return wrapFixedWrite(w, expr, 'AtomicRMW', ['Ptr', 'Value'], accessor('AtomicRMW', 'getOffset')(expr), accessor('AtomicRMW', 'getBytes')(expr));
     case binaryen.AtomicCmpxchgId:
       w.stats.atomicRmw++;
+      if (w.countOnly) return expr;
       return wrapFixedWrite(w, expr, 'AtomicCmpxchg', ['Ptr', 'Expected', 'Replacement'], accessor('AtomicCmpxchg', 'getOffset')(expr), accessor('AtomicCmpxchg', 'getBytes')(expr));
     case binaryen.SIMDLoadStoreLaneId: {
       const bytes = LANE_STORE_BYTES.get(accessor('SIMDLoadStoreLane', 'getOp')(expr));
       if (bytes === undefined) return expr; // a lane load
       w.stats.simdLaneStores++;
+      if (w.countOnly) return expr;
       return wrapFixedWrite(w, expr, 'SIMDLoadStoreLane', ['Ptr', 'Vec'], accessor('SIMDLoadStoreLane', 'getOffset')(expr), bytes);
     }
     case binaryen.MemoryFillId:
       w.stats.bulk++;
+      if (w.countOnly) return expr;
       return wrapBulkWrite(w, expr, 'MemoryFill', ['Dest', 'Value', 'Size']);
     case binaryen.MemoryCopyId:
       w.stats.bulk++;
+      if (w.countOnly) return expr;
       return wrapBulkWrite(w, expr, 'MemoryCopy', ['Dest', 'Source', 'Size']);
     case binaryen.MemoryInitId:
       w.stats.bulk++;
+      if (w.countOnly) return expr;
       return wrapBulkWrite(w, expr, 'MemoryInit', ['Dest', 'Offset', 'Size']);
     case binaryen.MemoryGrowId: {
       w.stats.grows++;
+      if (w.countOnly) return expr;
       return w.mod.call('__ferry_memory_grow', [accessor('MemoryGrow', 'getDelta')(expr)], i32);
     }
     default:
@@ -518,7 +532,7 @@ const cache = new Map<string, InstrumentedImage>();
  */
 export function instrumentImage(bytes: Uint8Array, options: InstrumentOptions): InstrumentedImage {
   if (options.faultInjection !== undefined) return instrumentUncached(bytes, options);
-  const key = `${createHash('sha256').update(bytes).digest('hex')}:${options.ramBytes}:${options.granularityBytes}`;
+  const key = cacheKey(createHash('sha256').update(bytes).digest('hex'), options);
   const hit = cache.get(key);
   if (hit !== undefined) {
     cache.delete(key);
@@ -529,6 +543,23 @@ export function instrumentImage(bytes: Uint8Array, options: InstrumentOptions): 
   cache.set(key, image);
   if (cache.size > INSTRUMENT_CACHE_ENTRIES) cache.delete(cache.keys().next().value ?? '');
   return image;
+}
+
+function cacheKey(imageSha256: string, options: Omit<InstrumentOptions, 'faultInjection'>): string {
+  return `${imageSha256}:${options.ramBytes}:${options.granularityBytes}`;
+}
+
+/**
+ * The cached instrumentation of the image with this sha256 for a VM of `options`, if this host has
+ * one (no instrumentation happens, the entry's recency is unchanged).
+ */
+export function cachedInstrumentation(imageSha256: string, options: Omit<InstrumentOptions, 'faultInjection'>): InstrumentedImage | undefined {
+  return cache.get(cacheKey(imageSha256, options));
+}
+
+/** Forgets every cached instrumentation (tests that need a host which never saw an image). */
+export function clearInstrumentCache(): void {
+  cache.clear();
 }
 
 /** Functions in the last (largest) warm-up guest: enough code that binaryen's optimizer tiers up as a real guest needs. */
@@ -606,12 +637,48 @@ function warmUpBody(m: binaryen.Module, f: number): number {
   ], i32);
 }
 
-function instrumentUncached(bytes: Uint8Array, options: InstrumentOptions): InstrumentedImage {
+/**
+ * What this host's own reading of an image yields for a VM of `options`' RAM and granularity: every
+ * part of an InstrumentedImage except the module itself. Cheap (binaryen reads the image and counts;
+ * no pass runs): a migration target that adopts a module a source offers (src/vmm/instrument-offer.ts)
+ * takes all of this from here, never from the source.
+ */
+export interface ImageAnalysis {
+  /** sha256 of the original (uninstrumented) image: its identity for snapshots and migration. */
+  readonly imageSha256: string;
+  readonly layout: MemoryLayout;
+  readonly granularityBytes: number;
+  /** The guest's declared initial memory, in wasm pages: the claimed size at boot. */
+  readonly initialPages: number;
+  /** How far memory.grow may claim: min(declared maximum, RAM). */
+  readonly maxClaimPages: number;
+  readonly globals: readonly ExportedGlobal[];
+  readonly hasSelfcheck: boolean;
+  /** The guest exports ferry_max_clock_gap_ns (its own record of the largest clock gap it saw). */
+  readonly hasMaxClockGap: boolean;
+  readonly deviceImports: readonly string[];
+  readonly stats: Readonly<InstrumentStats>;
+  /** The image's own exports with their kinds (the instrumented module keeps them all). */
+  readonly imageExports: readonly { readonly name: string; readonly kind: string }[];
+}
+
+/** A read image and what was learned from it, for the transform (the binaryen module must be disposed). */
+interface ReadImage {
+  readonly mod: binaryen.Module;
+  readonly analysis: Omit<ImageAnalysis, 'stats'>;
+  /** binaryen's names of the mutable globals, in the order of `analysis.globals`. */
+  readonly globalNames: readonly string[];
+  readonly segments: readonly { readonly name: string; readonly data: Uint8Array; readonly dest: number | null }[];
+}
+
+/** Validation and analysis of `bytes` for a VM of `options`: everything before the rewrite. */
+function readImage(bytes: Uint8Array, options: InstrumentOptions): ReadImage {
   validateGranularity(options.granularityBytes);
   const layout = computeLayout(options.ramBytes);
   const compiled = precheck(bytes);
   checkImportsAndExports(compiled);
   const imageSha256 = createHash('sha256').update(bytes).digest('hex');
+  const imageExports = WebAssembly.Module.exports(compiled).map((e) => ({ name: e.name, kind: e.kind }));
 
   const mod = binaryen.readBinary(bytes);
   try {
@@ -642,7 +709,7 @@ function instrumentUncached(bytes: Uint8Array, options: InstrumentOptions): Inst
     // Function signatures of exports and device imports.
     const exportedFunctions = [
       ...Object.entries(REQUIRED_FUNCTION_EXPORTS),
-      ...Object.entries(OPTIONAL_FUNCTION_EXPORTS).filter(([name]) => WebAssembly.Module.exports(compiled).some((e) => e.name === name)),
+      ...Object.entries(OPTIONAL_FUNCTION_EXPORTS).filter(([name]) => imageExports.some((e) => e.name === name)),
     ];
     for (const [name, want] of exportedFunctions) {
       const fn = binaryen.getFunctionInfo(mod.getFunction(binaryen.getExportInfo(mod.getExport(name)).value));
@@ -665,8 +732,9 @@ function instrumentUncached(bytes: Uint8Array, options: InstrumentOptions): Inst
       deviceImports.push(base);
     }
 
-    // Globals: export every internal mutable global so per-vCPU state can be captured.
+    // Globals: every internal mutable global is exported (by the transform) so per-vCPU state can be captured.
     const globals: ExportedGlobal[] = [];
+    const globalNames: string[] = [];
     for (let i = 0; i < mod.getNumGlobals(); i++) {
       const g = binaryen.getGlobalInfo(mod.getGlobalByIndex(i));
       if (!g.mutable) continue;
@@ -674,22 +742,85 @@ function instrumentUncached(bytes: Uint8Array, options: InstrumentOptions): Inst
       if (type === null) {
         throw new FerryError('IMAGE_UNSUPPORTED_FEATURE', `guest has a mutable global "${g.name}" of a type that cannot be saved (only i32, i64, f32, f64)`, { global: g.name });
       }
-      const exportName = `${EXPORTED_GLOBAL_PREFIX}${globals.length}`;
-      mod.addGlobalExport(g.name, exportName);
-      globals.push({ exportName, type });
+      globals.push({ exportName: `${EXPORTED_GLOBAL_PREFIX}${globals.length}`, type });
+      globalNames.push(g.name);
     }
+
+    // Data segments: all become passive; the active ones' constant destinations must lie in the initial memory.
+    const segments: { name: string; data: Uint8Array; dest: number | null }[] = [];
+    const segModule = mod as unknown as { getNumDataSegments(): number; getDataSegmentByIndex(i: number): number; getDataSegmentInfo(ref: number): unknown };
+    for (let i = 0; i < segModule.getNumDataSegments(); i++) {
+      const info = segModule.getDataSegmentInfo(segModule.getDataSegmentByIndex(i)) as { name: string; offset: number | null; data: ArrayBuffer; passive: boolean };
+      const data = new Uint8Array(info.data);
+      if (info.passive) { segments.push({ name: info.name, data, dest: null }); continue; }
+      if (typeof info.offset !== 'number') {
+        throw new FerryError('IMAGE_UNSUPPORTED_FEATURE', `data segment ${info.name} has a non-constant offset; Ferry guests place data at constant addresses`);
+      }
+      const dest = info.offset >>> 0;
+      if (dest + data.byteLength > initialPages * WASM_PAGE_BYTES) {
+        throw new FerryError('IMAGE_INVALID', `data segment ${info.name} (${data.byteLength} B at ${dest}) lies outside the guest's initial memory`);
+      }
+      segments.push({ name: info.name, data, dest });
+    }
+    return {
+      mod, globalNames, segments,
+      analysis: {
+        imageSha256, layout, granularityBytes: options.granularityBytes, initialPages, maxClaimPages, globals,
+        hasSelfcheck: exportedFunctions.some(([n]) => n === 'ferry_selfcheck'),
+        hasMaxClockGap: exportedFunctions.some(([n]) => n === 'ferry_max_clock_gap_ns'), deviceImports, imageExports,
+      },
+    };
+  } catch (err) {
+    mod.dispose();
+    throw err;
+  }
+}
+
+/** The guest's own functions (not imports), before any of ours is added. */
+function guestFunctionsOf(mod: binaryen.Module): number[] {
+  const guestFunctions: number[] = [];
+  for (let i = 0; i < mod.getNumFunctions(); i++) {
+    const ref = mod.getFunctionByIndex(i);
+    if (!binaryen.getFunctionInfo(ref).module) guestFunctions.push(ref);
+  }
+  return guestFunctions;
+}
+
+/**
+ * This host's analysis of an image for a VM of `options` without instrumenting it: the same checks
+ * (the same FerryErrors) and the same numbers instrumentation would give, at a fraction of its cost
+ * (no binaryen pass runs; the write sites are counted, not rewritten).
+ */
+export function analyzeImage(bytes: Uint8Array, options: Omit<InstrumentOptions, 'faultInjection'>): ImageAnalysis {
+  const read = readImage(bytes, options);
+  try {
+    const stats: InstrumentStats = { stores: 0, atomicRmw: 0, simdLaneStores: 0, bulk: 0, grows: 0, sizes: 0 };
+    const walker: Walker = {
+      mod: read.mod, memName: '', layout: read.analysis.layout, shift: granularityShift(options.granularityBytes), dynamicShift: true,
+      stats, faults: {}, siteCount: 0, countOnly: true,
+    };
+    for (const ref of guestFunctionsOf(read.mod)) visit(walker, binaryen.getFunctionInfo(ref).body);
+    return { ...read.analysis, stats };
+  } finally {
+    read.mod.dispose();
+  }
+}
+
+function instrumentUncached(bytes: Uint8Array, options: InstrumentOptions): InstrumentedImage {
+  const { mod, analysis, globalNames, segments } = readImage(bytes, options);
+  try {
+    const { layout, maxClaimPages } = analysis;
+    analysis.globals.forEach((g, i) => { mod.addGlobalExport(globalNames[i] ?? '', g.exportName); });
 
     const shift = granularityShift(options.granularityBytes);
     const memName = findMemoryName(mod);
     const stats: InstrumentStats = { stores: 0, atomicRmw: 0, simdLaneStores: 0, bulk: 0, grows: 0, sizes: 0 };
-    const walker: Walker = { mod, memName, layout, shift, dynamicShift: options.faultInjection?.constantShift !== true, stats, faults: options.faultInjection ?? {}, siteCount: 0 };
+    const walker: Walker = {
+      mod, memName, layout, shift, dynamicShift: options.faultInjection?.constantShift !== true, stats, faults: options.faultInjection ?? {}, siteCount: 0, countOnly: false,
+    };
 
     // Walk the guest's own functions (before adding ours).
-    const guestFunctions: number[] = [];
-    for (let i = 0; i < mod.getNumFunctions(); i++) {
-      const ref = mod.getFunctionByIndex(i);
-      if (!binaryen.getFunctionInfo(ref).module) guestFunctions.push(ref);
-    }
+    const guestFunctions = guestFunctionsOf(mod);
     addRuntimeHelpers(walker, maxClaimPages);
     for (const ref of guestFunctions) {
       const body = binaryen.getFunctionInfo(ref).body;
@@ -698,23 +829,11 @@ function instrumentUncached(bytes: Uint8Array, options: InstrumentOptions): Inst
     }
 
     // Memory: an imported shared memory of the VM's physical size; data segments applied once by __ferry_init.
-    const segments: { name: string; data: Uint8Array; passive: boolean; offset: number }[] = [];
     const initBody: number[] = [];
-    const segModule = mod as unknown as { getNumDataSegments(): number; getDataSegmentByIndex(i: number): number; getDataSegmentInfo(ref: number): unknown };
-    for (let i = 0; i < segModule.getNumDataSegments(); i++) {
-      const info = segModule.getDataSegmentInfo(segModule.getDataSegmentByIndex(i)) as { name: string; offset: number | null; data: ArrayBuffer; passive: boolean };
-      const data = new Uint8Array(info.data);
-      segments.push({ name: info.name, data, passive: true, offset: 0 });
-      if (info.passive) continue;
-      if (typeof info.offset !== 'number') {
-        throw new FerryError('IMAGE_UNSUPPORTED_FEATURE', `data segment ${info.name} has a non-constant offset; Ferry guests place data at constant addresses`);
-      }
-      const dest = info.offset >>> 0;
-      if (dest + data.byteLength > initialPages * WASM_PAGE_BYTES) {
-        throw new FerryError('IMAGE_INVALID', `data segment ${info.name} (${data.byteLength} B at ${dest}) lies outside the guest's initial memory`);
-      }
-      initBody.push(mod.memory.init(info.name, mod.i32.const(dest), mod.i32.const(0), mod.i32.const(data.byteLength), memName));
-      initBody.push(mod.call('__ferry_mark_range', [mod.i32.const(dest), mod.i32.const(data.byteLength)], none));
+    for (const seg of segments) {
+      if (seg.dest === null) continue;
+      initBody.push(mod.memory.init(seg.name, mod.i32.const(seg.dest), mod.i32.const(0), mod.i32.const(seg.data.byteLength), memName));
+      initBody.push(mod.call('__ferry_mark_range', [mod.i32.const(seg.dest), mod.i32.const(seg.data.byteLength)], none));
     }
     const start = mod.getStart();
     if (start !== 0) {
@@ -723,7 +842,7 @@ function instrumentUncached(bytes: Uint8Array, options: InstrumentOptions): Inst
     }
     mod.addFunction(INIT_EXPORT, none, none, [], mod.block(null, initBody, none));
     mod.addFunctionExport(INIT_EXPORT, INIT_EXPORT);
-    mod.setMemory(layout.totalPages, layout.totalPages, null, segments, true, false, memName);
+    mod.setMemory(layout.totalPages, layout.totalPages, null, segments.map((s) => ({ name: s.name, data: s.data, passive: true, offset: 0 })), true, false, memName);
     mod.addMemoryImport(memName, RUNTIME_IMPORT_MODULE, 'memory', true);
 
     // Inline every site helper into its one caller, and clean up.
@@ -738,11 +857,7 @@ function instrumentUncached(bytes: Uint8Array, options: InstrumentOptions): Inst
     } catch (err) {
       throw new FerryError('IMAGE_INVALID', `instrumented guest image does not compile: ${(err as Error).message}`, {}, { cause: err });
     }
-    return {
-      module, binary, imageSha256, layout, granularityBytes: options.granularityBytes, initialPages, maxClaimPages,
-      globals, hasSelfcheck: exportedFunctions.some(([n]) => n === 'ferry_selfcheck'),
-      hasMaxClockGap: exportedFunctions.some(([n]) => n === 'ferry_max_clock_gap_ns'), deviceImports, stats,
-    };
+    return { ...analysis, module, binary, stats, build: options.faultInjection === undefined ? INSTRUMENTER_BUILD : null };
   } finally {
     mod.dispose();
   }

@@ -83,9 +83,12 @@ export class Vm extends EventEmitter<VmEvents> {
   private crashInfo: CrashInfo | null = null;
   private readonly crashed = (): boolean => this.crashInfo !== null;
 
-  /** Validates and instruments the image and allocates the VM's memory (src/vmm/builder.ts). Does not start vCPUs. */
-  static create(imageBytes: Uint8Array, input: VmConfigInput, restore: RestoreState | null = null, faultInjection?: FaultInjection): Vm {
-    return new Vm(buildVm(imageBytes, input, restore, faultInjection));
+  /**
+   * Validates and instruments the image and allocates the VM's memory (src/vmm/builder.ts). Does not
+   * start vCPUs. `instrumented`: the image already instrumented for this VM (see buildVm).
+   */
+  static create(imageBytes: Uint8Array, input: VmConfigInput, restore: RestoreState | null = null, faultInjection?: FaultInjection, instrumented?: InstrumentedImage): Vm {
+    return new Vm(buildVm(imageBytes, input, restore, faultInjection, instrumented));
   }
 
   private constructor(parts: VmParts) {

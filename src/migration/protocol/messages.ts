@@ -20,13 +20,13 @@ import {
 } from '../../lib/wire-json.js';
 
 export { MAX_ERROR_CODE_CHARS, MAX_ERROR_MESSAGE_CHARS } from '../../lib/wire-json.js';
-import { KiB } from '../../lib/units.js';
+import { KiB, MiB } from '../../lib/units.js';
 import {
   MAX_ABORT_REASON_CHARS, MAX_CHAIN_DEPTH, MAX_CHANGED_BLOCK_BYTES, MAX_DATASTORE_PATH_BYTES, MAX_DISK_CAPACITY_BYTES, MIN_CHANGED_BLOCK_BYTES, MAX_DATA_CHANNELS, MAX_GLOBALS_PER_VCPU, MAX_IMAGE_BYTES, MAX_RAM_BYTES, MAX_VCPUS, MIN_DATA_CHANNELS,
   MIN_VCPUS, WASM_PAGE_BYTES, cmdlineSchema, granularitySchema, ramBytesSchema, vcpusSchema, vmNameSchema,
 } from '../../lib/limits.js';
 import { globalValueSchema, globalValueToWire, u64StringSchema, type GlobalValue } from '../../lib/wire-values.js';
-import { Command, HEADER_BYTES, commandName, encodeFrame, type Frame, type FrameCommand } from './frame.js';
+import { Command, HEADER_BYTES, MAX_PREPARE_PAYLOAD_BYTES, commandName, encodeFrame, type Frame, type FrameCommand } from './frame.js';
 import { DISK_SPACE, decodeMemoryBatch, encodeMemoryBatch, type MemoryBatch, type MemoryEntryInput } from './memory-batch.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -35,8 +35,19 @@ import { DISK_SPACE, decodeMemoryBatch, encodeMemoryBatch, type MemoryBatch, typ
 // snapshot format: src/lib/limits.ts.
 
 export const MAX_MIGRATION_ID_CHARS = 64;
-/** Largest JSON part of a PREPARE (with its u32 length prefix it takes at most 64 KiB). */
-export const MAX_PREPARE_JSON_BYTES = 64 * KiB - 4;
+/**
+ * Largest instrumented module a source offers in PREPARE ("Instrumented module offer" in
+ * docs/migration-protocol.md): the dirtier's is 33 KB; a larger one is instrumented by the target itself.
+ */
+export const MAX_INSTRUMENTED_OFFER_BYTES = 4 * MiB;
+/** Longest instrumenter build identity (src/vmm/instrument.ts INSTRUMENTER_BUILD, e.g. "ferry-instrument/1+binaryen@132.0.0"). */
+export const MAX_INSTRUMENTER_BUILD_CHARS = 128;
+/** Base64 characters of `bytes` bytes. */
+function base64Chars(bytes: number): number { return 4 * Math.ceil(bytes / 3); }
+/** Largest JSON part of a PREPARE without an offer (with its u32 length prefix, 64 KiB). */
+const MAX_PREPARE_PLAIN_JSON_BYTES = 64 * KiB - 4;
+/** Largest JSON part of a PREPARE: the plain part plus an offered module in base64. */
+export const MAX_PREPARE_JSON_BYTES = MAX_PREPARE_PLAIN_JSON_BYTES + base64Chars(MAX_INSTRUMENTED_OFFER_BYTES);
 /** Bytes of the u32 JSON length that starts a PREPARE payload. */
 export const PREPARE_JSON_LENGTH_BYTES = 4;
 /** claimedPages is in wasm pages and cannot exceed the largest RAM. */
@@ -114,10 +125,29 @@ export interface PreparedDisk {
   readonly verifyBytes: number;
 }
 
+/** How the target came by the VM's instrumented module: its own cache, the source's offer, or instrumenting the image itself. */
+export type InstrumentationSource = 'cache' | 'source' | 'local';
+
 /** PREPARE's OK body. */
 export interface PreparedBody {
   readonly accepted: true;
   readonly disk?: PreparedDisk;
+  /** Only in the reply to a PREPARE that carried `instrumented` (a source that reads it). */
+  readonly instrumentation?: InstrumentationSource;
+}
+
+/**
+ * The source's instrumented module of the VM's image, offered so that a target which has none cached
+ * need not instrument the image on the migration's critical path (the target checks it, and may refuse
+ * it: docs/migration-protocol.md, "Instrumented module offer").
+ */
+export interface PrepareOffer {
+  /** The source's instrumenter build (src/vmm/instrument.ts INSTRUMENTER_BUILD). */
+  readonly build: string;
+  /** sha256 of `binary`, 64 lowercase hex digits. */
+  readonly sha256: string;
+  /** The instrumented module; base64 on the wire. */
+  readonly binary: Uint8Array;
 }
 
 export interface PrepareBody {
@@ -125,6 +155,12 @@ export interface PrepareBody {
   readonly vm: PrepareVm;
   readonly dataChannels: number;
   readonly disk?: PrepareDisk;
+  /**
+   * Sent only to a target whose HELLO reply lists TARGET_OFFER_CAPABILITY: the offer, or null for
+   * "none to give" (a source that reads the reply's `instrumentation` either way). Absent: an older
+   * source, or a target that did not say it reads the key (an older target refuses unknown keys).
+   */
+  readonly instrumented?: PrepareOffer | null;
   /** The guest image; when decoded, a view into the frame payload. */
   readonly image: Uint8Array;
 }
@@ -245,8 +281,22 @@ export const preparedDiskSchema = z.object({
   verifyBytes: intIn(0, MAX_DISK_CAPACITY_BYTES * MAX_CHAIN_DEPTH),
 }).strict();
 
-/** PREPARE's OK body: `accepted`, and for a copied disk what the target made of its chain. */
-export const preparedSchema = z.object({ accepted: z.literal(true), disk: preparedDiskSchema.optional() }).strict();
+export const instrumentationSourceSchema = z.enum(['cache', 'source', 'local']);
+
+/** PREPARE's OK body: `accepted`, for a copied disk what the target made of its chain, and where its module came from. */
+export const preparedSchema = z.object({
+  accepted: z.literal(true), disk: preparedDiskSchema.optional(), instrumentation: instrumentationSourceSchema.optional(),
+}).strict();
+
+/** Base64 characters, padding only at the end (a flat character class: a grouped repetition overflows the regex stack on megabytes). */
+const BASE64_RE = /^[A-Za-z0-9+/]+={0,2}$/;
+
+export const prepareOfferSchema = z.object({
+  build: z.string().min(1).max(MAX_INSTRUMENTER_BUILD_CHARS),
+  sha256: lowerHex(64),
+  binaryBase64: z.string().max(base64Chars(MAX_INSTRUMENTED_OFFER_BYTES), `must be at most ${MAX_INSTRUMENTED_OFFER_BYTES} bytes of base64`)
+    .regex(BASE64_RE, 'must be canonical base64 of at least one byte').refine((b64) => b64.length % 4 === 0, 'must be canonical base64 (a multiple of 4 characters)'),
+}).strict();
 
 /** The JSON part of PREPARE (the image follows it in the payload). */
 export const prepareSchema = z.object({
@@ -254,7 +304,31 @@ export const prepareSchema = z.object({
   vm: prepareVmSchema,
   dataChannels: intIn(MIN_DATA_CHANNELS, MAX_DATA_CHANNELS),
   disk: prepareDiskSchema.optional(),
+  instrumented: prepareOfferSchema.nullable().optional(),
 }).strict();
+
+/**
+ * The capability a target lists in its HELLO reply's `offers` when it reads PREPARE's `instrumented`
+ * (and answers `instrumentation`). A source sends the key only to such a target: an older target's
+ * strict PREPARE schema would refuse it, and an older source's strict reading of the PREPARE reply
+ * would refuse `instrumentation`.
+ */
+export const TARGET_OFFER_CAPABILITY = 'instrumented-module';
+
+/** Whether a HELLO reply says the target reads PREPARE's `instrumented` (any other reply: it does not). */
+export function takesInstrumentedOffer(helloReply: OkBody): boolean {
+  const offers = helloReply['offers'];
+  return Array.isArray(offers) && offers.includes(TARGET_OFFER_CAPABILITY);
+}
+
+/**
+ * Whether an offer of `binaryBytes` fits a PREPARE with a `imageBytes` image (the frame's payload
+ * bound holds both; the image always goes, the offer only if it fits).
+ */
+export function offerFits(imageBytes: number, binaryBytes: number): boolean {
+  return binaryBytes <= MAX_INSTRUMENTED_OFFER_BYTES
+    && PREPARE_JSON_LENGTH_BYTES + MAX_PREPARE_PLAIN_JSON_BYTES + base64Chars(binaryBytes) + imageBytes <= MAX_PREPARE_PAYLOAD_BYTES;
+}
 
 export const roundSchema = z.object({
   round: intIn(0, U32_MAX),
@@ -340,8 +414,16 @@ export function decodePrepare(payload: Uint8Array): PrepareBody {
       `PREPARE payload: the guest image is ${image.length} bytes; the limit is ${MAX_IMAGE_BYTES}`,
       { command: C, imageBytes: image.length, maxImageBytes: MAX_IMAGE_BYTES });
   }
-  const { disk, ...rest } = header;
-  return { ...rest, image, ...(disk !== undefined ? { disk: prepareDiskOf(disk) } : {}) };
+  const { disk, instrumented, ...rest } = header;
+  return {
+    ...rest, image, ...(disk !== undefined ? { disk: prepareDiskOf(disk) } : {}),
+    ...(instrumented !== undefined ? { instrumented: instrumented === null ? null : prepareOfferOf(instrumented) } : {}),
+  };
+}
+
+/** The decoded offer: its module's bytes out of base64 (the schema checked it is canonical base64). */
+function prepareOfferOf(offer: z.infer<typeof prepareOfferSchema>): PrepareOffer {
+  return { build: offer.build, sha256: offer.sha256, binary: new Uint8Array(Buffer.from(offer.binaryBase64, 'base64')) };
 }
 
 /** The decoded disk without keys zod leaves `undefined` (exact optional properties). */
@@ -376,7 +458,10 @@ export function decodeAbort(payload: Uint8Array): AbortBody {
 export function preparedFromOk(body: OkBody, announced: readonly ChainLevelSpec[] | undefined): PreparedBody {
   const parsed = preparedSchema.safeParse(body);
   if (!parsed.success) throw badPayload(Command.OK, `PREPARE reply: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`);
-  const prepared: PreparedBody = parsed.data.disk !== undefined ? { accepted: true, disk: parsed.data.disk } : { accepted: true };
+  const { disk: parsedDisk, instrumentation } = parsed.data;
+  const prepared: PreparedBody = {
+    accepted: true, ...(parsedDisk !== undefined ? { disk: parsedDisk } : {}), ...(instrumentation !== undefined ? { instrumentation } : {}),
+  };
   const disk = prepared.disk;
   if (disk === undefined) return prepared;
   if (announced === undefined) throw badPayload(Command.OK, 'PREPARE reply marks disk levels, but PREPARE announced none');
@@ -454,6 +539,7 @@ export function encodePrepare(requestId: number, body: PrepareBody): Buffer {
     },
     dataChannels: body.dataChannels,
     ...(body.disk !== undefined ? { disk: body.disk } : {}),
+    ...(body.instrumented !== undefined ? { instrumented: body.instrumented === null ? null : prepareOfferToWire(body.instrumented) } : {}),
   };
   const json = encodeJson(C, prepareSchema, wire);
   if (json.length > MAX_PREPARE_JSON_BYTES) throw cannotEncode(C, `the JSON part is ${json.length} bytes; the limit is ${MAX_PREPARE_JSON_BYTES}`);
@@ -467,6 +553,14 @@ export function encodePrepare(requestId: number, body: PrepareBody): Buffer {
   json.copy(payload, PREPARE_JSON_LENGTH_BYTES);
   payload.set(body.image, PREPARE_JSON_LENGTH_BYTES + json.length);
   return encodeFrame(C, requestId, payload);
+}
+
+function prepareOfferToWire(offer: PrepareOffer): z.input<typeof prepareOfferSchema> {
+  if (offer.binary.byteLength > MAX_INSTRUMENTED_OFFER_BYTES) {
+    throw new FerryError('PROTOCOL_TOO_LARGE', `cannot encode PREPARE: the offered module is ${offer.binary.byteLength} bytes; the limit is ${MAX_INSTRUMENTED_OFFER_BYTES}`,
+      { command: Command.PREPARE, offerBytes: offer.binary.byteLength });
+  }
+  return { build: offer.build, sha256: offer.sha256, binaryBase64: Buffer.from(offer.binary.buffer, offer.binary.byteOffset, offer.binary.byteLength).toString('base64') };
 }
 
 /** MEMORY frame from entries (see encodeMemoryBatch). */

@@ -5,6 +5,7 @@
  */
 import type { FerryError } from '../../lib/errors.js';
 import type { MigrationOptions } from '../options.js';
+import type { InstrumentationSource } from '../protocol/messages.js';
 import type { DiskRecord, MigrationOutcome, MigrationPhase, MigrationRecord, RoundRecord, SwitchoverBreakdown, TraceRecord } from '../record.js';
 
 /** The tracing a migration chose (options, or the VM's own): the fixed part of its TraceRecord. */
@@ -37,6 +38,8 @@ export class RecordBuilder {
   switchoverMs: SwitchoverBreakdown | null = null;
   forced = false;
   finalDigest: string | null = null;
+  /** PREPARE's reply: where the target's instrumented module came from (null: it did not say). */
+  instrumentation: InstrumentationSource | null = null;
   private readonly traces: TraceRecord;
 
   constructor(plan: TracePlan) {
@@ -90,7 +93,7 @@ export class RecordBuilder {
       transferredBytes: this.sentBytes, zeroPagesSkipped: this.zeroPagesSkipped, pauseLatencyMs: this.pauseLatencyMs,
       engineDowntimeMs: this.engineDowntimeMs, guestDowntimeMs: this.guestDowntimeMs, switchoverMs: this.switchoverMs, maxThrottlePermille: this.maxThrottlePermille,
       forcedSwitchover: this.forced, verified: outcome === 'succeeded', digest: this.finalDigest,
-      disk: this.disk === null ? null : { ...this.disk }, options: head.options,
+      disk: this.disk === null ? null : { ...this.disk }, ...(this.instrumentation !== null ? { instrumentation: this.instrumentation } : {}), options: head.options,
       traces: { ...this.traces, splits: [...this.traces.splits] },
     };
   }

@@ -4,6 +4,7 @@
  * ROUND, STATE, COMMIT or ABORT. It knows whether COMMIT was sent: from then on a lost reply
  * means in doubt, never a blind rollback.
  */
+import { createHash } from 'node:crypto';
 import { FerryError, isFerryError } from '../../lib/errors.js';
 import { MAX_ABORT_REASON_CHARS } from '../../lib/limits.js';
 import { RateLimiter } from '../../dataplane/rate-limiter.js';
@@ -12,7 +13,8 @@ import { ClientChannel } from '../channel.js';
 import type { MigrationOptions } from '../options.js';
 import type { IncomingTicket } from '../peer.js';
 import {
-  encodeAbort, encodeCommit, encodeHello, encodePrepare, encodeRound, encodeState, preparedFromOk, type ConnectionRole, type RoundBody, type StateBody,
+  encodeAbort, encodeCommit, encodeHello, encodePrepare, encodeRound, encodeState, offerFits, preparedFromOk, takesInstrumentedOffer,
+  type ConnectionRole, type PrepareOffer, type RoundBody, type StateBody,
 } from '../protocol/messages.js';
 import { checkCancelled, tag, type JobContext } from './context.js';
 import { applyPrepared, seedVerifyAllowanceMs } from './seed.js';
@@ -39,6 +41,8 @@ export class Session {
   private commitWasSent = false;
   private abortSent = false;
   private roundSent = false;
+  /** The control connection's HELLO reply said the target reads PREPARE's `instrumented` (TARGET_OFFER_CAPABILITY). */
+  private targetTakesOffer = false;
 
   constructor(private readonly ctx: JobContext, private readonly transport: Transport, private readonly imageBytes: Uint8Array) {}
 
@@ -81,19 +85,22 @@ export class Session {
     const ch = role === 'control' ? new ClientChannel(stream, 'control') : new ClientChannel(stream, `data ${channel}`, limiter);
     if (role === 'control') this.controlChannel = ch;
     else this.data.push(ch);
-    await ch.request('HELLO', (id) => encodeHello(id, { protocol: 1, ticket: ticket.ticket, role, channel }), this.ctx.requestTimeoutMs);
+    const reply = await ch.request('HELLO', (id) => encodeHello(id, { protocol: 1, ticket: ticket.ticket, role, channel }), this.ctx.requestTimeoutMs);
+    if (role === 'control') this.targetTakesOffer = takesInstrumentedOffer(reply);
   }
 
   private async prepare(ticket: IncomingTicket): Promise<void> {
     const { vm, options } = this.ctx;
     const c = vm.config;
     const plan = this.ctx.disk?.plan;
+    const offer = this.targetTakesOffer ? this.instrumentedOffer() : null;
     let reply;
     try {
       reply = await this.control.request('PREPARE', (id) => encodePrepare(id, {
         migrationId: ticket.migrationId, dataChannels: dataChannelCount(options), image: this.imageBytes,
         vm: { name: c.name, memoryBytes: c.memoryBytes, vcpus: c.vcpus, granularityBytes: c.granularityBytes, cmdline: c.cmdline, imageSha256: vm.image.imageSha256 },
         ...(this.ctx.disk !== null ? { disk: this.ctx.disk.plan } : {}),
+        ...(this.targetTakesOffer ? { instrumented: offer } : {}),
       }), options.requestTimeoutMs ?? PREPARE_TIMEOUT_MS);
     } catch (err) {
       // The target looked at the VM and said no (capacity, name taken, image): a refusal, whatever its reason code.
@@ -102,7 +109,24 @@ export class Session {
     }
     // The target is a peer, not trusted: its answer about the chain must match what was announced.
     const announced = plan?.mode === 'copy' ? plan.chain : undefined;
-    applyPrepared(this.ctx, preparedFromOk(reply, announced), announced);
+    const prepared = preparedFromOk(reply, announced);
+    applyPrepared(this.ctx, prepared, announced);
+    this.ctx.record.instrumentation = prepared.instrumentation ?? null;
+    if (this.targetTakesOffer) this.ctx.log(`${tag(this.ctx)}: target's instrumentation: ${prepared.instrumentation ?? 'not said'}${offer !== null ? ` (offered ${offer.binary.byteLength} bytes)` : ' (nothing offered)'}`);
+  }
+
+  /**
+   * The VM's instrumented module, offered to the target, if it was made for exactly what the target
+   * builds — this image (the announced sha256 is its own), this RAM size, the granularity PREPARE
+   * announces, no fault injection (build null) — and fits the bounds (MAX_INSTRUMENTED_OFFER_BYTES,
+   * the PREPARE frame with the image); otherwise null: the target instruments the image itself.
+   */
+  private instrumentedOffer(): PrepareOffer | null {
+    const { image, config } = this.ctx.vm;
+    if (image.build === null) return null;
+    if (image.layout.ramBytes !== config.memoryBytes || image.granularityBytes !== config.granularityBytes) return null;
+    if (!offerFits(this.imageBytes.byteLength, image.binary.byteLength)) return null;
+    return { build: image.build, sha256: createHash('sha256').update(image.binary).digest('hex'), binary: image.binary };
   }
 
   private get control(): ClientChannel {

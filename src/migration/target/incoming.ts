@@ -11,6 +11,8 @@ import { inflateRawSync } from 'node:zlib';
 import { FerryError, errorMessage } from '../../lib/errors.js';
 import { failpoint, failpointDrop } from '../../lib/failpoints.js';
 import { MAX_DATA_CHANNELS } from '../../lib/limits.js';
+import { cachedInstrumentation, type InstrumentedImage } from '../../vmm/instrument.js';
+import { adoptInstrumentedOffer, verifyAdoptedImage } from '../../vmm/instrument-offer.js';
 import { Vm } from '../../vmm/vm.js';
 import type { ServerChannel } from '../channel.js';
 import { DIGEST_PAGE_BYTES, MemoryDigest } from '../digest.js';
@@ -18,10 +20,13 @@ import { Command, type Frame } from '../protocol/frame.js';
 import { BatchDecoder, type EntryHeader } from '../protocol/batch-decoder.js';
 import { MEMORY_SPACE, type MemoryBatch, type MemoryEntry } from '../protocol/memory-batch.js';
 import type { PayloadSink } from '../../lib/framing.js';
-import { decodeMessage, type CommitBody, type ConnectionRole, type OkBody, type PrepareBody, type StateBody } from '../protocol/messages.js';
+import {
+  MAX_INSTRUMENTED_OFFER_BYTES, decodeMessage, type CommitBody, type ConnectionRole, type InstrumentationSource, type OkBody, type PrepareBody, type StateBody,
+} from '../protocol/messages.js';
 import type { IncomingOutcome } from '../peer.js';
 import type { IncomingDisk } from '../disk.js';
 import type { ReceiverHooks } from './hooks.js';
+import { offerVerifier } from './offer-verification.js';
 
 /** An incoming migration with no request for this long is aborted (a source that died). */
 export const INCOMING_IDLE_TIMEOUT_MS = 60_000;
@@ -29,6 +34,12 @@ export const INCOMING_IDLE_TIMEOUT_MS = 60_000;
 const MAX_CONNECTIONS_PER_MIGRATION = 1 + MAX_DATA_CHANNELS;
 /** How long after resume the target waits for every vCPU's first clock read. */
 const GUEST_CLOCK_WAIT_MS = 2_000;
+
+/** How PREPARE came by the VM's instrumented module; `image` when it adopted the source's. */
+interface Instrumented {
+  readonly source: InstrumentationSource;
+  readonly image?: InstrumentedImage;
+}
 
 function commandLabel(command: number): string {
   switch (command) {
@@ -249,13 +260,15 @@ export class IncomingMigration {
     const image = new Uint8Array(body.image); // the frame payload is transient
     const disk = body.disk !== undefined ? await this.hooks.prepareDisk(this.id, body.vm.name, body.disk) : null;
     let vm: Vm;
+    let instrumented: Instrumented;
     try {
       if (this.ended) throw new FerryError('MIGRATION_FAILED', `migration ${this.id} ended while its disk was being prepared`);
+      instrumented = this.instrumentationFor(body, image);
       vm = Vm.create(image, {
         name: body.vm.name, memoryBytes: body.vm.memoryBytes, vcpus: body.vm.vcpus,
         granularityBytes: body.vm.granularityBytes, cmdline: body.vm.cmdline,
         ...(disk !== null ? { disk: disk.backend } : {}),
-      });
+      }, null, undefined, instrumented.image);
     } catch (err) {
       await disk?.discard();
       throw err;
@@ -269,15 +282,70 @@ export class IncomingMigration {
     this.image = image;
     this.digest = new MemoryDigest(body.vm.memoryBytes);
     const t1 = performance.now();
-    this.log(`incoming migration ${this.id.slice(0, 8)}: prepared VM ${body.vm.name} (${body.vm.vcpus} vCPUs, ${body.vm.memoryBytes} bytes) in ${(t1 - t0).toFixed(0)} ms`);
+    this.log(`incoming migration ${this.id.slice(0, 8)}: prepared VM ${body.vm.name} (${body.vm.vcpus} vCPUs, ${body.vm.memoryBytes} bytes) in ${(t1 - t0).toFixed(0)} ms (instrumentation: ${instrumented.source})`);
+    if (instrumented.image !== undefined) this.verifyAdoptedWhenEnded(vm, image, instrumented.image);
     // Threads and instances now, so that the resume at switch-over is only a wake-up; made while
     // round 1 arrives (not before PREPARE's reply: that cost the migration their start-up time).
     this.spawned = vm.spawn().then(() => { this.log(`incoming migration ${this.id.slice(0, 8)}: vCPUs ready ${(performance.now() - t1).toFixed(0)} ms after prepare`); });
     this.spawned.catch(() => undefined); // a failure is the first ROUND's (or STATE's) ERROR reply
     if (disk !== null) this.startSeedVerification(disk);
-    return disk?.prepared !== undefined ? { accepted: true, disk: disk.prepared } : { accepted: true };
+    // `instrumentation` only to a source that sent `instrumented` (an older one refuses unknown reply keys).
+    return {
+      accepted: true, ...(disk?.prepared !== undefined ? { disk: disk.prepared } : {}),
+      ...(body.instrumented !== undefined ? { instrumentation: instrumented.source } : {}),
+    };
   }
 
+  /**
+   * Where the VM's instrumented module comes from: this host's cache first (Vm.create finds it there);
+   * else the source's offer if it passes every check (src/vmm/instrument-offer.ts); else Vm.create
+   * instruments the image here, as without an offer. A refused offer is one log line, never a failure.
+   */
+  private instrumentationFor(body: PrepareBody, image: Uint8Array): Instrumented {
+    const options = { ramBytes: body.vm.memoryBytes, granularityBytes: body.vm.granularityBytes };
+    if (cachedInstrumentation(body.vm.imageSha256, options) !== undefined) return { source: 'cache' };
+    const offer = body.instrumented;
+    if (offer === undefined || offer === null) return { source: 'local' };
+    const decision = adoptInstrumentedOffer(image, options, offer, MAX_INSTRUMENTED_OFFER_BYTES);
+    if (!decision.accepted) {
+      this.log(`incoming migration ${this.id.slice(0, 8)}: not using the source's instrumented module (${decision.reason}); instrumenting the image here`);
+      return { source: 'local' };
+    }
+    return { source: 'source', image: decision.image };
+  }
+
+  /**
+   * Once this migration has ended (committed or aborted: both abort seedAbort), off its critical path,
+   * instruments the image here and compares the bytes with the adopted module (src/migration/target/
+   * offer-verification.ts). A difference is a warning naming the VM and both builds; the VM keeps
+   * running on the module it has. Cancelled if the VM stops first (a host shutting down saves and
+   * stops its VMs) or by the verifier's close().
+   */
+  private verifyAdoptedWhenEnded(vm: Vm, image: Uint8Array, adopted: InstrumentedImage): void {
+    const name = vm.config.name;
+    const options = { ramBytes: vm.config.memoryBytes, granularityBytes: adopted.granularityBytes };
+    const tag = `incoming migration ${this.id.slice(0, 8)}`;
+    const log = this.log;
+    const verify = (): void => {
+      const check = verifyAdoptedImage(image, options, adopted);
+      if (check.same) log(`${tag}: VM ${name}'s instrumented module from the source verified: identical to this host's build ${check.local.build ?? 'none'}`);
+      else log(`${tag}: WARN VM ${name}'s instrumented module from the source failed verification: it differs from this host's own build of the image (source's build ${adopted.build ?? 'none'}, this host's ${check.local.build ?? 'none'}); the VM keeps running on the source's module`);
+    };
+    // commit() and abort() set the outcome in the same turn as they abort seedAbort: read it a microtask later.
+    this.seedAbort.signal.addEventListener('abort', () => {
+      queueMicrotask(() => {
+        const vmGone = new AbortController();
+        const onState = (s: string): void => { if (s === 'stopped') vmGone.abort(); };
+        // A committed VM runs here: its verification is dropped if it stops first. An aborted one is
+        // stopped already: its verification still runs (it warms the cache for a retry).
+        if (this.outcome.state === 'committed') vm.on('state', onState);
+        offerVerifier.schedule({
+          what: `VM ${name}'s instrumented module`, log, signal: vmGone.signal,
+          run: () => { vm.off('state', onState); verify(); },
+        });
+      });
+    }, { once: true });
+  }
   /** Starts hashing the seed files (at once resolved without a seed); the first ROUND awaits it. */
   private startSeedVerification(disk: IncomingDisk): void {
     const t0 = performance.now();

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { FerryError, errorMessage } from '../../lib/errors.js';
 import { ServerChannel } from '../channel.js';
 import { Command, TICKET_TTL_MS, type Frame } from '../protocol/frame.js';
-import { decodeMessage, type ConnectionRole, type OkBody } from '../protocol/messages.js';
+import { TARGET_OFFER_CAPABILITY, decodeMessage, type ConnectionRole, type OkBody } from '../protocol/messages.js';
 import { ConnectionState } from '../protocol/session-state.js';
 import type { ByteStream, Listener, Transport, TransportAddress } from '../../dataplane/transport.js';
 import type { IncomingOutcome } from '../peer.js';
@@ -121,7 +121,8 @@ export class MigrationReceiver {
         incoming = hello.incoming; // before attach: a refused extra connection still ends the migration when it closes
         incoming.attach(channel, hello.role);
         clearTimeout(helloTimer); // from here the migration's own idle timeout applies
-        return { host: 'ferry', protocol: 1 };
+        // offers: this target reads PREPARE's `instrumented` (docs/migration-protocol.md, "Instrumented module offer").
+        return { host: 'ferry', protocol: 1, offers: [TARGET_OFFER_CAPABILITY] };
       }
       if (incoming === null) throw new FerryError('PROTOCOL_OUT_OF_ORDER', 'HELLO first');
       const result = await incoming.handle(frame);
