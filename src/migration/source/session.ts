@@ -75,8 +75,13 @@ export class Session {
     const o = this.ctx.options;
     // One token bucket shared by the data connections: the cap is per migration, not per connection.
     const limiter = o.bandwidthBytesPerSec !== undefined ? new RateLimiter(o.bandwidthBytesPerSec) : null;
+    // The target takes data connections only once the control connection's HELLO made the migration;
+    // the data connections then open side by side (each is a connect and a HELLO round trip).
     await this.dial(ticket, 'control', 0, null);
-    for (let i = 0; i < dataChannelCount(o); i++) await this.dial(ticket, 'data', i, limiter);
+    // Every dial has ended before a failure is thrown: a connection opened later would miss the cleanup.
+    const dials = await Promise.allSettled(Array.from({ length: dataChannelCount(o) }, (_, i) => this.dial(ticket, 'data', i, limiter)));
+    const failed = dials.find((d): d is PromiseRejectedResult => d.status === 'rejected');
+    if (failed !== undefined) throw failed.reason;
   }
 
   /** One connection, HELLO answered. It is kept before its HELLO, so that cancel() can fail that too. */
