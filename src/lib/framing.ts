@@ -17,9 +17,7 @@
  * bound) as soon as its bytes are in, before a single payload byte is kept, so the most ever buffered is
  * the header + the bound of the frame being received — and never more than the bytes actually received.
  * Payload pieces are collected as they arrive and copied once, when the frame is complete (an 8 MiB frame
- * arriving in 64 KiB chunks costs one 8 MiB copy, not 128 growing ones) — or, for a frame its owner
- * takes as it arrives (a PayloadSink: the migration target decodes MEMORY batches straight into guest
- * RAM), not kept at all: each piece goes to the sink at once and the frame then carries no payload.
+ * arriving in 64 KiB chunks costs one 8 MiB copy, not 128 growing ones).
  *
  * Errors are FerryErrors with PROTOCOL_* codes. After an error the reader is failed: every later push()
  * or end() throws the same error (the connection must be closed after the ERROR reply). Frames completed
@@ -45,22 +43,7 @@ export interface DecodedFrame<C extends number = number> {
   readonly payload: Buffer;
   /** Set when the payload lives in a pooled buffer: call once the payload is no longer used. */
   readonly release?: () => void;
-  /** Set when the payload went to a PayloadSink as it arrived: its length in bytes (`payload` is then empty). */
-  readonly consumedBytes?: number;
 }
-
-/**
- * Takes one frame's payload as it arrives: `push` gets each piece in order (a view into a pushed chunk,
- * valid only during the call), `end` is called once all `payloadLength` bytes were pushed. Either may
- * throw a PROTOCOL_* FerryError, which fails the reader like a bad header.
- */
-export interface PayloadSink {
-  push(piece: Buffer): void;
-  end(): void;
-}
-
-/** Asked when a frame's header is in: a sink for its payload, or null to have it buffered as usual. */
-export type SinkFor<H> = (header: H) => PayloadSink | null;
 
 /** A protocol's header, as the reader needs it. */
 export interface FrameHeaderCodec<H extends FrameHeaderFields> {
@@ -233,16 +216,9 @@ export class LengthPrefixedReader<H extends FrameHeaderFields> {
   private pieces: Buffer[] = [];
   private payloadFilled = 0;
   private failure: FerryError | undefined;
-  /** The header of the frame whose payload or sink failed the reader (its requestId gets the ERROR reply). */
-  private failedHeader: H | undefined;
   private framesDecoded = 0;
-  /** The sink taking the current frame's payload, if its owner gave one. */
-  private sink: PayloadSink | null = null;
 
-  constructor(
-    private readonly codec: FrameHeaderCodec<H>, private readonly allocator: PayloadAllocator | null = null,
-    private readonly sinkFor: SinkFor<H> | null = null,
-  ) {
+  constructor(private readonly codec: FrameHeaderCodec<H>, private readonly allocator: PayloadAllocator | null = null) {
     this.headerBytes = Buffer.alloc(codec.headerBytes);
   }
 
@@ -256,12 +232,9 @@ export class LengthPrefixedReader<H extends FrameHeaderFields> {
     return this.framesDecoded;
   }
 
-  /**
-   * Header of the frame being received, once its bytes are in (e.g. to reply ERROR to its requestId);
-   * after a failure inside a payload (a sink's error), that frame's header.
-   */
+  /** Header of the frame being received, once its bytes are in (e.g. to reply ERROR to its requestId). */
   get pendingHeader(): H | undefined {
-    return this.header ?? this.failedHeader;
+    return this.header;
   }
 
   /**
@@ -285,22 +258,16 @@ export class LengthPrefixedReader<H extends FrameHeaderFields> {
           if (this.headerFilled < headerSize) break;
           this.header = this.codec.decodeHeader(this.headerBytes);
           if (this.header.payloadLength === 0) frames.push(this.complete(EMPTY));
-          else this.sink = this.sinkFor?.(this.header) ?? null;
           continue;
         }
         const need = this.header.payloadLength - this.payloadFilled;
         const take = Math.min(need, data.length - pos);
-        if (this.sink !== null) this.sink.push(data.subarray(pos, pos + take));
-        else this.pieces.push(data.subarray(pos, pos + take));
+        this.pieces.push(data.subarray(pos, pos + take));
         this.payloadFilled += take;
         pos += take;
         if (this.payloadFilled === this.header.payloadLength) {
           const alloc = this.allocator;
-          if (this.sink !== null) {
-            this.sink.end();
-            const consumedBytes = this.payloadFilled;
-            frames.push({ ...this.complete(EMPTY), consumedBytes });
-          } else if (alloc !== null && this.payloadFilled >= alloc.minBytes) {
+          if (alloc !== null && this.payloadFilled >= alloc.minBytes) {
             const whole = alloc.acquire(this.payloadFilled);
             let at = 0;
             for (const piece of this.pieces) { piece.copy(whole, at); at += piece.length; }
@@ -342,7 +309,6 @@ export class LengthPrefixedReader<H extends FrameHeaderFields> {
     assert(h !== undefined, 'LengthPrefixedReader.complete() needs a decoded header');
     const frame: DecodedFrame<H['command']> = { command: h.command, requestId: h.requestId, payload, ...(release !== undefined ? { release } : {}) };
     this.header = undefined;
-    this.sink = null;
     this.headerFilled = 0;
     this.pieces = [];
     this.payloadFilled = 0;
@@ -355,9 +321,7 @@ export class LengthPrefixedReader<H extends FrameHeaderFields> {
     this.pieces = [];
     this.payloadFilled = 0;
     this.headerFilled = 0;
-    this.failedHeader = this.header;
     this.header = undefined;
-    this.sink = null;
     if (err instanceof FerryError) this.failure = err;
     throw err;
   }

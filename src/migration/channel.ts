@@ -5,8 +5,7 @@
  * target. Closing (or any socket error) fails every outstanding request.
  */
 import { FerryError, errorMessage, isFerryError } from '../lib/errors.js';
-import { Command, MAX_IN_FLIGHT, MAX_MEMORY_PAYLOAD_BYTES, type Frame, type FrameHeader } from './protocol/frame.js';
-import type { SinkFor } from '../lib/framing.js';
+import { Command, MAX_IN_FLIGHT, MAX_MEMORY_PAYLOAD_BYTES, type Frame } from './protocol/frame.js';
 import { FramePool, POOLED_MIN_BYTES } from '../dataplane/frame-pool.js';
 import { FrameReader } from './protocol/reader.js';
 import { decodeError, decodeOk, encodeErrorFor, encodeOk, type OkBody } from './protocol/messages.js';
@@ -134,18 +133,15 @@ export class ClientChannel {
 export class ServerChannel {
   /** Warm payload buffers for MEMORY frames (fresh ones would page-fault on every frame). */
   private readonly pool = new FramePool(MAX_MEMORY_PAYLOAD_BYTES);
-  private readonly reader: FrameReader;
+  private readonly reader = new FrameReader({ minBytes: POOLED_MIN_BYTES, acquire: (n) => this.pool.acquire(n), release: (b) => { this.pool.release(b); } });
   private queue: Promise<void> = Promise.resolve();
   private closed = false;
 
-  /** `sinkFor`: frames whose payload the owner takes as it arrives (the target's MEMORY batches); their frames come with `consumedBytes`. */
   constructor(
     private readonly socket: ByteStream,
     private readonly handler: (frame: Frame) => Promise<OkBody> | OkBody,
     private readonly onClose: (reason: string) => void,
-    sinkFor: SinkFor<FrameHeader> | null = null,
   ) {
-    this.reader = new FrameReader({ minBytes: POOLED_MIN_BYTES, acquire: (n) => this.pool.acquire(n), release: (b) => { this.pool.release(b); } }, sinkFor);
     socket.on('data', (chunk: Buffer) => { this.onData(chunk); });
     socket.on('error', (err) => { this.close(`connection error: ${err.message}`); });
     socket.on('close', () => { this.close('connection closed by the peer'); });

@@ -109,8 +109,6 @@ export interface Frame {
   readonly payload: Buffer;
   /** Set when the payload lives in a pooled buffer: call once the payload is no longer used. */
   readonly release?: () => void;
-  /** Set when a sink took the payload as it arrived (a MEMORY batch applied straight to guest RAM): its length; `payload` is empty. */
-  readonly consumedBytes?: number;
 }
 
 /** The header codec of this protocol: the shared framing (src/lib/framing.ts) with this magic, these commands and bounds. */

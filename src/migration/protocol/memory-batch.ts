@@ -17,21 +17,34 @@
 import { assert } from '../../lib/assert.js';
 import { FerryError } from '../../lib/errors.js';
 import { formatBytes } from '../../lib/units.js';
-import { MAX_ENTRIES_PER_BATCH, MAX_MEMORY_PAYLOAD_BYTES, PAGE_ALIGN_BYTES } from './frame.js';
-import {
-  BatchDecoder, DEFLATE_LENGTH_BYTES, MEMORY_BATCH_HEADER_BYTES, MEMORY_ENTRY_HEADER_BYTES, lengthProblem,
-  type BatchSpace, type MemoryEncoding,
-} from './batch-decoder.js';
+import { MAX_ENTRIES_PER_BATCH, MAX_ENTRY_BYTES, MAX_MEMORY_PAYLOAD_BYTES, PAGE_ALIGN_BYTES } from './frame.js';
 
-export { DEFLATE_LENGTH_BYTES, MEMORY_BATCH_HEADER_BYTES, MEMORY_ENTRY_HEADER_BYTES, type BatchSpace, type MemoryEncoding };
+export type MemoryEncoding = 'raw' | 'zero' | 'deflate';
 
+/** What a batch addresses: guest RAM (MEMORY) or a disk (DISK); offsets and lengths are multiples of `unitBytes`. */
+export interface BatchSpace {
+  readonly label: 'MEMORY' | 'DISK';
+  readonly unitBytes: number;
+  /** What the decoder calls the space in errors. */
+  readonly noun: string;
+}
 export const MEMORY_SPACE: BatchSpace = { label: 'MEMORY', unitBytes: PAGE_ALIGN_BYTES, noun: 'guest RAM' };
 /** Disk sectors: the unit every disk format maps. */
 export const DISK_UNIT_BYTES = 512;
 export const DISK_SPACE: BatchSpace = { label: 'DISK', unitBytes: DISK_UNIT_BYTES, noun: 'the disk' };
 
+/** Bytes before the first entry: u32 round, u32 entry count. */
+export const MEMORY_BATCH_HEADER_BYTES = 8;
+/** Bytes of an entry header: u64 offset, u32 length, u8 encoding, u8 + u16 reserved. */
+export const MEMORY_ENTRY_HEADER_BYTES = 16;
+/** Bytes of the compressed-length prefix of a deflate-raw entry. */
+export const DEFLATE_LENGTH_BYTES = 4;
+
 const ENCODING_CODES: Readonly<Record<MemoryEncoding, number>> = { raw: 0, zero: 1, deflate: 2 };
+const ENCODINGS: readonly MemoryEncoding[] = ['raw', 'zero', 'deflate'];
 const U32_LIMIT = 2 ** 32;
+/** A u64 whose high word is above this is ≥ 2^53: beyond any RAM a JS number can describe. */
+const MAX_SAFE_HIGH_WORD = 0x1f_ffff;
 
 /** An entry to encode. `data`: raw = the `length` bytes; zero = absent/null; deflate = the compressed bytes. */
 export interface MemoryEntryInput {
@@ -60,6 +73,15 @@ function isU32(v: number): boolean {
 
 function badBatch(message: string, details: Record<string, unknown> = {}, space: BatchSpace = MEMORY_SPACE): FerryError {
   return new FerryError('PROTOCOL_BAD_PAYLOAD', `${space.label} batch: ${message}`, details);
+}
+
+/** Why an entry's length is invalid, or undefined if it is valid. */
+function lengthProblem(length: number, unit: number): string | undefined {
+  if (!Number.isSafeInteger(length) || length < unit || length > MAX_ENTRY_BYTES) {
+    return `length ${length} is outside ${unit}..${MAX_ENTRY_BYTES} bytes`;
+  }
+  if (length % unit !== 0) return `length ${length} is not a multiple of ${unit}`;
+  return undefined;
 }
 
 /** Wire size of one entry (header + data). Throws PROTOCOL_BAD_PAYLOAD if the entry cannot be encoded. */
@@ -160,24 +182,91 @@ export function writeMemoryBatch(out: Buffer, at: number, round: number, entries
  * offset 4096-aligned, length a multiple of 4096 in 4096..2 MiB, offset + length ≤ ramBytes,
  * known encoding, reserved bytes 0, data present in full, compressed length 1..length; the entries
  * exactly fill the payload. A payload over MAX_MEMORY_PAYLOAD_BYTES is PROTOCOL_TOO_LARGE.
- * (The incremental BatchDecoder, over the whole payload at once.)
  */
 export function decodeMemoryBatch(payload: Uint8Array, ramBytes: number, space: BatchSpace = MEMORY_SPACE): MemoryBatch {
+  const unit = space.unitBytes;
+  const badBatch = (message: string, details: Record<string, unknown> = {}): FerryError => new FerryError('PROTOCOL_BAD_PAYLOAD', `${space.label} batch: ${message}`, details);
+  assert(Number.isSafeInteger(ramBytes) && ramBytes >= 0, `ramBytes ${ramBytes} is a byte count`);
   const buf = Buffer.isBuffer(payload) ? payload : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
-  let round = 0;
+  if (buf.length > MAX_MEMORY_PAYLOAD_BYTES) {
+    throw new FerryError('PROTOCOL_TOO_LARGE',
+      `MEMORY batch: ${formatBytes(buf.length)} payload; the limit is ${formatBytes(MAX_MEMORY_PAYLOAD_BYTES)}`,
+      { payloadBytes: buf.length, maxPayloadBytes: MAX_MEMORY_PAYLOAD_BYTES });
+  }
+  if (buf.length < MEMORY_BATCH_HEADER_BYTES) {
+    throw badBatch(`payload is ${buf.length} bytes, shorter than its ${MEMORY_BATCH_HEADER_BYTES}-byte header`,
+      { payloadBytes: buf.length });
+  }
+  const round = buf.readUInt32LE(0);
+  const count = buf.readUInt32LE(4);
+  if (count > MAX_ENTRIES_PER_BATCH) {
+    throw badBatch(`${count} entries; the limit is ${MAX_ENTRIES_PER_BATCH} per batch`, { count });
+  }
+  if (count * MEMORY_ENTRY_HEADER_BYTES > buf.length - MEMORY_BATCH_HEADER_BYTES) {
+    throw badBatch(`${count} entries cannot fit in a ${buf.length}-byte payload`, { count, payloadBytes: buf.length });
+  }
   const entries: MemoryEntry[] = [];
-  let raw: Buffer | null = null;
-  const decoder = new BatchDecoder(buf.length, ramBytes, space, {
-    batch: (r) => { round = r; },
-    // One push of the whole payload: a raw entry's data arrive as one view.
-    rawBytes: (_at, bytes) => { raw = bytes; },
-    entry: (h, compressed) => {
-      entries.push({ ...h, data: h.encoding === 'raw' ? raw : compressed });
-      raw = null;
-    },
-  });
-  decoder.push(buf);
-  decoder.end();
+  let pos = MEMORY_BATCH_HEADER_BYTES;
+  for (let i = 0; i < count; i++) {
+    const where = `entry ${i} (payload byte ${pos})`;
+    if (buf.length - pos < MEMORY_ENTRY_HEADER_BYTES) {
+      throw badBatch(`${where}: the payload ends inside the entry header`, { entry: i });
+    }
+    const low = buf.readUInt32LE(pos);
+    const high = buf.readUInt32LE(pos + 4);
+    const length = buf.readUInt32LE(pos + 8);
+    const code = buf.readUInt8(pos + 12);
+    const reserved8 = buf.readUInt8(pos + 13);
+    const reserved16 = buf.readUInt16LE(pos + 14);
+    if (low % unit !== 0) {
+      // 2^32 is a multiple of 4096 (and 512), so alignment depends on the low word only.
+      throw badBatch(`${where}: offset is not a multiple of ${unit}`,
+        { entry: i, offset: (BigInt(high) << 32n | BigInt(low)).toString() });
+    }
+    const problem = lengthProblem(length, unit);
+    if (problem !== undefined) throw badBatch(`${where}: ${problem}`, { entry: i, length });
+    // offset ≤ 2^53 - 1 here, so it is exact; compare without adding (offset + length could round).
+    const offset = high > MAX_SAFE_HIGH_WORD ? Number.POSITIVE_INFINITY : high * U32_LIMIT + low;
+    if (offset > ramBytes - length) {
+      throw badBatch(`${where}: range [${(BigInt(high) << 32n | BigInt(low)).toString()}, +${length}) ` +
+        `lies outside ${space.noun} (${ramBytes} bytes)`,
+      { entry: i, offset: (BigInt(high) << 32n | BigInt(low)).toString(), length, ramBytes });
+    }
+    const encoding = ENCODINGS[code];
+    if (encoding === undefined) throw badBatch(`${where}: unknown encoding ${code}`, { entry: i, encoding: code });
+    if (reserved8 !== 0 || reserved16 !== 0) {
+      throw badBatch(`${where}: reserved bytes must be 0`, { entry: i, reserved8, reserved16 });
+    }
+    pos += MEMORY_ENTRY_HEADER_BYTES;
+    let data: Buffer | null = null;
+    if (encoding === 'raw') {
+      if (buf.length - pos < length) {
+        throw badBatch(`${where}: raw data needs ${length} bytes but only ${buf.length - pos} remain`, { entry: i, length });
+      }
+      data = buf.subarray(pos, pos + length);
+      pos += length;
+    } else if (encoding === 'deflate') {
+      if (buf.length - pos < DEFLATE_LENGTH_BYTES) {
+        throw badBatch(`${where}: the payload ends before the compressed length`, { entry: i });
+      }
+      const compressed = buf.readUInt32LE(pos);
+      pos += DEFLATE_LENGTH_BYTES;
+      if (compressed < 1 || compressed > length) {
+        throw badBatch(`${where}: compressed length ${compressed} is outside 1..${length}`, { entry: i, compressed, length });
+      }
+      if (buf.length - pos < compressed) {
+        throw badBatch(`${where}: compressed data needs ${compressed} bytes but only ${buf.length - pos} remain`,
+          { entry: i, compressed });
+      }
+      data = buf.subarray(pos, pos + compressed);
+      pos += compressed;
+    }
+    entries.push({ offset, length, encoding, data });
+  }
+  if (pos !== buf.length) {
+    throw badBatch(`${buf.length - pos} bytes follow the last of ${count} entries; entries must exactly fill the payload`,
+      { trailingBytes: buf.length - pos, count });
+  }
   return { round, entries };
 }
 

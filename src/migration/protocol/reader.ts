@@ -4,14 +4,13 @@
  * protocol's header (./frame.ts). Feed it the chunks a socket delivers, in order, and it returns every
  * frame completed so far; a bad header throws a PROTOCOL_* FerryError, after which the reader is failed.
  */
-import { LengthPrefixedReader, type FrameHeaderFields, type PayloadAllocator, type SinkFor } from '../../lib/framing.js';
+import { LengthPrefixedReader, type FrameHeaderFields, type PayloadAllocator } from '../../lib/framing.js';
 import { MIGRATION_FRAMING, type FrameCommand } from './frame.js';
 
 export type { PayloadAllocator };
 
 export class FrameReader extends LengthPrefixedReader<FrameHeaderFields<FrameCommand>> {
-  /** `sinkFor`: payloads its owner takes as they arrive (see LengthPrefixedReader). */
-  constructor(allocator: PayloadAllocator | null = null, sinkFor: SinkFor<FrameHeaderFields<FrameCommand>> | null = null) {
-    super(MIGRATION_FRAMING, allocator, sinkFor);
+  constructor(allocator: PayloadAllocator | null = null) {
+    super(MIGRATION_FRAMING, allocator);
   }
 }

@@ -15,11 +15,9 @@ import { cachedInstrumentation, type InstrumentedImage } from '../../vmm/instrum
 import { adoptInstrumentedOffer, verifyAdoptedImage } from '../../vmm/instrument-offer.js';
 import { Vm } from '../../vmm/vm.js';
 import type { ServerChannel } from '../channel.js';
-import { DIGEST_PAGE_BYTES, MemoryDigest } from '../digest.js';
+import { MemoryDigest } from '../digest.js';
 import { Command, type Frame } from '../protocol/frame.js';
-import { BatchDecoder, type EntryHeader } from '../protocol/batch-decoder.js';
-import { MEMORY_SPACE, type MemoryBatch, type MemoryEntry } from '../protocol/memory-batch.js';
-import type { PayloadSink } from '../../lib/framing.js';
+import type { MemoryBatch, MemoryEntry } from '../protocol/memory-batch.js';
 import {
   MAX_INSTRUMENTED_OFFER_BYTES, decodeMessage, type CommitBody, type ConnectionRole, type InstrumentationSource, type OkBody, type PrepareBody, type StateBody,
 } from '../protocol/messages.js';
@@ -126,15 +124,13 @@ export class IncomingMigration {
     clearTimeout(this.idleTimer);
     this.idleTimer = this.armIdle();
     if (frame.command === Command.MEMORY && !this.prepared) throw new FerryError('PROTOCOL_OUT_OF_ORDER', 'MEMORY before the migration was prepared');
-    // A MEMORY batch taken by memorySink was applied as it arrived: nothing is left to decode.
-    const msg = frame.consumedBytes !== undefined ? null : decodeMessage(frame, this.vm !== null ? { ramBytes: this.vm.config.memoryBytes, ...(this.diskBytes !== undefined ? { diskBytes: this.diskBytes } : {}) } : {});
+    const msg = decodeMessage(frame, this.vm !== null ? { ramBytes: this.vm.config.memoryBytes, ...(this.diskBytes !== undefined ? { diskBytes: this.diskBytes } : {}) } : {});
     // Failpoints for fault tests: target.prepare, target.memory, target.round, target.state, target.commit.
-    await failpoint(`target.${commandLabel(frame.command)}`);
-    if (frame.command === Command.MEMORY && failpointDrop('target.memory.drop')) {
+    await failpoint(`target.${commandLabel(msg.command)}`);
+    if (msg.command === Command.MEMORY && failpointDrop('target.memory.drop')) {
       for (const c of this.channels) c.close('failpoint target.memory.drop');
       throw new FerryError('MIGRATION_FAILED', 'failpoint: connection dropped');
     }
-    if (msg === null) return {};
     switch (msg.command) {
       case Command.PREPARE: return this.prepare(msg.body);
       case Command.MEMORY: return this.applyMemory(msg.body);
@@ -155,59 +151,19 @@ export class IncomingMigration {
     }
   }
 
-  /**
-   * A sink that applies a MEMORY batch to guest RAM while it arrives (src/lib/framing.ts): each raw
-   * page is copied once, from the socket's chunk straight to its place, and the chunk dies young. Only
-   * once this migration is prepared (else null: the frame is buffered and handled, and refused, in order).
-   * A batch that turns out invalid halfway fails the connection, which discards the whole VM.
-   */
-  memorySink(payloadBytes: number): PayloadSink | null {
-    const vm = this.vm;
-    const digest = this.digest;
-    if (this.ended || !this.prepared || vm === null || digest === null) return null;
-    const ram = vm.ram;
-    // Pages are hashed as soon as their last byte landed, while they are still in the CPU's cache.
-    // Pieces of one raw entry arrive in order; a piece not continuing the last one starts an entry
-    // (entries end on page boundaries, so everything before it was hashed).
-    let hashedTo = -1;
-    let writtenTo = -1;
-    const decoder = new BatchDecoder(payloadBytes, vm.config.memoryBytes, MEMORY_SPACE, {
-      rawBytes: (at, bytes) => {
-        ram.set(bytes, at);
-        if (at !== writtenTo) hashedTo = at;
-        writtenTo = at + bytes.length;
-        const pagesEnd = hashedTo + Math.floor((writtenTo - hashedTo) / DIGEST_PAGE_BYTES) * DIGEST_PAGE_BYTES;
-        if (pagesEnd > hashedTo) {
-          digest.update(hashedTo, ram.subarray(hashedTo, pagesEnd));
-          hashedTo = pagesEnd;
-        }
-      },
-      entry: (e, compressed) => { if (e.encoding !== 'raw') this.applyEntry(ram, e, compressed); },
-    });
-    return { push: (piece) => { decoder.push(piece); }, end: () => { decoder.end(); } };
-  }
-
-  /** Copies a decoded batch's pages into the VM's RAM (a batch no sink took: see memorySink). */
+  /** Copies the batch's pages into the VM's RAM; the digest is updated over exactly the bytes applied. */
   private applyMemory(batch: MemoryBatch): OkBody {
-    const ram = this.requireVm().ram;
-    for (const e of batch.entries) {
-      if (e.encoding === 'raw' && e.data !== null) ram.set(e.data, e.offset);
-      this.applyEntry(ram, e, e.encoding === 'deflate' ? e.data : null);
-    }
-    return {};
-  }
-
-  /**
-   * Completes one entry in RAM, a raw one's bytes being there already; the digest is then updated over
-   * RAM, i.e. exactly the bytes applied (nothing else writes this VM's RAM before it runs here).
-   */
-  private applyEntry(ram: Uint8Array, e: EntryHeader, compressed: Buffer | null): void {
+    const vm = this.requireVm();
     const digest = this.digest;
     if (digest === null) throw new FerryError('MIGRATION_FAILED', 'no digest');
-    const dest = ram.subarray(e.offset, e.offset + e.length);
-    if (e.encoding === 'zero') { dest.fill(0); digest.updateZero(e.offset, e.length); return; }
-    if (e.encoding === 'deflate') dest.set(entryData('MEMORY', { ...e, data: compressed }));
-    digest.update(e.offset, dest);
+    for (const e of batch.entries) {
+      const dest = vm.ram.subarray(e.offset, e.offset + e.length);
+      if (e.encoding === 'zero') { dest.fill(0); digest.updateZero(e.offset, e.length); continue; }
+      const data = entryData('MEMORY', e);
+      dest.set(data);
+      digest.update(e.offset, data);
+    }
+    return {};
   }
 
   /** Writes the batch's blocks to the copied disk; the disk digest is updated over exactly the bytes written. */

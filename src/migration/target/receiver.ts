@@ -127,11 +127,9 @@ export class MigrationReceiver {
       if (incoming === null) throw new FerryError('PROTOCOL_OUT_OF_ORDER', 'HELLO first');
       const result = await incoming.handle(frame);
       if (frame.command === Command.PREPARE) incoming.markPrepared();
-      if (frame.command === Command.MEMORY || frame.command === Command.DISK) this.hooks.observer?.received(frame.command === Command.MEMORY ? 'memory' : 'disk', frame.consumedBytes ?? frame.payload.byteLength);
+      if (frame.command === Command.MEMORY || frame.command === Command.DISK) this.hooks.observer?.received(frame.command === Command.MEMORY ? 'memory' : 'disk', frame.payload.byteLength);
       return result;
-    }, (reason) => { incoming?.connectionClosed(channel, reason); },
-    // MEMORY batches of a prepared migration go straight into guest RAM as they arrive.
-    (header) => (header.command === Command.MEMORY ? incoming?.memorySink(header.payloadLength) ?? null : null));
+    }, (reason) => { incoming?.connectionClosed(channel, reason); });
   }
 
   /** A HELLO: the ticket names the migration; a control connection starts it, data connections join it. */

@@ -1,11 +1,11 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { FerryError, isFerryError } from '../../../src/lib/errors.js';
+import { isFerryError } from '../../../src/lib/errors.js';
 import { Command, encodeFrame, type Frame } from '../../../src/migration/protocol/frame.js';
 import { FrameReader } from '../../../src/migration/protocol/reader.js';
-import { encodeHello, encodeMemory, encodePrepare } from '../../../src/migration/protocol/messages.js';
+import { encodeMemory, encodePrepare } from '../../../src/migration/protocol/messages.js';
 import {
-  KiB, MiB, abortStream, controlStream, dataStream, helloBody, makeImage, prepareBody, rawHeader, throwsCode,
+  KiB, MiB, abortStream, controlStream, dataStream, makeImage, prepareBody, rawHeader, throwsCode,
 } from './fixtures.js';
 
 /** Frame boundaries of a valid stream (offsets where a frame starts, plus the end). */
@@ -81,40 +81,6 @@ describe('FrameReader', () => {
         assert.deepEqual(got, expected, `splits at ${i}, ${j}`);
       }
     }
-  });
-
-  it('hands the payloads its owner takes to a sink as they arrive (nothing buffered), the others as usual', () => {
-    const memory = encodeMemory(7, 1, [{ offset: 0, length: 8192, encoding: 'raw', data: Buffer.alloc(8192, 0x3c) }]);
-    const hello = encodeHello(8, helloBody('control'));
-    const stream = Buffer.concat([memory, hello]);
-    for (let cut = 1; cut < stream.length; cut += 97) {
-      const got: Buffer[] = [];
-      let ended = 0;
-      const reader = new FrameReader(null, (h) => (h.command === Command.MEMORY ? { push: (p) => { got.push(Buffer.from(p)); }, end: () => { ended++; } } : null));
-      const frames = [...reader.push(stream.subarray(0, cut)), ...reader.push(stream.subarray(cut))];
-      assert.equal(frames.length, 2);
-      const [m, h] = frames as [Frame, Frame];
-      assert.equal(m.command, Command.MEMORY);
-      assert.equal(m.consumedBytes, memory.length - 16);
-      assert.equal(m.payload.length, 0, 'the sink had the payload');
-      assert.ok(Buffer.concat(got).equals(memory.subarray(16)), `cut ${cut}: every payload byte, in order`);
-      assert.equal(ended, 1);
-      assert.equal(reader.bufferedBytes, 0);
-      assert.equal(h.consumedBytes, undefined);
-      assert.ok(h.payload.equals(hello.subarray(16)));
-    }
-  });
-
-  it('fails like a bad header when a sink refuses its payload, naming the frame it was in', () => {
-    const memory = encodeMemory(7, 1, [{ offset: 0, length: 4096, encoding: 'raw', data: Buffer.alloc(4096, 1) }]);
-    const refuse = new FerryError('PROTOCOL_BAD_PAYLOAD', 'the sink refuses');
-    const reader = new FrameReader(null, () => ({ push: () => { throw refuse; }, end: () => undefined }));
-    throwsCode(() => reader.push(memory.subarray(0, 100)), 'PROTOCOL_BAD_PAYLOAD', /the sink refuses/);
-    assert.equal(reader.pendingHeader?.requestId, 7, 'the ERROR reply goes to the frame that failed');
-    throwsCode(() => reader.push(memory.subarray(100)), 'PROTOCOL_BAD_PAYLOAD', /the sink refuses/);
-    assert.equal(reader.bufferedBytes, 0);
-    const atEnd = new FrameReader(null, () => ({ push: () => undefined, end: () => { throw refuse; } }));
-    throwsCode(() => atEnd.push(memory), 'PROTOCOL_BAD_PAYLOAD', /the sink refuses/);
   });
 
   it('reports PROTOCOL_TRUNCATED when the stream ends at any byte inside a frame', () => {
