@@ -31,7 +31,12 @@ export function isAllZero(data: Buffer): boolean {
 /** What page `index` with content `page` adds to the digest: 0 for an all-zero page. */
 function contribution(index: number, page: Buffer): bigint {
   const zero = page.length === DIGEST_PAGE_BYTES ? isZeroPage(page) : isAllZero(page);
-  return zero ? 0n : BigInt.asUintN(64, xxh64(page) ^ (BigInt(index) * GOLDEN)) || 1n;
+  return zero ? 0n : nonZeroContribution(index, page);
+}
+
+/** The contribution of a page that is not all zero. */
+function nonZeroContribution(index: number, page: Buffer): bigint {
+  return BigInt.asUintN(64, xxh64(page) ^ (BigInt(index) * GOLDEN)) || 1n;
 }
 
 export class MemoryDigest {
@@ -45,11 +50,26 @@ export class MemoryDigest {
 
   /** Records the content of pages [offset, offset + data.length) (offset page-aligned; a short last page is allowed). */
   update(offset: number, data: Uint8Array): void {
+    this.record(offset, data, contribution);
+  }
+
+  /**
+   * The same for pages the caller saw hold a non-zero byte a moment ago (a migration source sends those
+   * raw): the zero check is skipped — it was half of the source's per-page checking. If the guest zeroed
+   * such a page in between, its entry here differs from the target's (which checks) until the page is
+   * sent again, and it will be: that write came after the round's collect, so its trace fired and the
+   * page is in the next round's set (the final round runs with the guest stopped, where nothing races).
+   */
+  updateSeenNonZero(offset: number, data: Uint8Array): void {
+    this.record(offset, data, nonZeroContribution);
+  }
+
+  private record(offset: number, data: Uint8Array, of: (index: number, page: Buffer) => bigint): void {
     const buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     const unit = this.pageBytes;
     for (let at = 0; at < buf.length; at += unit) {
       const index = (offset + at) / unit;
-      this.set(index, contribution(index, buf.subarray(at, at + unit)));
+      this.set(index, of(index, buf.subarray(at, at + unit)));
     }
   }
 

@@ -40,4 +40,24 @@ describe('memory digest', () => {
     assert.ok(d.unchanged(0, ram.subarray(0, DIGEST_PAGE_BYTES)));
     assert.ok(!d.unchanged(0, Buffer.alloc(DIGEST_PAGE_BYTES, 9)));
   });
+
+  it('pages seen non-zero skip the zero check: equal for non-zero data; a page zeroed meanwhile differs until it is sent again', () => {
+    const page = Buffer.alloc(DIGEST_PAGE_BYTES, 0x33);
+    const checked = new MemoryDigest(PAGES * DIGEST_PAGE_BYTES);
+    const seen = new MemoryDigest(PAGES * DIGEST_PAGE_BYTES);
+    checked.update(DIGEST_PAGE_BYTES, Buffer.concat([page, page]));
+    seen.updateSeenNonZero(DIGEST_PAGE_BYTES, Buffer.concat([page, page]));
+    assert.equal(seen.hex(), checked.hex());
+    // The race: the sender saw the page non-zero, the guest zeroed it before the copy.
+    const target = new MemoryDigest(PAGES * DIGEST_PAGE_BYTES);
+    const source = new MemoryDigest(PAGES * DIGEST_PAGE_BYTES);
+    target.update(0, Buffer.alloc(DIGEST_PAGE_BYTES));
+    source.updateSeenNonZero(0, Buffer.alloc(DIGEST_PAGE_BYTES));
+    assert.notEqual(source.hex(), target.hex(), 'differs until the page is sent again');
+    assert.ok(!source.unchanged(0, Buffer.alloc(DIGEST_PAGE_BYTES)), 'and the unchanged-page check sends it again');
+    // The next round sends it as a zero entry (or raw, if the guest wrote it again): the two agree.
+    source.updateZero(0, DIGEST_PAGE_BYTES);
+    target.updateZero(0, DIGEST_PAGE_BYTES);
+    assert.equal(source.hex(), target.hex());
+  });
 });

@@ -77,8 +77,10 @@ export class PageSender {
     entries.forEach((e, i) => {
       if (e.encoding === 'zero') { this.digest.updateZero(e.offset, e.length); return; }
       const at = dataAt[i] ?? -1;
-      // Hash what is sent: for deflate, the source bytes as they were compressed.
-      this.digest.update(e.offset, e.encoding === 'raw' ? buf.subarray(at, at + e.length) : inflateRawSync(e.data ?? Buffer.alloc(0)));
+      // Hash what is sent: for deflate, the source bytes as they were compressed. Raw entries are runs
+      // of pages visitPage saw non-zero (zero ones are skipped or sent as zero entries).
+      if (e.encoding === 'raw') this.digest.updateSeenNonZero(e.offset, buf.subarray(at, at + e.length));
+      else this.digest.update(e.offset, inflateRawSync(e.data ?? Buffer.alloc(0)));
       bytes += e.length;
     });
     return bytes;
