@@ -10,6 +10,7 @@ import {
 import { FerryError } from '../../src/lib/errors.js';
 import { routes } from '../../src/api/host-v1.js';
 import { MiB } from '../../src/lib/units.js';
+import { MAX_THROTTLE_PERMILLE } from '../../src/lib/limits.js';
 import { connect } from 'node:net';
 import { FrameReader } from '../../src/migration/protocol/reader.js';
 import { encodeHello } from '../../src/migration/protocol/messages.js';
@@ -126,6 +127,22 @@ describe('live migration between host processes', () => {
     assert.equal((await b.client.verifyVm('fast')).selfcheck, 0);
     await b.client.stopVm('fast');
     await b.client.deleteVm('fast');
+  });
+
+  it('once the throttle is at its maximum, what the guest wrote at the old rate is in that round: the hot set is not re-sent once more', async () => {
+    // 64 MiB rewritten sequentially without pause: the rate probe after round 1 takes the throttle to the
+    // maximum. Without the settle-and-collect, everything the guest wrote before the throttle bit (the
+    // probe, the step in flight) fired after round 1's collect, so round 2 ended with the whole hot set
+    // dirty again; now it ends with what the throttled guest wrote (~1-2 MiB per 70 ms round here).
+    await createVm(a, 'settle', 'dirtier', { memoryBytes: 128 * MiB, cmdline: 'hot=64MiB pattern=seq fill=1 claim=all check=0' });
+    await a.client.waitForConsole('settle', 'dirtier:', 60_000);
+    const record = await waitMigration(a, await startMigration(a, 'settle', b));
+    assert.equal(record.outcome, 'succeeded', JSON.stringify(record.error));
+    const atMax = record.rounds.find((r) => r.throttlePermille === MAX_THROTTLE_PERMILLE);
+    assert.ok(atMax !== undefined, `the throttle reached its maximum: ${JSON.stringify(record.rounds.map((r) => r.throttlePermille))}`);
+    assert.ok(atMax.dirtyBytesAfter < 32 * MiB, `round ${atMax.round}, the first at the maximum throttle, left ${atMax.dirtyBytesAfter} bytes dirty (the hot set is 64 MiB)`);
+    await b.client.stopVm('settle');
+    await b.client.deleteVm('settle');
   });
 
   it('...or aborts cleanly when configured to, and the VM keeps running on the source', async () => {

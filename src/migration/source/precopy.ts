@@ -8,6 +8,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { FerryError } from '../../lib/errors.js';
 import type { DirtyTracker } from '../../vmm/traces.js';
 import type { Vm } from '../../vmm/vm.js';
+import { VcpuState } from '../../vmm/control.js';
 import { DEFAULT_POLICY, decideConvergence, expectedDowntimeMs, type ConvergenceDecision, type ConvergencePolicy } from '../convergence.js';
 import { DIGEST_PAGE_BYTES } from '../digest.js';
 import type { MigrationOptions } from '../options.js';
@@ -28,6 +29,16 @@ export const REFINE_UNCHANGED_FRACTION = 0.5;
  * a lower bound either way), and a small cost per round that does not converge by itself.
  */
 export const DIRTY_RATE_PROBE_MS = 2;
+/**
+ * After the throttle was raised: how long pre-copy waits at most for every running vCPU to end the step
+ * it was in (steps last ~0.15 ms; the next one already runs with the throttled budget), before it
+ * collects once more. The writes made at the old rate since the round's collect — the probe, the
+ * decision, that last step — then go into the next round's set instead of the one after: a guest that
+ * rewrites its whole hot set in a millisecond (bench:migrate's) otherwise has it all re-sent once more.
+ */
+export const THROTTLE_SETTLE_MAX_MS = 20;
+/** How often the vCPUs' step counts are read meanwhile (each vCPU publishes its count at a step's end). */
+const THROTTLE_SETTLE_POLL_MS = 1;
 
 /** The tracing a migration uses: its options, else the VM's own granularity. */
 export function tracePlan(options: MigrationOptions, vmGranularityBytes: number): TracePlan {
@@ -92,8 +103,10 @@ export class PreCopy {
         return { memory: collected, diskBlocks };
       }
       if (decision.action === 'abort') throw new FerryError('MIGRATION_NOT_CONVERGED', `migration aborted: ${decision.reason}`, { rounds: round });
+      const raised = decision.throttlePermille > this.ctx.record.throttle;
       this.applyThrottle(decision.throttlePermille);
       work = await this.refine(collected, unchanged, round);
+      if (raised) work = union(work, await this.settleThrottle(tracker));
       diskWork = diskBlocks;
     }
   }
@@ -166,6 +179,17 @@ export class PreCopy {
     const firedBytes = coveredBytes(sent, gran);
     const sendRatio = round === 1 || firedBytes === 0 ? 1 : Math.min(1, Math.max(DIGEST_PAGE_BYTES / gran, sentBytes / firedBytes));
     return Math.round((collected.regions.length * gran) * sendRatio + collected.pages.length * DIGEST_PAGE_BYTES);
+  }
+
+  /** Waits (bounded) until every running vCPU ended the step it was in, then collects what fired meanwhile. */
+  private async settleThrottle(tracker: DirtyTracker): Promise<DirtySet> {
+    const vm = this.ctx.vm;
+    if (vm.state !== 'running') return { regions: new Uint32Array(0), pages: new Uint32Array(0) };
+    const before = vm.vcpuStats();
+    const settled = (): boolean => vm.vcpuStats().every((s, i) => s.state !== VcpuState.Running || s.steps > (before[i]?.steps ?? 0));
+    const deadline = performance.now() + THROTTLE_SETTLE_MAX_MS;
+    while (!settled() && performance.now() < deadline) await delay(THROTTLE_SETTLE_POLL_MS);
+    return this.collect(tracker);
   }
 
   private applyThrottle(permille: number): void {
