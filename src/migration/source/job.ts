@@ -7,6 +7,7 @@
  * A MigrationJob *owns* its VM while it runs. `run()` never throws: the outcome is in the record.
  * This file is the orchestration only; each phase is its own file, sharing a JobContext.
  */
+import { migrationBegins } from '../in-progress.js';
 import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import { FerryError, errorMessage, isFerryError } from '../../lib/errors.js';
@@ -90,6 +91,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     let error: FerryError | null = null;
     let outcome: MigrationOutcome = 'succeeded';
     this.wasRunning = this.ctx.vm.state === 'running';
+    const ended = migrationBegins(this);
     try {
       await this.migrate();
     } catch (err) {
@@ -98,6 +100,7 @@ export class MigrationJob extends EventEmitter<JobEvents> {
     } finally {
       this.diskSender?.stop();
       this.session.close();
+      ended();
     }
     if (outcome === 'succeeded' && error === null) {
       this.enter('release');

@@ -4,6 +4,7 @@
  * hands each to its IncomingMigration (incoming.ts), and remembers, bounded, what became of every
  * migration for the sources that ask (outcomes.ts).
  */
+import { migrationBegins } from '../in-progress.js';
 import { randomBytes } from 'node:crypto';
 import { FerryError, errorMessage } from '../../lib/errors.js';
 import { ServerChannel } from '../channel.js';
@@ -148,7 +149,8 @@ export class MigrationReceiver {
       const ids = idsOf(ticket);
       const hooks = this.hooks;
       const logFor = (vm: string | null): ((line: string) => void) => hooks.logFor?.({ ...ids, ...(vm !== null ? { vm } : {}) }) ?? ((line) => { hooks.log(line); });
-      ticket.incoming = new IncomingMigration(ticket.migrationId, hooks, (outcome, durable) => { this.finish(ticket, outcome, durable); }, logFor, this.idleTimeoutMs);
+      const ended = migrationBegins(ticket);
+      ticket.incoming = new IncomingMigration(ticket.migrationId, hooks, (outcome, durable) => { ended(); this.finish(ticket, outcome, durable); }, logFor, this.idleTimeoutMs);
       ticket.startedAt = performance.now();
       this.live.add(ticket.incoming);
       this.hooks.observer?.started(ids);

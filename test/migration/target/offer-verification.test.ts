@@ -48,4 +48,34 @@ describe('OfferVerifier', () => {
     try { await ran; } finally { clearInterval(keepAlive); }
     assert.match(lines[0] ?? '', /verification of boom failed: instrumenter broke/);
   });
+
+  it('waits while a migration is in progress in the process (it would stall its main thread), runs once none is, skips after too many waits', async () => {
+    let busy = 1;
+    // Postponed without end here: whatever the timer's lateness, it cannot be skipped meanwhile.
+    const v = new OfferVerifier(() => busy, 5, Number.MAX_SAFE_INTEGER);
+    const lines: string[] = [];
+    let ran = 0;
+    let wake: () => void = () => undefined;
+    v.schedule({ what: 'held', log: (l) => lines.push(l), run: () => { ran++; wake(); } });
+    const keepAlive = setInterval(() => undefined, 100);
+    try {
+      // Still waiting after two of its waits (not run, not dropped): the migration goes on.
+      await new Promise<void>((resolve) => { setTimeout(resolve, 12); });
+      assert.equal(ran, 0);
+      assert.equal(v.waiting, 1);
+      const ranOnce = new Promise<void>((resolve) => { wake = resolve; });
+      busy = 0;
+      await ranOnce;
+      assert.equal(ran, 1);
+      const starving = new OfferVerifier(() => 1, 5, 3);
+      const skipped = new Promise<void>((resolve) => {
+        starving.schedule({ what: 'starved', log: (l) => { lines.push(l); resolve(); }, run: () => { ran += 100; } });
+      });
+      await skipped;
+    } finally {
+      clearInterval(keepAlive);
+    }
+    assert.equal(ran, 1);
+    assert.match(lines.join('\n'), /verification of starved skipped: migrations kept this host busy for 3 waits of 5 ms/);
+  });
 });
