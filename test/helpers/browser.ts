@@ -71,6 +71,23 @@ export async function childPids(pid: number): Promise<number[]> {
   return stdout.split('\n').map((l) => Number(l.trim())).filter((n) => n > 0);
 }
 
+/** How long `ferry up` gets to save its demo fleet after SIGTERM before it is killed. */
+export const UP_STOP_TIMEOUT_MS = 30_000;
+
+/**
+ * Stops a `ferry up` (SIGTERM, SIGKILL after UP_STOP_TIMEOUT_MS) and then kills any of its children
+ * (`childPids` taken at start) that it left behind.
+ */
+export async function stopUp(up: ReturnType<typeof startFerry> | null, children: readonly number[]): Promise<void> {
+  if (up !== null) {
+    up.child.kill('SIGTERM');
+    const timer = setTimeout(() => { up.child.kill('SIGKILL'); }, UP_STOP_TIMEOUT_MS);
+    await up.done;
+    clearTimeout(timer);
+  }
+  for (const pid of children) { try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ } }
+}
+
 /** Runs in the page (this file compiles without DOM types): records every percentage the task's bar shows. */
 export const RECORD_PROGRESS = `(() => {
   const seen = [];

@@ -18,13 +18,11 @@ import type { Browser, Page } from 'playwright-core';
 import { CenterClient } from '../../src/api/center-client.js';
 import { prepareMigrationResultSchema } from '../../src/api/center-v1.js';
 import { startFerry } from '../helpers/cli.js';
-import { launchChromium, logIn, newUiContext, upReady, childPids, RECORD_PROGRESS } from '../helpers/browser.js';
+import { launchChromium, logIn, newUiContext, upReady, childPids, stopUp, RECORD_PROGRESS } from '../helpers/browser.js';
 
 const UP_LIFETIME_MS = 120_000;
 /** The preparation of the demo VM's small disk (snapshot, copy of its base to site-b, seed record). */
 const PREPARE_WAIT_MS = 30_000;
-const STOP_TIMEOUT_MS = 30_000;
-
 
 describe('web UI: cross-site views in Chromium against ferry up --sites 2', () => {
   let dir = '';
@@ -53,13 +51,7 @@ describe('web UI: cross-site views in Chromium against ferry up --sites 2', () =
   after(async () => {
     await browser?.close().catch(() => undefined);
     await client?.close().catch(() => undefined);
-    if (up !== null) {
-      up.child.kill('SIGTERM');
-      const timer = setTimeout(() => { up?.child.kill('SIGKILL'); }, STOP_TIMEOUT_MS);
-      await up.done;
-      clearTimeout(timer);
-    }
-    for (const pid of children) { try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ } }
+    await stopUp(up, children);
     if (dir !== '') await rm(dir, { recursive: true, force: true });
   });
 

@@ -21,13 +21,11 @@ import { join } from 'node:path';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { CenterClient } from '../../src/api/center-client.js';
 import { startFerry } from '../helpers/cli.js';
-import { NARROW, DESKTOP, launchChromium, newUiContext, upReady, childPids, screenshot, RECORD_PROGRESS } from '../helpers/browser.js';
+import { NARROW, DESKTOP, launchChromium, newUiContext, upReady, childPids, stopUp, screenshot, RECORD_PROGRESS } from '../helpers/browser.js';
 
 const UP_LIFETIME_MS = 170_000;
 /** A migration at 16 MiB/s of the 64 MiB demo VM, with its rounds, on a loaded machine. */
 const MIGRATION_WAIT_MS = 40_000;
-/** ferry up stops its hosts (they save their VMs) and its center. */
-const STOP_TIMEOUT_MS = 30_000;
 /** Slow enough that the migration is surely still in pre-copy when the test cancels it (64 MiB at 1 MiB/s). */
 const SLOW_MIB_PER_SEC = '1';
 const FAST_MIB_PER_SEC = '16';
@@ -69,13 +67,7 @@ describe('web UI in Chromium against ferry up', () => {
   after(async () => {
     await browser?.close().catch(() => undefined);
     await fleet?.client.close().catch(() => undefined);
-    if (up !== null) {
-      up.child.kill('SIGTERM');
-      const timer = setTimeout(() => { up?.child.kill('SIGKILL'); }, STOP_TIMEOUT_MS);
-      await up.done;
-      clearTimeout(timer);
-    }
-    for (const pid of children) { try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ } }
+    await stopUp(up, children);
     // FERRY_UI_SCREENSHOTS is outside these: kept.
     for (const d of dirs) await rm(d, { recursive: true, force: true });
   });
