@@ -19,7 +19,7 @@ import { removeHostData, stopHost, type TestHost } from '../helpers/hosts.js';
 import { startTestCenter, waitForEvent, type TestCenter } from '../helpers/center.js';
 import { centerReady, startFerry } from '../helpers/cli.js';
 import {
-  COPY_TASK_TIMEOUT_MS, copyDirs, copyProgressed, sha256File, stagingFiles, startCopyHost, writeSourceFiles, type CopyDirs, type CopyResult,
+  COPY_TASK_TIMEOUT_MS, copyDirs, copyProgressed, sha256File, stagingFiles, startCopyHost, stopCenterFleet, writeSourceFiles, type CopyDirs, type CopyResult,
 } from '../helpers/copy-fleet.js';
 
 /** 24 MiB at 1 MiB/s (the slowest cap): about 22 s, long enough to break something while it runs on a loaded machine. */
@@ -66,11 +66,7 @@ describe('copy hand-off faults (real host processes, in-process center)', () => 
     digest = (await writeSourceFiles(fs.dir('src'), [SLOW_FILE])).get(SLOW_FILE.path);
     for (const n of ['fa', 'fb', 'fc']) hosts.set(n, await startCopyHost(tc.admin, (t) => tc.hostArgs(t), n, datastoresOf(n), await tc.center.store.latestEventId()));
   });
-  after(async () => {
-    for (const h of hosts.values()) { await stopHost(h, 'SIGKILL').catch(() => undefined); await removeHostData(h); }
-    await tc.close();
-    await fs.remove();
-  });
+  after(async () => { await stopCenterFleet(hosts.values(), tc, fs); });
 
   it('the stopping host dies before it answers: the hand-off goes on from the target journal\'s boundary', async () => {
     await rm(join(fs.dir('dst'), SLOW_FILE.path), { force: true });

@@ -13,11 +13,11 @@ import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MiB } from '../../src/lib/units.js';
 import type { CenterTaskView } from '../../src/api/center-v1.js';
-import { removeHostData, stopHost, until, type TestHost } from '../helpers/hosts.js';
+import { until, type TestHost } from '../helpers/hosts.js';
 import { collectEvents, startTestCenter, waitForEvent, type TestCenter } from '../helpers/center.js';
 import { runFerry } from '../helpers/cli.js';
 import {
-  COPY_TASK_TIMEOUT_MS, copyDirs, copyProgressed, sha256File, stagingFiles, startCopyHost, writeSourceFiles, type CopyDirs, type CopyResult,
+  COPY_TASK_TIMEOUT_MS, copyDirs, copyProgressed, sha256File, stagingFiles, startCopyHost, stopCenterFleet, writeSourceFiles, type CopyDirs, type CopyResult,
 } from '../helpers/copy-fleet.js';
 
 /** 12 MiB at 2 MiB/s: about 6 s, long enough to act on the copy while it runs. */
@@ -60,11 +60,7 @@ describe('network file copies through the center (real host processes, SQLite)',
     }
     await until(async () => (await tc.center.store.getHost('cc')).dataPlane !== null, 'cc reported its path drivers');
   });
-  after(async () => {
-    for (const h of hosts.values()) { await stopHost(h, 'SIGKILL').catch(() => undefined); await removeHostData(h); }
-    await tc.close();
-    await fs.remove();
-  });
+  after(async () => { await stopCenterFleet(hosts.values(), tc, fs); });
 
   it('local form: copies a file with a hole, a one-byte and an empty file, verified; refusals say why', async () => {
     const from = await tc.center.store.latestEventId();

@@ -17,7 +17,8 @@ import { MobilityManager } from '../../src/center/mobility/paths.js';
 import { VirtualPath } from '../../src/dataplane/path/virtual-path.js';
 import type { PathSpec } from '../../src/dataplane/path/spec.js';
 import { silentLogger } from '../../src/lib/logger.js';
-import { TEST_TOKEN, removeHostData, startHost, stopHost, until, type TestHost } from '../helpers/hosts.js';
+import { TEST_TOKEN, startHost, until, type TestHost } from '../helpers/hosts.js';
+import { stopCenterFleet } from '../helpers/copy-fleet.js';
 import { runFerry } from '../helpers/cli.js';
 import { sampleValue } from '../helpers/metrics.js';
 import { join } from 'node:path';
@@ -75,10 +76,7 @@ describe('migrations over their own virtual path (portable driver, real host pro
     // The data plane of each host is known from its heartbeats before a migration is planned.
     await until(async () => (await tc.center.store.getHost('ib')).dataPlane !== null, 'ib reported its path drivers');
   });
-  after(async () => {
-    for (const h of hosts.values()) { await stopHost(h, 'SIGKILL').catch(() => undefined); await removeHostData(h); }
-    await tc.close();
-  });
+  after(async () => { await stopCenterFleet(hosts.values(), tc); });
 
   it('migrates over a path: the source knows the target by name and virtual address only; afterwards nothing of the path is left', async () => {
     const listed: PathListView = await host('ia').client.listPaths();

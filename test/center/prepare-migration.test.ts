@@ -15,10 +15,10 @@ import { join } from 'node:path';
 import { MiB } from '../../src/lib/units.js';
 import { DATASTORE_ID_FILE } from '../../src/storage/datastore.js';
 import { prepareMigrationResultSchema, type CenterTaskView, type PrepareMigrationResult } from '../../src/api/center-v1.js';
-import { removeHostData, stopHost, until, type TestHost } from '../helpers/hosts.js';
+import { until, type TestHost } from '../helpers/hosts.js';
 import { startTestCenter, type TestCenter } from '../helpers/center.js';
 import { runFerry } from '../helpers/cli.js';
-import { COPY_TASK_TIMEOUT_MS, VM_DISK_LEASE_ARGS, copyDirs, sha256File, startCopyHost, type CopyDirs } from '../helpers/copy-fleet.js';
+import { COPY_TASK_TIMEOUT_MS, copyDirs, sha256File, startSiteHosts, stopCenterFleet, type CopyDirs } from '../helpers/copy-fleet.js';
 
 const VM = 'pm-kv';
 const DISK = { datastore: 'site-a-ds', path: 'pm-kv.vmdk', sizeBytes: 16 * MiB };
@@ -53,18 +53,11 @@ describe('prepare-migration: seeds of a running VM\'s bases on another site (rea
   before(async () => {
     tc = await startTestCenter({ taskLeaseMs: 3000, heartbeatIntervalMs: 300, missedHeartbeats: 40 });
     fs = await copyDirs(['site-a-ds', 'site-b-ds']);
-    for (const [name, site, ds] of [['pa', 'site-a', 'site-a-ds'], ['pb', 'site-b', 'site-b-ds']] as const) {
-      hosts.set(name, await startCopyHost(tc.admin, (t) => [...tc.hostArgs(t), '--site', site], name, new Map([[ds, fs.dir(ds)]]), await tc.center.store.latestEventId(), { leaseArgs: VM_DISK_LEASE_ARGS }));
-    }
-    await until(async () => (await tc.center.store.getHost('pb')).dataPlane !== null, 'pb reported its path drivers');
+    await startSiteHosts(tc, fs, hosts, [{ name: 'pa', site: 'site-a', datastore: 'site-a-ds' }, { name: 'pb', site: 'site-b', datastore: 'site-b-ds' }]);
     await succeeded(await tc.admin.createVm({ name: VM, host: 'pa', ...KV, disk: DISK }));
     await until(async () => (await tc.center.store.getVm(VM)).state === 'running', `${VM} runs`);
   });
-  after(async () => {
-    for (const h of hosts.values()) { await stopHost(h, 'SIGKILL').catch(() => undefined); await removeHostData(h); }
-    await tc.close();
-    await fs.remove();
-  });
+  after(async () => { await stopCenterFleet(hosts.values(), tc, fs); });
 
   it('refuses an unknown site, a datastore not in the site, an unknown datastore, the VM\'s own site and a VM without a disk', async () => {
     await assert.rejects(tc.admin.prepareMigration(VM, { toSite: 'nowhere' }), (err: Error & { code?: string }) => err.code === 'NOT_FOUND' && /no site nowhere/.test(err.message));

@@ -21,9 +21,9 @@ import { LocalFile } from '../../src/storage/local-file.js';
 import { VmdkDisk } from '../../src/storage/vmdk/disk.js';
 import { prepareMigrationResultSchema, type CenterTaskView, type PrepareMigrationResult } from '../../src/api/center-v1.js';
 import type { MigrationRecord } from '../../src/migration/record.js';
-import { removeHostData, stopHost, until, type TestHost } from '../helpers/hosts.js';
+import { until, type TestHost } from '../helpers/hosts.js';
 import { startTestCenter, type TestCenter } from '../helpers/center.js';
-import { COPY_TASK_TIMEOUT_MS, VM_DISK_LEASE_ARGS, copyDirs, startCopyHost, type CopyDirs } from '../helpers/copy-fleet.js';
+import { COPY_TASK_TIMEOUT_MS, copyDirs, startSiteHosts, stopCenterFleet, type CopyDirs } from '../helpers/copy-fleet.js';
 
 /** 2000 records/s of 64 bytes, flushed every 64: the disk is written all the time, the log far from full. */
 const KV = { image: 'kvlog', memoryBytes: 16 * MiB, vcpus: 1, cmdline: 'max=100000 flush=64 rate=2000' };
@@ -88,16 +88,9 @@ describe('cross-site migration over a pre-seeded base (real hosts in two sites, 
   before(async () => {
     tc = await startTestCenter({ taskLeaseMs: 3000, heartbeatIntervalMs: 300, missedHeartbeats: 40 });
     fs = await copyDirs(['xa-ds', 'xb-ds']);
-    for (const [name, site, ds] of [['xa', 'site-a', 'xa-ds'], ['xb', 'site-b', 'xb-ds']] as const) {
-      hosts.set(name, await startCopyHost(tc.admin, (t) => [...tc.hostArgs(t), '--site', site], name, new Map([[ds, fs.dir(ds)]]), await tc.center.store.latestEventId(), { leaseArgs: VM_DISK_LEASE_ARGS }));
-    }
-    await until(async () => (await tc.center.store.getHost('xb')).dataPlane !== null, 'xb reported its path drivers');
+    await startSiteHosts(tc, fs, hosts, [{ name: 'xa', site: 'site-a', datastore: 'xa-ds' }, { name: 'xb', site: 'site-b', datastore: 'xb-ds' }]);
   });
-  after(async () => {
-    for (const h of hosts.values()) { await stopHost(h, 'SIGKILL').catch(() => undefined); await removeHostData(h); }
-    await tc.close();
-    await fs.remove();
-  });
+  after(async () => { await stopCenterFleet(hosts.values(), tc, fs); });
 
   it('moves only the delta over the virtual path; the guest\'s disk check passes on site-b', async () => {
     await createKvVm('xs1');

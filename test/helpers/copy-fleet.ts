@@ -13,8 +13,8 @@ import { MiB } from '../../src/lib/units.js';
 import { LEASE_SUFFIX } from '../../src/storage/datastore.js';
 import type { CenterClient } from '../../src/api/center-client.js';
 import type { CenterTaskView } from '../../src/api/center-v1.js';
-import { startHost, until, type TestHost } from './hosts.js';
-import { waitForEvent } from './center.js';
+import { removeHostData, startHost, stopHost, until, type TestHost } from './hosts.js';
+import { waitForEvent, type TestCenter } from './center.js';
 
 /** Short leases: a killed copier's source and staging leases expire in about a second. */
 export const COPY_LEASE_ARGS = ['--lease-duration', '1000ms', '--lease-renew', '200ms', '--lease-clock-skew', '100ms'];
@@ -105,6 +105,28 @@ export async function startCopyHost(admin: CenterClient, hostArgs: (joinToken?: 
   if (heard !== undefined) await until(() => heard(startedMs), `the center to hear from ${name} again`, 30_000);
   else await waitForEvent(admin, afterId, (e) => e.kind === 'host.connected' && e.subject === `host:${name}`, 30_000);
   return h;
+}
+
+/** One host of a site: its name, its site and the datastore (a directory of `fs`) it mounts. */
+export interface SiteHost { readonly name: string; readonly site: string; readonly datastore: string }
+
+/**
+ * One copy host per entry, joined to `tc` with `--site`, each mounting its datastore, with VM-disk
+ * leases; resolves once the last one reported its path drivers (the center can then route over paths).
+ */
+export async function startSiteHosts(tc: TestCenter, fs: CopyDirs, hosts: Map<string, TestHost>, sites: readonly SiteHost[]): Promise<void> {
+  for (const { name, site, datastore } of sites) {
+    hosts.set(name, await startCopyHost(tc.admin, (t) => [...tc.hostArgs(t), '--site', site], name, new Map([[datastore, fs.dir(datastore)]]), await tc.center.store.latestEventId(), { leaseArgs: VM_DISK_LEASE_ARGS }));
+  }
+  const last = sites.at(-1)?.name ?? '';
+  await until(async () => (await tc.center.store.getHost(last)).dataPlane !== null, `${last} reported its path drivers`);
+}
+
+/** Tears a center-level fleet down: every host killed and its data removed, then the center, then the datastore directories. */
+export async function stopCenterFleet(hosts: Iterable<TestHost>, tc: TestCenter, fs?: CopyDirs): Promise<void> {
+  for (const h of hosts) { await stopHost(h, 'SIGKILL').catch(() => undefined); await removeHostData(h); }
+  await tc.close();
+  await fs?.remove();
 }
 
 /**
