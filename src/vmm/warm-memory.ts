@@ -31,6 +31,8 @@ const ZERO = 0;
 
 export class WarmMemory {
   readonly totalPages: number;
+  /** Bytes of the whole memory (RAM and the runtime's regions after it): what is faulted in. */
+  private readonly totalBytes: number;
   private spare: WebAssembly.Memory | null = null;
   /** Bytes of `spare` faulted in so far (== its size once full). */
   private warmBytes = 0;
@@ -40,7 +42,9 @@ export class WarmMemory {
 
   /** `ramBytes`: the RAM of the VMs to keep a spare for (a valid VM size: VM_CONFIG_INVALID otherwise). */
   constructor(readonly ramBytes: number, private readonly log: (line: string) => void = () => undefined) {
-    this.totalPages = computeLayout(ramBytes).totalPages;
+    const layout = computeLayout(ramBytes);
+    this.totalPages = layout.totalPages;
+    this.totalBytes = layout.totalBytes;
   }
 
   /** Spares handed to VMs so far. */
@@ -51,12 +55,11 @@ export class WarmMemory {
   /** Starts filling a spare now (no-op if one is there or being filled, or after close). */
   fill(): Promise<void> {
     if (this.closing.signal.aborted || this.spare !== null) return this.filling ?? Promise.resolve();
-    const total = this.totalPages * 65_536;
     const memory = new WebAssembly.Memory({ initial: this.totalPages, maximum: this.totalPages, shared: true });
     this.spare = memory;
     this.warmBytes = 0;
     const t0 = performance.now();
-    const filling = this.faultIn(memory, total).then(
+    const filling = this.faultIn(memory, this.totalBytes).then(
       (done) => { if (done) this.log(`warm memory: ${this.ramBytes / MiB} MiB guest memory ready in ${(performance.now() - t0).toFixed(0)} ms`); },
       (err: unknown) => { this.log(`warm memory: filling failed: ${errorMessage(err)}`); if (this.spare === memory) this.spare = null; },
     ).finally(() => { if (this.filling === filling) this.filling = null; });
@@ -85,7 +88,7 @@ export class WarmMemory {
     if (memory === null || totalPages !== this.totalPages || this.closing.signal.aborted) return null;
     this.spare = null;
     this.takenCount++;
-    this.log(`warm memory: handed over ${this.ramBytes / MiB} MiB (${Math.round((this.warmBytes * 100) / (this.totalPages * 65_536))}% faulted in)`);
+    this.log(`warm memory: handed over ${this.ramBytes / MiB} MiB (${Math.round((this.warmBytes * 100) / this.totalBytes)}% faulted in)`);
     void delay(WARM_REFILL_DELAY_MS, undefined, { signal: this.closing.signal, ref: false }).then(() => this.fill(), () => undefined);
     return memory;
   }
