@@ -414,46 +414,43 @@ function visit(w: Walker, expr: number): number {
     return expr;
   }
   if (w.faults.uninstrumentedWrites === true && id !== binaryen.MemoryGrowId) return expr;
+  const site = writeSite(w, id, expr);
+  if (site === null) return expr;
+  w.stats[site.stat]++;
+  // analyzeImage only counts; instrumentation rewrites the site.
+  return w.countOnly ? expr : site.rewrite();
+}
+
+/** A write site: the statistic it counts in, and its rewrite into the traced form. */
+interface WriteSite {
+  readonly stat: keyof InstrumentStats;
+  readonly rewrite: () => number;
+}
+
+/** The write site `expr` (of expression kind `id`) is, or null when it writes nothing (lane loads included). */
+function writeSite(w: Walker, id: number, expr: number): WriteSite | null {
   switch (id) {
-    case binaryen.StoreId: {
-      w.stats.stores++;
-      if (w.countOnly) return expr;
-      return wrapFixedWrite(w, expr, 'Store', ['Ptr', 'Value'], accessor('Store', 'getOffset')(expr), accessor('Store', 'getBytes')(expr));
-    }
+    case binaryen.StoreId:
+      return { stat: 'stores', rewrite: () => wrapFixedWrite(w, expr, 'Store', ['Ptr', 'Value'], accessor('Store', 'getOffset')(expr), accessor('Store', 'getBytes')(expr)) };
     case binaryen.AtomicRMWId:
-      w.stats.atomicRmw++;
-      if (w.countOnly) return expr;
-      return wrapFixedWrite(w, expr, 'AtomicRMW', ['Ptr', 'Value'], accessor('AtomicRMW', 'getOffset')(expr), accessor('AtomicRMW', 'getBytes')(expr));
+      return { stat: 'atomicRmw', rewrite: () => wrapFixedWrite(w, expr, 'AtomicRMW', ['Ptr', 'Value'], accessor('AtomicRMW', 'getOffset')(expr), accessor('AtomicRMW', 'getBytes')(expr)) };
     case binaryen.AtomicCmpxchgId:
-      w.stats.atomicRmw++;
-      if (w.countOnly) return expr;
-      return wrapFixedWrite(w, expr, 'AtomicCmpxchg', ['Ptr', 'Expected', 'Replacement'], accessor('AtomicCmpxchg', 'getOffset')(expr), accessor('AtomicCmpxchg', 'getBytes')(expr));
+      return { stat: 'atomicRmw', rewrite: () => wrapFixedWrite(w, expr, 'AtomicCmpxchg', ['Ptr', 'Expected', 'Replacement'], accessor('AtomicCmpxchg', 'getOffset')(expr), accessor('AtomicCmpxchg', 'getBytes')(expr)) };
     case binaryen.SIMDLoadStoreLaneId: {
       const bytes = LANE_STORE_BYTES.get(accessor('SIMDLoadStoreLane', 'getOp')(expr));
-      if (bytes === undefined) return expr; // a lane load
-      w.stats.simdLaneStores++;
-      if (w.countOnly) return expr;
-      return wrapFixedWrite(w, expr, 'SIMDLoadStoreLane', ['Ptr', 'Vec'], accessor('SIMDLoadStoreLane', 'getOffset')(expr), bytes);
+      if (bytes === undefined) return null; // a lane load
+      return { stat: 'simdLaneStores', rewrite: () => wrapFixedWrite(w, expr, 'SIMDLoadStoreLane', ['Ptr', 'Vec'], accessor('SIMDLoadStoreLane', 'getOffset')(expr), bytes) };
     }
     case binaryen.MemoryFillId:
-      w.stats.bulk++;
-      if (w.countOnly) return expr;
-      return wrapBulkWrite(w, expr, 'MemoryFill', ['Dest', 'Value', 'Size']);
+      return { stat: 'bulk', rewrite: () => wrapBulkWrite(w, expr, 'MemoryFill', ['Dest', 'Value', 'Size']) };
     case binaryen.MemoryCopyId:
-      w.stats.bulk++;
-      if (w.countOnly) return expr;
-      return wrapBulkWrite(w, expr, 'MemoryCopy', ['Dest', 'Source', 'Size']);
+      return { stat: 'bulk', rewrite: () => wrapBulkWrite(w, expr, 'MemoryCopy', ['Dest', 'Source', 'Size']) };
     case binaryen.MemoryInitId:
-      w.stats.bulk++;
-      if (w.countOnly) return expr;
-      return wrapBulkWrite(w, expr, 'MemoryInit', ['Dest', 'Offset', 'Size']);
-    case binaryen.MemoryGrowId: {
-      w.stats.grows++;
-      if (w.countOnly) return expr;
-      return w.mod.call('__ferry_memory_grow', [accessor('MemoryGrow', 'getDelta')(expr)], i32);
-    }
+      return { stat: 'bulk', rewrite: () => wrapBulkWrite(w, expr, 'MemoryInit', ['Dest', 'Offset', 'Size']) };
+    case binaryen.MemoryGrowId:
+      return { stat: 'grows', rewrite: () => w.mod.call('__ferry_memory_grow', [accessor('MemoryGrow', 'getDelta')(expr)], i32) };
     default:
-      return expr;
+      return null;
   }
 }
 
